@@ -1,0 +1,3 @@
+//! HTTP/1.1 message framing: strict head parsing and rewriting, and body framing.
+
+pub mod chunked;
