@@ -2,4 +2,12 @@
 //!
 //! The binary in `main.rs` only parses flags; everything else lives in these modules.
 
+pub mod balancer;
+pub mod buffer;
+pub mod cli;
+pub mod config;
 pub mod http;
+pub mod server;
+mod session;
+pub mod timer;
+pub mod worker;

@@ -60,20 +60,33 @@ impl std::error::Error for ChunkError {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading the hex digits of a chunk size.
-    Size { digits: u8 },
+    Size {
+        digits: u8,
+    },
     /// After the digits: optional whitespace and extensions up to CR.
-    Ext { len: u32 },
+    Ext {
+        len: u32,
+    },
     /// Saw the CR ending a size line.
     SizeLf,
     /// Inside chunk data.
-    Data { remaining: u64 },
+    Data {
+        remaining: u64,
+    },
     DataCr,
     DataLf,
     /// At the start of a trailer line (or the final empty line).
-    TrailerStart { total: u32 },
+    TrailerStart {
+        total: u32,
+    },
     /// Inside a trailer field line.
-    Trailer { total: u32, colon: bool },
-    TrailerLf { total: u32 },
+    Trailer {
+        total: u32,
+        colon: bool,
+    },
+    TrailerLf {
+        total: u32,
+    },
     EndLf,
     Done,
 }
@@ -390,12 +403,18 @@ mod tests {
     fn rejects_data_without_crlf() {
         assert_eq!(check(b"3\r\nabcd\r\n"), Err(ChunkError::MissingDataCrlf));
         assert_eq!(check(b"3\r\nabc\rX"), Err(ChunkError::MissingDataCrlf));
-        assert_eq!(check(b"3\r\nabc\n0\r\n\r\n"), Err(ChunkError::MissingDataCrlf));
+        assert_eq!(
+            check(b"3\r\nabc\n0\r\n\r\n"),
+            Err(ChunkError::MissingDataCrlf)
+        );
     }
 
     #[test]
     fn rejects_bad_trailers() {
-        assert_eq!(check(b"0\r\nBad Name: x\r\n\r\n"), Err(ChunkError::BadTrailer));
+        assert_eq!(
+            check(b"0\r\nBad Name: x\r\n\r\n"),
+            Err(ChunkError::BadTrailer)
+        );
         assert_eq!(check(b"0\r\nNoColon\r\n\r\n"), Err(ChunkError::BadTrailer));
         assert_eq!(check(b"0\r\nA: b\0\r\n\r\n"), Err(ChunkError::BadTrailer));
         assert_eq!(check(b"0\r\n\r\r"), Err(ChunkError::BadLineEnd));
@@ -404,6 +423,6 @@ mod tests {
     #[test]
     fn incomplete_is_not_done() {
         assert_eq!(check(b"5\r\nhel").unwrap(), (false, b"hel".to_vec()));
-        assert_eq!(check(b"0\r\n").unwrap().0, false);
+        assert!(!check(b"0\r\n").unwrap().0);
     }
 }

@@ -1,0 +1,57 @@
+# corelb: build, run, test, lint, bench.
+#   make run MODE=adaptive_sma UPSTREAM=per-request   backends A, B, C + proxy on :9090
+#   make test                                         unit + integration tests
+SHELL := /bin/bash
+CARGO ?= cargo
+MODE ?= round-robin
+UPSTREAM ?= persistent
+PORT ?= 9090
+WORKERS ?=
+PROFILE ?= seed
+ARGS ?=
+BIN := target/release
+
+.PHONY: all build release run backends test lint fmt bench bench-quick clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release --workspace
+
+# Backends A, B, C on 8081-8083 with the seed's latency profiles, then the proxy on $(PORT).
+# Ctrl-C stops everything: the trap kills the whole process group.
+run: release
+	@set -m; trap 'kill 0 2>/dev/null; wait' INT TERM EXIT; \
+	for id in A B C; do \
+	  port=$$((8080 + $$(printf '%d' "'$$id") - 64)); \
+	  $(BIN)/corelb-backend --id $$id --port $$port --profile $(PROFILE) & \
+	done; \
+	sleep 0.3; \
+	$(BIN)/corelb $(MODE) --upstream $(UPSTREAM) --listen $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS) & \
+	wait -n
+
+# Only the three backends (for running the proxy by hand or under a debugger).
+backends: release
+	@set -m; trap 'kill 0 2>/dev/null; wait' INT TERM EXIT; \
+	for id in A B C; do \
+	  port=$$((8080 + $$(printf '%d' "'$$id") - 64)); \
+	  $(BIN)/corelb-backend --id $$id --port $$port --profile $(PROFILE) & \
+	done; \
+	wait -n
+
+test:
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

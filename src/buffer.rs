@@ -1,0 +1,171 @@
+//! Byte buffers with read/write cursors, and the per-worker pool they are borrowed from.
+//!
+//! Connections hold a buffer only while they have bytes in flight; an idle keep-alive
+//! connection gives its buffer back, so it costs no buffer memory.
+
+/// Size of a pooled buffer. Heads larger than this grow one buffer up to `MAX_HEAD`.
+pub const BUF_SIZE: usize = 16 * 1024;
+
+/// A fixed-capacity byte buffer: `data[start..end]` holds unconsumed bytes.
+#[derive(Debug)]
+pub struct Buf {
+    data: Vec<u8>,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Buf {
+    fn with_capacity(n: usize) -> Buf {
+        Buf {
+            data: vec![0; n],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Unconsumed bytes.
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    #[inline]
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.start..self.end]
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Free space after the data, compacting first if that makes room.
+    #[inline]
+    pub fn space(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.data.len() && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// Records `n` bytes written into [`space`](Buf::space).
+    #[inline]
+    pub fn filled(&mut self, n: usize) {
+        self.end += n;
+        debug_assert!(self.end <= self.data.len());
+    }
+
+    /// Drops `n` bytes from the front.
+    #[inline]
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Grows the buffer to at least `n` bytes of capacity (for large heads).
+    pub fn grow(&mut self, n: usize) {
+        if self.data.len() < n {
+            self.data.resize(n, 0);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+}
+
+/// A worker's free list of [`BUF_SIZE`] buffers.
+pub struct BufPool {
+    free: Vec<Buf>,
+    max_free: usize,
+}
+
+impl BufPool {
+    pub fn new(max_free: usize) -> BufPool {
+        BufPool {
+            free: Vec::new(),
+            max_free,
+        }
+    }
+
+    #[inline]
+    pub fn get(&mut self) -> Buf {
+        self.free
+            .pop()
+            .unwrap_or_else(|| Buf::with_capacity(BUF_SIZE))
+    }
+
+    /// Returns a buffer; grown buffers and buffers beyond the pool's bound are freed.
+    #[inline]
+    pub fn put(&mut self, mut b: Buf) {
+        if b.data.len() == BUF_SIZE && self.free.len() < self.max_free {
+            b.clear();
+            self.free.push(b);
+        }
+    }
+
+    /// Returns the buffer in `slot`, if any.
+    #[inline]
+    pub fn release(&mut self, slot: &mut Option<Buf>) {
+        if let Some(b) = slot.take() {
+            self.put(b);
+        }
+    }
+
+    /// Frees pooled buffers beyond `keep` (called when the worker is quiet).
+    pub fn trim(&mut self, keep: usize) {
+        self.free.truncate(keep);
+        self.free.shrink_to(keep);
+    }
+
+    pub fn pooled(&self) -> usize {
+        self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_and_compaction() {
+        let mut pool = BufPool::new(4);
+        let mut b = pool.get();
+        let n = b.space().len();
+        assert_eq!(n, BUF_SIZE);
+        b.space()[..5].copy_from_slice(b"hello");
+        b.filled(5);
+        b.consume(2);
+        assert_eq!(b.bytes(), b"llo");
+        b.filled(BUF_SIZE - 5);
+        assert_eq!(b.space().len(), 2, "compaction moves data to the front");
+        assert_eq!(&b.bytes()[..3], b"llo");
+        b.consume(b.len());
+        assert!(b.is_empty());
+        pool.put(b);
+        assert_eq!(pool.pooled(), 1);
+        let mut big = pool.get();
+        big.grow(BUF_SIZE * 2);
+        pool.put(big);
+        assert_eq!(pool.pooled(), 0, "grown buffers are not pooled");
+    }
+}

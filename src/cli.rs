@@ -1,0 +1,83 @@
+//! Command-line flags (clap), mapped onto [`config::Overrides`](crate::config::Overrides).
+
+use clap::Parser;
+
+use crate::config::Overrides;
+
+/// corelb: thread-per-core HTTP/1.1 reverse proxy and load balancer.
+#[derive(Debug, Parser)]
+#[command(name = "corelb", version, about)]
+pub struct Args {
+    /// Routing mode, as the seed took it: round-robin.
+    #[arg(value_name = "MODE")]
+    pub mode_pos: Option<String>,
+    /// Routing mode (same as the positional MODE).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// JSON config file (the seed's format).
+    #[arg(long, short = 'c', env = "PROXY_SERVER_CONFIG")]
+    pub config: Option<String>,
+    /// Listen address: PORT or HOST:PORT (a bare port binds 127.0.0.1). Default 9090.
+    #[arg(long, short = 'l', env = "PROXY_SERVER_PORT")]
+    pub listen: Option<String>,
+    /// Worker threads, each pinned to a core. Default: one per core.
+    #[arg(long, short = 'w')]
+    pub workers: Option<usize>,
+    /// Upstream connections: persistent (keep-alive pools) or per-request.
+    #[arg(long, short = 'u')]
+    pub upstream: Option<String>,
+    /// Print debug output: configuration, errors, state changes.
+    #[arg(long, short = 'd')]
+    pub debug: bool,
+    /// Upstream connect timeout (e.g. 500ms, 5s).
+    #[arg(long)]
+    pub connect_timeout: Option<String>,
+    /// Time a client has to send a complete request head (408 after).
+    #[arg(long)]
+    pub client_timeout: Option<String>,
+    /// Upstream inactivity timeout while a response is awaited or read (504 after).
+    #[arg(long)]
+    pub upstream_timeout: Option<String>,
+    /// Idle keep-alive client connections are closed after this.
+    #[arg(long)]
+    pub idle_timeout: Option<String>,
+    /// Idle pooled upstream connections are closed after this.
+    #[arg(long)]
+    pub pool_idle_timeout: Option<String>,
+    /// Longest graceful shutdown before remaining connections are closed.
+    #[arg(long)]
+    pub drain_timeout: Option<String>,
+    /// Most idle pooled connections per backend per worker.
+    #[arg(long)]
+    pub max_idle_per_backend: Option<usize>,
+}
+
+impl Args {
+    /// The overrides these flags (and the environment) make. Fails if the positional mode
+    /// and `--mode` disagree.
+    pub fn overrides(&self) -> Result<Overrides, String> {
+        let mode = match (&self.mode_pos, &self.mode) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(format!(
+                    "command line: MODE: \"{a}\" conflicts with --mode \"{b}\""
+                ))
+            }
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
+        Ok(Overrides {
+            config: self.config.clone(),
+            listen: self.listen.clone(),
+            workers: self.workers,
+            mode,
+            upstream: self.upstream.clone(),
+            debug: self.debug,
+            connect_timeout: self.connect_timeout.clone(),
+            client_timeout: self.client_timeout.clone(),
+            upstream_timeout: self.upstream_timeout.clone(),
+            idle_timeout: self.idle_timeout.clone(),
+            pool_idle_timeout: self.pool_idle_timeout.clone(),
+            drain_timeout: self.drain_timeout.clone(),
+            max_idle_per_backend: self.max_idle_per_backend,
+        })
+    }
+}

@@ -1,0 +1,291 @@
+//! Unit tests for head parsing, validation and rewriting.
+
+use super::*;
+use std::net::Ipv4Addr;
+
+fn req(raw: &[u8]) -> Result<Option<(BodyKind, bool, String)>, Reject> {
+    let mut h = header_array();
+    parse_request(raw, &mut h).map(|r| {
+        r.map(|r| {
+            let mut out = Vec::new();
+            r.write_upstream(
+                &mut out,
+                &Forward {
+                    client_ip: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+                    close: false,
+                    host: b"127.0.0.1:8081",
+                },
+            );
+            (r.body, r.keep_alive, String::from_utf8(out).unwrap())
+        })
+    })
+}
+
+fn status(raw: &[u8]) -> u16 {
+    match req(raw) {
+        Ok(Some(_)) => 200,
+        Ok(None) => 0,
+        Err(e) => e.status(),
+    }
+}
+
+#[test]
+fn simple_get_is_rewritten() {
+    let (body, ka, out) = req(b"GET /a?b HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(body, BodyKind::None);
+    assert!(ka);
+    assert_eq!(
+        out,
+        "GET /a?b HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nX-Forwarded-For: 10.1.2.3\r\nVia: 1.1 corelb\r\n\r\n"
+    );
+}
+
+#[test]
+fn partial_head_asks_for_more() {
+    assert_eq!(status(b"GET / HTTP/1.1\r\nHost: x\r\n"), 0);
+}
+
+#[test]
+fn hop_by_hop_and_connection_named_headers_are_removed() {
+    let (_, ka, out) = req(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nProxy-Connection: k\r\nTE: trailers\r\nTrailer: X\r\nUpgrade: h2c\r\nX-Keep: y\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(!ka);
+    for gone in [
+        "Connection",
+        "X-Secret",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "TE:",
+        "Trailer",
+        "Upgrade",
+    ] {
+        assert!(!out.contains(gone), "{gone} leaked: {out}");
+    }
+    assert!(out.contains("X-Keep: y\r\n"));
+}
+
+#[test]
+fn x_forwarded_for_is_appended() {
+    let (_, _, out) = req(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2\r\nX-Forwarded-For: 3.3.3.3\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.contains("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3\r\n"),
+        "{out}"
+    );
+    assert_eq!(out.matches("X-Forwarded-For").count(), 1);
+}
+
+#[test]
+fn http10_gets_host_and_keep_alive_rules() {
+    let (_, ka, out) = req(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+    assert!(!ka);
+    assert!(out.starts_with("GET / HTTP/1.1\r\nHost: 127.0.0.1:8081\r\n"));
+    assert!(out.contains("Via: 1.0 corelb"));
+    let (_, ka, _) = req(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(ka);
+}
+
+#[test]
+fn bodies_are_framed() {
+    let (b, _, out) = req(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(b, BodyKind::Length(5));
+    assert!(out.contains("Content-Length: 5\r\n"));
+    let (b, _, out) =
+        req(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+    assert_eq!(b, BodyKind::Chunked);
+    assert!(out.contains("Transfer-Encoding: gzip, chunked\r\n"));
+    let (b, _, _) =
+        req(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n")
+            .unwrap()
+            .unwrap();
+    assert_eq!(b, BodyKind::Length(7));
+    let (b, _, _) = req(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(b, BodyKind::None);
+}
+
+#[test]
+fn smuggling_vectors_are_refused() {
+    let cases: &[(&[u8], u16)] = &[
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x5\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \r\n\r\n", 400),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo, chunked\r\n\r\n", 501),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x7fb\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\r\nHost: x\r\n\r\n", 400),
+        (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(status(raw), *want, "{}", String::from_utf8_lossy(raw));
+    }
+}
+
+#[test]
+fn oversized_heads_get_431() {
+    let mut big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', MAX_HEAD));
+    assert_eq!(status(&big), 431);
+    let mut many = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..MAX_HEADERS {
+        many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert_eq!(status(&many), 431);
+}
+
+fn resp(
+    raw: &[u8],
+    head: bool,
+    reply: Reply,
+) -> Result<(u16, BodyKind, bool, String), BadResponse> {
+    let mut h = header_array();
+    let r = parse_response(raw, &mut h, head)?.expect("complete");
+    let mut out = Vec::new();
+    r.write_client(&mut out, &reply);
+    Ok((
+        r.status,
+        r.body,
+        r.keep_alive,
+        String::from_utf8(out).unwrap(),
+    ))
+}
+
+const KEEP: Reply = Reply {
+    http10: false,
+    close: false,
+    dechunk: false,
+};
+
+#[test]
+fn response_framing() {
+    let (s, b, ka, out) = resp(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nKeep-Alive: timeout=5\r\n\r\nabc",
+        false,
+        KEEP,
+    )
+    .unwrap();
+    assert_eq!((s, b, ka), (200, BodyKind::Length(3), true));
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nVia: 1.1 corelb\r\n\r\n"
+    );
+    let (_, b, ka, _) = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true, KEEP).unwrap();
+    assert_eq!((b, ka), (BodyKind::None, true));
+    for code in ["204 No Content", "304 Not Modified", "100 Continue"] {
+        let raw = format!("HTTP/1.1 {code}\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(resp(raw.as_bytes(), false, KEEP).unwrap().1, BodyKind::None);
+    }
+    let (_, b, ka, _) = resp(b"HTTP/1.1 200 OK\r\n\r\n", false, KEEP).unwrap();
+    assert_eq!((b, ka), (BodyKind::UntilClose, false));
+    let (_, b, _, _) = resp(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        false,
+        KEEP,
+    )
+    .unwrap();
+    assert_eq!(b, BodyKind::Chunked);
+    let (_, _, ka, _) = resp(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        false,
+        KEEP,
+    )
+    .unwrap();
+    assert!(!ka);
+    let (_, _, ka, _) = resp(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false, KEEP).unwrap();
+    assert!(!ka);
+}
+
+#[test]
+fn response_head_for_http10_client_dechunks_and_closes() {
+    let reply = Reply {
+        http10: true,
+        close: true,
+        dechunk: true,
+    };
+    let (_, _, _, out) = resp(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n",
+        false,
+        reply,
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\nX-A: b\r\nVia: 1.1 corelb\r\nConnection: close\r\n\r\n"
+    );
+}
+
+#[test]
+fn malformed_responses_are_refused() {
+    for raw in [
+        &b"HTTX/1.1 200 OK\r\n\r\n"[..],
+        b"HTTP/1.1 2OO OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    ] {
+        assert!(
+            resp(raw, false, KEEP).is_err(),
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+}
+
+#[test]
+fn body_advance_stops_at_message_end() {
+    let mut b = Body::new(BodyKind::Length(3));
+    assert_eq!(b.advance(b"abcdef").unwrap(), 3);
+    assert!(b.is_done());
+    let mut b = Body::new(BodyKind::Chunked);
+    assert_eq!(b.advance(b"1\r\na\r\n0\r\n\r\nGET").unwrap(), 11);
+    assert!(b.is_done());
+    assert!(Body::new(BodyKind::Chunked).advance(b"zz\r\n").is_err());
+}
+
+#[test]
+fn canned_lengths_match_bodies() {
+    for c in [
+        BAD_REQUEST,
+        METHOD_NOT_ALLOWED,
+        REQUEST_TIMEOUT,
+        HEAD_TOO_LARGE,
+        NOT_IMPLEMENTED,
+        BAD_GATEWAY,
+        SERVICE_UNAVAILABLE,
+        GATEWAY_TIMEOUT,
+    ] {
+        for raw in [c.close, c.keep_alive] {
+            let mut h = header_array();
+            let r = parse_response(raw, &mut h, false).unwrap().unwrap();
+            assert_eq!(r.status, c.status);
+            assert_eq!(r.body, BodyKind::Length((raw.len() - r.head_len) as u64));
+        }
+    }
+}

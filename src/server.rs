@@ -1,0 +1,139 @@
+//! Starting and stopping the proxy: binds one SO_REUSEPORT listener per worker, pins each
+//! worker to a core, and turns Ctrl-C/SIGTERM into a graceful drain.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::balancer::Balancer;
+use crate::config::Config;
+use crate::debug;
+use crate::worker::{self, Counters, Handle, Shared, Worker};
+
+/// A running proxy.
+pub struct Server {
+    pub shared: Arc<Shared>,
+    pub local_addr: std::net::SocketAddr,
+    workers: Vec<Handle>,
+}
+
+impl Server {
+    /// Binds the listeners and starts the workers.
+    pub fn start(cfg: Config) -> Result<Server, String> {
+        worker::set_debug(cfg.debug);
+        let n = cfg.workers.max(1);
+        // The first bind resolves port 0; the others join it with SO_REUSEPORT.
+        let first = worker::listen(cfg.listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        let local_addr = first.local_addr().map_err(|e| e.to_string())?;
+        let mut listeners = vec![first];
+        for _ in 1..n {
+            listeners.push(
+                worker::listen(local_addr)
+                    .map_err(|e| format!("cannot listen on {local_addr}: {e}"))?,
+            );
+        }
+        let shared = Arc::new(Shared {
+            balancer: Balancer::new(&cfg),
+            cfg,
+            stop: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut workers = Vec::with_capacity(n);
+        for (id, listener) in listeners.into_iter().enumerate() {
+            let (w, waker) = Worker::new(id, shared.clone(), listener)
+                .map_err(|e| format!("cannot start worker {id}: {e}"))?;
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            let thread = std::thread::Builder::new()
+                .name(format!("corelb-w{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            debug!("worker {id}: could not pin to core {}", core.id);
+                        }
+                    }
+                    w.run();
+                })
+                .map_err(|e| format!("cannot spawn worker {id}: {e}"))?;
+            workers.push(Handle { waker, thread });
+        }
+        Ok(Server {
+            shared,
+            local_addr,
+            workers,
+        })
+    }
+
+    /// Asks every worker to drain and stop.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Relaxed);
+        for w in &self.workers {
+            let _ = w.waker.wake();
+        }
+    }
+
+    /// Waits for every worker to finish. Returns false if one panicked.
+    pub fn join(self) -> bool {
+        let mut ok = true;
+        for w in self.workers {
+            ok &= w.thread.join().is_ok();
+        }
+        ok
+    }
+}
+
+/// Runs the proxy until Ctrl-C or SIGTERM, then drains and returns. A second signal exits
+/// at once.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    let signals = Arc::new(AtomicUsize::new(0));
+    let s2 = signals.clone();
+    ctrlc::set_handler(move || {
+        if s2.fetch_add(1, Relaxed) >= 1 {
+            eprintln!("corelb: second signal, exiting now");
+            std::process::exit(130);
+        }
+        let _ = tx.try_send(());
+    })
+    .map_err(|e| format!("cannot install signal handler: {e}"))?;
+
+    let summary = format!(
+        "mode {}, upstream {}, {} workers, {} servers from {}",
+        cfg.mode,
+        cfg.upstream,
+        cfg.workers,
+        cfg.servers.len(),
+        cfg.source
+    );
+    let servers: Vec<String> = cfg
+        .servers
+        .iter()
+        .map(|s| {
+            format!(
+                "{}={} (priority {}, load {})",
+                s.name, s.addr, s.priority, s.load
+            )
+        })
+        .collect();
+    let server = Server::start(cfg)?;
+    println!("corelb listening on {} ({summary})", server.local_addr);
+    let _ = std::io::stdout().flush();
+    debug!("servers: {}", servers.join(", "));
+
+    let _ = rx.recv();
+    eprintln!("corelb: stopping: finishing in-flight requests");
+    server.stop();
+    let counters = server.shared.clone();
+    if !server.join() {
+        return Err("a worker panicked".into());
+    }
+    let c = &counters.counters;
+    eprintln!(
+        "corelb: stopped after {} connections, {} requests, {} upstream connections",
+        c.accepted.load(Relaxed),
+        c.requests.load(Relaxed),
+        c.upstream_connects.load(Relaxed)
+    );
+    Ok(())
+}

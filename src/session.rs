@@ -1,0 +1,1161 @@
+//! Client and upstream connections and the exchange that links them: reading a request
+//! head, choosing a backend, streaming the request body up and the response down with
+//! backpressure, and ending the exchange (keep-alive, close, or an error answer).
+//!
+//! Each connection records readiness (`Io`); `Worker::drive` then moves bytes until
+//! neither side can progress. Edge-triggered: a flag is cleared only on `WouldBlock` or a
+//! short read/write.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::Interest;
+
+use crate::buffer::Buf;
+use crate::config::Upstream as UpstreamMode;
+use crate::debug;
+use crate::http::{self, Body, BodyKind, Canned, Forward, Method, Reply};
+use crate::timer::Deadline;
+use crate::worker::{client_token, upstream_token, Worker};
+
+const NONE: usize = usize::MAX;
+/// Steps one drive may take before yielding to other connections.
+const MAX_STEPS: usize = 64;
+/// How long a closing connection keeps reading (and discarding) so the peer receives
+/// our last response instead of a reset.
+const LINGER_MS: u64 = 2000;
+
+/// Recorded readiness of one socket.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Io {
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer shut down its side: keep reading until EOF even after a short read.
+    pub rdhup: bool,
+}
+
+impl Io {
+    #[inline]
+    pub fn note(&mut self, ev: &mio::event::Event) {
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.readable = true;
+        }
+        if ev.is_read_closed() {
+            self.rdhup = true;
+        }
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            self.writable = true;
+        }
+    }
+}
+
+/// What a client connection is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// A request is being exchanged with upstream `Client::up`.
+    Proxy,
+    /// Writing a locally generated response; then close or read the next request.
+    Local { close: bool },
+    /// Response sent, write side shut: discarding input until EOF before closing.
+    Linger,
+}
+
+pub(crate) struct Client {
+    pub sock: TcpStream,
+    pub peer: SocketAddr,
+    pub buf: Option<Buf>,
+    pub phase: Phase,
+    pub io: Io,
+    pub timer: Deadline,
+    /// Upstream slab index while `phase == Proxy`.
+    pub up: usize,
+    pub keep_alive: bool,
+    pub http10: bool,
+    pub method: Method,
+    /// Request body still to be read from the client.
+    pub body: Body,
+    /// Validated request body bytes at the front of `buf`, not yet sent upstream.
+    pub body_ready: usize,
+    /// Locally generated response being written.
+    pub canned: &'static [u8],
+}
+
+impl Client {
+    pub fn new(sock: TcpStream, peer: SocketAddr) -> Client {
+        Client {
+            sock,
+            peer,
+            buf: None,
+            phase: Phase::Head,
+            io: Io::default(),
+            timer: Deadline::default(),
+            up: NONE,
+            keep_alive: true,
+            http10: false,
+            method: Method::Get,
+            body: Body::Done,
+            body_ready: 0,
+            canned: b"",
+        }
+    }
+
+    /// Between requests with nothing buffered.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Head && self.buf.as_ref().is_none_or(Buf::is_empty)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpState {
+    Connecting,
+    Busy,
+    Idle,
+}
+
+/// Where the response to the current request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resp {
+    Head,
+    Body(Body),
+    /// Fully received and validated.
+    Done,
+    /// The backend closed or broke mid-body: forward what arrived, then close the client.
+    Truncated,
+}
+
+pub(crate) struct Upstream {
+    pub sock: TcpStream,
+    pub backend: usize,
+    /// Owning client while busy.
+    pub client: usize,
+    pub state: UpState,
+    pub io: Io,
+    pub timer: Deadline,
+    /// Request head not yet written.
+    pub head: Option<Buf>,
+    /// Response bytes read from the backend.
+    pub buf: Option<Buf>,
+    /// Response head (and any 1xx heads) to write to the client.
+    pub out: Option<Buf>,
+    pub resp: Resp,
+    /// Validated response body bytes at the front of `buf`, ready for the client.
+    pub ready: usize,
+    pub dechunk: bool,
+    /// The backend may be sent another request after this response.
+    pub keep: bool,
+    /// This exchange runs on a pooled connection.
+    pub reused: bool,
+    pub status: u16,
+    pub started: Instant,
+}
+
+impl Upstream {
+    pub fn is_idle(&self) -> bool {
+        self.state == UpState::Idle
+    }
+
+    pub fn is_connecting(&self) -> bool {
+        self.state == UpState::Connecting
+    }
+
+    fn pending_out(&self) -> bool {
+        self.out.is_some() || self.ready > 0
+    }
+}
+
+/// Result of one step of a client's exchange.
+enum Step {
+    Progress,
+    Blocked,
+    Closed,
+}
+
+/// Why an exchange failed on the upstream side.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Connect,
+    Reset,
+    Timeout,
+    BadResponse(&'static str),
+}
+
+impl Failure {
+    fn reason(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect failed",
+            Failure::Reset => "connection reset or closed",
+            Failure::Timeout => "timed out",
+            Failure::BadResponse(why) => why,
+        }
+    }
+
+    fn canned(self) -> Canned {
+        match self {
+            Failure::Timeout => http::GATEWAY_TIMEOUT,
+            _ => http::BAD_GATEWAY,
+        }
+    }
+}
+
+#[inline]
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Reads into `buf`'s free space. `Ok(0)` is EOF; a short read clears `io.readable`.
+#[inline]
+fn read_into(sock: &mut TcpStream, buf: &mut Buf, io: &mut Io) -> io::Result<usize> {
+    let space = buf.space();
+    let room = space.len();
+    debug_assert!(room > 0);
+    loop {
+        match sock.read(space) {
+            Ok(n) => {
+                if n > 0 && n < room && !io.rdhup {
+                    io.readable = false;
+                }
+                buf.filled(n);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                if would_block(&e) {
+                    io.readable = false;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Writes `a` then `b` with one `writev`. A short write clears `io.writable`.
+#[inline]
+fn write2(sock: &mut TcpStream, a: &[u8], b: &[u8], io: &mut Io) -> io::Result<usize> {
+    let total = a.len() + b.len();
+    let r = if a.is_empty() {
+        sock.write(b)
+    } else if b.is_empty() {
+        sock.write(a)
+    } else {
+        sock.write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+    };
+    match r {
+        Ok(n) => {
+            if n < total {
+                io.writable = false;
+            }
+            Ok(n)
+        }
+        Err(e) => {
+            if would_block(&e) {
+                io.writable = false;
+            }
+            Err(e)
+        }
+    }
+}
+
+impl Worker {
+    fn ms(d: Duration) -> u64 {
+        d.as_millis() as u64
+    }
+
+    /// Moves client `ci`'s exchange forward until it blocks.
+    pub(crate) fn drive(&mut self, ci: usize) {
+        for _ in 0..MAX_STEPS {
+            let Some(c) = self.clients.get(ci) else {
+                return;
+            };
+            let step = match c.phase {
+                Phase::Head => self.step_head(ci),
+                Phase::Proxy => self.step_proxy(ci),
+                Phase::Local { close } => self.step_local(ci, close),
+                Phase::Linger => self.step_linger(ci),
+            };
+            match step {
+                Step::Progress => continue,
+                Step::Blocked | Step::Closed => return,
+            }
+        }
+        self.again.push(ci);
+    }
+
+    pub(crate) fn arm_idle(&mut self, ci: usize) {
+        let at = self.now + Self::ms(self.shared.cfg.timeouts.idle);
+        let c = &mut self.clients[ci];
+        self.timers.set(&mut c.timer, client_token(ci).0, at);
+    }
+
+    // ---- reading a request head -------------------------------------------------------
+
+    fn step_head(&mut self, ci: usize) -> Step {
+        let c = &mut self.clients[ci];
+        if c.buf.as_ref().is_some_and(|b| !b.is_empty()) {
+            let mut buf = c.buf.take().expect("checked");
+            let step = self.parse_head(ci, &mut buf);
+            if let Some(c) = self.clients.get_mut(ci) {
+                if c.buf.is_none() {
+                    c.buf = Some(buf);
+                } else {
+                    self.bufs.put(buf);
+                }
+            } else {
+                self.bufs.put(buf);
+            }
+            if !matches!(step, Step::Blocked) {
+                return step;
+            }
+        }
+        let c = &mut self.clients[ci];
+        if !c.io.readable {
+            if c.buf.as_ref().is_some_and(Buf::is_empty) {
+                // Idle between requests: hold no buffer.
+                self.bufs.release(&mut c.buf);
+            }
+            return Step::Blocked;
+        }
+        let was_empty = c.buf.as_ref().is_none_or(Buf::is_empty);
+        let buf = c.buf.get_or_insert_with(|| self.bufs.get());
+        if buf.space().is_empty() {
+            // A head larger than one buffer: grow up to the head limit (+1 to detect excess).
+            buf.grow(http::MAX_HEAD + 1);
+        }
+        match read_into(&mut c.sock, buf, &mut c.io) {
+            Ok(0) => {
+                self.close_client(ci);
+                Step::Closed
+            }
+            Ok(_) => {
+                if was_empty {
+                    // First byte of a head: the head timeout starts now and is not
+                    // extended by further bytes, which stops slowloris.
+                    let at = self.now + Self::ms(self.shared.cfg.timeouts.client);
+                    self.timers.set(&mut c.timer, client_token(ci).0, at);
+                }
+                Step::Progress
+            }
+            Err(e) if would_block(&e) => {
+                if c.buf.as_ref().is_some_and(Buf::is_empty) {
+                    self.bufs.release(&mut c.buf);
+                }
+                Step::Blocked
+            }
+            Err(_) => {
+                self.close_client(ci);
+                Step::Closed
+            }
+        }
+    }
+
+    /// Parses a head from `buf` (taken out of the client) and starts the exchange.
+    fn parse_head(&mut self, ci: usize, buf: &mut Buf) -> Step {
+        let mut headers = http::header_array();
+        let req = match http::parse_request(buf.bytes(), &mut headers) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Step::Blocked,
+            Err(reject) => {
+                debug!(
+                    "worker {}: {} from {}: {:?}",
+                    self.id,
+                    reject.status(),
+                    self.clients[ci].peer,
+                    reject
+                );
+                self.shared
+                    .counters
+                    .rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.respond(ci, reject.canned(), true);
+                return Step::Progress;
+            }
+        };
+        let head_len = req.head_len;
+        let mut body = Body::new(req.body);
+        // Validate the body bytes already here before anything goes upstream, so a
+        // malformed chunked body that arrived with its head is never forwarded.
+        let body_ready = match body.advance(&buf.bytes()[head_len..]) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(
+                    "worker {}: 400 from {}: {e}",
+                    self.id, self.clients[ci].peer
+                );
+                self.shared
+                    .counters
+                    .rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.respond(ci, http::BAD_REQUEST, true);
+                return Step::Progress;
+            }
+        };
+        let Some(backend) = self.shared.balancer.pick(None) else {
+            let close = req.body != BodyKind::None || !req.keep_alive;
+            debug!("worker {}: 503: no server available", self.id);
+            buf.consume(head_len + body_ready);
+            self.respond(ci, http::SERVICE_UNAVAILABLE, close || !body.is_done());
+            return Step::Progress;
+        };
+        let shared = self.shared.clone();
+        let b = shared.balancer.backend(backend);
+        self.scratch.clear();
+        req.write_upstream(
+            &mut self.scratch,
+            &Forward {
+                client_ip: self.clients[ci].peer.ip(),
+                close: shared.cfg.upstream == UpstreamMode::PerRequest,
+                host: &b.host,
+            },
+        );
+        let c = &mut self.clients[ci];
+        c.keep_alive = req.keep_alive && !self.draining;
+        c.http10 = req.minor == 0;
+        c.method = req.method;
+        c.body = body;
+        c.body_ready = body_ready;
+        buf.consume(head_len);
+        self.shared
+            .counters
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+
+        let mut head = self.bufs.get();
+        if self.scratch.len() > head.capacity() {
+            head.grow(self.scratch.len());
+        }
+        head.space()[..self.scratch.len()].copy_from_slice(&self.scratch);
+        head.filled(self.scratch.len());
+
+        match self.upstream_for(backend, ci) {
+            Some(ui) => {
+                let u = &mut self.ups[ui];
+                u.head = Some(head);
+                let c = &mut self.clients[ci];
+                c.up = ui;
+                c.phase = Phase::Proxy;
+                // While proxying, the client has a deadline only when we wait on it.
+                self.timers.set(&mut c.timer, client_token(ci).0, 0);
+                Step::Progress
+            }
+            None => {
+                self.bufs.put(head);
+                self.shared.balancer.finish(backend, Duration::ZERO, false);
+                let c = &mut self.clients[ci];
+                let close = !c.body.is_done() || !c.keep_alive;
+                buf.consume(c.body_ready);
+                c.body_ready = 0;
+                self.respond(ci, http::BAD_GATEWAY, close);
+                Step::Progress
+            }
+        }
+    }
+
+    /// A connection to `backend` for client `ci`: a pooled one, or a new one connecting.
+    fn upstream_for(&mut self, backend: usize, ci: usize) -> Option<usize> {
+        let now = self.now;
+        let resp_to = Self::ms(self.shared.cfg.timeouts.upstream);
+        if self.shared.cfg.upstream == UpstreamMode::Persistent {
+            if let Some(ui) = self.idle[backend].pop() {
+                let u = &mut self.ups[ui];
+                u.state = UpState::Busy;
+                u.client = ci;
+                u.reused = true;
+                u.started = Instant::now();
+                u.resp = Resp::Head;
+                u.ready = 0;
+                u.keep = false;
+                u.status = 0;
+                self.timers
+                    .set(&mut u.timer, upstream_token(ui).0, now + resp_to);
+                return Some(ui);
+            }
+        }
+        let addr = self.shared.balancer.backend(backend).addr;
+        let mut sock = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                debug!("worker {}: connect to {addr} failed: {e}", self.id);
+                return None;
+            }
+        };
+        let entry = self.ups.vacant_entry();
+        let ui = entry.key();
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut sock,
+                upstream_token(ui),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            return None;
+        }
+        self.shared
+            .counters
+            .upstream_connects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        entry.insert(Upstream {
+            sock,
+            backend,
+            client: ci,
+            state: UpState::Connecting,
+            io: Io::default(),
+            timer: Deadline::default(),
+            head: None,
+            buf: None,
+            out: None,
+            resp: Resp::Head,
+            ready: 0,
+            dechunk: false,
+            keep: false,
+            reused: false,
+            status: 0,
+            started: Instant::now(),
+        });
+        let at = now + Self::ms(self.shared.cfg.timeouts.connect);
+        let u = &mut self.ups[ui];
+        self.timers.set(&mut u.timer, upstream_token(ui).0, at);
+        Some(ui)
+    }
+
+    /// Checks a connecting upstream after an event. Returns false if it failed (the
+    /// client has been answered) or is still connecting.
+    pub(crate) fn connected(&mut self, ui: usize) -> bool {
+        let u = &mut self.ups[ui];
+        if !u.io.writable {
+            return false;
+        }
+        match u.sock.take_error() {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) => {
+                let ci = u.client;
+                self.fail(ci, Failure::Connect);
+                return false;
+            }
+        }
+        match u.sock.peer_addr() {
+            Ok(_) => {
+                let _ = u.sock.set_nodelay(true);
+                u.state = UpState::Busy;
+                let at = self.now + Self::ms(self.shared.cfg.timeouts.upstream);
+                self.timers.set(&mut u.timer, upstream_token(ui).0, at);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                u.io.writable = false;
+                false
+            }
+            Err(_) => {
+                let ci = u.client;
+                self.fail(ci, Failure::Connect);
+                false
+            }
+        }
+    }
+
+    // ---- the exchange -----------------------------------------------------------------
+
+    fn step_proxy(&mut self, ci: usize) -> Step {
+        let ui = self.clients[ci].up;
+        if self.ups[ui].state == UpState::Connecting {
+            return Step::Blocked;
+        }
+        let mut progress = false;
+        match self.send_request(ci, ui) {
+            Ok(true) => progress = true,
+            Ok(false) => {}
+            Err(step) => return step,
+        }
+        match self.send_response(ci, ui) {
+            Ok(true) => progress = true,
+            Ok(false) => {}
+            Err(step) => return step,
+        }
+        match self.recv_response(ci, ui) {
+            Ok(true) => progress = true,
+            Ok(false) => {}
+            Err(step) => return step,
+        }
+        let (c, u) = (&self.clients[ci], &self.ups[ui]);
+        if !u.pending_out() && u.head.is_none() && c.body_ready == 0 {
+            match u.resp {
+                Resp::Done if c.body.is_done() => return self.finish(ci),
+                // The response ended before the request body: the client stream cannot
+                // be resynchronised, so the connection closes after the response.
+                Resp::Done => return self.finish(ci),
+                Resp::Truncated => {
+                    self.abort(ci, false);
+                    return Step::Closed;
+                }
+                _ => {}
+            }
+        }
+        if progress {
+            self.arm_exchange(ci, ui);
+            Step::Progress
+        } else {
+            Step::Blocked
+        }
+    }
+
+    /// Sets the deadlines of an exchange after progress: the side we now wait on gets one.
+    fn arm_exchange(&mut self, ci: usize, ui: usize) {
+        let t = self.shared.cfg.timeouts;
+        let now = self.now;
+        let (c, u) = (&mut self.clients[ci], &mut self.ups[ui]);
+        let (client_at, up_at) = if u.pending_out() && !c.io.writable {
+            // Blocked on a slow reader: the client's send timeout, not the backend's.
+            (now + Self::ms(t.idle), 0)
+        } else if !c.body.is_done() && c.body_ready == 0 && u.head.is_none() {
+            (now + Self::ms(t.client), now + Self::ms(t.upstream))
+        } else {
+            (0, now + Self::ms(t.upstream))
+        };
+        self.timers.set(&mut c.timer, client_token(ci).0, client_at);
+        if u.resp == Resp::Done {
+            self.timers.set(&mut u.timer, upstream_token(ui).0, 0);
+        } else {
+            self.timers.set(&mut u.timer, upstream_token(ui).0, up_at);
+        }
+    }
+
+    /// Request direction: head and body bytes to the backend, more body from the client.
+    fn send_request(&mut self, ci: usize, ui: usize) -> Result<bool, Step> {
+        let (c, u) = (&mut self.clients[ci], &mut self.ups[ui]);
+        let mut progress = false;
+        if (u.head.is_some() || c.body_ready > 0) && u.io.writable {
+            let head: &[u8] = u.head.as_ref().map_or(&[], |h| h.bytes());
+            let body: &[u8] = c.buf.as_ref().map_or(&[], |b| &b.bytes()[..c.body_ready]);
+            match write2(&mut u.sock, head, body, &mut u.io) {
+                Ok(mut n) => {
+                    progress = true;
+                    if let Some(h) = u.head.as_mut() {
+                        let k = n.min(h.len());
+                        h.consume(k);
+                        n -= k;
+                        if h.is_empty() {
+                            self.bufs.release(&mut u.head);
+                        }
+                    }
+                    if n > 0 {
+                        c.buf.as_mut().expect("body bytes").consume(n);
+                        c.body_ready -= n;
+                    }
+                }
+                Err(e) if would_block(&e) => {}
+                Err(_) => {
+                    self.fail(ci, Failure::Reset);
+                    return Err(Step::Closed);
+                }
+            }
+        }
+        let (c, u) = (&mut self.clients[ci], &mut self.ups[ui]);
+        if u.head.is_none() && c.body_ready == 0 && !c.body.is_done() && c.io.readable {
+            let buf = c.buf.get_or_insert_with(|| self.bufs.get());
+            match read_into(&mut c.sock, buf, &mut c.io) {
+                Ok(0) => {
+                    debug!("worker {}: client {} closed mid-body", self.id, c.peer);
+                    self.abort(ci, true);
+                    return Err(Step::Closed);
+                }
+                Ok(_) => {
+                    progress = true;
+                    let bytes = buf.bytes();
+                    match c.body.advance(bytes) {
+                        Ok(n) => c.body_ready = n,
+                        Err(e) => {
+                            debug!("worker {}: bad request body from {}: {e}", self.id, c.peer);
+                            if u.resp == Resp::Head && u.out.is_none() {
+                                // Nothing answered yet: drop the backend exchange, answer 400.
+                                self.drop_upstream(ci, false);
+                                self.respond(ci, http::BAD_REQUEST, true);
+                                return Err(Step::Progress);
+                            }
+                            self.abort(ci, true);
+                            return Err(Step::Closed);
+                        }
+                    }
+                }
+                Err(e) if would_block(&e) => {}
+                Err(_) => {
+                    self.abort(ci, true);
+                    return Err(Step::Closed);
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Response direction, write side: pending head and body bytes to the client.
+    fn send_response(&mut self, ci: usize, ui: usize) -> Result<bool, Step> {
+        let (c, u) = (&mut self.clients[ci], &mut self.ups[ui]);
+        if !u.pending_out() || !c.io.writable {
+            return Ok(false);
+        }
+        let head: &[u8] = u.out.as_ref().map_or(&[], |h| h.bytes());
+        let body: &[u8] = u.buf.as_ref().map_or(&[], |b| &b.bytes()[..u.ready]);
+        match write2(&mut c.sock, head, body, &mut c.io) {
+            Ok(mut n) => {
+                if let Some(h) = u.out.as_mut() {
+                    let k = n.min(h.len());
+                    h.consume(k);
+                    n -= k;
+                    if h.is_empty() {
+                        self.bufs.release(&mut u.out);
+                    }
+                }
+                if n > 0 {
+                    u.buf.as_mut().expect("body bytes").consume(n);
+                    u.ready -= n;
+                }
+                Ok(true)
+            }
+            Err(e) if would_block(&e) => Ok(false),
+            Err(_) => {
+                debug!(
+                    "worker {}: client {} went away mid-response",
+                    self.id, c.peer
+                );
+                self.abort(ci, true);
+                Err(Step::Closed)
+            }
+        }
+    }
+
+    /// Response direction, read side: bytes from the backend, parsed and validated.
+    fn recv_response(&mut self, ci: usize, ui: usize) -> Result<bool, Step> {
+        let u = &mut self.ups[ui];
+        if !u.io.readable || matches!(u.resp, Resp::Done | Resp::Truncated) {
+            return Ok(false);
+        }
+        let buf = u.buf.get_or_insert_with(|| self.bufs.get());
+        if buf.space().is_empty() {
+            if u.resp == Resp::Head && buf.capacity() <= http::MAX_HEAD {
+                buf.grow(http::MAX_HEAD + 1);
+            } else {
+                return Ok(false);
+            }
+        }
+        match read_into(&mut u.sock, buf, &mut u.io) {
+            Ok(0) => self.upstream_eof(ci, ui).map(|_| true),
+            Ok(_) => {
+                self.process_response(ci, ui)?;
+                Ok(true)
+            }
+            Err(e) if would_block(&e) => Ok(false),
+            Err(_) => {
+                // Reset by the backend.
+                self.upstream_broke(ci, ui, Failure::Reset)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Parses response heads and validates body bytes that arrived.
+    fn process_response(&mut self, ci: usize, ui: usize) -> Result<(), Step> {
+        loop {
+            let u = &mut self.ups[ui];
+            match u.resp {
+                Resp::Head => {
+                    let c = &self.clients[ci];
+                    let (http10, keep_alive, body_done) =
+                        (c.http10, c.keep_alive, c.body.is_done());
+                    let head_req = c.method == Method::Head;
+                    let buf = u.buf.as_mut().expect("response bytes");
+                    let mut headers = http::header_array();
+                    let r = match http::parse_response(buf.bytes(), &mut headers, head_req) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return Ok(()),
+                        Err(bad) => {
+                            return self.upstream_broke(ci, ui, Failure::BadResponse(bad.0));
+                        }
+                    };
+                    self.scratch.clear();
+                    let head_len = r.head_len;
+                    if r.informational() {
+                        if !http10 {
+                            r.write_client(
+                                &mut self.scratch,
+                                &Reply {
+                                    http10,
+                                    close: false,
+                                    dechunk: false,
+                                },
+                            );
+                        }
+                    } else {
+                        let dechunk = http10 && r.body == BodyKind::Chunked;
+                        let close = !keep_alive
+                            || !body_done
+                            || self.draining
+                            || dechunk
+                            || r.body == BodyKind::UntilClose;
+                        r.write_client(
+                            &mut self.scratch,
+                            &Reply {
+                                http10,
+                                close,
+                                dechunk,
+                            },
+                        );
+                        u.keep = r.keep_alive;
+                        u.status = r.status;
+                        u.dechunk = dechunk;
+                        u.resp = Resp::Body(Body::new(r.body));
+                        self.clients[ci].keep_alive = !close;
+                    }
+                    buf.consume(head_len);
+                    if !self.scratch.is_empty() {
+                        let out = u.out.get_or_insert_with(|| self.bufs.get());
+                        if out.capacity() - out.end < self.scratch.len() {
+                            out.grow(out.end + self.scratch.len());
+                        }
+                        out.space()[..self.scratch.len()].copy_from_slice(&self.scratch);
+                        out.filled(self.scratch.len());
+                    }
+                }
+                Resp::Body(mut body) => {
+                    let buf = u.buf.as_mut().expect("response bytes");
+                    let ready = u.ready;
+                    let fresh = &mut buf.bytes_mut()[ready..];
+                    let total = fresh.len();
+                    let res = match &mut body {
+                        Body::Chunked(d) if u.dechunk => d.decode_in_place(fresh),
+                        b => b.advance(fresh).map(|n| (n, n)),
+                    };
+                    let (consumed, data) = match res {
+                        Ok(v) => v,
+                        Err(e) => {
+                            return self.upstream_broke(ci, ui, Failure::BadResponse(chunk_err(e)));
+                        }
+                    };
+                    if let Body::Chunked(d) = &body {
+                        if d.is_done() {
+                            body = Body::Done;
+                        }
+                    }
+                    u.ready += data;
+                    if consumed < total || data < consumed {
+                        // Framing bytes removed (de-chunked), or bytes past the end of the
+                        // response: drop them; such a backend connection is not reused.
+                        if consumed < total {
+                            u.keep = false;
+                        }
+                        buf.end = buf.start + u.ready;
+                    }
+                    u.resp = if body.is_done() {
+                        Resp::Done
+                    } else {
+                        Resp::Body(body)
+                    };
+                    return Ok(());
+                }
+                Resp::Done | Resp::Truncated => return Ok(()),
+            }
+        }
+    }
+
+    /// The backend closed its side.
+    fn upstream_eof(&mut self, ci: usize, ui: usize) -> Result<(), Step> {
+        let u = &mut self.ups[ui];
+        u.keep = false;
+        match u.resp {
+            Resp::Body(Body::UntilClose) => {
+                u.resp = Resp::Done;
+                Ok(())
+            }
+            _ => self.upstream_broke(ci, ui, Failure::Reset),
+        }
+    }
+
+    /// The backend failed mid-exchange: answer 502/504 if the client has seen nothing,
+    /// else forward what arrived and close.
+    fn upstream_broke(&mut self, ci: usize, ui: usize, why: Failure) -> Result<(), Step> {
+        let u = &mut self.ups[ui];
+        u.keep = false;
+        if u.resp == Resp::Head && u.out.is_none() {
+            self.fail(ci, why);
+            return Err(Step::Progress);
+        }
+        debug!(
+            "worker {}: backend {} broke mid-response: {}",
+            self.id,
+            self.shared.balancer.backend(u.backend).name,
+            why.reason()
+        );
+        u.resp = Resp::Truncated;
+        Ok(())
+    }
+
+    /// Fails the exchange before any response byte reached the client: closes the
+    /// upstream and answers with the matching 502/504.
+    fn fail(&mut self, ci: usize, why: Failure) {
+        let Some(c) = self.clients.get(ci) else {
+            return;
+        };
+        let ui = c.up;
+        if ui == NONE {
+            return;
+        }
+        let u = &self.ups[ui];
+        debug!(
+            "worker {}: backend {} failed ({}) for {}: answering {}",
+            self.id,
+            self.shared.balancer.backend(u.backend).name,
+            why.reason(),
+            c.peer,
+            why.canned().status
+        );
+        self.drop_upstream(ci, false);
+        let c = &mut self.clients[ci];
+        let close = !c.body.is_done() || !c.keep_alive;
+        if let Some(b) = c.buf.as_mut() {
+            b.consume(c.body_ready);
+        }
+        c.body_ready = 0;
+        self.respond(ci, why.canned(), close);
+    }
+
+    /// Detaches and closes client `ci`'s upstream, recording the outcome.
+    fn drop_upstream(&mut self, ci: usize, ok: bool) {
+        let c = &mut self.clients[ci];
+        let ui = std::mem::replace(&mut c.up, NONE);
+        if ui == NONE {
+            return;
+        }
+        let mut u = self.ups.remove(ui);
+        self.shared
+            .balancer
+            .finish(u.backend, u.started.elapsed(), ok);
+        self.bufs.release(&mut u.head);
+        self.bufs.release(&mut u.buf);
+        self.bufs.release(&mut u.out);
+    }
+
+    /// Ends a completed exchange: the upstream goes back to the pool or closes, the client
+    /// reads its next request or closes.
+    fn finish(&mut self, ci: usize) -> Step {
+        let ui = std::mem::replace(&mut self.clients[ci].up, NONE);
+        let persistent = self.shared.cfg.upstream == UpstreamMode::Persistent;
+        let max_idle = self.shared.cfg.max_idle_per_backend;
+        let u = &mut self.ups[ui];
+        self.shared.balancer.finish(
+            u.backend,
+            u.started.elapsed(),
+            u.status < 500 || u.status >= 600,
+        );
+        self.bufs.release(&mut u.head);
+        self.bufs.release(&mut u.buf);
+        self.bufs.release(&mut u.out);
+        let body_done = self.clients[ci].body.is_done();
+        let pool = &mut self.idle[u.backend];
+        // Reuse only after a cleanly framed, complete exchange the backend did not close.
+        if persistent
+            && u.keep
+            && body_done
+            && !u.io.rdhup
+            && !self.draining
+            && pool.len() < max_idle
+        {
+            u.state = UpState::Idle;
+            u.client = NONE;
+            u.io.readable = false;
+            pool.push(ui);
+            let at = self.now + Self::ms(self.shared.cfg.timeouts.pool_idle);
+            self.timers.set(&mut u.timer, upstream_token(ui).0, at);
+        } else {
+            self.ups.remove(ui);
+        }
+        let c = &mut self.clients[ci];
+        if c.keep_alive && c.body.is_done() && !self.draining {
+            c.phase = Phase::Head;
+            c.body_ready = 0;
+            if c.buf.as_ref().is_some_and(Buf::is_empty) {
+                self.bufs.release(&mut c.buf);
+            }
+            self.arm_idle(ci);
+            Step::Progress
+        } else {
+            self.linger_or_close(ci);
+            Step::Closed
+        }
+    }
+
+    /// Tears the exchange down: closes the upstream (counted as an error) and the client.
+    fn abort(&mut self, ci: usize, _client_side: bool) {
+        self.drop_upstream(ci, false);
+        self.close_client(ci);
+    }
+
+    // ---- local answers and closing ----------------------------------------------------
+
+    /// Starts writing a locally generated response.
+    fn respond(&mut self, ci: usize, canned: Canned, close: bool) {
+        let c = &mut self.clients[ci];
+        let close = close || !c.keep_alive || self.draining;
+        c.canned = if close {
+            canned.close
+        } else {
+            canned.keep_alive
+        };
+        c.phase = Phase::Local { close };
+        let at = self.now + Self::ms(self.shared.cfg.timeouts.idle);
+        self.timers.set(&mut c.timer, client_token(ci).0, at);
+    }
+
+    fn step_local(&mut self, ci: usize, close: bool) -> Step {
+        let c = &mut self.clients[ci];
+        if !c.canned.is_empty() {
+            if !c.io.writable {
+                return Step::Blocked;
+            }
+            match write2(&mut c.sock, c.canned, &[], &mut c.io) {
+                Ok(n) => c.canned = &c.canned[n..],
+                Err(e) if would_block(&e) => return Step::Blocked,
+                Err(_) => {
+                    self.close_client(ci);
+                    return Step::Closed;
+                }
+            }
+            if !c.canned.is_empty() {
+                return Step::Blocked;
+            }
+        }
+        if close {
+            self.linger_or_close(ci);
+            Step::Closed
+        } else {
+            c.phase = Phase::Head;
+            c.body = Body::Done;
+            self.arm_idle(ci);
+            Step::Progress
+        }
+    }
+
+    /// Closes after a final response. If the client may still be sending, shut down our
+    /// side and discard its input for a while, so it reads our response, not a reset.
+    fn linger_or_close(&mut self, ci: usize) {
+        let c = &mut self.clients[ci];
+        let unread =
+            c.buf.as_ref().is_some_and(|b| !b.is_empty()) || c.io.readable || !c.body.is_done();
+        if !unread {
+            self.close_client(ci);
+            return;
+        }
+        let _ = c.sock.shutdown(Shutdown::Write);
+        c.phase = Phase::Linger;
+        if let Some(b) = c.buf.as_mut() {
+            b.clear();
+        }
+        let at = self.now + LINGER_MS;
+        self.timers.set(&mut c.timer, client_token(ci).0, at);
+    }
+
+    fn step_linger(&mut self, ci: usize) -> Step {
+        let c = &mut self.clients[ci];
+        if !c.io.readable {
+            return Step::Blocked;
+        }
+        let buf = c.buf.get_or_insert_with(|| self.bufs.get());
+        buf.clear();
+        match read_into(&mut c.sock, buf, &mut c.io) {
+            Ok(0) => {
+                self.close_client(ci);
+                Step::Closed
+            }
+            Ok(_) => Step::Progress,
+            Err(e) if would_block(&e) => Step::Blocked,
+            Err(_) => {
+                self.close_client(ci);
+                Step::Closed
+            }
+        }
+    }
+
+    pub(crate) fn close_client(&mut self, ci: usize) {
+        if !self.clients.contains(ci) {
+            return;
+        }
+        self.drop_upstream(ci, false);
+        let mut c = self.clients.remove(ci);
+        self.bufs.release(&mut c.buf);
+        self.shared
+            .counters
+            .active_clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    // ---- deadlines ----------------------------------------------------------------------
+
+    /// Fires every deadline that is due.
+    pub(crate) fn expire(&mut self) {
+        let now = self.now;
+        while let Some((entry, token)) = self.timers.pop_due(now) {
+            match crate::worker::slot(mio::Token(token)) {
+                crate::worker::Slot::Client(ci) => {
+                    let Some(c) = self.clients.get_mut(ci) else {
+                        continue;
+                    };
+                    if self.timers.fire(&mut c.timer, token, entry, now) {
+                        self.client_timeout(ci);
+                    }
+                }
+                crate::worker::Slot::Upstream(ui) => {
+                    let Some(u) = self.ups.get_mut(ui) else {
+                        continue;
+                    };
+                    if self.timers.fire(&mut u.timer, token, entry, now) {
+                        self.upstream_timeout(ui);
+                    }
+                }
+            }
+        }
+    }
+
+    fn client_timeout(&mut self, ci: usize) {
+        let c = &self.clients[ci];
+        match c.phase {
+            Phase::Head if c.buf.as_ref().is_some_and(|b| !b.is_empty()) => {
+                debug!("worker {}: 408: head from {} too slow", self.id, c.peer);
+                let c = &mut self.clients[ci];
+                if let Some(b) = c.buf.as_mut() {
+                    b.clear();
+                }
+                self.respond(ci, http::REQUEST_TIMEOUT, true);
+                self.drive(ci);
+            }
+            Phase::Proxy => {
+                debug!("worker {}: client {} stalled mid-exchange", self.id, c.peer);
+                self.abort(ci, true);
+            }
+            _ => self.close_client(ci),
+        }
+    }
+
+    fn upstream_timeout(&mut self, ui: usize) {
+        let u = &self.ups[ui];
+        if u.is_idle() {
+            self.close_idle_upstream(ui);
+            return;
+        }
+        let ci = u.client;
+        if self.upstream_broke(ci, ui, Failure::Timeout).is_ok() {
+            // Mid-response: forward what arrived, then close.
+        }
+        if self.clients.contains(ci) {
+            self.drive(ci);
+        }
+    }
+}
+
+fn chunk_err(e: http::chunked::ChunkError) -> &'static str {
+    match e {
+        http::chunked::ChunkError::MissingDataCrlf => "chunk data not followed by CRLF",
+        _ => "invalid chunked framing",
+    }
+}

@@ -1,0 +1,416 @@
+//! Shared helpers for integration tests: start the real `corelb` and `corelb-backend`
+//! binaries on free loopback ports, speak raw HTTP to them, and clean up on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub const PROXY: &str = env!("CARGO_BIN_EXE_corelb");
+
+/// Path of the `corelb-backend` binary, built next to `corelb` (built on demand).
+pub fn backend_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let path = PathBuf::from(PROXY).with_file_name("corelb-backend");
+    BUILD.call_once(|| {
+        if !path.exists() {
+            let release = PROXY.contains("/release/");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "-p", "corelb-backend"]);
+            if release {
+                cmd.arg("--release");
+            }
+            assert!(
+                cmd.status().expect("cargo build").success(),
+                "building corelb-backend failed"
+            );
+        }
+    });
+    path
+}
+
+/// Reads a child's stdout until a line containing "listening on ADDR"; returns ADDR.
+fn wait_listening(child: &mut Child, what: &str) -> SocketAddr {
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        let mut sent = false;
+        while let Some(Ok(line)) = lines.next() {
+            if !sent {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what} did not report its listening address"));
+    addr.parse()
+        .unwrap_or_else(|_| panic!("{what}: bad address {addr}"))
+}
+
+/// A running `corelb-backend`, killed on drop.
+pub struct Backend {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub id: String,
+}
+
+impl Backend {
+    /// Starts backend `id` with `profile` and extra flags, on a free port.
+    pub fn start(id: &str, profile: &str, extra: &[&str]) -> Backend {
+        Self::start_on(id, profile, 0, extra)
+    }
+
+    pub fn start_on(id: &str, profile: &str, port: u16, extra: &[&str]) -> Backend {
+        let mut child = Command::new(backend_bin())
+            .args([
+                "--id",
+                id,
+                "--port",
+                &port.to_string(),
+                "--profile",
+                profile,
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start corelb-backend");
+        let addr = wait_listening(&mut child, "corelb-backend");
+        Backend {
+            child,
+            addr,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The backend's counters: (requests, connections that carried a request, accepted).
+    pub fn stats(&self) -> (u64, u64, u64) {
+        let r = get(self.addr, "/stats");
+        assert_eq!(r.status, 200, "backend /stats");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("stats json");
+        (
+            v["requests"].as_u64().unwrap(),
+            v["connections"].as_u64().unwrap(),
+            v["accepted"].as_u64().unwrap(),
+        )
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.stats().0
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `corelb`, killed on drop unless stopped.
+pub struct Proxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr: Option<ChildStderr>,
+    _config: Option<tempfile::TempPath>,
+}
+
+/// Writes a config naming `backends` (name = id, all priority 0).
+pub fn config_for(backends: &[&Backend]) -> String {
+    let servers: Vec<String> = backends
+        .iter()
+        .map(|b| {
+            format!(
+                r#"{{"priority": 0, "name": "{}", "address": "127.0.0.1", "port": {}, "load": 1}}"#,
+                b.id,
+                b.port()
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"heartbeatInterval": 1, "heartbeatTimeout": 1, "servers": [{}]}}"#,
+        servers.join(", ")
+    )
+}
+
+impl Proxy {
+    /// Starts corelb in front of `backends` with extra flags.
+    pub fn start(backends: &[&Backend], extra: &[&str]) -> Proxy {
+        Self::with_config(&config_for(backends), extra)
+    }
+
+    /// Starts corelb with a config file holding `json`.
+    pub fn with_config(json: &str, extra: &[&str]) -> Proxy {
+        let mut f = tempfile::NamedTempFile::new().expect("temp config");
+        f.write_all(json.as_bytes()).unwrap();
+        let path = f.into_temp_path();
+        let mut child = Command::new(PROXY)
+            .arg("--config")
+            .arg(&*path)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("PROXY_SERVER_PORT")
+            .env_remove("PROXY_SERVER_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start corelb");
+        let addr = wait_listening(&mut child, "corelb");
+        let stderr = child.stderr.take();
+        Proxy {
+            child,
+            addr,
+            stderr,
+            _config: Some(path),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` (e.g. "INT", "TERM") to the proxy.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits up to `limit` for the proxy to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Everything the proxy wrote to stderr (call after it exited).
+    pub fn stderr_text(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Peak resident set size of the proxy (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("VmHWM")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Bytes of the whole response as received.
+    pub raw_len: usize,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn backend(&self) -> String {
+        self.header("X-Backend").unwrap_or("").to_string()
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads one response from `s` (whose request was `method`), leaving any following bytes
+/// in `pending` for the next call.
+pub fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>, method: &str) -> Option<Resp> {
+    let mut buf = [0u8; 65536];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut r = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(n)) = r.parse(pending) {
+            let status = r.code.unwrap();
+            let hs: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let get = |k: &str| {
+                hs.iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                    .map(|(_, v)| v.clone())
+            };
+            pending.drain(..n);
+            if (100..200).contains(&status) {
+                continue;
+            }
+            let mut body = Vec::new();
+            let no_body = method == "HEAD" || status == 204 || status == 304;
+            if no_body {
+            } else if get("Transfer-Encoding")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+            {
+                body = read_chunked(s, pending);
+            } else if let Some(cl) = get("Content-Length") {
+                let len: usize = cl.trim().parse().unwrap();
+                while pending.len() < len {
+                    let k = s.read(&mut buf).ok()?;
+                    if k == 0 {
+                        break;
+                    }
+                    pending.extend_from_slice(&buf[..k]);
+                }
+                let take = len.min(pending.len());
+                body = pending.drain(..take).collect();
+            } else {
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => pending.extend_from_slice(&buf[..k]),
+                    }
+                }
+                body = std::mem::take(pending);
+            }
+            return Some(Resp {
+                status,
+                headers: hs,
+                raw_len: n + body.len(),
+                body,
+            });
+        }
+        let k = s.read(&mut buf).ok()?;
+        if k == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&buf[..k]);
+    }
+}
+
+fn read_chunked(s: &mut TcpStream, pending: &mut Vec<u8>) -> Vec<u8> {
+    let mut d = corelb::http::chunked::ChunkedDecoder::new();
+    let mut body = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let mut at = 0;
+        while at < pending.len() && !d.is_done() {
+            let p = d.decode(&pending[at..]).expect("valid chunked response");
+            body.extend_from_slice(&pending[at..][p.data]);
+            at += p.consumed;
+        }
+        pending.drain(..at);
+        if d.is_done() {
+            return body;
+        }
+        let k = s.read(&mut buf).expect("read chunked");
+        assert!(k > 0, "EOF inside chunked body");
+        pending.extend_from_slice(&buf[..k]);
+    }
+}
+
+/// Sends raw bytes on a new connection and reads one response.
+pub fn raw(addr: SocketAddr, req: &[u8]) -> Option<Resp> {
+    let mut s = connect(addr);
+    s.write_all(req).unwrap();
+    let method = std::str::from_utf8(req)
+        .ok()
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or("GET")
+        .to_string();
+    read_response(&mut s, &mut Vec::new(), &method)
+}
+
+/// Sends raw bytes and returns everything received until the server closes.
+pub fn raw_all(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
+    let mut s = connect(addr);
+    s.write_all(req).unwrap();
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// GET `path` on a new connection.
+pub fn get(addr: SocketAddr, path: &str) -> Resp {
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap_or_else(|| panic!("no response to GET {path}"))
+}
+
+/// Runs curl with `args`; returns (exit code, stdout).
+pub fn curl(args: &[&str]) -> (i32, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl is installed (apt-get install curl)");
+    (out.status.code().unwrap_or(-1), out.stdout)
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}

@@ -1,0 +1,109 @@
+//! Configuration sources and errors, through the real binary.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn run_with(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(PROXY);
+    cmd.args(args)
+        .env_remove("PROXY_SERVER_PORT")
+        .env_remove("PROXY_SERVER_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_config_prints_one_line_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.json");
+    std::fs::write(
+        &path,
+        r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": "8081"}]}"#,
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, err) = run_with(&["--config", p], &[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(
+        err.trim_end(),
+        format!("corelb: {p}: servers[0].port: expected an integer 1..65535, got \"8081\"")
+    );
+    // The same through PROXY_SERVER_CONFIG.
+    let (code, err) = run_with(&[], &[("PROXY_SERVER_CONFIG", p)]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("servers[0].port"));
+}
+
+#[test]
+fn missing_file_and_bad_flags_exit_2() {
+    let (code, err) = run_with(&["--config", "/nonexistent/corelb.json"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.starts_with("corelb: /nonexistent/corelb.json: (file): cannot read"),
+        "{err}"
+    );
+    let (code, err) = run_with(&["fastest"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("command line: --mode: unknown mode \"fastest\""),
+        "{err}"
+    );
+    let (code, _) = run_with(&["--upstream-timeout", "soon"], &[]);
+    assert_eq!(code, Some(2));
+}
+
+#[test]
+fn env_port_is_used_and_flag_overrides_it() {
+    let a = Backend::start("A", "fast", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(&path, config_for(&[&a])).unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(PROXY)
+        .env("PROXY_SERVER_CONFIG", &path)
+        .env("PROXY_SERVER_PORT", free.to_string())
+        .arg("round-robin")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{free}").parse().unwrap();
+    assert!(eventually(std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    }));
+    assert_eq!(get(addr, "/").backend(), "A");
+    let _ = child.kill();
+    let _ = child.wait();
+    // --listen beats PROXY_SERVER_PORT: the env names a port that is taken.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port().to_string();
+    let out = Command::new(PROXY)
+        .env("PROXY_SERVER_CONFIG", &path)
+        .env("PROXY_SERVER_PORT", &busy_port)
+        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = out;
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("corelb listening on 127.0.0.1:"), "{line}");
+    assert!(!line.contains(&format!(":{busy_port} ")), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
