@@ -50,6 +50,18 @@ pub struct Args {
     /// Most idle pooled connections per backend per worker.
     #[arg(long)]
     pub max_idle_per_backend: Option<usize>,
+    /// Per-request CSV log file, or `off`. Default: <mode>_<upstream>.csv.
+    #[arg(long, value_name = "FILE|off")]
+    pub log_csv: Option<String>,
+    /// Records the log queue holds before records are dropped (and counted).
+    #[arg(long, value_name = "N")]
+    pub log_queue: Option<usize>,
+    /// Directory for HDR histogram dumps (.hgrm and .hlog), written on exit.
+    #[arg(long, value_name = "DIR")]
+    pub hdr_dir: Option<String>,
+    /// Also dump every this often (e.g. 10s).
+    #[arg(long, value_name = "D")]
+    pub hdr_interval: Option<String>,
 }
 
 impl Args {
@@ -78,6 +90,10 @@ impl Args {
             pool_idle_timeout: self.pool_idle_timeout.clone(),
             drain_timeout: self.drain_timeout.clone(),
             max_idle_per_backend: self.max_idle_per_backend,
+            log_csv: self.log_csv.clone(),
+            log_queue: self.log_queue,
+            hdr_dir: self.hdr_dir.clone(),
+            hdr_interval: self.hdr_interval.clone(),
         })
     }
 }

@@ -189,6 +189,16 @@ pub struct Config {
     pub servers: Vec<Server>,
     pub timeouts: Timeouts,
     pub max_idle_per_backend: usize,
+    /// Per-request CSV log file; `None` when logging is off.
+    pub log_csv: Option<String>,
+    /// `log_csv` was named by the file, not derived from mode and upstream.
+    pub log_csv_named: bool,
+    /// Records the log channel holds before records are dropped.
+    pub log_queue: usize,
+    /// Directory for HDR histogram dumps; `None` for no dumps.
+    pub hdr_dir: Option<String>,
+    /// Also dump every this often.
+    pub hdr_interval: Option<Duration>,
 }
 
 /// Settings that may come from the command line or the environment (already merged by
@@ -208,6 +218,10 @@ pub struct Overrides {
     pub pool_idle_timeout: Option<String>,
     pub drain_timeout: Option<String>,
     pub max_idle_per_backend: Option<usize>,
+    pub log_csv: Option<String>,
+    pub log_queue: Option<usize>,
+    pub hdr_dir: Option<String>,
+    pub hdr_interval: Option<String>,
 }
 
 const CLI: &str = "command line";
@@ -288,6 +302,9 @@ impl Config {
             "upstream",
             "timeouts",
             "maxIdlePerBackend",
+            "logCsv",
+            "hdrDir",
+            "hdrInterval",
         ])?;
 
         let heartbeat_interval = f
@@ -412,7 +429,23 @@ impl Config {
             .map(|n| n as usize)
             .unwrap_or(DEFAULT_MAX_IDLE_PER_BACKEND);
 
+        let hdr_interval = match f.seconds("hdrInterval")? {
+            Some(d) if d.is_zero() => {
+                return Err(err("hdrInterval", "must be greater than 0".into()))
+            }
+            d => d,
+        };
+        let named_log = f.string("logCsv")?;
         Ok(Config {
+            log_csv_named: named_log.is_some(),
+            log_csv: match named_log.as_deref() {
+                Some("off") | Some("none") | Some("") => None,
+                Some(path) => Some(path.to_string()),
+                None => Some(default_log_name(mode, upstream)),
+            },
+            log_queue: crate::access_log::DEFAULT_QUEUE,
+            hdr_dir: f.string("hdrDir")?,
+            hdr_interval,
             source: source.to_string(),
             listen,
             workers: if workers == 0 {
@@ -497,8 +530,48 @@ impl Config {
         if let Some(n) = o.max_idle_per_backend {
             self.max_idle_per_backend = n;
         }
+        // The default log name follows the mode and upstream finally chosen.
+        if self.log_csv.is_some() && !self.log_csv_named && o.log_csv.is_none() {
+            self.log_csv = Some(default_log_name(self.mode, self.upstream));
+        }
+        match o.log_csv.as_deref() {
+            Some("off") | Some("none") | Some("") => self.log_csv = None,
+            Some(path) => self.log_csv = Some(path.to_string()),
+            None => {}
+        }
+        if let Some(n) = o.log_queue {
+            if n == 0 {
+                return Err(ConfigError::new(CLI, "--log-queue", "must be at least 1"));
+            }
+            self.log_queue = n;
+        }
+        if let Some(d) = &o.hdr_dir {
+            self.hdr_dir = Some(d.clone());
+        }
+        if let Some(v) = &o.hdr_interval {
+            match parse_duration(v) {
+                Some(d) if !d.is_zero() => self.hdr_interval = Some(d),
+                _ => {
+                    return Err(ConfigError::new(
+                        CLI,
+                        "--hdr-interval",
+                        format!("expected a duration greater than 0 like 10s, got \"{v}\""),
+                    ))
+                }
+            }
+        }
         Ok(())
     }
+
+    /// `<mode>_<upstream>`: the prefix of log and dump file names.
+    pub fn run_name(&self) -> String {
+        format!("{}_{}", self.mode, self.upstream)
+    }
+}
+
+/// The seed's CSV naming: `<mode>_<upstream>.csv`, e.g. `adaptive_ewma_persistent.csv`.
+fn default_log_name(mode: Mode, upstream: Upstream) -> String {
+    format!("{mode}_{upstream}.csv")
 }
 
 /// Number of workers when none is configured: one per core.

@@ -2,11 +2,13 @@
 //!
 //! The binary in `main.rs` only parses flags; everything else lives in these modules.
 
+pub mod access_log;
 pub mod balancer;
 pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod server;
 mod session;
 pub mod timer;

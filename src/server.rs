@@ -5,9 +5,11 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::access_log::{LogContext, Logger};
 use crate::balancer::Balancer;
 use crate::config::Config;
 use crate::debug;
+use crate::metrics::{Aggregator, DumpConfig};
 use crate::worker::{self, Counters, Handle, Shared, Worker};
 
 /// A running proxy.
@@ -15,6 +17,16 @@ pub struct Server {
     pub shared: Arc<Shared>,
     pub local_addr: std::net::SocketAddr,
     workers: Vec<Handle>,
+    logger: Option<Logger>,
+    pub metrics: Aggregator,
+}
+
+/// What a stopped server reports.
+pub struct Report {
+    pub csv_written: u64,
+    pub csv_dropped: u64,
+    pub dumps: Vec<std::path::PathBuf>,
+    pub problems: Vec<String>,
 }
 
 impl Server {
@@ -33,6 +45,31 @@ impl Server {
                     .map_err(|e| format!("cannot listen on {local_addr}: {e}"))?,
             );
         }
+        let backend_names: Vec<String> = cfg.servers.iter().map(|s| s.name.clone()).collect();
+        let logger = match &cfg.log_csv {
+            Some(path) => Some(
+                Logger::start(LogContext {
+                    path: path.clone(),
+                    mode: cfg.mode.to_string(),
+                    backend_urls: cfg
+                        .servers
+                        .iter()
+                        .map(|s| format!("http://{}", s.addr))
+                        .collect(),
+                    queue: cfg.log_queue,
+                })
+                .map_err(|e| format!("cannot write CSV log {path}: {e}"))?,
+            ),
+            None => None,
+        };
+        let dump = cfg.hdr_dir.as_ref().map(|dir| DumpConfig {
+            dir: dir.into(),
+            prefix: cfg.run_name(),
+            backend_names: backend_names.clone(),
+            interval: cfg.hdr_interval,
+        });
+        let metrics = Aggregator::start(backend_names.len(), dump)
+            .map_err(|e| format!("cannot start metrics (hdr dir {:?}): {e}", cfg.hdr_dir))?;
         let shared = Arc::new(Shared {
             balancer: Balancer::new(&cfg),
             cfg,
@@ -42,7 +79,8 @@ impl Server {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut workers = Vec::with_capacity(n);
         for (id, listener) in listeners.into_iter().enumerate() {
-            let (w, waker) = Worker::new(id, shared.clone(), listener)
+            let log = logger.as_ref().map(|l| l.sender.clone());
+            let (w, waker) = Worker::new(id, shared.clone(), listener, log, metrics.tx.clone())
                 .map_err(|e| format!("cannot start worker {id}: {e}"))?;
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let thread = std::thread::Builder::new()
@@ -62,6 +100,8 @@ impl Server {
             shared,
             local_addr,
             workers,
+            logger,
+            metrics,
         })
     }
 
@@ -73,13 +113,34 @@ impl Server {
         }
     }
 
-    /// Waits for every worker to finish. Returns false if one panicked.
-    pub fn join(self) -> bool {
-        let mut ok = true;
-        for w in self.workers {
-            ok &= w.thread.join().is_ok();
+    /// Waits for every worker to finish, then for the CSV log to be flushed and the final
+    /// histogram dumps to be written.
+    pub fn join(self) -> Report {
+        let mut problems = Vec::new();
+        for (i, w) in self.workers.into_iter().enumerate() {
+            if w.thread.join().is_err() {
+                problems.push(format!("worker {i} panicked"));
+            }
         }
-        ok
+        let (csv_written, csv_dropped) = match self.logger {
+            Some(l) => l
+                .finish(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|e| {
+                    problems.push(e);
+                    (0, 0)
+                }),
+            None => (0, 0),
+        };
+        let dumps = self.metrics.finish().unwrap_or_else(|e| {
+            problems.push(format!("histogram dumps: {e}"));
+            Vec::new()
+        });
+        Report {
+            csv_written,
+            csv_dropped,
+            dumps,
+            problems,
+        }
     }
 }
 
@@ -125,8 +186,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
     eprintln!("corelb: stopping: finishing in-flight requests");
     server.stop();
     let counters = server.shared.clone();
-    if !server.join() {
-        return Err("a worker panicked".into());
+    let log_path = counters.cfg.log_csv.clone();
+    let report = server.join();
+    if let Some(path) = log_path {
+        eprintln!(
+            "corelb: CSV log {path}: {} records written, {} dropped (queue full)",
+            report.csv_written, report.csv_dropped
+        );
+    }
+    for d in &report.dumps {
+        eprintln!("corelb: wrote {}", d.display());
+    }
+    if !report.problems.is_empty() {
+        return Err(report.problems.join("; "));
     }
     let c = &counters.counters;
     eprintln!(

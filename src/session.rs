@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::Interest;
 
+use crate::access_log::Record;
 use crate::buffer::Buf;
 use crate::config::Upstream as UpstreamMode;
 use crate::debug;
@@ -151,6 +152,10 @@ pub(crate) struct Upstream {
     pub reused: bool,
     pub status: u16,
     pub started: Instant,
+    /// Microseconds from `started` to the response head (0 until it arrives).
+    pub ttfb_us: u64,
+    /// The log record of the current exchange, completed when it ends.
+    pub rec: Record,
 }
 
 impl Upstream {
@@ -369,11 +374,16 @@ impl Worker {
                     .counters
                     .rejected
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let rec = Record::new(self.id, self.clients[ci].peer, Method::Other, b"");
+                self.log_local(rec, reject.canned());
                 self.respond(ci, reject.canned(), true);
                 return Step::Progress;
             }
         };
         let head_len = req.head_len;
+        let peer = self.clients[ci].peer;
+        let mut rec = Record::new(self.id, peer, req.method, req.path().as_bytes());
+        rec.request_bytes = head_len as u64;
         let mut body = Body::new(req.body);
         // Validate the body bytes already here before anything goes upstream, so a
         // malformed chunked body that arrived with its head is never forwarded.
@@ -388,6 +398,7 @@ impl Worker {
                     .counters
                     .rejected
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.log_local(rec, http::BAD_REQUEST);
                 self.respond(ci, http::BAD_REQUEST, true);
                 return Step::Progress;
             }
@@ -396,6 +407,7 @@ impl Worker {
             let close = req.body != BodyKind::None || !req.keep_alive;
             debug!("worker {}: 503: no server available", self.id);
             buf.consume(head_len + body_ready);
+            self.log_local(rec, http::SERVICE_UNAVAILABLE);
             self.respond(ci, http::SERVICE_UNAVAILABLE, close || !body.is_done());
             return Step::Progress;
         };
@@ -432,6 +444,9 @@ impl Worker {
         match self.upstream_for(backend, ci) {
             Some(ui) => {
                 let u = &mut self.ups[ui];
+                rec.reused = u.reused;
+                u.rec = rec;
+                u.ttfb_us = 0;
                 u.head = Some(head);
                 let c = &mut self.clients[ci];
                 c.up = ui;
@@ -443,6 +458,8 @@ impl Worker {
             None => {
                 self.bufs.put(head);
                 self.shared.balancer.finish(backend, Duration::ZERO, false);
+                rec.backend = Some(backend as u16);
+                self.log_local(rec, http::BAD_GATEWAY);
                 let c = &mut self.clients[ci];
                 let close = !c.body.is_done() || !c.keep_alive;
                 buf.consume(c.body_ready);
@@ -516,6 +533,8 @@ impl Worker {
             reused: false,
             status: 0,
             started: Instant::now(),
+            ttfb_us: 0,
+            rec: Record::new(self.id, self.clients[ci].peer, Method::Other, b""),
         });
         let at = now + Self::ms(self.shared.cfg.timeouts.connect);
         let u = &mut self.ups[ui];
@@ -645,6 +664,7 @@ impl Worker {
                     if n > 0 {
                         c.buf.as_mut().expect("body bytes").consume(n);
                         c.body_ready -= n;
+                        u.rec.request_bytes += n as u64;
                     }
                 }
                 Err(e) if would_block(&e) => {}
@@ -672,7 +692,7 @@ impl Worker {
                             debug!("worker {}: bad request body from {}: {e}", self.id, c.peer);
                             if u.resp == Resp::Head && u.out.is_none() {
                                 // Nothing answered yet: drop the backend exchange, answer 400.
-                                self.drop_upstream(ci, false);
+                                self.end_upstream(ci, 400);
                                 self.respond(ci, http::BAD_REQUEST, true);
                                 return Err(Step::Progress);
                             }
@@ -701,6 +721,7 @@ impl Worker {
         let body: &[u8] = u.buf.as_ref().map_or(&[], |b| &b.bytes()[..u.ready]);
         match write2(&mut c.sock, head, body, &mut c.io) {
             Ok(mut n) => {
+                u.rec.response_bytes += n as u64;
                 if let Some(h) = u.out.as_mut() {
                     let k = n.min(h.len());
                     h.consume(k);
@@ -805,6 +826,7 @@ impl Worker {
                         );
                         u.keep = r.keep_alive;
                         u.status = r.status;
+                        u.ttfb_us = u.started.elapsed().as_micros() as u64;
                         u.dechunk = dechunk;
                         u.resp = Resp::Body(Body::new(r.body));
                         self.clients[ci].keep_alive = !close;
@@ -911,7 +933,7 @@ impl Worker {
             c.peer,
             why.canned().status
         );
-        self.drop_upstream(ci, false);
+        self.end_upstream(ci, why.canned().status);
         let c = &mut self.clients[ci];
         let close = !c.body.is_done() || !c.keep_alive;
         if let Some(b) = c.buf.as_mut() {
@@ -921,17 +943,22 @@ impl Worker {
         self.respond(ci, why.canned(), close);
     }
 
-    /// Detaches and closes client `ci`'s upstream, recording the outcome.
-    fn drop_upstream(&mut self, ci: usize, ok: bool) {
+    /// Detaches and closes client `ci`'s upstream before its exchange completed, logging
+    /// it with `status`: the error answer sent, the status of a response broken off, or
+    /// 499 when the client left before any response.
+    fn end_upstream(&mut self, ci: usize, status: u16) {
         let c = &mut self.clients[ci];
         let ui = std::mem::replace(&mut c.up, NONE);
         if ui == NONE {
             return;
         }
         let mut u = self.ups.remove(ui);
-        self.shared
-            .balancer
-            .finish(u.backend, u.started.elapsed(), ok);
+        let status = match status {
+            0 if u.status != 0 => u.status,
+            0 => 499,
+            s => s,
+        };
+        self.record_exchange(u.backend, u.started, u.ttfb_us, u.rec, status, false);
         self.bufs.release(&mut u.head);
         self.bufs.release(&mut u.buf);
         self.bufs.release(&mut u.out);
@@ -943,12 +970,10 @@ impl Worker {
         let ui = std::mem::replace(&mut self.clients[ci].up, NONE);
         let persistent = self.shared.cfg.upstream == UpstreamMode::Persistent;
         let max_idle = self.shared.cfg.max_idle_per_backend;
+        let u = &self.ups[ui];
+        let ok = u.status < 500;
+        self.record_exchange(u.backend, u.started, u.ttfb_us, u.rec, u.status, ok);
         let u = &mut self.ups[ui];
-        self.shared.balancer.finish(
-            u.backend,
-            u.started.elapsed(),
-            u.status < 500 || u.status >= 600,
-        );
         self.bufs.release(&mut u.head);
         self.bufs.release(&mut u.buf);
         self.bufs.release(&mut u.out);
@@ -986,9 +1011,47 @@ impl Worker {
         }
     }
 
+    /// Records a finished exchange: shared backend stats, this worker's histograms, the
+    /// CSV log.
+    fn record_exchange(
+        &mut self,
+        backend: usize,
+        started: Instant,
+        ttfb_us: u64,
+        mut rec: Record,
+        status: u16,
+        ok: bool,
+    ) {
+        let total_us = started.elapsed().as_micros() as u64;
+        let upstream_us = if ttfb_us > 0 { ttfb_us } else { total_us };
+        self.shared
+            .balancer
+            .finish(backend, Duration::from_micros(upstream_us), ok);
+        self.hists
+            .record(Some(backend), upstream_us, total_us, !ok || status >= 500);
+        if let Some(log) = &self.log {
+            rec.backend = Some(backend as u16);
+            rec.status = status;
+            rec.upstream_us = upstream_us;
+            rec.total_us = total_us;
+            rec.stamp();
+            log.send(rec);
+        }
+    }
+
+    /// Records an answer the proxy made itself (no backend exchange).
+    fn log_local(&mut self, mut rec: Record, canned: Canned) {
+        self.hists.record(None, 0, 0, canned.status >= 500);
+        if let Some(log) = &self.log {
+            rec.status = canned.status;
+            rec.stamp();
+            log.send(rec);
+        }
+    }
+
     /// Tears the exchange down: closes the upstream (counted as an error) and the client.
     fn abort(&mut self, ci: usize, _client_side: bool) {
-        self.drop_upstream(ci, false);
+        self.end_upstream(ci, 0);
         self.close_client(ci);
     }
 
@@ -1081,7 +1144,7 @@ impl Worker {
         if !self.clients.contains(ci) {
             return;
         }
-        self.drop_upstream(ci, false);
+        self.end_upstream(ci, 0);
         let mut c = self.clients.remove(ci);
         self.bufs.release(&mut c.buf);
         self.shared

@@ -16,9 +16,11 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::access_log::LogSender;
 use crate::balancer::Balancer;
 use crate::buffer::BufPool;
 use crate::config::Config;
+use crate::metrics::{Snapshot, WorkerHists};
 use crate::session::{Client, Upstream};
 use crate::timer::{Clock, Timers};
 
@@ -135,6 +137,11 @@ pub struct Worker {
     pub(crate) scratch: Vec<u8>,
     pub(crate) draining: bool,
     accept_pending: bool,
+    /// Per-request CSV records go here (None: logging off).
+    pub(crate) log: Option<LogSender>,
+    /// This worker's latency histograms, handed to the aggregator once a second.
+    pub(crate) hists: WorkerHists,
+    metrics: crossbeam_channel::Sender<Snapshot>,
 }
 
 impl Worker {
@@ -142,6 +149,8 @@ impl Worker {
         id: usize,
         shared: Arc<Shared>,
         listener: std::net::TcpListener,
+        log: Option<LogSender>,
+        metrics: crossbeam_channel::Sender<Snapshot>,
     ) -> io::Result<(Worker, Arc<Waker>)> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(listener);
@@ -166,6 +175,9 @@ impl Worker {
                 scratch: Vec::with_capacity(4096),
                 draining: false,
                 accept_pending: false,
+                log,
+                hists: WorkerHists::new(backends),
+                metrics,
             },
             waker,
         ))
@@ -225,6 +237,11 @@ impl Worker {
             self.again = again;
             self.again.clear();
             self.expire();
+            let instant = std::time::Instant::now();
+            if self.hists.due(instant) {
+                // Off the request path: a copy once a second, never blocking.
+                let _ = self.metrics.try_send(self.hists.take(self.id, instant));
+            }
 
             if self.shared.stop.load(Relaxed) && !self.draining {
                 self.start_drain();
@@ -253,6 +270,9 @@ impl Worker {
         for ci in cis {
             self.close_client(ci);
         }
+        // The last interval: the aggregator is waiting for it before the final dumps.
+        let last = self.hists.take(self.id, std::time::Instant::now());
+        let _ = self.metrics.send(last);
         debug!("worker {} stopped", self.id);
     }
 

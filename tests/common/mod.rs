@@ -162,10 +162,15 @@ impl Proxy {
         let mut f = tempfile::NamedTempFile::new().expect("temp config");
         f.write_all(json.as_bytes()).unwrap();
         let path = f.into_temp_path();
-        let mut child = Command::new(PROXY)
-            .arg("--config")
+        let mut cmd = Command::new(PROXY);
+        cmd.arg("--config")
             .arg(&*path)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0"]);
+        // Tests write no CSV unless they ask for one.
+        if !extra.contains(&"--log-csv") {
+            cmd.args(["--log-csv", "off"]);
+        }
+        let mut child = cmd
             .args(extra)
             .env_remove("PROXY_SERVER_PORT")
             .env_remove("PROXY_SERVER_CONFIG")

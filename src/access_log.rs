@@ -1,0 +1,308 @@
+//! Per-request CSV log: the record workers produce, the bounded channel they hand it to
+//! with `try_send` (a full channel drops the record and counts it, never blocks), and the
+//! one logger thread that writes the file with the csv crate.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use crate::http::Method;
+
+/// Records the channel holds before workers start dropping them.
+pub const DEFAULT_QUEUE: usize = 16 * 1024;
+/// Longest path kept in a record; longer paths are cut.
+const PATH_MAX: usize = 128;
+
+/// The CSV header. The seed's columns come first.
+pub const COLUMNS: [&str; 14] = [
+    "timestamp",
+    "backend_url",
+    "latency_ms",
+    "status_code",
+    "routing_mode",
+    "worker",
+    "method",
+    "path",
+    "request_bytes",
+    "response_bytes",
+    "upstream_latency_us",
+    "total_latency_us",
+    "reused",
+    "client_addr",
+];
+
+/// One finished request. `Copy` and fixed-size, so sending it allocates nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct Record {
+    /// Microseconds since the Unix epoch when the response was complete.
+    pub unix_us: u64,
+    /// Backend index, or `None` for answers the proxy made itself (400, 503, ...).
+    pub backend: Option<u16>,
+    pub status: u16,
+    pub worker: u16,
+    pub method: Method,
+    pub reused: bool,
+    path_len: u8,
+    path: [u8; PATH_MAX],
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub upstream_us: u64,
+    pub total_us: u64,
+    pub client: SocketAddr,
+}
+
+impl Record {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(worker: usize, client: SocketAddr, method: Method, path: &[u8]) -> Record {
+        let n = path.len().min(PATH_MAX);
+        let mut p = [0u8; PATH_MAX];
+        p[..n].copy_from_slice(&path[..n]);
+        Record {
+            unix_us: 0,
+            backend: None,
+            status: 0,
+            worker: worker as u16,
+            method,
+            reused: false,
+            path_len: n as u8,
+            path: p,
+            request_bytes: 0,
+            response_bytes: 0,
+            upstream_us: 0,
+            total_us: 0,
+            client,
+        }
+    }
+
+    pub fn path(&self) -> &[u8] {
+        &self.path[..self.path_len as usize]
+    }
+
+    /// Stamps the record with the current wall-clock time.
+    pub fn stamp(&mut self) {
+        self.unix_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+    }
+}
+
+/// A worker's end of the log: `None` when logging is off.
+#[derive(Clone)]
+pub struct LogSender {
+    tx: Sender<Record>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogSender {
+    /// Hands a record to the logger without ever blocking; counts it if the queue is full.
+    #[inline]
+    pub fn send(&self, r: Record) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(r) {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The logger thread and its counters.
+pub struct Logger {
+    pub sender: LogSender,
+    pub dropped: Arc<AtomicU64>,
+    pub written: Arc<AtomicU64>,
+    thread: JoinHandle<io::Result<()>>,
+}
+
+/// What the logger needs to name backends and the mode.
+pub struct LogContext {
+    pub path: String,
+    pub mode: String,
+    /// `http://ADDR` per backend index.
+    pub backend_urls: Vec<String>,
+    pub queue: usize,
+}
+
+impl Logger {
+    /// Creates the file (with its header) and starts the logger thread.
+    pub fn start(ctx: LogContext) -> io::Result<Logger> {
+        let file = File::create(&ctx.path)?;
+        let (tx, rx) = crossbeam_channel::bounded(ctx.queue.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(AtomicU64::new(0));
+        let w2 = written.clone();
+        let thread = std::thread::Builder::new()
+            .name("corelb-log".into())
+            .spawn(move || write_loop(file, rx, ctx, w2))?;
+        Ok(Logger {
+            sender: LogSender {
+                tx,
+                dropped: dropped.clone(),
+            },
+            dropped,
+            written,
+            thread,
+        })
+    }
+
+    /// Waits (at most `limit`) for the logger to write what is queued and flush. Every
+    /// sender must be dropped first. Returns (written, dropped).
+    pub fn finish(self, limit: Duration) -> Result<(u64, u64), String> {
+        let Logger {
+            sender,
+            dropped,
+            written,
+            thread,
+        } = self;
+        drop(sender);
+        let end = std::time::Instant::now() + limit;
+        while !thread.is_finished() {
+            if std::time::Instant::now() >= end {
+                return Err(format!(
+                    "CSV logger still writing after {limit:?}; {} records written",
+                    written.load(Relaxed)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match thread.join() {
+            Ok(Ok(())) => Ok((written.load(Relaxed), dropped.load(Relaxed))),
+            Ok(Err(e)) => Err(format!("CSV log: {e}")),
+            Err(_) => Err("CSV logger panicked".into()),
+        }
+    }
+}
+
+fn write_loop(
+    file: File,
+    rx: Receiver<Record>,
+    ctx: LogContext,
+    written: Arc<AtomicU64>,
+) -> io::Result<()> {
+    let mut w = csv::WriterBuilder::new().from_writer(BufWriter::with_capacity(256 * 1024, file));
+    w.write_record(COLUMNS)?;
+    w.flush()?;
+    let mut field = Vec::with_capacity(64);
+    loop {
+        let r = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => {
+                // Quiet: make what was written visible to readers (tail -f, the dashboard).
+                w.flush()?;
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        write_record(&mut w, &mut field, &r, &ctx)?;
+        written.fetch_add(1, Relaxed);
+        // Drain what is queued without waiting, then loop back to the timed wait.
+        for r in rx.try_iter() {
+            write_record(&mut w, &mut field, &r, &ctx)?;
+            written.fetch_add(1, Relaxed);
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn write_record<W: Write>(
+    w: &mut csv::Writer<W>,
+    f: &mut Vec<u8>,
+    r: &Record,
+    ctx: &LogContext,
+) -> io::Result<()> {
+    macro_rules! field {
+        ($($arg:tt)*) => {{
+            f.clear();
+            write!(f, $($arg)*)?;
+            w.write_field(&f[..])?;
+        }};
+    }
+    field!("{}.{:06}", r.unix_us / 1_000_000, r.unix_us % 1_000_000);
+    match r.backend {
+        Some(b) => w.write_field(ctx.backend_urls.get(b as usize).map_or("", String::as_str))?,
+        None => w.write_field("")?,
+    }
+    field!("{:.3}", r.total_us as f64 / 1000.0);
+    field!("{}", r.status);
+    w.write_field(&ctx.mode)?;
+    field!("{}", r.worker);
+    w.write_field(r.method_str())?;
+    w.write_field(r.path())?;
+    field!("{}", r.request_bytes);
+    field!("{}", r.response_bytes);
+    field!("{}", r.upstream_us);
+    field!("{}", r.total_us);
+    w.write_field(if r.reused { "1" } else { "0" })?;
+    field!("{}", r.client);
+    w.write_record(None::<&[u8]>)?;
+    Ok(())
+}
+
+impl Record {
+    fn method_str(&self) -> &'static str {
+        match self.method {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Patch => "PATCH",
+            Method::Connect => "CONNECT",
+            Method::Other => "OTHER",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_queue_drops_and_counts_without_blocking() {
+        let (tx, _rx) = crossbeam_channel::bounded(2);
+        let s = LogSender {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        let r = Record::new(0, "127.0.0.1:1".parse().unwrap(), Method::Get, b"/");
+        for _ in 0..5 {
+            s.send(r);
+        }
+        assert_eq!(s.dropped.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn rows_have_the_seed_columns_first() {
+        let dir = std::env::temp_dir().join(format!("corelb-log-{}", std::process::id()));
+        let path = dir.with_extension("csv");
+        let logger = Logger::start(LogContext {
+            path: path.to_str().unwrap().into(),
+            mode: "round-robin".into(),
+            backend_urls: vec!["http://127.0.0.1:8081".into()],
+            queue: 8,
+        })
+        .unwrap();
+        let mut r = Record::new(1, "127.0.0.1:5555".parse().unwrap(), Method::Post, b"/a,b");
+        r.backend = Some(0);
+        r.status = 201;
+        r.total_us = 1500;
+        r.upstream_us = 1200;
+        r.unix_us = 1_700_000_000_123_456;
+        logger.sender.send(r);
+        assert_eq!(logger.finish(Duration::from_secs(5)).unwrap(), (1, 0));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let mut lines = text.lines();
+        assert_eq!(lines.next().unwrap(), COLUMNS.join(","));
+        assert_eq!(
+            lines.next().unwrap(),
+            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555"
+        );
+    }
+}

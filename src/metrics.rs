@@ -1,0 +1,494 @@
+//! Latency histograms: each worker records into its own HDR histograms without locks and
+//! hands a copy to the aggregator thread once a second; the aggregator merges them (off the
+//! hot path), keeps the live summary, and writes `.hgrm` percentile distributions and a V2
+//! interval log (`.hlog`) to `--hdr-dir`.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::Histogram;
+
+/// Largest latency recorded exactly, in microseconds (10 minutes); larger ones saturate.
+pub const HIST_MAX_US: u64 = 600_000_000;
+/// Significant digits kept by every histogram.
+pub const SIGFIG: u8 = 3;
+/// How often workers hand their histograms over.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Seconds of per-second request counts kept for rates.
+const HISTORY: usize = 60;
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, SIGFIG).expect("static bounds are valid")
+}
+
+/// One worker's histograms since its last hand-over.
+pub struct WorkerHists {
+    pub total: Histogram<u64>,
+    pub backends: Vec<Histogram<u64>>,
+    pub requests: u64,
+    /// Responses with a 5xx status or broken off.
+    pub errors: u64,
+    next_flush: Instant,
+}
+
+/// What a worker hands over: its histograms for the last interval.
+pub struct Snapshot {
+    pub worker: usize,
+    pub total: Histogram<u64>,
+    pub backends: Vec<Histogram<u64>>,
+    pub requests: u64,
+    pub errors: u64,
+}
+
+impl WorkerHists {
+    pub fn new(backends: usize) -> WorkerHists {
+        WorkerHists {
+            total: histogram(),
+            backends: (0..backends).map(|_| histogram()).collect(),
+            requests: 0,
+            errors: 0,
+            next_flush: Instant::now() + FLUSH_EVERY,
+        }
+    }
+
+    /// Records one finished request: its total latency, and its upstream latency on the
+    /// backend that served it.
+    #[inline]
+    pub fn record(&mut self, backend: Option<usize>, upstream_us: u64, total_us: u64, error: bool) {
+        self.total.saturating_record(total_us.max(1));
+        if let Some(b) = backend {
+            if let Some(h) = self.backends.get_mut(b) {
+                h.saturating_record(upstream_us.max(1));
+            }
+        }
+        self.requests += 1;
+        self.errors += error as u64;
+    }
+
+    /// True once a second: time to hand over.
+    #[inline]
+    pub fn due(&self, now: Instant) -> bool {
+        now >= self.next_flush
+    }
+
+    /// Copies the interval out and starts a new one.
+    pub fn take(&mut self, worker: usize, now: Instant) -> Snapshot {
+        self.next_flush = now + FLUSH_EVERY;
+        let snap = Snapshot {
+            worker,
+            total: self.total.clone(),
+            backends: self.backends.clone(),
+            requests: self.requests,
+            errors: self.errors,
+        };
+        self.total.reset();
+        self.backends.iter_mut().for_each(Histogram::reset);
+        self.requests = 0;
+        self.errors = 0;
+        snap
+    }
+}
+
+/// Live latency and rate summary, read by the admin side.
+pub struct Summary {
+    pub since_start_total: Histogram<u64>,
+    pub since_start_backends: Vec<Histogram<u64>>,
+    /// The last complete one-second interval, merged over workers.
+    pub last_total: Histogram<u64>,
+    pub last_backends: Vec<Histogram<u64>>,
+    /// Requests completed per second, oldest first, newest last.
+    pub per_second: std::collections::VecDeque<u64>,
+    pub errors_per_second: std::collections::VecDeque<u64>,
+}
+
+impl Summary {
+    fn new(backends: usize) -> Summary {
+        Summary {
+            since_start_total: histogram(),
+            since_start_backends: (0..backends).map(|_| histogram()).collect(),
+            last_total: histogram(),
+            last_backends: (0..backends).map(|_| histogram()).collect(),
+            per_second: Default::default(),
+            errors_per_second: Default::default(),
+        }
+    }
+
+    /// Mean requests per second over the last `secs` complete seconds.
+    pub fn rps(&self, secs: usize) -> f64 {
+        let n = secs.min(self.per_second.len());
+        if n == 0 {
+            return 0.0;
+        }
+        self.per_second.iter().rev().take(n).sum::<u64>() as f64 / n as f64
+    }
+}
+
+/// Where dumps go and what they are called.
+#[derive(Clone)]
+pub struct DumpConfig {
+    pub dir: PathBuf,
+    /// `<mode>_<upstream>`, the prefix of every dump file.
+    pub prefix: String,
+    pub backend_names: Vec<String>,
+    /// Also dump every this often (hgrm rewritten, an hlog interval written).
+    pub interval: Option<Duration>,
+}
+
+/// The aggregator thread.
+pub struct Aggregator {
+    pub tx: Sender<Snapshot>,
+    pub summary: Arc<Mutex<Summary>>,
+    thread: JoinHandle<io::Result<Vec<PathBuf>>>,
+}
+
+impl Aggregator {
+    pub fn start(backends: usize, dump: Option<DumpConfig>) -> io::Result<Aggregator> {
+        if let Some(d) = &dump {
+            std::fs::create_dir_all(&d.dir)?;
+        }
+        // Room for several seconds of hand-overs from many workers.
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let summary = Arc::new(Mutex::new(Summary::new(backends)));
+        let s2 = summary.clone();
+        let thread = std::thread::Builder::new()
+            .name("corelb-metrics".into())
+            .spawn(move || aggregate(rx, s2, backends, dump))?;
+        Ok(Aggregator {
+            tx,
+            summary,
+            thread,
+        })
+    }
+
+    /// Waits for the aggregator to take the workers' last hand-overs and write the final
+    /// dumps. Every sender must be dropped first. Returns the files written.
+    pub fn finish(self) -> io::Result<Vec<PathBuf>> {
+        drop(self.tx);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("metrics thread panicked")))
+    }
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+fn aggregate(
+    rx: Receiver<Snapshot>,
+    summary: Arc<Mutex<Summary>>,
+    backends: usize,
+    dump: Option<DumpConfig>,
+) -> io::Result<Vec<PathBuf>> {
+    let started_unix = unix_now();
+    // Accumulators for the current one-second interval and the current dump interval.
+    let mut sec_total = histogram();
+    let mut sec_backends: Vec<_> = (0..backends).map(|_| histogram()).collect();
+    let (mut sec_requests, mut sec_errors) = (0u64, 0u64);
+    let mut win_total = histogram();
+    let mut win_backends: Vec<_> = (0..backends).map(|_| histogram()).collect();
+    let mut win_start = Instant::now();
+    let mut win_start_unix = started_unix;
+    let dump_every = dump
+        .as_ref()
+        .and_then(|d| d.interval)
+        .unwrap_or(FLUSH_EVERY);
+
+    let mut hlog = match &dump {
+        Some(d) => {
+            let path = d.dir.join(format!("{}.hlog", d.prefix));
+            Some((BufWriter::new(File::create(&path)?), path))
+        }
+        None => None,
+    };
+    let mut serializer = V2DeflateSerializer::new();
+    let mut written = Vec::new();
+    let mut hlog_writer = match hlog.as_mut() {
+        Some((w, path)) => {
+            written.push(path.clone());
+            let mut b = IntervalLogWriterBuilder::new();
+            b.add_comment("corelb latency histograms, values in microseconds")
+                .with_start_time(SystemTime::now())
+                .with_base_time(SystemTime::now())
+                .with_max_value_divisor(1000.0);
+            Some(b.begin_log_with(w, &mut serializer)?)
+        }
+        None => None,
+    };
+
+    let mut next_sec = Instant::now() + FLUSH_EVERY;
+    let mut open = true;
+    while open {
+        let wait = next_sec.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(s) => {
+                let _ = sec_total.add(&s.total);
+                for (acc, h) in sec_backends.iter_mut().zip(&s.backends) {
+                    let _ = acc.add(h);
+                }
+                sec_requests += s.requests;
+                sec_errors += s.errors;
+                continue;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+        // A second is over (or everyone is gone): publish it.
+        next_sec = Instant::now() + FLUSH_EVERY;
+        {
+            let mut sum = summary.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = sum.since_start_total.add(&sec_total);
+            for (acc, h) in sum.since_start_backends.iter_mut().zip(&sec_backends) {
+                let _ = acc.add(h);
+            }
+            sum.last_total = sec_total.clone();
+            sum.last_backends = sec_backends.clone();
+            sum.per_second.push_back(sec_requests);
+            sum.errors_per_second.push_back(sec_errors);
+            while sum.per_second.len() > HISTORY {
+                sum.per_second.pop_front();
+                sum.errors_per_second.pop_front();
+            }
+        }
+        let _ = win_total.add(&sec_total);
+        for (acc, h) in win_backends.iter_mut().zip(&sec_backends) {
+            let _ = acc.add(h);
+        }
+        sec_total.reset();
+        sec_backends.iter_mut().for_each(Histogram::reset);
+        sec_requests = 0;
+        sec_errors = 0;
+
+        let window_over = win_start.elapsed() >= dump_every;
+        if let (Some(d), true) = (&dump, window_over || !open) {
+            if let Some(w) = hlog_writer.as_mut() {
+                let start = win_start_unix.saturating_sub(started_unix);
+                let len = win_start.elapsed();
+                let tagged = std::iter::once(("total".to_string(), &win_total)).chain(
+                    d.backend_names
+                        .iter()
+                        .map(|n| format!("backend-{}", safe(n)))
+                        .zip(win_backends.iter()),
+                );
+                for (tag, h) in tagged {
+                    w.write_histogram(h, start, len, Tag::new(&tag))
+                        .map_err(|e| io::Error::other(format!("{e:?}")))?;
+                }
+            }
+            win_total.reset();
+            win_backends.iter_mut().for_each(Histogram::reset);
+            win_start = Instant::now();
+            win_start_unix = unix_now();
+            // Periodic (and final) percentile distributions, since start.
+            if d.interval.is_some() || !open {
+                let sum = summary.lock().unwrap_or_else(|e| e.into_inner());
+                let files = write_hgrms(d, &sum)?;
+                if !open {
+                    written.extend(files);
+                }
+            }
+        }
+    }
+    drop(hlog_writer);
+    if let Some((mut w, _)) = hlog {
+        w.flush()?;
+    }
+    Ok(written)
+}
+
+/// Backend names as they appear in file names and tags.
+fn safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn write_hgrms(d: &DumpConfig, sum: &Summary) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let total = d.dir.join(format!("{}_total.hgrm", d.prefix));
+    write_hgrm(&total, &sum.since_start_total)?;
+    files.push(total);
+    for (name, h) in d.backend_names.iter().zip(&sum.since_start_backends) {
+        let p = d
+            .dir
+            .join(format!("{}_backend-{}.hgrm", d.prefix, safe(name)));
+        write_hgrm(&p, h)?;
+        files.push(p);
+    }
+    Ok(files)
+}
+
+/// Writes `h` (microseconds) as HdrHistogram's percentile distribution text, values in
+/// milliseconds: the format HdrHistogram's plotter reads.
+pub fn write_hgrm(path: &Path, h: &Histogram<u64>) -> io::Result<()> {
+    let tmp = path.with_extension("hgrm.tmp");
+    let mut w = BufWriter::new(File::create(&tmp)?);
+    write_percentiles(&mut w, h)?;
+    w.flush()?;
+    drop(w);
+    std::fs::rename(&tmp, path)
+}
+
+pub fn write_percentiles<W: Write>(w: &mut W, h: &Histogram<u64>) -> io::Result<()> {
+    const SCALE: f64 = 1000.0;
+    writeln!(
+        w,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    )?;
+    let mut total = 0u64;
+    if !h.is_empty() {
+        for v in h.iter_quantiles(5) {
+            total += v.count_since_last_iteration();
+            let q = v.quantile_iterated_to();
+            let value = v.value_iterated_to() as f64 / SCALE;
+            if q < 1.0 {
+                writeln!(
+                    w,
+                    "{value:12.3} {q:2.12} {total:10} {:14.2}",
+                    1.0 / (1.0 - q)
+                )?;
+            } else {
+                writeln!(w, "{value:12.3} {q:2.12} {total:10}")?;
+            }
+        }
+    }
+    writeln!(
+        w,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean() / SCALE,
+        h.stdev() / SCALE
+    )?;
+    writeln!(
+        w,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        h.max() as f64 / SCALE,
+        h.len()
+    )?;
+    // Sub-buckets per bucket: the power of two covering 2 * 10^sigfig (2048 for 3 digits).
+    let sub_buckets = (2.0 * 10f64.powi(h.sigfig() as i32)).log2().ceil().exp2() as u64;
+    writeln!(
+        w,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        sub_buckets
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_hand_over_resets_the_interval() {
+        let mut w = WorkerHists::new(2);
+        w.record(Some(1), 800, 1000, false);
+        w.record(None, 0, 50, true);
+        let s = w.take(3, Instant::now());
+        assert_eq!((s.worker, s.requests, s.errors), (3, 2, 1));
+        assert_eq!(s.total.len(), 2);
+        assert_eq!(s.backends[1].len(), 1);
+        assert_eq!(s.backends[0].len(), 0);
+        assert_eq!(w.total.len(), 0);
+        assert!(!w.due(Instant::now()));
+    }
+
+    #[test]
+    fn hgrm_lists_percentiles_in_milliseconds() {
+        let mut h = histogram();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let mut out = Vec::new();
+        write_percentiles(&mut out, &h).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.lines();
+        assert!(lines
+            .next()
+            .unwrap()
+            .contains("Value     Percentile TotalCount 1/(1-Percentile)"));
+        assert!(
+            text.contains("#[Max     =     1000.447, Total count    =         1000]"),
+            "{text}"
+        );
+        let last_row = text
+            .lines()
+            .rev()
+            .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .unwrap();
+        assert!(last_row.contains("1.000000000000       1000"), "{last_row}");
+        let median = text
+            .lines()
+            .find(|l| l.contains(" 0.500000000000 "))
+            .expect("median row");
+        let v: f64 = median.split_whitespace().next().unwrap().parse().unwrap();
+        assert!((v - 500.0).abs() < 1.0, "{median}");
+    }
+
+    #[test]
+    fn aggregator_merges_workers_and_writes_dumps() {
+        let dir = tempdir();
+        let agg = Aggregator::start(
+            1,
+            Some(DumpConfig {
+                dir: dir.clone(),
+                prefix: "round-robin_persistent".into(),
+                backend_names: vec!["A".into()],
+                interval: None,
+            }),
+        )
+        .unwrap();
+        for worker in 0..2 {
+            let mut w = WorkerHists::new(1);
+            for _ in 0..10 {
+                w.record(Some(0), 100, 200, false);
+            }
+            agg.tx.send(w.take(worker, Instant::now())).unwrap();
+        }
+        let summary = agg.summary.clone();
+        let files = agg.finish().unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.contains(&"round-robin_persistent.hlog".to_string()),
+            "{names:?}"
+        );
+        assert!(names.contains(&"round-robin_persistent_total.hgrm".to_string()));
+        assert!(names.contains(&"round-robin_persistent_backend-A.hgrm".to_string()));
+        assert_eq!(summary.lock().unwrap().since_start_total.len(), 20);
+        let hgrm = std::fs::read_to_string(dir.join("round-robin_persistent_total.hgrm")).unwrap();
+        assert!(hgrm.contains("Total count    =           20"), "{hgrm}");
+        let hlog = std::fs::read_to_string(dir.join("round-robin_persistent.hlog")).unwrap();
+        assert!(hlog.contains("Tag=total,"), "{hlog}");
+        assert!(hlog.contains("Tag=backend-A,"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "corelb-metrics-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
