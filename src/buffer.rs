@@ -6,37 +6,57 @@
 /// Size of a pooled buffer. Heads larger than this grow one buffer up to `MAX_HEAD`.
 pub const BUF_SIZE: usize = 16 * 1024;
 
-/// A fixed-capacity byte buffer: `data[start..end]` holds unconsumed bytes.
+/// A fixed-capacity byte buffer: `data[start..end]` holds unconsumed bytes. 24 bytes (a
+/// boxed slice and two `u32` cursors), so an `Option<Buf>` in every connection stays small.
 #[derive(Debug)]
 pub struct Buf {
-    data: Vec<u8>,
-    pub start: usize,
-    pub end: usize,
+    data: Box<[u8]>,
+    start: u32,
+    end: u32,
 }
 
 impl Buf {
     fn with_capacity(n: usize) -> Buf {
         Buf {
-            data: vec![0; n],
+            data: vec![0; n].into_boxed_slice(),
             start: 0,
             end: 0,
         }
     }
 
+    /// Index of the first unconsumed byte.
+    #[inline]
+    pub fn start(&self) -> usize {
+        self.start as usize
+    }
+
+    /// Index just past the last byte.
+    #[inline]
+    pub fn end(&self) -> usize {
+        self.end as usize
+    }
+
+    /// Drops everything after the first `len` unconsumed bytes.
+    #[inline]
+    pub fn truncate(&mut self, len: usize) {
+        debug_assert!(len <= self.len());
+        self.end = self.start + len as u32;
+    }
+
     /// Unconsumed bytes.
     #[inline]
     pub fn bytes(&self) -> &[u8] {
-        &self.data[self.start..self.end]
+        &self.data[self.start as usize..self.end as usize]
     }
 
     #[inline]
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.data[self.start..self.end]
+        &mut self.data[self.start as usize..self.end as usize]
     }
 
     #[inline]
     pub fn len(&self) -> usize {
-        self.end - self.start
+        (self.end - self.start) as usize
     }
 
     #[inline]
@@ -54,25 +74,26 @@ impl Buf {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-        } else if self.end == self.data.len() && self.start > 0 {
-            self.data.copy_within(self.start..self.end, 0);
+        } else if self.end as usize == self.data.len() && self.start > 0 {
+            self.data
+                .copy_within(self.start as usize..self.end as usize, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        &mut self.data[self.end..]
+        &mut self.data[self.end as usize..]
     }
 
     /// Records `n` bytes written into [`space`](Buf::space).
     #[inline]
     pub fn filled(&mut self, n: usize) {
-        self.end += n;
-        debug_assert!(self.end <= self.data.len());
+        self.end += n as u32;
+        debug_assert!(self.end as usize <= self.data.len());
     }
 
     /// Drops `n` bytes from the front.
     #[inline]
     pub fn consume(&mut self, n: usize) {
-        self.start += n;
+        self.start += n as u32;
         debug_assert!(self.start <= self.end);
         if self.start == self.end {
             self.start = 0;
@@ -83,7 +104,9 @@ impl Buf {
     /// Grows the buffer to at least `n` bytes of capacity (for large heads).
     pub fn grow(&mut self, n: usize) {
         if self.data.len() < n {
-            self.data.resize(n, 0);
+            let mut v = std::mem::take(&mut self.data).into_vec();
+            v.resize(n, 0);
+            self.data = v.into_boxed_slice();
         }
     }
 
@@ -131,10 +154,18 @@ impl BufPool {
         }
     }
 
-    /// Frees pooled buffers beyond `keep` (called when the worker is quiet).
+    /// Frees pooled buffers beyond `keep` (called when the worker is quiet) and hands the
+    /// freed memory back to the OS, so idle connections cost no buffer memory.
     pub fn trim(&mut self, keep: usize) {
+        if self.free.len() <= keep {
+            return;
+        }
         self.free.truncate(keep);
         self.free.shrink_to(keep);
+        // SAFETY: malloc_trim only releases free heap pages; it touches no live allocation.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     pub fn pooled(&self) -> usize {

@@ -62,6 +62,30 @@ pub struct Args {
     /// Also dump every this often (e.g. 10s).
     #[arg(long, value_name = "D")]
     pub hdr_interval: Option<String>,
+    /// Active health check: tcp, http, http:/PATH, http:/PATH:STATUS, or off.
+    #[arg(long, value_name = "SPEC")]
+    pub health_check: Option<String>,
+    /// Consecutive successful checks that bring a server back up (default 2).
+    #[arg(long)]
+    pub rise: Option<u32>,
+    /// Consecutive failed checks that take a server down (default 3).
+    #[arg(long)]
+    pub fall: Option<u32>,
+    /// A recovered server's share ramps up over this long (e.g. 30s).
+    #[arg(long, value_name = "D")]
+    pub slow_start: Option<String>,
+    /// Consecutive failed exchanges that eject a server (0: never; default 5).
+    #[arg(long, value_name = "N")]
+    pub eject_after: Option<u32>,
+    /// First ejection time; repeated ejections last longer (default 10s).
+    #[arg(long, value_name = "D")]
+    pub eject_time: Option<String>,
+    /// Most retries of one request on other servers (default 2).
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Retries may add at most this percentage of requests (default 20).
+    #[arg(long, value_name = "PCT")]
+    pub retry_budget: Option<f64>,
 }
 
 impl Args {
@@ -94,6 +118,14 @@ impl Args {
             log_queue: self.log_queue,
             hdr_dir: self.hdr_dir.clone(),
             hdr_interval: self.hdr_interval.clone(),
+            health_check: self.health_check.clone(),
+            rise: self.rise,
+            fall: self.fall,
+            slow_start: self.slow_start.clone(),
+            eject_after: self.eject_after,
+            eject_time: self.eject_time.clone(),
+            retries: self.retries,
+            retry_budget: self.retry_budget,
         })
     }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::health::{Check, HealthSettings, OutlierSettings, RetrySettings};
+
 pub const DEFAULT_PORT: u16 = 9090;
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -66,22 +68,51 @@ impl std::error::Error for ConfigError {}
 /// Routing policy, as named on the command line and in `make run MODE=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Each server of the best tier in turn.
     RoundRobin,
+    /// Smooth weighted round robin by `load`.
+    Weighted,
+    /// Power of two choices on in-flight requests.
+    LeastRequest,
+    /// Power of two choices on a moving average of response times times the load.
+    AdaptiveSma,
+    /// Power of two choices on an EWMA of response times times the load.
+    AdaptiveEwma,
+    /// Power of two choices on a peak-sensitive EWMA times the load (Finagle's).
+    PeakEwma,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 1] = [Mode::RoundRobin];
+    pub const ALL: [Mode; 6] = [
+        Mode::RoundRobin,
+        Mode::Weighted,
+        Mode::LeastRequest,
+        Mode::AdaptiveSma,
+        Mode::AdaptiveEwma,
+        Mode::PeakEwma,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::RoundRobin => "round-robin",
+            Mode::Weighted => "weighted",
+            Mode::LeastRequest => "least-request",
+            Mode::AdaptiveSma => "adaptive-sma",
+            Mode::AdaptiveEwma => "adaptive-ewma",
+            Mode::PeakEwma => "peak-ewma",
         }
     }
 
+    /// Case-insensitive; `_` and `-` are interchangeable (the seed wrote `adaptive_sma`).
     pub fn parse(s: &str) -> Option<Mode> {
         let s = s.trim().to_ascii_lowercase().replace('_', "-");
         match s.as_str() {
             "round-robin" | "roundrobin" | "rr" => Some(Mode::RoundRobin),
+            "weighted" | "weighted-round-robin" | "wrr" | "swrr" => Some(Mode::Weighted),
+            "least-request" | "least-requests" | "leastrequest" => Some(Mode::LeastRequest),
+            "adaptive-sma" | "sma" => Some(Mode::AdaptiveSma),
+            "adaptive-ewma" | "ewma" => Some(Mode::AdaptiveEwma),
+            "peak-ewma" | "peakewma" => Some(Mode::PeakEwma),
             _ => None,
         }
     }
@@ -199,6 +230,11 @@ pub struct Config {
     pub hdr_dir: Option<String>,
     /// Also dump every this often.
     pub hdr_interval: Option<Duration>,
+    /// Active health checks (interval and timeout are the seed's heartbeat fields).
+    pub health: HealthSettings,
+    /// Passive ejection of failing servers.
+    pub outlier: OutlierSettings,
+    pub retry: RetrySettings,
 }
 
 /// Settings that may come from the command line or the environment (already merged by
@@ -222,6 +258,14 @@ pub struct Overrides {
     pub log_queue: Option<usize>,
     pub hdr_dir: Option<String>,
     pub hdr_interval: Option<String>,
+    pub health_check: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    pub slow_start: Option<String>,
+    pub eject_after: Option<u32>,
+    pub eject_time: Option<String>,
+    pub retries: Option<u32>,
+    pub retry_budget: Option<f64>,
 }
 
 const CLI: &str = "command line";
@@ -305,6 +349,9 @@ impl Config {
             "logCsv",
             "hdrDir",
             "hdrInterval",
+            "healthCheck",
+            "outlierDetection",
+            "retries",
         ])?;
 
         let heartbeat_interval = f
@@ -436,6 +483,102 @@ impl Config {
             d => d,
         };
         let named_log = f.string("logCsv")?;
+        let mut health = HealthSettings {
+            interval: heartbeat_interval,
+            timeout: heartbeat_timeout,
+            rise: crate::health::DEFAULT_RISE,
+            fall: crate::health::DEFAULT_FALL,
+            check: Check::Tcp,
+            slow_start: Duration::ZERO,
+            enabled: true,
+        };
+        if let Some(v) = obj.get("healthCheck") {
+            let o = v
+                .as_object()
+                .ok_or_else(|| err("healthCheck", "expected an object".into()))?;
+            let hf = Fields {
+                source,
+                obj: o,
+                path: "healthCheck.".into(),
+            };
+            hf.only(&[
+                "type",
+                "path",
+                "expectStatus",
+                "rise",
+                "fall",
+                "slowStart",
+                "enabled",
+            ])?;
+            let path = hf.string("path")?.unwrap_or_else(|| "/health".into());
+            let expect = hf.int("expectStatus", 100, 599)?.unwrap_or(200) as u16;
+            health.check = match hf.string("type")?.as_deref() {
+                None | Some("tcp") => Check::Tcp,
+                Some("http") => {
+                    if !path.starts_with('/') {
+                        return Err(hf.bad("path", &format!("must start with /, got \"{path}\"")));
+                    }
+                    Check::Http { path, expect }
+                }
+                Some(t) => {
+                    return Err(hf.bad("type", &format!("expected tcp or http, got \"{t}\"")))
+                }
+            };
+            health.rise = hf.int("rise", 1, 1000)?.map_or(health.rise, |n| n as u32);
+            health.fall = hf.int("fall", 1, 1000)?.map_or(health.fall, |n| n as u32);
+            health.slow_start = hf.seconds("slowStart")?.unwrap_or_default();
+            if let Some(v) = o.get("enabled") {
+                health.enabled = v
+                    .as_bool()
+                    .ok_or_else(|| hf.bad("enabled", "expected true or false"))?;
+            }
+        }
+        let mut outlier = OutlierSettings::default();
+        if let Some(v) = obj.get("outlierDetection") {
+            let o = v
+                .as_object()
+                .ok_or_else(|| err("outlierDetection", "expected an object".into()))?;
+            let of = Fields {
+                source,
+                obj: o,
+                path: "outlierDetection.".into(),
+            };
+            of.only(&[
+                "consecutiveFailures",
+                "baseEjectionTime",
+                "maxEjectionTime",
+                "on5xx",
+            ])?;
+            outlier.consecutive = of
+                .int("consecutiveFailures", 0, 1_000_000)?
+                .map_or(outlier.consecutive, |n| n as u32);
+            outlier.base = of.seconds("baseEjectionTime")?.unwrap_or(outlier.base);
+            outlier.max = of.seconds("maxEjectionTime")?.unwrap_or(outlier.max);
+            if let Some(v) = o.get("on5xx") {
+                outlier.on_5xx = v
+                    .as_bool()
+                    .ok_or_else(|| of.bad("on5xx", "expected true or false"))?;
+            }
+        }
+        let mut retry = RetrySettings::default();
+        if let Some(v) = obj.get("retries") {
+            let o = v
+                .as_object()
+                .ok_or_else(|| err("retries", "expected an object".into()))?;
+            let rf = Fields {
+                source,
+                obj: o,
+                path: "retries.".into(),
+            };
+            rf.only(&["count", "budgetPercent"])?;
+            retry.count = rf.int("count", 0, 10)?.map_or(retry.count, |n| n as u32);
+            if let Some(p) = rf.number("budgetPercent")? {
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(rf.bad("budgetPercent", &format!("expected 0..100, got {p}")));
+                }
+                retry.budget = p / 100.0;
+            }
+        }
         Ok(Config {
             log_csv_named: named_log.is_some(),
             log_csv: match named_log.as_deref() {
@@ -446,6 +589,9 @@ impl Config {
             log_queue: crate::access_log::DEFAULT_QUEUE,
             hdr_dir: f.string("hdrDir")?,
             hdr_interval,
+            health,
+            outlier,
+            retry,
             source: source.to_string(),
             listen,
             workers: if workers == 0 {
@@ -559,6 +705,68 @@ impl Config {
                     ))
                 }
             }
+        }
+        if let Some(v) = &o.health_check {
+            if v == "off" {
+                self.health.enabled = false;
+            } else {
+                self.health.check = Check::parse(v).ok_or_else(|| {
+                    ConfigError::new(CLI, "--health-check", format!("expected tcp, http, http:/PATH or http:/PATH:STATUS or off, got \"{v}\""))
+                })?;
+                self.health.enabled = true;
+            }
+        }
+        for (flag, val, slot) in [
+            ("--rise", o.rise, &mut self.health.rise),
+            ("--fall", o.fall, &mut self.health.fall),
+        ] {
+            if let Some(n) = val {
+                if n == 0 {
+                    return Err(ConfigError::new(CLI, flag, "must be at least 1"));
+                }
+                *slot = n;
+            }
+        }
+        if let Some(v) = &o.slow_start {
+            self.health.slow_start = parse_duration(v).ok_or_else(|| {
+                ConfigError::new(
+                    CLI,
+                    "--slow-start",
+                    format!("expected a duration like 30s, got \"{v}\""),
+                )
+            })?;
+        }
+        if let Some(n) = o.eject_after {
+            self.outlier.consecutive = n;
+        }
+        if let Some(v) = &o.eject_time {
+            self.outlier.base = parse_duration(v).ok_or_else(|| {
+                ConfigError::new(
+                    CLI,
+                    "--eject-time",
+                    format!("expected a duration like 10s, got \"{v}\""),
+                )
+            })?;
+        }
+        if let Some(n) = o.retries {
+            if n > 10 {
+                return Err(ConfigError::new(
+                    CLI,
+                    "--retries",
+                    format!("must be 0..10, got {n}"),
+                ));
+            }
+            self.retry.count = n;
+        }
+        if let Some(p) = o.retry_budget {
+            if !(0.0..=100.0).contains(&p) {
+                return Err(ConfigError::new(
+                    CLI,
+                    "--retry-budget",
+                    format!("expected a percentage 0..100, got {p}"),
+                ));
+            }
+            self.retry.budget = p / 100.0;
         }
         Ok(())
     }
@@ -726,7 +934,7 @@ mod tests {
             err(
                 r#"{"mode": "fastest", "servers": [{"name": "A", "address": "127.0.0.1", "port": 1}]}"#
             ),
-            "c.json: mode: unknown mode \"fastest\"; known: round-robin"
+            "c.json: mode: unknown mode \"fastest\"; known: round-robin, weighted, least-request, adaptive-sma, adaptive-ewma, peak-ewma"
         );
         assert_eq!(
             err(r#"{"heartbeatInterval": "2", "servers": []}"#),

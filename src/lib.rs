@@ -7,6 +7,7 @@ pub mod balancer;
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod server;

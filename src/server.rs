@@ -19,6 +19,7 @@ pub struct Server {
     workers: Vec<Handle>,
     logger: Option<Logger>,
     pub metrics: Aggregator,
+    checker: Option<crate::health::Checker>,
 }
 
 /// What a stopped server reports.
@@ -33,6 +34,7 @@ impl Server {
     /// Binds the listeners and starts the workers.
     pub fn start(cfg: Config) -> Result<Server, String> {
         worker::set_debug(cfg.debug);
+        raise_fd_limit();
         let n = cfg.workers.max(1);
         // The first bind resolves port 0; the others join it with SO_REUSEPORT.
         let first = worker::listen(cfg.listen)
@@ -70,8 +72,16 @@ impl Server {
         });
         let metrics = Aggregator::start(backend_names.len(), dump)
             .map_err(|e| format!("cannot start metrics (hdr dir {:?}): {e}", cfg.hdr_dir))?;
+        let balancer = Balancer::new(&cfg);
+        let health = crate::health::Health::new(
+            cfg.health.clone(),
+            cfg.outlier.clone(),
+            balancer.len(),
+            cfg.debug,
+        );
         let shared = Arc::new(Shared {
-            balancer: Balancer::new(&cfg),
+            balancer,
+            health,
             cfg,
             stop: AtomicBool::new(false),
             counters: Counters::default(),
@@ -96,12 +106,21 @@ impl Server {
                 .map_err(|e| format!("cannot spawn worker {id}: {e}"))?;
             workers.push(Handle { waker, thread });
         }
+        let checker = if shared.cfg.health.enabled {
+            Some(
+                crate::health::Checker::start(shared.clone())
+                    .map_err(|e| format!("cannot start health checks: {e}"))?,
+            )
+        } else {
+            None
+        };
         Ok(Server {
             shared,
             local_addr,
             workers,
             logger,
             metrics,
+            checker,
         })
     }
 
@@ -117,6 +136,9 @@ impl Server {
     /// histogram dumps to be written.
     pub fn join(self) -> Report {
         let mut problems = Vec::new();
+        if let Some(c) = self.checker {
+            c.stop();
+        }
         for (i, w) in self.workers.into_iter().enumerate() {
             if w.thread.join().is_err() {
                 problems.push(format!("worker {i} panicked"));
@@ -140,6 +162,23 @@ impl Server {
             csv_dropped,
             dumps,
             problems,
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit: every connection is a descriptor.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                debug!("could not raise the open-file limit");
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::access_log::Record;
 use crate::buffer::Buf;
 use crate::config::Upstream as UpstreamMode;
 use crate::debug;
+use crate::health::Outcome;
 use crate::http::{self, Body, BodyKind, Canned, Forward, Method, Reply};
 use crate::timer::Deadline;
 use crate::worker::{client_token, upstream_token, Worker};
@@ -136,8 +137,19 @@ pub(crate) struct Upstream {
     pub state: UpState,
     pub io: Io,
     pub timer: Deadline,
-    /// Request head not yet written.
+    /// The rewritten request head, kept until the response head arrives so the request
+    /// can be replayed on another server.
     pub head: Option<Buf>,
+    /// Bytes of `head` already written.
+    pub head_off: usize,
+    /// Request body bytes written to this connection (a body once sent cannot be replayed).
+    pub body_sent: u64,
+    /// Any response byte arrived on this connection for this exchange.
+    pub got_bytes: bool,
+    /// Attempts made for this request before this one (retries so far).
+    pub retries: u8,
+    /// Backends (index < 64) this request already failed on: a retry never returns there.
+    pub tried: u64,
     /// Response bytes read from the backend.
     pub buf: Option<Buf>,
     /// Response head (and any 1xx heads) to write to the client.
@@ -151,7 +163,10 @@ pub(crate) struct Upstream {
     /// This exchange runs on a pooled connection.
     pub reused: bool,
     pub status: u16,
+    /// When the client's request was taken on (total latency).
     pub started: Instant,
+    /// When this attempt on this connection began (upstream latency).
+    pub attempt: Instant,
     /// Microseconds from `started` to the response head (0 until it arrives).
     pub ttfb_us: u64,
     /// The log record of the current exchange, completed when it ends.
@@ -170,6 +185,11 @@ impl Upstream {
     fn pending_out(&self) -> bool {
         self.out.is_some() || self.ready > 0
     }
+
+    /// Head bytes still to write.
+    fn head_pending(&self) -> bool {
+        self.head.as_ref().is_some_and(|h| self.head_off < h.len())
+    }
 }
 
 /// Result of one step of a client's exchange.
@@ -183,6 +203,7 @@ enum Step {
 #[derive(Debug, Clone, Copy)]
 enum Failure {
     Connect,
+    ConnectTimeout,
     Reset,
     Timeout,
     BadResponse(&'static str),
@@ -192,6 +213,7 @@ impl Failure {
     fn reason(self) -> &'static str {
         match self {
             Failure::Connect => "connect failed",
+            Failure::ConnectTimeout => "connect timed out",
             Failure::Reset => "connection reset or closed",
             Failure::Timeout => "timed out",
             Failure::BadResponse(why) => why,
@@ -200,7 +222,7 @@ impl Failure {
 
     fn canned(self) -> Canned {
         match self {
-            Failure::Timeout => http::GATEWAY_TIMEOUT,
+            Failure::Timeout | Failure::ConnectTimeout => http::GATEWAY_TIMEOUT,
             _ => http::BAD_GATEWAY,
         }
     }
@@ -441,12 +463,14 @@ impl Worker {
         head.space()[..self.scratch.len()].copy_from_slice(&self.scratch);
         head.filled(self.scratch.len());
 
-        match self.upstream_for(backend, ci) {
+        self.budget.deposit();
+        match self.upstream_for(backend, ci, false) {
             Some(ui) => {
                 let u = &mut self.ups[ui];
                 rec.reused = u.reused;
                 u.rec = rec;
-                u.ttfb_us = 0;
+                u.retries = 0;
+                u.tried = 0;
                 u.head = Some(head);
                 let c = &mut self.clients[ci];
                 c.up = ui;
@@ -471,20 +495,25 @@ impl Worker {
     }
 
     /// A connection to `backend` for client `ci`: a pooled one, or a new one connecting.
-    fn upstream_for(&mut self, backend: usize, ci: usize) -> Option<usize> {
+    fn upstream_for(&mut self, backend: usize, ci: usize, fresh: bool) -> Option<usize> {
         let now = self.now;
         let resp_to = Self::ms(self.shared.cfg.timeouts.upstream);
-        if self.shared.cfg.upstream == UpstreamMode::Persistent {
+        if self.shared.cfg.upstream == UpstreamMode::Persistent && !fresh {
             if let Some(ui) = self.idle[backend].pop() {
                 let u = &mut self.ups[ui];
                 u.state = UpState::Busy;
                 u.client = ci;
                 u.reused = true;
                 u.started = Instant::now();
+                u.attempt = u.started;
                 u.resp = Resp::Head;
                 u.ready = 0;
                 u.keep = false;
                 u.status = 0;
+                u.head_off = 0;
+                u.body_sent = 0;
+                u.got_bytes = false;
+                u.ttfb_us = 0;
                 self.timers
                     .set(&mut u.timer, upstream_token(ui).0, now + resp_to);
                 return Some(ui);
@@ -524,6 +553,11 @@ impl Worker {
             io: Io::default(),
             timer: Deadline::default(),
             head: None,
+            head_off: 0,
+            body_sent: 0,
+            got_bytes: false,
+            retries: 0,
+            tried: 0,
             buf: None,
             out: None,
             resp: Resp::Head,
@@ -533,6 +567,7 @@ impl Worker {
             reused: false,
             status: 0,
             started: Instant::now(),
+            attempt: Instant::now(),
             ttfb_us: 0,
             rec: Record::new(self.id, self.clients[ci].peer, Method::Other, b""),
         });
@@ -601,7 +636,7 @@ impl Worker {
             Err(step) => return step,
         }
         let (c, u) = (&self.clients[ci], &self.ups[ui]);
-        if !u.pending_out() && u.head.is_none() && c.body_ready == 0 {
+        if !u.pending_out() && !u.head_pending() && c.body_ready == 0 {
             match u.resp {
                 Resp::Done if c.body.is_done() => return self.finish(ci),
                 // The response ended before the request body: the client stream cannot
@@ -630,7 +665,7 @@ impl Worker {
         let (client_at, up_at) = if u.pending_out() && !c.io.writable {
             // Blocked on a slow reader: the client's send timeout, not the backend's.
             (now + Self::ms(t.idle), 0)
-        } else if !c.body.is_done() && c.body_ready == 0 && u.head.is_none() {
+        } else if !c.body.is_done() && c.body_ready == 0 && !u.head_pending() {
             (now + Self::ms(t.client), now + Self::ms(t.upstream))
         } else {
             (0, now + Self::ms(t.upstream))
@@ -647,35 +682,33 @@ impl Worker {
     fn send_request(&mut self, ci: usize, ui: usize) -> Result<bool, Step> {
         let (c, u) = (&mut self.clients[ci], &mut self.ups[ui]);
         let mut progress = false;
-        if (u.head.is_some() || c.body_ready > 0) && u.io.writable {
-            let head: &[u8] = u.head.as_ref().map_or(&[], |h| h.bytes());
+        if (u.head_pending() || c.body_ready > 0) && u.io.writable {
+            let head: &[u8] = u.head.as_ref().map_or(&[], |h| &h.bytes()[u.head_off..]);
             let body: &[u8] = c.buf.as_ref().map_or(&[], |b| &b.bytes()[..c.body_ready]);
             match write2(&mut u.sock, head, body, &mut u.io) {
                 Ok(mut n) => {
                     progress = true;
-                    if let Some(h) = u.head.as_mut() {
-                        let k = n.min(h.len());
-                        h.consume(k);
+                    if let Some(h) = &u.head {
+                        let k = n.min(h.len() - u.head_off);
+                        u.head_off += k;
                         n -= k;
-                        if h.is_empty() {
-                            self.bufs.release(&mut u.head);
-                        }
                     }
                     if n > 0 {
                         c.buf.as_mut().expect("body bytes").consume(n);
                         c.body_ready -= n;
                         u.rec.request_bytes += n as u64;
+                        u.body_sent += n as u64;
                     }
                 }
                 Err(e) if would_block(&e) => {}
                 Err(_) => {
                     self.fail(ci, Failure::Reset);
-                    return Err(Step::Closed);
+                    return Err(Step::Progress);
                 }
             }
         }
         let (c, u) = (&mut self.clients[ci], &mut self.ups[ui]);
-        if u.head.is_none() && c.body_ready == 0 && !c.body.is_done() && c.io.readable {
+        if !u.head_pending() && c.body_ready == 0 && !c.body.is_done() && c.io.readable {
             let buf = c.buf.get_or_insert_with(|| self.bufs.get());
             match read_into(&mut c.sock, buf, &mut c.io) {
                 Ok(0) => {
@@ -692,7 +725,7 @@ impl Worker {
                             debug!("worker {}: bad request body from {}: {e}", self.id, c.peer);
                             if u.resp == Resp::Head && u.out.is_none() {
                                 // Nothing answered yet: drop the backend exchange, answer 400.
-                                self.end_upstream(ci, 400);
+                                self.end_upstream(ci, 400, Outcome::Ok);
                                 self.respond(ci, http::BAD_REQUEST, true);
                                 return Err(Step::Progress);
                             }
@@ -765,6 +798,7 @@ impl Worker {
         match read_into(&mut u.sock, buf, &mut u.io) {
             Ok(0) => self.upstream_eof(ci, ui).map(|_| true),
             Ok(_) => {
+                self.ups[ui].got_bytes = true;
                 self.process_response(ci, ui)?;
                 Ok(true)
             }
@@ -826,7 +860,11 @@ impl Worker {
                         );
                         u.keep = r.keep_alive;
                         u.status = r.status;
-                        u.ttfb_us = u.started.elapsed().as_micros() as u64;
+                        u.ttfb_us = u.attempt.elapsed().as_micros() as u64;
+                        // A response is under way: the request will not be replayed.
+                        if u.head.as_ref().is_none_or(|h| u.head_off >= h.len()) {
+                            self.bufs.release(&mut u.head);
+                        }
                         u.dechunk = dechunk;
                         u.resp = Resp::Body(Body::new(r.body));
                         self.clients[ci].keep_alive = !close;
@@ -834,8 +872,8 @@ impl Worker {
                     buf.consume(head_len);
                     if !self.scratch.is_empty() {
                         let out = u.out.get_or_insert_with(|| self.bufs.get());
-                        if out.capacity() - out.end < self.scratch.len() {
-                            out.grow(out.end + self.scratch.len());
+                        if out.capacity() - out.end() < self.scratch.len() {
+                            out.grow(out.end() + self.scratch.len());
                         }
                         out.space()[..self.scratch.len()].copy_from_slice(&self.scratch);
                         out.filled(self.scratch.len());
@@ -868,7 +906,7 @@ impl Worker {
                         if consumed < total {
                             u.keep = false;
                         }
-                        buf.end = buf.start + u.ready;
+                        buf.truncate(u.ready);
                     }
                     u.resp = if body.is_done() {
                         Resp::Done
@@ -914,9 +952,137 @@ impl Worker {
         Ok(())
     }
 
+    /// Tries the request again after `why`: on another server, or for a pooled connection
+    /// the backend had already closed (the keep-alive race), on a fresh connection to the
+    /// same one. True if a new attempt is under way (or the client has been answered).
+    ///
+    /// Only what is safe: nothing reached the client, no body byte was consumed, and either
+    /// the connect failed, the connection broke before any response byte, or the method is
+    /// idempotent (then a timeout or a break mid-head is retried too).
+    fn retry(&mut self, ci: usize, why: Failure) -> bool {
+        let Some(c) = self.clients.get(ci) else {
+            return false;
+        };
+        let (ui, method) = (c.up, c.method);
+        if ui == NONE {
+            return false;
+        }
+        let u = &self.ups[ui];
+        if u.head.is_none() || u.body_sent > 0 || u.out.is_some() {
+            return false;
+        }
+        let allowed = match why {
+            Failure::Connect | Failure::ConnectTimeout => true,
+            Failure::Reset if !u.got_bytes => true,
+            Failure::Reset | Failure::Timeout => method.idempotent(),
+            Failure::BadResponse(_) => false,
+        };
+        let stale = u.reused && !u.got_bytes && matches!(why, Failure::Reset);
+        if !allowed {
+            return false;
+        }
+        let old = u.backend;
+        let next = if stale {
+            // The keep-alive race is no fault of the server: same server, new connection,
+            // outside the retry budget, once.
+            if u.retries > 0 && u.rec.reused {
+                return false;
+            }
+            old
+        } else {
+            if u.retries as u32 >= self.shared.cfg.retry.count || !self.budget.withdraw(self.now) {
+                return false;
+            }
+            let tried = u.tried | bit(old);
+            // The policy excludes the server that just failed; servers that failed earlier
+            // are refused here (a few draws, then give up).
+            let mut pick = None;
+            for _ in 0..4 {
+                match self.shared.balancer.pick(Some(old)) {
+                    Some(b) if tried & bit(b) != 0 => {
+                        self.shared.balancer.finish(b, Duration::ZERO, true);
+                    }
+                    other => {
+                        pick = other;
+                        break;
+                    }
+                }
+            }
+            match pick {
+                Some(b) => b,
+                None => return false,
+            }
+        };
+        // Detach the failed attempt.
+        let mut u = self.ups.remove(ui);
+        if !stale {
+            let latency = u.attempt.elapsed();
+            self.shared.balancer.finish(old, latency, false);
+            self.shared
+                .health
+                .observe(&self.shared.balancer, old, Outcome::Failure);
+        }
+        self.bufs.release(&mut u.buf);
+        self.bufs.release(&mut u.out);
+        let head = u.head.take();
+        let (started, mut rec, retries) = (u.started, u.rec, u.retries + 1);
+        let tried = u.tried | bit(old);
+        drop(u);
+        self.shared
+            .counters
+            .retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        debug!(
+            "worker {}: {} on {}: retrying on {}{}",
+            self.id,
+            why.reason(),
+            self.shared.balancer.backend(old).name,
+            self.shared.balancer.backend(next).name,
+            if stale {
+                " (stale keep-alive connection)"
+            } else {
+                ""
+            }
+        );
+        self.clients[ci].up = NONE;
+        match self.upstream_for(next, ci, stale) {
+            Some(nu) => {
+                let u = &mut self.ups[nu];
+                u.head = head;
+                u.head_off = 0;
+                u.body_sent = 0;
+                u.got_bytes = false;
+                u.retries = retries;
+                u.tried = tried;
+                u.started = started;
+                rec.reused = u.reused;
+                u.rec = rec;
+                self.clients[ci].up = nu;
+                true
+            }
+            None => {
+                self.bufs.release(&mut { head });
+                self.shared.balancer.finish(next, Duration::ZERO, false);
+                rec.backend = Some(next as u16);
+                self.log_local(rec, http::BAD_GATEWAY);
+                let c = &mut self.clients[ci];
+                let close = !c.body.is_done() || !c.keep_alive;
+                if let Some(b) = c.buf.as_mut() {
+                    b.consume(c.body_ready);
+                }
+                c.body_ready = 0;
+                self.respond(ci, http::BAD_GATEWAY, close);
+                true
+            }
+        }
+    }
+
     /// Fails the exchange before any response byte reached the client: closes the
     /// upstream and answers with the matching 502/504.
     fn fail(&mut self, ci: usize, why: Failure) {
+        if self.retry(ci, why) {
+            return;
+        }
         let Some(c) = self.clients.get(ci) else {
             return;
         };
@@ -933,7 +1099,7 @@ impl Worker {
             c.peer,
             why.canned().status
         );
-        self.end_upstream(ci, why.canned().status);
+        self.end_upstream(ci, why.canned().status, Outcome::Failure);
         let c = &mut self.clients[ci];
         let close = !c.body.is_done() || !c.keep_alive;
         if let Some(b) = c.buf.as_mut() {
@@ -946,7 +1112,8 @@ impl Worker {
     /// Detaches and closes client `ci`'s upstream before its exchange completed, logging
     /// it with `status`: the error answer sent, the status of a response broken off, or
     /// 499 when the client left before any response.
-    fn end_upstream(&mut self, ci: usize, status: u16) {
+    /// `outcome` says whether the backend was at fault, for passive health checks.
+    fn end_upstream(&mut self, ci: usize, status: u16, outcome: Outcome) {
         let c = &mut self.clients[ci];
         let ui = std::mem::replace(&mut c.up, NONE);
         if ui == NONE {
@@ -958,7 +1125,7 @@ impl Worker {
             0 => 499,
             s => s,
         };
-        self.record_exchange(u.backend, u.started, u.ttfb_us, u.rec, status, false);
+        self.record_exchange(u.backend, u.started, u.ttfb_us, u.rec, status, outcome);
         self.bufs.release(&mut u.head);
         self.bufs.release(&mut u.buf);
         self.bufs.release(&mut u.out);
@@ -972,7 +1139,12 @@ impl Worker {
         let max_idle = self.shared.cfg.max_idle_per_backend;
         let u = &self.ups[ui];
         let ok = u.status < 500;
-        self.record_exchange(u.backend, u.started, u.ttfb_us, u.rec, u.status, ok);
+        let outcome = if ok {
+            Outcome::Ok
+        } else {
+            Outcome::ServerError
+        };
+        self.record_exchange(u.backend, u.started, u.ttfb_us, u.rec, u.status, outcome);
         let u = &mut self.ups[ui];
         self.bufs.release(&mut u.head);
         self.bufs.release(&mut u.buf);
@@ -1020,13 +1192,17 @@ impl Worker {
         ttfb_us: u64,
         mut rec: Record,
         status: u16,
-        ok: bool,
+        outcome: Outcome,
     ) {
+        let ok = outcome == Outcome::Ok && status < 500;
         let total_us = started.elapsed().as_micros() as u64;
         let upstream_us = if ttfb_us > 0 { ttfb_us } else { total_us };
         self.shared
             .balancer
             .finish(backend, Duration::from_micros(upstream_us), ok);
+        self.shared
+            .health
+            .observe(&self.shared.balancer, backend, outcome);
         self.hists
             .record(Some(backend), upstream_us, total_us, !ok || status >= 500);
         if let Some(log) = &self.log {
@@ -1050,8 +1226,13 @@ impl Worker {
     }
 
     /// Tears the exchange down: closes the upstream (counted as an error) and the client.
-    fn abort(&mut self, ci: usize, _client_side: bool) {
-        self.end_upstream(ci, 0);
+    fn abort(&mut self, ci: usize, client_side: bool) {
+        let outcome = if client_side {
+            Outcome::Ok
+        } else {
+            Outcome::Failure
+        };
+        self.end_upstream(ci, 0, outcome);
         self.close_client(ci);
     }
 
@@ -1144,7 +1325,7 @@ impl Worker {
         if !self.clients.contains(ci) {
             return;
         }
-        self.end_upstream(ci, 0);
+        self.end_upstream(ci, 0, Outcome::Ok);
         let mut c = self.clients.remove(ci);
         self.bufs.release(&mut c.buf);
         self.shared
@@ -1207,7 +1388,12 @@ impl Worker {
             return;
         }
         let ci = u.client;
-        if self.upstream_broke(ci, ui, Failure::Timeout).is_ok() {
+        let why = if u.is_connecting() {
+            Failure::ConnectTimeout
+        } else {
+            Failure::Timeout
+        };
+        if self.upstream_broke(ci, ui, why).is_ok() {
             // Mid-response: forward what arrived, then close.
         }
         if self.clients.contains(ci) {
@@ -1216,9 +1402,33 @@ impl Worker {
     }
 }
 
+/// A backend's bit in a `tried` set (indices past 63 are not tracked).
+#[inline]
+fn bit(backend: usize) -> u64 {
+    if backend < 64 {
+        1 << backend
+    } else {
+        0
+    }
+}
+
 fn chunk_err(e: http::chunked::ChunkError) -> &'static str {
     match e {
         http::chunked::ChunkError::MissingDataCrlf => "chunk data not followed by CRLF",
         _ => "invalid chunked framing",
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn print_sizes() {
+        eprintln!(
+            "Client {} B, slab entry {} B, Upstream {} B, Record {} B",
+            std::mem::size_of::<super::Client>(),
+            std::mem::size_of::<slab::Slab<super::Client>>(),
+            std::mem::size_of::<super::Upstream>(),
+            std::mem::size_of::<crate::access_log::Record>()
+        );
     }
 }

@@ -31,7 +31,7 @@ const FIRST: usize = 2;
 /// Most connections accepted per loop iteration before other work gets a turn.
 const ACCEPT_BATCH: usize = 256;
 /// Buffers a worker keeps pooled while quiet.
-const POOL_KEEP: usize = 64;
+const POOL_KEEP: usize = 16;
 /// Most buffers a worker pools at all.
 const POOL_MAX: usize = 4096;
 
@@ -68,6 +68,8 @@ pub struct Counters {
     pub requests: AtomicU64,
     pub upstream_connects: AtomicU64,
     pub rejected: AtomicU64,
+    /// Requests tried again on another server (or on a fresh connection).
+    pub retries: AtomicU64,
     pub active_clients: AtomicU64,
 }
 
@@ -75,6 +77,7 @@ pub struct Counters {
 pub struct Shared {
     pub cfg: Config,
     pub balancer: Balancer,
+    pub health: crate::health::Health,
     pub stop: AtomicBool,
     pub counters: Counters,
 }
@@ -142,6 +145,8 @@ pub struct Worker {
     /// This worker's latency histograms, handed to the aggregator once a second.
     pub(crate) hists: WorkerHists,
     metrics: crossbeam_channel::Sender<Snapshot>,
+    /// Limits how much retries can add to the load on a failing pool.
+    pub(crate) budget: crate::health::RetryBudget,
 }
 
 impl Worker {
@@ -163,7 +168,6 @@ impl Worker {
                 id,
                 poll,
                 listener: Some(listener),
-                shared,
                 clients: Slab::with_capacity(1024),
                 ups: Slab::with_capacity(1024),
                 idle: vec![Vec::new(); backends],
@@ -178,6 +182,11 @@ impl Worker {
                 log,
                 hists: WorkerHists::new(backends),
                 metrics,
+                budget: crate::health::RetryBudget::new(
+                    shared.cfg.retry.budget,
+                    shared.cfg.retry.min_per_sec,
+                ),
+                shared,
             },
             waker,
         ))

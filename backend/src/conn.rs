@@ -424,6 +424,18 @@ impl Conn {
                 simple(out, id, 200, "application/json", body.bytes(), conn, req);
             }
             Route::Health => simple(out, id, 200, "text/plain", b"ok\n", conn, req),
+            Route::Flap => {
+                // Process-wide, so every check (whatever connection) alternates.
+                static FLAPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                if FLAPS
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    .is_multiple_of(2)
+                {
+                    simple(out, id, 200, "text/plain", b"ok\n", conn, req)
+                } else {
+                    simple(out, id, 503, "text/plain", b"flap\n", conn, req)
+                }
+            }
             Route::Stats => {
                 let mut buf = [0u8; 256];
                 let mut cur = io::Cursor::new(&mut buf[..]);

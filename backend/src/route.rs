@@ -9,6 +9,8 @@ pub enum Route {
     Delay(u64),
     /// `/health`: `ok`, not counted.
     Health,
+    /// `/flap`: a flapping health endpoint, 200 and 503 in turn, not counted.
+    Flap,
     /// `/stats`: JSON counters, not counted.
     Stats,
     /// `/echo`: the request body, streamed back.
@@ -36,7 +38,7 @@ pub struct BadTarget;
 impl Route {
     /// Whether the request counts in `/stats` (`requests`, `connections`).
     pub fn counted(self) -> bool {
-        !matches!(self, Route::Health | Route::Stats)
+        !matches!(self, Route::Health | Route::Flap | Route::Stats)
     }
 
     /// Routes a request target in origin form (`/path?query`) or absolute form.
@@ -48,6 +50,7 @@ impl Route {
         };
         Ok(match path {
             "/health" => Route::Health,
+            "/flap" => Route::Flap,
             "/stats" => Route::Stats,
             "/echo" => Route::Echo,
             "/sink" => Route::Sink,
@@ -189,6 +192,8 @@ mod tests {
     #[test]
     fn only_health_and_stats_are_uncounted() {
         assert!(!Route::Health.counted());
+        assert!(!Route::Flap.counted());
+        assert_eq!(Route::of("/flap"), Ok(Route::Flap));
         assert!(!Route::Stats.counted());
         assert!(Route::Default.counted());
         assert!(Route::Hang.counted());

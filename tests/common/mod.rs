@@ -419,3 +419,122 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A scripted raw-TCP backend for failure cases the real backend cannot produce on cue.
+/// `handler(conn_index, request_index, head, body)` returns what to do.
+pub struct MiniServer {
+    pub addr: SocketAddr,
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What a [`MiniServer`] does with one request.
+pub enum Act {
+    /// Answer 200 with this body, keeping the connection open.
+    Reply(&'static str),
+    /// Close the connection without answering.
+    Close,
+}
+
+impl MiniServer {
+    pub fn start(
+        handler: impl Fn(usize, usize, &str) -> Act + Send + Sync + 'static,
+    ) -> MiniServer {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        use std::sync::Arc;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c2, r2, s2) = (connections.clone(), requests.clone(), stop.clone());
+        let handler = Arc::new(handler);
+        std::thread::spawn(move || {
+            while !s2.load(SeqCst) {
+                let Ok((mut s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let conn = c2.fetch_add(1, SeqCst);
+                let (r3, h) = (r2.clone(), handler.clone());
+                std::thread::spawn(move || {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut buf = Vec::new();
+                    let mut n = 0;
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        // Read one full request (head + Content-Length body).
+                        let (head_end, body_len) = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                                let cl = head
+                                    .lines()
+                                    .find_map(|l| l.strip_prefix("content-length:"))
+                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                                    .unwrap_or(0);
+                                if buf.len() >= i + 4 + cl {
+                                    break (i + 4, cl);
+                                }
+                            }
+                            match s.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                        buf.drain(..head_end + body_len);
+                        r3.fetch_add(1, SeqCst);
+                        match h(conn, n, &head) {
+                            Act::Reply(body) => {
+                                let resp = format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: mini\r\n\r\n{body}",
+                                    body.len()
+                                );
+                                if s.write_all(resp.as_bytes()).is_err() {
+                                    return;
+                                }
+                            }
+                            Act::Close => return,
+                        }
+                        n += 1;
+                    }
+                });
+            }
+        });
+        MiniServer {
+            addr,
+            connections,
+            requests,
+            stop,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for MiniServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A JSON server entry.
+pub fn server_json(name: &str, port: u16, priority: u32) -> String {
+    format!(
+        r#"{{"name": "{name}", "address": "127.0.0.1", "port": {port}, "priority": {priority}}}"#
+    )
+}
+
+/// A port nothing listens on.
+pub fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

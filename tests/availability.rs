@@ -1,0 +1,357 @@
+//! Availability: health checks with hysteresis, retries, ejection, tier failover, and no
+//! failed request when a backend dies, through the real binaries.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Keep-alive clients sending GETs until `stop`; counts (ok, failed) and who answered.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<Mutex<Vec<String>>>,
+    by: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let by = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, by) = (stop.clone(), ok.clone(), failed.clone(), by.clone());
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while !stop.load(SeqCst) && Instant::now() < deadline {
+                        let mut s = connect(addr);
+                        let mut pending = Vec::new();
+                        for _ in 0..50 {
+                            if stop.load(SeqCst) {
+                                return;
+                            }
+                            if s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").is_err() {
+                                failed.lock().unwrap().push("write failed".into());
+                                break;
+                            }
+                            match read_response(&mut s, &mut pending, "GET") {
+                                Some(r) if r.status == 200 => {
+                                    ok.fetch_add(1, SeqCst);
+                                    by.lock().unwrap().push((Instant::now(), r.backend()));
+                                }
+                                Some(r) => {
+                                    failed.lock().unwrap().push(format!("status {}", r.status))
+                                }
+                                None => {
+                                    failed.lock().unwrap().push("connection closed".into());
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            ok,
+            failed,
+            by,
+        }
+    }
+
+    fn finish(self) -> (usize, Vec<String>, Vec<(Instant, String)>) {
+        self.stop.store(true, SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let by = std::mem::take(&mut *self.by.lock().unwrap());
+        let failed = std::mem::take(&mut *self.failed.lock().unwrap());
+        (self.ok.load(SeqCst), failed, by)
+    }
+}
+
+fn config(servers: &[String], extra: &str) -> String {
+    format!(
+        r#"{{"heartbeatInterval": 0.2, "heartbeatTimeout": 0.2 {extra}, "servers": [{}]}}"#,
+        servers.join(", ")
+    )
+}
+
+fn count_from(by: &[(Instant, String)], since: Instant, name: &str) -> usize {
+    by.iter().filter(|(t, b)| *t >= since && b == name).count()
+}
+
+#[test]
+fn killing_and_restarting_a_backend_fails_no_request() {
+    for upstream in ["persistent", "per-request"] {
+        let a = Backend::start("A", "fast", &[]);
+        let mut b = Backend::start("B", "fast", &[]);
+        let c = Backend::start("C", "fast", &[]);
+        let b_port = b.port();
+        let cfg = config(
+            &[
+                server_json("A", a.port(), 0),
+                server_json("B", b_port, 0),
+                server_json("C", c.port(), 0),
+            ],
+            "",
+        );
+        let mut p = Proxy::with_config(&cfg, &["--upstream", upstream, "-d"]);
+        let load = Load::start(p.addr, 8);
+        std::thread::sleep(Duration::from_millis(700));
+        b.kill();
+        let killed = Instant::now();
+        std::thread::sleep(Duration::from_millis(1200));
+        let b2 = Backend::start_on("B", "fast", b_port, &[]);
+        let restarted = Instant::now();
+        std::thread::sleep(Duration::from_millis(1500));
+        let (ok, failed, by) = load.finish();
+        assert!(
+            failed.is_empty(),
+            "{upstream}: {} failed requests: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        assert!(ok > 500, "{upstream}: only {ok} requests");
+        // B got nothing while it was down (after the health check noticed) and traffic again
+        // once it was back up.
+        let down_window = by
+            .iter()
+            .filter(|(t, name)| {
+                name == "B" && *t > killed + Duration::from_millis(200) && *t < restarted
+            })
+            .count();
+        assert_eq!(down_window, 0, "{upstream}: B answered while dead?");
+        assert!(
+            count_from(&by, restarted, "B") > 0,
+            "{upstream}: B never came back"
+        );
+        p.signal("INT");
+        assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+        let log = p.stderr_text();
+        assert!(
+            log.contains(&format!(
+                "server B (127.0.0.1:{b_port}, priority 0) is DOWN"
+            )),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!(
+                "server B (127.0.0.1:{b_port}, priority 0) is UP: 2 consecutive"
+            )),
+            "{log}"
+        );
+        drop(b2);
+    }
+}
+
+#[test]
+fn a_flapping_backend_does_not_flap_its_state() {
+    let a = Backend::start("A", "fast", &[]);
+    let cfg = config(
+        &[server_json("A", a.port(), 0)],
+        r#", "healthCheck": {"type": "http", "path": "/flap"}"#,
+    );
+    let mut p = Proxy::with_config(&cfg, &["-d"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..20 {
+        assert_eq!(get(p.addr, "/").status, 200);
+    }
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    let log = p.stderr_text();
+    assert!(
+        log.contains("heartbeat status"),
+        "debug prints the heartbeat table: {log}"
+    );
+    assert!(!log.contains("is DOWN"), "{log}");
+    // The same backend with a failing check path does go down, after `fall` checks.
+    let cfg = config(
+        &[server_json("A", a.port(), 0)],
+        r#", "healthCheck": {"type": "http", "path": "/status/500", "fall": 3}"#,
+    );
+    let mut p = Proxy::with_config(&cfg, &[]);
+    assert!(eventually(Duration::from_secs(5), || get(p.addr, "/")
+        .status
+        == 503));
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(p
+        .stderr_text()
+        .contains("is DOWN: 3 consecutive failed checks (unexpected http status)"));
+}
+
+#[test]
+fn connect_refused_is_retried_on_another_server() {
+    let a = Backend::start("A", "fast", &[]);
+    let cfg = config(
+        &[
+            server_json("dead", dead_port(), 0),
+            server_json("A", a.port(), 0),
+        ],
+        "",
+    );
+    // No health checks and no ejection: every other request meets the dead server first.
+    let p = Proxy::with_config(
+        &cfg,
+        &[
+            "--health-check",
+            "off",
+            "--eject-after",
+            "0",
+            "--retry-budget",
+            "100",
+        ],
+    );
+    for i in 0..20 {
+        let r = if i % 2 == 0 {
+            get(p.addr, "/")
+        } else {
+            raw(p.addr, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi").unwrap()
+        };
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.backend(), "A");
+    }
+    assert_eq!(a.requests(), 20);
+}
+
+#[test]
+fn a_stale_pooled_connection_is_retried_transparently() {
+    // The backend answers the first request on a connection, then closes the connection
+    // when the second arrives: the keep-alive race, every time.
+    let mini = MiniServer::start(|_, n, _| {
+        if n == 0 {
+            Act::Reply("fresh")
+        } else {
+            Act::Close
+        }
+    });
+    let cfg = config(&[server_json("M", mini.port(), 0)], "");
+    let p = Proxy::with_config(&cfg, &["--workers", "1", "--health-check", "off"]);
+    for _ in 0..5 {
+        let r = get(p.addr, "/");
+        assert_eq!((r.status, r.text()), (200, "fresh".to_string()));
+    }
+    // Every request after the first met a stale connection and was replayed on a new one.
+    assert_eq!(mini.connections.load(SeqCst), 5);
+    assert_eq!(mini.requests.load(SeqCst), 9);
+}
+
+#[test]
+fn a_post_whose_body_was_sent_is_not_retried() {
+    // Two servers that read the whole request and then drop the connection.
+    let m1 = MiniServer::start(|_, _, _| Act::Close);
+    let m2 = MiniServer::start(|_, _, _| Act::Close);
+    let cfg = config(
+        &[
+            server_json("M1", m1.port(), 0),
+            server_json("M2", m2.port(), 0),
+        ],
+        "",
+    );
+    let p = Proxy::with_config(&cfg, &["--health-check", "off", "--eject-after", "0"]);
+    let r = raw(
+        p.addr,
+        b"POST /order HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        m1.requests.load(SeqCst) + m2.requests.load(SeqCst),
+        1,
+        "the POST reached exactly one server once"
+    );
+    // An idempotent GET meeting the same failure is retried on the other server.
+    let r = get(p.addr, "/");
+    assert_eq!(r.status, 502, "both servers drop it");
+    assert_eq!(
+        m1.requests.load(SeqCst) + m2.requests.load(SeqCst),
+        3,
+        "the GET was tried on both"
+    );
+}
+
+#[test]
+fn all_servers_down_gives_503() {
+    let cfg = config(
+        &[
+            server_json("X", dead_port(), 0),
+            server_json("Y", dead_port(), 1),
+        ],
+        "",
+    );
+    let p = Proxy::with_config(&cfg, &[]);
+    assert!(eventually(Duration::from_secs(5), || get(p.addr, "/")
+        .status
+        == 503));
+    let r = get(p.addr, "/");
+    assert_eq!(
+        (r.status, r.text()),
+        (503, "no server available\n".to_string())
+    );
+}
+
+#[test]
+fn traffic_fails_over_to_the_next_tier_and_returns() {
+    let mut a = Backend::start("A", "fast", &[]);
+    let b = Backend::start("B", "fast", &[]);
+    let c = Backend::start("C", "fast", &[]);
+    let a_port = a.port();
+    let cfg = config(
+        &[
+            server_json("A", a_port, 0),
+            server_json("B", b.port(), 1),
+            server_json("C", c.port(), 2),
+        ],
+        "",
+    );
+    let p = Proxy::with_config(&cfg, &[]);
+    let load = Load::start(p.addr, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    a.kill();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    let a2 = Backend::start_on("A", "fast", a_port, &[]);
+    let restarted = Instant::now();
+    std::thread::sleep(Duration::from_millis(1200));
+    let (ok, failed, by) = load.finish();
+    assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(5)]);
+    assert!(ok > 200);
+    let before: Vec<_> = by
+        .iter()
+        .filter(|(t, _)| *t < killed)
+        .map(|(_, b)| b.as_str())
+        .collect();
+    assert!(before.iter().all(|b| *b == "A"), "tier 0 takes all traffic");
+    // Within one check interval (0.2 s, plus fall=3 checks) traffic moved to tier 1 only.
+    let during: Vec<_> = by
+        .iter()
+        .filter(|(t, _)| *t > killed + Duration::from_millis(800) && *t < restarted)
+        .map(|(_, b)| b.as_str())
+        .collect();
+    assert!(
+        !during.is_empty() && during.iter().all(|b| *b == "B"),
+        "{during:?}"
+    );
+    // After `rise` checks it returns to tier 0.
+    let after: Vec<_> = by
+        .iter()
+        .filter(|(t, _)| *t > restarted + Duration::from_millis(800))
+        .map(|(_, b)| b.as_str())
+        .collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|b| *b == "A"),
+        "{:?}",
+        &after[..after.len().min(10)]
+    );
+    assert_eq!(c.requests(), 0);
+    drop(a2);
+}
