@@ -8,7 +8,8 @@ use crate::config::Overrides;
 #[derive(Debug, Parser)]
 #[command(name = "corelb", version, about)]
 pub struct Args {
-    /// Routing mode, as the seed took it: round-robin.
+    /// Routing mode, as the seed took it: round-robin, weighted, least-request,
+    /// adaptive_sma, adaptive_ewma or peak-ewma.
     #[arg(value_name = "MODE")]
     pub mode_pos: Option<String>,
     /// Routing mode (same as the positional MODE).
@@ -86,6 +87,9 @@ pub struct Args {
     /// Retries may add at most this percentage of requests (default 20).
     #[arg(long, value_name = "PCT")]
     pub retry_budget: Option<f64>,
+    /// Admin API and live dashboard: HOST:PORT, PORT, or off. Default 127.0.0.1:5002.
+    #[arg(long, value_name = "ADDR|off")]
+    pub admin: Option<String>,
 }
 
 impl Args {
@@ -126,6 +130,7 @@ impl Args {
             eject_time: self.eject_time.clone(),
             retries: self.retries,
             retry_budget: self.retry_budget,
+            admin: self.admin.clone(),
         })
     }
 }

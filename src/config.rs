@@ -235,6 +235,8 @@ pub struct Config {
     /// Passive ejection of failing servers.
     pub outlier: OutlierSettings,
     pub retry: RetrySettings,
+    /// Admin and dashboard listener; `None` when off.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Settings that may come from the command line or the environment (already merged by
@@ -266,7 +268,11 @@ pub struct Overrides {
     pub eject_time: Option<String>,
     pub retries: Option<u32>,
     pub retry_budget: Option<f64>,
+    pub admin: Option<String>,
 }
+
+/// The seed's dashboard port.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:5002";
 
 const CLI: &str = "command line";
 
@@ -352,6 +358,7 @@ impl Config {
             "healthCheck",
             "outlierDetection",
             "retries",
+            "admin",
         ])?;
 
         let heartbeat_interval = f
@@ -592,6 +599,16 @@ impl Config {
             health,
             outlier,
             retry,
+            admin: match f.string("admin")?.as_deref() {
+                Some("off") => None,
+                Some(a) => Some(parse_listen(a).ok_or_else(|| {
+                    err(
+                        "admin",
+                        format!("expected off, PORT or HOST:PORT, got \"{a}\""),
+                    )
+                })?),
+                None => parse_listen(DEFAULT_ADMIN),
+            },
             source: source.to_string(),
             listen,
             workers: if workers == 0 {
@@ -757,6 +774,19 @@ impl Config {
                 ));
             }
             self.retry.count = n;
+        }
+        if let Some(a) = &o.admin {
+            self.admin = if a == "off" {
+                None
+            } else {
+                Some(parse_listen(a).ok_or_else(|| {
+                    ConfigError::new(
+                        CLI,
+                        "--admin",
+                        format!("expected off, PORT or HOST:PORT, got \"{a}\""),
+                    )
+                })?)
+            };
         }
         if let Some(p) = o.retry_budget {
             if !(0.0..=100.0).contains(&p) {

@@ -85,6 +85,10 @@ impl Server {
             cfg,
             stop: AtomicBool::new(false),
             counters: Counters::default(),
+            started: std::time::Instant::now(),
+            log_dropped: logger
+                .as_ref()
+                .map_or_else(Default::default, |l| l.dropped.clone()),
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut workers = Vec::with_capacity(n);

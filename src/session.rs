@@ -425,7 +425,7 @@ impl Worker {
                 return Step::Progress;
             }
         };
-        let Some(backend) = self.shared.balancer.pick(None) else {
+        let Some(backend) = self.pick_backend() else {
             let close = req.body != BodyKind::None || !req.keep_alive;
             debug!("worker {}: 503: no server available", self.id);
             buf.consume(head_len + body_ready);
@@ -491,6 +491,23 @@ impl Worker {
                 self.respond(ci, http::BAD_GATEWAY, close);
                 Step::Progress
             }
+        }
+    }
+
+    /// Picks a backend for a new request. A server in slow start (recovered recently) is
+    /// declined with probability 1 - ramp and another drawn, so its share rises linearly.
+    fn pick_backend(&mut self) -> Option<usize> {
+        let b = self.shared.balancer.pick(None)?;
+        let ramp = self.shared.health.ramp(b);
+        if ramp >= 1.0 || self.rng.next_f64() < ramp {
+            return Some(b);
+        }
+        match self.shared.balancer.pick(Some(b)) {
+            Some(other) => {
+                self.shared.balancer.cancel(b);
+                Some(other)
+            }
+            None => Some(b),
         }
     }
 
@@ -999,9 +1016,7 @@ impl Worker {
             let mut pick = None;
             for _ in 0..4 {
                 match self.shared.balancer.pick(Some(old)) {
-                    Some(b) if tried & bit(b) != 0 => {
-                        self.shared.balancer.finish(b, Duration::ZERO, true);
-                    }
+                    Some(b) if tried & bit(b) != 0 => self.shared.balancer.cancel(b),
                     other => {
                         pick = other;
                         break;

@@ -80,6 +80,10 @@ pub struct Shared {
     pub health: crate::health::Health,
     pub stop: AtomicBool,
     pub counters: Counters,
+    /// When the proxy started (uptime).
+    pub started: std::time::Instant,
+    /// CSV records dropped because the log queue was full (0 when logging is off).
+    pub log_dropped: Arc<AtomicU64>,
 }
 
 static DEBUG: AtomicBool = AtomicBool::new(false);
@@ -147,6 +151,28 @@ pub struct Worker {
     metrics: crossbeam_channel::Sender<Snapshot>,
     /// Limits how much retries can add to the load on a failing pool.
     pub(crate) budget: crate::health::RetryBudget,
+    /// This worker's random numbers (slow-start admission).
+    pub(crate) rng: XorShift,
+}
+
+/// A tiny per-worker PRNG: no shared state, no locks.
+pub(crate) struct XorShift(u64);
+
+impl XorShift {
+    pub(crate) fn new(seed: u64) -> XorShift {
+        XorShift(seed | 1)
+    }
+
+    /// Uniform in [0, 1).
+    #[inline]
+    pub(crate) fn next_f64(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 impl Worker {
@@ -186,6 +212,7 @@ impl Worker {
                     shared.cfg.retry.budget,
                     shared.cfg.retry.min_per_sec,
                 ),
+                rng: XorShift::new(0x2545_F491_4F6C_DD1D ^ (id as u64 + 1)),
                 shared,
             },
             waker,

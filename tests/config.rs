@@ -75,7 +75,7 @@ fn env_port_is_used_and_flag_overrides_it() {
     let mut child = Command::new(PROXY)
         .env("PROXY_SERVER_CONFIG", &path)
         .env("PROXY_SERVER_PORT", free.to_string())
-        .arg("round-robin")
+        .args(["round-robin", "--admin", "off", "--log-csv", "off"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -92,7 +92,16 @@ fn env_port_is_used_and_flag_overrides_it() {
     let out = Command::new(PROXY)
         .env("PROXY_SERVER_CONFIG", &path)
         .env("PROXY_SERVER_PORT", &busy_port)
-        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--admin",
+            "off",
+            "--log-csv",
+            "off",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

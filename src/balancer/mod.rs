@@ -345,6 +345,13 @@ impl Balancer {
         Some(i)
     }
 
+    /// Takes back a [`pick`](Balancer::pick) that was not used (a retry refusing a server
+    /// it already tried, slow start declining): nothing is recorded.
+    #[inline]
+    pub fn cancel(&self, i: usize) {
+        self.set.list[i].stats.inflight.fetch_sub(1, Relaxed);
+    }
+
     /// Ends an exchange started by [`pick`](Balancer::pick): counts it and records its
     /// latency in every estimator.
     #[inline]

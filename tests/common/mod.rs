@@ -170,6 +170,10 @@ impl Proxy {
         if !extra.contains(&"--log-csv") {
             cmd.args(["--log-csv", "off"]);
         }
+        // Parallel tests cannot all have the dashboard on 5002.
+        if !extra.contains(&"--admin") {
+            cmd.args(["--admin", "off"]);
+        }
         let mut child = cmd
             .args(extra)
             .env_remove("PROXY_SERVER_PORT")
