@@ -90,6 +90,15 @@ pub struct Args {
     /// Admin API and live dashboard: HOST:PORT, PORT, or off. Default 127.0.0.1:5002.
     #[arg(long, value_name = "ADDR|off")]
     pub admin: Option<String>,
+    /// adaptive_sma: responses in the moving window (default 32).
+    #[arg(long, value_name = "N")]
+    pub sma_window: Option<usize>,
+    /// adaptive_ewma: weight of each new response, in (0, 1] (default 0.05).
+    #[arg(long, value_name = "A")]
+    pub ewma_alpha: Option<f64>,
+    /// peak-ewma: decay time of a latency peak (default 10s).
+    #[arg(long, value_name = "D")]
+    pub peak_ewma_tau: Option<String>,
 }
 
 impl Args {
@@ -131,6 +140,9 @@ impl Args {
             retries: self.retries,
             retry_budget: self.retry_budget,
             admin: self.admin.clone(),
+            sma_window: self.sma_window,
+            ewma_alpha: self.ewma_alpha,
+            peak_ewma_tau: self.peak_ewma_tau.clone(),
         })
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::balancer::RoutingParams;
 use crate::health::{Check, HealthSettings, OutlierSettings, RetrySettings};
 
 pub const DEFAULT_PORT: u16 = 9090;
@@ -237,6 +238,8 @@ pub struct Config {
     pub retry: RetrySettings,
     /// Admin and dashboard listener; `None` when off.
     pub admin: Option<SocketAddr>,
+    /// Tuning of the latency-aware routing modes.
+    pub routing: RoutingParams,
 }
 
 /// Settings that may come from the command line or the environment (already merged by
@@ -269,6 +272,9 @@ pub struct Overrides {
     pub retries: Option<u32>,
     pub retry_budget: Option<f64>,
     pub admin: Option<String>,
+    pub sma_window: Option<usize>,
+    pub ewma_alpha: Option<f64>,
+    pub peak_ewma_tau: Option<String>,
 }
 
 /// The seed's dashboard port.
@@ -359,6 +365,7 @@ impl Config {
             "outlierDetection",
             "retries",
             "admin",
+            "routing",
         ])?;
 
         let heartbeat_interval = f
@@ -567,6 +574,38 @@ impl Config {
                     .ok_or_else(|| of.bad("on5xx", "expected true or false"))?;
             }
         }
+        let mut routing = RoutingParams::default();
+        if let Some(v) = obj.get("routing") {
+            let o = v
+                .as_object()
+                .ok_or_else(|| err("routing", "expected an object".into()))?;
+            let rf = Fields {
+                source,
+                obj: o,
+                path: "routing.".into(),
+            };
+            rf.only(&[
+                "smaWindow",
+                "ewmaAlpha",
+                "peakEwmaTau",
+                "loadBias",
+                "choices",
+                "adaptiveChoices",
+            ])?;
+            routing.sma_window = rf
+                .int("smaWindow", 1, 65536)?
+                .map_or(routing.sma_window, |n| n as usize);
+            routing.ewma_alpha = rf.number("ewmaAlpha")?.unwrap_or(routing.ewma_alpha);
+            routing.peak_ewma_tau = rf.seconds("peakEwmaTau")?.unwrap_or(routing.peak_ewma_tau);
+            routing.adaptive_bias = rf.number("loadBias")?.unwrap_or(routing.adaptive_bias);
+            routing.choices = rf
+                .int("choices", 1, 4)?
+                .map_or(routing.choices, |n| n as usize);
+            routing.adaptive_choices = rf
+                .int("adaptiveChoices", 1, 4)?
+                .map_or(routing.adaptive_choices, |n| n as usize);
+            routing.validate().map_err(|e| err("routing", e))?;
+        }
         let mut retry = RetrySettings::default();
         if let Some(v) = obj.get("retries") {
             let o = v
@@ -599,6 +638,7 @@ impl Config {
             health,
             outlier,
             retry,
+            routing,
             admin: match f.string("admin")?.as_deref() {
                 Some("off") => None,
                 Some(a) => Some(parse_listen(a).ok_or_else(|| {
@@ -788,6 +828,24 @@ impl Config {
                 })?)
             };
         }
+        if let Some(n) = o.sma_window {
+            self.routing.sma_window = n;
+        }
+        if let Some(a) = o.ewma_alpha {
+            self.routing.ewma_alpha = a;
+        }
+        if let Some(v) = &o.peak_ewma_tau {
+            self.routing.peak_ewma_tau = parse_duration(v).ok_or_else(|| {
+                ConfigError::new(
+                    CLI,
+                    "--peak-ewma-tau",
+                    format!("expected a duration like 10s, got \"{v}\""),
+                )
+            })?;
+        }
+        self.routing
+            .validate()
+            .map_err(|e| ConfigError::new(CLI, "routing", e))?;
         if let Some(p) = o.retry_budget {
             if !(0.0..=100.0).contains(&p) {
                 return Err(ConfigError::new(

@@ -31,7 +31,7 @@ const FIRST: usize = 2;
 /// Most connections accepted per loop iteration before other work gets a turn.
 const ACCEPT_BATCH: usize = 256;
 /// Buffers a worker keeps pooled while quiet.
-const POOL_KEEP: usize = 16;
+const POOL_KEEP: usize = 8;
 /// Most buffers a worker pools at all.
 const POOL_MAX: usize = 4096;
 
@@ -357,7 +357,11 @@ impl Worker {
         entry.insert(Client::new(sock, peer));
         self.shared.counters.accepted.fetch_add(1, Relaxed);
         self.shared.counters.active_clients.fetch_add(1, Relaxed);
-        self.arm_idle(ci);
+        // A new connection has the head timeout to send its first request (nginx's
+        // client_header_timeout); one timer entry serves it until the first response.
+        let at = self.now + self.shared.cfg.timeouts.client.as_millis() as u64;
+        let c = &mut self.clients[ci];
+        self.timers.set(&mut c.timer, client_token(ci).0, at);
     }
 
     fn client_event(&mut self, ci: usize, ev: &mio::event::Event) {

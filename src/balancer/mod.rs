@@ -27,13 +27,13 @@ pub use policy::{
 
 /// Responses in the `adaptive-sma` window. The seed's 3 let server A's three 400 ms answers
 /// in a row swing its mean from 15 to 400 ms, past B's 200; any window longer than A's
-/// 9-request cycle smooths that (16: 111..160 ms), and 16 samples are still only a few
-/// hundred milliseconds of history for a busy server.
-pub const DEFAULT_SMA_WINDOW: usize = 16;
-/// Weight of each new response in the `adaptive-ewma` average (the seed used 0.2). 0.1
-/// remembers about as many responses as the SMA window (2/alpha - 1 = 19) and keeps A's
-/// average within 106..186 ms, below B; 0.2 let it reach 232 ms.
-pub const DEFAULT_EWMA_ALPHA: f64 = 0.1;
+/// 9-request cycle smooths that; 32 (over three cycles) keeps it near its 143 ms mean and
+/// is still well under a second of history for a busy server.
+pub const DEFAULT_SMA_WINDOW: usize = 32;
+/// Weight of each new response in the `adaptive-ewma` average (the seed used 0.2, which
+/// let A's average reach 232 ms, past B). 0.05 remembers about as many responses as the
+/// SMA window (2/alpha - 1 = 39).
+pub const DEFAULT_EWMA_ALPHA: f64 = 0.05;
 /// `peak-ewma` time constant (Finagle's and Linkerd's default): a peak fades over ~10 s.
 pub const DEFAULT_PEAK_EWMA_TAU: Duration = Duration::from_secs(10);
 /// How fast SMA and EWMA estimates decay while a server sends no responses, and how long
@@ -52,6 +52,13 @@ pub const DEFAULT_CHOICES: usize = 2;
 /// seed's A, B, C (all three compared) it measured 600 req/s at wrk -c100, against 545 for
 /// power of two choices, which never compares A with both others.
 pub const DEFAULT_ADAPTIVE_CHOICES: usize = 3;
+/// `adaptive-sma`/`adaptive-ewma`: exponent on the load factor `1 + in_flight / weight`
+/// (Envoy's `active_request_bias`). At 1 in-flight requests weigh as much as latency; the
+/// latency estimate already contains queueing, so a weaker term lets it lead while the
+/// in-flight count still breaks up herds. Seed simulation (100 clients, window 32, alpha
+/// 0.05): bias 1.0 gives about 600 req/s, 0.5 about 617; below 0.35 the estimates' swings
+/// herd traffic onto B and throughput falls back to round robin's.
+pub const DEFAULT_ADAPTIVE_BIAS: f64 = 0.5;
 
 /// Tuning of the routing modes; `Default` gives the `DEFAULT_*` constants.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,6 +80,8 @@ pub struct RoutingParams {
     pub choices: usize,
     /// Servers compared per pick by `adaptive-sma` and `adaptive-ewma`, 1..=4.
     pub adaptive_choices: usize,
+    /// Exponent on the load factor for `adaptive-sma` and `adaptive-ewma`, in (0, 1].
+    pub adaptive_bias: f64,
 }
 
 impl Default for RoutingParams {
@@ -86,6 +95,7 @@ impl Default for RoutingParams {
             error_latency: DEFAULT_ERROR_LATENCY,
             choices: DEFAULT_CHOICES,
             adaptive_choices: DEFAULT_ADAPTIVE_CHOICES,
+            adaptive_bias: DEFAULT_ADAPTIVE_BIAS,
         }
     }
 }
@@ -119,6 +129,12 @@ impl RoutingParams {
             if !(1..=MAX_CHOICES).contains(&n) {
                 return Err(format!("{name}: expected 1..={MAX_CHOICES}, got {n}"));
             }
+        }
+        if !(self.adaptive_bias > 0.0 && self.adaptive_bias <= 1.0) {
+            return Err(format!(
+                "adaptive_bias: expected a number in (0, 1], got {}",
+                self.adaptive_bias
+            ));
         }
         positive("peak_ewma_tau", self.peak_ewma_tau)?;
         positive("idle_decay", self.idle_decay)?;
@@ -292,9 +308,9 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// The balancer for `cfg`'s servers and mode, with default [`RoutingParams`].
+    /// The balancer for `cfg`'s servers, mode and routing parameters.
     pub fn new(cfg: &Config) -> Balancer {
-        Self::with_params(&cfg.servers, cfg.mode, RoutingParams::default())
+        Self::with_params(&cfg.servers, cfg.mode, cfg.routing)
     }
 
     pub fn with_params(servers: &[Server], mode: Mode, params: RoutingParams) -> Balancer {
@@ -311,13 +327,16 @@ impl Balancer {
         let set = Backends::with_params(servers, &params, now);
         let rules = params.rules();
         let sampling = |load, choices| Box::new(Sampling::new(load, choices, rules));
+        let biased = |load, choices| {
+            Box::new(Sampling::new(load, choices, rules).with_bias(params.adaptive_bias))
+        };
         let (p2c, adaptive) = (params.choices, params.adaptive_choices);
         let policy: Box<dyn Policy> = match mode {
             Mode::RoundRobin => Box::new(RoundRobin::new(&set)),
             Mode::Weighted => Box::new(Weighted::new(&set)),
             Mode::LeastRequest => sampling(Load::Requests, p2c),
-            Mode::AdaptiveSma => sampling(Load::Latency(Estimator::Sma), adaptive),
-            Mode::AdaptiveEwma => sampling(Load::Latency(Estimator::Ewma), adaptive),
+            Mode::AdaptiveSma => biased(Load::Latency(Estimator::Sma), adaptive),
+            Mode::AdaptiveEwma => biased(Load::Latency(Estimator::Ewma), adaptive),
             Mode::PeakEwma => sampling(Load::Latency(Estimator::PeakEwma), p2c),
         };
         Balancer {

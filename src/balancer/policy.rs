@@ -209,6 +209,8 @@ pub struct Sampling {
     load: Load,
     choices: usize,
     rules: Rules,
+    /// Exponent on the load factor (1: Finagle's estimate x (in-flight + 1)).
+    bias: f64,
 }
 
 /// Most servers compared per pick.
@@ -227,6 +229,27 @@ impl Sampling {
             load,
             choices: choices.clamp(1, MAX_CHOICES),
             rules,
+            bias: 1.0,
+        }
+    }
+
+    /// Sets the exponent on the load factor, in (0, 1].
+    pub fn with_bias(mut self, bias: f64) -> Sampling {
+        self.bias = bias;
+        self
+    }
+
+    #[inline]
+    fn load_factor(&self, x: f64) -> f64 {
+        // Fast paths for the exponents in use; powf otherwise.
+        if self.bias == 1.0 {
+            x
+        } else if self.bias == 0.5 {
+            x.sqrt()
+        } else if self.bias == 0.25 {
+            x.sqrt().sqrt()
+        } else {
+            x.powf(self.bias)
         }
     }
 
@@ -243,7 +266,10 @@ impl Sampling {
                     return (false, 0.0);
                 }
                 let r = s.est.read(&self.rules, e, measured, now);
-                (r.stale && n >= 1.0, r.value * (1.0 + n / b.weight))
+                (
+                    r.stale && n >= 1.0,
+                    r.value * self.load_factor(1.0 + n / b.weight),
+                )
             }
         }
     }

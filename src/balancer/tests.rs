@@ -399,8 +399,12 @@ fn snapshot_reports_every_estimator_in_every_mode() {
     }
     let s = &b.snapshot_at(3000)[0];
     assert_eq!((s.requests, s.errors, s.inflight), (3, 1, 0));
-    // The failed 20 ms exchange counted as 1 s: window of 16, first sample filled it.
-    assert_eq!(s.sma_us, (14.0 * 10_000.0 + 1_000_000.0 + 400_000.0) / 16.0);
+    // The failed 20 ms exchange counted as 1 s; the first sample filled the window.
+    let w = super::DEFAULT_SMA_WINDOW as f64;
+    assert_eq!(
+        s.sma_us,
+        ((w - 2.0) * 10_000.0 + 1_000_000.0 + 400_000.0) / w
+    );
     let w = (-1000.0f64 / 10e6).exp();
     assert_eq!(s.peak_ewma_us, 1_000_000.0 * w + 400_000.0 * (1.0 - w));
     assert!(s.ewma_us > 10_000.0 && s.ewma_us < 1_000_000.0);

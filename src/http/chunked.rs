@@ -69,10 +69,8 @@ enum State {
     },
     /// Saw the CR ending a size line.
     SizeLf,
-    /// Inside chunk data.
-    Data {
-        remaining: u64,
-    },
+    /// Inside chunk data; the bytes left are in `ChunkedDecoder::size`.
+    Data,
     DataCr,
     DataLf,
     /// At the start of a trailer line (or the final empty line).
@@ -104,7 +102,7 @@ pub struct Progress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkedDecoder {
     state: State,
-    /// Size of the chunk whose size line is being read.
+    /// Size of the chunk whose size line is being read, then the data bytes left in it.
     size: u64,
 }
 
@@ -150,14 +148,12 @@ impl ChunkedDecoder {
     pub fn decode(&mut self, input: &[u8]) -> Result<Progress, ChunkError> {
         let mut i = 0;
         while i < input.len() {
-            if let State::Data { remaining } = self.state {
-                let take = remaining.min((input.len() - i) as u64) as usize;
-                let left = remaining - take as u64;
-                self.state = if left == 0 {
-                    State::DataCr
-                } else {
-                    State::Data { remaining: left }
-                };
+            if self.state == State::Data {
+                let take = self.size.min((input.len() - i) as u64) as usize;
+                self.size -= take as u64;
+                if self.size == 0 {
+                    self.state = State::DataCr;
+                }
                 return Ok(Progress {
                     consumed: i + take,
                     data: i..i + take,
@@ -234,14 +230,13 @@ impl ChunkedDecoder {
                 if b != b'\n' {
                     return Err(ChunkError::BadLineEnd);
                 }
-                let size = std::mem::take(&mut self.size);
-                if size == 0 {
+                if self.size == 0 {
                     State::TrailerStart { total: 0 }
                 } else {
-                    State::Data { remaining: size }
+                    State::Data
                 }
             }
-            State::Data { .. } => unreachable!("data is consumed in bulk by decode"),
+            State::Data => unreachable!("data is consumed in bulk by decode"),
             State::DataCr => {
                 if b != b'\r' {
                     return Err(ChunkError::MissingDataCrlf);
