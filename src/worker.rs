@@ -264,14 +264,19 @@ impl Worker {
             if self.accept_pending && !self.draining {
                 self.accept();
             }
-            let again = std::mem::take(&mut self.again);
+            // Clients cut short last round. Driving one may cut it short again: it then
+            // lands in the fresh `self.again` and must stay there (edge-triggered: its bytes
+            // are already queued, no new event will come for them).
+            let mut again = std::mem::take(&mut self.again);
             for &ci in &again {
                 if self.clients.contains(ci) {
                     self.drive(ci);
                 }
             }
-            self.again = again;
-            self.again.clear();
+            if self.again.is_empty() {
+                again.clear();
+                self.again = again;
+            }
             self.expire();
             let instant = std::time::Instant::now();
             if self.hists.due(instant) {
