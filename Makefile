@@ -11,7 +11,7 @@ PROFILE ?= seed
 ARGS ?=
 BIN := target/release
 
-.PHONY: all build release run backends test lint fmt bench bench-quick clean
+.PHONY: all build release run backends test test-browser lint fmt bench bench-quick clean
 
 all: build
 
@@ -46,12 +46,33 @@ test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
+# The dashboard in headless Chromium (Debian's chromium; playwright-core from npm drives it):
+# a short bounded load, charts and table checked, screenshot in target/browser/.
+CHROMIUM ?= /usr/bin/chromium
+test-browser:
+	$(CARGO) build --workspace --bins
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	cd tests/browser && CHROMIUM=$(CHROMIUM) node --test
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
+
+# Benchmarks (bench/bench.py): wrk against corelb, NGINX and HAProxy on 127.0.0.1:18100-18199;
+# results in bench/results/<date>-<host>[-quick]/. BENCH_SECONDS sets each wrk run's length.
+#   make bench         3 repetitions of 30 s runs (about 40 min with corelb's 6 modes)
+#   make bench-quick   1 repetition of 3 s runs, seed scenario with the seed's modes only
+#                      (about 80 s plus the build)
+PYTHON ?= python3
+
+bench: release
+	$(PYTHON) bench/bench.py
+
+bench-quick: release
+	$(PYTHON) bench/bench.py --quick
 
 clean:
 	$(CARGO) clean

@@ -180,7 +180,12 @@ impl Logger {
 /// would cost every `try_send` a futex wake-up (a syscall and a context switch per request).
 const BATCH_EVERY: Duration = Duration::from_millis(20);
 
-fn write_loop(file: File, rx: Receiver<Record>, ctx: LogContext, written: Arc<AtomicU64>) -> io::Result<()> {
+fn write_loop(
+    file: File,
+    rx: Receiver<Record>,
+    ctx: LogContext,
+    written: Arc<AtomicU64>,
+) -> io::Result<()> {
     let mut w = csv::WriterBuilder::new().from_writer(BufWriter::with_capacity(256 * 1024, file));
     w.write_record(COLUMNS)?;
     w.flush()?;

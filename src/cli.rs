@@ -99,6 +99,10 @@ pub struct Args {
     /// peak-ewma: decay time of a latency peak (default 10s).
     #[arg(long, value_name = "D")]
     pub peak_ewma_tau: Option<String>,
+    /// Do not pin workers to cores (helps when the proxy shares its cores with other busy
+    /// processes, such as a load generator on the same machine).
+    #[arg(long)]
+    pub no_pin: bool,
 }
 
 impl Args {
@@ -143,6 +147,7 @@ impl Args {
             sma_window: self.sma_window,
             ewma_alpha: self.ewma_alpha,
             peak_ewma_tau: self.peak_ewma_tau.clone(),
+            no_pin: self.no_pin,
         })
     }
 }

@@ -240,6 +240,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Tuning of the latency-aware routing modes.
     pub routing: RoutingParams,
+    /// Pin each worker to a core (off: let the scheduler place them).
+    pub pin: bool,
 }
 
 /// Settings that may come from the command line or the environment (already merged by
@@ -275,6 +277,7 @@ pub struct Overrides {
     pub sma_window: Option<usize>,
     pub ewma_alpha: Option<f64>,
     pub peak_ewma_tau: Option<String>,
+    pub no_pin: bool,
 }
 
 /// The seed's dashboard port.
@@ -639,6 +642,7 @@ impl Config {
             outlier,
             retry,
             routing,
+            pin: true,
             admin: match f.string("admin")?.as_deref() {
                 Some("off") => None,
                 Some(a) => Some(parse_listen(a).ok_or_else(|| {
@@ -827,6 +831,9 @@ impl Config {
                     )
                 })?)
             };
+        }
+        if o.no_pin {
+            self.pin = false;
         }
         if let Some(n) = o.sma_window {
             self.routing.sma_window = n;

@@ -3,6 +3,7 @@
 //! The binary in `main.rs` only parses flags; everything else lives in these modules.
 
 pub mod access_log;
+pub mod admin;
 pub mod balancer;
 pub mod buffer;
 pub mod cli;

@@ -23,6 +23,27 @@ pub const SIGFIG: u8 = 3;
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Seconds of per-second request counts kept for rates.
 const HISTORY: usize = 60;
+/// Status codes counted one by one: 100..=599 (others count at the nearest bound).
+pub const CODES: usize = 500;
+
+/// Requests per status code, one row per backend plus a last row for answers the proxy made
+/// itself (no backend).
+pub type CodeCounts = Vec<[u64; CODES]>;
+
+/// The slot of `status` in a [`CodeCounts`] row.
+#[inline]
+pub fn code_index(status: u16) -> usize {
+    status.clamp(100, 599) as usize - 100
+}
+
+/// The status code a [`CodeCounts`] slot stands for.
+pub fn code_of(index: usize) -> u16 {
+    index as u16 + 100
+}
+
+fn code_counts(backends: usize) -> CodeCounts {
+    vec![[0; CODES]; backends + 1]
+}
 
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_US, SIGFIG).expect("static bounds are valid")
@@ -35,6 +56,8 @@ pub struct WorkerHists {
     pub requests: u64,
     /// Responses with a 5xx status or broken off.
     pub errors: u64,
+    /// Responses per backend (last row: none) and status code.
+    pub codes: CodeCounts,
     next_flush: Instant,
 }
 
@@ -45,6 +68,7 @@ pub struct Snapshot {
     pub backends: Vec<Histogram<u64>>,
     pub requests: u64,
     pub errors: u64,
+    pub codes: CodeCounts,
 }
 
 impl WorkerHists {
@@ -54,20 +78,32 @@ impl WorkerHists {
             backends: (0..backends).map(|_| histogram()).collect(),
             requests: 0,
             errors: 0,
+            codes: code_counts(backends),
             next_flush: Instant::now() + FLUSH_EVERY,
         }
     }
 
-    /// Records one finished request: its total latency, and its upstream latency on the
-    /// backend that served it.
+    /// Records one finished request: its total latency and status, and its upstream latency
+    /// on the backend that served it (`None`: the proxy answered itself).
     #[inline]
-    pub fn record(&mut self, backend: Option<usize>, upstream_us: u64, total_us: u64, error: bool) {
+    pub fn record(
+        &mut self,
+        backend: Option<usize>,
+        status: u16,
+        upstream_us: u64,
+        total_us: u64,
+        error: bool,
+    ) {
         self.total.saturating_record(total_us.max(1));
-        if let Some(b) = backend {
-            if let Some(h) = self.backends.get_mut(b) {
-                h.saturating_record(upstream_us.max(1));
+        let local = self.backends.len();
+        let row = match backend {
+            Some(b) if b < local => {
+                self.backends[b].saturating_record(upstream_us.max(1));
+                b
             }
-        }
+            _ => local,
+        };
+        self.codes[row][code_index(status)] += 1;
         self.requests += 1;
         self.errors += error as u64;
     }
@@ -87,6 +123,7 @@ impl WorkerHists {
             backends: self.backends.clone(),
             requests: self.requests,
             errors: self.errors,
+            codes: std::mem::replace(&mut self.codes, code_counts(self.backends.len())),
         };
         self.total.reset();
         self.backends.iter_mut().for_each(Histogram::reset);
@@ -106,10 +143,12 @@ pub struct Summary {
     /// Requests completed per second, oldest first, newest last.
     pub per_second: std::collections::VecDeque<u64>,
     pub errors_per_second: std::collections::VecDeque<u64>,
+    /// Responses since start per backend (last row: answered by the proxy) and status code.
+    pub codes: CodeCounts,
 }
 
 impl Summary {
-    fn new(backends: usize) -> Summary {
+    pub fn new(backends: usize) -> Summary {
         Summary {
             since_start_total: histogram(),
             since_start_backends: (0..backends).map(|_| histogram()).collect(),
@@ -117,6 +156,7 @@ impl Summary {
             last_backends: (0..backends).map(|_| histogram()).collect(),
             per_second: Default::default(),
             errors_per_second: Default::default(),
+            codes: code_counts(backends),
         }
     }
 
@@ -194,6 +234,7 @@ fn aggregate(
     let mut sec_total = histogram();
     let mut sec_backends: Vec<_> = (0..backends).map(|_| histogram()).collect();
     let (mut sec_requests, mut sec_errors) = (0u64, 0u64);
+    let mut sec_codes = code_counts(backends);
     let mut win_total = histogram();
     let mut win_backends: Vec<_> = (0..backends).map(|_| histogram()).collect();
     let mut win_start = Instant::now();
@@ -237,6 +278,7 @@ fn aggregate(
                 }
                 sec_requests += s.requests;
                 sec_errors += s.errors;
+                add_codes(&mut sec_codes, &s.codes);
                 continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -252,6 +294,7 @@ fn aggregate(
             }
             sum.last_total = sec_total.clone();
             sum.last_backends = sec_backends.clone();
+            add_codes(&mut sum.codes, &sec_codes);
             sum.per_second.push_back(sec_requests);
             sum.errors_per_second.push_back(sec_errors);
             while sum.per_second.len() > HISTORY {
@@ -267,6 +310,7 @@ fn aggregate(
         sec_backends.iter_mut().for_each(Histogram::reset);
         sec_requests = 0;
         sec_errors = 0;
+        sec_codes.iter_mut().for_each(|row| row.fill(0));
 
         let window_over = win_start.elapsed() >= dump_every;
         if let (Some(d), true) = (&dump, window_over || !open) {
@@ -303,6 +347,14 @@ fn aggregate(
         w.flush()?;
     }
     Ok(written)
+}
+
+fn add_codes(acc: &mut CodeCounts, more: &CodeCounts) {
+    for (a, m) in acc.iter_mut().zip(more) {
+        for (x, y) in a.iter_mut().zip(m) {
+            *x += y;
+        }
+    }
 }
 
 /// Backend names as they appear in file names and tags.
@@ -398,11 +450,22 @@ mod tests {
     #[test]
     fn worker_hand_over_resets_the_interval() {
         let mut w = WorkerHists::new(2);
-        w.record(Some(1), 800, 1000, false);
-        w.record(None, 0, 50, true);
+        w.record(Some(1), 200, 800, 1000, false);
+        w.record(None, 503, 0, 50, true);
+        w.record(Some(7), 999, 0, 50, true);
         let s = w.take(3, Instant::now());
-        assert_eq!((s.worker, s.requests, s.errors), (3, 2, 1));
-        assert_eq!(s.total.len(), 2);
+        assert_eq!((s.worker, s.requests, s.errors), (3, 3, 2));
+        assert_eq!(s.codes.len(), 3);
+        assert_eq!(s.codes[1][code_index(200)], 1);
+        assert_eq!(s.codes[2][code_index(503)], 1);
+        assert_eq!(
+            s.codes[2][code_index(599)],
+            1,
+            "unknown backend counts as none"
+        );
+        assert_eq!(code_of(code_index(404)), 404);
+        assert!(w.codes.iter().flatten().all(|&n| n == 0));
+        assert_eq!(s.total.len(), 3);
         assert_eq!(s.backends[1].len(), 1);
         assert_eq!(s.backends[0].len(), 0);
         assert_eq!(w.total.len(), 0);
@@ -457,7 +520,7 @@ mod tests {
         for worker in 0..2 {
             let mut w = WorkerHists::new(1);
             for _ in 0..10 {
-                w.record(Some(0), 100, 200, false);
+                w.record(Some(0), 200, 100, 200, false);
             }
             agg.tx.send(w.take(worker, Instant::now())).unwrap();
         }
@@ -474,6 +537,7 @@ mod tests {
         assert!(names.contains(&"round-robin_persistent_total.hgrm".to_string()));
         assert!(names.contains(&"round-robin_persistent_backend-A.hgrm".to_string()));
         assert_eq!(summary.lock().unwrap().since_start_total.len(), 20);
+        assert_eq!(summary.lock().unwrap().codes[0][code_index(200)], 20);
         let hgrm = std::fs::read_to_string(dir.join("round-robin_persistent_total.hgrm")).unwrap();
         assert!(hgrm.contains("Total count    =           20"), "{hgrm}");
         let hlog = std::fs::read_to_string(dir.join("round-robin_persistent.hlog")).unwrap();

@@ -20,6 +20,9 @@ pub struct Server {
     logger: Option<Logger>,
     pub metrics: Aggregator,
     checker: Option<crate::health::Checker>,
+    /// The admin listener's address (`None` with `--admin off`).
+    pub admin_addr: Option<std::net::SocketAddr>,
+    admin: Option<crate::admin::Admin>,
 }
 
 /// What a stopped server reports.
@@ -90,13 +93,21 @@ impl Server {
                 .as_ref()
                 .map_or_else(Default::default, |l| l.dropped.clone()),
         });
+        let admin = match shared.cfg.admin {
+            Some(addr) => Some(
+                crate::admin::Admin::start(addr, shared.clone(), metrics.summary.clone()).map_err(
+                    |e| format!("cannot listen on admin {addr}: {e} (--admin ADDR or off)"),
+                )?,
+            ),
+            None => None,
+        };
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut workers = Vec::with_capacity(n);
         for (id, listener) in listeners.into_iter().enumerate() {
             let log = logger.as_ref().map(|l| l.sender.clone());
             let (w, waker) = Worker::new(id, shared.clone(), listener, log, metrics.tx.clone())
                 .map_err(|e| format!("cannot start worker {id}: {e}"))?;
-            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            let core = (shared.cfg.pin && !cores.is_empty()).then(|| cores[id % cores.len()]);
             let thread = std::thread::Builder::new()
                 .name(format!("corelb-w{id}"))
                 .spawn(move || {
@@ -125,6 +136,8 @@ impl Server {
             logger,
             metrics,
             checker,
+            admin_addr: admin.as_ref().map(|a| a.addr),
+            admin,
         })
     }
 
@@ -161,6 +174,9 @@ impl Server {
             problems.push(format!("histogram dumps: {e}"));
             Vec::new()
         });
+        if let Some(a) = self.admin {
+            a.stop();
+        }
         Report {
             csv_written,
             csv_dropped,
@@ -222,6 +238,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .collect();
     let server = Server::start(cfg)?;
     println!("corelb listening on {} ({summary})", server.local_addr);
+    if let Some(a) = server.admin_addr {
+        println!("corelb admin on http://{a}/");
+    }
     let _ = std::io::stdout().flush();
     debug!("servers: {}", servers.join(", "));
 

@@ -1218,8 +1218,13 @@ impl Worker {
         self.shared
             .health
             .observe(&self.shared.balancer, backend, outcome);
-        self.hists
-            .record(Some(backend), upstream_us, total_us, !ok || status >= 500);
+        self.hists.record(
+            Some(backend),
+            status,
+            upstream_us,
+            total_us,
+            !ok || status >= 500,
+        );
         if let Some(log) = &self.log {
             rec.backend = Some(backend as u16);
             rec.status = status;
@@ -1232,7 +1237,8 @@ impl Worker {
 
     /// Records an answer the proxy made itself (no backend exchange).
     fn log_local(&mut self, mut rec: Record, canned: Canned) {
-        self.hists.record(None, 0, 0, canned.status >= 500);
+        self.hists
+            .record(None, canned.status, 0, 0, canned.status >= 500);
         if let Some(log) = &self.log {
             rec.status = canned.status;
             rec.stamp();

@@ -35,8 +35,15 @@ pub fn backend_bin() -> PathBuf {
 
 /// Reads a child's stdout until a line containing "listening on ADDR"; returns ADDR.
 fn wait_listening(child: &mut Child, what: &str) -> SocketAddr {
+    wait_addresses(child, what).0
+}
+
+/// As [`wait_listening`]; also returns where a later `corelb admin on http://ADDR/` line's
+/// ADDR arrives.
+fn wait_addresses(child: &mut Child, what: &str) -> (SocketAddr, mpsc::Receiver<String>) {
     let out = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
+    let (admin_tx, admin_rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(out).lines();
         let mut sent = false;
@@ -48,13 +55,18 @@ fn wait_listening(child: &mut Child, what: &str) -> SocketAddr {
                     sent = true;
                 }
             }
+            if let Some(rest) = line.strip_prefix("corelb admin on http://") {
+                let _ = admin_tx.send(rest.trim_end_matches('/').to_string());
+            }
         }
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(20))
         .unwrap_or_else(|_| panic!("{what} did not report its listening address"));
-    addr.parse()
-        .unwrap_or_else(|_| panic!("{what}: bad address {addr}"))
+    let addr = addr
+        .parse()
+        .unwrap_or_else(|_| panic!("{what}: bad address {addr}"));
+    (addr, admin_rx)
 }
 
 /// A running `corelb-backend`, killed on drop.
@@ -129,6 +141,8 @@ impl Drop for Backend {
 pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener, when the test started one (`--admin 127.0.0.1:0`).
+    pub admin: Option<SocketAddr>,
     pub stderr: Option<ChildStderr>,
     _config: Option<tempfile::TempPath>,
 }
@@ -182,11 +196,24 @@ impl Proxy {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start corelb");
-        let addr = wait_listening(&mut child, "corelb");
+        let (addr, admin_rx) = wait_addresses(&mut child, "corelb");
+        let admin_on = extra
+            .iter()
+            .position(|a| *a == "--admin")
+            .and_then(|i| extra.get(i + 1))
+            .is_some_and(|v| *v != "off");
+        let admin = admin_on.then(|| {
+            let a = admin_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("corelb did not report its admin address");
+            a.parse()
+                .unwrap_or_else(|_| panic!("bad admin address {a}"))
+        });
         let stderr = child.stderr.take();
         Proxy {
             child,
             addr,
+            admin,
             stderr,
             _config: Some(path),
         }

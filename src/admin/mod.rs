@@ -1,0 +1,674 @@
+//! The admin listener: its own thread with a small mio loop serving `/stats` (JSON),
+//! `/metrics` (Prometheus), `/events` (Server-Sent Events, one update a second), `/health`
+//! and the live dashboard page. It never runs on a worker and only reads shared atomics and
+//! the metrics summary, so a busy proxy still answers it and it never slows the workers.
+//! What the endpoints say lives in `render`.
+
+mod render;
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use slab::Slab;
+
+use crate::metrics::Summary;
+use crate::worker::Shared;
+
+pub use render::{gather, prometheus, Stats, BUCKETS_S};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST: usize = 2;
+
+/// Longest request head read; a longer one is answered 431.
+const MAX_HEAD: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+/// Most admin connections at once; more are closed as they are accepted.
+const MAX_CONNS: usize = 256;
+/// Pending output above which a connection's further (pipelined) requests wait.
+const OUT_HIGH: usize = 256 * 1024;
+/// Pending output above which an event-stream client that stopped reading is dropped.
+const EVENTS_BACKLOG: usize = 1024 * 1024;
+/// Bytes read and discarded per drive once a connection stopped taking requests.
+const DISCARD_MAX: usize = 64 * 1024;
+/// Request connections idle this long are closed.
+const IDLE: Duration = Duration::from_secs(30);
+/// How often `/events` clients get an update.
+pub const EVENT_EVERY: Duration = Duration::from_secs(1);
+/// Read/answer/write rounds per connection before other connections get a turn.
+const ROUNDS: usize = 16;
+
+const DASHBOARD: &str = include_str!("assets/dashboard.html");
+const UPLOT_JS: &str = include_str!("assets/uplot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("assets/uplot.min.css");
+
+/// The running admin thread.
+pub struct Admin {
+    /// The bound address (port 0 resolved).
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: JoinHandle<()>,
+}
+
+impl Admin {
+    /// Binds `addr` and starts serving on a thread of its own.
+    pub fn start(
+        addr: SocketAddr,
+        shared: Arc<Shared>,
+        summary: Arc<Mutex<Summary>>,
+    ) -> io::Result<Admin> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let mut listener = TcpListener::from_std(std_listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut server = AdminLoop {
+            poll,
+            listener,
+            conns: Slab::new(),
+            again: Vec::new(),
+            stop: stop.clone(),
+            ctx: Ctx { shared, summary },
+        };
+        let thread = std::thread::Builder::new()
+            .name("corelb-admin".into())
+            .spawn(move || server.run())?;
+        Ok(Admin {
+            addr,
+            stop,
+            waker,
+            thread,
+        })
+    }
+
+    /// Stops the thread and closes every admin connection.
+    pub fn stop(self) {
+        self.stop.store(true, Relaxed);
+        let _ = self.waker.wake();
+        let _ = self.thread.join();
+    }
+}
+
+/// What answers need: the proxy's shared state and the latency summary.
+struct Ctx {
+    shared: Arc<Shared>,
+    summary: Arc<Mutex<Summary>>,
+}
+
+impl Ctx {
+    fn stats(&self) -> Stats {
+        gather(&self.shared, &self.summary)
+    }
+}
+
+struct AdminLoop {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Slab<Conn>,
+    /// Connections whose drive was cut short and must run again before sleeping.
+    again: Vec<usize>,
+    stop: Arc<AtomicBool>,
+    ctx: Ctx,
+}
+
+impl AdminLoop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut next_tick = Instant::now() + EVENT_EVERY;
+        while !self.stop.load(Relaxed) {
+            let timeout = if self.again.is_empty() {
+                next_tick.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                eprintln!("corelb: admin: poll failed: {e}");
+                return;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(t) => self.drive(t - FIRST),
+                }
+            }
+            for i in std::mem::take(&mut self.again) {
+                self.drive(i);
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                next_tick = now + EVENT_EVERY;
+                self.tick(now);
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut sock, _)) => {
+                    if self.conns.len() >= MAX_CONNS {
+                        continue; // dropped: closed at once
+                    }
+                    let _ = sock.set_nodelay(true);
+                    let entry = self.conns.vacant_entry();
+                    let token = Token(FIRST + entry.key());
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+                        .is_ok()
+                    {
+                        entry.insert(Conn::new(sock));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors and the like: try again on the next event.
+                    crate::debug!("admin: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drive(&mut self, i: usize) {
+        let Some(c) = self.conns.get_mut(i) else {
+            return;
+        };
+        match c.drive(&self.ctx) {
+            Next::Wait => {}
+            Next::Again => self.again.push(i),
+            Next::Close => close(self.poll.registry(), &mut self.conns, i),
+        }
+    }
+
+    /// Once a second: an update to every event stream, and idle connections closed.
+    fn tick(&mut self, now: Instant) {
+        let streams: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase == Phase::Events)
+            .map(|(i, _)| i)
+            .collect();
+        if !streams.is_empty() {
+            let event = event(&self.ctx.stats());
+            for &i in &streams {
+                let c = &mut self.conns[i];
+                if c.pending() > EVENTS_BACKLOG {
+                    close(self.poll.registry(), &mut self.conns, i);
+                } else {
+                    c.out.extend_from_slice(&event);
+                    self.drive(i);
+                }
+            }
+        }
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Events && now.duration_since(c.last) > IDLE)
+            .map(|(i, _)| i)
+            .collect();
+        for i in idle {
+            close(self.poll.registry(), &mut self.conns, i);
+        }
+    }
+}
+
+fn close(registry: &Registry, conns: &mut Slab<Conn>, i: usize) {
+    if let Some(mut c) = conns.try_remove(i) {
+        let _ = registry.deregister(&mut c.sock);
+    }
+}
+
+/// One `data:` event of the event stream: the `/stats` JSON on one line.
+fn event(stats: &Stats) -> Vec<u8> {
+    let mut e = b"data: ".to_vec();
+    // serde_json writes no raw newlines: the JSON is one line.
+    let _ = serde_json::to_writer(&mut e, stats);
+    e.extend_from_slice(b"\n\n");
+    e
+}
+
+/// Where a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading requests and answering them in order.
+    Requests,
+    /// Streaming events until the client leaves.
+    Events,
+    /// Sending what is left, then closing.
+    Closing,
+}
+
+/// What the loop does with a connection after driving it.
+enum Next {
+    Wait,
+    Again,
+    Close,
+}
+
+struct Conn {
+    sock: TcpStream,
+    phase: Phase,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    sent: usize,
+    /// The client closed its side.
+    eof: bool,
+    last: Instant,
+}
+
+/// The parts of a request head an answer depends on.
+struct Head {
+    method: Method,
+    path: String,
+    keep_alive: bool,
+    http10: bool,
+    has_body: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+    Other,
+}
+
+/// A complete answer: status, content type, body, extra header lines.
+struct Answer {
+    status: u16,
+    ctype: &'static str,
+    body: Vec<u8>,
+    extra: &'static str,
+}
+
+impl Answer {
+    fn text(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            ctype: "text/plain; charset=utf-8",
+            body: body.as_bytes().to_vec(),
+            extra: "Cache-Control: no-store\r\n",
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+impl Conn {
+    fn new(sock: TcpStream) -> Conn {
+        Conn {
+            sock,
+            phase: Phase::Requests,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+            eof: false,
+            last: Instant::now(),
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Reads, answers and writes until nothing moves (or the round limit).
+    fn drive(&mut self, ctx: &Ctx) -> Next {
+        for _ in 0..ROUNDS {
+            let mut progress = match self.read() {
+                Ok(p) => p,
+                Err(_) => return Next::Close,
+            };
+            if self.phase == Phase::Requests {
+                progress |= self.answer_all(ctx);
+                // No request can complete any more once the client closed its side.
+                if self.eof && self.pending() < OUT_HIGH {
+                    self.phase = Phase::Closing;
+                }
+            }
+            match self.flush() {
+                Ok(wrote) => progress |= wrote,
+                Err(_) => return Next::Close,
+            }
+            if self.pending() == 0 && (self.phase == Phase::Closing || self.eof) {
+                let _ = self.sock.shutdown(std::net::Shutdown::Write);
+                return Next::Close;
+            }
+            if !progress {
+                return Next::Wait;
+            }
+        }
+        Next::Again
+    }
+
+    /// Reads what the socket has (requests up to the head limit; later bytes are read and
+    /// discarded). Returns whether anything happened.
+    fn read(&mut self) -> io::Result<bool> {
+        let mut progress = false;
+        let mut discarded = 0;
+        let mut chunk = [0u8; 4096];
+        while !self.eof {
+            let keep = self.phase == Phase::Requests;
+            let room = if keep {
+                if self.inbuf.len() >= MAX_HEAD || self.pending() >= OUT_HIGH {
+                    break;
+                }
+                (MAX_HEAD - self.inbuf.len()).min(chunk.len())
+            } else {
+                if discarded >= DISCARD_MAX {
+                    break;
+                }
+                chunk.len()
+            };
+            match self.sock.read(&mut chunk[..room]) {
+                Ok(0) => {
+                    self.eof = true;
+                    progress = true;
+                }
+                Ok(n) => {
+                    if keep {
+                        self.inbuf.extend_from_slice(&chunk[..n]);
+                    } else {
+                        discarded += n;
+                    }
+                    self.last = Instant::now();
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Writes pending output until the socket would block. Returns whether it wrote.
+    fn flush(&mut self) -> io::Result<bool> {
+        let mut wrote = false;
+        while self.sent < self.out.len() {
+            match self.sock.write(&self.out[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.sent += n;
+                    wrote = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if wrote {
+            self.last = Instant::now();
+        }
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+            if self.out.capacity() > OUT_HIGH {
+                self.out.shrink_to(16 * 1024);
+            }
+        } else if self.sent > 64 * 1024 {
+            self.out.drain(..self.sent);
+            self.sent = 0;
+        }
+        Ok(wrote)
+    }
+
+    /// Answers every complete request in the input, in order, while output is not backed
+    /// up. Returns whether it answered any.
+    fn answer_all(&mut self, ctx: &Ctx) -> bool {
+        let mut progress = false;
+        while self.phase == Phase::Requests && self.pending() < OUT_HIGH && !self.inbuf.is_empty() {
+            match parse(&self.inbuf) {
+                Ok(None) if self.inbuf.len() < MAX_HEAD => break,
+                Ok(None) => self.fail(431),
+                Ok(Some((n, head))) => {
+                    self.inbuf.drain(..n);
+                    self.answer(ctx, head);
+                }
+                Err(status) => self.fail(status),
+            }
+            progress = true;
+        }
+        progress
+    }
+
+    /// Answers a request that cannot be read, then closes.
+    fn fail(&mut self, status: u16) {
+        self.inbuf.clear();
+        let body = format!("{} {}\n", status, reason(status));
+        self.write_answer(&Answer::text(status, &body), false, false, false);
+        self.phase = Phase::Closing;
+    }
+
+    fn answer(&mut self, ctx: &Ctx, head: Head) {
+        if head.method == Method::Other {
+            let a = Answer {
+                extra: "Allow: GET, HEAD\r\n",
+                ..Answer::text(405, "405 Method Not Allowed\n")
+            };
+            self.write_answer(&a, false, false, false);
+            self.phase = Phase::Closing;
+            return;
+        }
+        if head.has_body {
+            self.fail(400);
+            return;
+        }
+        let path = head.path.split('?').next().unwrap_or("");
+        let head_only = head.method == Method::Head;
+        if path == "/events" {
+            self.start_events(ctx, head_only);
+            return;
+        }
+        let a = route(ctx, path);
+        self.write_answer(&a, head_only, head.keep_alive, head.http10);
+        if !head.keep_alive {
+            self.phase = Phase::Closing;
+        }
+    }
+
+    fn write_answer(&mut self, a: &Answer, head_only: bool, keep_alive: bool, http10: bool) {
+        let connection = match (keep_alive, http10) {
+            (false, _) => "Connection: close\r\n",
+            (true, true) => "Connection: keep-alive\r\n",
+            (true, false) => "",
+        };
+        let _ = write!(
+            self.out,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}{}\r\n",
+            a.status,
+            reason(a.status),
+            a.ctype,
+            a.body.len(),
+            a.extra,
+            connection
+        );
+        if !head_only {
+            self.out.extend_from_slice(&a.body);
+        }
+    }
+
+    /// Turns the connection into an event stream: headers, then an event at once (the page
+    /// fills without waiting a second), then one per tick.
+    fn start_events(&mut self, ctx: &Ctx, head_only: bool) {
+        self.inbuf.clear();
+        self.out.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
+              Connection: close\r\n\r\n",
+        );
+        if head_only {
+            self.phase = Phase::Closing;
+            return;
+        }
+        self.out.extend_from_slice(b"retry: 1000\n\n");
+        self.out.extend_from_slice(&event(&ctx.stats()));
+        self.phase = Phase::Events;
+    }
+}
+
+/// Parses one request head: `Ok(None)` when incomplete, `Err(status)` when bad.
+fn parse(buf: &[u8]) -> Result<Option<(usize, Head)>, u16> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(431),
+        Err(_) => return Err(400),
+    };
+    let http10 = req.version == Some(0);
+    let (mut close, mut keep) = (false, false);
+    let mut has_body = false;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let t = token.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            has_body = true;
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let len = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(400u16)?;
+            has_body |= len > 0;
+        }
+    }
+    let method = match req.method {
+        Some("GET") => Method::Get,
+        Some("HEAD") => Method::Head,
+        _ => Method::Other,
+    };
+    let head = Head {
+        method,
+        path: req.path.unwrap_or("/").to_string(),
+        keep_alive: if http10 { keep && !close } else { !close },
+        http10,
+        has_body,
+    };
+    Ok(Some((n, head)))
+}
+
+/// The answer to a GET of `path` (everything but `/events`).
+fn route(ctx: &Ctx, path: &str) -> Answer {
+    let asset = |ctype, body: &str, cache| Answer {
+        status: 200,
+        ctype,
+        body: body.as_bytes().to_vec(),
+        extra: cache,
+    };
+    match path {
+        "/" | "/index.html" => asset(
+            "text/html; charset=utf-8",
+            DASHBOARD,
+            "Cache-Control: no-cache\r\n",
+        ),
+        "/assets/uplot.js" => asset(
+            "text/javascript; charset=utf-8",
+            UPLOT_JS,
+            "Cache-Control: max-age=3600\r\n",
+        ),
+        "/assets/uplot.css" => asset(
+            "text/css; charset=utf-8",
+            UPLOT_CSS,
+            "Cache-Control: max-age=3600\r\n",
+        ),
+        "/stats" => Answer {
+            status: 200,
+            ctype: "application/json",
+            body: serde_json::to_vec(&ctx.stats()).unwrap_or_default(),
+            extra: "Cache-Control: no-store\r\n",
+        },
+        "/metrics" => Answer {
+            status: 200,
+            ctype: "text/plain; version=0.0.4; charset=utf-8",
+            body: prometheus(&ctx.stats()).into_bytes(),
+            extra: "Cache-Control: no-store\r\n",
+        },
+        "/health" if ctx.shared.stop.load(Relaxed) => Answer::text(503, "stopping\n"),
+        "/health" => Answer::text(200, "ok\n"),
+        _ => Answer::text(404, "404 Not Found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_reads_keep_alive_and_bodies() {
+        let (n, h) = parse(b"GET /stats?x=1 HTTP/1.1\r\nHost: a\r\n\r\nGET")
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 36);
+        assert_eq!((h.method, h.path.as_str()), (Method::Get, "/stats?x=1"));
+        assert!(h.keep_alive && !h.http10 && !h.has_body);
+        let (_, h) = parse(b"GET / HTTP/1.1\r\nConnection: Keep-Alive, close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive);
+        let (_, h) = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive && h.http10);
+        let (_, h) = parse(b"HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.keep_alive && h.method == Method::Head);
+        let (_, h) = parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+            .unwrap()
+            .unwrap();
+        assert!(h.has_body && h.method == Method::Other);
+        let (_, h) = parse(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.has_body);
+    }
+
+    #[test]
+    fn parse_rejects_bad_heads() {
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost"), Ok(None)));
+        assert_eq!(parse(b"GET / HTTP/9.9\r\n\r\n").err(), Some(400));
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n").err(),
+            Some(400)
+        );
+        let many: String = (0..40).map(|i| format!("X-{i}: v\r\n")).collect();
+        let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(parse(req.as_bytes()).err(), Some(431));
+    }
+
+    #[test]
+    fn events_are_one_data_line() {
+        let e = String::from_utf8(event(&render::sample())).unwrap();
+        assert!(e.starts_with("data: {"));
+        assert!(e.ends_with("}\n\n"));
+        assert_eq!(e.matches('\n').count(), 2);
+    }
+}

@@ -1,0 +1,681 @@
+//! What the admin endpoints say: one [`Stats`] gathered from the shared atomics and the
+//! metrics summary, rendered as JSON (`/stats`, `/events`) or Prometheus text (`/metrics`).
+//! Pure functions over that value, so the formats are tested without a running proxy.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::metrics::{code_of, Summary};
+use crate::worker::Shared;
+
+/// Upper bounds of the Prometheus latency buckets, in seconds (`+Inf` follows).
+pub const BUCKETS_S: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Everything the admin side reports at one instant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub version: &'static str,
+    pub time_unix_ms: u64,
+    pub mode: String,
+    pub upstream: String,
+    pub workers: usize,
+    pub uptime_s: f64,
+    /// The proxy is draining before it stops.
+    pub stopping: bool,
+    pub totals: Totals,
+    pub backends: Vec<BackendStats>,
+    /// Since-start latency histograms for `/metrics`: the total, then one per backend.
+    #[serde(skip)]
+    pub hists: Vec<Buckets>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    /// Requests completed per second over the last complete second and the last ten.
+    pub rps_1s: f64,
+    pub rps_10s: f64,
+    /// Responses with a 5xx status or broken off, in the last complete second.
+    pub errors_1s: u64,
+    /// Responses since start, proxied or answered by the proxy itself (updated each second).
+    pub requests: u64,
+    /// Of those, answered by the proxy itself (malformed requests, no server available).
+    pub local: u64,
+    pub active_connections: u64,
+    pub accepted: u64,
+    pub upstream_connects: u64,
+    pub rejected: u64,
+    pub retries: u64,
+    pub log_dropped: u64,
+    /// Request latency as clients see it.
+    pub latency_ms: Latency,
+    /// Responses since start by status code.
+    pub codes: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendStats {
+    pub name: String,
+    pub address: String,
+    pub tier: u32,
+    pub weight: f64,
+    pub health: HealthStats,
+    pub inflight: u32,
+    /// Completed exchanges since start (live).
+    pub requests: u64,
+    /// Exchanges that failed at the transport or protocol level.
+    pub errors: u64,
+    /// Exchanges completed in the last complete second.
+    pub rps: u64,
+    pub sma_ms: f64,
+    pub ewma_ms: f64,
+    pub peak_ewma_ms: f64,
+    /// Upstream latency (time to the response head).
+    pub latency_ms: Latency,
+    pub codes: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthStats {
+    /// `up`, `down` (failed active checks) or `ejected` (passive).
+    pub state: &'static str,
+    pub up: bool,
+    pub checked_down: bool,
+    pub ejected: bool,
+    pub ejections: u32,
+    pub changed_at_unix_ms: u64,
+    /// Share of full weight during slow start, 1 otherwise.
+    pub ramp: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub last: Percentiles,
+    pub since_start: Percentiles,
+}
+
+/// Percentiles in milliseconds; `None` when nothing was recorded.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// A histogram as Prometheus buckets: counts per [`BUCKETS_S`] bound (not cumulative).
+#[derive(Debug, Clone, Default)]
+pub struct Buckets {
+    pub per_bound: [u64; BUCKETS_S.len()],
+    pub count: u64,
+    pub sum_s: f64,
+}
+
+/// Microseconds to milliseconds, kept to the microsecond.
+fn ms(us: f64) -> f64 {
+    us.round() / 1000.0
+}
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    if h.is_empty() {
+        return Percentiles::default();
+    }
+    let q = |q: f64| Some(ms(h.value_at_quantile(q) as f64));
+    Percentiles {
+        count: h.len(),
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+        max: Some(ms(h.max() as f64)),
+    }
+}
+
+/// Buckets a microsecond histogram: a value counts under the first bound at or above the
+/// lowest value HDR keeps as equivalent to it, so the error stays within its precision.
+pub fn buckets(h: &Histogram<u64>) -> Buckets {
+    let mut b = Buckets {
+        count: h.len(),
+        ..Buckets::default()
+    };
+    let bounds_us = BUCKETS_S.map(|s| (s * 1e6) as u64);
+    let mut sum_us = 0u128;
+    for v in h.iter_recorded() {
+        let value = v.value_iterated_to();
+        let n = v.count_at_value();
+        sum_us += h.median_equivalent(value) as u128 * n as u128;
+        let i = bounds_us.partition_point(|&bound| bound < h.lowest_equivalent(value));
+        if let Some(slot) = b.per_bound.get_mut(i) {
+            *slot += n;
+        }
+    }
+    b.sum_s = sum_us as f64 / 1e6;
+    b
+}
+
+fn codes(row: &[u64]) -> BTreeMap<String, u64> {
+    row.iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(i, &n)| (code_of(i).to_string(), n))
+        .collect()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Reads everything once. The summary lock is held only to copy numbers out.
+pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
+    let n = shared.balancer.len();
+    let (total_lat, total_codes, backend_lat, backend_codes, local, rps, hists) = {
+        let sum = summary.lock().unwrap_or_else(|e| e.into_inner());
+        let lat = |last: &Histogram<u64>, start: &Histogram<u64>| Latency {
+            last: percentiles(last),
+            since_start: percentiles(start),
+        };
+        let total_lat = lat(&sum.last_total, &sum.since_start_total);
+        let backend_lat: Vec<Latency> = (0..n)
+            .map(
+                |i| match (sum.last_backends.get(i), sum.since_start_backends.get(i)) {
+                    (Some(l), Some(s)) => lat(l, s),
+                    _ => Latency::default(),
+                },
+            )
+            .collect();
+        let mut all = [0u64; crate::metrics::CODES];
+        for row in &sum.codes {
+            for (a, x) in all.iter_mut().zip(row) {
+                *a += x;
+            }
+        }
+        let backend_codes: Vec<BTreeMap<String, u64>> = (0..n)
+            .map(|i| sum.codes.get(i).map(|r| codes(r)).unwrap_or_default())
+            .collect();
+        let local: u64 = sum.codes.get(n).map_or(0, |r| r.iter().sum());
+        let rps = (
+            sum.rps(1),
+            sum.rps(10),
+            sum.errors_per_second.back().copied().unwrap_or(0),
+            (0..n)
+                .map(|i| sum.last_backends.get(i).map_or(0, Histogram::len))
+                .collect::<Vec<u64>>(),
+        );
+        let hists: Vec<Buckets> = std::iter::once(&sum.since_start_total)
+            .chain(sum.since_start_backends.iter())
+            .map(buckets)
+            .collect();
+        (
+            total_lat,
+            codes(&all),
+            backend_lat,
+            backend_codes,
+            local,
+            rps,
+            hists,
+        )
+    };
+    let c = &shared.counters;
+    let snap = shared.balancer.snapshot();
+    let backends = snap
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let b = shared.balancer.backend(i);
+            let h = shared.health.view(&shared.balancer, i);
+            let state = if h.up {
+                "up"
+            } else if h.ejected {
+                "ejected"
+            } else {
+                "down"
+            };
+            BackendStats {
+                name: s.name,
+                address: b.addr.to_string(),
+                tier: b.priority,
+                weight: b.weight,
+                health: HealthStats {
+                    state,
+                    up: h.up,
+                    checked_down: h.checked_down,
+                    ejected: h.ejected,
+                    ejections: h.ejections,
+                    changed_at_unix_ms: h.changed_at_unix_ms,
+                    ramp: h.ramp,
+                },
+                inflight: s.inflight,
+                requests: s.requests,
+                errors: s.errors,
+                rps: rps.3.get(i).copied().unwrap_or(0),
+                sma_ms: ms(s.sma_us),
+                ewma_ms: ms(s.ewma_us),
+                peak_ewma_ms: ms(s.peak_ewma_us),
+                latency_ms: backend_lat.get(i).cloned().unwrap_or_default(),
+                codes: backend_codes.get(i).cloned().unwrap_or_default(),
+            }
+        })
+        .collect();
+    Stats {
+        version: env!("CARGO_PKG_VERSION"),
+        time_unix_ms: unix_ms(),
+        mode: shared.cfg.mode.to_string(),
+        upstream: shared.cfg.upstream.to_string(),
+        workers: shared.cfg.workers.max(1),
+        uptime_s: (shared.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        stopping: shared.stop.load(Relaxed),
+        totals: Totals {
+            rps_1s: rps.0,
+            rps_10s: rps.1,
+            errors_1s: rps.2,
+            requests: total_codes.values().sum(),
+            local,
+            active_connections: c.active_clients.load(Relaxed),
+            accepted: c.accepted.load(Relaxed),
+            upstream_connects: c.upstream_connects.load(Relaxed),
+            rejected: c.rejected.load(Relaxed),
+            retries: c.retries.load(Relaxed),
+            log_dropped: shared.log_dropped.load(Relaxed),
+            latency_ms: total_lat,
+            codes: total_codes,
+        },
+        backends,
+        hists,
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for ch in v.chars() {
+        match ch {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Writes the HELP and TYPE lines of one metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Prometheus float: integral values without a fraction, `+Inf` for infinity.
+fn num(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, b: &Buckets) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cumulative = 0;
+    for (bound, n) in BUCKETS_S.iter().zip(b.per_bound) {
+        cumulative += n;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cumulative}",
+            num(*bound)
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", b.count);
+    let braces = |l: &str| {
+        if l.is_empty() {
+            String::new()
+        } else {
+            format!("{{{l}}}")
+        }
+    };
+    let _ = writeln!(out, "{name}_sum{} {}", braces(labels), num(b.sum_s));
+    let _ = writeln!(out, "{name}_count{} {}", braces(labels), b.count);
+}
+
+/// The Prometheus text exposition (format 0.0.4).
+pub fn prometheus(s: &Stats) -> String {
+    let mut o = String::with_capacity(8192 + s.backends.len() * 4096);
+    let t = &s.totals;
+    family(
+        &mut o,
+        "corelb_info",
+        "gauge",
+        "The running corelb: version, routing mode, upstream mode.",
+    );
+    let _ = writeln!(
+        o,
+        "corelb_info{{version=\"{}\",mode=\"{}\",upstream=\"{}\"}} 1",
+        label(s.version),
+        label(&s.mode),
+        label(&s.upstream)
+    );
+    let gauges: [(&str, &str, f64); 3] = [
+        ("corelb_workers", "Worker threads.", s.workers as f64),
+        (
+            "corelb_uptime_seconds",
+            "Seconds since the proxy started.",
+            s.uptime_s,
+        ),
+        (
+            "corelb_draining",
+            "1 while the proxy drains before it stops.",
+            s.stopping as u8 as f64,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        family(&mut o, name, "gauge", help);
+        let _ = writeln!(o, "{name} {}", num(v));
+    }
+    family(
+        &mut o,
+        "corelb_active_connections",
+        "gauge",
+        "Client connections open now.",
+    );
+    let _ = writeln!(o, "corelb_active_connections {}", t.active_connections);
+    let counters: [(&str, &str, u64); 5] = [
+        (
+            "corelb_connections_accepted_total",
+            "Client connections accepted.",
+            t.accepted,
+        ),
+        (
+            "corelb_upstream_connections_total",
+            "Connections opened to backends.",
+            t.upstream_connects,
+        ),
+        (
+            "corelb_rejected_requests_total",
+            "Malformed requests answered by the proxy and never forwarded.",
+            t.rejected,
+        ),
+        (
+            "corelb_retries_total",
+            "Requests tried again on another server or a fresh connection.",
+            t.retries,
+        ),
+        (
+            "corelb_log_dropped_total",
+            "CSV log records dropped because the log queue was full.",
+            t.log_dropped,
+        ),
+    ];
+    for (name, help, v) in counters {
+        family(&mut o, name, "counter", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+
+    family(
+        &mut o,
+        "corelb_requests_total",
+        "counter",
+        "Responses sent to clients by backend (\"none\": answered by the proxy itself) and status code.",
+    );
+    let names: Vec<String> = s.backends.iter().map(|b| label(&b.name)).collect();
+    for (b, name) in s.backends.iter().zip(&names) {
+        for (code, n) in &b.codes {
+            let _ = writeln!(
+                o,
+                "corelb_requests_total{{backend=\"{name}\",code=\"{code}\"}} {n}"
+            );
+        }
+    }
+    let mut local = t.codes.clone();
+    for b in &s.backends {
+        for (code, n) in &b.codes {
+            if let Some(v) = local.get_mut(code) {
+                *v = v.saturating_sub(*n);
+            }
+        }
+    }
+    for (code, n) in local.iter().filter(|(_, &n)| n > 0) {
+        let _ = writeln!(
+            o,
+            "corelb_requests_total{{backend=\"none\",code=\"{code}\"}} {n}"
+        );
+    }
+
+    type Per = fn(&BackendStats) -> f64;
+    let per_backend: [(&str, &str, &str, Per); 8] = [
+        (
+            "corelb_backend_up",
+            "gauge",
+            "1 while the backend takes traffic (health checks pass, not ejected).",
+            |b| b.health.up as u8 as f64,
+        ),
+        (
+            "corelb_backend_ejected",
+            "gauge",
+            "1 while passive checks have ejected the backend.",
+            |b| b.health.ejected as u8 as f64,
+        ),
+        (
+            "corelb_backend_ejections_total",
+            "counter",
+            "Times passive checks ejected the backend.",
+            |b| b.health.ejections as f64,
+        ),
+        (
+            "corelb_backend_last_change_timestamp_seconds",
+            "gauge",
+            "Unix time of the backend's last up/down change.",
+            |b| b.health.changed_at_unix_ms as f64 / 1000.0,
+        ),
+        (
+            "corelb_backend_tier",
+            "gauge",
+            "The backend's tier (config priority; lower takes traffic first).",
+            |b| b.tier as f64,
+        ),
+        (
+            "corelb_backend_weight",
+            "gauge",
+            "The backend's relative share within its tier (config load).",
+            |b| b.weight,
+        ),
+        (
+            "corelb_backend_inflight",
+            "gauge",
+            "Requests sent to the backend and not yet answered.",
+            |b| b.inflight as f64,
+        ),
+        (
+            "corelb_backend_errors_total",
+            "counter",
+            "Exchanges with the backend that failed at the transport or protocol level.",
+            |b| b.errors as f64,
+        ),
+    ];
+    for (name, kind, help, f) in per_backend {
+        family(&mut o, name, kind, help);
+        for (b, label) in s.backends.iter().zip(&names) {
+            let _ = writeln!(o, "{name}{{backend=\"{label}\"}} {}", num(f(b)));
+        }
+    }
+    family(
+        &mut o,
+        "corelb_backend_latency_estimate_seconds",
+        "gauge",
+        "The routing estimators' current latency per backend: sma, ewma, peak_ewma.",
+    );
+    for (b, label) in s.backends.iter().zip(&names) {
+        for (est, v) in [
+            ("sma", b.sma_ms),
+            ("ewma", b.ewma_ms),
+            ("peak_ewma", b.peak_ewma_ms),
+        ] {
+            let _ = writeln!(
+                o,
+                "corelb_backend_latency_estimate_seconds{{backend=\"{label}\",estimator=\"{est}\"}} {}",
+                num(v / 1000.0)
+            );
+        }
+    }
+    family(
+        &mut o,
+        "corelb_upstream_latency_seconds",
+        "histogram",
+        "Time from sending a request upstream to the response head, per backend, since start.",
+    );
+    for (i, label) in names.iter().enumerate() {
+        if let Some(h) = s.hists.get(i + 1) {
+            histogram(
+                &mut o,
+                "corelb_upstream_latency_seconds",
+                &format!("backend=\"{label}\""),
+                h,
+            );
+        }
+    }
+    family(
+        &mut o,
+        "corelb_request_duration_seconds",
+        "histogram",
+        "Time from a request's arrival to the end of its response, all requests, since start.",
+    );
+    if let Some(h) = s.hists.first() {
+        histogram(&mut o, "corelb_request_duration_seconds", "", h);
+    }
+    o
+}
+
+/// A small fixed `Stats` for format tests.
+#[cfg(test)]
+pub(super) fn sample() -> Stats {
+    use crate::metrics::histogram;
+    let mut codes = BTreeMap::new();
+    codes.insert("200".to_string(), 3);
+    let backend = |name: &str| BackendStats {
+        name: name.into(),
+        address: "127.0.0.1:1".into(),
+        tier: 0,
+        weight: 1.0,
+        health: HealthStats {
+            state: "up",
+            up: true,
+            checked_down: false,
+            ejected: false,
+            ejections: 0,
+            changed_at_unix_ms: 1_700_000_000_000,
+            ramp: 1.0,
+        },
+        inflight: 1,
+        requests: 3,
+        errors: 0,
+        rps: 3,
+        sma_ms: 10.0,
+        ewma_ms: 11.5,
+        peak_ewma_ms: 12.25,
+        latency_ms: Latency::default(),
+        codes: codes.clone(),
+    };
+    let mut all = BTreeMap::new();
+    all.insert("200".to_string(), 6);
+    all.insert("503".to_string(), 2);
+    let mut h = histogram();
+    h.record(2000).unwrap();
+    Stats {
+        version: "0",
+        time_unix_ms: 0,
+        mode: "round-robin".into(),
+        upstream: "persistent".into(),
+        workers: 1,
+        uptime_s: 1.5,
+        stopping: false,
+        totals: Totals {
+            rps_1s: 8.0,
+            rps_10s: 0.8,
+            errors_1s: 2,
+            requests: 8,
+            local: 2,
+            active_connections: 4,
+            accepted: 5,
+            upstream_connects: 2,
+            rejected: 0,
+            retries: 1,
+            log_dropped: 0,
+            latency_ms: Latency::default(),
+            codes: all,
+        },
+        backends: vec![backend("A"), backend("we\"ird\\")],
+        hists: vec![buckets(&h), buckets(&h), Buckets::default()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::histogram;
+
+    #[test]
+    fn buckets_are_per_bound_with_sum_and_count() {
+        let mut h = histogram();
+        for us in [100, 1000, 1001, 80_000, 100_000, 7_000_000, 900_000_000] {
+            h.saturating_record(us);
+        }
+        let b = buckets(&h);
+        assert_eq!(b.count, 7);
+        assert_eq!(b.per_bound[0], 1, "100 us <= 0.5 ms");
+        assert_eq!(b.per_bound[1], 1, "exactly 1 ms counts under le=0.001");
+        assert_eq!(b.per_bound[2], 1, "1.001 ms");
+        assert_eq!(b.per_bound[7], 2, "80 and 100 ms under le=0.1");
+        assert_eq!(b.per_bound[13], 1, "7 s under le=10");
+        assert_eq!(
+            b.per_bound.iter().sum::<u64>(),
+            6,
+            "15 minutes only under +Inf"
+        );
+        let exact = (100 + 1000 + 1001 + 80_000 + 100_000 + 7_000_000 + 900_000_000) as f64 / 1e6;
+        assert!(
+            (b.sum_s - exact).abs() / exact < 0.001,
+            "{} vs {exact}",
+            b.sum_s
+        );
+    }
+
+    #[test]
+    fn prometheus_text_has_families_labels_and_local_answers() {
+        let text = prometheus(&sample());
+        assert!(text.contains("# TYPE corelb_requests_total counter\n"));
+        assert!(text.contains("corelb_requests_total{backend=\"A\",code=\"200\"} 3\n"));
+        assert!(text.contains("corelb_requests_total{backend=\"we\\\"ird\\\\\",code=\"200\"} 3\n"));
+        assert!(text.contains("corelb_requests_total{backend=\"none\",code=\"503\"} 2\n"));
+        assert!(!text.contains("backend=\"none\",code=\"200\""));
+        assert!(text
+            .contains("corelb_upstream_latency_seconds_bucket{backend=\"A\",le=\"0.0025\"} 1\n"));
+        assert!(
+            text.contains("corelb_upstream_latency_seconds_bucket{backend=\"A\",le=\"+Inf\"} 1\n")
+        );
+        assert!(text.contains("corelb_request_duration_seconds_count 1\n"));
+        assert!(text.contains("corelb_backend_latency_estimate_seconds{backend=\"A\",estimator=\"peak_ewma\"} 0.01225\n"));
+        assert!(text.contains("corelb_uptime_seconds 1.5\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = line.rsplit_once(' ').unwrap();
+            assert!(v == "+Inf" || v.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn stats_json_schema() {
+        let v = serde_json::to_value(sample()).unwrap();
+        assert_eq!(v["mode"], "round-robin");
+        assert_eq!(v["totals"]["rps_1s"], 8.0);
+        assert_eq!(v["backends"][0]["health"]["state"], "up");
+        assert_eq!(v["backends"][0]["codes"]["200"], 3);
+        assert!(v["backends"][0]["latency_ms"]["last"]["p99"].is_null());
+        assert!(v.get("hists").is_none());
+    }
+}
