@@ -23,12 +23,15 @@ release:
 
 # Backends A, B, C on 8081-8083 with the seed's latency profiles, then the proxy on $(PORT).
 # Ctrl-C stops everything: the trap kills the whole process group.
-run: release
-	@set -m; trap 'kill 0 2>/dev/null; wait' INT TERM EXIT; \
-	for id in A B C; do \
+# Starts A, B, C on 8081-8083 in the background (used inside the recipes below).
+START_BACKENDS = for id in A B C; do \
 	  port=$$((8080 + $$(printf '%d' "'$$id") - 64)); \
 	  $(BIN)/corelb-backend --id $$id --port $$port --profile $(PROFILE) & \
-	done; \
+	done
+
+run: release
+	@set -m; trap 'kill 0 2>/dev/null; wait' INT TERM EXIT; \
+	$(START_BACKENDS); \
 	sleep 0.3; \
 	$(BIN)/corelb $(MODE) --upstream $(UPSTREAM) --listen $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS) & \
 	wait -n
@@ -36,10 +39,7 @@ run: release
 # Only the three backends (for running the proxy by hand or under a debugger).
 backends: release
 	@set -m; trap 'kill 0 2>/dev/null; wait' INT TERM EXIT; \
-	for id in A B C; do \
-	  port=$$((8080 + $$(printf '%d' "'$$id") - 64)); \
-	  $(BIN)/corelb-backend --id $$id --port $$port --profile $(PROFILE) & \
-	done; \
+	$(START_BACKENDS); \
 	wait -n
 
 test:

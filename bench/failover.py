@@ -24,26 +24,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from benchlib import HOST, free_port, wait_port  # noqa: E402
+
 BIN = ROOT / "target" / "release"
 LUA = ROOT / "bench" / "report.lua"
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, limit: float = 10.0) -> None:
-    end = time.time() + limit
-    while time.time() < end:
-        try:
-            with socket.create_connection((HOST, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 def modes() -> list:

@@ -160,7 +160,7 @@ struct Cell {
 }
 
 /// A backend's health as reported to the admin side.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct HealthView {
     pub up: bool,
     pub checked_down: bool,

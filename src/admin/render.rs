@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::health::HealthView;
 use crate::metrics::{code_of, Summary};
 use crate::worker::Shared;
 
@@ -87,13 +88,8 @@ pub struct BackendStats {
 pub struct HealthStats {
     /// `up`, `down` (failed active checks) or `ejected` (passive).
     pub state: &'static str,
-    pub up: bool,
-    pub checked_down: bool,
-    pub ejected: bool,
-    pub ejections: u32,
-    pub changed_at_unix_ms: u64,
-    /// Share of full weight during slow start, 1 otherwise.
-    pub ramp: f64,
+    #[serde(flatten)]
+    pub view: HealthView,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -245,15 +241,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
                 address: b.addr.to_string(),
                 tier: b.priority,
                 weight: b.weight,
-                health: HealthStats {
-                    state,
-                    up: h.up,
-                    checked_down: h.checked_down,
-                    ejected: h.ejected,
-                    ejections: h.ejections,
-                    changed_at_unix_ms: h.changed_at_unix_ms,
-                    ramp: h.ramp,
-                },
+                health: HealthStats { state, view: h },
                 inflight: s.inflight,
                 requests: s.requests,
                 errors: s.errors,
@@ -454,25 +442,25 @@ pub fn prometheus(s: &Stats) -> String {
             "corelb_backend_up",
             "gauge",
             "1 while the backend takes traffic (health checks pass, not ejected).",
-            |b| b.health.up as u8 as f64,
+            |b| b.health.view.up as u8 as f64,
         ),
         (
             "corelb_backend_ejected",
             "gauge",
             "1 while passive checks have ejected the backend.",
-            |b| b.health.ejected as u8 as f64,
+            |b| b.health.view.ejected as u8 as f64,
         ),
         (
             "corelb_backend_ejections_total",
             "counter",
             "Times passive checks ejected the backend.",
-            |b| b.health.ejections as f64,
+            |b| b.health.view.ejections as f64,
         ),
         (
             "corelb_backend_last_change_timestamp_seconds",
             "gauge",
             "Unix time of the backend's last up/down change.",
-            |b| b.health.changed_at_unix_ms as f64 / 1000.0,
+            |b| b.health.view.changed_at_unix_ms as f64 / 1000.0,
         ),
         (
             "corelb_backend_tier",
@@ -565,12 +553,14 @@ pub(super) fn sample() -> Stats {
         weight: 1.0,
         health: HealthStats {
             state: "up",
-            up: true,
-            checked_down: false,
-            ejected: false,
-            ejections: 0,
-            changed_at_unix_ms: 1_700_000_000_000,
-            ramp: 1.0,
+            view: HealthView {
+                up: true,
+                checked_down: false,
+                ejected: false,
+                ejections: 0,
+                changed_at_unix_ms: 1_700_000_000_000,
+                ramp: 1.0,
+            },
         },
         inflight: 1,
         requests: 3,

@@ -1,0 +1,25 @@
+"""Small helpers shared by the standalone bench scripts (failover.py, idle_memory.py)."""
+
+import socket
+import time
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, limit: float = 10.0) -> None:
+    """Waits until something accepts connections on `port`."""
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
