@@ -276,6 +276,13 @@ impl Health {
         c.ejected_until
             .store(now + time.as_millis() as u64, Relaxed);
         c.failures.store(0, Relaxed);
+        // Two workers may eject the last two servers at once: look again after the
+        // store, and take this ejection back if it left nothing.
+        if !(0..bal.len()).any(|j| j != i && bal.backend(j).available()) {
+            c.ejected_until.store(0, Relaxed);
+            c.ejections.fetch_sub(1, Relaxed);
+            return;
+        }
         if self.publish(bal, i, now) == Some(false) {
             eprintln!(
                 "corelb: server {} ({}) ejected for {:?} after {failures} consecutive failures (ejection #{k})",

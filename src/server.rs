@@ -121,14 +121,11 @@ impl Server {
                 .map_err(|e| format!("cannot spawn worker {id}: {e}"))?;
             workers.push(Handle { waker, thread });
         }
-        let checker = if shared.cfg.health.enabled {
-            Some(
-                crate::health::Checker::start(shared.clone())
-                    .map_err(|e| format!("cannot start health checks: {e}"))?,
-            )
-        } else {
-            None
-        };
+        // Always started: with active checks off it still ends passive ejections.
+        let checker = Some(
+            crate::health::Checker::start(shared.clone())
+                .map_err(|e| format!("cannot start health checks: {e}"))?,
+        );
         Ok(Server {
             shared,
             local_addr,

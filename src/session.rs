@@ -77,6 +77,9 @@ pub(crate) struct Client {
     pub up: usize,
     pub keep_alive: bool,
     pub http10: bool,
+    /// The request said `Expect: 100-continue`: the client waits for the backend before
+    /// sending its body, so that wait is not the client's fault.
+    pub expect: bool,
     pub method: Method,
     /// Request body still to be read from the client.
     pub body: Body,
@@ -98,6 +101,7 @@ impl Client {
             up: NONE,
             keep_alive: true,
             http10: false,
+            expect: false,
             method: Method::Get,
             body: Body::Done,
             body_ready: 0,
@@ -150,6 +154,11 @@ pub(crate) struct Upstream {
     pub retries: u8,
     /// Backends (index < 64) this request already failed on: a retry never returns there.
     pub tried: u64,
+    /// The one transparent replay after a stale pooled connection has been used.
+    pub stale_retried: bool,
+    /// The request direction ended early: the backend answered (or stopped reading) before
+    /// the body was sent. Nothing more is sent; the client connection closes afterwards.
+    pub req_closed: bool,
     /// Response bytes read from the backend.
     pub buf: Option<Buf>,
     /// Response head (and any 1xx heads) to write to the client.
@@ -447,6 +456,7 @@ impl Worker {
         let c = &mut self.clients[ci];
         c.keep_alive = req.keep_alive && !self.draining;
         c.http10 = req.minor == 0;
+        c.expect = req.expect_continue;
         c.method = req.method;
         c.body = body;
         c.body_ready = body_ready;
@@ -471,6 +481,7 @@ impl Worker {
                 u.rec = rec;
                 u.retries = 0;
                 u.tried = 0;
+                u.stale_retried = false;
                 u.head = Some(head);
                 let c = &mut self.clients[ci];
                 c.up = ui;
@@ -530,6 +541,7 @@ impl Worker {
                 u.head_off = 0;
                 u.body_sent = 0;
                 u.got_bytes = false;
+                u.req_closed = false;
                 u.ttfb_us = 0;
                 self.timers
                     .set(&mut u.timer, upstream_token(ui).0, now + resp_to);
@@ -575,6 +587,8 @@ impl Worker {
             got_bytes: false,
             retries: 0,
             tried: 0,
+            stale_retried: false,
+            req_closed: false,
             buf: None,
             out: None,
             resp: Resp::Head,
@@ -653,11 +667,15 @@ impl Worker {
             Err(step) => return step,
         }
         let (c, u) = (&self.clients[ci], &self.ups[ui]);
-        if !u.pending_out() && !u.head_pending() && c.body_ready == 0 {
+        if u.resp == Resp::Done && !c.body.is_done() && !u.req_closed {
+            // The response is complete before the request body: send no more of it (a
+            // backend that stopped reading would stall us); the client connection closes
+            // after the response, as the rest of its body cannot be told from a request.
+            self.close_request(ci, ui);
+        }
+        let (c, u) = (&self.clients[ci], &self.ups[ui]);
+        if !u.pending_out() && (u.req_closed || (!u.head_pending() && c.body_ready == 0)) {
             match u.resp {
-                Resp::Done if c.body.is_done() => return self.finish(ci),
-                // The response ended before the request body: the client stream cannot
-                // be resynchronised, so the connection closes after the response.
                 Resp::Done => return self.finish(ci),
                 Resp::Truncated => {
                     self.abort(ci, false);
@@ -679,10 +697,16 @@ impl Worker {
         let t = self.shared.cfg.timeouts;
         let now = self.now;
         let (c, u) = (&mut self.clients[ci], &mut self.ups[ui]);
+        let waiting_100 = c.expect && u.resp == Resp::Head && !u.got_bytes;
         let (client_at, up_at) = if u.pending_out() && !c.io.writable {
             // Blocked on a slow reader: the client's send timeout, not the backend's.
             (now + Self::ms(t.idle), 0)
-        } else if !c.body.is_done() && c.body_ready == 0 && !u.head_pending() {
+        } else if !c.body.is_done()
+            && c.body_ready == 0
+            && !u.head_pending()
+            && !u.req_closed
+            && !waiting_100
+        {
             (now + Self::ms(t.client), now + Self::ms(t.upstream))
         } else {
             (0, now + Self::ms(t.upstream))
@@ -698,6 +722,9 @@ impl Worker {
     /// Request direction: head and body bytes to the backend, more body from the client.
     fn send_request(&mut self, ci: usize, ui: usize) -> Result<bool, Step> {
         let (c, u) = (&mut self.clients[ci], &mut self.ups[ui]);
+        if u.req_closed {
+            return Ok(false);
+        }
         let mut progress = false;
         if (u.head_pending() || c.body_ready > 0) && u.io.writable {
             let head: &[u8] = u.head.as_ref().map_or(&[], |h| &h.bytes()[u.head_off..]);
@@ -718,6 +745,12 @@ impl Worker {
                     }
                 }
                 Err(e) if would_block(&e) => {}
+                Err(_) if u.resp != Resp::Head => {
+                    // The backend answered and stopped reading (a 413 with Connection:
+                    // close, say): keep forwarding its answer, send nothing more.
+                    self.close_request(ci, ui);
+                    return Ok(true);
+                }
                 Err(_) => {
                     self.fail(ci, Failure::Reset);
                     return Err(Step::Progress);
@@ -761,6 +794,19 @@ impl Worker {
         Ok(progress)
     }
 
+    /// Ends the request direction early: unsent body bytes are dropped, the backend
+    /// connection is not reused and the client connection closes after the response.
+    fn close_request(&mut self, ci: usize, ui: usize) {
+        let (c, u) = (&mut self.clients[ci], &mut self.ups[ui]);
+        u.req_closed = true;
+        u.keep = false;
+        if let Some(b) = c.buf.as_mut() {
+            b.consume(c.body_ready);
+        }
+        c.body_ready = 0;
+        c.keep_alive = false;
+    }
+
     /// Response direction, write side: pending head and body bytes to the client.
     fn send_response(&mut self, ci: usize, ui: usize) -> Result<bool, Step> {
         let (c, u) = (&mut self.clients[ci], &mut self.ups[ui]);
@@ -802,6 +848,10 @@ impl Worker {
     fn recv_response(&mut self, ci: usize, ui: usize) -> Result<bool, Step> {
         let u = &mut self.ups[ui];
         if !u.io.readable || matches!(u.resp, Resp::Done | Resp::Truncated) {
+            return Ok(false);
+        }
+        // Heads (a run of 1xx) the client has not taken yet: wait for it first.
+        if u.out.as_ref().is_some_and(|o| o.len() >= http::MAX_HEAD) {
             return Ok(false);
         }
         let buf = u.buf.get_or_insert_with(|| self.bufs.get());
@@ -875,7 +925,9 @@ impl Worker {
                                 dechunk,
                             },
                         );
-                        u.keep = r.keep_alive;
+                        // A response before the whole request body was sent leaves the
+                        // connection out of step: never reused.
+                        u.keep = r.keep_alive && body_done;
                         u.status = r.status;
                         u.ttfb_us = u.attempt.elapsed().as_micros() as u64;
                         // A response is under way: the request will not be replayed.
@@ -988,9 +1040,12 @@ impl Worker {
         if u.head.is_none() || u.body_sent > 0 || u.out.is_some() {
             return false;
         }
+        // A non-idempotent request that was written whole may have been processed: it is
+        // replayed only if the connection never came up or broke before it was all sent.
+        let written = u.head.as_ref().is_some_and(|h| u.head_off >= h.len());
         let allowed = match why {
             Failure::Connect | Failure::ConnectTimeout => true,
-            Failure::Reset if !u.got_bytes => true,
+            Failure::Reset if !u.got_bytes => method.idempotent() || !written,
             Failure::Reset | Failure::Timeout => method.idempotent(),
             Failure::BadResponse(_) => false,
         };
@@ -1002,7 +1057,7 @@ impl Worker {
         let next = if stale {
             // The keep-alive race is no fault of the server: same server, new connection,
             // outside the retry budget, once.
-            if u.retries > 0 && u.rec.reused {
+            if u.stale_retried {
                 return false;
             }
             old
@@ -1029,7 +1084,7 @@ impl Worker {
             }
         };
         // Detach the failed attempt.
-        let mut u = self.ups.remove(ui);
+        let mut u = self.remove_upstream(ui);
         if !stale {
             let latency = u.attempt.elapsed();
             self.shared.balancer.finish(old, latency, false);
@@ -1041,6 +1096,7 @@ impl Worker {
         self.bufs.release(&mut u.out);
         let head = u.head.take();
         let (started, mut rec, retries) = (u.started, u.rec, u.retries + 1);
+        let stale_retried = u.stale_retried || stale;
         let tried = u.tried | bit(old);
         drop(u);
         self.shared
@@ -1069,6 +1125,7 @@ impl Worker {
                 u.got_bytes = false;
                 u.retries = retries;
                 u.tried = tried;
+                u.stale_retried = stale_retried;
                 u.started = started;
                 rec.reused = u.reused;
                 u.rec = rec;
@@ -1134,7 +1191,7 @@ impl Worker {
         if ui == NONE {
             return;
         }
-        let mut u = self.ups.remove(ui);
+        let mut u = self.remove_upstream(ui);
         let status = match status {
             0 if u.status != 0 => u.status,
             0 => 499,
@@ -1167,9 +1224,11 @@ impl Worker {
         let body_done = self.clients[ci].body.is_done();
         let pool = &mut self.idle[u.backend];
         // Reuse only after a cleanly framed, complete exchange the backend did not close.
+        // `readable` still set means bytes may be queued past the response: not clean.
         if persistent
             && u.keep
             && body_done
+            && !u.io.readable
             && !u.io.rdhup
             && !self.draining
             && pool.len() < max_idle
@@ -1181,7 +1240,7 @@ impl Worker {
             let at = self.now + Self::ms(self.shared.cfg.timeouts.pool_idle);
             self.timers.set(&mut u.timer, upstream_token(ui).0, at);
         } else {
-            self.ups.remove(ui);
+            self.remove_upstream(ui);
         }
         let c = &mut self.clients[ci];
         if c.keep_alive && c.body.is_done() && !self.draining {

@@ -144,6 +144,11 @@ pub struct Worker {
     pub(crate) scratch: Vec<u8>,
     pub(crate) draining: bool,
     accept_pending: bool,
+    /// Worker-clock ms before which accepting is not retried (after EMFILE and the like).
+    accept_after: u64,
+    /// Upstream slots closed while handling the current event batch: later events of the
+    /// batch for those tokens belong to the closed socket, not to a new one in the slot.
+    pub(crate) closed_ups: Vec<usize>,
     /// Per-request CSV records go here (None: logging off).
     pub(crate) log: Option<LogSender>,
     /// This worker's latency histograms, handed to the aggregator once a second.
@@ -205,6 +210,8 @@ impl Worker {
                 scratch: Vec::with_capacity(4096),
                 draining: false,
                 accept_pending: false,
+                accept_after: 0,
+                closed_ups: Vec::new(),
                 log,
                 hists: WorkerHists::new(backends),
                 metrics,
@@ -226,8 +233,12 @@ impl Worker {
         let mut drain_deadline = 0;
         let mut quiet_loops = 0u32;
         loop {
-            let timeout = if self.accept_pending || !self.again.is_empty() {
+            let timeout = if !self.again.is_empty()
+                || (self.accept_pending && self.accept_after <= self.now)
+            {
                 Some(Duration::ZERO)
+            } else if self.accept_pending {
+                Some(Duration::from_millis(self.accept_after - self.now))
             } else {
                 // Wake at least once a second so a stop request is never missed.
                 Some(Duration::from_millis(
@@ -241,6 +252,7 @@ impl Worker {
                 }
             }
             self.now = self.clock.now_ms();
+            self.closed_ups.clear();
 
             // Idle pooled connections first: a backend's close that arrived in this batch
             // must be seen before a client event reuses the connection.
@@ -257,11 +269,12 @@ impl Worker {
                     WAKER => {}
                     t => match slot(t) {
                         Slot::Client(ci) => self.client_event(ci, ev),
+                        Slot::Upstream(ui) if self.closed_ups.contains(&ui) => {}
                         Slot::Upstream(ui) => self.upstream_event(ui, ev),
                     },
                 }
             }
-            if self.accept_pending && !self.draining {
+            if self.accept_pending && !self.draining && self.accept_after <= self.now {
                 self.accept();
             }
             // Clients cut short last round. Driving one may cut it short again: it then
@@ -332,11 +345,17 @@ impl Worker {
                     self.accept_pending = false;
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A connection reset while queued: skip it, take the next.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
-                    // EMFILE and friends: stop accepting this round, try again next loop.
+                    // EMFILE, ENFILE, ENOBUFS: the backlog is still waiting and, edge-
+                    // triggered, will not be reported again: retry shortly.
                     debug!("worker {}: accept failed: {e}", self.id);
-                    self.accept_pending = false;
+                    self.accept_after = self.now + 10;
                     return;
                 }
             }
@@ -423,11 +442,20 @@ impl Worker {
     }
 
     pub(crate) fn close_idle_upstream(&mut self, ui: usize) {
-        let u = self.ups.remove(ui);
+        let u = self.remove_upstream(ui);
         if let Some(list) = self.idle.get_mut(u.backend) {
             list.retain(|&x| x != ui);
         }
         drop(u);
+    }
+}
+
+impl Worker {
+    /// Removes an upstream connection from the slab, remembering its slot for this batch.
+    #[inline]
+    pub(crate) fn remove_upstream(&mut self, ui: usize) -> crate::session::Upstream {
+        self.closed_ups.push(ui);
+        self.ups.remove(ui)
     }
 }
 

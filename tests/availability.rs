@@ -109,8 +109,8 @@ fn killing_and_restarting_a_backend_fails_no_request() {
         let mut p = Proxy::with_config(&cfg, &["--upstream", upstream, "-d"]);
         let load = Load::start(p.addr, 8);
         std::thread::sleep(Duration::from_millis(700));
-        b.kill();
         let killed = Instant::now();
+        b.kill();
         std::thread::sleep(Duration::from_millis(1200));
         let b2 = Backend::start_on("B", "fast", b_port, &[]);
         let restarted = Instant::now();
@@ -315,11 +315,12 @@ fn traffic_fails_over_to_the_next_tier_and_returns() {
         ],
         "",
     );
-    let p = Proxy::with_config(&cfg, &[]);
+    let mut p = Proxy::with_config(&cfg, &["-d"]);
     let load = Load::start(p.addr, 4);
     std::thread::sleep(Duration::from_millis(500));
-    a.kill();
+    // Before the kill: requests in flight at that moment finish on B after it.
     let killed = Instant::now();
+    a.kill();
     std::thread::sleep(Duration::from_millis(1000));
     let a2 = Backend::start_on("A", "fast", a_port, &[]);
     let restarted = Instant::now();
@@ -332,7 +333,17 @@ fn traffic_fails_over_to_the_next_tier_and_returns() {
         .filter(|(t, _)| *t < killed)
         .map(|(_, b)| b.as_str())
         .collect();
-    assert!(before.iter().all(|b| *b == "A"), "tier 0 takes all traffic");
+    if !before.iter().all(|b| *b == "A") {
+        // Say why in the failure: the proxy's debug log has every state change and retry.
+        p.signal("INT");
+        let _ = p.wait_exit(Duration::from_secs(10));
+        let log = p.stderr_text();
+        let why: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.starts_with("  ") && !l.contains("heartbeat status"))
+            .collect();
+        panic!("tier 0 takes all traffic; proxy log:\n{}", why.join("\n"));
+    }
     // Within one check interval (0.2 s, plus fall=3 checks) traffic moved to tier 1 only.
     let during: Vec<_> = by
         .iter()
@@ -356,4 +367,73 @@ fn traffic_fails_over_to_the_next_tier_and_returns() {
     );
     assert_eq!(c.requests(), 0);
     drop(a2);
+}
+
+#[test]
+fn an_early_answer_mid_upload_is_the_only_answer() {
+    // A backend that answers 413 after the head and closes without reading the body, as
+    // many servers do for an upload they refuse. The proxy's next write fails; the client
+    // must get the 413 alone, never a 502 after it.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        for s in l.incoming().take(3) {
+            let Ok(mut s) = s else { continue };
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large");
+            // Give the proxy time to read the answer, then drop the socket with the body
+            // unread: the kernel resets the connection and the proxy's next write fails.
+            // (Reset at once, the answer itself can be lost in the kernel: then a 502 is
+            // all any proxy can say.)
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let cfg = config(&[server_json("M", port, 0)], "");
+    let p = Proxy::with_config(&cfg, &["--health-check", "off"]);
+    let mut s = connect(p.addr);
+    let body = vec![b'x'; 8 << 20];
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // The upload may be cut short by the proxy closing: that is fine.
+    let _ = s.write_all(&body);
+    let mut all = Vec::new();
+    use std::io::Read;
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert_eq!(
+        text.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one answer: {text}"
+    );
+    assert!(text.ends_with("too large"), "{text}");
+}
+
+#[test]
+fn a_bodyless_post_written_whole_is_not_replayed() {
+    // It may have been processed before the connection broke.
+    let m1 = MiniServer::start(|_, _, _| Act::Close);
+    let m2 = MiniServer::start(|_, _, _| Act::Close);
+    let cfg = config(
+        &[
+            server_json("M1", m1.port(), 0),
+            server_json("M2", m2.port(), 0),
+        ],
+        "",
+    );
+    let p = Proxy::with_config(&cfg, &["--health-check", "off", "--eject-after", "0"]);
+    let r = raw(p.addr, b"POST /orders/1/cancel HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(m1.requests.load(SeqCst) + m2.requests.load(SeqCst), 1);
 }

@@ -165,6 +165,8 @@ struct Framing {
     te: bool,
     chunked_last: bool,
     chunked_count: u8,
+    /// `chunked` with parameters (`chunked;x=1`): it has none, so this is malformed.
+    chunked_params: bool,
     unknown_coding: bool,
     bad_length: bool,
     /// `Connection: close` / `keep-alive` seen.
@@ -204,6 +206,7 @@ fn scan<'b>(
                         .unwrap_or(coding)
                         .trim_ascii();
                     if name.eq_ignore_ascii_case(b"chunked") {
+                        f.chunked_params |= name.len() != coding.len();
                         f.chunked_count = f.chunked_count.saturating_add(1);
                         f.chunked_last = true;
                     } else {
@@ -331,7 +334,7 @@ pub fn parse_request<'h, 'b>(
         if f.unknown_coding {
             return Err(Reject::NotImplemented);
         }
-        if !f.chunked_last || f.chunked_count != 1 {
+        if !f.chunked_last || f.chunked_count != 1 || f.chunked_params {
             return Err(Reject::BadRequest(
                 "Transfer-Encoding must end in one chunked",
             ));
@@ -487,8 +490,8 @@ pub fn parse_response<'h, 'b>(
     if f.te && f.length.is_some() {
         return Err(BadResponse("both Content-Length and Transfer-Encoding"));
     }
-    if f.te && f.chunked_count > 1 {
-        return Err(BadResponse("chunked applied twice"));
+    if f.te && (f.chunked_count > 1 || f.chunked_params) {
+        return Err(BadResponse("chunked applied twice or with parameters"));
     }
     let body = if head_request || (100..200).contains(&code) || code == 204 || code == 304 {
         BodyKind::None
