@@ -360,10 +360,14 @@ def build_scenarios(caps: Caps, reps_full: int, quick: bool, only: Optional[set]
               f"corelb default workers ({ncpu}); `wrk -t4 -c100`",
         backends=[Backend(i, "seed") for i in "ABC"], threads=4, conns=100,
         reps=1 if quick else reps_full,
-        baselines={"vs round-robin (rps / p99)": lambda n: n.split("/")[0] + "/round-robin"})
+        baselines={"vs round-robin (rps / p99)": lambda n: n.split("/")[0] + "/round-robin",
+                   "vs HAProxy leastconn (rps / p99)": lambda n: "haproxy leastconn"})
     for up in ("persistent", "per-request"):
         for m in seed_modes if quick else modes:
             seed.targets.append(Target(f"{up}/{m}", "corelb", mode=m, upstream=up))
+    # The issue's yardstick for the seed load: least-connections in the big proxies.
+    seed.targets += [Target("nginx least_conn", "nginx", mode="least_conn;", workers=ncpu),
+                     Target("haproxy leastconn", "haproxy", mode="leastconn", workers=ncpu)]
     if quick and extra:
         seed.notes.append(f"quick run: only the seed's modes here; {', '.join(extra)} run in "
                           "the queue scenario (and here in a full run).")
@@ -898,6 +902,9 @@ def read_hgrm(path: Path) -> tuple:
 
 def hgrm_unit(path: Path, pts: list, wrk_p50_ms: Optional[float]) -> tuple:
     """The dump's unit as microseconds per value, and how it was found."""
+    # corelb writes its .hgrm percentile distributions in milliseconds (README).
+    if path.name.endswith("_total.hgrm") or "_backend-" in path.name:
+        return UNIT_TO_US["ms"], "ms (corelb's dumps)"
     text = (path.name + " " + " ".join(
         ln for ln in path.read_text(errors="replace").splitlines()[:5]
         if ln.startswith("#"))).lower()
@@ -970,6 +977,8 @@ def make_plots(out: Path, scenarios: list, runs: list, notes: list) -> dict:
         ax.xaxis.set_major_formatter(FuncFormatter(
             lambda x, _: f"{100 * (1 - 1 / x):.10g}%"))
         ax.set_xlim(1, 100000)
+        # Tails span orders of magnitude (the queue scenario: 50 ms to seconds).
+        ax.set_yscale("log")
         ax.set_xlabel("percentile")
         ax.set_ylabel(f"latency ({unit})")
         ax.set_title(f"{sc.title}\nlatency by percentile, median-rps run of each target: "
@@ -1020,6 +1029,27 @@ def make_plots(out: Path, scenarios: list, runs: list, notes: list) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
+def replot(out: Path) -> int:
+    """Redraws the PNG plots of an earlier run; results.json and raw/ stay as they are."""
+    notes: list = []
+    if not ensure_matplotlib(notes):
+        log("matplotlib unavailable: " + "; ".join(notes))
+        return 1
+    d = json.loads((out / "results.json").read_text())
+    scenarios = []
+    for s in d["scenarios"]:
+        sc = Scenario(key=s["key"], title=s["title"], about=s["about"], backends=[],
+                      threads=0, conns=0, reps=s["reps"])
+        for name in s["targets"]:
+            kind = next((k for k in ("direct", "nginx", "haproxy") if name.startswith(k)),
+                        "corelb")
+            sc.targets.append(Target(name, kind))
+        scenarios.append(sc)
+    make_plots(out, scenarios, d["runs"], notes)
+    log(f"replotted {out}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
@@ -1030,7 +1060,11 @@ def main() -> int:
                     help="repetitions in a full run (BENCH_REPS, default 3)")
     ap.add_argument("--only", help="comma-separated scenarios: seed,speed,queue")
     ap.add_argument("--out", help="results directory (default bench/results/<date>-<host>)")
+    ap.add_argument("--replot", metavar="DIR",
+                    help="redraw the plots of an earlier run from its results.json and raw/")
     args = ap.parse_args()
+    if args.replot:
+        return replot(Path(args.replot))
 
     notes: list = []
     have_plt = ensure_matplotlib(notes)  # may re-execute this script inside bench/.venv
