@@ -728,9 +728,11 @@ fn finish(
         cell.checked_down.store(!up, Relaxed);
         if up {
             // Recovered by active checks: an ejection from while it was dead ends too (as
-            // Envoy's outlier detection does on a successful active check).
+            // Envoy's outlier detection does on a successful active check), and latency
+            // estimates from before the outage are forgotten, so it is probed at once.
             cell.ejected_until.store(0, Relaxed);
             cell.failures.store(0, Relaxed);
+            bal.backend(i).stats.est.forget();
         }
         let changed = health.publish(bal, i, health.now_ms());
         let b = bal.backend(i);

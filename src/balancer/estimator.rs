@@ -279,6 +279,13 @@ impl Estimates {
             .update(|v| rules.peak_next(v, sample, elapsed, first));
     }
 
+    /// Forgets the history: every estimate reads as stale until the next response, which
+    /// then replaces it. Used when a server comes back after an outage, so samples from
+    /// before (failures counted as slow) do not keep it from being tried.
+    pub fn forget(&self) {
+        self.last.store(0, Relaxed);
+    }
+
     /// Microseconds since the latest response (or since creation) at `now`.
     #[inline]
     pub fn idle(&self, now: Micros) -> Micros {

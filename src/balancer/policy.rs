@@ -266,6 +266,11 @@ impl Sampling {
                     return (false, 0.0);
                 }
                 let r = s.est.read(&self.rules, e, measured, now);
+                if r.stale && n == 0.0 {
+                    // No response for longer than the time constant (idle, or back from
+                    // an outage): probe it with one request, as a new server is.
+                    return (false, 0.0);
+                }
                 (
                     r.stale && n >= 1.0,
                     r.value * self.load_factor(1.0 + n / b.weight),
