@@ -21,26 +21,32 @@ build:
 release:
 	$(CARGO) build --release --workspace
 
-# Backends A, B, C on 8081-8083 with the seed's latency profiles, then the proxy on $(PORT).
-# Ctrl-C stops everything: the trap kills the whole process group.
-# Starts A, B, C on 8081-8083 in the background (used inside the recipes below).
+# `make run`: backends A, B, C on 8081-8083 with the seed's latency profiles, then the proxy
+# on $(PORT).
+# Starts A, B, C on 8081-8083 in the background, collecting their pids in $$pids (used
+# inside the recipes below).
 START_BACKENDS = for id in A B C; do \
 	  port=$$((8080 + $$(printf '%d' "'$$id") - 64)); \
-	  $(BIN)/corelb-backend --id $$id --port $$port --profile $(PROFILE) & \
+	  $(BIN)/corelb-backend --id $$id --port $$port --profile $(PROFILE) & pids="$$pids $$!"; \
 	done
 
+# Ctrl-C (or any child exiting) stops everything: the children run in their own process
+# groups (set -m, so they do not ignore signals), so the trap signals each one by pid; corelb
+# drains and exits 0 on SIGTERM.
+STOP_ALL = trap 'kill $$pids 2>/dev/null; wait; exit 0' INT TERM
+
 run: release
-	@set -m; trap 'kill 0 2>/dev/null; wait' INT TERM EXIT; \
+	@set -m; pids=""; $(STOP_ALL); \
 	$(START_BACKENDS); \
 	sleep 0.3; \
-	$(BIN)/corelb $(MODE) --upstream $(UPSTREAM) --listen $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS) & \
-	wait -n
+	$(BIN)/corelb $(MODE) --upstream $(UPSTREAM) --listen $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS) & pids="$$pids $$!"; \
+	wait -n; kill $$pids 2>/dev/null; wait
 
 # Only the three backends (for running the proxy by hand or under a debugger).
 backends: release
-	@set -m; trap 'kill 0 2>/dev/null; wait' INT TERM EXIT; \
+	@set -m; pids=""; $(STOP_ALL); \
 	$(START_BACKENDS); \
-	wait -n
+	wait -n; kill $$pids 2>/dev/null; wait
 
 test:
 	$(CARGO) build --workspace --bins
