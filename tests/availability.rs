@@ -247,9 +247,9 @@ fn a_stale_pooled_connection_is_retried_transparently() {
     assert_eq!(mini.requests.load(SeqCst), 9);
 }
 
-#[test]
-fn a_post_whose_body_was_sent_is_not_retried() {
-    // Two servers that read the whole request and then drop the connection.
+/// Two servers that read the whole request and then drop the connection, behind a proxy
+/// with no health checks and no ejection (so every request meets them).
+fn two_dropping_servers() -> (MiniServer, MiniServer, Proxy) {
     let m1 = MiniServer::start(|_, _, _| Act::Close);
     let m2 = MiniServer::start(|_, _, _| Act::Close);
     let cfg = config(
@@ -260,6 +260,12 @@ fn a_post_whose_body_was_sent_is_not_retried() {
         "",
     );
     let p = Proxy::with_config(&cfg, &["--health-check", "off", "--eject-after", "0"]);
+    (m1, m2, p)
+}
+
+#[test]
+fn a_post_whose_body_was_sent_is_not_retried() {
+    let (m1, m2, p) = two_dropping_servers();
     let r = raw(
         p.addr,
         b"POST /order HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
@@ -423,16 +429,7 @@ fn an_early_answer_mid_upload_is_the_only_answer() {
 #[test]
 fn a_bodyless_post_written_whole_is_not_replayed() {
     // It may have been processed before the connection broke.
-    let m1 = MiniServer::start(|_, _, _| Act::Close);
-    let m2 = MiniServer::start(|_, _, _| Act::Close);
-    let cfg = config(
-        &[
-            server_json("M1", m1.port(), 0),
-            server_json("M2", m2.port(), 0),
-        ],
-        "",
-    );
-    let p = Proxy::with_config(&cfg, &["--health-check", "off", "--eject-after", "0"]);
+    let (m1, m2, p) = two_dropping_servers();
     let r = raw(p.addr, b"POST /orders/1/cancel HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     assert_eq!(r.status, 502);
     assert_eq!(m1.requests.load(SeqCst) + m2.requests.load(SeqCst), 1);
