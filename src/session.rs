@@ -413,7 +413,13 @@ impl Worker {
         };
         let head_len = req.head_len;
         let peer = self.clients[ci].peer;
-        let mut rec = Record::new(self.id, peer, req.method, req.path().as_bytes());
+        // The path is copied only when it will be logged.
+        let path: &[u8] = if self.log.is_some() {
+            req.path().as_bytes()
+        } else {
+            b""
+        };
+        let mut rec = Record::new(self.id, peer, req.method, path);
         rec.request_bytes = head_len as u64;
         let mut body = Body::new(req.body);
         // Validate the body bytes already here before anything goes upstream, so a
