@@ -10,28 +10,13 @@ use std::io::Write;
 const THREADS: usize = 8;
 const PER_THREAD: usize = 50;
 
-/// A config naming `servers` as (backend, load), all priority 0.
-fn config(servers: &[(&Backend, f64)]) -> String {
-    let list: Vec<String> = servers
-        .iter()
-        .map(|(b, load)| {
-            format!(
-                r#"{{"priority": 0, "name": "{}", "address": "127.0.0.1", "port": {}, "load": {load}}}"#,
-                b.id,
-                b.port()
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"heartbeatInterval": 1, "heartbeatTimeout": 1, "servers": [{}]}}"#,
-        list.join(", ")
-    )
-}
-
 /// Sends THREADS x PER_THREAD keep-alive GETs through a proxy in `mode` in front of
 /// `servers`; returns the share of responses per backend id.
 fn shares(mode: &str, servers: &[(&Backend, f64)]) -> HashMap<String, f64> {
-    let p = Proxy::with_config(&config(servers), &["--mode", mode, "--workers", "2"]);
+    let p = Proxy::with_config(
+        &config_weighted(servers),
+        &["--mode", mode, "--workers", "2"],
+    );
     let addr = p.addr;
     let ids: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..THREADS)

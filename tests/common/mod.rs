@@ -147,13 +147,19 @@ pub struct Proxy {
     _config: Option<tempfile::TempPath>,
 }
 
-/// Writes a config naming `backends` (name = id, all priority 0).
+/// Writes a config naming `backends` (name = id, all priority 0, load 1).
 pub fn config_for(backends: &[&Backend]) -> String {
-    let servers: Vec<String> = backends
+    let weighted: Vec<(&Backend, f64)> = backends.iter().map(|b| (*b, 1.0)).collect();
+    config_weighted(&weighted)
+}
+
+/// A config naming `servers` as (backend, load), all priority 0.
+pub fn config_weighted(servers: &[(&Backend, f64)]) -> String {
+    let list: Vec<String> = servers
         .iter()
-        .map(|b| {
+        .map(|(b, load)| {
             format!(
-                r#"{{"priority": 0, "name": "{}", "address": "127.0.0.1", "port": {}, "load": 1}}"#,
+                r#"{{"priority": 0, "name": "{}", "address": "127.0.0.1", "port": {}, "load": {load}}}"#,
                 b.id,
                 b.port()
             )
@@ -161,7 +167,7 @@ pub fn config_for(backends: &[&Backend]) -> String {
         .collect();
     format!(
         r#"{{"heartbeatInterval": 1, "heartbeatTimeout": 1, "servers": [{}]}}"#,
-        servers.join(", ")
+        list.join(", ")
     )
 }
 
