@@ -595,6 +595,11 @@ class Bench:
             "rps": (j["requests"] or 0) / secs if secs else 0.0,
             "errors": errs,
             "errors_total": sum(errs.values()),
+            # Little's law for a closed loop (every connection always has one request
+            # out): the true mean latency. wrk's own mean is not: wrk 4 back-fills its
+            # histogram for coordinated omission (stats_correct) before printing or calling
+            # done(), which inflates the mean of a spread-out distribution.
+            "little_ms": (sc.conns * secs / j["requests"] * 1000.0) if j["requests"] else None,
             "latency_ms": {"mean": ms(lat["mean"]), "p50": ms(pct.get(50)),
                            "p90": ms(pct.get(90)), "p99": ms(pct.get(99)),
                            "p99.9": ms(pct.get(99.9)), "max": ms(lat["max"])},
@@ -699,6 +704,7 @@ def aggregate(runs: list) -> dict:
     a["rps_max"] = max(r["rps"] for r in ok)
     for k in ("mean", "p50", "p90", "p99", "p99.9", "max"):
         a[k] = median_of(ok, lambda r, k=k: r["latency_ms"][k])
+    a["little"] = median_of(ok, lambda r: r.get("little_ms"))
     a["err"] = {k: median_of(ok, lambda r, k=k: r["errors"][k]) for k in ok[0]["errors"]}
     a["requests"] = median_of(ok, lambda r: r["requests"])
     shares = [r["backend_requests"] for r in ok if r.get("backend_requests")]
@@ -761,8 +767,14 @@ def write_summary(out: Path, info: dict, settings: dict, scenarios: list, runs: 
              f"`--timeout {WRK_TIMEOUT}`; repetitions: "
              + ", ".join(f"{s.key} {s.reps}" for s in scenarios)
              + f"; total time {settings.get('elapsed', 0):.0f} s. "
-             "Numbers are medians over the repetitions, column by column. Latencies are "
-             "wrk's (client side, ms) from bench/report.lua's `done()` hook; errors are "
+             "Numbers are medians over the repetitions, column by column. `mean` is the "
+             "true mean latency by Little's law (connections x seconds / requests: each "
+             "connection always has one request out). The other latencies are wrk's "
+             "(client side, ms) from bench/report.lua's `done()` hook; wrk 4 back-fills "
+             "them for coordinated omission before reporting (`stats_correct`), which adds "
+             "synthetic samples below every response slower than connections/rps, so "
+             "`wrk mean` and the percentiles of spread-out distributions read high (seed "
+             "server A alone: true mean 143 ms, wrk mean 165 ms). Errors are "
              "wrk's connect/read/write/timeout errors plus `status` (HTTP status >= 400). "
              "Ratios divide this row's rps (and p99) by the baseline's, measured in the "
              "same run. Loopback only; wrk, the proxy and the backends share the cores.")
@@ -778,7 +790,8 @@ def write_summary(out: Path, info: dict, settings: dict, scenarios: list, runs: 
         aggs = {t.name: aggregate([r for r in runs if r["scenario"] == sc.key
                                    and r["target"] == t.name]) for t in sc.targets}
         has_share = any("share" in a for a in aggs.values())
-        cols = ["target", "rps", "mean", "p50", "p90", "p99", "p99.9", "max", "errors"]
+        cols = ["target", "rps", "mean", "wrk mean", "p50", "p90", "p99", "p99.9", "max",
+                "errors"]
         if has_share:
             cols.append("traffic share " + "/".join(b.id for b in sc.backends) + " %")
         cols += list(sc.baselines)
@@ -796,7 +809,7 @@ def write_summary(out: Path, info: dict, settings: dict, scenarios: list, runs: 
             if a["ok"] < a["n"]:
                 rps += f" [{a['ok']}/{a['n']} ok]"
             row = [t.name, rps] + [fmt_ms(a[k]) for k in
-                                   ("mean", "p50", "p90", "p99", "p99.9", "max")]
+                                   ("little", "mean", "p50", "p90", "p99", "p99.9", "max")]
             row.append(fmt_errors(a))
             if has_share:
                 row.append("/".join(f"{v:.0f}" for v in a["share"].values())

@@ -93,12 +93,16 @@ pub struct Args {
     /// adaptive_sma: responses in the moving window (default 32).
     #[arg(long, value_name = "N")]
     pub sma_window: Option<usize>,
-    /// adaptive_ewma: weight of each new response, in (0, 1] (default 0.05).
+    /// adaptive_ewma: least weight of each new response, in (0, 1] (default 0.004).
     #[arg(long, value_name = "A")]
     pub ewma_alpha: Option<f64>,
+    /// adaptive_sma/adaptive_ewma: average over about this much time at most, however
+    /// few responses that is (default 500ms).
+    #[arg(long, value_name = "D")]
+    pub avg_span: Option<String>,
     /// peak-ewma: decay time of a latency peak (default 10s).
     #[arg(long, value_name = "D")]
-    pub peak_ewma_tau: Option<String>,
+    pub peak_avg_span: Option<String>,
     /// Do not pin workers to cores (helps when the proxy shares its cores with other busy
     /// processes, such as a load generator on the same machine).
     #[arg(long)]
@@ -146,7 +150,8 @@ impl Args {
             admin: self.admin.clone(),
             sma_window: self.sma_window,
             ewma_alpha: self.ewma_alpha,
-            peak_ewma_tau: self.peak_ewma_tau.clone(),
+            avg_span: self.avg_span.clone(),
+            peak_avg_span: self.peak_avg_span.clone(),
             no_pin: self.no_pin,
         })
     }

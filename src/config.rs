@@ -276,7 +276,8 @@ pub struct Overrides {
     pub admin: Option<String>,
     pub sma_window: Option<usize>,
     pub ewma_alpha: Option<f64>,
-    pub peak_ewma_tau: Option<String>,
+    pub avg_span: Option<String>,
+    pub peak_avg_span: Option<String>,
     pub no_pin: bool,
 }
 
@@ -590,7 +591,9 @@ impl Config {
             rf.only(&[
                 "smaWindow",
                 "ewmaAlpha",
+                "avgSpan",
                 "peakEwmaTau",
+                "idleDecay",
                 "loadBias",
                 "choices",
                 "adaptiveChoices",
@@ -599,7 +602,9 @@ impl Config {
                 .int("smaWindow", 1, 65536)?
                 .map_or(routing.sma_window, |n| n as usize);
             routing.ewma_alpha = rf.number("ewmaAlpha")?.unwrap_or(routing.ewma_alpha);
-            routing.peak_ewma_tau = rf.seconds("peakEwmaTau")?.unwrap_or(routing.peak_ewma_tau);
+            routing.avg_span = rf.seconds("avgSpan")?.unwrap_or(routing.avg_span);
+            routing.peak_avg_span = rf.seconds("peakEwmaTau")?.unwrap_or(routing.peak_avg_span);
+            routing.idle_decay = rf.seconds("idleDecay")?.unwrap_or(routing.idle_decay);
             routing.adaptive_bias = rf.number("loadBias")?.unwrap_or(routing.adaptive_bias);
             routing.choices = rf
                 .int("choices", 1, 4)?
@@ -841,14 +846,23 @@ impl Config {
         if let Some(a) = o.ewma_alpha {
             self.routing.ewma_alpha = a;
         }
-        if let Some(v) = &o.peak_ewma_tau {
-            self.routing.peak_ewma_tau = parse_duration(v).ok_or_else(|| {
-                ConfigError::new(
-                    CLI,
-                    "--peak-ewma-tau",
-                    format!("expected a duration like 10s, got \"{v}\""),
-                )
-            })?;
+        for (flag, v, field) in [
+            (
+                "--peak-ewma-tau",
+                &o.peak_avg_span,
+                &mut self.routing.peak_avg_span,
+            ),
+            ("--avg-span", &o.avg_span, &mut self.routing.avg_span),
+        ] {
+            if let Some(v) = v {
+                *field = parse_duration(v).ok_or_else(|| {
+                    ConfigError::new(
+                        CLI,
+                        flag,
+                        format!("expected a duration like 10s, got \"{v}\""),
+                    )
+                })?;
+            }
         }
         self.routing
             .validate()

@@ -92,8 +92,12 @@ pub enum Estimator {
 /// microseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rules {
-    /// EWMA weight of each new sample.
+    /// Least EWMA weight of a new sample.
     pub alpha: f64,
+    /// Time the SMA and EWMA span at most: a sample arriving `dt` after the previous one
+    /// weighs at least `1 - exp(-dt / avg_span)` (a busy server is averaged over many
+    /// responses, a quiet one over few).
+    pub avg_span: f64,
     /// Peak EWMA time constant: a peak fades by 1/e over this much time.
     pub peak_tau: f64,
     /// Time constant of the SMA and EWMA decay while a backend sends no responses; also
@@ -141,13 +145,33 @@ impl Rules {
         !measured || idle as f64 >= tau
     }
 
-    /// EWMA after `sample`; a stale estimate is replaced by the sample.
+    /// EWMA after `sample`, `elapsed` after the previous sample; a stale estimate is
+    /// replaced by the sample. The sample weighs `max(alpha, 1 - exp(-elapsed / avg_span))`.
     #[inline]
-    pub fn ewma_next(&self, prev: f64, sample: f64, stale: bool) -> f64 {
+    pub fn ewma_next(&self, prev: f64, sample: f64, stale: bool, elapsed: Micros) -> f64 {
         if stale {
             sample
         } else {
-            prev + self.alpha * (sample - prev)
+            prev + self.ewma_weight(elapsed) * (sample - prev)
+        }
+    }
+
+    /// The weight of an EWMA sample `elapsed` after the previous one.
+    #[inline]
+    pub fn ewma_weight(&self, elapsed: Micros) -> f64 {
+        self.time_weight_at_least(elapsed, self.alpha)
+    }
+
+    /// `1 - exp(-elapsed / avg_span)`, at least `floor`: the share of an average a sample
+    /// `elapsed` after the previous one stands for.
+    #[inline]
+    pub fn time_weight_at_least(&self, elapsed: Micros, floor: f64) -> f64 {
+        let by_time = elapsed as f64 / self.avg_span;
+        // 1 - exp(-x) < x: below the floor there is no need for the exp (busy servers).
+        if by_time <= floor {
+            floor
+        } else {
+            (1.0 - (-by_time).exp()).max(floor)
         }
     }
 
@@ -205,11 +229,14 @@ impl Sma {
             .fetch_add(u64::from(v).wrapping_sub(u64::from(old)), Relaxed);
     }
 
-    /// Records sample `seq` (microseconds, saturating at `u32::MAX`, 71 minutes).
+    /// Records sample `seq` (microseconds, saturating at `u32::MAX`, 71 minutes) into `n`
+    /// consecutive slots from its own: the oldest `n` samples give way to it.
     #[inline]
-    pub fn push(&self, seq: u64, sample: f64) {
-        let slot = (seq % self.ring.len() as u64) as usize;
-        self.put(slot, sample as u32);
+    pub fn push_n(&self, seq: u64, sample: f64, n: usize) {
+        let len = self.ring.len() as u64;
+        for k in 0..n.min(self.ring.len()) as u64 {
+            self.put(((seq + k) % len) as usize, sample as u32);
+        }
     }
 
     /// Fills the whole window with `sample`: the first sample, or the first after the
@@ -269,12 +296,28 @@ impl Estimates {
         let elapsed = now.saturating_sub(prev);
         let first = seq == 0;
         let stale = rules.stale(!first, elapsed, rules.idle_tau);
+        // The decay a policy read over the idle gap is kept, not undone by this sample:
+        // otherwise a server that was slow once, then tried again after its estimate
+        // decayed, would be pushed back to its old estimate by its first fast answer and
+        // starve (each answer restarts the decay).
+        let decayed = |v: f64| Rules::decay(v, elapsed, rules.idle_tau);
         if stale {
             self.sma.fill(sample);
         } else {
-            self.sma.push(seq, sample);
+            let mean = self.sma.mean();
+            let d = decayed(mean);
+            if d < mean {
+                self.sma.fill(d);
+            }
+            // The window spans at most about `avg_span`: a sample after a gap stands for
+            // that share of the window (one slot for a busy server).
+            let w = self.sma.window();
+            let share = rules.time_weight_at_least(elapsed, 1.0 / w as f64);
+            let slots = ((share * w as f64).round() as usize).clamp(1, w);
+            self.sma.push_n(seq, sample, slots);
         }
-        self.ewma.update(|v| rules.ewma_next(v, sample, stale));
+        self.ewma
+            .update(|v| rules.ewma_next(decayed(v), sample, stale, elapsed));
         self.peak
             .update(|v| rules.peak_next(v, sample, elapsed, first));
     }
@@ -323,6 +366,7 @@ mod tests {
     fn rules() -> Rules {
         Rules {
             alpha: 0.2,
+            avg_span: 0.5e6,
             peak_tau: 10e6,
             idle_tau: 10e6,
             default_rtt: 30.0 * MS,
@@ -348,11 +392,12 @@ mod tests {
     #[test]
     fn ewma_moves_by_alpha_and_reseeds_when_stale() {
         let r = rules();
-        assert_eq!(r.ewma_next(100.0, 200.0, false), 120.0);
-        assert_eq!(r.ewma_next(100.0, 200.0, true), 200.0);
+        // Samples close together weigh alpha.
+        assert_eq!(r.ewma_next(100.0, 200.0, false, 1000), 120.0);
+        assert_eq!(r.ewma_next(100.0, 200.0, true, 1000), 200.0);
         let mut v = 100.0;
         for _ in 0..100 {
-            v = r.ewma_next(v, 50.0, false);
+            v = r.ewma_next(v, 50.0, false, 10);
         }
         assert!((v - 50.0).abs() < 1e-6);
     }
@@ -399,15 +444,18 @@ mod tests {
         s.fill(100.0);
         assert_eq!(s.mean(), 100.0);
         for (seq, v) in [(1u64, 200.0), (2, 200.0), (3, 200.0)] {
-            s.push(seq, v);
+            s.push_n(seq, v, 1);
         }
         assert_eq!(s.mean(), 175.0);
-        s.push(4, 200.0);
+        s.push_n(4, 200.0, 1);
         assert_eq!(s.mean(), 200.0);
+        // A sample standing for 2 slots replaces the 2 oldest.
+        s.push_n(5, 600.0, 2);
+        assert_eq!(s.mean(), 400.0);
         // Window 1 is the latest sample.
         let one = Sma::new(1);
         one.fill(5.0);
-        one.push(1, 9.0);
+        one.push_n(1, 9.0, 1);
         assert_eq!(one.mean(), 9.0);
     }
 
@@ -421,7 +469,7 @@ mod tests {
                 let (s, seq) = (&s, &seq);
                 sc.spawn(move || {
                     for k in 0..20_000u32 {
-                        s.push(seq.fetch_add(1, Relaxed), f64::from(k % 97 + t * 1000));
+                        s.push_n(seq.fetch_add(1, Relaxed), f64::from(k % 97 + t * 1000), 1);
                     }
                 });
             }
@@ -470,6 +518,53 @@ mod tests {
             p < 0.4 * 400.0 * MS && p > 20.0 * MS,
             "peak mostly forgotten: {p}"
         );
+    }
+
+    #[test]
+    fn a_sample_after_a_gap_weighs_by_the_time_it_stands_for() {
+        let r = Rules {
+            alpha: 0.004,
+            ..rules()
+        };
+        // Busy: alpha. After one span: 1 - 1/e. Long after: almost all.
+        assert_eq!(r.ewma_weight(1000), 0.004);
+        assert!((r.ewma_weight(500_000) - (1.0 - (-1.0f64).exp())).abs() < 1e-12);
+        assert!(r.ewma_weight(5 * SEC) > 0.9999);
+        assert_eq!(r.time_weight_at_least(1000, 0.5), 0.5);
+    }
+
+    #[test]
+    fn a_server_slow_once_recovers_with_its_first_fast_answers() {
+        // 512 answers of 1 s, then 2 s without any (it lost every comparison), then a fast
+        // probe: both averages drop most of the way at once, and the idle decay seen by
+        // the policy is not undone.
+        let r = Rules {
+            alpha: 0.004,
+            ..rules()
+        };
+        let e = Estimates::new(512, r.default_rtt, 0);
+        let mut t = 0;
+        for seq in 0..512 {
+            t += 2000;
+            e.observe(&r, seq, 1000.0 * MS, t);
+        }
+        let before = e.read(&r, Estimator::Ewma, true, t).value;
+        assert!((before - 1000.0 * MS).abs() < 1.0, "{before}");
+        t += 2 * SEC;
+        let seen = e.read(&r, Estimator::Ewma, true, t).value;
+        e.observe(&r, 512, 10.0 * MS, t);
+        for which in [Estimator::Sma, Estimator::Ewma] {
+            let v = e.read(&r, which, true, t).value;
+            assert!(v < 0.05 * seen, "{which:?}: {v} after {seen}");
+        }
+        // A busy server's single answer moves its average by alpha only.
+        let busy = Estimates::new(512, r.default_rtt, 0);
+        for seq in 0..600 {
+            busy.observe(&r, seq, 100.0 * MS, 1000 + seq * 100);
+        }
+        busy.observe(&r, 600, 1000.0 * MS, 1000 + 600 * 100);
+        let v = busy.read(&r, Estimator::Ewma, true, 1000 + 600 * 100).value;
+        assert!((v - (100.0 + 0.004 * 900.0) * MS).abs() < 1.0, "{v}");
     }
 
     #[test]

@@ -25,15 +25,22 @@ pub use policy::{
     Weighted, MAX_CHOICES, MAX_SCHEDULE,
 };
 
-/// Responses in the `adaptive-sma` window. The seed's 3 let server A's three 400 ms answers
-/// in a row swing its mean from 15 to 400 ms, past B's 200; any window longer than A's
-/// 9-request cycle smooths that; 32 (over three cycles) keeps it near its 143 ms mean and
-/// is still well under a second of history for a busy server.
-pub const DEFAULT_SMA_WINDOW: usize = 32;
-/// Weight of each new response in the `adaptive-ewma` average (the seed used 0.2, which
-/// let A's average reach 232 ms, past B). 0.05 remembers about as many responses as the
-/// SMA window (2/alpha - 1 = 39).
-pub const DEFAULT_EWMA_ALPHA: f64 = 0.05;
+/// Responses in the `adaptive-sma` window. Latency estimates must be smooth over the time
+/// a burst of requests takes to come back: after a herd of requests lands on a server, its
+/// fast answers return first and its slow ones together later, so a short window swings
+/// low then high and traffic swings with it (measured on the seed's A, B, C at wrk -c100:
+/// window 32 oscillated between 20 and 400 ms on A and served 613 req/s; 512 holds A near
+/// its 143 ms mean and served 646). 512 responses are about a second of a busy server.
+pub const DEFAULT_SMA_WINDOW: usize = 512;
+/// Least weight of each new response in the `adaptive-ewma` average (the seed used 0.2,
+/// which let A's average reach 232 ms, past B): 1/250 averages a busy server over its last
+/// few hundred responses, for the reason given at [`DEFAULT_SMA_WINDOW`].
+pub const DEFAULT_EWMA_ALPHA: f64 = 0.004;
+/// How much time the `adaptive-sma`/`adaptive-ewma` averages span at most: a quiet
+/// server's responses weigh by the time between them, so its average covers about half a
+/// second rather than hundreds of responses (at 10 req/s, alpha alone would take 25 s to
+/// notice a change).
+pub const DEFAULT_AVG_SPAN: Duration = Duration::from_millis(500);
 /// `peak-ewma` time constant (Finagle's and Linkerd's default): a peak fades over ~10 s.
 pub const DEFAULT_PEAK_EWMA_TAU: Duration = Duration::from_secs(10);
 /// How fast SMA and EWMA estimates decay while a server sends no responses, and how long
@@ -53,22 +60,28 @@ pub const DEFAULT_CHOICES: usize = 2;
 /// power of two choices, which never compares A with both others.
 pub const DEFAULT_ADAPTIVE_CHOICES: usize = 3;
 /// `adaptive-sma`/`adaptive-ewma`: exponent on the load factor `1 + in_flight / weight`
-/// (Envoy's `active_request_bias`). At 1 in-flight requests weigh as much as latency; the
-/// latency estimate already contains queueing, so a weaker term lets it lead while the
-/// in-flight count still breaks up herds. Seed simulation (100 clients, window 32, alpha
-/// 0.05): bias 1.0 gives about 600 req/s, 0.5 about 617; below 0.35 the estimates' swings
-/// herd traffic onto B and throughput falls back to round robin's.
-pub const DEFAULT_ADAPTIVE_BIAS: f64 = 0.5;
+/// (Envoy's `active_request_bias`). The latency estimate already contains queueing, so the
+/// load term is there to break up herds before answers come back, not to rank servers.
+/// With the load term alone deciding, servers settle where `estimate * (1 + n)^bias` is
+/// equal, so request shares go as `estimate^-(1 + 1/bias)`: bias 1 sends a server twice as
+/// slow 1/4 of the traffic, bias 0.2 sends it 1/64. Seed scenario (wrk -c100, smooth
+/// estimates): bias 0.5 served 611 req/s (75/16/9 % to A/B/C), 0.25 633, 0.2 648
+/// (85/12/4); unequal-capacity queues were served as well (p99 513 ms at 0.2).
+pub const DEFAULT_ADAPTIVE_BIAS: f64 = 0.2;
 
 /// Tuning of the routing modes; `Default` gives the `DEFAULT_*` constants.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RoutingParams {
     /// `adaptive-sma`: responses in the moving window (>= 1).
     pub sma_window: usize,
-    /// `adaptive-ewma`: weight of each new response, in (0, 1].
+    /// `adaptive-ewma`: least weight of each new response, in (0, 1].
     pub ewma_alpha: f64,
+    /// `adaptive-sma`/`adaptive-ewma`: the averages span about this much time at most: a
+    /// response `dt` after the previous one weighs at least `1 - exp(-dt / avg_span)` in
+    /// the EWMA and replaces that share of the SMA window (> 0).
+    pub avg_span: Duration,
     /// `peak-ewma`: time constant of the decay of a peak (> 0).
-    pub peak_ewma_tau: Duration,
+    pub peak_avg_span: Duration,
     /// `adaptive-sma`/`adaptive-ewma`: time constant of the decay while idle, and the
     /// staleness limit (> 0).
     pub idle_decay: Duration,
@@ -89,7 +102,8 @@ impl Default for RoutingParams {
         RoutingParams {
             sma_window: DEFAULT_SMA_WINDOW,
             ewma_alpha: DEFAULT_EWMA_ALPHA,
-            peak_ewma_tau: DEFAULT_PEAK_EWMA_TAU,
+            avg_span: DEFAULT_AVG_SPAN,
+            peak_avg_span: DEFAULT_PEAK_EWMA_TAU,
             idle_decay: DEFAULT_IDLE_DECAY,
             default_rtt: DEFAULT_RTT,
             error_latency: DEFAULT_ERROR_LATENCY,
@@ -136,7 +150,8 @@ impl RoutingParams {
                 self.adaptive_bias
             ));
         }
-        positive("peak_ewma_tau", self.peak_ewma_tau)?;
+        positive("peak_avg_span", self.peak_avg_span)?;
+        positive("avg_span", self.avg_span)?;
         positive("idle_decay", self.idle_decay)?;
         positive("default_rtt", self.default_rtt)
     }
@@ -145,7 +160,8 @@ impl RoutingParams {
     pub fn rules(&self) -> Rules {
         Rules {
             alpha: self.ewma_alpha,
-            peak_tau: micros(self.peak_ewma_tau),
+            avg_span: micros(self.avg_span),
+            peak_tau: micros(self.peak_avg_span),
             idle_tau: micros(self.idle_decay),
             default_rtt: micros(self.default_rtt),
             error_latency: micros(self.error_latency),

@@ -213,6 +213,10 @@ pub struct Sampling {
     bias: f64,
 }
 
+/// An idle server (nothing in flight) that has not answered for this many times its
+/// latency estimate is probed with one request.
+const PROBE_AFTER: f64 = 2.0;
+
 /// Most servers compared per pick.
 pub const MAX_CHOICES: usize = 4;
 /// Draws per candidate before falling back to a scan of the tier.
@@ -266,9 +270,14 @@ impl Sampling {
                     return (false, 0.0);
                 }
                 let r = s.est.read(&self.rules, e, measured, now);
-                if r.stale && n == 0.0 {
-                    // No response for longer than the time constant (idle, or back from
-                    // an outage): probe it with one request, as a new server is.
+                if n == 0.0 && (r.stale || s.est.idle(now) as f64 > PROBE_AFTER * r.value.max(1.0))
+                {
+                    // Nothing in flight and no answer for longer than the time constant
+                    // (idle, or back from an outage), or for longer than its estimate says
+                    // it needs (it lost every comparison since, so it is only known by old
+                    // answers): probe it with one request, as a new server is. A server
+                    // that was slow is thus retried about every PROBE_AFTER x its latency,
+                    // one request at a time, and its next answer updates its estimate.
                     return (false, 0.0);
                 }
                 (

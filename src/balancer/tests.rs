@@ -318,6 +318,34 @@ fn a_new_or_stale_server_is_probed_one_request_at_a_time() {
 }
 
 #[test]
+fn an_idle_server_is_probed_after_twice_its_estimate() {
+    seed_thread_rng(9);
+    for mode in [Mode::AdaptiveSma, Mode::AdaptiveEwma] {
+        let b = balancer(mode, &[("A", 0, 1.0), ("B", 0, 1.0)]);
+        // Both measured at t = 1 ms: A 10 ms, B 300 ms; A then busy with 30 in flight.
+        let t = 1000;
+        b.pick_at(None, t);
+        b.pick_at(None, t);
+        b.finish_at(0, 10 * MS, true, t);
+        b.finish_at(1, 300 * MS, true, t);
+        for _ in 0..30 {
+            b.pick_at(Some(1), t).unwrap();
+        }
+        let count = |at| {
+            let mut c = [0; 2];
+            for _ in 0..50 {
+                c[b.pick_at(None, at).unwrap()] += 1;
+            }
+            c
+        };
+        // 500 ms after B's answer: within 2 x 300 ms, B is not probed.
+        assert_eq!(count(t + 500_000)[1], 0, "{mode}");
+        // 700 ms after: one probe, and only one while it is in flight.
+        assert_eq!(count(t + 700_000)[1], 1, "{mode}");
+    }
+}
+
+#[test]
 fn least_request_prefers_the_least_loaded() {
     seed_thread_rng(9);
     let b = balancer(Mode::LeastRequest, &[("A", 0, 1.0), ("B", 0, 1.0)]);
