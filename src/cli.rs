@@ -90,7 +90,7 @@ pub struct Args {
     /// Admin API and live dashboard: HOST:PORT, PORT, or off. Default 127.0.0.1:5002.
     #[arg(long, value_name = "ADDR|off")]
     pub admin: Option<String>,
-    /// adaptive_sma: responses in the moving window (default 32).
+    /// adaptive_sma: responses in the moving window (default 512).
     #[arg(long, value_name = "N")]
     pub sma_window: Option<usize>,
     /// adaptive_ewma: least weight of each new response, in (0, 1] (default 0.004).
@@ -102,7 +102,7 @@ pub struct Args {
     pub avg_span: Option<String>,
     /// peak-ewma: decay time of a latency peak (default 10s).
     #[arg(long, value_name = "D")]
-    pub peak_avg_span: Option<String>,
+    pub peak_ewma_tau: Option<String>,
     /// Do not pin workers to cores (helps when the proxy shares its cores with other busy
     /// processes, such as a load generator on the same machine).
     #[arg(long)]
@@ -151,7 +151,7 @@ impl Args {
             sma_window: self.sma_window,
             ewma_alpha: self.ewma_alpha,
             avg_span: self.avg_span.clone(),
-            peak_avg_span: self.peak_avg_span.clone(),
+            peak_ewma_tau: self.peak_ewma_tau.clone(),
             no_pin: self.no_pin,
         })
     }

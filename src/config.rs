@@ -277,7 +277,7 @@ pub struct Overrides {
     pub sma_window: Option<usize>,
     pub ewma_alpha: Option<f64>,
     pub avg_span: Option<String>,
-    pub peak_avg_span: Option<String>,
+    pub peak_ewma_tau: Option<String>,
     pub no_pin: bool,
 }
 
@@ -603,7 +603,7 @@ impl Config {
                 .map_or(routing.sma_window, |n| n as usize);
             routing.ewma_alpha = rf.number("ewmaAlpha")?.unwrap_or(routing.ewma_alpha);
             routing.avg_span = rf.seconds("avgSpan")?.unwrap_or(routing.avg_span);
-            routing.peak_avg_span = rf.seconds("peakEwmaTau")?.unwrap_or(routing.peak_avg_span);
+            routing.peak_ewma_tau = rf.seconds("peakEwmaTau")?.unwrap_or(routing.peak_ewma_tau);
             routing.idle_decay = rf.seconds("idleDecay")?.unwrap_or(routing.idle_decay);
             routing.adaptive_bias = rf.number("loadBias")?.unwrap_or(routing.adaptive_bias);
             routing.choices = rf
@@ -849,8 +849,8 @@ impl Config {
         for (flag, v, field) in [
             (
                 "--peak-ewma-tau",
-                &o.peak_avg_span,
-                &mut self.routing.peak_avg_span,
+                &o.peak_ewma_tau,
+                &mut self.routing.peak_ewma_tau,
             ),
             ("--avg-span", &o.avg_span, &mut self.routing.avg_span),
         ] {
@@ -1005,6 +1005,34 @@ mod tests {
         assert_eq!(c.servers[0].load, 0.5);
         assert_eq!(c.servers[1].priority, 1);
         assert_eq!(c.servers[0].addr.port(), 50051);
+    }
+
+    #[test]
+    fn routing_block_sets_every_tuning_knob() {
+        let c = Config::from_json(
+            "r.json",
+            r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1}],
+                "routing": {"smaWindow": 64, "ewmaAlpha": 0.01, "avgSpan": 0.25,
+                            "idleDecay": 3, "peakEwmaTau": 5, "loadBias": 0.3,
+                            "choices": 3, "adaptiveChoices": 2}}"#,
+        )
+        .unwrap();
+        let r = c.routing;
+        assert_eq!(
+            (r.sma_window, r.ewma_alpha, r.adaptive_bias),
+            (64, 0.01, 0.3)
+        );
+        assert_eq!(r.avg_span, Duration::from_millis(250));
+        assert_eq!(r.idle_decay, Duration::from_secs(3));
+        assert_eq!(r.peak_ewma_tau, Duration::from_secs(5));
+        assert_eq!((r.choices, r.adaptive_choices), (3, 2));
+        assert_eq!(
+            err(
+                r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1}],
+                    "routing": {"avgSpan": 0}}"#
+            ),
+            "c.json: routing: avg_span: must be greater than 0"
+        );
     }
 
     #[test]

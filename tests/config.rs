@@ -59,6 +59,14 @@ fn missing_file_and_bad_flags_exit_2() {
     );
     let (code, _) = run_with(&["--upstream-timeout", "soon"], &[]);
     assert_eq!(code, Some(2));
+    for flag in ["--avg-span", "--peak-ewma-tau"] {
+        let (code, err) = run_with(&[flag, "soon"], &[]);
+        assert_eq!(code, Some(2), "{flag}");
+        assert!(
+            err.contains(&format!("command line: {flag}: expected a duration")),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -81,7 +81,7 @@ pub struct RoutingParams {
     /// the EWMA and replaces that share of the SMA window (> 0).
     pub avg_span: Duration,
     /// `peak-ewma`: time constant of the decay of a peak (> 0).
-    pub peak_avg_span: Duration,
+    pub peak_ewma_tau: Duration,
     /// `adaptive-sma`/`adaptive-ewma`: time constant of the decay while idle, and the
     /// staleness limit (> 0).
     pub idle_decay: Duration,
@@ -103,7 +103,7 @@ impl Default for RoutingParams {
             sma_window: DEFAULT_SMA_WINDOW,
             ewma_alpha: DEFAULT_EWMA_ALPHA,
             avg_span: DEFAULT_AVG_SPAN,
-            peak_avg_span: DEFAULT_PEAK_EWMA_TAU,
+            peak_ewma_tau: DEFAULT_PEAK_EWMA_TAU,
             idle_decay: DEFAULT_IDLE_DECAY,
             default_rtt: DEFAULT_RTT,
             error_latency: DEFAULT_ERROR_LATENCY,
@@ -150,7 +150,7 @@ impl RoutingParams {
                 self.adaptive_bias
             ));
         }
-        positive("peak_avg_span", self.peak_avg_span)?;
+        positive("peak_ewma_tau", self.peak_ewma_tau)?;
         positive("avg_span", self.avg_span)?;
         positive("idle_decay", self.idle_decay)?;
         positive("default_rtt", self.default_rtt)
@@ -161,7 +161,7 @@ impl RoutingParams {
         Rules {
             alpha: self.ewma_alpha,
             avg_span: micros(self.avg_span),
-            peak_tau: micros(self.peak_avg_span),
+            peak_tau: micros(self.peak_ewma_tau),
             idle_tau: micros(self.idle_decay),
             default_rtt: micros(self.default_rtt),
             error_latency: micros(self.error_latency),
