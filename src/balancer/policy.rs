@@ -211,6 +211,9 @@ pub struct Sampling {
     rules: Rules,
     /// Exponent on the load factor (1: Finagle's estimate x (in-flight + 1)).
     bias: f64,
+    /// `1 / bias` when it is a small integer `k`: costs are then compared as
+    /// `estimate^k x load` (the k-th power of the cost, the same order) with no `powf`.
+    inv_bias: Option<i32>,
 }
 
 /// An idle server (nothing in flight) that has not answered for this many times its
@@ -234,26 +237,29 @@ impl Sampling {
             choices: choices.clamp(1, MAX_CHOICES),
             rules,
             bias: 1.0,
+            inv_bias: Some(1),
         }
     }
 
     /// Sets the exponent on the load factor, in (0, 1].
     pub fn with_bias(mut self, bias: f64) -> Sampling {
         self.bias = bias;
+        let inv = 1.0 / bias;
+        self.inv_bias =
+            (inv.round() >= 1.0 && inv.round() <= 16.0 && (inv - inv.round()).abs() < 1e-9)
+                .then_some(inv.round() as i32);
         self
     }
 
+    /// A number ordered as `estimate * load^bias` is (equal where it is equal, 0 where
+    /// the estimate is 0).
     #[inline]
-    fn load_factor(&self, x: f64) -> f64 {
-        // Fast paths for the exponents in use; powf otherwise.
-        if self.bias == 1.0 {
-            x
-        } else if self.bias == 0.5 {
-            x.sqrt()
-        } else if self.bias == 0.25 {
-            x.sqrt().sqrt()
-        } else {
-            x.powf(self.bias)
+    fn rank(&self, estimate: f64, load: f64) -> f64 {
+        match self.inv_bias {
+            Some(1) => estimate * load,
+            // Estimates are microseconds below 2^32: the 16th power stays finite.
+            Some(k) => estimate.powi(k) * load,
+            None => estimate * load.powf(self.bias),
         }
     }
 
@@ -280,10 +286,7 @@ impl Sampling {
                     // one request at a time, and its next answer updates its estimate.
                     return (false, 0.0);
                 }
-                (
-                    r.stale && n >= 1.0,
-                    r.value * self.load_factor(1.0 + n / b.weight),
-                )
+                (r.stale && n >= 1.0, self.rank(r.value, 1.0 + n / b.weight))
             }
         }
     }
@@ -441,4 +444,39 @@ pub fn next_u64() -> u64 {
 /// Restarts this thread's generator from `seed` (tests and benchmarks, for repeatability).
 pub fn seed_thread_rng(seed: u64) {
     RNG.with(|c| c.set(splitmix(seed) | 1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_orders_as_estimate_times_load_to_the_bias() {
+        let rules = crate::balancer::RoutingParams::default().rules();
+        seed_thread_rng(3);
+        for bias in [1.0, 0.5, 0.25, 0.2, 0.3, 0.7] {
+            let s = Sampling::new(Load::Latency(Estimator::Ewma), 3, rules).with_bias(bias);
+            assert_eq!(s.inv_bias.is_some(), (1.0 / bias).fract() == 0.0, "{bias}");
+            let draw = || {
+                let est = (next_u64() % 2_000_000) as f64;
+                let load = 1.0 + (next_u64() % 200) as f64 / 4.0;
+                (est, load)
+            };
+            for _ in 0..10_000 {
+                let (a, b) = (draw(), draw());
+                let exact = |(e, l): (f64, f64)| e * l.powf(bias);
+                let (ea, eb) = (exact(a), exact(b));
+                // Skip near-ties, where rounding may order either way.
+                if (ea - eb).abs() <= 1e-9 * ea.max(eb) {
+                    continue;
+                }
+                assert_eq!(
+                    s.rank(a.0, a.1) < s.rank(b.0, b.1),
+                    ea < eb,
+                    "bias {bias}: {a:?} vs {b:?}"
+                );
+            }
+            assert_eq!(s.rank(0.0, 5.0), 0.0);
+        }
+    }
 }
