@@ -22,6 +22,10 @@
 //! - The SMA window is a ring of `AtomicU32` indexed by the exchange's sequence number
 //!   (the backend's `requests` counter) plus a running sum; see [`Sma`] for the races it
 //!   tolerates.
+//! - The idle decay a policy reads is applied to the stored SMA and EWMA by the response
+//!   that ends the pause (a `fill`, and inside the CAS function), so it is never undone.
+//!   `fetch_max` hands the pause to that one response; any racing with it see an interval
+//!   of about zero and apply no decay, so it is applied once.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -201,8 +205,9 @@ impl Rules {
 ///   delta (the mean off by at most one sample / `window`); reads clamp to the valid range;
 /// - two writers `window` sequence numbers apart can hit the same slot in either order, so
 ///   the ring holds the last `window` samples give or take one in flight per worker;
-/// - [`fill`](Sma::fill) racing with `push` can overwrite a concurrent sample (it is lost,
-///   the sum stays exact).
+/// - [`fill`](Sma::fill), and [`push_n`](Sma::push_n) of a sample that stands for several
+///   slots (the first after a pause), racing with another push can overwrite a concurrent
+///   sample (it is lost, the sum stays exact).
 #[derive(Debug)]
 pub struct Sma {
     ring: Box<[AtomicU32]>,
