@@ -104,6 +104,16 @@ impl Mode {
         }
     }
 
+    /// The name in file names: the seed's spelling (`adaptive_sma`, `adaptive_ewma`,
+    /// `round-robin`), so the logs are named as the seed named them.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Mode::AdaptiveSma => "adaptive_sma",
+            Mode::AdaptiveEwma => "adaptive_ewma",
+            m => m.name(),
+        }
+    }
+
     /// Case-insensitive; `_` and `-` are interchangeable (the seed wrote `adaptive_sma`).
     pub fn parse(s: &str) -> Option<Mode> {
         let s = s.trim().to_ascii_lowercase().replace('_', "-");
@@ -882,13 +892,13 @@ impl Config {
 
     /// `<mode>_<upstream>`: the prefix of log and dump file names.
     pub fn run_name(&self) -> String {
-        format!("{}_{}", self.mode, self.upstream)
+        format!("{}_{}", self.mode.file_name(), self.upstream)
     }
 }
 
 /// The seed's CSV naming: `<mode>_<upstream>.csv`, e.g. `adaptive_ewma_persistent.csv`.
 fn default_log_name(mode: Mode, upstream: Upstream) -> String {
-    format!("{mode}_{upstream}.csv")
+    format!("{}_{upstream}.csv", mode.file_name())
 }
 
 /// Number of workers when none is configured: one per core.
@@ -1005,6 +1015,23 @@ mod tests {
         assert_eq!(c.servers[0].load, 0.5);
         assert_eq!(c.servers[1].priority, 1);
         assert_eq!(c.servers[0].addr.port(), 50051);
+    }
+
+    #[test]
+    fn default_log_name_is_the_seeds() {
+        let name = |m, u| default_log_name(m, u);
+        assert_eq!(
+            name(Mode::AdaptiveEwma, Upstream::Persistent),
+            "adaptive_ewma_persistent.csv"
+        );
+        assert_eq!(
+            name(Mode::AdaptiveSma, Upstream::PerRequest),
+            "adaptive_sma_per-request.csv"
+        );
+        assert_eq!(
+            name(Mode::RoundRobin, Upstream::Persistent),
+            "round-robin_persistent.csv"
+        );
     }
 
     #[test]
