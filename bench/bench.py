@@ -256,6 +256,27 @@ def backend_requests(port: int) -> Optional[int]:
         return None
 
 
+def proc_cpu(pid: int) -> Optional[tuple]:
+    """(user, system) CPU seconds of a process and its direct children (nginx's workers),
+    all threads included, from /proc; None if it is gone."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    user = system = 0
+    try:
+        for p in pids:
+            # Fields after the parenthesised command: utime and stime are the 12th and 13th.
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            user += int(fields[11])
+            system += int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+    return user / tick, system / tick
+
+
 # ---------------------------------------------------------------------------------------
 # What corelb can do: modes and flags, learned from the binary itself.
 
@@ -530,8 +551,15 @@ class Bench:
                 raise BenchError(unavailable)
             h = self.launch(sc, t, run_dir)
             before = [backend_requests(p) for p in self.backend_ports]
+            cpu0 = proc_cpu(h.proc.pid) if h.proc is not None else None
             res.update(self.wrk(sc, h.port, run_dir / "wrk.txt"))
+            cpu1 = proc_cpu(h.proc.pid) if h.proc is not None else None
             after = [backend_requests(p) for p in self.backend_ports]
+            if cpu0 and cpu1 and res.get("requests"):
+                # The proxy's own CPU per request while wrk ran (clock ticks: +-10 ms).
+                n = res["requests"]
+                res["cpu_us"] = {"user": (cpu1[0] - cpu0[0]) / n * 1e6,
+                                 "system": (cpu1[1] - cpu0[1]) / n * 1e6}
             if len(self.backend_ports) > 1 and None not in before + after:
                 res["backend_requests"] = {b.id: a - b0 for b, a, b0
                                            in zip(sc.backends, after, before)}
@@ -705,6 +733,8 @@ def aggregate(runs: list) -> dict:
     for k in ("mean", "p50", "p90", "p99", "p99.9", "max"):
         a[k] = median_of(ok, lambda r, k=k: r["latency_ms"][k])
     a["little"] = median_of(ok, lambda r: r.get("little_ms"))
+    for k in ("user", "system"):
+        a["cpu_" + k] = median_of(ok, lambda r, k=k: r.get("cpu_us", {}).get(k))
     a["err"] = {k: median_of(ok, lambda r, k=k: r["errors"][k]) for k in ok[0]["errors"]}
     a["requests"] = median_of(ok, lambda r: r["requests"])
     shares = [r["backend_requests"] for r in ok if r.get("backend_requests")]
@@ -825,6 +855,19 @@ def write_summary(out: Path, info: dict, settings: dict, scenarios: list, runs: 
                     row.append(ratio(a["rps"], b["rps"]))
             L.append("| " + " | ".join(row) + " |")
         L.append("")
+        cpu = [(t.name, aggs[t.name]) for t in sc.targets
+               if aggs[t.name].get("cpu_user") is not None]
+        if sc.key == "speed" and cpu:
+            L.append("The proxy's own CPU per request while wrk ran (from /proc; microseconds; "
+                     "user is the proxy's code, system the kernel's TCP work for its "
+                     "syscalls and the wakeups they cause):")
+            L.append("")
+            L.append("| target | user | system | total |")
+            L.append("|---|---|---|---|")
+            for name, a in cpu:
+                L.append(f"| {name} | {a['cpu_user']:.2f} | {a['cpu_system']:.2f} | "
+                         f"{a['cpu_user'] + a['cpu_system']:.2f} |")
+            L.append("")
         csv_rows = [r["csv_rows"] for r in runs if r["scenario"] == sc.key and "csv_rows" in r]
         if csv_rows:
             span = f"{min(csv_rows)}" + (f"-{max(csv_rows)}" if max(csv_rows) != min(csv_rows)
