@@ -245,9 +245,8 @@ impl Sampling {
     pub fn with_bias(mut self, bias: f64) -> Sampling {
         self.bias = bias;
         let inv = 1.0 / bias;
-        self.inv_bias =
-            (inv.round() >= 1.0 && inv.round() <= 16.0 && (inv - inv.round()).abs() < 1e-9)
-                .then_some(inv.round() as i32);
+        let k = inv.round();
+        self.inv_bias = ((1.0..=16.0).contains(&k) && (inv - k).abs() < 1e-9).then_some(k as i32);
         self
     }
 
