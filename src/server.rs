@@ -10,7 +10,8 @@ use crate::balancer::Balancer;
 use crate::config::Config;
 use crate::debug;
 use crate::metrics::{Aggregator, DumpConfig};
-use crate::worker::{self, Counters, Handle, Shared, Worker};
+use crate::shared::{Counters, Shared};
+use crate::worker::{self, Handle, Worker};
 
 /// A running proxy.
 pub struct Server {
@@ -36,7 +37,7 @@ pub struct Report {
 impl Server {
     /// Binds the listeners and starts the workers.
     pub fn start(cfg: Config) -> Result<Server, String> {
-        worker::set_debug(cfg.debug);
+        crate::log::set_debug(cfg.debug);
         raise_fd_limit();
         let n = cfg.workers.max(1);
         // The first bind resolves port 0; the others join it with SO_REUSEPORT.

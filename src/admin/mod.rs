@@ -18,7 +18,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
 use crate::metrics::Summary;
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 pub use render::{gather, prometheus, Stats, BUCKETS_S};
 

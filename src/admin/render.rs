@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::health::HealthView;
 use crate::metrics::{code_of, Summary};
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// Upper bounds of the Prometheus latency buckets, in seconds (`+Inf` follows).
 pub const BUCKETS_S: [f64; 16] = [

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use crossbeam_utils::CachePadded;
 
+use crate::rng::XorShift;
+
 use super::estimator::{Estimator, Micros, Rules};
 use super::{Backend, Backends};
 
@@ -406,43 +408,34 @@ fn bounded(r: u64, n: usize) -> usize {
 }
 
 thread_local! {
-    static RNG: Cell<u64> = Cell::new(initial_seed());
+    static RNG: Cell<XorShift> = Cell::new(initial_seed());
 }
 
-/// A distinct seed per thread: a global counter spread by splitmix64.
-fn initial_seed() -> u64 {
+/// A distinct generator per thread: a global counter and the time as its seed.
+fn initial_seed() -> XorShift {
     static THREADS: AtomicU64 = AtomicU64::new(0);
     let n = THREADS.fetch_add(1, Relaxed);
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    splitmix(n ^ t.rotate_left(17)) | 1
+    XorShift::new(n ^ t.rotate_left(17))
 }
 
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The next number from this thread's xorshift64* generator: no locks, no shared state.
+/// The next number from this thread's generator: no locks, no shared state.
 #[inline]
 pub fn next_u64() -> u64 {
     RNG.with(|c| {
-        let mut x = c.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        c.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        let mut r = c.get();
+        let x = r.next_u64();
+        c.set(r);
+        x
     })
 }
 
 /// Restarts this thread's generator from `seed` (tests and benchmarks, for repeatability).
 pub fn seed_thread_rng(seed: u64) {
-    RNG.with(|c| c.set(splitmix(seed) | 1));
+    RNG.with(|c| c.set(XorShift::new(seed)));
 }
 
 #[cfg(test)]

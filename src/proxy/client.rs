@@ -1,0 +1,399 @@
+//! Client connections: reading and validating request heads, starting an exchange for
+//! each request, answers the proxy makes itself, and closing politely (lingering so the
+//! client reads our last response rather than a reset).
+
+use std::net::{Shutdown, SocketAddr};
+
+use mio::net::TcpStream;
+
+use crate::access_log::Record;
+use crate::buffer::Buf;
+use crate::config::Upstream as UpstreamMode;
+use crate::debug;
+use crate::http::{self, Body, BodyKind, Canned, Forward, Method};
+use crate::timer::Deadline;
+
+use super::context::Ctx;
+use super::exchange::{Exchange, Start};
+use super::io::{read_into, would_block, write2, Io};
+use super::{client_token, Proxy, Step};
+
+/// How long a closing connection keeps reading (and discarding) so the peer receives
+/// our last response instead of a reset.
+const LINGER_MS: u64 = 2000;
+
+/// What a parsed head leads to.
+enum Parsed {
+    Step(Step),
+    /// An exchange was started: send it to this backend.
+    Send(usize),
+}
+
+/// What a client connection is doing; each phase owns the data it needs.
+pub(crate) enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// A request is being exchanged with a backend.
+    Proxy(Box<Exchange>),
+    /// Writing a locally generated response; then close, or read the next request.
+    Local {
+        rest: &'static [u8],
+        close: bool,
+        /// The client may still be sending a request body we will not read.
+        body_left: bool,
+    },
+    /// Response sent, write side shut: discarding input until EOF before closing.
+    Linger,
+}
+
+pub(crate) struct Client {
+    pub sock: TcpStream,
+    pub peer: SocketAddr,
+    /// Bytes read from the client and not yet used (held only while there are some).
+    pub buf: Option<Buf>,
+    pub phase: Phase,
+    pub io: Io,
+    pub timer: Deadline,
+}
+
+/// A client's connection side, borrowed beside its exchange.
+pub(crate) struct Side<'a> {
+    pub sock: &'a mut TcpStream,
+    pub buf: &'a mut Option<Buf>,
+    pub io: &'a mut Io,
+    pub peer: SocketAddr,
+}
+
+impl Client {
+    /// The connection and the exchange, borrowed together (`None` unless proxying).
+    #[inline]
+    pub fn split(&mut self) -> Option<(Side<'_>, &mut Exchange)> {
+        match &mut self.phase {
+            Phase::Proxy(ex) => Some((
+                Side {
+                    sock: &mut self.sock,
+                    buf: &mut self.buf,
+                    io: &mut self.io,
+                    peer: self.peer,
+                },
+                ex,
+            )),
+            _ => None,
+        }
+    }
+
+    pub fn new(sock: TcpStream, peer: SocketAddr) -> Client {
+        Client {
+            sock,
+            peer,
+            buf: None,
+            phase: Phase::Head,
+            io: Io::default(),
+            timer: Deadline::default(),
+        }
+    }
+
+    /// Between requests with nothing buffered.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Head) && self.buf.as_ref().is_none_or(Buf::is_empty)
+    }
+}
+
+impl Proxy {
+    pub(super) fn arm_idle(&mut self, ci: usize) {
+        let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.idle);
+        let c = &mut self.clients[ci];
+        self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
+    }
+
+    pub(super) fn step_head(&mut self, ci: usize) -> Step {
+        let c = &mut self.clients[ci];
+        if c.buf.as_ref().is_some_and(|b| !b.is_empty()) {
+            let mut buf = c.buf.take().expect("checked");
+            let parsed = self.parse_head(ci, &mut buf);
+            match self.clients.get_mut(ci) {
+                Some(c) if c.buf.is_none() => c.buf = Some(buf),
+                _ => self.ctx.bufs.put(buf),
+            }
+            match parsed {
+                Parsed::Step(Step::Blocked) => {}
+                Parsed::Step(step) => return step,
+                Parsed::Send(backend) => {
+                    self.attach(ci, backend, false);
+                    return Step::Progress;
+                }
+            }
+        }
+        let c = &mut self.clients[ci];
+        if !c.io.readable {
+            if c.buf.as_ref().is_some_and(Buf::is_empty) {
+                // Idle between requests: hold no buffer.
+                self.ctx.bufs.release(&mut c.buf);
+            }
+            return Step::Blocked;
+        }
+        let was_empty = c.buf.as_ref().is_none_or(Buf::is_empty);
+        let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
+        if buf.space().is_empty() {
+            // A head larger than one buffer: grow up to the head limit (+1 to detect excess).
+            buf.grow(http::MAX_HEAD + 1);
+        }
+        match read_into(&mut c.sock, buf, &mut c.io) {
+            Ok(0) => {
+                self.close_client(ci);
+                Step::Closed
+            }
+            Ok(_) => {
+                if was_empty {
+                    // First byte of a head: the head timeout starts now and is not
+                    // extended by further bytes, which stops slowloris.
+                    let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.client);
+                    self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
+                }
+                Step::Progress
+            }
+            Err(e) if would_block(&e) => {
+                if c.buf.as_ref().is_some_and(Buf::is_empty) {
+                    self.ctx.bufs.release(&mut c.buf);
+                }
+                Step::Blocked
+            }
+            Err(_) => {
+                self.close_client(ci);
+                Step::Closed
+            }
+        }
+    }
+
+    /// Parses a head from `buf` (taken out of the client) and starts the exchange.
+    fn parse_head(&mut self, ci: usize, buf: &mut Buf) -> Parsed {
+        let id = self.ctx.id;
+        let peer = self.clients[ci].peer;
+        let mut headers = http::header_array();
+        let req = match http::parse_request(buf.bytes(), &mut headers) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Parsed::Step(Step::Blocked),
+            Err(reject) => {
+                debug!("worker {id}: {} from {peer}: {reject:?}", reject.status());
+                self.ctx.count_rejected();
+                let rec = Record::new(id, peer, Method::Other, b"");
+                self.ctx.log_local(rec, reject.canned());
+                self.respond(ci, reject.canned(), true, false);
+                return Parsed::Step(Step::Progress);
+            }
+        };
+        let head_len = req.head_len;
+        // The path is copied only when it will be logged.
+        let path: &[u8] = if self.ctx.log.is_some() {
+            req.path().as_bytes()
+        } else {
+            b""
+        };
+        let mut rec = Record::new(id, peer, req.method, path);
+        rec.request_bytes = head_len as u64;
+        let mut body = Body::new(req.body);
+        // Validate the body bytes already here before anything goes upstream, so a
+        // malformed chunked body that arrived with its head is never forwarded.
+        let body_ready = match body.advance(&buf.bytes()[head_len..]) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!("worker {id}: 400 from {peer}: {e}");
+                self.ctx.count_rejected();
+                self.ctx.log_local(rec, http::BAD_REQUEST);
+                self.respond(ci, http::BAD_REQUEST, true, false);
+                return Parsed::Step(Step::Progress);
+            }
+        };
+        let Some(backend) = self.pick_backend() else {
+            let close = req.body != BodyKind::None || !req.keep_alive;
+            debug!("worker {id}: 503: no server available");
+            buf.consume(head_len + body_ready);
+            self.ctx.log_local(rec, http::SERVICE_UNAVAILABLE);
+            let body_left = !body.is_done();
+            self.respond(ci, http::SERVICE_UNAVAILABLE, close || body_left, body_left);
+            return Parsed::Step(Step::Progress);
+        };
+        let shared = self.ctx.shared.clone();
+        let b = shared.balancer.backend(backend);
+        self.ctx.count_request();
+        let scratch = &mut self.ctx.scratch;
+        scratch.clear();
+        req.write_upstream(
+            scratch,
+            &Forward {
+                client_ip: peer.ip(),
+                close: shared.cfg.upstream == UpstreamMode::PerRequest,
+                host: &b.host,
+            },
+        );
+        let (method, http10, keep_alive, expect) = (
+            req.method,
+            req.minor == 0,
+            req.keep_alive,
+            req.expect_continue,
+        );
+        buf.consume(head_len);
+        let mut head = self.ctx.bufs.get();
+        if scratch.len() > head.capacity() {
+            head.grow(scratch.len());
+        }
+        head.space()[..scratch.len()].copy_from_slice(scratch);
+        head.filled(scratch.len());
+        let ex = self.ctx.exchange(Start {
+            method,
+            http10,
+            keep_alive: keep_alive && !self.ctx.draining,
+            expect,
+            body,
+            body_ready,
+            head,
+            rec,
+        });
+        self.ctx.budget.deposit();
+        let c = &mut self.clients[ci];
+        c.phase = Phase::Proxy(ex);
+        // While proxying, the client has a deadline only when we wait on it.
+        self.ctx.timers.set(&mut c.timer, client_token(ci).0, 0);
+        Parsed::Send(backend)
+    }
+
+    /// Starts writing a locally generated response. `body_left`: the client may still be
+    /// sending a request body that will not be read.
+    pub(super) fn respond(&mut self, ci: usize, canned: Canned, close: bool, body_left: bool) {
+        let close = close || self.ctx.draining;
+        let c = &mut self.clients[ci];
+        let rest = if close {
+            canned.close
+        } else {
+            canned.keep_alive
+        };
+        let old = std::mem::replace(
+            &mut c.phase,
+            Phase::Local {
+                rest,
+                close,
+                body_left,
+            },
+        );
+        if let Phase::Proxy(ex) = old {
+            self.ctx.recycle(ex);
+        }
+        let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.idle);
+        self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
+    }
+
+    pub(super) fn step_local(&mut self, ci: usize) -> Step {
+        let c = &mut self.clients[ci];
+        let Phase::Local {
+            rest,
+            close,
+            body_left,
+        } = &mut c.phase
+        else {
+            return Step::Blocked;
+        };
+        if !rest.is_empty() {
+            if !c.io.writable {
+                return Step::Blocked;
+            }
+            match write2(&mut c.sock, rest, &[], &mut c.io) {
+                Ok(n) => *rest = &rest[n..],
+                Err(e) if would_block(&e) => return Step::Blocked,
+                Err(_) => {
+                    self.close_client(ci);
+                    return Step::Closed;
+                }
+            }
+            if !rest.is_empty() {
+                return Step::Blocked;
+            }
+        }
+        if *close {
+            let body_left = *body_left;
+            self.linger_or_close(ci, body_left);
+            Step::Closed
+        } else {
+            c.phase = Phase::Head;
+            self.arm_idle(ci);
+            Step::Progress
+        }
+    }
+
+    /// Closes after a final response. If the client may still be sending, shut down our
+    /// side and discard its input for a while, so it reads our response, not a reset.
+    pub(super) fn linger_or_close(&mut self, ci: usize, body_left: bool) {
+        let c = &mut self.clients[ci];
+        let unread = c.buf.as_ref().is_some_and(|b| !b.is_empty()) || c.io.readable || body_left;
+        if !unread {
+            self.close_client(ci);
+            return;
+        }
+        let _ = c.sock.shutdown(Shutdown::Write);
+        if let Phase::Proxy(ex) = std::mem::replace(&mut c.phase, Phase::Linger) {
+            self.ctx.recycle(ex);
+        }
+        if let Some(b) = c.buf.as_mut() {
+            b.clear();
+        }
+        let at = self.ctx.now + LINGER_MS;
+        self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
+    }
+
+    pub(super) fn step_linger(&mut self, ci: usize) -> Step {
+        let c = &mut self.clients[ci];
+        if !c.io.readable {
+            return Step::Blocked;
+        }
+        let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
+        buf.clear();
+        match read_into(&mut c.sock, buf, &mut c.io) {
+            Ok(0) => {
+                self.close_client(ci);
+                Step::Closed
+            }
+            Ok(_) => Step::Progress,
+            Err(e) if would_block(&e) => Step::Blocked,
+            Err(_) => {
+                self.close_client(ci);
+                Step::Closed
+            }
+        }
+    }
+
+    pub(super) fn close_client(&mut self, ci: usize) {
+        if !self.clients.contains(ci) {
+            return;
+        }
+        self.end_upstream(ci, 0, crate::health::Outcome::Ok);
+        let mut c = self.clients.remove(ci);
+        self.ctx.bufs.release(&mut c.buf);
+        if let Phase::Proxy(ex) = c.phase {
+            self.ctx.recycle(ex);
+        }
+        self.ctx
+            .shared
+            .counters
+            .active_clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn client_timeout(&mut self, ci: usize) {
+        let c = &mut self.clients[ci];
+        let id = self.ctx.id;
+        match c.phase {
+            Phase::Head if c.buf.as_ref().is_some_and(|b| !b.is_empty()) => {
+                debug!("worker {id}: 408: head from {} too slow", c.peer);
+                if let Some(b) = c.buf.as_mut() {
+                    b.clear();
+                }
+                self.respond(ci, http::REQUEST_TIMEOUT, true, false);
+                self.drive(ci);
+            }
+            Phase::Proxy(_) => {
+                debug!("worker {id}: client {} stalled mid-exchange", c.peer);
+                self.abort(ci, true);
+            }
+            _ => self.close_client(ci),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! A worker's context: what every connection of one worker uses (the registry, buffers,
+//! timers, the clock reading, the retry budget, the log and histograms) and the one place
+//! where an exchange, finished or not, is accounted.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::Registry;
+
+use crate::access_log::{LogSender, Record};
+use crate::buffer::BufPool;
+use crate::health::{Outcome, RetryBudget};
+use crate::http::Canned;
+use crate::metrics::WorkerHists;
+use crate::rng::XorShift;
+use crate::shared::Shared;
+use crate::timer::Timers;
+
+use super::decide::Limits;
+use super::exchange::{Exchange, Start};
+
+/// Most buffers a worker pools at all.
+const POOL_MAX: usize = 4096;
+/// Most finished exchanges kept for reuse (their boxes, not their buffers).
+const SPARE_MAX: usize = 1024;
+
+pub(crate) struct Ctx {
+    pub id: usize,
+    pub registry: Registry,
+    pub shared: Arc<Shared>,
+    pub bufs: BufPool,
+    pub timers: Timers,
+    /// Worker-clock milliseconds of the current loop iteration.
+    pub now: u64,
+    /// Clients whose drive was cut short and must run again before sleeping.
+    pub again: Vec<usize>,
+    /// Scratch for rewriting heads.
+    pub scratch: Vec<u8>,
+    pub draining: bool,
+    /// Upstream slots closed while handling the current event batch: later events of the
+    /// batch for those tokens belong to the closed socket, not to a new one in the slot.
+    pub closed_ups: Vec<usize>,
+    /// Per-request CSV records go here (None: logging off).
+    pub log: Option<LogSender>,
+    /// This worker's latency histograms, handed to the aggregator once a second.
+    pub hists: WorkerHists,
+    /// Limits how much retries can add to the load on a failing pool.
+    pub budget: RetryBudget,
+    /// This worker's random numbers (slow-start admission).
+    pub rng: XorShift,
+    /// Boxes of finished exchanges, so a new request allocates nothing. The boxes (not
+    /// the exchanges) are the point: the client's phase owns one by pointer.
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<Exchange>>,
+}
+
+impl Ctx {
+    pub fn new(id: usize, registry: Registry, shared: Arc<Shared>, log: Option<LogSender>) -> Ctx {
+        let backends = shared.balancer.len();
+        Ctx {
+            id,
+            registry,
+            bufs: BufPool::new(POOL_MAX),
+            timers: Timers::default(),
+            now: 1,
+            again: Vec::new(),
+            scratch: Vec::with_capacity(4096),
+            draining: false,
+            closed_ups: Vec::new(),
+            log,
+            hists: WorkerHists::new(backends),
+            budget: RetryBudget::new(shared.cfg.retry.budget, shared.cfg.retry.min_per_sec),
+            rng: XorShift::new(id as u64 + 1),
+            spare: Vec::new(),
+            shared,
+        }
+    }
+
+    #[inline]
+    pub fn ms(d: Duration) -> u64 {
+        d.as_millis() as u64
+    }
+
+    /// The timeouts that set an exchange's deadlines.
+    pub fn limits(&self) -> Limits {
+        let t = &self.shared.cfg.timeouts;
+        Limits {
+            client: Self::ms(t.client),
+            upstream: Self::ms(t.upstream),
+            idle: Self::ms(t.idle),
+        }
+    }
+
+    /// A new exchange, in a recycled box when one is spare.
+    pub fn exchange(&mut self, s: Start) -> Box<Exchange> {
+        match self.spare.pop() {
+            Some(mut b) => {
+                *b = Exchange::new(s);
+                b
+            }
+            None => Box::new(Exchange::new(s)),
+        }
+    }
+
+    /// Takes back an exchange that ended: its buffers return to the pool, its box is kept.
+    pub fn recycle(&mut self, mut ex: Box<Exchange>) {
+        self.bufs.release(&mut ex.head);
+        self.bufs.release(&mut ex.resp_buf);
+        self.bufs.release(&mut ex.out);
+        if self.spare.len() < SPARE_MAX {
+            self.spare.push(ex);
+        }
+    }
+
+    pub fn count_request(&self) {
+        self.shared.counters.requests.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_rejected(&self) {
+        self.shared.counters.rejected.fetch_add(1, Relaxed);
+    }
+
+    /// Accounts an exchange with `backend`, finished or not: the shared backend stats
+    /// (latency and in-flight count for the policies), passive health, this worker's
+    /// histograms and the CSV log. Every exchange that reached a backend ends here once.
+    pub fn account(&mut self, backend: usize, ex: &Exchange, status: u16, outcome: Outcome) {
+        let ok = outcome == Outcome::Ok && status < 500;
+        let total_us = ex.started.elapsed().as_micros() as u64;
+        let upstream_us = if ex.ttfb_us > 0 { ex.ttfb_us } else { total_us };
+        self.shared
+            .balancer
+            .finish(backend, Duration::from_micros(upstream_us), ok);
+        self.shared
+            .health
+            .observe(&self.shared.balancer, backend, outcome);
+        self.hists.record(
+            Some(backend),
+            status,
+            upstream_us,
+            total_us,
+            !ok || status >= 500,
+        );
+        if let Some(log) = &self.log {
+            let mut rec = ex.rec;
+            rec.backend = Some(backend as u16);
+            rec.status = status;
+            rec.upstream_us = upstream_us;
+            rec.total_us = total_us;
+            rec.stamp();
+            log.send(rec);
+        }
+    }
+
+    /// Accounts a failed attempt that is retried: the backend's stats and health only
+    /// (the exchange itself goes on and is accounted when it ends).
+    pub fn account_attempt(&mut self, backend: usize, attempt: Instant) {
+        self.shared
+            .balancer
+            .finish(backend, attempt.elapsed(), false);
+        self.shared
+            .health
+            .observe(&self.shared.balancer, backend, Outcome::Failure);
+    }
+
+    /// Records an answer the proxy made itself (no backend exchange).
+    pub fn log_local(&mut self, mut rec: Record, canned: Canned) {
+        self.hists
+            .record(None, canned.status, 0, 0, canned.status >= 500);
+        if let Some(log) = &self.log {
+            rec.status = canned.status;
+            rec.stamp();
+            log.send(rec);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! How an exchange ends: completed (the connection pooled or closed, the client reading
+//! its next request), failed (a safe retry, or a 502/504), or torn down. Each ending is
+//! accounted once, through `Ctx::account`.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::config::Upstream as UpstreamMode;
+use crate::debug;
+use crate::health::Outcome;
+
+use super::client::Phase;
+use super::decide::{self, Failure, PoolCheck, Replay};
+use super::exchange::NONE;
+use super::{Proxy, Step};
+
+impl Proxy {
+    /// Tries the request again after `why`: on another server, or for a pooled connection
+    /// the backend had already closed (the keep-alive race), on a fresh connection to the
+    /// same one. True if a new attempt is under way (or the client has been answered).
+    fn retry(&mut self, ci: usize, why: Failure) -> bool {
+        let max = self.ctx.shared.cfg.retry.count;
+        let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
+            return false;
+        };
+        let ui = ex.up;
+        if ui == NONE {
+            return false;
+        }
+        let old = self.ups[ui].backend;
+        let stale = match decide::replay(&ex.attempt_facts(), why, max) {
+            Replay::No => return false,
+            Replay::Fresh => true,
+            Replay::Elsewhere => false,
+        };
+        let next = if stale {
+            old
+        } else {
+            if !self.ctx.budget.withdraw(self.ctx.now) {
+                return false;
+            }
+            let mut tried = ex.tried;
+            tried.insert(old);
+            // The policy excludes the server that just failed; servers that failed earlier
+            // are refused here (a few draws, then give up).
+            let balancer = &self.ctx.shared.balancer;
+            let mut pick = None;
+            for _ in 0..4 {
+                match balancer.pick(Some(old)) {
+                    Some(b) if tried.contains(b) => balancer.cancel(b),
+                    other => {
+                        pick = other;
+                        break;
+                    }
+                }
+            }
+            match pick {
+                Some(b) => b,
+                None => return false,
+            }
+        };
+        // Detach the failed attempt; the exchange moves on with what it learnt.
+        self.ctx.closed_ups.push(ui);
+        drop(self.ups.remove(ui));
+        if !stale {
+            self.ctx.account_attempt(old, ex.attempt);
+        }
+        self.ctx.bufs.release(&mut ex.resp_buf);
+        self.ctx.bufs.release(&mut ex.out);
+        ex.up = NONE;
+        ex.retries += 1;
+        ex.stale_retried |= stale;
+        ex.tried.insert(old);
+        self.ctx.shared.counters.retries.fetch_add(1, Relaxed);
+        let names = &self.ctx.shared.balancer;
+        debug!(
+            "worker {}: {} on {}: retrying on {}{}",
+            self.ctx.id,
+            why.reason(),
+            names.backend(old).name,
+            names.backend(next).name,
+            if stale {
+                " (stale keep-alive connection)"
+            } else {
+                ""
+            }
+        );
+        self.attach(ci, next, stale);
+        true
+    }
+
+    /// Fails the exchange before any response byte reached the client: retries if that
+    /// is safe, else closes the upstream and answers with the matching 502/504.
+    pub(super) fn fail(&mut self, ci: usize, why: Failure) {
+        if self.retry(ci, why) {
+            return;
+        }
+        let Some(c) = self.clients.get_mut(ci) else {
+            return;
+        };
+        let peer = c.peer;
+        let Some((_, ex)) = c.split() else {
+            return;
+        };
+        if ex.up == NONE {
+            return;
+        }
+        debug!(
+            "worker {}: backend {} failed ({}) for {peer}: answering {}",
+            self.ctx.id,
+            self.ctx
+                .shared
+                .balancer
+                .backend(self.ups[ex.up].backend)
+                .name,
+            why.reason(),
+            why.canned().status
+        );
+        self.end_upstream(ci, why.canned().status, Outcome::Failure);
+        let (c, ex) = self.clients[ci].split().expect("proxying");
+        let body_left = !ex.body.is_done();
+        let close = body_left || !ex.keep_alive;
+        if let Some(b) = c.buf.as_mut() {
+            b.consume(ex.body_ready);
+        }
+        ex.body_ready = 0;
+        self.respond(ci, why.canned(), close, body_left);
+    }
+
+    /// Detaches and closes client `ci`'s upstream before its exchange completed, and
+    /// accounts the exchange with `status`: the error answer sent, the status of a
+    /// response broken off, or 499 when the client left before any response. `outcome`
+    /// says whether the backend was at fault, for passive health checks.
+    pub(super) fn end_upstream(&mut self, ci: usize, status: u16, outcome: Outcome) {
+        let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
+            return;
+        };
+        let ui = std::mem::replace(&mut ex.up, NONE);
+        if ui == NONE {
+            return;
+        }
+        self.ctx.closed_ups.push(ui);
+        let u = self.ups.remove(ui);
+        let status = match status {
+            0 if ex.status != 0 => ex.status,
+            0 => 499,
+            s => s,
+        };
+        self.ctx.account(u.backend, ex, status, outcome);
+        self.ctx.bufs.release(&mut ex.head);
+        self.ctx.bufs.release(&mut ex.resp_buf);
+        self.ctx.bufs.release(&mut ex.out);
+    }
+
+    /// Ends a completed exchange: the upstream goes back to the pool or closes, the client
+    /// reads its next request or closes.
+    pub(super) fn finish(&mut self, ci: usize) -> Step {
+        let cfg = &self.ctx.shared.cfg;
+        let (persistent, max_idle) = (
+            cfg.upstream == UpstreamMode::Persistent,
+            cfg.max_idle_per_backend,
+        );
+        let draining = self.ctx.draining;
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let ui = std::mem::replace(&mut ex.up, NONE);
+        let u = &self.ups[ui];
+        let outcome = if ex.status < 500 {
+            Outcome::Ok
+        } else {
+            Outcome::ServerError
+        };
+        self.ctx.account(u.backend, ex, ex.status, outcome);
+        let body_done = ex.body.is_done();
+        let keep_alive = ex.keep_alive;
+        let pool = decide::may_pool(&PoolCheck {
+            persistent,
+            keep: ex.keep,
+            request_done: body_done,
+            // `readable` still set means bytes may be queued past the response.
+            unread: u.io.readable || u.io.rdhup,
+            draining,
+            pooled: self.idle[u.backend].len(),
+            max_idle,
+        });
+        if pool {
+            self.pool(ui);
+        } else {
+            self.remove_upstream(ui);
+        }
+        if keep_alive && body_done && !draining {
+            let c = &mut self.clients[ci];
+            if let Phase::Proxy(ex) = std::mem::replace(&mut c.phase, Phase::Head) {
+                self.ctx.recycle(ex);
+            }
+            if c.buf.as_ref().is_some_and(|b| b.is_empty()) {
+                self.ctx.bufs.release(&mut c.buf);
+            }
+            self.arm_idle(ci);
+            Step::Progress
+        } else {
+            self.linger_or_close(ci, !body_done);
+            Step::Closed
+        }
+    }
+
+    /// Tears the exchange down: closes the upstream (a failure unless the client side
+    /// broke) and the client.
+    pub(super) fn abort(&mut self, ci: usize, client_side: bool) {
+        let outcome = if client_side {
+            Outcome::Ok
+        } else {
+            Outcome::Failure
+        };
+        self.end_upstream(ci, 0, outcome);
+        self.close_client(ci);
+    }
+}

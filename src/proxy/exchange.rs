@@ -1,0 +1,224 @@
+//! One request and its response: the `Exchange`. Built fresh for each request, owned by
+//! the client's phase, and moved to another upstream connection on a retry; everything
+//! that belongs to the request (its framing, the rewritten head kept for replay, the
+//! attempts, the log record) lives here, and nothing about sockets does.
+
+use std::time::Instant;
+
+use crate::access_log::Record;
+use crate::buffer::Buf;
+use crate::http::{Body, Method};
+
+use super::decide::{Attempt, Tried, Waits};
+
+/// No connection (an index into neither slab).
+pub(crate) const NONE: usize = usize::MAX;
+
+/// The request direction: client to backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Req {
+    /// The rewritten head is being written (body bytes may follow in the same write).
+    Head,
+    /// The head is written; body bytes are still to come from the client or to be written.
+    Body,
+    /// Everything was written.
+    Sent,
+    /// Ended early: the backend answered, or stopped reading, before the body was sent.
+    /// Nothing more is sent; the client connection closes after the response.
+    Closed,
+}
+
+/// The response direction: backend to client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resp {
+    /// Waiting for (the rest of) a response head; 1xx heads may pass first.
+    Head,
+    Body(Body),
+    /// Fully received and validated.
+    Done,
+    /// The backend closed or broke mid-body: forward what arrived, then close the client.
+    Truncated,
+}
+
+pub(crate) struct Exchange {
+    /// The upstream connection carrying the current attempt (`NONE` between attempts).
+    pub up: usize,
+    pub method: Method,
+    pub http10: bool,
+    /// The client connection stays open after this exchange.
+    pub keep_alive: bool,
+    /// The request said `Expect: 100-continue`: the client waits for the backend before
+    /// sending its body, so that wait is not the client's fault.
+    pub expect: bool,
+
+    pub req: Req,
+    /// The rewritten request head, kept until the response head arrives so the request
+    /// can be replayed on another server.
+    pub head: Option<Buf>,
+    /// Bytes of `head` already written.
+    pub head_off: usize,
+    /// Request body still to be read from the client.
+    pub body: Body,
+    /// Validated request body bytes at the front of the client's buffer, not yet sent.
+    pub body_ready: usize,
+    /// Request body bytes written in this attempt.
+    pub body_sent: u64,
+
+    pub resp: Resp,
+    /// Response bytes read from the backend.
+    pub resp_buf: Option<Buf>,
+    /// Response head (and any 1xx heads) to write to the client.
+    pub out: Option<Buf>,
+    /// Validated response body bytes at the front of `resp_buf`, ready for the client.
+    pub ready: usize,
+    pub dechunk: bool,
+    /// The backend may be sent another request after this response.
+    pub keep: bool,
+    /// Any response byte arrived in this attempt.
+    pub got_bytes: bool,
+    pub status: u16,
+
+    /// Retries so far.
+    pub retries: u8,
+    /// Backends this request already failed on.
+    pub tried: Tried,
+    /// The one transparent replay after a stale pooled connection has been used.
+    pub stale_retried: bool,
+    /// This attempt runs on a pooled connection.
+    pub reused: bool,
+    /// When the client's request was taken on (total latency).
+    pub started: Instant,
+    /// When this attempt began (upstream latency).
+    pub attempt: Instant,
+    /// Microseconds from `attempt` to the response head (0 until it arrives).
+    pub ttfb_us: u64,
+    /// The log record, completed when the exchange ends.
+    pub rec: Record,
+}
+
+/// The facts of a new request, from its parsed head.
+pub(crate) struct Start {
+    pub method: Method,
+    pub http10: bool,
+    pub keep_alive: bool,
+    pub expect: bool,
+    pub body: Body,
+    pub body_ready: usize,
+    pub head: Buf,
+    pub rec: Record,
+}
+
+impl Exchange {
+    pub fn new(s: Start) -> Exchange {
+        let now = Instant::now();
+        Exchange {
+            up: NONE,
+            method: s.method,
+            http10: s.http10,
+            keep_alive: s.keep_alive,
+            expect: s.expect,
+            req: Req::Head,
+            head: Some(s.head),
+            head_off: 0,
+            body: s.body,
+            body_ready: s.body_ready,
+            body_sent: 0,
+            resp: Resp::Head,
+            resp_buf: None,
+            out: None,
+            ready: 0,
+            dechunk: false,
+            keep: false,
+            got_bytes: false,
+            status: 0,
+            retries: 0,
+            tried: Tried::default(),
+            stale_retried: false,
+            reused: false,
+            started: now,
+            attempt: now,
+            ttfb_us: 0,
+            rec: s.rec,
+        }
+    }
+
+    /// Starts an attempt on upstream `up`: the request is written again from its first
+    /// byte; what the exchange learnt (retries, tried servers, start time) stays.
+    pub fn begin_attempt(&mut self, up: usize, reused: bool) {
+        self.up = up;
+        self.reused = reused;
+        self.rec.reused = reused;
+        self.req = Req::Head;
+        self.head_off = 0;
+        self.body_sent = 0;
+        self.resp = Resp::Head;
+        self.ready = 0;
+        self.keep = false;
+        self.got_bytes = false;
+        self.status = 0;
+        self.ttfb_us = 0;
+        self.attempt = Instant::now();
+    }
+
+    /// Head bytes still to write.
+    pub fn head_pending(&self) -> bool {
+        self.head.as_ref().is_some_and(|h| self.head_off < h.len())
+    }
+
+    /// Response bytes wait to be written to the client.
+    pub fn pending_out(&self) -> bool {
+        self.out.is_some() || self.ready > 0
+    }
+
+    /// Moves the request direction on after bytes were written or read; the one place
+    /// its state changes, except for [`Exchange::close_request`].
+    pub fn settle_req(&mut self) {
+        if self.req == Req::Closed {
+            return;
+        }
+        self.req = if self.head_pending() {
+            Req::Head
+        } else if self.body_ready > 0 || !self.body.is_done() {
+            Req::Body
+        } else {
+            Req::Sent
+        };
+    }
+
+    /// Ends the request direction early: no more is sent, the backend connection is not
+    /// reused and the client connection closes after the response. Returns how many
+    /// validated body bytes are dropped from the client's buffer.
+    pub fn close_request(&mut self) -> usize {
+        self.req = Req::Closed;
+        self.keep = false;
+        self.keep_alive = false;
+        std::mem::take(&mut self.body_ready)
+    }
+
+    /// What a retry decision needs to know of the current attempt.
+    pub fn attempt_facts(&self) -> Attempt {
+        Attempt {
+            method: self.method,
+            head_kept: self.head.is_some(),
+            head_written: self.head.as_ref().is_some_and(|h| self.head_off >= h.len()),
+            body_sent: self.body_sent,
+            answered: self.out.is_some(),
+            got_bytes: self.got_bytes,
+            reused: self.reused,
+            stale_retried: self.stale_retried,
+            retries: self.retries,
+        }
+    }
+
+    /// What the deadlines depend on, given the client's writability.
+    pub fn waits(&self, client_writable: bool) -> Waits {
+        let waiting_100 = self.expect && self.resp == Resp::Head && !self.got_bytes;
+        Waits {
+            client_slow: self.pending_out() && !client_writable,
+            need_client_body: self.req == Req::Body && self.body_ready == 0 && !waiting_100,
+            request_pending: self.req == Req::Head
+                || (self.req == Req::Body && self.body_ready > 0),
+            response_done: self.resp == Resp::Done,
+        }
+    }
+}

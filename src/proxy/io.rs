@@ -1,0 +1,90 @@
+//! Socket I/O helpers for the proxy's connections: recorded readiness, and read and write
+//! calls that clear it on `WouldBlock` or a short transfer (edge-triggered mio).
+
+use std::io::{self, IoSlice, Read, Write};
+
+use mio::net::TcpStream;
+
+use crate::buffer::Buf;
+
+/// Recorded readiness of one socket.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Io {
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer shut down its side: keep reading until EOF even after a short read.
+    pub rdhup: bool,
+}
+
+impl Io {
+    #[inline]
+    pub fn note(&mut self, ev: &mio::event::Event) {
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.readable = true;
+        }
+        if ev.is_read_closed() {
+            self.rdhup = true;
+        }
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            self.writable = true;
+        }
+    }
+}
+
+#[inline]
+pub(crate) fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Reads into `buf`'s free space. `Ok(0)` is EOF; a short read clears `io.readable`.
+#[inline]
+pub(crate) fn read_into(sock: &mut TcpStream, buf: &mut Buf, io: &mut Io) -> io::Result<usize> {
+    let space = buf.space();
+    let room = space.len();
+    debug_assert!(room > 0);
+    loop {
+        match sock.read(space) {
+            Ok(n) => {
+                if n > 0 && n < room && !io.rdhup {
+                    io.readable = false;
+                }
+                buf.filled(n);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                if would_block(&e) {
+                    io.readable = false;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Writes `a` then `b` with one `writev`. A short write clears `io.writable`.
+#[inline]
+pub(crate) fn write2(sock: &mut TcpStream, a: &[u8], b: &[u8], io: &mut Io) -> io::Result<usize> {
+    let total = a.len() + b.len();
+    let r = if a.is_empty() {
+        sock.write(b)
+    } else if b.is_empty() {
+        sock.write(a)
+    } else {
+        sock.write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+    };
+    match r {
+        Ok(n) => {
+            if n < total {
+                io.writable = false;
+            }
+            Ok(n)
+        }
+        Err(e) => {
+            if would_block(&e) {
+                io.writable = false;
+            }
+            Err(e)
+        }
+    }
+}

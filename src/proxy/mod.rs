@@ -1,0 +1,306 @@
+//! The HTTP/1.1 proxy of one worker: its client and upstream connections, the exchanges
+//! that link them, the idle upstream pool, and their deadlines. The worker loop hands it
+//! readiness events, new clients and the clock; it never blocks and shares nothing with
+//! other workers but `Shared`'s atomics.
+//!
+//! Each connection records readiness (`Io`); [`Proxy::drive`] then moves a client's
+//! exchange until neither side can progress. Edge-triggered: a flag is cleared only on
+//! `WouldBlock` or a short read/write.
+//!
+//! - `client`: reading request heads, local answers, lingering close;
+//! - `upstream`: connecting, the idle pool, upstream deadlines;
+//! - `exchange`: one request's state, with an enum per direction;
+//! - `relay`: moving bytes both ways and validating the response;
+//! - `end`: finishing, failing, retrying and aborting an exchange;
+//! - `decide`: the pure decisions (replay, pooling, deadlines), tested without sockets.
+
+mod client;
+mod context;
+pub(crate) mod decide;
+mod end;
+mod exchange;
+pub(crate) mod io;
+mod relay;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use mio::{Registry, Token};
+use slab::Slab;
+
+use crate::access_log::LogSender;
+use crate::debug;
+use crate::metrics::Snapshot;
+use crate::shared::Shared;
+
+use client::{Client, Phase};
+use context::Ctx;
+use upstream::Upstream;
+
+/// Tokens below this belong to the worker loop (listener, waker).
+pub const FIRST_TOKEN: usize = 2;
+/// Steps one drive may take before yielding to other connections.
+const MAX_STEPS: usize = 64;
+
+#[inline]
+fn client_token(i: usize) -> Token {
+    Token(FIRST_TOKEN + 2 * i)
+}
+
+#[inline]
+fn upstream_token(i: usize) -> Token {
+    Token(FIRST_TOKEN + 2 * i + 1)
+}
+
+/// What a token names.
+enum Slot {
+    Client(usize),
+    Upstream(usize),
+}
+
+#[inline]
+fn slot(t: Token) -> Slot {
+    let n = t.0 - FIRST_TOKEN;
+    if n & 1 == 0 {
+        Slot::Client(n / 2)
+    } else {
+        Slot::Upstream(n / 2)
+    }
+}
+
+/// Result of one step of a client's exchange.
+enum Step {
+    /// Something moved (or the client was answered): step again.
+    Progress,
+    /// Nothing can move until the next event.
+    Blocked,
+    /// The client connection is gone.
+    Closed,
+}
+
+/// One worker's connections and exchanges.
+pub struct Proxy {
+    ctx: Ctx,
+    clients: Slab<Client>,
+    ups: Slab<Upstream>,
+    /// Idle keep-alive upstream connections per backend, most recent last.
+    idle: Vec<Vec<usize>>,
+}
+
+impl Proxy {
+    pub fn new(
+        id: usize,
+        registry: Registry,
+        shared: Arc<Shared>,
+        log: Option<LogSender>,
+    ) -> Proxy {
+        let backends = shared.balancer.len();
+        Proxy {
+            ctx: Ctx::new(id, registry, shared, log),
+            clients: Slab::with_capacity(1024),
+            ups: Slab::with_capacity(1024),
+            idle: vec![Vec::new(); backends],
+        }
+    }
+
+    /// Starts an event batch at worker-clock `now` (ms).
+    pub fn begin(&mut self, now: u64) {
+        self.ctx.now = now;
+        self.ctx.closed_ups.clear();
+    }
+
+    /// Milliseconds until the next deadline, if any.
+    pub fn next_deadline_in(&self) -> Option<u64> {
+        self.ctx.timers.next_in(self.ctx.now)
+    }
+
+    /// Some client was cut short and must be driven again before sleeping.
+    pub fn has_pending_work(&self) -> bool {
+        !self.ctx.again.is_empty()
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// This worker's histograms since the last call, if a second has passed (or `force`).
+    pub fn take_histograms(&mut self, force: bool) -> Option<Snapshot> {
+        let now = std::time::Instant::now();
+        (force || self.ctx.hists.due(now)).then(|| self.ctx.hists.take(self.ctx.id, now))
+    }
+
+    /// Gives pooled buffers back to the allocator, keeping `keep`.
+    pub fn trim_buffers(&mut self, keep: usize) {
+        self.ctx.bufs.trim(keep);
+    }
+
+    /// Closes idle pooled connections named in this batch first: a backend's close that
+    /// arrived in the batch must be seen before a client event reuses the connection.
+    pub fn close_idle_upstreams(&mut self, events: &mio::Events) {
+        for ev in events.iter() {
+            if ev.token().0 < FIRST_TOKEN {
+                continue;
+            }
+            if let Slot::Upstream(ui) = slot(ev.token()) {
+                if self.ups.get(ui).is_some_and(Upstream::is_idle) {
+                    self.close_idle_upstream(ui);
+                }
+            }
+        }
+    }
+
+    /// Handles one readiness event for a connection token.
+    pub fn event(&mut self, ev: &mio::event::Event) {
+        match slot(ev.token()) {
+            Slot::Client(ci) => {
+                let Some(c) = self.clients.get_mut(ci) else {
+                    return;
+                };
+                c.io.note(ev);
+                self.drive(ci);
+            }
+            Slot::Upstream(ui) if self.ctx.closed_ups.contains(&ui) => {}
+            Slot::Upstream(ui) => self.upstream_event(ui, ev),
+        }
+    }
+
+    /// Takes on a newly accepted client.
+    pub fn add_client(&mut self, mut sock: TcpStream, peer: SocketAddr) {
+        let entry = self.clients.vacant_entry();
+        let ci = entry.key();
+        if self
+            .ctx
+            .registry
+            .register(
+                &mut sock,
+                client_token(ci),
+                mio::Interest::READABLE | mio::Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            return;
+        }
+        entry.insert(Client::new(sock, peer));
+        let counters = &self.ctx.shared.counters;
+        counters
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .active_clients
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A new connection has the head timeout to send its first request (nginx's
+        // client_header_timeout); one timer entry serves it until the first response.
+        let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.client);
+        let c = &mut self.clients[ci];
+        self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
+    }
+
+    /// Drives again the clients whose work was cut short last round. Driving one may cut
+    /// it short again: it then lands in the fresh list and must stay there (edge-triggered:
+    /// its bytes are already queued, no new event will come for them).
+    pub fn redrive(&mut self) {
+        let mut again = std::mem::take(&mut self.ctx.again);
+        for &ci in &again {
+            if self.clients.contains(ci) {
+                self.drive(ci);
+            }
+        }
+        if self.ctx.again.is_empty() {
+            again.clear();
+            self.ctx.again = again;
+        }
+    }
+
+    /// Moves client `ci`'s exchange forward until it blocks.
+    fn drive(&mut self, ci: usize) {
+        for _ in 0..MAX_STEPS {
+            let Some(c) = self.clients.get(ci) else {
+                return;
+            };
+            let step = match c.phase {
+                Phase::Head => self.step_head(ci),
+                Phase::Proxy(_) => self.step_proxy(ci),
+                Phase::Local { .. } => self.step_local(ci),
+                Phase::Linger => self.step_linger(ci),
+            };
+            match step {
+                Step::Progress => continue,
+                Step::Blocked | Step::Closed => return,
+            }
+        }
+        self.ctx.again.push(ci);
+    }
+
+    /// Fires every deadline that is due.
+    pub fn expire(&mut self) {
+        let now = self.ctx.now;
+        while let Some((entry, token)) = self.ctx.timers.pop_due(now) {
+            match slot(Token(token)) {
+                Slot::Client(ci) => {
+                    let Some(c) = self.clients.get_mut(ci) else {
+                        continue;
+                    };
+                    if self.ctx.timers.fire(&mut c.timer, token, entry, now) {
+                        self.client_timeout(ci);
+                    }
+                }
+                Slot::Upstream(ui) => {
+                    let Some(u) = self.ups.get_mut(ui) else {
+                        continue;
+                    };
+                    if self.ctx.timers.fire(&mut u.timer, token, entry, now) {
+                        self.upstream_timeout(ui);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops taking requests: closes idle clients and pooled connections; in-flight
+    /// exchanges finish with `Connection: close`.
+    pub fn start_drain(&mut self) {
+        self.ctx.draining = true;
+        let idle: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.is_idle())
+            .map(|(i, _)| i)
+            .collect();
+        for ci in idle {
+            self.close_client(ci);
+        }
+        let pooled: Vec<usize> = self.idle.iter().flatten().copied().collect();
+        for ui in pooled {
+            self.close_idle_upstream(ui);
+        }
+        debug!(
+            "worker {} draining: {} exchanges in flight",
+            self.ctx.id,
+            self.clients.len()
+        );
+    }
+
+    /// Closes every client (the drain timeout passed).
+    pub fn close_all(&mut self) {
+        let cis: Vec<usize> = self.clients.iter().map(|(i, _)| i).collect();
+        for ci in cis {
+            self.close_client(ci);
+        }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn print_sizes() {
+        eprintln!(
+            "Client {} B, Upstream {} B, Exchange {} B, Record {} B",
+            std::mem::size_of::<super::Client>(),
+            std::mem::size_of::<super::Upstream>(),
+            std::mem::size_of::<super::exchange::Exchange>(),
+            std::mem::size_of::<crate::access_log::Record>()
+        );
+    }
+}

@@ -1,0 +1,389 @@
+//! Moving an exchange's bytes: the request head and body to the backend, more body from
+//! the client, the response read, validated and rewritten, and written to the client,
+//! each with backpressure; and the deadlines that follow from where the exchange stands.
+
+use crate::debug;
+use crate::http::{self, chunked::ChunkError, Body, BodyKind, Method, Reply};
+
+use super::client::Phase;
+use super::decide::{self, Failure};
+use super::exchange::{Req, Resp};
+use super::io::{read_into, would_block, write2};
+use super::upstream::UpState;
+use super::{client_token, upstream_token, Proxy, Step};
+
+/// What one direction's step did.
+pub(super) enum Flow {
+    /// Nothing could move.
+    Idle,
+    /// Bytes moved.
+    Moved,
+    /// The exchange is over: the client was answered (`Step::Progress`) or is gone.
+    Over(Step),
+}
+
+impl Proxy {
+    pub(super) fn step_proxy(&mut self, ci: usize) -> Step {
+        let Some((_, ex)) = self.clients[ci].split() else {
+            return Step::Blocked;
+        };
+        if self.ups[ex.up].state == UpState::Connecting {
+            return Step::Blocked;
+        }
+        let mut progress = false;
+        for dir in [Self::send_request, Self::send_response, Self::recv_response] {
+            match dir(self, ci) {
+                Flow::Idle => {}
+                Flow::Moved => progress = true,
+                Flow::Over(step) => return step,
+            }
+        }
+        let (side, ex) = self.clients[ci].split().expect("proxying");
+        if ex.resp == Resp::Done && !ex.body.is_done() && ex.req != Req::Closed {
+            // The response is complete before the request body: send no more of it (a
+            // backend that stopped reading would stall us); the client connection closes
+            // after the response, as the rest of its body cannot be told from a request.
+            let dropped = ex.close_request();
+            if let Some(b) = side.buf.as_mut() {
+                b.consume(dropped);
+            }
+        }
+        let request_idle = ex.req == Req::Closed || (ex.req != Req::Head && ex.body_ready == 0);
+        if !ex.pending_out() && request_idle {
+            match ex.resp {
+                Resp::Done => return self.finish(ci),
+                Resp::Truncated => {
+                    self.abort(ci, false);
+                    return Step::Closed;
+                }
+                _ => {}
+            }
+        }
+        if progress {
+            self.arm_exchange(ci);
+            Step::Progress
+        } else {
+            Step::Blocked
+        }
+    }
+
+    /// Sets the deadlines of an exchange after progress: the side we now wait on gets one.
+    fn arm_exchange(&mut self, ci: usize) {
+        let limits = self.ctx.limits();
+        let c = &mut self.clients[ci];
+        let writable = c.io.writable;
+        let Phase::Proxy(ex) = &c.phase else {
+            return;
+        };
+        let ui = ex.up;
+        let (client_at, up_at) = decide::deadlines(&ex.waits(writable), self.ctx.now, &limits);
+        self.ctx
+            .timers
+            .set(&mut c.timer, client_token(ci).0, client_at);
+        let u = &mut self.ups[ui];
+        self.ctx
+            .timers
+            .set(&mut u.timer, upstream_token(ui).0, up_at);
+    }
+
+    /// Request direction: head and body bytes to the backend, more body from the client.
+    fn send_request(&mut self, ci: usize) -> Flow {
+        let id = self.ctx.id;
+        let (c, ex) = self.clients[ci].split().expect("proxying");
+        if ex.req == Req::Closed {
+            return Flow::Idle;
+        }
+        let u = &mut self.ups[ex.up];
+        let mut progress = false;
+        if (ex.head_pending() || ex.body_ready > 0) && u.io.writable {
+            let head: &[u8] = ex.head.as_ref().map_or(&[], |h| &h.bytes()[ex.head_off..]);
+            let body: &[u8] = c.buf.as_ref().map_or(&[], |b| &b.bytes()[..ex.body_ready]);
+            match write2(&mut u.sock, head, body, &mut u.io) {
+                Ok(mut n) => {
+                    progress = true;
+                    if let Some(h) = &ex.head {
+                        let k = n.min(h.len() - ex.head_off);
+                        ex.head_off += k;
+                        n -= k;
+                    }
+                    if n > 0 {
+                        c.buf.as_mut().expect("body bytes").consume(n);
+                        ex.body_ready -= n;
+                        ex.rec.request_bytes += n as u64;
+                        ex.body_sent += n as u64;
+                    }
+                    ex.settle_req();
+                }
+                Err(e) if would_block(&e) => {}
+                Err(_) if ex.resp != Resp::Head => {
+                    // The backend answered and stopped reading (a 413 with Connection:
+                    // close, say): keep forwarding its answer, send nothing more.
+                    let dropped = ex.close_request();
+                    if let Some(b) = c.buf.as_mut() {
+                        b.consume(dropped);
+                    }
+                    return Flow::Moved;
+                }
+                Err(_) => {
+                    self.fail(ci, Failure::Reset);
+                    return Flow::Over(Step::Progress);
+                }
+            }
+        }
+        if ex.req == Req::Body && ex.body_ready == 0 && c.io.readable {
+            let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
+            match read_into(c.sock, buf, c.io) {
+                Ok(0) => {
+                    debug!("worker {id}: client {} closed mid-body", c.peer);
+                    self.abort(ci, true);
+                    return Flow::Over(Step::Closed);
+                }
+                Ok(_) => {
+                    progress = true;
+                    match ex.body.advance(buf.bytes()) {
+                        Ok(n) => {
+                            ex.body_ready = n;
+                            ex.settle_req();
+                        }
+                        Err(e) => {
+                            debug!("worker {id}: bad request body from {}: {e}", c.peer);
+                            if ex.resp == Resp::Head && ex.out.is_none() {
+                                // Nothing answered yet: drop the backend exchange, answer 400.
+                                self.end_upstream(ci, 400, crate::health::Outcome::Ok);
+                                self.respond(ci, http::BAD_REQUEST, true, true);
+                                return Flow::Over(Step::Progress);
+                            }
+                            self.abort(ci, true);
+                            return Flow::Over(Step::Closed);
+                        }
+                    }
+                }
+                Err(e) if would_block(&e) => {}
+                Err(_) => {
+                    self.abort(ci, true);
+                    return Flow::Over(Step::Closed);
+                }
+            }
+        }
+        if progress {
+            Flow::Moved
+        } else {
+            Flow::Idle
+        }
+    }
+
+    /// Response direction, write side: pending head and body bytes to the client.
+    fn send_response(&mut self, ci: usize) -> Flow {
+        let (c, ex) = self.clients[ci].split().expect("proxying");
+        if !ex.pending_out() || !c.io.writable {
+            return Flow::Idle;
+        }
+        let head: &[u8] = ex.out.as_ref().map_or(&[], |h| h.bytes());
+        let body: &[u8] = ex.resp_buf.as_ref().map_or(&[], |b| &b.bytes()[..ex.ready]);
+        match write2(c.sock, head, body, c.io) {
+            Ok(mut n) => {
+                ex.rec.response_bytes += n as u64;
+                if let Some(h) = ex.out.as_mut() {
+                    let k = n.min(h.len());
+                    h.consume(k);
+                    n -= k;
+                    if h.is_empty() {
+                        self.ctx.bufs.release(&mut ex.out);
+                    }
+                }
+                if n > 0 {
+                    ex.resp_buf.as_mut().expect("body bytes").consume(n);
+                    ex.ready -= n;
+                }
+                Flow::Moved
+            }
+            Err(e) if would_block(&e) => Flow::Idle,
+            Err(_) => {
+                debug!(
+                    "worker {}: client {} went away mid-response",
+                    self.ctx.id, c.peer
+                );
+                self.abort(ci, true);
+                Flow::Over(Step::Closed)
+            }
+        }
+    }
+
+    /// Response direction, read side: bytes from the backend, parsed and validated.
+    fn recv_response(&mut self, ci: usize) -> Flow {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let u = &mut self.ups[ex.up];
+        if !u.io.readable || matches!(ex.resp, Resp::Done | Resp::Truncated) {
+            return Flow::Idle;
+        }
+        // Heads (a run of 1xx) the client has not taken yet: wait for it first.
+        if ex.out.as_ref().is_some_and(|o| o.len() >= http::MAX_HEAD) {
+            return Flow::Idle;
+        }
+        let buf = ex.resp_buf.get_or_insert_with(|| self.ctx.bufs.get());
+        if buf.space().is_empty() {
+            if ex.resp == Resp::Head && buf.capacity() <= http::MAX_HEAD {
+                buf.grow(http::MAX_HEAD + 1);
+            } else {
+                return Flow::Idle;
+            }
+        }
+        match read_into(&mut u.sock, buf, &mut u.io) {
+            Ok(0) => {
+                ex.keep = false;
+                if ex.resp == Resp::Body(Body::UntilClose) {
+                    ex.resp = Resp::Done;
+                    return Flow::Moved;
+                }
+                self.upstream_broke(ci, Failure::Reset)
+            }
+            Ok(_) => {
+                ex.got_bytes = true;
+                match self.process_response(ci) {
+                    Flow::Over(step) => Flow::Over(step),
+                    _ => Flow::Moved,
+                }
+            }
+            Err(e) if would_block(&e) => Flow::Idle,
+            // Reset by the backend.
+            Err(_) => self.upstream_broke(ci, Failure::Reset),
+        }
+    }
+
+    /// Parses response heads and validates body bytes that arrived.
+    fn process_response(&mut self, ci: usize) -> Flow {
+        let draining = self.ctx.draining;
+        loop {
+            let (_, ex) = self.clients[ci].split().expect("proxying");
+            match ex.resp {
+                Resp::Head => {
+                    let body_done = ex.body.is_done();
+                    let buf = ex.resp_buf.as_mut().expect("response bytes");
+                    let mut headers = http::header_array();
+                    let head_req = ex.method == Method::Head;
+                    let r = match http::parse_response(buf.bytes(), &mut headers, head_req) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return Flow::Idle,
+                        Err(bad) => return self.upstream_broke(ci, Failure::BadResponse(bad.0)),
+                    };
+                    let scratch = &mut self.ctx.scratch;
+                    scratch.clear();
+                    let head_len = r.head_len;
+                    let http10 = ex.http10;
+                    if r.informational() {
+                        if !http10 {
+                            let reply = Reply {
+                                http10,
+                                close: false,
+                                dechunk: false,
+                            };
+                            r.write_client(scratch, &reply);
+                        }
+                    } else {
+                        let dechunk = http10 && r.body == BodyKind::Chunked;
+                        let close = !ex.keep_alive
+                            || !body_done
+                            || draining
+                            || dechunk
+                            || r.body == BodyKind::UntilClose;
+                        let reply = Reply {
+                            http10,
+                            close,
+                            dechunk,
+                        };
+                        r.write_client(scratch, &reply);
+                        // A response before the whole request body was sent leaves the
+                        // connection out of step: never reused.
+                        ex.keep = r.keep_alive && body_done;
+                        ex.status = r.status;
+                        ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
+                        // A response is under way: the request will not be replayed.
+                        if ex.head.as_ref().is_none_or(|h| ex.head_off >= h.len()) {
+                            self.ctx.bufs.release(&mut ex.head);
+                        }
+                        ex.dechunk = dechunk;
+                        ex.resp = Resp::Body(Body::new(r.body));
+                        ex.keep_alive = !close;
+                    }
+                    buf.consume(head_len);
+                    if !scratch.is_empty() {
+                        let out = ex.out.get_or_insert_with(|| self.ctx.bufs.get());
+                        if out.capacity() - out.end() < scratch.len() {
+                            out.grow(out.end() + scratch.len());
+                        }
+                        out.space()[..scratch.len()].copy_from_slice(scratch);
+                        out.filled(scratch.len());
+                    }
+                }
+                Resp::Body(mut body) => {
+                    let buf = ex.resp_buf.as_mut().expect("response bytes");
+                    let fresh = &mut buf.bytes_mut()[ex.ready..];
+                    let total = fresh.len();
+                    let res = match &mut body {
+                        Body::Chunked(d) if ex.dechunk => d.decode_in_place(fresh),
+                        b => b.advance(fresh).map(|n| (n, n)),
+                    };
+                    let (consumed, data) = match res {
+                        Ok(v) => v,
+                        Err(e) => {
+                            return self.upstream_broke(ci, Failure::BadResponse(chunk_err(e)))
+                        }
+                    };
+                    if let Body::Chunked(d) = &body {
+                        if d.is_done() {
+                            body = Body::Done;
+                        }
+                    }
+                    ex.ready += data;
+                    if consumed < total || data < consumed {
+                        // Framing bytes removed (de-chunked), or bytes past the end of the
+                        // response: drop them; such a backend connection is not reused.
+                        if consumed < total {
+                            ex.keep = false;
+                        }
+                        buf.truncate(ex.ready);
+                    }
+                    ex.resp = if body.is_done() {
+                        Resp::Done
+                    } else {
+                        Resp::Body(body)
+                    };
+                    return Flow::Moved;
+                }
+                Resp::Done | Resp::Truncated => return Flow::Idle,
+            }
+        }
+    }
+
+    /// The backend failed mid-exchange: answer 502/504 if the client has seen nothing
+    /// (or retry), else forward what arrived and close.
+    pub(super) fn upstream_broke(&mut self, ci: usize, why: Failure) -> Flow {
+        let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
+            return Flow::Over(Step::Closed);
+        };
+        ex.keep = false;
+        if ex.resp == Resp::Head && ex.out.is_none() {
+            self.fail(ci, why);
+            return Flow::Over(Step::Progress);
+        }
+        debug!(
+            "worker {}: backend {} broke mid-response: {}",
+            self.ctx.id,
+            self.ctx
+                .shared
+                .balancer
+                .backend(self.ups[ex.up].backend)
+                .name,
+            why.reason()
+        );
+        ex.resp = Resp::Truncated;
+        Flow::Moved
+    }
+}
+
+fn chunk_err(e: ChunkError) -> &'static str {
+    match e {
+        ChunkError::MissingDataCrlf => "chunk data not followed by CRLF",
+        _ => "invalid chunked framing",
+    }
+}

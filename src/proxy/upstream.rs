@@ -1,0 +1,252 @@
+//! Upstream connections: choosing a backend, taking a pooled connection or connecting a
+//! new one, noticing a connect's result, the per-backend idle pool, and upstream
+//! deadlines. A connection knows its socket and its client, never the exchange's state.
+
+use std::io;
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use mio::Interest;
+
+use crate::config::Upstream as UpstreamMode;
+use crate::debug;
+use crate::http;
+use crate::timer::Deadline;
+
+use super::client::Phase;
+use super::context::Ctx;
+use super::decide::Failure;
+use super::exchange::NONE;
+use super::io::Io;
+use super::{upstream_token, Proxy};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpState {
+    Connecting,
+    Busy,
+    Idle,
+}
+
+pub(crate) struct Upstream {
+    pub sock: TcpStream,
+    pub backend: usize,
+    /// Owning client while busy (`NONE` while idle).
+    pub client: usize,
+    pub state: UpState,
+    pub io: Io,
+    pub timer: Deadline,
+}
+
+impl Upstream {
+    pub fn is_idle(&self) -> bool {
+        self.state == UpState::Idle
+    }
+
+    pub fn is_connecting(&self) -> bool {
+        self.state == UpState::Connecting
+    }
+}
+
+impl Proxy {
+    /// Picks a backend for a new request. A server in slow start (recovered recently) is
+    /// declined with probability 1 - ramp and another drawn, so its share rises linearly.
+    pub(super) fn pick_backend(&mut self) -> Option<usize> {
+        let shared = &self.ctx.shared;
+        let b = shared.balancer.pick(None)?;
+        let ramp = shared.health.ramp(b);
+        if ramp >= 1.0 || self.ctx.rng.next_f64() < ramp {
+            return Some(b);
+        }
+        match shared.balancer.pick(Some(b)) {
+            Some(other) => {
+                shared.balancer.cancel(b);
+                Some(other)
+            }
+            None => Some(b),
+        }
+    }
+
+    /// Puts client `ci`'s exchange on a connection to `backend`: a pooled one (unless
+    /// `fresh`), or a new one connecting. False if no connection could be made: the
+    /// client has then been answered 502.
+    pub(super) fn attach(&mut self, ci: usize, backend: usize, fresh: bool) -> bool {
+        let Some((ui, reused)) = self.connection_to(backend, ci, fresh) else {
+            self.unreachable(ci, backend);
+            return false;
+        };
+        if let Phase::Proxy(ex) = &mut self.clients[ci].phase {
+            ex.begin_attempt(ui, reused);
+        }
+        true
+    }
+
+    /// A connection to `backend` for client `ci`, and whether it was pooled.
+    fn connection_to(&mut self, backend: usize, ci: usize, fresh: bool) -> Option<(usize, bool)> {
+        let now = self.ctx.now;
+        let cfg = &self.ctx.shared.cfg;
+        if cfg.upstream == UpstreamMode::Persistent && !fresh {
+            if let Some(ui) = self.idle[backend].pop() {
+                let u = &mut self.ups[ui];
+                u.state = UpState::Busy;
+                u.client = ci;
+                let at = now + Ctx::ms(cfg.timeouts.upstream);
+                self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
+                return Some((ui, true));
+            }
+        }
+        let addr = self.ctx.shared.balancer.backend(backend).addr;
+        let mut sock = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                debug!("worker {}: connect to {addr} failed: {e}", self.ctx.id);
+                return None;
+            }
+        };
+        let entry = self.ups.vacant_entry();
+        let ui = entry.key();
+        self.ctx
+            .registry
+            .register(
+                &mut sock,
+                upstream_token(ui),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .ok()?;
+        self.ctx
+            .shared
+            .counters
+            .upstream_connects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let u = entry.insert(Upstream {
+            sock,
+            backend,
+            client: ci,
+            state: UpState::Connecting,
+            io: Io::default(),
+            timer: Deadline::default(),
+        });
+        let at = now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect);
+        self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
+        Some((ui, false))
+    }
+
+    /// No connection to `backend` could be made for client `ci`: 502, and the request
+    /// body bytes already read are dropped.
+    fn unreachable(&mut self, ci: usize, backend: usize) {
+        self.ctx
+            .shared
+            .balancer
+            .finish(backend, Duration::ZERO, false);
+        let c = &mut self.clients[ci];
+        let Phase::Proxy(ex) = &mut c.phase else {
+            return;
+        };
+        ex.up = NONE;
+        let mut rec = ex.rec;
+        rec.backend = Some(backend as u16);
+        let body_left = !ex.body.is_done();
+        let close = body_left || !ex.keep_alive;
+        if let Some(b) = c.buf.as_mut() {
+            b.consume(ex.body_ready);
+        }
+        self.ctx.log_local(rec, http::BAD_GATEWAY);
+        self.respond(ci, http::BAD_GATEWAY, close, body_left);
+    }
+
+    pub(super) fn upstream_event(&mut self, ui: usize, ev: &mio::event::Event) {
+        let Some(u) = self.ups.get_mut(ui) else {
+            return;
+        };
+        u.io.note(ev);
+        if u.is_idle() {
+            return;
+        }
+        let ci = u.client;
+        // A failed connect has already turned into an error answer: drive that too.
+        if u.is_connecting() && !self.connected(ui) && self.ups.contains(ui) {
+            return;
+        }
+        if self.clients.contains(ci) {
+            self.drive(ci);
+        }
+    }
+
+    /// Checks a connecting upstream after an event. Returns false if it failed (the
+    /// client has been answered or the request retried) or is still connecting.
+    fn connected(&mut self, ui: usize) -> bool {
+        let u = &mut self.ups[ui];
+        if !u.io.writable {
+            return false;
+        }
+        let ci = u.client;
+        match u.sock.take_error() {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) => {
+                self.fail(ci, Failure::Connect);
+                return false;
+            }
+        }
+        match u.sock.peer_addr() {
+            Ok(_) => {
+                let _ = u.sock.set_nodelay(true);
+                u.state = UpState::Busy;
+                let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
+                self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                u.io.writable = false;
+                false
+            }
+            Err(_) => {
+                self.fail(ci, Failure::Connect);
+                false
+            }
+        }
+    }
+
+    /// Puts a connection that served a clean exchange back into its backend's pool.
+    pub(super) fn pool(&mut self, ui: usize) {
+        let u = &mut self.ups[ui];
+        u.state = UpState::Idle;
+        u.client = NONE;
+        u.io.readable = false;
+        self.idle[u.backend].push(ui);
+        let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.pool_idle);
+        self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
+    }
+
+    pub(super) fn close_idle_upstream(&mut self, ui: usize) {
+        let u = self.remove_upstream(ui);
+        if let Some(list) = self.idle.get_mut(u.backend) {
+            list.retain(|&x| x != ui);
+        }
+    }
+
+    /// Removes an upstream connection from the slab (closing it), remembering its slot
+    /// for this batch.
+    #[inline]
+    pub(super) fn remove_upstream(&mut self, ui: usize) -> Upstream {
+        self.ctx.closed_ups.push(ui);
+        self.ups.remove(ui)
+    }
+
+    pub(super) fn upstream_timeout(&mut self, ui: usize) {
+        let u = &self.ups[ui];
+        if u.is_idle() {
+            self.close_idle_upstream(ui);
+            return;
+        }
+        let ci = u.client;
+        let why = if u.is_connecting() {
+            Failure::ConnectTimeout
+        } else {
+            Failure::Timeout
+        };
+        // Mid-response, what arrived is forwarded and the client closed afterwards.
+        let _ = self.upstream_broke(ci, why);
+        if self.clients.contains(ci) {
+            self.drive(ci);
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! What the workers, the health checker and the admin listener share: the validated
+//! configuration, the balancer, the health state, the stop flag and the counters. All of
+//! it is read-only or atomics, so no worker ever waits for another.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::balancer::Balancer;
+use crate::config::Config;
+use crate::health::Health;
+
+/// Counters all workers add to (read by the main thread and the admin listener).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    pub requests: AtomicU64,
+    pub upstream_connects: AtomicU64,
+    pub rejected: AtomicU64,
+    /// Requests tried again on another server (or on a fresh connection).
+    pub retries: AtomicU64,
+    pub active_clients: AtomicU64,
+}
+
+/// State shared by every worker: configuration, balancer, stop flag.
+pub struct Shared {
+    pub cfg: Config,
+    pub balancer: Balancer,
+    pub health: Health,
+    pub stop: AtomicBool,
+    pub counters: Counters,
+    /// When the proxy started (uptime).
+    pub started: Instant,
+    /// CSV records dropped because the log queue was full (0 when logging is off).
+    pub log_dropped: Arc<AtomicU64>,
+}
