@@ -11,7 +11,8 @@ PROFILE ?= seed
 ARGS ?=
 BIN := target/release
 
-.PHONY: all build release run backends test test-browser lint fmt bench bench-quick clean
+.PHONY: all build release run backends test test-browser lint fmt bench bench-quick \
+	bench-sizes bench-ab clean
 
 all: build
 
@@ -70,15 +71,27 @@ fmt:
 # Benchmarks (bench/bench.py): wrk against corelb, NGINX and HAProxy on 127.0.0.1:18100-18199;
 # results in bench/results/<date>-<host>[-quick]/. BENCH_SECONDS sets each wrk run's length.
 #   make bench         3 repetitions of 30 s runs (about 40 min with corelb's 6 modes)
-#   make bench-quick   1 repetition of 3 s runs, seed scenario with the seed's modes only
-#                      (about 80 s plus the build)
+#   make bench-quick   1 repetition of 3 s runs, seed scenario with the seed's modes only,
+#                      sizes scenario with 4 KiB and 1 MiB only (about 3 min plus the build)
+#   make bench-sizes   only the body-size sweep: 0 B to 16 MiB, downloads and uploads, direct,
+#                      corelb, NGINX, HAProxy; 3 repetitions of 10 s runs (about 23 min)
+#   make bench-ab BASELINE=path/to/old/corelb   CPU per request of target/release/corelb
+#                      against BASELINE, alternately, medians of BENCH_REPS (default 3)
 PYTHON ?= python3
+BASELINE ?=
 
 bench: release
 	$(PYTHON) bench/bench.py
 
 bench-quick: release
 	$(PYTHON) bench/bench.py --quick
+
+bench-sizes: release
+	$(PYTHON) bench/bench.py --only sizes
+
+bench-ab: release
+	@test -n "$(BASELINE)" || { echo "make bench-ab needs BASELINE=path/to/corelb"; exit 2; }
+	$(PYTHON) bench/bench.py --only ab --baseline-bin $(BASELINE)
 
 clean:
 	$(CARGO) clean

@@ -11,7 +11,9 @@ use mio::net::TcpStream;
 use crate::config::Config;
 use crate::framing::{body_step, read_headers, refill, BodyFraming, BodyUse, Source};
 use crate::profile::{Latency, XorShift};
-use crate::response::{end_head, start_head, status_has_body, ConnHeader, Framing, SmallBody};
+use crate::response::{
+    end_head, pattern, start_head, status_has_body, ConnHeader, Framing, SmallBody, PATTERN_RUN,
+};
 use crate::route::Route;
 use crate::stats::{Stats, ThreadStats};
 use crate::timer::Timers;
@@ -310,6 +312,7 @@ impl Conn {
                 }
             }
             Route::Sink => BodyUse::Sink { bytes: 0, sum: 0 },
+            Route::Discard => BodyUse::Count { bytes: 0 },
             _ => BodyUse::Discard,
         };
         match framing {
@@ -367,6 +370,28 @@ impl Conn {
             unreachable!("step_write outside the write phase");
         };
         match source {
+            // The rest of an unchunked body goes from the static pattern straight to the
+            // socket: no copy per request (large downloads in benchmarks).
+            Source::Pattern {
+                next,
+                end,
+                chunked: false,
+            } if *next < *end => {
+                if !self.writable {
+                    return Step::Wait;
+                }
+                let n = (*end - *next).min(PATTERN_RUN as u64) as usize;
+                match self.sock.write(pattern(*next, n)) {
+                    Ok(0) => return Step::Close,
+                    Ok(k) => *next += k as u64,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.writable = false;
+                        return Step::Wait;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Step::Close,
+                }
+            }
             Source::Pattern { .. } => refill(&mut self.wbuf, source),
             Source::Done if *close => {
                 let _ = self.sock.shutdown(Shutdown::Write);
@@ -421,6 +446,14 @@ impl Conn {
                     _ => (0, 0),
                 };
                 let body = SmallBody::new(format_args!("{{\"bytes\":{bytes},\"sum\":{sum}}}"));
+                simple(out, id, 200, "application/json", body.bytes(), conn, req);
+            }
+            Route::Discard => {
+                let bytes = match usage {
+                    BodyUse::Count { bytes } => bytes,
+                    _ => 0,
+                };
+                let body = SmallBody::new(format_args!("{{\"bytes\":{bytes}}}"));
                 simple(out, id, 200, "application/json", body.bytes(), conn, req);
             }
             Route::Health => simple(out, id, 200, "text/plain", b"ok\n", conn, req),
@@ -500,10 +533,7 @@ impl Conn {
                 return;
             }
         }
-        self.phase = Phase::Write {
-            source,
-            close: close_after,
-        };
+        self.start_write(source, close_after);
     }
 
     fn answer_after(&mut self, ctx: &mut Ctx<'_>, delay: Duration) {
@@ -566,10 +596,14 @@ impl Conn {
                 }
             }
         }
-        self.phase = Phase::Write {
-            source,
-            close: !req.keep_alive || cut,
-        };
+        self.start_write(source, !req.keep_alive || cut);
+    }
+
+    /// Sends the head in `wbuf`, then `source`. The first stretch of a body is copied behind
+    /// the head, so a small response leaves in one write.
+    fn start_write(&mut self, mut source: Source, close: bool) {
+        refill(&mut self.wbuf, &mut source);
+        self.phase = Phase::Write { source, close };
     }
 
     /// Answers a malformed request and closes.

@@ -94,6 +94,10 @@ pub enum BodyUse {
         bytes: u64,
         sum: u64,
     },
+    /// Counted only.
+    Count {
+        bytes: u64,
+    },
 }
 
 /// Consumes body bytes from the front of `input`. Echoed data goes to `out` when `emit`.
@@ -135,6 +139,7 @@ fn use_data(usage: &mut BodyUse, data: &[u8], out: &mut Vec<u8>, emit: bool) {
             *bytes += data.len() as u64;
             *sum = sum.wrapping_add(byte_sum(data));
         }
+        BodyUse::Count { bytes } => *bytes += data.len() as u64,
         BodyUse::Echo { chunked: false } if emit => out.extend_from_slice(data),
         BodyUse::Echo { chunked: true } if emit => {
             let _ = write!(out, "{:x}\r\n", data.len());
@@ -284,6 +289,17 @@ mod tests {
         );
         assert_eq!(r, Ok((18, true)));
         assert_eq!(u, BodyUse::Sink { bytes: 3, sum: 258 });
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn count_only_counts() {
+        let mut f = BodyFraming::Length(5);
+        let mut u = BodyUse::Count { bytes: 0 };
+        let mut out = Vec::new();
+        let r = body_step(&mut f, &mut u, b"abcdeNEXT", &mut out, true);
+        assert_eq!(r, Ok((5, true)));
+        assert_eq!(u, BodyUse::Count { bytes: 5 });
         assert!(out.is_empty());
     }
 

@@ -17,6 +17,8 @@ pub enum Route {
     Echo,
     /// `/sink`: byte count and sum of the body.
     Sink,
+    /// `/discard`: byte count of the body only (no per-byte work: upload benchmarks).
+    Discard,
     /// `/bytes/N[?chunked=1]`: N pattern bytes.
     Bytes { len: u64, chunked: bool },
     /// `/headers`: the raw request head as the body.
@@ -54,6 +56,7 @@ impl Route {
             "/stats" => Route::Stats,
             "/echo" => Route::Echo,
             "/sink" => Route::Sink,
+            "/discard" => Route::Discard,
             "/headers" => Route::Headers,
             "/hang" => Route::Hang,
             "/close" => Route::Close,
@@ -115,6 +118,7 @@ mod tests {
         assert_eq!(Route::of("/stats"), Ok(Route::Stats));
         assert_eq!(Route::of("/echo?x=1"), Ok(Route::Echo));
         assert_eq!(Route::of("/sink"), Ok(Route::Sink));
+        assert_eq!(Route::of("/discard"), Ok(Route::Discard));
         assert_eq!(Route::of("/headers"), Ok(Route::Headers));
         assert_eq!(Route::of("/hang"), Ok(Route::Hang));
         assert_eq!(Route::of("/close"), Ok(Route::Close));
