@@ -106,9 +106,11 @@ impl Server {
         let mut workers = Vec::with_capacity(n);
         for (id, listener) in listeners.into_iter().enumerate() {
             let log = logger.as_ref().map(|l| l.sender.clone());
-            let (w, waker) = Worker::new(id, shared.clone(), listener, log, metrics.tx.clone())
+            let tx = metrics.tx.clone();
+            let (w, waker) = Worker::new(id, shared.clone(), listener, log.clone(), tx.clone())
                 .map_err(|e| format!("cannot start worker {id}: {e}"))?;
             let core = (shared.cfg.pin && !cores.is_empty()).then(|| cores[id % cores.len()]);
+            let shared2 = shared.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("corelb-w{id}"))
                 .spawn(move || {
@@ -117,7 +119,7 @@ impl Server {
                             debug!("worker {id}: could not pin to core {}", core.id);
                         }
                     }
-                    w.run();
+                    supervise(id, w, &shared2, local_addr, log, tx);
                 })
                 .map_err(|e| format!("cannot spawn worker {id}: {e}"))?;
             workers.push(Handle { waker, thread });
@@ -181,6 +183,45 @@ impl Server {
             dumps,
             problems,
         }
+    }
+}
+
+/// Runs a worker; if it dies anyway (a panic outside any exchange, which the proxy
+/// contains), a new one takes its place on a fresh SO_REUSEPORT listener. Its connections
+/// are lost, the other workers' are not. The main thread's waker for it goes stale; the
+/// new worker still sees a stop request within a second.
+fn supervise(
+    id: usize,
+    first: Worker,
+    shared: &Arc<Shared>,
+    addr: std::net::SocketAddr,
+    log: Option<crate::access_log::LogSender>,
+    tx: crossbeam_channel::Sender<crate::metrics::Snapshot>,
+) {
+    let mut next = Some(first);
+    loop {
+        let w = match next.take() {
+            Some(w) => w,
+            None => {
+                let made = worker::listen(addr)
+                    .and_then(|l| Worker::new(id, shared.clone(), l, log.clone(), tx.clone()));
+                match made {
+                    Ok((w, _)) => w,
+                    Err(e) => {
+                        eprintln!("corelb: worker {id}: cannot restart: {e}");
+                        return;
+                    }
+                }
+            }
+        };
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())).is_ok() {
+            return;
+        }
+        shared.counters.worker_restarts.fetch_add(1, Relaxed);
+        if shared.stop.load(Relaxed) {
+            return;
+        }
+        eprintln!("corelb: worker {id} died; restarting it");
     }
 }
 

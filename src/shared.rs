@@ -20,6 +20,12 @@ pub struct Counters {
     /// Requests tried again on another server (or on a fresh connection).
     pub retries: AtomicU64,
     pub active_clients: AtomicU64,
+    /// Exchanges the client gave up on before the response was complete.
+    pub client_aborts: AtomicU64,
+    /// Panics caught in an exchange.
+    pub panics: AtomicU64,
+    /// Worker threads restarted after dying.
+    pub worker_restarts: AtomicU64,
 }
 
 /// State shared by every worker: configuration, balancer, stop flag.

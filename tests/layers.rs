@@ -8,9 +8,24 @@ use std::path::{Path, PathBuf};
 /// Layers, lowest first. A module may import only from layers below its own.
 const LAYERS: &[&[&str]] = &[
     // L0: no imports from the crate.
-    &["log", "rng", "buffer", "timer", "http", "h2", "config::types"],
+    &[
+        "log",
+        "rng",
+        "buffer",
+        "timer",
+        "http",
+        "h2",
+        "config::types",
+    ],
     // L1: configuration, balancing, health, retries, measurement.
-    &["config", "balancer", "health", "retry", "metrics", "access_log"],
+    &[
+        "config",
+        "balancer",
+        "health",
+        "retry",
+        "metrics",
+        "access_log",
+    ],
     // L2: what the workers share.
     &["shared"],
     // L3: the per-worker proxy.

@@ -219,3 +219,48 @@ fn a_full_log_queue_drops_records_and_never_blocks_a_worker() {
         written + 1
     );
 }
+
+/// A client that gives up is neither a success nor a failure of the backend: it is logged
+/// as 499, counted in `client_aborts`, and leaves no latency sample, no error and no
+/// failure streak behind (a black hole whose clients give up must not look fast or well).
+#[test]
+fn client_aborts_are_499_and_not_the_backends_success() {
+    let a = Backend::start("A", "fast", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("log.csv");
+    let mut p = Proxy::start(
+        &[&a],
+        &["--log-csv", csv.to_str().unwrap(), "--admin", "127.0.0.1:0"],
+    );
+    let admin = p.admin.unwrap();
+    for _ in 0..5 {
+        let mut s = connect(p.addr);
+        s.write_all(b"GET /delay/3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // A client that gives up resets its connection (linger 0).
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+    }
+    let stats =
+        || -> serde_json::Value { serde_json::from_slice(&get(admin, "/stats").body).unwrap() };
+    assert!(eventually(Duration::from_secs(3), || stats()["totals"]
+        ["client_aborts"]
+        == 5));
+    let s = stats();
+    let b = &s["backends"][0];
+    assert_eq!(b["inflight"], 0, "{s}");
+    assert_eq!(b["errors"], 0, "{s}");
+    assert_eq!(
+        b["requests"], 0,
+        "no completed exchange, no latency sample: {s}"
+    );
+    assert_eq!(b["health"]["state"], "up");
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    let mut rdr = csv::Reader::from_path(&csv).unwrap();
+    let statuses: Vec<String> = rdr.records().map(|r| r.unwrap()[3].to_string()).collect();
+    assert_eq!(statuses, vec!["499"; 5]);
+}

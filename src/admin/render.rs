@@ -55,6 +55,12 @@ pub struct Totals {
     pub upstream_connects: u64,
     pub rejected: u64,
     pub retries: u64,
+    /// Exchanges the client gave up on before the response was complete (logged as 499).
+    pub client_aborts: u64,
+    /// Panics caught in an exchange (that exchange was closed; the worker went on).
+    pub panics: u64,
+    /// Worker threads restarted after dying.
+    pub worker_restarts: u64,
     pub log_dropped: u64,
     /// Request latency as clients see it.
     pub latency_ms: Latency,
@@ -273,6 +279,9 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             upstream_connects: c.upstream_connects.load(Relaxed),
             rejected: c.rejected.load(Relaxed),
             retries: c.retries.load(Relaxed),
+            client_aborts: c.client_aborts.load(Relaxed),
+            panics: c.panics.load(Relaxed),
+            worker_restarts: c.worker_restarts.load(Relaxed),
             log_dropped: shared.log_dropped.load(Relaxed),
             latency_ms: total_lat,
             codes: total_codes,
@@ -374,7 +383,7 @@ pub fn prometheus(s: &Stats) -> String {
         "Client connections open now.",
     );
     let _ = writeln!(o, "corelb_active_connections {}", t.active_connections);
-    let counters: [(&str, &str, u64); 5] = [
+    let counters: [(&str, &str, u64); 8] = [
         (
             "corelb_connections_accepted_total",
             "Client connections accepted.",
@@ -394,6 +403,21 @@ pub fn prometheus(s: &Stats) -> String {
             "corelb_retries_total",
             "Requests tried again on another server or a fresh connection.",
             t.retries,
+        ),
+        (
+            "corelb_client_aborts_total",
+            "Exchanges the client gave up on before the response was complete.",
+            t.client_aborts,
+        ),
+        (
+            "corelb_panics_total",
+            "Panics caught in an exchange; only that exchange's connections were closed.",
+            t.panics,
+        ),
+        (
+            "corelb_worker_restarts_total",
+            "Worker threads restarted after dying.",
+            t.worker_restarts,
         ),
         (
             "corelb_log_dropped_total",
@@ -596,6 +620,9 @@ pub(super) fn sample() -> Stats {
             upstream_connects: 2,
             rejected: 0,
             retries: 1,
+            client_aborts: 0,
+            panics: 0,
+            worker_restarts: 0,
             log_dropped: 0,
             latency_ms: Latency::default(),
             codes: all,

@@ -14,6 +14,7 @@ use crate::http::{self, Body, BodyKind, Canned, Forward, Method};
 use crate::timer::Deadline;
 
 use super::context::Ctx;
+use super::end::Blame;
 use super::exchange::{Exchange, Start};
 use super::io::{read_into, would_block, write2, Io};
 use super::{client_token, Proxy, Step};
@@ -183,6 +184,9 @@ impl Proxy {
             }
         };
         let head_len = req.head_len;
+        if self.ctx.panic_path.as_deref() == Some(req.path().as_bytes()) {
+            panic!("test hook: request for {}", req.path());
+        }
         // The path is copied only when it will be logged.
         let path: &[u8] = if self.ctx.log.is_some() {
             req.path().as_bytes()
@@ -364,7 +368,7 @@ impl Proxy {
         if !self.clients.contains(ci) {
             return;
         }
-        self.end_upstream(ci, 0, crate::health::Outcome::Ok);
+        self.end_upstream(ci, 0, Blame::Client);
         let mut c = self.clients.remove(ci);
         self.ctx.bufs.release(&mut c.buf);
         if let Phase::Proxy(ex) = c.phase {
@@ -391,7 +395,7 @@ impl Proxy {
             }
             Phase::Proxy(_) => {
                 debug!("worker {id}: client {} stalled mid-exchange", c.peer);
-                self.abort(ci, true);
+                self.abort(ci, Blame::Client);
             }
             _ => self.close_client(ci),
         }

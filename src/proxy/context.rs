@@ -53,6 +53,9 @@ pub(crate) struct Ctx {
     /// the exchanges) are the point: the client's phase owns one by pointer.
     #[allow(clippy::vec_box)]
     spare: Vec<Box<Exchange>>,
+    /// Test hook: a request for exactly this path panics (`CORELB_TEST_PANIC_PATH`, read
+    /// once at start), so tests can show that a panic closes only its own exchange.
+    pub panic_path: Option<Box<[u8]>>,
 }
 
 impl Ctx {
@@ -73,6 +76,8 @@ impl Ctx {
             budget: RetryBudget::new(shared.cfg.retry.budget, shared.cfg.retry.min_per_sec),
             rng: XorShift::new(id as u64 + 1),
             spare: Vec::new(),
+            panic_path: std::env::var_os("CORELB_TEST_PANIC_PATH")
+                .map(|p| p.into_encoded_bytes().into_boxed_slice()),
             shared,
         }
     }
@@ -146,6 +151,27 @@ impl Ctx {
             rec.backend = Some(backend as u16);
             rec.status = status;
             rec.upstream_us = upstream_us;
+            rec.total_us = total_us;
+            rec.stamp();
+            log.send(rec);
+        }
+    }
+
+    /// Accounts an exchange the client gave up on (or broke with a bad body) while it was
+    /// with `backend`: not the backend's success nor its failure, and no latency sample,
+    /// since the backend did not get to finish. Logged with `status` (499, or the 400
+    /// answered for a bad body).
+    pub fn account_client_abort(&mut self, backend: usize, ex: &Exchange, status: u16) {
+        let total_us = ex.started.elapsed().as_micros() as u64;
+        self.shared.balancer.cancel(backend);
+        self.shared.counters.client_aborts.fetch_add(1, Relaxed);
+        self.hists
+            .record(Some(backend), status, total_us, total_us, false);
+        if let Some(log) = &self.log {
+            let mut rec = ex.rec;
+            rec.backend = Some(backend as u16);
+            rec.status = status;
+            rec.upstream_us = ex.ttfb_us;
             rec.total_us = total_us;
             rec.stamp();
             log.send(rec);

@@ -13,6 +13,15 @@ use super::decide::{self, Failure, PoolCheck, Replay};
 use super::exchange::NONE;
 use super::{Proxy, Step};
 
+/// Whose fault an exchange's early end was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Blame {
+    /// Connect failure, reset, timeout or a malformed response.
+    Backend,
+    /// The client left, stalled or sent a bad body.
+    Client,
+}
+
 impl Proxy {
     /// Tries the request again after `why`: on another server, or for a pooled connection
     /// the backend had already closed (the keep-alive race), on a fresh connection to the
@@ -115,7 +124,7 @@ impl Proxy {
             why.reason(),
             why.canned().status
         );
-        self.end_upstream(ci, why.canned().status, Outcome::Failure);
+        self.end_upstream(ci, why.canned().status, Blame::Backend);
         let (c, ex) = self.clients[ci].split().expect("proxying");
         let body_left = !ex.body.is_done();
         let close = body_left || !ex.keep_alive;
@@ -127,10 +136,10 @@ impl Proxy {
     }
 
     /// Detaches and closes client `ci`'s upstream before its exchange completed, and
-    /// accounts the exchange with `status`: the error answer sent, the status of a
-    /// response broken off, or 499 when the client left before any response. `outcome`
-    /// says whether the backend was at fault, for passive health checks.
-    pub(super) fn end_upstream(&mut self, ci: usize, status: u16, outcome: Outcome) {
+    /// accounts the exchange with `status`: the error answer sent, or the status of a
+    /// response broken off. `blame` says whose fault it was: the backend's counts against
+    /// it (passive health, errors); the client's counts for neither side (499).
+    pub(super) fn end_upstream(&mut self, ci: usize, status: u16, blame: Blame) {
         let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
             return;
         };
@@ -140,12 +149,17 @@ impl Proxy {
         }
         self.ctx.closed_ups.push(ui);
         let u = self.ups.remove(ui);
-        let status = match status {
-            0 if ex.status != 0 => ex.status,
-            0 => 499,
-            s => s,
-        };
-        self.ctx.account(u.backend, ex, status, outcome);
+        match blame {
+            Blame::Backend => {
+                let status = if status == 0 { ex.status } else { status };
+                let status = if status == 0 { 502 } else { status };
+                self.ctx.account(u.backend, ex, status, Outcome::Failure);
+            }
+            Blame::Client => {
+                let status = if status == 0 { 499 } else { status };
+                self.ctx.account_client_abort(u.backend, ex, status);
+            }
+        }
         self.ctx.bufs.release(&mut ex.head);
         self.ctx.bufs.release(&mut ex.resp_buf);
         self.ctx.bufs.release(&mut ex.out);
@@ -202,15 +216,9 @@ impl Proxy {
         }
     }
 
-    /// Tears the exchange down: closes the upstream (a failure unless the client side
-    /// broke) and the client.
-    pub(super) fn abort(&mut self, ci: usize, client_side: bool) {
-        let outcome = if client_side {
-            Outcome::Ok
-        } else {
-            Outcome::Failure
-        };
-        self.end_upstream(ci, 0, outcome);
+    /// Tears the exchange down: closes the upstream and the client.
+    pub(super) fn abort(&mut self, ci: usize, blame: Blame) {
+        self.end_upstream(ci, 0, blame);
         self.close_client(ci);
     }
 }

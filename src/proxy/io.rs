@@ -14,6 +14,8 @@ pub(crate) struct Io {
     pub writable: bool,
     /// The peer shut down its side: keep reading until EOF even after a short read.
     pub rdhup: bool,
+    /// The connection is gone both ways (reset, or hung up): nothing more can be sent.
+    pub hup: bool,
 }
 
 impl Io {
@@ -27,6 +29,9 @@ impl Io {
         }
         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
             self.writable = true;
+        }
+        if ev.is_write_closed() || ev.is_error() {
+            self.hup = true;
         }
     }
 }

@@ -37,6 +37,7 @@ use crate::shared::Shared;
 
 use client::{Client, Phase};
 use context::Ctx;
+use exchange::NONE;
 use upstream::Upstream;
 
 /// Tokens below this belong to the worker loop (listener, waker).
@@ -153,6 +154,60 @@ impl Proxy {
 
     /// Handles one readiness event for a connection token.
     pub fn event(&mut self, ev: &mio::event::Event) {
+        let ci = match slot(ev.token()) {
+            Slot::Client(ci) => ci,
+            Slot::Upstream(ui) => self.ups.get(ui).map_or(NONE, |u| u.client),
+        };
+        self.contained(ci, |p| p.dispatch(ev));
+    }
+
+    /// Runs `f`, which works on client `ci`'s exchange; a panic in it closes that
+    /// exchange's connections only, is counted, and the worker goes on. A panic is a bug:
+    /// this keeps it from taking every other connection of the worker down with it.
+    fn contained(&mut self, ci: usize, f: impl FnOnce(&mut Proxy)) {
+        let run = std::panic::AssertUnwindSafe(|| f(self));
+        if let Err(payload) = std::panic::catch_unwind(run) {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            eprintln!(
+                "corelb: worker {}: panic in an exchange ({what}); closing its connections",
+                self.ctx.id
+            );
+            self.ctx
+                .shared
+                .counters
+                .panics
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.drop_client(ci);
+        }
+    }
+
+    /// Removes client `ci` and its upstream without running any exchange logic (their
+    /// state may be inconsistent after a panic): the sockets close as they are dropped.
+    fn drop_client(&mut self, ci: usize) {
+        let Some(c) = self.clients.try_remove(ci) else {
+            return;
+        };
+        self.ctx
+            .shared
+            .counters
+            .active_clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Phase::Proxy(ex) = c.phase {
+            if let Some(u) = self.ups.try_remove(ex.up) {
+                self.ctx.closed_ups.push(ex.up);
+                if let Some(list) = self.idle.get_mut(u.backend) {
+                    list.retain(|&x| x != ex.up);
+                }
+                self.ctx.shared.balancer.cancel(u.backend);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, ev: &mio::event::Event) {
         match slot(ev.token()) {
             Slot::Client(ci) => {
                 let Some(c) = self.clients.get_mut(ci) else {
@@ -204,7 +259,7 @@ impl Proxy {
         let mut again = std::mem::take(&mut self.ctx.again);
         for &ci in &again {
             if self.clients.contains(ci) {
-                self.drive(ci);
+                self.contained(ci, |p| p.drive(ci));
             }
         }
         if self.ctx.again.is_empty() {
@@ -243,7 +298,7 @@ impl Proxy {
                         continue;
                     };
                     if self.ctx.timers.fire(&mut c.timer, token, entry, now) {
-                        self.client_timeout(ci);
+                        self.contained(ci, |p| p.client_timeout(ci));
                     }
                 }
                 Slot::Upstream(ui) => {
@@ -251,7 +306,8 @@ impl Proxy {
                         continue;
                     };
                     if self.ctx.timers.fire(&mut u.timer, token, entry, now) {
-                        self.upstream_timeout(ui);
+                        let ci = u.client;
+                        self.contained(ci, |p| p.upstream_timeout(ui));
                     }
                 }
             }

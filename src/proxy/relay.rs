@@ -7,6 +7,7 @@ use crate::http::{self, chunked::ChunkError, Body, BodyKind, Method, Reply};
 
 use super::client::Phase;
 use super::decide::{self, Failure};
+use super::end::Blame;
 use super::exchange::{Req, Resp};
 use super::io::{read_into, would_block, write2};
 use super::upstream::UpState;
@@ -24,9 +25,19 @@ pub(super) enum Flow {
 
 impl Proxy {
     pub(super) fn step_proxy(&mut self, ci: usize) -> Step {
-        let Some((_, ex)) = self.clients[ci].split() else {
+        let Some((c, ex)) = self.clients[ci].split() else {
             return Step::Blocked;
         };
+        if c.io.hup && ex.resp == Resp::Head {
+            // The client reset or hung up while waiting: nobody will read the answer. (A
+            // client that only half-closed still gets it, as HAProxy does by default.)
+            debug!(
+                "worker {}: client {} gone while waiting",
+                self.ctx.id, c.peer
+            );
+            self.abort(ci, Blame::Client);
+            return Step::Closed;
+        }
         if self.ups[ex.up].state == UpState::Connecting {
             return Step::Blocked;
         }
@@ -53,7 +64,7 @@ impl Proxy {
             match ex.resp {
                 Resp::Done => return self.finish(ci),
                 Resp::Truncated => {
-                    self.abort(ci, false);
+                    self.abort(ci, Blame::Backend);
                     return Step::Closed;
                 }
                 _ => {}
@@ -135,7 +146,7 @@ impl Proxy {
             match read_into(c.sock, buf, c.io) {
                 Ok(0) => {
                     debug!("worker {id}: client {} closed mid-body", c.peer);
-                    self.abort(ci, true);
+                    self.abort(ci, Blame::Client);
                     return Flow::Over(Step::Closed);
                 }
                 Ok(_) => {
@@ -149,18 +160,18 @@ impl Proxy {
                             debug!("worker {id}: bad request body from {}: {e}", c.peer);
                             if ex.resp == Resp::Head && ex.out.is_none() {
                                 // Nothing answered yet: drop the backend exchange, answer 400.
-                                self.end_upstream(ci, 400, crate::health::Outcome::Ok);
+                                self.end_upstream(ci, 400, Blame::Client);
                                 self.respond(ci, http::BAD_REQUEST, true, true);
                                 return Flow::Over(Step::Progress);
                             }
-                            self.abort(ci, true);
+                            self.abort(ci, Blame::Client);
                             return Flow::Over(Step::Closed);
                         }
                     }
                 }
                 Err(e) if would_block(&e) => {}
                 Err(_) => {
-                    self.abort(ci, true);
+                    self.abort(ci, Blame::Client);
                     return Flow::Over(Step::Closed);
                 }
             }
@@ -203,7 +214,7 @@ impl Proxy {
                     "worker {}: client {} went away mid-response",
                     self.ctx.id, c.peer
                 );
-                self.abort(ci, true);
+                self.abort(ci, Blame::Client);
                 Flow::Over(Step::Closed)
             }
         }
