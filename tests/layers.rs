@@ -8,31 +8,20 @@ use std::path::{Path, PathBuf};
 /// Layers, lowest first. A module may import only from layers below its own.
 const LAYERS: &[&[&str]] = &[
     // L0: no imports from the crate.
-    &[
-        "log",
-        "rng",
-        "buffer",
-        "timer",
-        "http",
-        "h2",
-        "config::types",
-    ],
-    // L1: configuration, balancing, health, retries, measurement.
-    &[
-        "config",
-        "balancer",
-        "health",
-        "retry",
-        "metrics",
-        "access_log",
-    ],
-    // L2: what the workers share.
+    &["log", "rng", "buffer", "timer", "http", "h2", "config::types"],
+    // L1: configuration, measurement, the retry budget.
+    &["config", "metrics", "access_log", "retry"],
+    // L2: backends and their shared stats.
+    &["balancer"],
+    // L3: health state and the checker.
+    &["health"],
+    // L4: what the workers share.
     &["shared"],
-    // L3: the per-worker proxy.
+    // L5: the per-worker proxy.
     &["proxy"],
-    // L4: the worker loop and the admin listener.
+    // L6: the worker loop and the admin listener.
     &["worker", "admin"],
-    // L5: starting and stopping.
+    // L7: starting and stopping.
     &["server"],
 ];
 
