@@ -17,7 +17,6 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::balancer::Balancer;
-use crate::shared::Shared;
 
 pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;
@@ -394,51 +393,6 @@ impl Default for Hysteresis {
     }
 }
 
-/// A worker's retry budget: each request deposits `ratio` of a token, each retry spends
-/// one; `min_per_sec` tokens also trickle in so a quiet worker can still retry. Per worker,
-/// so no state is shared (Finagle's RetryBudget, without the sliding window).
-#[derive(Debug, Clone)]
-pub struct RetryBudget {
-    tokens: f64,
-    cap: f64,
-    ratio: f64,
-    min_per_sec: f64,
-    last_ms: u64,
-}
-
-impl RetryBudget {
-    pub fn new(ratio: f64, min_per_sec: f64) -> RetryBudget {
-        let cap = (min_per_sec * 10.0).max(10.0);
-        RetryBudget {
-            tokens: min_per_sec.max(1.0),
-            cap,
-            ratio,
-            min_per_sec,
-            last_ms: 0,
-        }
-    }
-
-    #[inline]
-    pub fn deposit(&mut self) {
-        self.tokens = (self.tokens + self.ratio).min(self.cap);
-    }
-
-    /// Takes one token if there is one; `now_ms` refills the trickle.
-    pub fn withdraw(&mut self, now_ms: u64) -> bool {
-        if self.last_ms != 0 {
-            let dt = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
-            self.tokens = (self.tokens + dt * self.min_per_sec).min(self.cap);
-        }
-        self.last_ms = now_ms;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 // ---- the active checker -------------------------------------------------------------
 
 const WAKE: Token = Token(usize::MAX);
@@ -460,6 +414,12 @@ struct Probe {
     rng: u64,
 }
 
+/// What the checker thread watches and updates, held by a higher layer.
+pub trait Monitored: Send + Sync + 'static {
+    fn health(&self) -> &Health;
+    fn balancer(&self) -> &Balancer;
+}
+
 /// The health-check thread.
 pub struct Checker {
     waker: Arc<Waker>,
@@ -468,14 +428,16 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn start(shared: Arc<Shared>) -> io::Result<Checker> {
+    /// Starts the checker thread on what `owner` holds (the workers' `Shared`): the
+    /// checker sees only the health state and the balancer, so it needs no higher layer.
+    pub fn start<S: Monitored>(owner: Arc<S>) -> io::Result<Checker> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("corelb-health".into())
-            .spawn(move || check_loop(poll, shared, s2))?;
+            .spawn(move || check_loop(poll, owner, s2))?;
         Ok(Checker {
             waker,
             stop,
@@ -503,8 +465,8 @@ fn jittered(base: Duration, rng: &mut u64) -> Duration {
     base.mul_f64(f)
 }
 
-fn check_loop(mut poll: Poll, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
-    let (health, bal) = (&shared.health, &shared.balancer);
+fn check_loop<S: Monitored>(mut poll: Poll, owner: Arc<S>, stop: Arc<AtomicBool>) {
+    let (health, bal) = (owner.health(), owner.balancer());
     let s = health.settings.clone();
     let start = Instant::now();
     let mut probes: Vec<Probe> = (0..bal.len())
@@ -811,25 +773,6 @@ mod tests {
             assert_eq!(h.feed(i % 2 == 0, 2, 3), None);
         }
         assert!(h.up);
-    }
-
-    #[test]
-    fn retry_budget_limits_retries_to_a_share_of_requests() {
-        let mut b = RetryBudget::new(0.2, 0.0);
-        let mut allowed = 0;
-        for _ in 0..1000 {
-            b.deposit();
-            if b.withdraw(1) {
-                allowed += 1;
-            }
-        }
-        // 20% of 1000, plus the initial token.
-        assert!((200..=202).contains(&allowed), "{allowed}");
-        // With no deposits, the trickle still allows min_per_sec.
-        let mut b = RetryBudget::new(0.2, 10.0);
-        while b.withdraw(1000) {}
-        assert!(!b.withdraw(1000));
-        assert!(b.withdraw(1100), "100 ms at 10/s refills one token");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod proxy;
+pub mod retry;
 pub mod rng;
 pub mod server;
 pub mod shared;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::balancer::Balancer;
 use crate::config::Config;
-use crate::health::Health;
+use crate::health::{Health, Monitored};
 
 /// Counters all workers add to (read by the main thread and the admin listener).
 #[derive(Debug, Default)]
@@ -39,4 +39,14 @@ pub struct Shared {
     pub started: Instant,
     /// CSV records dropped because the log queue was full (0 when logging is off).
     pub log_dropped: Arc<AtomicU64>,
+}
+
+impl Monitored for Shared {
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
 }

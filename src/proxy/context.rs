@@ -10,9 +10,10 @@ use mio::Registry;
 
 use crate::access_log::{LogSender, Record};
 use crate::buffer::BufPool;
-use crate::health::{Outcome, RetryBudget};
+use crate::health::Outcome;
 use crate::http::Canned;
 use crate::metrics::WorkerHists;
+use crate::retry::RetryBudget;
 use crate::rng::XorShift;
 use crate::shared::Shared;
 use crate::timer::Timers;
