@@ -8,6 +8,7 @@ pub mod balancer;
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod h2;
 pub mod health;
 pub mod http;
 pub mod log;

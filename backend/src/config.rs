@@ -53,6 +53,36 @@ pub struct Args {
     /// Seed of the pseudo-random draws (queue service times, error and close rates).
     #[arg(long, default_value_t = DEFAULT_SEED, value_name = "N")]
     pub seed: u64,
+    /// Wire protocol: http1, h2c (HTTP/2 prior knowledge) or grpc (the TTS service on h2c).
+    #[arg(long, default_value = "http1", value_name = "P")]
+    pub protocol: String,
+}
+
+/// `--protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2c,
+    Grpc,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "http1" => Ok(Protocol::Http1),
+            "h2c" => Ok(Protocol::H2c),
+            "grpc" => Ok(Protocol::Grpc),
+            _ => Err(format!("bad --protocol {s:?}: expected http1, h2c or grpc")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::Grpc => "grpc",
+        }
+    }
 }
 
 /// Validated settings.
@@ -68,6 +98,7 @@ pub struct Config {
     pub size: Option<u64>,
     pub threads: usize,
     pub seed: u64,
+    pub protocol: Protocol,
 }
 
 impl TryFrom<Args> for Config {
@@ -110,6 +141,7 @@ impl TryFrom<Args> for Config {
             size: a.size,
             threads: a.threads,
             seed: a.seed,
+            protocol: Protocol::parse(&a.protocol)?,
         })
     }
 }
@@ -132,6 +164,15 @@ mod tests {
         assert_eq!(c.host.to_string(), "127.0.0.1");
         assert_eq!(c.size, None);
         assert_eq!(c.slow, None);
+        assert_eq!(c.protocol, Protocol::Http1);
+    }
+
+    #[test]
+    fn protocols() {
+        let p = |v| parse(&["--id", "A", "--protocol", v]).map(|c| c.protocol);
+        assert_eq!(p("h2c"), Ok(Protocol::H2c));
+        assert_eq!(p("grpc"), Ok(Protocol::Grpc));
+        assert!(p("h3").is_err());
     }
 
     #[test]

@@ -1,8 +1,12 @@
-//! corelb-backend: flags -> validated config -> one mio event loop per thread.
+//! corelb-backend: flags -> validated config -> one mio event loop per thread, speaking
+//! HTTP/1.1, h2c or gRPC (`--protocol`).
 
 mod config;
 mod conn;
 mod framing;
+mod grpc;
+mod h2app;
+mod h2conn;
 mod profile;
 mod response;
 mod route;

@@ -13,8 +13,9 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::Config;
+use crate::config::{Config, Protocol as Wire};
 use crate::conn::{Buffers, Conn, Ctx, Drive};
+use crate::h2conn::H2Conn;
 use crate::profile::{Latency, XorShift};
 use crate::stats::Stats;
 use crate::timer::Timers;
@@ -58,8 +59,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut stdout = io::stdout().lock();
     let _ = writeln!(
         stdout,
-        "corelb-backend {} listening on {local} profile={}",
-        cfg.id, cfg.profile
+        "corelb-backend {} listening on {local} profile={} protocol={}",
+        cfg.id,
+        cfg.profile,
+        cfg.protocol.name()
     );
     let _ = stdout.flush();
     drop(stdout);
@@ -123,7 +126,7 @@ struct Worker {
     poll: Poll,
     listener: TcpListener,
     /// Connections by slot; a slot is also the connection's token.
-    conns: Vec<Option<Conn>>,
+    conns: Vec<Option<AnyConn>>,
     free: Vec<usize>,
     pool: Vec<Buffers>,
     timers: Timers,
@@ -208,10 +211,16 @@ impl Worker {
                         self.free.push(slot);
                         continue;
                     }
-                    let bufs = self.pool.pop().unwrap_or_else(Buffers::new);
                     self.next_id += 1;
                     // Registration reports the current readiness; that event drives it.
-                    self.conns[slot] = Some(Conn::new(sock, self.next_id, bufs));
+                    self.conns[slot] = Some(match self.shared.cfg.protocol {
+                        Wire::Http1 => {
+                            let bufs = self.pool.pop().unwrap_or_else(Buffers::new);
+                            AnyConn::H1(Conn::new(sock, self.next_id, bufs))
+                        }
+                        Wire::H2c => AnyConn::H2(Box::new(H2Conn::new(sock, self.next_id, false))),
+                        Wire::Grpc => AnyConn::H2(Box::new(H2Conn::new(sock, self.next_id, true))),
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -229,11 +238,12 @@ impl Worker {
             return;
         };
         // Record readiness; errors and hang-ups surface through the next read or write.
+        let (readable, writable) = conn.readiness();
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            conn.readable = true;
+            *readable = true;
         }
         if event.is_writable() || event.is_write_closed() || event.is_error() {
-            conn.writable = true;
+            *writable = true;
         }
         self.drive(slot, false);
     }
@@ -261,7 +271,7 @@ impl Worker {
     }
 
     fn conn_id(&self, slot: usize) -> Option<u64> {
-        self.conns.get(slot)?.as_ref().map(|c| c.id)
+        self.conns.get(slot)?.as_ref().map(AnyConn::id)
     }
 
     /// Drives one connection (first answering its delay if `timer` fired) and acts on the
@@ -282,11 +292,21 @@ impl Worker {
             now: self.now,
             slot,
         };
-        if timer {
-            conn.on_timer(&mut ctx);
-        }
-        let id = conn.id;
-        match conn.drive(&mut ctx) {
+        let (id, drive) = match conn {
+            AnyConn::H1(conn) => {
+                if timer {
+                    conn.on_timer(&mut ctx);
+                }
+                (conn.id, conn.drive(&mut ctx))
+            }
+            AnyConn::H2(conn) => {
+                if timer {
+                    conn.on_timer(&mut ctx);
+                }
+                (conn.id, conn.drive(&mut ctx))
+            }
+        };
+        match drive {
             Drive::Open => {}
             Drive::Yield => self.ready.push((slot, id)),
             Drive::Close => self.close(slot),
@@ -294,12 +314,40 @@ impl Worker {
     }
 
     fn close(&mut self, slot: usize) {
-        if let Some(mut conn) = self.conns[slot].take() {
-            let _ = self.poll.registry().deregister(&mut conn.sock);
-            if self.pool.len() < POOL_MAX {
-                self.pool.push(conn.into_buffers());
+        match self.conns[slot].take() {
+            Some(AnyConn::H1(mut conn)) => {
+                let _ = self.poll.registry().deregister(&mut conn.sock);
+                if self.pool.len() < POOL_MAX {
+                    self.pool.push(conn.into_buffers());
+                }
             }
-            self.free.push(slot);
+            Some(AnyConn::H2(mut conn)) => {
+                let _ = self.poll.registry().deregister(&mut conn.sock);
+            }
+            None => return,
+        }
+        self.free.push(slot);
+    }
+}
+
+/// A connection of the configured protocol.
+enum AnyConn {
+    H1(Conn),
+    H2(Box<H2Conn>),
+}
+
+impl AnyConn {
+    fn id(&self) -> u64 {
+        match self {
+            AnyConn::H1(c) => c.id,
+            AnyConn::H2(c) => c.id,
+        }
+    }
+
+    fn readiness(&mut self) -> (&mut bool, &mut bool) {
+        match self {
+            AnyConn::H1(c) => (&mut c.readable, &mut c.writable),
+            AnyConn::H2(c) => (&mut c.readable, &mut c.writable),
         }
     }
 }
