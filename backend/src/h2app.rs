@@ -258,6 +258,10 @@ impl App<'_> {
                 job.sink.1 = job.sink.1.wrapping_add(crate::response::byte_sum(data));
                 self.h2.release(id, data.len());
             }
+            Work::Http(Route::Discard) => {
+                job.sink.0 += data.len() as u64;
+                self.h2.release(id, data.len());
+            }
             Work::Grpc(_) if job.body.len() + data.len() > grpc::MAX_MESSAGE + 5 => {
                 self.h2.release(id, data.len());
                 return self.grpc_status(ctx, id, code::RESOURCE_EXHAUSTED, "request too large");
@@ -302,6 +306,10 @@ impl App<'_> {
             Work::Http(Route::Sink) => {
                 let (bytes, sum) = job.sink;
                 let body = format!("{{\"bytes\":{bytes},\"sum\":{sum}}}");
+                self.simple(ctx, id, 200, "application/json", body.as_bytes());
+            }
+            Work::Http(Route::Discard) => {
+                let body = format!("{{\"bytes\":{}}}", job.sink.0);
                 self.simple(ctx, id, 200, "application/json", body.as_bytes());
             }
             Work::Http(Route::Health) => self.simple(ctx, id, 200, "text/plain", b"ok\n"),
