@@ -15,7 +15,7 @@ use mio::Interest;
 
 use crate::access_log::Record;
 use crate::buffer::Buf;
-use crate::config::Upstream as UpstreamMode;
+use crate::config::UpstreamMode;
 use crate::debug;
 use crate::health::Outcome;
 use crate::http::{self, Body, BodyKind, Canned, Forward, Method, Reply};

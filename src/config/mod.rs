@@ -4,6 +4,9 @@
 //! Precedence: command-line flags, then the environment (`PROXY_SERVER_PORT`,
 //! `PROXY_SERVER_CONFIG`), then the file, then the `DEFAULT_*` constants. Every error names
 //! where the value came from, the field and the problem, on one line.
+//!
+//! The vocabulary the balancer and health checks share lives in [`types`], which imports
+//! nothing from the crate, so `config` depends on neither of them.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -12,19 +15,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::balancer::RoutingParams;
-use crate::health::{Check, HealthSettings, OutlierSettings, RetrySettings};
+pub mod types;
 
-pub const DEFAULT_PORT: u16 = 9090;
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_MAX_IDLE_PER_BACKEND: usize = 128;
+pub use types::*;
 
 /// The configuration used when neither `--config` nor `PROXY_SERVER_CONFIG` is given: the
 /// seed's three backends A, B and C on 127.0.0.1:8081-8083, all in tier 0.
@@ -66,156 +59,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Routing policy, as named on the command line and in `make run MODE=`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Each server of the best tier in turn.
-    RoundRobin,
-    /// Smooth weighted round robin by `load`.
-    Weighted,
-    /// Power of two choices on in-flight requests.
-    LeastRequest,
-    /// Power of two choices on a moving average of response times times the load.
-    AdaptiveSma,
-    /// Power of two choices on an EWMA of response times times the load.
-    AdaptiveEwma,
-    /// Power of two choices on a peak-sensitive EWMA times the load (Finagle's).
-    PeakEwma,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 6] = [
-        Mode::RoundRobin,
-        Mode::Weighted,
-        Mode::LeastRequest,
-        Mode::AdaptiveSma,
-        Mode::AdaptiveEwma,
-        Mode::PeakEwma,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::RoundRobin => "round-robin",
-            Mode::Weighted => "weighted",
-            Mode::LeastRequest => "least-request",
-            Mode::AdaptiveSma => "adaptive-sma",
-            Mode::AdaptiveEwma => "adaptive-ewma",
-            Mode::PeakEwma => "peak-ewma",
-        }
-    }
-
-    /// The name in file names: the seed's spelling (`adaptive_sma`, `adaptive_ewma`,
-    /// `round-robin`), so the logs are named as the seed named them.
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Mode::AdaptiveSma => "adaptive_sma",
-            Mode::AdaptiveEwma => "adaptive_ewma",
-            m => m.name(),
-        }
-    }
-
-    /// Case-insensitive; `_` and `-` are interchangeable (the seed wrote `adaptive_sma`).
-    pub fn parse(s: &str) -> Option<Mode> {
-        let s = s.trim().to_ascii_lowercase().replace('_', "-");
-        match s.as_str() {
-            "round-robin" | "roundrobin" | "rr" => Some(Mode::RoundRobin),
-            "weighted" | "weighted-round-robin" | "wrr" | "swrr" => Some(Mode::Weighted),
-            "least-request" | "least-requests" | "leastrequest" => Some(Mode::LeastRequest),
-            "adaptive-sma" | "sma" => Some(Mode::AdaptiveSma),
-            "adaptive-ewma" | "ewma" => Some(Mode::AdaptiveEwma),
-            "peak-ewma" | "peakewma" => Some(Mode::PeakEwma),
-            _ => None,
-        }
-    }
-
-    fn names() -> String {
-        Mode::ALL.map(Mode::name).join(", ")
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// How upstream connections are used: the seed's persistent and non-persistent proxies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upstream {
-    /// Keep-alive connections in per-worker idle pools.
-    Persistent,
-    /// A new connection per request, closed after it.
-    PerRequest,
-}
-
-impl Upstream {
-    pub fn name(self) -> &'static str {
-        match self {
-            Upstream::Persistent => "persistent",
-            Upstream::PerRequest => "per-request",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Upstream> {
-        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "persistent" | "keep-alive" => Some(Upstream::Persistent),
-            "per-request" | "non-persistent" => Some(Upstream::PerRequest),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// One backend server.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Server {
-    pub name: String,
-    /// As written in the config (host name or IP).
-    pub address: String,
-    pub port: u16,
-    /// Lower is preferred; traffic spills to the next tier only when a tier is down.
-    pub priority: u32,
-    /// Relative share of traffic within its tier.
-    pub load: f64,
-    /// The resolved socket address.
-    pub addr: SocketAddr,
-}
-
-/// Timeouts, each with a `DEFAULT_*` constant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// Establishing an upstream TCP connection (504 on expiry).
-    pub connect: Duration,
-    /// Receiving a complete request head once its first byte arrived (408 on expiry).
-    pub client: Duration,
-    /// Upstream inactivity while a response is awaited or read (504 on expiry).
-    pub upstream: Duration,
-    /// An idle keep-alive client connection is closed after this.
-    pub idle: Duration,
-    /// An idle pooled upstream connection is closed after this.
-    pub pool_idle: Duration,
-    /// Graceful shutdown waits at most this long for in-flight requests.
-    pub drain: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            connect: DEFAULT_CONNECT_TIMEOUT,
-            client: DEFAULT_CLIENT_TIMEOUT,
-            upstream: DEFAULT_UPSTREAM_TIMEOUT,
-            idle: DEFAULT_IDLE_TIMEOUT,
-            pool_idle: DEFAULT_POOL_IDLE_TIMEOUT,
-            drain: DEFAULT_DRAIN_TIMEOUT,
-        }
-    }
-}
-
 /// The validated configuration the proxy runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -224,11 +67,11 @@ pub struct Config {
     pub listen: SocketAddr,
     pub workers: usize,
     pub mode: Mode,
-    pub upstream: Upstream,
+    pub upstream: UpstreamMode,
     pub debug: bool,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
-    pub servers: Vec<Server>,
+    pub servers: Vec<BackendSpec>,
     pub timeouts: Timeouts,
     pub max_idle_per_backend: usize,
     /// Per-request CSV log file; `None` when logging is off.
@@ -290,9 +133,6 @@ pub struct Overrides {
     pub peak_ewma_tau: Option<String>,
     pub no_pin: bool,
 }
-
-/// The seed's dashboard port.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:5002";
 
 const CLI: &str = "command line";
 
@@ -404,7 +244,7 @@ impl Config {
         if list.is_empty() {
             return Err(err("servers", "empty: list at least one server".into()));
         }
-        let mut servers: Vec<Server> = Vec::with_capacity(list.len());
+        let mut servers: Vec<BackendSpec> = Vec::with_capacity(list.len());
         for (i, v) in list.iter().enumerate() {
             let path = format!("servers[{i}]");
             let s = v
@@ -440,7 +280,7 @@ impl Config {
             }
             let addr = resolve(&address, port)
                 .ok_or_else(|| sf.bad("address", &format!("cannot resolve \"{address}\"")))?;
-            servers.push(Server {
+            servers.push(BackendSpec {
                 name,
                 address,
                 port,
@@ -490,13 +330,13 @@ impl Config {
             None => Mode::RoundRobin,
         };
         let upstream = match f.string("upstream")? {
-            Some(s) => Upstream::parse(&s).ok_or_else(|| {
+            Some(s) => UpstreamMode::parse(&s).ok_or_else(|| {
                 err(
                     "upstream",
                     format!("expected persistent or per-request, got \"{s}\""),
                 )
             })?,
-            None => Upstream::Persistent,
+            None => UpstreamMode::Persistent,
         };
         let workers = f.int("workers", 1, 1024)?.map(|n| n as usize).unwrap_or(0);
         let max_idle = f
@@ -514,8 +354,8 @@ impl Config {
         let mut health = HealthSettings {
             interval: heartbeat_interval,
             timeout: heartbeat_timeout,
-            rise: crate::health::DEFAULT_RISE,
-            fall: crate::health::DEFAULT_FALL,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
             check: Check::Tcp,
             slow_start: Duration::ZERO,
             enabled: true,
@@ -717,7 +557,7 @@ impl Config {
             })?;
         }
         if let Some(u) = &o.upstream {
-            self.upstream = Upstream::parse(u).ok_or_else(|| {
+            self.upstream = UpstreamMode::parse(u).ok_or_else(|| {
                 ConfigError::new(
                     CLI,
                     "--upstream",
@@ -897,7 +737,7 @@ impl Config {
 }
 
 /// The seed's CSV naming: `<mode>_<upstream>.csv`, e.g. `adaptive_ewma_persistent.csv`.
-fn default_log_name(mode: Mode, upstream: Upstream) -> String {
+fn default_log_name(mode: Mode, upstream: UpstreamMode) -> String {
     format!("{}_{upstream}.csv", mode.file_name())
 }
 
@@ -999,7 +839,7 @@ mod tests {
         assert_eq!(c.servers[2].addr, "127.0.0.1:8083".parse().unwrap());
         assert_eq!(c.listen.port(), DEFAULT_PORT);
         assert_eq!(c.mode, Mode::RoundRobin);
-        assert_eq!(c.upstream, Upstream::Persistent);
+        assert_eq!(c.upstream, UpstreamMode::Persistent);
     }
 
     #[test]
@@ -1021,15 +861,15 @@ mod tests {
     fn default_log_name_is_the_seeds() {
         let name = |m, u| default_log_name(m, u);
         assert_eq!(
-            name(Mode::AdaptiveEwma, Upstream::Persistent),
+            name(Mode::AdaptiveEwma, UpstreamMode::Persistent),
             "adaptive_ewma_persistent.csv"
         );
         assert_eq!(
-            name(Mode::AdaptiveSma, Upstream::PerRequest),
+            name(Mode::AdaptiveSma, UpstreamMode::PerRequest),
             "adaptive_sma_per-request.csv"
         );
         assert_eq!(
-            name(Mode::RoundRobin, Upstream::Persistent),
+            name(Mode::RoundRobin, UpstreamMode::Persistent),
             "round-robin_persistent.csv"
         );
     }
@@ -1120,7 +960,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(c.workers, 3);
-        assert_eq!(c.upstream, Upstream::PerRequest);
+        assert_eq!(c.upstream, UpstreamMode::PerRequest);
         assert_eq!(c.timeouts.connect, Duration::from_millis(250));
         let e = c
             .apply(&Overrides {
