@@ -1,23 +1,34 @@
 //! Configuration: the seed's JSON file format, command-line flags and environment merged
-//! into one validated [`Config`]. Owns defaults and validation; it starts nothing.
+//! into one validated [`Config`]. Owns defaults, precedence and validation; it starts
+//! nothing.
 //!
 //! Precedence: command-line flags, then the environment (`PROXY_SERVER_PORT`,
-//! `PROXY_SERVER_CONFIG`), then the file, then the `DEFAULT_*` constants. Every error names
-//! where the value came from, the field and the problem, on one line.
+//! `PROXY_SERVER_CONFIG`), then the file, then the `DEFAULT_*` constants. Every source gives
+//! values as written (`file`, [`flags`]); they are merged setting by setting, and one
+//! `Config::validate` checks whatever won with that setting's one rule (`value`), so a
+//! bad value gets the same words from the file and from a flag. Every error names where
+//! the value came from, the field and the problem, on one line.
 //!
-//! The vocabulary the balancer and health checks share lives in [`types`], which imports
-//! nothing from the crate, so `config` depends on neither of them.
+//! Layers: [`types`] imports nothing from the crate; the rest of `config` imports only
+//! `types` and `access_log`'s queue default, never the balancer or health checks.
+
+mod file;
+pub mod flags;
+pub mod types;
+mod value;
+
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
-
-pub mod types;
-
+pub use flags::Args;
 pub use types::*;
+
+use value::{Key, Layer, ServersGiven, Text};
 
 /// The configuration used when neither `--config` nor `PROXY_SERVER_CONFIG` is given: the
 /// seed's three backends A, B and C on 127.0.0.1:8081-8083, all in tier 0.
@@ -32,11 +43,15 @@ pub const DEFAULT_CONFIG: &str = r#"{
   ]
 }"#;
 
+/// Where the servers come from when no file is named.
+const EMBEDDED: &str = "<embedded default>";
+
 /// A configuration problem: where, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// The file, the environment variable or "command line".
+    /// The file, `environment` or `command line`.
     pub origin: String,
+    /// The field within the origin: `servers[0].port`, `PROXY_SERVER_PORT`, `--rise`.
     pub field: String,
     pub problem: String,
 }
@@ -76,8 +91,6 @@ pub struct Config {
     pub max_idle_per_backend: usize,
     /// Per-request CSV log file; `None` when logging is off.
     pub log_csv: Option<String>,
-    /// `log_csv` was named by the file, not derived from mode and upstream.
-    pub log_csv_named: bool,
     /// Records the log channel holds before records are dropped.
     pub log_queue: usize,
     /// Directory for HDR histogram dumps; `None` for no dumps.
@@ -97,59 +110,11 @@ pub struct Config {
     pub pin: bool,
 }
 
-/// Settings that may come from the command line or the environment (already merged by
-/// clap, flags first); `None` means "not given".
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub config: Option<String>,
-    pub listen: Option<String>,
-    pub workers: Option<usize>,
-    pub mode: Option<String>,
-    pub upstream: Option<String>,
-    pub debug: bool,
-    pub connect_timeout: Option<String>,
-    pub client_timeout: Option<String>,
-    pub upstream_timeout: Option<String>,
-    pub idle_timeout: Option<String>,
-    pub pool_idle_timeout: Option<String>,
-    pub drain_timeout: Option<String>,
-    pub max_idle_per_backend: Option<usize>,
-    pub log_csv: Option<String>,
-    pub log_queue: Option<usize>,
-    pub hdr_dir: Option<String>,
-    pub hdr_interval: Option<String>,
-    pub health_check: Option<String>,
-    pub rise: Option<u32>,
-    pub fall: Option<u32>,
-    pub slow_start: Option<String>,
-    pub eject_after: Option<u32>,
-    pub eject_time: Option<String>,
-    pub retries: Option<u32>,
-    pub retry_budget: Option<f64>,
-    pub admin: Option<String>,
-    pub sma_window: Option<usize>,
-    pub ewma_alpha: Option<f64>,
-    pub avg_span: Option<String>,
-    pub peak_ewma_tau: Option<String>,
-    pub no_pin: bool,
-}
-
-const CLI: &str = "command line";
-
 /// Parses a duration: `250ms`, `5s`, `2m`, or a bare number of seconds (`0.5`).
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().ok()?;
-    (v.is_finite() && v >= 0.0 && v * scale < 1e9).then(|| Duration::from_secs_f64(v * scale))
+    value::parse_seconds(s)
+        .filter(|v| (0.0..value::MAX_SECONDS).contains(v))
+        .map(Duration::from_secs_f64)
 }
 
 /// Parses a listen address: `PORT`, `HOST:PORT` or `[V6]:PORT`. A bare port binds loopback.
@@ -164,570 +129,133 @@ pub fn parse_listen(s: &str) -> Option<SocketAddr> {
     s.to_socket_addrs().ok()?.next()
 }
 
+/// Number of workers when none is configured: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The seed's CSV naming: `<mode>_<upstream>.csv`, e.g. `adaptive_ewma_persistent.csv`.
+fn default_log_name(mode: Mode, upstream: UpstreamMode) -> String {
+    format!("{}_{upstream}.csv", mode.file_name())
+}
+
 impl Config {
-    /// Builds the configuration from overrides, reading the file they name (or the
-    /// embedded default).
-    pub fn load(o: &Overrides) -> Result<Config, ConfigError> {
-        let (source, text) = match &o.config {
+    /// Parses a command line (the program name first) and builds the configuration from
+    /// it, the environment and the file it names (or the embedded default). Help, version
+    /// and malformed command lines exit the process as clap does.
+    pub fn from_args<I, T>(argv: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Config::load(&Args::parse_argv(argv)?)
+    }
+
+    /// Builds the configuration from parsed flags (and the environment they were read
+    /// with), reading the file they name or the embedded default.
+    pub fn load(args: &Args) -> Result<Config, ConfigError> {
+        let (env, cli) = args.layers()?;
+        let (source, text) = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(Path::new(path))
                     .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
                 (path.clone(), text)
             }
-            None => ("<embedded default>".to_string(), DEFAULT_CONFIG.to_string()),
+            None => (EMBEDDED.to_string(), DEFAULT_CONFIG.to_string()),
         };
-        let mut cfg = Config::from_json(&source, &text)?;
-        cfg.apply(o)?;
-        Ok(cfg)
+        let mut layer = file::read(&source, &text)?;
+        layer.merge(env);
+        layer.merge(cli);
+        Config::validate(source, &layer)
     }
 
     /// Parses and validates the JSON configuration text; `source` names it in errors.
     pub fn from_json(source: &str, text: &str) -> Result<Config, ConfigError> {
-        let err = |field: &str, problem: String| ConfigError::new(source, field, problem);
-        let root: Value = serde_json::from_str(text).map_err(|e| {
-            err(
-                "(json)",
-                format!(
-                    "invalid JSON at line {} column {}: {e}",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
-        let obj = root
-            .as_object()
-            .ok_or_else(|| err("(root)", "expected a JSON object".into()))?;
-        let f = Fields {
-            source,
-            obj,
-            path: String::new(),
-        };
-        f.only(&[
-            "heartbeatInterval",
-            "heartbeatTimeout",
-            "servers",
-            "listen",
-            "workers",
-            "mode",
-            "upstream",
-            "timeouts",
-            "maxIdlePerBackend",
-            "logCsv",
-            "hdrDir",
-            "hdrInterval",
-            "healthCheck",
-            "outlierDetection",
-            "retries",
-            "admin",
-            "routing",
-        ])?;
+        Config::validate(source.to_string(), &file::read(source, text)?)
+    }
 
-        let heartbeat_interval = f
-            .seconds("heartbeatInterval")?
+    /// Checks every value the sources gave, each by its setting's rule whatever its
+    /// origin, fills in the defaults and builds the configuration.
+    fn validate(source: String, v: &Layer) -> Result<Config, ConfigError> {
+        let heartbeat_interval = v
+            .get(Key::HeartbeatInterval, &value::POSITIVE_SECONDS)?
             .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
-        let heartbeat_timeout = f
-            .seconds("heartbeatTimeout")?
+        let heartbeat_timeout = v
+            .get(Key::HeartbeatTimeout, &value::POSITIVE_SECONDS)?
             .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT);
-        if heartbeat_interval.is_zero() {
-            return Err(err("heartbeatInterval", "must be greater than 0".into()));
-        }
-        if heartbeat_timeout.is_zero() {
-            return Err(err("heartbeatTimeout", "must be greater than 0".into()));
-        }
-
-        let servers_v = obj
-            .get("servers")
-            .ok_or_else(|| err("servers", "missing: list at least one server".into()))?;
-        let list = servers_v
-            .as_array()
-            .ok_or_else(|| err("servers", "expected a list of servers".into()))?;
-        if list.is_empty() {
-            return Err(err("servers", "empty: list at least one server".into()));
-        }
-        let mut servers: Vec<BackendSpec> = Vec::with_capacity(list.len());
-        for (i, v) in list.iter().enumerate() {
-            let path = format!("servers[{i}]");
-            let s = v
-                .as_object()
-                .ok_or_else(|| err(&path, "expected an object".into()))?;
-            let sf = Fields {
-                source,
-                obj: s,
-                path: format!("{path}."),
-            };
-            sf.only(&["priority", "name", "address", "port", "load"])?;
-            let name = sf.string("name")?.ok_or_else(|| sf.missing("name"))?;
-            if name.is_empty() {
-                return Err(sf.bad("name", "must not be empty"));
-            }
-            if let Some(j) = servers.iter().position(|o| o.name == name) {
-                return Err(sf.bad(
-                    "name",
-                    &format!("\"{name}\" is already used by servers[{j}]"),
-                ));
-            }
-            let address = sf.string("address")?.ok_or_else(|| sf.missing("address"))?;
-            let port = sf
-                .int("port", 1, 65535)?
-                .ok_or_else(|| sf.missing("port"))? as u16;
-            let priority = sf.int("priority", 0, u32::MAX as i64)?.unwrap_or(0) as u32;
-            let load = sf.number("load")?.unwrap_or(1.0);
-            if !(load > 0.0 && load.is_finite()) {
-                return Err(sf.bad(
-                    "load",
-                    &format!("must be a number greater than 0, got {load}"),
-                ));
-            }
-            let addr = resolve(&address, port)
-                .ok_or_else(|| sf.bad("address", &format!("cannot resolve \"{address}\"")))?;
-            servers.push(BackendSpec {
-                name,
-                address,
-                port,
-                priority,
-                load,
-                addr,
-            });
-        }
-
-        let mut timeouts = Timeouts::default();
-        if let Some(t) = obj.get("timeouts") {
-            let t = t
-                .as_object()
-                .ok_or_else(|| err("timeouts", "expected an object".into()))?;
-            let tf = Fields {
-                source,
-                obj: t,
-                path: "timeouts.".into(),
-            };
-            tf.only(&["connect", "client", "upstream", "idle", "poolIdle", "drain"])?;
-            let set = |d: &mut Duration, k: &str| -> Result<(), ConfigError> {
-                if let Some(v) = tf.seconds(k)? {
-                    *d = v;
-                }
-                Ok(())
-            };
-            set(&mut timeouts.connect, "connect")?;
-            set(&mut timeouts.client, "client")?;
-            set(&mut timeouts.upstream, "upstream")?;
-            set(&mut timeouts.idle, "idle")?;
-            set(&mut timeouts.pool_idle, "poolIdle")?;
-            set(&mut timeouts.drain, "drain")?;
-        }
-
-        let listen = match f.string("listen")? {
-            Some(s) => parse_listen(&s)
-                .ok_or_else(|| err("listen", format!("expected PORT or HOST:PORT, got \"{s}\"")))?,
-            None => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT),
+        let servers = backends(v.servers.as_ref(), &source)?;
+        let seconds = |key, default| -> Result<Duration, ConfigError> {
+            Ok(v.get(key, &value::SECONDS)?.unwrap_or(default))
         };
-        let mode = match f.string("mode")? {
-            Some(s) => Mode::parse(&s).ok_or_else(|| {
-                err(
-                    "mode",
-                    format!("unknown mode \"{s}\"; known: {}", Mode::names()),
-                )
-            })?,
-            None => Mode::RoundRobin,
+        let timeouts = Timeouts {
+            connect: seconds(Key::ConnectTimeout, DEFAULT_CONNECT_TIMEOUT)?,
+            client: seconds(Key::ClientTimeout, DEFAULT_CLIENT_TIMEOUT)?,
+            upstream: seconds(Key::UpstreamTimeout, DEFAULT_UPSTREAM_TIMEOUT)?,
+            idle: seconds(Key::IdleTimeout, DEFAULT_IDLE_TIMEOUT)?,
+            pool_idle: seconds(Key::PoolIdleTimeout, DEFAULT_POOL_IDLE_TIMEOUT)?,
+            drain: seconds(Key::DrainTimeout, DEFAULT_DRAIN_TIMEOUT)?,
         };
-        let upstream = match f.string("upstream")? {
-            Some(s) => UpstreamMode::parse(&s).ok_or_else(|| {
-                err(
-                    "upstream",
-                    format!("expected persistent or per-request, got \"{s}\""),
-                )
-            })?,
-            None => UpstreamMode::Persistent,
+        let listen = v
+            .parse(Key::Listen, |s| {
+                parse_listen(s).ok_or_else(|| format!("expected PORT or HOST:PORT, got \"{s}\""))
+            })?
+            .unwrap_or(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                DEFAULT_PORT,
+            ));
+        let mode = v
+            .parse(Key::Mode, |s| {
+                Mode::parse(s)
+                    .ok_or_else(|| format!("unknown mode \"{s}\"; known: {}", Mode::names()))
+            })?
+            .unwrap_or(Mode::RoundRobin);
+        let upstream = v
+            .parse(Key::Upstream, |s| {
+                UpstreamMode::parse(s)
+                    .ok_or_else(|| format!("expected persistent or per-request, got \"{s}\""))
+            })?
+            .unwrap_or(UpstreamMode::Persistent);
+        let workers = v.get(Key::Workers, &value::WORKERS)?;
+        let max_idle = v.get(Key::MaxIdlePerBackend, &value::MAX_IDLE_PER_BACKEND)?;
+        let hdr_interval = v.get(Key::HdrInterval, &value::POSITIVE_SECONDS)?;
+        // The default log name follows the mode and upstream finally chosen.
+        let log_csv = match v.get(Key::LogCsv, &Text)?.as_deref() {
+            Some("off") | Some("none") | Some("") => None,
+            Some(path) => Some(path.to_string()),
+            None => Some(default_log_name(mode, upstream)),
         };
-        let workers = f.int("workers", 1, 1024)?.map(|n| n as usize).unwrap_or(0);
-        let max_idle = f
-            .int("maxIdlePerBackend", 0, 1 << 20)?
-            .map(|n| n as usize)
-            .unwrap_or(DEFAULT_MAX_IDLE_PER_BACKEND);
-
-        let hdr_interval = match f.seconds("hdrInterval")? {
-            Some(d) if d.is_zero() => {
-                return Err(err("hdrInterval", "must be greater than 0".into()))
-            }
-            d => d,
-        };
-        let named_log = f.string("logCsv")?;
-        let mut health = HealthSettings {
-            interval: heartbeat_interval,
-            timeout: heartbeat_timeout,
-            rise: DEFAULT_RISE,
-            fall: DEFAULT_FALL,
-            check: Check::Tcp,
-            slow_start: Duration::ZERO,
-            enabled: true,
-        };
-        if let Some(v) = obj.get("healthCheck") {
-            let o = v
-                .as_object()
-                .ok_or_else(|| err("healthCheck", "expected an object".into()))?;
-            let hf = Fields {
-                source,
-                obj: o,
-                path: "healthCheck.".into(),
-            };
-            hf.only(&[
-                "type",
-                "path",
-                "expectStatus",
-                "rise",
-                "fall",
-                "slowStart",
-                "enabled",
-            ])?;
-            let path = hf.string("path")?.unwrap_or_else(|| "/health".into());
-            let expect = hf.int("expectStatus", 100, 599)?.unwrap_or(200) as u16;
-            health.check = match hf.string("type")?.as_deref() {
-                None | Some("tcp") => Check::Tcp,
-                Some("http") => {
-                    if !path.starts_with('/') {
-                        return Err(hf.bad("path", &format!("must start with /, got \"{path}\"")));
-                    }
-                    Check::Http { path, expect }
-                }
-                Some(t) => {
-                    return Err(hf.bad("type", &format!("expected tcp or http, got \"{t}\"")))
-                }
-            };
-            health.rise = hf.int("rise", 1, 1000)?.map_or(health.rise, |n| n as u32);
-            health.fall = hf.int("fall", 1, 1000)?.map_or(health.fall, |n| n as u32);
-            health.slow_start = hf.seconds("slowStart")?.unwrap_or_default();
-            if let Some(v) = o.get("enabled") {
-                health.enabled = v
-                    .as_bool()
-                    .ok_or_else(|| hf.bad("enabled", "expected true or false"))?;
-            }
-        }
-        let mut outlier = OutlierSettings::default();
-        if let Some(v) = obj.get("outlierDetection") {
-            let o = v
-                .as_object()
-                .ok_or_else(|| err("outlierDetection", "expected an object".into()))?;
-            let of = Fields {
-                source,
-                obj: o,
-                path: "outlierDetection.".into(),
-            };
-            of.only(&[
-                "consecutiveFailures",
-                "baseEjectionTime",
-                "maxEjectionTime",
-                "on5xx",
-            ])?;
-            outlier.consecutive = of
-                .int("consecutiveFailures", 0, 1_000_000)?
-                .map_or(outlier.consecutive, |n| n as u32);
-            outlier.base = of.seconds("baseEjectionTime")?.unwrap_or(outlier.base);
-            outlier.max = of.seconds("maxEjectionTime")?.unwrap_or(outlier.max);
-            if let Some(v) = o.get("on5xx") {
-                outlier.on_5xx = v
-                    .as_bool()
-                    .ok_or_else(|| of.bad("on5xx", "expected true or false"))?;
-            }
-        }
-        let mut routing = RoutingParams::default();
-        if let Some(v) = obj.get("routing") {
-            let o = v
-                .as_object()
-                .ok_or_else(|| err("routing", "expected an object".into()))?;
-            let rf = Fields {
-                source,
-                obj: o,
-                path: "routing.".into(),
-            };
-            rf.only(&[
-                "smaWindow",
-                "ewmaAlpha",
-                "avgSpan",
-                "peakEwmaTau",
-                "idleDecay",
-                "loadBias",
-                "choices",
-                "adaptiveChoices",
-            ])?;
-            routing.sma_window = rf
-                .int("smaWindow", 1, 65536)?
-                .map_or(routing.sma_window, |n| n as usize);
-            routing.ewma_alpha = rf.number("ewmaAlpha")?.unwrap_or(routing.ewma_alpha);
-            routing.avg_span = rf.seconds("avgSpan")?.unwrap_or(routing.avg_span);
-            routing.peak_ewma_tau = rf.seconds("peakEwmaTau")?.unwrap_or(routing.peak_ewma_tau);
-            routing.idle_decay = rf.seconds("idleDecay")?.unwrap_or(routing.idle_decay);
-            routing.adaptive_bias = rf.number("loadBias")?.unwrap_or(routing.adaptive_bias);
-            routing.choices = rf
-                .int("choices", 1, 4)?
-                .map_or(routing.choices, |n| n as usize);
-            routing.adaptive_choices = rf
-                .int("adaptiveChoices", 1, 4)?
-                .map_or(routing.adaptive_choices, |n| n as usize);
-            routing.validate().map_err(|e| err("routing", e))?;
-        }
-        let mut retry = RetrySettings::default();
-        if let Some(v) = obj.get("retries") {
-            let o = v
-                .as_object()
-                .ok_or_else(|| err("retries", "expected an object".into()))?;
-            let rf = Fields {
-                source,
-                obj: o,
-                path: "retries.".into(),
-            };
-            rf.only(&["count", "budgetPercent"])?;
-            retry.count = rf.int("count", 0, 10)?.map_or(retry.count, |n| n as u32);
-            if let Some(p) = rf.number("budgetPercent")? {
-                if !(0.0..=100.0).contains(&p) {
-                    return Err(rf.bad("budgetPercent", &format!("expected 0..100, got {p}")));
-                }
-                retry.budget = p / 100.0;
-            }
-        }
+        let log_queue = v.get(Key::LogQueue, &value::LOG_QUEUE)?;
         Ok(Config {
-            log_csv_named: named_log.is_some(),
-            log_csv: match named_log.as_deref() {
-                Some("off") | Some("none") | Some("") => None,
-                Some(path) => Some(path.to_string()),
-                None => Some(default_log_name(mode, upstream)),
-            },
-            log_queue: crate::access_log::DEFAULT_QUEUE,
-            hdr_dir: f.string("hdrDir")?,
+            log_csv,
+            log_queue: log_queue.map_or(crate::access_log::DEFAULT_QUEUE, |n| n as usize),
+            health: health(v, heartbeat_interval, heartbeat_timeout)?,
+            outlier: outlier(v)?,
+            routing: routing(v)?,
+            retry: retry(v)?,
+            hdr_dir: v.get(Key::HdrDir, &Text)?,
             hdr_interval,
-            health,
-            outlier,
-            retry,
-            routing,
-            pin: true,
-            admin: match f.string("admin")?.as_deref() {
-                Some("off") => None,
-                Some(a) => Some(parse_listen(a).ok_or_else(|| {
-                    err(
-                        "admin",
-                        format!("expected off, PORT or HOST:PORT, got \"{a}\""),
-                    )
-                })?),
+            admin: match v.parse(Key::Admin, |a| match a {
+                "off" => Ok(None),
+                a => parse_listen(a)
+                    .map(Some)
+                    .ok_or_else(|| format!("expected off, PORT or HOST:PORT, got \"{a}\"")),
+            })? {
+                Some(admin) => admin,
                 None => parse_listen(DEFAULT_ADMIN),
             },
-            source: source.to_string(),
+            pin: v.get(Key::Pin, &value::Bool)?.unwrap_or(true),
+            debug: v.get(Key::Debug, &value::Bool)?.unwrap_or(false),
+            source,
             listen,
-            workers: if workers == 0 {
-                default_workers()
-            } else {
-                workers
-            },
+            workers: workers.map_or_else(default_workers, |n| n as usize),
             mode,
             upstream,
-            debug: false,
             heartbeat_interval,
             heartbeat_timeout,
             servers,
             timeouts,
-            max_idle_per_backend: max_idle,
+            max_idle_per_backend: max_idle.map_or(DEFAULT_MAX_IDLE_PER_BACKEND, |n| n as usize),
         })
-    }
-
-    /// Applies command-line and environment overrides on top of the file's values.
-    pub fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
-        if let Some(l) = &o.listen {
-            self.listen = parse_listen(l).ok_or_else(|| {
-                ConfigError::new(
-                    CLI,
-                    "--listen",
-                    format!("expected PORT or HOST:PORT, got \"{l}\""),
-                )
-            })?;
-        }
-        if let Some(w) = o.workers {
-            if w == 0 || w > 1024 {
-                return Err(ConfigError::new(
-                    CLI,
-                    "--workers",
-                    format!("must be 1..1024, got {w}"),
-                ));
-            }
-            self.workers = w;
-        }
-        if let Some(m) = &o.mode {
-            self.mode = Mode::parse(m).ok_or_else(|| {
-                ConfigError::new(
-                    CLI,
-                    "--mode",
-                    format!("unknown mode \"{m}\"; known: {}", Mode::names()),
-                )
-            })?;
-        }
-        if let Some(u) = &o.upstream {
-            self.upstream = UpstreamMode::parse(u).ok_or_else(|| {
-                ConfigError::new(
-                    CLI,
-                    "--upstream",
-                    format!("expected persistent or per-request, got \"{u}\""),
-                )
-            })?;
-        }
-        self.debug |= o.debug;
-        let t = &mut self.timeouts;
-        for (flag, val, slot) in [
-            ("--connect-timeout", &o.connect_timeout, &mut t.connect),
-            ("--client-timeout", &o.client_timeout, &mut t.client),
-            ("--upstream-timeout", &o.upstream_timeout, &mut t.upstream),
-            ("--idle-timeout", &o.idle_timeout, &mut t.idle),
-            (
-                "--pool-idle-timeout",
-                &o.pool_idle_timeout,
-                &mut t.pool_idle,
-            ),
-            ("--drain-timeout", &o.drain_timeout, &mut t.drain),
-        ] {
-            if let Some(v) = val {
-                *slot = parse_duration(v).ok_or_else(|| {
-                    ConfigError::new(
-                        CLI,
-                        flag,
-                        format!("expected a duration like 500ms, 5s or 2m, got \"{v}\""),
-                    )
-                })?;
-            }
-        }
-        if let Some(n) = o.max_idle_per_backend {
-            self.max_idle_per_backend = n;
-        }
-        // The default log name follows the mode and upstream finally chosen.
-        if self.log_csv.is_some() && !self.log_csv_named && o.log_csv.is_none() {
-            self.log_csv = Some(default_log_name(self.mode, self.upstream));
-        }
-        match o.log_csv.as_deref() {
-            Some("off") | Some("none") | Some("") => self.log_csv = None,
-            Some(path) => self.log_csv = Some(path.to_string()),
-            None => {}
-        }
-        if let Some(n) = o.log_queue {
-            if n == 0 {
-                return Err(ConfigError::new(CLI, "--log-queue", "must be at least 1"));
-            }
-            self.log_queue = n;
-        }
-        if let Some(d) = &o.hdr_dir {
-            self.hdr_dir = Some(d.clone());
-        }
-        if let Some(v) = &o.hdr_interval {
-            match parse_duration(v) {
-                Some(d) if !d.is_zero() => self.hdr_interval = Some(d),
-                _ => {
-                    return Err(ConfigError::new(
-                        CLI,
-                        "--hdr-interval",
-                        format!("expected a duration greater than 0 like 10s, got \"{v}\""),
-                    ))
-                }
-            }
-        }
-        if let Some(v) = &o.health_check {
-            if v == "off" {
-                self.health.enabled = false;
-            } else {
-                self.health.check = Check::parse(v).ok_or_else(|| {
-                    ConfigError::new(CLI, "--health-check", format!("expected tcp, http, http:/PATH or http:/PATH:STATUS or off, got \"{v}\""))
-                })?;
-                self.health.enabled = true;
-            }
-        }
-        for (flag, val, slot) in [
-            ("--rise", o.rise, &mut self.health.rise),
-            ("--fall", o.fall, &mut self.health.fall),
-        ] {
-            if let Some(n) = val {
-                if n == 0 {
-                    return Err(ConfigError::new(CLI, flag, "must be at least 1"));
-                }
-                *slot = n;
-            }
-        }
-        if let Some(v) = &o.slow_start {
-            self.health.slow_start = parse_duration(v).ok_or_else(|| {
-                ConfigError::new(
-                    CLI,
-                    "--slow-start",
-                    format!("expected a duration like 30s, got \"{v}\""),
-                )
-            })?;
-        }
-        if let Some(n) = o.eject_after {
-            self.outlier.consecutive = n;
-        }
-        if let Some(v) = &o.eject_time {
-            self.outlier.base = parse_duration(v).ok_or_else(|| {
-                ConfigError::new(
-                    CLI,
-                    "--eject-time",
-                    format!("expected a duration like 10s, got \"{v}\""),
-                )
-            })?;
-        }
-        if let Some(n) = o.retries {
-            if n > 10 {
-                return Err(ConfigError::new(
-                    CLI,
-                    "--retries",
-                    format!("must be 0..10, got {n}"),
-                ));
-            }
-            self.retry.count = n;
-        }
-        if let Some(a) = &o.admin {
-            self.admin = if a == "off" {
-                None
-            } else {
-                Some(parse_listen(a).ok_or_else(|| {
-                    ConfigError::new(
-                        CLI,
-                        "--admin",
-                        format!("expected off, PORT or HOST:PORT, got \"{a}\""),
-                    )
-                })?)
-            };
-        }
-        if o.no_pin {
-            self.pin = false;
-        }
-        if let Some(n) = o.sma_window {
-            self.routing.sma_window = n;
-        }
-        if let Some(a) = o.ewma_alpha {
-            self.routing.ewma_alpha = a;
-        }
-        for (flag, v, field) in [
-            (
-                "--peak-ewma-tau",
-                &o.peak_ewma_tau,
-                &mut self.routing.peak_ewma_tau,
-            ),
-            ("--avg-span", &o.avg_span, &mut self.routing.avg_span),
-        ] {
-            if let Some(v) = v {
-                *field = parse_duration(v).ok_or_else(|| {
-                    ConfigError::new(
-                        CLI,
-                        flag,
-                        format!("expected a duration like 10s, got \"{v}\""),
-                    )
-                })?;
-            }
-        }
-        self.routing
-            .validate()
-            .map_err(|e| ConfigError::new(CLI, "routing", e))?;
-        if let Some(p) = o.retry_budget {
-            if !(0.0..=100.0).contains(&p) {
-                return Err(ConfigError::new(
-                    CLI,
-                    "--retry-budget",
-                    format!("expected a percentage 0..100, got {p}"),
-                ));
-            }
-            self.retry.budget = p / 100.0;
-        }
-        Ok(())
     }
 
     /// `<mode>_<upstream>`: the prefix of log and dump file names.
@@ -736,14 +264,59 @@ impl Config {
     }
 }
 
-/// The seed's CSV naming: `<mode>_<upstream>.csv`, e.g. `adaptive_ewma_persistent.csv`.
-fn default_log_name(mode: Mode, upstream: UpstreamMode) -> String {
-    format!("{}_{upstream}.csv", mode.file_name())
-}
-
-/// Number of workers when none is configured: one per core.
-pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// The backend list: at least one, names unique, addresses resolved.
+fn backends(given: Option<&ServersGiven>, source: &str) -> Result<Vec<BackendSpec>, ConfigError> {
+    let given = given
+        .ok_or_else(|| ConfigError::new(source, "servers", "missing: list at least one server"))?;
+    if given.list.is_empty() {
+        return Err(ConfigError::new(
+            &given.origin,
+            "servers",
+            "empty: list at least one server",
+        ));
+    }
+    let mut servers: Vec<BackendSpec> = Vec::with_capacity(given.list.len());
+    for s in &given.list {
+        let required = |g: &Option<value::Given>, name: &str| {
+            g.clone().ok_or_else(|| {
+                ConfigError::new(
+                    &given.origin,
+                    format!("{}.{name}", s.path),
+                    "missing (required)",
+                )
+            })
+        };
+        let name_given = required(&s.name, "name")?;
+        let name = name_given.check(&Text)?;
+        if name.is_empty() {
+            return Err(name_given.error("must not be empty"));
+        }
+        if let Some(j) = servers.iter().position(|o| o.name == name) {
+            return Err(name_given.error(format!("\"{name}\" is already used by servers[{j}]")));
+        }
+        let address_given = required(&s.address, "address")?;
+        let address = address_given.check(&Text)?;
+        let port = required(&s.port, "port")?.check(&value::PORT)? as u16;
+        let priority = match &s.priority {
+            Some(g) => g.check(&value::PRIORITY)? as u32,
+            None => 0,
+        };
+        let load = match &s.load {
+            Some(g) => g.check(&value::LOAD)?,
+            None => 1.0,
+        };
+        let addr = resolve(&address, port)
+            .ok_or_else(|| address_given.error(format!("cannot resolve \"{address}\"")))?;
+        servers.push(BackendSpec {
+            name,
+            address,
+            port,
+            priority,
+            load,
+            addr,
+        });
+    }
+    Ok(servers)
 }
 
 fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
@@ -755,243 +328,119 @@ fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
         .copied()
 }
 
-/// Typed access to one JSON object's fields, with errors that name the field path.
-struct Fields<'a> {
-    source: &'a str,
-    obj: &'a Map<String, Value>,
-    /// Prefix for field names, e.g. `servers[2].`.
-    path: String,
+fn health(v: &Layer, interval: Duration, timeout: Duration) -> Result<HealthSettings, ConfigError> {
+    let d = HealthSettings::default();
+    let path = v.get(Key::CheckPath, &Text)?;
+    let expect = v.get(Key::CheckStatus, &value::STATUS)?;
+    let http = v.parse(Key::CheckType, |t| match t {
+        "tcp" => Ok(false),
+        "http" => Ok(true),
+        t => Err(format!("expected tcp or http, got \"{t}\"")),
+    })?;
+    let check = if http == Some(true) {
+        let path = path.unwrap_or_else(|| DEFAULT_CHECK_PATH.to_string());
+        if !path.starts_with('/') {
+            let at = &v.values[&Key::CheckPath];
+            return Err(at.error(format!("must start with /, got \"{path}\"")));
+        }
+        Check::Http {
+            path,
+            expect: expect.map_or(DEFAULT_CHECK_STATUS, |n| n as u16),
+        }
+    } else {
+        Check::Tcp
+    };
+    Ok(HealthSettings {
+        interval,
+        timeout,
+        rise: v
+            .get(Key::Rise, &value::RISE_FALL)?
+            .map_or(d.rise, |n| n as u32),
+        fall: v
+            .get(Key::Fall, &value::RISE_FALL)?
+            .map_or(d.fall, |n| n as u32),
+        check,
+        slow_start: v
+            .get(Key::SlowStart, &value::SECONDS)?
+            .unwrap_or(d.slow_start),
+        enabled: v.get(Key::CheckEnabled, &value::Bool)?.unwrap_or(d.enabled),
+    })
 }
 
-impl Fields<'_> {
-    fn bad(&self, key: &str, problem: &str) -> ConfigError {
-        ConfigError::new(self.source, format!("{}{key}", self.path), problem)
-    }
-
-    fn missing(&self, key: &str) -> ConfigError {
-        self.bad(key, "missing (required)")
-    }
-
-    /// Refuses keys that are not listed; keys starting with `_` are comments.
-    fn only(&self, known: &[&str]) -> Result<(), ConfigError> {
-        for k in self.obj.keys() {
-            if !k.starts_with('_') && !known.contains(&k.as_str()) {
-                return Err(self.bad(
-                    k,
-                    &format!("unknown field; known fields: {}", known.join(", ")),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
-        match self.obj.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(self.bad(key, &format!("expected a string, got {v}"))),
-        }
-    }
-
-    fn number(&self, key: &str) -> Result<Option<f64>, ConfigError> {
-        match self.obj.get(key) {
-            None => Ok(None),
-            Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(v) => Err(self.bad(key, &format!("expected a number, got {v}"))),
-        }
-    }
-
-    fn int(&self, key: &str, min: i64, max: i64) -> Result<Option<i64>, ConfigError> {
-        match self.obj.get(key) {
-            None => Ok(None),
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(i) if (min..=max).contains(&i) => Ok(Some(i)),
-                _ => Err(self.bad(key, &format!("expected an integer {min}..{max}, got {n}"))),
-            },
-            Some(v) => Err(self.bad(key, &format!("expected an integer {min}..{max}, got {v}"))),
-        }
-    }
-
-    fn seconds(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
-        match self.number(key)? {
-            None => Ok(None),
-            Some(s) if s.is_finite() && (0.0..1e9).contains(&s) => {
-                Ok(Some(Duration::from_secs_f64(s)))
-            }
-            Some(s) => Err(self.bad(key, &format!("expected seconds >= 0, got {s}"))),
-        }
-    }
+fn outlier(v: &Layer) -> Result<OutlierSettings, ConfigError> {
+    let d = OutlierSettings::default();
+    Ok(OutlierSettings {
+        consecutive: v
+            .get(Key::EjectAfter, &value::CONSECUTIVE_FAILURES)?
+            .map_or(d.consecutive, |n| n as u32),
+        base: v.get(Key::EjectTime, &value::SECONDS)?.unwrap_or(d.base),
+        max: v
+            .get(Key::MaxEjectionTime, &value::SECONDS)?
+            .unwrap_or(d.max),
+        on_5xx: v.get(Key::On5xx, &value::Bool)?.unwrap_or(d.on_5xx),
+    })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The routing block: each value by its own rule, then the whole by
+/// [`RoutingParams::invalid`], which names the field (`routing: avg_span: ...`).
+fn routing(v: &Layer) -> Result<RoutingParams, ConfigError> {
+    let d = RoutingParams::default();
+    let r = RoutingParams {
+        sma_window: v
+            .get(Key::SmaWindow, &value::SMA_WINDOW)?
+            .map_or(d.sma_window, |n| n as usize),
+        ewma_alpha: v
+            .get(Key::EwmaAlpha, &value::ANY_NUMBER)?
+            .unwrap_or(d.ewma_alpha),
+        avg_span: v.get(Key::AvgSpan, &value::SECONDS)?.unwrap_or(d.avg_span),
+        peak_ewma_tau: v
+            .get(Key::PeakEwmaTau, &value::SECONDS)?
+            .unwrap_or(d.peak_ewma_tau),
+        idle_decay: v
+            .get(Key::IdleDecay, &value::SECONDS)?
+            .unwrap_or(d.idle_decay),
+        adaptive_bias: v
+            .get(Key::LoadBias, &value::ANY_NUMBER)?
+            .unwrap_or(d.adaptive_bias),
+        choices: v
+            .get(Key::Choices, &value::CHOICES)?
+            .map_or(d.choices, |n| n as usize),
+        adaptive_choices: v
+            .get(Key::AdaptiveChoices, &value::CHOICES)?
+            .map_or(d.adaptive_choices, |n| n as usize),
+        ..d
+    };
+    let Some((field, problem)) = r.invalid() else {
+        return Ok(r);
+    };
+    // Blame whichever source gave the value (the defaults are all valid).
+    let key = match field {
+        "sma_window" => Key::SmaWindow,
+        "ewma_alpha" => Key::EwmaAlpha,
+        "avg_span" => Key::AvgSpan,
+        "peak_ewma_tau" => Key::PeakEwmaTau,
+        "idle_decay" => Key::IdleDecay,
+        "adaptive_bias" => Key::LoadBias,
+        "choices" => Key::Choices,
+        _ => Key::AdaptiveChoices,
+    };
+    let origin = v.values.get(&key).map_or("defaults", |g| g.origin.as_str());
+    Err(ConfigError::new(
+        origin,
+        "routing",
+        format!("{field}: {problem}"),
+    ))
+}
 
-    fn err(text: &str) -> String {
-        Config::from_json("c.json", text).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn embedded_default_is_valid() {
-        let c = Config::from_json("d", DEFAULT_CONFIG).unwrap();
-        assert_eq!(c.servers.len(), 3);
-        assert_eq!(c.servers[1].name, "B");
-        assert_eq!(c.servers[2].addr, "127.0.0.1:8083".parse().unwrap());
-        assert_eq!(c.listen.port(), DEFAULT_PORT);
-        assert_eq!(c.mode, Mode::RoundRobin);
-        assert_eq!(c.upstream, UpstreamMode::Persistent);
-    }
-
-    #[test]
-    fn seed_file_format_is_read_as_is() {
-        let seed = r#"{"heartbeatInterval": 10, "heartbeatTimeout": 5, "_note": "x",
-          "servers": [
-            {"priority": 0, "name": "tts@container1", "address": "localhost", "port": 50051, "load": 0.5},
-            {"priority": 1, "name": "tts@container2", "address": "127.0.0.1", "port": 50052, "load": 0.3}
-          ]}"#;
-        let c = Config::from_json("seed.json", seed).unwrap();
-        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
-        assert_eq!(c.heartbeat_timeout, Duration::from_secs(5));
-        assert_eq!(c.servers[0].load, 0.5);
-        assert_eq!(c.servers[1].priority, 1);
-        assert_eq!(c.servers[0].addr.port(), 50051);
-    }
-
-    #[test]
-    fn default_log_name_is_the_seeds() {
-        let name = |m, u| default_log_name(m, u);
-        assert_eq!(
-            name(Mode::AdaptiveEwma, UpstreamMode::Persistent),
-            "adaptive_ewma_persistent.csv"
-        );
-        assert_eq!(
-            name(Mode::AdaptiveSma, UpstreamMode::PerRequest),
-            "adaptive_sma_per-request.csv"
-        );
-        assert_eq!(
-            name(Mode::RoundRobin, UpstreamMode::Persistent),
-            "round-robin_persistent.csv"
-        );
-    }
-
-    #[test]
-    fn routing_block_sets_every_tuning_knob() {
-        let c = Config::from_json(
-            "r.json",
-            r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1}],
-                "routing": {"smaWindow": 64, "ewmaAlpha": 0.01, "avgSpan": 0.25,
-                            "idleDecay": 3, "peakEwmaTau": 5, "loadBias": 0.3,
-                            "choices": 3, "adaptiveChoices": 2}}"#,
-        )
-        .unwrap();
-        let r = c.routing;
-        assert_eq!(
-            (r.sma_window, r.ewma_alpha, r.adaptive_bias),
-            (64, 0.01, 0.3)
-        );
-        assert_eq!(r.avg_span, Duration::from_millis(250));
-        assert_eq!(r.idle_decay, Duration::from_secs(3));
-        assert_eq!(r.peak_ewma_tau, Duration::from_secs(5));
-        assert_eq!((r.choices, r.adaptive_choices), (3, 2));
-        assert_eq!(
-            err(
-                r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1}],
-                    "routing": {"avgSpan": 0}}"#
-            ),
-            "c.json: routing: avg_span: must be greater than 0"
-        );
-    }
-
-    #[test]
-    fn errors_name_file_field_and_problem() {
-        assert_eq!(
-            err(r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 70000}]}"#),
-            "c.json: servers[0].port: expected an integer 1..65535, got 70000"
-        );
-        assert_eq!(
-            err(r#"{"servers": [{"name": "A", "address": "127.0.0.1"}]}"#),
-            "c.json: servers[0].port: missing (required)"
-        );
-        assert_eq!(
-            err(r#"{"servers": []}"#),
-            "c.json: servers: empty: list at least one server"
-        );
-        assert!(err(r#"{"heartbeatIntervall": 1, "servers": []}"#)
-            .starts_with("c.json: heartbeatIntervall: unknown field"));
-        assert!(err("{").starts_with("c.json: (json): invalid JSON at line 1"));
-        assert_eq!(
-            err(r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1, "load": 0}]}"#),
-            "c.json: servers[0].load: must be a number greater than 0, got 0"
-        );
-        assert_eq!(
-            err(
-                r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1},
-                                {"name": "A", "address": "127.0.0.1", "port": 2}]}"#
-            ),
-            "c.json: servers[1].name: \"A\" is already used by servers[0]"
-        );
-        assert_eq!(
-            err(r#"{"servers": [{"name": "A", "address": "no.such.host.invalid", "port": 1}]}"#),
-            "c.json: servers[0].address: cannot resolve \"no.such.host.invalid\""
-        );
-        assert_eq!(
-            err(
-                r#"{"mode": "fastest", "servers": [{"name": "A", "address": "127.0.0.1", "port": 1}]}"#
-            ),
-            "c.json: mode: unknown mode \"fastest\"; known: round-robin, weighted, least-request, adaptive-sma, adaptive-ewma, peak-ewma"
-        );
-        assert_eq!(
-            err(r#"{"heartbeatInterval": "2", "servers": []}"#),
-            "c.json: heartbeatInterval: expected a number, got \"2\""
-        );
-    }
-
-    #[test]
-    fn overrides_win_over_the_file() {
-        let mut c = Config::from_json("d", DEFAULT_CONFIG).unwrap();
-        c.apply(&Overrides {
-            listen: Some("0".into()),
-            workers: Some(3),
-            mode: Some("round_robin".into()),
-            upstream: Some("per-request".into()),
-            connect_timeout: Some("250ms".into()),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
-        assert_eq!(c.workers, 3);
-        assert_eq!(c.upstream, UpstreamMode::PerRequest);
-        assert_eq!(c.timeouts.connect, Duration::from_millis(250));
-        let e = c
-            .apply(&Overrides {
-                upstream: Some("sometimes".into()),
-                ..Default::default()
-            })
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "command line: --upstream: expected persistent or per-request, got \"sometimes\""
-        );
-    }
-
-    #[test]
-    fn durations_and_listen_addresses() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("-1"), None);
-        assert_eq!(parse_duration("soon"), None);
-        assert_eq!(
-            parse_listen("9090"),
-            Some("127.0.0.1:9090".parse().unwrap())
-        );
-        assert_eq!(parse_listen(":80"), Some("127.0.0.1:80".parse().unwrap()));
-        assert_eq!(
-            parse_listen("0.0.0.0:80"),
-            Some("0.0.0.0:80".parse().unwrap())
-        );
-        assert_eq!(parse_listen("[::1]:80"), Some("[::1]:80".parse().unwrap()));
-        assert_eq!(parse_listen("nope"), None);
-    }
+fn retry(v: &Layer) -> Result<RetrySettings, ConfigError> {
+    let d = RetrySettings::default();
+    Ok(RetrySettings {
+        count: v
+            .get(Key::Retries, &value::RETRIES)?
+            .map_or(d.count, |n| n as u32),
+        budget: v
+            .get(Key::RetryBudget, &value::PERCENT)?
+            .map_or(d.budget, |p| p / 100.0),
+        ..d
+    })
 }
