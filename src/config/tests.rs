@@ -433,3 +433,150 @@ fn switches_and_log_names_merge_over_the_file() {
         "command line: MODE: \"weighted\" conflicts with --mode \"rr\""
     );
 }
+
+#[test]
+fn defaults_fill_what_no_source_gives() {
+    let c = Config::from_json("d", DEFAULT_CONFIG).unwrap();
+    assert_eq!(c.timeouts, Timeouts::default());
+    assert_eq!(c.health, HealthSettings::default());
+    assert_eq!(c.outlier, OutlierSettings::default());
+    assert_eq!(c.retry, RetrySettings::default());
+    assert_eq!(c.routing, RoutingParams::default());
+    assert_eq!(c.max_idle_per_backend, DEFAULT_MAX_IDLE_PER_BACKEND);
+    assert_eq!(c.log_queue, crate::access_log::DEFAULT_QUEUE);
+    assert_eq!(c.log_csv.as_deref(), Some("round-robin_persistent.csv"));
+    assert_eq!(c.admin, parse_listen(DEFAULT_ADMIN));
+    assert_eq!((c.hdr_dir, c.hdr_interval), (None, None));
+    assert_eq!(
+        (c.workers, c.pin, c.debug),
+        (default_workers(), true, false)
+    );
+}
+
+#[test]
+fn every_file_key_and_flag_lands_in_its_field() {
+    let s = |n: u64| Duration::from_secs(n);
+    let c = Config::from_json(
+        "all.json",
+        &file_with(
+            r#""listen": "127.0.0.1:7000", "workers": 3, "mode": "peak-ewma",
+               "upstream": "per-request", "maxIdlePerBackend": 4, "logCsv": "x.csv",
+               "hdrDir": "h", "hdrInterval": 5, "admin": "off",
+               "timeouts": {"connect": 1, "client": 2, "upstream": 3, "idle": 4,
+                            "poolIdle": 5, "drain": 6},
+               "healthCheck": {"type": "http", "path": "/p", "expectStatus": 204,
+                               "rise": 7, "fall": 8, "slowStart": 9, "enabled": false},
+               "outlierDetection": {"consecutiveFailures": 10, "baseEjectionTime": 11,
+                                    "maxEjectionTime": 12, "on5xx": true},
+               "retries": {"count": 3, "budgetPercent": 50}"#,
+        ),
+    )
+    .unwrap();
+    assert_eq!(c.listen, "127.0.0.1:7000".parse().unwrap());
+    assert_eq!(
+        (c.workers, c.mode, c.upstream),
+        (3, Mode::PeakEwma, UpstreamMode::PerRequest)
+    );
+    assert_eq!(
+        (c.max_idle_per_backend, c.log_csv.as_deref()),
+        (4, Some("x.csv"))
+    );
+    assert_eq!(
+        (c.hdr_dir.as_deref(), c.hdr_interval, c.admin),
+        (Some("h"), Some(s(5)), None)
+    );
+    let t = c.timeouts;
+    assert_eq!(
+        [
+            t.connect,
+            t.client,
+            t.upstream,
+            t.idle,
+            t.pool_idle,
+            t.drain
+        ],
+        [s(1), s(2), s(3), s(4), s(5), s(6)]
+    );
+    let h = &c.health;
+    let check = Check::Http {
+        path: "/p".into(),
+        expect: 204,
+    };
+    assert_eq!(
+        (&h.check, h.rise, h.fall, h.slow_start, h.enabled),
+        (&check, 7, 8, s(9), false)
+    );
+    let o = &c.outlier;
+    assert_eq!(
+        (o.consecutive, o.base, o.max, o.on_5xx),
+        (10, s(11), s(12), true)
+    );
+    assert_eq!((c.retry.count, c.retry.budget), (3, 0.5));
+
+    let c = Config::from_args([
+        "corelb",
+        "--client-timeout",
+        "2s",
+        "--upstream-timeout",
+        "3s",
+        "--idle-timeout",
+        "4s",
+        "--pool-idle-timeout",
+        "5s",
+        "--drain-timeout",
+        "6s",
+        "--max-idle-per-backend",
+        "4",
+        "--hdr-dir",
+        "h",
+        "--hdr-interval",
+        "5",
+        "--admin",
+        "7001",
+        "--fall",
+        "8",
+        "--slow-start",
+        "9",
+        "--eject-after",
+        "10",
+        "--eject-time",
+        "11",
+        "--retries",
+        "3",
+        "--retry-budget",
+        "50",
+        "--avg-span",
+        "250ms",
+        "--peak-ewma-tau",
+        "5",
+    ])
+    .unwrap();
+    let t = c.timeouts;
+    assert_eq!(
+        [
+            t.connect,
+            t.client,
+            t.upstream,
+            t.idle,
+            t.pool_idle,
+            t.drain
+        ],
+        [DEFAULT_CONNECT_TIMEOUT, s(2), s(3), s(4), s(5), s(6)]
+    );
+    assert_eq!(
+        (c.max_idle_per_backend, c.hdr_dir.as_deref()),
+        (4, Some("h"))
+    );
+    assert_eq!(
+        (c.hdr_interval, c.admin),
+        (Some(s(5)), parse_listen("7001"))
+    );
+    assert_eq!((c.health.fall, c.health.slow_start), (8, s(9)));
+    assert_eq!((c.outlier.consecutive, c.outlier.base), (10, s(11)));
+    assert_eq!((c.retry.count, c.retry.budget), (3, 0.5));
+    let r = c.routing;
+    assert_eq!(
+        (r.avg_span, r.peak_ewma_tau),
+        (Duration::from_millis(250), s(5))
+    );
+}
