@@ -11,15 +11,15 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use corelb::balancer::{seed_thread_rng, Balancer, RoutingParams};
-use corelb::config::{Mode, Server};
+use corelb::balancer::{seed_thread_rng, Balancer};
+use corelb::config::{BackendSpec, Mode, RoutingParams};
 
 const SIZES: [usize; 3] = [3, 30, 300];
 const ITERS: u64 = 2_000_000;
 
-fn servers(n: usize) -> Vec<Server> {
+fn servers(n: usize) -> Vec<BackendSpec> {
     (0..n)
-        .map(|i| Server {
+        .map(|i| BackendSpec {
             name: format!("s{i}"),
             address: "127.0.0.1".into(),
             port: 10_000 + i as u16,

@@ -14,8 +14,6 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
 use crate::http::Method;
 
-/// Records the channel holds before workers start dropping them.
-pub const DEFAULT_QUEUE: usize = 16 * 1024;
 /// Longest path kept in a record; longer paths are cut.
 const PATH_MAX: usize = 128;
 

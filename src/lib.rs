@@ -6,7 +6,6 @@ pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod buffer;
-pub mod cli;
 pub mod config;
 pub mod h2;
 pub mod health;

@@ -70,6 +70,44 @@ fn missing_file_and_bad_flags_exit_2() {
 }
 
 #[test]
+fn a_bad_value_reads_the_same_from_file_flag_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rise.json");
+    std::fs::write(
+        &path,
+        r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 8081}],
+            "healthCheck": {"rise": 0}}"#,
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, err) = run_with(&["--config", p], &[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err.trim_end(),
+        format!("corelb: {p}: healthCheck.rise: expected an integer 1..1000, got 0")
+    );
+    // Refused by the flag's value parser, before the file is read: one line too.
+    let (code, err) = run_with(&["--rise", "0", "--config", p], &[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err.trim_end(),
+        "corelb: command line: --rise: expected an integer 1..1000, got 0"
+    );
+    let (code, err) = run_with(&[], &[("PROXY_SERVER_PORT", "nope")]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err.trim_end(),
+        "corelb: environment: PROXY_SERVER_PORT: expected PORT or HOST:PORT, got \"nope\""
+    );
+    let (code, err) = run_with(&["--listen", "nope"], &[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err.trim_end(),
+        "corelb: command line: --listen: expected PORT or HOST:PORT, got \"nope\""
+    );
+}
+
+#[test]
 fn env_port_is_used_and_flag_overrides_it() {
     let a = Backend::start("A", "fast", &[]);
     let dir = tempfile::tempdir().unwrap();

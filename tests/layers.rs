@@ -8,7 +8,15 @@ use std::path::{Path, PathBuf};
 /// Layers, lowest first. A module may import only from layers below its own.
 const LAYERS: &[&[&str]] = &[
     // L0: no imports from the crate.
-    &["log", "rng", "buffer", "timer", "http", "h2", "config::types"],
+    &[
+        "log",
+        "rng",
+        "buffer",
+        "timer",
+        "http",
+        "h2",
+        "config::types",
+    ],
     // L1: configuration, measurement, the retry budget.
     &["config", "metrics", "access_log", "retry"],
     // L2: backends and their shared stats.

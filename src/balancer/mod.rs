@@ -17,145 +17,17 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use crate::config::{Config, Mode, Server};
+use crate::config::{BackendSpec, Config, Mode, RoutingParams, DEFAULT_RTT, DEFAULT_SMA_WINDOW};
 
 pub use estimator::{micros, now_us, AtomicF64, Estimates, Estimator, Micros, Reading, Rules};
 pub use policy::{
     integer_weights, next_u64, seed_thread_rng, Load, Policy, RoundRobin, Sampling, Schedule,
-    Weighted, MAX_CHOICES, MAX_SCHEDULE,
+    Weighted, MAX_SCHEDULE,
 };
 
-/// Responses in the `adaptive-sma` window. Latency estimates must be smooth over the time
-/// a burst of requests takes to come back: after a herd of requests lands on a server, its
-/// fast answers return first and its slow ones together later, so a short window swings
-/// low then high and traffic swings with it (measured on the seed's A, B, C at wrk -c100:
-/// window 32 oscillated between 20 and 400 ms on A and served 613 req/s; 512 holds A near
-/// its 143 ms mean and served 646). 512 responses are about a second of a busy server.
-pub const DEFAULT_SMA_WINDOW: usize = 512;
-/// Least weight of each new response in the `adaptive-ewma` average (the seed used 0.2,
-/// which let A's average reach 232 ms, past B): 1/250 averages a busy server over its last
-/// few hundred responses, for the reason given at [`DEFAULT_SMA_WINDOW`].
-pub const DEFAULT_EWMA_ALPHA: f64 = 0.004;
-/// How much time the `adaptive-sma`/`adaptive-ewma` averages span at most: a quiet
-/// server's responses weigh by the time between them, so its average covers about half a
-/// second rather than hundreds of responses (at 10 req/s, alpha alone would take 25 s to
-/// notice a change).
-pub const DEFAULT_AVG_SPAN: Duration = Duration::from_millis(500);
-/// `peak-ewma` time constant (Finagle's and Linkerd's default): a peak fades over ~10 s.
-pub const DEFAULT_PEAK_EWMA_TAU: Duration = Duration::from_secs(10);
-/// How fast SMA and EWMA estimates decay while a server sends no responses, and how long
-/// without a response makes an estimate stale (re-seeded by the next response; the server
-/// is probed one request at a time until then).
-pub const DEFAULT_IDLE_DECAY: Duration = Duration::from_secs(10);
-/// Estimate of a server that has not answered yet (Linkerd's default RTT).
-pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
-/// A failed exchange counts as a response at least this slow.
-pub const DEFAULT_ERROR_LATENCY: Duration = Duration::from_secs(1);
-/// Servers compared per pick by `least-request` and `peak-ewma`: power of two choices, as
-/// in Envoy, Finagle and Linkerd.
-pub const DEFAULT_CHOICES: usize = 2;
-/// Servers compared per pick by `adaptive-sma` and `adaptive-ewma`. In-flight counts are
-/// shared and exact, so the load term alone keeps a best-of-3 from herding; against the
-/// seed's A, B, C (all three compared) it measured 600 req/s at wrk -c100, against 545 for
-/// power of two choices, which never compares A with both others.
-pub const DEFAULT_ADAPTIVE_CHOICES: usize = 3;
-/// `adaptive-sma`/`adaptive-ewma`: exponent on the load factor `1 + in_flight / weight`
-/// (Envoy's `active_request_bias`). The latency estimate already contains queueing, so the
-/// load term is there to break up herds before answers come back, not to rank servers.
-/// With the load term alone deciding, servers settle where `estimate * (1 + n)^bias` is
-/// equal, so request shares go as `estimate^-(1 + 1/bias)`: bias 1 sends a server twice as
-/// slow 1/4 of the traffic, bias 0.2 sends it 1/64. Seed scenario (wrk -c100, smooth
-/// estimates): bias 0.5 served 611 req/s (75/16/9 % to A/B/C), 0.25 633, 0.2 648
-/// (85/12/4); unequal-capacity queues were served as well (p99 513 ms at 0.2).
-pub const DEFAULT_ADAPTIVE_BIAS: f64 = 0.2;
-
-/// Tuning of the routing modes; `Default` gives the `DEFAULT_*` constants.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RoutingParams {
-    /// `adaptive-sma`: responses in the moving window (>= 1).
-    pub sma_window: usize,
-    /// `adaptive-ewma`: least weight of each new response, in (0, 1].
-    pub ewma_alpha: f64,
-    /// `adaptive-sma`/`adaptive-ewma`: the averages span about this much time at most: a
-    /// response `dt` after the previous one weighs at least `1 - exp(-dt / avg_span)` in
-    /// the EWMA and replaces that share of the SMA window (> 0).
-    pub avg_span: Duration,
-    /// `peak-ewma`: time constant of the decay of a peak (> 0).
-    pub peak_ewma_tau: Duration,
-    /// `adaptive-sma`/`adaptive-ewma`: time constant of the decay while idle, and the
-    /// staleness limit (> 0).
-    pub idle_decay: Duration,
-    /// Estimate before the first response (> 0).
-    pub default_rtt: Duration,
-    /// Floor of the sample recorded for a failed exchange.
-    pub error_latency: Duration,
-    /// Servers compared per pick by `least-request` and `peak-ewma`, 1..=4.
-    pub choices: usize,
-    /// Servers compared per pick by `adaptive-sma` and `adaptive-ewma`, 1..=4.
-    pub adaptive_choices: usize,
-    /// Exponent on the load factor for `adaptive-sma` and `adaptive-ewma`, in (0, 1].
-    pub adaptive_bias: f64,
-}
-
-impl Default for RoutingParams {
-    fn default() -> Self {
-        RoutingParams {
-            sma_window: DEFAULT_SMA_WINDOW,
-            ewma_alpha: DEFAULT_EWMA_ALPHA,
-            avg_span: DEFAULT_AVG_SPAN,
-            peak_ewma_tau: DEFAULT_PEAK_EWMA_TAU,
-            idle_decay: DEFAULT_IDLE_DECAY,
-            default_rtt: DEFAULT_RTT,
-            error_latency: DEFAULT_ERROR_LATENCY,
-            choices: DEFAULT_CHOICES,
-            adaptive_choices: DEFAULT_ADAPTIVE_CHOICES,
-            adaptive_bias: DEFAULT_ADAPTIVE_BIAS,
-        }
-    }
-}
-
+/// The routing parameters in the estimators' units (defined here, as `config` cannot see
+/// the estimators).
 impl RoutingParams {
-    /// Checks the ranges above; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        let positive = |name: &str, d: Duration| {
-            if d.is_zero() {
-                Err(format!("{name}: must be greater than 0"))
-            } else {
-                Ok(())
-            }
-        };
-        if self.sma_window == 0 || self.sma_window > 1 << 16 {
-            return Err(format!(
-                "sma_window: expected 1..65536, got {}",
-                self.sma_window
-            ));
-        }
-        if !(self.ewma_alpha > 0.0 && self.ewma_alpha <= 1.0) {
-            return Err(format!(
-                "ewma_alpha: expected a number in (0, 1], got {}",
-                self.ewma_alpha
-            ));
-        }
-        for (name, n) in [
-            ("choices", self.choices),
-            ("adaptive_choices", self.adaptive_choices),
-        ] {
-            if !(1..=MAX_CHOICES).contains(&n) {
-                return Err(format!("{name}: expected 1..={MAX_CHOICES}, got {n}"));
-            }
-        }
-        if !(self.adaptive_bias > 0.0 && self.adaptive_bias <= 1.0) {
-            return Err(format!(
-                "adaptive_bias: expected a number in (0, 1], got {}",
-                self.adaptive_bias
-            ));
-        }
-        positive("peak_ewma_tau", self.peak_ewma_tau)?;
-        positive("avg_span", self.avg_span)?;
-        positive("idle_decay", self.idle_decay)?;
-        positive("default_rtt", self.default_rtt)
-    }
-
     /// The estimators' rules in microseconds.
     pub fn rules(&self) -> Rules {
         Rules {
@@ -221,7 +93,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    fn new(s: &Server, params: &RoutingParams, now: Micros) -> Backend {
+    fn new(s: &BackendSpec, params: &RoutingParams, now: Micros) -> Backend {
         Backend {
             name: s.name.clone(),
             addr: s.addr,
@@ -255,11 +127,11 @@ pub struct Backends {
 }
 
 impl Backends {
-    pub fn new(servers: &[Server]) -> Backends {
+    pub fn new(servers: &[BackendSpec]) -> Backends {
         Self::with_params(servers, &RoutingParams::default(), now_us())
     }
 
-    pub fn with_params(servers: &[Server], params: &RoutingParams, now: Micros) -> Backends {
+    pub fn with_params(servers: &[BackendSpec], params: &RoutingParams, now: Micros) -> Backends {
         let list: Vec<Backend> = servers
             .iter()
             .map(|s| Backend::new(s, params, now))
@@ -329,13 +201,13 @@ impl Balancer {
         Self::with_params(&cfg.servers, cfg.mode, cfg.routing)
     }
 
-    pub fn with_params(servers: &[Server], mode: Mode, params: RoutingParams) -> Balancer {
+    pub fn with_params(servers: &[BackendSpec], mode: Mode, params: RoutingParams) -> Balancer {
         Self::with_params_at(servers, mode, params, now_us())
     }
 
     /// As [`with_params`](Balancer::with_params), the backends created at `now`.
     pub fn with_params_at(
-        servers: &[Server],
+        servers: &[BackendSpec],
         mode: Mode,
         params: RoutingParams,
         now: Micros,

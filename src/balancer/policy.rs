@@ -17,6 +17,7 @@ use crate::rng::XorShift;
 
 use super::estimator::{Estimator, Micros, Rules};
 use super::{Backend, Backends};
+use crate::config::MAX_CHOICES;
 
 /// A routing policy. Implementations keep their own shared state in atomics.
 pub trait Policy: Send + Sync {
@@ -222,8 +223,6 @@ pub struct Sampling {
 /// latency estimate is probed with one request.
 const PROBE_AFTER: f64 = 2.0;
 
-/// Most servers compared per pick.
-pub const MAX_CHOICES: usize = 4;
 /// Draws per candidate before falling back to a scan of the tier.
 const DRAWS_PER_CHOICE: usize = 3;
 /// Steps along a weighted schedule to move off a server already drawn.
@@ -444,7 +443,7 @@ mod tests {
 
     #[test]
     fn rank_orders_as_estimate_times_load_to_the_bias() {
-        let rules = crate::balancer::RoutingParams::default().rules();
+        let rules = crate::config::RoutingParams::default().rules();
         seed_thread_rng(3);
         for bias in [1.0, 0.5, 0.25, 0.2, 0.3, 0.7] {
             let s = Sampling::new(Load::Latency(Estimator::Ewma), 3, rules).with_bias(bias);

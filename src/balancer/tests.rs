@@ -7,10 +7,10 @@ use super::*;
 const MS: Duration = Duration::from_millis(1);
 const SEC: Micros = 1_000_000;
 
-pub(crate) fn servers(spec: &[(&str, u32, f64)]) -> Vec<Server> {
+pub(crate) fn servers(spec: &[(&str, u32, f64)]) -> Vec<BackendSpec> {
     spec.iter()
         .enumerate()
-        .map(|(i, (name, priority, load))| Server {
+        .map(|(i, (name, priority, load))| BackendSpec {
             name: name.to_string(),
             address: "127.0.0.1".into(),
             port: 8000 + i as u16,

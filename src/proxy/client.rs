@@ -8,7 +8,7 @@ use mio::net::TcpStream;
 
 use crate::access_log::Record;
 use crate::buffer::Buf;
-use crate::config::Upstream as UpstreamMode;
+use crate::config::UpstreamMode;
 use crate::debug;
 use crate::http::{self, Body, BodyKind, Canned, Forward, Method};
 use crate::timer::Deadline;

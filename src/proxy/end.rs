@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::config::Upstream as UpstreamMode;
+use crate::config::UpstreamMode;
 use crate::debug;
 use crate::health::Outcome;
 

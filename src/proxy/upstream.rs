@@ -8,7 +8,7 @@ use std::time::Duration;
 use mio::net::TcpStream;
 use mio::Interest;
 
-use crate::config::Upstream as UpstreamMode;
+use crate::config::UpstreamMode;
 use crate::debug;
 use crate::http;
 use crate::timer::Deadline;

@@ -1,0 +1,302 @@
+//! The command line (clap) and the environment variables clap reads for it
+//! (`PROXY_SERVER_PORT`, `PROXY_SERVER_CONFIG`). Owns the flag names, their help and which
+//! values came from the environment. Values stay as typed: `Config::validate` checks them
+//! with the same rules as the file's; the value parsers below run those rules early too, so
+//! a bad flag fails before the file is read, with the same words.
+
+use std::ffi::OsString;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use super::types::{Check, DEFAULT_CHECK_PATH, DEFAULT_CHECK_STATUS};
+use super::value::{self as rules, Given, Key, Layer, Raw, Rule};
+use super::ConfigError;
+
+/// The origin of values given as flags.
+pub const COMMAND_LINE: &str = "command line";
+/// The origin of values given as environment variables.
+pub const ENVIRONMENT: &str = "environment";
+
+/// A clap value parser that refuses what `rule` refuses, in its words, and keeps the text.
+fn checked<R: Rule + Sync>(
+    rule: &'static R,
+) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync + 'static {
+    move |s: &str| rule.check(&Raw::Text(s.to_string())).map(|_| s.to_string())
+}
+
+/// corelb: thread-per-core HTTP/1.1 reverse proxy and load balancer.
+#[derive(Debug, Parser)]
+#[command(name = "corelb", version, about, allow_negative_numbers = true)]
+pub struct Args {
+    /// Routing mode, as the seed took it: round-robin, weighted, least-request,
+    /// adaptive_sma, adaptive_ewma or peak-ewma.
+    #[arg(value_name = "MODE")]
+    pub mode_pos: Option<String>,
+    /// Routing mode (same as the positional MODE).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// JSON config file (the seed's format).
+    #[arg(long, short = 'c', env = "PROXY_SERVER_CONFIG")]
+    pub config: Option<String>,
+    /// Listen address: PORT or HOST:PORT (a bare port binds 127.0.0.1). Default 9090.
+    #[arg(long, short = 'l', env = "PROXY_SERVER_PORT")]
+    pub listen: Option<String>,
+    /// Worker threads, each pinned to a core, 1..1024. Default: one per core.
+    #[arg(long, short = 'w', value_parser = checked(&rules::WORKERS))]
+    pub workers: Option<String>,
+    /// Upstream connections: persistent (keep-alive pools) or per-request.
+    #[arg(long, short = 'u')]
+    pub upstream: Option<String>,
+    /// Print debug output: configuration, errors, state changes.
+    #[arg(long, short = 'd')]
+    pub debug: bool,
+    /// Upstream connect timeout (e.g. 500ms, 5s).
+    #[arg(long, value_parser = checked(&rules::SECONDS))]
+    pub connect_timeout: Option<String>,
+    /// Time a client has to send a complete request head (408 after).
+    #[arg(long, value_parser = checked(&rules::SECONDS))]
+    pub client_timeout: Option<String>,
+    /// Upstream inactivity timeout while a response is awaited or read (504 after).
+    #[arg(long, value_parser = checked(&rules::SECONDS))]
+    pub upstream_timeout: Option<String>,
+    /// Idle keep-alive client connections are closed after this.
+    #[arg(long, value_parser = checked(&rules::SECONDS))]
+    pub idle_timeout: Option<String>,
+    /// Idle pooled upstream connections are closed after this.
+    #[arg(long, value_parser = checked(&rules::SECONDS))]
+    pub pool_idle_timeout: Option<String>,
+    /// Longest graceful shutdown before remaining connections are closed.
+    #[arg(long, value_parser = checked(&rules::SECONDS))]
+    pub drain_timeout: Option<String>,
+    /// Most idle pooled connections per backend per worker, 0..1048576.
+    #[arg(long, value_parser = checked(&rules::MAX_IDLE_PER_BACKEND))]
+    pub max_idle_per_backend: Option<String>,
+    /// Per-request CSV log file, or `off`. Default: <mode>_<upstream>.csv.
+    #[arg(long, value_name = "FILE|off")]
+    pub log_csv: Option<String>,
+    /// Records the log queue holds before records are dropped (and counted).
+    #[arg(long, value_name = "N", value_parser = checked(&rules::LOG_QUEUE))]
+    pub log_queue: Option<String>,
+    /// Directory for HDR histogram dumps (.hgrm and .hlog), written on exit.
+    #[arg(long, value_name = "DIR")]
+    pub hdr_dir: Option<String>,
+    /// Also dump every this often (e.g. 10s).
+    #[arg(long, value_name = "D", value_parser = checked(&rules::POSITIVE_SECONDS))]
+    pub hdr_interval: Option<String>,
+    /// Active health check: tcp, http, http:/PATH, http:/PATH:STATUS, or off.
+    #[arg(long, value_name = "SPEC")]
+    pub health_check: Option<String>,
+    /// Consecutive successful checks that bring a server back up, 1..1000 (default 2).
+    #[arg(long, value_parser = checked(&rules::RISE_FALL))]
+    pub rise: Option<String>,
+    /// Consecutive failed checks that take a server down, 1..1000 (default 3).
+    #[arg(long, value_parser = checked(&rules::RISE_FALL))]
+    pub fall: Option<String>,
+    /// A recovered server's share ramps up over this long (e.g. 30s).
+    #[arg(long, value_name = "D", value_parser = checked(&rules::SECONDS))]
+    pub slow_start: Option<String>,
+    /// Consecutive failed exchanges that eject a server (0: never; default 5).
+    #[arg(long, value_name = "N", value_parser = checked(&rules::CONSECUTIVE_FAILURES))]
+    pub eject_after: Option<String>,
+    /// First ejection time; repeated ejections last longer (default 10s).
+    #[arg(long, value_name = "D", value_parser = checked(&rules::SECONDS))]
+    pub eject_time: Option<String>,
+    /// Most retries of one request on other servers, 0..10 (default 2).
+    #[arg(long, value_name = "N", value_parser = checked(&rules::RETRIES))]
+    pub retries: Option<String>,
+    /// Retries may add at most this percentage of requests (default 20).
+    #[arg(long, value_name = "PCT", value_parser = checked(&rules::PERCENT))]
+    pub retry_budget: Option<String>,
+    /// Admin API and live dashboard: HOST:PORT, PORT, or off. Default 127.0.0.1:5002.
+    #[arg(long, value_name = "ADDR|off")]
+    pub admin: Option<String>,
+    /// adaptive_sma: responses in the moving window, 1..65536 (default 512).
+    #[arg(long, value_name = "N", value_parser = checked(&rules::SMA_WINDOW))]
+    pub sma_window: Option<String>,
+    /// adaptive_ewma: least weight of each new response, in (0, 1] (default 0.004).
+    #[arg(long, value_name = "A", value_parser = checked(&rules::ANY_NUMBER))]
+    pub ewma_alpha: Option<String>,
+    /// adaptive_sma/adaptive_ewma: average over about this much time at most, however
+    /// few responses that is (default 500ms).
+    #[arg(long, value_name = "D", value_parser = checked(&rules::SECONDS))]
+    pub avg_span: Option<String>,
+    /// peak-ewma: decay time of a latency peak (default 10s).
+    #[arg(long, value_name = "D", value_parser = checked(&rules::SECONDS))]
+    pub peak_ewma_tau: Option<String>,
+    /// Do not pin workers to cores (helps when the proxy shares its cores with other busy
+    /// processes, such as a load generator on the same machine).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// The ids of the arguments whose value came from the environment (filled by
+    /// [`Args::parse_argv`]; empty otherwise, and those values then count as flags).
+    #[arg(skip)]
+    from_env: Vec<String>,
+}
+
+impl Args {
+    /// Parses a command line (the program name first). A value a rule refuses is an error
+    /// naming the flag; help, version and malformed command lines are clap's to print,
+    /// and exit the process as [`Parser::parse`] does.
+    pub fn parse_argv<I, T>(argv: I) -> Result<Args, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Args::command()
+            .try_get_matches_from(argv)
+            .and_then(|m| Args::from_arg_matches(&m).map(|a| (a, m)));
+        let (mut args, matches) = match matches {
+            Ok(ok) => ok,
+            Err(e) if e.kind() == ErrorKind::ValueValidation => return Err(refused(&e)),
+            Err(e) => e.exit(),
+        };
+        args.from_env = ["config", "listen"]
+            .into_iter()
+            .filter(|id| matches.value_source(id) == Some(ValueSource::EnvVariable))
+            .map(String::from)
+            .collect();
+        Ok(args)
+    }
+
+    /// The settings the environment gives, then those the flags give (which win).
+    pub(crate) fn layers(&self) -> Result<(Layer, Layer), ConfigError> {
+        let (mut env, mut cli) = (Layer::default(), Layer::default());
+        if let Some(v) = &self.listen {
+            if self.from_env.iter().any(|id| id == "listen") {
+                env.set(Key::Listen, text(v, ENVIRONMENT, "PROXY_SERVER_PORT"));
+            } else {
+                cli.set(Key::Listen, text(v, COMMAND_LINE, "--listen"));
+            }
+        }
+        let mode = match (&self.mode_pos, &self.mode) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ConfigError::new(
+                    COMMAND_LINE,
+                    "MODE",
+                    format!("\"{a}\" conflicts with --mode \"{b}\""),
+                ))
+            }
+            (a, b) => a.as_ref().or(b.as_ref()),
+        };
+        for (key, value, flag) in [
+            (Key::Mode, mode, "--mode"),
+            (Key::Workers, self.workers.as_ref(), "--workers"),
+            (Key::Upstream, self.upstream.as_ref(), "--upstream"),
+            (
+                Key::ConnectTimeout,
+                self.connect_timeout.as_ref(),
+                "--connect-timeout",
+            ),
+            (
+                Key::ClientTimeout,
+                self.client_timeout.as_ref(),
+                "--client-timeout",
+            ),
+            (
+                Key::UpstreamTimeout,
+                self.upstream_timeout.as_ref(),
+                "--upstream-timeout",
+            ),
+            (
+                Key::IdleTimeout,
+                self.idle_timeout.as_ref(),
+                "--idle-timeout",
+            ),
+            (
+                Key::PoolIdleTimeout,
+                self.pool_idle_timeout.as_ref(),
+                "--pool-idle-timeout",
+            ),
+            (
+                Key::DrainTimeout,
+                self.drain_timeout.as_ref(),
+                "--drain-timeout",
+            ),
+            (
+                Key::MaxIdlePerBackend,
+                self.max_idle_per_backend.as_ref(),
+                "--max-idle-per-backend",
+            ),
+            (Key::LogCsv, self.log_csv.as_ref(), "--log-csv"),
+            (Key::LogQueue, self.log_queue.as_ref(), "--log-queue"),
+            (Key::HdrDir, self.hdr_dir.as_ref(), "--hdr-dir"),
+            (
+                Key::HdrInterval,
+                self.hdr_interval.as_ref(),
+                "--hdr-interval",
+            ),
+            (Key::Rise, self.rise.as_ref(), "--rise"),
+            (Key::Fall, self.fall.as_ref(), "--fall"),
+            (Key::SlowStart, self.slow_start.as_ref(), "--slow-start"),
+            (Key::EjectAfter, self.eject_after.as_ref(), "--eject-after"),
+            (Key::EjectTime, self.eject_time.as_ref(), "--eject-time"),
+            (Key::Retries, self.retries.as_ref(), "--retries"),
+            (
+                Key::RetryBudget,
+                self.retry_budget.as_ref(),
+                "--retry-budget",
+            ),
+            (Key::Admin, self.admin.as_ref(), "--admin"),
+            (Key::SmaWindow, self.sma_window.as_ref(), "--sma-window"),
+            (Key::EwmaAlpha, self.ewma_alpha.as_ref(), "--ewma-alpha"),
+            (Key::AvgSpan, self.avg_span.as_ref(), "--avg-span"),
+            (
+                Key::PeakEwmaTau,
+                self.peak_ewma_tau.as_ref(),
+                "--peak-ewma-tau",
+            ),
+        ] {
+            if let Some(v) = value {
+                cli.set(key, text(v, COMMAND_LINE, flag));
+            }
+        }
+        if let Some(spec) = &self.health_check {
+            health_check(&mut cli, spec);
+        }
+        if self.debug {
+            cli.set(Key::Debug, json(true, "--debug"));
+        }
+        if self.no_pin {
+            cli.set(Key::Pin, json(false, "--no-pin"));
+        }
+        Ok((env, cli))
+    }
+}
+
+fn text(v: &str, origin: &str, field: &str) -> Given {
+    Given::new(Raw::Text(v.to_string()), origin, field)
+}
+
+/// A switch's value: switches have nothing to check, but go through the same merge.
+fn json(v: bool, flag: &str) -> Given {
+    Given::new(Raw::Json(v.into()), COMMAND_LINE, flag)
+}
+
+/// `--health-check off` only turns checks off; any other spec turns them on and gives
+/// the check's type, path and status (the defaults when the spec leaves them out), each
+/// checked by the rule of the file's `healthCheck` field.
+fn health_check(cli: &mut Layer, spec: &str) {
+    const FLAG: &str = "--health-check";
+    let on = spec.trim() != "off";
+    cli.set(Key::CheckEnabled, json(on, FLAG));
+    if on {
+        let (kind, path, status) = Check::split_spec(spec);
+        let status = status.map_or(DEFAULT_CHECK_STATUS.to_string(), str::to_string);
+        cli.set(Key::CheckType, text(kind, COMMAND_LINE, FLAG));
+        let path = path.unwrap_or(DEFAULT_CHECK_PATH);
+        cli.set(Key::CheckPath, text(path, COMMAND_LINE, FLAG));
+        cli.set(Key::CheckStatus, text(&status, COMMAND_LINE, FLAG));
+    }
+}
+
+/// A value refused by one of the value parsers above, as a one-line configuration error.
+fn refused(e: &clap::Error) -> ConfigError {
+    let flag = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.split(' ').next().unwrap_or(s).to_string(),
+        _ => "(flag)".to_string(),
+    };
+    let problem = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string());
+    ConfigError::new(COMMAND_LINE, flag, problem)
+}

@@ -1,0 +1,582 @@
+//! Configuration tests: the file format, flags over the file, and that a bad value gets
+//! the same problem from the file and from a flag.
+
+use std::time::Duration;
+
+use super::*;
+
+fn err(text: &str) -> String {
+    Config::from_json("c.json", text).unwrap_err().to_string()
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = Config::from_json("d", DEFAULT_CONFIG).unwrap();
+    assert_eq!(c.servers.len(), 3);
+    assert_eq!(c.servers[1].name, "B");
+    assert_eq!(c.servers[2].addr, "127.0.0.1:8083".parse().unwrap());
+    assert_eq!(c.listen.port(), DEFAULT_PORT);
+    assert_eq!(c.mode, Mode::RoundRobin);
+    assert_eq!(c.upstream, UpstreamMode::Persistent);
+}
+
+#[test]
+fn seed_file_format_is_read_as_is() {
+    let seed = r#"{"heartbeatInterval": 10, "heartbeatTimeout": 5, "_note": "x",
+      "servers": [
+        {"priority": 0, "name": "tts@container1", "address": "localhost", "port": 50051, "load": 0.5},
+        {"priority": 1, "name": "tts@container2", "address": "127.0.0.1", "port": 50052, "load": 0.3}
+      ]}"#;
+    let c = Config::from_json("seed.json", seed).unwrap();
+    assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+    assert_eq!(c.heartbeat_timeout, Duration::from_secs(5));
+    assert_eq!(c.servers[0].load, 0.5);
+    assert_eq!(c.servers[1].priority, 1);
+    assert_eq!(c.servers[0].addr.port(), 50051);
+}
+
+#[test]
+fn default_log_name_is_the_seeds() {
+    let name = |m, u| default_log_name(m, u);
+    assert_eq!(
+        name(Mode::AdaptiveEwma, UpstreamMode::Persistent),
+        "adaptive_ewma_persistent.csv"
+    );
+    assert_eq!(
+        name(Mode::AdaptiveSma, UpstreamMode::PerRequest),
+        "adaptive_sma_per-request.csv"
+    );
+    assert_eq!(
+        name(Mode::RoundRobin, UpstreamMode::Persistent),
+        "round-robin_persistent.csv"
+    );
+}
+
+#[test]
+fn routing_block_sets_every_tuning_knob() {
+    let c = Config::from_json(
+        "r.json",
+        r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1}],
+            "routing": {"smaWindow": 64, "ewmaAlpha": 0.01, "avgSpan": 0.25,
+                        "idleDecay": 3, "peakEwmaTau": 5, "loadBias": 0.3,
+                        "choices": 3, "adaptiveChoices": 2}}"#,
+    )
+    .unwrap();
+    let r = c.routing;
+    assert_eq!(
+        (r.sma_window, r.ewma_alpha, r.adaptive_bias),
+        (64, 0.01, 0.3)
+    );
+    assert_eq!(r.avg_span, Duration::from_millis(250));
+    assert_eq!(r.idle_decay, Duration::from_secs(3));
+    assert_eq!(r.peak_ewma_tau, Duration::from_secs(5));
+    assert_eq!((r.choices, r.adaptive_choices), (3, 2));
+    assert_eq!(
+        err(
+            r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1}],
+                "routing": {"avgSpan": 0}}"#
+        ),
+        "c.json: routing: avg_span: must be greater than 0"
+    );
+}
+
+#[test]
+fn errors_name_file_field_and_problem() {
+    assert_eq!(
+        err(r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 70000}]}"#),
+        "c.json: servers[0].port: expected an integer 1..65535, got 70000"
+    );
+    assert_eq!(
+        err(r#"{"servers": [{"name": "A", "address": "127.0.0.1"}]}"#),
+        "c.json: servers[0].port: missing (required)"
+    );
+    assert_eq!(
+        err(r#"{"servers": []}"#),
+        "c.json: servers: empty: list at least one server"
+    );
+    assert!(err(r#"{"heartbeatIntervall": 1, "servers": []}"#)
+        .starts_with("c.json: heartbeatIntervall: unknown field"));
+    assert!(err("{").starts_with("c.json: (json): invalid JSON at line 1"));
+    assert_eq!(
+        err(r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1, "load": 0}]}"#),
+        "c.json: servers[0].load: must be a number greater than 0, got 0"
+    );
+    assert_eq!(
+        err(
+            r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1},
+                            {"name": "A", "address": "127.0.0.1", "port": 2}]}"#
+        ),
+        "c.json: servers[1].name: \"A\" is already used by servers[0]"
+    );
+    assert_eq!(
+        err(r#"{"servers": [{"name": "A", "address": "no.such.host.invalid", "port": 1}]}"#),
+        "c.json: servers[0].address: cannot resolve \"no.such.host.invalid\""
+    );
+    assert_eq!(
+        err(
+            r#"{"mode": "fastest", "servers": [{"name": "A", "address": "127.0.0.1", "port": 1}]}"#
+        ),
+        "c.json: mode: unknown mode \"fastest\"; known: round-robin, weighted, least-request, adaptive-sma, adaptive-ewma, peak-ewma"
+    );
+    assert_eq!(
+        err(r#"{"heartbeatInterval": "2", "servers": []}"#),
+        "c.json: heartbeatInterval: expected a number, got \"2\""
+    );
+}
+
+#[test]
+fn overrides_win_over_the_file() {
+    let c = Config::from_args([
+        "corelb",
+        "--listen",
+        "0",
+        "--workers",
+        "3",
+        "round_robin",
+        "--upstream",
+        "per-request",
+        "--connect-timeout",
+        "250ms",
+    ])
+    .unwrap();
+    assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
+    assert_eq!(c.workers, 3);
+    assert_eq!(c.upstream, UpstreamMode::PerRequest);
+    assert_eq!(c.timeouts.connect, Duration::from_millis(250));
+    let e = Config::from_args(["corelb", "--upstream", "sometimes"]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "command line: --upstream: expected persistent or per-request, got \"sometimes\""
+    );
+}
+
+#[test]
+fn durations_and_listen_addresses() {
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
+    assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+    assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_duration("-1"), None);
+    assert_eq!(parse_duration("soon"), None);
+    assert_eq!(
+        parse_listen("9090"),
+        Some("127.0.0.1:9090".parse().unwrap())
+    );
+    assert_eq!(parse_listen(":80"), Some("127.0.0.1:80".parse().unwrap()));
+    assert_eq!(
+        parse_listen("0.0.0.0:80"),
+        Some("0.0.0.0:80".parse().unwrap())
+    );
+    assert_eq!(parse_listen("[::1]:80"), Some("[::1]:80".parse().unwrap()));
+    assert_eq!(parse_listen("nope"), None);
+}
+
+/// A file with one backend and `extra` top-level keys.
+fn file_with(extra: &str) -> String {
+    let sep = if extra.is_empty() { "" } else { ", " };
+    format!(r#"{{"servers": [{{"name": "A", "address": "127.0.0.1", "port": 1}}]{sep}{extra}}}"#)
+}
+
+fn file_error(extra: &str) -> ConfigError {
+    Config::from_json("c.json", &file_with(extra)).unwrap_err()
+}
+
+fn flag_error(flags: &[&str]) -> ConfigError {
+    let argv = std::iter::once("corelb").chain(flags.iter().copied());
+    Config::from_args(argv).unwrap_err()
+}
+
+/// `extra` in the file and `flags` on the command line are refused with the same problem,
+/// the file naming `file_field` and the command line `flag_field`.
+#[track_caller]
+fn same_problem(extra: &str, file_field: &str, flags: &[&str], flag_field: &str) -> String {
+    let (f, c) = (file_error(extra), flag_error(flags));
+    assert_eq!(
+        (f.origin.as_str(), f.field.as_str()),
+        ("c.json", file_field)
+    );
+    assert_eq!(
+        (c.origin.as_str(), c.field.as_str()),
+        ("command line", flag_field)
+    );
+    assert_eq!(f.problem, c.problem, "{f} / {c}");
+    f.problem
+}
+
+#[test]
+fn bounded_settings_refuse_a_bad_value_alike_from_the_file_and_from_a_flag() {
+    let hc = "healthCheck.";
+    for (key, flag) in [("rise", "--rise"), ("fall", "--fall")] {
+        for (json, text) in [("0", "0"), ("1001", "1001"), ("1.5", "1.5"), ("\"x\"", "x")] {
+            let extra = format!(r#""healthCheck": {{"{key}": {json}}}"#);
+            let p = same_problem(&extra, &format!("{hc}{key}"), &[flag, text], flag);
+            assert!(p.starts_with("expected an integer 1..1000, got "), "{p}");
+        }
+    }
+    for (value, problem) in [
+        ("1000001", "expected an integer 0..1000000, got 1000001"),
+        ("-1", "expected an integer 0..1000000, got -1"),
+    ] {
+        let extra = format!(r#""outlierDetection": {{"consecutiveFailures": {value}}}"#);
+        let field = "outlierDetection.consecutiveFailures";
+        let p = same_problem(&extra, field, &["--eject-after", value], "--eject-after");
+        assert_eq!(p, problem);
+    }
+    let p = same_problem(
+        r#""maxIdlePerBackend": 1048577"#,
+        "maxIdlePerBackend",
+        &["--max-idle-per-backend", "1048577"],
+        "--max-idle-per-backend",
+    );
+    assert_eq!(p, "expected an integer 0..1048576, got 1048577");
+    for n in ["0", "1025"] {
+        let extra = format!(r#""workers": {n}"#);
+        let p = same_problem(&extra, "workers", &["--workers", n], "--workers");
+        assert_eq!(p, format!("expected an integer 1..1024, got {n}"));
+    }
+    let p = same_problem(
+        r#""retries": {"count": 11}"#,
+        "retries.count",
+        &["--retries", "11"],
+        "--retries",
+    );
+    assert_eq!(p, "expected an integer 0..10, got 11");
+    let p = same_problem(
+        r#""retries": {"budgetPercent": 150}"#,
+        "retries.budgetPercent",
+        &["--retry-budget", "150"],
+        "--retry-budget",
+    );
+    assert_eq!(p, "expected 0..100, got 150");
+}
+
+#[test]
+fn addresses_and_names_are_refused_alike_from_the_file_and_from_a_flag() {
+    for port in ["70000", "nope"] {
+        let extra = format!(r#""listen": "{port}""#);
+        let p = same_problem(&extra, "listen", &["--listen", port], "--listen");
+        assert_eq!(p, format!("expected PORT or HOST:PORT, got \"{port}\""));
+        let extra = format!(r#""admin": "{port}""#);
+        let p = same_problem(&extra, "admin", &["--admin", port], "--admin");
+        assert_eq!(
+            p,
+            format!("expected off, PORT or HOST:PORT, got \"{port}\"")
+        );
+    }
+    same_problem(
+        r#""mode": "fastest""#,
+        "mode",
+        &["--mode", "fastest"],
+        "--mode",
+    );
+    same_problem(r#""mode": "fastest""#, "mode", &["fastest"], "--mode");
+    same_problem(
+        r#""upstream": "sometimes""#,
+        "upstream",
+        &["--upstream", "sometimes"],
+        "--upstream",
+    );
+}
+
+#[test]
+fn routing_params_are_refused_alike_from_the_file_and_from_a_flag() {
+    let p = same_problem(
+        r#""routing": {"smaWindow": 0}"#,
+        "routing.smaWindow",
+        &["--sma-window", "0"],
+        "--sma-window",
+    );
+    assert_eq!(p, "expected an integer 1..65536, got 0");
+    // The block's own check names the parameter after `routing`, for both origins.
+    let p = same_problem(
+        r#""routing": {"ewmaAlpha": 2}"#,
+        "routing",
+        &["--ewma-alpha", "2"],
+        "routing",
+    );
+    assert_eq!(p, "ewma_alpha: expected a number in (0, 1], got 2");
+    for (key, flag, name) in [
+        ("avgSpan", "--avg-span", "avg_span"),
+        ("peakEwmaTau", "--peak-ewma-tau", "peak_ewma_tau"),
+    ] {
+        let extra = format!(r#""routing": {{"{key}": 0}}"#);
+        let p = same_problem(&extra, "routing", &[flag, "0"], "routing");
+        assert_eq!(p, format!("{name}: must be greater than 0"));
+        let extra = format!(r#""routing": {{"{key}": -1}}"#);
+        let field = format!("routing.{key}");
+        let p = same_problem(&extra, &field, &[flag, "-1"], flag);
+        assert_eq!(p, "expected seconds >= 0, got -1");
+    }
+    // Values other sources leave alone keep theirs; the block is checked as merged.
+    let c = Config::load(
+        &Args::parse_argv(["corelb", "--sma-window", "64", "--ewma-alpha", "0.5"]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((c.routing.sma_window, c.routing.ewma_alpha), (64, 0.5));
+}
+
+#[test]
+fn durations_are_refused_alike_from_the_file_and_from_a_flag() {
+    for (key, flag) in [
+        ("connect", "--connect-timeout"),
+        ("client", "--client-timeout"),
+        ("upstream", "--upstream-timeout"),
+        ("idle", "--idle-timeout"),
+        ("poolIdle", "--pool-idle-timeout"),
+        ("drain", "--drain-timeout"),
+    ] {
+        let extra = format!(r#""timeouts": {{"{key}": -1}}"#);
+        let field = format!("timeouts.{key}");
+        let p = same_problem(&extra, &field, &[flag, "-1"], flag);
+        assert_eq!(p, "expected seconds >= 0, got -1");
+        let extra = format!(r#""timeouts": {{"{key}": 1e12}}"#);
+        same_problem(&extra, &field, &[flag, "1e12"], flag);
+    }
+    let p = same_problem(
+        r#""hdrInterval": 0"#,
+        "hdrInterval",
+        &["--hdr-interval", "0s"],
+        "--hdr-interval",
+    );
+    assert_eq!(p, "must be greater than 0");
+    same_problem(
+        r#""healthCheck": {"slowStart": -2}"#,
+        "healthCheck.slowStart",
+        &["--slow-start=-2"],
+        "--slow-start",
+    );
+    same_problem(
+        r#""outlierDetection": {"baseEjectionTime": -2}"#,
+        "outlierDetection.baseEjectionTime",
+        &["--eject-time=-2000ms"],
+        "--eject-time",
+    );
+    // A flag takes units; a file takes seconds as a number.
+    assert_eq!(
+        flag_error(&["--drain-timeout", "soon"]).to_string(),
+        "command line: --drain-timeout: expected a duration like 500ms, 5s or 2m, got \"soon\""
+    );
+    assert_eq!(
+        file_error(r#""timeouts": {"drain": "5s"}"#).to_string(),
+        "c.json: timeouts.drain: expected a number, got \"5s\""
+    );
+}
+
+#[test]
+fn health_check_parts_are_refused_alike_from_the_file_and_from_a_flag() {
+    let p = same_problem(
+        r#""healthCheck": {"type": "http", "expectStatus": 600}"#,
+        "healthCheck.expectStatus",
+        &["--health-check", "http:/ping:600"],
+        "--health-check",
+    );
+    assert_eq!(p, "expected an integer 100..599, got 600");
+    let p = same_problem(
+        r#""healthCheck": {"type": "http", "path": "ping"}"#,
+        "healthCheck.path",
+        &["--health-check", "http:ping"],
+        "--health-check",
+    );
+    assert_eq!(p, "must start with /, got \"ping\"");
+    let p = same_problem(
+        r#""healthCheck": {"type": "udp"}"#,
+        "healthCheck.type",
+        &["--health-check", "udp"],
+        "--health-check",
+    );
+    assert_eq!(p, "expected tcp or http, got \"udp\"");
+}
+
+#[test]
+fn health_check_flag_replaces_the_files_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    let extra = r#""healthCheck": {"type": "http", "path": "/x", "expectStatus": 204, "rise": 7}"#;
+    std::fs::write(&path, file_with(extra)).unwrap();
+    let p = path.to_str().unwrap();
+    let load = |flags: &[&str]| {
+        let argv = ["corelb", "--config", p]
+            .into_iter()
+            .chain(flags.iter().copied());
+        Config::from_args(argv).unwrap().health
+    };
+    let h = load(&[]);
+    let x = Check::Http {
+        path: "/x".into(),
+        expect: 204,
+    };
+    assert_eq!((&h.check, h.rise, h.enabled), (&x, 7, true));
+    let h = load(&["--health-check", "off"]);
+    assert_eq!((&h.check, h.enabled), (&x, false));
+    let h = load(&["--health-check", "http", "--rise", "3"]);
+    let default = Check::Http {
+        path: "/health".into(),
+        expect: 200,
+    };
+    assert_eq!((&h.check, h.rise), (&default, 3));
+    assert_eq!(load(&["--health-check", "TCP"]).check, Check::Tcp);
+}
+
+#[test]
+fn switches_and_log_names_merge_over_the_file() {
+    let c = Config::from_args(["corelb", "-d", "--no-pin", "adaptive_ewma"]).unwrap();
+    assert!(c.debug && !c.pin);
+    assert_eq!(c.log_csv.as_deref(), Some("adaptive_ewma_persistent.csv"));
+    let c = Config::from_args(["corelb", "--log-csv", "off", "--log-queue", "5"]).unwrap();
+    assert_eq!((c.log_csv, c.log_queue), (None, 5));
+    assert_eq!(
+        flag_error(&["--log-queue", "0"]).to_string(),
+        "command line: --log-queue: expected an integer >= 1, got 0"
+    );
+    assert_eq!(
+        flag_error(&["weighted", "--mode", "rr"]).to_string(),
+        "command line: MODE: \"weighted\" conflicts with --mode \"rr\""
+    );
+}
+
+#[test]
+fn defaults_fill_what_no_source_gives() {
+    let c = Config::from_json("d", DEFAULT_CONFIG).unwrap();
+    assert_eq!(c.timeouts, Timeouts::default());
+    assert_eq!(c.health, HealthSettings::default());
+    assert_eq!(c.outlier, OutlierSettings::default());
+    assert_eq!(c.retry, RetrySettings::default());
+    assert_eq!(c.routing, RoutingParams::default());
+    assert_eq!(c.max_idle_per_backend, DEFAULT_MAX_IDLE_PER_BACKEND);
+    assert_eq!(c.log_queue, DEFAULT_LOG_QUEUE);
+    assert_eq!(c.log_csv.as_deref(), Some("round-robin_persistent.csv"));
+    assert_eq!(c.admin, parse_listen(DEFAULT_ADMIN));
+    assert_eq!((c.hdr_dir, c.hdr_interval), (None, None));
+    assert_eq!(
+        (c.workers, c.pin, c.debug),
+        (default_workers(), true, false)
+    );
+}
+
+#[test]
+fn every_file_key_and_flag_lands_in_its_field() {
+    let s = |n: u64| Duration::from_secs(n);
+    let c = Config::from_json(
+        "all.json",
+        &file_with(
+            r#""listen": "127.0.0.1:7000", "workers": 3, "mode": "peak-ewma",
+               "upstream": "per-request", "maxIdlePerBackend": 4, "logCsv": "x.csv",
+               "hdrDir": "h", "hdrInterval": 5, "admin": "off",
+               "timeouts": {"connect": 1, "client": 2, "upstream": 3, "idle": 4,
+                            "poolIdle": 5, "drain": 6},
+               "healthCheck": {"type": "http", "path": "/p", "expectStatus": 204,
+                               "rise": 7, "fall": 8, "slowStart": 9, "enabled": false},
+               "outlierDetection": {"consecutiveFailures": 10, "baseEjectionTime": 11,
+                                    "maxEjectionTime": 12, "on5xx": true},
+               "retries": {"count": 3, "budgetPercent": 50}"#,
+        ),
+    )
+    .unwrap();
+    assert_eq!(c.listen, "127.0.0.1:7000".parse().unwrap());
+    assert_eq!(
+        (c.workers, c.mode, c.upstream),
+        (3, Mode::PeakEwma, UpstreamMode::PerRequest)
+    );
+    assert_eq!(
+        (c.max_idle_per_backend, c.log_csv.as_deref()),
+        (4, Some("x.csv"))
+    );
+    assert_eq!(
+        (c.hdr_dir.as_deref(), c.hdr_interval, c.admin),
+        (Some("h"), Some(s(5)), None)
+    );
+    let t = c.timeouts;
+    assert_eq!(
+        [
+            t.connect,
+            t.client,
+            t.upstream,
+            t.idle,
+            t.pool_idle,
+            t.drain
+        ],
+        [s(1), s(2), s(3), s(4), s(5), s(6)]
+    );
+    let h = &c.health;
+    let check = Check::Http {
+        path: "/p".into(),
+        expect: 204,
+    };
+    assert_eq!(
+        (&h.check, h.rise, h.fall, h.slow_start, h.enabled),
+        (&check, 7, 8, s(9), false)
+    );
+    let o = &c.outlier;
+    assert_eq!(
+        (o.consecutive, o.base, o.max, o.on_5xx),
+        (10, s(11), s(12), true)
+    );
+    assert_eq!((c.retry.count, c.retry.budget), (3, 0.5));
+
+    let c = Config::from_args([
+        "corelb",
+        "--client-timeout",
+        "2s",
+        "--upstream-timeout",
+        "3s",
+        "--idle-timeout",
+        "4s",
+        "--pool-idle-timeout",
+        "5s",
+        "--drain-timeout",
+        "6s",
+        "--max-idle-per-backend",
+        "4",
+        "--hdr-dir",
+        "h",
+        "--hdr-interval",
+        "5",
+        "--admin",
+        "7001",
+        "--fall",
+        "8",
+        "--slow-start",
+        "9",
+        "--eject-after",
+        "10",
+        "--eject-time",
+        "11",
+        "--retries",
+        "3",
+        "--retry-budget",
+        "50",
+        "--avg-span",
+        "250ms",
+        "--peak-ewma-tau",
+        "5",
+    ])
+    .unwrap();
+    let t = c.timeouts;
+    assert_eq!(
+        [
+            t.connect,
+            t.client,
+            t.upstream,
+            t.idle,
+            t.pool_idle,
+            t.drain
+        ],
+        [DEFAULT_CONNECT_TIMEOUT, s(2), s(3), s(4), s(5), s(6)]
+    );
+    assert_eq!(
+        (c.max_idle_per_backend, c.hdr_dir.as_deref()),
+        (4, Some("h"))
+    );
+    assert_eq!(
+        (c.hdr_interval, c.admin),
+        (Some(s(5)), parse_listen("7001"))
+    );
+    assert_eq!((c.health.fall, c.health.slow_start), (8, s(9)));
+    assert_eq!((c.outlier.consecutive, c.outlier.base), (10, s(11)));
+    assert_eq!((c.retry.count, c.retry.budget), (3, 0.5));
+    let r = c.routing;
+    assert_eq!(
+        (r.avg_span, r.peak_ewma_tau),
+        (Duration::from_millis(250), s(5))
+    );
+}

@@ -1,0 +1,396 @@
+//! The heartbeat thread: active health checks (TCP connect or an HTTP GET) on its own mio
+//! loop, jittered per backend, feeding the rise/fall hysteresis, expiring passive
+//! ejections, and printing the `-d` status table.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::balancer::Balancer;
+use crate::config::{Check, HealthSettings};
+use crate::rng::XorShift;
+
+use super::{Health, Hysteresis};
+
+const WAKE: Token = Token(usize::MAX);
+
+enum ProbeState {
+    Idle,
+    Connecting(TcpStream),
+    Writing(TcpStream, usize),
+    Reading(TcpStream, Vec<u8>),
+}
+
+struct Probe {
+    addr: SocketAddr,
+    state: ProbeState,
+    due: Instant,
+    deadline: Instant,
+    hyst: Hysteresis,
+    last: &'static str,
+    rng: XorShift,
+}
+
+/// What the checker thread watches and updates, held by a higher layer.
+pub trait Monitored: Send + Sync + 'static {
+    fn health(&self) -> &Health;
+    fn balancer(&self) -> &Balancer;
+}
+
+/// The health-check thread.
+pub struct Checker {
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Checker {
+    /// Starts the checker thread on what `owner` holds (the workers' `Shared`): the
+    /// checker sees only the health state and the balancer, so it needs no higher layer.
+    pub fn start<S: Monitored>(owner: Arc<S>) -> io::Result<Checker> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("corelb-health".into())
+            .spawn(move || check_loop(poll, owner, s2))?;
+        Ok(Checker {
+            waker,
+            stop,
+            thread,
+        })
+    }
+
+    pub fn stop(self) {
+        self.stop.store(true, Relaxed);
+        let _ = self.waker.wake();
+        let _ = self.thread.join();
+    }
+}
+
+/// `base` shifted by up to ±10%, so probes of many servers do not synchronise.
+fn jittered(base: Duration, rng: &mut XorShift) -> Duration {
+    base.mul_f64(0.9 + 0.2 * rng.next_f64())
+}
+
+fn check_loop<S: Monitored>(mut poll: Poll, owner: Arc<S>, stop: Arc<AtomicBool>) {
+    let (health, bal) = (owner.health(), owner.balancer());
+    let s = health.settings.clone();
+    let start = Instant::now();
+    let mut probes: Vec<Probe> = (0..bal.len())
+        .map(|i| {
+            let mut rng = XorShift::new(i as u64);
+            // First probes spread over the first interval.
+            let offset = s.interval.mul_f64(rng.next_f64());
+            Probe {
+                addr: bal.backend(i).addr,
+                state: ProbeState::Idle,
+                due: start + offset,
+                deadline: start,
+                hyst: Hysteresis::new(),
+                last: "not checked yet",
+                rng,
+            }
+        })
+        .collect();
+    let mut events = Events::with_capacity(64);
+    let mut next_table = start + s.interval;
+    let request_for = |addr: SocketAddr| {
+        match &s.check {
+        Check::Http { path, .. } => {
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: corelb-health\r\nConnection: close\r\n\r\n").into_bytes()
+        }
+        Check::Tcp => Vec::new(),
+    }
+    };
+    while !stop.load(Relaxed) {
+        let now = Instant::now();
+        let mut wake_at = now + Duration::from_millis(500);
+        if s.enabled {
+            for p in &probes {
+                let t = if matches!(p.state, ProbeState::Idle) {
+                    p.due
+                } else {
+                    p.deadline
+                };
+                wake_at = wake_at.min(t);
+            }
+        }
+        if let Some(until) = health.expire_ejections(bal, health.now_ms()) {
+            let in_ms = until.saturating_sub(health.now_ms());
+            wake_at = wake_at.min(now + Duration::from_millis(in_ms));
+        }
+        let timeout = wake_at.saturating_duration_since(now);
+        if poll.poll(&mut events, Some(timeout)).is_err() {
+            continue;
+        }
+        if !s.enabled {
+            continue;
+        }
+        // Progress probes with events, then start due ones and time out late ones.
+        for ev in events.iter() {
+            if ev.token() == WAKE {
+                continue;
+            }
+            let i = ev.token().0;
+            let result = advance(&mut probes[i], &s.check, &request_for, poll.registry());
+            if let Some((ok, why)) = result {
+                finish(&mut probes[i], i, ok, why, health, bal, &s, poll.registry());
+            }
+        }
+        let now = Instant::now();
+        for (i, p) in probes.iter_mut().enumerate() {
+            match p.state {
+                ProbeState::Idle if now >= p.due => match TcpStream::connect(p.addr) {
+                    Ok(mut sock) => {
+                        if poll
+                            .registry()
+                            .register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)
+                            .is_ok()
+                        {
+                            p.state = ProbeState::Connecting(sock);
+                            p.deadline = now + s.timeout;
+                        }
+                    }
+                    Err(_) => finish(
+                        p,
+                        i,
+                        false,
+                        "connect failed",
+                        health,
+                        bal,
+                        &s,
+                        poll.registry(),
+                    ),
+                },
+                ProbeState::Idle => {}
+                _ if now >= p.deadline => {
+                    finish(p, i, false, "timed out", health, bal, &s, poll.registry())
+                }
+                _ => {}
+            }
+        }
+        if health.debug && now >= next_table {
+            next_table = now + s.interval;
+            print_table(&probes, health, bal);
+        }
+    }
+}
+
+/// Moves a probe along after a readiness event; `Some((ok, why))` when it has a result.
+fn advance(
+    p: &mut Probe,
+    check: &Check,
+    request_for: &dyn Fn(SocketAddr) -> Vec<u8>,
+    _reg: &mio::Registry,
+) -> Option<(bool, &'static str)> {
+    loop {
+        match std::mem::replace(&mut p.state, ProbeState::Idle) {
+            ProbeState::Idle => return None,
+            ProbeState::Connecting(sock) => {
+                match sock.take_error() {
+                    Ok(Some(_)) | Err(_) => return Some((false, "connection refused")),
+                    Ok(None) => {}
+                }
+                match sock.peer_addr() {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                        p.state = ProbeState::Connecting(sock);
+                        return None;
+                    }
+                    Err(_) => return Some((false, "connection refused")),
+                }
+                match check {
+                    Check::Tcp => return Some((true, "tcp connect ok")),
+                    Check::Http { .. } => p.state = ProbeState::Writing(sock, 0),
+                }
+            }
+            ProbeState::Writing(sock, off) => {
+                let req = request_for(p.addr);
+                match (&sock).write(&req[off..]) {
+                    Ok(n) if off + n == req.len() => {
+                        p.state = ProbeState::Reading(sock, Vec::new())
+                    }
+                    Ok(n) => {
+                        p.state = ProbeState::Writing(sock, off + n);
+                        return None;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        p.state = ProbeState::Writing(sock, off);
+                        return None;
+                    }
+                    Err(_) => return Some((false, "reset while sending check")),
+                }
+            }
+            ProbeState::Reading(mut sock, mut buf) => {
+                let mut chunk = [0u8; 1024];
+                match sock.read(&mut chunk) {
+                    Ok(0) => return Some(status_result(&buf, check, true)),
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        let r = status_result(&buf, check, false);
+                        if r.1 != "incomplete" {
+                            return Some(r);
+                        }
+                        if buf.len() > 16 * 1024 {
+                            return Some((false, "check response head too large"));
+                        }
+                        p.state = ProbeState::Reading(sock, buf);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        p.state = ProbeState::Reading(sock, buf);
+                        return None;
+                    }
+                    Err(_) => return Some((false, "reset while reading check")),
+                }
+            }
+        }
+    }
+}
+
+fn status_result(buf: &[u8], check: &Check, eof: bool) -> (bool, &'static str) {
+    let Check::Http { expect, .. } = check else {
+        return (true, "ok");
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut headers);
+    match r.parse(buf) {
+        Ok(_) if r.code.is_some() => {
+            if r.code == Some(*expect) {
+                (true, "http status ok")
+            } else {
+                (false, "unexpected http status")
+            }
+        }
+        Ok(_) if !eof => (false, "incomplete"),
+        _ => (false, "malformed http response"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    p: &mut Probe,
+    i: usize,
+    ok: bool,
+    why: &'static str,
+    health: &Health,
+    bal: &Balancer,
+    s: &HealthSettings,
+    reg: &mio::Registry,
+) {
+    let mut old = std::mem::replace(&mut p.state, ProbeState::Idle);
+    match &mut old {
+        ProbeState::Connecting(sock)
+        | ProbeState::Writing(sock, _)
+        | ProbeState::Reading(sock, _) => {
+            let _ = reg.deregister(sock);
+        }
+        ProbeState::Idle => {}
+    }
+    drop(old);
+    p.last = why;
+    p.due = Instant::now() + jittered(s.interval, &mut p.rng);
+    if let Some(up) = p.hyst.feed(ok, s.rise, s.fall) {
+        let cell = &health.cells[i];
+        cell.checked_down.store(!up, Relaxed);
+        if up {
+            // Recovered by active checks: an ejection from while it was dead ends too (as
+            // Envoy's outlier detection does on a successful active check), and latency
+            // estimates from before the outage are forgotten, so it is probed at once.
+            cell.ejected_until.store(0, Relaxed);
+            cell.failures.store(0, Relaxed);
+            bal.backend(i).stats.est.forget();
+        }
+        let changed = health.publish(bal, i, health.now_ms());
+        let b = bal.backend(i);
+        let verb = if up { "UP" } else { "DOWN" };
+        let (succ, fail) = p.hyst.streak();
+        let streak = if up {
+            format!("{succ} consecutive successful checks")
+        } else {
+            format!("{fail} consecutive failed checks ({why})")
+        };
+        if health.debug || changed.is_some() {
+            eprintln!(
+                "corelb: server {} ({}, priority {}) is {verb}: {streak}",
+                b.name, b.addr, b.priority
+            );
+        }
+    }
+}
+
+fn print_table(probes: &[Probe], health: &Health, bal: &Balancer) {
+    let mut out = String::from("corelb: heartbeat status\n  server           address                priority  state     last check\n");
+    for (i, p) in probes.iter().enumerate() {
+        let b = bal.backend(i);
+        let v = health.view(bal, i);
+        let state = if v.ejected {
+            "EJECTED"
+        } else if v.up {
+            "UP"
+        } else {
+            "DOWN"
+        };
+        out.push_str(&format!(
+            "  {:<16} {:<22} {:>8}  {:<9} {}\n",
+            b.name,
+            b.addr.to_string(),
+            b.priority,
+            state,
+            p.last
+        ));
+    }
+    eprint!("{out}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_specs() {
+        assert_eq!(Check::parse("tcp"), Some(Check::Tcp));
+        assert_eq!(
+            Check::parse("http"),
+            Some(Check::Http {
+                path: "/health".into(),
+                expect: 200
+            })
+        );
+        assert_eq!(
+            Check::parse("http:/ping"),
+            Some(Check::Http {
+                path: "/ping".into(),
+                expect: 200
+            })
+        );
+        assert_eq!(
+            Check::parse("http:/ping:204"),
+            Some(Check::Http {
+                path: "/ping".into(),
+                expect: 204
+            })
+        );
+        assert_eq!(Check::parse("http:ping"), None);
+        assert_eq!(Check::parse("udp"), None);
+    }
+
+    #[test]
+    fn status_results() {
+        let c = Check::Http {
+            path: "/".into(),
+            expect: 200,
+        };
+        assert!(status_result(b"HTTP/1.1 200 OK\r\n", &c, false).0);
+        assert!(!status_result(b"HTTP/1.1 503 X\r\n", &c, false).0);
+        assert_eq!(status_result(b"HTTP/1.1", &c, false).1, "incomplete");
+        assert!(!status_result(b"garbage!", &c, true).0);
+    }
+}
