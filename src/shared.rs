@@ -20,6 +20,8 @@ pub struct Counters {
     /// Requests tried again on another server (or on a fresh connection).
     pub retries: AtomicU64,
     pub active_clients: AtomicU64,
+    /// Body bytes relayed with splice(2), both directions.
+    pub spliced_bytes: AtomicU64,
 }
 
 /// State shared by every worker: configuration, balancer, stop flag.

@@ -55,6 +55,8 @@ pub struct Totals {
     pub upstream_connects: u64,
     pub rejected: u64,
     pub retries: u64,
+    /// Body bytes relayed with splice(2) (zero copy), both directions.
+    pub spliced_bytes: u64,
     pub log_dropped: u64,
     /// Request latency as clients see it.
     pub latency_ms: Latency,
@@ -273,6 +275,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             upstream_connects: c.upstream_connects.load(Relaxed),
             rejected: c.rejected.load(Relaxed),
             retries: c.retries.load(Relaxed),
+            spliced_bytes: c.spliced_bytes.load(Relaxed),
             log_dropped: shared.log_dropped.load(Relaxed),
             latency_ms: total_lat,
             codes: total_codes,
@@ -374,7 +377,7 @@ pub fn prometheus(s: &Stats) -> String {
         "Client connections open now.",
     );
     let _ = writeln!(o, "corelb_active_connections {}", t.active_connections);
-    let counters: [(&str, &str, u64); 5] = [
+    let counters: [(&str, &str, u64); 6] = [
         (
             "corelb_connections_accepted_total",
             "Client connections accepted.",
@@ -394,6 +397,11 @@ pub fn prometheus(s: &Stats) -> String {
             "corelb_retries_total",
             "Requests tried again on another server or a fresh connection.",
             t.retries,
+        ),
+        (
+            "corelb_spliced_bytes_total",
+            "Body bytes relayed with splice(2), both directions.",
+            t.spliced_bytes,
         ),
         (
             "corelb_log_dropped_total",
@@ -596,6 +604,7 @@ pub(super) fn sample() -> Stats {
             upstream_connects: 2,
             rejected: 0,
             retries: 1,
+            spliced_bytes: 0,
             log_dropped: 0,
             latency_ms: Latency::default(),
             codes: all,
