@@ -26,12 +26,15 @@ use super::{Proxy, Step};
 
 /// Bodies with at least this many bytes left when splicing could start are spliced.
 pub(crate) const SPLICE_MIN: u64 = 64 * 1024;
-/// Pipe sizes asked for, in order (the system may refuse large ones).
-const PIPE_SIZES: [i32; 2] = [1 << 20, 256 << 10];
+/// Pipe sizes asked for, in order; refused, the pipe keeps the system's default (64 KiB).
+/// Modest on purpose: every open pipe counts against the user's pipe quota
+/// (`fs.pipe-user-pages-soft`, 64 MiB by default), pooled ones included, and a user over
+/// it gets tiny pipes (then bodies are copied).
+const PIPE_SIZES: [i32; 1] = [256 << 10];
 /// A pipe smaller than this is not worth a splice: the body is copied instead.
 const PIPE_MIN: usize = 64 * 1024;
 /// Empty pipes a worker keeps for reuse.
-const POOL_MAX: usize = 16;
+const POOL_MAX: usize = 8;
 
 /// Should a body be spliced? `left`: Content-Length bytes not yet read; `buffered`:
 /// validated body bytes still in the buffer (they go first, by copy); `engaged`: a pipe
