@@ -1,10 +1,38 @@
 //! Byte buffers with read/write cursors, and the per-worker pool they are borrowed from.
 //!
 //! Connections hold a buffer only while they have bytes in flight; an idle keep-alive
-//! connection gives its buffer back, so it costs no buffer memory.
+//! connection gives its buffer back, so it costs no buffer memory. A bulk transfer that
+//! keeps its buffer full trades it for larger ones (doubling up to [`BULK_MAX`]), so it
+//! makes fewer syscalls; grown buffers go back to a small pool of their own.
 
 /// Size of a pooled buffer. Heads larger than this grow one buffer up to `MAX_HEAD`.
 pub const BUF_SIZE: usize = 16 * 1024;
+/// Largest buffer a bulk transfer grows to.
+pub const BULK_MAX: usize = 256 * 1024;
+/// Bulk size classes: `BUF_SIZE << 1` up to `BULK_MAX`.
+const BULK_CLASSES: usize = (BULK_MAX / BUF_SIZE).trailing_zeros() as usize;
+/// Grown buffers a worker keeps per size class.
+const BULK_KEEP: usize = 4;
+
+/// The capacity a buffer should have for its next read, given its capacity and whether
+/// the last read filled all the room it was given: double (up to [`BULK_MAX`]) when it
+/// did, else unchanged. Buffers outside the bulk classes (grown heads) never change.
+pub fn bulk_capacity(cap: usize, last_filled: bool) -> usize {
+    if last_filled && bulk_class(cap * 2).is_some() {
+        cap * 2
+    } else {
+        cap
+    }
+}
+
+/// Index of a bulk size class (`None`: not a grown bulk buffer).
+fn bulk_class(cap: usize) -> Option<usize> {
+    if cap > BUF_SIZE && cap <= BULK_MAX && cap.is_power_of_two() {
+        Some((cap / BUF_SIZE).trailing_zeros() as usize - 1)
+    } else {
+        None
+    }
+}
 
 /// A fixed-capacity byte buffer: `data[start..end]` holds unconsumed bytes. 24 bytes (a
 /// boxed slice and two `u32` cursors), so an `Option<Buf>` in every connection stays small.
@@ -116,10 +144,11 @@ impl Buf {
     }
 }
 
-/// A worker's free list of [`BUF_SIZE`] buffers.
+/// A worker's free list of [`BUF_SIZE`] buffers, and a few grown ones per bulk class.
 pub struct BufPool {
     free: Vec<Buf>,
     max_free: usize,
+    bulk: [Vec<Buf>; BULK_CLASSES],
 }
 
 impl BufPool {
@@ -127,7 +156,23 @@ impl BufPool {
         BufPool {
             free: Vec::new(),
             max_free,
+            bulk: Default::default(),
         }
+    }
+
+    /// Trades the empty buffer `b` for one twice as large (up to [`BULK_MAX`]) when the
+    /// last read filled it: a transfer that keeps its buffer full reads more per call.
+    pub fn enlarge(&mut self, b: &mut Buf, last_filled: bool) {
+        debug_assert!(b.is_empty());
+        let want = bulk_capacity(b.capacity(), last_filled);
+        let Some(class) = (want != b.capacity()).then(|| bulk_class(want)).flatten() else {
+            return;
+        };
+        let big = self.bulk[class]
+            .pop()
+            .unwrap_or_else(|| Buf::with_capacity(want));
+        let old = std::mem::replace(b, big);
+        self.put(old);
     }
 
     #[inline]
@@ -137,12 +182,19 @@ impl BufPool {
             .unwrap_or_else(|| Buf::with_capacity(BUF_SIZE))
     }
 
-    /// Returns a buffer; grown buffers and buffers beyond the pool's bound are freed.
+    /// Returns a buffer; bulk buffers go to their class's pool, grown heads and buffers
+    /// beyond the pools' bounds are freed.
     #[inline]
     pub fn put(&mut self, mut b: Buf) {
-        if b.data.len() == BUF_SIZE && self.free.len() < self.max_free {
-            b.clear();
-            self.free.push(b);
+        b.clear();
+        if b.data.len() == BUF_SIZE {
+            if self.free.len() < self.max_free {
+                self.free.push(b);
+            }
+        } else if let Some(class) = bulk_class(b.data.len()) {
+            if self.bulk[class].len() < BULK_KEEP {
+                self.bulk[class].push(b);
+            }
         }
     }
 
@@ -157,8 +209,12 @@ impl BufPool {
     /// Frees pooled buffers beyond `keep` (called when the worker is quiet) and hands the
     /// freed memory back to the OS, so idle connections cost no buffer memory.
     pub fn trim(&mut self, keep: usize) {
-        if self.free.len() <= keep {
+        let bulk = self.bulk.iter().any(|v| !v.is_empty());
+        if self.free.len() <= keep && !bulk {
             return;
+        }
+        for v in &mut self.bulk {
+            *v = Vec::new();
         }
         self.free.truncate(keep);
         self.free.shrink_to(keep);
@@ -198,5 +254,47 @@ mod tests {
         big.grow(BUF_SIZE * 2);
         pool.put(big);
         assert_eq!(pool.pooled(), 0, "grown buffers are not pooled");
+    }
+
+    #[test]
+    fn bulk_growth_doubles_up_to_the_cap_only_when_reads_fill_the_buffer() {
+        assert_eq!(bulk_capacity(BUF_SIZE, false), BUF_SIZE);
+        assert_eq!(bulk_capacity(BUF_SIZE, true), 2 * BUF_SIZE);
+        assert_eq!(bulk_capacity(BULK_MAX / 2, true), BULK_MAX);
+        assert_eq!(bulk_capacity(BULK_MAX, true), BULK_MAX, "capped");
+        // A head grown past one buffer is not a bulk buffer and is left alone.
+        assert_eq!(bulk_capacity(64 * 1024 + 1, true), 64 * 1024 + 1);
+        assert_eq!(BULK_CLASSES, 4);
+    }
+
+    #[test]
+    fn enlarged_buffers_return_to_their_own_pool_and_normal_ones_stay_normal() {
+        let mut pool = BufPool::new(4);
+        let mut b = pool.get();
+        pool.enlarge(&mut b, false);
+        assert_eq!(b.capacity(), BUF_SIZE, "no growth without a full read");
+        let mut caps = Vec::new();
+        for _ in 0..5 {
+            pool.enlarge(&mut b, true);
+            caps.push(b.capacity());
+        }
+        assert_eq!(caps, [32, 64, 128, 256, 256].map(|k| k * 1024));
+        // The smaller buffers traded in went back: the 16 KiB one to the normal pool.
+        assert_eq!(pool.pooled(), 1);
+        assert_eq!(pool.bulk.iter().map(Vec::len).sum::<usize>(), 3);
+        pool.put(b);
+        assert_eq!(pool.bulk[BULK_CLASSES - 1].len(), 1);
+        assert_eq!(
+            pool.get().capacity(),
+            BUF_SIZE,
+            "a new transfer starts small"
+        );
+        // Growing again reuses a pooled 32 KiB buffer.
+        let mut c = pool.get();
+        pool.enlarge(&mut c, true);
+        assert_eq!(c.capacity(), 2 * BUF_SIZE);
+        assert_eq!(pool.bulk[0].len(), 0);
+        pool.trim(0);
+        assert_eq!(pool.bulk.iter().map(Vec::len).sum::<usize>(), 0);
     }
 }

@@ -26,6 +26,8 @@ pub struct Counters {
     pub panics: AtomicU64,
     /// Worker threads restarted after dying.
     pub worker_restarts: AtomicU64,
+    /// Body bytes relayed with splice(2), both directions.
+    pub spliced_bytes: AtomicU64,
 }
 
 /// State shared by every worker: configuration, balancer, stop flag.

@@ -61,6 +61,8 @@ pub struct Totals {
     pub panics: u64,
     /// Worker threads restarted after dying.
     pub worker_restarts: u64,
+    /// Body bytes relayed with splice(2) (zero copy), both directions.
+    pub spliced_bytes: u64,
     pub log_dropped: u64,
     /// Request latency as clients see it.
     pub latency_ms: Latency,
@@ -282,6 +284,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             client_aborts: c.client_aborts.load(Relaxed),
             panics: c.panics.load(Relaxed),
             worker_restarts: c.worker_restarts.load(Relaxed),
+            spliced_bytes: c.spliced_bytes.load(Relaxed),
             log_dropped: shared.log_dropped.load(Relaxed),
             latency_ms: total_lat,
             codes: total_codes,
@@ -383,7 +386,7 @@ pub fn prometheus(s: &Stats) -> String {
         "Client connections open now.",
     );
     let _ = writeln!(o, "corelb_active_connections {}", t.active_connections);
-    let counters: [(&str, &str, u64); 8] = [
+    let counters: [(&str, &str, u64); 9] = [
         (
             "corelb_connections_accepted_total",
             "Client connections accepted.",
@@ -418,6 +421,11 @@ pub fn prometheus(s: &Stats) -> String {
             "corelb_worker_restarts_total",
             "Worker threads restarted after dying.",
             t.worker_restarts,
+        ),
+        (
+            "corelb_spliced_bytes_total",
+            "Body bytes relayed with splice(2), both directions.",
+            t.spliced_bytes,
         ),
         (
             "corelb_log_dropped_total",
@@ -623,6 +631,7 @@ pub(super) fn sample() -> Stats {
             client_aborts: 0,
             panics: 0,
             worker_restarts: 0,
+            spliced_bytes: 0,
             log_dropped: 0,
             latency_ms: Latency::default(),
             codes: all,

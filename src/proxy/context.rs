@@ -20,6 +20,7 @@ use crate::timer::Timers;
 
 use super::decide::Limits;
 use super::exchange::{Exchange, Start};
+use super::splice::PipePool;
 
 /// Most buffers a worker pools at all.
 const POOL_MAX: usize = 4096;
@@ -31,6 +32,8 @@ pub(crate) struct Ctx {
     pub registry: Registry,
     pub shared: Arc<Shared>,
     pub bufs: BufPool,
+    /// Empty pipes for splicing large bodies.
+    pub pipes: PipePool,
     pub timers: Timers,
     /// Worker-clock milliseconds of the current loop iteration.
     pub now: u64,
@@ -66,6 +69,7 @@ impl Ctx {
             id,
             registry,
             bufs: BufPool::new(POOL_MAX),
+            pipes: PipePool::default(),
             timers: Timers::default(),
             now: 1,
             again: Vec::new(),
@@ -114,6 +118,9 @@ impl Ctx {
         self.bufs.release(&mut ex.head);
         self.bufs.release(&mut ex.resp_buf);
         self.bufs.release(&mut ex.out);
+        // Empty pipes go back to the pool; one still holding bytes is closed.
+        self.pipes.release(&mut ex.splice.req);
+        self.pipes.release(&mut ex.splice.resp);
         if self.spare.len() < SPARE_MAX {
             self.spare.push(ex);
         }

@@ -10,6 +10,7 @@ use crate::buffer::Buf;
 use crate::http::{Body, Method};
 
 use super::decide::{Attempt, Tried, Waits};
+use super::splice::Splicing;
 
 /// No connection (an index into neither slab).
 pub(crate) const NONE: usize = usize::MAX;
@@ -94,6 +95,11 @@ pub(crate) struct Exchange {
     pub ttfb_us: u64,
     /// The log record, completed when the exchange ends.
     pub rec: Record,
+    /// Pipes carrying large bodies (splice.rs); their bytes count as buffered.
+    pub splice: Splicing,
+    /// The last body read filled the buffer: it grows before the next (buffer.rs).
+    pub req_hot: bool,
+    pub resp_hot: bool,
 }
 
 /// The facts of a new request, from its parsed head.
@@ -139,6 +145,9 @@ impl Exchange {
             attempt: now,
             ttfb_us: 0,
             rec: s.rec,
+            splice: Splicing::default(),
+            req_hot: false,
+            resp_hot: false,
         }
     }
 
@@ -167,7 +176,7 @@ impl Exchange {
 
     /// Response bytes wait to be written to the client.
     pub fn pending_out(&self) -> bool {
-        self.out.is_some() || self.ready > 0
+        self.out.is_some() || self.ready > 0 || self.resp_piped()
     }
 
     /// Moves the request direction on after bytes were written or read; the one place
@@ -178,7 +187,7 @@ impl Exchange {
         }
         self.req = if self.head_pending() {
             Req::Head
-        } else if self.body_ready > 0 || !self.body.is_done() {
+        } else if self.body_ready > 0 || self.req_piped() || !self.body.is_done() {
             Req::Body
         } else {
             Req::Sent
@@ -192,6 +201,7 @@ impl Exchange {
         self.req = Req::Closed;
         self.keep = false;
         self.keep_alive = false;
+        self.drop_req_pipe();
         std::mem::take(&mut self.body_ready)
     }
 
@@ -215,9 +225,12 @@ impl Exchange {
         let waiting_100 = self.expect && self.resp == Resp::Head && !self.got_bytes;
         Waits {
             client_slow: self.pending_out() && !client_writable,
-            need_client_body: self.req == Req::Body && self.body_ready == 0 && !waiting_100,
+            need_client_body: self.req == Req::Body
+                && self.body_ready == 0
+                && !self.req_piped()
+                && !waiting_100,
             request_pending: self.req == Req::Head
-                || (self.req == Req::Body && self.body_ready > 0),
+                || (self.req == Req::Body && (self.body_ready > 0 || self.req_piped())),
             response_done: self.resp == Resp::Done,
         }
     }

@@ -11,6 +11,7 @@
 //! - `upstream`: connecting, the idle pool, upstream deadlines;
 //! - `exchange`: one request's state, with an enum per direction;
 //! - `relay`: moving bytes both ways and validating the response;
+//! - `splice`: large Content-Length bodies moved socket -> pipe -> socket (zero copy);
 //! - `end`: finishing, failing, retrying and aborting an exchange;
 //! - `decide`: the pure decisions (replay, pooling, deadlines), tested without sockets.
 
@@ -21,6 +22,7 @@ mod end;
 mod exchange;
 pub(crate) mod io;
 mod relay;
+mod splice;
 mod upstream;
 
 use std::net::SocketAddr;

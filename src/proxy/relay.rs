@@ -59,7 +59,8 @@ impl Proxy {
                 b.consume(dropped);
             }
         }
-        let request_idle = ex.req == Req::Closed || (ex.req != Req::Head && ex.body_ready == 0);
+        let request_idle =
+            ex.req == Req::Closed || (ex.req != Req::Head && ex.body_ready == 0 && !ex.req_piped());
         if !ex.pending_out() && request_idle {
             match ex.resp {
                 Resp::Done => return self.finish(ci),
@@ -100,10 +101,15 @@ impl Proxy {
     /// Request direction: head and body bytes to the backend, more body from the client.
     fn send_request(&mut self, ci: usize) -> Flow {
         let id = self.ctx.id;
-        let (c, ex) = self.clients[ci].split().expect("proxying");
+        let (_, ex) = self.clients[ci].split().expect("proxying");
         if ex.req == Req::Closed {
             return Flow::Idle;
         }
+        // Splice hook: a large Content-Length body goes through a pipe (splice.rs).
+        if let Some(flow) = self.splice_request(ci) {
+            return flow;
+        }
+        let (c, ex) = self.clients[ci].split().expect("proxying");
         let u = &mut self.ups[ex.up];
         let mut progress = false;
         if (ex.head_pending() || ex.body_ready > 0) && u.io.writable {
@@ -141,15 +147,22 @@ impl Proxy {
                 }
             }
         }
-        if ex.req == Req::Body && ex.body_ready == 0 && c.io.readable {
+        // (`req_splice_next`: the splice hook above takes the body from here.)
+        if ex.req == Req::Body && ex.body_ready == 0 && c.io.readable && !ex.req_splice_next() {
             let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
+            // Bulk growth: an emptied body buffer the last read filled doubles (buffer.rs).
+            if buf.is_empty() {
+                self.ctx.bufs.enlarge(buf, ex.req_hot);
+            }
+            let room = buf.space().len();
             match read_into(c.sock, buf, c.io) {
                 Ok(0) => {
                     debug!("worker {id}: client {} closed mid-body", c.peer);
                     self.abort(ci, Blame::Client);
                     return Flow::Over(Step::Closed);
                 }
-                Ok(_) => {
+                Ok(n) => {
+                    ex.req_hot = n == room;
                     progress = true;
                     match ex.body.advance(buf.bytes()) {
                         Ok(n) => {
@@ -185,6 +198,10 @@ impl Proxy {
 
     /// Response direction, write side: pending head and body bytes to the client.
     fn send_response(&mut self, ci: usize) -> Flow {
+        // Splice hook: bytes in the response pipe go first (splice.rs).
+        if let Some(flow) = self.splice_send_response(ci) {
+            return flow;
+        }
         let (c, ex) = self.clients[ci].split().expect("proxying");
         if !ex.pending_out() || !c.io.writable {
             return Flow::Idle;
@@ -231,7 +248,17 @@ impl Proxy {
         if ex.out.as_ref().is_some_and(|o| o.len() >= http::MAX_HEAD) {
             return Flow::Idle;
         }
+        // Splice hook: a large Content-Length body goes through a pipe (splice.rs).
+        if let Some(flow) = self.splice_recv_response(ci) {
+            return flow;
+        }
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let u = &mut self.ups[ex.up];
         let buf = ex.resp_buf.get_or_insert_with(|| self.ctx.bufs.get());
+        // Bulk growth: an emptied body buffer the last read filled doubles (buffer.rs).
+        if buf.is_empty() && matches!(ex.resp, Resp::Body(_)) {
+            self.ctx.bufs.enlarge(buf, ex.resp_hot);
+        }
         if buf.space().is_empty() {
             if ex.resp == Resp::Head && buf.capacity() <= http::MAX_HEAD {
                 buf.grow(http::MAX_HEAD + 1);
@@ -239,6 +266,7 @@ impl Proxy {
                 return Flow::Idle;
             }
         }
+        let room = buf.space().len();
         match read_into(&mut u.sock, buf, &mut u.io) {
             Ok(0) => {
                 ex.keep = false;
@@ -248,7 +276,8 @@ impl Proxy {
                 }
                 self.upstream_broke(ci, Failure::Reset)
             }
-            Ok(_) => {
+            Ok(n) => {
+                ex.resp_hot = n == room;
                 ex.got_bytes = true;
                 match self.process_response(ci) {
                     Flow::Over(step) => Flow::Over(step),

@@ -1,0 +1,527 @@
+//! Zero-copy relaying of large Content-Length bodies with splice(2): socket -> pipe ->
+//! socket, in both directions (as HAProxy's `option splice-auto`). Once a body's head is
+//! written and any body bytes already buffered are sent, a body with at least
+//! [`SPLICE_MIN`] bytes left moves through a pipe from the worker's pool; everything else
+//! is copied through buffers.
+//!
+//! The pipe is the body's buffer: bytes in it count as pending output (response) or as
+//! request bytes still to send, for the deadlines and the end of the exchange. Each splice
+//! is limited to the bytes the Content-Length leaves, so a pipelined next message stays in
+//! its socket. Readiness flags are cleared only on `EAGAIN`: a splice in that would block
+//! with bytes in the pipe may mean "pipe full", so the source keeps its flag until the
+//! pipe has drained and a splice in still would block.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::debug;
+use crate::http::Body;
+
+use super::decide::Failure;
+use super::end::Blame;
+use super::exchange::{Exchange, Req, Resp};
+use super::io::{would_block, Io};
+use super::relay::Flow;
+use super::{Proxy, Step};
+
+/// Bodies with at least this many bytes left when splicing could start are spliced.
+pub(crate) const SPLICE_MIN: u64 = 64 * 1024;
+/// Pipe sizes asked for, in order; refused, the pipe keeps the system's default (64 KiB).
+/// Modest on purpose: every open pipe counts against the user's pipe quota
+/// (`fs.pipe-user-pages-soft`, 64 MiB by default), pooled ones included, and a user over
+/// it gets tiny pipes (then bodies are copied).
+const PIPE_SIZES: [i32; 1] = [256 << 10];
+/// A pipe smaller than this is not worth a splice: the body is copied instead.
+const PIPE_MIN: usize = 64 * 1024;
+/// Empty pipes a worker keeps for reuse.
+const POOL_MAX: usize = 8;
+
+/// Should a body be spliced? `left`: Content-Length bytes not yet read; `buffered`:
+/// validated body bytes still in the buffer (they go first, by copy); `engaged`: a pipe
+/// already carries this body (it then carries it to the end).
+pub(crate) fn use_splice(left: u64, buffered: usize, engaged: bool) -> bool {
+    buffered == 0 && (engaged || left >= SPLICE_MIN)
+}
+
+/// Bytes one splice into a pipe with `room` free may take: never past the body's end.
+pub(crate) fn splice_len(left: u64, room: usize) -> usize {
+    left.min(room as u64) as usize
+}
+
+/// A pipe and the body bytes it holds.
+pub(crate) struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    cap: u32,
+    held: u32,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds: [RawFd; 2] = [-1; 2];
+        // SAFETY: pipe2 writes two descriptors into the two-element array on success.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nothing else.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut cap = -1;
+        for size in PIPE_SIZES {
+            // SAFETY: fcntl on a descriptor we own; F_SETPIPE_SZ only resizes the pipe.
+            cap = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+            if cap > 0 {
+                break;
+            }
+        }
+        if cap <= 0 {
+            // SAFETY: fcntl on a descriptor we own; F_GETPIPE_SZ only reads the size.
+            cap = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        }
+        if cap < PIPE_MIN as i32 {
+            return Err(io::Error::other("pipe too small"));
+        }
+        Ok(Pipe {
+            r,
+            w,
+            cap: cap as u32,
+            held: 0,
+        })
+    }
+
+    #[inline]
+    pub fn held(&self) -> usize {
+        self.held as usize
+    }
+
+    #[inline]
+    fn room(&self) -> usize {
+        (self.cap - self.held) as usize
+    }
+}
+
+/// A worker's empty pipes. A pipe that still holds bytes is never pooled: it is closed.
+#[derive(Default)]
+pub(crate) struct PipePool {
+    free: Vec<Pipe>,
+    /// A pipe could not be made (descriptor limit, pipe quota): bodies are copied.
+    failures: u64,
+}
+
+impl PipePool {
+    fn get(&mut self) -> Option<Pipe> {
+        if let Some(p) = self.free.pop() {
+            return Some(p);
+        }
+        match Pipe::new() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.failures += 1;
+                if self.failures.is_power_of_two() {
+                    debug!("no pipe for splicing ({e}): copying instead");
+                }
+                None
+            }
+        }
+    }
+
+    /// Returns the pipe in `slot`, if any: pooled when empty, else closed.
+    pub fn release(&mut self, slot: &mut Option<Pipe>) {
+        if let Some(p) = slot.take() {
+            if p.held == 0 && self.free.len() < POOL_MAX {
+                self.free.push(p);
+            }
+        }
+    }
+}
+
+/// An exchange's pipes, one per direction, while its bodies are spliced.
+#[derive(Default)]
+pub(crate) struct Splicing {
+    pub req: Option<Pipe>,
+    pub resp: Option<Pipe>,
+    /// No pipe could be had for this exchange: it copies.
+    pub off: bool,
+}
+
+impl Exchange {
+    /// Request body bytes wait in the request pipe.
+    #[inline]
+    pub fn req_piped(&self) -> bool {
+        self.splice.req.as_ref().is_some_and(|p| p.held > 0)
+    }
+
+    /// Response body bytes wait in the response pipe.
+    #[inline]
+    pub fn resp_piped(&self) -> bool {
+        self.splice.resp.as_ref().is_some_and(|p| p.held > 0)
+    }
+
+    /// The request body will be spliced once its buffered bytes are sent: the copying
+    /// path reads no more of it into the buffer.
+    #[inline]
+    pub fn req_splice_next(&self) -> bool {
+        !self.splice.off && matches!(self.body, Body::Length(n) if use_splice(n, 0, false))
+    }
+
+    /// Drops the request bytes in the pipe (the request direction was closed early).
+    pub fn drop_req_pipe(&mut self) {
+        if self.req_piped() {
+            self.splice.req = None;
+        }
+    }
+}
+
+fn check(r: isize) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// One splice(2) of at most `len` bytes, retried on EINTR.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+        // SAFETY: both descriptors are open and owned by the caller; null offsets make
+        // splice use (and advance) the descriptors' own positions; no memory is passed.
+        let r = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                flags,
+            )
+        };
+        match check(r) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Splices up to `len` (> 0) bytes from socket `from` into the pipe. `Ok(0)` is EOF.
+/// `EAGAIN` clears `io.readable` only if the pipe is empty (else the pipe may be full).
+fn fill(from: RawFd, p: &mut Pipe, len: usize, io: &mut Io) -> io::Result<usize> {
+    debug_assert!(len > 0 && len <= p.room());
+    match splice(from, p.w.as_raw_fd(), len) {
+        Ok(n) => {
+            p.held += n as u32;
+            Ok(n)
+        }
+        Err(e) => {
+            if would_block(&e) && p.held == 0 {
+                io.readable = false;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Splices the pipe's bytes into socket `to` until it is empty or the socket would block
+/// (`EAGAIN` clears `io.writable`). Returns the bytes moved; an error only if none moved.
+fn drain(p: &mut Pipe, to: RawFd, io: &mut Io) -> io::Result<usize> {
+    let mut moved = 0;
+    while p.held > 0 {
+        match splice(p.r.as_raw_fd(), to, p.held()) {
+            Ok(n) => {
+                p.held -= n as u32;
+                moved += n;
+            }
+            Err(e) => {
+                if would_block(&e) {
+                    io.writable = false;
+                }
+                if moved == 0 {
+                    return Err(e);
+                }
+                break;
+            }
+        }
+    }
+    Ok(moved)
+}
+
+impl Proxy {
+    /// Request direction, spliced: pipe to backend, client to pipe. `None` when this body
+    /// is not spliced (the copying path handles it).
+    pub(super) fn splice_request(&mut self, ci: usize) -> Option<Flow> {
+        let (c, ex) = self.clients[ci].split().expect("proxying");
+        if ex.req != Req::Body || ex.body_ready > 0 || ex.splice.off {
+            return None;
+        }
+        let left = match ex.body {
+            Body::Length(n) => n,
+            Body::Done => 0,
+            _ => return None,
+        };
+        if ex.splice.req.is_none() {
+            if !use_splice(left, ex.body_ready, false) {
+                return None;
+            }
+            ex.splice.req = self.ctx.pipes.get();
+            if ex.splice.req.is_none() {
+                ex.splice.off = true;
+                return None;
+            }
+            if c.buf.as_ref().is_some_and(|b| b.is_empty()) {
+                self.ctx.bufs.release(c.buf);
+            }
+        }
+        let u = &mut self.ups[ex.up];
+        let p = ex.splice.req.as_mut().expect("engaged");
+        let (up_fd, client_fd) = (u.sock.as_raw_fd(), c.sock.as_raw_fd());
+        let mut moved = false;
+        let mut left = left;
+        for round in 0..2 {
+            if p.held > 0 && u.io.writable {
+                match drain(p, up_fd, &mut u.io) {
+                    Ok(n) => {
+                        moved = true;
+                        ex.rec.request_bytes += n as u64;
+                        ex.body_sent += n as u64;
+                        self.ctx
+                            .shared
+                            .counters
+                            .spliced_bytes
+                            .fetch_add(n as u64, Relaxed);
+                    }
+                    Err(e) if would_block(&e) => {}
+                    Err(_) if ex.resp != Resp::Head => {
+                        // As when copying: the backend answered and stopped reading.
+                        let dropped = ex.close_request();
+                        debug_assert_eq!(dropped, 0);
+                        return Some(Flow::Moved);
+                    }
+                    Err(_) => {
+                        self.fail(ci, Failure::Reset);
+                        return Some(Flow::Over(Step::Progress));
+                    }
+                }
+            }
+            if round == 1 || left == 0 || !c.io.readable || p.room() == 0 {
+                break;
+            }
+            match fill(client_fd, p, splice_len(left, p.room()), c.io) {
+                Ok(0) => {
+                    debug!("worker {}: client {} closed mid-body", self.ctx.id, c.peer);
+                    self.abort(ci, Blame::Client);
+                    return Some(Flow::Over(Step::Closed));
+                }
+                Ok(n) => {
+                    moved = true;
+                    left -= n as u64;
+                    ex.body = if left == 0 {
+                        Body::Done
+                    } else {
+                        Body::Length(left)
+                    };
+                }
+                Err(e) if would_block(&e) => break,
+                Err(_) => {
+                    self.abort(ci, Blame::Client);
+                    return Some(Flow::Over(Step::Closed));
+                }
+            }
+        }
+        if left == 0 && p.held == 0 {
+            self.ctx.pipes.release(&mut ex.splice.req);
+        }
+        ex.settle_req();
+        Some(if moved { Flow::Moved } else { Flow::Idle })
+    }
+
+    /// Response direction, write side: the pipe's bytes to the client. `None` when the
+    /// pipe holds nothing (the copying path handles the rest).
+    pub(super) fn splice_send_response(&mut self, ci: usize) -> Option<Flow> {
+        let (c, ex) = self.clients[ci].split().expect("proxying");
+        let p = ex.splice.resp.as_mut().filter(|p| p.held > 0)?;
+        if !c.io.writable {
+            return Some(Flow::Idle);
+        }
+        match drain(p, c.sock.as_raw_fd(), c.io) {
+            Ok(n) => {
+                ex.rec.response_bytes += n as u64;
+                self.ctx
+                    .shared
+                    .counters
+                    .spliced_bytes
+                    .fetch_add(n as u64, Relaxed);
+                if p.held == 0 && matches!(ex.resp, Resp::Done | Resp::Truncated) {
+                    self.ctx.pipes.release(&mut ex.splice.resp);
+                }
+                Some(Flow::Moved)
+            }
+            Err(e) if would_block(&e) => Some(Flow::Idle),
+            Err(_) => {
+                debug!(
+                    "worker {}: client {} went away mid-response",
+                    self.ctx.id, c.peer
+                );
+                self.abort(ci, Blame::Client);
+                Some(Flow::Over(Step::Closed))
+            }
+        }
+    }
+
+    /// Response direction, read side: backend to pipe, then on to the client. `None` when
+    /// this body is not spliced. Called only while the backend is readable.
+    pub(super) fn splice_recv_response(&mut self, ci: usize) -> Option<Flow> {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let Resp::Body(Body::Length(left)) = ex.resp else {
+            return None;
+        };
+        if ex.splice.off {
+            return None;
+        }
+        if ex.splice.resp.is_none() {
+            if !use_splice(left, 0, false) {
+                return None;
+            }
+            let buffered = ex.resp_buf.as_ref().map_or(0, |b| b.len());
+            if ex.out.is_some() || ex.ready > 0 || buffered > 0 {
+                // The head and the body bytes already read go first; read no more into
+                // the buffer meanwhile.
+                return Some(Flow::Idle);
+            }
+            ex.splice.resp = self.ctx.pipes.get();
+            if ex.splice.resp.is_none() {
+                ex.splice.off = true;
+                return None;
+            }
+            self.ctx.bufs.release(&mut ex.resp_buf);
+        }
+        let u = &mut self.ups[ex.up];
+        let p = ex.splice.resp.as_mut().expect("engaged");
+        if p.room() == 0 {
+            return Some(Flow::Idle);
+        }
+        match fill(u.sock.as_raw_fd(), p, splice_len(left, p.room()), &mut u.io) {
+            Ok(0) => {
+                ex.keep = false;
+                Some(self.upstream_broke(ci, Failure::Reset))
+            }
+            Ok(n) => {
+                ex.got_bytes = true;
+                let left = left - n as u64;
+                ex.resp = if left == 0 {
+                    // The body's last byte: anything more in the socket is past the
+                    // response, and such a connection is not pooled (as when copying).
+                    probe_unread(&u.sock, &mut u.io);
+                    Resp::Done
+                } else {
+                    Resp::Body(Body::Length(left))
+                };
+                // On to the client in the same step, if it can take them.
+                match self.splice_send_response(ci) {
+                    Some(Flow::Over(step)) => Some(Flow::Over(step)),
+                    _ => Some(Flow::Moved),
+                }
+            }
+            Err(e) if would_block(&e) => Some(Flow::Idle),
+            Err(_) => Some(self.upstream_broke(ci, Failure::Reset)),
+        }
+    }
+}
+
+/// After a spliced body's last byte: clears `io.readable` if nothing more is queued, as a
+/// short read would have; bytes or EOF past the response leave it set.
+fn probe_unread(sock: &mio::net::TcpStream, io: &mut Io) {
+    let mut b = [0u8; 1];
+    match sock.peek(&mut b) {
+        Ok(0) => io.rdhup = true,
+        Ok(_) => {}
+        Err(e) if would_block(&e) => io.readable = false,
+        Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bodies_above_the_threshold_with_nothing_buffered_are_spliced() {
+        assert!(use_splice(SPLICE_MIN, 0, false));
+        assert!(use_splice(1 << 30, 0, false));
+        assert!(!use_splice(SPLICE_MIN - 1, 0, false));
+        assert!(!use_splice(1 << 30, 1, false), "buffered bytes go first");
+        assert!(
+            use_splice(1, 0, true),
+            "an engaged pipe carries the body to its end"
+        );
+        assert!(!use_splice(1, 5, true));
+    }
+
+    #[test]
+    fn a_splice_never_asks_past_the_body() {
+        assert_eq!(splice_len(10, 1 << 20), 10);
+        assert_eq!(splice_len(1 << 30, 65536), 65536);
+        assert_eq!(splice_len(0, 65536), 0);
+    }
+
+    #[test]
+    fn pipes_are_pooled_only_when_empty() {
+        let mut pool = PipePool::default();
+        let mut slot = pool.get();
+        let p = slot.as_mut().expect("a pipe");
+        assert!(p.cap as usize >= PIPE_MIN);
+        pool.release(&mut slot);
+        assert_eq!(pool.free.len(), 1);
+        let mut slot = pool.get();
+        assert_eq!(pool.free.len(), 0, "reused");
+        slot.as_mut().unwrap().held = 1;
+        pool.release(&mut slot);
+        assert!(slot.is_none());
+        assert_eq!(pool.free.len(), 0, "a pipe with bytes is closed");
+    }
+
+    #[test]
+    fn a_pipe_carries_bytes_between_sockets_exactly() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l2.local_addr().unwrap()).unwrap();
+        let (mut d, _) = l2.accept().unwrap();
+        c.set_nonblocking(true).unwrap();
+        a.write_all(b"0123456789next").unwrap();
+        let mut pool = PipePool::default();
+        let mut p = pool.get().unwrap();
+        let mut io = Io {
+            readable: true,
+            writable: true,
+            rdhup: false,
+            hup: false,
+        };
+        let mut got = 0;
+        while got < 10 {
+            let want = splice_len(10 - got as u64, p.room());
+            match fill(b.as_raw_fd(), &mut p, want, &mut io) {
+                Ok(n) => got += n,
+                Err(e) if would_block(&e) => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(p.held(), 10);
+        assert_eq!(drain(&mut p, c.as_raw_fd(), &mut io).unwrap(), 10);
+        assert_eq!(p.held(), 0);
+        let mut out = [0u8; 10];
+        d.read_exact(&mut out).unwrap();
+        assert_eq!(&out, b"0123456789");
+        let mut rest = [0u8; 4];
+        (&b).read_exact(&mut rest).unwrap();
+        assert_eq!(&rest, b"next", "bytes past the body stay in the socket");
+        assert!(io.readable, "never cleared while bytes came");
+        assert!(matches!(fill(b.as_raw_fd(), &mut p, 1, &mut io), Err(e) if would_block(&e)));
+        assert!(
+            !io.readable,
+            "an empty pipe and EAGAIN: the socket is drained"
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! Large Content-Length bodies are relayed with splice(2), and behave exactly as copied
+//! ones: byte-exact content both ways, exact framing (nothing past Content-Length is
+//! forwarded or consumed), truncation and aborts, backpressure, early answers, and the
+//! byte counts in the CSV log. `/stats` shows that splice was used.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIB: usize = 1 << 20;
+const ADMIN: [&str; 2] = ["--admin", "127.0.0.1:0"];
+
+/// The backend's `/bytes` pattern.
+fn pattern(i: u64) -> u8 {
+    b'a' + (i % 26) as u8
+}
+
+/// Upload bytes, unlike the download pattern.
+fn upload_byte(i: u64) -> u8 {
+    (i.wrapping_mul(7) % 251) as u8
+}
+
+fn spliced(admin: SocketAddr) -> u64 {
+    let r = get(admin, "/stats");
+    let v: Value = serde_json::from_slice(&r.body).expect("/stats is JSON");
+    v["totals"]["spliced_bytes"]
+        .as_u64()
+        .expect("spliced_bytes")
+}
+
+fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "EOF in head");
+        head.push(b[0]);
+    }
+    head
+}
+
+/// Reads `len` body bytes and checks them against `f`.
+fn read_checked(s: &mut TcpStream, len: u64, f: fn(u64) -> u8) {
+    let mut got = 0u64;
+    let mut buf = vec![0u8; MIB];
+    while got < len {
+        let want = ((len - got) as usize).min(buf.len());
+        let n = s.read(&mut buf[..want]).unwrap();
+        assert!(n > 0, "EOF after {got} of {len} bytes");
+        for (k, &b) in buf[..n].iter().enumerate() {
+            assert_eq!(b, f(got + k as u64), "byte {}", got + k as u64);
+        }
+        got += n as u64;
+    }
+}
+
+/// A scripted backend: `handler(connection_index, socket)` runs on a thread per
+/// connection. Returns the address and the connection count.
+fn scripted(handler: impl Fn(usize, TcpStream) + Send + Sync + 'static) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c2 = conns.clone();
+    let handler = Arc::new(handler);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let i = c2.fetch_add(1, SeqCst);
+            let h = handler.clone();
+            std::thread::spawn(move || h(i, s));
+        }
+    });
+    (port, conns)
+}
+
+fn proxy_for_port(port: u16, extra: &[&str]) -> Proxy {
+    let cfg = format!(
+        r#"{{"heartbeatInterval": 1, "heartbeatTimeout": 1, "servers": [{}]}}"#,
+        server_json("M", port, 0)
+    );
+    let mut args = vec!["--health-check", "off", "--workers", "1"];
+    args.extend_from_slice(extra);
+    Proxy::with_config(&cfg, &args)
+}
+
+/// Reads a request head from a backend socket; the Content-Length it announces.
+fn backend_head(s: &mut TcpStream) -> Option<u64> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).ok()? == 0 {
+            return None;
+        }
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap()),
+    )
+}
+
+#[test]
+fn large_uploads_and_downloads_are_spliced_byte_exact_and_logged() {
+    const LEN: u64 = 64 << 20;
+    let a = Backend::start("A", "fast", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("log.csv");
+    let mut extra = vec!["--workers", "1", "--log-csv", csv.to_str().unwrap()];
+    extra.extend_from_slice(&ADMIN);
+    let mut p = Proxy::start(&[&a], &extra);
+    let admin = p.admin.unwrap();
+    assert_eq!(spliced(admin), 0);
+
+    let mut s = connect(p.addr);
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    // Upload to /sink: the backend counts and sums what arrived.
+    let head = format!("POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: {LEN}\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let mut sum = 0u64;
+    for i in 0..(LEN / MIB as u64) {
+        let c: Vec<u8> = (0..MIB as u64)
+            .map(|k| upload_byte(i * MIB as u64 + k))
+            .collect();
+        sum += c.iter().map(|&b| b as u64).sum::<u64>();
+        s.write_all(&c).unwrap();
+    }
+    let r = read_response(&mut s, &mut Vec::new(), "POST").unwrap();
+    assert_eq!(r.status, 200);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["bytes"].as_u64(), Some(LEN));
+    assert_eq!(v["sum"].as_u64(), Some(sum));
+    let after_upload = spliced(admin);
+    assert!(
+        after_upload >= LEN * 9 / 10,
+        "upload spliced: {after_upload}"
+    );
+
+    // Download from /bytes, checked as it streams.
+    s.write_all(format!("GET /bytes/{LEN} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let h = read_head(&mut s);
+    assert!(h.starts_with(b"HTTP/1.1 200"));
+    read_checked(&mut s, LEN, pattern);
+    // The connection is still in step: a small request after it.
+    s.write_all(b"GET /bytes/10 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut s, &mut Vec::new(), "GET").unwrap();
+    assert_eq!(r.body, b"abcdefghij");
+
+    // Echo: 16 MiB both ways at once, byte for byte. The answer starts before the upload
+    // ends, so the connection closes after it.
+    const ECHO: u64 = 16 << 20;
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let head = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {ECHO}\r\n\r\n");
+        w.write_all(head.as_bytes()).unwrap();
+        let body: Vec<u8> = (0..ECHO).map(upload_byte).collect();
+        w.write_all(&body).unwrap();
+    });
+    let h = read_head(&mut s);
+    assert!(
+        h.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&h)
+    );
+    read_checked(&mut s, ECHO, upload_byte);
+    writer.join().unwrap();
+    assert_eq!(s.read(&mut [0u8; 1]).unwrap(), 0, "closed after the echo");
+    let total = spliced(admin);
+    assert!(
+        total >= after_upload + (LEN + 2 * ECHO) * 9 / 10,
+        "download and echo spliced: {total}"
+    );
+
+    // The CSV log counts the spliced bytes as it counts copied ones.
+    drop(s);
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    let mut rdr = csv::Reader::from_path(&csv).unwrap();
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 4);
+    let bytes = |r: &csv::StringRecord, i: usize| r[i].parse::<u64>().unwrap();
+    let (up, down, echo) = (&rows[0], &rows[1], &rows[3]);
+    assert_eq!(
+        bytes(up, 8),
+        head.len() as u64 + LEN,
+        "upload request_bytes"
+    );
+    assert!(bytes(echo, 8) > ECHO && bytes(echo, 8) < ECHO + 1024);
+    assert!(bytes(echo, 9) > ECHO && bytes(echo, 9) < ECHO + 1024);
+    assert!(
+        bytes(down, 9) > LEN && bytes(down, 9) < LEN + 1024,
+        "download"
+    );
+}
+
+#[test]
+fn a_response_body_followed_by_garbage_is_cut_at_content_length() {
+    // The backend sends its 1 MiB body, then junk on the same connection. Nothing past
+    // the body reaches the client, and the connection is not reused.
+    let (port, conns) = scripted(|_, mut s| {
+        let body: Vec<u8> = (0..MIB as u64).map(pattern).collect();
+        while backend_head(&mut s).is_some() {
+            let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {MIB}\r\n\r\n").into_bytes();
+            out.extend_from_slice(&body);
+            out.extend_from_slice(b"GARBAGE GARBAGE");
+            if s.write_all(&out).is_err() {
+                return;
+            }
+        }
+    });
+    let p = proxy_for_port(port, &ADMIN);
+    let mut s = connect(p.addr);
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let r = read_response(&mut s, &mut pending, "GET").expect("a response");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), MIB);
+        assert!(r
+            .body
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern(i as u64)));
+        assert!(pending.is_empty(), "bytes past the body reached the client");
+    }
+    assert_eq!(
+        conns.load(SeqCst),
+        2,
+        "a connection with junk after a body is not pooled"
+    );
+    assert!(spliced(p.admin.unwrap()) >= MIB as u64);
+}
+
+#[test]
+fn a_pipelined_request_after_a_large_upload_is_answered_in_order() {
+    let a = Backend::start("A", "fast", &[]);
+    let mut extra = vec!["--workers", "1"];
+    extra.extend_from_slice(&ADMIN);
+    let p = Proxy::start(&[&a], &extra);
+    let mut s = connect(p.addr);
+    let len = 3 * MIB as u64 + 17;
+    let body: Vec<u8> = (0..len).map(upload_byte).collect();
+    let sum: u64 = body.iter().map(|&b| b as u64).sum();
+    // Two uploads and a download in one write: every byte of the next request stays for
+    // the next request.
+    let mut all = Vec::new();
+    for _ in 0..2 {
+        all.extend_from_slice(
+            format!("PUT /sink HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n").as_bytes(),
+        );
+        all.extend_from_slice(&body);
+    }
+    all.extend_from_slice(b"GET /bytes/100000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&all).unwrap());
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        let r = read_response(&mut s, &mut pending, "PUT").unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["bytes"].as_u64(), Some(len));
+        assert_eq!(v["sum"].as_u64(), Some(sum));
+    }
+    let r = read_response(&mut s, &mut pending, "GET").unwrap();
+    assert_eq!(r.body.len(), 100_000);
+    assert!(r
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern(i as u64)));
+    writer.join().unwrap();
+    assert!(spliced(p.admin.unwrap()) >= 2 * 2 * MIB as u64);
+}
+
+#[test]
+fn a_backend_closing_mid_body_truncates_the_spliced_download() {
+    const PROMISED: usize = 8 * MIB;
+    const SENT: usize = 2 * MIB;
+    let (port, conns) = scripted(|i, mut s| {
+        if backend_head(&mut s).is_none() {
+            return;
+        }
+        if i == 0 {
+            let mut out =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {PROMISED}\r\n\r\n").into_bytes();
+            out.extend((0..SENT as u64).map(pattern));
+            let _ = s.write_all(&out);
+            return; // closes mid-body
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let p = proxy_for_port(port, &ADMIN);
+    let mut s = connect(p.addr);
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let h = read_head(&mut s);
+    assert!(h.starts_with(b"HTTP/1.1 200"));
+    let mut body = Vec::new();
+    s.read_to_end(&mut body)
+        .expect("the proxy closes the connection");
+    assert_eq!(
+        body.len(),
+        SENT,
+        "what arrived is forwarded, then the client is closed"
+    );
+    assert!(body
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern(i as u64)));
+    assert!(spliced(p.admin.unwrap()) >= MIB as u64);
+    // The proxy goes on serving, on a new upstream connection.
+    let r = get(p.addr, "/small");
+    assert_eq!(r.body, b"ok");
+    assert_eq!(conns.load(SeqCst), 2);
+}
+
+#[test]
+fn a_client_aborting_mid_upload_closes_the_upstream_connection() {
+    let eof = Arc::new(AtomicBool::new(false));
+    let got = Arc::new(AtomicUsize::new(0));
+    let (e2, g2) = (eof.clone(), got.clone());
+    let (port, conns) = scripted(move |_, mut s| {
+        while let Some(len) = backend_head(&mut s) {
+            if len == 0 {
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            let mut buf = vec![0u8; MIB];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        e2.store(true, SeqCst);
+                        return;
+                    }
+                    Ok(n) => g2.fetch_add(n, SeqCst),
+                };
+            }
+        }
+    });
+    let p = proxy_for_port(port, &ADMIN);
+    let mut s = connect(p.addr);
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 67108864\r\n\r\n")
+        .unwrap();
+    let chunk = vec![b'u'; MIB];
+    for _ in 0..4 {
+        s.write_all(&chunk).unwrap();
+    }
+    let admin = p.admin.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || got.load(SeqCst) == 4 * MIB),
+        "the backend got {} bytes",
+        got.load(SeqCst)
+    );
+    assert!(spliced(admin) >= 3 * MIB as u64);
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(5), || eof.load(SeqCst)),
+        "the upstream connection is closed when the client aborts"
+    );
+    let r = get(p.addr, "/");
+    assert_eq!(r.body, b"ok");
+    assert_eq!(
+        conns.load(SeqCst),
+        2,
+        "the aborted connection was not pooled"
+    );
+}
+
+#[test]
+fn a_slow_reader_gets_the_whole_spliced_download_with_bounded_memory() {
+    const LEN: u64 = 64 << 20;
+    let a = Backend::start("A", "fast", &[]);
+    let mut extra = vec!["--workers", "1"];
+    extra.extend_from_slice(&ADMIN);
+    let p = Proxy::start(&[&a], &extra);
+    let mut s = connect(p.addr);
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(format!("GET /bytes/{LEN} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let h = read_head(&mut s);
+    assert!(h.starts_with(b"HTTP/1.1 200"));
+    // About 4 MiB/s for the first 1.5 s: the proxy must hold back, not buffer.
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let slow_until = std::time::Instant::now() + Duration::from_millis(1500);
+    while got < LEN {
+        let slow = std::time::Instant::now() < slow_until;
+        let want = if slow { 16 * 1024 } else { buf.len() };
+        let want = want.min((LEN - got) as usize);
+        let n = s.read(&mut buf[..want]).unwrap();
+        assert!(n > 0, "EOF after {got} bytes");
+        for (k, &b) in buf[..n].iter().enumerate() {
+            assert_eq!(b, pattern(got + k as u64), "byte {}", got + k as u64);
+        }
+        got += n as u64;
+        if slow {
+            std::thread::sleep(Duration::from_millis(4));
+        }
+    }
+    let rss = p.peak_rss_kib();
+    eprintln!("proxy peak RSS with a slow reader: {rss} KiB");
+    assert!(rss < 32 * 1024, "peak RSS {rss} KiB");
+    assert!(spliced(p.admin.unwrap()) >= LEN * 9 / 10);
+}
+
+#[test]
+fn an_early_answer_during_a_spliced_upload_is_the_only_answer() {
+    // The backend reads 1 MiB of the body (so the upload is being spliced), answers 413
+    // and stops reading; later it drops the connection with the rest unread.
+    let (port, _) = scripted(|_, mut s| {
+        if backend_head(&mut s).is_none() {
+            return;
+        }
+        let mut buf = vec![0u8; MIB];
+        let mut n = 0;
+        while n < MIB {
+            match s.read(&mut buf[..MIB - n]) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => n += k,
+            }
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let p = proxy_for_port(port, &ADMIN);
+    let mut s = connect(p.addr);
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 33554432\r\n\r\n")
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; MIB];
+        for _ in 0..32 {
+            // Cut short by the proxy closing: that is fine.
+            if w.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "one answer: {text}");
+    assert!(text.ends_with("too large"), "{text}");
+    assert!(spliced(p.admin.unwrap()) >= MIB as u64 / 2);
+    drop(s);
+    let _ = writer.join();
+}
