@@ -120,6 +120,9 @@ impl Buf {
 pub struct BufPool {
     free: Vec<Buf>,
     max_free: usize,
+    /// Buffers handed out by `get` and not yet given back by `put` (a plain counter the
+    /// worker publishes as a gauge once per loop iteration).
+    out: usize,
 }
 
 impl BufPool {
@@ -127,11 +130,13 @@ impl BufPool {
         BufPool {
             free: Vec::new(),
             max_free,
+            out: 0,
         }
     }
 
     #[inline]
     pub fn get(&mut self) -> Buf {
+        self.out += 1;
         self.free
             .pop()
             .unwrap_or_else(|| Buf::with_capacity(BUF_SIZE))
@@ -140,6 +145,7 @@ impl BufPool {
     /// Returns a buffer; grown buffers and buffers beyond the pool's bound are freed.
     #[inline]
     pub fn put(&mut self, mut b: Buf) {
+        self.out = self.out.saturating_sub(1);
         if b.data.len() == BUF_SIZE && self.free.len() < self.max_free {
             b.clear();
             self.free.push(b);
@@ -171,6 +177,11 @@ impl BufPool {
     pub fn pooled(&self) -> usize {
         self.free.len()
     }
+
+    /// Buffers handed out and not returned: held by connections now.
+    pub fn in_use(&self) -> usize {
+        self.out
+    }
 }
 
 #[cfg(test)]
@@ -192,11 +203,14 @@ mod tests {
         assert_eq!(&b.bytes()[..3], b"llo");
         b.consume(b.len());
         assert!(b.is_empty());
+        assert_eq!(pool.in_use(), 1);
         pool.put(b);
         assert_eq!(pool.pooled(), 1);
+        assert_eq!(pool.in_use(), 0);
         let mut big = pool.get();
         big.grow(BUF_SIZE * 2);
         pool.put(big);
         assert_eq!(pool.pooled(), 0, "grown buffers are not pooled");
+        assert_eq!(pool.in_use(), 0, "a freed buffer is no longer in use");
     }
 }
