@@ -149,6 +149,9 @@ pub struct BufPool {
     free: Vec<Buf>,
     max_free: usize,
     bulk: [Vec<Buf>; BULK_CLASSES],
+    /// Buffers handed out by `get` (or `enlarge`) and not yet given back by `put` (a plain
+    /// counter the worker publishes as a gauge once per loop iteration).
+    out: usize,
 }
 
 impl BufPool {
@@ -157,6 +160,7 @@ impl BufPool {
             free: Vec::new(),
             max_free,
             bulk: Default::default(),
+            out: 0,
         }
     }
 
@@ -172,11 +176,13 @@ impl BufPool {
             .pop()
             .unwrap_or_else(|| Buf::with_capacity(want));
         let old = std::mem::replace(b, big);
+        self.out += 1;
         self.put(old);
     }
 
     #[inline]
     pub fn get(&mut self) -> Buf {
+        self.out += 1;
         self.free
             .pop()
             .unwrap_or_else(|| Buf::with_capacity(BUF_SIZE))
@@ -186,6 +192,7 @@ impl BufPool {
     /// beyond the pools' bounds are freed.
     #[inline]
     pub fn put(&mut self, mut b: Buf) {
+        self.out = self.out.saturating_sub(1);
         b.clear();
         if b.data.len() == BUF_SIZE {
             if self.free.len() < self.max_free {
@@ -227,6 +234,11 @@ impl BufPool {
     pub fn pooled(&self) -> usize {
         self.free.len()
     }
+
+    /// Buffers handed out and not returned: held by connections now.
+    pub fn in_use(&self) -> usize {
+        self.out
+    }
 }
 
 #[cfg(test)]
@@ -248,12 +260,15 @@ mod tests {
         assert_eq!(&b.bytes()[..3], b"llo");
         b.consume(b.len());
         assert!(b.is_empty());
+        assert_eq!(pool.in_use(), 1);
         pool.put(b);
         assert_eq!(pool.pooled(), 1);
+        assert_eq!(pool.in_use(), 0);
         let mut big = pool.get();
         big.grow(BUF_SIZE * 2);
         pool.put(big);
         assert_eq!(pool.pooled(), 0, "grown buffers are not pooled");
+        assert_eq!(pool.in_use(), 0, "a freed buffer is no longer in use");
     }
 
     #[test]

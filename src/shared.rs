@@ -28,6 +28,13 @@ pub struct Counters {
     pub worker_restarts: AtomicU64,
     /// Body bytes relayed with splice(2), both directions.
     pub spliced_bytes: AtomicU64,
+    /// Gauges, each the sum of the workers' values, published by each worker once per
+    /// loop iteration as a wrapping delta: upstream connections open (busy and pooled),
+    /// of which pooled idle, buffers held by connections, buffers pooled.
+    pub upstream_open: AtomicU64,
+    pub upstream_idle: AtomicU64,
+    pub buffers_in_use: AtomicU64,
+    pub buffers_pooled: AtomicU64,
 }
 
 /// State shared by every worker: configuration, balancer, stop flag.

@@ -134,6 +134,7 @@ impl Worker {
             }
             self.proxy.redrive();
             self.proxy.expire();
+            self.proxy.publish_gauges();
             if let Some(snap) = self.proxy.take_histograms(false) {
                 // Off the request path: a copy once a second, never blocking.
                 let _ = self.metrics.try_send(snap);
@@ -163,6 +164,7 @@ impl Worker {
             );
         }
         self.proxy.close_all();
+        self.proxy.publish_gauges();
         // The last interval: the aggregator is waiting for it before the final dumps.
         if let Some(last) = self.proxy.take_histograms(true) {
             let _ = self.metrics.send(last);

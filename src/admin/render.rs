@@ -51,6 +51,12 @@ pub struct Totals {
     /// Of those, answered by the proxy itself (malformed requests, no server available).
     pub local: u64,
     pub active_connections: u64,
+    /// Upstream connections open now, busy and pooled; of which idle in the pools.
+    pub upstream_connections_open: u64,
+    pub upstream_connections_idle: u64,
+    /// Buffers held by connections now, and buffers waiting in the workers' pools.
+    pub buffers_in_use: u64,
+    pub buffers_pooled: u64,
     pub accepted: u64,
     pub upstream_connects: u64,
     pub rejected: u64,
@@ -277,6 +283,10 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             requests: total_codes.values().sum(),
             local,
             active_connections: c.active_clients.load(Relaxed),
+            upstream_connections_open: c.upstream_open.load(Relaxed),
+            upstream_connections_idle: c.upstream_idle.load(Relaxed),
+            buffers_in_use: c.buffers_in_use.load(Relaxed),
+            buffers_pooled: c.buffers_pooled.load(Relaxed),
             accepted: c.accepted.load(Relaxed),
             upstream_connects: c.upstream_connects.load(Relaxed),
             rejected: c.rejected.load(Relaxed),
@@ -386,6 +396,32 @@ pub fn prometheus(s: &Stats) -> String {
         "Client connections open now.",
     );
     let _ = writeln!(o, "corelb_active_connections {}", t.active_connections);
+    let leaks: [(&str, &str, u64); 4] = [
+        (
+            "corelb_upstream_connections_open",
+            "Upstream connections open now, busy and pooled.",
+            t.upstream_connections_open,
+        ),
+        (
+            "corelb_upstream_connections_idle",
+            "Upstream connections idle in the keep-alive pools now.",
+            t.upstream_connections_idle,
+        ),
+        (
+            "corelb_buffers_in_use",
+            "I/O buffers held by connections now.",
+            t.buffers_in_use,
+        ),
+        (
+            "corelb_buffers_pooled",
+            "I/O buffers waiting in the workers' pools now.",
+            t.buffers_pooled,
+        ),
+    ];
+    for (name, help, v) in leaks {
+        family(&mut o, name, "gauge", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
     let counters: [(&str, &str, u64); 9] = [
         (
             "corelb_connections_accepted_total",
@@ -624,6 +660,10 @@ pub(super) fn sample() -> Stats {
             requests: 8,
             local: 2,
             active_connections: 4,
+            upstream_connections_open: 3,
+            upstream_connections_idle: 1,
+            buffers_in_use: 2,
+            buffers_pooled: 8,
             accepted: 5,
             upstream_connects: 2,
             rejected: 0,
@@ -688,6 +728,8 @@ mod tests {
         assert!(text.contains("corelb_request_duration_seconds_count 1\n"));
         assert!(text.contains("corelb_backend_latency_estimate_seconds{backend=\"A\",estimator=\"peak_ewma\"} 0.01225\n"));
         assert!(text.contains("corelb_uptime_seconds 1.5\n"));
+        assert!(text.contains("# TYPE corelb_buffers_in_use gauge\ncorelb_buffers_in_use 2\n"));
+        assert!(text.contains("corelb_upstream_connections_open 3\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();
             assert!(v == "+Inf" || v.parse::<f64>().is_ok(), "{line}");
@@ -699,6 +741,8 @@ mod tests {
         let v = serde_json::to_value(sample()).unwrap();
         assert_eq!(v["mode"], "round-robin");
         assert_eq!(v["totals"]["rps_1s"], 8.0);
+        assert_eq!(v["totals"]["upstream_connections_open"], 3);
+        assert_eq!(v["totals"]["buffers_in_use"], 2);
         assert_eq!(v["backends"][0]["health"]["state"], "up");
         assert_eq!(v["backends"][0]["codes"]["200"], 3);
         assert!(v["backends"][0]["latency_ms"]["last"]["p99"].is_null());

@@ -90,6 +90,8 @@ pub struct Proxy {
     ups: Slab<Upstream>,
     /// Idle keep-alive upstream connections per backend, most recent last.
     idle: Vec<Vec<usize>>,
+    /// The gauge values last added to `Shared`'s counters (see [`Proxy::publish_gauges`]).
+    published: [u64; 4],
 }
 
 impl Proxy {
@@ -105,6 +107,38 @@ impl Proxy {
             clients: Slab::with_capacity(1024),
             ups: Slab::with_capacity(1024),
             idle: vec![Vec::new(); backends],
+            published: [0; 4],
+        }
+    }
+
+    /// Adds the change of this worker's gauges (upstream connections open and idle,
+    /// buffers in use and pooled) since the last call to `Shared`'s sums: at most four
+    /// Relaxed atomic adds, once per loop iteration, none when nothing changed.
+    pub fn publish_gauges(&mut self) {
+        let idle: usize = self.idle.iter().map(Vec::len).sum();
+        let now = [
+            self.ups.len() as u64,
+            idle as u64,
+            self.ctx.bufs.in_use() as u64,
+            self.ctx.bufs.pooled() as u64,
+        ];
+        self.publish(now);
+    }
+
+    fn publish(&mut self, now: [u64; 4]) {
+        let c = &self.ctx.shared.counters;
+        let sums = [
+            &c.upstream_open,
+            &c.upstream_idle,
+            &c.buffers_in_use,
+            &c.buffers_pooled,
+        ];
+        for ((sum, last), v) in sums.into_iter().zip(&mut self.published).zip(now) {
+            if *last != v {
+                // Wrapping: a decrease is the two's complement of its size.
+                sum.fetch_add(v.wrapping_sub(*last), std::sync::atomic::Ordering::Relaxed);
+                *last = v;
+            }
         }
     }
 
@@ -190,15 +224,19 @@ impl Proxy {
     /// Removes client `ci` and its upstream without running any exchange logic (their
     /// state may be inconsistent after a panic): the sockets close as they are dropped.
     fn drop_client(&mut self, ci: usize) {
-        let Some(c) = self.clients.try_remove(ci) else {
+        let Some(mut c) = self.clients.try_remove(ci) else {
             return;
         };
+        self.ctx.bufs.release(&mut c.buf);
         self.ctx
             .shared
             .counters
             .active_clients
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if let Phase::Proxy(ex) = c.phase {
+        if let Phase::Proxy(mut ex) = c.phase {
+            self.ctx.bufs.release(&mut ex.head);
+            self.ctx.bufs.release(&mut ex.resp_buf);
+            self.ctx.bufs.release(&mut ex.out);
             if let Some(u) = self.ups.try_remove(ex.up) {
                 self.ctx.closed_ups.push(ex.up);
                 if let Some(list) = self.idle.get_mut(u.backend) {
@@ -346,6 +384,14 @@ impl Proxy {
         for ci in cis {
             self.close_client(ci);
         }
+    }
+}
+
+impl Drop for Proxy {
+    /// A worker that dies takes its connections and buffers with it: its share of the
+    /// gauges goes too (a restarted worker publishes from zero).
+    fn drop(&mut self) {
+        self.publish([0; 4]);
     }
 }
 
