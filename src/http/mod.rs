@@ -11,6 +11,8 @@
 
 mod canned;
 pub mod chunked;
+#[doc(hidden)]
+pub mod fuzzing;
 mod head;
 mod write;
 
