@@ -65,7 +65,8 @@ pub fn response_head(data: &[u8]) {
     };
     let mut out = Vec::new();
     r.write_client(&mut out, &reply);
-    if out.len() >= MAX_HEAD || r.resp.headers.len() + 1 > MAX_HEADERS {
+    // Via, the framing field and Connection are added.
+    if out.len() >= MAX_HEAD || r.resp.headers.len() + 3 > MAX_HEADERS {
         return;
     }
     let mut h2 = header_array();
