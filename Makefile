@@ -12,7 +12,7 @@ ARGS ?=
 BIN := target/release
 
 .PHONY: all build release run backends test test-browser lint fmt bench bench-quick \
-	bench-sizes bench-ab abuse clean
+	bench-sizes bench-ab abuse conformance fuzz clean
 
 all: build
 
@@ -52,6 +52,26 @@ backends: release
 test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+# HTTP/1.1 conformance (tests/conformance/cases.rs) of corelb, NGINX and HAProxy side by
+# side: per-case pass/FAIL and the three scores. CONFORMANCE_DETAILS=1 prints each failure.
+# (The corelb part alone runs in `make test`.)
+conformance:
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --test conformance compare -- --ignored --nocapture
+
+# cargo-fuzz targets in fuzz/ (nightly; `cargo install cargo-fuzz`), each for FUZZ_SECONDS.
+# New inputs go to target/fuzz-corpus/NAME; the committed seeds in fuzz/corpus/NAME are read
+# but not written. Crashes land in fuzz/artifacts/NAME: add them to fuzz/corpus/NAME
+# (tests/fuzz_corpus.rs replays that directory in `make test`).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= request_head response_head chunked h2_frames hpack_decode
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  $(CARGO) +nightly fuzz run $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 # The dashboard in headless Chromium (Debian's chromium; playwright-core from npm drives it):
 # a short bounded load, charts and table checked, screenshot in target/browser/.

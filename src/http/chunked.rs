@@ -2,9 +2,13 @@
 //!
 //! It validates framing byte by byte and reports where the chunk data lies, so a caller can
 //! either forward the validated bytes unchanged (pass-through) or keep only the data
-//! (de-chunking for HTTP/1.0 peers). It rejects what `httparse::parse_chunk_size` lets
-//! through: empty or non-hex sizes, more than 16 hex digits, bare LF or NUL in an extension,
-//! over-long extensions, and chunk data that is not followed by CRLF. It owns no buffer.
+//! (de-chunking for HTTP/1.0 peers). Because a passed-through body is read again by the
+//! next hop, anything two parsers could read differently is refused: empty or non-hex
+//! sizes, more than 16 hex digits, chunk extensions outside the RFC grammar
+//! (`*( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] )`, so no bare LF, NUL
+//! or stray byte), over-long extensions, chunk data not followed by CRLF, bare LF anywhere,
+//! malformed trailer fields, trailer fields that would change framing or routing
+//! (RFC 9110 §6.5.1) and over-long trailer sections. It owns no buffer and never allocates.
 
 use std::ops::Range;
 
@@ -36,6 +40,9 @@ pub enum ChunkError {
     BadTrailer,
     /// A trailer section over [`MAX_TRAILERS`].
     TrailersTooLong,
+    /// A trailer field that only means something in a header section (framing, routing,
+    /// connection management): a recipient that merged it could be steered by it.
+    ForbiddenTrailer,
 }
 
 impl std::fmt::Display for ChunkError {
@@ -50,6 +57,7 @@ impl std::fmt::Display for ChunkError {
             ChunkError::MissingDataCrlf => "chunk data not followed by CRLF",
             ChunkError::BadTrailer => "invalid trailer field",
             ChunkError::TrailersTooLong => "trailer section too long",
+            ChunkError::ForbiddenTrailer => "framing or routing field in trailers",
         };
         f.write_str(s)
     }
@@ -57,15 +65,35 @@ impl std::fmt::Display for ChunkError {
 
 impl std::error::Error for ChunkError {}
 
+/// Where a chunk-size line's extension is (RFC 9112 §7.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    /// After the size, a name or a value: `;`, CR, or whitespace then `;`. `ws`: whitespace
+    /// seen (CR may not follow it); `name`: after a name, so `=` may follow.
+    End {
+        ws: bool,
+        name: bool,
+    },
+    /// After `;`: optional whitespace, then a token.
+    NameStart,
+    Name,
+    /// After `=`: optional whitespace, then a token or a quoted-string.
+    ValueStart,
+    Value,
+    Quoted,
+    QuotedEscape,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading the hex digits of a chunk size.
     Size {
         digits: u8,
     },
-    /// After the digits: optional whitespace and extensions up to CR.
+    /// After the digits: extensions up to CR; `len` counts their bytes.
     Ext {
         len: u32,
+        at: Ext,
     },
     /// Saw the CR ending a size line.
     SizeLf,
@@ -77,10 +105,14 @@ enum State {
     TrailerStart {
         total: u32,
     },
-    /// Inside a trailer field line.
-    Trailer {
+    /// Inside a trailer field name; its first bytes are in `ChunkedDecoder::name`.
+    TrailerName {
         total: u32,
-        colon: bool,
+        len: u8,
+    },
+    /// Inside a trailer field value.
+    TrailerValue {
+        total: u32,
     },
     TrailerLf {
         total: u32,
@@ -88,6 +120,22 @@ enum State {
     EndLf,
     Done,
 }
+
+/// Longest name in [`FORBIDDEN_TRAILERS`].
+const NAME_BUF: usize = 17;
+
+/// Fields refused in a trailer section (lower case): framing, routing and hop-by-hop.
+const FORBIDDEN_TRAILERS: [&[u8]; 9] = [
+    b"content-length",
+    b"transfer-encoding",
+    b"trailer",
+    b"host",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"upgrade",
+];
 
 /// Result of one [`ChunkedDecoder::decode`] call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +152,8 @@ pub struct ChunkedDecoder {
     state: State,
     /// Size of the chunk whose size line is being read, then the data bytes left in it.
     size: u64,
+    /// The first bytes of the trailer field name being read, lower-cased.
+    name: [u8; NAME_BUF],
 }
 
 impl Default for ChunkedDecoder {
@@ -132,6 +182,7 @@ impl ChunkedDecoder {
         ChunkedDecoder {
             state: State::Size { digits: 0 },
             size: 0,
+            name: [0; NAME_BUF],
         }
     }
 
@@ -215,17 +266,19 @@ impl ChunkedDecoder {
                 }
                 None => match b {
                     b'\r' => State::SizeLf,
-                    b';' | b' ' | b'\t' => State::Ext { len: 1 },
+                    b';' | b' ' | b'\t' => Self::ext(
+                        0,
+                        Ext::End {
+                            ws: false,
+                            name: false,
+                        },
+                        b,
+                    )?,
                     b'\n' => return Err(ChunkError::BadLineEnd),
                     _ => return Err(ChunkError::BadSize),
                 },
             },
-            State::Ext { len } => match b {
-                b'\r' => State::SizeLf,
-                b'\t' => Self::ext(len)?,
-                0x00..=0x1f | 0x7f => return Err(ChunkError::BadExtension),
-                _ => Self::ext(len)?,
-            },
+            State::Ext { len, at } => Self::ext(len, at, b)?,
             State::SizeLf => {
                 if b != b'\n' {
                     return Err(ChunkError::BadLineEnd);
@@ -251,22 +304,43 @@ impl ChunkedDecoder {
             }
             State::TrailerStart { total } => match b {
                 b'\r' => State::EndLf,
-                b if is_tchar(b) => State::Trailer {
-                    total: total + 1,
-                    colon: false,
-                },
+                // No obs-fold, no whitespace before the name, no empty name.
+                b if is_tchar(b) => {
+                    self.name[0] = b.to_ascii_lowercase();
+                    State::TrailerName {
+                        total: Self::trailer_len(total)?,
+                        len: 1,
+                    }
+                }
                 _ => return Err(ChunkError::BadTrailer),
             },
-            State::Trailer { total, colon } => {
-                if total >= MAX_TRAILERS {
-                    return Err(ChunkError::TrailersTooLong);
-                }
-                let total = total + 1;
+            State::TrailerName { total, len } => {
+                let total = Self::trailer_len(total)?;
                 match b {
-                    b'\r' if colon => State::TrailerLf { total },
-                    b':' if !colon => State::Trailer { total, colon: true },
-                    b if !colon && is_tchar(b) => State::Trailer { total, colon },
-                    b'\t' | 0x20..=0x7e | 0x80..=0xff if colon => State::Trailer { total, colon },
+                    b':' => {
+                        let name = &self.name[..(len as usize).min(NAME_BUF)];
+                        if (len as usize) <= NAME_BUF && FORBIDDEN_TRAILERS.contains(&name) {
+                            return Err(ChunkError::ForbiddenTrailer);
+                        }
+                        State::TrailerValue { total }
+                    }
+                    b if is_tchar(b) => {
+                        if (len as usize) < NAME_BUF {
+                            self.name[len as usize] = b.to_ascii_lowercase();
+                        }
+                        State::TrailerName {
+                            total,
+                            len: len.saturating_add(1),
+                        }
+                    }
+                    _ => return Err(ChunkError::BadTrailer),
+                }
+            }
+            State::TrailerValue { total } => {
+                let total = Self::trailer_len(total)?;
+                match b {
+                    b'\r' => State::TrailerLf { total },
+                    b'\t' | 0x20..=0x7e | 0x80..=0xff => State::TrailerValue { total },
                     _ => return Err(ChunkError::BadTrailer),
                 }
             }
@@ -288,136 +362,74 @@ impl ChunkedDecoder {
     }
 
     #[inline]
-    fn ext(len: u32) -> Result<State, ChunkError> {
+    fn trailer_len(total: u32) -> Result<u32, ChunkError> {
+        if total >= MAX_TRAILERS {
+            return Err(ChunkError::TrailersTooLong);
+        }
+        Ok(total + 1)
+    }
+
+    /// One byte of a chunk extension (or the CR ending the size line).
+    fn ext(len: u32, at: Ext, b: u8) -> Result<State, ChunkError> {
+        let ws = matches!(b, b' ' | b'\t');
+        let at = match at {
+            Ext::End { ws: seen, name } => match b {
+                b'\r' if !seen => return Ok(State::SizeLf),
+                b';' => Ext::NameStart,
+                b'=' if name => Ext::ValueStart,
+                _ if ws => Ext::End { ws: true, name },
+                _ => return Err(ChunkError::BadExtension),
+            },
+            Ext::NameStart if ws => Ext::NameStart,
+            Ext::NameStart if is_tchar(b) => Ext::Name,
+            Ext::NameStart => return Err(ChunkError::BadExtension),
+            Ext::Name if is_tchar(b) => Ext::Name,
+            Ext::Name => {
+                return Self::ext(
+                    len,
+                    Ext::End {
+                        ws: false,
+                        name: true,
+                    },
+                    b,
+                )
+            }
+            Ext::ValueStart if ws => Ext::ValueStart,
+            Ext::ValueStart if b == b'"' => Ext::Quoted,
+            Ext::ValueStart if is_tchar(b) => Ext::Value,
+            Ext::ValueStart => return Err(ChunkError::BadExtension),
+            Ext::Value if is_tchar(b) => Ext::Value,
+            Ext::Value => {
+                return Self::ext(
+                    len,
+                    Ext::End {
+                        ws: false,
+                        name: false,
+                    },
+                    b,
+                )
+            }
+            Ext::Quoted => match b {
+                b'"' => Ext::End {
+                    ws: false,
+                    name: false,
+                },
+                b'\\' => Ext::QuotedEscape,
+                b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => Ext::Quoted,
+                _ => return Err(ChunkError::BadExtension),
+            },
+            Ext::QuotedEscape => match b {
+                b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => Ext::Quoted,
+                _ => return Err(ChunkError::BadExtension),
+            },
+        };
         if len >= MAX_EXTENSION {
             return Err(ChunkError::ExtensionTooLong);
         }
-        Ok(State::Ext { len: len + 1 })
+        Ok(State::Ext { len: len + 1, at })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(input: &[u8]) -> Result<(bool, Vec<u8>), ChunkError> {
-        let mut d = ChunkedDecoder::new();
-        let mut data = Vec::new();
-        let mut at = 0;
-        while at < input.len() && !d.is_done() {
-            let p = d.decode(&input[at..])?;
-            data.extend_from_slice(&input[at..][p.data]);
-            at += p.consumed;
-        }
-        Ok((d.is_done(), data))
-    }
-
-    #[test]
-    fn decodes_chunks_and_trailers() {
-        let body = b"5\r\nhello\r\n6;name=val\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n";
-        assert_eq!(check(body).unwrap(), (true, b"hello world".to_vec()));
-    }
-
-    #[test]
-    fn decodes_byte_by_byte() {
-        let body = b"a\r\n0123456789\r\n0;x\r\n\r\n";
-        let mut d = ChunkedDecoder::new();
-        let mut data = Vec::new();
-        for i in 0..body.len() {
-            let p = d.decode(&body[i..i + 1]).unwrap();
-            assert_eq!(p.consumed, 1);
-            data.extend_from_slice(&body[i..i + 1][p.data]);
-        }
-        assert!(d.is_done());
-        assert_eq!(data, b"0123456789");
-    }
-
-    #[test]
-    fn stops_at_end_of_body() {
-        let input = b"3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n";
-        let mut d = ChunkedDecoder::new();
-        let n = d.validate(input).unwrap();
-        assert!(d.is_done());
-        assert_eq!(&input[n..], b"GET / HTTP/1.1\r\n");
-    }
-
-    #[test]
-    fn in_place_dechunk() {
-        let mut buf = b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n".to_vec();
-        let mut d = ChunkedDecoder::new();
-        let (consumed, len) = d.decode_in_place(&mut buf).unwrap();
-        assert_eq!(consumed, buf.len());
-        assert_eq!(&buf[..len], b"abcde");
-        assert!(d.is_done());
-    }
-
-    #[test]
-    fn upper_case_hex_and_leading_zeros() {
-        assert_eq!(
-            check(b"000A\r\n0123456789\r\n0\r\n\r\n").unwrap().1,
-            b"0123456789"
-        );
-    }
-
-    #[test]
-    fn rejects_bad_sizes() {
-        assert_eq!(check(b"\r\nabc"), Err(ChunkError::EmptySize));
-        assert_eq!(check(b";ext\r\n"), Err(ChunkError::EmptySize));
-        assert_eq!(check(b"xyz\r\n"), Err(ChunkError::BadSize));
-        assert_eq!(check(b"5x\r\n"), Err(ChunkError::BadSize));
-        assert_eq!(check(b"+5\r\n"), Err(ChunkError::BadSize));
-        assert_eq!(check(b"0x5\r\n"), Err(ChunkError::BadSize));
-        assert_eq!(
-            check(b"00000000000000001\r\n"),
-            Err(ChunkError::SizeTooLong)
-        );
-        assert!(check(b"0000000000000001\r\nx\r\n0\r\n\r\n").is_ok());
-    }
-
-    #[test]
-    fn rejects_bad_extensions() {
-        assert_eq!(check(b"1;a\nb\r\n"), Err(ChunkError::BadExtension));
-        assert_eq!(check(b"1;a\0b\r\n"), Err(ChunkError::BadExtension));
-        let mut long = b"1;".to_vec();
-        long.extend(std::iter::repeat_n(b'a', 4096));
-        long.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
-        assert_eq!(check(&long), Err(ChunkError::ExtensionTooLong));
-        let mut ok = b"1;".to_vec();
-        ok.extend(std::iter::repeat_n(b'a', 4000));
-        ok.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
-        assert!(check(&ok).is_ok());
-    }
-
-    #[test]
-    fn rejects_bare_lf_size_line() {
-        assert_eq!(check(b"5\nhello"), Err(ChunkError::BadLineEnd));
-        assert_eq!(check(b"5\rhello"), Err(ChunkError::BadLineEnd));
-    }
-
-    #[test]
-    fn rejects_data_without_crlf() {
-        assert_eq!(check(b"3\r\nabcd\r\n"), Err(ChunkError::MissingDataCrlf));
-        assert_eq!(check(b"3\r\nabc\rX"), Err(ChunkError::MissingDataCrlf));
-        assert_eq!(
-            check(b"3\r\nabc\n0\r\n\r\n"),
-            Err(ChunkError::MissingDataCrlf)
-        );
-    }
-
-    #[test]
-    fn rejects_bad_trailers() {
-        assert_eq!(
-            check(b"0\r\nBad Name: x\r\n\r\n"),
-            Err(ChunkError::BadTrailer)
-        );
-        assert_eq!(check(b"0\r\nNoColon\r\n\r\n"), Err(ChunkError::BadTrailer));
-        assert_eq!(check(b"0\r\nA: b\0\r\n\r\n"), Err(ChunkError::BadTrailer));
-        assert_eq!(check(b"0\r\n\r\r"), Err(ChunkError::BadLineEnd));
-    }
-
-    #[test]
-    fn incomplete_is_not_done() {
-        assert_eq!(check(b"5\r\nhel").unwrap(), (false, b"hel".to_vec()));
-        assert!(!check(b"0\r\n").unwrap().0);
-    }
-}
+#[path = "chunked_tests.rs"]
+mod tests;

@@ -1,7 +1,7 @@
 //! Unit tests for head parsing, validation and rewriting.
 
 use super::*;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 fn req(raw: &[u8]) -> Result<Option<(BodyKind, bool, String)>, Reject> {
     let mut h = header_array();
@@ -281,6 +281,7 @@ fn canned_lengths_match_bodies() {
         BAD_GATEWAY,
         SERVICE_UNAVAILABLE,
         GATEWAY_TIMEOUT,
+        VERSION_NOT_SUPPORTED,
     ] {
         for raw in [c.close, c.keep_alive] {
             let mut h = header_array();
@@ -289,4 +290,299 @@ fn canned_lengths_match_bodies() {
             assert_eq!(r.body, BodyKind::Length((raw.len() - r.head_len) as u64));
         }
     }
+}
+
+fn forwarded(raw: &[u8]) -> String {
+    req(raw)
+        .unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(raw)))
+        .expect("complete")
+        .2
+}
+
+#[test]
+fn connection_cannot_strip_framing_or_host() {
+    // The body is relayed whatever Connection says, so its framing goes with it.
+    let out = forwarded(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: Content-Length\r\n\r\n",
+    );
+    assert!(out.contains("Content-Length: 5\r\n"), "{out}");
+    let out = forwarded(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close, content-length, host\r\n\r\n");
+    assert!(
+        out.contains("Content-Length: 5\r\n") && out.contains("Host: x\r\n"),
+        "{out}"
+    );
+    let out = forwarded(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: Transfer-Encoding\r\n\r\n");
+    assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
+    let out = forwarded(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_eq!(out.matches("Transfer-Encoding").count(), 1, "{out}");
+    assert!(
+        out.contains("Transfer-Encoding: gzip, chunked\r\n"),
+        "{out}"
+    );
+    // Content-Length: 0 is kept; a duplicate identical length is sent once.
+    let out = forwarded(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert!(out.contains("Content-Length: 0\r\n"), "{out}");
+    let out =
+        forwarded(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n");
+    assert_eq!(
+        out.to_ascii_lowercase().matches("content-length").count(),
+        1
+    );
+    // Connection-named end-to-end fields still go, X-Forwarded-For included.
+    let out = forwarded(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: x-forwarded-for\r\n\r\n");
+    assert!(out.contains("X-Forwarded-For: 10.1.2.3\r\n"), "{out}");
+}
+
+#[test]
+fn host_must_be_uri_host_and_port() {
+    for good in [
+        "a.test",
+        "a.test:8080",
+        "A-b_c~d.test",
+        "127.0.0.1:1",
+        "[::1]",
+        "[::1]:80",
+        "[2001:db8::1]:443",
+        "a.test:",
+        "%41.test",
+        "",
+    ] {
+        let raw = format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n");
+        assert_eq!(status(raw.as_bytes()), 200, "{good:?}");
+    }
+    for bad in [
+        "a.test, b.test",
+        "a.test,b.test",
+        "a b",
+        "user@a.test",
+        "a.test/x",
+        "a.test:99x",
+        "a.test:123456",
+        "a.test:65536",
+        "a.test:80:80",
+        "[::1",
+        "[::g]",
+        "[::1]x",
+        "a.test?x",
+        "a.test#x",
+        "%4.test",
+        "a\\b",
+        "\"a\"",
+    ] {
+        let raw = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+        assert_eq!(status(raw.as_bytes()), 400, "{bad:?}");
+    }
+}
+
+#[test]
+fn absolute_form_replaces_host_and_is_sent_in_origin_form() {
+    let out = forwarded(b"GET http://other.test/x?y HTTP/1.1\r\nHost: example.test\r\n\r\n");
+    assert!(
+        out.starts_with("GET /x?y HTTP/1.1\r\nHost: other.test\r\n"),
+        "{out}"
+    );
+    let out = forwarded(b"GET HTTPS://other.test:8443 HTTP/1.1\r\nHost: example.test\r\n\r\n");
+    assert!(
+        out.starts_with("GET / HTTP/1.1\r\nHost: other.test:8443\r\n"),
+        "{out}"
+    );
+    let out = forwarded(b"GET http://other.test?q HTTP/1.1\r\nHost: o\r\n\r\n");
+    assert!(out.starts_with("GET /?q HTTP/1.1\r\n"), "{out}");
+    // HTTP/1.0 without Host: the authority becomes the Host.
+    let out = forwarded(b"GET http://other.test/ HTTP/1.0\r\n\r\n");
+    assert!(out.contains("Host: other.test\r\n"), "{out}");
+    assert_eq!(out.matches("Host").count(), 1);
+    for bad in [
+        &b"GET http://user@other.test/ HTTP/1.1\r\nHost: o\r\n\r\n"[..],
+        b"GET http:///x HTTP/1.1\r\nHost: o\r\n\r\n",
+        b"GET http://:80/x HTTP/1.1\r\nHost: o\r\n\r\n",
+        b"GET http:/x HTTP/1.1\r\nHost: o\r\n\r\n",
+        b"GET ftp://other.test/ HTTP/1.1\r\nHost: o\r\n\r\n",
+        b"GET http://a b/ HTTP/1.1\r\nHost: o\r\n\r\n",
+        b"GET http://other.test/ HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET http://other.test/ HTTP/1.1\r\n\r\n",
+    ] {
+        assert_eq!(status(bad), 400, "{}", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn request_line_and_target_forms() {
+    let cases: &[(&[u8], u16)] = &[
+        (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET x HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET a.test:80 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /a%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /a%2F HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+        (b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1 \r\nHost: x\r\n\r\n", 400),
+        (b"GET /\tHTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"G\x01T / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"G(T / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"get / HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+        (b"GET / http/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET / HTTP/3.0\r\nHost: x\r\n\r\n", 505),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
+        (b"GET / HTTP/11.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\nHost: x\n\n", 200),
+        (b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+        (b"GET / HTTP/1.1\r\n Host: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHo\"st: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n: x\r\nHost: x\r\n\r\n", 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            501,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            501,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n",
+            501,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1 2\r\n\r\n",
+            400,
+        ),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(status(raw), *want, "{}", String::from_utf8_lossy(raw));
+    }
+    let mut many = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: ".to_vec();
+    for i in 0..=16 {
+        many.extend_from_slice(format!("x-{i}, ").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(status(&many), 400);
+}
+
+#[test]
+fn upgrade_requests_are_flagged_and_not_forwarded() {
+    let mut h = header_array();
+    let raw = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let r = parse_request(raw, &mut h).unwrap().unwrap();
+    assert!(r.upgrade);
+    let out = forwarded(raw);
+    assert!(!out.contains("pgrade"), "{out}");
+}
+
+#[test]
+fn response_framing_is_generated() {
+    // A backend cannot strip its own framing with Connection.
+    let (_, b, ka, out) = resp(
+        b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello",
+        false,
+        KEEP,
+    )
+    .unwrap();
+    assert_eq!((b, ka), (BodyKind::Length(5), true));
+    assert!(out.contains("Content-Length: 5\r\n"), "{out}");
+    let (_, _, _, out) = resp(
+        b"HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+        false,
+        KEEP,
+    )
+    .unwrap();
+    assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
+    // Content-Length: 0 keeps the connection usable.
+    let (_, b, _, out) =
+        resp(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, KEEP).unwrap();
+    assert_eq!(b, BodyKind::None);
+    assert!(out.contains("Content-Length: 0\r\n"), "{out}");
+    // HEAD and 304 relay the length of the body a GET would get; 204 and 1xx carry none.
+    let (_, b, _, out) =
+        resp(b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n", true, KEEP).unwrap();
+    assert_eq!(b, BodyKind::None);
+    assert!(out.contains("Content-Length: 42\r\n"), "{out}");
+    let (_, _, _, out) = resp(
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 42\r\n\r\n",
+        false,
+        KEEP,
+    )
+    .unwrap();
+    assert!(out.contains("Content-Length: 42\r\n"), "{out}");
+    let (_, b, _, out) = resp(
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 42\r\n\r\n",
+        false,
+        KEEP,
+    )
+    .unwrap();
+    assert_eq!(b, BodyKind::None);
+    assert!(!out.contains("Content-Length"), "{out}");
+    let (_, _, _, out) = resp(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+        false,
+        KEEP,
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nVia: 1.1 corelb\r\n\r\n"
+    );
+    let (_, b, _, out) = resp(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        true,
+        KEEP,
+    )
+    .unwrap();
+    assert_eq!(b, BodyKind::None);
+    assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
+}
+
+#[test]
+fn strict_responses() {
+    for raw in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0x1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\0b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX : a\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX\x01: a\r\n\r\n",
+        b"HTTP/1.1 099 Low\r\n\r\n",
+        b"HTTP/1.1 600 High\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/2.0 200 OK\r\n\r\n",
+        b"HTTP/1.1  200 OK\r\n\r\n",
+        b"http/1.1 200 OK\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    ] {
+        assert!(
+            resp(raw, false, KEEP).is_err(),
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    let mut big = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', MAX_HEAD));
+    let mut h = header_array();
+    assert!(parse_response(&big, &mut h, false).is_err());
+    // Bare LF is accepted (and re-serialised with CRLF).
+    let (_, b, _, out) = resp(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", false, KEEP).unwrap();
+    assert_eq!(b, BodyKind::Length(2));
+    assert!(out.ends_with("\r\n\r\n") && !out.contains("\n\n"), "{out}");
 }

@@ -1,0 +1,194 @@
+//! Head writing: a validated head rewritten for the next hop.
+//!
+//! Hop-by-hop fields and the fields `Connection` names are dropped; `Content-Length` and
+//! `Transfer-Encoding` are never copied but generated from the [`BodyKind`] corelb frames
+//! the body by (as pingora's HTTP/1 client picks its body writer from the headers it
+//! sends), so a `Connection: Content-Length` cannot strip the framing from a body that is
+//! still relayed. Host is likewise generated from the validated authority. Connection
+//! options naming Content-Length, Transfer-Encoding or Host therefore change nothing:
+//! those fields are the proxy's to write for the next hop, not the sender's.
+
+use super::head::{classify, list, Hdr, Request, Response};
+use super::BodyKind;
+use std::io::Write;
+use std::net::IpAddr;
+
+/// What [`Request::write_upstream`] needs to know about the hop.
+pub struct Forward<'a> {
+    pub client_ip: IpAddr,
+    /// Ask the backend to close after this response (per-request upstream mode).
+    pub close: bool,
+    /// `Host` value to add when an HTTP/1.0 request has none.
+    pub host: &'a [u8],
+}
+
+/// What [`Response::write_client`] needs to know about the client side.
+pub struct Reply {
+    /// The client spoke HTTP/1.0.
+    pub http10: bool,
+    /// The proxy will close the client connection after this response.
+    pub close: bool,
+    /// The chunked body will be decoded for an HTTP/1.0 client.
+    pub dechunk: bool,
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_length(out: &mut Vec<u8>, n: u64) {
+    let _ = write!(out, "Content-Length: {n}\r\n");
+}
+
+/// One `Transfer-Encoding` line holding every coding received, in order (validated to end
+/// in a single `chunked`).
+fn put_codings(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
+    out.extend_from_slice(b"Transfer-Encoding: ");
+    let mut first = true;
+    for h in headers {
+        if classify(h.name) == Hdr::TransferEncoding {
+            for coding in list(h.value) {
+                if !first {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(coding);
+                first = false;
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+impl Request<'_, '_> {
+    /// Writes the head to send upstream into `out`: HTTP/1.1, origin-form target, Host
+    /// from the validated authority, hop-by-hop fields and the fields `Connection` names
+    /// removed, framing generated from [`Request::body`], `X-Forwarded-For` extended and
+    /// `Via` added.
+    pub fn write_upstream(&self, out: &mut Vec<u8>, fwd: &Forward<'_>) {
+        let r = &self.req;
+        out.extend_from_slice(r.method.unwrap_or("GET").as_bytes());
+        out.push(b' ');
+        if !self.target.starts_with('/') && self.target != "*" {
+            out.push(b'/');
+        }
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut has_host = false;
+        for h in r.headers.iter() {
+            match classify(h.name) {
+                Hdr::Connection
+                | Hdr::HopByHop
+                | Hdr::XForwardedFor
+                | Hdr::ContentLength
+                | Hdr::TransferEncoding => continue,
+                Hdr::Host => {
+                    has_host = true;
+                    put_header(out, b"Host", self.host.unwrap_or(h.value));
+                    continue;
+                }
+                _ if self.conn.names(h.name) => continue,
+                _ => {}
+            }
+            put_header(out, h.name.as_bytes(), h.value);
+        }
+        if !has_host {
+            put_header(out, b"Host", self.host.unwrap_or(fwd.host));
+        }
+        match self.body {
+            BodyKind::Length(n) => put_length(out, n),
+            BodyKind::Chunked => put_codings(out, r.headers),
+            // `Content-Length: 0` is kept: some servers want a length on every POST.
+            BodyKind::None | BodyKind::UntilClose => {
+                if let Some(n) = self.length {
+                    put_length(out, n);
+                }
+            }
+        }
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        if !self.conn.names("x-forwarded-for") {
+            for h in r.headers.iter() {
+                if classify(h.name) == Hdr::XForwardedFor {
+                    for v in list(h.value) {
+                        out.extend_from_slice(v);
+                        out.extend_from_slice(b", ");
+                    }
+                }
+            }
+        }
+        let _ = write!(out, "{}", fwd.client_ip);
+        out.extend_from_slice(if self.minor == 0 {
+            b"\r\nVia: 1.0 corelb\r\n"
+        } else {
+            b"\r\nVia: 1.1 corelb\r\n"
+        });
+        if fwd.close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+impl Response<'_, '_> {
+    /// Informational (1xx) response: forwarded, then another head follows.
+    pub fn informational(&self) -> bool {
+        self.status < 200
+    }
+
+    /// Writes the head to send to the client into `out`, framing generated from
+    /// [`Response::body`] and `reply`.
+    pub fn write_client(&self, out: &mut Vec<u8>, reply: &Reply) {
+        let r = &self.resp;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        let code = self.status;
+        out.extend_from_slice(&[
+            b'0' + (code / 100) as u8,
+            b'0' + (code / 10 % 10) as u8,
+            b'0' + (code % 10) as u8,
+            b' ',
+        ]);
+        out.extend_from_slice(r.reason.unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for h in r.headers.iter() {
+            match classify(h.name) {
+                Hdr::Connection | Hdr::HopByHop | Hdr::ContentLength | Hdr::TransferEncoding => {
+                    continue
+                }
+                _ if self.conn.names(h.name) => continue,
+                _ => {}
+            }
+            put_header(out, h.name.as_bytes(), h.value);
+        }
+        match self.body {
+            BodyKind::Length(n) => put_length(out, n),
+            BodyKind::Chunked if !reply.dechunk => put_codings(out, r.headers),
+            // De-chunked for HTTP/1.0, or until close: the end of the body is the close.
+            BodyKind::Chunked | BodyKind::UntilClose => {}
+            // 1xx and 204 never carry framing (RFC 9110 §8.6, §6.1). For HEAD and 304 the
+            // fields describe the body a GET would get and are relayed; a 200 with
+            // `Content-Length: 0` keeps its length so the connection stays usable.
+            BodyKind::None if self.informational() || code == 204 => {}
+            BodyKind::None => {
+                if let Some(n) = self.length {
+                    put_length(out, n);
+                } else if self.te && !reply.http10 && (self.head_request || code == 304) {
+                    put_codings(out, r.headers);
+                }
+            }
+        }
+        out.extend_from_slice(match r.version {
+            Some(0) => b"Via: 1.0 corelb\r\n",
+            _ => b"Via: 1.1 corelb\r\n",
+        });
+        if self.informational() {
+            // Nothing else belongs on a 1xx.
+        } else if reply.close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if reply.http10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
