@@ -331,6 +331,8 @@ impl Worker {
 }
 
 /// A connection of the configured protocol.
+// HTTP/1 connections are the common case and stay inline; HTTP/2 ones are boxed.
+#[allow(clippy::large_enum_variant)]
 enum AnyConn {
     H1(Conn),
     H2(Box<H2Conn>),
