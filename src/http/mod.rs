@@ -142,8 +142,10 @@ impl Body {
         }
     }
 
+    #[inline]
     pub fn is_done(&self) -> bool {
-        *self == Body::Done
+        // A pattern, not `==`: comparing would compare the whole chunk decoder too.
+        matches!(self, Body::Done)
     }
 
     /// Validates the body bytes at the start of `input` and returns how many belong to this

@@ -586,3 +586,28 @@ fn strict_responses() {
     assert_eq!(b, BodyKind::Length(2));
     assert!(out.ends_with("\r\n\r\n") && !out.contains("\n\n"), "{out}");
 }
+
+#[test]
+fn forwarded_for_formats_both_address_families() {
+    use std::net::IpAddr;
+    for (ip, want) in [
+        ("10.0.255.7", "X-Forwarded-For: 10.0.255.7\r\n"),
+        ("::1", "X-Forwarded-For: ::1\r\n"),
+    ] {
+        let mut headers = header_array();
+        let req = parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &mut headers)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        req.write_upstream(
+            &mut out,
+            &Forward {
+                client_ip: ip.parse::<IpAddr>().unwrap(),
+                close: false,
+                host: b"a",
+            },
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(want), "{text}");
+    }
+}

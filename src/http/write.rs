@@ -40,7 +40,27 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 fn put_length(out: &mut Vec<u8>, n: u64) {
-    let _ = write!(out, "Content-Length: {n}\r\n");
+    out.extend_from_slice(b"Content-Length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The client's address, without `fmt` machinery for the common IPv4 case.
+fn put_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        v6 => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// One `Transfer-Encoding` line holding every coding received, in order (validated to end
@@ -118,7 +138,7 @@ impl Request<'_, '_> {
                 }
             }
         }
-        let _ = write!(out, "{}", fwd.client_ip);
+        put_ip(out, fwd.client_ip);
         out.extend_from_slice(if self.minor == 0 {
             b"\r\nVia: 1.0 corelb\r\n"
         } else {
