@@ -22,7 +22,8 @@ pub(super) enum Hdr {
     ContentLength,
     TransferEncoding,
     Connection,
-    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`: always removed.
+    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`: removed (`Upgrade` is
+    /// kept on an upgrade request and its 101).
     HopByHop,
     XForwardedFor,
     Expect,
