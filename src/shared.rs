@@ -28,6 +28,12 @@ pub struct Counters {
     pub worker_restarts: AtomicU64,
     /// Body bytes relayed with splice(2), both directions.
     pub spliced_bytes: AtomicU64,
+    /// Upgraded connections (tunnels after a 101): open now, started since start, and
+    /// the bytes they carried from the client and from the backend.
+    pub tunnels_open: AtomicU64,
+    pub tunnels: AtomicU64,
+    pub tunnel_bytes_up: AtomicU64,
+    pub tunnel_bytes_down: AtomicU64,
     /// Gauges, each the sum of the workers' values, published by each worker once per
     /// loop iteration as a wrapping delta: upstream connections open (busy and pooled),
     /// of which pooled idle, buffers held by connections, buffers pooled.

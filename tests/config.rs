@@ -162,3 +162,65 @@ fn env_port_is_used_and_flag_overrides_it() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+fn run_out(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(PROXY)
+        .args(args)
+        .env_remove("PROXY_SERVER_PORT")
+        .env_remove("PROXY_SERVER_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_validates_without_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port in use does not matter to --check: nothing is bound.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let good = dir.path().join("good.json");
+    std::fs::write(
+        &good,
+        format!(
+            r#"{{"servers": [{{"name": "A", "address": "127.0.0.1", "port": 8081}},
+                            {{"name": "B", "address": "127.0.0.1", "port": 8082}}],
+                "listen": "127.0.0.1:{port}", "admin": "127.0.0.1:{port}",
+                "timeouts": {{"tunnel": 30}}}}"#
+        ),
+    )
+    .unwrap();
+    let g = good.to_str().unwrap();
+    let (code, out, err) = run_out(&["--check", "--config", g, "--tunnel-timeout", "5s"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim_end().lines().count(), 1, "{out}");
+    assert!(out.starts_with("corelb: configuration OK: "), "{out}");
+    assert!(out.contains(g) && out.contains("2 server(s)"), "{out}");
+    assert!(out.contains(&format!("listen 127.0.0.1:{port}")), "{out}");
+    assert!(err.is_empty(), "{err}");
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 8081}],
+            "timeouts": {"tunnel": -3}}"#,
+    )
+    .unwrap();
+    let b = bad.to_str().unwrap();
+    let (code, out, err) = run_out(&["--check", "--config", b]);
+    assert_eq!(code, Some(2));
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(
+        err.trim_end(),
+        format!("corelb: {b}: timeouts.tunnel: expected seconds >= 0, got -3")
+    );
+    // Flags are checked too, after the file.
+    let (code, _, err) = run_out(&["--check", "--config", g, "--tunnel-timeout", "soon"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("command line: --tunnel-timeout:"), "{err}");
+    drop(taken);
+}

@@ -18,6 +18,8 @@ use crate::route::Route;
 use crate::stats::{Stats, ThreadStats};
 use crate::timer::Timers;
 
+mod upgrade;
+
 /// Read buffer per connection; also the largest request head accepted.
 pub const READ_BUF: usize = 64 * 1024;
 /// Headers parsed per request; more is answered with 431.
@@ -139,6 +141,13 @@ enum Phase {
     Write { source: Source, close: bool },
     /// `/hang`: discard input until the client leaves.
     Hang,
+    /// After a 101 (`/ws`, `/upgrade-echo`): see upgrade.rs.
+    Upgraded {
+        ws: bool,
+        sent_close: bool,
+        /// Close once the output is flushed.
+        closing: bool,
+    },
 }
 
 pub struct Conn {
@@ -204,6 +213,7 @@ impl Conn {
                 Phase::Delay { .. } => Step::Wait,
                 Phase::Write { .. } => self.step_write(),
                 Phase::Hang => self.step_hang(),
+                Phase::Upgraded { .. } => self.step_upgraded(),
             };
             match step {
                 Step::Again => {}
@@ -264,6 +274,21 @@ impl Conn {
             self.reject(ctx, 400);
             return true;
         };
+        if matches!(route, Route::Ws | Route::UpgradeEcho) {
+            let key = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"));
+            let accept = key.map(|h| upgrade::accept_key(h.value));
+            if route == Route::Ws && accept.is_none() {
+                self.reject(ctx, 400);
+                return true;
+            }
+            self.rstart += n;
+            self.count(ctx);
+            self.start_upgrade(&ctx.cfg.id, route, accept);
+            return true;
+        }
         let http10 = req.version == Some(0);
         let head_only = req.method == Some("HEAD");
         if route == Route::Headers {
@@ -496,6 +521,10 @@ impl Conn {
                     out.extend_from_slice(b"0123456789");
                 }
                 close_after = true;
+            }
+            // Upgrades switch in parse_head and never get here.
+            Route::Ws | Route::UpgradeEcho => {
+                simple(out, id, 400, "text/plain", b"upgrade\n", conn, req)
             }
             Route::Garbage => {
                 out.extend_from_slice(b"HTTX/1.1 2OO NOPE\r\n\r\n");

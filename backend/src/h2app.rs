@@ -313,6 +313,10 @@ impl App<'_> {
                 self.simple(ctx, id, 200, "application/json", body.as_bytes());
             }
             Work::Http(Route::Health) => self.simple(ctx, id, 200, "text/plain", b"ok\n"),
+            // HTTP/1.1 upgrades only (RFC 9113 §8.6: no 101 in HTTP/2).
+            Work::Http(Route::Ws | Route::UpgradeEcho) => {
+                self.simple(ctx, id, 400, "text/plain", b"upgrade is HTTP/1.1 only\n")
+            }
             Work::Http(Route::Flap) => {
                 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
                 static FLAPS: AtomicU64 = AtomicU64::new(0);

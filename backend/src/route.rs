@@ -31,6 +31,10 @@ pub enum Route {
     Close,
     /// `/garbage`: a malformed status line, then close.
     Garbage,
+    /// `/ws`: a WebSocket echo (101 with `Sec-WebSocket-Accept`, then RFC 6455 frames).
+    Ws,
+    /// `/upgrade-echo`: 101 (asked for or not), then every byte echoed until EOF.
+    UpgradeEcho,
 }
 
 /// A target naming a known route with a bad argument (`/status/abc`); answered with 400.
@@ -61,6 +65,8 @@ impl Route {
             "/hang" => Route::Hang,
             "/close" => Route::Close,
             "/garbage" => Route::Garbage,
+            "/ws" => Route::Ws,
+            "/upgrade-echo" => Route::UpgradeEcho,
             _ => {
                 if let Some(n) = path.strip_prefix("/bytes/") {
                     let chunked = query.split('&').any(|kv| kv == "chunked=1");

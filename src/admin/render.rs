@@ -69,6 +69,11 @@ pub struct Totals {
     pub worker_restarts: u64,
     /// Body bytes relayed with splice(2) (zero copy), both directions.
     pub spliced_bytes: u64,
+    /// Upgraded connections (after a 101): open now, since start, bytes each way.
+    pub tunnels_open: u64,
+    pub tunnels: u64,
+    pub tunnel_bytes_up: u64,
+    pub tunnel_bytes_down: u64,
     pub log_dropped: u64,
     /// Request latency as clients see it.
     pub latency_ms: Latency,
@@ -295,6 +300,10 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             panics: c.panics.load(Relaxed),
             worker_restarts: c.worker_restarts.load(Relaxed),
             spliced_bytes: c.spliced_bytes.load(Relaxed),
+            tunnels_open: c.tunnels_open.load(Relaxed),
+            tunnels: c.tunnels.load(Relaxed),
+            tunnel_bytes_up: c.tunnel_bytes_up.load(Relaxed),
+            tunnel_bytes_down: c.tunnel_bytes_down.load(Relaxed),
             log_dropped: shared.log_dropped.load(Relaxed),
             latency_ms: total_lat,
             codes: total_codes,
@@ -396,7 +405,12 @@ pub fn prometheus(s: &Stats) -> String {
         "Client connections open now.",
     );
     let _ = writeln!(o, "corelb_active_connections {}", t.active_connections);
-    let leaks: [(&str, &str, u64); 4] = [
+    let leaks: [(&str, &str, u64); 5] = [
+        (
+            "corelb_tunnels_open",
+            "Upgraded connections (WebSocket and others, after a 101) open now.",
+            t.tunnels_open,
+        ),
         (
             "corelb_upstream_connections_open",
             "Upstream connections open now, busy and pooled.",
@@ -422,7 +436,22 @@ pub fn prometheus(s: &Stats) -> String {
         family(&mut o, name, "gauge", help);
         let _ = writeln!(o, "{name} {v}");
     }
-    let counters: [(&str, &str, u64); 9] = [
+    let counters: [(&str, &str, u64); 12] = [
+        (
+            "corelb_tunnels_total",
+            "Upgraded connections opened.",
+            t.tunnels,
+        ),
+        (
+            "corelb_tunnel_client_bytes_total",
+            "Bytes tunnels carried from clients to backends.",
+            t.tunnel_bytes_up,
+        ),
+        (
+            "corelb_tunnel_backend_bytes_total",
+            "Bytes tunnels carried from backends to clients.",
+            t.tunnel_bytes_down,
+        ),
         (
             "corelb_connections_accepted_total",
             "Client connections accepted.",
@@ -672,6 +701,10 @@ pub(super) fn sample() -> Stats {
             panics: 0,
             worker_restarts: 0,
             spliced_bytes: 0,
+            tunnels_open: 0,
+            tunnels: 0,
+            tunnel_bytes_up: 0,
+            tunnel_bytes_down: 0,
             log_dropped: 0,
             latency_ms: Latency::default(),
             codes: all,

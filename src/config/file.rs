@@ -112,6 +112,7 @@ struct Timeouts {
     idle: Scalar,
     pool_idle: Scalar,
     drain: Scalar,
+    tunnel: Scalar,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,6 +300,7 @@ impl File {
             c.put(Key::IdleTimeout, t.idle, "idle");
             c.put(Key::PoolIdleTimeout, t.pool_idle, "poolIdle");
             c.put(Key::DrainTimeout, t.drain, "drain");
+            c.put(Key::TunnelTimeout, t.tunnel, "tunnel");
         }
         if let Some(h) = self.health_check.0 {
             let mut c = Collect {

@@ -70,6 +70,10 @@ pub struct Args {
     /// Longest graceful shutdown before remaining connections are closed.
     #[arg(long, value_parser = checked(&rules::SECONDS))]
     pub drain_timeout: Option<String>,
+    /// An upgraded connection (WebSocket, after a 101) idle both ways is closed after this
+    /// (default 1h).
+    #[arg(long, value_parser = checked(&rules::SECONDS))]
+    pub tunnel_timeout: Option<String>,
     /// Most idle pooled connections per backend per worker, 0..1048576.
     #[arg(long, value_parser = checked(&rules::MAX_IDLE_PER_BACKEND))]
     pub max_idle_per_backend: Option<String>,
@@ -129,6 +133,10 @@ pub struct Args {
     /// processes, such as a load generator on the same machine).
     #[arg(long)]
     pub no_pin: bool,
+    /// Validate the configuration (file, environment, flags), print a one-line summary and
+    /// exit 0, or the error and exit 2; nothing is bound or started (like `nginx -t`).
+    #[arg(long)]
+    pub check: bool,
     /// The ids of the arguments whose value came from the environment (filled by
     /// [`Args::parse_argv`]; empty otherwise, and those values then count as flags).
     #[arg(skip)]
@@ -213,6 +221,11 @@ impl Args {
                 Key::DrainTimeout,
                 self.drain_timeout.as_ref(),
                 "--drain-timeout",
+            ),
+            (
+                Key::TunnelTimeout,
+                self.tunnel_timeout.as_ref(),
+                "--tunnel-timeout",
             ),
             (
                 Key::MaxIdlePerBackend,

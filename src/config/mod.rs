@@ -169,6 +169,21 @@ impl Config {
         Config::validate(source, &layer)
     }
 
+    /// One line saying what a valid configuration will run (`corelb --check`).
+    pub fn summary(&self) -> String {
+        let admin = self.admin.map_or("off".to_string(), |a| a.to_string());
+        format!(
+            "configuration OK: {}: {} server(s), listen {}, mode {}, upstream {}, {} worker(s), admin {}",
+            self.source,
+            self.servers.len(),
+            self.listen,
+            self.mode,
+            self.upstream,
+            self.workers,
+            admin
+        )
+    }
+
     /// Parses and validates the JSON configuration text; `source` names it in errors.
     pub fn from_json(source: &str, text: &str) -> Result<Config, ConfigError> {
         Config::validate(source.to_string(), &file::read(source, text)?)
@@ -194,6 +209,7 @@ impl Config {
             idle: seconds(Key::IdleTimeout, DEFAULT_IDLE_TIMEOUT)?,
             pool_idle: seconds(Key::PoolIdleTimeout, DEFAULT_POOL_IDLE_TIMEOUT)?,
             drain: seconds(Key::DrainTimeout, DEFAULT_DRAIN_TIMEOUT)?,
+            tunnel: seconds(Key::TunnelTimeout, DEFAULT_TUNNEL_TIMEOUT)?,
         };
         let listen = v
             .parse(Key::Listen, |s| {

@@ -324,6 +324,7 @@ fn durations_are_refused_alike_from_the_file_and_from_a_flag() {
         ("idle", "--idle-timeout"),
         ("poolIdle", "--pool-idle-timeout"),
         ("drain", "--drain-timeout"),
+        ("tunnel", "--tunnel-timeout"),
     ] {
         let extra = format!(r#""timeouts": {{"{key}": -1}}"#);
         let field = format!("timeouts.{key}");
@@ -463,7 +464,7 @@ fn every_file_key_and_flag_lands_in_its_field() {
                "upstream": "per-request", "maxIdlePerBackend": 4, "logCsv": "x.csv",
                "hdrDir": "h", "hdrInterval": 5, "admin": "off",
                "timeouts": {"connect": 1, "client": 2, "upstream": 3, "idle": 4,
-                            "poolIdle": 5, "drain": 6},
+                            "poolIdle": 5, "drain": 6, "tunnel": 13},
                "healthCheck": {"type": "http", "path": "/p", "expectStatus": 204,
                                "rise": 7, "fall": 8, "slowStart": 9, "enabled": false},
                "outlierDetection": {"consecutiveFailures": 10, "baseEjectionTime": 11,
@@ -493,9 +494,10 @@ fn every_file_key_and_flag_lands_in_its_field() {
             t.upstream,
             t.idle,
             t.pool_idle,
-            t.drain
+            t.drain,
+            t.tunnel
         ],
-        [s(1), s(2), s(3), s(4), s(5), s(6)]
+        [s(1), s(2), s(3), s(4), s(5), s(6), s(13)]
     );
     let h = &c.health;
     let check = Check::Http {
@@ -525,6 +527,8 @@ fn every_file_key_and_flag_lands_in_its_field() {
         "5s",
         "--drain-timeout",
         "6s",
+        "--tunnel-timeout",
+        "7s",
         "--max-idle-per-backend",
         "4",
         "--hdr-dir",
@@ -559,9 +563,10 @@ fn every_file_key_and_flag_lands_in_its_field() {
             t.upstream,
             t.idle,
             t.pool_idle,
-            t.drain
+            t.drain,
+            t.tunnel
         ],
-        [DEFAULT_CONNECT_TIMEOUT, s(2), s(3), s(4), s(5), s(6)]
+        [DEFAULT_CONNECT_TIMEOUT, s(2), s(3), s(4), s(5), s(6), s(7)]
     );
     assert_eq!(
         (c.max_idle_per_backend, c.hdr_dir.as_deref()),

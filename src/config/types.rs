@@ -20,6 +20,8 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// An upgraded connection (WebSocket and the like) with no byte either way for this long is closed.
+pub const DEFAULT_TUNNEL_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_IDLE_PER_BACKEND: usize = 128;
 /// CSV records the log channel holds before workers start dropping them.
 pub const DEFAULT_LOG_QUEUE: usize = 16 * 1024;
@@ -217,6 +219,8 @@ pub struct Timeouts {
     pub pool_idle: Duration,
     /// Graceful shutdown waits at most this long for in-flight requests.
     pub drain: Duration,
+    /// An upgraded connection (a tunnel after a 101) idle both ways is closed after this.
+    pub tunnel: Duration,
 }
 
 impl Default for Timeouts {
@@ -228,6 +232,7 @@ impl Default for Timeouts {
             idle: DEFAULT_IDLE_TIMEOUT,
             pool_idle: DEFAULT_POOL_IDLE_TIMEOUT,
             drain: DEFAULT_DRAIN_TIMEOUT,
+            tunnel: DEFAULT_TUNNEL_TIMEOUT,
         }
     }
 }

@@ -290,6 +290,7 @@ pub(crate) enum Key {
     IdleTimeout,
     PoolIdleTimeout,
     DrainTimeout,
+    TunnelTimeout,
     MaxIdlePerBackend,
     LogCsv,
     LogQueue,

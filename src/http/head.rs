@@ -22,7 +22,8 @@ pub(super) enum Hdr {
     ContentLength,
     TransferEncoding,
     Connection,
-    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`: always removed.
+    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`: removed (`Upgrade` is
+    /// kept on an upgrade request and its 101).
     HopByHop,
     XForwardedFor,
     Expect,
@@ -374,9 +375,9 @@ pub struct Request<'h, 'b> {
     pub keep_alive: bool,
     pub body: BodyKind,
     pub expect_continue: bool,
-    /// The client asked to switch protocols (`Upgrade` and `Connection: upgrade`). corelb
-    /// does not forward upgrades (both are hop-by-hop and removed), so the backend is never
-    /// asked and a 101 is always refused by [`parse_response`].
+    /// The client asked to switch protocols (`Upgrade` and `Connection: upgrade`, in
+    /// HTTP/1.1: RFC 9110 §7.8 has an HTTP/1.0 upgrade ignored). Only then are `Upgrade`
+    /// and `Connection: upgrade` forwarded, and a 101 accepted by [`parse_response_with`].
     pub upgrade: bool,
     /// Host to forward: the absolute-form authority, else the Host field (None: an
     /// HTTP/1.0 request without one).
@@ -477,7 +478,7 @@ pub fn parse_request<'h, 'b>(
         keep_alive,
         body,
         expect_continue: f.expect_continue,
-        upgrade: f.upgrade && f.conn_upgrade,
+        upgrade: f.upgrade && f.conn_upgrade && minor == 1,
         host: target.authority.or((f.hosts == 1).then_some(host)),
         target: target.origin,
         length: f.length,
@@ -523,12 +524,24 @@ pub struct Response<'h, 'b> {
 /// Parses one response head at the start of `buf`. `head_request` says the request was HEAD
 /// (so the response has no body whatever it announces).
 ///
-/// A 101 is refused: corelb never forwards `Upgrade`, so the backend was not asked to
+/// A 101 is refused: the request asked for no upgrade, so the backend was not asked to
 /// switch protocols (RFC 9110 §15.2.2 lets a server send 101 only when asked).
 pub fn parse_response<'h, 'b>(
     buf: &'b [u8],
     headers: &'h mut HeaderArray<'b>,
     head_request: bool,
+) -> Result<Option<Response<'h, 'b>>, BadResponse> {
+    parse_response_with(buf, headers, head_request, false)
+}
+
+/// As [`parse_response`], for a request that asked to switch protocols when `upgrade`: a
+/// 101 is then accepted if it names the protocol in `Upgrade` (RFC 9110 §7.8); it has no
+/// body and the connection is the upgraded protocol's from its last byte.
+pub fn parse_response_with<'h, 'b>(
+    buf: &'b [u8],
+    headers: &'h mut HeaderArray<'b>,
+    head_request: bool,
+    upgrade: bool,
 ) -> Result<Option<Response<'h, 'b>>, BadResponse> {
     let mut resp = httparse::Response::new(&mut []);
     let status = httparse::ParserConfig::default()
@@ -553,11 +566,14 @@ pub fn parse_response<'h, 'b>(
     if !(100..=599).contains(&code) {
         return Err(BadResponse("invalid status code"));
     }
-    if code == 101 {
+    if code == 101 && !upgrade {
         return Err(BadResponse("101 to a request that asked for no upgrade"));
     }
     let mut conn = ConnTokens::new();
     let (f, _) = scan(resp.headers, &mut conn);
+    if code == 101 && (!f.upgrade || minor == 0) {
+        return Err(BadResponse("101 without Upgrade"));
+    }
     if f.bad_length {
         return Err(BadResponse("invalid Content-Length"));
     }
@@ -600,7 +616,7 @@ pub fn parse_response<'h, 'b>(
         head_len,
         status: code,
         body,
-        keep_alive: persistent && body != BodyKind::UntilClose,
+        keep_alive: persistent && body != BodyKind::UntilClose && code != 101,
         head_request,
         length: f.length,
         te: f.te,

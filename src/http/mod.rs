@@ -17,7 +17,9 @@ mod head;
 mod write;
 
 pub use canned::*;
-pub use head::{parse_request, parse_response, BadResponse, Request, Response};
+pub use head::{
+    parse_request, parse_response, parse_response_with, BadResponse, Request, Response,
+};
 pub use write::{Forward, Reply};
 
 use std::mem::MaybeUninit;

@@ -472,13 +472,59 @@ fn request_line_and_target_forms() {
 }
 
 #[test]
-fn upgrade_requests_are_flagged_and_not_forwarded() {
+fn upgrade_requests_are_flagged_and_forwarded_only_when_complete() {
     let mut h = header_array();
-    let raw = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let raw = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, x-y\r\nX-Y: 1\r\n\r\n";
     let r = parse_request(raw, &mut h).unwrap().unwrap();
     assert!(r.upgrade);
     let out = forwarded(raw);
-    assert!(!out.contains("pgrade"), "{out}");
+    assert!(out.contains("\r\nUpgrade: websocket\r\n"), "{out}");
+    assert!(out.ends_with("\r\nConnection: upgrade\r\n\r\n"), "{out}");
+    assert!(!out.contains("X-Y") && !out.contains("x-y"), "{out}");
+    // Upgrade without `Connection: upgrade`, the reverse, or in HTTP/1.0: stripped.
+    for raw in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    ] {
+        let mut h = header_array();
+        assert!(!parse_request(raw, &mut h).unwrap().unwrap().upgrade);
+        let out = forwarded(raw);
+        assert!(!out.contains("pgrade"), "{out}");
+    }
+}
+
+#[test]
+fn a_101_is_accepted_only_for_an_upgrade_request() {
+    let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\nxyz";
+    let mut h = header_array();
+    assert!(parse_response(raw, &mut h, false).is_err());
+    let mut h = header_array();
+    let r = parse_response_with(raw, &mut h, false, true)
+        .unwrap()
+        .unwrap();
+    assert!(r.switching() && !r.informational() && !r.keep_alive);
+    assert_eq!((r.body, r.head_len), (BodyKind::None, raw.len() - 3));
+    let mut out = Vec::new();
+    r.write_client(&mut out, &KEEP);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: abc\r\n\
+         Via: 1.1 corelb\r\nConnection: upgrade\r\n\r\n"
+    );
+    // A 101 must say what it switches to.
+    let mut h = header_array();
+    let bare = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n";
+    assert!(parse_response_with(bare, &mut h, false, true).is_err());
+    // Other answers to an upgrade request are ordinary responses.
+    let mut h = header_array();
+    let ok = b"HTTP/1.1 200 OK\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n";
+    let r = parse_response_with(ok, &mut h, false, true)
+        .unwrap()
+        .unwrap();
+    let mut out = Vec::new();
+    r.write_client(&mut out, &KEEP);
+    assert!(!String::from_utf8(out).unwrap().contains("pgrade"));
 }
 
 #[test]

@@ -99,6 +99,8 @@ impl Request<'_, '_> {
         let mut has_host = false;
         for h in r.headers.iter() {
             match classify(h.name) {
+                // An upgrade request keeps its `Upgrade` (and `Connection: upgrade`, below).
+                Hdr::HopByHop if self.upgrade && h.name.eq_ignore_ascii_case("upgrade") => {}
                 Hdr::Connection
                 | Hdr::HopByHop
                 | Hdr::XForwardedFor
@@ -144,7 +146,9 @@ impl Request<'_, '_> {
         } else {
             b"\r\nVia: 1.1 corelb\r\n"
         });
-        if fwd.close {
+        if self.upgrade {
+            out.extend_from_slice(b"Connection: upgrade\r\n");
+        } else if fwd.close {
             out.extend_from_slice(b"Connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
@@ -152,9 +156,16 @@ impl Request<'_, '_> {
 }
 
 impl Response<'_, '_> {
-    /// Informational (1xx) response: forwarded, then another head follows.
+    /// Informational (1xx) response: forwarded, then another head follows. Not a 101,
+    /// after which no head follows.
     pub fn informational(&self) -> bool {
-        self.status < 200
+        self.status < 200 && !self.switching()
+    }
+
+    /// 101 Switching Protocols (accepted only for an upgrade request): the connection
+    /// carries the new protocol after this head.
+    pub fn switching(&self) -> bool {
+        self.status == 101
     }
 
     /// Writes the head to send to the client into `out`, framing generated from
@@ -173,6 +184,7 @@ impl Response<'_, '_> {
         out.extend_from_slice(b"\r\n");
         for h in r.headers.iter() {
             match classify(h.name) {
+                Hdr::HopByHop if self.switching() && h.name.eq_ignore_ascii_case("upgrade") => {}
                 Hdr::Connection | Hdr::HopByHop | Hdr::ContentLength | Hdr::TransferEncoding => {
                     continue
                 }
@@ -189,7 +201,7 @@ impl Response<'_, '_> {
             // 1xx and 204 never carry framing (RFC 9110 §8.6, §6.1). For HEAD and 304 the
             // fields describe the body a GET would get and are relayed; a 200 with
             // `Content-Length: 0` keeps its length so the connection stays usable.
-            BodyKind::None if self.informational() || code == 204 => {}
+            BodyKind::None if code < 200 || code == 204 => {}
             BodyKind::None => {
                 if let Some(n) = self.length {
                     put_length(out, n);
@@ -202,7 +214,9 @@ impl Response<'_, '_> {
             Some(0) => b"Via: 1.0 corelb\r\n",
             _ => b"Via: 1.1 corelb\r\n",
         });
-        if self.informational() {
+        if self.switching() {
+            out.extend_from_slice(b"Connection: upgrade\r\n");
+        } else if self.informational() {
             // Nothing else belongs on a 1xx.
         } else if reply.close {
             out.extend_from_slice(b"Connection: close\r\n");

@@ -17,6 +17,7 @@ use super::context::Ctx;
 use super::end::Blame;
 use super::exchange::{Exchange, Start};
 use super::io::{read_into, would_block, write2, Io};
+use super::tunnel::Tunnel;
 use super::{client_token, Proxy, Step};
 
 /// How long a closing connection keeps reading (and discarding) so the peer receives
@@ -45,6 +46,8 @@ pub(crate) enum Phase {
     },
     /// Response sent, write side shut: discarding input until EOF before closing.
     Linger,
+    /// After a 101: a byte tunnel between the client and its upstream (tunnel.rs).
+    Tunnel(Box<Tunnel>),
 }
 
 pub(crate) struct Client {
@@ -230,11 +233,12 @@ impl Proxy {
                 host: &b.host,
             },
         );
-        let (method, http10, keep_alive, expect) = (
+        let (method, http10, keep_alive, expect, upgrade) = (
             req.method,
             req.minor == 0,
             req.keep_alive,
             req.expect_continue,
+            req.upgrade,
         );
         buf.consume(head_len);
         let mut head = self.ctx.bufs.get();
@@ -246,8 +250,11 @@ impl Proxy {
         let ex = self.ctx.exchange(Start {
             method,
             http10,
-            keep_alive: keep_alive && !self.ctx.draining,
+            // An upgrade request may be followed by the new protocol's bytes: unless the
+            // backend switches, the connection closes after the response.
+            keep_alive: keep_alive && !self.ctx.draining && !upgrade,
             expect,
+            upgrade,
             body,
             body_ready,
             head,
@@ -371,8 +378,10 @@ impl Proxy {
         self.end_upstream(ci, 0, Blame::Client);
         let mut c = self.clients.remove(ci);
         self.ctx.bufs.release(&mut c.buf);
-        if let Phase::Proxy(ex) = c.phase {
-            self.ctx.recycle(ex);
+        match c.phase {
+            Phase::Proxy(ex) => self.ctx.recycle(ex),
+            Phase::Tunnel(t) => self.end_tunnel(t),
+            _ => {}
         }
         self.ctx
             .shared

@@ -165,6 +165,30 @@ impl Ctx {
         }
     }
 
+    /// Accounts the exchange that ended in a 101 with `backend`: the backend's stats,
+    /// health and this worker's histograms, with the latency to the 101 (the tunnel that
+    /// follows may last hours and must not look like a slow response to the policies).
+    /// The CSV record is the tunnel's, written when it ends ([`Ctx::log_record`]).
+    pub fn account_upgrade(&mut self, backend: usize, ex: &Exchange) {
+        let total_us = ex.started.elapsed().as_micros() as u64;
+        self.shared
+            .balancer
+            .finish(backend, Duration::from_micros(ex.ttfb_us), true);
+        self.shared
+            .health
+            .observe(&self.shared.balancer, backend, Outcome::Ok);
+        self.hists
+            .record(Some(backend), 101, ex.ttfb_us, total_us, false);
+    }
+
+    /// Sends a finished record to the CSV log (if logging is on).
+    pub fn log_record(&self, mut rec: Record) {
+        if let Some(log) = &self.log {
+            rec.stamp();
+            log.send(rec);
+        }
+    }
+
     /// Accounts an exchange the client gave up on (or broke with a bad body) while it was
     /// with `backend`: not the backend's success nor its failure, and no latency sample,
     /// since the backend did not get to finish. Logged with `status` (499, or the 400

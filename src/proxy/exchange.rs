@@ -51,6 +51,8 @@ pub(crate) struct Exchange {
     /// The request said `Expect: 100-continue`: the client waits for the backend before
     /// sending its body, so that wait is not the client's fault.
     pub expect: bool,
+    /// The request asked to switch protocols: a 101 is accepted, and leads to a tunnel.
+    pub upgrade: bool,
 
     pub req: Req,
     /// The rewritten request head, kept until the response head arrives so the request
@@ -108,6 +110,7 @@ pub(crate) struct Start {
     pub http10: bool,
     pub keep_alive: bool,
     pub expect: bool,
+    pub upgrade: bool,
     pub body: Body,
     pub body_ready: usize,
     pub head: Buf,
@@ -123,6 +126,7 @@ impl Exchange {
             http10: s.http10,
             keep_alive: s.keep_alive,
             expect: s.expect,
+            upgrade: s.upgrade,
             req: Req::Head,
             head: Some(s.head),
             head_off: 0,

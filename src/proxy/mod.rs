@@ -13,6 +13,7 @@
 //! - `relay`: moving bytes both ways and validating the response;
 //! - `splice`: large Content-Length bodies moved socket -> pipe -> socket (zero copy);
 //! - `end`: finishing, failing, retrying and aborting an exchange;
+//! - `tunnel`: after a 101, the client and its upstream as a byte tunnel;
 //! - `decide`: the pure decisions (replay, pooling, deadlines), tested without sockets.
 
 mod client;
@@ -23,6 +24,7 @@ mod exchange;
 pub(crate) mod io;
 mod relay;
 mod splice;
+mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -233,7 +235,9 @@ impl Proxy {
             .counters
             .active_clients
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if let Phase::Proxy(mut ex) = c.phase {
+        if let Phase::Tunnel(t) = c.phase {
+            self.end_tunnel(t);
+        } else if let Phase::Proxy(mut ex) = c.phase {
             self.ctx.bufs.release(&mut ex.head);
             self.ctx.bufs.release(&mut ex.resp_buf);
             self.ctx.bufs.release(&mut ex.out);
@@ -319,6 +323,7 @@ impl Proxy {
                 Phase::Proxy(_) => self.step_proxy(ci),
                 Phase::Local { .. } => self.step_local(ci),
                 Phase::Linger => self.step_linger(ci),
+                Phase::Tunnel(_) => self.step_tunnel(ci),
             };
             match step {
                 Step::Progress => continue,
@@ -392,6 +397,7 @@ impl Drop for Proxy {
     /// gauges goes too (a restarted worker publishes from zero).
     fn drop(&mut self) {
         self.publish([0; 4]);
+        self.forget_tunnels();
     }
 }
 

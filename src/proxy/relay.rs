@@ -63,6 +63,8 @@ impl Proxy {
             ex.req == Req::Closed || (ex.req != Req::Head && ex.body_ready == 0 && !ex.req_piped());
         if !ex.pending_out() && request_idle {
             match ex.resp {
+                // The 101 head reached the client: the connections become a tunnel.
+                Resp::Done if ex.status == 101 => return self.start_tunnel(ci),
                 Resp::Done => return self.finish(ci),
                 Resp::Truncated => {
                     self.abort(ci, Blame::Backend);
@@ -301,7 +303,9 @@ impl Proxy {
                     let buf = ex.resp_buf.as_mut().expect("response bytes");
                     let mut headers = http::header_array();
                     let head_req = ex.method == Method::Head;
-                    let r = match http::parse_response(buf.bytes(), &mut headers, head_req) {
+                    let parsed =
+                        http::parse_response_with(buf.bytes(), &mut headers, head_req, ex.upgrade);
+                    let r = match parsed {
                         Ok(Some(r)) => r,
                         Ok(None) => return Flow::Idle,
                         Err(bad) => return self.upstream_broke(ci, Failure::BadResponse(bad.0)),
@@ -310,7 +314,26 @@ impl Proxy {
                     scratch.clear();
                     let head_len = r.head_len;
                     let http10 = ex.http10;
-                    if r.informational() {
+                    if r.switching() {
+                        // Only for an upgrade request (parse_response_with): the head goes
+                        // to the client, then the tunnel starts (step_proxy). Bytes after
+                        // it stay in `resp_buf` for the tunnel.
+                        if !body_done {
+                            let bad = Failure::BadResponse("101 before the request body was sent");
+                            return self.upstream_broke(ci, bad);
+                        }
+                        let reply = Reply {
+                            http10,
+                            close: false,
+                            dechunk: false,
+                        };
+                        r.write_client(scratch, &reply);
+                        ex.keep = false;
+                        ex.status = 101;
+                        ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
+                        self.ctx.bufs.release(&mut ex.head);
+                        ex.resp = Resp::Done;
+                    } else if r.informational() {
                         if !http10 {
                             let reply = Reply {
                                 http10,
