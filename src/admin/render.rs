@@ -70,6 +70,8 @@ pub struct Totals {
     /// Body bytes relayed with splice(2) (zero copy), both directions.
     pub spliced_bytes: u64,
     pub log_dropped: u64,
+    /// The HTTP/2 front end's counters (h2stats.rs).
+    pub h2: super::h2stats::H2Stats,
     /// Request latency as clients see it.
     pub latency_ms: Latency,
     /// Responses since start by status code.
@@ -295,6 +297,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             panics: c.panics.load(Relaxed),
             worker_restarts: c.worker_restarts.load(Relaxed),
             spliced_bytes: c.spliced_bytes.load(Relaxed),
+            h2: super::h2stats::H2Stats::read(c),
             log_dropped: shared.log_dropped.load(Relaxed),
             latency_ms: total_lat,
             codes: total_codes,
@@ -469,7 +472,7 @@ pub fn prometheus(s: &Stats) -> String {
             t.log_dropped,
         ),
     ];
-    for (name, help, v) in counters {
+    for (name, help, v) in counters.into_iter().chain(t.h2.metrics()) {
         family(&mut o, name, "counter", help);
         let _ = writeln!(o, "{name} {v}");
     }
@@ -672,6 +675,7 @@ pub(super) fn sample() -> Stats {
             panics: 0,
             worker_restarts: 0,
             spliced_bytes: 0,
+            h2: Default::default(),
             log_dropped: 0,
             latency_ms: Latency::default(),
             codes: all,
