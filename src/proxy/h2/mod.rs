@@ -43,12 +43,16 @@ pub(super) enum Preface {
     Full,
 }
 
+/// The preface's request line: a client that sends it speaks HTTP/2, and the codec checks
+/// the rest (a bad preface is answered GOAWAY PROTOCOL_ERROR, not an HTTP/1.1 505).
+const PRI_LINE: usize = 16;
+
 /// Checks `b` (a new connection's first bytes) for the HTTP/2 client preface.
 pub(super) fn preface(b: &[u8]) -> Preface {
-    let n = b.len().min(PREFACE.len());
+    let n = b.len().min(PRI_LINE);
     if n == 0 || b[..n] != PREFACE[..n] {
         Preface::No
-    } else if n < PREFACE.len() {
+    } else if n < PRI_LINE {
         Preface::Partial
     } else {
         Preface::Full
