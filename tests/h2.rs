@@ -537,3 +537,86 @@ fn backend_lost_before_head_is_502_and_mid_body_is_a_stream_reset() {
     let id = h.request("GET", "/bytes/3", &[], true);
     assert_eq!(h.wait(id, Duration::from_secs(5)).body, b"abc");
 }
+
+#[test]
+fn streams_are_logged_with_their_protocol_and_retried_like_http1() {
+    let a = Backend::start("A", "fast", &[]);
+    let dead = common::dead_port();
+    // A dead server first in line: its connect failures are retried on A (and count).
+    let json = format!(
+        r#"{{"servers": [{{"priority": 0, "name": "D", "address": "127.0.0.1", "port": {dead}}}, {{"priority": 0, "name": "A", "address": "127.0.0.1", "port": {}}}], "healthCheck": {{"enabled": false}}}}"#,
+        a.port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("log.csv");
+    let mut p = Proxy::with_config(
+        &json,
+        &[
+            "--log-csv",
+            csv.to_str().unwrap(),
+            "--upstream",
+            "per-request",
+        ],
+    );
+    let mut h = H2::connect(p.addr);
+    let ids: Vec<u32> = (0..6)
+        .map(|_| h.request("GET", "/bytes/4", &[], true))
+        .collect();
+    for id in ids {
+        let g = h.wait(id, Duration::from_secs(10));
+        assert_eq!(g.status, 200, "{g:?}");
+        assert_eq!(header(&g, "x-backend"), Some("A"));
+    }
+    assert_eq!(common::get(p.addr, "/bytes/1").status, 200);
+    drop(h);
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    let mut rdr = csv::Reader::from_path(&csv).unwrap();
+    let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(header.last().map(String::as_str), Some("protocol"));
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 7);
+    let h2 = rows.iter().filter(|r| &r[14] == "h2>http1").count();
+    let h1 = rows.iter().filter(|r| &r[14] == "http1").count();
+    assert_eq!((h2, h1), (6, 1));
+    assert!(rows.iter().all(|r| &r[3] == "200"));
+    // Per-request upstream mode: every request had a connection of its own.
+    assert!(a.stats().1 >= 7);
+}
+
+#[test]
+fn a_client_that_never_opens_its_window_is_timed_out() {
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&a], &["--idle-timeout", "1", "--admin", "127.0.0.1:0"]);
+    let mut h = H2::connect(p.addr);
+    let id = h.request("GET", "/bytes/1000000", &[], true);
+    // Read what comes but never release it: no WINDOW_UPDATE, the window stays shut.
+    let start = Instant::now();
+    let mut got = 0;
+    let mut buf = [0u8; 65536];
+    h.sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let closed = loop {
+        match h.sock.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => {}
+        }
+        if start.elapsed() > Duration::from_secs(8) {
+            break false;
+        }
+    };
+    assert!(closed, "closed after the idle timeout");
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    // The client announced a 256 KiB stream window (the codec default).
+    assert!(got < 300_000, "no more than the window was sent: {got}");
+    let _ = id;
+    let admin = p.admin.unwrap();
+    assert!(common::eventually(Duration::from_secs(5), || {
+        let r = common::get(admin, "/stats");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["totals"]["client_aborts"].as_u64() == Some(1)
+    }));
+}

@@ -286,6 +286,7 @@ impl Proxy {
         };
         let method = fields.method().map_or(Method::Other, Method::of);
         let mut rec = Record::new(wid, peer, method, path);
+        rec.h2 = true;
         let scratch = &mut self.ctx.scratch;
         scratch.clear();
         let head = match translate::request_head(fields, end, peer.ip(), close, scratch) {
