@@ -620,3 +620,40 @@ fn a_client_that_never_opens_its_window_is_timed_out() {
         v["totals"]["client_aborts"].as_u64() == Some(1)
     }));
 }
+
+#[test]
+fn rapid_reset_is_cut_off_and_counted() {
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&a], &["--admin", "127.0.0.1:0"]);
+    let mut h = H2::connect(p.addr);
+    for _ in 0..260 {
+        let Some(id) = h.conn.open_stream() else {
+            break;
+        };
+        let f = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "x"),
+            (":path", "/delay/100"),
+        ];
+        h.conn.send_headers(id, &pairs(&f), true).unwrap();
+        h.conn.reset(id, ErrorCode::CANCEL);
+    }
+    h.flush();
+    assert_eq!(
+        h.wait_goaway(Duration::from_secs(5)),
+        Some(ErrorCode::ENHANCE_YOUR_CALM)
+    );
+    let admin = p.admin.unwrap();
+    assert!(common::eventually(Duration::from_secs(5), || {
+        let r = common::get(admin, "/stats");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["totals"]["h2"]["rapid_resets"].as_u64() == Some(1)
+    }));
+    let m = common::get(admin, "/metrics").text();
+    assert!(m.contains("corelb_h2_rapid_resets_total 1"), "{m}");
+    // The worker goes on serving.
+    let mut h = H2::connect(p.addr);
+    let id = h.request("GET", "/bytes/2", &[], true);
+    assert_eq!(h.wait(id, Duration::from_secs(5)).body, b"ab");
+}
