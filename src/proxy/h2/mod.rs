@@ -147,6 +147,10 @@ impl Proxy {
             let c = &mut self.clients[ci];
             if c.io.readable {
                 let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
+                if buf.capacity() < READ_BUF && buf.is_empty() {
+                    // A pooled 32 KiB buffer (buffer.rs bulk class), not a fresh one.
+                    self.ctx.bufs.enlarge(buf, true);
+                }
                 if buf.capacity() < READ_BUF {
                     buf.grow(READ_BUF);
                 }
@@ -173,7 +177,8 @@ impl Proxy {
                     }
                 }
             }
-            if c.buf.as_ref().is_some_and(Buf::is_empty) {
+            // An idle session holds no buffer; a busy one keeps its own.
+            if s.streams.is_empty() && c.buf.as_ref().is_some_and(Buf::is_empty) {
                 self.ctx.bufs.release(&mut c.buf);
             }
         }
