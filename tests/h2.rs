@@ -657,3 +657,21 @@ fn rapid_reset_is_cut_off_and_counted() {
     let id = h.request("GET", "/bytes/2", &[], true);
     assert_eq!(h.wait(id, Duration::from_secs(5)).body, b"ab");
 }
+
+#[test]
+fn idle_connections_get_goaway_and_connect_is_refused() {
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&a], &["--idle-timeout", "1"]);
+    let mut h = H2::connect(p.addr);
+    let f = [(":method", "CONNECT"), (":authority", "example.com:443")];
+    let id = h.raw_headers(&f, false);
+    let g = h.wait(id, Duration::from_secs(5));
+    assert_eq!(g.status, 405, "{g:?}");
+    let started = Instant::now();
+    assert_eq!(
+        h.wait_goaway(Duration::from_secs(5)),
+        Some(ErrorCode::NO_ERROR)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    assert_eq!(a.requests(), 0);
+}

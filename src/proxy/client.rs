@@ -404,7 +404,7 @@ impl Proxy {
                 self.drive(ci);
             }
             // h2 hook: a stalled or idle HTTP/2 connection closes with its streams.
-            Phase::H2(_) => self.close_client(ci),
+            Phase::H2(_) => self.h2_timeout(ci),
             Phase::Proxy(_) => {
                 debug!("worker {id}: client {} stalled mid-exchange", c.peer);
                 self.abort(ci, Blame::Client);

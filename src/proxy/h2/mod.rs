@@ -294,6 +294,13 @@ impl Proxy {
         rec.h2 = true;
         let scratch = &mut self.ctx.scratch;
         scratch.clear();
+        if method == Method::Connect {
+            // As for HTTP/1.1: CONNECT is not proxied.
+            self.ctx.count_rejected();
+            self.ctx.log_local(rec, crate::http::METHOD_NOT_ALLOWED);
+            h2_answer(&mut s.conn, id, 405, end);
+            return;
+        }
         let head = match translate::request_head(fields, end, peer.ip(), close, scratch) {
             Ok(h) => h,
             Err(why) => {
@@ -365,6 +372,18 @@ impl Proxy {
             self.h2_abort(ci, &mut s, 0, Blame::Client);
         }
         self.h2_publish(&mut s);
+    }
+
+    /// The client's deadline passed (idle, or a stalled send): GOAWAY, then close.
+    pub(super) fn h2_timeout(&mut self, ci: usize) {
+        let c = &mut self.clients[ci];
+        if let Phase::H2(s) = &mut c.phase {
+            debug!("worker {}: HTTP/2 client {} timed out", self.ctx.id, c.peer);
+            s.conn.go_away(ErrorCode::NO_ERROR);
+            // Best effort: the socket may not take it.
+            let _ = write2(&mut c.sock, s.conn.pending_output(), &[], &mut c.io);
+        }
+        self.close_client(ci);
     }
 
     /// `close_client` hook: a session still in the client's phase ends with it.

@@ -69,12 +69,17 @@ pub(super) fn request_head(
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\n");
     let mut cookies = 0;
+    let mut forwarded = false;
     for (name, value) in fields.regular() {
         if !name.iter().all(|&b| is_tchar(b)) {
             return Err("field name HTTP/1.1 cannot carry");
         }
         match name {
-            b"host" | b"te" | b"x-forwarded-for" | b"via" | b"trailer" => continue,
+            b"host" | b"te" | b"via" | b"trailer" => continue,
+            b"x-forwarded-for" => {
+                forwarded = true;
+                continue;
+            }
             b"content-length" => {
                 length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
                 continue;
@@ -117,7 +122,15 @@ pub(super) fn request_head(
         Framing::None if length == Some(0) => out.extend_from_slice(b"Content-Length: 0\r\n"),
         Framing::None => {}
     }
-    let _ = write!(out, "X-Forwarded-For: {client_ip}\r\nVia: 2 corelb\r\n");
+    // X-Forwarded-For is extended with the client's address, as for HTTP/1.1.
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if forwarded {
+        for (_, v) in fields.regular().filter(|(n, _)| *n == b"x-forwarded-for") {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
+    }
+    let _ = write!(out, "{client_ip}\r\nVia: 2 corelb\r\n");
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -283,6 +296,7 @@ mod tests {
             ("cookie", "a=1"),
             ("cookie", "b=2"),
             ("te", "trailers"),
+            ("x-forwarded-for", "192.0.2.1"),
             ("x-y", "z"),
         ]);
         let mut out = Vec::new();
@@ -297,6 +311,10 @@ mod tests {
         assert!(s.contains("x-y: z\r\n"));
         assert!(s.contains("cookie: a=1; b=2\r\n"));
         assert!(s.contains("Content-Length: 5\r\n"));
+        assert!(
+            s.contains("X-Forwarded-For: 192.0.2.1, 10.0.0.1\r\n"),
+            "{s}"
+        );
         assert!(!s.contains("te:"));
         assert!(s.ends_with("\r\n\r\n"));
     }
