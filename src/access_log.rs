@@ -18,7 +18,7 @@ use crate::http::Method;
 const PATH_MAX: usize = 128;
 
 /// The CSV header. The seed's columns come first.
-pub const COLUMNS: [&str; 14] = [
+pub const COLUMNS: [&str; 15] = [
     "timestamp",
     "backend_url",
     "latency_ms",
@@ -33,6 +33,7 @@ pub const COLUMNS: [&str; 14] = [
     "total_latency_us",
     "reused",
     "client_addr",
+    "protocol",
 ];
 
 /// One finished request. `Copy` and fixed-size, so sending it allocates nothing.
@@ -46,6 +47,8 @@ pub struct Record {
     pub worker: u16,
     pub method: Method,
     pub reused: bool,
+    /// The client spoke HTTP/2 (the `protocol` column: `h2>http1`, else `http1`).
+    pub h2: bool,
     path_len: u8,
     path: [u8; PATH_MAX],
     pub request_bytes: u64,
@@ -68,6 +71,7 @@ impl Record {
             worker: worker as u16,
             method,
             reused: false,
+            h2: false,
             path_len: n as u8,
             path: p,
             request_bytes: 0,
@@ -255,6 +259,7 @@ fn write_record<W: Write>(
     field!("{}", r.total_us);
     w.write_field(if r.reused { "1" } else { "0" })?;
     field!("{}", r.client);
+    w.write_field(if r.h2 { "h2>http1" } else { "http1" })?;
     w.write_record(None::<&[u8]>)?;
     Ok(())
 }
@@ -319,7 +324,7 @@ mod tests {
         assert_eq!(lines.next().unwrap(), COLUMNS.join(","));
         assert_eq!(
             lines.next().unwrap(),
-            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555"
+            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555,http1"
         );
     }
 }

@@ -34,6 +34,18 @@ pub struct Counters {
     pub tunnels: AtomicU64,
     pub tunnel_bytes_up: AtomicU64,
     pub tunnel_bytes_down: AtomicU64,
+    /// HTTP/2 front end, summed from the codec's per-connection counters: abuse limits
+    /// tripped (rapid resets, CONTINUATION floods, HPACK bombs and oversized header lists,
+    /// SETTINGS/PING floods), streams refused, resets received, protocol errors (stream
+    /// and connection), streams opened.
+    pub h2_rapid_resets: AtomicU64,
+    pub h2_continuation_floods: AtomicU64,
+    pub h2_hpack_bombs: AtomicU64,
+    pub h2_control_floods: AtomicU64,
+    pub h2_refused_streams: AtomicU64,
+    pub h2_resets_received: AtomicU64,
+    pub h2_protocol_errors: AtomicU64,
+    pub h2_streams: AtomicU64,
     /// Gauges, each the sum of the workers' values, published by each worker once per
     /// loop iteration as a wrapping delta: upstream connections open (busy and pooled),
     /// of which pooled idle, buffers held by connections, buffers pooled.

@@ -61,7 +61,8 @@ fn csv_has_one_row_per_request_with_the_seed_columns_first() {
             "upstream_latency_us",
             "total_latency_us",
             "reused",
-            "client_addr"
+            "client_addr",
+            "protocol"
         ]
     );
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();

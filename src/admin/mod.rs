@@ -4,6 +4,7 @@
 //! the metrics summary, so a busy proxy still answers it and it never slows the workers.
 //! What the endpoints say lives in `render`.
 
+mod h2stats;
 mod render;
 
 use std::io::{self, Read, Write};

@@ -75,6 +75,8 @@ pub struct Totals {
     pub tunnel_bytes_up: u64,
     pub tunnel_bytes_down: u64,
     pub log_dropped: u64,
+    /// The HTTP/2 front end's counters (h2stats.rs).
+    pub h2: super::h2stats::H2Stats,
     /// Request latency as clients see it.
     pub latency_ms: Latency,
     /// Responses since start by status code.
@@ -304,6 +306,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             tunnels: c.tunnels.load(Relaxed),
             tunnel_bytes_up: c.tunnel_bytes_up.load(Relaxed),
             tunnel_bytes_down: c.tunnel_bytes_down.load(Relaxed),
+            h2: super::h2stats::H2Stats::read(c),
             log_dropped: shared.log_dropped.load(Relaxed),
             latency_ms: total_lat,
             codes: total_codes,
@@ -498,7 +501,7 @@ pub fn prometheus(s: &Stats) -> String {
             t.log_dropped,
         ),
     ];
-    for (name, help, v) in counters {
+    for (name, help, v) in counters.into_iter().chain(t.h2.metrics()) {
         family(&mut o, name, "counter", help);
         let _ = writeln!(o, "{name} {v}");
     }
@@ -705,6 +708,7 @@ pub(super) fn sample() -> Stats {
             tunnels: 0,
             tunnel_bytes_up: 0,
             tunnel_bytes_down: 0,
+            h2: Default::default(),
             log_dropped: 0,
             latency_ms: Latency::default(),
             codes: all,

@@ -23,6 +23,8 @@ pub struct Hpack {
     enc_table: usize,
     /// A size update owed at the start of the next block we encode.
     enc_update: Option<usize>,
+    /// The block being decoded with its Huffman strings made raw (huffman.rs).
+    raw: Vec<u8>,
 }
 
 impl Hpack {
@@ -35,6 +37,7 @@ impl Hpack {
             dec,
             enc_table: ENCODER_TABLE_MAX,
             enc_update: None,
+            raw: Vec::new(),
         }
     }
 
@@ -48,7 +51,18 @@ impl Hpack {
     ) -> Result<Decoded, ()> {
         let mut size = 0usize;
         let mut over = false;
-        self.dec
+        // Huffman strings are decoded here, without allocating (huffman.rs).
+        let mut raw = std::mem::take(&mut self.raw);
+        let block = match super::huffman::raw_literals(block, &mut raw) {
+            Ok(true) => &raw[..],
+            Ok(false) => block,
+            Err(()) => {
+                self.raw = raw;
+                return Err(());
+            }
+        };
+        let res = self
+            .dec
             .decode_with_cb(block, |n, v| {
                 size = size.saturating_add(n.len() + v.len() + 32);
                 if size > max_list {
@@ -57,7 +71,9 @@ impl Hpack {
                     out.push(&n, &v);
                 }
             })
-            .map_err(|_| ())?;
+            .map_err(|_| ());
+        self.raw = raw;
+        res?;
         Ok(if over {
             Decoded::TooLarge(size)
         } else {

@@ -43,6 +43,7 @@ mod conn;
 mod fields;
 mod frame;
 mod hpack;
+mod huffman;
 mod recv;
 mod send;
 mod stream;

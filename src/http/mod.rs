@@ -110,6 +110,11 @@ impl Method {
         }
     }
 
+    /// The method named by `m` (an HTTP/2 `:method`, say).
+    pub fn of(m: &[u8]) -> Method {
+        std::str::from_utf8(m).map_or(Method::Other, Method::parse)
+    }
+
     /// Idempotent per RFC 9110 §9.2.2: safe to retry when no response byte arrived.
     pub fn idempotent(self) -> bool {
         matches!(

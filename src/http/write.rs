@@ -155,6 +155,27 @@ impl Request<'_, '_> {
     }
 }
 
+impl<'b> Response<'_, 'b> {
+    /// For an HTTP/2 client: the fields to relay, those `write_client` would copy (no
+    /// hop-by-hop or connection-specific field, no framing), in order.
+    pub fn each_field(&self, mut f: impl FnMut(&'b str, &'b [u8])) {
+        for h in self.resp.headers.iter() {
+            match classify(h.name) {
+                Hdr::Connection | Hdr::HopByHop | Hdr::ContentLength | Hdr::TransferEncoding => {
+                    continue
+                }
+                _ if self.conn.names(h.name) => continue,
+                _ => f(h.name, h.value),
+            }
+        }
+    }
+
+    /// The validated Content-Length, if the response carried one.
+    pub fn content_length(&self) -> Option<u64> {
+        self.length
+    }
+}
+
 impl Response<'_, '_> {
     /// Informational (1xx) response: forwarded, then another head follows. Not a 101,
     /// after which no head follows.

@@ -48,6 +48,8 @@ pub(crate) enum Phase {
     Linger,
     /// After a 101: a byte tunnel between the client and its upstream (tunnel.rs).
     Tunnel(Box<Tunnel>),
+    /// An HTTP/2 (h2c prior knowledge) connection: the codec and its streams (h2/).
+    H2(Box<super::h2::H2Session>),
 }
 
 pub(crate) struct Client {
@@ -174,6 +176,12 @@ impl Proxy {
         let id = self.ctx.id;
         let peer = self.clients[ci].peer;
         let mut headers = http::header_array();
+        // h2 hook: the HTTP/2 client preface starts a session instead (h2/mod.rs).
+        match super::h2::preface(buf.bytes()) {
+            super::h2::Preface::Partial => return Parsed::Step(Step::Blocked),
+            super::h2::Preface::Full => return Parsed::Step(self.h2_start(ci)),
+            super::h2::Preface::No => {}
+        }
         let req = match http::parse_request(buf.bytes(), &mut headers) {
             Ok(Some(r)) => r,
             Ok(None) => return Parsed::Step(Step::Blocked),
@@ -376,6 +384,8 @@ impl Proxy {
             return;
         }
         self.end_upstream(ci, 0, Blame::Client);
+        // h2 hook: an HTTP/2 session's streams end with the connection.
+        self.h2_close_streams(ci);
         let mut c = self.clients.remove(ci);
         self.ctx.bufs.release(&mut c.buf);
         match c.phase {
@@ -402,6 +412,8 @@ impl Proxy {
                 self.respond(ci, http::REQUEST_TIMEOUT, true, false);
                 self.drive(ci);
             }
+            // h2 hook: a stalled or idle HTTP/2 connection closes with its streams.
+            Phase::H2(_) => self.h2_timeout(ci),
             Phase::Proxy(_) => {
                 debug!("worker {id}: client {} stalled mid-exchange", c.peer);
                 self.abort(ci, Blame::Client);

@@ -21,6 +21,7 @@ mod context;
 pub(crate) mod decide;
 mod end;
 mod exchange;
+mod h2;
 pub(crate) mod io;
 mod relay;
 mod splice;
@@ -226,6 +227,8 @@ impl Proxy {
     /// Removes client `ci` and its upstream without running any exchange logic (their
     /// state may be inconsistent after a panic): the sockets close as they are dropped.
     fn drop_client(&mut self, ci: usize) {
+        // h2 hook: the upstreams of an HTTP/2 session's streams go too.
+        self.h2_drop_upstreams(ci);
         let Some(mut c) = self.clients.try_remove(ci) else {
             return;
         };
@@ -324,6 +327,7 @@ impl Proxy {
                 Phase::Local { .. } => self.step_local(ci),
                 Phase::Linger => self.step_linger(ci),
                 Phase::Tunnel(_) => self.step_tunnel(ci),
+                Phase::H2(_) => self.step_h2(ci),
             };
             match step {
                 Step::Progress => continue,
@@ -372,6 +376,8 @@ impl Proxy {
         for ci in idle {
             self.close_client(ci);
         }
+        // h2 hook: HTTP/2 sessions announce GOAWAY (two steps) and finish their streams.
+        self.h2_start_drain();
         let pooled: Vec<usize> = self.idle.iter().flatten().copied().collect();
         for ui in pooled {
             self.close_idle_upstream(ui);

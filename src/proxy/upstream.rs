@@ -32,6 +32,8 @@ pub(crate) struct Upstream {
     pub backend: usize,
     /// Owning client while busy (`NONE` while idle).
     pub client: usize,
+    /// The HTTP/2 stream of `client` this connection serves (0: an HTTP/1.1 client).
+    pub stream: u32,
     pub state: UpState,
     pub io: Io,
     pub timer: Deadline,
@@ -81,7 +83,12 @@ impl Proxy {
     }
 
     /// A connection to `backend` for client `ci`, and whether it was pooled.
-    fn connection_to(&mut self, backend: usize, ci: usize, fresh: bool) -> Option<(usize, bool)> {
+    pub(super) fn connection_to(
+        &mut self,
+        backend: usize,
+        ci: usize,
+        fresh: bool,
+    ) -> Option<(usize, bool)> {
         let now = self.ctx.now;
         let cfg = &self.ctx.shared.cfg;
         if cfg.upstream == UpstreamMode::Persistent && !fresh {
@@ -89,6 +96,7 @@ impl Proxy {
                 let u = &mut self.ups[ui];
                 u.state = UpState::Busy;
                 u.client = ci;
+                u.stream = 0;
                 let at = now + Ctx::ms(cfg.timeouts.upstream);
                 self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
                 return Some((ui, true));
@@ -121,6 +129,7 @@ impl Proxy {
             sock,
             backend,
             client: ci,
+            stream: 0,
             state: UpState::Connecting,
             io: Io::default(),
             timer: Deadline::default(),
@@ -162,6 +171,13 @@ impl Proxy {
             return;
         }
         let ci = u.client;
+        // h2 hook: a connection serving an HTTP/2 stream is driven by its session.
+        if u.stream != 0 {
+            if self.clients.contains(ci) {
+                self.drive(ci);
+            }
+            return;
+        }
         // A failed connect has already turned into an error answer: drive that too.
         if u.is_connecting() && !self.connected(ui) && self.ups.contains(ui) {
             return;
@@ -210,6 +226,7 @@ impl Proxy {
         let u = &mut self.ups[ui];
         u.state = UpState::Idle;
         u.client = NONE;
+        u.stream = 0;
         u.io.readable = false;
         self.idle[u.backend].push(ui);
         let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.pool_idle);
@@ -238,6 +255,11 @@ impl Proxy {
             return;
         }
         let ci = u.client;
+        // h2 hook: a connection serving an HTTP/2 stream fails that stream only.
+        if u.stream != 0 {
+            self.h2_upstream_timeout(ui);
+            return;
+        }
         let why = if u.is_connecting() {
             Failure::ConnectTimeout
         } else {

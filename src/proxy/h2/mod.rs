@@ -1,0 +1,489 @@
+//! The HTTP/2 front end (h2c with prior knowledge): a client connection whose first bytes
+//! are the HTTP/2 preface becomes a session (`Phase::H2`) owning the sans-IO codec and its
+//! streams. Every stream is a request of its own: picked by the routing mode, sent over
+//! an HTTP/1.1 upstream connection (pooled or per request), retried by the same rules
+//! and accounted exactly like an HTTP/1.1 exchange (it has an `Exchange` of its own).
+//!
+//! - `mod.rs`: the session: client bytes in and out, codec events, drain, deadlines,
+//!   teardown, and the codec's abuse counters summed into `Shared`;
+//! - `stream.rs`: one stream's HTTP/1.1 upstream leg, with backpressure both ways;
+//! - `translate.rs`: HTTP/2 fields to an HTTP/1.1 head and back, trailers.
+//!
+//! Flow control: received DATA is released to the codec only once written upstream, and
+//! an upstream is read only when its stream's data went out, so a stream buffers at most
+//! its receive window one way and one read the other.
+
+mod stream;
+mod translate;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use crate::access_log::Record;
+use crate::buffer::{Buf, BUF_SIZE};
+use crate::debug;
+use crate::h2::{self as codec, Connection, ErrorCode, Event, Fields, PREFACE};
+use crate::http::Method;
+
+use super::client::Phase;
+use super::context::Ctx;
+use super::end::Blame;
+use super::exchange::NONE;
+use super::io::{read_into, would_block, write2};
+use super::{client_token, Proxy, Step};
+
+use stream::H2Stream;
+
+/// What the first bytes of a connection say.
+pub(super) enum Preface {
+    /// Not HTTP/2: parse HTTP/1.1.
+    No,
+    /// A prefix of the preface: wait for more bytes.
+    Partial,
+    Full,
+}
+
+/// The preface's request line: a client that sends it speaks HTTP/2, and the codec checks
+/// the rest (a bad preface is answered GOAWAY PROTOCOL_ERROR, not an HTTP/1.1 505).
+const PRI_LINE: usize = 16;
+
+/// Checks `b` (a new connection's first bytes) for the HTTP/2 client preface.
+pub(super) fn preface(b: &[u8]) -> Preface {
+    let n = b.len().min(PRI_LINE);
+    if n == 0 || b[..n] != PREFACE[..n] {
+        Preface::No
+    } else if n < PRI_LINE {
+        Preface::Partial
+    } else {
+        Preface::Full
+    }
+}
+
+/// Stop reading the client while this much output waits for it.
+const OUT_HIGH: usize = 256 * 1024;
+/// The client read buffer: a whole frame of the default MAX_FRAME_SIZE fits.
+const READ_BUF: usize = 2 * BUF_SIZE;
+
+/// One HTTP/2 client connection.
+pub(crate) struct H2Session {
+    conn: Connection,
+    streams: Vec<H2Stream>,
+    /// The codec's counters already added to `Shared`'s.
+    published: codec::Counters,
+    /// The connection failed or the client left: flush what is queued, then close.
+    closing: bool,
+    /// The client deadline is armed for the client (idle, or a stalled send).
+    waiting_client: bool,
+    /// Scratch for decoded trailer fields.
+    trailers: Fields,
+}
+
+impl H2Session {
+    fn stream(&mut self, id: u32) -> Option<usize> {
+        self.streams.iter().position(|s| s.id == id)
+    }
+}
+
+impl Proxy {
+    /// The client sent the HTTP/2 preface: it becomes a session.
+    pub(super) fn h2_start(&mut self, ci: usize) -> Step {
+        let settings = codec::Settings {
+            max_concurrent_streams: 128,
+            // A stream's request body buffer is bounded by this window.
+            initial_window_size: codec::DEFAULT_WINDOW,
+            ..codec::Settings::default()
+        };
+        let s = H2Session {
+            conn: Connection::server(settings, codec::Limits::default()),
+            streams: Vec::new(),
+            published: codec::Counters::default(),
+            closing: false,
+            waiting_client: false,
+            trailers: Fields::new(),
+        };
+        debug!(
+            "worker {}: HTTP/2 from {}",
+            self.ctx.id, self.clients[ci].peer
+        );
+        self.clients[ci].phase = Phase::H2(Box::new(s));
+        self.h2_arm_client(ci, true);
+        Step::Progress
+    }
+
+    /// Arms (or clears) the client's idle deadline.
+    fn h2_arm_client(&mut self, ci: usize, on: bool) {
+        let at = if on {
+            self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.idle)
+        } else {
+            0
+        };
+        let c = &mut self.clients[ci];
+        self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
+    }
+
+    /// One step of an HTTP/2 session: the session is taken out of the client's phase for
+    /// the step and put back unless the connection closed.
+    pub(super) fn step_h2(&mut self, ci: usize) -> Step {
+        let c = &mut self.clients[ci];
+        let Phase::H2(mut s) = std::mem::replace(&mut c.phase, Phase::Head) else {
+            return Step::Blocked;
+        };
+        let step = self.h2_step(ci, &mut s);
+        if matches!(step, Step::Closed) {
+            self.h2_teardown(ci, s);
+            self.close_client(ci);
+        } else if let Some(c) = self.clients.get_mut(ci) {
+            c.phase = Phase::H2(s);
+        } else {
+            self.h2_teardown(ci, s);
+        }
+        step
+    }
+
+    fn h2_step(&mut self, ci: usize, s: &mut H2Session) -> Step {
+        let mut progress = false;
+        // Client bytes in, through the codec.
+        if !s.closing && s.conn.pending_output().len() < OUT_HIGH {
+            let c = &mut self.clients[ci];
+            if c.io.readable {
+                let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
+                if buf.capacity() < READ_BUF && buf.is_empty() {
+                    // A pooled 32 KiB buffer (buffer.rs bulk class), not a fresh one.
+                    self.ctx.bufs.enlarge(buf, true);
+                }
+                if buf.capacity() < READ_BUF {
+                    buf.grow(READ_BUF);
+                }
+                if !buf.space().is_empty() {
+                    match read_into(&mut c.sock, buf, &mut c.io) {
+                        Ok(0) => {
+                            debug!("worker {}: HTTP/2 client {} left", self.ctx.id, c.peer);
+                            return Step::Closed;
+                        }
+                        Ok(_) => progress = true,
+                        Err(e) if would_block(&e) => {}
+                        Err(_) => return Step::Closed,
+                    }
+                }
+            }
+            let c = &mut self.clients[ci];
+            if let Some(buf) = c.buf.as_mut().filter(|b| !b.is_empty()) {
+                match s.conn.recv(buf.bytes(), Instant::now()) {
+                    Ok(n) => buf.consume(n),
+                    Err(e) => {
+                        debug!("worker {}: {} from {}", self.ctx.id, e, c.peer);
+                        buf.clear();
+                        s.closing = true;
+                    }
+                }
+            }
+            // An idle session holds no buffer; a busy one keeps its own.
+            if s.streams.is_empty() && c.buf.as_ref().is_some_and(Buf::is_empty) {
+                self.ctx.bufs.release(&mut c.buf);
+            }
+        }
+        progress |= self.h2_events(ci, s);
+        // Each stream's upstream leg.
+        let mut i = 0;
+        while i < s.streams.len() {
+            let (moved, gone) = self.h2_stream_step(ci, s, i);
+            progress |= moved;
+            if !gone {
+                i += 1;
+            }
+        }
+        // Codec bytes out to the client.
+        let c = &mut self.clients[ci];
+        if s.conn.wants_write() && c.io.writable {
+            match write2(&mut c.sock, s.conn.pending_output(), &[], &mut c.io) {
+                Ok(n) => {
+                    s.conn.advance_output(n);
+                    progress = true;
+                }
+                Err(e) if would_block(&e) => {}
+                Err(_) => return Step::Closed,
+            }
+        }
+        self.h2_publish(s);
+        if (s.closing || s.conn.is_finished()) && !s.conn.wants_write() {
+            return Step::Closed;
+        }
+        // The client's deadline: armed while nothing is in flight or a stream waits on it
+        // (a window it does not open, output it does not read); else the upstreams' run.
+        let stalled = s.streams.is_empty()
+            || (s.conn.wants_write() && !self.clients[ci].io.writable)
+            || s.streams.iter().any(|st| st.waits_on_client(&s.conn));
+        if stalled != s.waiting_client {
+            s.waiting_client = stalled;
+            self.h2_arm_client(ci, stalled);
+        }
+        if progress {
+            Step::Progress
+        } else {
+            Step::Blocked
+        }
+    }
+
+    /// Handles the codec's events; true if any.
+    fn h2_events(&mut self, ci: usize, s: &mut H2Session) -> bool {
+        let mut any = false;
+        while let Some(ev) = s.conn.poll_event() {
+            any = true;
+            match ev {
+                Event::Headers {
+                    stream,
+                    fields,
+                    end_stream,
+                } => {
+                    if s.stream(stream).is_none() {
+                        self.h2_open(ci, s, stream, &fields, end_stream);
+                    }
+                }
+                Event::Data {
+                    stream,
+                    data,
+                    end_stream,
+                } => {
+                    let n = data.len();
+                    match s.streams.iter_mut().find(|st| st.id == stream) {
+                        Some(st) if st.wants_body() => {
+                            st.take_data(&mut self.ctx, data, end_stream)
+                        }
+                        _ => s.conn.release(stream, n),
+                    }
+                }
+                Event::Trailers { stream, fields } => {
+                    if let Some(i) = s.stream(stream) {
+                        let dropped = s.streams[i].take_trailers(&fields);
+                        if dropped > 0 {
+                            debug!(
+                                "worker {}: {dropped} request trailer fields dropped",
+                                self.ctx.id
+                            );
+                        }
+                    }
+                }
+                Event::Reset { stream, code, .. } => {
+                    if let Some(i) = s.stream(stream) {
+                        debug!("worker {}: stream {stream} reset: {code}", self.ctx.id);
+                        self.h2_abort(ci, s, i, Blame::Client);
+                    }
+                }
+                Event::GoAway { .. }
+                | Event::WindowOpened { .. }
+                | Event::Settings
+                | Event::PingAck { .. } => {}
+            }
+        }
+        any
+    }
+
+    /// A new request stream: translated, picked, attached to an upstream connection.
+    fn h2_open(&mut self, ci: usize, s: &mut H2Session, id: u32, fields: &Fields, end: bool) {
+        let peer = self.clients[ci].peer;
+        let wid = self.ctx.id;
+        let shared = self.ctx.shared.clone();
+        let close = shared.cfg.upstream == crate::config::UpstreamMode::PerRequest;
+        let path: &[u8] = if self.ctx.log.is_some() {
+            fields.path().unwrap_or(b"")
+        } else {
+            b""
+        };
+        let method = fields.method().map_or(Method::Other, Method::of);
+        let mut rec = Record::new(wid, peer, method, path);
+        rec.h2 = true;
+        let scratch = &mut self.ctx.scratch;
+        scratch.clear();
+        if method == Method::Connect {
+            // As for HTTP/1.1: CONNECT is not proxied.
+            self.ctx.count_rejected();
+            self.ctx.log_local(rec, crate::http::METHOD_NOT_ALLOWED);
+            h2_answer(&mut s.conn, id, 405, end);
+            return;
+        }
+        let head = match translate::request_head(fields, end, peer.ip(), close, scratch) {
+            Ok(h) => h,
+            Err(why) => {
+                debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");
+                self.ctx.count_rejected();
+                s.conn.reset(id, ErrorCode::PROTOCOL_ERROR);
+                return;
+            }
+        };
+        rec.request_bytes = scratch.len() as u64;
+        if self.ctx.panic_path.as_deref() == fields.path() {
+            panic!("test hook: HTTP/2 request for a panic path");
+        }
+        let Some(backend) = self.pick_backend() else {
+            debug!("worker {wid}: 503: no server available");
+            self.ctx.log_local(rec, crate::http::SERVICE_UNAVAILABLE);
+            h2_answer(&mut s.conn, id, 503, end);
+            return;
+        };
+        self.ctx.count_request();
+        self.ctx.budget.deposit();
+        let mut buf = self.ctx.bufs.get();
+        let scratch = &self.ctx.scratch;
+        if scratch.len() > buf.capacity() {
+            buf.grow(scratch.len());
+        }
+        buf.space()[..scratch.len()].copy_from_slice(scratch);
+        buf.filled(scratch.len());
+        let ex = self.ctx.exchange(super::exchange::Start {
+            method: head.method,
+            http10: false,
+            keep_alive: true,
+            expect: false,
+            // HTTP/2 has no Upgrade (RFC 9113 §8.6); a 101 from the backend is a bad answer.
+            upgrade: false,
+            body: crate::http::Body::Done,
+            body_ready: 0,
+            head: buf,
+            rec,
+        });
+        let st = H2Stream::new(id, ex, head.framing, end);
+        s.streams.push(st);
+        let i = s.streams.len() - 1;
+        self.h2_attach(ci, s, i, backend, false);
+    }
+
+    /// Ends stream `i` before its response completed (client reset, connection gone):
+    /// the upstream closes and the exchange is accounted with `blame`.
+    fn h2_abort(&mut self, _ci: usize, s: &mut H2Session, i: usize, blame: Blame) {
+        let mut st = s.streams.swap_remove(i);
+        // Releases what the stream holds of the windows (no-op if the client reset it).
+        s.conn.reset(st.id, ErrorCode::CANCEL);
+        let ui = std::mem::replace(&mut st.ex.up, NONE);
+        if ui != NONE {
+            let u = self.remove_upstream(ui);
+            match blame {
+                Blame::Client => self.ctx.account_client_abort(u.backend, &st.ex, 499),
+                Blame::Backend => {
+                    let status = if st.ex.status == 0 { 502 } else { st.ex.status };
+                    self.ctx
+                        .account(u.backend, &st.ex, status, crate::health::Outcome::Failure);
+                }
+            }
+        }
+        st.recycle(&mut self.ctx);
+    }
+
+    /// The session ends: its streams' exchanges are aborted (the client's doing).
+    fn h2_teardown(&mut self, ci: usize, mut s: Box<H2Session>) {
+        while !s.streams.is_empty() {
+            self.h2_abort(ci, &mut s, 0, Blame::Client);
+        }
+        self.h2_publish(&mut s);
+    }
+
+    /// The client's deadline passed (idle, or a stalled send): GOAWAY, then close.
+    pub(super) fn h2_timeout(&mut self, ci: usize) {
+        let c = &mut self.clients[ci];
+        if let Phase::H2(s) = &mut c.phase {
+            debug!("worker {}: HTTP/2 client {} timed out", self.ctx.id, c.peer);
+            s.conn.go_away(ErrorCode::NO_ERROR);
+            // Best effort: the socket may not take it.
+            let _ = write2(&mut c.sock, s.conn.pending_output(), &[], &mut c.io);
+        }
+        self.close_client(ci);
+    }
+
+    /// `close_client` hook: a session still in the client's phase ends with it.
+    pub(super) fn h2_close_streams(&mut self, ci: usize) {
+        let c = &mut self.clients[ci];
+        if let Phase::H2(_) = c.phase {
+            if let Phase::H2(s) = std::mem::replace(&mut c.phase, Phase::Head) {
+                self.h2_teardown(ci, s);
+            }
+        }
+    }
+
+    /// `drop_client` hook (after a panic): the streams' upstreams close unaccounted.
+    pub(super) fn h2_drop_upstreams(&mut self, ci: usize) {
+        let ups: Vec<usize> = self
+            .ups
+            .iter()
+            .filter(|(_, u)| u.client == ci && u.stream != 0)
+            .map(|(i, _)| i)
+            .collect();
+        for ui in ups {
+            let u = self.remove_upstream(ui);
+            self.ctx.shared.balancer.cancel(u.backend);
+        }
+    }
+
+    /// Drain: each session sends the two-step GOAWAY and finishes its streams.
+    pub(super) fn h2_start_drain(&mut self) {
+        for (ci, c) in self.clients.iter_mut() {
+            if let Phase::H2(s) = &mut c.phase {
+                s.conn.go_away_graceful();
+                self.ctx.again.push(ci);
+            }
+        }
+    }
+
+    /// Adds the change of the codec's counters to `Shared`'s.
+    fn h2_publish(&mut self, s: &mut H2Session) {
+        let now = *s.conn.counters();
+        if now == s.published {
+            return;
+        }
+        let c = &self.ctx.shared.counters;
+        let old = s.published;
+        let pairs = [
+            (&c.h2_rapid_resets, now.rapid_resets, old.rapid_resets),
+            (
+                &c.h2_continuation_floods,
+                now.continuation_floods,
+                old.continuation_floods,
+            ),
+            (
+                &c.h2_hpack_bombs,
+                now.hpack_bombs + now.header_lists_too_large,
+                old.hpack_bombs + old.header_lists_too_large,
+            ),
+            (
+                &c.h2_control_floods,
+                now.settings_floods + now.ping_floods,
+                old.settings_floods + old.ping_floods,
+            ),
+            (
+                &c.h2_refused_streams,
+                now.refused_streams,
+                old.refused_streams,
+            ),
+            (
+                &c.h2_resets_received,
+                now.resets_received,
+                old.resets_received,
+            ),
+            (
+                &c.h2_protocol_errors,
+                now.stream_errors + now.connection_errors,
+                old.stream_errors + old.connection_errors,
+            ),
+            (&c.h2_streams, now.streams_opened, old.streams_opened),
+        ];
+        for (sum, new, old) in pairs {
+            if new != old {
+                sum.fetch_add(new - old, Relaxed);
+            }
+        }
+        s.published = now;
+    }
+}
+
+/// Answers stream `id` with `status` and no body (a local answer). If the client was
+/// still sending a body, the stream is then reset with NO_ERROR (RFC 9113 §8.1).
+fn h2_answer(conn: &mut Connection, id: u32, status: u16, request_done: bool) {
+    let code = [
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ];
+    let fields: [(&[u8], &[u8]); 2] = [(b":status", &code), (b"content-length", b"0")];
+    let _ = conn.send_headers(id, &fields, true);
+    if !request_done {
+        conn.reset(id, ErrorCode::NO_ERROR);
+    }
+}

@@ -1,0 +1,698 @@
+//! One HTTP/2 stream's upstream leg: its HTTP/1.1 connection (pooled or per request), the
+//! request head and body written with corelb's framing (Content-Length, or chunked with
+//! the client's trailers), the response parsed by `crate::http` and sent as HEADERS, DATA
+//! within the send windows and trailers; failures retried by `decide::replay`'s rules,
+//! answered 502/504 before the response head, or RST_STREAM(INTERNAL_ERROR) after it.
+
+use std::io::{self, IoSlice, Write};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::buffer::Buf;
+use crate::config::UpstreamMode;
+use crate::debug;
+use crate::h2::{Connection, ErrorCode, Fields};
+use crate::health::Outcome;
+use crate::http::{self, Body, BodyKind, Method};
+
+use super::super::context::Ctx;
+use super::super::decide::{self, Failure, PoolCheck, Replay};
+use super::super::exchange::{Exchange, Resp, NONE};
+use super::super::io::{read_into, would_block, Io};
+use super::super::upstream::UpState;
+use super::super::{upstream_token, Proxy};
+use super::translate::{self, Framing};
+use super::{h2_answer, H2Session, OUT_HIGH};
+
+/// One request stream of a session.
+pub(super) struct H2Stream {
+    pub id: u32,
+    pub ex: Box<Exchange>,
+    framing: Framing,
+    /// Request payload received from the client and not yet written upstream.
+    body: Option<Buf>,
+    /// Bytes of `body` not yet released to the codec (they count against the windows).
+    pub unreleased: usize,
+    /// The client's half ended (END_STREAM or trailers).
+    req_end: bool,
+    /// The whole request was written upstream.
+    req_sent: bool,
+    /// No more request bytes go upstream (it failed to take them mid-response).
+    req_closed: bool,
+    /// Chunked: the line before the next chunk's data (with the last chunk's CRLF).
+    pre: [u8; 24],
+    pre_len: u8,
+    pre_off: u8,
+    /// Chunked: data bytes of the current chunk still to write.
+    chunk_left: usize,
+    any_chunk: bool,
+    /// Chunked: the request trailer lines, then the whole end of the body once built.
+    tail: Vec<u8>,
+    tail_built: bool,
+    tail_off: usize,
+    /// A chunked response's bytes after its last data (the trailer section).
+    resp_tail: Vec<u8>,
+    head_sent: bool,
+    end_sent: bool,
+    /// The upstream deadline is armed for the backend.
+    up_armed: bool,
+}
+
+impl H2Stream {
+    pub fn new(id: u32, ex: Box<Exchange>, framing: Framing, end: bool) -> H2Stream {
+        H2Stream {
+            id,
+            ex,
+            framing,
+            body: None,
+            unreleased: 0,
+            req_end: end,
+            req_sent: false,
+            req_closed: false,
+            pre: [0; 24],
+            pre_len: 0,
+            pre_off: 0,
+            chunk_left: 0,
+            any_chunk: false,
+            tail: Vec::new(),
+            tail_built: false,
+            tail_off: 0,
+            resp_tail: Vec::new(),
+            head_sent: false,
+            end_sent: false,
+            up_armed: true,
+        }
+    }
+
+    /// Still taking request body from the client.
+    pub fn wants_body(&self) -> bool {
+        !self.req_end && !self.req_closed
+    }
+
+    pub fn take_data(&mut self, ctx: &mut Ctx, data: &[u8], end: bool) {
+        if !data.is_empty() {
+            let b = self.body.get_or_insert_with(|| ctx.bufs.get());
+            if b.space().len() < data.len() {
+                b.grow((b.len() + data.len()).next_power_of_two());
+            }
+            b.space()[..data.len()].copy_from_slice(data);
+            b.filled(data.len());
+            self.unreleased += data.len();
+        }
+        self.req_end |= end;
+    }
+
+    /// Request trailers: carried in the chunked trailer section, else dropped. Returns
+    /// the fields dropped.
+    pub fn take_trailers(&mut self, fields: &Fields) -> u64 {
+        self.req_end = true;
+        if self.framing == Framing::Chunked && !self.tail_built {
+            translate::trailer_lines(fields, &mut self.tail)
+        } else {
+            fields.regular().count() as u64
+        }
+    }
+
+    /// Waiting on the client: for request body, or for window to send response data.
+    pub fn waits_on_client(&self, conn: &Connection) -> bool {
+        let body_wait = self.wants_body() && self.body.as_ref().is_none_or(Buf::is_empty);
+        let window_wait = self.ex.ready > 0 && conn.send_capacity(self.id) == 0;
+        (body_wait && self.ex.resp == Resp::Head) || window_wait
+    }
+
+    /// A new attempt writes the request from its start.
+    fn restart(&mut self) {
+        self.req_sent = false;
+        self.pre_len = 0;
+        self.pre_off = 0;
+        self.chunk_left = 0;
+        self.any_chunk = false;
+        self.tail_off = 0;
+        self.resp_tail.clear();
+        self.up_armed = true;
+    }
+
+    pub fn recycle(mut self, ctx: &mut Ctx) {
+        ctx.bufs.release(&mut self.body);
+        ctx.recycle(self.ex);
+    }
+}
+
+/// A connecting upstream's state after an event.
+enum Connect {
+    Up,
+    Waiting,
+    Failed,
+}
+
+/// What a read of the response did.
+enum Read {
+    Idle,
+    Moved,
+    Failed(Failure),
+}
+
+impl Proxy {
+    /// Puts stream `i` on a connection to `backend`. False if none could be made: the
+    /// stream was answered 502 and is gone.
+    pub(super) fn h2_attach(
+        &mut self,
+        ci: usize,
+        s: &mut H2Session,
+        i: usize,
+        backend: usize,
+        fresh: bool,
+    ) -> bool {
+        match self.connection_to(backend, ci, fresh) {
+            Some((ui, reused)) => {
+                let st = &mut s.streams[i];
+                self.ups[ui].stream = st.id;
+                st.ex.begin_attempt(ui, reused);
+                st.restart();
+                true
+            }
+            None => {
+                self.ctx
+                    .shared
+                    .balancer
+                    .finish(backend, std::time::Duration::ZERO, false);
+                let mut st = s.streams.swap_remove(i);
+                let mut rec = st.ex.rec;
+                rec.backend = Some(backend as u16);
+                self.ctx.log_local(rec, http::BAD_GATEWAY);
+                if s.conn.can_send(st.id) {
+                    s.conn.release(st.id, st.unreleased);
+                }
+                h2_answer(&mut s.conn, st.id, 502, st.req_end);
+                st.ex.up = NONE;
+                st.recycle(&mut self.ctx);
+                false
+            }
+        }
+    }
+
+    fn h2_connected(&mut self, ui: usize) -> Connect {
+        let u = &mut self.ups[ui];
+        if !u.io.writable {
+            return Connect::Waiting;
+        }
+        match u.sock.take_error() {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) => return Connect::Failed,
+        }
+        match u.sock.peer_addr() {
+            Ok(_) => {
+                let _ = u.sock.set_nodelay(true);
+                u.state = UpState::Busy;
+                Connect::Up
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                u.io.writable = false;
+                Connect::Waiting
+            }
+            Err(_) => Connect::Failed,
+        }
+    }
+
+    /// One step of stream `i`: returns (something moved, the stream is gone).
+    pub(super) fn h2_stream_step(
+        &mut self,
+        ci: usize,
+        s: &mut H2Session,
+        i: usize,
+    ) -> (bool, bool) {
+        let ui = s.streams[i].ex.up;
+        if self.ups[ui].state == UpState::Connecting {
+            match self.h2_connected(ui) {
+                Connect::Waiting => return (false, false),
+                Connect::Failed => return self.h2_fail(ci, s, i, Failure::Connect),
+                Connect::Up => s.streams[i].up_armed = false,
+            }
+        }
+        let mut moved = false;
+        match self.h2_send_request(s, i) {
+            Ok(m) => moved |= m,
+            Err(()) if !s.streams[i].head_sent && s.streams[i].ex.resp == Resp::Head => {
+                return self.h2_fail(ci, s, i, Failure::Reset)
+            }
+            Err(()) => {
+                // The backend answered and stopped reading: send no more.
+                let st = &mut s.streams[i];
+                st.req_closed = true;
+                st.ex.keep = false;
+            }
+        }
+        match self.h2_recv_response(s, i) {
+            Read::Idle => {}
+            Read::Moved => moved = true,
+            Read::Failed(why) => return self.h2_fail(ci, s, i, why),
+        }
+        moved |= h2_send_response(s, i);
+        if s.streams[i].end_sent {
+            self.h2_finish(s, i);
+            return (true, true);
+        }
+        // The backend's deadline runs while we wait on it, not while we wait on the client.
+        let st = &mut s.streams[i];
+        let on_backend = !st.waits_on_client(&s.conn) && st.ex.ready == 0;
+        let u = &mut self.ups[ui];
+        if on_backend && (moved || !st.up_armed) {
+            let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
+            self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
+            st.up_armed = true;
+        } else if !on_backend && st.up_armed {
+            self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, 0);
+            st.up_armed = false;
+        }
+        (moved, false)
+    }
+
+    /// Head and body bytes to the backend. `Err` if the connection broke.
+    fn h2_send_request(&mut self, s: &mut H2Session, i: usize) -> Result<bool, ()> {
+        let H2Session { conn, streams, .. } = s;
+        let st = &mut streams[i];
+        let u = &mut self.ups[st.ex.up];
+        if st.req_sent || st.req_closed || !u.io.writable {
+            return Ok(false);
+        }
+        let chunked = st.framing == Framing::Chunked;
+        let payload = st.body.as_ref().map_or(0, Buf::len);
+        if chunked && st.chunk_left == 0 && st.pre_off == st.pre_len && payload > 0 {
+            let mut w = &mut st.pre[..];
+            let crlf: &[u8] = if st.any_chunk { b"\r\n" } else { b"" };
+            let _ = w.write_all(crlf);
+            let _ = write!(w, "{payload:x}\r\n");
+            st.pre_len = (24 - w.len()) as u8;
+            st.pre_off = 0;
+            st.chunk_left = payload;
+            st.any_chunk = true;
+        }
+        let head: &[u8] = st
+            .ex
+            .head
+            .as_ref()
+            .map_or(&[], |h| &h.bytes()[st.ex.head_off..]);
+        let pre = &st.pre[st.pre_off as usize..st.pre_len as usize];
+        let take = if chunked { st.chunk_left } else { payload };
+        let pay: &[u8] = st.body.as_ref().map_or(&[], |b| &b.bytes()[..take]);
+        let body_left = !head.is_empty() || !pre.is_empty() || !pay.is_empty();
+        if !body_left && st.req_end && chunked && !st.tail_built {
+            let mut end = Vec::with_capacity(7 + st.tail.len());
+            if st.any_chunk {
+                end.extend_from_slice(b"\r\n");
+            }
+            end.extend_from_slice(b"0\r\n");
+            end.extend_from_slice(&st.tail);
+            end.extend_from_slice(b"\r\n");
+            st.tail = end;
+            st.tail_built = true;
+        }
+        let tail: &[u8] = if body_left || !st.tail_built {
+            &[]
+        } else {
+            &st.tail[st.tail_off..]
+        };
+        if head.is_empty() && pre.is_empty() && pay.is_empty() && tail.is_empty() {
+            if st.req_end && (!chunked || st.tail_built) {
+                st.req_sent = true;
+            }
+            return Ok(false);
+        }
+        let total = head.len() + pre.len() + pay.len() + tail.len();
+        let r = u.sock.write_vectored(&[
+            IoSlice::new(head),
+            IoSlice::new(pre),
+            IoSlice::new(pay),
+            IoSlice::new(tail),
+        ]);
+        let mut n = match r {
+            Ok(n) => n,
+            Err(e) if would_block(&e) => {
+                u.io.writable = false;
+                return Ok(false);
+            }
+            Err(_) => return Err(()),
+        };
+        if n < total {
+            u.io.writable = false;
+        }
+        let (hl, pl, yl) = (head.len(), pre.len(), pay.len());
+        let k = n.min(hl);
+        st.ex.head_off += k;
+        n -= k;
+        let k = n.min(pl);
+        st.pre_off += k as u8;
+        n -= k;
+        let k = n.min(yl);
+        if k > 0 {
+            st.body.as_mut().expect("payload").consume(k);
+            if chunked {
+                st.chunk_left -= k;
+            }
+            st.unreleased -= k;
+            st.ex.body_sent += k as u64;
+            st.ex.rec.request_bytes += k as u64;
+            conn.release(st.id, k);
+        }
+        n -= k;
+        st.tail_off += n;
+        Ok(true)
+    }
+
+    /// Response bytes from the backend, when the stream may take more.
+    fn h2_recv_response(&mut self, s: &mut H2Session, i: usize) -> Read {
+        let H2Session { conn, streams, .. } = s;
+        let st = &mut streams[i];
+        let ex = &mut st.ex;
+        let u = &mut self.ups[ex.up];
+        if !u.io.readable
+            || matches!(ex.resp, Resp::Done | Resp::Truncated)
+            || ex.ready > 0
+            || (st.head_sent && conn.send_capacity(st.id) == 0)
+            || conn.pending_output().len() >= OUT_HIGH
+        {
+            return Read::Idle;
+        }
+        let buf = ex.resp_buf.get_or_insert_with(|| self.ctx.bufs.get());
+        if buf.space().is_empty() {
+            if ex.resp == Resp::Head && buf.capacity() <= http::MAX_HEAD {
+                buf.grow(http::MAX_HEAD + 1);
+            } else {
+                return Read::Idle;
+            }
+        }
+        match read_into(&mut u.sock, buf, &mut u.io) {
+            Ok(0) => {
+                ex.keep = false;
+                if ex.resp == Resp::Body(Body::UntilClose) {
+                    ex.resp = Resp::Done;
+                    return Read::Moved;
+                }
+                Read::Failed(Failure::Reset)
+            }
+            Ok(_) => {
+                ex.got_bytes = true;
+                match self.h2_process_response(conn, st) {
+                    Ok(()) => Read::Moved,
+                    Err(why) => Read::Failed(Failure::BadResponse(why)),
+                }
+            }
+            Err(e) if would_block(&e) => Read::Idle,
+            Err(_) => Read::Failed(Failure::Reset),
+        }
+    }
+
+    /// Parses response heads (sent as HEADERS) and body framing in the read buffer.
+    fn h2_process_response(
+        &mut self,
+        conn: &mut Connection,
+        st: &mut H2Stream,
+    ) -> Result<(), &'static str> {
+        loop {
+            let ex = &mut st.ex;
+            let buf = ex.resp_buf.as_mut().expect("response bytes");
+            match ex.resp {
+                Resp::Head => {
+                    let mut headers = http::header_array();
+                    let head_req = ex.method == Method::Head;
+                    let r = match http::parse_response(buf.bytes(), &mut headers, head_req) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return Ok(()),
+                        Err(bad) => return Err(bad.0),
+                    };
+                    let head_len = r.head_len;
+                    let names = &mut self.ctx.scratch;
+                    if r.informational() {
+                        translate::response_fields(&r, names, |f| {
+                            conn.send_headers(st.id, f, false)
+                        })
+                        .ok();
+                    } else {
+                        let end = r.body == BodyKind::None;
+                        translate::response_fields(&r, names, |f| conn.send_headers(st.id, f, end))
+                            .ok();
+                        st.head_sent = true;
+                        st.end_sent = end;
+                        ex.keep = r.keep_alive;
+                        ex.status = r.status;
+                        ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
+                        if ex.head.as_ref().is_none_or(|h| ex.head_off >= h.len()) {
+                            self.ctx.bufs.release(&mut ex.head);
+                        }
+                        ex.resp = if end {
+                            Resp::Done
+                        } else {
+                            Resp::Body(Body::new(r.body))
+                        };
+                    }
+                    let buf = ex.resp_buf.as_mut().expect("response bytes");
+                    buf.consume(head_len);
+                    if ex.resp == Resp::Done {
+                        if !buf.is_empty() {
+                            ex.keep = false;
+                            buf.clear();
+                        }
+                        return Ok(());
+                    }
+                }
+                Resp::Body(mut body) => {
+                    let fresh = buf.bytes_mut();
+                    let total = fresh.len();
+                    let (consumed, data) = match &mut body {
+                        Body::Chunked(d) => {
+                            translate::dechunk_keep_tail(d, fresh, &mut st.resp_tail)
+                                .map_err(|_| "invalid chunked framing")?
+                        }
+                        b => {
+                            let n = b.advance(fresh).map_err(|_| "invalid body framing")?;
+                            (n, n)
+                        }
+                    };
+                    if let Body::Chunked(d) = &body {
+                        if d.is_done() {
+                            body = Body::Done;
+                        }
+                    }
+                    ex.ready = data;
+                    if consumed < total {
+                        ex.keep = false;
+                    }
+                    if data < total {
+                        buf.truncate(data);
+                    }
+                    ex.resp = if body.is_done() {
+                        Resp::Done
+                    } else {
+                        Resp::Body(body)
+                    };
+                    return Ok(());
+                }
+                Resp::Done | Resp::Truncated => return Ok(()),
+            }
+        }
+    }
+
+    /// Fails stream `i`'s attempt: retried if safe, else 502/504 before the response head
+    /// or RST_STREAM(INTERNAL_ERROR) after it. Returns (moved, the stream is gone).
+    pub(super) fn h2_fail(
+        &mut self,
+        ci: usize,
+        s: &mut H2Session,
+        i: usize,
+        why: Failure,
+    ) -> (bool, bool) {
+        let st = &mut s.streams[i];
+        let backend = self.ups[st.ex.up].backend;
+        debug!(
+            "worker {}: HTTP/2 stream {} failed on {} ({})",
+            self.ctx.id,
+            st.id,
+            self.ctx.shared.balancer.backend(backend).name,
+            why.reason()
+        );
+        if st.head_sent {
+            s.conn.reset(st.id, ErrorCode::INTERNAL_ERROR);
+            self.h2_abort(ci, s, i, super::Blame::Backend);
+            return (true, true);
+        }
+        if let Some(attached) = self.h2_retry(ci, s, i, why) {
+            return (true, !attached);
+        }
+        let mut st = s.streams.swap_remove(i);
+        let ui = std::mem::replace(&mut st.ex.up, NONE);
+        let u = self.remove_upstream(ui);
+        let status = why.canned().status;
+        self.ctx
+            .account(u.backend, &st.ex, status, Outcome::Failure);
+        s.conn.release(st.id, st.unreleased);
+        h2_answer(&mut s.conn, st.id, status, st.req_end);
+        st.recycle(&mut self.ctx);
+        (true, true)
+    }
+
+    /// Tries stream `i` again after `why`, as `end.rs` does for HTTP/1.1. `None`: not
+    /// retried; `Some(attached)`: a new attempt (or the stream was answered 502).
+    fn h2_retry(&mut self, ci: usize, s: &mut H2Session, i: usize, why: Failure) -> Option<bool> {
+        let max = self.ctx.shared.cfg.retry.count;
+        let ex = &mut s.streams[i].ex;
+        let ui = ex.up;
+        let old = self.ups[ui].backend;
+        let stale = match decide::replay(&ex.attempt_facts(), why, max) {
+            Replay::No => return None,
+            Replay::Fresh => true,
+            Replay::Elsewhere => false,
+        };
+        let next = if stale {
+            old
+        } else {
+            if !self.ctx.budget.withdraw(self.ctx.now) {
+                return None;
+            }
+            let mut tried = ex.tried;
+            tried.insert(old);
+            let balancer = &self.ctx.shared.balancer;
+            let mut pick = None;
+            for _ in 0..4 {
+                match balancer.pick(Some(old)) {
+                    Some(b) if tried.contains(b) => balancer.cancel(b),
+                    other => {
+                        pick = other;
+                        break;
+                    }
+                }
+            }
+            pick?
+        };
+        self.remove_upstream(ui);
+        if !stale {
+            self.ctx.account_attempt(old, ex.attempt);
+        }
+        self.ctx.bufs.release(&mut ex.resp_buf);
+        ex.up = NONE;
+        ex.retries += 1;
+        ex.stale_retried |= stale;
+        ex.tried.insert(old);
+        self.ctx.shared.counters.retries.fetch_add(1, Relaxed);
+        Some(self.h2_attach(ci, s, i, next, stale))
+    }
+
+    /// Stream `i` completed: accounted, its connection pooled or closed.
+    fn h2_finish(&mut self, s: &mut H2Session, i: usize) {
+        let mut st = s.streams.swap_remove(i);
+        let ui = std::mem::replace(&mut st.ex.up, NONE);
+        let cfg = &self.ctx.shared.cfg;
+        let (persistent, max_idle) = (
+            cfg.upstream == UpstreamMode::Persistent,
+            cfg.max_idle_per_backend,
+        );
+        let u = &self.ups[ui];
+        let outcome = if st.ex.status < 500 {
+            Outcome::Ok
+        } else {
+            Outcome::ServerError
+        };
+        self.ctx.account(u.backend, &st.ex, st.ex.status, outcome);
+        let io: Io = u.io;
+        let pool = decide::may_pool(&PoolCheck {
+            persistent,
+            keep: st.ex.keep,
+            request_done: st.req_sent,
+            unread: io.readable || io.rdhup,
+            draining: self.ctx.draining,
+            pooled: self.idle[u.backend].len(),
+            max_idle,
+        });
+        if pool {
+            self.pool(ui);
+        } else {
+            self.remove_upstream(ui);
+        }
+        if st.unreleased > 0 {
+            s.conn.release(st.id, st.unreleased);
+        }
+        if !st.req_end {
+            // The response is complete before the request: the client may stop sending.
+            s.conn.reset(st.id, ErrorCode::NO_ERROR);
+        }
+        st.recycle(&mut self.ctx);
+    }
+
+    /// Upstream deadline of a connection serving an HTTP/2 stream.
+    pub(in crate::proxy) fn h2_upstream_timeout(&mut self, ui: usize) {
+        let u = &self.ups[ui];
+        let (ci, id) = (u.client, u.stream);
+        let why = if u.is_connecting() {
+            Failure::ConnectTimeout
+        } else {
+            Failure::Timeout
+        };
+        let Some(c) = self.clients.get_mut(ci) else {
+            return;
+        };
+        let super::super::client::Phase::H2(mut s) =
+            std::mem::replace(&mut c.phase, super::super::client::Phase::Head)
+        else {
+            return;
+        };
+        if let Some(i) = s.stream(id) {
+            self.h2_fail(ci, &mut s, i, why);
+        }
+        self.clients[ci].phase = super::super::client::Phase::H2(s);
+        self.drive(ci);
+    }
+}
+
+/// Response data to the client within the windows; the end of the stream (trailers from a
+/// chunked body, or an empty END_STREAM) once all is sent. True if anything was queued.
+fn h2_send_response(s: &mut H2Session, i: usize) -> bool {
+    let H2Session {
+        conn,
+        streams,
+        trailers,
+        ..
+    } = s;
+    let st = &mut streams[i];
+    let ex = &mut st.ex;
+    if !st.head_sent || st.end_sent {
+        return false;
+    }
+    let mut moved = false;
+    if ex.ready > 0 {
+        let buf = ex.resp_buf.as_mut().expect("response bytes");
+        let chunked = !st.resp_tail.is_empty();
+        let end = ex.resp == Resp::Done && !chunked;
+        match conn.send_data(st.id, &buf.bytes()[..ex.ready], end) {
+            Ok(n) if n > 0 => {
+                buf.consume(n);
+                ex.ready -= n;
+                ex.rec.response_bytes += n as u64;
+                moved = true;
+                if end && ex.ready == 0 {
+                    st.end_sent = true;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                // The client closed or reset the stream: nothing more to send.
+                ex.ready = 0;
+                st.end_sent = true;
+            }
+        }
+    }
+    if ex.resp == Resp::Done && ex.ready == 0 && !st.end_sent {
+        translate::tail_trailers(&st.resp_tail, trailers);
+        let ok = if trailers.is_empty() {
+            conn.send_data(st.id, &[], true).map(|_| ())
+        } else {
+            let mut pairs: [(&[u8], &[u8]); 64] = [(&[], &[]); 64];
+            let n = trailers.len().min(64);
+            for (k, p) in pairs.iter_mut().enumerate().take(n) {
+                *p = trailers.at(k);
+            }
+            conn.send_trailers(st.id, &pairs[..n])
+        };
+        let _ = ok;
+        st.end_sent = true;
+        moved = true;
+    }
+    moved
+}

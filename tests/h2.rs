@@ -1,0 +1,677 @@
+//! The HTTP/2 front end (h2c prior knowledge) through the real binaries on loopback:
+//! curl, nghttp and h2load against corelb in front of HTTP/1.1 `corelb-backend`s, and a
+//! small blocking client on corelb's own codec for trailers, resets and malformed input.
+//! A test whose tool is missing says so and passes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{curl, Backend, Proxy};
+use corelb::h2::{Connection, ErrorCode, Event, Limits, Settings, PREFACE};
+
+fn have(tool: &str) -> bool {
+    let ok = Command::new(tool).arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("{tool} not installed: test skipped");
+    }
+    ok
+}
+
+fn url(p: &Proxy, path: &str) -> String {
+    format!("http://{}{path}", p.addr)
+}
+
+/// What came back on one stream.
+#[derive(Debug, Default, Clone)]
+struct Got {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    trailers: Vec<(String, String)>,
+    reset: Option<ErrorCode>,
+    done: bool,
+}
+
+/// A blocking HTTP/2 client on corelb's codec.
+struct H2 {
+    sock: TcpStream,
+    conn: Connection,
+    got: HashMap<u32, Got>,
+    goaway: Option<ErrorCode>,
+    closed: bool,
+}
+
+fn pairs<'a>(v: &'a [(&'a str, &'a str)]) -> Vec<(&'a [u8], &'a [u8])> {
+    v.iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        .collect()
+}
+
+impl H2 {
+    fn connect(addr: SocketAddr) -> H2 {
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut h = H2 {
+            sock,
+            conn: Connection::client(Settings::default(), Limits::default()),
+            got: HashMap::new(),
+            goaway: None,
+            closed: false,
+        };
+        h.flush();
+        h
+    }
+
+    fn flush(&mut self) {
+        let out = self.conn.pending_output().to_vec();
+        if self.sock.write_all(&out).is_ok() {
+            self.conn.advance_output(out.len());
+        }
+    }
+
+    /// Opens a stream with the usual pseudo-headers plus `extra`.
+    fn request(&mut self, method: &str, path: &str, extra: &[(&str, &str)], end: bool) -> u32 {
+        let mut f = vec![
+            (":method", method),
+            (":scheme", "http"),
+            (":authority", "corelb.test"),
+            (":path", path),
+        ];
+        f.extend_from_slice(extra);
+        self.raw_headers(&f, end)
+    }
+
+    /// Opens a stream with exactly these fields (not validated: malformed on purpose).
+    fn raw_headers(&mut self, f: &[(&str, &str)], end: bool) -> u32 {
+        let id = self.conn.open_stream().expect("stream");
+        self.conn.send_headers(id, &pairs(f), end).unwrap();
+        self.flush();
+        id
+    }
+
+    fn data(&mut self, id: u32, bytes: &[u8], end: bool) {
+        let mut off = 0;
+        while off < bytes.len() {
+            let n = self.conn.send_data(id, &bytes[off..], end).unwrap();
+            off += n;
+            self.flush();
+            if n == 0 {
+                self.pump();
+            }
+        }
+        if bytes.is_empty() && end {
+            self.conn.send_data(id, &[], true).unwrap();
+            self.flush();
+        }
+    }
+
+    /// Reads once (up to 200 ms) and files the events.
+    fn pump(&mut self) {
+        let mut buf = [0u8; 65536];
+        match self.sock.read(&mut buf) {
+            Ok(0) => self.closed = true,
+            Ok(n) => {
+                if self.conn.recv(&buf[..n], Instant::now()).is_err() {
+                    self.closed = true;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => self.closed = true,
+        }
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::Headers {
+                    stream,
+                    fields,
+                    end_stream,
+                } => {
+                    let g = self.got.entry(stream).or_default();
+                    let st = fields.status().unwrap_or(0);
+                    if st >= 200 {
+                        g.status = st;
+                        g.headers = fields.regular().map(|(n, v)| (s(n), s(v))).collect();
+                    }
+                    g.done |= end_stream;
+                }
+                Event::Data {
+                    stream,
+                    data,
+                    end_stream,
+                } => {
+                    let n = data.len();
+                    let g = self.got.entry(stream).or_default();
+                    g.body.extend_from_slice(data);
+                    g.done |= end_stream;
+                    self.conn.release(stream, n);
+                }
+                Event::Trailers { stream, fields } => {
+                    let g = self.got.entry(stream).or_default();
+                    g.trailers = fields.regular().map(|(n, v)| (s(n), s(v))).collect();
+                    g.done = true;
+                }
+                Event::Reset { stream, code, .. } => {
+                    let g = self.got.entry(stream).or_default();
+                    g.reset = Some(code);
+                    g.done = true;
+                }
+                Event::GoAway { code, .. } => self.goaway = Some(code),
+                _ => {}
+            }
+        }
+        self.flush();
+    }
+
+    /// Pumps until stream `id` is done (or the connection closed), at most `limit`.
+    fn wait(&mut self, id: u32, limit: Duration) -> Got {
+        let end = Instant::now() + limit;
+        while Instant::now() < end && !self.closed && !self.got.get(&id).is_some_and(|g| g.done) {
+            self.pump();
+        }
+        self.got.get(&id).cloned().unwrap_or_default()
+    }
+
+    fn wait_goaway(&mut self, limit: Duration) -> Option<ErrorCode> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end && self.goaway.is_none() && !self.closed {
+            self.pump();
+        }
+        self.goaway
+    }
+}
+
+fn s(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn header<'a>(g: &'a Got, name: &str) -> Option<&'a str> {
+    g.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn three() -> (Backend, Backend, Backend) {
+    (
+        Backend::start("A", "fast", &[]),
+        Backend::start("B", "fast", &[]),
+        Backend::start("C", "fast", &[]),
+    )
+}
+
+#[test]
+fn curl_get_and_post_are_byte_exact() {
+    if !have("curl") {
+        return;
+    }
+    let (a, b, c) = three();
+    let p = Proxy::start(&[&a, &b, &c], &[]);
+    let (code, body) = curl(&["--http2-prior-knowledge", &url(&p, "/bytes/100000")]);
+    assert_eq!(code, 0);
+    assert_eq!(body.len(), 100_000);
+    assert!(body
+        .iter()
+        .enumerate()
+        .all(|(i, &x)| x == b'a' + (i % 26) as u8));
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("payload");
+    std::fs::write(&file, &payload).unwrap();
+    let at = format!("@{}", file.display());
+    let (code, body) = curl(&[
+        "--http2-prior-knowledge",
+        "--data-binary",
+        &at,
+        &url(&p, "/echo"),
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        body == payload,
+        "POST with content-length echoed byte-exact"
+    );
+    // Without content-length the body goes upstream chunked.
+    let (code, body) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &at,
+        &url(&p, "/echo"),
+    ]);
+    assert_eq!(code, 0);
+    assert!(body == payload, "chunked POST echoed byte-exact");
+    // HTTP/1.1 on the same listener is unaffected.
+    let r = common::get(p.addr, "/bytes/10");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"abcdefghij");
+}
+
+#[test]
+fn one_connection_spreads_streams_round_robin() {
+    if !have("nghttp") {
+        return;
+    }
+    let (a, b, c) = three();
+    let p = Proxy::start(&[&a, &b, &c], &[]);
+    let before = [a.requests(), b.requests(), c.requests()];
+    let out = Command::new("nghttp")
+        .args(["-n", "-s", "-m", "300", "-t", "30", &url(&p, "/bytes/64")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", s(&out.stderr));
+    let lines = s(&out.stdout);
+    assert_eq!(lines.lines().filter(|l| l.contains(" 200 ")).count(), 300);
+    let after = [a.requests(), b.requests(), c.requests()];
+    for i in 0..3 {
+        let n = after[i] - before[i];
+        assert!((95..=105).contains(&n), "backend {i} got {n} of 300");
+    }
+}
+
+#[test]
+fn trailers_both_ways() {
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&a], &[]);
+    // Response: a chunked body's trailer section becomes HTTP/2 trailers.
+    let mut h = H2::connect(p.addr);
+    let id = h.request("GET", "/bytes/20?chunked=1", &[], true);
+    let g = h.wait(id, Duration::from_secs(10));
+    assert_eq!(g.status, 200);
+    assert_eq!(g.body.len(), 20);
+    assert!(
+        g.trailers.iter().any(|(n, _)| n == "x-checksum"),
+        "{:?}",
+        g.trailers
+    );
+    // Request: trailers go into the chunked trailer section upstream.
+    let (port, rx) = capture_server();
+    let json = format!(
+        r#"{{"servers": [{{"priority": 0, "name": "M", "address": "127.0.0.1", "port": {port}}}], "healthCheck": {{"enabled": false}}}}"#
+    );
+    let p2 = Proxy::with_config(&json, &[]);
+    let mut h = H2::connect(p2.addr);
+    let id = h.request("POST", "/upload", &[("te", "trailers")], false);
+    h.data(id, b"hello", false);
+    h.conn
+        .send_trailers(id, &pairs(&[("x-sum", "42"), ("host", "dropped")]))
+        .unwrap();
+    h.flush();
+    let g = h.wait(id, Duration::from_secs(10));
+    assert_eq!(g.status, 200, "{g:?}");
+    let seen = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let seen = s(&seen);
+    assert!(seen.contains("Transfer-Encoding: chunked\r\n"), "{seen}");
+    assert!(
+        seen.ends_with("5\r\nhello\r\n0\r\nx-sum: 42\r\n\r\n"),
+        "{seen}"
+    );
+}
+
+/// A one-shot HTTP/1.1 server: reads a chunked request to its end, hands the raw bytes
+/// over, answers 200.
+fn capture_server() -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.ends_with(b"\r\n\r\n") || !got.windows(5).any(|w| w == b"\r\n0\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            let _ = tx.send(got);
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn h2load_without_failures() {
+    if !have("h2load") {
+        return;
+    }
+    let (a, b, c) = three();
+    let p = Proxy::start(&[&a, &b, &c], &[]);
+    let out = Command::new("timeout")
+        .args(["60", "h2load", "-n", "2000", "-c", "4", "-m", "16"])
+        .arg(url(&p, "/bytes/100"))
+        .output()
+        .unwrap();
+    let text = s(&out.stdout);
+    assert!(
+        text.contains("2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed, 0 errored"),
+        "{text}"
+    );
+    let total = a.requests() + b.requests() + c.requests();
+    assert_eq!(total, 2000);
+}
+
+#[test]
+fn sigterm_sends_goaway_and_finishes_streams() {
+    let a = Backend::start("A", "fast", &[]);
+    let mut p = Proxy::start(&[&a], &["--drain-timeout", "5"]);
+    let mut h = H2::connect(p.addr);
+    let id = h.request("GET", "/delay/600", &[], true);
+    // Let the request reach the backend, then drain.
+    let end = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < end {
+        h.pump();
+    }
+    p.signal("TERM");
+    assert_eq!(
+        h.wait_goaway(Duration::from_secs(5)),
+        Some(ErrorCode::NO_ERROR)
+    );
+    let g = h.wait(id, Duration::from_secs(5));
+    assert_eq!(g.status, 200, "the stream in flight finishes: {g:?}");
+    assert!(g.reset.is_none());
+    assert!(p.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+/// The first frame of type `kind` the server sends (payload), within a few seconds.
+fn read_frame(sock: &mut TcpStream, kinds: &[u8]) -> Option<(u8, u32, Vec<u8>)> {
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let kind = buf[3];
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let payload = buf[9..9 + len].to_vec();
+            buf.drain(..9 + len);
+            if kinds.contains(&kind) {
+                return Some((kind, stream, payload));
+            }
+        }
+        match sock.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+const RST: u8 = 3;
+const GOAWAY: u8 = 7;
+
+fn code_of(kind: u8, payload: &[u8]) -> ErrorCode {
+    let at = if kind == GOAWAY { 4 } else { 0 };
+    ErrorCode(u32::from_be_bytes(payload[at..at + 4].try_into().unwrap()))
+}
+
+#[test]
+fn malformed_http2_is_refused_and_never_forwarded() {
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&a], &[]);
+    let before = a.requests();
+    // A broken preface: GOAWAY PROTOCOL_ERROR.
+    let mut sock = TcpStream::connect(p.addr).unwrap();
+    let mut bad = PREFACE.to_vec();
+    bad[20] = b'X';
+    sock.write_all(&bad).unwrap();
+    let (kind, _, payload) = read_frame(&mut sock, &[GOAWAY]).expect("GOAWAY");
+    assert_eq!(code_of(kind, &payload), ErrorCode::PROTOCOL_ERROR);
+    // Malformed requests: RST_STREAM PROTOCOL_ERROR, the connection goes on.
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "x"),
+            (":path", "/bytes/1"),
+            ("X-Upper", "1"),
+        ],
+        vec![
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "x"),
+            (":path", "/bytes/1"),
+            ("connection", "keep-alive"),
+        ],
+        vec![(":method", "GET"), (":scheme", "http"), (":authority", "x")],
+        vec![
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/bytes/1"),
+            (":authority", "x"),
+            (":status", "200"),
+        ],
+        vec![
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "x"),
+            (":path", "/a b"),
+        ],
+    ];
+    let mut h = H2::connect(p.addr);
+    for f in &cases {
+        let id = h.raw_headers(f, true);
+        let g = h.wait(id, Duration::from_secs(5));
+        assert_eq!(g.reset, Some(ErrorCode::PROTOCOL_ERROR), "{f:?}: {g:?}");
+        assert_eq!(g.status, 0);
+    }
+    // DATA on a closed stream: STREAM_CLOSED.
+    let id = h.request("GET", "/bytes/1", &[], true);
+    let g = h.wait(id, Duration::from_secs(5));
+    assert_eq!(g.status, 200);
+    let mut frame = vec![0, 0, 1, 0, 0];
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.push(b'x');
+    h.sock.write_all(&frame).unwrap();
+    let (kind, _, payload) = read_frame(&mut h.sock, &[RST, GOAWAY]).expect("an error");
+    assert_eq!(code_of(kind, &payload), ErrorCode::STREAM_CLOSED);
+    // Only the one valid request reached the backend.
+    assert_eq!(a.requests() - before, 1);
+}
+
+#[test]
+fn client_reset_aborts_only_its_stream() {
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&a], &["--admin", "127.0.0.1:0"]);
+    let mut h = H2::connect(p.addr);
+    let slow = h.request("GET", "/delay/2000", &[], true);
+    let upload = h.request("POST", "/echo", &[], false);
+    h.data(upload, &[b'u'; 1000], false);
+    let end = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < end {
+        h.pump();
+    }
+    h.conn.reset(slow, ErrorCode::CANCEL);
+    h.conn.reset(upload, ErrorCode::CANCEL);
+    h.flush();
+    let ok = h.request("GET", "/bytes/5", &[], true);
+    let g = h.wait(ok, Duration::from_secs(5));
+    assert_eq!(g.status, 200);
+    assert_eq!(g.body, b"abcde");
+    assert_eq!(header(&g, "x-backend"), Some("A"));
+    assert!(h.got.get(&slow).is_none_or(|g| g.status == 0));
+    // Counted as client aborts, and the resets as HTTP/2 resets received.
+    let admin = p.admin.unwrap();
+    assert!(common::eventually(Duration::from_secs(5), || {
+        let r = common::get(admin, "/stats");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["totals"]["client_aborts"].as_u64() == Some(2)
+            && v["totals"]["h2"]["resets_received"].as_u64() == Some(2)
+            && v["totals"]["h2"]["streams"].as_u64() == Some(3)
+    }));
+    let m = common::get(admin, "/metrics").text();
+    assert!(m.contains("corelb_h2_resets_received_total 2"), "{m}");
+}
+
+#[test]
+fn backend_lost_before_head_is_502_and_mid_body_is_a_stream_reset() {
+    let a = Backend::start("A", "fast", &[]);
+    let dead = common::dead_port();
+    let json = format!(
+        r#"{{"servers": [{{"priority": 0, "name": "D", "address": "127.0.0.1", "port": {dead}}}], "healthCheck": {{"enabled": false}}}}"#
+    );
+    let p = Proxy::with_config(&json, &[]);
+    let mut h = H2::connect(p.addr);
+    let id = h.request("GET", "/bytes/5", &[], true);
+    let g = h.wait(id, Duration::from_secs(10));
+    assert_eq!(g.status, 502, "{g:?}");
+    // /close: the backend closes mid-body: that stream is reset, the connection lives.
+    let p = Proxy::start(&[&a], &[]);
+    let mut h = H2::connect(p.addr);
+    let id = h.request("GET", "/close", &[], true);
+    let g = h.wait(id, Duration::from_secs(10));
+    assert_eq!(g.reset, Some(ErrorCode::INTERNAL_ERROR), "{g:?}");
+    let id = h.request("GET", "/bytes/3", &[], true);
+    assert_eq!(h.wait(id, Duration::from_secs(5)).body, b"abc");
+}
+
+#[test]
+fn streams_are_logged_with_their_protocol_and_retried_like_http1() {
+    let a = Backend::start("A", "fast", &[]);
+    let dead = common::dead_port();
+    // A dead server first in line: its connect failures are retried on A (and count).
+    let json = format!(
+        r#"{{"servers": [{{"priority": 0, "name": "D", "address": "127.0.0.1", "port": {dead}}}, {{"priority": 0, "name": "A", "address": "127.0.0.1", "port": {}}}], "healthCheck": {{"enabled": false}}}}"#,
+        a.port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("log.csv");
+    let mut p = Proxy::with_config(
+        &json,
+        &[
+            "--log-csv",
+            csv.to_str().unwrap(),
+            "--upstream",
+            "per-request",
+        ],
+    );
+    let mut h = H2::connect(p.addr);
+    let ids: Vec<u32> = (0..6)
+        .map(|_| h.request("GET", "/bytes/4", &[], true))
+        .collect();
+    for id in ids {
+        let g = h.wait(id, Duration::from_secs(10));
+        assert_eq!(g.status, 200, "{g:?}");
+        assert_eq!(header(&g, "x-backend"), Some("A"));
+    }
+    assert_eq!(common::get(p.addr, "/bytes/1").status, 200);
+    drop(h);
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    let mut rdr = csv::Reader::from_path(&csv).unwrap();
+    let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(header.last().map(String::as_str), Some("protocol"));
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 7);
+    let h2 = rows.iter().filter(|r| &r[14] == "h2>http1").count();
+    let h1 = rows.iter().filter(|r| &r[14] == "http1").count();
+    assert_eq!((h2, h1), (6, 1));
+    assert!(rows.iter().all(|r| &r[3] == "200"));
+    // Per-request upstream mode: every request had a connection of its own.
+    assert!(a.stats().1 >= 7);
+}
+
+#[test]
+fn a_client_that_never_opens_its_window_is_timed_out() {
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&a], &["--idle-timeout", "1", "--admin", "127.0.0.1:0"]);
+    let mut h = H2::connect(p.addr);
+    let id = h.request("GET", "/bytes/1000000", &[], true);
+    // Read what comes but never release it: no WINDOW_UPDATE, the window stays shut.
+    let start = Instant::now();
+    let mut got = 0;
+    let mut buf = [0u8; 65536];
+    h.sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let closed = loop {
+        match h.sock.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => {}
+        }
+        if start.elapsed() > Duration::from_secs(8) {
+            break false;
+        }
+    };
+    assert!(closed, "closed after the idle timeout");
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    // The client announced a 256 KiB stream window (the codec default).
+    assert!(got < 300_000, "no more than the window was sent: {got}");
+    let _ = id;
+    let admin = p.admin.unwrap();
+    assert!(common::eventually(Duration::from_secs(5), || {
+        let r = common::get(admin, "/stats");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["totals"]["client_aborts"].as_u64() == Some(1)
+    }));
+}
+
+#[test]
+fn rapid_reset_is_cut_off_and_counted() {
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&a], &["--admin", "127.0.0.1:0"]);
+    let mut h = H2::connect(p.addr);
+    for _ in 0..260 {
+        let Some(id) = h.conn.open_stream() else {
+            break;
+        };
+        let f = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "x"),
+            (":path", "/delay/100"),
+        ];
+        h.conn.send_headers(id, &pairs(&f), true).unwrap();
+        h.conn.reset(id, ErrorCode::CANCEL);
+    }
+    h.flush();
+    assert_eq!(
+        h.wait_goaway(Duration::from_secs(5)),
+        Some(ErrorCode::ENHANCE_YOUR_CALM)
+    );
+    let admin = p.admin.unwrap();
+    assert!(common::eventually(Duration::from_secs(5), || {
+        let r = common::get(admin, "/stats");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["totals"]["h2"]["rapid_resets"].as_u64() == Some(1)
+    }));
+    let m = common::get(admin, "/metrics").text();
+    assert!(m.contains("corelb_h2_rapid_resets_total 1"), "{m}");
+    // The worker goes on serving.
+    let mut h = H2::connect(p.addr);
+    let id = h.request("GET", "/bytes/2", &[], true);
+    assert_eq!(h.wait(id, Duration::from_secs(5)).body, b"ab");
+}
+
+#[test]
+fn idle_connections_get_goaway_and_connect_is_refused() {
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&a], &["--idle-timeout", "1"]);
+    let mut h = H2::connect(p.addr);
+    let f = [(":method", "CONNECT"), (":authority", "example.com:443")];
+    let id = h.raw_headers(&f, false);
+    let g = h.wait(id, Duration::from_secs(5));
+    assert_eq!(g.status, 405, "{g:?}");
+    let started = Instant::now();
+    assert_eq!(
+        h.wait_goaway(Duration::from_secs(5)),
+        Some(ErrorCode::NO_ERROR)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    assert_eq!(a.requests(), 0);
+}
