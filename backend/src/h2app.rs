@@ -425,7 +425,9 @@ impl App<'_> {
         for id in due {
             let job = self.jobs.get_mut(&id).expect("listed");
             job.due = None;
-            if let Some(c) = &mut job.chunks {
+            // Once the head is out, a timer is the pause between streamed chunks; before
+            // it, the profile delay of the answer (a stream's chunk plan is already set).
+            if let Some(c) = job.chunks.as_mut().filter(|_| job.head_sent) {
                 c.ready = true;
                 continue;
             }
