@@ -11,7 +11,7 @@ PROFILE ?= seed
 ARGS ?=
 BIN := target/release
 
-.PHONY: all build release run backends test test-browser lint fmt bench bench-quick \
+.PHONY: all build release run backends test test-grpc test-browser lint fmt bench bench-quick \
 	bench-sizes bench-ab abuse conformance fuzz clean
 
 all: build
@@ -52,6 +52,15 @@ backends: release
 test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+# Only the gRPC interop suite (tests/grpc: grpcio against corelb-backend --protocol grpc,
+# and tests/grpc/tts_server.py against tts_client.py); `make test` runs it too, through
+# tests/grpc_interop.rs. tests/grpc/setup.sh makes the venv (target/grpc-venv) once.
+GRPC_PY := target/grpc-venv/bin/python
+test-grpc:
+	$(CARGO) build --workspace --bins
+	tests/grpc/setup.sh
+	cd tests/grpc && PYTHONDONTWRITEBYTECODE=1 ../../$(GRPC_PY) -m pytest -q -p no:cacheprovider .
 
 # HTTP/1.1 conformance (tests/conformance/cases.rs) of corelb, NGINX and HAProxy side by
 # side: per-case pass/FAIL and the three scores. CONFORMANCE_DETAILS=1 prints each failure.
