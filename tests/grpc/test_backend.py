@@ -255,3 +255,42 @@ def test_many_connections(backend):
     for _ in range(20):
         with backend.channel() as ch:
             assert pb_grpc.TTSStub(ch).Synthesize(req(), timeout=TIMEOUT).backend == "A"
+
+
+def test_large_metadata_continuation(backend):
+    # 40 KiB of metadata each way: HEADERS plus CONTINUATION frames, and HPACK literals
+    # longer than the dynamic table (grpcio's frames are at most 16 KiB).
+    big = "v" * 20_000
+    opts = [("grpc.max_metadata_size", 256 * 1024)]
+    with grpc.insecure_channel(backend.addr, options=opts) as ch:
+        stub = pb_grpc.TTSStub(ch)
+        sent = [("x-echo-big1", big), ("x-echo-big2", big.upper())]
+        _, call = stub.Synthesize.with_call(req(), metadata=sent, timeout=TIMEOUT)
+        for md in (dict(call.initial_metadata()), dict(call.trailing_metadata())):
+            assert (md["x-echo-big1"], md["x-echo-big2"]) == (big, big.upper())
+
+
+def test_more_streams_than_the_limit(channel):
+    # The backend allows 256 concurrent streams; grpcio queues the rest until some end.
+    stub = pb_grpc.TTSStub(channel)
+    streams = [
+        stub.SynthesizeStream(req(chunks=3, chunk_interval_ms=100), timeout=TIMEOUT)
+        for _ in range(300)
+    ]
+    assert all(len(list(it)) == 3 for it in streams)
+
+
+def test_keepalive_pings(backend):
+    # grpcio pings every 100 ms and drops the connection if a PING goes unanswered for 200 ms.
+    opts = [
+        ("grpc.keepalive_time_ms", 100),
+        ("grpc.keepalive_timeout_ms", 200),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    with grpc.insecure_channel(backend.addr, options=opts) as ch:
+        stub = pb_grpc.TTSStub(ch)
+        got = list(stub.SynthesizeStream(req(chunks=6, chunk_interval_ms=120), timeout=TIMEOUT))
+        assert len(got) == 6
+        time.sleep(0.4)
+        assert stub.Synthesize(req(), timeout=TIMEOUT).backend == "A"
