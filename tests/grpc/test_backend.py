@@ -161,20 +161,20 @@ def test_slow_profile_answers(start_server):
 
 
 def test_deadline(start_server):
-    s = start_server(backend_argv(profile="fixed:600"))
+    s = start_server(backend_argv(profile="fixed:1500"))
     with s.channel() as ch:
         stub = pb_grpc.TTSStub(ch)
         t0 = time.monotonic()
         with pytest.raises(grpc.RpcError) as e:
             stub.Synthesize(req(), timeout=0.1)
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1.0
         with pytest.raises(grpc.RpcError) as e:
             list(stub.SynthesizeStream(req(), timeout=0.1))
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # The backend dropped the expired calls and serves the next one in time.
         r = stub.Synthesize(req(), timeout=TIMEOUT)
-        assert r.latency_ms == 600
+        assert r.latency_ms == 1500
         assert s.alive()
 
 
