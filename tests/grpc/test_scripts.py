@@ -10,7 +10,7 @@ import sys
 import grpc
 import pytest
 
-from conftest import TTS_CLIENT, backend_argv, tts_server_argv
+from conftest import TTS_CLIENT, Server, backend_argv, tts_server_argv
 from stubs import health_pb2, health_pb2_grpc, pb, pb_grpc
 
 TIMEOUT = 10
@@ -32,8 +32,6 @@ def client(addr, *args, check=True):
 @pytest.fixture(scope="module")
 def servers():
     """Two tts_server.py (X and Y) and a corelb-backend (A)."""
-    from conftest import Server
-
     started = [Server(tts_server_argv(id="X")), Server(tts_server_argv(id="Y")), Server(backend_argv())]
     yield started
     for s in started:

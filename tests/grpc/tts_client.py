@@ -13,6 +13,7 @@ Exit status: 0 if every call ended OK (or --allow-errors), 1 otherwise.
 import argparse
 import collections
 import json
+import math
 import os
 import sys
 import threading
@@ -27,8 +28,8 @@ from stubs import pb, pb_grpc  # noqa: E402
 def percentile(sorted_values, q):
     if not sorted_values:
         return 0.0
-    i = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values) + 0.5) - 1))
-    return sorted_values[i]
+    # Nearest rank: the smallest value with at least q of the values at or below it.
+    return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
 
 
 def one_call(stub, mode, request, timeout, metadata):
