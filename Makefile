@@ -1,5 +1,6 @@
 # corelb: build, run, test, lint, bench.
 #   make run MODE=adaptive_sma UPSTREAM=per-request   backends A, B, C + proxy on :9090
+#   make run PROTOCOL=grpc                            gRPC backends on 50051-50053 + proxy
 #   make test                                         unit + integration tests
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -9,9 +10,25 @@ PORT ?= 9090
 WORKERS ?=
 PROFILE ?= seed
 ARGS ?=
+PROTOCOL ?= http
 BIN := target/release
 
-.PHONY: all build release run backends test test-browser lint fmt bench bench-quick \
+# PROTOCOL=grpc: the backends speak gRPC (the TTS service of backend/proto/tts.proto) on
+# 50051-50053, the seed's gRPC port, and corelb gets a generated config in the seed's format
+# naming them (tts@container1..3) and checks them by TCP connect. corelb's gRPC proxying
+# lands with the HTTP/2 work in src/proxy/; until then it starts but cannot forward gRPC.
+ifeq ($(PROTOCOL),grpc)
+BACKEND_BASE := 50050
+BACKEND_ARGS := --protocol grpc
+RUN_CONFIG := target/run-grpc.json
+RUN_ARGS := --config $(RUN_CONFIG) --health-check tcp
+else ifeq ($(PROTOCOL),http)
+BACKEND_BASE := 8080
+else
+$(error PROTOCOL=$(PROTOCOL): expected http or grpc)
+endif
+
+.PHONY: all build release run backends test test-grpc test-browser lint fmt bench bench-quick \
 	bench-sizes bench-ab abuse conformance fuzz clean
 
 all: build
@@ -22,14 +39,19 @@ build:
 release:
 	$(CARGO) build --release --workspace
 
-# `make run`: backends A, B, C on 8081-8083 with the seed's latency profiles, then the proxy
-# on $(PORT).
-# Starts A, B, C on 8081-8083 in the background, collecting their pids in $$pids (used
-# inside the recipes below).
+# `make run`: backends A, B, C on 8081-8083 (gRPC: 50051-50053) with the seed's latency
+# profiles, then the proxy on $(PORT).
+# Starts A, B, C in the background, collecting their pids in $$pids (used inside the
+# recipes below).
 START_BACKENDS = for id in A B C; do \
-	  port=$$((8080 + $$(printf '%d' "'$$id") - 64)); \
-	  $(BIN)/corelb-backend --id $$id --port $$port --profile $(PROFILE) & pids="$$pids $$!"; \
+	  port=$$(($(BACKEND_BASE) + $$(printf '%d' "'$$id") - 64)); \
+	  $(BIN)/corelb-backend --id $$id --port $$port --profile $(PROFILE) $(BACKEND_ARGS) & \
+	  pids="$$pids $$!"; \
 	done
+
+# The seed's config format, naming the gRPC backends as the seed named its TTS servers.
+GRPC_SERVER = {"name":"tts@container$(1)","address":"127.0.0.1","port":5005$(1),"priority":0,"load":1}
+WRITE_RUN_CONFIG = printf '%s\n' '{"heartbeatInterval":2,"heartbeatTimeout":1,"servers":[$(call GRPC_SERVER,1),$(call GRPC_SERVER,2),$(call GRPC_SERVER,3)]}' > $(RUN_CONFIG)
 
 # Ctrl-C (or any child exiting) stops everything: the children run in their own process
 # groups (set -m, so they do not ignore signals), so the trap signals each one by pid; corelb
@@ -37,10 +59,11 @@ START_BACKENDS = for id in A B C; do \
 STOP_ALL = trap 'kill $$pids 2>/dev/null; wait; exit 0' INT TERM
 
 run: release
+	$(if $(RUN_CONFIG),@$(WRITE_RUN_CONFIG))
 	@set -m; pids=""; $(STOP_ALL); \
 	$(START_BACKENDS); \
 	sleep 0.3; \
-	$(BIN)/corelb $(MODE) --upstream $(UPSTREAM) --listen $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS) & pids="$$pids $$!"; \
+	$(BIN)/corelb $(MODE) --upstream $(UPSTREAM) --listen $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(RUN_ARGS) $(ARGS) & pids="$$pids $$!"; \
 	wait -n; kill $$pids 2>/dev/null; wait
 
 # Only the three backends (for running the proxy by hand or under a debugger).
@@ -52,6 +75,15 @@ backends: release
 test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+# Only the gRPC interop suite (tests/grpc: grpcio against corelb-backend --protocol grpc,
+# and tests/grpc/tts_server.py against tts_client.py); `make test` runs it too, through
+# tests/grpc_interop.rs. tests/grpc/setup.sh makes the venv (target/grpc-venv) once.
+GRPC_PY := target/grpc-venv/bin/python
+test-grpc:
+	$(CARGO) build --workspace --bins
+	tests/grpc/setup.sh
+	cd tests/grpc && PYTHONDONTWRITEBYTECODE=1 ../../$(GRPC_PY) -m pytest -q -p no:cacheprovider .
 
 # HTTP/1.1 conformance (tests/conformance/cases.rs) of corelb, NGINX and HAProxy side by
 # side: per-case pass/FAIL and the three scores. CONFORMANCE_DETAILS=1 prints each failure.

@@ -8,6 +8,9 @@
 //! `/echo` echoes request trailers as response trailers; `/bytes/N?chunked=1` ends with an
 //! `x-checksum` trailer. `/close` sends 10 of 100 promised bytes then resets the stream;
 //! `/garbage` ends the connection with GOAWAY PROTOCOL_ERROR.
+//!
+//! gRPC answers carry `x-backend` in the head and in the trailers of an OK call, and echo
+//! `x-echo-*` request metadata in both.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -31,6 +34,10 @@ pub enum Work {
     Trailers,
     Grpc(Method),
 }
+
+/// Request metadata a gRPC answer echoes: `x-echo-*` fields come back in the initial and in
+/// the trailing metadata (values as received, so `-bin` fields stay base64).
+const ECHO_PREFIX: &[u8] = b"x-echo-";
 
 /// How a stream ends once its body is out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +78,8 @@ pub struct Job {
     pattern: Option<(u64, u64)>,
     chunks: Option<Chunks>,
     finish: Finish,
+    /// gRPC: the `x-echo-*` request metadata.
+    echo: Pairs,
 }
 
 impl Job {
@@ -88,6 +97,7 @@ impl Job {
             pattern: None,
             chunks: None,
             finish: Finish::Open,
+            echo: Vec::new(),
         }
     }
 }
@@ -173,22 +183,26 @@ impl App<'_> {
         self.head(ctx, id, 200, &extra, true);
     }
 
-    /// A gRPC response head; messages and trailers follow.
+    /// A gRPC response head with the echoed metadata; messages and trailers follow.
     fn grpc_head(&mut self, ctx: &Ctx<'_>, id: StreamId) {
-        self.head(
-            ctx,
-            id,
-            200,
-            &[(b"content-type", b"application/grpc")],
-            false,
-        );
+        let echo = self
+            .jobs
+            .get(&id)
+            .map(|j| j.echo.clone())
+            .unwrap_or_default();
+        let mut extra: Vec<(&[u8], &[u8])> = vec![(b"content-type", b"application/grpc")];
+        extra.extend(echo.iter().map(|(n, v)| (&n[..], &v[..])));
+        self.head(ctx, id, 200, &extra, false);
     }
 
-    fn grpc_ok() -> Finish {
-        Finish::Trailers(vec![(
-            b"grpc-status".to_vec(),
-            code::OK.to_string().into_bytes(),
-        )])
+    /// The trailers of a successful call: status 0, `x-backend` and the echoed metadata.
+    fn grpc_ok(job: &Job, backend: &str) -> Finish {
+        let mut t = vec![
+            (b"grpc-status".to_vec(), code::OK.to_string().into_bytes()),
+            (b"x-backend".to_vec(), backend.as_bytes().to_vec()),
+        ];
+        t.extend(job.echo.iter().cloned());
+        Finish::Trailers(t)
     }
 
     pub fn on_headers(&mut self, ctx: &mut Ctx<'_>, id: StreamId, fields: &Fields, end: bool) {
@@ -415,7 +429,9 @@ impl App<'_> {
         for id in due {
             let job = self.jobs.get_mut(&id).expect("listed");
             job.due = None;
-            if let Some(c) = &mut job.chunks {
+            // Once the head is out, a timer is the pause between streamed chunks; before
+            // it, the profile delay of the answer (a stream's chunk plan is already set).
+            if let Some(c) = job.chunks.as_mut().filter(|_| job.head_sent) {
                 c.ready = true;
                 continue;
             }
@@ -490,7 +506,13 @@ impl App<'_> {
         if method.counted() {
             self.count(ctx);
         }
-        self.jobs.insert(id, Job::new(Work::Grpc(method), false));
+        let mut job = Job::new(Work::Grpc(method), false);
+        job.echo = fields
+            .iter()
+            .filter(|(n, _)| n.starts_with(ECHO_PREFIX))
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        self.jobs.insert(id, job);
         if end {
             self.request_end(ctx, id);
         }
@@ -584,7 +606,7 @@ impl App<'_> {
         self.grpc_head(ctx, id);
         if let Some(job) = self.jobs.get_mut(&id) {
             job.out = out;
-            job.finish = App::grpc_ok();
+            job.finish = App::grpc_ok(job, &ctx.cfg.id);
         }
     }
 
@@ -620,7 +642,7 @@ impl App<'_> {
                 job.finish = Finish::Reset(ErrorCode::INTERNAL_ERROR);
             } else {
                 grpc::frame_message(&resp, &mut job.out);
-                job.finish = App::grpc_ok();
+                job.finish = App::grpc_ok(job, &ctx.cfg.id);
             }
             return;
         }
@@ -724,7 +746,7 @@ fn refill(job: &mut Job, ctx: &mut Ctx<'_>, conn_id: u64) -> bool {
     grpc::frame_message(&chunk, &mut job.out);
     c.next += 1;
     if c.next == c.total {
-        job.finish = App::grpc_ok();
+        job.finish = App::grpc_ok(job, &ctx.cfg.id);
     } else if !c.interval.is_zero() {
         c.ready = false;
         job.due = Some(ctx.now + c.interval);
