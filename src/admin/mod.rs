@@ -634,7 +634,8 @@ mod tests {
     #[test]
     fn parse_rejects_bad_heads() {
         assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost"), Ok(None)));
-        assert_eq!(parse(b"GET / HTTP/9.9\r\n\r\n").err(), Some(400));
+        // HTTP/2 and above are answered 505 by the proxy's parser (RFC 9110 §15.6.6).
+        assert_eq!(parse(b"GET / HTTP/9.9\r\n\r\n").err(), Some(505));
         assert_eq!(
             parse(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n").err(),
             Some(400)
