@@ -58,6 +58,9 @@ KiB, MiB = 1 << 10, 1 << 20
 # The sizes scenario: body sizes of the downloads and uploads, and of a quick run.
 SIZES = [0, 4 * KiB, 64 * KiB, MiB, 16 * MiB]
 QUICK_SIZES = [4 * KiB, MiB]
+# BENCH_SIZES=0,1048576,16777216 picks some of them (bytes, comma-separated).
+if os.environ.get("BENCH_SIZES"):
+    SIZES = [int(x) for x in os.environ["BENCH_SIZES"].split(",")]
 # Its runs last this long unless --seconds or BENCH_SECONDS says otherwise: 40 targets x 3
 # repetitions of 30 s would add an hour to `make bench`, and bulk transfers settle fast.
 SIZES_SECONDS = 10
@@ -585,6 +588,9 @@ def build_scenarios(caps: Caps, reps_full: int, quick: bool, only: Optional[set]
     if quick:
         sizes.notes.append("quick run: sizes " + ", ".join(map(fmt_size, QUICK_SIZES))
                            + " only (a full run: " + ", ".join(map(fmt_size, SIZES)) + ").")
+    elif os.environ.get("BENCH_SIZES"):
+        sizes.notes.append("sizes chosen with BENCH_SIZES: " + ", ".join(map(fmt_size, SIZES))
+                           + ".")
     out.append(sizes)
 
     return [s for s in out if only is None or s.key in only]
