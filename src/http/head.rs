@@ -449,7 +449,12 @@ pub fn parse_request<'h, 'b>(
                 "both Content-Length and Transfer-Encoding",
             ));
         }
-        if f.unknown_coding && !f.te_empty {
+        // An empty Transfer-Encoding field is malformed wherever it stands: a later field
+        // must not make it, or an unknown coding beside it, pass (found by fuzzing).
+        if f.te_empty {
+            return Err(Reject::BadRequest("empty Transfer-Encoding"));
+        }
+        if f.unknown_coding {
             return Err(Reject::NotImplemented);
         }
         if !f.chunked_last || f.chunked_count != 1 || f.chunked_params {
@@ -590,7 +595,12 @@ pub fn parse_response_with<'h, 'b>(
         if f.length.is_some() {
             return Err(BadResponse("both Content-Length and Transfer-Encoding"));
         }
-        if f.unknown_coding || !f.chunked_last || f.chunked_count != 1 || f.chunked_params {
+        if f.te_empty
+            || f.unknown_coding
+            || !f.chunked_last
+            || f.chunked_count != 1
+            || f.chunked_params
+        {
             return Err(BadResponse("Transfer-Encoding must end in one chunked"));
         }
     }

@@ -657,3 +657,25 @@ fn forwarded_for_formats_both_address_families() {
         assert!(text.contains(want), "{text}");
     }
 }
+
+/// Found by fuzzing: an empty Transfer-Encoding field let a later field's unknown coding
+/// through as chunked (and the rewritten head was then refused with 501).
+#[test]
+fn an_empty_transfer_encoding_field_is_refused_wherever_it_stands() {
+    for req in [
+        &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:,\r\nTransfer-Encoding: x, chunked\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: , \r\n\r\n",
+    ] {
+        let mut h = header_array();
+        assert_eq!(
+            parse_request(req, &mut h).err().map(|r| r.status()),
+            Some(400),
+            "{}",
+            String::from_utf8_lossy(req)
+        );
+    }
+    let mut h = header_array();
+    let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert!(parse_response(resp, &mut h, false).is_err());
+}
