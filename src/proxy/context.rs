@@ -18,7 +18,7 @@ use crate::rng::XorShift;
 use crate::shared::Shared;
 use crate::timer::Timers;
 
-use super::decide::Limits;
+use super::decide::{self, Failure, Limits, Replay};
 use super::exchange::{Exchange, Start};
 use super::splice::PipePool;
 
@@ -208,6 +208,38 @@ impl Ctx {
             rec.stamp();
             log.send(rec);
         }
+    }
+
+    /// Where a failed attempt of `ex` on backend `old` goes next, as (backend, fresh
+    /// connection), or `None` when it is not retried: the keep-alive race goes back to the
+    /// same server on a fresh connection, outside the budget; anything else safe to replay
+    /// goes to another server, if the retry budget allows. The policy excludes the server
+    /// that just failed; servers that failed earlier are refused here (a few draws, then
+    /// give up). HTTP/1.1 exchanges and HTTP/2 streams share this.
+    pub fn retry_target(
+        &mut self,
+        ex: &Exchange,
+        old: usize,
+        why: Failure,
+    ) -> Option<(usize, bool)> {
+        match decide::replay(&ex.attempt_facts(), why, self.shared.cfg.retry.count) {
+            Replay::No => return None,
+            Replay::Fresh => return Some((old, true)),
+            Replay::Elsewhere => {}
+        }
+        if !self.budget.withdraw(self.now) {
+            return None;
+        }
+        let mut tried = ex.tried;
+        tried.insert(old);
+        let balancer = &self.shared.balancer;
+        for _ in 0..4 {
+            match balancer.pick(Some(old)) {
+                Some(b) if tried.contains(b) => balancer.cancel(b),
+                other => return other.map(|b| (b, false)),
+            }
+        }
+        None
     }
 
     /// Accounts a failed attempt that is retried: the backend's stats and health only

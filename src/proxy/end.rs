@@ -9,7 +9,7 @@ use crate::debug;
 use crate::health::Outcome;
 
 use super::client::Phase;
-use super::decide::{self, Failure, PoolCheck, Replay};
+use super::decide::{self, Failure, PoolCheck};
 use super::exchange::NONE;
 use super::{Proxy, Step};
 
@@ -27,7 +27,6 @@ impl Proxy {
     /// the backend had already closed (the keep-alive race), on a fresh connection to the
     /// same one. True if a new attempt is under way (or the client has been answered).
     fn retry(&mut self, ci: usize, why: Failure) -> bool {
-        let max = self.ctx.shared.cfg.retry.count;
         let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
             return false;
         };
@@ -36,36 +35,8 @@ impl Proxy {
             return false;
         }
         let old = self.ups[ui].backend;
-        let stale = match decide::replay(&ex.attempt_facts(), why, max) {
-            Replay::No => return false,
-            Replay::Fresh => true,
-            Replay::Elsewhere => false,
-        };
-        let next = if stale {
-            old
-        } else {
-            if !self.ctx.budget.withdraw(self.ctx.now) {
-                return false;
-            }
-            let mut tried = ex.tried;
-            tried.insert(old);
-            // The policy excludes the server that just failed; servers that failed earlier
-            // are refused here (a few draws, then give up).
-            let balancer = &self.ctx.shared.balancer;
-            let mut pick = None;
-            for _ in 0..4 {
-                match balancer.pick(Some(old)) {
-                    Some(b) if tried.contains(b) => balancer.cancel(b),
-                    other => {
-                        pick = other;
-                        break;
-                    }
-                }
-            }
-            match pick {
-                Some(b) => b,
-                None => return false,
-            }
+        let Some((next, stale)) = self.ctx.retry_target(ex, old, why) else {
+            return false;
         };
         // Detach the failed attempt; the exchange moves on with what it learnt.
         self.ctx.closed_ups.push(ui);

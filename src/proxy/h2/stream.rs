@@ -15,7 +15,7 @@ use crate::health::Outcome;
 use crate::http::{self, Body, BodyKind, Method};
 
 use super::super::context::Ctx;
-use super::super::decide::{self, Failure, PoolCheck, Replay};
+use super::super::decide::{self, Failure, PoolCheck};
 use super::super::exchange::{Exchange, Resp, NONE};
 use super::super::io::{read_into, would_block, Io};
 use super::super::upstream::UpState;
@@ -532,36 +532,10 @@ impl Proxy {
     /// Tries stream `i` again after `why`, as `end.rs` does for HTTP/1.1. `None`: not
     /// retried; `Some(attached)`: a new attempt (or the stream was answered 502).
     fn h2_retry(&mut self, ci: usize, s: &mut H2Session, i: usize, why: Failure) -> Option<bool> {
-        let max = self.ctx.shared.cfg.retry.count;
         let ex = &mut s.streams[i].ex;
         let ui = ex.up;
         let old = self.ups[ui].backend;
-        let stale = match decide::replay(&ex.attempt_facts(), why, max) {
-            Replay::No => return None,
-            Replay::Fresh => true,
-            Replay::Elsewhere => false,
-        };
-        let next = if stale {
-            old
-        } else {
-            if !self.ctx.budget.withdraw(self.ctx.now) {
-                return None;
-            }
-            let mut tried = ex.tried;
-            tried.insert(old);
-            let balancer = &self.ctx.shared.balancer;
-            let mut pick = None;
-            for _ in 0..4 {
-                match balancer.pick(Some(old)) {
-                    Some(b) if tried.contains(b) => balancer.cancel(b),
-                    other => {
-                        pick = other;
-                        break;
-                    }
-                }
-            }
-            pick?
-        };
+        let (next, stale) = self.ctx.retry_target(ex, old, why)?;
         self.remove_upstream(ui);
         if !stale {
             self.ctx.account_attempt(old, ex.attempt);
