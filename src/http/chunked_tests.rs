@@ -238,59 +238,33 @@ fn random_body(rng: &mut Rng) -> (Vec<u8>, Vec<u8>) {
     (body, data)
 }
 
-/// Feeds `input` in pieces ending at `cuts`; returns the data, whether the body ended, the
-/// bytes consumed (0 after an error: `decode` does not say where in a piece it failed),
-/// and the error if any.
-pub(crate) fn feed_split(
-    input: &[u8],
-    cuts: &[usize],
-) -> (Vec<u8>, bool, usize, Option<ChunkError>) {
-    let mut d = ChunkedDecoder::new();
-    let (mut data, mut at) = (Vec::new(), 0);
-    let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
-    ends.sort_unstable();
-    ends.push(input.len());
-    for end in ends {
-        while at < end && !d.is_done() {
-            match d.decode(&input[at..end]) {
-                Ok(p) => {
-                    data.extend_from_slice(&input[at..end][p.data]);
-                    at += p.consumed;
-                }
-                Err(e) => return (data, false, 0, Some(e)),
-            }
-        }
-    }
-    (data, d.is_done(), at, None)
-}
-
 #[test]
 fn any_read_split_gives_the_same_result() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for round in 0..3000 {
         let (mut body, data) = random_body(&mut rng);
         body.extend_from_slice(b"NEXT");
-        let whole = feed_split(&body, &[]);
+        let whole = crate::http::fuzzing::chunked_split(&body, &[]);
         assert_eq!(whole, (data, true, body.len() - 4, None), "round {round}");
         // Corrupt one byte now and then: errors must not depend on the split either.
         if round % 2 == 1 {
             let i = rng.below(body.len() as u64) as usize;
             body[i] = rng.next() as u8;
         }
-        let whole = feed_split(&body, &[]);
+        let whole = crate::http::fuzzing::chunked_split(&body, &[]);
         for _ in 0..8 {
             let cuts: Vec<usize> = (0..rng.below(12))
                 .map(|_| rng.below(body.len() as u64 + 1) as usize)
                 .collect();
             assert_eq!(
-                feed_split(&body, &cuts),
+                crate::http::fuzzing::chunked_split(&body, &cuts),
                 whole,
                 "round {round}, cuts {cuts:?}"
             );
         }
         let bytewise: Vec<usize> = (1..body.len()).collect();
         assert_eq!(
-            feed_split(&body, &bytewise),
+            crate::http::fuzzing::chunked_split(&body, &bytewise),
             whole,
             "round {round} byte by byte"
         );

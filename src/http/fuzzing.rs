@@ -84,8 +84,9 @@ pub fn response_head(data: &[u8]) {
 }
 
 /// Feeds `input` to a decoder in pieces ending at `cuts`: the data, whether the body
-/// ended, and the error if any.
-pub fn chunked_split(input: &[u8], cuts: &[usize]) -> (Vec<u8>, bool, Option<ChunkError>) {
+/// ended, the bytes consumed (0 after an error: `decode` does not say where in a piece it
+/// failed), and the error if any.
+pub fn chunked_split(input: &[u8], cuts: &[usize]) -> (Vec<u8>, bool, usize, Option<ChunkError>) {
     let mut d = ChunkedDecoder::new();
     let (mut data, mut at) = (Vec::new(), 0);
     let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
@@ -98,11 +99,11 @@ pub fn chunked_split(input: &[u8], cuts: &[usize]) -> (Vec<u8>, bool, Option<Chu
                     data.extend_from_slice(&input[at..end][p.data]);
                     at += p.consumed;
                 }
-                Err(e) => return (data, false, Some(e)),
+                Err(e) => return (data, false, 0, Some(e)),
             }
         }
     }
-    (data, d.is_done(), None)
+    (data, d.is_done(), at, None)
 }
 
 /// Any bytes (the first eight seed the cut points): decoding gives the same data, end
@@ -129,10 +130,10 @@ pub fn chunked(data: &[u8]) {
     let mut d = ChunkedDecoder::new();
     match d.decode_in_place(&mut buf) {
         Ok((_, n)) => {
-            assert!(whole.2.is_none());
+            assert!(whole.3.is_none());
             assert_eq!(&buf[..n], &whole.0[..]);
             assert_eq!(d.is_done(), whole.1);
         }
-        Err(e) => assert_eq!(Some(e), whole.2),
+        Err(e) => assert_eq!(Some(e), whole.3),
     }
 }
