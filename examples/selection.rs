@@ -27,6 +27,7 @@ fn servers(n: usize) -> Vec<BackendSpec> {
             // Unequal weights, so the weighted schedule and weighted draws are exercised.
             load: [1.0, 2.0, 3.0][i % 3],
             addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
+            protocol: Default::default(),
         })
         .collect()
 }

@@ -17,6 +17,7 @@ pub(crate) fn servers(spec: &[(&str, u32, f64)]) -> Vec<BackendSpec> {
             priority: *priority,
             load: *load,
             addr: SocketAddr::from(([127, 0, 0, 1], 8000 + i as u16)),
+            protocol: Default::default(),
         })
         .collect()
 }

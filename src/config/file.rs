@@ -96,6 +96,7 @@ struct Server {
     address: Scalar,
     port: Scalar,
     load: Scalar,
+    protocol: Scalar,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -253,6 +254,7 @@ impl File {
                             port: given(source, &path, "port", s.port),
                             priority: given(source, &path, "priority", s.priority),
                             load: given(source, &path, "load", s.load),
+                            protocol: given(source, &path, "protocol", s.protocol),
                             path,
                         }
                     })

@@ -49,6 +49,10 @@ pub struct Args {
     /// Upstream connections: persistent (keep-alive pools) or per-request.
     #[arg(long, short = 'u')]
     pub upstream: Option<String>,
+    /// Protocol to every server: http1 or h2c (default: each server's `protocol`, else
+    /// http1).
+    #[arg(long, value_name = "http1|h2c")]
+    pub upstream_protocol: Option<String>,
     /// Print debug output: configuration, errors, state changes.
     #[arg(long, short = 'd')]
     pub debug: bool,
@@ -192,6 +196,11 @@ impl Args {
             (Key::Mode, mode, "--mode"),
             (Key::Workers, self.workers.as_ref(), "--workers"),
             (Key::Upstream, self.upstream.as_ref(), "--upstream"),
+            (
+                Key::UpstreamProtocol,
+                self.upstream_protocol.as_ref(),
+                "--upstream-protocol",
+            ),
             (
                 Key::ConnectTimeout,
                 self.connect_timeout.as_ref(),

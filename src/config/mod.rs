@@ -198,7 +198,11 @@ impl Config {
         let heartbeat_timeout = v
             .get(Key::HeartbeatTimeout, &value::POSITIVE_SECONDS)?
             .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT);
-        let servers = backends(v.servers.as_ref(), &source)?;
+        let all_protocol = v.parse(Key::UpstreamProtocol, parse_protocol)?;
+        let mut servers = backends(v.servers.as_ref(), &source)?;
+        if let Some(p) = all_protocol {
+            servers.iter_mut().for_each(|s| s.protocol = p);
+        }
         let seconds = |key, default| -> Result<Duration, ConfigError> {
             Ok(v.get(key, &value::SECONDS)?.unwrap_or(default))
         };
@@ -321,6 +325,10 @@ fn backends(given: Option<&ServersGiven>, source: &str) -> Result<Vec<BackendSpe
             Some(g) => g.check(&value::LOAD)?,
             None => 1.0,
         };
+        let protocol = match &s.protocol {
+            Some(g) => parse_protocol(&g.check(&Text)?).map_err(|p| g.error(p))?,
+            None => Protocol::Http1,
+        };
         let addr = resolve(&address, port)
             .ok_or_else(|| address_given.error(format!("cannot resolve \"{address}\"")))?;
         servers.push(BackendSpec {
@@ -330,9 +338,14 @@ fn backends(given: Option<&ServersGiven>, source: &str) -> Result<Vec<BackendSpe
             priority,
             load,
             addr,
+            protocol,
         });
     }
     Ok(servers)
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    Protocol::parse(s).ok_or_else(|| format!("expected http1 or h2c, got \"{s}\""))
 }
 
 fn resolve(address: &str, port: u16) -> Option<SocketAddr> {

@@ -585,3 +585,43 @@ fn every_file_key_and_flag_lands_in_its_field() {
         (Duration::from_millis(250), s(5))
     );
 }
+
+#[test]
+fn protocol_per_server_and_for_all() {
+    let dir = std::env::temp_dir().join(format!("corelb-proto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("p.json");
+    std::fs::write(
+        &f,
+        r#"{"servers": [
+            {"name": "A", "address": "127.0.0.1", "port": 1},
+            {"name": "B", "address": "127.0.0.1", "port": 2, "protocol": "h2c"}]}"#,
+    )
+    .unwrap();
+    let path = f.to_str().unwrap();
+    let cfg = Config::from_args(["corelb", "--config", path]).unwrap();
+    let protos: Vec<Protocol> = cfg.servers.iter().map(|s| s.protocol).collect();
+    assert_eq!(protos, [Protocol::Http1, Protocol::H2c]);
+    let cfg =
+        Config::from_args(["corelb", "--config", path, "--upstream-protocol", "h2c"]).unwrap();
+    assert!(cfg.servers.iter().all(|s| s.protocol == Protocol::H2c));
+    let e = Config::from_args(["corelb", "--config", path, "--upstream-protocol", "h3"])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "command line: --upstream-protocol: expected http1 or h2c, got \"h3\""
+    );
+    std::fs::write(
+        &f,
+        r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1, "protocol": "spdy"}]}"#,
+    )
+    .unwrap();
+    let e = Config::from_args(["corelb", "--config", path])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with("servers[0].protocol: expected http1 or h2c, got \"spdy\""),
+        "{e}"
+    );
+}

@@ -189,6 +189,39 @@ impl fmt::Display for UpstreamMode {
     }
 }
 
+/// The protocol corelb speaks to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1: one exchange at a time per connection.
+    #[default]
+    Http1,
+    /// HTTP/2 cleartext with prior knowledge: many streams per connection (gRPC servers).
+    H2c,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "http1" | "http/1.1" | "http1.1" => Some(Protocol::Http1),
+            "h2c" | "h2" | "http2" | "grpc" => Some(Protocol::H2c),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One backend server, as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendSpec {
@@ -202,6 +235,8 @@ pub struct BackendSpec {
     pub load: f64,
     /// The resolved socket address.
     pub addr: SocketAddr,
+    /// What corelb speaks to it (`"protocol"`, or `--upstream-protocol` for all).
+    pub protocol: Protocol,
 }
 
 /// Timeouts, each with a `DEFAULT_*` constant.

@@ -319,6 +319,8 @@ pub(crate) enum Key {
     Choices,
     AdaptiveChoices,
     Pin,
+    /// `--upstream-protocol`: every server's protocol.
+    UpstreamProtocol,
 }
 
 /// One backend as the file lists it; `None` for a missing key.
@@ -331,6 +333,7 @@ pub(crate) struct ServerGiven {
     pub port: Option<Given>,
     pub priority: Option<Given>,
     pub load: Option<Given>,
+    pub protocol: Option<Given>,
 }
 
 /// The backend list and the file it came from.
