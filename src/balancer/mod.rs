@@ -89,6 +89,8 @@ pub struct Backend {
     pub priority: u32,
     /// Relative share within its tier (config `load`, > 0).
     pub weight: f64,
+    /// HTTP/1.1 or h2c.
+    pub protocol: crate::config::Protocol,
     pub stats: CachePadded<Stats>,
 }
 
@@ -97,6 +99,7 @@ impl Backend {
         Backend {
             name: s.name.clone(),
             addr: s.addr,
+            protocol: s.protocol,
             host: format!("{}:{}", s.address, s.port).into_bytes(),
             priority: s.priority,
             weight: if s.load.is_finite() && s.load > 0.0 {

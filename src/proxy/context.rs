@@ -45,6 +45,8 @@ pub(crate) struct Ctx {
     /// Upstream slots closed while handling the current event batch: later events of the
     /// batch for those tokens belong to the closed socket, not to a new one in the slot.
     pub closed_ups: Vec<usize>,
+    /// h2c connections with frames queued by the current step, flushed at its end.
+    pub mux_dirty: Vec<usize>,
     /// Per-request CSV records go here (None: logging off).
     pub log: Option<LogSender>,
     /// This worker's latency histograms, handed to the aggregator once a second.
@@ -76,6 +78,7 @@ impl Ctx {
             scratch: Vec::with_capacity(4096),
             draining: false,
             closed_ups: Vec::new(),
+            mux_dirty: Vec::new(),
             log,
             hists: WorkerHists::new(backends),
             budget: RetryBudget::new(shared.cfg.retry.budget, shared.cfg.retry.min_per_sec),

@@ -12,6 +12,9 @@ pub(crate) enum Failure {
     Reset,
     Timeout,
     BadResponse(&'static str),
+    /// The backend did not process the request (an HTTP/2 REFUSED_STREAM, a stream above
+    /// its GOAWAY's last stream id, a gRPC UNAVAILABLE before any response).
+    Refused,
 }
 
 impl Failure {
@@ -22,6 +25,7 @@ impl Failure {
             Failure::Reset => "connection reset or closed",
             Failure::Timeout => "timed out",
             Failure::BadResponse(why) => why,
+            Failure::Refused => "refused by the backend (not processed)",
         }
     }
 
@@ -79,7 +83,7 @@ pub(crate) fn replay(a: &Attempt, why: Failure, max_retries: u32) -> Replay {
         return Replay::No;
     }
     let allowed = match why {
-        Failure::Connect | Failure::ConnectTimeout => true,
+        Failure::Connect | Failure::ConnectTimeout | Failure::Refused => true,
         Failure::Reset if !a.got_bytes => a.method.idempotent() || !a.head_written,
         Failure::Reset | Failure::Timeout => a.method.idempotent(),
         Failure::BadResponse(_) => false,

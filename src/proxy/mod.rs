@@ -23,6 +23,7 @@ mod end;
 mod exchange;
 mod h2;
 pub(crate) mod io;
+mod mux;
 mod relay;
 mod splice;
 mod tunnel;
@@ -93,6 +94,10 @@ pub struct Proxy {
     ups: Slab<Upstream>,
     /// Idle keep-alive upstream connections per backend, most recent last.
     idle: Vec<Vec<usize>>,
+    /// HTTP/2 connections per h2c backend, busy or idle (`mux.rs`).
+    muxes: Vec<Vec<usize>>,
+    /// Scratch: clients to drive after an h2c connection's event.
+    mux_wake: Vec<usize>,
     /// The gauge values last added to `Shared`'s counters (see [`Proxy::publish_gauges`]).
     published: [u64; 4],
 }
@@ -110,6 +115,8 @@ impl Proxy {
             clients: Slab::with_capacity(1024),
             ups: Slab::with_capacity(1024),
             idle: vec![Vec::new(); backends],
+            muxes: vec![Vec::new(); backends],
+            mux_wake: Vec::new(),
             published: [0; 4],
         }
     }
@@ -118,7 +125,7 @@ impl Proxy {
     /// buffers in use and pooled) since the last call to `Shared`'s sums: at most four
     /// Relaxed atomic adds, once per loop iteration, none when nothing changed.
     pub fn publish_gauges(&mut self) {
-        let idle: usize = self.idle.iter().map(Vec::len).sum();
+        let idle: usize = self.idle.iter().map(Vec::len).sum::<usize>() + self.mux_counts().1;
         let now = [
             self.ups.len() as u64,
             idle as u64,
@@ -184,7 +191,11 @@ impl Proxy {
                 continue;
             }
             if let Slot::Upstream(ui) = slot(ev.token()) {
-                if self.ups.get(ui).is_some_and(Upstream::is_idle) {
+                if self
+                    .ups
+                    .get(ui)
+                    .is_some_and(|u| u.is_idle() && u.mux.is_none())
+                {
                     self.close_idle_upstream(ui);
                 }
             }
@@ -378,6 +389,7 @@ impl Proxy {
         }
         // h2 hook: HTTP/2 sessions announce GOAWAY (two steps) and finish their streams.
         self.h2_start_drain();
+        self.mux_start_drain();
         let pooled: Vec<usize> = self.idle.iter().flatten().copied().collect();
         for ui in pooled {
             self.close_idle_upstream(ui);

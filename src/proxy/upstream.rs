@@ -18,6 +18,7 @@ use super::context::Ctx;
 use super::decide::Failure;
 use super::exchange::NONE;
 use super::io::Io;
+use super::mux::Mux;
 use super::{upstream_token, Proxy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,8 @@ pub(crate) struct Upstream {
     pub state: UpState,
     pub io: Io,
     pub timer: Deadline,
+    /// An HTTP/2 connection to an h2c backend, shared by many streams (`mux.rs`).
+    pub mux: Option<Box<Mux>>,
 }
 
 impl Upstream {
@@ -133,6 +136,7 @@ impl Proxy {
             state: UpState::Connecting,
             io: Io::default(),
             timer: Deadline::default(),
+            mux: None,
         });
         let at = now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect);
         self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
@@ -167,6 +171,11 @@ impl Proxy {
             return;
         };
         u.io.note(ev);
+        // h2c hook: a shared HTTP/2 connection (idle or not) is handled on its own.
+        if u.mux.is_some() {
+            self.mux_event(ui);
+            return;
+        }
         if u.is_idle() {
             return;
         }
@@ -250,6 +259,10 @@ impl Proxy {
 
     pub(super) fn upstream_timeout(&mut self, ui: usize) {
         let u = &self.ups[ui];
+        if u.mux.is_some() {
+            self.mux_timeout(ui);
+            return;
+        }
         if u.is_idle() {
             self.close_idle_upstream(ui);
             return;

@@ -13,6 +13,8 @@
 //! an upstream is read only when its stream's data went out, so a stream buffers at most
 //! its receive window one way and one read the other.
 
+mod grpc;
+mod leg;
 mod stream;
 mod translate;
 
@@ -28,7 +30,6 @@ use crate::http::Method;
 use super::client::Phase;
 use super::context::Ctx;
 use super::end::Blame;
-use super::exchange::NONE;
 use super::io::{read_into, would_block, write2};
 use super::{client_token, Proxy, Step};
 
@@ -76,6 +77,12 @@ pub(crate) struct H2Session {
     waiting_client: bool,
     /// Scratch for decoded trailer fields.
     trailers: Fields,
+    /// Scratch for the request fields sent to h2c backends.
+    up: Fields,
+    /// Worker-clock ms: when the client's idle (or stalled) deadline passes (0: none).
+    idle_at: u64,
+    /// When the client's timer is armed for (0: not armed).
+    armed: u64,
 }
 
 impl H2Session {
@@ -100,25 +107,35 @@ impl Proxy {
             closing: false,
             waiting_client: false,
             trailers: Fields::new(),
+            up: Fields::new(),
+            idle_at: 0,
+            armed: 0,
         };
         debug!(
             "worker {}: HTTP/2 from {}",
             self.ctx.id, self.clients[ci].peer
         );
         self.clients[ci].phase = Phase::H2(Box::new(s));
-        self.h2_arm_client(ci, true);
         Step::Progress
     }
 
-    /// Arms (or clears) the client's idle deadline.
-    fn h2_arm_client(&mut self, ci: usize, on: bool) {
-        let at = if on {
-            self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.idle)
-        } else {
-            0
-        };
-        let c = &mut self.clients[ci];
-        self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
+    /// Arms the client's timer for the session's next deadline: the client's idle (or
+    /// stalled) one, or the earliest of its h2c streams'. Armed early is fine (the timer
+    /// checks what is due when it fires); it is moved only when a deadline comes sooner.
+    fn h2_arm(&mut self, ci: usize, s: &mut H2Session) {
+        let next = s
+            .streams
+            .iter()
+            .flat_map(|st| [st.deadline, st.call_deadline])
+            .chain([s.idle_at])
+            .filter(|&t| t != 0)
+            .min()
+            .unwrap_or(0);
+        if next != 0 && (s.armed == 0 || next < s.armed) {
+            let c = &mut self.clients[ci];
+            self.ctx.timers.set(&mut c.timer, client_token(ci).0, next);
+            s.armed = next;
+        }
     }
 
     /// One step of an HTTP/2 session: the session is taken out of the client's phase for
@@ -192,6 +209,10 @@ impl Proxy {
                 i += 1;
             }
         }
+        // Frames queued for h2c backends go out once per step.
+        while let Some(ui) = self.ctx.mux_dirty.pop() {
+            self.mux_flush(ui);
+        }
         // Codec bytes out to the client.
         let c = &mut self.clients[ci];
         if s.conn.wants_write() && c.io.writable {
@@ -215,8 +236,13 @@ impl Proxy {
             || s.streams.iter().any(|st| st.waits_on_client(&s.conn));
         if stalled != s.waiting_client {
             s.waiting_client = stalled;
-            self.h2_arm_client(ci, stalled);
+            s.idle_at = if stalled {
+                self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.idle)
+            } else {
+                0
+            };
         }
+        self.h2_arm(ci, s);
         if progress {
             Step::Progress
         } else {
@@ -236,7 +262,7 @@ impl Proxy {
                     end_stream,
                 } => {
                     if s.stream(stream).is_none() {
-                        self.h2_open(ci, s, stream, &fields, end_stream);
+                        self.h2_open(ci, s, stream, fields, end_stream);
                     }
                 }
                 Event::Data {
@@ -254,7 +280,7 @@ impl Proxy {
                 }
                 Event::Trailers { stream, fields } => {
                     if let Some(i) = s.stream(stream) {
-                        let dropped = s.streams[i].take_trailers(&fields);
+                        let dropped = s.streams[i].take_trailers(fields);
                         if dropped > 0 {
                             debug!(
                                 "worker {}: {dropped} request trailer fields dropped",
@@ -278,8 +304,8 @@ impl Proxy {
         any
     }
 
-    /// A new request stream: translated, picked, attached to an upstream connection.
-    fn h2_open(&mut self, ci: usize, s: &mut H2Session, id: u32, fields: &Fields, end: bool) {
+    /// A new request stream: checked, picked, attached to an upstream connection.
+    fn h2_open(&mut self, ci: usize, s: &mut H2Session, id: u32, fields: Fields, end: bool) {
         let peer = self.clients[ci].peer;
         let wid = self.ctx.id;
         let shared = self.ctx.shared.clone();
@@ -292,8 +318,7 @@ impl Proxy {
         let method = fields.method().map_or(Method::Other, Method::of);
         let mut rec = Record::new(wid, peer, method, path);
         rec.h2 = true;
-        let scratch = &mut self.ctx.scratch;
-        scratch.clear();
+        let call = grpc::is_call(&fields);
         if method == Method::Connect {
             // As for HTTP/1.1: CONNECT is not proxied.
             self.ctx.count_rejected();
@@ -301,7 +326,11 @@ impl Proxy {
             h2_answer(&mut s.conn, id, 405, end);
             return;
         }
-        let head = match translate::request_head(fields, end, peer.ip(), close, scratch) {
+        // The HTTP/1.1 head checks what any backend may receive; it is kept for an
+        // HTTP/1.1 backend.
+        let scratch = &mut self.ctx.scratch;
+        scratch.clear();
+        let head = match translate::request_head(&fields, end, peer.ip(), close, scratch) {
             Ok(h) => h,
             Err(why) => {
                 debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");
@@ -317,18 +346,20 @@ impl Proxy {
         let Some(backend) = self.pick_backend() else {
             debug!("worker {wid}: 503: no server available");
             self.ctx.log_local(rec, crate::http::SERVICE_UNAVAILABLE);
-            h2_answer(&mut s.conn, id, 503, end);
+            leg::reply(s, id, call, 503, end, "no server available");
             return;
         };
         self.ctx.count_request();
         self.ctx.budget.deposit();
         let mut buf = self.ctx.bufs.get();
-        let scratch = &self.ctx.scratch;
-        if scratch.len() > buf.capacity() {
-            buf.grow(scratch.len());
+        if shared.balancer.backend(backend).protocol == crate::config::Protocol::Http1 {
+            let scratch = &self.ctx.scratch;
+            if scratch.len() > buf.capacity() {
+                buf.grow(scratch.len());
+            }
+            buf.space()[..scratch.len()].copy_from_slice(scratch);
+            buf.filled(scratch.len());
         }
-        buf.space()[..scratch.len()].copy_from_slice(scratch);
-        buf.filled(scratch.len());
         let ex = self.ctx.exchange(super::exchange::Start {
             method: head.method,
             http10: false,
@@ -341,7 +372,16 @@ impl Proxy {
             head: buf,
             rec,
         });
-        let st = H2Stream::new(id, ex, head.framing, end);
+        let call_timeout = if call {
+            fields.get(b"grpc-timeout").and_then(grpc::timeout)
+        } else {
+            None
+        };
+        let mut st = H2Stream::new(id, ex, head.framing, end, fields, call);
+        if let Some(t) = call_timeout {
+            let cap = shared.cfg.timeouts.upstream;
+            st.call_deadline = self.ctx.now + Ctx::ms(t.min(cap)).max(1);
+        }
         s.streams.push(st);
         let i = s.streams.len() - 1;
         self.h2_attach(ci, s, i, backend, false);
@@ -349,19 +389,17 @@ impl Proxy {
 
     /// Ends stream `i` before its response completed (client reset, connection gone):
     /// the upstream closes and the exchange is accounted with `blame`.
-    fn h2_abort(&mut self, _ci: usize, s: &mut H2Session, i: usize, blame: Blame) {
+    fn h2_abort(&mut self, ci: usize, s: &mut H2Session, i: usize, blame: Blame) {
         let mut st = s.streams.swap_remove(i);
         // Releases what the stream holds of the windows (no-op if the client reset it).
         s.conn.reset(st.id, ErrorCode::CANCEL);
-        let ui = std::mem::replace(&mut st.ex.up, NONE);
-        if ui != NONE {
-            let u = self.remove_upstream(ui);
+        if let Some(backend) = self.h2_drop_leg(ci, &mut st, ErrorCode::CANCEL) {
             match blame {
-                Blame::Client => self.ctx.account_client_abort(u.backend, &st.ex, 499),
+                Blame::Client => self.ctx.account_client_abort(backend, &st.ex, 499),
                 Blame::Backend => {
                     let status = if st.ex.status == 0 { 502 } else { st.ex.status };
                     self.ctx
-                        .account(u.backend, &st.ex, status, crate::health::Outcome::Failure);
+                        .account(backend, &st.ex, status, crate::health::Outcome::Failure);
                 }
             }
         }
@@ -376,16 +414,80 @@ impl Proxy {
         self.h2_publish(&mut s);
     }
 
-    /// The client's deadline passed (idle, or a stalled send): GOAWAY, then close.
+    /// The client's timer fired: h2c streams past their deadlines fail (a call past its
+    /// grpc-timeout ends DEADLINE_EXCEEDED); if the client's own idle (or stalled)
+    /// deadline passed, GOAWAY and close.
     pub(super) fn h2_timeout(&mut self, ci: usize) {
         let c = &mut self.clients[ci];
-        if let Phase::H2(s) = &mut c.phase {
+        let Phase::H2(mut s) = std::mem::replace(&mut c.phase, Phase::Head) else {
+            return;
+        };
+        s.armed = 0;
+        let now = self.ctx.now;
+        let mut i = 0;
+        while i < s.streams.len() {
+            let st = &s.streams[i];
+            let call_over = st.call_deadline != 0 && now >= st.call_deadline;
+            let idle_over = st.deadline != 0 && now >= st.deadline;
+            if call_over {
+                self.h2_call_expired(ci, &mut s, i);
+            } else if idle_over && st.mux {
+                let connecting = self.ups[st.ex.up].is_connecting();
+                let why = if connecting {
+                    super::decide::Failure::ConnectTimeout
+                } else {
+                    super::decide::Failure::Timeout
+                };
+                self.h2_fail(ci, &mut s, i, why);
+            } else {
+                i += 1;
+                continue;
+            }
+            // The stream at `i` is gone or was moved: look at `i` again.
+        }
+        if s.idle_at != 0 && now >= s.idle_at {
+            let c = &mut self.clients[ci];
             debug!("worker {}: HTTP/2 client {} timed out", self.ctx.id, c.peer);
             s.conn.go_away(ErrorCode::NO_ERROR);
             // Best effort: the socket may not take it.
             let _ = write2(&mut c.sock, s.conn.pending_output(), &[], &mut c.io);
+            self.clients[ci].phase = Phase::H2(s);
+            self.close_client(ci);
+            return;
         }
-        self.close_client(ci);
+        self.clients[ci].phase = Phase::H2(s);
+        self.drive(ci);
+    }
+
+    /// Stream `i`'s grpc-timeout passed: the upstream stream is cancelled and the call
+    /// ends DEADLINE_EXCEEDED (a Trailers-Only answer, or trailers after its head).
+    fn h2_call_expired(&mut self, ci: usize, s: &mut H2Session, i: usize) {
+        let mut st = s.streams.swap_remove(i);
+        debug!(
+            "worker {}: HTTP/2 stream {} deadline exceeded",
+            self.ctx.id, st.id
+        );
+        let backend = self.h2_drop_leg(ci, &mut st, ErrorCode::CANCEL);
+        const WHY: &str = "deadline exceeded in corelb";
+        if st.head_sent {
+            if !st.end_sent {
+                grpc::end_with(&mut s.conn, st.id, grpc::DEADLINE_EXCEEDED, WHY);
+            }
+        } else {
+            s.conn.release(st.id, st.unreleased);
+            grpc::answer(&mut s.conn, st.id, grpc::DEADLINE_EXCEEDED, WHY, st.req_end);
+        }
+        st.unreleased = 0;
+        st.grpc_status = Some(grpc::DEADLINE_EXCEEDED);
+        if let Some(b) = backend {
+            let status = if st.head_sent { st.ex.status } else { 504 };
+            let outcome = self.h2_outcome(&st);
+            self.ctx.account(b, &st.ex, status, outcome);
+        }
+        if !st.req_end {
+            s.conn.reset(st.id, ErrorCode::NO_ERROR);
+        }
+        st.recycle(&mut self.ctx);
     }
 
     /// `close_client` hook: a session still in the client's phase ends with it.
@@ -400,6 +502,7 @@ impl Proxy {
 
     /// `drop_client` hook (after a panic): the streams' upstreams close unaccounted.
     pub(super) fn h2_drop_upstreams(&mut self, ci: usize) {
+        self.mux_drop_client(ci);
         let ups: Vec<usize> = self
             .ups
             .iter()

@@ -8,7 +8,7 @@ use std::io::{self, IoSlice, Write};
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::buffer::Buf;
-use crate::config::UpstreamMode;
+use crate::config::{Protocol, UpstreamMode};
 use crate::debug;
 use crate::h2::{Connection, ErrorCode, Fields};
 use crate::health::Outcome;
@@ -21,7 +21,7 @@ use super::super::io::{read_into, would_block, Io};
 use super::super::upstream::UpState;
 use super::super::{upstream_token, Proxy};
 use super::translate::{self, Framing};
-use super::{h2_answer, H2Session, OUT_HIGH};
+use super::{grpc, leg, H2Session, OUT_HIGH};
 
 /// One request stream of a session.
 pub(super) struct H2Stream {
@@ -29,11 +29,11 @@ pub(super) struct H2Stream {
     pub ex: Box<Exchange>,
     framing: Framing,
     /// Request payload received from the client and not yet written upstream.
-    body: Option<Buf>,
+    pub(super) body: Option<Buf>,
     /// Bytes of `body` not yet released to the codec (they count against the windows).
     pub unreleased: usize,
     /// The client's half ended (END_STREAM or trailers).
-    req_end: bool,
+    pub(super) req_end: bool,
     /// The whole request was written upstream.
     req_sent: bool,
     /// No more request bytes go upstream (it failed to take them mid-response).
@@ -51,14 +51,47 @@ pub(super) struct H2Stream {
     tail_off: usize,
     /// A chunked response's bytes after its last data (the trailer section).
     resp_tail: Vec<u8>,
-    head_sent: bool,
-    end_sent: bool,
+    pub(super) head_sent: bool,
+    pub(super) end_sent: bool,
     /// The upstream deadline is armed for the backend.
     up_armed: bool,
+
+    /// The request head as the client sent it: what an h2c backend gets, and what an
+    /// HTTP/1.1 head is built from when a retry moves the stream to such a backend.
+    pub fields: Fields,
+    /// A gRPC call (content-type application/grpc): errors are answered in gRPC terms.
+    pub grpc: bool,
+    /// The current attempt runs over an h2c connection (`mux.rs`), not HTTP/1.1.
+    pub mux: bool,
+    /// h2c leg: the stream was opened upstream (HEADERS sent), and END_STREAM sent.
+    pub(super) opened: bool,
+    pub(super) up_end: bool,
+    /// h2c leg: request trailers to send upstream.
+    pub(super) req_trailers: Option<Fields>,
+    /// h2c leg, request body offsets from its first byte: of `body`'s first byte, sent in
+    /// this attempt, and released to the client's codec (counting against its windows).
+    pub(super) base: u64,
+    pub(super) sent: u64,
+    pub(super) released: u64,
+    /// h2c leg: every body byte sent is still in `body`, so a replay can send it again.
+    pub(super) replayable: bool,
+    /// Worker-clock ms: the backend must have moved by then (h2c leg; 0: not waiting).
+    pub deadline: u64,
+    /// Worker-clock ms: the call's `grpc-timeout`, capped by the upstream timeout (0: none).
+    pub call_deadline: u64,
+    /// The call's grpc-status, once known.
+    pub grpc_status: Option<u32>,
 }
 
 impl H2Stream {
-    pub fn new(id: u32, ex: Box<Exchange>, framing: Framing, end: bool) -> H2Stream {
+    pub fn new(
+        id: u32,
+        ex: Box<Exchange>,
+        framing: Framing,
+        end: bool,
+        fields: Fields,
+        grpc: bool,
+    ) -> H2Stream {
         H2Stream {
             id,
             ex,
@@ -80,6 +113,19 @@ impl H2Stream {
             head_sent: false,
             end_sent: false,
             up_armed: true,
+            fields,
+            grpc,
+            mux: false,
+            opened: false,
+            up_end: false,
+            req_trailers: None,
+            base: 0,
+            sent: 0,
+            released: 0,
+            replayable: true,
+            deadline: 0,
+            call_deadline: 0,
+            grpc_status: None,
         }
     }
 
@@ -103,8 +149,13 @@ impl H2Stream {
 
     /// Request trailers: carried in the chunked trailer section, else dropped. Returns
     /// the fields dropped.
-    pub fn take_trailers(&mut self, fields: &Fields) -> u64 {
+    pub fn take_trailers(&mut self, fields: Fields) -> u64 {
         self.req_end = true;
+        if self.mux {
+            self.req_trailers = Some(fields);
+            return 0;
+        }
+        let fields = &fields;
         if self.framing == Framing::Chunked && !self.tail_built {
             translate::trailer_lines(fields, &mut self.tail)
         } else {
@@ -120,7 +171,10 @@ impl H2Stream {
     }
 
     /// A new attempt writes the request from its start.
-    fn restart(&mut self) {
+    pub(super) fn restart(&mut self) {
+        self.opened = false;
+        self.up_end = false;
+        self.sent = self.base;
         self.req_sent = false;
         self.pre_len = 0;
         self.pre_off = 0;
@@ -152,8 +206,9 @@ enum Read {
 }
 
 impl Proxy {
-    /// Puts stream `i` on a connection to `backend`. False if none could be made: the
-    /// stream was answered 502 and is gone.
+    /// Puts stream `i` on a connection to `backend` (HTTP/1.1 or h2c, as the backend
+    /// speaks). False if none could be made: the stream was answered 502 (or UNAVAILABLE)
+    /// and is gone.
     pub(super) fn h2_attach(
         &mut self,
         ci: usize,
@@ -162,12 +217,38 @@ impl Proxy {
         backend: usize,
         fresh: bool,
     ) -> bool {
-        match self.connection_to(backend, ci, fresh) {
+        let h2c = self.ctx.shared.balancer.backend(backend).protocol == Protocol::H2c;
+        let st = &mut s.streams[i];
+        if !h2c && st.ex.head.as_ref().is_none_or(|h| h.is_empty()) {
+            // First time on an HTTP/1.1 backend: its request head (checked at open).
+            let peer = self.clients[ci].peer.ip();
+            let close = self.ctx.shared.cfg.upstream == UpstreamMode::PerRequest;
+            let scratch = &mut self.ctx.scratch;
+            scratch.clear();
+            let _ = translate::request_head(&st.fields, st.req_end, peer, close, scratch);
+            let buf = st.ex.head.get_or_insert_with(|| self.ctx.bufs.get());
+            buf.clear();
+            if scratch.len() > buf.capacity() {
+                buf.grow(scratch.len());
+            }
+            buf.space()[..scratch.len()].copy_from_slice(scratch);
+            buf.filled(scratch.len());
+        }
+        let got = if h2c {
+            self.mux_for(backend, ci, st.id, fresh)
+        } else {
+            self.connection_to(backend, ci, fresh)
+        };
+        match got {
             Some((ui, reused)) => {
                 let st = &mut s.streams[i];
-                self.ups[ui].stream = st.id;
+                if !h2c {
+                    self.ups[ui].stream = st.id;
+                }
+                st.mux = h2c;
                 st.ex.begin_attempt(ui, reused);
                 st.restart();
+                st.deadline = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect);
                 true
             }
             None => {
@@ -182,12 +263,33 @@ impl Proxy {
                 if s.conn.can_send(st.id) {
                     s.conn.release(st.id, st.unreleased);
                 }
-                h2_answer(&mut s.conn, st.id, 502, st.req_end);
+                leg::reply(s, st.id, st.grpc, 502, st.req_end, "backend unreachable");
                 st.ex.up = NONE;
                 st.recycle(&mut self.ctx);
                 false
             }
         }
+    }
+
+    /// Detaches stream `st` from its upstream (closing an HTTP/1.1 connection, leaving an
+    /// h2c one with `code`); returns the backend it was on.
+    pub(super) fn h2_drop_leg(
+        &mut self,
+        ci: usize,
+        st: &mut H2Stream,
+        code: ErrorCode,
+    ) -> Option<usize> {
+        let ui = std::mem::replace(&mut st.ex.up, NONE);
+        if ui == NONE {
+            return None;
+        }
+        let backend = self.ups[ui].backend;
+        if st.mux {
+            self.mux_detach(ui, ci, st.id, code);
+        } else {
+            self.remove_upstream(ui);
+        }
+        Some(backend)
     }
 
     fn h2_connected(&mut self, ui: usize) -> Connect {
@@ -220,6 +322,9 @@ impl Proxy {
         s: &mut H2Session,
         i: usize,
     ) -> (bool, bool) {
+        if s.streams[i].mux {
+            return self.h2_leg_step(ci, s, i);
+        }
         let ui = s.streams[i].ex.up;
         if self.ups[ui].state == UpState::Connecting {
             match self.h2_connected(ui) {
@@ -510,7 +615,15 @@ impl Proxy {
             why.reason()
         );
         if st.head_sent {
-            s.conn.reset(st.id, ErrorCode::INTERNAL_ERROR);
+            if st.grpc && !st.end_sent {
+                // The call's answer started: it ends with a gRPC status, not a reset.
+                let code = grpc::for_http(why.canned().status);
+                grpc::end_with(&mut s.conn, st.id, code, why.reason());
+                st.grpc_status = Some(code);
+                st.end_sent = true;
+            } else {
+                s.conn.reset(st.id, ErrorCode::INTERNAL_ERROR);
+            }
             self.h2_abort(ci, s, i, super::Blame::Backend);
             return (true, true);
         }
@@ -518,13 +631,16 @@ impl Proxy {
             return (true, !attached);
         }
         let mut st = s.streams.swap_remove(i);
-        let ui = std::mem::replace(&mut st.ex.up, NONE);
-        let u = self.remove_upstream(ui);
+        let backend = self
+            .h2_drop_leg(ci, &mut st, ErrorCode::CANCEL)
+            .unwrap_or(backend);
         let status = why.canned().status;
-        self.ctx
-            .account(u.backend, &st.ex, status, Outcome::Failure);
+        if st.grpc {
+            st.grpc_status = Some(grpc::for_http(status));
+        }
+        self.ctx.account(backend, &st.ex, status, Outcome::Failure);
         s.conn.release(st.id, st.unreleased);
-        h2_answer(&mut s.conn, st.id, status, st.req_end);
+        leg::reply(s, st.id, st.grpc, status, st.req_end, why.reason());
         st.recycle(&mut self.ctx);
         (true, true)
     }
@@ -532,16 +648,16 @@ impl Proxy {
     /// Tries stream `i` again after `why`, as `end.rs` does for HTTP/1.1. `None`: not
     /// retried; `Some(attached)`: a new attempt (or the stream was answered 502).
     fn h2_retry(&mut self, ci: usize, s: &mut H2Session, i: usize, why: Failure) -> Option<bool> {
-        let ex = &mut s.streams[i].ex;
-        let ui = ex.up;
+        let st = &mut s.streams[i];
+        let ui = st.ex.up;
         let old = self.ups[ui].backend;
-        let (next, stale) = self.ctx.retry_target(ex, old, why)?;
-        self.remove_upstream(ui);
+        let (next, stale) = self.ctx.retry_target(&st.ex, old, why)?;
+        self.h2_drop_leg(ci, st, ErrorCode::CANCEL);
+        let ex = &mut st.ex;
         if !stale {
             self.ctx.account_attempt(old, ex.attempt);
         }
         self.ctx.bufs.release(&mut ex.resp_buf);
-        ex.up = NONE;
         ex.retries += 1;
         ex.stale_retried |= stale;
         ex.tried.insert(old);

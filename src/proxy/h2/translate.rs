@@ -141,6 +141,63 @@ pub(super) fn request_head(
     })
 }
 
+/// The request fields for an h2c backend, from the client's (validated by the codec and
+/// by [`request_head`]) into `out`: the pseudo-headers (`:scheme` defaults to http), the
+/// regular fields but the connection-specific ones, X-Forwarded-For extended with the
+/// client's address and `via`.
+pub(super) fn upstream_fields(fields: &Fields, client_ip: IpAddr, out: &mut Fields) {
+    out.clear();
+    let method = fields.method().unwrap_or(b"GET");
+    out.push(b":method", method);
+    out.push(b":scheme", fields.scheme().unwrap_or(b"http"));
+    if let Some(a) = fields.authority().or_else(|| fields.get(b"host")) {
+        out.push(b":authority", a);
+    }
+    out.push(b":path", fields.path().unwrap_or(b"/"));
+    let mut xff: Vec<u8> = Vec::new();
+    for (name, value) in fields.regular() {
+        match name {
+            b"host" => continue,
+            b"x-forwarded-for" => {
+                xff.extend_from_slice(value);
+                xff.extend_from_slice(b", ");
+                continue;
+            }
+            b"te" if value != b"trailers" => continue,
+            _ if is_connection_specific(name) && name != b"te" => continue,
+            _ => out.push(name, value),
+        }
+    }
+    let _ = write!(xff, "{client_ip}");
+    out.push(b"x-forwarded-for", &xff);
+    out.push(b"via", b"2 corelb");
+}
+
+/// Most fields sent in one section to either side (more are dropped).
+const MAX_PAIRS: usize = 128;
+
+/// Calls `f` with `fields` as name-value pairs (without connection-specific fields; and
+/// with `extra` appended), at most [`MAX_PAIRS`].
+pub(super) fn with_pairs<R>(
+    fields: &Fields,
+    extra: &[(&[u8], &[u8])],
+    f: impl FnOnce(&[(&[u8], &[u8])]) -> R,
+) -> R {
+    let mut pairs: [(&[u8], &[u8]); MAX_PAIRS] = [(&[], &[]); MAX_PAIRS];
+    let mut n = 0;
+    for (name, value) in fields.iter().chain(extra.iter().copied()) {
+        if n == MAX_PAIRS {
+            break;
+        }
+        if is_connection_specific(name) && name != b"te" {
+            continue;
+        }
+        pairs[n] = (name, value);
+        n += 1;
+    }
+    f(&pairs[..n])
+}
+
 /// Trailer fields HTTP/1.1 must not receive in a chunked trailer section.
 fn forbidden_trailer(name: &[u8]) -> bool {
     is_connection_specific(name)

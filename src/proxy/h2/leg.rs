@@ -1,0 +1,343 @@
+//! One HTTP/2 stream's leg over an h2c upstream connection (`proxy/mux.rs`): the request
+//! head as HEADERS, the body as DATA within the backend's windows, request trailers; the
+//! response head, DATA and trailers from the stream's inbox to the client within the
+//! client's windows, releasing the backend's window only as the client takes the bytes.
+//!
+//! The request body sent upstream stays buffered (up to [`REPLAY_MAX`]) until the
+//! response head arrives, so a stream the backend refused (REFUSED_STREAM, or above its
+//! GOAWAY's last stream id) can be sent again elsewhere even after its body went out.
+
+use crate::h2::ErrorCode;
+use crate::health::Outcome;
+
+use super::super::context::Ctx;
+use super::super::decide::Failure;
+use super::super::exchange::{Resp, NONE};
+use super::super::mux::Gone;
+use super::super::Proxy;
+use super::grpc;
+use super::stream::H2Stream;
+use super::translate;
+use super::{H2Session, OUT_HIGH};
+
+/// Request body bytes kept after they were sent, for a replay.
+pub(super) const REPLAY_MAX: u64 = 64 * 1024;
+
+/// What one step of the leg found.
+pub(super) enum Leg {
+    /// (something moved)
+    Running(bool),
+    /// The whole response went to the client.
+    Done,
+    /// The connection had no room for the stream after all: put it on another one.
+    NoRoom,
+    /// The attempt failed.
+    Failed(Gone),
+}
+
+impl Proxy {
+    /// One step of stream `i`'s h2c leg: returns (something moved, the stream is gone).
+    pub(super) fn h2_leg_step(&mut self, ci: usize, s: &mut H2Session, i: usize) -> (bool, bool) {
+        let leg = self.h2_leg(ci, s, i);
+        let ui = s.streams[i].ex.up;
+        if !self.ctx.mux_dirty.contains(&ui) {
+            self.ctx.mux_dirty.push(ui);
+        }
+        match leg {
+            Leg::Running(moved) => {
+                let st = &mut s.streams[i];
+                // The backend's deadline runs while we wait on it, not on the client.
+                let on_client = st.waits_on_client(&s.conn) || st.ex.ready > 0;
+                if on_client {
+                    st.deadline = 0;
+                } else if moved || st.deadline == 0 {
+                    st.deadline = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
+                }
+                (moved, false)
+            }
+            Leg::Done => {
+                self.h2_leg_finish(ci, s, i);
+                (true, true)
+            }
+            Leg::NoRoom => {
+                let st = &mut s.streams[i];
+                let backend = self.ups[st.ex.up].backend;
+                self.mux_detach(st.ex.up, ci, st.id, ErrorCode::CANCEL);
+                st.ex.up = NONE;
+                (true, !self.h2_attach(ci, s, i, backend, true))
+            }
+            Leg::Failed(why) => self.h2_leg_fail(ci, s, i, why),
+        }
+    }
+
+    fn h2_leg(&mut self, ci: usize, s: &mut H2Session, i: usize) -> Leg {
+        let mut moved = false;
+        match self.h2_leg_send(ci, s, i) {
+            Ok(m) => moved |= m,
+            Err(leg) => return leg,
+        }
+        self.h2_leg_recv(ci, s, i, moved)
+    }
+
+    /// The request upstream: HEADERS once the connection is up, then body and trailers
+    /// within the backend's windows.
+    fn h2_leg_send(&mut self, ci: usize, s: &mut H2Session, i: usize) -> Result<bool, Leg> {
+        let peer = self.clients[ci].peer.ip();
+        let H2Session {
+            conn, streams, up, ..
+        } = s;
+        let st = &mut streams[i];
+        let ui = st.ex.up;
+        let mut moved = false;
+        if !st.opened {
+            translate::upstream_fields(&st.fields, peer, up);
+            let end = st.req_end
+                && st.body.as_ref().is_none_or(|b| b.is_empty())
+                && st.req_trailers.is_none();
+            let (id, fields) = (st.id, &*up);
+            match translate::with_pairs(fields, &[], |p| self.mux_open(ui, ci, id, p, end)) {
+                Ok(false) => return Ok(false),
+                Ok(true) => {}
+                Err(()) => {
+                    let m = self.ups[ui].mux.as_ref().expect("a mux");
+                    let gone = m.stream(ci, id).and_then(|k| m.streams[k].gone);
+                    return Err(gone.map_or(Leg::NoRoom, Leg::Failed));
+                }
+            }
+            st.opened = true;
+            st.up_end = end;
+            moved = true;
+        }
+        if st.up_end || st.head_sent && st.ex.resp == Resp::Done {
+            return Ok(moved);
+        }
+        let m = self.ups[ui].mux.as_mut().expect("a mux");
+        let sid = m.streams[m.stream(ci, st.id).expect("registered")].sid;
+        if let Some(body) = st.body.as_mut() {
+            let from = (st.sent - st.base) as usize;
+            let pending = &body.bytes()[from..];
+            if !pending.is_empty() {
+                let last = st.req_end && st.req_trailers.is_none();
+                match m.conn.send_data(sid, pending, last) {
+                    Ok(n) if n > 0 => {
+                        moved = true;
+                        st.up_end = last && n == pending.len();
+                        st.sent += n as u64;
+                        st.ex.rec.request_bytes += n as u64;
+                        if st.sent > st.released {
+                            let k = (st.sent - st.released) as usize;
+                            conn.release(st.id, k);
+                            st.unreleased -= k;
+                            st.released = st.sent;
+                        }
+                        let kept = st.sent - st.base;
+                        if !st.replayable || kept > REPLAY_MAX {
+                            body.consume(kept as usize);
+                            st.base = st.sent;
+                            st.replayable = false;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return Err(Leg::Failed(Gone::Lost)),
+                }
+            }
+        }
+        let all_sent = st
+            .body
+            .as_ref()
+            .is_none_or(|b| b.len() as u64 == st.sent - st.base);
+        if st.req_end && all_sent && !st.up_end {
+            let r = match st.req_trailers.take() {
+                Some(t) => translate::with_pairs(&t, &[], |p| m.conn.send_trailers(sid, p)),
+                None => m.conn.send_data(sid, &[], true).map(|_| ()),
+            };
+            if r.is_err() {
+                return Err(Leg::Failed(Gone::Lost));
+            }
+            st.up_end = true;
+            moved = true;
+        }
+        // What the client sent is bounded by its window; only its release needs the
+        // backend to have taken the bytes.
+        st.ex.body_sent = if st.replayable { 0 } else { st.sent };
+        Ok(moved)
+    }
+
+    /// The response from the stream's inbox to the client.
+    fn h2_leg_recv(&mut self, ci: usize, s: &mut H2Session, i: usize, mut moved: bool) -> Leg {
+        let H2Session { conn, streams, .. } = s;
+        let st = &mut streams[i];
+        let ui = st.ex.up;
+        let m = self.ups[ui].mux.as_mut().expect("a mux");
+        let Some(k) = m.stream(ci, st.id) else {
+            return Leg::Failed(Gone::Lost);
+        };
+        let ms = &mut m.streams[k];
+        if !st.head_sent {
+            let Some(head) = ms.head.take() else {
+                return match ms.gone {
+                    Some(why) => Leg::Failed(why),
+                    None => Leg::Running(moved),
+                };
+            };
+            let status = head.status().unwrap_or(502);
+            let trailers_only = ms.end && ms.data.as_ref().is_none_or(|d| d.is_empty());
+            if st.grpc && trailers_only {
+                let code = grpc::status(&head);
+                // UNAVAILABLE before anything reached the client: another server may serve
+                // it (put back, so the failure path can still answer with it).
+                if code == Some(grpc::UNAVAILABLE) && st.replayable {
+                    ms.head = Some(head);
+                    return Leg::Failed(Gone::Refused);
+                }
+                st.grpc_status = code;
+            }
+            let end = trailers_only && ms.trailers.is_none();
+            if conn.pending_output().len() >= OUT_HIGH {
+                ms.head = Some(head);
+                return Leg::Running(moved);
+            }
+            let _ = translate::with_pairs(&head, &[], |p| conn.send_headers(st.id, p, end));
+            st.head_sent = true;
+            st.end_sent = end;
+            st.ex.status = status;
+            st.ex.got_bytes = true;
+            st.ex.ttfb_us = st.ex.attempt.elapsed().as_micros() as u64;
+            // No replay once the response started: the kept body goes.
+            if let Some(b) = st.body.as_mut() {
+                b.consume((st.sent - st.base) as usize);
+            }
+            st.base = st.sent;
+            st.replayable = false;
+            self.ctx.bufs.release(&mut st.ex.head);
+            moved = true;
+            if end {
+                st.ex.resp = Resp::Done;
+                return Leg::Done;
+            }
+        }
+        if let Some(d) = ms.data.as_mut().filter(|d| !d.is_empty()) {
+            if conn.pending_output().len() < OUT_HIGH {
+                let last = ms.end && ms.trailers.is_none();
+                match conn.send_data(st.id, d.bytes(), last) {
+                    Ok(n) if n > 0 => {
+                        d.consume(n);
+                        m.conn.release(ms.sid, n);
+                        st.ex.rec.response_bytes += n as u64;
+                        moved = true;
+                        if last && d.is_empty() {
+                            st.end_sent = true;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        // The client reset the stream: nothing more goes to it.
+                        st.end_sent = true;
+                    }
+                }
+            }
+            // The client's window decides when more goes out.
+            st.ex.ready = d.len();
+        } else {
+            st.ex.ready = 0;
+        }
+        let drained = ms.data.as_ref().is_none_or(|d| d.is_empty());
+        if drained {
+            self.ctx.bufs.release(&mut ms.data);
+        }
+        if drained && ms.end && !st.end_sent {
+            match ms.trailers.take() {
+                Some(t) => {
+                    if st.grpc {
+                        st.grpc_status = grpc::status(&t);
+                    }
+                    let _ = translate::with_pairs(&t, &[], |p| conn.send_trailers(st.id, p));
+                }
+                None => {
+                    let _ = conn.send_data(st.id, &[], true);
+                }
+            }
+            st.end_sent = true;
+            moved = true;
+        }
+        if st.end_sent {
+            st.ex.resp = Resp::Done;
+            return Leg::Done;
+        }
+        match ms.gone {
+            Some(why) if drained => Leg::Failed(why),
+            _ => Leg::Running(moved),
+        }
+    }
+
+    /// Stream `i`'s whole response went out: accounted, and its upstream stream leaves
+    /// the connection.
+    fn h2_leg_finish(&mut self, ci: usize, s: &mut H2Session, i: usize) {
+        let mut st = s.streams.swap_remove(i);
+        let ui = std::mem::replace(&mut st.ex.up, NONE);
+        let backend = self.ups[ui].backend;
+        let code = if st.up_end {
+            ErrorCode::NO_ERROR
+        } else {
+            ErrorCode::CANCEL
+        };
+        self.mux_detach(ui, ci, st.id, code);
+        let outcome = self.h2_outcome(&st);
+        self.ctx.account(backend, &st.ex, st.ex.status, outcome);
+        if st.unreleased > 0 {
+            s.conn.release(st.id, st.unreleased);
+        }
+        if !st.req_end {
+            // The response is complete before the request: the client may stop sending.
+            s.conn.reset(st.id, ErrorCode::NO_ERROR);
+        }
+        st.recycle(&mut self.ctx);
+    }
+
+    /// How a finished stream counts for its backend: a 5xx, or a gRPC status that says
+    /// the server is in trouble, is a failure for passive health.
+    pub(super) fn h2_outcome(&self, st: &H2Stream) -> Outcome {
+        if st.ex.status >= 500 {
+            return Outcome::ServerError;
+        }
+        match st.grpc_status {
+            Some(code) if grpc_ejects(code) => Outcome::Failure,
+            Some(code) if code != grpc::OK => Outcome::ServerError,
+            _ => Outcome::Ok,
+        }
+    }
+
+    /// The h2c attempt of stream `i` failed: tried again if safe, else answered (a 502
+    /// or 504, or in gRPC terms) before the response head, or reset after it.
+    fn h2_leg_fail(&mut self, ci: usize, s: &mut H2Session, i: usize, why: Gone) -> (bool, bool) {
+        let failure = match why {
+            Gone::Refused => Failure::Refused,
+            Gone::Reset(_) | Gone::Lost => Failure::Reset,
+            Gone::Connect { timeout: false } => Failure::Connect,
+            Gone::Connect { timeout: true } => Failure::ConnectTimeout,
+        };
+        self.h2_fail(ci, s, i, failure)
+    }
+}
+
+/// gRPC statuses that count toward passive ejection: UNAVAILABLE, RESOURCE_EXHAUSTED,
+/// INTERNAL.
+fn grpc_ejects(code: u32) -> bool {
+    matches!(code, 14 | 8 | 13)
+}
+
+/// Stream `i` of `s` answered in gRPC terms if it is a call, else with `status`.
+pub(super) fn reply(
+    s: &mut H2Session,
+    id: u32,
+    grpc_call: bool,
+    status: u16,
+    done: bool,
+    why: &str,
+) {
+    if grpc_call {
+        grpc::answer(&mut s.conn, id, grpc::for_http(status), why, done);
+    } else {
+        super::h2_answer(&mut s.conn, id, status, done);
+    }
+}

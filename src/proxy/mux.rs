@@ -1,0 +1,623 @@
+//! HTTP/2 upstream connections to h2c backends. Each worker keeps a few per backend and
+//! multiplexes the streams of all its clients over them, up to the backend's
+//! MAX_CONCURRENT_STREAMS; another connection opens when every one is full. With
+//! `--upstream per-request` a connection carries one stream and closes after it, as the
+//! seed's non-persistent mode did.
+//!
+//! A connection (a [`Mux`] in its `Upstream` slot) owns the client side of the codec and
+//! an inbox per stream: the response head, DATA not yet taken, trailers, and why the
+//! stream is gone if it is. Socket events fill the inboxes and wake the owners (client
+//! connections), which take what their clients can receive and only then release that
+//! much of the upstream window: a slow client holds back the backend, and an inbox holds
+//! at most one stream window.
+//!
+//! A connection that breaks, or says GOAWAY, takes no new streams; its streams learn why
+//! ([`Gone`]), and the slot closes when the last one has left.
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+
+use mio::net::TcpStream;
+use mio::Interest;
+
+use crate::buffer::{Buf, BUF_SIZE};
+use crate::config::UpstreamMode;
+use crate::debug;
+use crate::h2::{self as codec, Connection, ErrorCode, Event, Fields, StreamId};
+use crate::timer::Deadline;
+
+use super::context::Ctx;
+use super::exchange::NONE;
+use super::io::{read_into, would_block, write2, Io};
+use super::upstream::{UpState, Upstream};
+use super::{upstream_token, Proxy};
+
+/// Streams one connection takes before the backend's SETTINGS say how many it allows
+/// (and at most, when it allows "unlimited").
+const STREAMS_PER_CONNECTION: u32 = 100;
+/// The read buffer: a whole frame of the default MAX_FRAME_SIZE fits.
+const READ_BUF: usize = 2 * BUF_SIZE;
+
+/// Why a stream's upstream leg ended without a complete response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gone {
+    /// The backend did not process it (REFUSED_STREAM, or above the last stream id of
+    /// its GOAWAY): safe to try elsewhere.
+    Refused,
+    /// The backend reset it with this code.
+    Reset(ErrorCode),
+    /// The connection broke.
+    Lost,
+    /// The connection never came up (refused, or timed out when `timeout`).
+    Connect { timeout: bool },
+}
+
+/// One stream's inbox on an upstream connection, keyed by its owner (client, front stream).
+pub(crate) struct MuxStream {
+    /// 0 until the stream is opened (HEADERS sent).
+    pub sid: StreamId,
+    pub client: usize,
+    /// The owner's HTTP/2 stream id (0: the owner is an HTTP/1.1 exchange).
+    pub front: StreamId,
+    /// The response head, until the owner takes it.
+    pub head: Option<Fields>,
+    /// Response DATA the owner has not taken (and not released to the codec).
+    pub data: Option<Buf>,
+    /// END_STREAM arrived (with the head, DATA or trailers).
+    pub end: bool,
+    pub trailers: Option<Fields>,
+    pub gone: Option<Gone>,
+}
+
+/// An HTTP/2 connection to one backend.
+pub(crate) struct Mux {
+    pub conn: Connection,
+    pub streams: Vec<MuxStream>,
+    buf: Option<Buf>,
+    /// Takes no new streams: GOAWAY received, broken, or draining.
+    pub closed: bool,
+    /// Per request: one stream, then close.
+    pub single: bool,
+}
+
+impl Mux {
+    /// Can take one more stream.
+    fn has_room(&self) -> bool {
+        let peer = self.conn.peer_settings().max_concurrent_streams;
+        let limit = peer.min(STREAMS_PER_CONNECTION);
+        !self.closed && !self.conn.is_closing() && (self.streams.len() as u32) < limit
+    }
+
+    pub fn stream(&self, client: usize, front: StreamId) -> Option<usize> {
+        self.streams
+            .iter()
+            .position(|m| m.client == client && m.front == front)
+    }
+
+    fn by_sid(&mut self, sid: StreamId) -> Option<&mut MuxStream> {
+        self.streams.iter_mut().find(|m| m.sid == sid && sid != 0)
+    }
+}
+
+/// The settings corelb announces to h2c backends.
+fn client_settings() -> codec::Settings {
+    codec::Settings {
+        // corelb never accepts pushed streams.
+        max_concurrent_streams: 0,
+        ..codec::Settings::default()
+    }
+}
+
+impl Proxy {
+    /// A connection to h2c `backend` with room for one more stream of (`ci`, `front`),
+    /// which is registered on it (not yet opened): a pooled one unless `fresh` or per
+    /// request, else a new one connecting. `None` if no connection could be made.
+    pub(super) fn mux_for(
+        &mut self,
+        backend: usize,
+        ci: usize,
+        front: StreamId,
+        fresh: bool,
+    ) -> Option<(usize, bool)> {
+        let single = self.ctx.shared.cfg.upstream == UpstreamMode::PerRequest;
+        let pooled = if single || fresh {
+            None
+        } else {
+            self.muxes[backend]
+                .iter()
+                .copied()
+                .find(|&ui| self.ups[ui].mux.as_ref().is_some_and(|m| m.has_room()))
+        };
+        let (ui, reused) = match pooled {
+            Some(ui) => (ui, true),
+            None => (self.mux_connect(backend, single)?, false),
+        };
+        let u = &mut self.ups[ui];
+        let m = u.mux.as_mut().expect("a mux");
+        m.streams.push(MuxStream {
+            sid: 0,
+            client: ci,
+            front,
+            head: None,
+            data: None,
+            end: false,
+            trailers: None,
+            gone: None,
+        });
+        if u.state == UpState::Idle {
+            // Busy again: the pool-idle deadline no longer applies.
+            u.state = UpState::Busy;
+            self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, 0);
+        }
+        Some((ui, reused))
+    }
+
+    /// Opens a new connection to `backend` (connecting; the codec's preface waits).
+    fn mux_connect(&mut self, backend: usize, single: bool) -> Option<usize> {
+        let addr = self.ctx.shared.balancer.backend(backend).addr;
+        let mut sock = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                debug!("worker {}: connect to {addr} failed: {e}", self.ctx.id);
+                return None;
+            }
+        };
+        let entry = self.ups.vacant_entry();
+        let ui = entry.key();
+        self.ctx
+            .registry
+            .register(
+                &mut sock,
+                upstream_token(ui),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .ok()?;
+        self.ctx
+            .shared
+            .counters
+            .upstream_connects
+            .fetch_add(1, Relaxed);
+        let mux = Mux {
+            conn: Connection::client(client_settings(), codec::Limits::default()),
+            streams: Vec::new(),
+            buf: None,
+            closed: false,
+            single,
+        };
+        let u = entry.insert(Upstream {
+            sock,
+            backend,
+            client: NONE,
+            stream: 0,
+            state: UpState::Connecting,
+            io: Io::default(),
+            timer: Deadline::default(),
+            mux: Some(Box::new(mux)),
+        });
+        let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect);
+        self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
+        if !single {
+            self.muxes[backend].push(ui);
+        }
+        Some(ui)
+    }
+
+    /// Opens the registered stream of (`ci`, `front`) on connection `ui` with the request
+    /// head `fields`. `Ok(false)`: not yet (still connecting); `Err`: the connection has
+    /// no room after all (the backend lowered its limit) or is closing.
+    pub(super) fn mux_open(
+        &mut self,
+        ui: usize,
+        ci: usize,
+        front: StreamId,
+        fields: &[(&[u8], &[u8])],
+        end: bool,
+    ) -> Result<bool, ()> {
+        let u = &mut self.ups[ui];
+        if u.state == UpState::Connecting {
+            return Ok(false);
+        }
+        let m = u.mux.as_mut().expect("a mux");
+        let k = m.stream(ci, front).ok_or(())?;
+        if m.closed {
+            return Err(());
+        }
+        let sid = m.conn.open_stream().ok_or(())?;
+        m.conn.send_headers(sid, fields, end).map_err(|_| ())?;
+        m.streams[k].sid = sid;
+        Ok(true)
+    }
+
+    /// Writes what the codec of connection `ui` has queued. False if the connection broke
+    /// (its streams then know).
+    pub(super) fn mux_flush(&mut self, ui: usize) -> bool {
+        let Some(u) = self.ups.get_mut(ui) else {
+            return false;
+        };
+        let Some(m) = u.mux.as_mut() else {
+            return false;
+        };
+        while u.state != UpState::Connecting && m.conn.wants_write() && u.io.writable {
+            match write2(&mut u.sock, m.conn.pending_output(), &[], &mut u.io) {
+                Ok(n) => m.conn.advance_output(n),
+                Err(e) if would_block(&e) => break,
+                Err(_) => {
+                    self.mux_broke(ui, Gone::Lost);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// A socket event on connection `ui`: connect completion, frames in, queued frames
+    /// out; the owners of the streams that changed are driven.
+    pub(super) fn mux_event(&mut self, ui: usize) {
+        let mut wake = std::mem::take(&mut self.mux_wake);
+        self.mux_io(ui, &mut wake);
+        wake.sort_unstable();
+        wake.dedup();
+        for &ci in &wake {
+            if self.clients.contains(ci) {
+                self.drive(ci);
+            }
+        }
+        wake.clear();
+        self.mux_wake = wake;
+    }
+
+    fn mux_io(&mut self, ui: usize, wake: &mut Vec<usize>) {
+        let u = &mut self.ups[ui];
+        if u.state == UpState::Connecting {
+            match connect_result(u) {
+                None => return,
+                Some(true) => {
+                    u.state = UpState::Busy;
+                    let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
+                    let idle = u.mux.as_ref().is_some_and(|m| m.streams.is_empty());
+                    // No deadline while streams use it (theirs run); else the pool's.
+                    let at = if idle { at } else { 0 };
+                    self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
+                    // Streams waiting for the connection can open now.
+                    let m = u.mux.as_ref().expect("a mux");
+                    wake.extend(m.streams.iter().map(|s| s.client));
+                }
+                Some(false) => {
+                    let m = u.mux.as_ref().expect("a mux");
+                    wake.extend(m.streams.iter().map(|s| s.client));
+                    self.mux_broke(ui, Gone::Connect { timeout: false });
+                    return;
+                }
+            }
+        }
+        let Some(lost) = self.mux_read(ui, wake) else {
+            return;
+        };
+        if !self.mux_flush(ui) || lost {
+            if let Some(m) = self.ups.get(ui).and_then(|u| u.mux.as_ref()) {
+                wake.extend(m.streams.iter().map(|s| s.client));
+            }
+            if lost {
+                self.mux_broke(ui, Gone::Lost);
+            }
+        }
+    }
+
+    /// Reads and parses what the backend sent, filling the inboxes. Returns whether the
+    /// connection is lost (EOF, error, connection error), or `None` if the slot is gone.
+    fn mux_read(&mut self, ui: usize, wake: &mut Vec<usize>) -> Option<bool> {
+        let u = self.ups.get_mut(ui)?;
+        let m = u.mux.as_mut()?;
+        let mut lost = false;
+        loop {
+            if !u.io.readable || m.closed && m.streams.is_empty() {
+                break;
+            }
+            let buf = m.buf.get_or_insert_with(|| self.ctx.bufs.get());
+            if buf.capacity() < READ_BUF {
+                buf.grow(READ_BUF);
+            }
+            match read_into(&mut u.sock, buf, &mut u.io) {
+                Ok(0) => {
+                    lost = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if would_block(&e) => break,
+                Err(_) => {
+                    lost = true;
+                    break;
+                }
+            }
+            match m.conn.recv(buf.bytes(), std::time::Instant::now()) {
+                Ok(n) => buf.consume(n),
+                Err(e) => {
+                    debug!("worker {}: h2c upstream: {e}", self.ctx.id);
+                    buf.clear();
+                    lost = true;
+                }
+            }
+            mux_events(m, &mut self.ctx, wake);
+            if lost {
+                break;
+            }
+        }
+        if m.buf.as_ref().is_some_and(Buf::is_empty) {
+            self.ctx.bufs.release(&mut m.buf);
+        }
+        Some(lost)
+    }
+
+    /// Connection `ui` broke (or never came up): no new streams, and every stream not yet
+    /// ended learns `why` (streams never opened are `Refused`: nothing reached the
+    /// backend). Closes the slot if no stream uses it.
+    pub(super) fn mux_broke(&mut self, ui: usize, why: Gone) {
+        let Some(u) = self.ups.get_mut(ui) else {
+            return;
+        };
+        let backend = u.backend;
+        let Some(m) = u.mux.as_mut() else {
+            return;
+        };
+        m.closed = true;
+        for s in &mut m.streams {
+            if s.gone.is_none() && !(s.end && s.head.is_some()) {
+                s.gone = Some(match why {
+                    Gone::Lost if s.sid == 0 => Gone::Refused,
+                    other => other,
+                });
+            }
+        }
+        let empty = m.streams.is_empty();
+        self.muxes[backend].retain(|&x| x != ui);
+        if empty {
+            self.mux_close(ui);
+        }
+    }
+
+    /// Removes the stream of (`ci`, `front`) from connection `ui`: what it held of the
+    /// window is released, a stream still open is reset (CANCEL unless `code` says), and
+    /// a connection left without streams goes back to the pool (or closes).
+    pub(super) fn mux_detach(&mut self, ui: usize, ci: usize, front: StreamId, code: ErrorCode) {
+        let Some(u) = self.ups.get_mut(ui) else {
+            return;
+        };
+        let Some(m) = u.mux.as_mut() else {
+            return;
+        };
+        let Some(k) = m.stream(ci, front) else {
+            return;
+        };
+        let mut s = m.streams.swap_remove(k);
+        if s.sid != 0 {
+            if let Some(d) = s.data.as_ref() {
+                m.conn.release(s.sid, d.len());
+            }
+            if s.gone.is_none() {
+                // Ends it if it is still open (a no-op for a closed stream).
+                m.conn.reset(s.sid, code);
+            }
+        }
+        self.ctx.bufs.release(&mut s.data);
+        let (closed, single, empty) = (m.closed, m.single, m.streams.is_empty());
+        if empty && (closed || single || self.ctx.draining) {
+            self.mux_close(ui);
+            return;
+        }
+        if empty {
+            let u = &mut self.ups[ui];
+            u.state = UpState::Idle;
+            let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.pool_idle);
+            self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
+        }
+        self.mux_flush(ui);
+    }
+
+    /// Closes connection `ui` (GOAWAY first, best effort).
+    fn mux_close(&mut self, ui: usize) {
+        let Some(u) = self.ups.get_mut(ui) else {
+            return;
+        };
+        if let Some(m) = u.mux.as_mut() {
+            if u.state != UpState::Connecting && !m.conn.is_closing() {
+                m.conn.go_away(ErrorCode::NO_ERROR);
+                let _ = write2(&mut u.sock, m.conn.pending_output(), &[], &mut u.io);
+            }
+            self.ctx.bufs.release(&mut m.buf);
+        }
+        let backend = u.backend;
+        self.muxes[backend].retain(|&x| x != ui);
+        self.remove_upstream(ui);
+    }
+
+    /// The deadline of connection `ui`: connect timeout (its streams fail) or pool idle.
+    pub(super) fn mux_timeout(&mut self, ui: usize) {
+        let u = &self.ups[ui];
+        match u.state {
+            UpState::Connecting => {
+                let mut wake = std::mem::take(&mut self.mux_wake);
+                if let Some(m) = u.mux.as_ref() {
+                    wake.extend(m.streams.iter().map(|s| s.client));
+                }
+                self.mux_broke(ui, Gone::Connect { timeout: true });
+                wake.sort_unstable();
+                wake.dedup();
+                for &ci in &wake {
+                    if self.clients.contains(ci) {
+                        self.drive(ci);
+                    }
+                }
+                wake.clear();
+                self.mux_wake = wake;
+            }
+            UpState::Idle => self.mux_close(ui),
+            UpState::Busy => {}
+        }
+    }
+
+    /// After a panic in client `ci`'s work: its streams leave every connection.
+    pub(super) fn mux_drop_client(&mut self, ci: usize) {
+        let uis: Vec<usize> = self
+            .ups
+            .iter()
+            .filter(|(_, u)| {
+                u.mux
+                    .as_ref()
+                    .is_some_and(|m| m.streams.iter().any(|s| s.client == ci))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for ui in uis {
+            let fronts: Vec<StreamId> = self.ups[ui]
+                .mux
+                .as_ref()
+                .map(|m| {
+                    m.streams
+                        .iter()
+                        .filter(|s| s.client == ci)
+                        .map(|s| s.front)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let backend = self.ups[ui].backend;
+            for f in fronts {
+                self.ctx.shared.balancer.cancel(backend);
+                self.mux_detach(ui, ci, f, ErrorCode::CANCEL);
+            }
+        }
+    }
+
+    /// Drain: idle connections close, busy ones take no new streams.
+    pub(super) fn mux_start_drain(&mut self) {
+        let all: Vec<usize> = self.muxes.iter().flatten().copied().collect();
+        for ui in all {
+            let idle = self.ups[ui]
+                .mux
+                .as_ref()
+                .is_some_and(|m| m.streams.is_empty());
+            if idle {
+                self.mux_close(ui);
+            } else if let Some(m) = self.ups[ui].mux.as_mut() {
+                m.closed = true;
+            }
+        }
+        self.muxes.iter_mut().for_each(Vec::clear);
+    }
+
+    /// Connections open to h2c backends and, of them, those without streams.
+    pub(super) fn mux_counts(&self) -> (usize, usize) {
+        let all = self.muxes.iter().map(Vec::len).sum();
+        let idle = self
+            .muxes
+            .iter()
+            .flatten()
+            .filter(|&&ui| self.ups[ui].is_idle())
+            .count();
+        (all, idle)
+    }
+}
+
+/// The result of a connect once the socket is writable: `Some(true)` up, `Some(false)`
+/// failed, `None` still connecting.
+fn connect_result(u: &mut Upstream) -> Option<bool> {
+    if !u.io.writable {
+        return None;
+    }
+    match u.sock.take_error() {
+        Ok(None) => {}
+        Ok(Some(_)) | Err(_) => return Some(false),
+    }
+    match u.sock.peer_addr() {
+        Ok(_) => {
+            let _ = u.sock.set_nodelay(true);
+            Some(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+            u.io.writable = false;
+            None
+        }
+        Err(_) => Some(false),
+    }
+}
+
+/// Moves the codec's events into the inboxes, noting whose streams changed.
+fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
+    while let Some(ev) = m.conn.poll_event() {
+        match ev {
+            Event::Headers {
+                stream,
+                fields,
+                end_stream,
+            } => {
+                let Some(s) = m.streams.iter_mut().find(|s| s.sid == stream) else {
+                    continue;
+                };
+                // 1xx heads are not forwarded (HTTP/2 clients of gRPC never need them).
+                if fields.status().is_some_and(|st| st < 200) && !end_stream {
+                    continue;
+                }
+                s.head = Some(fields);
+                s.end |= end_stream;
+                wake.push(s.client);
+            }
+            Event::Data {
+                stream,
+                data,
+                end_stream,
+            } => {
+                let n = data.len();
+                let Some(s) = m.streams.iter_mut().find(|s| s.sid == stream) else {
+                    m.conn.release(stream, n);
+                    continue;
+                };
+                if n > 0 {
+                    let b = s.data.get_or_insert_with(|| ctx.bufs.get());
+                    if b.space().len() < n {
+                        b.grow((b.len() + n).next_power_of_two());
+                    }
+                    b.space()[..n].copy_from_slice(data);
+                    b.filled(n);
+                }
+                s.end |= end_stream;
+                wake.push(s.client);
+            }
+            Event::Trailers { stream, fields } => {
+                if let Some(s) = m.streams.iter_mut().find(|s| s.sid == stream) {
+                    s.trailers = Some(fields);
+                    s.end = true;
+                    wake.push(s.client);
+                }
+            }
+            Event::Reset { stream, code, .. } => {
+                if let Some(s) = m.by_sid(stream) {
+                    if s.gone.is_none() {
+                        s.gone = Some(if code == ErrorCode::REFUSED_STREAM {
+                            Gone::Refused
+                        } else {
+                            Gone::Reset(code)
+                        });
+                    }
+                    wake.push(s.client);
+                }
+            }
+            Event::GoAway { last_stream_id, .. } => {
+                m.closed = true;
+                for s in &mut m.streams {
+                    if s.gone.is_none() && (s.sid == 0 || s.sid > last_stream_id) {
+                        s.gone = Some(Gone::Refused);
+                    }
+                    wake.push(s.client);
+                }
+            }
+            Event::WindowOpened { stream } => {
+                for s in &m.streams {
+                    if stream == 0 || s.sid == stream {
+                        wake.push(s.client);
+                    }
+                }
+            }
+            Event::Settings => wake.extend(m.streams.iter().map(|s| s.client)),
+            Event::PingAck { .. } => {}
+        }
+    }
+}
