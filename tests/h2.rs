@@ -5,14 +5,14 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::h2client::{header, pairs, s, H2};
 use common::{curl, Backend, Proxy};
-use corelb::h2::{Connection, ErrorCode, Event, Limits, Settings, PREFACE};
+use corelb::h2::{ErrorCode, PREFACE};
 
 fn have(tool: &str) -> bool {
     let ok = Command::new(tool).arg("--version").output().is_ok();
@@ -24,180 +24,6 @@ fn have(tool: &str) -> bool {
 
 fn url(p: &Proxy, path: &str) -> String {
     format!("http://{}{path}", p.addr)
-}
-
-/// What came back on one stream.
-#[derive(Debug, Default, Clone)]
-struct Got {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    trailers: Vec<(String, String)>,
-    reset: Option<ErrorCode>,
-    done: bool,
-}
-
-/// A blocking HTTP/2 client on corelb's codec.
-struct H2 {
-    sock: TcpStream,
-    conn: Connection,
-    got: HashMap<u32, Got>,
-    goaway: Option<ErrorCode>,
-    closed: bool,
-}
-
-fn pairs<'a>(v: &'a [(&'a str, &'a str)]) -> Vec<(&'a [u8], &'a [u8])> {
-    v.iter()
-        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-        .collect()
-}
-
-impl H2 {
-    fn connect(addr: SocketAddr) -> H2 {
-        let sock = TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let mut h = H2 {
-            sock,
-            conn: Connection::client(Settings::default(), Limits::default()),
-            got: HashMap::new(),
-            goaway: None,
-            closed: false,
-        };
-        h.flush();
-        h
-    }
-
-    fn flush(&mut self) {
-        let out = self.conn.pending_output().to_vec();
-        if self.sock.write_all(&out).is_ok() {
-            self.conn.advance_output(out.len());
-        }
-    }
-
-    /// Opens a stream with the usual pseudo-headers plus `extra`.
-    fn request(&mut self, method: &str, path: &str, extra: &[(&str, &str)], end: bool) -> u32 {
-        let mut f = vec![
-            (":method", method),
-            (":scheme", "http"),
-            (":authority", "corelb.test"),
-            (":path", path),
-        ];
-        f.extend_from_slice(extra);
-        self.raw_headers(&f, end)
-    }
-
-    /// Opens a stream with exactly these fields (not validated: malformed on purpose).
-    fn raw_headers(&mut self, f: &[(&str, &str)], end: bool) -> u32 {
-        let id = self.conn.open_stream().expect("stream");
-        self.conn.send_headers(id, &pairs(f), end).unwrap();
-        self.flush();
-        id
-    }
-
-    fn data(&mut self, id: u32, bytes: &[u8], end: bool) {
-        let mut off = 0;
-        while off < bytes.len() {
-            let n = self.conn.send_data(id, &bytes[off..], end).unwrap();
-            off += n;
-            self.flush();
-            if n == 0 {
-                self.pump();
-            }
-        }
-        if bytes.is_empty() && end {
-            self.conn.send_data(id, &[], true).unwrap();
-            self.flush();
-        }
-    }
-
-    /// Reads once (up to 200 ms) and files the events.
-    fn pump(&mut self) {
-        let mut buf = [0u8; 65536];
-        match self.sock.read(&mut buf) {
-            Ok(0) => self.closed = true,
-            Ok(n) => {
-                if self.conn.recv(&buf[..n], Instant::now()).is_err() {
-                    self.closed = true;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => self.closed = true,
-        }
-        while let Some(ev) = self.conn.poll_event() {
-            match ev {
-                Event::Headers {
-                    stream,
-                    fields,
-                    end_stream,
-                } => {
-                    let g = self.got.entry(stream).or_default();
-                    let st = fields.status().unwrap_or(0);
-                    if st >= 200 {
-                        g.status = st;
-                        g.headers = fields.regular().map(|(n, v)| (s(n), s(v))).collect();
-                    }
-                    g.done |= end_stream;
-                }
-                Event::Data {
-                    stream,
-                    data,
-                    end_stream,
-                } => {
-                    let n = data.len();
-                    let g = self.got.entry(stream).or_default();
-                    g.body.extend_from_slice(data);
-                    g.done |= end_stream;
-                    self.conn.release(stream, n);
-                }
-                Event::Trailers { stream, fields } => {
-                    let g = self.got.entry(stream).or_default();
-                    g.trailers = fields.regular().map(|(n, v)| (s(n), s(v))).collect();
-                    g.done = true;
-                }
-                Event::Reset { stream, code, .. } => {
-                    let g = self.got.entry(stream).or_default();
-                    g.reset = Some(code);
-                    g.done = true;
-                }
-                Event::GoAway { code, .. } => self.goaway = Some(code),
-                _ => {}
-            }
-        }
-        self.flush();
-    }
-
-    /// Pumps until stream `id` is done (or the connection closed), at most `limit`.
-    fn wait(&mut self, id: u32, limit: Duration) -> Got {
-        let end = Instant::now() + limit;
-        while Instant::now() < end && !self.closed && !self.got.get(&id).is_some_and(|g| g.done) {
-            self.pump();
-        }
-        self.got.get(&id).cloned().unwrap_or_default()
-    }
-
-    fn wait_goaway(&mut self, limit: Duration) -> Option<ErrorCode> {
-        let end = Instant::now() + limit;
-        while Instant::now() < end && self.goaway.is_none() && !self.closed {
-            self.pump();
-        }
-        self.goaway
-    }
-}
-
-fn s(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn header<'a>(g: &'a Got, name: &str) -> Option<&'a str> {
-    g.headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
 }
 
 fn three() -> (Backend, Backend, Backend) {

@@ -44,6 +44,13 @@ pub struct Args {
     /// Body size of the default route, in bytes (default: a short text).
     #[arg(long, value_name = "BYTES")]
     pub size: Option<u64>,
+    /// HTTP/2 and gRPC: the SETTINGS_MAX_CONCURRENT_STREAMS announced (1..100000).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_streams: u32,
+    /// HTTP/2 and gRPC: fraction of streams refused with RST_STREAM(REFUSED_STREAM),
+    /// unprocessed (so a proxy may retry them elsewhere).
+    #[arg(long, default_value_t = 0.0, value_name = "R")]
+    pub refuse_rate: f64,
     /// Event-loop threads, each with its own SO_REUSEPORT listener.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
@@ -96,6 +103,8 @@ pub struct Config {
     pub error_rate: f64,
     pub close_rate: f64,
     pub size: Option<u64>,
+    pub max_streams: u32,
+    pub refuse_rate: f64,
     pub threads: usize,
     pub seed: u64,
     pub protocol: Protocol,
@@ -119,10 +128,17 @@ impl TryFrom<Args> for Config {
         for (name, r) in [
             ("--error-rate", a.error_rate),
             ("--close-rate", a.close_rate),
+            ("--refuse-rate", a.refuse_rate),
         ] {
             if !(0.0..=1.0).contains(&r) {
                 return Err(format!("bad {name} {r}: must be within 0..1"));
             }
+        }
+        if a.max_streams == 0 || a.max_streams > 100_000 {
+            return Err(format!(
+                "bad --max-streams {}: must be 1..100000",
+                a.max_streams
+            ));
         }
         if a.threads == 0 || a.threads > MAX_THREADS {
             return Err(format!(
@@ -139,6 +155,8 @@ impl TryFrom<Args> for Config {
             error_rate: a.error_rate,
             close_rate: a.close_rate,
             size: a.size,
+            max_streams: a.max_streams,
+            refuse_rate: a.refuse_rate,
             threads: a.threads,
             seed: a.seed,
             protocol: Protocol::parse(&a.protocol)?,

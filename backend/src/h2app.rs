@@ -208,6 +208,11 @@ impl App<'_> {
     pub fn on_headers(&mut self, ctx: &mut Ctx<'_>, id: StreamId, fields: &Fields, end: bool) {
         let path = fields.path().unwrap_or(b"/");
         let head_only = fields.method() == Some(b"HEAD");
+        let refuse = ctx.cfg.refuse_rate;
+        if refuse > 0.0 && ctx.rng.next_f64() < refuse {
+            self.h2.reset(id, ErrorCode::REFUSED_STREAM);
+            return;
+        }
         if self.grpc {
             return self.grpc_headers(ctx, id, fields, end);
         }

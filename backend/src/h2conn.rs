@@ -33,9 +33,9 @@ pub struct H2Conn {
 }
 
 impl H2Conn {
-    pub fn new(sock: TcpStream, id: u64, grpc: bool) -> Self {
+    pub fn new(sock: TcpStream, id: u64, grpc: bool, max_streams: u32) -> Self {
         let settings = Settings {
-            max_concurrent_streams: 256,
+            max_concurrent_streams: max_streams,
             ..Settings::default()
         };
         H2Conn {

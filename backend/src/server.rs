@@ -218,8 +218,18 @@ impl Worker {
                             let bufs = self.pool.pop().unwrap_or_else(Buffers::new);
                             AnyConn::H1(Conn::new(sock, self.next_id, bufs))
                         }
-                        Wire::H2c => AnyConn::H2(Box::new(H2Conn::new(sock, self.next_id, false))),
-                        Wire::Grpc => AnyConn::H2(Box::new(H2Conn::new(sock, self.next_id, true))),
+                        Wire::H2c => AnyConn::H2(Box::new(H2Conn::new(
+                            sock,
+                            self.next_id,
+                            false,
+                            self.shared.cfg.max_streams,
+                        ))),
+                        Wire::Grpc => AnyConn::H2(Box::new(H2Conn::new(
+                            sock,
+                            self.next_id,
+                            true,
+                            self.shared.cfg.max_streams,
+                        ))),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

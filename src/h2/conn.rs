@@ -297,6 +297,10 @@ impl Connection {
     }
 
     /// What the peer announced.
+    pub fn peer_settings_known(&self) -> bool {
+        self.got_settings
+    }
+
     pub fn peer_settings(&self) -> &PeerSettings {
         &self.peer
     }

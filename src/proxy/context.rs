@@ -239,10 +239,12 @@ impl Ctx {
         for _ in 0..4 {
             match balancer.pick(Some(old)) {
                 Some(b) if tried.contains(b) => balancer.cancel(b),
-                other => return other.map(|b| (b, false)),
+                Some(b) => return Some((b, false)),
+                None => break,
             }
         }
-        None
+        // Not processed: the same server may take it on another connection.
+        (why == Failure::Refused).then_some((old, true))
     }
 
     /// Accounts a failed attempt that is retried: the backend's stats and health only

@@ -214,13 +214,14 @@ impl Proxy {
         end: bool,
     ) -> Result<bool, ()> {
         let u = &mut self.ups[ui];
-        if u.state == UpState::Connecting {
-            return Ok(false);
-        }
         let m = u.mux.as_mut().expect("a mux");
         let k = m.stream(ci, front).ok_or(())?;
         if m.closed {
             return Err(());
+        }
+        // Streams open once the backend's SETTINGS say how many it takes.
+        if u.state == UpState::Connecting || !m.conn.peer_settings_known() {
+            return Ok(false);
         }
         let sid = m.conn.open_stream().ok_or(())?;
         m.conn.send_headers(sid, fields, end).map_err(|_| ())?;

@@ -2,6 +2,8 @@
 //! binaries on free loopback ports, speak raw HTTP to them, and clean up on drop.
 #![allow(dead_code)]
 
+pub mod h2client;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

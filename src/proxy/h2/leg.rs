@@ -64,7 +64,7 @@ impl Proxy {
                 let backend = self.ups[st.ex.up].backend;
                 self.mux_detach(st.ex.up, ci, st.id, ErrorCode::CANCEL);
                 st.ex.up = NONE;
-                (true, !self.h2_attach(ci, s, i, backend, true))
+                (true, !self.h2_attach(ci, s, i, backend, false))
             }
             Leg::Failed(why) => self.h2_leg_fail(ci, s, i, why),
         }

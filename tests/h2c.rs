@@ -1,0 +1,307 @@
+//! h2c backends through the real binaries on loopback: HTTP/2 clients (corelb's test
+//! codec, h2load) through corelb to `corelb-backend --protocol h2c` servers. Streams are
+//! balanced one by one over few multiplexed upstream connections; the backend's
+//! MAX_CONCURRENT_STREAMS is respected; refused and GOAWAY'd streams are retried; a
+//! backend lost mid-response resets the stream; memory stays bounded for big transfers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use common::h2client::{header, H2};
+use common::{get, Backend, Proxy};
+use corelb::h2::ErrorCode;
+
+fn have(tool: &str) -> bool {
+    let ok = Command::new(tool).arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("{tool} not installed: test skipped");
+    }
+    ok
+}
+
+fn h2c(id: &str, profile: &str, extra: &[&str]) -> Backend {
+    let mut args = vec!["--protocol", "h2c"];
+    args.extend_from_slice(extra);
+    Backend::start(id, profile, &args)
+}
+
+/// A config naming `backends` as h2c servers.
+fn config(backends: &[&Backend]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| {
+            format!(
+                r#"{{"name": "{}", "address": "127.0.0.1", "port": {}, "protocol": "h2c"}}"#,
+                b.id,
+                b.port()
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"heartbeatInterval": 1, "heartbeatTimeout": 1, "healthCheck": {{"type": "tcp"}}, "servers": [{}]}}"#,
+        list.join(", ")
+    )
+}
+
+fn proxy(backends: &[&Backend], extra: &[&str]) -> Proxy {
+    let mut args = vec!["--workers", "1", "--admin", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Proxy::with_config(&config(backends), &args)
+}
+
+fn stats(p: &Proxy) -> serde_json::Value {
+    let r = get(p.admin.expect("admin"), "/stats");
+    serde_json::from_slice(&r.body).expect("stats JSON")
+}
+
+fn counter(p: &Proxy, name: &str) -> u64 {
+    let v = stats(p);
+    v[name]
+        .as_u64()
+        .or_else(|| v["totals"][name].as_u64())
+        .unwrap_or_else(|| panic!("no {name} in /stats: {v}"))
+}
+
+/// Opens `n` streams at once on `c` (GET `path`), waits for all; returns (status, backend)
+/// of each.
+fn batch(c: &mut H2, path: &str, n: usize) -> Vec<(u16, String)> {
+    let ids: Vec<u32> = (0..n).map(|_| c.request("GET", path, &[], true)).collect();
+    ids.iter()
+        .map(|&id| {
+            let g = c.wait(id, Duration::from_secs(20));
+            let b = header(&g, "x-backend").unwrap_or("").to_string();
+            c.got.remove(&id);
+            (g.status, b)
+        })
+        .collect()
+}
+
+#[test]
+fn streams_of_one_connection_spread_over_few_upstream_connections() {
+    let (a, b, c) = (
+        h2c("A", "fast", &[]),
+        h2c("B", "fast", &[]),
+        h2c("C", "fast", &[]),
+    );
+    let p = proxy(&[&a, &b, &c], &[]);
+    let mut client = H2::connect(p.addr);
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for _ in 0..6 {
+        for (status, backend) in batch(&mut client, "/", 50) {
+            assert_eq!(status, 200);
+            *per.entry(backend).or_default() += 1;
+        }
+    }
+    // Round-robin over one worker: every stream a pick of its own.
+    assert_eq!(per.len(), 3, "{per:?}");
+    assert!(per.values().all(|&n| n == 100), "{per:?}");
+    // 50 streams at a time fit one connection per backend (limit 256 at the backend).
+    let connects = counter(&p, "upstream_connects");
+    assert_eq!(connects, 3, "one multiplexed connection per backend");
+}
+
+#[test]
+fn backend_max_concurrent_streams_is_respected_with_more_connections() {
+    let a = h2c("A", "fixed:40", &["--max-streams", "4"]);
+    let p = proxy(&[&a], &[]);
+    let mut client = H2::connect(p.addr);
+    let got = batch(&mut client, "/", 64);
+    assert!(got.iter().all(|(s, _)| *s == 200), "{got:?}");
+    let connects = counter(&p, "upstream_connects");
+    // 64 concurrent streams at 4 per connection: 16 connections, none refused (a stream
+    // over the limit would be refused by the backend and retried).
+    assert!(
+        connects >= 16,
+        "{connects} upstream connections for 64 streams at 4 each"
+    );
+    assert_eq!(
+        counter(&p, "retries"),
+        0,
+        "no stream went over the backend's limit"
+    );
+    // The connections stay pooled and are reused by the next batch.
+    let got = batch(&mut client, "/", 64);
+    assert!(got.iter().all(|(s, _)| *s == 200));
+    assert_eq!(
+        counter(&p, "upstream_connects"),
+        connects,
+        "pooled connections reused"
+    );
+}
+
+#[test]
+fn refused_streams_are_retried_on_another_server() {
+    let a = h2c("A", "fast", &["--refuse-rate", "1"]);
+    let b = h2c("B", "fast", &[]);
+    let p = proxy(&[&a, &b], &["--retry-budget", "100"]);
+    let mut client = H2::connect(p.addr);
+    let mut ok = 0;
+    for _ in 0..40 {
+        // POST with a body: not idempotent, yet safe to replay, since it was refused
+        // unprocessed.
+        let id = client.request("POST", "/echo", &[("content-length", "5")], false);
+        client.data(id, b"hello", true);
+        let g = client.wait(id, Duration::from_secs(10));
+        assert_eq!(g.status, 200, "{g:?}");
+        assert_eq!(header(&g, "x-backend"), Some("B"));
+        assert_eq!(g.body, b"hello");
+        ok += 1;
+    }
+    assert_eq!(ok, 40);
+    // Refused streams were retried until A, failing every one, was ejected.
+    let v = stats(&p);
+    assert!(v["totals"]["retries"].as_u64().unwrap() >= 5, "{v}");
+    assert_eq!(v["backends"][0]["health"]["state"], "ejected", "{v}");
+}
+
+#[test]
+fn a_refused_stream_on_the_only_server_goes_to_a_fresh_connection() {
+    let a = h2c("A", "fast", &["--refuse-rate", "0.5", "--seed", "7"]);
+    let p = proxy(&[&a], &["--retry-budget", "100", "--retries", "5"]);
+    let mut client = H2::connect(p.addr);
+    let got = batch(&mut client, "/", 40);
+    let ok = got.iter().filter(|(s, _)| *s == 200).count();
+    // Each stream has 6 tries at 1/2: nearly all get through.
+    assert!(ok >= 38, "{ok} of 40 answered: {got:?}");
+}
+
+#[test]
+fn goaway_from_a_backend_moves_new_streams_to_a_new_connection() {
+    let a = h2c("A", "fast", &[]);
+    let p = proxy(&[&a], &[]);
+    let mut client = H2::connect(p.addr);
+    assert!(batch(&mut client, "/", 5).iter().all(|(s, _)| *s == 200));
+    let id = client.request("GET", "/goaway", &[], true);
+    let g = client.wait(id, Duration::from_secs(5));
+    assert!(g.done, "the /goaway stream ended: {g:?}");
+    // The backend's connection takes no new streams; these go to a new one.
+    let got = batch(&mut client, "/", 20);
+    assert!(got.iter().all(|(s, _)| *s == 200), "{got:?}");
+    assert!(counter(&p, "upstream_connects") >= 2);
+}
+
+#[test]
+fn per_request_mode_opens_one_connection_per_stream() {
+    let a = h2c("A", "fast", &[]);
+    let p = proxy(&[&a], &["--upstream", "per-request"]);
+    let mut client = H2::connect(p.addr);
+    for _ in 0..10 {
+        assert!(batch(&mut client, "/", 2).iter().all(|(s, _)| *s == 200));
+    }
+    assert_eq!(counter(&p, "upstream_connects"), 20);
+}
+
+#[test]
+fn response_trailers_and_request_bodies_pass_through() {
+    let a = h2c("A", "fast", &[]);
+    let p = proxy(&[&a], &[]);
+    let mut client = H2::connect(p.addr);
+    let id = client.request("GET", "/trailers", &[], true);
+    let g = client.wait(id, Duration::from_secs(5));
+    assert_eq!(g.status, 200);
+    assert!(!g.trailers.is_empty(), "trailers forwarded: {g:?}");
+    // A 3 MB upload echoed back byte for byte, with request trailers echoed as trailers.
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let id = client.request("POST", "/echo", &[], false);
+    client.data(id, &payload, false);
+    client
+        .conn
+        .send_trailers(id, &[(&b"x-sum"[..], &b"42"[..])])
+        .unwrap();
+    client.flush();
+    let g = client.wait(id, Duration::from_secs(20));
+    assert_eq!(g.status, 200);
+    assert!(
+        g.body == payload,
+        "echo is byte-exact ({} bytes)",
+        g.body.len()
+    );
+    assert!(
+        g.trailers.iter().any(|(n, v)| n == "x-sum" && v == "42"),
+        "{:?}",
+        g.trailers
+    );
+}
+
+#[test]
+fn backend_lost_mid_response_resets_the_stream_and_others_go_on() {
+    let mut a = h2c("A", "fast", &[]);
+    let b = h2c("B", "fast", &[]);
+    let p = proxy(&[&a], &[]);
+    let mut client = H2::connect(p.addr);
+    let id = client.request("GET", "/bytes/400000000", &[], true);
+    // Read some of the body, then kill the backend.
+    for _ in 0..50 {
+        client.pump();
+        if client.got.get(&id).is_some_and(|g| g.body.len() > 100_000) {
+            break;
+        }
+    }
+    assert_eq!(client.got[&id].status, 200);
+    a.kill();
+    let g = client.wait(id, Duration::from_secs(10));
+    assert!(g.reset.is_some(), "the stream was reset: {:?}", g.reset);
+    assert!(g.body.len() < 400_000_000);
+    // The client connection still works (for a stream that fails cleanly: 502).
+    let id = client.request("GET", "/", &[], true);
+    let g = client.wait(id, Duration::from_secs(10));
+    assert_eq!(g.status, 502);
+    drop(b);
+    assert!(client.goaway.is_none() || client.goaway == Some(ErrorCode::NO_ERROR));
+}
+
+fn h2load(addr: SocketAddr, args: &[&str], path: &str) -> String {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("h2load")
+        .args(args)
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("h2load");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn one_gib_each_way_through_one_stream_in_bounded_memory() {
+    if !have("h2load") {
+        return;
+    }
+    let a = h2c("A", "fast", &[]);
+    let p = proxy(&[&a], &[]);
+    let out = h2load(p.addr, &["-n", "1", "-c", "1"], "/bytes/1073741824");
+    assert!(out.contains("1 succeeded"), "{out}");
+    assert!(out.contains("1 2xx"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("up");
+    let f = std::fs::File::create(&file).unwrap();
+    f.set_len(1 << 30).unwrap();
+    let d = file.to_str().unwrap();
+    let out = h2load(p.addr, &["-n", "1", "-c", "1", "-d", d], "/discard");
+    assert!(out.contains("1 succeeded"), "{out}");
+    let rss = p.peak_rss_kib();
+    eprintln!("corelb peak RSS after 1 GiB down and 1 GiB up: {rss} KiB");
+    assert!(rss < 64 * 1024, "peak RSS {rss} KiB");
+}
+
+#[test]
+fn hundred_streams_of_ten_mib_in_bounded_memory() {
+    if !have("h2load") {
+        return;
+    }
+    let (a, b) = (h2c("A", "fast", &[]), h2c("B", "fast", &[]));
+    let p = proxy(&[&a, &b], &[]);
+    let out = h2load(
+        p.addr,
+        &["-n", "100", "-c", "1", "-m", "100"],
+        "/bytes/10485760",
+    );
+    assert!(out.contains("100 succeeded"), "{out}");
+    let rss = p.peak_rss_kib();
+    eprintln!("corelb peak RSS after 100 concurrent 10 MiB streams: {rss} KiB");
+    // Each stream buffers at most its window (256 KiB upstream, 64 KiB to the client).
+    assert!(rss < 128 * 1024, "peak RSS {rss} KiB");
+}
