@@ -27,6 +27,7 @@ fn grpcio_interop_suite() {
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "."])
         .current_dir(root.join("tests/grpc"))
         .env("CORELB_BACKEND", common::backend_bin())
+        .env("CORELB_BIN", common::PROXY)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("run pytest");

@@ -305,3 +305,48 @@ fn hundred_streams_of_ten_mib_in_bounded_memory() {
     // Each stream buffers at most its window (256 KiB upstream, 64 KiB to the client).
     assert!(rss < 128 * 1024, "peak RSS {rss} KiB");
 }
+
+/// A gRPC call's `grpc-timeout` is corelb's deadline too: with a backend slower than it,
+/// corelb cancels the upstream stream and answers DEADLINE_EXCEEDED (Trailers-Only) at
+/// the deadline, whatever the client does.
+#[test]
+fn grpc_timeout_is_enforced_by_corelb() {
+    let a = Backend::start("A", "fixed:3000", &["--protocol", "grpc"]);
+    let p = proxy(&[&a], &[]);
+    let mut client = H2::connect(p.addr);
+    // tts.SynthesizeRequest{text: "x"}: field 1, length 1.
+    let msg = [0u8, 0, 0, 0, 3, 0x0a, 1, b'x'];
+    let start = std::time::Instant::now();
+    let id = client.request(
+        "POST",
+        "/tts.TTS/Synthesize",
+        &[
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("grpc-timeout", "300m"),
+        ],
+        false,
+    );
+    client.data(id, &msg, true);
+    let g = client.wait(id, Duration::from_secs(5));
+    let took = start.elapsed();
+    assert_eq!(g.status, 200, "{g:?}");
+    assert_eq!(header(&g, "grpc-status"), Some("4"), "{g:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    // Without a backend to answer, a call is UNAVAILABLE (14), not an HTTP 503.
+    drop(a);
+    let id = client.request(
+        "POST",
+        "/tts.TTS/Synthesize",
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        false,
+    );
+    client.data(id, &msg, true);
+    let g = client.wait(id, Duration::from_secs(5));
+    assert_eq!(g.status, 200, "{g:?}");
+    assert_eq!(header(&g, "grpc-status"), Some("14"), "{g:?}");
+    assert!(header(&g, "grpc-message").is_some_and(|m| !m.is_empty()));
+}

@@ -1,0 +1,390 @@
+"""corelb between grpcio clients and grpcio servers (the reference gRPC implementation).
+
+Three grpcio servers run in this process (an echo service with all four call types, raw
+bytes in and out, plus grpc.health.v1); tts_server.py processes stand in where a server
+must be killed. corelb is the real binary (CORELB_BIN), started per test on free loopback
+ports with a config naming the servers as h2c.
+"""
+
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+
+import stubs
+from conftest import Server, tts_server_argv
+from stubs import health_lib, health_pb2, health_pb2_grpc, pb, pb_grpc
+
+CORELB = os.environ.get("CORELB_BIN", os.path.join(stubs.ROOT, "target", "debug", "corelb"))
+SERVICE = "test.Echo"
+
+
+def method(name):
+    return f"/{SERVICE}/{name}"
+
+
+class EchoServer:
+    """An in-process grpcio server: /test.Echo/{Unary,ClientStream,ServerStream,Bidi,Sleep,Fail}."""
+
+    def __init__(self, sid):
+        self.id = sid
+        self.cancelled = threading.Event()
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+        handlers = {
+            "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(self.client_stream),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(self.server_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(self.bidi),
+            "Sleep": grpc.unary_unary_rpc_method_handler(self.sleep),
+            "Fail": grpc.unary_unary_rpc_method_handler(self.fail),
+        }
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, handlers),)
+        )
+        self.health = health_lib.HealthServicer()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def _count(self, context):
+        with self.lock:
+            self.calls += 1
+        echo = tuple((k, v) for k, v in context.invocation_metadata() if k.startswith("x-echo"))
+        context.send_initial_metadata((("x-backend", self.id),) + echo)
+        context.set_trailing_metadata((("x-backend", self.id),) + echo)
+
+    def unary(self, request, context):
+        self._count(context)
+        return self.id.encode() + b":" + request
+
+    def client_stream(self, requests, context):
+        self._count(context)
+        total = b"".join(requests)
+        return f"{self.id}:{len(total)}:{sum(total) % 65521}".encode()
+
+    def server_stream(self, request, context):
+        self._count(context)
+        n, size, pause = (int(x) for x in request.decode().split(","))
+        for i in range(n):
+            if pause:
+                time.sleep(pause / 1000)
+            if not context.is_active():
+                self.cancelled.set()
+                return
+            yield bytes([97 + i % 26]) * size
+
+    def bidi(self, requests, context):
+        self._count(context)
+        for r in requests:
+            yield self.id.encode() + b":" + r
+
+    def sleep(self, request, context):
+        self._count(context)
+        context.add_callback(self.cancelled.set)
+        deadline = time.monotonic() + float(request.decode())
+        while time.monotonic() < deadline and context.is_active():
+            time.sleep(0.01)
+        return b"slept"
+
+    def fail(self, request, context):
+        self._count(context)
+        code = getattr(grpc.StatusCode, request.decode())
+        context.set_trailing_metadata(
+            (("x-backend", self.id), ("grpc-status-details-bin", b"\x08\x05\x12\x03why"))
+        )
+        context.abort(code, f"failed on purpose on {self.id}")
+
+    def stop(self, grace=None):
+        self.server.stop(grace)
+
+
+class Corelb:
+    """The real corelb in front of `ports` (h2c servers named by `names`)."""
+
+    def __init__(self, ports, names=None, extra=(), servers_json=None):
+        names = names or [chr(65 + i) for i in range(len(ports))]
+        servers = servers_json or ",".join(
+            f'{{"name": "{n}", "address": "127.0.0.1", "port": {p}, "protocol": "h2c"}}'
+            for n, p in zip(names, ports)
+        )
+        self.dir = tempfile.TemporaryDirectory()
+        self.config = os.path.join(self.dir.name, "corelb.json")
+        with open(self.config, "w") as f:
+            f.write(
+                f'{{"heartbeatInterval": 0.5, "heartbeatTimeout": 0.5, "servers": [{servers}]}}'
+            )
+        self.csv = os.path.join(self.dir.name, "log.csv")
+        argv = [CORELB, "--config", self.config, "--listen", "127.0.0.1:0",
+                "--admin", "127.0.0.1:0", "--workers", "1", "--log-csv", self.csv, *extra, *os.environ.get("CORELB_TEST_ARGS", "").split()]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(os.environ.get("CORELB_TEST_STDERR", os.devnull), "w"), text=True)
+        self.addr = self.admin = None
+        found = threading.Event()
+
+        def read():
+            for line in self.proc.stdout:
+                if "listening on " in line and not self.addr:
+                    self.addr = line.split("listening on ")[1].split()[0]
+                if "admin on http://" in line:
+                    self.admin = line.split("admin on http://")[1].split("/")[0]
+                    found.set()
+            found.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not found.wait(15) or not self.addr:
+            self.stop()
+            raise RuntimeError("corelb did not start: " + self.proc.stderr.read())
+
+    def channel(self):
+        return grpc.insecure_channel(self.addr)
+
+    def stats(self):
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.admin}/stats", timeout=5) as r:
+            return json.load(r)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def echo_servers():
+    servers = [EchoServer(sid) for sid in "ABC"]
+    yield servers
+    for s in servers:
+        s.stop(0)
+
+
+@pytest.fixture
+def lb(echo_servers):
+    c = Corelb([s.port for s in echo_servers])
+    yield c
+    c.stop()
+
+
+def stubs_for(channel):
+    ident = lambda b: b  # noqa: E731 (raw bytes both ways)
+    kw = dict(request_serializer=ident, response_deserializer=ident)
+    return {
+        "unary": channel.unary_unary(method("Unary"), **kw),
+        "client": channel.stream_unary(method("ClientStream"), **kw),
+        "server": channel.unary_stream(method("ServerStream"), **kw),
+        "bidi": channel.stream_stream(method("Bidi"), **kw),
+        "sleep": channel.unary_unary(method("Sleep"), **kw),
+        "fail": channel.unary_unary(method("Fail"), **kw),
+    }
+
+
+def test_unary_calls_of_one_channel_are_balanced_one_by_one(lb, echo_servers):
+    with lb.channel() as ch:
+        unary = stubs_for(ch)["unary"]
+        with futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: unary(b"%d" % i, timeout=10), range(3000)))
+    per = {}
+    for a in answers:
+        sid = a.split(b":")[0].decode()
+        per[sid] = per.get(sid, 0) + 1
+    # One HTTP/2 connection, yet every call a pick of its own: thirds within 5%.
+    assert sorted(per) == ["A", "B", "C"], per
+    for sid, n in per.items():
+        assert abs(n - 1000) <= 50, per
+    assert [s.calls for s in echo_servers] == [per["A"], per["B"], per["C"]]
+
+
+def test_all_four_call_types(lb):
+    with lb.channel() as ch:
+        s = stubs_for(ch)
+        assert s["unary"](b"hi", timeout=10).endswith(b":hi")
+        chunks = [bytes([i % 251]) * 10_000 for i in range(50)]
+        total = b"".join(chunks)
+        answer = s["client"](iter(chunks), timeout=10).decode().split(":")
+        assert answer[1:] == [str(len(total)), str(sum(total) % 65521)]
+        got = list(s["server"](b"200,4096,0", timeout=10))
+        assert len(got) == 200 and all(len(g) == 4096 for g in got)
+        assert got[27] == b"b" * 4096
+        msgs = [b"m%d" % i for i in range(100)]
+        replies = list(s["bidi"](iter(msgs), timeout=10))
+        sid = replies[0].split(b":")[0]
+        assert replies == [sid + b":" + m for m in msgs]
+
+
+def test_bidi_is_interleaved_not_buffered(lb):
+    """Each reply arrives before the next request is sent: nothing waits for the end."""
+    with lb.channel() as ch:
+        bidi = stubs_for(ch)["bidi"]
+        sent = []
+        ready = threading.Semaphore(0)
+
+        def requests():
+            for i in range(20):
+                sent.append(i)
+                yield b"%d" % i
+                assert ready.acquire(timeout=5), "reply to the previous message did not come"
+
+        for i, reply in enumerate(bidi(requests(), timeout=20)):
+            assert reply.endswith(b":%d" % i)
+            assert len(sent) == i + 1
+            ready.release()
+
+
+def test_metadata_status_details_and_trailers(lb):
+    with lb.channel() as ch:
+        s = stubs_for(ch)
+        resp, call = s["unary"].with_call(b"x", metadata=(("x-echo-a", "1"),), timeout=10)
+        initial = dict(call.initial_metadata())
+        trailing = dict(call.trailing_metadata())
+        assert initial["x-echo-a"] == "1" and trailing["x-echo-a"] == "1"
+        assert initial["x-backend"] == resp.split(b":")[0].decode()
+        for code in ("NOT_FOUND", "PERMISSION_DENIED", "INVALID_ARGUMENT", "ALREADY_EXISTS"):
+            with pytest.raises(grpc.RpcError) as e:
+                s["fail"](code.encode(), timeout=10)
+            assert e.value.code() == getattr(grpc.StatusCode, code)
+            assert e.value.details().startswith("failed on purpose on ")
+            md = dict(e.value.trailing_metadata())
+            assert md["grpc-status-details-bin"] == b"\x08\x05\x12\x03why"
+
+
+def test_deadline_cancels_upstream_and_answers_deadline_exceeded(lb, echo_servers):
+    with lb.channel() as ch:
+        sleep = stubs_for(ch)["sleep"]
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            sleep(b"5", timeout=0.3)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - start < 2
+    # The server saw its call cancelled (corelb reset the upstream stream), not run 5 s.
+    assert any(s.cancelled.wait(2) for s in echo_servers)
+
+
+def test_client_cancel_reaches_the_server(lb, echo_servers):
+    with lb.channel() as ch:
+        stream = stubs_for(ch)["server"](b"1000,100,20", timeout=30)
+        got = [next(stream) for _ in range(3)]
+        assert len(got) == 3
+        stream.cancel()
+    assert any(s.cancelled.wait(3) for s in echo_servers), "server saw the cancel"
+    # corelb is fine afterwards.
+    with lb.channel() as ch:
+        assert stubs_for(ch)["unary"](b"after", timeout=10).endswith(b":after")
+
+
+def test_no_server_reachable_is_unavailable():
+    with socket_port() as dead:
+        c = Corelb([dead], names=["gone"])
+        try:
+            with c.channel() as ch:
+                with pytest.raises(grpc.RpcError) as e:
+                    stubs_for(ch)["unary"](b"x", timeout=10)
+                assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert e.value.details()
+        finally:
+            c.stop()
+
+
+class socket_port:
+    """A loopback port with nothing listening."""
+
+    def __enter__(self):
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        return self.port
+
+    def __exit__(self, *a):
+        return False
+
+
+def tts_stub(c):
+    ch = c.channel()
+    return ch, pb_grpc.TTSStub(ch)
+
+
+def test_server_killed_mid_stream_fails_that_call_only(start_server):
+    servers = [start_server(tts_server_argv(id=sid)) for sid in "PQ"]
+    c = Corelb([s.port for s in servers], names=["P", "Q"])
+    try:
+        ch, tts = tts_stub(c)
+        req = pb.SynthesizeRequest(text="long", chunks=1000, chunk_bytes=100, chunk_interval_ms=10)
+        stream = tts.SynthesizeStream(req, timeout=30)
+        first = next(stream)
+        victim = next(s for s in servers if first.backend == s.argv[s.argv.index("--id") + 1])
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        with pytest.raises(grpc.RpcError) as e:
+            for _ in stream:
+                pass
+        assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL), e.value
+        # Other calls keep working (on the other server, once the dead one is noticed).
+        ok = 0
+        for _ in range(20):
+            try:
+                tts.Synthesize(pb.SynthesizeRequest(text="x"), timeout=5)
+                ok += 1
+            except grpc.RpcError:
+                pass
+        assert ok >= 18, ok
+        ch.close()
+    finally:
+        c.stop()
+
+
+def test_graceful_restart_of_a_server_loses_no_call(start_server):
+    """Under steady calls, a server stopped with SIGTERM (GOAWAY, in-flight calls finish)
+    and started again fails no call corelb could have moved: calls above the GOAWAY's
+    last stream and connect failures go to the other servers."""
+    servers = [start_server(tts_server_argv("--delay-ms", "5", id=sid)) for sid in "PQR"]
+    c = Corelb([s.port for s in servers], names=["P", "Q", "R"])
+    stop = threading.Event()
+    errors, done = [], [0]
+
+    def load():
+        ch, tts = tts_stub(c)
+        while not stop.is_set():
+            try:
+                tts.Synthesize(pb.SynthesizeRequest(text="x"), timeout=10)
+                done[0] += 1
+            except grpc.RpcError as e:
+                errors.append((e.code(), e.details()))
+        ch.close()
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1)
+        victim = servers[1]
+        port = victim.port
+        victim.proc.send_signal(signal.SIGTERM)
+        victim.proc.wait(10)
+        time.sleep(1.5)
+        # Back on its port: the health checks bring it back into rotation.
+        start_server(tts_server_argv("--delay-ms", "5", "--port", str(port), id="Q"))
+        time.sleep(2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(20)
+        c.stop()
+    assert done[0] > 200, done
+    # A call reaching grpcio's server as it shuts down is answered CANCELLED by the server
+    # itself (a real answer, which corelb forwards); nothing else fails.
+    assert all(code == grpc.StatusCode.CANCELLED for code, _ in errors), errors[:5]
+    assert len(errors) <= 2, errors
