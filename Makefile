@@ -15,8 +15,7 @@ BIN := target/release
 
 # PROTOCOL=grpc: the backends speak gRPC (the TTS service of backend/proto/tts.proto) on
 # 50051-50053, the seed's gRPC port, and corelb gets a generated config in the seed's format
-# naming them (tts@container1..3) and checks them by TCP connect. corelb's gRPC proxying
-# lands with the HTTP/2 work in src/proxy/; until then it starts but cannot forward gRPC.
+# naming them (tts@container1..3) as h2c servers: every call is balanced on its own.
 ifeq ($(PROTOCOL),grpc)
 BACKEND_BASE := 50050
 BACKEND_ARGS := --protocol grpc
@@ -50,7 +49,7 @@ START_BACKENDS = for id in A B C; do \
 	done
 
 # The seed's config format, naming the gRPC backends as the seed named its TTS servers.
-GRPC_SERVER = {"name":"tts@container$(1)","address":"127.0.0.1","port":5005$(1),"priority":0,"load":1}
+GRPC_SERVER = {"name":"tts@container$(1)","address":"127.0.0.1","port":5005$(1),"priority":0,"load":1,"protocol":"h2c"}
 WRITE_RUN_CONFIG = printf '%s\n' '{"heartbeatInterval":2,"heartbeatTimeout":1,"servers":[$(call GRPC_SERVER,1),$(call GRPC_SERVER,2),$(call GRPC_SERVER,3)]}' > $(RUN_CONFIG)
 
 # Ctrl-C (or any child exiting) stops everything: the children run in their own process
