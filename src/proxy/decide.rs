@@ -223,6 +223,23 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_request_was_not_processed_and_goes_elsewhere_whatever_its_method() {
+        let post = Attempt {
+            got_bytes: true,
+            ..attempt(Method::Post)
+        };
+        assert_eq!(replay(&post, Failure::Refused, 2), Replay::Elsewhere);
+        // Still never once the client saw bytes, nor past the retry count.
+        let answered = Attempt {
+            answered: true,
+            ..post
+        };
+        assert_eq!(replay(&answered, Failure::Refused, 2), Replay::No);
+        let spent = Attempt { retries: 2, ..post };
+        assert_eq!(replay(&spent, Failure::Refused, 2), Replay::No);
+    }
+
+    #[test]
     fn a_post_written_whole_is_not_replayed_after_a_reset_or_timeout() {
         let a = attempt(Method::Post);
         assert_eq!(replay(&a, Failure::Reset, 2), Replay::No);

@@ -248,7 +248,13 @@ impl Proxy {
                 st.mux = h2c;
                 st.ex.begin_attempt(ui, reused);
                 st.restart();
-                st.deadline = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect);
+                // An h2c leg's deadlines are the stream's (its connection is shared); an
+                // HTTP/1.1 leg's are its connection's.
+                st.deadline = if h2c {
+                    self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect)
+                } else {
+                    0
+                };
                 true
             }
             None => {
