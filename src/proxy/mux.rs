@@ -14,22 +14,15 @@
 //! A connection that breaks, or says GOAWAY, takes no new streams; its streams learn why
 //! ([`Gone`]), and the slot closes when the last one has left.
 
-use std::io;
-use std::sync::atomic::Ordering::Relaxed;
-
-use mio::net::TcpStream;
-use mio::Interest;
-
 use crate::buffer::{Buf, BUF_SIZE};
 use crate::config::UpstreamMode;
 use crate::debug;
 use crate::h2::{self as codec, Connection, ErrorCode, Event, Fields, StreamId};
-use crate::timer::Deadline;
 
 use super::context::Ctx;
 use super::exchange::NONE;
-use super::io::{read_into, would_block, write2, Io};
-use super::upstream::{UpState, Upstream};
+use super::io::{read_into, would_block, write2};
+use super::upstream::{connect_result, UpState};
 use super::{upstream_token, Proxy};
 
 /// Streams one connection takes before the backend's SETTINGS say how many it allows
@@ -154,29 +147,6 @@ impl Proxy {
 
     /// Opens a new connection to `backend` (connecting; the codec's preface waits).
     fn mux_connect(&mut self, backend: usize, single: bool) -> Option<usize> {
-        let addr = self.ctx.shared.balancer.backend(backend).addr;
-        let mut sock = match TcpStream::connect(addr) {
-            Ok(s) => s,
-            Err(e) => {
-                debug!("worker {}: connect to {addr} failed: {e}", self.ctx.id);
-                return None;
-            }
-        };
-        let entry = self.ups.vacant_entry();
-        let ui = entry.key();
-        self.ctx
-            .registry
-            .register(
-                &mut sock,
-                upstream_token(ui),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .ok()?;
-        self.ctx
-            .shared
-            .counters
-            .upstream_connects
-            .fetch_add(1, Relaxed);
         let mux = Mux {
             conn: Connection::client(client_settings(), codec::Limits::default()),
             streams: Vec::new(),
@@ -184,18 +154,7 @@ impl Proxy {
             closed: false,
             single,
         };
-        let u = entry.insert(Upstream {
-            sock,
-            backend,
-            client: NONE,
-            stream: 0,
-            state: UpState::Connecting,
-            io: Io::default(),
-            timer: Deadline::default(),
-            mux: Some(Box::new(mux)),
-        });
-        let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect);
-        self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
+        let ui = self.connect_upstream(backend, NONE, Some(Box::new(mux)))?;
         if !single {
             self.muxes[backend].push(ui);
         }
@@ -256,6 +215,11 @@ impl Proxy {
     pub(super) fn mux_event(&mut self, ui: usize) {
         let mut wake = std::mem::take(&mut self.mux_wake);
         self.mux_io(ui, &mut wake);
+        self.wake(wake);
+    }
+
+    /// Drives each client in `wake` once, then keeps the vector for the next event.
+    fn wake(&mut self, mut wake: Vec<usize>) {
         wake.sort_unstable();
         wake.dedup();
         for &ci in &wake {
@@ -441,15 +405,7 @@ impl Proxy {
                     wake.extend(m.streams.iter().map(|s| s.client));
                 }
                 self.mux_broke(ui, Gone::Connect { timeout: true });
-                wake.sort_unstable();
-                wake.dedup();
-                for &ci in &wake {
-                    if self.clients.contains(ci) {
-                        self.drive(ci);
-                    }
-                }
-                wake.clear();
-                self.mux_wake = wake;
+                self.wake(wake);
             }
             UpState::Idle => self.mux_close(ui),
             UpState::Busy => {}
@@ -515,29 +471,6 @@ impl Proxy {
             .filter(|&&ui| self.ups[ui].is_idle())
             .count();
         (all, idle)
-    }
-}
-
-/// The result of a connect once the socket is writable: `Some(true)` up, `Some(false)`
-/// failed, `None` still connecting.
-fn connect_result(u: &mut Upstream) -> Option<bool> {
-    if !u.io.writable {
-        return None;
-    }
-    match u.sock.take_error() {
-        Ok(None) => {}
-        Ok(Some(_)) | Err(_) => return Some(false),
-    }
-    match u.sock.peer_addr() {
-        Ok(_) => {
-            let _ = u.sock.set_nodelay(true);
-            Some(true)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-            u.io.writable = false;
-            None
-        }
-        Err(_) => Some(false),
     }
 }
 

@@ -105,6 +105,19 @@ impl Proxy {
                 return Some((ui, true));
             }
         }
+        let ui = self.connect_upstream(backend, ci, None)?;
+        Some((ui, false))
+    }
+
+    /// Starts a non-blocking connect to `backend` for client `ci` (`NONE` for a shared
+    /// h2c connection, which brings its `mux`); the slot is connecting, with the connect
+    /// deadline armed.
+    pub(super) fn connect_upstream(
+        &mut self,
+        backend: usize,
+        ci: usize,
+        mux: Option<Box<Mux>>,
+    ) -> Option<usize> {
         let addr = self.ctx.shared.balancer.backend(backend).addr;
         let mut sock = match TcpStream::connect(addr) {
             Ok(s) => s,
@@ -136,11 +149,11 @@ impl Proxy {
             state: UpState::Connecting,
             io: Io::default(),
             timer: Deadline::default(),
-            mux: None,
+            mux,
         });
-        let at = now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect);
+        let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect);
         self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
-        Some((ui, false))
+        Some(ui)
     }
 
     /// No connection to `backend` could be made for client `ci`: 502, and the request
@@ -200,30 +213,16 @@ impl Proxy {
     /// client has been answered or the request retried) or is still connecting.
     fn connected(&mut self, ui: usize) -> bool {
         let u = &mut self.ups[ui];
-        if !u.io.writable {
-            return false;
-        }
         let ci = u.client;
-        match u.sock.take_error() {
-            Ok(None) => {}
-            Ok(Some(_)) | Err(_) => {
-                self.fail(ci, Failure::Connect);
-                return false;
-            }
-        }
-        match u.sock.peer_addr() {
-            Ok(_) => {
-                let _ = u.sock.set_nodelay(true);
+        match connect_result(u) {
+            None => false,
+            Some(true) => {
                 u.state = UpState::Busy;
                 let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
                 self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
                 true
             }
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                u.io.writable = false;
-                false
-            }
-            Err(_) => {
+            Some(false) => {
                 self.fail(ci, Failure::Connect);
                 false
             }
@@ -283,5 +282,28 @@ impl Proxy {
         if self.clients.contains(ci) {
             self.drive(ci);
         }
+    }
+}
+
+/// The result of a connect once the socket is writable: `Some(true)` up (Nagle off),
+/// `Some(false)` failed, `None` still connecting.
+pub(super) fn connect_result(u: &mut Upstream) -> Option<bool> {
+    if !u.io.writable {
+        return None;
+    }
+    match u.sock.take_error() {
+        Ok(None) => {}
+        Ok(Some(_)) | Err(_) => return Some(false),
+    }
+    match u.sock.peer_addr() {
+        Ok(_) => {
+            let _ = u.sock.set_nodelay(true);
+            Some(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+            u.io.writable = false;
+            None
+        }
+        Err(_) => Some(false),
     }
 }

@@ -4,7 +4,7 @@
 //! within the send windows and trailers; failures retried by `decide::replay`'s rules,
 //! answered 502/504 before the response head, or RST_STREAM(INTERNAL_ERROR) after it.
 
-use std::io::{self, IoSlice, Write};
+use std::io::{IoSlice, Write};
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::buffer::Buf;
@@ -18,7 +18,7 @@ use super::super::context::Ctx;
 use super::super::decide::{self, Failure, PoolCheck};
 use super::super::exchange::{Exchange, Resp, NONE};
 use super::super::io::{read_into, would_block, Io};
-use super::super::upstream::UpState;
+use super::super::upstream::{connect_result, UpState};
 use super::super::{upstream_token, Proxy};
 use super::translate::{self, Framing};
 use super::{grpc, leg, H2Session, OUT_HIGH};
@@ -300,24 +300,13 @@ impl Proxy {
 
     fn h2_connected(&mut self, ui: usize) -> Connect {
         let u = &mut self.ups[ui];
-        if !u.io.writable {
-            return Connect::Waiting;
-        }
-        match u.sock.take_error() {
-            Ok(None) => {}
-            Ok(Some(_)) | Err(_) => return Connect::Failed,
-        }
-        match u.sock.peer_addr() {
-            Ok(_) => {
-                let _ = u.sock.set_nodelay(true);
+        match connect_result(u) {
+            None => Connect::Waiting,
+            Some(true) => {
                 u.state = UpState::Busy;
                 Connect::Up
             }
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                u.io.writable = false;
-                Connect::Waiting
-            }
-            Err(_) => Connect::Failed,
+            Some(false) => Connect::Failed,
         }
     }
 
