@@ -44,6 +44,15 @@ impl Fields {
         Fields::default()
     }
 
+    /// Room for `fields` fields of `bytes` bytes in all, so a typical section is decoded
+    /// with one allocation per vector.
+    pub fn with_capacity(bytes: usize, fields: usize) -> Self {
+        Fields {
+            buf: Vec::with_capacity(bytes),
+            idx: Vec::with_capacity(fields),
+        }
+    }
+
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
         let start = self.buf.len() as u32;
         self.buf.extend_from_slice(name);

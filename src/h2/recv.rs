@@ -224,7 +224,8 @@ impl Connection {
     fn on_block(&mut self, cont: Continuation, block: &[u8], now: Instant) -> R {
         let id = cont.stream;
         let max_list = self.settings.max_header_list_size as usize;
-        let mut fields = Fields::new();
+        // A block decodes to a few times its size (Huffman, indexed fields).
+        let mut fields = Fields::with_capacity(block.len() * 3 + 64, 16);
         let too_large = match self.hpack.decode(block, max_list, &mut fields) {
             Err(()) => {
                 return Err(self.conn_error(ErrorCode::COMPRESSION_ERROR, "HPACK decoding failed"))

@@ -279,6 +279,10 @@ impl Proxy {
                 break;
             }
             let buf = m.buf.get_or_insert_with(|| self.ctx.bufs.get());
+            if buf.capacity() < READ_BUF && buf.is_empty() {
+                // A pooled 32 KiB buffer (buffer.rs bulk class), not a fresh one.
+                self.ctx.bufs.enlarge(buf, true);
+            }
             if buf.capacity() < READ_BUF {
                 buf.grow(READ_BUF);
             }

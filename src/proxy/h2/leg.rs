@@ -82,15 +82,18 @@ impl Proxy {
     /// The request upstream: HEADERS once the connection is up, then body and trailers
     /// within the backend's windows.
     fn h2_leg_send(&mut self, ci: usize, s: &mut H2Session, i: usize) -> Result<bool, Leg> {
-        let peer = self.clients[ci].peer.ip();
         let H2Session {
-            conn, streams, up, ..
+            conn,
+            streams,
+            up,
+            ip,
+            ..
         } = s;
         let st = &mut streams[i];
         let ui = st.ex.up;
         let mut moved = false;
         if !st.opened {
-            translate::upstream_fields(&st.fields, peer, up);
+            translate::upstream_fields(&st.fields, ip, up);
             let end = st.req_end
                 && st.body.as_ref().is_none_or(|b| b.is_empty())
                 && st.req_trailers.is_none();

@@ -79,6 +79,8 @@ pub(crate) struct H2Session {
     trailers: Fields,
     /// Scratch for the request fields sent to h2c backends.
     up: Fields,
+    /// The client's address as text (X-Forwarded-For), made once per connection.
+    ip: Box<[u8]>,
     /// Worker-clock ms: when the client's idle (or stalled) deadline passes (0: none).
     idle_at: u64,
     /// When the client's timer is armed for (0: not armed).
@@ -108,6 +110,7 @@ impl Proxy {
             waiting_client: false,
             trailers: Fields::new(),
             up: Fields::new(),
+            ip: self.clients[ci].peer.ip().to_string().into_bytes().into(),
             idle_at: 0,
             armed: 0,
         };
@@ -326,20 +329,12 @@ impl Proxy {
             h2_answer(&mut s.conn, id, 405, end);
             return;
         }
-        // The HTTP/1.1 head checks what any backend may receive; it is kept for an
-        // HTTP/1.1 backend.
-        let scratch = &mut self.ctx.scratch;
-        scratch.clear();
-        let head = match translate::request_head(&fields, end, peer.ip(), close, scratch) {
-            Ok(h) => h,
-            Err(why) => {
-                debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");
-                self.ctx.count_rejected();
-                s.conn.reset(id, ErrorCode::PROTOCOL_ERROR);
-                return;
-            }
-        };
-        rec.request_bytes = scratch.len() as u64;
+        if let Err(why) = translate::target(&fields) {
+            debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");
+            self.ctx.count_rejected();
+            s.conn.reset(id, ErrorCode::PROTOCOL_ERROR);
+            return;
+        }
         if self.ctx.panic_path.as_deref() == fields.path() {
             panic!("test hook: HTTP/2 request for a panic path");
         }
@@ -351,17 +346,32 @@ impl Proxy {
         };
         self.ctx.count_request();
         self.ctx.budget.deposit();
+        // An HTTP/1.1 backend gets its head now; an h2c one the fields as they are.
         let mut buf = self.ctx.bufs.get();
+        let mut framing = translate::Framing::None;
         if shared.balancer.backend(backend).protocol == crate::config::Protocol::Http1 {
-            let scratch = &self.ctx.scratch;
+            let scratch = &mut self.ctx.scratch;
+            scratch.clear();
+            match translate::request_head(&fields, end, &s.ip, close, scratch) {
+                Ok(head) => framing = head.framing,
+                Err(why) => {
+                    debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");
+                    shared.balancer.cancel(backend);
+                    self.ctx.bufs.put(buf);
+                    self.ctx.count_rejected();
+                    s.conn.reset(id, ErrorCode::PROTOCOL_ERROR);
+                    return;
+                }
+            }
             if scratch.len() > buf.capacity() {
                 buf.grow(scratch.len());
             }
             buf.space()[..scratch.len()].copy_from_slice(scratch);
             buf.filled(scratch.len());
+            rec.request_bytes = scratch.len() as u64;
         }
         let ex = self.ctx.exchange(super::exchange::Start {
-            method: head.method,
+            method,
             http10: false,
             keep_alive: true,
             expect: false,
@@ -377,7 +387,7 @@ impl Proxy {
         } else {
             None
         };
-        let mut st = H2Stream::new(id, ex, head.framing, end, fields, call);
+        let mut st = H2Stream::new(id, ex, framing, end, fields, call);
         if let Some(t) = call_timeout {
             let cap = shared.cfg.timeouts.upstream;
             st.call_deadline = self.ctx.now + Ctx::ms(t.min(cap)).max(1);

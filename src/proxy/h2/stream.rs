@@ -221,11 +221,14 @@ impl Proxy {
         let st = &mut s.streams[i];
         if !h2c && st.ex.head.as_ref().is_none_or(|h| h.is_empty()) {
             // First time on an HTTP/1.1 backend: its request head (checked at open).
-            let peer = self.clients[ci].peer.ip();
             let close = self.ctx.shared.cfg.upstream == UpstreamMode::PerRequest;
             let scratch = &mut self.ctx.scratch;
             scratch.clear();
-            let _ = translate::request_head(&st.fields, st.req_end, peer, close, scratch);
+            // Checked at open (`translate::target`); what HTTP/1.1 cannot carry is left out.
+            if let Ok(head) = translate::request_head(&st.fields, st.req_end, &s.ip, close, scratch)
+            {
+                st.framing = head.framing;
+            }
             let buf = st.ex.head.get_or_insert_with(|| self.ctx.bufs.get());
             buf.clear();
             if scratch.len() > buf.capacity() {

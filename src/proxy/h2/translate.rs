@@ -5,11 +5,10 @@
 //! HTTP/2 trailers.
 
 use std::io::Write;
-use std::net::IpAddr;
 
 use crate::h2::{is_connection_specific, Fields};
 use crate::http::chunked::{is_tchar, ChunkError, ChunkedDecoder};
-use crate::http::{Method, Response};
+use crate::http::Response;
 
 /// How the request body goes upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +23,6 @@ pub(super) enum Framing {
 
 /// What a translated request head says.
 pub(super) struct Head {
-    pub method: Method,
     pub framing: Framing,
 }
 
@@ -33,15 +31,13 @@ fn visible(v: &[u8]) -> bool {
     !v.is_empty() && v.iter().all(|&b| (0x21..0x7f).contains(&b))
 }
 
-/// Writes the HTTP/1.1 request head for `fields` (validated by the codec) into `out`.
-/// `Err` names what HTTP/1.1 cannot carry (the stream is then refused).
-pub(super) fn request_head(
-    fields: &Fields,
-    end_stream: bool,
-    client_ip: IpAddr,
-    close: bool,
-    out: &mut Vec<u8>,
-) -> Result<Head, &'static str> {
+/// A request's method, path and authority.
+pub(super) type Target<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// The method, path and authority of a request, checked for what any backend may get:
+/// a token method (not CONNECT), an origin-form path (or `*` for OPTIONS), a visible
+/// authority (or Host) without userinfo.
+pub(super) fn target(fields: &Fields) -> Result<Target<'_>, &'static str> {
     let method = fields.method().ok_or("no :method")?;
     if method == b"CONNECT" {
         return Err("CONNECT is not proxied");
@@ -61,6 +57,19 @@ pub(super) fn request_head(
     if !visible(host) || host.contains(&b'@') {
         return Err("bad :authority");
     }
+    Ok((method, path, host))
+}
+
+/// Writes the HTTP/1.1 request head for `fields` (validated by the codec) into `out`.
+/// `Err` names what HTTP/1.1 cannot carry (the stream is then refused).
+pub(super) fn request_head(
+    fields: &Fields,
+    end_stream: bool,
+    client_ip: &[u8],
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Head, &'static str> {
+    let (method, path, host) = target(fields)?;
     let mut length = None;
     out.extend_from_slice(method);
     out.push(b' ');
@@ -130,22 +139,20 @@ pub(super) fn request_head(
             out.extend_from_slice(b", ");
         }
     }
-    let _ = write!(out, "{client_ip}\r\nVia: 2 corelb\r\n");
+    out.extend_from_slice(client_ip);
+    out.extend_from_slice(b"\r\nVia: 2 corelb\r\n");
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Head {
-        method: Method::of(method),
-        framing,
-    })
+    Ok(Head { framing })
 }
 
 /// The request fields for an h2c backend, from the client's (validated by the codec and
 /// by [`request_head`]) into `out`: the pseudo-headers (`:scheme` defaults to http), the
 /// regular fields but the connection-specific ones, X-Forwarded-For extended with the
 /// client's address and `via`.
-pub(super) fn upstream_fields(fields: &Fields, client_ip: IpAddr, out: &mut Fields) {
+pub(super) fn upstream_fields(fields: &Fields, client_ip: &[u8], out: &mut Fields) {
     out.clear();
     let method = fields.method().unwrap_or(b"GET");
     out.push(b":method", method);
@@ -154,22 +161,27 @@ pub(super) fn upstream_fields(fields: &Fields, client_ip: IpAddr, out: &mut Fiel
         out.push(b":authority", a);
     }
     out.push(b":path", fields.path().unwrap_or(b"/"));
-    let mut xff: Vec<u8> = Vec::new();
+    let mut forwarded = false;
     for (name, value) in fields.regular() {
         match name {
             b"host" => continue,
-            b"x-forwarded-for" => {
-                xff.extend_from_slice(value);
-                xff.extend_from_slice(b", ");
-                continue;
-            }
+            b"x-forwarded-for" => forwarded = true,
             b"te" if value != b"trailers" => continue,
-            _ if is_connection_specific(name) && name != b"te" => continue,
+            _ if is_connection_specific(name) => continue,
             _ => out.push(name, value),
         }
     }
-    let _ = write!(xff, "{client_ip}");
-    out.push(b"x-forwarded-for", &xff);
+    if forwarded {
+        let mut xff: Vec<u8> = Vec::new();
+        for (_, v) in fields.regular().filter(|(n, _)| *n == b"x-forwarded-for") {
+            xff.extend_from_slice(v);
+            xff.extend_from_slice(b", ");
+        }
+        xff.extend_from_slice(client_ip);
+        out.push(b"x-forwarded-for", &xff);
+    } else {
+        out.push(b"x-forwarded-for", client_ip);
+    }
     out.push(b"via", b"2 corelb");
 }
 
@@ -357,9 +369,8 @@ mod tests {
             ("x-y", "z"),
         ]);
         let mut out = Vec::new();
-        let h = request_head(&f, false, "10.0.0.1".parse().unwrap(), false, &mut out).unwrap();
+        let h = request_head(&f, false, b"10.0.0.1", false, &mut out).unwrap();
         assert_eq!(h.framing, Framing::Length(5));
-        assert_eq!(h.method, Method::Post);
         let s = String::from_utf8(out).unwrap();
         assert!(
             s.starts_with("POST /echo?a=1 HTTP/1.1\r\nHost: example.com\r\n"),
@@ -379,7 +390,7 @@ mod tests {
     #[test]
     fn framing_and_refusals() {
         let base = [(":method", "GET"), (":scheme", "http"), (":path", "/")];
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip: &[u8] = b"127.0.0.1";
         let mut out = Vec::new();
         let mut f = base.to_vec();
         f.push((":authority", "h"));
