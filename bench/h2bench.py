@@ -128,7 +128,7 @@ def build_scenarios(reps: int, only: Optional[set]) -> list:
     tp.notes.append("NGINX's gRPC proxy carries one call per upstream connection (no HTTP/2 "
                     "multiplexing towards the backends), so it holds about as many backend "
                     "connections as calls in flight; corelb and HAProxy multiplex the calls "
-                    "over one connection per backend (per worker/thread). The direct row's "
+                    "over a handful (about one per backend per worker/thread). The direct row's "
                     "connections are h2load's 4 and the nghttp check's.")
     tp.targets = [Target("direct", "direct"), Target("corelb", "corelb", "round-robin"),
                   Target("nginx", "nginx", ""), Target("haproxy", "haproxy", "roundrobin")]
@@ -542,8 +542,10 @@ def write_summary(out: Path, info: dict, settings: dict, scenarios: list, hb: H2
     L = [f"# corelb HTTP/2 and gRPC benchmark, {settings['date']}", ""]
     if settings["quick"]:
         L += ["**Quick run: a functional check, not a measurement.** 1 repetition of "
-              f"{settings['seconds']} s per target; on a shared, busy machine the figures are "
-              "noise-prone. Use `make bench-h2` on a quiet machine for numbers.", ""]
+              f"{settings['seconds']} s per target (load average at the start "
+              f"{info.get('loadavg_start')} on {info.get('nproc')} cores: the load generator, "
+              "backends and proxies share them with whatever else runs). The figures are "
+              "noisy; use `make bench-h2` on a quiet machine for numbers.", ""]
     if interrupted:
         L += ["**Interrupted: the tables hold only the runs that finished.**", ""]
     L += [f"Invocation: `{settings['invocation']}`; {settings['reps']} repetition(s), "
@@ -578,8 +580,8 @@ def write_summary(out: Path, info: dict, settings: dict, scenarios: list, hb: H2
         aggs = {t.name: aggregate(by.get((sc.key, t.name), [])) for t in sc.targets}
         L += (throughput_tables if sc.key == "throughput" else routing_tables)(sc, aggs)
         L.append("")
-        for n in sc.notes:
-            L.append(f"- {n}")
+        if sc.notes:
+            L += [f"- {n}" for n in sc.notes] + [""]
         checks = [(t.name, hb.verified[t.name]) for t in sc.targets if t.name in hb.verified]
         if checks:
             L += ["gRPC checks (`nghttp -v`, one call per target): " + "; ".join(
