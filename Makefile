@@ -28,7 +28,7 @@ $(error PROTOCOL=$(PROTOCOL): expected http or grpc)
 endif
 
 .PHONY: all build release run backends test test-grpc test-browser lint fmt bench bench-quick \
-	bench-sizes bench-ab abuse conformance fuzz clean
+	bench-sizes bench-ab bench-h2 bench-h2-quick abuse conformance fuzz clean
 
 all: build
 
@@ -146,6 +146,18 @@ bench-sizes: release
 bench-ab: release
 	@test -n "$(BASELINE)" || { echo "make bench-ab needs BASELINE=path/to/corelb"; exit 2; }
 	$(PYTHON) bench/bench.py --only ab --baseline-bin $(BASELINE)
+
+# HTTP/2 and gRPC (bench/h2bench.py): h2load sending gRPC unary calls to a gRPC backend
+# directly, to corelb (h2c upstreams), NGINX (grpc_pass) and HAProxy (proto h2), 1 worker
+# each; then the seed's latencies behind corelb's round-robin and adaptive modes. Ports
+# 127.0.0.1:18200-18299; results in bench/results/<date>-<host>-h2[-quick]/.
+#   make bench-h2         3 repetitions of 20 s runs (about 11 min)
+#   make bench-h2-quick   1 repetition of 3 s runs, a functional check (under 1 min)
+bench-h2: release
+	$(PYTHON) bench/h2bench.py
+
+bench-h2-quick: release
+	$(PYTHON) bench/h2bench.py --quick
 
 # Load and abuse (tests/abuse.rs at full size, figures printed): 10,000 keep-alive clients
 # on 1 worker, 2,000 slowloris connections, 1,000 resets mid-request; about 40 s.
