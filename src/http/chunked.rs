@@ -222,6 +222,33 @@ impl ChunkedDecoder {
         })
     }
 
+    /// Chunk data bytes the current chunk still has to come, when the decoder stands inside
+    /// chunk data (after its size line); 0 anywhere else. A caller may move that many bytes
+    /// without showing them to the decoder (zero copy, with splice) and report them with
+    /// [`skip_data`](ChunkedDecoder::skip_data): chunk data is opaque, so nothing in it needs
+    /// validating. The CRLF after the data is validated by [`decode`](ChunkedDecoder::decode)
+    /// again.
+    #[inline]
+    pub fn data_left(&self) -> u64 {
+        if self.state == State::Data {
+            self.size
+        } else {
+            0
+        }
+    }
+
+    /// Records `n` bytes of chunk data moved past the decoder (at most
+    /// [`data_left`](ChunkedDecoder::data_left)); after the chunk's last byte it expects the
+    /// CRLF that ends the data.
+    pub fn skip_data(&mut self, n: u64) {
+        debug_assert!(n <= self.data_left(), "skipped past the chunk's data");
+        let n = n.min(self.data_left());
+        self.size -= n;
+        if self.state == State::Data && self.size == 0 {
+            self.state = State::DataCr;
+        }
+    }
+
     /// Validates everything in `input` up to the end of the body; returns the bytes consumed.
     /// Used to pass a body through unchanged.
     pub fn validate(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
