@@ -912,3 +912,50 @@ fn an_early_answer_during_a_spliced_chunked_upload_is_the_only_answer() {
     drop(s);
     let _ = writer.join();
 }
+
+#[test]
+fn splice_min_sets_the_threshold_and_off_copies_everything() {
+    let a = Backend::start("A", "fast", &[]);
+    let download = |p: &Proxy, len: u64| {
+        let mut s = connect(p.addr);
+        s.write_all(format!("GET /bytes/{len} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .unwrap();
+        let h = read_head(&mut s);
+        assert!(h.starts_with(b"HTTP/1.1 200"));
+        read_checked(&mut s, len, pattern);
+    };
+    // 2 MiB: a 1 MiB body is copied, an 8 MiB one spliced.
+    let mut extra = vec!["--workers", "1", "--splice-min", "2MiB"];
+    extra.extend_from_slice(&ADMIN);
+    let p = Proxy::start(&[&a], &extra);
+    download(&p, MIB as u64);
+    assert_eq!(spliced(p.admin.unwrap()), 0, "under the threshold: copied");
+    download(&p, 8 * MIB as u64);
+    assert!(spliced(p.admin.unwrap()) >= 5 * MIB as u64);
+    drop(p);
+    // off: nothing is spliced, the bytes are the same.
+    let mut extra = vec!["--workers", "1", "--splice-min", "off"];
+    extra.extend_from_slice(&ADMIN);
+    let p = Proxy::start(&[&a], &extra);
+    download(&p, 8 * MIB as u64);
+    let (wire, data, _) = chunked_body(&MIXED, TRAILERS, upload_byte);
+    let mut s = connect(p.addr);
+    s.write_all(b"POST /sink HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    s.write_all(&wire).unwrap();
+    let r = read_response(&mut s, &mut Vec::new(), "POST").unwrap();
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["bytes"].as_u64(), Some(data.len() as u64));
+    assert_eq!(spliced(p.admin.unwrap()), 0, "off: never spliced");
+    drop(p);
+    // The file's "spliceMin" is the same setting.
+    let cfg = format!(
+        r#"{{"spliceMin": "off", "servers": [{}]}}"#,
+        server_json("A", a.port(), 0)
+    );
+    let mut extra = vec!["--workers", "1", "--health-check", "off"];
+    extra.extend_from_slice(&ADMIN);
+    let p = Proxy::with_config(&cfg, &extra);
+    download(&p, 8 * MIB as u64);
+    assert_eq!(spliced(p.admin.unwrap()), 0);
+}

@@ -32,7 +32,7 @@ use super::{Proxy, Step};
 
 /// The default threshold: a stretch of at least this many opaque body bytes left when
 /// splicing could start is spliced (`--splice-min`; 0 turns splicing off).
-pub const SPLICE_MIN: u64 = 64 * 1024;
+pub const SPLICE_MIN: u64 = crate::config::DEFAULT_SPLICE_MIN;
 /// Pipe sizes asked for, in order; refused, the pipe keeps the system's default (64 KiB).
 /// Modest on purpose: every open pipe counts against the user's pipe quota
 /// (`fs.pipe-user-pages-soft`, 64 MiB by default), pooled ones included, and a user over
