@@ -959,3 +959,245 @@ fn splice_min_sets_the_threshold_and_off_copies_everything() {
     download(&p, 8 * MIB as u64);
     assert_eq!(spliced(p.admin.unwrap()), 0);
 }
+
+/// What a client saw of one scripted exchange: the bytes until the proxy closed (or the
+/// response's end), and whether the close came after about the 1 s timeout.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    bytes: Vec<u8>,
+    timed_out: bool,
+}
+
+/// A CSV row's path, status, request_bytes and response_bytes.
+type Row = (String, String, u64, u64);
+
+/// Runs the same chunked exchanges through a proxy started with `extra`: a download whose
+/// backend stalls mid-chunk, an upload whose client stalls mid-chunk, then a complete
+/// download and upload of mixed chunks. Returns what the client saw, the CSV rows'
+/// (path, status, request_bytes, response_bytes), and the bytes spliced.
+fn chunked_scenarios(port: u16, extra: &[&str]) -> (Vec<Seen>, Vec<Row>, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("log.csv");
+    let mut args = vec![
+        "--upstream-timeout",
+        "1s",
+        "--client-timeout",
+        "1s",
+        "--log-csv",
+        csv_path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&ADMIN);
+    args.extend_from_slice(extra);
+    let mut p = proxy_for_port(port, &args);
+    let admin = p.admin.unwrap();
+    let mut seen = Vec::new();
+    let until_close = |s: &mut TcpStream| {
+        let t = std::time::Instant::now();
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        let e = t.elapsed();
+        Seen {
+            bytes: all,
+            timed_out: e >= Duration::from_millis(700) && e < Duration::from_secs(5),
+        }
+    };
+    // The backend stalls inside a 1 MiB chunk.
+    let mut s = connect(p.addr);
+    s.write_all(b"GET /stall-down HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    seen.push(until_close(&mut s));
+    // The client stalls inside a 1 MiB chunk of its upload.
+    let mut s = connect(p.addr);
+    let mut up =
+        b"POST /stall-up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n100000\r\n"
+            .to_vec();
+    up.extend((0..512 * 1024).map(upload_byte));
+    s.write_all(&up).unwrap();
+    seen.push(until_close(&mut s));
+    // Complete ones, on one connection.
+    let (wire, _, cuts) = chunked_body(&MIXED, TRAILERS, upload_byte);
+    let mut s = connect(p.addr);
+    s.write_all(b"GET /down HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut pending = Vec::new();
+    let r = read_response(&mut s, &mut pending, "GET").unwrap();
+    seen.push(Seen {
+        bytes: r.body,
+        timed_out: false,
+    });
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    assert!(write_cut(&mut s, &wire, &cuts));
+    let r = read_response(&mut s, &mut pending, "POST").unwrap();
+    seen.push(Seen {
+        bytes: r.body,
+        timed_out: false,
+    });
+    let spliced = spliced(admin);
+    drop(s);
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    let mut rdr = csv::Reader::from_path(&csv_path).unwrap();
+    let mut rows: Vec<Row> = rdr
+        .records()
+        .map(Result::unwrap)
+        .map(|r| {
+            (
+                r[7].to_string(),
+                r[3].to_string(),
+                r[8].parse().unwrap(),
+                r[9].parse().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    (seen, rows, spliced)
+}
+
+#[test]
+fn spliced_chunks_time_out_abort_and_are_logged_exactly_as_copied_ones() {
+    let (down_wire, _, _) = chunked_body(&MIXED, TRAILERS, pattern);
+    let (port, _) = scripted(move |_, mut s| {
+        while let Some(head) = backend_head_text(&mut s) {
+            let path = head.split(' ').nth(1).unwrap_or("").to_string();
+            let mut d = corelb::http::chunked::ChunkedDecoder::new();
+            let mut got = 0;
+            if head.contains("chunked") {
+                let mut buf = vec![0u8; MIB];
+                while !d.is_done() {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            d.validate(&buf[..n]).expect("valid chunked upload");
+                            got += n;
+                        }
+                    }
+                }
+            }
+            let ok = match path.as_str() {
+                "/stall-down" => {
+                    let mut out =
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n100000\r\n".to_vec();
+                    out.extend((0..512 * 1024).map(pattern));
+                    let _ = s.write_all(&out);
+                    std::thread::sleep(Duration::from_secs(6));
+                    return;
+                }
+                "/down" => {
+                    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    s.write_all(head).is_ok() && s.write_all(&down_wire).is_ok()
+                }
+                _ => {
+                    let body = got.to_string();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    s.write_all(answer.as_bytes()).is_ok()
+                }
+            };
+            if !ok {
+                return;
+            }
+        }
+    });
+    let (spliced_seen, spliced_rows, n) = chunked_scenarios(port, &[]);
+    let (copied_seen, copied_rows, zero) = chunked_scenarios(port, &["--splice-min", "off"]);
+    assert!(n >= 4 * MIB as u64, "spliced: {n}");
+    assert_eq!(zero, 0);
+    // The stalled download: head, size line and the 512 KiB that came, then a close
+    // after the upstream timeout.
+    let stalled = &spliced_seen[0];
+    assert!(stalled.timed_out, "{:?}", stalled.bytes.len());
+    assert!(stalled
+        .bytes
+        .ends_with(&(0..512 * 1024).map(pattern).collect::<Vec<u8>>()));
+    assert!(
+        spliced_seen[1].timed_out,
+        "the stalled upload is ended by the client timeout"
+    );
+    let (up_wire, _, _) = chunked_body(&MIXED, TRAILERS, upload_byte);
+    let (_, down_data, _) = chunked_body(&MIXED, TRAILERS, pattern);
+    assert!(spliced_seen[2].bytes == down_data, "the complete download");
+    assert_eq!(
+        spliced_seen[3].bytes,
+        up_wire.len().to_string().into_bytes()
+    );
+    // Splicing changes nothing a client or the log can see.
+    for (i, (a, b)) in spliced_seen.iter().zip(&copied_seen).enumerate() {
+        assert!(
+            a == b,
+            "exchange {i}: {} bytes spliced vs {} copied",
+            a.bytes.len(),
+            b.bytes.len()
+        );
+    }
+    assert_eq!(spliced_rows, copied_rows);
+    assert_eq!(spliced_rows.len(), 4, "{spliced_rows:?}");
+}
+
+#[test]
+fn a_slow_reader_gets_a_chunked_download_of_big_chunks_with_bounded_memory() {
+    // 64 MiB in 4 MiB chunks: the proxy must hold back, chunk after chunk, not buffer.
+    const CHUNK: usize = 4 * MIB;
+    const CHUNKS: usize = 16;
+    let (port, _) = scripted(|_, mut s| {
+        if backend_head_text(&mut s).is_none() {
+            return;
+        }
+        if s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+        for i in 0..CHUNKS {
+            let start = (i * CHUNK) as u64;
+            let mut c = format!("{CHUNK:x}\r\n").into_bytes();
+            c.extend((start..start + CHUNK as u64).map(pattern));
+            c.extend_from_slice(b"\r\n");
+            if s.write_all(&c).is_err() {
+                return;
+            }
+        }
+        let _ = s.write_all(b"0\r\nX-Done: yes\r\n\r\n");
+    });
+    let p = proxy_for_port(port, &ADMIN);
+    let mut s = connect(p.addr);
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let h = read_head(&mut s);
+    assert!(h.starts_with(b"HTTP/1.1 200"));
+    let slow_until = std::time::Instant::now() + Duration::from_millis(1500);
+    let size_line = format!("{CHUNK:x}\r\n").into_bytes();
+    for i in 0..CHUNKS {
+        assert_eq!(
+            read_exact_vec(&mut s, size_line.len()),
+            size_line,
+            "chunk {i}"
+        );
+        let start = (i * CHUNK) as u64;
+        let mut got = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < CHUNK {
+            let slow = std::time::Instant::now() < slow_until;
+            let want = if slow { 16 * 1024 } else { buf.len() }.min(CHUNK - got);
+            let n = s.read(&mut buf[..want]).unwrap();
+            assert!(n > 0, "EOF in chunk {i}");
+            for (k, &b) in buf[..n].iter().enumerate() {
+                assert_eq!(b, pattern(start + (got + k) as u64));
+            }
+            got += n;
+            if slow {
+                std::thread::sleep(Duration::from_millis(4));
+            }
+        }
+        assert_eq!(read_exact_vec(&mut s, 2), b"\r\n");
+    }
+    let end = b"0\r\nX-Done: yes\r\n\r\n";
+    assert_eq!(read_exact_vec(&mut s, end.len()), end);
+    let rss = p.peak_rss_kib();
+    eprintln!("proxy peak RSS with a slow reader of big chunks: {rss} KiB");
+    assert!(rss < 32 * 1024, "peak RSS {rss} KiB");
+    assert!(spliced(p.admin.unwrap()) >= (CHUNK * CHUNKS) as u64 * 9 / 10);
+}
