@@ -9,6 +9,8 @@
 //! or stray byte), over-long extensions, chunk data not followed by CRLF, bare LF anywhere,
 //! malformed trailer fields, trailer fields that would change framing or routing
 //! (RFC 9110 §6.5.1) and over-long trailer sections. It owns no buffer and never allocates.
+//! Chunk data is opaque: a caller that moves it without looking (splice) tells the decoder
+//! with [`ChunkedDecoder::skip_data`], and everything around the data is still validated.
 
 use std::ops::Range;
 
