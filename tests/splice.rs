@@ -1201,3 +1201,69 @@ fn a_slow_reader_gets_a_chunked_download_of_big_chunks_with_bounded_memory() {
     assert!(rss < 32 * 1024, "peak RSS {rss} KiB");
     assert!(spliced(p.admin.unwrap()) >= (CHUNK * CHUNKS) as u64 * 9 / 10);
 }
+
+#[test]
+fn a_run_of_big_chunks_is_spliced_but_for_a_small_first_read_of_each() {
+    // 32 chunks of 1 MiB each way, sent in one go: each chunk's size line arrives with
+    // data behind it, read by copy into a 16 KiB buffer (which must not grow chunk after
+    // chunk); the rest of every chunk is spliced.
+    const N: usize = 32;
+    let sizes = [MIB; N];
+    let (down, _, _) = chunked_body(&sizes, "", pattern);
+    let (port, _) = scripted(move |_, mut s| {
+        while let Some(head) = backend_head_text(&mut s) {
+            if head.contains("chunked") {
+                let mut d = corelb::http::chunked::ChunkedDecoder::new();
+                let mut buf = vec![0u8; MIB];
+                let mut got = 0;
+                while !d.is_done() {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += d.validate(&buf[..n]).expect("valid upload"),
+                    }
+                }
+                let body = got.to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if s.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            } else {
+                let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if s.write_all(head).is_err() || s.write_all(&down).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let p = proxy_for_port(port, &ADMIN);
+    let admin = p.admin.unwrap();
+    let mut s = connect(p.addr);
+    s.write_all(b"GET /run HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut s, &mut Vec::new(), "GET").unwrap();
+    assert_eq!(r.body.len(), N * MIB);
+    let down_spliced = spliced(admin);
+    let (up, _, _) = chunked_body(&sizes, "", upload_byte);
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(b"POST /run HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        w.write_all(&up).unwrap();
+    });
+    let r = read_response(&mut s, &mut Vec::new(), "POST").unwrap();
+    writer.join().unwrap();
+    let (wire, _, _) = chunked_body(&sizes, "", upload_byte);
+    assert_eq!(r.text(), wire.len().to_string());
+    let up_spliced = spliced(admin) - down_spliced;
+    eprintln!(
+        "spliced: {down_spliced} of {} down, {up_spliced} up",
+        N * MIB
+    );
+    // At most 32 KiB of each chunk copied (a 16 KiB first read, maybe two).
+    let least = (N * (MIB - 32 * 1024)) as u64;
+    assert!(down_spliced >= least, "downloads: {down_spliced} spliced");
+    assert!(up_spliced >= least, "uploads: {up_spliced} spliced");
+}

@@ -292,6 +292,8 @@ impl Proxy {
                 ex.splice.off = true;
                 return None;
             }
+            // The copy reads around spliced stretches (chunk framing) start small again.
+            ex.req_hot = false;
             if c.buf.as_ref().is_some_and(|b| b.is_empty()) {
                 self.ctx.bufs.release(c.buf);
             }
@@ -427,8 +429,11 @@ impl Proxy {
                 ex.splice.off = true;
                 return None;
             }
-            self.ctx.bufs.release(&mut ex.resp_buf);
         }
+        // Nothing is buffered: the buffer goes back to the pool while the pipe carries the
+        // stretch, and the copy reads after it (chunk framing) start small again.
+        self.ctx.bufs.release(&mut ex.resp_buf);
+        ex.resp_hot = false;
         let u = &mut self.ups[ex.up];
         let p = ex.splice.resp.as_mut().expect("engaged");
         if p.room() == 0 {
