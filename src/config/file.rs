@@ -78,6 +78,7 @@ struct File {
     upstream: Scalar,
     timeouts: Entry<Timeouts>,
     max_idle_per_backend: Scalar,
+    splice_min: Scalar,
     log_csv: Scalar,
     hdr_dir: Scalar,
     hdr_interval: Scalar,
@@ -286,6 +287,7 @@ impl File {
             self.max_idle_per_backend,
             "maxIdlePerBackend",
         );
+        top.put(Key::SpliceMin, self.splice_min, "spliceMin");
         top.put(Key::LogCsv, self.log_csv, "logCsv");
         top.put(Key::HdrDir, self.hdr_dir, "hdrDir");
         top.put(Key::HdrInterval, self.hdr_interval, "hdrInterval");

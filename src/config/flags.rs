@@ -87,6 +87,10 @@ pub struct Args {
     /// Records the log queue holds before records are dropped (and counted).
     #[arg(long, value_name = "N", value_parser = checked(&rules::LOG_QUEUE))]
     pub log_queue: Option<String>,
+    /// Bodies and chunks with at least this many bytes left are relayed with splice(2):
+    /// bytes (65536, 64KiB, 1MiB), or off (default 64KiB).
+    #[arg(long, value_name = "BYTES|off", value_parser = checked(&rules::SPLICE_MIN))]
+    pub splice_min: Option<String>,
     /// Directory for HDR histogram dumps (.hgrm and .hlog), written on exit.
     #[arg(long, value_name = "DIR")]
     pub hdr_dir: Option<String>,
@@ -243,6 +247,7 @@ impl Args {
             ),
             (Key::LogCsv, self.log_csv.as_ref(), "--log-csv"),
             (Key::LogQueue, self.log_queue.as_ref(), "--log-queue"),
+            (Key::SpliceMin, self.splice_min.as_ref(), "--splice-min"),
             (Key::HdrDir, self.hdr_dir.as_ref(), "--hdr-dir"),
             (
                 Key::HdrInterval,

@@ -89,6 +89,8 @@ pub struct Config {
     pub servers: Vec<BackendSpec>,
     pub timeouts: Timeouts,
     pub max_idle_per_backend: usize,
+    /// Bodies and chunks with at least this many bytes left are spliced; 0: never.
+    pub splice_min: u64,
     /// Per-request CSV log file; `None` when logging is off.
     pub log_csv: Option<String>,
     /// Records the log channel holds before records are dropped.
@@ -245,7 +247,9 @@ impl Config {
             None => Some(default_log_name(mode, upstream)),
         };
         let log_queue = v.get(Key::LogQueue, &value::LOG_QUEUE)?;
+        let splice_min = v.get(Key::SpliceMin, &value::SPLICE_MIN)?;
         Ok(Config {
+            splice_min: splice_min.unwrap_or(DEFAULT_SPLICE_MIN),
             log_csv,
             log_queue: log_queue.map_or(DEFAULT_LOG_QUEUE, |n| n as usize),
             health: health(v, heartbeat_interval, heartbeat_timeout)?,

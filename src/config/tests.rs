@@ -445,6 +445,7 @@ fn defaults_fill_what_no_source_gives() {
     assert_eq!(c.routing, RoutingParams::default());
     assert_eq!(c.max_idle_per_backend, DEFAULT_MAX_IDLE_PER_BACKEND);
     assert_eq!(c.log_queue, DEFAULT_LOG_QUEUE);
+    assert_eq!(c.splice_min, DEFAULT_SPLICE_MIN);
     assert_eq!(c.log_csv.as_deref(), Some("round-robin_persistent.csv"));
     assert_eq!(c.admin, parse_listen(DEFAULT_ADMIN));
     assert_eq!((c.hdr_dir, c.hdr_interval), (None, None));
@@ -623,5 +624,39 @@ fn protocol_per_server_and_for_all() {
     assert!(
         e.ends_with("servers[0].protocol: expected http1 or h2c, got \"spdy\""),
         "{e}"
+    );
+}
+
+#[test]
+fn splice_min_takes_bytes_or_off_alike_from_the_file_and_from_a_flag() {
+    for (json, text, want) in [
+        ("0", "0", 0),
+        ("\"off\"", "off", 0),
+        ("4096", "4096", 4096),
+        ("\"256KiB\"", "256KiB", 256 << 10),
+        ("\"1M\"", "1M", 1 << 20),
+    ] {
+        let c =
+            Config::from_json("s.json", &file_with(&format!(r#""spliceMin": {json}"#))).unwrap();
+        assert_eq!(c.splice_min, want, "file {json}");
+        let c = Config::load(&Args::parse_argv(["corelb", "--splice-min", text]).unwrap()).unwrap();
+        assert_eq!(c.splice_min, want, "flag {text}");
+    }
+    for (json, text) in [
+        ("-1", "-1"),
+        ("1.5", "1.5"),
+        ("\"lots\"", "lots"),
+        ("2147483648", "2147483648"),
+    ] {
+        let extra = format!(r#""spliceMin": {json}"#);
+        let p = same_problem(&extra, "spliceMin", &["--splice-min", text], "--splice-min");
+        assert!(
+            p.starts_with("expected bytes 0..1073741824 (e.g. 65536, 64KiB) or off, got "),
+            "{p}"
+        );
+    }
+    assert_eq!(
+        flag_error(&["--splice-min", "lots"]).to_string(),
+        "command line: --splice-min: expected bytes 0..1073741824 (e.g. 65536, 64KiB) or off, got \"lots\""
     );
 }

@@ -25,6 +25,9 @@ pub const DEFAULT_TUNNEL_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_IDLE_PER_BACKEND: usize = 128;
 /// CSV records the log channel holds before workers start dropping them.
 pub const DEFAULT_LOG_QUEUE: usize = 16 * 1024;
+/// Bodies (and chunks of chunked bodies) with at least this many bytes left are relayed
+/// with splice(2); 0 turns splicing off.
+pub const DEFAULT_SPLICE_MIN: u64 = 64 * 1024;
 
 pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;

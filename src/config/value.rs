@@ -166,6 +166,51 @@ impl Rule for Seconds {
     }
 }
 
+/// A number of bytes: an integer in `0..=max`, in the file a number or a string, on the
+/// command line with an optional `K`, `KiB`, `M` or `MiB` suffix (powers of 1024); `off`
+/// is 0.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BytesOrOff {
+    pub max: u64,
+}
+
+impl BytesOrOff {
+    fn parse(s: &str) -> Option<u64> {
+        let s = s.trim();
+        if s == "off" {
+            return Some(0);
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "k" | "KiB" => 1 << 10,
+            "M" | "m" | "MiB" => 1 << 20,
+            _ => return None,
+        };
+        num.parse::<u64>().ok()?.checked_mul(scale)
+    }
+}
+
+impl Rule for BytesOrOff {
+    type Value = u64;
+    fn check(&self, raw: &Raw) -> Result<u64, String> {
+        let n = match raw {
+            Raw::Json(Value::Number(n)) => n.as_u64(),
+            Raw::Json(Value::String(s)) | Raw::Text(s) => Self::parse(s),
+            Raw::Json(_) => None,
+        };
+        match n {
+            Some(n) if n <= self.max => Ok(n),
+            _ => Err(format!(
+                "expected bytes 0..{} (e.g. 65536, 64KiB) or off, got {}",
+                self.max,
+                raw.shown()
+            )),
+        }
+    }
+}
+
 /// A string (any text from the command line).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Text;
@@ -212,6 +257,8 @@ pub(crate) const MAX_IDLE_PER_BACKEND: Int = Int {
     min: 0,
     max: 1 << 20,
 };
+/// Splicing thresholds above 1 GiB would never splice anything worth it: refused.
+pub(crate) const SPLICE_MIN: BytesOrOff = BytesOrOff { max: 1 << 30 };
 pub(crate) const LOG_QUEUE: Int = Int {
     min: 1,
     max: i64::MAX,
@@ -294,6 +341,7 @@ pub(crate) enum Key {
     MaxIdlePerBackend,
     LogCsv,
     LogQueue,
+    SpliceMin,
     HdrDir,
     HdrInterval,
     CheckType,
@@ -424,6 +472,28 @@ mod tests {
             LOG_QUEUE.check(&text("0")).unwrap_err(),
             "expected an integer >= 1, got 0"
         );
+        assert_eq!(SPLICE_MIN.check(&text("off")), Ok(0));
+        assert_eq!(SPLICE_MIN.check(&text("64KiB")), Ok(65536));
+        assert_eq!(SPLICE_MIN.check(&text("1M")), Ok(1 << 20));
+        assert_eq!(
+            SPLICE_MIN.check(&Raw::Json(Value::from(4096))),
+            SPLICE_MIN.check(&text("4096"))
+        );
+        assert_eq!(
+            SPLICE_MIN.check(&Raw::Json(Value::from("off"))),
+            Ok(0),
+            "the file takes off too"
+        );
+        assert_eq!(
+            SPLICE_MIN.check(&text("-1")).unwrap_err(),
+            "expected bytes 0..1073741824 (e.g. 65536, 64KiB) or off, got -1"
+        );
+        assert_eq!(
+            SPLICE_MIN.check(&Raw::Json(Value::from(1.5))),
+            SPLICE_MIN.check(&text("1.5"))
+        );
+        assert!(SPLICE_MIN.check(&text("2G")).is_err());
+        assert!(SPLICE_MIN.check(&text("2048MiB")).is_err());
         assert_eq!(Bool.check(&text("true")), Ok(true));
         assert_eq!(
             Text.check(&Raw::Json(Value::from(5))).unwrap_err(),

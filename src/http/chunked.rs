@@ -9,6 +9,8 @@
 //! or stray byte), over-long extensions, chunk data not followed by CRLF, bare LF anywhere,
 //! malformed trailer fields, trailer fields that would change framing or routing
 //! (RFC 9110 §6.5.1) and over-long trailer sections. It owns no buffer and never allocates.
+//! Chunk data is opaque: a caller that moves it without looking (splice) tells the decoder
+//! with [`ChunkedDecoder::skip_data`], and everything around the data is still validated.
 
 use std::ops::Range;
 
@@ -220,6 +222,33 @@ impl ChunkedDecoder {
             consumed: i,
             data: i..i,
         })
+    }
+
+    /// Chunk data bytes the current chunk still has to come, when the decoder stands inside
+    /// chunk data (after its size line); 0 anywhere else. A caller may move that many bytes
+    /// without showing them to the decoder (zero copy, with splice) and report them with
+    /// [`skip_data`](ChunkedDecoder::skip_data): chunk data is opaque, so nothing in it needs
+    /// validating. The CRLF after the data is validated by [`decode`](ChunkedDecoder::decode)
+    /// again.
+    #[inline]
+    pub fn data_left(&self) -> u64 {
+        if self.state == State::Data {
+            self.size
+        } else {
+            0
+        }
+    }
+
+    /// Records `n` bytes of chunk data moved past the decoder (at most
+    /// [`data_left`](ChunkedDecoder::data_left)); after the chunk's last byte it expects the
+    /// CRLF that ends the data.
+    pub fn skip_data(&mut self, n: u64) {
+        debug_assert!(n <= self.data_left(), "skipped past the chunk's data");
+        let n = n.min(self.data_left());
+        self.size -= n;
+        if self.state == State::Data && self.size == 0 {
+            self.state = State::DataCr;
+        }
     }
 
     /// Validates everything in `input` up to the end of the body; returns the bytes consumed.

@@ -270,3 +270,70 @@ fn any_read_split_gives_the_same_result() {
         );
     }
 }
+
+/// Decodes `body`, but each time the decoder stands in chunk data with at least `min`
+/// bytes left, skips up to `skip` of them (as a splicing caller does) instead of decoding.
+/// Returns the data seen or skipped, done, and the bytes consumed.
+fn decode_skipping(body: &[u8], min: u64, skip: u64) -> Result<(Vec<u8>, bool, usize), ChunkError> {
+    let mut d = ChunkedDecoder::new();
+    let (mut data, mut at) = (Vec::new(), 0);
+    while at < body.len() && !d.is_done() {
+        let left = d.data_left();
+        if left >= min && left > 0 {
+            let n = left.min(skip).min((body.len() - at) as u64) as usize;
+            data.extend_from_slice(&body[at..at + n]);
+            d.skip_data(n as u64);
+            at += n;
+            continue;
+        }
+        // Feed the decoder a little at a time so it stops in data often.
+        let end = (at + 3).min(body.len());
+        let p = d.decode(&body[at..end])?;
+        data.extend_from_slice(&body[at..end][p.data]);
+        at += p.consumed;
+    }
+    Ok((data, d.is_done(), at))
+}
+
+#[test]
+fn skipped_chunk_data_gives_the_same_result_as_decoded() {
+    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+    for round in 0..2000 {
+        let (mut body, data) = random_body(&mut rng);
+        let end = body.len();
+        body.extend_from_slice(b"NEXT");
+        let min = 1 + rng.below(30);
+        let skip = 1 + rng.below(50);
+        assert_eq!(
+            decode_skipping(&body, min, skip),
+            Ok((data, true, end)),
+            "round {round}"
+        );
+        // A corrupted byte outside chunk data is found whatever was skipped.
+        let i = rng.below(end as u64) as usize;
+        let mut bad = body.clone();
+        bad[i] = b'!';
+        let whole = decode_skipping(&bad, u64::MAX, 0).map(|r| r.2);
+        let skipping = decode_skipping(&bad, min, skip).map(|r| r.2);
+        assert_eq!(skipping, whole, "round {round}: byte {i}");
+    }
+}
+
+#[test]
+fn data_left_counts_down_to_the_crlf() {
+    let mut d = ChunkedDecoder::new();
+    assert_eq!(d.data_left(), 0, "at a size line");
+    assert_eq!(d.decode(b"10000\r\n").unwrap().consumed, 7);
+    assert_eq!(d.data_left(), 0x10000);
+    let p = d.decode(&[b'x'; 100]).unwrap();
+    assert_eq!(p.data, 0..100);
+    assert_eq!(d.data_left(), 0x10000 - 100);
+    d.skip_data(0x10000 - 100);
+    assert_eq!(d.data_left(), 0, "at the data's CRLF");
+    assert_eq!(d.decode(b"x"), Err(ChunkError::MissingDataCrlf));
+    let mut d = ChunkedDecoder::new();
+    d.decode(b"3\r\n").unwrap();
+    d.skip_data(3);
+    assert_eq!(d.validate(b"\r\n0\r\nX-T: 1\r\n\r\n"), Ok(15));
+    assert!(d.is_done());
+}

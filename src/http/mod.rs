@@ -155,6 +155,34 @@ impl Body {
         matches!(self, Body::Done)
     }
 
+    /// Body bytes that may be moved from here on without being looked at: the rest of a
+    /// Content-Length body, or the rest of the current chunk's data (0 at a chunk-size
+    /// line, a CRLF or trailers, which are validated as they pass).
+    #[inline]
+    pub fn opaque_left(&self) -> u64 {
+        match self {
+            Body::Length(n) => *n,
+            Body::Chunked(d) => d.data_left(),
+            Body::UntilClose | Body::Done => 0,
+        }
+    }
+
+    /// Records `n` (at most [`opaque_left`](Body::opaque_left)) bytes moved without being
+    /// looked at. A chunked body never ends here: its last chunk and trailers are parsed.
+    pub fn skip_opaque(&mut self, n: u64) {
+        match self {
+            Body::Length(left) => {
+                debug_assert!(n <= *left);
+                *left -= n.min(*left);
+                if *left == 0 {
+                    *self = Body::Done;
+                }
+            }
+            Body::Chunked(d) => d.skip_data(n),
+            Body::UntilClose | Body::Done => debug_assert_eq!(n, 0),
+        }
+    }
+
     /// Validates the body bytes at the start of `input` and returns how many belong to this
     /// message; bytes after that belong to the next one.
     pub fn advance(&mut self, input: &[u8]) -> Result<usize, chunked::ChunkError> {

@@ -271,6 +271,30 @@ fn body_advance_stops_at_message_end() {
 }
 
 #[test]
+fn opaque_bytes_are_a_length_bodys_rest_or_a_chunks_data() {
+    let mut b = Body::new(BodyKind::Length(10));
+    assert_eq!(b.opaque_left(), 10);
+    b.skip_opaque(4);
+    assert_eq!(b, Body::Length(6));
+    b.skip_opaque(6);
+    assert!(b.is_done(), "a Content-Length body ends with its last byte");
+    assert_eq!(b.opaque_left(), 0);
+    let mut b = Body::new(BodyKind::Chunked);
+    assert_eq!(b.opaque_left(), 0, "at a size line");
+    assert_eq!(b.advance(b"5\r\nab").unwrap(), 5);
+    assert_eq!(b.opaque_left(), 3);
+    b.skip_opaque(3);
+    assert_eq!(b.opaque_left(), 0, "at the CRLF after the data");
+    assert!(
+        !b.is_done(),
+        "a chunked body ends in its last chunk, parsed"
+    );
+    assert_eq!(b.advance(b"\r\n0\r\n\r\n").unwrap(), 7);
+    assert!(b.is_done());
+    assert_eq!(Body::UntilClose.opaque_left(), 0, "never spliced");
+}
+
+#[test]
 fn canned_lengths_match_bodies() {
     for c in [
         BAD_REQUEST,

@@ -71,7 +71,7 @@ impl Ctx {
             id,
             registry,
             bufs: BufPool::new(POOL_MAX),
-            pipes: PipePool::default(),
+            pipes: PipePool::new(shared.cfg.splice_min),
             timers: Timers::default(),
             now: 1,
             again: Vec::new(),

@@ -11,7 +11,7 @@
 //! - `upstream`: connecting, the idle pool, upstream deadlines;
 //! - `exchange`: one request's state, with an enum per direction;
 //! - `relay`: moving bytes both ways and validating the response;
-//! - `splice`: large Content-Length bodies moved socket -> pipe -> socket (zero copy);
+//! - `splice`: large bodies and large chunks moved socket -> pipe -> socket (zero copy);
 //! - `end`: finishing, failing, retrying and aborting an exchange;
 //! - `tunnel`: after a 101, the client and its upstream as a byte tunnel;
 //! - `decide`: the pure decisions (replay, pooling, deadlines), tested without sockets.

@@ -107,7 +107,7 @@ impl Proxy {
         if ex.req == Req::Closed {
             return Flow::Idle;
         }
-        // Splice hook: a large Content-Length body goes through a pipe (splice.rs).
+        // Splice hook: a large body stretch goes through a pipe (splice.rs).
         if let Some(flow) = self.splice_request(ci) {
             return flow;
         }
@@ -150,7 +150,11 @@ impl Proxy {
             }
         }
         // (`req_splice_next`: the splice hook above takes the body from here.)
-        if ex.req == Req::Body && ex.body_ready == 0 && c.io.readable && !ex.req_splice_next() {
+        if ex.req == Req::Body
+            && ex.body_ready == 0
+            && c.io.readable
+            && !ex.req_splice_next(self.ctx.pipes.min)
+        {
             let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
             // Bulk growth: an emptied body buffer the last read filled doubles (buffer.rs).
             if buf.is_empty() {
@@ -250,7 +254,7 @@ impl Proxy {
         if ex.out.as_ref().is_some_and(|o| o.len() >= http::MAX_HEAD) {
             return Flow::Idle;
         }
-        // Splice hook: a large Content-Length body goes through a pipe (splice.rs).
+        // Splice hook: a large body stretch goes through a pipe (splice.rs).
         if let Some(flow) = self.splice_recv_response(ci) {
             return flow;
         }

@@ -1,13 +1,18 @@
-//! Zero-copy relaying of large Content-Length bodies with splice(2): socket -> pipe ->
-//! socket, in both directions (as HAProxy's `option splice-auto`). Once a body's head is
-//! written and any body bytes already buffered are sent, a body with at least
-//! [`SPLICE_MIN`] bytes left moves through a pipe from the worker's pool; everything else
-//! is copied through buffers.
+//! Zero-copy relaying of large bodies with splice(2): socket -> pipe -> socket, in both
+//! directions (as HAProxy's `option splice-auto`). Once a body's head is written and any
+//! body bytes already buffered are sent, a stretch of opaque body bytes of at least the
+//! threshold (`--splice-min`, [`SPLICE_MIN`] by default) moves through a pipe from the
+//! worker's pool; everything else is copied through buffers. A stretch is the rest of a
+//! Content-Length body, or the rest of one chunk's data in a chunked body: the chunk-size
+//! lines, the CRLF after each chunk's data and the trailers are read, validated and
+//! forwarded (or removed, when de-chunking) in user space as when copying, and a later
+//! large chunk takes a pipe again.
 //!
 //! The pipe is the body's buffer: bytes in it count as pending output (response) or as
-//! request bytes still to send, for the deadlines and the end of the exchange. Each splice
-//! is limited to the bytes the Content-Length leaves, so a pipelined next message stays in
-//! its socket. Readiness flags are cleared only on `EAGAIN`: a splice in that would block
+//! request bytes still to send, for the deadlines and the end of the exchange, and they
+//! go out before any buffered byte that follows them. Each splice is limited to the bytes
+//! the stretch leaves, so the framing after a chunk and a pipelined next message stay in
+//! the socket. Readiness flags are cleared only on `EAGAIN`: a splice in that would block
 //! with bytes in the pipe may mean "pipe full", so the source keeps its flag until the
 //! pipe has drained and a splice in still would block.
 
@@ -25,8 +30,9 @@ use super::io::{would_block, Io};
 use super::relay::Flow;
 use super::{Proxy, Step};
 
-/// Bodies with at least this many bytes left when splicing could start are spliced.
-pub(crate) const SPLICE_MIN: u64 = 64 * 1024;
+/// The default threshold: a stretch of at least this many opaque body bytes left when
+/// splicing could start is spliced (`--splice-min`; 0 turns splicing off).
+pub const SPLICE_MIN: u64 = crate::config::DEFAULT_SPLICE_MIN;
 /// Pipe sizes asked for, in order; refused, the pipe keeps the system's default (64 KiB).
 /// Modest on purpose: every open pipe counts against the user's pipe quota
 /// (`fs.pipe-user-pages-soft`, 64 MiB by default), pooled ones included, and a user over
@@ -37,11 +43,12 @@ const PIPE_MIN: usize = 64 * 1024;
 /// Empty pipes a worker keeps for reuse.
 const POOL_MAX: usize = 8;
 
-/// Should a body be spliced? `left`: Content-Length bytes not yet read; `buffered`:
-/// validated body bytes still in the buffer (they go first, by copy); `engaged`: a pipe
-/// already carries this body (it then carries it to the end).
-pub(crate) fn use_splice(left: u64, buffered: usize, engaged: bool) -> bool {
-    buffered == 0 && (engaged || left >= SPLICE_MIN)
+/// Should a body's next bytes be spliced? `left`: opaque bytes not yet read (the rest of
+/// a Content-Length body, or of a chunk's data); `buffered`: validated body bytes still in
+/// the buffer (they go first, by copy); `engaged`: a pipe already carries this stretch (it
+/// then carries it to the end); `min`: the threshold, 0 for never.
+pub(crate) fn use_splice(left: u64, buffered: usize, engaged: bool, min: u64) -> bool {
+    buffered == 0 && (engaged || (min > 0 && left >= min))
 }
 
 /// Bytes one splice into a pipe with `room` free may take: never past the body's end.
@@ -100,15 +107,32 @@ impl Pipe {
     }
 }
 
-/// A worker's empty pipes. A pipe that still holds bytes is never pooled: it is closed.
-#[derive(Default)]
+/// A worker's empty pipes, and the threshold above which bodies take one. A pipe that
+/// still holds bytes is never pooled: it is closed.
 pub(crate) struct PipePool {
     free: Vec<Pipe>,
     /// A pipe could not be made (descriptor limit, pipe quota): bodies are copied.
     failures: u64,
+    /// Stretches of at least this many bytes are spliced; 0: none are.
+    pub min: u64,
+}
+
+impl Default for PipePool {
+    fn default() -> Self {
+        PipePool::new(SPLICE_MIN)
+    }
 }
 
 impl PipePool {
+    /// An empty pool splicing stretches of at least `min` bytes (0: never).
+    pub fn new(min: u64) -> PipePool {
+        PipePool {
+            free: Vec::new(),
+            failures: 0,
+            min,
+        }
+    }
+
     fn get(&mut self) -> Option<Pipe> {
         if let Some(p) = self.free.pop() {
             return Some(p);
@@ -157,11 +181,11 @@ impl Exchange {
         self.splice.resp.as_ref().is_some_and(|p| p.held > 0)
     }
 
-    /// The request body will be spliced once its buffered bytes are sent: the copying
-    /// path reads no more of it into the buffer.
+    /// The request body's next bytes will be spliced once its buffered bytes are sent
+    /// (`min`: the threshold): the copying path reads no more of it into the buffer.
     #[inline]
-    pub fn req_splice_next(&self) -> bool {
-        !self.splice.off && matches!(self.body, Body::Length(n) if use_splice(n, 0, false))
+    pub fn req_splice_next(&self, min: u64) -> bool {
+        !self.splice.off && use_splice(self.body.opaque_left(), 0, false, min)
     }
 
     /// Drops the request bytes in the pipe (the request direction was closed early).
@@ -253,13 +277,14 @@ impl Proxy {
         if ex.req != Req::Body || ex.body_ready > 0 || ex.splice.off {
             return None;
         }
-        let left = match ex.body {
-            Body::Length(n) => n,
-            Body::Done => 0,
-            _ => return None,
-        };
+        let left = ex.body.opaque_left();
+        if left == 0 && !ex.req_piped() {
+            // A stretch ended and its bytes are sent: the framing after it (or nothing,
+            // at the end of a Content-Length body) is copied.
+            self.ctx.pipes.release(&mut ex.splice.req);
+        }
         if ex.splice.req.is_none() {
-            if !use_splice(left, ex.body_ready, false) {
+            if !use_splice(left, ex.body_ready, false, self.ctx.pipes.min) {
                 return None;
             }
             ex.splice.req = self.ctx.pipes.get();
@@ -267,6 +292,8 @@ impl Proxy {
                 ex.splice.off = true;
                 return None;
             }
+            // The copy reads around spliced stretches (chunk framing) start small again.
+            ex.req_hot = false;
             if c.buf.as_ref().is_some_and(|b| b.is_empty()) {
                 self.ctx.bufs.release(c.buf);
             }
@@ -314,11 +341,7 @@ impl Proxy {
                 Ok(n) => {
                     moved = true;
                     left -= n as u64;
-                    ex.body = if left == 0 {
-                        Body::Done
-                    } else {
-                        Body::Length(left)
-                    };
+                    ex.body.skip_opaque(n as u64);
                 }
                 Err(e) if would_block(&e) => break,
                 Err(_) => {
@@ -350,7 +373,9 @@ impl Proxy {
                     .counters
                     .spliced_bytes
                     .fetch_add(n as u64, Relaxed);
-                if p.held == 0 && matches!(ex.resp, Resp::Done | Resp::Truncated) {
+                if p.held == 0 && resp_opaque_left(ex.resp) == 0 {
+                    // The stretch is delivered: what follows (a chunk's CRLF, the next
+                    // size line) is copied; a later large chunk takes a pipe again.
                     self.ctx.pipes.release(&mut ex.splice.resp);
                 }
                 Some(Flow::Moved)
@@ -371,29 +396,44 @@ impl Proxy {
     /// this body is not spliced. Called only while the backend is readable.
     pub(super) fn splice_recv_response(&mut self, ci: usize) -> Option<Flow> {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let Resp::Body(Body::Length(left)) = ex.resp else {
+        let Resp::Body(body) = ex.resp else {
             return None;
         };
-        if ex.splice.off {
+        if ex.splice.off || matches!(body, Body::UntilClose) {
             return None;
         }
-        if ex.splice.resp.is_none() {
-            if !use_splice(left, 0, false) {
-                return None;
+        let left = body.opaque_left();
+        if left == 0 {
+            // Not in a stretch (a chunk-size line, the CRLF after a chunk's data, the
+            // trailers): copied and parsed. Bytes still in the pipe go to the client
+            // before them (`splice_send_response` goes first).
+            if !ex.resp_piped() {
+                self.ctx.pipes.release(&mut ex.splice.resp);
             }
-            let buffered = ex.resp_buf.as_ref().map_or(0, |b| b.len());
-            if ex.out.is_some() || ex.ready > 0 || buffered > 0 {
-                // The head and the body bytes already read go first; read no more into
-                // the buffer meanwhile.
-                return Some(Flow::Idle);
-            }
+            return None;
+        }
+        let engaged = ex.splice.resp.is_some();
+        if !use_splice(left, 0, engaged, self.ctx.pipes.min) {
+            return None;
+        }
+        let buffered = ex.resp_buf.as_ref().map_or(0, |b| b.len());
+        if ex.out.is_some() || ex.ready > 0 || buffered > 0 {
+            // The head and the body bytes already read (with a chunked body, the framing
+            // and the first data of this chunk) go first; read no more into the buffer
+            // meanwhile.
+            return Some(Flow::Idle);
+        }
+        if !engaged {
             ex.splice.resp = self.ctx.pipes.get();
             if ex.splice.resp.is_none() {
                 ex.splice.off = true;
                 return None;
             }
-            self.ctx.bufs.release(&mut ex.resp_buf);
         }
+        // Nothing is buffered: the buffer goes back to the pool while the pipe carries the
+        // stretch, and the copy reads after it (chunk framing) start small again.
+        self.ctx.bufs.release(&mut ex.resp_buf);
+        ex.resp_hot = false;
         let u = &mut self.ups[ex.up];
         let p = ex.splice.resp.as_mut().expect("engaged");
         if p.room() == 0 {
@@ -406,14 +446,16 @@ impl Proxy {
             }
             Ok(n) => {
                 ex.got_bytes = true;
-                let left = left - n as u64;
-                ex.resp = if left == 0 {
+                let mut body = body;
+                body.skip_opaque(n as u64);
+                ex.resp = if body.is_done() {
                     // The body's last byte: anything more in the socket is past the
                     // response, and such a connection is not pooled (as when copying).
                     probe_unread(&u.sock, &mut u.io);
                     Resp::Done
                 } else {
-                    Resp::Body(Body::Length(left))
+                    // More of the stretch, or (chunked) the framing after it.
+                    Resp::Body(body)
                 };
                 // On to the client in the same step, if it can take them.
                 match self.splice_send_response(ci) {
@@ -424,6 +466,14 @@ impl Proxy {
             Err(e) if would_block(&e) => Some(Flow::Idle),
             Err(_) => Some(self.upstream_broke(ci, Failure::Reset)),
         }
+    }
+}
+
+/// Opaque response body bytes still to read in the current stretch (0 outside one).
+fn resp_opaque_left(resp: Resp) -> u64 {
+    match resp {
+        Resp::Body(b) => b.opaque_left(),
+        _ => 0,
     }
 }
 
@@ -445,15 +495,21 @@ mod tests {
 
     #[test]
     fn only_bodies_above_the_threshold_with_nothing_buffered_are_spliced() {
-        assert!(use_splice(SPLICE_MIN, 0, false));
-        assert!(use_splice(1 << 30, 0, false));
-        assert!(!use_splice(SPLICE_MIN - 1, 0, false));
-        assert!(!use_splice(1 << 30, 1, false), "buffered bytes go first");
+        const M: u64 = SPLICE_MIN;
+        assert!(use_splice(M, 0, false, M));
+        assert!(use_splice(1 << 30, 0, false, M));
+        assert!(!use_splice(M - 1, 0, false, M));
+        assert!(!use_splice(1 << 30, 1, false, M), "buffered bytes go first");
         assert!(
-            use_splice(1, 0, true),
-            "an engaged pipe carries the body to its end"
+            use_splice(1, 0, true, M),
+            "an engaged pipe carries the stretch to its end"
         );
-        assert!(!use_splice(1, 5, true));
+        assert!(!use_splice(1, 5, true, M));
+        assert!(
+            use_splice(4096, 0, false, 4096),
+            "the threshold is a setting"
+        );
+        assert!(!use_splice(1 << 30, 0, false, 0), "0: never");
     }
 
     #[test]
