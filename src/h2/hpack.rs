@@ -1,5 +1,12 @@
 //! HPACK (RFC 7541) through `loona-hpack`: the decoder with its size limits, the encoder
 //! with dynamic-table size updates when the peer's HEADER_TABLE_SIZE changes.
+//!
+//! The encoder scans its tables for every field, so a proxy that sends the same sections
+//! again and again (the same request fields to a backend, the same response head and
+//! trailers to a client) would pay that scan each time. A small cache keeps the last
+//! sections whose encoding inserted nothing into the dynamic table (only indexed fields and
+//! literals without indexing): such an encoding left the table as it was, so while no
+//! other encoding changed the table, the same section encodes to the same bytes.
 
 use loona_hpack::{encoder::encode_integer_into, Decoder, Encoder};
 
@@ -17,8 +24,27 @@ pub enum Decoded {
     TooLarge(usize),
 }
 
+/// Sections the encoder cache keeps.
+const CACHED: usize = 4;
+
+/// One cached section: its fields (names and values, each followed by its length), the
+/// table generation it was encoded at, and its encoding.
+#[derive(Default)]
+struct Cached {
+    key: Vec<u8>,
+    generation: u64,
+    block: Vec<u8>,
+}
+
 pub struct Hpack {
     enc: Encoder<'static>,
+    /// Counts encodings that may have changed the encoder's dynamic table.
+    generation: u64,
+    cache: [Cached; CACHED],
+    /// The cache slot the next new section takes.
+    next_slot: usize,
+    /// Scratch: the key of the section being encoded.
+    key: Vec<u8>,
     dec: Decoder<'static>,
     enc_table: usize,
     /// A size update owed at the start of the next block we encode.
@@ -34,6 +60,10 @@ impl Hpack {
         dec.set_max_allowed_table_size(decoder_table.max(4096));
         Hpack {
             enc: Encoder::new(),
+            generation: 0,
+            cache: Default::default(),
+            next_slot: 0,
+            key: Vec::new(),
             dec,
             enc_table: ENCODER_TABLE_MAX,
             enc_update: None,
@@ -99,12 +129,103 @@ impl Hpack {
     /// Appends the encoded block of `fields` to `out`.
     pub fn encode(&mut self, fields: &[(&[u8], &[u8])], out: &mut Vec<u8>) {
         if let Some(min) = self.enc_update.take() {
+            self.generation += 1;
             let _ = encode_integer_into(min, 5, 0x20, out);
             if min != self.enc_table {
                 let _ = encode_integer_into(self.enc_table, 5, 0x20, out);
             }
         }
+        let mut key = std::mem::take(&mut self.key);
+        key.clear();
+        for (n, v) in fields {
+            key.extend_from_slice(n);
+            key.extend_from_slice(&(n.len() as u32).to_le_bytes());
+            key.extend_from_slice(v);
+            key.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        let generation = self.generation;
+        if let Some(c) = self
+            .cache
+            .iter()
+            .find(|c| c.generation == generation && !c.block.is_empty() && c.key == key)
+        {
+            out.extend_from_slice(&c.block);
+            self.key = key;
+            return;
+        }
+        let start = out.len();
         let _ = self.enc.encode_into(fields.iter().copied(), out);
+        if keeps_table(&out[start..], fields.len()) {
+            let c = &mut self.cache[self.next_slot];
+            self.next_slot = (self.next_slot + 1) % CACHED;
+            std::mem::swap(&mut c.key, &mut key);
+            c.generation = generation;
+            c.block.clear();
+            c.block.extend_from_slice(&out[start..]);
+        } else {
+            // A field was inserted (and others perhaps evicted): what was cached may now
+            // name other entries.
+            self.generation += 1;
+        }
+        self.key = key;
+    }
+}
+
+/// `block` is exactly `n` field representations that leave the dynamic table as it was
+/// (RFC 7541 §6.1 indexed fields, §6.2.2-6.2.3 literals without indexing); false for an
+/// insertion (§6.2.1), a size update or anything unparsable.
+fn keeps_table(block: &[u8], n: usize) -> bool {
+    let mut at = 0;
+    for _ in 0..n {
+        let Some(&b) = block.get(at) else {
+            return false;
+        };
+        let ok = if b & 0x80 != 0 {
+            integer(block, &mut at, 7).is_some()
+        } else if b & 0x40 != 0 || b & 0x20 != 0 {
+            false
+        } else {
+            match integer(block, &mut at, 4) {
+                Some(0) => string(block, &mut at) && string(block, &mut at),
+                Some(_) => string(block, &mut at),
+                None => false,
+            }
+        };
+        if !ok {
+            return false;
+        }
+    }
+    at == block.len()
+}
+
+/// Reads an integer with an `prefix`-bit prefix at `*at` (RFC 7541 §5.1).
+fn integer(block: &[u8], at: &mut usize, prefix: u8) -> Option<usize> {
+    let max = (1usize << prefix) - 1;
+    let mut v = (*block.get(*at)? as usize) & max;
+    *at += 1;
+    if v < max {
+        return Some(v);
+    }
+    let mut shift = 0;
+    loop {
+        let c = *block.get(*at)?;
+        *at += 1;
+        v = v.checked_add(((c & 0x7f) as usize).checked_shl(shift)?)?;
+        shift += 7;
+        if c & 0x80 == 0 || shift > 28 {
+            return (c & 0x80 == 0).then_some(v);
+        }
+    }
+}
+
+/// Skips a string literal at `*at` (RFC 7541 §5.2).
+fn string(block: &[u8], at: &mut usize) -> bool {
+    match integer(block, at, 7) {
+        Some(len) if block.len() - *at >= len => {
+            *at += len;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -131,6 +252,52 @@ mod tests {
         let mut out = Fields::new();
         assert_eq!(b.decode(&block, 1000, &mut out), Ok(Decoded::Ok));
         assert_eq!(out.pairs(), fields.to_vec());
+    }
+
+    #[test]
+    fn cached_sections_decode_the_same_as_fresh_ones() {
+        let mut a = Hpack::new(4096);
+        let mut b = Hpack::new(4096);
+        let head: [(&[u8], &[u8]); 3] = [
+            (b":status", b"200"),
+            (b"content-type", b"application/grpc"),
+            (b"x-backend", b"A"),
+        ];
+        let trailers: [(&[u8], &[u8]); 2] = [(b"grpc-status", b"0"), (b"x-backend", b"A")];
+        let other: [(&[u8], &[u8]); 2] = [(b":status", b"200"), (b"x-id", b"42")];
+        let mut blocks = Vec::new();
+        for round in 0..6 {
+            let sections: Vec<&[(&[u8], &[u8])]> = if round == 3 {
+                vec![&head, &other, &trailers]
+            } else {
+                vec![&head, &trailers]
+            };
+            for f in sections {
+                let mut block = Vec::new();
+                a.encode(f, &mut block);
+                let mut out = Fields::new();
+                assert_eq!(b.decode(&block, 1 << 20, &mut out), Ok(Decoded::Ok));
+                assert_eq!(out.pairs(), f.to_vec(), "round {round}");
+                blocks.push(block);
+            }
+        }
+        // From the second round on, the head inserts nothing and comes from the cache.
+        assert_eq!(blocks[2], blocks[4]);
+        assert!(keeps_table(&blocks[2], 3));
+        assert!(
+            !keeps_table(&blocks[0], 3),
+            "x-backend was inserted the first time"
+        );
+        assert!(!keeps_table(&[0x40, 1, b'a', 1, b'b'], 1));
+        assert!(keeps_table(&[0xff, 0x80, 0x01, 0x82], 2));
+        assert!(keeps_table(
+            &[0x0f, 0x10, 2, b'x', b'y', 0x00, 1, b'n', 1, b'v'],
+            2
+        ));
+        assert!(
+            !keeps_table(&[0x0f, 0x10, 9, b'x'], 1),
+            "a string past the end"
+        );
     }
 
     #[test]
