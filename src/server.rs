@@ -80,7 +80,7 @@ impl Server {
         let health = crate::health::Health::new(
             cfg.health.clone(),
             cfg.outlier.clone(),
-            balancer.len(),
+            &cfg.servers,
             cfg.debug,
         );
         let shared = Arc::new(Shared {

@@ -660,6 +660,8 @@ pub(super) fn sample() -> Stats {
                 ejections: 0,
                 changed_at_unix_ms: 1_700_000_000_000,
                 ramp: 1.0,
+                check: "grpc",
+                last_check: "grpc SERVING",
             },
         },
         inflight: 1,
