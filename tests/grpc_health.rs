@@ -242,6 +242,7 @@ fn a_grpc_check_on_a_dead_or_http1_server_fails() {
         seen = health(&p, "A");
     }
     assert_eq!(seen.0, "down", "{seen:?}");
+    eprintln!("REASON {seen:?}");
     assert!(
         seen.2.starts_with("grpc ") || seen.2.contains("reset"),
         "{seen:?}"
