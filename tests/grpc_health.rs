@@ -3,6 +3,8 @@
 //! checks once it says NOT_SERVING and comes back within `rise` once it says SERVING again;
 //! a wrong service name fails; an HTTP/1.1 server keeps its TCP check. State, check kind
 //! and the last check's reason are read from `/stats`, and the `-d` table shows them.
+//! The same check against grpcio's reference health servicer (tests/grpc/tts_server.py)
+//! runs when the gRPC venv exists (tests/grpc/setup.sh), and says it skipped otherwise.
 
 mod common;
 
@@ -255,4 +257,77 @@ fn a_grpc_check_on_a_dead_or_http1_server_fails() {
         Duration::from_secs(3),
     );
     wait_for(&p, "G", "up", "grpc SERVING", Duration::from_secs(3));
+}
+
+/// grpcio's own health servicer (tests/grpc/tts_server.py, the reference implementation)
+/// on a free port, killed on drop; `None` when the venv is missing.
+struct RefServer(std::process::Child, SocketAddr);
+
+impl RefServer {
+    fn start() -> Option<RefServer> {
+        use std::io::BufRead;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join("target/grpc-venv/bin/python");
+        if !python.exists() {
+            eprintln!(
+                "SKIPPED: {} missing: run tests/grpc/setup.sh",
+                python.display()
+            );
+            return None;
+        }
+        let mut child = std::process::Command::new(python)
+            .arg(root.join("tests/grpc/tts_server.py"))
+            .args(["--port", "0", "--id", "R", "--workers", "4"])
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start tts_server.py");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines
+            .next()
+            .expect("tts_server.py printed nothing")
+            .unwrap();
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        Some(RefServer(child, addr))
+    }
+}
+
+impl Drop for RefServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn grpcio_reference_health_servicer_is_understood() {
+    let Some(r) = RefServer::start() else {
+        return;
+    };
+    let cfg = config(&[server("R", r.1.port(), "h2c")], "");
+    let p = Proxy::with_config(&cfg, &["--admin", "127.0.0.1:0"]);
+    wait_for(&p, "R", "up", "grpc SERVING", Duration::from_secs(5));
+    let (status, _) = grpc_unary(r.1, "/tts.Control/SetServing", &[]);
+    assert_eq!(status, 0);
+    wait_for(&p, "R", "down", "grpc NOT_SERVING", Duration::from_secs(5));
+    let (status, _) = grpc_unary(r.1, "/tts.Control/SetServing", &[0x08, 0x01]);
+    assert_eq!(status, 0);
+    wait_for(&p, "R", "up", "grpc SERVING", Duration::from_secs(5));
+    drop(p);
+    let cfg = config(
+        &[server("R", r.1.port(), "h2c")],
+        r#", "type": "grpc", "service": "nope""#,
+    );
+    let p = Proxy::with_config(&cfg, &["--admin", "127.0.0.1:0"]);
+    wait_for(
+        &p,
+        "R",
+        "down",
+        "grpc-status 5 NOT_FOUND",
+        Duration::from_secs(5),
+    );
 }
