@@ -35,7 +35,7 @@ struct Probe {
     addr: SocketAddr,
     /// This server's check.
     check: Check,
-    /// `:authority` (and HTTP `Host`) of the checks: the address as configured.
+    /// `:authority` of the gRPC checks: the address and port as configured.
     authority: String,
     state: ProbeState,
     due: Instant,
@@ -188,8 +188,8 @@ fn check_loop<S: Monitored>(mut poll: Poll, owner: Arc<S>, stop: Arc<AtomicBool>
 }
 
 /// The HTTP check's request.
-fn http_request(path: &str, authority: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: corelb-health\r\nConnection: close\r\n\r\n").into_bytes()
+fn http_request(path: &str, host: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: corelb-health\r\nConnection: close\r\n\r\n").into_bytes()
 }
 
 /// Moves a probe along after a readiness event; `Some((ok, why))` when it has a result.
@@ -230,7 +230,7 @@ fn advance(p: &mut Probe) -> Option<(bool, &'static str)> {
                 let Check::Http { path, .. } = &p.check else {
                     return Some((false, "other"));
                 };
-                let req = http_request(path, &p.authority);
+                let req = http_request(path, &p.addr.to_string());
                 match (&sock).write(&req[off..]) {
                     Ok(n) if off + n == req.len() => {
                         p.state = ProbeState::Reading(sock, Vec::new())
