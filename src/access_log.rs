@@ -18,7 +18,7 @@ use crate::http::Method;
 const PATH_MAX: usize = 128;
 
 /// The CSV header. The seed's columns come first.
-pub const COLUMNS: [&str; 15] = [
+pub const COLUMNS: [&str; 16] = [
     "timestamp",
     "backend_url",
     "latency_ms",
@@ -34,6 +34,7 @@ pub const COLUMNS: [&str; 15] = [
     "reused",
     "client_addr",
     "protocol",
+    "grpc_status",
 ];
 
 /// One finished request. `Copy` and fixed-size, so sending it allocates nothing.
@@ -49,6 +50,9 @@ pub struct Record {
     pub reused: bool,
     /// The client spoke HTTP/2 (the `protocol` column: `h2>http1`, else `http1`).
     pub h2: bool,
+    /// A gRPC call's grpc-status (the `grpc_status` column; empty for other requests).
+    /// Set it with [`Record::set_grpc_status`].
+    pub grpc_status: Option<u8>,
     path_len: u8,
     path: [u8; PATH_MAX],
     pub request_bytes: u64,
@@ -72,6 +76,7 @@ impl Record {
             method,
             reused: false,
             h2: false,
+            grpc_status: None,
             path_len: n as u8,
             path: p,
             request_bytes: 0,
@@ -84,6 +89,12 @@ impl Record {
 
     pub fn path(&self) -> &[u8] {
         &self.path[..self.path_len as usize]
+    }
+
+    /// Marks the record as a gRPC call that ended with `status` (codes past 255 are kept
+    /// as 255; valid codes are 0..=16).
+    pub fn set_grpc_status(&mut self, status: u32) {
+        self.grpc_status = Some(status.min(255) as u8);
     }
 
     /// Stamps the record with the current wall-clock time.
@@ -260,6 +271,10 @@ fn write_record<W: Write>(
     w.write_field(if r.reused { "1" } else { "0" })?;
     field!("{}", r.client);
     w.write_field(if r.h2 { "h2>http1" } else { "http1" })?;
+    match r.grpc_status {
+        Some(code) => field!("{code}"),
+        None => w.write_field("")?,
+    }
     w.write_record(None::<&[u8]>)?;
     Ok(())
 }
@@ -317,14 +332,30 @@ mod tests {
         r.upstream_us = 1200;
         r.unix_us = 1_700_000_000_123_456;
         logger.sender.send(r);
-        assert_eq!(logger.finish(Duration::from_secs(5)).unwrap(), (1, 0));
+        let mut g = Record::new(
+            0,
+            "127.0.0.1:5556".parse().unwrap(),
+            Method::Post,
+            b"/tts.TTS/Synthesize",
+        );
+        g.backend = Some(0);
+        g.status = 200;
+        g.h2 = true;
+        g.set_grpc_status(14);
+        g.unix_us = 1_700_000_000_223_456;
+        logger.sender.send(g);
+        assert_eq!(logger.finish(Duration::from_secs(5)).unwrap(), (2, 0));
         let text = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         let mut lines = text.lines();
         assert_eq!(lines.next().unwrap(), COLUMNS.join(","));
         assert_eq!(
             lines.next().unwrap(),
-            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555,http1"
+            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555,http1,"
+        );
+        assert_eq!(
+            lines.next().unwrap(),
+            "1700000000.223456,http://127.0.0.1:8081,0.000,200,round-robin,0,POST,/tts.TTS/Synthesize,0,0,0,0,0,127.0.0.1:5556,h2>http1,14"
         );
     }
 }

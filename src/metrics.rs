@@ -2,7 +2,14 @@
 //! hands a copy to the aggregator thread once a second; the aggregator merges them (off the
 //! hot path), keeps the live summary, and writes `.hgrm` percentile distributions and a V2
 //! interval log (`.hlog`) to `--hdr-dir`.
+//!
+//! gRPC calls are counted the same way: each worker counts its calls by (backend, method,
+//! grpc-status) in its own [`GrpcCalls`] table ([`WorkerHists::record_grpc`]), handed over
+//! with the histograms and merged into the process-wide [`GrpcTotals`]. Methods are
+//! bounded: at most [`GRPC_MAX_METHODS`] distinct names per worker and per process, the
+//! rest counted as [`GRPC_OTHER`].
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -45,6 +52,137 @@ fn code_counts(backends: usize) -> CodeCounts {
     vec![[0; CODES]; backends + 1]
 }
 
+/// Most distinct gRPC methods counted by name, per worker and per process.
+pub const GRPC_MAX_METHODS: usize = 64;
+/// Longest method name counted by name (a longer path counts as [`GRPC_OTHER`]).
+pub const GRPC_METHOD_MAX_LEN: usize = 200;
+/// The method name calls past the bounds are counted under.
+pub const GRPC_OTHER: &str = "other";
+/// Largest grpc-status counted as itself; a larger (invalid) one counts as UNKNOWN (2),
+/// as gRPC clients read it.
+pub const GRPC_STATUS_LAST: u32 = 16;
+const GRPC_UNKNOWN: u8 = 2;
+
+/// One worker's gRPC calls by (backend, method, status) since its last hand-over. Method
+/// names are interned once per worker (an allocation the first time a method is seen, none
+/// after), so counting a call allocates nothing once its key exists.
+#[derive(Debug, Default, Clone)]
+pub struct GrpcCalls {
+    /// Method names by id; the id [`GRPC_MAX_METHODS`] is [`GRPC_OTHER`]. Kept across
+    /// hand-overs, so ids stay stable.
+    methods: Vec<Box<[u8]>>,
+    /// Calls by (backend, method id, status).
+    counts: HashMap<(u32, u8, u8), u64>,
+}
+
+impl GrpcCalls {
+    /// The id of `method`, interned if there is room.
+    #[inline]
+    fn method_id(&mut self, method: &[u8]) -> u8 {
+        if let Some(i) = self.methods.iter().position(|m| **m == *method) {
+            return i as u8;
+        }
+        let countable = method.first() == Some(&b'/')
+            && method.len() <= GRPC_METHOD_MAX_LEN
+            && method != GRPC_OTHER.as_bytes();
+        if !countable || self.methods.len() >= GRPC_MAX_METHODS {
+            return GRPC_MAX_METHODS as u8;
+        }
+        self.methods.push(method.into());
+        (self.methods.len() - 1) as u8
+    }
+
+    /// Counts one call.
+    #[inline]
+    pub fn record(&mut self, backend: usize, method: &[u8], status: u32) {
+        let m = self.method_id(method);
+        let status = if status <= GRPC_STATUS_LAST {
+            status as u8
+        } else {
+            GRPC_UNKNOWN
+        };
+        *self.counts.entry((backend as u32, m, status)).or_insert(0) += 1;
+    }
+
+    /// A method id's name.
+    fn name(&self, id: u8) -> &[u8] {
+        self.methods
+            .get(id as usize)
+            .map_or(GRPC_OTHER.as_bytes(), |m| &m[..])
+    }
+
+    /// Calls counted since the last [`GrpcCalls::take`].
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Copies the interval's counts out (with the names they need) and starts a new one.
+    fn take(&mut self) -> GrpcCalls {
+        if self.counts.is_empty() {
+            return GrpcCalls::default();
+        }
+        GrpcCalls {
+            methods: self.methods.clone(),
+            counts: std::mem::take(&mut self.counts),
+        }
+    }
+
+    /// (backend, method, status, calls) for every count.
+    pub fn rows(&self) -> impl Iterator<Item = (usize, &[u8], u32, u64)> + '_ {
+        self.counts
+            .iter()
+            .map(|(&(b, m, s), &n)| (b as usize, self.name(m), s as u32, n))
+    }
+}
+
+/// gRPC calls since start by backend, method and status, merged over workers (the
+/// aggregator's side; not on the hot path). At most [`GRPC_MAX_METHODS`] method names,
+/// the rest under [`GRPC_OTHER`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GrpcTotals {
+    methods: Vec<String>,
+    /// Calls by (backend, method index or `GRPC_MAX_METHODS` for other, status).
+    counts: BTreeMap<(usize, usize, u32), u64>,
+}
+
+impl GrpcTotals {
+    fn method_index(&mut self, name: &[u8]) -> usize {
+        let name = String::from_utf8_lossy(name);
+        if name == GRPC_OTHER {
+            return GRPC_MAX_METHODS;
+        }
+        if let Some(i) = self.methods.iter().position(|m| *m == name) {
+            return i;
+        }
+        if self.methods.len() >= GRPC_MAX_METHODS {
+            return GRPC_MAX_METHODS;
+        }
+        self.methods.push(name.into_owned());
+        self.methods.len() - 1
+    }
+
+    /// Adds one worker's interval.
+    pub fn add(&mut self, calls: &GrpcCalls) {
+        for (backend, method, status, n) in calls.rows() {
+            let m = self.method_index(method);
+            *self.counts.entry((backend, m, status)).or_insert(0) += n;
+        }
+    }
+
+    /// Every count as (backend, method, status, calls), by backend, method and status.
+    pub fn rows(&self) -> impl Iterator<Item = (usize, &str, u32, u64)> + '_ {
+        self.counts.iter().map(|(&(b, m, s), &n)| {
+            let name = self.methods.get(m).map_or(GRPC_OTHER, String::as_str);
+            (b, name, s, n)
+        })
+    }
+
+    /// Distinct method names counted (without `other`).
+    pub fn methods(&self) -> usize {
+        self.methods.len()
+    }
+}
+
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_US, SIGFIG).expect("static bounds are valid")
 }
@@ -58,6 +196,8 @@ pub struct WorkerHists {
     pub errors: u64,
     /// Responses per backend (last row: none) and status code.
     pub codes: CodeCounts,
+    /// gRPC calls by backend, method and status.
+    pub grpc: GrpcCalls,
     next_flush: Instant,
 }
 
@@ -69,6 +209,7 @@ pub struct Snapshot {
     pub requests: u64,
     pub errors: u64,
     pub codes: CodeCounts,
+    pub grpc: GrpcCalls,
 }
 
 impl WorkerHists {
@@ -79,8 +220,19 @@ impl WorkerHists {
             requests: 0,
             errors: 0,
             codes: code_counts(backends),
+            grpc: GrpcCalls::default(),
             next_flush: Instant::now() + FLUSH_EVERY,
         }
+    }
+
+    /// Counts one gRPC call that ended on `backend`: `method` is the request's `:path`
+    /// (`/tts.TTS/Synthesize`), `status` its grpc-status (from the trailers, or the one
+    /// corelb answered with). The call's latency and HTTP status are recorded separately,
+    /// by [`WorkerHists::record`]. Allocates nothing once the method was seen (at most
+    /// [`GRPC_MAX_METHODS`] names; others count as `other`).
+    #[inline]
+    pub fn record_grpc(&mut self, backend: usize, method: &[u8], status: u32) {
+        self.grpc.record(backend, method, status);
     }
 
     /// Records one finished request: its total latency and status, and its upstream latency
@@ -124,6 +276,7 @@ impl WorkerHists {
             requests: self.requests,
             errors: self.errors,
             codes: std::mem::replace(&mut self.codes, code_counts(self.backends.len())),
+            grpc: self.grpc.take(),
         };
         self.total.reset();
         self.backends.iter_mut().for_each(Histogram::reset);
@@ -145,6 +298,8 @@ pub struct Summary {
     pub errors_per_second: std::collections::VecDeque<u64>,
     /// Responses since start per backend (last row: answered by the proxy) and status code.
     pub codes: CodeCounts,
+    /// gRPC calls since start by backend, method and status.
+    pub grpc: GrpcTotals,
 }
 
 impl Summary {
@@ -157,6 +312,7 @@ impl Summary {
             per_second: Default::default(),
             errors_per_second: Default::default(),
             codes: code_counts(backends),
+            grpc: GrpcTotals::default(),
         }
     }
 
@@ -235,6 +391,7 @@ fn aggregate(
     let mut sec_backends: Vec<_> = (0..backends).map(|_| histogram()).collect();
     let (mut sec_requests, mut sec_errors) = (0u64, 0u64);
     let mut sec_codes = code_counts(backends);
+    let mut sec_grpc: Vec<GrpcCalls> = Vec::new();
     let mut win_total = histogram();
     let mut win_backends: Vec<_> = (0..backends).map(|_| histogram()).collect();
     let mut win_start = Instant::now();
@@ -279,6 +436,9 @@ fn aggregate(
                 sec_requests += s.requests;
                 sec_errors += s.errors;
                 add_codes(&mut sec_codes, &s.codes);
+                if !s.grpc.is_empty() {
+                    sec_grpc.push(s.grpc);
+                }
                 continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -295,6 +455,9 @@ fn aggregate(
             sum.last_total = sec_total.clone();
             sum.last_backends = sec_backends.clone();
             add_codes(&mut sum.codes, &sec_codes);
+            for calls in sec_grpc.drain(..) {
+                sum.grpc.add(&calls);
+            }
             sum.per_second.push_back(sec_requests);
             sum.errors_per_second.push_back(sec_errors);
             while sum.per_second.len() > HISTORY {
@@ -470,6 +633,98 @@ mod tests {
         assert_eq!(s.backends[0].len(), 0);
         assert_eq!(w.total.len(), 0);
         assert!(!w.due(Instant::now()));
+    }
+
+    #[test]
+    fn grpc_calls_are_counted_per_worker_and_handed_over() {
+        let mut w = WorkerHists::new(2);
+        w.record_grpc(0, b"/tts.TTS/Synthesize", 0);
+        w.record_grpc(0, b"/tts.TTS/Synthesize", 0);
+        w.record_grpc(1, b"/tts.TTS/Synthesize", 14);
+        w.record_grpc(1, b"/tts.TTS/SynthesizeStream", 99);
+        w.record_grpc(1, b"no-slash", 0);
+        let s = w.take(0, Instant::now());
+        let mut rows: Vec<_> = s.grpc.rows().collect();
+        rows.sort();
+        assert_eq!(
+            rows,
+            [
+                (0, &b"/tts.TTS/Synthesize"[..], 0, 2),
+                (1, &b"/tts.TTS/Synthesize"[..], 14, 1),
+                (1, &b"/tts.TTS/SynthesizeStream"[..], 2, 1),
+                (1, &b"other"[..], 0, 1),
+            ],
+            "invalid statuses count as UNKNOWN, paths not starting with / as other"
+        );
+        assert!(w.grpc.is_empty(), "a new interval starts empty");
+        w.record_grpc(0, b"/tts.TTS/Synthesize", 0);
+        let again = w.take(0, Instant::now());
+        assert_eq!(
+            again.grpc.rows().count(),
+            1,
+            "ids stay stable across hand-overs"
+        );
+        assert!(w.take(0, Instant::now()).grpc.is_empty());
+    }
+
+    #[test]
+    fn grpc_methods_are_bounded_per_worker_and_per_process() {
+        let name = |i: usize| format!("/svc.S/M{i}");
+        let mut totals = GrpcTotals::default();
+        // Two workers see 48 methods each, overlapping in 16: 80 distinct in the process.
+        for (worker, range) in [(0, 0..48), (1, 32..80)] {
+            let mut w = WorkerHists::new(1);
+            for i in range {
+                w.record_grpc(0, name(i).as_bytes(), 0);
+            }
+            let s = w.take(worker, Instant::now());
+            totals.add(&s.grpc);
+        }
+        assert_eq!(totals.methods(), GRPC_MAX_METHODS);
+        let sum: u64 = totals.rows().map(|r| r.3).sum();
+        assert_eq!(sum, 96, "every call is counted, by name or as other");
+        let other: u64 = totals
+            .rows()
+            .filter(|r| r.1 == GRPC_OTHER)
+            .map(|r| r.3)
+            .sum();
+        // Worker 0's 48 methods got names; of worker 1's 32 new ones, 16 fit and 16 are other.
+        assert_eq!(other, 16);
+        let m40: u64 = totals.rows().filter(|r| r.1 == name(40)).map(|r| r.3).sum();
+        assert_eq!(m40, 2, "merged across workers");
+        // One worker alone is bounded too.
+        let mut w = WorkerHists::new(1);
+        for i in 0..100 {
+            w.record_grpc(0, name(i).as_bytes(), 13);
+        }
+        let s = w.take(0, Instant::now());
+        assert_eq!(s.grpc.rows().count(), GRPC_MAX_METHODS + 1);
+        let long = format!("/{}", "x".repeat(GRPC_METHOD_MAX_LEN));
+        let mut w = WorkerHists::new(1);
+        w.record_grpc(0, long.as_bytes(), 0);
+        assert_eq!(w.grpc.rows().next().unwrap().1, b"other");
+    }
+
+    #[test]
+    fn aggregator_merges_grpc_calls_into_the_summary() {
+        let agg = Aggregator::start(2, None).unwrap();
+        for worker in 0..3 {
+            let mut w = WorkerHists::new(2);
+            w.record_grpc(1, b"/tts.TTS/Synthesize", 14);
+            w.record_grpc(0, b"/tts.TTS/Synthesize", 0);
+            agg.tx.send(w.take(worker, Instant::now())).unwrap();
+        }
+        let summary = agg.summary.clone();
+        agg.finish().unwrap();
+        let sum = summary.lock().unwrap();
+        let rows: Vec<_> = sum.grpc.rows().collect();
+        assert_eq!(
+            rows,
+            [
+                (0, "/tts.TTS/Synthesize", 0, 3),
+                (1, "/tts.TTS/Synthesize", 14, 3)
+            ]
+        );
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Server {
         let health = crate::health::Health::new(
             cfg.health.clone(),
             cfg.outlier.clone(),
-            balancer.len(),
+            &cfg.servers,
             cfg.debug,
         );
         let shared = Arc::new(Shared {
@@ -269,9 +269,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .servers
         .iter()
         .map(|s| {
+            let check = match cfg.health.enabled {
+                true => cfg.health.check_for(s.protocol).to_string(),
+                false => "off".to_string(),
+            };
             format!(
-                "{}={} (priority {}, load {})",
-                s.name, s.addr, s.priority, s.load
+                "{}={} (priority {}, load {}, {}, check {check})",
+                s.name, s.addr, s.priority, s.load, s.protocol
             )
         })
         .collect();

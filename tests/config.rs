@@ -108,6 +108,53 @@ fn a_bad_value_reads_the_same_from_file_flag_and_environment() {
 }
 
 #[test]
+fn grpc_settings_are_refused_in_one_line_and_accepted_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grpc.json");
+    std::fs::write(
+        &path,
+        r#"{"servers": [{"name": "G", "address": "127.0.0.1", "port": 50051, "protocol": "h2c"}],
+            "outlierDetection": {"grpcStatuses": [14, 99]}}"#,
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, err) = run_with(&["--config", p], &[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "corelb: {p}: outlierDetection.grpcStatuses: expected gRPC status codes 1..16, got 99"
+        )
+    );
+    let (code, err) = run_with(&["--eject-grpc-statuses", "14,x"], &[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err.trim_end(),
+        "corelb: command line: --eject-grpc-statuses: expected gRPC status codes 1..16, got \"x\""
+    );
+    let (code, err) = run_with(&["--health-check", "grpc:two words"], &[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("corelb: command line: --health-check: expected a gRPC service name"),
+        "{err}"
+    );
+    let (code, err) = run_with(
+        &[
+            "--config",
+            p,
+            "--eject-grpc-statuses",
+            "14,8",
+            "--health-check",
+            "grpc:tts.TTS",
+            "--check",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
 fn env_port_is_used_and_flag_overrides_it() {
     let a = Backend::start("A", "fast", &[]);
     let dir = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::config::grpc_status_name;
 use crate::health::HealthView;
 use crate::metrics::{code_of, Summary};
 use crate::shared::Shared;
@@ -103,6 +104,36 @@ pub struct BackendStats {
     /// Upstream latency (time to the response head).
     pub latency_ms: Latency,
     pub codes: BTreeMap<String, u64>,
+    /// gRPC calls that ended on this backend (updated each second).
+    pub grpc: GrpcStats,
+}
+
+/// A backend's gRPC calls since start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GrpcStats {
+    pub calls: u64,
+    /// Calls that ended with a grpc-status other than 0 (OK).
+    pub errors: u64,
+    /// Calls by grpc-status (numeric, as a string key).
+    pub statuses: BTreeMap<String, u64>,
+    /// Calls by method (`/tts.TTS/Synthesize`, at most 64 names, then `other`) and status.
+    pub methods: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl GrpcStats {
+    fn add(&mut self, method: &str, status: u32, n: u64) {
+        self.calls += n;
+        if status != 0 {
+            self.errors += n;
+        }
+        *self.statuses.entry(status.to_string()).or_insert(0) += n;
+        *self
+            .methods
+            .entry(method.to_string())
+            .or_default()
+            .entry(status.to_string())
+            .or_insert(0) += n;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -195,7 +226,7 @@ fn unix_ms() -> u64 {
 /// Reads everything once. The summary lock is held only to copy numbers out.
 pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
     let n = shared.balancer.len();
-    let (total_lat, total_codes, backend_lat, backend_codes, local, rps, hists) = {
+    let (total_lat, total_codes, backend_lat, backend_codes, local, rps, hists, grpc) = {
         let sum = summary.lock().unwrap_or_else(|e| e.into_inner());
         let lat = |last: &Histogram<u64>, start: &Histogram<u64>| Latency {
             last: percentiles(last),
@@ -232,6 +263,12 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             .chain(sum.since_start_backends.iter())
             .map(buckets)
             .collect();
+        let mut grpc = vec![GrpcStats::default(); n];
+        for (b, method, status, calls) in sum.grpc.rows() {
+            if let Some(g) = grpc.get_mut(b) {
+                g.add(method, status, calls);
+            }
+        }
         (
             total_lat,
             codes(&all),
@@ -240,6 +277,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             local,
             rps,
             hists,
+            grpc,
         )
     };
     let c = &shared.counters;
@@ -272,6 +310,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
                 peak_ewma_ms: ms(s.peak_ewma_us),
                 latency_ms: backend_lat.get(i).cloned().unwrap_or_default(),
                 codes: backend_codes.get(i).cloned().unwrap_or_default(),
+                grpc: grpc.get(i).cloned().unwrap_or_default(),
             }
         })
         .collect();
@@ -536,6 +575,29 @@ pub fn prometheus(s: &Stats) -> String {
         );
     }
 
+    family(
+        &mut o,
+        "corelb_grpc_calls_total",
+        "counter",
+        "gRPC calls by backend, method (at most 64 names, then \"other\") and grpc-status (status: the number, code: its name).",
+    );
+    for (b, name) in s.backends.iter().zip(&names) {
+        for (method, statuses) in &b.grpc.methods {
+            for (status, n) in statuses {
+                let code = status
+                    .parse()
+                    .ok()
+                    .and_then(grpc_status_name)
+                    .unwrap_or("UNKNOWN");
+                let _ = writeln!(
+                    o,
+                    "corelb_grpc_calls_total{{backend=\"{name}\",method=\"{}\",status=\"{status}\",code=\"{code}\"}} {n}",
+                    label(method)
+                );
+            }
+        }
+    }
+
     type Per = fn(&BackendStats) -> f64;
     let per_backend: [(&str, &str, &str, Per); 8] = [
         (
@@ -660,6 +722,8 @@ pub(super) fn sample() -> Stats {
                 ejections: 0,
                 changed_at_unix_ms: 1_700_000_000_000,
                 ramp: 1.0,
+                check: "grpc",
+                last_check: "grpc SERVING",
             },
         },
         inflight: 1,
@@ -671,6 +735,7 @@ pub(super) fn sample() -> Stats {
         peak_ewma_ms: 12.25,
         latency_ms: Latency::default(),
         codes: codes.clone(),
+        grpc: GrpcStats::default(),
     };
     let mut all = BTreeMap::new();
     all.insert("200".to_string(), 6);
@@ -713,7 +778,19 @@ pub(super) fn sample() -> Stats {
             latency_ms: Latency::default(),
             codes: all,
         },
-        backends: vec![backend("A"), backend("we\"ird\\")],
+        backends: vec![
+            BackendStats {
+                grpc: {
+                    let mut g = GrpcStats::default();
+                    g.add("/tts.TTS/Synthesize", 0, 5);
+                    g.add("/tts.TTS/Synthesize", 14, 2);
+                    g.add("other", 13, 1);
+                    g
+                },
+                ..backend("A")
+            },
+            backend("we\"ird\\"),
+        ],
         hists: vec![buckets(&h), buckets(&h), Buckets::default()],
     }
 }
@@ -767,10 +844,73 @@ mod tests {
         assert!(text.contains("corelb_uptime_seconds 1.5\n"));
         assert!(text.contains("# TYPE corelb_buffers_in_use gauge\ncorelb_buffers_in_use 2\n"));
         assert!(text.contains("corelb_upstream_connections_open 3\n"));
+        assert!(text.contains("# TYPE corelb_grpc_calls_total counter\n"));
+        assert!(text.contains("corelb_grpc_calls_total{backend=\"A\",method=\"/tts.TTS/Synthesize\",status=\"0\",code=\"OK\"} 5\n"));
+        assert!(text.contains("corelb_grpc_calls_total{backend=\"A\",method=\"/tts.TTS/Synthesize\",status=\"14\",code=\"UNAVAILABLE\"} 2\n"));
+        assert!(text.contains("corelb_grpc_calls_total{backend=\"A\",method=\"other\",status=\"13\",code=\"INTERNAL\"} 1\n"));
+        assert!(!text.contains("corelb_grpc_calls_total{backend=\"we"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();
             assert!(v == "+Inf" || v.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    /// The gRPC table end to end without the data path: worker tables fed as the data path
+    /// will feed them, handed to the real aggregator, gathered with the shared state and
+    /// rendered.
+    #[test]
+    fn grpc_calls_from_worker_tables_reach_stats_and_metrics() {
+        use crate::balancer::Balancer;
+        use crate::config::Config;
+        use crate::health::Health;
+        use crate::metrics::{Aggregator, WorkerHists};
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let cfg = Config::from_json(
+            "t.json",
+            r#"{"servers": [
+                {"name": "A", "address": "127.0.0.1", "port": 1, "protocol": "h2c"},
+                {"name": "B", "address": "127.0.0.1", "port": 2}]}"#,
+        )
+        .unwrap();
+        let shared = Shared {
+            balancer: Balancer::new(&cfg),
+            health: Health::new(cfg.health.clone(), cfg.outlier.clone(), &cfg.servers, false),
+            cfg,
+            stop: AtomicBool::new(false),
+            counters: Default::default(),
+            started: std::time::Instant::now(),
+            log_dropped: Arc::new(Default::default()),
+        };
+        let agg = Aggregator::start(2, None).unwrap();
+        for worker in 0..2 {
+            let mut w = WorkerHists::new(2);
+            for _ in 0..10 {
+                w.record_grpc(0, b"/tts.TTS/Synthesize", 0);
+            }
+            w.record_grpc(0, b"/tts.TTS/SynthesizeStream", 14);
+            w.record_grpc(1, b"/tts.TTS/Synthesize", 8);
+            agg.tx
+                .send(w.take(worker, std::time::Instant::now()))
+                .unwrap();
+        }
+        let summary = agg.summary.clone();
+        agg.finish().unwrap();
+        let stats = gather(&shared, &summary);
+        let a = &stats.backends[0].grpc;
+        assert_eq!((a.calls, a.errors), (22, 2));
+        assert_eq!(a.statuses["0"], 20);
+        assert_eq!(a.methods["/tts.TTS/SynthesizeStream"]["14"], 2);
+        let b = &stats.backends[1].grpc;
+        assert_eq!((b.calls, b.errors), (2, 2));
+        assert_eq!(stats.backends[0].health.view.check, "grpc");
+        assert_eq!(stats.backends[1].health.view.check, "tcp");
+        assert_eq!(stats.backends[0].health.view.last_check, "not checked yet");
+        let text = prometheus(&stats);
+        assert!(text.contains("corelb_grpc_calls_total{backend=\"A\",method=\"/tts.TTS/Synthesize\",status=\"0\",code=\"OK\"} 20\n"), "{text}");
+        assert!(text.contains("corelb_grpc_calls_total{backend=\"B\",method=\"/tts.TTS/Synthesize\",status=\"8\",code=\"RESOURCE_EXHAUSTED\"} 2\n"));
+        let json = serde_json::to_value(&stats).unwrap();
+        assert_eq!(json["backends"][0]["grpc"]["errors"], 2);
     }
 
     #[test]
@@ -784,5 +924,15 @@ mod tests {
         assert_eq!(v["backends"][0]["codes"]["200"], 3);
         assert!(v["backends"][0]["latency_ms"]["last"]["p99"].is_null());
         assert!(v.get("hists").is_none());
+        let g = &v["backends"][0]["grpc"];
+        assert_eq!(
+            (g["calls"].as_u64(), g["errors"].as_u64()),
+            (Some(8), Some(3))
+        );
+        assert_eq!(g["statuses"]["14"], 2);
+        assert_eq!(g["methods"]["/tts.TTS/Synthesize"]["0"], 5);
+        assert_eq!(v["backends"][1]["grpc"]["calls"], 0);
+        assert_eq!(v["backends"][0]["health"]["check"], "grpc");
+        assert_eq!(v["backends"][0]["health"]["last_check"], "grpc SERVING");
     }
 }

@@ -129,6 +129,7 @@ struct HealthCheck {
     kind: Scalar,
     path: Scalar,
     expect_status: Scalar,
+    service: Scalar,
     rise: Scalar,
     fall: Scalar,
     slow_start: Scalar,
@@ -148,6 +149,7 @@ struct OutlierDetection {
     max_ejection_time: Scalar,
     #[serde(rename = "on5xx")]
     on_5xx: Scalar,
+    grpc_statuses: Scalar,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -315,6 +317,7 @@ impl File {
             c.put(Key::CheckType, h.kind, "type");
             c.put(Key::CheckPath, h.path, "path");
             c.put(Key::CheckStatus, h.expect_status, "expectStatus");
+            c.put(Key::CheckService, h.service, "service");
             c.put(Key::Rise, h.rise, "rise");
             c.put(Key::Fall, h.fall, "fall");
             c.put(Key::SlowStart, h.slow_start, "slowStart");
@@ -334,6 +337,7 @@ impl File {
             c.put(Key::EjectTime, o.base_ejection_time, "baseEjectionTime");
             c.put(Key::MaxEjectionTime, o.max_ejection_time, "maxEjectionTime");
             c.put(Key::On5xx, o.on_5xx, "on5xx");
+            c.put(Key::EjectGrpcStatuses, o.grpc_statuses, "grpcStatuses");
         }
         if let Some(r) = self.retries.0 {
             let mut c = Collect {

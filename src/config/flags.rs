@@ -97,7 +97,8 @@ pub struct Args {
     /// Also dump every this often (e.g. 10s).
     #[arg(long, value_name = "D", value_parser = checked(&rules::POSITIVE_SECONDS))]
     pub hdr_interval: Option<String>,
-    /// Active health check: tcp, http, http:/PATH, http:/PATH:STATUS, or off.
+    /// Active health check: tcp, http, http:/PATH, http:/PATH:STATUS, grpc,
+    /// grpc:SERVICE, or off (default: tcp for http1 servers, grpc for h2c servers).
     #[arg(long, value_name = "SPEC")]
     pub health_check: Option<String>,
     /// Consecutive successful checks that bring a server back up, 1..1000 (default 2).
@@ -112,6 +113,10 @@ pub struct Args {
     /// Consecutive failed exchanges that eject a server (0: never; default 5).
     #[arg(long, value_name = "N", value_parser = checked(&rules::CONSECUTIVE_FAILURES))]
     pub eject_after: Option<String>,
+    /// gRPC statuses that count as backend failures for ejection, e.g. 14,8,13 (the
+    /// default), or none.
+    #[arg(long, value_name = "CODES", value_parser = checked(&rules::GRPC_CODES))]
+    pub eject_grpc_statuses: Option<String>,
     /// First ejection time; repeated ejections last longer (default 10s).
     #[arg(long, value_name = "D", value_parser = checked(&rules::SECONDS))]
     pub eject_time: Option<String>,
@@ -259,6 +264,11 @@ impl Args {
             (Key::SlowStart, self.slow_start.as_ref(), "--slow-start"),
             (Key::EjectAfter, self.eject_after.as_ref(), "--eject-after"),
             (Key::EjectTime, self.eject_time.as_ref(), "--eject-time"),
+            (
+                Key::EjectGrpcStatuses,
+                self.eject_grpc_statuses.as_ref(),
+                "--eject-grpc-statuses",
+            ),
             (Key::Retries, self.retries.as_ref(), "--retries"),
             (
                 Key::RetryBudget,
@@ -310,6 +320,14 @@ fn health_check(cli: &mut Layer, spec: &str) {
     cli.set(Key::CheckEnabled, json(on, FLAG));
     if on {
         let (kind, path, status) = Check::split_spec(spec);
+        if kind == "grpc" {
+            cli.set(Key::CheckType, text(kind, COMMAND_LINE, FLAG));
+            cli.set(
+                Key::CheckService,
+                text(path.unwrap_or(""), COMMAND_LINE, FLAG),
+            );
+            return;
+        }
         let status = status.map_or(DEFAULT_CHECK_STATUS.to_string(), str::to_string);
         cli.set(Key::CheckType, text(kind, COMMAND_LINE, FLAG));
         let path = path.unwrap_or(DEFAULT_CHECK_PATH);

@@ -365,23 +365,32 @@ fn health(v: &Layer, interval: Duration, timeout: Duration) -> Result<HealthSett
     let d = HealthSettings::default();
     let path = v.get(Key::CheckPath, &Text)?;
     let expect = v.get(Key::CheckStatus, &value::STATUS)?;
-    let http = v.parse(Key::CheckType, |t| match t {
-        "tcp" => Ok(false),
-        "http" => Ok(true),
-        t => Err(format!("expected tcp or http, got \"{t}\"")),
+    let kind = v.parse(Key::CheckType, |t| match t {
+        "tcp" | "http" | "grpc" => Ok(t.to_string()),
+        t => Err(format!("expected tcp, http or grpc, got \"{t}\"")),
     })?;
-    let check = if http == Some(true) {
-        let path = path.unwrap_or_else(|| DEFAULT_CHECK_PATH.to_string());
-        if !path.starts_with('/') {
-            let at = &v.values[&Key::CheckPath];
-            return Err(at.error(format!("must start with /, got \"{path}\"")));
+    let check = match kind.as_deref() {
+        Some("http") => {
+            let path = path.unwrap_or_else(|| DEFAULT_CHECK_PATH.to_string());
+            if !path.starts_with('/') {
+                let at = &v.values[&Key::CheckPath];
+                return Err(at.error(format!("must start with /, got \"{path}\"")));
+            }
+            Some(Check::Http {
+                path,
+                expect: expect.map_or(DEFAULT_CHECK_STATUS, |n| n as u16),
+            })
         }
-        Check::Http {
-            path,
-            expect: expect.map_or(DEFAULT_CHECK_STATUS, |n| n as u16),
+        Some("grpc") => {
+            let service = v.get(Key::CheckService, &Text)?.unwrap_or_default();
+            if let Err(problem) = check_grpc_service(&service) {
+                return Err(v.values[&Key::CheckService].error(problem));
+            }
+            Some(Check::Grpc { service })
         }
-    } else {
-        Check::Tcp
+        Some(_) => Some(Check::Tcp),
+        // None chosen: each server gets its protocol's default (`check_for`).
+        None => None,
     };
     Ok(HealthSettings {
         interval,
@@ -411,6 +420,9 @@ fn outlier(v: &Layer) -> Result<OutlierSettings, ConfigError> {
             .get(Key::MaxEjectionTime, &value::SECONDS)?
             .unwrap_or(d.max),
         on_5xx: v.get(Key::On5xx, &value::Bool)?.unwrap_or(d.on_5xx),
+        grpc_statuses: v
+            .get(Key::EjectGrpcStatuses, &value::GRPC_CODES)?
+            .unwrap_or(d.grpc_statuses),
     })
 }
 

@@ -385,7 +385,96 @@ fn health_check_parts_are_refused_alike_from_the_file_and_from_a_flag() {
         &["--health-check", "udp"],
         "--health-check",
     );
-    assert_eq!(p, "expected tcp or http, got \"udp\"");
+    assert_eq!(p, "expected tcp, http or grpc, got \"udp\"");
+    let p = same_problem(
+        r#""healthCheck": {"type": "grpc", "service": "a b"}"#,
+        "healthCheck.service",
+        &["--health-check", "grpc:a b"],
+        "--health-check",
+    );
+    assert!(p.starts_with("expected a gRPC service name"), "{p}");
+}
+
+#[test]
+fn grpc_checks_are_chosen_or_follow_each_servers_protocol() {
+    let servers = r#""servers": [
+        {"name": "A", "address": "127.0.0.1", "port": 1},
+        {"name": "G", "address": "127.0.0.1", "port": 2, "protocol": "h2c"}]"#;
+    let c = Config::from_json("g.json", &format!("{{{servers}}}")).unwrap();
+    assert_eq!(c.health.check, None, "nothing chosen");
+    assert_eq!(c.health.check_for(c.servers[0].protocol), Check::Tcp);
+    assert_eq!(
+        c.health.check_for(c.servers[1].protocol),
+        Check::Grpc { service: "".into() }
+    );
+    let c = Config::from_json(
+        "g.json",
+        &format!(r#"{{{servers}, "healthCheck": {{"type": "grpc", "service": "tts.TTS"}}}}"#),
+    )
+    .unwrap();
+    let chosen = Check::Grpc {
+        service: "tts.TTS".into(),
+    };
+    assert_eq!(c.health.check_for(c.servers[0].protocol), chosen);
+    assert_eq!(c.health.check_for(c.servers[1].protocol), chosen);
+    let c = Config::from_json(
+        "g.json",
+        &format!(r#"{{{servers}, "healthCheck": {{"type": "tcp"}}}}"#),
+    )
+    .unwrap();
+    assert_eq!(c.health.check_for(c.servers[1].protocol), Check::Tcp);
+    assert_eq!(
+        err(&format!(
+            r#"{{{servers}, "healthCheck": {{"type": "grpc", "service": 5}}}}"#
+        )),
+        "c.json: healthCheck.service: expected a string, got 5"
+    );
+}
+
+#[test]
+fn grpc_ejection_statuses_from_the_file_and_the_flag() {
+    let c = Config::from_json("c.json", &file_with("")).unwrap();
+    assert_eq!(c.outlier.grpc_statuses.codes(), [8, 13, 14]);
+    assert!(c.outlier.grpc_status_is_failure(14));
+    assert!(!c.outlier.grpc_status_is_failure(0));
+    assert!(!c.outlier.grpc_status_is_failure(4));
+    assert!(!c.outlier.grpc_status_is_failure(u32::MAX));
+    let c = Config::from_json(
+        "c.json",
+        &file_with(r#""outlierDetection": {"grpcStatuses": [4, 14]}"#),
+    )
+    .unwrap();
+    assert_eq!(c.outlier.grpc_statuses.codes(), [4, 14]);
+    assert!(c.outlier.grpc_status_is_failure(4));
+    assert!(!c.outlier.grpc_status_is_failure(13));
+    let c = Config::from_json(
+        "c.json",
+        &file_with(r#""outlierDetection": {"grpcStatuses": []}"#),
+    )
+    .unwrap();
+    assert!(!c.outlier.grpc_status_is_failure(14));
+    let c = Config::from_args(["corelb", "--eject-grpc-statuses", "2,12"]).unwrap();
+    assert_eq!(c.outlier.grpc_statuses.to_string(), "2,12");
+    let c = Config::from_args(["corelb", "--eject-grpc-statuses", "none"]).unwrap();
+    assert!(c.outlier.grpc_statuses.codes().is_empty());
+    let p = same_problem(
+        r#""outlierDetection": {"grpcStatuses": [14, 17]}"#,
+        "outlierDetection.grpcStatuses",
+        &["--eject-grpc-statuses", "14,17"],
+        "--eject-grpc-statuses",
+    );
+    assert_eq!(p, "expected gRPC status codes 1..16, got 17");
+    let p = same_problem(
+        r#""outlierDetection": {"grpcStatuses": [0]}"#,
+        "outlierDetection.grpcStatuses",
+        &["--eject-grpc-statuses", "0"],
+        "--eject-grpc-statuses",
+    );
+    assert_eq!(p, "expected gRPC status codes 1..16, got 0");
+    assert_eq!(
+        file_error(r#""outlierDetection": {"grpcStatuses": 14}"#).to_string(),
+        "c.json: outlierDetection.grpcStatuses: expected a list of gRPC status codes like [14, 8, 13], got 14"
+    );
 }
 
 #[test]
@@ -406,16 +495,27 @@ fn health_check_flag_replaces_the_files_check() {
         path: "/x".into(),
         expect: 204,
     };
+    let x = Some(x);
     assert_eq!((&h.check, h.rise, h.enabled), (&x, 7, true));
     let h = load(&["--health-check", "off"]);
     assert_eq!((&h.check, h.enabled), (&x, false));
     let h = load(&["--health-check", "http", "--rise", "3"]);
-    let default = Check::Http {
+    let default = Some(Check::Http {
         path: "/health".into(),
         expect: 200,
-    };
+    });
     assert_eq!((&h.check, h.rise), (&default, 3));
-    assert_eq!(load(&["--health-check", "TCP"]).check, Check::Tcp);
+    assert_eq!(load(&["--health-check", "TCP"]).check, Some(Check::Tcp));
+    let grpc = |service: &str| {
+        Some(Check::Grpc {
+            service: service.into(),
+        })
+    };
+    assert_eq!(load(&["--health-check", "grpc"]).check, grpc(""));
+    assert_eq!(
+        load(&["--health-check", "grpc:tts.TTS"]).check,
+        grpc("tts.TTS")
+    );
 }
 
 #[test]
@@ -501,10 +601,10 @@ fn every_file_key_and_flag_lands_in_its_field() {
         [s(1), s(2), s(3), s(4), s(5), s(6), s(13)]
     );
     let h = &c.health;
-    let check = Check::Http {
+    let check = Some(Check::Http {
         path: "/p".into(),
         expect: 204,
-    };
+    });
     assert_eq!(
         (&h.check, h.rise, h.fall, h.slow_start, h.enabled),
         (&check, 7, 8, s(9), false)

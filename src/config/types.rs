@@ -376,6 +376,9 @@ pub enum Check {
     Tcp,
     /// `GET path` answered with `expect` within the timeout.
     Http { path: String, expect: u16 },
+    /// `grpc.health.v1.Health/Check` for `service` ("" is the whole server) over h2c with
+    /// prior knowledge, answered SERVING with grpc-status 0 within the timeout.
+    Grpc { service: String },
 }
 
 /// The path an HTTP check requests when none is given.
@@ -384,12 +387,20 @@ pub const DEFAULT_CHECK_PATH: &str = "/health";
 pub const DEFAULT_CHECK_STATUS: u16 = 200;
 
 impl Check {
-    /// Splits a spec (`tcp`, `http`, `http:/path`, `http:/path:204`) into its type
-    /// (`tcp` in any case is `tcp`) and, for `http`, the path and status as written.
+    /// Splits a spec (`tcp`, `http`, `http:/path`, `http:/path:204`, `grpc`,
+    /// `grpc:SERVICE`) into its type (`tcp` in any case is `tcp`) and, for `http`, the path
+    /// and status as written; for `grpc`, the service as written (second).
     pub fn split_spec(s: &str) -> (&str, Option<&str>, Option<&str>) {
         let s = s.trim();
         if s.eq_ignore_ascii_case("tcp") {
             return ("tcp", None, None);
+        }
+        if let Some(rest) = s.strip_prefix("grpc") {
+            match rest.strip_prefix(':') {
+                Some(service) => return ("grpc", Some(service), None),
+                None if rest.is_empty() => return ("grpc", None, None),
+                None => return (s, None, None),
+            }
         }
         let Some(rest) = s.strip_prefix("http") else {
             return (s, None, None);
@@ -406,10 +417,17 @@ impl Check {
         }
     }
 
-    /// Parses `tcp`, `http`, `http:/path` or `http:/path:204`.
+    /// Parses `tcp`, `http`, `http:/path`, `http:/path:204`, `grpc` or `grpc:SERVICE`.
     pub fn parse(s: &str) -> Option<Check> {
         match Check::split_spec(s) {
             ("tcp", ..) => Some(Check::Tcp),
+            ("grpc", service, _) => {
+                let service = service.unwrap_or("");
+                check_grpc_service(service).ok()?;
+                Some(Check::Grpc {
+                    service: service.into(),
+                })
+            }
             ("http", path, status) => {
                 let expect = match status {
                     Some(code) => code.parse().ok()?,
@@ -427,6 +445,30 @@ impl Check {
             _ => None,
         }
     }
+
+    /// The check's kind as the `-d` table and `/stats` show it: `tcp`, `http` or `grpc`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Check::Tcp => "tcp",
+            Check::Http { .. } => "http",
+            Check::Grpc { .. } => "grpc",
+        }
+    }
+}
+
+/// Longest gRPC health service name accepted.
+pub const MAX_GRPC_SERVICE: usize = 200;
+
+/// A gRPC health check's service name: printable ASCII without spaces, at most
+/// [`MAX_GRPC_SERVICE`] bytes ("" asks about the whole server).
+pub fn check_grpc_service(s: &str) -> Result<(), String> {
+    if s.len() <= MAX_GRPC_SERVICE && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a gRPC service name (printable ASCII, no spaces, at most {MAX_GRPC_SERVICE} bytes), got {s:?}"
+        ))
+    }
 }
 
 impl fmt::Display for Check {
@@ -434,6 +476,8 @@ impl fmt::Display for Check {
         match self {
             Check::Tcp => f.write_str("tcp"),
             Check::Http { path, expect } => write!(f, "http:{path}:{expect}"),
+            Check::Grpc { service } if service.is_empty() => f.write_str("grpc"),
+            Check::Grpc { service } => write!(f, "grpc:{service}"),
         }
     }
 }
@@ -445,7 +489,9 @@ pub struct HealthSettings {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
-    pub check: Check,
+    /// The check chosen for every server; `None` when none was chosen: each server then
+    /// gets its protocol's default ([`HealthSettings::check_for`]).
+    pub check: Option<Check>,
     /// A recovered server's share ramps up linearly over this long (0: at once).
     pub slow_start: Duration,
     /// `false` turns active checks off (servers are then only ejected passively).
@@ -459,12 +505,94 @@ impl Default for HealthSettings {
             timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             rise: DEFAULT_RISE,
             fall: DEFAULT_FALL,
-            check: Check::Tcp,
+            check: None,
             slow_start: Duration::ZERO,
             enabled: true,
         }
     }
 }
+
+impl HealthSettings {
+    /// The check a server speaking `protocol` gets: the one chosen, else a TCP connect
+    /// for HTTP/1.1 servers and the standard gRPC health check (whole server) for h2c.
+    pub fn check_for(&self, protocol: Protocol) -> Check {
+        match (&self.check, protocol) {
+            (Some(c), _) => c.clone(),
+            (None, Protocol::Http1) => Check::Tcp,
+            (None, Protocol::H2c) => Check::Grpc {
+                service: String::new(),
+            },
+        }
+    }
+}
+
+/// gRPC status codes (0 OK .. 16 UNAUTHENTICATED) by name.
+pub const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Largest gRPC status code defined (UNAUTHENTICATED).
+pub const GRPC_STATUS_MAX: u32 = 16;
+
+/// A gRPC status code's name; `None` past [`GRPC_STATUS_MAX`].
+pub fn grpc_status_name(code: u32) -> Option<&'static str> {
+    GRPC_STATUS_NAMES.get(code as usize).copied()
+}
+
+/// A set of gRPC status codes (1..=16), as a bit mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GrpcStatusSet(u32);
+
+impl GrpcStatusSet {
+    /// The empty set.
+    pub const NONE: GrpcStatusSet = GrpcStatusSet(0);
+
+    /// The set of `codes`; `None` if one is outside 1..=16.
+    pub fn of(codes: &[u32]) -> Option<GrpcStatusSet> {
+        codes.iter().try_fold(GrpcStatusSet::NONE, |set, &c| {
+            (1..=GRPC_STATUS_MAX)
+                .contains(&c)
+                .then_some(GrpcStatusSet(set.0 | 1 << c))
+        })
+    }
+
+    #[inline]
+    pub fn contains(self, code: u32) -> bool {
+        code < 32 && self.0 & (1 << code) != 0
+    }
+
+    /// The codes, lowest first.
+    pub fn codes(self) -> Vec<u32> {
+        (0..32).filter(|&c| self.contains(c)).collect()
+    }
+}
+
+impl fmt::Display for GrpcStatusSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let codes: Vec<String> = self.codes().iter().map(u32::to_string).collect();
+        f.write_str(&codes.join(","))
+    }
+}
+
+/// gRPC statuses that count as a backend failure for passive ejection when none are
+/// configured: UNAVAILABLE (14), RESOURCE_EXHAUSTED (8) and INTERNAL (13).
+pub const DEFAULT_EJECT_GRPC_STATUSES: GrpcStatusSet = GrpcStatusSet(1 << 14 | 1 << 8 | 1 << 13);
 
 /// Passive ejection settings (Envoy's outlier detection, simplified).
 #[derive(Debug, Clone, PartialEq)]
@@ -476,6 +604,17 @@ pub struct OutlierSettings {
     pub max: Duration,
     /// Count 5xx answers as failures too.
     pub on_5xx: bool,
+    /// gRPC calls that end with one of these statuses count as failed exchanges.
+    pub grpc_statuses: GrpcStatusSet,
+}
+
+impl OutlierSettings {
+    /// Whether a gRPC call that ended with `code` (its grpc-status) counts as a failure
+    /// of its backend for passive ejection.
+    #[inline]
+    pub fn grpc_status_is_failure(&self, code: u32) -> bool {
+        self.grpc_statuses.contains(code)
+    }
 }
 
 impl Default for OutlierSettings {
@@ -485,6 +624,7 @@ impl Default for OutlierSettings {
             base: DEFAULT_BASE_EJECTION,
             max: DEFAULT_MAX_EJECTION,
             on_5xx: false,
+            grpc_statuses: DEFAULT_EJECT_GRPC_STATUSES,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::types::MAX_CHOICES;
+use super::types::{GrpcStatusSet, GRPC_STATUS_MAX, MAX_CHOICES};
 use super::ConfigError;
 
 /// A value as written, before any check.
@@ -241,6 +241,40 @@ impl Rule for Bool {
     }
 }
 
+/// A set of gRPC status codes 1..16: a JSON list in the file (`[14, 8, 13]`), a
+/// comma-separated list on the command line (`14,8,13`; empty or `none` for no code).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GrpcCodes;
+
+impl Rule for GrpcCodes {
+    type Value = GrpcStatusSet;
+    fn check(&self, raw: &Raw) -> Result<GrpcStatusSet, String> {
+        let items: Vec<Raw> = match raw {
+            Raw::Json(Value::Array(list)) => list.iter().cloned().map(Raw::Json).collect(),
+            Raw::Json(v) => {
+                return Err(format!(
+                    "expected a list of gRPC status codes like [14, 8, 13], got {v}"
+                ))
+            }
+            Raw::Text(t) if matches!(t.trim(), "" | "none") => Vec::new(),
+            Raw::Text(t) => t.split(',').map(|c| Raw::Text(c.to_string())).collect(),
+        };
+        let mut codes = Vec::with_capacity(items.len());
+        for item in &items {
+            match item.integer() {
+                Some(c) if (1..=GRPC_STATUS_MAX as i64).contains(&c) => codes.push(c as u32),
+                _ => {
+                    return Err(format!(
+                        "expected gRPC status codes 1..{GRPC_STATUS_MAX}, got {}",
+                        item.shown()
+                    ))
+                }
+            }
+        }
+        Ok(GrpcStatusSet::of(&codes).expect("codes checked"))
+    }
+}
+
 // The rules of the bounded settings, shared by the file, the flags and the environment.
 pub(crate) const PORT: Int = Int { min: 1, max: 65535 };
 pub(crate) const PRIORITY: Int = Int {
@@ -292,6 +326,7 @@ pub(crate) const ANY_NUMBER: Number = Number {
 };
 pub(crate) const SECONDS: Seconds = Seconds { positive: false };
 pub(crate) const POSITIVE_SECONDS: Seconds = Seconds { positive: true };
+pub(crate) const GRPC_CODES: GrpcCodes = GrpcCodes;
 
 /// A value and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -347,6 +382,8 @@ pub(crate) enum Key {
     CheckType,
     CheckPath,
     CheckStatus,
+    /// `healthCheck.service`: the gRPC check's service.
+    CheckService,
     CheckEnabled,
     Rise,
     Fall,
@@ -355,6 +392,8 @@ pub(crate) enum Key {
     EjectTime,
     MaxEjectionTime,
     On5xx,
+    /// `outlierDetection.grpcStatuses`, `--eject-grpc-statuses`.
+    EjectGrpcStatuses,
     Retries,
     RetryBudget,
     Admin,
@@ -498,6 +537,23 @@ mod tests {
         assert_eq!(
             Text.check(&Raw::Json(Value::from(5))).unwrap_err(),
             "expected a string, got 5"
+        );
+        assert_eq!(
+            GrpcCodes.check(&Raw::Json(serde_json::json!([14, 8]))),
+            GrpcCodes.check(&text("8, 14"))
+        );
+        assert_eq!(
+            GrpcCodes.check(&text("14,17")).unwrap_err(),
+            "expected gRPC status codes 1..16, got 17"
+        );
+        assert_eq!(
+            GrpcCodes.check(&Raw::Json(serde_json::json!([0]))),
+            GrpcCodes.check(&text("0"))
+        );
+        assert_eq!(GrpcCodes.check(&text("none")), Ok(GrpcStatusSet::NONE));
+        assert_eq!(
+            GrpcCodes.check(&Raw::Json(Value::from("14"))).unwrap_err(),
+            "expected a list of gRPC status codes like [14, 8, 13], got \"14\""
         );
         assert_eq!(parse_seconds("2m"), Some(120.0));
         assert_eq!(parse_seconds("-500ms"), Some(-0.5));

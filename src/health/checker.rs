@@ -1,5 +1,6 @@
-//! The heartbeat thread: active health checks (TCP connect or an HTTP GET) on its own mio
-//! loop, jittered per backend, feeding the rise/fall hysteresis, expiring passive
+//! The heartbeat thread: active health checks (TCP connect, an HTTP GET, or a gRPC
+//! `grpc.health.v1.Health/Check` over h2c) on its own mio loop, jittered per backend, each
+//! server with its own check, feeding the rise/fall hysteresis, expiring passive
 //! ejections, and printing the `-d` status table.
 
 use std::io::{self, Read, Write};
@@ -16,7 +17,8 @@ use crate::balancer::Balancer;
 use crate::config::{Check, HealthSettings};
 use crate::rng::XorShift;
 
-use super::{Health, Hysteresis};
+use super::grpc::Call;
+use super::{reason_index, Health, Hysteresis};
 
 const WAKE: Token = Token(usize::MAX);
 
@@ -25,10 +27,16 @@ enum ProbeState {
     Connecting(TcpStream),
     Writing(TcpStream, usize),
     Reading(TcpStream, Vec<u8>),
+    /// A gRPC health call in progress on its own h2c connection.
+    Grpc(TcpStream, Box<Call>),
 }
 
 struct Probe {
     addr: SocketAddr,
+    /// This server's check.
+    check: Check,
+    /// `:authority` of the gRPC checks: the address and port as configured.
+    authority: String,
     state: ProbeState,
     due: Instant,
     deadline: Instant,
@@ -89,8 +97,11 @@ fn check_loop<S: Monitored>(mut poll: Poll, owner: Arc<S>, stop: Arc<AtomicBool>
             let mut rng = XorShift::new(i as u64);
             // First probes spread over the first interval.
             let offset = s.interval.mul_f64(rng.next_f64());
+            let b = bal.backend(i);
             Probe {
-                addr: bal.backend(i).addr,
+                addr: b.addr,
+                check: health.check(i).clone(),
+                authority: String::from_utf8_lossy(&b.host).into_owned(),
                 state: ProbeState::Idle,
                 due: start + offset,
                 deadline: start,
@@ -102,14 +113,6 @@ fn check_loop<S: Monitored>(mut poll: Poll, owner: Arc<S>, stop: Arc<AtomicBool>
         .collect();
     let mut events = Events::with_capacity(64);
     let mut next_table = start + s.interval;
-    let request_for = |addr: SocketAddr| {
-        match &s.check {
-        Check::Http { path, .. } => {
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: corelb-health\r\nConnection: close\r\n\r\n").into_bytes()
-        }
-        Check::Tcp => Vec::new(),
-    }
-    };
     while !stop.load(Relaxed) {
         let now = Instant::now();
         let mut wake_at = now + Duration::from_millis(500);
@@ -140,7 +143,7 @@ fn check_loop<S: Monitored>(mut poll: Poll, owner: Arc<S>, stop: Arc<AtomicBool>
                 continue;
             }
             let i = ev.token().0;
-            let result = advance(&mut probes[i], &s.check, &request_for, poll.registry());
+            let result = advance(&mut probes[i]);
             if let Some((ok, why)) = result {
                 finish(&mut probes[i], i, ok, why, health, bal, &s, poll.registry());
             }
@@ -184,13 +187,13 @@ fn check_loop<S: Monitored>(mut poll: Poll, owner: Arc<S>, stop: Arc<AtomicBool>
     }
 }
 
+/// The HTTP check's request.
+fn http_request(path: &str, host: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: corelb-health\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
 /// Moves a probe along after a readiness event; `Some((ok, why))` when it has a result.
-fn advance(
-    p: &mut Probe,
-    check: &Check,
-    request_for: &dyn Fn(SocketAddr) -> Vec<u8>,
-    _reg: &mio::Registry,
-) -> Option<(bool, &'static str)> {
+fn advance(p: &mut Probe) -> Option<(bool, &'static str)> {
     loop {
         match std::mem::replace(&mut p.state, ProbeState::Idle) {
             ProbeState::Idle => return None,
@@ -207,13 +210,27 @@ fn advance(
                     }
                     Err(_) => return Some((false, "connection refused")),
                 }
-                match check {
+                match &p.check {
                     Check::Tcp => return Some((true, "tcp connect ok")),
                     Check::Http { .. } => p.state = ProbeState::Writing(sock, 0),
+                    Check::Grpc { service } => {
+                        let call = Call::new(&p.authority, service);
+                        p.state = ProbeState::Grpc(sock, Box::new(call));
+                    }
                 }
             }
+            ProbeState::Grpc(sock, mut call) => {
+                let r = drive_grpc(&sock, &mut call);
+                if r.is_none() {
+                    p.state = ProbeState::Grpc(sock, call);
+                }
+                return r;
+            }
             ProbeState::Writing(sock, off) => {
-                let req = request_for(p.addr);
+                let Check::Http { path, .. } = &p.check else {
+                    return Some((false, "other"));
+                };
+                let req = http_request(path, &p.addr.to_string());
                 match (&sock).write(&req[off..]) {
                     Ok(n) if off + n == req.len() => {
                         p.state = ProbeState::Reading(sock, Vec::new())
@@ -232,10 +249,10 @@ fn advance(
             ProbeState::Reading(mut sock, mut buf) => {
                 let mut chunk = [0u8; 1024];
                 match sock.read(&mut chunk) {
-                    Ok(0) => return Some(status_result(&buf, check, true)),
+                    Ok(0) => return Some(status_result(&buf, &p.check, true)),
                     Ok(n) => {
                         buf.extend_from_slice(&chunk[..n]);
-                        let r = status_result(&buf, check, false);
+                        let r = status_result(&buf, &p.check, false);
                         if r.1 != "incomplete" {
                             return Some(r);
                         }
@@ -251,6 +268,34 @@ fn advance(
                     Err(_) => return Some((false, "reset while reading check")),
                 }
             }
+        }
+    }
+}
+
+/// Writes what the gRPC call has queued and reads what the server sent, until the socket
+/// would block (edge-triggered readiness) or the call is over.
+fn drive_grpc(sock: &TcpStream, call: &mut Call) -> Option<(bool, &'static str)> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        while !call.output().is_empty() {
+            match (&*sock).write(call.output()) {
+                Ok(0) => return Some(call.closed()),
+                Ok(n) => call.advance_output(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Some((false, "reset while sending check")),
+            }
+        }
+        match (&*sock).read(&mut chunk) {
+            Ok(0) => return Some(call.closed()),
+            Ok(n) => {
+                if let Some(r) = call.feed(&chunk[..n], Instant::now()) {
+                    return Some(r);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Some((false, "reset while reading check")),
         }
     }
 }
@@ -289,13 +334,15 @@ fn finish(
     match &mut old {
         ProbeState::Connecting(sock)
         | ProbeState::Writing(sock, _)
-        | ProbeState::Reading(sock, _) => {
+        | ProbeState::Reading(sock, _)
+        | ProbeState::Grpc(sock, _) => {
             let _ = reg.deregister(sock);
         }
         ProbeState::Idle => {}
     }
     drop(old);
     p.last = why;
+    health.cells[i].last.store(reason_index(why), Relaxed);
     p.due = Instant::now() + jittered(s.interval, &mut p.rng);
     if let Some(up) = p.hyst.feed(ok, s.rise, s.fall) {
         let cell = &health.cells[i];
@@ -327,7 +374,7 @@ fn finish(
 }
 
 fn print_table(probes: &[Probe], health: &Health, bal: &Balancer) {
-    let mut out = String::from("corelb: heartbeat status\n  server           address                priority  state     last check\n");
+    let mut out = String::from("corelb: heartbeat status\n  server           address                priority  state     check  last check\n");
     for (i, p) in probes.iter().enumerate() {
         let b = bal.backend(i);
         let v = health.view(bal, i);
@@ -339,11 +386,12 @@ fn print_table(probes: &[Probe], health: &Health, bal: &Balancer) {
             "DOWN"
         };
         out.push_str(&format!(
-            "  {:<16} {:<22} {:>8}  {:<9} {}\n",
+            "  {:<16} {:<22} {:>8}  {:<9} {:<6} {}\n",
             b.name,
             b.addr.to_string(),
             b.priority,
             state,
+            p.check.kind(),
             p.last
         ));
     }
@@ -380,6 +428,22 @@ mod tests {
         );
         assert_eq!(Check::parse("http:ping"), None);
         assert_eq!(Check::parse("udp"), None);
+        assert_eq!(
+            Check::parse("grpc"),
+            Some(Check::Grpc { service: "".into() })
+        );
+        assert_eq!(
+            Check::parse("grpc:tts.TTS"),
+            Some(Check::Grpc {
+                service: "tts.TTS".into()
+            })
+        );
+        assert_eq!(Check::parse("grpc:a b"), None);
+        assert_eq!(Check::parse("grpcx"), None);
+        assert_eq!(
+            Check::parse("grpc:tts.TTS").unwrap().to_string(),
+            "grpc:tts.TTS"
+        );
     }
 
     #[test]

@@ -1,22 +1,26 @@
 //! Availability: each backend's health state in atomics, passive outlier ejection fed by
 //! the workers, slow start, and the rise/fall hysteresis; `checker` is the heartbeat
-//! thread that runs the active checks.
+//! thread that runs the active checks, `grpc` the gRPC health call it makes (sans-IO).
+//!
+//! Each server has its own effective check ([`HealthSettings::check_for`]): the one chosen,
+//! else TCP for HTTP/1.1 servers and the gRPC health check for h2c servers.
 //!
 //! Both kinds of check publish one `down` flag per backend (in the balancer's shared stats);
 //! policies read only that flag. Everything shared is atomics: workers report outcomes
 //! with a few relaxed loads and, only on failure, stores.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_utils::CachePadded;
 
 mod checker;
+pub mod grpc;
 
 pub use checker::{Checker, Monitored};
 
 use crate::balancer::Balancer;
-use crate::config::{HealthSettings, OutlierSettings};
+use crate::config::{BackendSpec, Check, HealthSettings, OutlierSettings};
 
 /// How an exchange with a backend ended, for passive checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +46,67 @@ struct Cell {
     changed_at: AtomicU64,
     /// Health-clock ms when the server last became available (slow start).
     up_since: AtomicU64,
+    /// The last active check's reason, as an index into [`REASONS`].
+    last: AtomicU8,
+}
+
+/// Every reason an active check gives, shared with the admin side by index (the checker
+/// writes one byte per check). The first is the state before any check.
+pub const REASONS: &[&str] = &[
+    "not checked yet",
+    "tcp connect ok",
+    "http status ok",
+    "connect failed",
+    "connection refused",
+    "timed out",
+    "reset while sending check",
+    "reset while reading check",
+    "check response head too large",
+    "unexpected http status",
+    "malformed http response",
+    grpc::OK_SERVING,
+    grpc::R_NOT_SERVING,
+    grpc::R_SERVICE_UNKNOWN,
+    grpc::R_UNKNOWN,
+    grpc::R_BAD_STATUS,
+    grpc::R_HTTP_STATUS,
+    grpc::R_CONTENT_TYPE,
+    grpc::R_BAD_MESSAGE,
+    grpc::R_NO_STATUS,
+    grpc::R_RESET,
+    grpc::R_GOAWAY,
+    grpc::R_CLOSED,
+    grpc::R_PROTOCOL,
+    grpc::R_TOO_LARGE,
+    grpc::R_REFUSED,
+    "grpc-status 0 OK",
+    "grpc-status 1 CANCELLED",
+    "grpc-status 2 UNKNOWN",
+    "grpc-status 3 INVALID_ARGUMENT",
+    "grpc-status 4 DEADLINE_EXCEEDED",
+    "grpc-status 5 NOT_FOUND",
+    "grpc-status 6 ALREADY_EXISTS",
+    "grpc-status 7 PERMISSION_DENIED",
+    "grpc-status 8 RESOURCE_EXHAUSTED",
+    "grpc-status 9 FAILED_PRECONDITION",
+    "grpc-status 10 ABORTED",
+    "grpc-status 11 OUT_OF_RANGE",
+    "grpc-status 12 UNIMPLEMENTED",
+    "grpc-status 13 INTERNAL",
+    "grpc-status 14 UNAVAILABLE",
+    "grpc-status 15 DATA_LOSS",
+    "grpc-status 16 UNAUTHENTICATED",
+    "grpc-status out of range",
+    "other",
+];
+
+/// The index of `why` in [`REASONS`] (`other` when missing; checked by a test).
+fn reason_index(why: &str) -> u8 {
+    REASONS
+        .iter()
+        .position(|r| *r == why)
+        .or_else(|| REASONS.iter().position(|r| *r == "other"))
+        .unwrap_or(0) as u8
 }
 
 /// A backend's health as reported to the admin side.
@@ -54,6 +119,11 @@ pub struct HealthView {
     pub changed_at_unix_ms: u64,
     /// Share of full weight during slow start, 1.0 otherwise.
     pub ramp: f64,
+    /// The active check's kind: `tcp`, `http`, `grpc`, or `off`.
+    pub check: &'static str,
+    /// What the last active check found (`grpc SERVING`, `grpc NOT_SERVING`, `timed
+    /// out`, ...).
+    pub last_check: &'static str,
 }
 
 /// Shared health state of every backend.
@@ -61,6 +131,8 @@ pub struct Health {
     pub settings: HealthSettings,
     pub outlier: OutlierSettings,
     cells: Box<[CachePadded<Cell>]>,
+    /// Each server's effective active check.
+    checks: Box<[Check]>,
     epoch: Instant,
     debug: bool,
 }
@@ -72,14 +144,20 @@ fn unix_ms() -> u64 {
 }
 
 impl Health {
+    /// The health of `servers` (in the balancer's order), each checked by its
+    /// protocol's check unless `settings` chose one for all.
     pub fn new(
         settings: HealthSettings,
         outlier: OutlierSettings,
-        backends: usize,
+        servers: &[BackendSpec],
         debug: bool,
     ) -> Health {
         let now = unix_ms();
-        let cells = (0..backends)
+        let checks = servers
+            .iter()
+            .map(|s| settings.check_for(s.protocol))
+            .collect();
+        let cells = (0..servers.len())
             .map(|_| {
                 let c = Cell::default();
                 c.changed_at.store(now, Relaxed);
@@ -90,6 +168,7 @@ impl Health {
             settings,
             outlier,
             cells,
+            checks,
             epoch: Instant::now(),
             debug,
         }
@@ -115,6 +194,23 @@ impl Health {
             c.up_since.store(now, Relaxed);
         }
         Some(!down)
+    }
+
+    /// Backend `i`'s effective active check.
+    pub fn check(&self, i: usize) -> &Check {
+        &self.checks[i]
+    }
+
+    /// What a gRPC call that ended with grpc-status `code` means for passive ejection:
+    /// [`Outcome::Failure`] for the configured statuses (UNAVAILABLE, RESOURCE_EXHAUSTED,
+    /// INTERNAL by default), else [`Outcome::Ok`]. Pass it to [`Health::observe`].
+    #[inline]
+    pub fn grpc_outcome(&self, code: u32) -> Outcome {
+        if self.outlier.grpc_status_is_failure(code) {
+            Outcome::Failure
+        } else {
+            Outcome::Ok
+        }
     }
 
     /// Passive check: a worker finished an exchange with backend `i`.
@@ -226,6 +322,12 @@ impl Health {
             ejections: c.ejections.load(Relaxed),
             changed_at_unix_ms: c.changed_at.load(Relaxed),
             ramp: self.ramp(i),
+            check: if self.settings.enabled {
+                self.checks[i].kind()
+            } else {
+                "off"
+            },
+            last_check: REASONS[c.last.load(Relaxed) as usize % REASONS.len()],
         }
     }
 }
@@ -305,6 +407,75 @@ mod tests {
         );
         assert_eq!(h.feed(true, 2, 3), None);
         assert_eq!(h.feed(true, 2, 3), Some(true));
+    }
+
+    #[test]
+    fn reasons_are_found_by_name() {
+        assert_eq!(
+            REASONS[reason_index("not checked yet") as usize],
+            "not checked yet"
+        );
+        assert_eq!(
+            REASONS[reason_index(grpc::R_GOAWAY) as usize],
+            grpc::R_GOAWAY
+        );
+        assert_eq!(REASONS[reason_index("no such reason") as usize], "other");
+        assert_eq!(REASONS[reason_index("") as usize], "other");
+        for code in 0..=17 {
+            let r = grpc::status_reason(code);
+            assert_eq!(REASONS[reason_index(r) as usize], r);
+        }
+        for r in grpc::REASONS {
+            assert_eq!(REASONS[reason_index(r) as usize], r);
+        }
+    }
+
+    #[test]
+    fn grpc_statuses_map_to_outcomes_and_checks_follow_protocols() {
+        use crate::config::{GrpcStatusSet, Protocol};
+        let spec = |protocol| BackendSpec {
+            name: "x".into(),
+            address: "127.0.0.1".into(),
+            port: 1,
+            priority: 0,
+            load: 1.0,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            protocol,
+        };
+        let servers = [spec(Protocol::Http1), spec(Protocol::H2c)];
+        let h = Health::new(
+            HealthSettings::default(),
+            OutlierSettings::default(),
+            &servers,
+            false,
+        );
+        assert_eq!(h.check(0), &Check::Tcp);
+        assert_eq!(h.check(1), &Check::Grpc { service: "".into() });
+        for code in [8, 13, 14] {
+            assert_eq!(h.grpc_outcome(code), Outcome::Failure, "{code}");
+        }
+        for code in [0, 1, 2, 4, 5, 12, 16, 99, u32::MAX] {
+            assert_eq!(h.grpc_outcome(code), Outcome::Ok, "{code}");
+        }
+        let chosen = HealthSettings {
+            check: Some(Check::Http {
+                path: "/h".into(),
+                expect: 200,
+            }),
+            ..HealthSettings::default()
+        };
+        let outlier = OutlierSettings {
+            grpc_statuses: GrpcStatusSet::of(&[4]).unwrap(),
+            ..OutlierSettings::default()
+        };
+        let h = Health::new(chosen, outlier, &servers, false);
+        assert_eq!(
+            h.check(1).kind(),
+            "http",
+            "a chosen check applies to every server"
+        );
+        assert_eq!(h.grpc_outcome(4), Outcome::Failure);
+        assert_eq!(h.grpc_outcome(14), Outcome::Ok);
     }
 
     #[test]

@@ -168,6 +168,19 @@ impl Ctx {
         }
     }
 
+    /// Counts a gRPC call that ended on `backend` with grpc-status `status` in this
+    /// worker's (backend, method, status) table (`/metrics` `corelb_grpc_calls_total`,
+    /// `/stats` `backends[].grpc`); `method` is the request's `:path`. Allocates nothing
+    /// once the method was seen. This is only the gRPC table: the call is still accounted
+    /// once by [`Ctx::account`], with `self.shared.health.grpc_outcome(status)` as its
+    /// outcome (so the configured statuses count toward ejection) and the CSV record's
+    /// `grpc_status` set with `Record::set_grpc_status`.
+    #[inline]
+    #[allow(dead_code)] // called by the h2c upstream data path
+    pub fn account_grpc(&mut self, backend: usize, method: &[u8], status: u32) {
+        self.hists.record_grpc(backend, method, status);
+    }
+
     /// Accounts the exchange that ended in a 101 with `backend`: the backend's stats,
     /// health and this worker's histograms, with the latency to the 101 (the tunnel that
     /// follows may last hours and must not look like a slow response to the policies).

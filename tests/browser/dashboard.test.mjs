@@ -161,6 +161,7 @@ test("dashboard shows live charts and backends in headless Chromium", { timeout:
       assert.match(r[4], /^up/, `health of ${r[0]}`);
       assert.ok(count(r[7]) > 0, `requests of ${r[0]}: ${r[7]}`);
       for (const k of [9, 10, 11]) assert.match(r[k], /^\d+(\.\d+)? ms$/, `estimate of ${r[0]}: ${r[k]}`);
+      assert.equal(r[15], "\u2013", `no gRPC calls to ${r[0]}`);
     }
     assert.equal(await page.textContent("#mode"), MODE);
     assert.equal(await page.getAttribute("#conn", "class"), "live");
