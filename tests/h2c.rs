@@ -350,3 +350,34 @@ fn grpc_timeout_is_enforced_by_corelb() {
     assert_eq!(header(&g, "grpc-status"), Some("14"), "{g:?}");
     assert!(header(&g, "grpc-message").is_some_and(|m| !m.is_empty()));
 }
+
+/// Clients that stop reading hold back their own streams only: the upstream connection
+/// they share with others keeps moving (its window has room for every stream's).
+#[test]
+fn stalled_readers_do_not_stall_the_shared_upstream_connection() {
+    let a = h2c("A", "fast", &[]);
+    let p = proxy(&[&a], &[]);
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut c = H2::connect(p.addr);
+        c.request("GET", "/bytes/50000000", &[], true);
+        // Read a little, then never again.
+        c.pump();
+        stalled.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut active = H2::connect(p.addr);
+    for _ in 0..5 {
+        let id = active.request("GET", "/bytes/2000000", &[], true);
+        let g = active.wait(id, Duration::from_secs(10));
+        assert_eq!(g.status, 200);
+        assert_eq!(g.body.len(), 2_000_000, "the transfer finished");
+        active.got.remove(&id);
+    }
+    assert_eq!(
+        counter(&p, "upstream_connects"),
+        1,
+        "all on one shared connection"
+    );
+    drop(stalled);
+}

@@ -176,7 +176,6 @@ impl Ctx {
     /// outcome (so the configured statuses count toward ejection) and the CSV record's
     /// `grpc_status` set with `Record::set_grpc_status`.
     #[inline]
-    #[allow(dead_code)] // called by the h2c upstream data path
     pub fn account_grpc(&mut self, backend: usize, method: &[u8], status: u32) {
         self.hists.record_grpc(backend, method, status);
     }

@@ -94,10 +94,15 @@ impl Mux {
 
 /// The settings corelb announces to h2c backends.
 fn client_settings() -> codec::Settings {
+    let d = codec::Settings::default();
     codec::Settings {
         // corelb never accepts pushed streams.
         max_concurrent_streams: 0,
-        ..codec::Settings::default()
+        // Room for every stream's window at once: a client that stops reading holds back
+        // its own stream only, never the others sharing the connection (a stream buffers
+        // at most its window either way).
+        connection_window: d.initial_window_size * STREAMS_PER_CONNECTION,
+        ..d
     }
 }
 

@@ -388,3 +388,84 @@ def test_graceful_restart_of_a_server_loses_no_call(start_server):
     # itself (a real answer, which corelb forwards); nothing else fails.
     assert all(code == grpc.StatusCode.CANCELLED for code, _ in errors), errors[:5]
     assert len(errors) <= 2, errors
+
+
+def test_calls_are_accounted_by_status_in_metrics_stats_and_csv(echo_servers):
+    c = Corelb([s.port for s in echo_servers], extra=("--eject-after", "0"))
+    try:
+        with c.channel() as ch:
+            s = stubs_for(ch)
+            for _ in range(30):
+                s["unary"](b"x", timeout=10)
+            for _ in range(6):
+                with pytest.raises(grpc.RpcError):
+                    s["fail"](b"NOT_FOUND", timeout=10)
+        import urllib.request
+
+        deadline = time.monotonic() + 5
+        while True:
+            with urllib.request.urlopen(f"http://{c.admin}/metrics", timeout=5) as r:
+                metrics = r.read().decode()
+            lines = [l for l in metrics.splitlines() if l.startswith("corelb_grpc_calls_total{")]
+            total = lambda st: sum(  # noqa: E731
+                float(l.rsplit(" ", 1)[1]) for l in lines if f'status="{st}"' in l
+            )
+            if total(0) == 30 and total(5) == 6 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert total(0) == 30, lines
+        assert total(5) == 6, lines
+        assert any('method="/test.Echo/Unary"' in l for l in lines), lines
+        stats = c.stats()
+        calls = sum(b["grpc"]["calls"] for b in stats["backends"])
+        errors = sum(b["grpc"]["errors"] for b in stats["backends"])
+        assert (calls, errors) == (36, 6), stats["backends"]
+    finally:
+        c.stop()
+    import csv
+
+    with open(c.csv) as f:
+        rows = list(csv.DictReader(f))
+    statuses = sorted(r["grpc_status"] for r in rows)
+    assert statuses.count("0") == 30 and statuses.count("5") == 6, statuses
+
+
+def test_unavailable_moves_the_call_and_ejects_the_server(echo_servers):
+    """A server answering UNAVAILABLE (Trailers-Only) sends the call elsewhere, and its
+    repeated UNAVAILABLEs eject it; when every server says so, the client gets the
+    server's own status and message."""
+    bad = EchoServer("X")
+    try:
+        # X answers every Unary with UNAVAILABLE.
+        bad.unary = None
+        handlers = {"Unary": grpc.unary_unary_rpc_method_handler(
+            lambda req, ctx: ctx.abort(grpc.StatusCode.UNAVAILABLE, "X is unwell"))}
+        bad.server.stop(0)
+        bad.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        bad.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        health_pb2_grpc.add_HealthServicer_to_server(bad.health, bad.server)
+        bad.port = bad.server.add_insecure_port("127.0.0.1:0")
+        bad.server.start()
+        c = Corelb([bad.port, echo_servers[0].port], names=["X", "A"],
+                   extra=("--retry-budget", "100"))
+        try:
+            with c.channel() as ch:
+                unary = stubs_for(ch)["unary"]
+                for i in range(20):
+                    assert unary(b"%d" % i, timeout=10).startswith(b"A:")
+            state = {b["name"]: b["health"]["state"] for b in c.stats()["backends"]}
+            assert state["X"] == "ejected", state
+        finally:
+            c.stop()
+        c = Corelb([bad.port], names=["X"])
+        try:
+            with c.channel() as ch:
+                with pytest.raises(grpc.RpcError) as e:
+                    stubs_for(ch)["unary"](b"x", timeout=10)
+                assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert e.value.details() == "X is unwell"
+        finally:
+            c.stop()
+    finally:
+        bad.stop(0)

@@ -7,6 +7,8 @@ use std::time::Duration;
 use crate::h2::{Connection, ErrorCode, Fields};
 
 pub(super) const OK: u32 = 0;
+pub(super) const CANCELLED: u32 = 1;
+pub(super) const UNKNOWN: u32 = 2;
 pub(super) const DEADLINE_EXCEEDED: u32 = 4;
 pub(super) const UNIMPLEMENTED: u32 = 12;
 pub(super) const INTERNAL: u32 = 13;

@@ -189,7 +189,7 @@ impl Proxy {
                 let code = grpc::status(&head);
                 // UNAVAILABLE before anything reached the client: another server may serve
                 // it (put back, so the failure path can still answer with it).
-                if code == Some(grpc::UNAVAILABLE) && st.replayable {
+                if code == Some(grpc::UNAVAILABLE) && st.replayable && !st.final_answer {
                     ms.head = Some(head);
                     return Leg::Failed(Gone::Refused);
                 }
@@ -286,7 +286,8 @@ impl Proxy {
         };
         self.mux_detach(ui, ci, st.id, code);
         let outcome = self.h2_outcome(&st);
-        self.ctx.account(backend, &st.ex, st.ex.status, outcome);
+        let status = st.ex.status;
+        self.h2_account(backend, &mut st, status, outcome);
         if st.unreleased > 0 {
             s.conn.release(st.id, st.unreleased);
         }
@@ -297,22 +298,63 @@ impl Proxy {
         st.recycle(&mut self.ctx);
     }
 
-    /// How a finished stream counts for its backend: a 5xx, or a gRPC status that says
-    /// the server is in trouble, is a failure for passive health.
+    /// How a finished stream counts for its backend: a 5xx is a server error; a gRPC
+    /// status other than 0 is an error for its stats, and a failure for passive health
+    /// when it is one of `outlierDetection.grpcStatuses` (UNAVAILABLE, RESOURCE_EXHAUSTED,
+    /// INTERNAL by default).
     pub(super) fn h2_outcome(&self, st: &H2Stream) -> Outcome {
         if st.ex.status >= 500 {
             return Outcome::ServerError;
         }
         match st.grpc_status {
-            Some(code) if grpc_ejects(code) => Outcome::Failure,
-            Some(code) if code != grpc::OK => Outcome::ServerError,
-            _ => Outcome::Ok,
+            Some(grpc::OK) | None => Outcome::Ok,
+            Some(code) => match self.ctx.shared.health.grpc_outcome(code) {
+                Outcome::Ok => Outcome::ServerError,
+                failure => failure,
+            },
         }
+    }
+
+    /// Accounts stream `st` with `backend` (`Ctx::account`), and a gRPC call in the call
+    /// table and the CSV's grpc_status column too: its grpc-status, or for an answer
+    /// corelb made, the status that answer carried.
+    pub(super) fn h2_account(
+        &mut self,
+        backend: usize,
+        st: &mut H2Stream,
+        status: u16,
+        outcome: Outcome,
+    ) {
+        if st.grpc {
+            let code = st.grpc_status.unwrap_or(if status >= 500 {
+                grpc::for_http(status)
+            } else {
+                grpc::UNKNOWN
+            });
+            st.ex.rec.set_grpc_status(code);
+            let method = st.fields.path().unwrap_or(b"");
+            self.ctx.account_grpc(backend, method, code);
+        }
+        self.ctx.account(backend, &st.ex, status, outcome);
     }
 
     /// The h2c attempt of stream `i` failed: tried again if safe, else answered (a 502
     /// or 504, or in gRPC terms) before the response head, or reset after it.
     fn h2_leg_fail(&mut self, ci: usize, s: &mut H2Session, i: usize, why: Gone) -> (bool, bool) {
+        let st = &mut s.streams[i];
+        let m = self.ups[st.ex.up].mux.as_ref().expect("a mux");
+        let answered = m
+            .stream(ci, st.id)
+            .is_some_and(|k| m.streams[k].head.is_some());
+        if why == Gone::Refused && answered {
+            // A Trailers-Only UNAVAILABLE: tried elsewhere if allowed, else forwarded as the
+            // server gave it (its message and details).
+            if let Some(attached) = self.h2_retry(ci, s, i, Failure::Refused) {
+                return (true, !attached);
+            }
+            s.streams[i].final_answer = true;
+            return self.h2_leg_step(ci, s, i);
+        }
         let failure = match why {
             Gone::Refused => Failure::Refused,
             Gone::Reset(_) | Gone::Lost => Failure::Reset,
@@ -321,12 +363,6 @@ impl Proxy {
         };
         self.h2_fail(ci, s, i, failure)
     }
-}
-
-/// gRPC statuses that count toward passive ejection: UNAVAILABLE, RESOURCE_EXHAUSTED,
-/// INTERNAL.
-fn grpc_ejects(code: u32) -> bool {
-    matches!(code, 14 | 8 | 13)
 }
 
 /// Stream `i` of `s` answered in gRPC terms if it is a call, else with `status`.

@@ -405,11 +405,17 @@ impl Proxy {
         s.conn.reset(st.id, ErrorCode::CANCEL);
         if let Some(backend) = self.h2_drop_leg(ci, &mut st, ErrorCode::CANCEL) {
             match blame {
-                Blame::Client => self.ctx.account_client_abort(backend, &st.ex, 499),
+                Blame::Client => {
+                    if st.grpc {
+                        st.ex.rec.set_grpc_status(grpc::CANCELLED);
+                        let method = st.fields.path().unwrap_or(b"");
+                        self.ctx.account_grpc(backend, method, grpc::CANCELLED);
+                    }
+                    self.ctx.account_client_abort(backend, &st.ex, 499)
+                }
                 Blame::Backend => {
                     let status = if st.ex.status == 0 { 502 } else { st.ex.status };
-                    self.ctx
-                        .account(backend, &st.ex, status, crate::health::Outcome::Failure);
+                    self.h2_account(backend, &mut st, status, crate::health::Outcome::Failure);
                 }
             }
         }
@@ -492,7 +498,7 @@ impl Proxy {
         if let Some(b) = backend {
             let status = if st.head_sent { st.ex.status } else { 504 };
             let outcome = self.h2_outcome(&st);
-            self.ctx.account(b, &st.ex, status, outcome);
+            self.h2_account(b, &mut st, status, outcome);
         }
         if !st.req_end {
             s.conn.reset(st.id, ErrorCode::NO_ERROR);

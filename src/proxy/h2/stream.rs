@@ -81,6 +81,8 @@ pub(super) struct H2Stream {
     pub call_deadline: u64,
     /// The call's grpc-status, once known.
     pub grpc_status: Option<u32>,
+    /// The backend's answer goes to the client as it is (no retry on UNAVAILABLE).
+    pub(super) final_answer: bool,
 }
 
 impl H2Stream {
@@ -126,6 +128,7 @@ impl H2Stream {
             deadline: 0,
             call_deadline: 0,
             grpc_status: None,
+            final_answer: false,
         }
     }
 
@@ -636,7 +639,7 @@ impl Proxy {
         if st.grpc {
             st.grpc_status = Some(grpc::for_http(status));
         }
-        self.ctx.account(backend, &st.ex, status, Outcome::Failure);
+        self.h2_account(backend, &mut st, status, Outcome::Failure);
         s.conn.release(st.id, st.unreleased);
         leg::reply(s, st.id, st.grpc, status, st.req_end, why.reason());
         st.recycle(&mut self.ctx);
@@ -645,7 +648,13 @@ impl Proxy {
 
     /// Tries stream `i` again after `why`, as `end.rs` does for HTTP/1.1. `None`: not
     /// retried; `Some(attached)`: a new attempt (or the stream was answered 502).
-    fn h2_retry(&mut self, ci: usize, s: &mut H2Session, i: usize, why: Failure) -> Option<bool> {
+    pub(super) fn h2_retry(
+        &mut self,
+        ci: usize,
+        s: &mut H2Session,
+        i: usize,
+        why: Failure,
+    ) -> Option<bool> {
         let st = &mut s.streams[i];
         let ui = st.ex.up;
         let old = self.ups[ui].backend;
@@ -672,13 +681,11 @@ impl Proxy {
             cfg.upstream == UpstreamMode::Persistent,
             cfg.max_idle_per_backend,
         );
+        let backend = self.ups[ui].backend;
+        let outcome = self.h2_outcome(&st);
+        let status = st.ex.status;
+        self.h2_account(backend, &mut st, status, outcome);
         let u = &self.ups[ui];
-        let outcome = if st.ex.status < 500 {
-            Outcome::Ok
-        } else {
-            Outcome::ServerError
-        };
-        self.ctx.account(u.backend, &st.ex, st.ex.status, outcome);
         let io: Io = u.io;
         let pool = decide::may_pool(&PoolCheck {
             persistent,
@@ -768,6 +775,9 @@ fn h2_send_response(s: &mut H2Session, i: usize) -> bool {
     }
     if ex.resp == Resp::Done && ex.ready == 0 && !st.end_sent {
         translate::tail_trailers(&st.resp_tail, trailers);
+        if st.grpc {
+            st.grpc_status = grpc::status(trailers);
+        }
         let ok = if trailers.is_empty() {
             conn.send_data(st.id, &[], true).map(|_| ())
         } else {
