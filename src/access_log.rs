@@ -18,7 +18,7 @@ use crate::http::Method;
 const PATH_MAX: usize = 128;
 
 /// The CSV header. The seed's columns come first.
-pub const COLUMNS: [&str; 15] = [
+pub const COLUMNS: [&str; 16] = [
     "timestamp",
     "backend_url",
     "latency_ms",
@@ -34,6 +34,7 @@ pub const COLUMNS: [&str; 15] = [
     "reused",
     "client_addr",
     "protocol",
+    "upstream_protocol",
 ];
 
 /// One finished request. `Copy` and fixed-size, so sending it allocates nothing.
@@ -49,6 +50,8 @@ pub struct Record {
     pub reused: bool,
     /// The client spoke HTTP/2 (the `protocol` column: `h2>http1`, else `http1`).
     pub h2: bool,
+    /// The backend spoke HTTP/2 (h2c) (the `upstream_protocol` column: `h2c`, else `http1`).
+    pub upstream_h2: bool,
     path_len: u8,
     path: [u8; PATH_MAX],
     pub request_bytes: u64,
@@ -72,6 +75,7 @@ impl Record {
             method,
             reused: false,
             h2: false,
+            upstream_h2: false,
             path_len: n as u8,
             path: p,
             request_bytes: 0,
@@ -260,6 +264,7 @@ fn write_record<W: Write>(
     w.write_field(if r.reused { "1" } else { "0" })?;
     field!("{}", r.client);
     w.write_field(if r.h2 { "h2>http1" } else { "http1" })?;
+    w.write_field(if r.upstream_h2 { "h2c" } else { "http1" })?;
     w.write_record(None::<&[u8]>)?;
     Ok(())
 }
@@ -324,7 +329,7 @@ mod tests {
         assert_eq!(lines.next().unwrap(), COLUMNS.join(","));
         assert_eq!(
             lines.next().unwrap(),
-            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555,http1"
+            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555,http1,http1"
         );
     }
 }

@@ -573,7 +573,8 @@ fn streams_are_logged_with_their_protocol_and_retried_like_http1() {
     assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
     let mut rdr = csv::Reader::from_path(&csv).unwrap();
     let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
-    assert_eq!(header.last().map(String::as_str), Some("protocol"));
+    assert_eq!(&header[14], "protocol");
+    assert_eq!(header.last().map(String::as_str), Some("upstream_protocol"));
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 7);
     let h2 = rows.iter().filter(|r| &r[14] == "h2>http1").count();

@@ -62,7 +62,8 @@ fn csv_has_one_row_per_request_with_the_seed_columns_first() {
             "total_latency_us",
             "reused",
             "client_addr",
-            "protocol"
+            "protocol",
+            "upstream_protocol"
         ]
     );
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
