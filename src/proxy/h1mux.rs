@@ -117,7 +117,7 @@ enum Turn {
     /// The connection had no room for the stream after all: a fresh one is needed.
     NoRoom,
     /// The attempt failed.
-    Failed(Gone),
+    Failed(Failure),
     /// The exchange ended (answered, or the client is gone).
     Over(Step),
 }
@@ -178,7 +178,7 @@ impl Proxy {
                 self.attach(ci, backend, true);
                 Step::Progress
             }
-            Turn::Failed(why) => self.h1mux_fail(ci, failure(why)),
+            Turn::Failed(why) => self.h1mux_fail(ci, why),
             Turn::Over(step) => step,
         }
     }
@@ -245,13 +245,13 @@ impl Proxy {
             let (_, ex) = self.clients[ci].split().expect("proxying");
             ex.head = head;
             match opened {
-                None => return Turn::Failed(Gone::Refused),
+                None => return Turn::Failed(Failure::BadResponse("request head not translatable")),
                 Some(Ok(false)) => return Turn::Running(false),
                 Some(Ok(true)) => {}
                 Some(Err(())) => {
                     let m = self.ups[ui].mux.as_ref().expect("a mux");
                     let gone = m.stream(ci, 0).and_then(|k| m.streams[k].gone);
-                    return gone.map_or(Turn::NoRoom, Turn::Failed);
+                    return gone.map_or(Turn::NoRoom, |g| Turn::Failed(failure(g)));
                 }
             }
             ex.h2c.opened = true;
@@ -268,7 +268,7 @@ impl Proxy {
         loop {
             match self.h1mux_body(ci, ui) {
                 Ok(m) => moved |= m,
-                Err(()) => return Turn::Failed(Gone::Lost),
+                Err(()) => return Turn::Failed(Failure::Reset),
             }
             match self.h1mux_read_body(ci, ui) {
                 Ok(true) => moved = true,
@@ -430,14 +430,14 @@ impl Proxy {
         };
         let m = self.ups[ui].mux.as_mut().expect("a mux");
         let Some(k) = m.stream(ci, 0) else {
-            return Turn::Failed(Gone::Lost);
+            return Turn::Failed(Failure::Reset);
         };
         let ms = &mut m.streams[k];
         let mut moved = false;
         if ex.resp == Resp::Head {
             let Some(head) = ms.head.take() else {
                 return match ms.gone {
-                    Some(why) => Turn::Failed(why),
+                    Some(why) => Turn::Failed(failure(why)),
                     None => Turn::Running(false),
                 };
             };
@@ -560,7 +560,7 @@ impl Proxy {
         let drained = ms.data.is_none();
         match ms.gone {
             // Cut short mid-body: what arrived went out; the client sees the truncation.
-            Some(why) if drained && !ms.end && ex.out.is_none() => Turn::Failed(why),
+            Some(why) if drained && !ms.end && ex.out.is_none() => Turn::Failed(failure(why)),
             _ => Turn::Running(moved),
         }
     }
@@ -625,7 +625,7 @@ impl Proxy {
         };
         let (up_at, client_at, ui) = (ex.h2c.up_at, ex.h2c.client_at, ex.up);
         if up_at != 0 && now >= up_at {
-            let why = if self.ups[ui].is_connecting() {
+            let why = if self.ups.get(ui).is_some_and(|u| u.is_connecting()) {
                 Failure::ConnectTimeout
             } else {
                 Failure::Timeout
