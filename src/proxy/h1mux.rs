@@ -33,13 +33,15 @@ use crate::http::{self, chunked::ChunkedDecoder, Body};
 use super::client::Phase;
 use super::decide::{self, Failure, Waits};
 use super::end::Blame;
-use super::exchange::{Req, Resp};
+use super::exchange::{Exchange, Req, Resp};
 use super::io::{read_into, would_block, write2};
 use super::mux::Gone;
 use super::{client_token, Proxy, Step};
 
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// Why a request head could not be sent as HTTP/2 (not expected: corelb wrote it).
+const UNTRANSLATABLE: &str = "request head not translatable to HTTP/2";
 /// Most fields in one translated section (the HTTP/1 head limit, and what corelb adds).
 const MAX_PAIRS: usize = http::MAX_HEADERS + 8;
 /// Most request trailer fields sent on (more are dropped and counted).
@@ -77,6 +79,11 @@ pub(crate) struct Leg {
     dec: ChunkedDecoder,
     /// The chunked request's trailer field lines as received (empty: none).
     trailers: Vec<u8>,
+    /// Until the response head (or more body must be read), the body bytes sent stay at
+    /// the front of the client's buffer (`kept` of them), so a stream the backend refused
+    /// can go elsewhere whole; they count as sent only once given up.
+    replayable: bool,
+    kept: usize,
     framing: Framing,
     /// Chunked response: data bytes of the chunk being written; any chunk begun.
     chunk_left: usize,
@@ -103,6 +110,7 @@ impl Leg {
     fn begin(&mut self) {
         *self = Leg {
             on: true,
+            replayable: true,
             trailers: std::mem::take(&mut self.trailers),
             ..Leg::request(self.te_trailers, self.chunked)
         };
@@ -245,13 +253,18 @@ impl Proxy {
             let (_, ex) = self.clients[ci].split().expect("proxying");
             ex.head = head;
             match opened {
-                None => return Turn::Failed(Failure::BadResponse("request head not translatable")),
+                None => return Turn::Failed(Failure::BadResponse(UNTRANSLATABLE)),
                 Some(Ok(false)) => return Turn::Running(false),
                 Some(Ok(true)) => {}
                 Some(Err(())) => {
                     let m = self.ups[ui].mux.as_ref().expect("a mux");
-                    let gone = m.stream(ci, 0).and_then(|k| m.streams[k].gone);
-                    return gone.map_or(Turn::NoRoom, |g| Turn::Failed(failure(g)));
+                    return match m.stream(ci, 0).and_then(|k| m.streams[k].gone) {
+                        Some(g) => Turn::Failed(failure(g)),
+                        // A pooled connection turned full: another one. A new connection
+                        // without room is the backend refusing.
+                        None if ex.reused => Turn::NoRoom,
+                        None => Turn::Failed(Failure::Refused),
+                    };
                 }
             }
             ex.h2c.opened = true;
@@ -291,11 +304,16 @@ impl Proxy {
         }
         let m = self.ups[ui].mux.as_mut().expect("a mux");
         let k = m.stream(ci, 0).ok_or(())?;
+        if m.streams[k].gone.is_some() {
+            // The backend reset the stream (or lost the connection): nothing more goes;
+            // the response side says what that means.
+            return Ok(false);
+        }
         let sid = m.streams[k].sid;
         let mut moved = false;
-        if ex.body_ready > 0 {
+        if ex.body_ready > leg.kept {
             let buf = c.buf.as_mut().expect("body bytes");
-            let bytes = &buf.bytes()[..ex.body_ready];
+            let bytes = &buf.bytes()[leg.kept..ex.body_ready];
             let mut room = m.conn.send_capacity(sid);
             let mut at = 0;
             if leg.chunked {
@@ -332,14 +350,15 @@ impl Proxy {
                 }
             }
             if at > 0 {
-                buf.consume(at);
-                ex.body_ready -= at;
-                ex.body_sent += at as u64;
-                ex.rec.request_bytes += at as u64;
+                leg.kept += at;
+                if !leg.replayable {
+                    give_up_replay(ex, c.buf.as_mut());
+                }
                 moved = true;
             }
         }
-        if !leg.up_end && ex.body.is_done() && ex.body_ready == 0 {
+        let leg = &mut ex.h2c;
+        if !leg.up_end && ex.body.is_done() && ex.body_ready == leg.kept {
             let r = if leg.trailers.is_empty() {
                 m.conn.send_data(sid, &[], true).map(|_| ())
             } else {
@@ -369,7 +388,9 @@ impl Proxy {
         let Phase::Proxy(ex) = &mut c.phase else {
             return Ok(false);
         };
-        if ex.h2c.up_end || ex.req != Req::Body || ex.body_ready > 0 || !c.io.readable {
+        let leg = &ex.h2c;
+        let unsent = ex.body_ready > leg.kept;
+        if leg.up_end || ex.req != Req::Body || ex.body.is_done() || unsent || !c.io.readable {
             return Ok(false);
         }
         let m = self.ups[ui].mux.as_ref().expect("a mux");
@@ -380,6 +401,8 @@ impl Proxy {
             // Backpressure: the client waits until the backend opens its window.
             return Ok(false);
         }
+        // More body is needed: what was kept for a replay goes.
+        give_up_replay(ex, c.buf.as_mut());
         let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
         if buf.is_empty() {
             self.ctx.bufs.enlarge(buf, ex.req_hot);
@@ -474,6 +497,7 @@ impl Proxy {
             ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
             // A response is under way: the request will not be replayed.
             self.ctx.bufs.release(&mut ex.head);
+            give_up_replay(ex, c.buf.as_mut());
             ex.resp = Resp::Body(Body::UntilClose);
             moved = true;
         }
@@ -594,10 +618,10 @@ impl Proxy {
             client_slow: (ex.out.is_some() || inbox) && !writable,
             need_client_body: leg.opened
                 && !leg.up_end
-                && ex.req == Req::Body
-                && ex.body_ready == 0
+                && !ex.body.is_done()
+                && ex.body_ready == leg.kept
                 && room,
-            request_pending: !leg.up_end && ex.body_ready > 0,
+            request_pending: !leg.up_end && ex.body_ready > leg.kept,
             response_done: leg.end_queued,
         };
         let (client_at, up_at) = if fresh {
@@ -663,6 +687,20 @@ impl Proxy {
             ex.h2c.on = false;
         }
         self.mux_detach(ui, ci, 0, code);
+    }
+}
+
+/// The body bytes kept for a replay are given up: consumed from the client's buffer and
+/// counted as sent (a failure now is not replayed).
+fn give_up_replay(ex: &mut Exchange, buf: Option<&mut Buf>) {
+    let leg = &mut ex.h2c;
+    leg.replayable = false;
+    let k = std::mem::take(&mut leg.kept);
+    if let Some(b) = buf.filter(|_| k > 0) {
+        b.consume(k);
+        ex.body_ready -= k;
+        ex.body_sent += k as u64;
+        ex.rec.request_bytes += k as u64;
     }
 }
 
