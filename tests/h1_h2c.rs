@@ -110,6 +110,21 @@ fn keep_alive_spreads_requests_over_shared_h2c_connections() {
         }
         seen.push(r.backend());
     }
+    // No body for 204 and 304 (and the connection stays in step).
+    for code in [204u16, 304] {
+        let req = format!("GET /status/{code} HTTP/1.1\r\nHost: t\r\n\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let r = common::read_response(&mut s, &mut pending, "GET").expect("a response");
+        assert_eq!(r.status, code);
+        assert!(r.header("Transfer-Encoding").is_none(), "{r:?}");
+        seen.push(r.backend());
+    }
+    s.write_all(b"GET /bytes/2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let r = common::read_response(&mut s, &mut pending, "GET").expect("a response");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ab"[..]));
+    assert!(pending.is_empty());
+    seen.push(r.backend());
     // Round-robin over both servers, all on this one client connection.
     assert!(seen.windows(2).all(|w| w[0] != w[1]), "{seen:?}");
     let t = totals(p.admin.unwrap());
@@ -131,7 +146,7 @@ fn keep_alive_spreads_requests_over_shared_h2c_connections() {
         .iter()
         .filter(|r| r[7].starts_with("/bytes/"))
         .collect();
-    assert_eq!(ours.len(), 40);
+    assert_eq!(ours.len(), 41);
     assert!(ours
         .iter()
         .all(|r| &r[proto] == "http1" && &r[up] == "h2c" && &r[3] == "200"));
