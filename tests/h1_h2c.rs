@@ -381,3 +381,22 @@ fn unreachable_and_slow_backends() {
     let r = common::get(p.addr, "/bytes/4");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"abcd"[..]));
 }
+
+#[test]
+fn sigterm_finishes_exchanges_in_flight_then_closes() {
+    let a = h2c("A");
+    let mut p = proxy(&[(&a, "h2c")], &["--drain-timeout", "5"]);
+    let mut s = common::connect(p.addr);
+    s.write_all(b"GET /delay/600 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // Let the request reach the backend, then drain.
+    std::thread::sleep(Duration::from_millis(200));
+    p.signal("TERM");
+    let mut pending = Vec::new();
+    let r = common::read_response(&mut s, &mut pending, "GET").expect("the answer");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("Connection"), Some("close"));
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0, "closed after it");
+    assert!(p.wait_exit(Duration::from_secs(10)).is_some());
+}
