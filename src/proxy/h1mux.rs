@@ -49,7 +49,7 @@ const MAX_TRAILERS: usize = 64;
 
 /// How a response body is framed for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum Framing {
+enum Framing {
     /// No response head yet.
     #[default]
     Unset,
