@@ -18,7 +18,7 @@ use crate::http::Method;
 const PATH_MAX: usize = 128;
 
 /// The CSV header. The seed's columns come first.
-pub const COLUMNS: [&str; 16] = [
+pub const COLUMNS: [&str; 17] = [
     "timestamp",
     "backend_url",
     "latency_ms",
@@ -34,6 +34,7 @@ pub const COLUMNS: [&str; 16] = [
     "reused",
     "client_addr",
     "protocol",
+    "upstream_protocol",
     "grpc_status",
 ];
 
@@ -48,8 +49,10 @@ pub struct Record {
     pub worker: u16,
     pub method: Method,
     pub reused: bool,
-    /// The client spoke HTTP/2 (the `protocol` column: `h2>http1`, else `http1`).
+    /// The client spoke HTTP/2 (the `protocol` column: `h2`, else `http1`).
     pub h2: bool,
+    /// The backend spoke HTTP/2 (h2c) (the `upstream_protocol` column: `h2c`, else `http1`).
+    pub upstream_h2: bool,
     /// A gRPC call's grpc-status (the `grpc_status` column; empty for other requests).
     /// Set it with [`Record::set_grpc_status`].
     pub grpc_status: Option<u8>,
@@ -76,6 +79,7 @@ impl Record {
             method,
             reused: false,
             h2: false,
+            upstream_h2: false,
             grpc_status: None,
             path_len: n as u8,
             path: p,
@@ -270,7 +274,8 @@ fn write_record<W: Write>(
     field!("{}", r.total_us);
     w.write_field(if r.reused { "1" } else { "0" })?;
     field!("{}", r.client);
-    w.write_field(if r.h2 { "h2>http1" } else { "http1" })?;
+    w.write_field(if r.h2 { "h2" } else { "http1" })?;
+    w.write_field(if r.upstream_h2 { "h2c" } else { "http1" })?;
     match r.grpc_status {
         Some(code) => field!("{code}"),
         None => w.write_field("")?,
@@ -351,11 +356,11 @@ mod tests {
         assert_eq!(lines.next().unwrap(), COLUMNS.join(","));
         assert_eq!(
             lines.next().unwrap(),
-            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555,http1,"
+            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555,http1,http1,"
         );
         assert_eq!(
             lines.next().unwrap(),
-            "1700000000.223456,http://127.0.0.1:8081,0.000,200,round-robin,0,POST,/tts.TTS/Synthesize,0,0,0,0,0,127.0.0.1:5556,h2>http1,14"
+            "1700000000.223456,http://127.0.0.1:8081,0.000,200,round-robin,0,POST,/tts.TTS/Synthesize,0,0,0,0,0,127.0.0.1:5556,h2,http1,14"
         );
     }
 }

@@ -46,6 +46,9 @@ pub struct Counters {
     pub h2_resets_received: AtomicU64,
     pub h2_protocol_errors: AtomicU64,
     pub h2_streams: AtomicU64,
+    /// Trailer fields dropped because the HTTP/1.1 message they belonged to could not
+    /// carry them (a Content-Length body, or an HTTP/1.0 client).
+    pub trailers_dropped: AtomicU64,
     /// Gauges, each the sum of the workers' values, published by each worker once per
     /// loop iteration as a wrapping delta: upstream connections open (busy and pooled),
     /// of which pooled idle, buffers held by connections, buffers pooled.

@@ -400,15 +400,17 @@ fn streams_are_logged_with_their_protocol_and_retried_like_http1() {
     let mut rdr = csv::Reader::from_path(&csv).unwrap();
     let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
     assert_eq!(header[14], "protocol");
+    assert_eq!(header[15], "upstream_protocol");
     assert_eq!(header.last().map(String::as_str), Some("grpc_status"));
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 7);
-    let h2 = rows.iter().filter(|r| &r[14] == "h2>http1").count();
+    let h2 = rows.iter().filter(|r| &r[14] == "h2").count();
     let h1 = rows.iter().filter(|r| &r[14] == "http1").count();
     assert_eq!((h2, h1), (6, 1));
     assert!(rows.iter().all(|r| &r[3] == "200"));
+    assert!(rows.iter().all(|r| &r[15] == "http1"), "HTTP/1.1 backends");
     assert!(
-        rows.iter().all(|r| r[15].is_empty()),
+        rows.iter().all(|r| r[16].is_empty()),
         "no gRPC call, no grpc_status"
     );
     // Per-request upstream mode: every request had a connection of its own.

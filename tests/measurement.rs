@@ -63,6 +63,7 @@ fn csv_has_one_row_per_request_with_the_seed_columns_first() {
             "reused",
             "client_addr",
             "protocol",
+            "upstream_protocol",
             "grpc_status"
         ]
     );

@@ -64,6 +64,8 @@ pub struct Totals {
     pub retries: u64,
     /// Exchanges the client gave up on before the response was complete (logged as 499).
     pub client_aborts: u64,
+    /// Trailer fields dropped where HTTP/1.1 could not carry them.
+    pub trailers_dropped: u64,
     /// Panics caught in an exchange (that exchange was closed; the worker went on).
     pub panics: u64,
     /// Worker threads restarted after dying.
@@ -338,6 +340,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             rejected: c.rejected.load(Relaxed),
             retries: c.retries.load(Relaxed),
             client_aborts: c.client_aborts.load(Relaxed),
+            trailers_dropped: c.trailers_dropped.load(Relaxed),
             panics: c.panics.load(Relaxed),
             worker_restarts: c.worker_restarts.load(Relaxed),
             spliced_bytes: c.spliced_bytes.load(Relaxed),
@@ -478,7 +481,7 @@ pub fn prometheus(s: &Stats) -> String {
         family(&mut o, name, "gauge", help);
         let _ = writeln!(o, "{name} {v}");
     }
-    let counters: [(&str, &str, u64); 12] = [
+    let counters: [(&str, &str, u64); 13] = [
         (
             "corelb_tunnels_total",
             "Upgraded connections opened.",
@@ -518,6 +521,11 @@ pub fn prometheus(s: &Stats) -> String {
             "corelb_client_aborts_total",
             "Exchanges the client gave up on before the response was complete.",
             t.client_aborts,
+        ),
+        (
+            "corelb_trailers_dropped_total",
+            "Trailer fields dropped because the HTTP/1.1 message could not carry them.",
+            t.trailers_dropped,
         ),
         (
             "corelb_panics_total",
@@ -766,6 +774,7 @@ pub(super) fn sample() -> Stats {
             rejected: 0,
             retries: 1,
             client_aborts: 0,
+            trailers_dropped: 0,
             panics: 0,
             worker_restarts: 0,
             spliced_bytes: 0,

@@ -193,6 +193,23 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
+    /// Inside chunk data: [`ChunkedDecoder::decode`] returns the data as it comes.
+    pub fn in_data(&self) -> bool {
+        self.state == State::Data
+    }
+
+    /// After the last chunk, inside the trailer section (before its final CRLF): the next
+    /// byte belongs to a trailer field line, or is the CR of the empty line ending them.
+    pub fn in_trailers(&self) -> bool {
+        matches!(
+            self.state,
+            State::TrailerStart { .. }
+                | State::TrailerName { .. }
+                | State::TrailerValue { .. }
+                | State::TrailerLf { .. }
+        )
+    }
+
     /// Validates framing from the start of `input`. Stops after the first stretch of chunk
     /// data (returned as `data`), at the end of the body, or at the end of the input, so
     /// call it again with the rest until `consumed == input.len()` or [`is_done`].

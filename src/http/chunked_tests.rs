@@ -35,6 +35,32 @@ fn decodes_byte_by_byte() {
 }
 
 #[test]
+fn reports_data_and_trailer_positions() {
+    // Feeding framing byte by byte, the bytes read while `in_trailers` are exactly the
+    // trailer field lines and the final CR (what a translation to HTTP/2 trailers needs).
+    let body = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-B: 2\r\n\r\n";
+    let mut d = ChunkedDecoder::new();
+    let (mut at, mut trailers, mut data) = (0, Vec::new(), Vec::new());
+    while !d.is_done() {
+        if d.in_data() {
+            let p = d.decode(&body[at..]).unwrap();
+            data.extend_from_slice(&body[at..][p.data]);
+            at += p.consumed;
+            continue;
+        }
+        if d.in_trailers() {
+            trailers.push(body[at]);
+        }
+        assert_eq!(d.decode(&body[at..at + 1]).unwrap().consumed, 1);
+        at += 1;
+    }
+    assert_eq!(at, body.len());
+    assert_eq!(data, b"abc");
+    assert_eq!(trailers, b"X-Sum: 1\r\nX-B: 2\r\n\r");
+    assert!(!d.in_trailers() && !d.in_data());
+}
+
+#[test]
 fn stops_at_end_of_body() {
     let input = b"3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n";
     let mut d = ChunkedDecoder::new();

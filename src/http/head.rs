@@ -97,6 +97,8 @@ struct Framing {
     /// An `Upgrade` field seen.
     upgrade: bool,
     expect_continue: bool,
+    /// A `TE` field listing `trailers`.
+    te_trailers: bool,
 }
 
 /// The connection options a head listed, borrowed from the read buffer.
@@ -185,6 +187,9 @@ fn scan<'b>(headers: &[httparse::Header<'b>], conn: &mut ConnTokens<'b>) -> (Fra
                 }
             }
             Hdr::HopByHop if h.name.eq_ignore_ascii_case("upgrade") => f.upgrade = true,
+            Hdr::HopByHop if h.name.eq_ignore_ascii_case("te") => {
+                f.te_trailers |= list(h.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
+            }
             Hdr::Expect if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") => {
                 f.expect_continue = true;
             }
@@ -379,6 +384,9 @@ pub struct Request<'h, 'b> {
     /// HTTP/1.1: RFC 9110 §7.8 has an HTTP/1.0 upgrade ignored). Only then are `Upgrade`
     /// and `Connection: upgrade` forwarded, and a 101 accepted by [`parse_response_with`].
     pub upgrade: bool,
+    /// `TE: trailers`: the client accepts trailers. Not forwarded to HTTP/1.1 (TE is
+    /// hop-by-hop); an HTTP/2 hop is told `te: trailers` (gRPC servers need it).
+    pub te_trailers: bool,
     /// Host to forward: the absolute-form authority, else the Host field (None: an
     /// HTTP/1.0 request without one).
     pub(super) host: Option<&'b [u8]>,
@@ -484,6 +492,7 @@ pub fn parse_request<'h, 'b>(
         body,
         expect_continue: f.expect_continue,
         upgrade: f.upgrade && f.conn_upgrade && minor == 1,
+        te_trailers: f.te_trailers,
         host: target.authority.or((f.hosts == 1).then_some(host)),
         target: target.origin,
         length: f.length,

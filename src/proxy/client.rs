@@ -16,6 +16,7 @@ use crate::timer::Deadline;
 use super::context::Ctx;
 use super::end::Blame;
 use super::exchange::{Exchange, Start};
+use super::h1mux::Leg;
 use super::io::{read_into, would_block, write2, Io};
 use super::tunnel::Tunnel;
 use super::{client_token, Proxy, Step};
@@ -248,6 +249,7 @@ impl Proxy {
             req.expect_continue,
             req.upgrade,
         );
+        let h2c = Leg::request(req.te_trailers, req.body == BodyKind::Chunked);
         buf.consume(head_len);
         let mut head = self.ctx.bufs.get();
         if scratch.len() > head.capacity() {
@@ -255,7 +257,7 @@ impl Proxy {
         }
         head.space()[..scratch.len()].copy_from_slice(scratch);
         head.filled(scratch.len());
-        let ex = self.ctx.exchange(Start {
+        let mut ex = self.ctx.exchange(Start {
             method,
             http10,
             // An upgrade request may be followed by the new protocol's bytes: unless the
@@ -268,6 +270,7 @@ impl Proxy {
             head,
             rec,
         });
+        ex.h2c = h2c;
         self.ctx.budget.deposit();
         let c = &mut self.clients[ci];
         c.phase = Phase::Proxy(ex);
@@ -414,6 +417,8 @@ impl Proxy {
             }
             // h2 hook: a stalled or idle HTTP/2 connection closes with its streams.
             Phase::H2(_) => self.h2_timeout(ci),
+            // h1mux hook: an exchange on an h2c stream keeps its deadlines on this timer.
+            Phase::Proxy(ref ex) if ex.h2c.on => self.h1mux_timeout(ci),
             Phase::Proxy(_) => {
                 debug!("worker {id}: client {} stalled mid-exchange", c.peer);
                 self.abort(ci, Blame::Client);

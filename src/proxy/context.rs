@@ -160,6 +160,7 @@ impl Ctx {
         if let Some(log) = &self.log {
             let mut rec = ex.rec;
             rec.backend = Some(backend as u16);
+            rec.upstream_h2 = self.upstream_h2(backend);
             rec.status = status;
             rec.upstream_us = upstream_us;
             rec.total_us = total_us;
@@ -196,6 +197,11 @@ impl Ctx {
             .record(Some(backend), 101, ex.ttfb_us, total_us, false);
     }
 
+    /// `backend` speaks HTTP/2 (h2c): the CSV's `upstream_protocol`.
+    fn upstream_h2(&self, backend: usize) -> bool {
+        self.shared.balancer.backend(backend).protocol == crate::config::Protocol::H2c
+    }
+
     /// Sends a finished record to the CSV log (if logging is on).
     pub fn log_record(&self, mut rec: Record) {
         if let Some(log) = &self.log {
@@ -217,6 +223,7 @@ impl Ctx {
         if let Some(log) = &self.log {
             let mut rec = ex.rec;
             rec.backend = Some(backend as u16);
+            rec.upstream_h2 = self.upstream_h2(backend);
             rec.status = status;
             rec.upstream_us = ex.ttfb_us;
             rec.total_us = total_us;

@@ -39,8 +39,8 @@ impl Proxy {
             return false;
         };
         // Detach the failed attempt; the exchange moves on with what it learnt.
-        self.ctx.closed_ups.push(ui);
-        drop(self.ups.remove(ui));
+        self.drop_upstream(ci, ui);
+        let (_, ex) = self.clients[ci].split().expect("proxying");
         if !stale {
             self.ctx.account_attempt(old, ex.attempt);
         }
@@ -118,17 +118,18 @@ impl Proxy {
         if ui == NONE {
             return;
         }
-        self.ctx.closed_ups.push(ui);
-        let u = self.ups.remove(ui);
+        let backend = self.ups[ui].backend;
+        self.drop_upstream(ci, ui);
+        let (_, ex) = self.clients[ci].split().expect("proxying");
         match blame {
             Blame::Backend => {
                 let status = if status == 0 { ex.status } else { status };
                 let status = if status == 0 { 502 } else { status };
-                self.ctx.account(u.backend, ex, status, Outcome::Failure);
+                self.ctx.account(backend, ex, status, Outcome::Failure);
             }
             Blame::Client => {
                 let status = if status == 0 { 499 } else { status };
-                self.ctx.account_client_abort(u.backend, ex, status);
+                self.ctx.account_client_abort(backend, ex, status);
             }
         }
         self.ctx.bufs.release(&mut ex.head);
@@ -166,7 +167,10 @@ impl Proxy {
             pooled: self.idle[u.backend].len(),
             max_idle,
         });
-        if pool {
+        if u.mux.is_some() {
+            // h1mux hook: the exchange's stream leaves the shared h2c connection.
+            self.h1mux_detach(ci, ui);
+        } else if pool {
             self.pool(ui);
         } else {
             self.remove_upstream(ui);
@@ -184,6 +188,17 @@ impl Proxy {
         } else {
             self.linger_or_close(ci, !body_done);
             Step::Closed
+        }
+    }
+
+    /// Lets go of client `ci`'s upstream `ui` after an attempt that did not complete: an
+    /// HTTP/1.1 connection closes; an h2c stream is reset and its shared connection stays.
+    fn drop_upstream(&mut self, ci: usize, ui: usize) {
+        if self.ups[ui].mux.is_some() {
+            // h1mux hook.
+            self.h1mux_detach(ci, ui);
+        } else {
+            self.remove_upstream(ui);
         }
     }
 

@@ -10,6 +10,7 @@ use crate::buffer::Buf;
 use crate::http::{Body, Method};
 
 use super::decide::{Attempt, Tried, Waits};
+use super::h1mux::Leg;
 use super::splice::Splicing;
 
 /// No connection (an index into neither slab).
@@ -102,6 +103,9 @@ pub(crate) struct Exchange {
     /// The last body read filled the buffer: it grows before the next (buffer.rs).
     pub req_hot: bool,
     pub resp_hot: bool,
+    /// For an h2c backend: the request's facts HTTP/2 needs and the attempt's stream
+    /// (h1mux.rs).
+    pub h2c: Leg,
 }
 
 /// The facts of a new request, from its parsed head.
@@ -152,6 +156,7 @@ impl Exchange {
             splice: Splicing::default(),
             req_hot: false,
             resp_hot: false,
+            h2c: Leg::default(),
         }
     }
 

@@ -13,6 +13,7 @@
 //! - `relay`: moving bytes both ways and validating the response;
 //! - `splice`: large bodies and large chunks moved socket -> pipe -> socket (zero copy);
 //! - `end`: finishing, failing, retrying and aborting an exchange;
+//! - `h1mux`: an HTTP/1.1 exchange as a stream to an h2c backend, translated both ways;
 //! - `tunnel`: after a 101, the client and its upstream as a byte tunnel;
 //! - `decide`: the pure decisions (replay, pooling, deadlines), tested without sockets.
 
@@ -21,6 +22,7 @@ mod context;
 pub(crate) mod decide;
 mod end;
 mod exchange;
+mod h1mux;
 mod h2;
 pub(crate) mod io;
 mod mux;
@@ -255,7 +257,9 @@ impl Proxy {
             self.ctx.bufs.release(&mut ex.head);
             self.ctx.bufs.release(&mut ex.resp_buf);
             self.ctx.bufs.release(&mut ex.out);
-            if let Some(u) = self.ups.try_remove(ex.up) {
+            // (An h2c connection is shared: its stream of this client left it above.)
+            let own = self.ups.get(ex.up).is_some_and(|u| u.mux.is_none());
+            if let Some(u) = own.then(|| self.ups.try_remove(ex.up)).flatten() {
                 self.ctx.closed_ups.push(ex.up);
                 if let Some(list) = self.idle.get_mut(u.backend) {
                     list.retain(|&x| x != ex.up);

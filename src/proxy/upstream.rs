@@ -8,7 +8,7 @@ use std::time::Duration;
 use mio::net::TcpStream;
 use mio::Interest;
 
-use crate::config::UpstreamMode;
+use crate::config::{Protocol, UpstreamMode};
 use crate::debug;
 use crate::http;
 use crate::timer::Deadline;
@@ -75,6 +75,10 @@ impl Proxy {
     /// `fresh`), or a new one connecting. False if no connection could be made: the
     /// client has then been answered 502.
     pub(super) fn attach(&mut self, ci: usize, backend: usize, fresh: bool) -> bool {
+        // h1mux hook: an h2c backend takes the exchange as a stream of a shared connection.
+        if self.ctx.shared.balancer.backend(backend).protocol == Protocol::H2c {
+            return self.h1mux_attach(ci, backend, fresh);
+        }
         let Some((ui, reused)) = self.connection_to(backend, ci, fresh) else {
             self.unreachable(ci, backend);
             return false;
@@ -158,7 +162,7 @@ impl Proxy {
 
     /// No connection to `backend` could be made for client `ci`: 502, and the request
     /// body bytes already read are dropped.
-    fn unreachable(&mut self, ci: usize, backend: usize) {
+    pub(super) fn unreachable(&mut self, ci: usize, backend: usize) {
         self.ctx
             .shared
             .balancer

@@ -285,6 +285,8 @@ impl Proxy {
                     if let Some(i) = s.stream(stream) {
                         let dropped = s.streams[i].take_trailers(fields);
                         if dropped > 0 {
+                            let c = &self.ctx.shared.counters;
+                            c.trailers_dropped.fetch_add(dropped, Relaxed);
                             debug!(
                                 "worker {}: {dropped} request trailer fields dropped",
                                 self.ctx.id

@@ -1,0 +1,1106 @@
+//! HTTP/1.1 clients to h2c backends: an exchange whose backend speaks HTTP/2 runs as one
+//! stream of a shared per-worker connection (`mux.rs`), translated both ways as NGINX and
+//! Envoy do.
+//!
+//! - The request: the rewritten HTTP/1.1 head (`Exchange::head`: hop-by-hop fields and
+//!   those `Connection` named already gone, X-Forwarded-For extended, Via added, framing
+//!   corelb's own) becomes HTTP/2 fields (`:method`, `:scheme http`, `:authority` from
+//!   Host, `:path`, lowercase names, `te: trailers` if the client sent it). The body goes
+//!   as DATA without its chunk framing, within the backend's windows: the client is read
+//!   only while they are open. Chunked request trailers become HTTP/2 trailers.
+//! - The response: the HTTP/2 head becomes a status line and head. Its body goes with its
+//!   content-length, else chunked (DATA as chunks, trailers in the chunked trailer
+//!   section), or until close to an HTTP/1.0 client. Trailers HTTP/1.1 cannot carry are
+//!   dropped and counted (`trailers_dropped`). DATA goes from the stream's inbox straight
+//!   to the client socket, and the backend's window is released only as the client takes
+//!   the bytes.
+//! - `Expect: 100-continue` is answered here once the stream is open (the backend gets no
+//!   `expect`; HTTP/2 1xx heads are not relayed).
+//!
+//! Failures before the response head go the HTTP/1.1 way (`end.rs`: a safe retry under
+//! `decide::replay`, REFUSED_STREAM and GOAWAY-unprocessed as `Failure::Refused`, else a
+//! 502/504); after it the client connection closes with the body cut short. The shared
+//! connection's timer is its own (connect, pool idle): the exchange's deadlines are on the
+//! client's timer.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::buffer::{Buf, BufPool};
+use crate::debug;
+use crate::h2::{is_connection_specific, ErrorCode, Fields};
+use crate::http::{self, chunked::ChunkedDecoder, Body};
+
+use super::client::Phase;
+use super::decide::{self, Failure, Waits};
+use super::end::Blame;
+use super::exchange::{Exchange, Req, Resp};
+use super::io::{read_into, would_block, write2};
+use super::mux::Gone;
+use super::{client_token, Proxy, Step};
+
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// Why a request head could not be sent as HTTP/2 (not expected: corelb wrote it).
+const UNTRANSLATABLE: &str = "request head not translatable to HTTP/2";
+/// Most fields in one translated section (the HTTP/1 head limit, and what corelb adds).
+const MAX_PAIRS: usize = http::MAX_HEADERS + 8;
+/// Most request trailer fields sent on (more are dropped and counted).
+const MAX_TRAILERS: usize = 64;
+
+/// How a response body is framed for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Framing {
+    /// No response head yet.
+    #[default]
+    Unset,
+    /// No body (HEAD, 204, 304).
+    Bodiless,
+    /// The content-length the backend gave (or 0 for a head with END_STREAM).
+    Length,
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client and no content-length).
+    Close,
+}
+
+/// An exchange's h2c leg: the facts of the request an HTTP/2 hop needs, and the state of
+/// the current attempt's stream.
+#[derive(Debug, Default)]
+pub(crate) struct Leg {
+    /// The current attempt is a stream on an h2c connection (`Exchange::up` is a mux).
+    pub on: bool,
+    /// The request said `TE: trailers`.
+    te_trailers: bool,
+    /// The request body is chunked (its validated bytes carry the framing).
+    chunked: bool,
+    /// HEADERS went out; END_STREAM (or the trailers) went out.
+    opened: bool,
+    up_end: bool,
+    /// Walks the validated chunked body for its data and trailers.
+    dec: ChunkedDecoder,
+    /// The chunked request's trailer field lines as received (empty: none).
+    trailers: Vec<u8>,
+    /// Until the response head (or more body must be read), the body bytes sent stay at
+    /// the front of the client's buffer (`kept` of them), so a stream the backend refused
+    /// can go elsewhere whole; they count as sent only once given up.
+    replayable: bool,
+    kept: usize,
+    framing: Framing,
+    /// Chunked response: data bytes of the chunk being written; any chunk begun.
+    chunk_left: usize,
+    any_chunk: bool,
+    /// The end of the response (last chunk, trailers) is queued in `Exchange::out`.
+    end_queued: bool,
+    /// Worker-clock ms (0: none): the backend must have moved by `up_at`, the client by
+    /// `client_at`. The client's timer is armed for the earlier.
+    up_at: u64,
+    client_at: u64,
+}
+
+impl Leg {
+    /// The facts of a new request (from its parsed head) an HTTP/2 hop needs.
+    pub fn request(te_trailers: bool, chunked: bool) -> Leg {
+        Leg {
+            te_trailers,
+            chunked,
+            ..Leg::default()
+        }
+    }
+
+    /// A new attempt on an h2c stream: the request goes again from its first byte.
+    fn begin(&mut self) {
+        *self = Leg {
+            on: true,
+            replayable: true,
+            trailers: std::mem::take(&mut self.trailers),
+            ..Leg::request(self.te_trailers, self.chunked)
+        };
+        self.trailers.clear();
+    }
+}
+
+/// What one step of the leg found.
+enum Turn {
+    /// (something moved)
+    Running(bool),
+    /// The connection had no room for the stream after all: a fresh one is needed.
+    NoRoom,
+    /// The attempt failed.
+    Failed(Failure),
+    /// The exchange ended (answered, or the client is gone).
+    Over(Step),
+}
+
+impl Proxy {
+    /// `attach` hook: client `ci`'s exchange goes to h2c `backend` as a stream of a shared
+    /// connection (a pooled one unless `fresh`). False if none could be made: the client
+    /// has then been answered 502.
+    pub(super) fn h1mux_attach(&mut self, ci: usize, backend: usize, fresh: bool) -> bool {
+        let Some((ui, reused)) = self.mux_for(backend, ci, 0, fresh) else {
+            self.unreachable(ci, backend);
+            return false;
+        };
+        let c = &mut self.clients[ci];
+        if let Phase::Proxy(ex) = &mut c.phase {
+            ex.begin_attempt(ui, reused);
+            ex.h2c.begin();
+        }
+        self.h1mux_arm(ci, true);
+        true
+    }
+
+    /// `step_proxy` hook: one step of an exchange on an h2c stream.
+    pub(super) fn h1mux_step(&mut self, ci: usize) -> Step {
+        let ui = match self.clients[ci].split() {
+            Some((_, ex)) => ex.up,
+            None => return Step::Blocked,
+        };
+        let turn = match self.h1mux_send(ci, ui) {
+            Turn::Running(sent) => match self.h1mux_recv(ci, ui) {
+                Turn::Running(got) => Turn::Running(sent || got),
+                other => other,
+            },
+            other => other,
+        };
+        // Frames queued by this step (HEADERS, DATA, WINDOW_UPDATE) go out now.
+        let flushed = self.mux_flush(ui);
+        match turn {
+            Turn::Running(moved) => {
+                if self.h1mux_done(ci) {
+                    return self.finish(ci);
+                }
+                if moved {
+                    self.h1mux_arm(ci, false);
+                }
+                if moved || !flushed {
+                    Step::Progress
+                } else {
+                    Step::Blocked
+                }
+            }
+            Turn::NoRoom => {
+                let backend = self.ups[ui].backend;
+                self.h1mux_detach(ci, ui);
+                if let Some((_, ex)) = self.clients[ci].split() {
+                    ex.up = super::exchange::NONE;
+                }
+                self.attach(ci, backend, true);
+                Step::Progress
+            }
+            Turn::Failed(why) => self.h1mux_fail(ci, why),
+            Turn::Over(step) => step,
+        }
+    }
+
+    /// The whole response went to the client.
+    fn h1mux_done(&mut self, ci: usize) -> bool {
+        let Some((side, ex)) = self.clients[ci].split() else {
+            return false;
+        };
+        if !ex.h2c.end_queued || ex.out.is_some() {
+            return false;
+        }
+        if ex.req != Req::Closed && (!ex.body.is_done() || ex.body_ready > 0) {
+            // The response is complete before the request body: send no more of it; the
+            // client connection closes after the response (as for HTTP/1.1 backends).
+            let dropped = ex.close_request();
+            if let Some(b) = side.buf.as_mut() {
+                b.consume(dropped);
+            }
+        }
+        true
+    }
+
+    /// The attempt failed with `why`: before the response head, the HTTP/1.1 way (retry
+    /// or 502/504); after it (or once a 100 Continue is on its way), the client closes.
+    fn h1mux_fail(&mut self, ci: usize, why: Failure) -> Step {
+        let Some((_, ex)) = self.clients[ci].split() else {
+            return Step::Closed;
+        };
+        if ex.resp == Resp::Head && ex.out.is_none() {
+            self.fail(ci, why);
+            return Step::Progress;
+        }
+        debug!(
+            "worker {}: h2c stream broke mid-response: {}",
+            self.ctx.id,
+            why.reason()
+        );
+        self.abort(ci, Blame::Backend);
+        Step::Closed
+    }
+
+    /// The request upstream: HEADERS once the connection is up, then the body as DATA
+    /// within the windows (reading the client only while they are open), then END_STREAM
+    /// or the trailers.
+    fn h1mux_send(&mut self, ci: usize, ui: usize) -> Turn {
+        let mut moved = false;
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        if !ex.h2c.opened {
+            if self.ups[ui].is_connecting() {
+                return Turn::Running(false);
+            }
+            let end = ex.body.is_done() && ex.body_ready == 0;
+            let te = ex.h2c.te_trailers;
+            let head = ex.head.take();
+            let mut names = std::mem::take(&mut self.ctx.scratch);
+            let opened = match head.as_ref() {
+                Some(h) => request_pairs(h.bytes(), te, &mut names, |pairs| {
+                    self.mux_open(ui, ci, 0, pairs, end)
+                }),
+                None => None,
+            };
+            self.ctx.scratch = names;
+            let (_, ex) = self.clients[ci].split().expect("proxying");
+            ex.head = head;
+            match opened {
+                None => return Turn::Failed(Failure::BadResponse(UNTRANSLATABLE)),
+                Some(Ok(false)) => return Turn::Running(false),
+                Some(Ok(true)) => {}
+                Some(Err(())) => {
+                    let m = self.ups[ui].mux.as_ref().expect("a mux");
+                    return match m.stream(ci, 0).and_then(|k| m.streams[k].gone) {
+                        Some(g) => Turn::Failed(failure(g)),
+                        // A pooled connection turned full: another one. A new connection
+                        // without room is the backend refusing.
+                        None if ex.reused => Turn::NoRoom,
+                        None => Turn::Failed(Failure::Refused),
+                    };
+                }
+            }
+            ex.h2c.opened = true;
+            ex.h2c.up_end = end;
+            ex.head_off = ex.head.as_ref().map_or(0, |h| h.len());
+            ex.settle_req();
+            if std::mem::take(&mut ex.expect) && !ex.http10 && !end && ex.body_ready == 0 {
+                // The client waits for a go-ahead before its body; the backend saw no
+                // `expect`, so it is given here.
+                append(&mut self.ctx.bufs, &mut ex.out, CONTINUE);
+            }
+            moved = true;
+        }
+        loop {
+            match self.h1mux_body(ci, ui) {
+                Ok(m) => moved |= m,
+                Err(()) => return Turn::Failed(Failure::Reset),
+            }
+            match self.h1mux_read_body(ci, ui) {
+                Ok(true) => moved = true,
+                Ok(false) => return Turn::Running(moved),
+                Err(step) => return Turn::Over(step),
+            }
+        }
+    }
+
+    /// Validated body bytes from the client's buffer as DATA, as far as the windows
+    /// allow; then END_STREAM or the trailers. `Err` if the connection is gone.
+    fn h1mux_body(&mut self, ci: usize, ui: usize) -> Result<bool, ()> {
+        let c = &mut self.clients[ci];
+        let Phase::Proxy(ex) = &mut c.phase else {
+            return Ok(false);
+        };
+        let leg = &mut ex.h2c;
+        if leg.up_end || ex.req == Req::Closed {
+            return Ok(false);
+        }
+        let m = self.ups[ui].mux.as_mut().expect("a mux");
+        let k = m.stream(ci, 0).ok_or(())?;
+        if m.streams[k].gone.is_some() {
+            // The backend reset the stream (or lost the connection): nothing more goes;
+            // the response side says what that means.
+            return Ok(false);
+        }
+        let sid = m.streams[k].sid;
+        let mut moved = false;
+        if ex.body_ready > leg.kept {
+            let buf = c.buf.as_mut().expect("body bytes");
+            let bytes = &buf.bytes()[leg.kept..ex.body_ready];
+            let mut room = m.conn.send_capacity(sid);
+            let mut at = 0;
+            if leg.chunked {
+                // The bytes were validated (`Exchange::body`); this decoder only finds the
+                // data in them, and the trailer lines.
+                while at < bytes.len() {
+                    if leg.dec.in_data() {
+                        if room == 0 {
+                            break;
+                        }
+                        let end = bytes.len().min(at + room);
+                        let p = leg.dec.decode(&bytes[at..end]).map_err(|_| ())?;
+                        let data = &bytes[at..][p.data];
+                        if m.conn.send_data(sid, data, false).map_err(|_| ())? != data.len() {
+                            return Err(());
+                        }
+                        room -= data.len();
+                        at += p.consumed;
+                    } else {
+                        let b = bytes[at];
+                        if leg.dec.in_trailers() && !(leg.trailers.is_empty() && b == b'\r') {
+                            leg.trailers.push(b);
+                        }
+                        leg.dec.decode(&bytes[at..=at]).map_err(|_| ())?;
+                        at += 1;
+                    }
+                }
+            } else {
+                let n = bytes.len().min(room);
+                let last = ex.body.is_done() && n == bytes.len();
+                if n > 0 || last {
+                    at = m.conn.send_data(sid, &bytes[..n], last).map_err(|_| ())?;
+                    leg.up_end = last && at == bytes.len();
+                }
+            }
+            if at > 0 {
+                leg.kept += at;
+                if !leg.replayable {
+                    give_up_replay(ex, c.buf.as_mut());
+                }
+                moved = true;
+            }
+        }
+        let leg = &mut ex.h2c;
+        if !leg.up_end && ex.body.is_done() && ex.body_ready == leg.kept {
+            let r = if leg.trailers.is_empty() {
+                m.conn.send_data(sid, &[], true).map(|_| ())
+            } else {
+                let mut names = std::mem::take(&mut self.ctx.scratch);
+                let (r, dropped) =
+                    trailer_pairs(&leg.trailers, &mut names, |p| m.conn.send_trailers(sid, p));
+                self.ctx.scratch = names;
+                if dropped > 0 {
+                    let c = &self.ctx.shared.counters;
+                    c.trailers_dropped.fetch_add(dropped, Relaxed);
+                }
+                r
+            };
+            r.map_err(|_| ())?;
+            leg.up_end = true;
+            moved = true;
+        }
+        ex.settle_req();
+        Ok(moved)
+    }
+
+    /// Reads more request body from the client when the backend can take some. `Ok(true)`
+    /// if bytes came; `Err` if the exchange ended (the client left or sent a bad body).
+    fn h1mux_read_body(&mut self, ci: usize, ui: usize) -> Result<bool, Step> {
+        let id = self.ctx.id;
+        let c = &mut self.clients[ci];
+        let Phase::Proxy(ex) = &mut c.phase else {
+            return Ok(false);
+        };
+        let leg = &ex.h2c;
+        let unsent = ex.body_ready > leg.kept;
+        if leg.up_end || ex.req != Req::Body || ex.body.is_done() || unsent || !c.io.readable {
+            return Ok(false);
+        }
+        let m = self.ups[ui].mux.as_ref().expect("a mux");
+        let room = m
+            .stream(ci, 0)
+            .map_or(0, |k| m.conn.send_capacity(m.streams[k].sid));
+        if room == 0 {
+            // Backpressure: the client waits until the backend opens its window.
+            return Ok(false);
+        }
+        // More body is needed: what was kept for a replay goes.
+        give_up_replay(ex, c.buf.as_mut());
+        let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
+        if buf.is_empty() {
+            self.ctx.bufs.enlarge(buf, ex.req_hot);
+        }
+        let space = buf.space().len();
+        match read_into(&mut c.sock, buf, &mut c.io) {
+            Ok(0) => {
+                debug!("worker {id}: client {} closed mid-body", c.peer);
+                self.abort(ci, Blame::Client);
+                Err(Step::Closed)
+            }
+            Ok(n) => {
+                ex.req_hot = n == space;
+                match ex.body.advance(buf.bytes()) {
+                    Ok(n) => {
+                        ex.body_ready = n;
+                        ex.settle_req();
+                        Ok(true)
+                    }
+                    Err(e) => {
+                        debug!("worker {id}: bad request body from {}: {e}", c.peer);
+                        if ex.resp == Resp::Head && ex.out.is_none() {
+                            self.end_upstream(ci, 400, Blame::Client);
+                            self.respond(ci, http::BAD_REQUEST, true, true);
+                            return Err(Step::Progress);
+                        }
+                        self.abort(ci, Blame::Client);
+                        Err(Step::Closed)
+                    }
+                }
+            }
+            Err(e) if would_block(&e) => Ok(false),
+            Err(_) => {
+                self.abort(ci, Blame::Client);
+                Err(Step::Closed)
+            }
+        }
+    }
+
+    /// The response from the stream's inbox to the client: the head translated, DATA
+    /// written from the inbox (as chunks when chunked) and released to the backend, then
+    /// the end of the body.
+    fn h1mux_recv(&mut self, ci: usize, ui: usize) -> Turn {
+        let draining = self.ctx.draining;
+        let c = &mut self.clients[ci];
+        let Phase::Proxy(ex) = &mut c.phase else {
+            return Turn::Running(false);
+        };
+        let m = self.ups[ui].mux.as_mut().expect("a mux");
+        let Some(k) = m.stream(ci, 0) else {
+            return Turn::Failed(Failure::Reset);
+        };
+        let ms = &mut m.streams[k];
+        let mut moved = false;
+        if ex.resp == Resp::Head {
+            let Some(head) = ms.head.take() else {
+                return match ms.gone {
+                    Some(why) => Turn::Failed(failure(why)),
+                    None => Turn::Running(false),
+                };
+            };
+            let empty = ms.end && ms.data.as_ref().is_none_or(|d| d.is_empty());
+            let status = head.status().unwrap_or(502);
+            let length = head
+                .get(b"content-length")
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+            let framing = framing(
+                status,
+                ex.method == http::Method::Head,
+                length,
+                empty && ms.trailers.is_none(),
+                ex.http10,
+            );
+            if framing == Framing::Close || draining {
+                ex.keep_alive = false;
+            }
+            let scratch = &mut self.ctx.scratch;
+            scratch.clear();
+            response_head(
+                &head,
+                status,
+                framing,
+                length,
+                ex.http10,
+                ex.keep_alive,
+                scratch,
+            );
+            append(&mut self.ctx.bufs, &mut ex.out, scratch);
+            ex.h2c.framing = framing;
+            ex.status = status;
+            ex.got_bytes = true;
+            ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
+            // A response is under way: the request will not be replayed.
+            self.ctx.bufs.release(&mut ex.head);
+            give_up_replay(ex, c.buf.as_mut());
+            ex.resp = Resp::Body(Body::UntilClose);
+            moved = true;
+        }
+        let leg = &mut ex.h2c;
+        let sid = ms.sid;
+        loop {
+            let data: &[u8] = ms.data.as_ref().map_or(&[], |d| d.bytes());
+            if leg.framing == Framing::Bodiless && !data.is_empty() {
+                // A body where HTTP/1.1 has none (HEAD, 204, 304): not relayed.
+                let n = data.len();
+                ms.data.as_mut().expect("data").consume(n);
+                m.conn.release(sid, n);
+                continue;
+            }
+            if leg.framing == Framing::Chunked && leg.chunk_left == 0 && !data.is_empty() {
+                let mut line = [0u8; 24];
+                let n = chunk_line(leg.any_chunk, data.len(), &mut line);
+                append(&mut self.ctx.bufs, &mut ex.out, &line[..n]);
+                leg.chunk_left = data.len();
+                leg.any_chunk = true;
+            }
+            let unset = leg.framing == Framing::Unset;
+            if !leg.end_queued && !unset && data.is_empty() && leg.chunk_left == 0 && ms.end {
+                // The whole body is out: its end follows, with the trailers if HTTP/1.1 can
+                // carry them here.
+                let trailers = ms.trailers.take();
+                let scratch = &mut self.ctx.scratch;
+                scratch.clear();
+                let dropped = end_of_body(leg, trailers.as_ref(), scratch);
+                if dropped > 0 {
+                    let c = &self.ctx.shared.counters;
+                    c.trailers_dropped.fetch_add(dropped, Relaxed);
+                }
+                if !scratch.is_empty() {
+                    append(&mut self.ctx.bufs, &mut ex.out, scratch);
+                }
+                leg.end_queued = true;
+                ex.resp = Resp::Done;
+                moved = true;
+            }
+            let take = match leg.framing {
+                Framing::Chunked => leg.chunk_left,
+                Framing::Length | Framing::Close => data.len(),
+                Framing::Unset | Framing::Bodiless => 0,
+            };
+            let head: &[u8] = ex.out.as_ref().map_or(&[], |o| o.bytes());
+            if head.is_empty() && take == 0 || !c.io.writable {
+                break;
+            }
+            match write2(&mut c.sock, head, &data[..take], &mut c.io) {
+                Ok(mut n) => {
+                    moved = true;
+                    ex.rec.response_bytes += n as u64;
+                    if let Some(o) = ex.out.as_mut() {
+                        let k = n.min(o.len());
+                        o.consume(k);
+                        n -= k;
+                        if o.is_empty() {
+                            self.ctx.bufs.release(&mut ex.out);
+                        }
+                    }
+                    if n > 0 {
+                        ms.data.as_mut().expect("data").consume(n);
+                        m.conn.release(sid, n);
+                        if leg.framing == Framing::Chunked {
+                            leg.chunk_left -= n;
+                        }
+                    }
+                }
+                Err(e) if would_block(&e) => break,
+                Err(_) => {
+                    debug!(
+                        "worker {}: client {} went away mid-response",
+                        self.ctx.id, c.peer
+                    );
+                    self.abort(ci, Blame::Client);
+                    return Turn::Over(Step::Closed);
+                }
+            }
+        }
+        if ms.data.as_ref().is_some_and(|d| d.is_empty()) {
+            self.ctx.bufs.release(&mut ms.data);
+        }
+        let drained = ms.data.is_none();
+        match ms.gone {
+            // Cut short mid-body: what arrived went out; the client sees the truncation.
+            Some(why) if drained && !ms.end && ex.out.is_none() => Turn::Failed(failure(why)),
+            _ => Turn::Running(moved),
+        }
+    }
+
+    /// Sets the exchange's deadlines after progress (or a new attempt): on the backend
+    /// while it owes us something, on the client while we wait on it; the client's timer
+    /// is armed for the earlier.
+    fn h1mux_arm(&mut self, ci: usize, fresh: bool) {
+        let limits = self.ctx.limits();
+        let now = self.ctx.now;
+        let c = &mut self.clients[ci];
+        let writable = c.io.writable;
+        let Phase::Proxy(ex) = &mut c.phase else {
+            return;
+        };
+        let leg = &ex.h2c;
+        // What the stream holds for the client, and whether the backend takes body now.
+        let (inbox, room) =
+            self.ups
+                .get(ex.up)
+                .and_then(|u| u.mux.as_ref())
+                .map_or((false, false), |m| match m.stream(ci, 0) {
+                    Some(k) => {
+                        let s = &m.streams[k];
+                        let inbox = s.data.as_ref().is_some_and(|d| !d.is_empty());
+                        (inbox, s.sid != 0 && m.conn.send_capacity(s.sid) > 0)
+                    }
+                    None => (false, false),
+                });
+        let waits = Waits {
+            client_slow: (ex.out.is_some() || inbox) && !writable,
+            need_client_body: leg.opened
+                && !leg.up_end
+                && !ex.body.is_done()
+                && ex.body_ready == leg.kept
+                && room,
+            request_pending: !leg.up_end && ex.body_ready > leg.kept,
+            response_done: leg.end_queued,
+        };
+        let (client_at, up_at) = if fresh {
+            (0, now + limits.upstream)
+        } else {
+            decide::deadlines(&waits, now, &limits)
+        };
+        ex.h2c.client_at = client_at;
+        ex.h2c.up_at = up_at;
+        let at = match (client_at, up_at) {
+            (0, u) => u,
+            (c, 0) => c,
+            (c, u) => c.min(u),
+        };
+        self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
+    }
+
+    /// `client_timeout` hook: the client's timer fired for an exchange on an h2c stream.
+    /// The backend's deadline passed: the attempt fails (retried if safe, else 504, or the
+    /// client closes mid-body); the client's: the exchange is aborted.
+    pub(super) fn h1mux_timeout(&mut self, ci: usize) {
+        let now = self.ctx.now;
+        let Some((_, ex)) = self.clients[ci].split() else {
+            return;
+        };
+        let (up_at, client_at, ui) = (ex.h2c.up_at, ex.h2c.client_at, ex.up);
+        if up_at != 0 && now >= up_at {
+            let why = if self.ups.get(ui).is_some_and(|u| u.is_connecting()) {
+                Failure::ConnectTimeout
+            } else {
+                Failure::Timeout
+            };
+            debug!("worker {}: h2c stream: {}", self.ctx.id, why.reason());
+            if matches!(self.h1mux_fail(ci, why), Step::Closed) {
+                return;
+            }
+        } else if client_at != 0 && now >= client_at {
+            debug!("worker {}: client stalled mid-exchange", self.ctx.id);
+            self.abort(ci, Blame::Client);
+            return;
+        } else {
+            let at = [up_at, client_at].into_iter().filter(|&t| t != 0).min();
+            let c = &mut self.clients[ci];
+            self.ctx
+                .timers
+                .set(&mut c.timer, client_token(ci).0, at.unwrap_or(now + 1));
+            return;
+        }
+        if self.clients.contains(ci) {
+            self.drive(ci);
+        }
+    }
+
+    /// Takes client `ci`'s exchange off its stream on h2c connection `ui` (the `end.rs`
+    /// hooks): a stream still open is reset (NO_ERROR once the response is complete, else
+    /// CANCEL); the shared connection stays.
+    pub(super) fn h1mux_detach(&mut self, ci: usize, ui: usize) {
+        let mut code = ErrorCode::CANCEL;
+        if let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) {
+            if ex.h2c.end_queued {
+                code = ErrorCode::NO_ERROR;
+            }
+            ex.h2c.on = false;
+        }
+        self.mux_detach(ui, ci, 0, code);
+    }
+}
+
+/// The body bytes kept for a replay are given up: consumed from the client's buffer and
+/// counted as sent (a failure now is not replayed).
+fn give_up_replay(ex: &mut Exchange, buf: Option<&mut Buf>) {
+    let leg = &mut ex.h2c;
+    leg.replayable = false;
+    let k = std::mem::take(&mut leg.kept);
+    if let Some(b) = buf.filter(|_| k > 0) {
+        b.consume(k);
+        ex.body_ready -= k;
+        ex.body_sent += k as u64;
+        ex.rec.request_bytes += k as u64;
+    }
+}
+
+/// Appends `bytes` to `out` (taking a buffer from the pool if there is none).
+fn append(bufs: &mut BufPool, out: &mut Option<Buf>, bytes: &[u8]) {
+    let b = out.get_or_insert_with(|| bufs.get());
+    if b.capacity() - b.end() < bytes.len() {
+        b.grow(b.end() + bytes.len());
+    }
+    b.space()[..bytes.len()].copy_from_slice(bytes);
+    b.filled(bytes.len());
+}
+
+/// Why an h2c attempt failed, as the HTTP/1.1 path names it.
+fn failure(why: Gone) -> Failure {
+    match why {
+        Gone::Refused => Failure::Refused,
+        Gone::Reset(_) | Gone::Lost => Failure::Reset,
+        Gone::Connect { timeout: false } => Failure::Connect,
+        Gone::Connect { timeout: true } => Failure::ConnectTimeout,
+    }
+}
+
+/// How the response body goes to the client: none for HEAD, 1xx, 204 and 304; its
+/// content-length if it has one; 0 for a head that ended the stream; else chunked, or
+/// until close for an HTTP/1.0 client.
+fn framing(
+    status: u16,
+    head_request: bool,
+    length: Option<u64>,
+    ended: bool,
+    http10: bool,
+) -> Framing {
+    if head_request || status < 200 || status == 204 || status == 304 {
+        Framing::Bodiless
+    } else if length.is_some() || ended {
+        Framing::Length
+    } else if http10 {
+        Framing::Close
+    } else {
+        Framing::Chunked
+    }
+}
+
+/// The status line and head for an HTTP/1.1 client from HTTP/2 response fields `head`
+/// (validated by the codec: lowercase names, no connection-specific field, no CR or LF in
+/// values), framed as `framing` says.
+fn response_head(
+    head: &Fields,
+    status: u16,
+    framing: Framing,
+    length: Option<u64>,
+    http10: bool,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in head.regular() {
+        if name == b"content-length" || is_connection_specific(name) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let length = match framing {
+        // HEAD and 304 describe the body a GET would get; 204 has none.
+        Framing::Bodiless if status != 204 => length,
+        Framing::Length => Some(length.unwrap_or(0)),
+        _ => None,
+    };
+    if let Some(n) = length {
+        out.extend_from_slice(b"Content-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"Via: 2 corelb\r\n");
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The line before a chunk's `len` data bytes (with the CRLF ending the previous chunk)
+/// into `line`; returns its length.
+fn chunk_line(after_chunk: bool, len: usize, line: &mut [u8; 24]) -> usize {
+    use std::io::Write;
+    let mut w = &mut line[..];
+    if after_chunk {
+        let _ = w.write_all(b"\r\n");
+    }
+    let _ = write!(w, "{len:x}\r\n");
+    24 - w.len()
+}
+
+/// The end of a response body into `out`: for chunked, the last chunk and the trailer
+/// section with `trailers`. Returns how many trailer fields were dropped (HTTP/1.1 cannot
+/// carry them with the other framings).
+fn end_of_body(leg: &Leg, trailers: Option<&Fields>, out: &mut Vec<u8>) -> u64 {
+    if leg.framing != Framing::Chunked {
+        return trailers.map_or(0, |t| t.regular().count() as u64);
+    }
+    if leg.any_chunk {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n");
+    let mut dropped = 0;
+    for (name, value) in trailers.iter().flat_map(|t| t.regular()) {
+        if forbidden_trailer(name) {
+            dropped += 1;
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    dropped
+}
+
+/// Fields a trailer section must not carry (framing, routing, connection management).
+fn forbidden_trailer(name: &[u8]) -> bool {
+    is_connection_specific(name)
+        || matches!(
+            name,
+            b"content-length" | b"host" | b"te" | b"trailer" | b"content-encoding"
+        )
+}
+
+/// Calls `f` with the HTTP/2 request fields for the rewritten HTTP/1.1 head `head` (lower
+/// case names built in `names`), or returns `None` if the head cannot be read.
+fn request_pairs<R>(
+    head: &[u8],
+    te_trailers: bool,
+    names: &mut Vec<u8>,
+    f: impl FnOnce(&[(&[u8], &[u8])]) -> R,
+) -> Option<R> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_PAIRS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return None,
+    }
+    let method = req.method?.as_bytes();
+    let path = req.path?.as_bytes();
+    let host = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))?
+        .value;
+    names.clear();
+    let mut spans: [(usize, usize, &[u8]); MAX_PAIRS] = [(0, 0, &[]); MAX_PAIRS];
+    let mut n = 0;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let skip = name.eq_ignore_ascii_case(b"host")
+            || name.eq_ignore_ascii_case(b"te")
+            || name.eq_ignore_ascii_case(b"expect")
+            || is_connection_specific(name);
+        if skip || n == MAX_PAIRS {
+            continue;
+        }
+        let start = names.len();
+        names.extend(name.iter().map(u8::to_ascii_lowercase));
+        spans[n] = (start, name.len(), h.value);
+        n += 1;
+    }
+    let mut pairs: [(&[u8], &[u8]); MAX_PAIRS + 5] = [(&[], &[]); MAX_PAIRS + 5];
+    pairs[0] = (b":method", method);
+    pairs[1] = (b":scheme", b"http");
+    pairs[2] = (b":authority", host);
+    pairs[3] = (b":path", path);
+    let mut k = 4;
+    for &(s, l, v) in &spans[..n] {
+        pairs[k] = (&names[s..s + l], v);
+        k += 1;
+    }
+    if te_trailers {
+        pairs[k] = (b"te", b"trailers");
+        k += 1;
+    }
+    Some(f(&pairs[..k]))
+}
+
+/// Calls `f` with request trailer field lines `lines` (as validated by the chunked
+/// decoder: `name: value` CRLF-terminated, the last CR perhaps without its LF) as HTTP/2
+/// pairs, names lowercased in `names`. Returns `f`'s result and the fields dropped (past
+/// [`MAX_TRAILERS`]).
+fn trailer_pairs<R>(
+    lines: &[u8],
+    names: &mut Vec<u8>,
+    f: impl FnOnce(&[(&[u8], &[u8])]) -> R,
+) -> (R, u64) {
+    names.clear();
+    let mut spans: [(usize, usize, &[u8]); MAX_TRAILERS] = [(0, 0, &[]); MAX_TRAILERS];
+    let (mut n, mut dropped) = (0, 0);
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if n == MAX_TRAILERS {
+            dropped += 1;
+            continue;
+        }
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        let start = names.len();
+        names.extend(name.iter().map(u8::to_ascii_lowercase));
+        spans[n] = (start, name.len(), value);
+        n += 1;
+    }
+    let mut pairs: [(&[u8], &[u8]); MAX_TRAILERS] = [(&[], &[]); MAX_TRAILERS];
+    for (p, &(s, l, v)) in pairs.iter_mut().zip(&spans[..n]) {
+        *p = (&names[s..s + l], v);
+    }
+    (f(&pairs[..n]), dropped)
+}
+
+/// The reason phrase of common statuses (HTTP/2 carries none; an empty one is valid).
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        let mut f = Fields::new();
+        for (n, v) in pairs {
+            f.push(n.as_bytes(), v.as_bytes());
+        }
+        f
+    }
+
+    fn pairs_of(head: &[u8], te: bool) -> Vec<(String, String)> {
+        let mut names = Vec::new();
+        request_pairs(head, te, &mut names, |p| {
+            p.iter()
+                .map(|(n, v)| {
+                    (
+                        String::from_utf8_lossy(n).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn request_head_becomes_http2_fields() {
+        let head = b"POST /up?x=1 HTTP/1.1\r\nHost: example.com\r\nX-Kept: Yes\r\n\
+            Content-Length: 5\r\nExpect: 100-continue\r\nX-Forwarded-For: 192.0.2.1, 10.0.0.1\r\n\
+            Via: 1.1 corelb\r\nConnection: close\r\n\r\n";
+        let p = pairs_of(head, true);
+        let want = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "example.com"),
+            (":path", "/up?x=1"),
+            ("x-kept", "Yes"),
+            ("content-length", "5"),
+            ("x-forwarded-for", "192.0.2.1, 10.0.0.1"),
+            ("via", "1.1 corelb"),
+            ("te", "trailers"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(p, want);
+        let p = pairs_of(
+            b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!(p.len(), 4, "{p:?}");
+        let mut names = Vec::new();
+        assert!(request_pairs(b"GET / HTTP/1.1\r\n\r\n", false, &mut names, |_| ()).is_none());
+    }
+
+    #[test]
+    fn response_framing() {
+        assert_eq!(framing(200, true, Some(5), false, false), Framing::Bodiless);
+        assert_eq!(framing(204, false, None, true, false), Framing::Bodiless);
+        assert_eq!(framing(304, false, Some(5), true, false), Framing::Bodiless);
+        assert_eq!(framing(200, false, Some(5), false, false), Framing::Length);
+        assert_eq!(framing(200, false, None, true, true), Framing::Length);
+        assert_eq!(framing(200, false, None, false, false), Framing::Chunked);
+        assert_eq!(framing(200, false, None, false, true), Framing::Close);
+    }
+
+    #[test]
+    fn response_head_lines() {
+        let f = fields(&[
+            (":status", "200"),
+            ("content-type", "text/plain"),
+            ("content-length", "7"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ]);
+        let mut out = Vec::new();
+        response_head(&f, 200, Framing::Length, Some(7), false, true, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\
+             Content-Length: 7\r\nVia: 2 corelb\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        response_head(&f, 299, Framing::Chunked, None, false, false, &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("HTTP/1.1 299 \r\n"), "{s}");
+        assert!(s.contains("Transfer-Encoding: chunked\r\n") && !s.contains("Content-Length"));
+        assert!(s.ends_with("Connection: close\r\n\r\n"));
+        let mut out = Vec::new();
+        response_head(&f, 204, Framing::Bodiless, Some(7), true, true, &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert!(!s.contains("Content-Length") && s.contains("Connection: keep-alive"));
+    }
+
+    #[test]
+    fn chunks_and_the_end_of_a_body() {
+        let mut line = [0u8; 24];
+        let n = chunk_line(false, 255, &mut line);
+        assert_eq!(&line[..n], b"ff\r\n");
+        let n = chunk_line(true, 16, &mut line);
+        assert_eq!(&line[..n], b"\r\n10\r\n");
+        let t = fields(&[("x-checksum", "42"), ("content-length", "1")]);
+        let mut leg = Leg {
+            framing: Framing::Chunked,
+            any_chunk: true,
+            ..Leg::default()
+        };
+        let mut out = Vec::new();
+        assert_eq!(end_of_body(&leg, Some(&t), &mut out), 1);
+        assert_eq!(out, b"\r\n0\r\nx-checksum: 42\r\n\r\n");
+        leg.framing = Framing::Length;
+        out.clear();
+        assert_eq!(end_of_body(&leg, Some(&t), &mut out), 2);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn request_trailer_lines_become_pairs() {
+        let mut names = Vec::new();
+        let (got, dropped) =
+            trailer_pairs(b"X-Sum: 1\r\nGrpc-Status:  0 \r\n\r", &mut names, |p| {
+                p.iter()
+                    .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                    .collect::<Vec<_>>()
+            });
+        assert_eq!(dropped, 0);
+        assert_eq!(
+            got,
+            vec![
+                (b"x-sum".to_vec(), b"1".to_vec()),
+                (b"grpc-status".to_vec(), b"0".to_vec())
+            ]
+        );
+    }
+}
