@@ -51,7 +51,16 @@ impl Server {
                     .map_err(|e| format!("cannot listen on {local_addr}: {e}"))?,
             );
         }
-        let backend_names: Vec<String> = cfg.servers.iter().map(|s| s.name.clone()).collect();
+        // The balancer first: the log and the dumps name backends added later by their
+        // slots.
+        let balancer = Arc::new(Balancer::new(&cfg));
+        let slots = balancer.capacity();
+        let b2 = balancer.clone();
+        let url_of: Arc<dyn Fn(usize) -> Option<String> + Send + Sync> =
+            Arc::new(move |i| (i < b2.len()).then(|| format!("http://{}", b2.backend(i).addr)));
+        let b3 = balancer.clone();
+        let name_of: crate::metrics::Names =
+            Arc::new(move |i| (i < b3.len()).then(|| b3.backend(i).name.clone()));
         let logger = match &cfg.log_csv {
             Some(path) => Some(
                 Logger::start(LogContext {
@@ -62,6 +71,7 @@ impl Server {
                         .iter()
                         .map(|s| format!("http://{}", s.addr))
                         .collect(),
+                    more_urls: Some(url_of),
                     queue: cfg.log_queue,
                 })
                 .map_err(|e| format!("cannot write CSV log {path}: {e}"))?,
@@ -71,18 +81,13 @@ impl Server {
         let dump = cfg.hdr_dir.as_ref().map(|dir| DumpConfig {
             dir: dir.into(),
             prefix: cfg.run_name(),
-            backend_names: backend_names.clone(),
+            backend_names: name_of,
             interval: cfg.hdr_interval,
         });
-        let metrics = Aggregator::start(backend_names.len(), dump)
+        let metrics = Aggregator::start(slots, dump)
             .map_err(|e| format!("cannot start metrics (hdr dir {:?}): {e}", cfg.hdr_dir))?;
-        let balancer = Balancer::new(&cfg);
-        let health = crate::health::Health::new(
-            cfg.health.clone(),
-            cfg.outlier.clone(),
-            balancer.len(),
-            cfg.debug,
-        );
+        let health =
+            crate::health::Health::new(cfg.health.clone(), cfg.outlier.clone(), slots, cfg.debug);
         let shared = Arc::new(Shared {
             balancer,
             health,

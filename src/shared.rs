@@ -58,7 +58,7 @@ pub struct Counters {
 /// State shared by every worker: configuration, balancer, stop flag.
 pub struct Shared {
     pub cfg: Config,
-    pub balancer: Balancer,
+    pub balancer: Arc<Balancer>,
     pub health: Health,
     pub stop: AtomicBool,
     pub counters: Counters,

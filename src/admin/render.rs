@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::balancer::SlotState;
 use crate::health::HealthView;
 use crate::metrics::{code_of, Summary};
 use crate::shared::Shared;
@@ -194,7 +195,10 @@ fn unix_ms() -> u64 {
 
 /// Reads everything once. The summary lock is held only to copy numbers out.
 pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
-    let n = shared.balancer.len();
+    // Rows of the code counts per slot; the last (local answers) is at the capacity.
+    let n = shared.balancer.capacity();
+    let snap = shared.balancer.snapshot();
+    let slots: Vec<usize> = snap.iter().map(|s| s.slot).collect();
     let (total_lat, total_codes, backend_lat, backend_codes, local, rps, hists) = {
         let sum = summary.lock().unwrap_or_else(|e| e.into_inner());
         let lat = |last: &Histogram<u64>, start: &Histogram<u64>| Latency {
@@ -202,7 +206,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             since_start: percentiles(start),
         };
         let total_lat = lat(&sum.last_total, &sum.since_start_total);
-        let backend_lat: Vec<Latency> = (0..n)
+        let backend_lat: Vec<Latency> = (slots.iter().copied())
             .map(
                 |i| match (sum.last_backends.get(i), sum.since_start_backends.get(i)) {
                     (Some(l), Some(s)) => lat(l, s),
@@ -216,7 +220,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
                 *a += x;
             }
         }
-        let backend_codes: Vec<BTreeMap<String, u64>> = (0..n)
+        let backend_codes: Vec<BTreeMap<String, u64>> = (slots.iter().copied())
             .map(|i| sum.codes.get(i).map(|r| codes(r)).unwrap_or_default())
             .collect();
         let local: u64 = sum.codes.get(n).map_or(0, |r| r.iter().sum());
@@ -224,12 +228,17 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             sum.rps(1),
             sum.rps(10),
             sum.errors_per_second.back().copied().unwrap_or(0),
-            (0..n)
-                .map(|i| sum.last_backends.get(i).map_or(0, Histogram::len))
+            (slots.iter())
+                .map(|&i| sum.last_backends.get(i).map_or(0, Histogram::len))
                 .collect::<Vec<u64>>(),
         );
+        let empty = crate::metrics::histogram();
         let hists: Vec<Buckets> = std::iter::once(&sum.since_start_total)
-            .chain(sum.since_start_backends.iter())
+            .chain(
+                slots
+                    .iter()
+                    .map(|&i| sum.since_start_backends.get(i).unwrap_or(&empty)),
+            )
             .map(buckets)
             .collect();
         (
@@ -243,14 +252,16 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
         )
     };
     let c = &shared.counters;
-    let snap = shared.balancer.snapshot();
     let backends = snap
         .into_iter()
         .enumerate()
-        .map(|(i, s)| {
+        .map(|(k, s)| {
+            let i = s.slot;
             let b = shared.balancer.backend(i);
             let h = shared.health.view(&shared.balancer, i);
-            let state = if h.up {
+            let state = if s.state != SlotState::Active {
+                "drain"
+            } else if h.up {
                 "up"
             } else if h.ejected {
                 "ejected"
@@ -260,18 +271,18 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             BackendStats {
                 name: s.name,
                 address: b.addr.to_string(),
-                tier: b.priority,
-                weight: b.weight,
+                tier: b.priority(),
+                weight: b.weight(),
                 health: HealthStats { state, view: h },
                 inflight: s.inflight,
                 requests: s.requests,
                 errors: s.errors,
-                rps: rps.3.get(i).copied().unwrap_or(0),
+                rps: rps.3.get(k).copied().unwrap_or(0),
                 sma_ms: ms(s.sma_us),
                 ewma_ms: ms(s.ewma_us),
                 peak_ewma_ms: ms(s.peak_ewma_us),
-                latency_ms: backend_lat.get(i).cloned().unwrap_or_default(),
-                codes: backend_codes.get(i).cloned().unwrap_or_default(),
+                latency_ms: backend_lat.get(k).cloned().unwrap_or_default(),
+                codes: backend_codes.get(k).cloned().unwrap_or_default(),
             }
         })
         .collect();

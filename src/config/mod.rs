@@ -89,6 +89,16 @@ pub struct Config {
     pub servers: Vec<BackendSpec>,
     pub timeouts: Timeouts,
     pub max_idle_per_backend: usize,
+    /// Backend slots in all (`maxServers`); `None`: max(64, 4 x servers).
+    pub max_servers: Option<usize>,
+    /// Re-resolve servers given by DNS name this often (`dnsRefresh`); `None`: resolved
+    /// once, at start and on each reload.
+    pub dns_refresh: Option<Duration>,
+    /// DNS server asked directly over UDP (`--resolver`); `None`: the system resolver.
+    pub resolver: Option<SocketAddr>,
+    /// Bearer token for the admin API's mutating calls (`--admin-token`,
+    /// `CORELB_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
     /// Per-request CSV log file; `None` when logging is off.
     pub log_csv: Option<String>,
     /// Records the log channel holds before records are dropped.
@@ -275,6 +285,10 @@ impl Config {
             servers,
             timeouts,
             max_idle_per_backend: max_idle.map_or(DEFAULT_MAX_IDLE_PER_BACKEND, |n| n as usize),
+            max_servers: None,
+            dns_refresh: None,
+            resolver: None,
+            admin_token: None,
         })
     }
 

@@ -146,7 +146,10 @@ impl Health {
             return;
         }
         // Fail open: never eject the last server that can take traffic.
-        let others = (0..bal.len()).any(|j| j != i && bal.backend(j).available());
+        let others = bal
+            .members()
+            .iter()
+            .any(|j| j != i && bal.backend(j).available());
         if !others {
             if c.failures.swap(0, Relaxed) != 0 {
                 eprintln!(
@@ -163,7 +166,11 @@ impl Health {
         c.failures.store(0, Relaxed);
         // Two workers may eject the last two servers at once: look again after the
         // store, and take this ejection back if it left nothing.
-        if !(0..bal.len()).any(|j| j != i && bal.backend(j).available()) {
+        if !bal
+            .members()
+            .iter()
+            .any(|j| j != i && bal.backend(j).available())
+        {
             c.ejected_until.store(0, Relaxed);
             c.ejections.fetch_sub(1, Relaxed);
             return;

@@ -23,6 +23,7 @@ mod end;
 mod exchange;
 mod h2;
 pub(crate) mod io;
+mod membership;
 mod relay;
 mod splice;
 mod tunnel;
@@ -104,7 +105,7 @@ impl Proxy {
         shared: Arc<Shared>,
         log: Option<LogSender>,
     ) -> Proxy {
-        let backends = shared.balancer.len();
+        let backends = shared.balancer.capacity();
         Proxy {
             ctx: Ctx::new(id, registry, shared, log),
             clients: Slab::with_capacity(1024),
