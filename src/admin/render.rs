@@ -14,7 +14,10 @@ use serde::Serialize;
 use crate::balancer::SlotState;
 use crate::health::HealthView;
 use crate::metrics::{code_of, Summary};
-use crate::shared::Shared;
+use crate::shared::{Event, Shared};
+
+/// Events /stats carries (the most recent).
+const EVENTS_SHOWN: usize = 50;
 
 /// Upper bounds of the Prometheus latency buckets, in seconds (`+Inf` follows).
 pub const BUCKETS_S: [f64; 16] = [
@@ -35,6 +38,8 @@ pub struct Stats {
     pub stopping: bool,
     pub totals: Totals,
     pub backends: Vec<BackendStats>,
+    /// Recent reloads, additions and drains, oldest first.
+    pub events: Vec<Event>,
     /// Since-start latency histograms for `/metrics`: the total, then one per backend.
     #[serde(skip)]
     pub hists: Vec<Buckets>,
@@ -76,6 +81,12 @@ pub struct Totals {
     pub tunnel_bytes_up: u64,
     pub tunnel_bytes_down: u64,
     pub log_dropped: u64,
+    /// Configuration reloads applied and refused (the running configuration kept).
+    pub reloads: u64,
+    pub reload_failures: u64,
+    /// Servers that started draining (removed or drained on request), and drains done.
+    pub drains: u64,
+    pub drains_done: u64,
     /// The HTTP/2 front end's counters (h2stats.rs).
     pub h2: super::h2stats::H2Stats,
     /// Request latency as clients see it.
@@ -319,10 +330,15 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             tunnel_bytes_down: c.tunnel_bytes_down.load(Relaxed),
             h2: super::h2stats::H2Stats::read(c),
             log_dropped: shared.log_dropped.load(Relaxed),
+            reloads: c.reloads.load(Relaxed),
+            reload_failures: c.reload_failures.load(Relaxed),
+            drains: c.drains.load(Relaxed),
+            drains_done: c.drains_done.load(Relaxed),
             latency_ms: total_lat,
             codes: total_codes,
         },
         backends,
+        events: shared.events.recent(EVENTS_SHOWN),
         hists,
     }
 }
@@ -450,7 +466,7 @@ pub fn prometheus(s: &Stats) -> String {
         family(&mut o, name, "gauge", help);
         let _ = writeln!(o, "{name} {v}");
     }
-    let counters: [(&str, &str, u64); 12] = [
+    let counters: [(&str, &str, u64); 16] = [
         (
             "corelb_tunnels_total",
             "Upgraded connections opened.",
@@ -510,6 +526,26 @@ pub fn prometheus(s: &Stats) -> String {
             "corelb_log_dropped_total",
             "CSV log records dropped because the log queue was full.",
             t.log_dropped,
+        ),
+        (
+            "corelb_reloads_total",
+            "Configuration reloads applied (SIGHUP or POST /reload).",
+            t.reloads,
+        ),
+        (
+            "corelb_reload_failures_total",
+            "Configuration reloads refused (invalid configuration; the running one was kept).",
+            t.reload_failures,
+        ),
+        (
+            "corelb_drains_started_total",
+            "Servers that started draining (removed, replaced, or drained on request).",
+            t.drains,
+        ),
+        (
+            "corelb_drains_completed_total",
+            "Drains completed (nothing left in flight).",
+            t.drains_done,
         ),
     ];
     for (name, help, v) in counters.into_iter().chain(t.h2.metrics()) {
@@ -721,10 +757,15 @@ pub(super) fn sample() -> Stats {
             tunnel_bytes_down: 0,
             h2: Default::default(),
             log_dropped: 0,
+            reloads: 0,
+            reload_failures: 0,
+            drains: 0,
+            drains_done: 0,
             latency_ms: Latency::default(),
             codes: all,
         },
         backends: vec![backend("A"), backend("we\"ird\\")],
+        events: Vec::new(),
         hists: vec![buckets(&h), buckets(&h), Buckets::default()],
     }
 }

@@ -25,7 +25,9 @@ use arc_swap::ArcSwap;
 
 use crossbeam_utils::CachePadded;
 
-use crate::config::{BackendSpec, Config, Mode, RoutingParams, DEFAULT_RTT, DEFAULT_SMA_WINDOW};
+use crate::config::{
+    BackendSpec, Config, Mode, Protocol, RoutingParams, DEFAULT_RTT, DEFAULT_SMA_WINDOW,
+};
 
 pub use estimator::{micros, now_us, AtomicF64, Estimates, Estimator, Micros, Reading, Rules};
 pub use policy::{
@@ -132,6 +134,8 @@ pub struct Backend {
     /// As configured: host name or IP, and port.
     pub address: String,
     pub port: u16,
+    /// What corelb speaks to it.
+    pub protocol: Protocol,
     priority: AtomicU32,
     /// Relative share within its tier (config `load`, > 0).
     weight: AtomicF64,
@@ -156,6 +160,7 @@ impl Backend {
             host: format!("{}:{}", s.address, s.port).into_bytes(),
             address: s.address.clone(),
             port: s.port,
+            protocol: s.protocol,
             priority: AtomicU32::new(s.priority),
             weight: AtomicF64::new(sane_weight(s.load)),
             state: AtomicU8::new(SlotState::Active as u8),
@@ -625,6 +630,11 @@ impl Edit<'_> {
             b.state.store(state as u8, Release);
             self.changed = true;
         }
+    }
+
+    /// Publishes even if nothing changed (workers look at their pools again).
+    pub fn touch(&mut self) {
+        self.changed = true;
     }
 
     /// Publishes the membership the slots now describe, if anything changed, and bumps

@@ -212,6 +212,8 @@ pub(crate) const MAX_IDLE_PER_BACKEND: Int = Int {
     min: 0,
     max: 1 << 20,
 };
+/// Backend slots in all (`maxServers`): the CSV log names a backend by a 16-bit index.
+pub(crate) const MAX_SERVERS: Int = Int { min: 1, max: 4096 };
 pub(crate) const LOG_QUEUE: Int = Int {
     min: 1,
     max: i64::MAX,
@@ -321,6 +323,9 @@ pub(crate) enum Key {
     Pin,
     /// `--upstream-protocol`: every server's protocol.
     UpstreamProtocol,
+    MaxServers,
+    DnsRefresh,
+    Resolver,
 }
 
 /// One backend as the file lists it; `None` for a missing key.
