@@ -168,7 +168,15 @@ impl Control {
                 out.push(s.clone());
                 continue;
             }
-            let ips = match resolve(&s.address, cfg.resolver) {
+            // No address at all reads as a failed lookup: the instances there are stay.
+            let found = resolve(&s.address, cfg.resolver).and_then(|ips| {
+                if ips.is_empty() {
+                    Err(io::Error::other("no addresses"))
+                } else {
+                    Ok(ips)
+                }
+            });
+            let ips = match found {
                 Ok(ips) => {
                     if st.dns.get(&s.name) != Some(&ips) {
                         let list: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
@@ -202,23 +210,22 @@ impl Control {
         let prefix = format!("{}#", s.name);
         // Live instances by address.
         let mut by_addr: HashMap<SocketAddr, String> = HashMap::new();
+        // Names still listed (retiring ones too) are not given to another address.
+        let mut used: HashSet<String> = HashSet::new();
         for i in bal.listed() {
             let b = bal.backend(i);
-            if b.name.starts_with(&prefix) && is_member_or_drained(b.state()) {
+            if !b.name.starts_with(&prefix) {
+                continue;
+            }
+            used.insert(b.name.clone());
+            if is_member_or_drained(b.state()) {
                 by_addr.insert(b.addr, b.name.clone());
             }
         }
-        let mut used: HashSet<String> = HashSet::new();
         let addrs: Vec<SocketAddr> = ips.iter().map(|&ip| SocketAddr::new(ip, s.port)).collect();
         let mut named: Vec<(SocketAddr, Option<String>)> = addrs
             .iter()
-            .map(|a| {
-                let n = by_addr.get(a).cloned();
-                if let Some(n) = &n {
-                    used.insert(n.clone());
-                }
-                (*a, n)
-            })
+            .map(|a| (*a, by_addr.get(a).cloned()))
             .collect();
         let mut k = 1;
         for (_, n) in named.iter_mut().filter(|(_, n)| n.is_none()) {

@@ -72,7 +72,15 @@ impl Server {
         }
         // The balancer first: the log and the dumps name backends added later by their
         // slots.
-        let balancer = Arc::new(Balancer::new(&cfg));
+        // Servers named by DNS with discovery on (their address left unspecified) get their
+        // instances from the control plane, before the workers start.
+        let mut initial = cfg.clone();
+        initial.servers.retain(|s| !s.addr.ip().is_unspecified());
+        initial.max_servers = Some(
+            cfg.max_servers
+                .unwrap_or_else(|| crate::balancer::default_capacity(cfg.servers.len())),
+        );
+        let balancer = Arc::new(Balancer::new(&initial));
         let slots = balancer.capacity();
         let b2 = balancer.clone();
         let url_of: Arc<dyn Fn(usize) -> Option<String> + Send + Sync> =
@@ -85,11 +93,8 @@ impl Server {
                 Logger::start(LogContext {
                     path: path.clone(),
                     mode: cfg.mode.to_string(),
-                    backend_urls: cfg
-                        .servers
-                        .iter()
-                        .map(|s| format!("http://{}", s.addr))
-                        .collect(),
+                    // Asked by slot as backends appear.
+                    backend_urls: Vec::new(),
                     more_urls: Some(url_of),
                     queue: cfg.log_queue,
                 })
