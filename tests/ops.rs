@@ -275,6 +275,14 @@ fn an_invalid_reload_keeps_serving_and_is_counted() {
         "{metrics}"
     );
     // A valid reload that changes a setting needing a restart says so and keeps it.
+    let connects = stats(&proxy)["totals"]["upstream_connects"]
+        .as_u64()
+        .unwrap();
+    let served = |p: &Proxy| {
+        let (_, v) = admin(p, "GET", "/servers", "", None);
+        v[0]["requests"].as_u64().unwrap()
+    };
+    let served_before = served(&proxy);
     std::fs::write(
         &path,
         config(&[("A", a.port(), 2.0)], r#""maxIdlePerBackend": 7,"#),
@@ -289,6 +297,18 @@ fn an_invalid_reload_keeps_serving_and_is_counted() {
         .unwrap()
         .starts_with("maxIdlePerBackend changed (128 -> 7): needs a restart"));
     assert_eq!(v["changes"][0], "A: load 1 -> 2, priority 0 -> 0");
+    // A kept its slot: its counts go on, and its pooled connection serves on.
+    assert!(served(&proxy) >= served_before && served_before >= 5);
+    for _ in 0..5 {
+        assert_eq!(get(proxy.addr, "/").backend(), "A");
+    }
+    assert_eq!(
+        stats(&proxy)["totals"]["upstream_connects"]
+            .as_u64()
+            .unwrap(),
+        connects,
+        "no new upstream connection after the reload"
+    );
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
     let err = proxy.stderr_text();
