@@ -235,6 +235,17 @@ fn a_removed_server_finishes_its_slow_requests_then_closes() {
     );
     let st = stats(&proxy);
     assert_eq!(st["totals"]["drains_done"], 1);
+    assert!(st["totals"]["upstream_connections_idle"].as_u64().unwrap() > 0);
+    // Removing F too: once drained, every pooled connection is closed.
+    assert_eq!(admin(&proxy, "DELETE", "/servers/F", "", None).0, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            stats(&proxy)["totals"]["upstream_connections_open"] == 0
+        }),
+        "pooled connections of drained servers close: {}",
+        stats(&proxy)["totals"]
+    );
+    assert_eq!(get(addr, "/").status, 503, "no server left");
     assert!(st["events"]
         .as_array()
         .unwrap()
