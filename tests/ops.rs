@@ -320,6 +320,18 @@ fn an_invalid_reload_keeps_serving_and_is_counted() {
         connects,
         "no new upstream connection after the reload"
     );
+    // SIGHUP applies a valid file the same way.
+    std::fs::write(
+        &path,
+        config(&[("A", a.port(), 2.0), ("A2", a.port(), 1.0)], ""),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || {
+        stats(&proxy)["totals"]["reloads"] == 2
+    }));
+    let (_, list) = admin(&proxy, "GET", "/servers", "", None);
+    assert_eq!(list[1]["name"], "A2");
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
     let err = proxy.stderr_text();
