@@ -138,9 +138,26 @@ pub struct Logger {
 pub struct LogContext {
     pub path: String,
     pub mode: String,
-    /// `http://ADDR` per backend index.
+    /// `http://ADDR` per backend index, as known at start.
     pub backend_urls: Vec<String>,
+    /// `http://ADDR` of a backend slot added since start (asked once per slot, then
+    /// remembered in `backend_urls`).
+    pub more_urls: Option<Arc<dyn Fn(usize) -> Option<String> + Send + Sync>>,
     pub queue: usize,
+}
+
+impl LogContext {
+    /// Makes sure `backend_urls` names slot `b` if it can be named.
+    fn learn(&mut self, b: usize) {
+        if b < self.backend_urls.len() {
+            return;
+        }
+        if let Some(more) = &self.more_urls {
+            for i in self.backend_urls.len()..=b {
+                self.backend_urls.push(more(i).unwrap_or_default());
+            }
+        }
+    }
 }
 
 impl Logger {
@@ -200,7 +217,7 @@ const BATCH_EVERY: Duration = Duration::from_millis(20);
 fn write_loop(
     file: File,
     rx: Receiver<Record>,
-    ctx: LogContext,
+    mut ctx: LogContext,
     written: Arc<AtomicU64>,
 ) -> io::Result<()> {
     let mut w = csv::WriterBuilder::new().from_writer(BufWriter::with_capacity(256 * 1024, file));
@@ -214,6 +231,9 @@ fn write_loop(
         loop {
             match rx.try_recv() {
                 Ok(r) => {
+                    if let Some(b) = r.backend {
+                        ctx.learn(b as usize);
+                    }
                     write_record(&mut w, &mut field, &r, &ctx)?;
                     n += 1;
                 }
@@ -327,6 +347,7 @@ mod tests {
             path: path.to_str().unwrap().into(),
             mode: "round-robin".into(),
             backend_urls: vec!["http://127.0.0.1:8081".into()],
+            more_urls: None,
             queue: 8,
         })
         .unwrap();

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod balancer;
 pub mod buffer;
 pub mod config;
+pub mod control;
 pub mod h2;
 pub mod health;
 pub mod http;

@@ -6,20 +6,20 @@ use corelb::config::{Args, Config};
 fn main() {
     let cfg = Args::parse_argv(std::env::args_os()).and_then(|args| {
         let cfg = Config::load(&args)?;
-        Ok((args.check, cfg))
+        Ok((args, cfg))
     });
-    let cfg = match cfg {
-        Ok((true, cfg)) => {
+    let (args, cfg) = match cfg {
+        Ok((args, cfg)) if args.check => {
             println!("corelb: {}", cfg.summary());
             return;
         }
-        Ok((false, cfg)) => cfg,
+        Ok(ok) => ok,
         Err(e) => {
             eprintln!("corelb: {e}");
             std::process::exit(2);
         }
     };
-    if let Err(e) = corelb::server::run(cfg) {
+    if let Err(e) = corelb::server::run(cfg, args) {
         eprintln!("corelb: {e}");
         std::process::exit(1);
     }

@@ -187,10 +187,25 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_US, SIGFIG).expect("static bounds are valid")
 }
 
+/// A backend's name by its slot index (`None`: no such backend). Backends are added while
+/// the proxy runs, so dumps look names up when they write.
+pub type Names = Arc<dyn Fn(usize) -> Option<String> + Send + Sync>;
+
+/// Makes `v` at least `n` histograms long (a backend added since start).
+fn grow(v: &mut Vec<Histogram<u64>>, n: usize) {
+    if v.len() < n {
+        v.resize_with(n, histogram);
+    }
+}
+
 /// One worker's histograms since its last hand-over.
 pub struct WorkerHists {
     pub total: Histogram<u64>,
+    /// Per backend slot, grown when a slot first records (a histogram is 160 KiB: the
+    /// slots of servers never used cost nothing).
     pub backends: Vec<Histogram<u64>>,
+    /// Backend slots in all; `codes` has a row each plus the last for local answers.
+    slots: usize,
     pub requests: u64,
     /// Responses with a 5xx status or broken off.
     pub errors: u64,
@@ -213,10 +228,12 @@ pub struct Snapshot {
 }
 
 impl WorkerHists {
+    /// Histograms for up to `backends` backend slots.
     pub fn new(backends: usize) -> WorkerHists {
         WorkerHists {
             total: histogram(),
-            backends: (0..backends).map(|_| histogram()).collect(),
+            backends: Vec::new(),
+            slots: backends,
             requests: 0,
             errors: 0,
             codes: code_counts(backends),
@@ -247,9 +264,13 @@ impl WorkerHists {
         error: bool,
     ) {
         self.total.saturating_record(total_us.max(1));
-        let local = self.backends.len();
+        let local = self.slots;
         let row = match backend {
             Some(b) if b < local => {
+                if b >= self.backends.len() {
+                    // Once per backend slot and worker, never again.
+                    grow(&mut self.backends, b + 1);
+                }
                 self.backends[b].saturating_record(upstream_us.max(1));
                 b
             }
@@ -275,7 +296,7 @@ impl WorkerHists {
             backends: self.backends.clone(),
             requests: self.requests,
             errors: self.errors,
-            codes: std::mem::replace(&mut self.codes, code_counts(self.backends.len())),
+            codes: std::mem::replace(&mut self.codes, code_counts(self.slots)),
             grpc: self.grpc.take(),
         };
         self.total.reset();
@@ -303,12 +324,13 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary for up to `backends` backend slots (histograms grow as slots record).
     pub fn new(backends: usize) -> Summary {
         Summary {
             since_start_total: histogram(),
-            since_start_backends: (0..backends).map(|_| histogram()).collect(),
+            since_start_backends: Vec::new(),
             last_total: histogram(),
-            last_backends: (0..backends).map(|_| histogram()).collect(),
+            last_backends: Vec::new(),
             per_second: Default::default(),
             errors_per_second: Default::default(),
             codes: code_counts(backends),
@@ -332,7 +354,8 @@ pub struct DumpConfig {
     pub dir: PathBuf,
     /// `<mode>_<upstream>`, the prefix of every dump file.
     pub prefix: String,
-    pub backend_names: Vec<String>,
+    /// Each backend slot's name.
+    pub backend_names: Names,
     /// Also dump every this often (hgrm rewritten, an hlog interval written).
     pub interval: Option<Duration>,
 }
@@ -388,12 +411,12 @@ fn aggregate(
     let started_unix = unix_now();
     // Accumulators for the current one-second interval and the current dump interval.
     let mut sec_total = histogram();
-    let mut sec_backends: Vec<_> = (0..backends).map(|_| histogram()).collect();
+    let mut sec_backends: Vec<Histogram<u64>> = Vec::new();
     let (mut sec_requests, mut sec_errors) = (0u64, 0u64);
     let mut sec_codes = code_counts(backends);
     let mut sec_grpc: Vec<GrpcCalls> = Vec::new();
     let mut win_total = histogram();
-    let mut win_backends: Vec<_> = (0..backends).map(|_| histogram()).collect();
+    let mut win_backends: Vec<Histogram<u64>> = Vec::new();
     let mut win_start = Instant::now();
     let mut win_start_unix = started_unix;
     let dump_every = dump
@@ -430,6 +453,7 @@ fn aggregate(
         match rx.recv_timeout(wait) {
             Ok(s) => {
                 let _ = sec_total.add(&s.total);
+                grow(&mut sec_backends, s.backends.len());
                 for (acc, h) in sec_backends.iter_mut().zip(&s.backends) {
                     let _ = acc.add(h);
                 }
@@ -449,6 +473,7 @@ fn aggregate(
         {
             let mut sum = summary.lock().unwrap_or_else(|e| e.into_inner());
             let _ = sum.since_start_total.add(&sec_total);
+            grow(&mut sum.since_start_backends, sec_backends.len());
             for (acc, h) in sum.since_start_backends.iter_mut().zip(&sec_backends) {
                 let _ = acc.add(h);
             }
@@ -466,6 +491,7 @@ fn aggregate(
             }
         }
         let _ = win_total.add(&sec_total);
+        grow(&mut win_backends, sec_backends.len());
         for (acc, h) in win_backends.iter_mut().zip(&sec_backends) {
             let _ = acc.add(h);
         }
@@ -480,11 +506,12 @@ fn aggregate(
             if let Some(w) = hlog_writer.as_mut() {
                 let start = win_start_unix.saturating_sub(started_unix);
                 let len = win_start.elapsed();
+                let names = &d.backend_names;
                 let tagged = std::iter::once(("total".to_string(), &win_total)).chain(
-                    d.backend_names
+                    win_backends
                         .iter()
-                        .map(|n| format!("backend-{}", safe(n)))
-                        .zip(win_backends.iter()),
+                        .enumerate()
+                        .filter_map(|(i, h)| Some((format!("backend-{}", safe(&names(i)?)), h))),
                 );
                 for (tag, h) in tagged {
                     w.write_histogram(h, start, len, Tag::new(&tag))
@@ -538,10 +565,12 @@ fn write_hgrms(d: &DumpConfig, sum: &Summary) -> io::Result<Vec<PathBuf>> {
     let total = d.dir.join(format!("{}_total.hgrm", d.prefix));
     write_hgrm(&total, &sum.since_start_total)?;
     files.push(total);
-    for (name, h) in d.backend_names.iter().zip(&sum.since_start_backends) {
+    let named = (sum.since_start_backends.iter().enumerate())
+        .filter_map(|(i, h)| Some(((d.backend_names)(i)?, h)));
+    for (name, h) in named {
         let p = d
             .dir
-            .join(format!("{}_backend-{}.hgrm", d.prefix, safe(name)));
+            .join(format!("{}_backend-{}.hgrm", d.prefix, safe(&name)));
         write_hgrm(&p, h)?;
         files.push(p);
     }
@@ -767,7 +796,7 @@ mod tests {
             Some(DumpConfig {
                 dir: dir.clone(),
                 prefix: "round-robin_persistent".into(),
-                backend_names: vec!["A".into()],
+                backend_names: Arc::new(|i| (i == 0).then(|| "A".to_string())),
                 interval: None,
             }),
         )

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use crate::access_log::{LogContext, Logger};
 use crate::balancer::Balancer;
-use crate::config::Config;
+use crate::config::{Args, Config};
+use crate::control::{Control, ControlThread, Loader};
 use crate::debug;
 use crate::metrics::{Aggregator, DumpConfig};
 use crate::shared::{Counters, Shared};
@@ -21,6 +22,9 @@ pub struct Server {
     logger: Option<Logger>,
     pub metrics: Aggregator,
     checker: Option<crate::health::Checker>,
+    /// Reloads, admin server changes and DNS discovery.
+    pub control: Arc<Control>,
+    control_thread: Option<ControlThread>,
     /// The admin listener's address (`None` with `--admin off`).
     pub admin_addr: Option<std::net::SocketAddr>,
     admin: Option<crate::admin::Admin>,
@@ -35,8 +39,23 @@ pub struct Report {
 }
 
 impl Server {
-    /// Binds the listeners and starts the workers.
+    /// Binds the listeners and starts the workers; a reload re-reads `cfg.source` (when it
+    /// is a file) without flags.
     pub fn start(cfg: Config) -> Result<Server, String> {
+        let loader: Option<Loader> = std::path::Path::new(&cfg.source).is_file().then(|| {
+            let path = cfg.source.clone();
+            Box::new(move || {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    crate::config::ConfigError::new(&path, "(file)", format!("cannot read: {e}"))
+                })?;
+                Config::from_json(&path, &text)
+            }) as Loader
+        });
+        Self::start_with(cfg, loader)
+    }
+
+    /// As [`start`](Server::start); `loader` reads the configuration again on a reload.
+    pub fn start_with(cfg: Config, loader: Option<Loader>) -> Result<Server, String> {
         crate::log::set_debug(cfg.debug);
         raise_fd_limit();
         let n = cfg.workers.max(1);
@@ -51,17 +70,32 @@ impl Server {
                     .map_err(|e| format!("cannot listen on {local_addr}: {e}"))?,
             );
         }
-        let backend_names: Vec<String> = cfg.servers.iter().map(|s| s.name.clone()).collect();
+        // The balancer first: the log and the dumps name backends added later by their
+        // slots.
+        // Servers named by DNS with discovery on (their address left unspecified) get their
+        // instances from the control plane, before the workers start.
+        let mut initial = cfg.clone();
+        initial.servers.retain(|s| !s.addr.ip().is_unspecified());
+        initial.max_servers = Some(
+            cfg.max_servers
+                .unwrap_or_else(|| crate::balancer::default_capacity(cfg.servers.len())),
+        );
+        let balancer = Arc::new(Balancer::new(&initial));
+        let slots = balancer.capacity();
+        let b2 = balancer.clone();
+        let url_of: Arc<dyn Fn(usize) -> Option<String> + Send + Sync> =
+            Arc::new(move |i| (i < b2.len()).then(|| format!("http://{}", b2.backend(i).addr)));
+        let b3 = balancer.clone();
+        let name_of: crate::metrics::Names =
+            Arc::new(move |i| (i < b3.len()).then(|| b3.backend(i).name.clone()));
         let logger = match &cfg.log_csv {
             Some(path) => Some(
                 Logger::start(LogContext {
                     path: path.clone(),
                     mode: cfg.mode.to_string(),
-                    backend_urls: cfg
-                        .servers
-                        .iter()
-                        .map(|s| format!("http://{}", s.addr))
-                        .collect(),
+                    // Asked by slot as backends appear.
+                    backend_urls: Vec::new(),
+                    more_urls: Some(url_of),
                     queue: cfg.log_queue,
                 })
                 .map_err(|e| format!("cannot write CSV log {path}: {e}"))?,
@@ -71,18 +105,13 @@ impl Server {
         let dump = cfg.hdr_dir.as_ref().map(|dir| DumpConfig {
             dir: dir.into(),
             prefix: cfg.run_name(),
-            backend_names: backend_names.clone(),
+            backend_names: name_of,
             interval: cfg.hdr_interval,
         });
-        let metrics = Aggregator::start(backend_names.len(), dump)
+        let metrics = Aggregator::start(slots, dump)
             .map_err(|e| format!("cannot start metrics (hdr dir {:?}): {e}", cfg.hdr_dir))?;
-        let balancer = Balancer::new(&cfg);
-        let health = crate::health::Health::new(
-            cfg.health.clone(),
-            cfg.outlier.clone(),
-            &cfg.servers,
-            cfg.debug,
-        );
+        let health =
+            crate::health::Health::new(cfg.health.clone(), cfg.outlier.clone(), slots, cfg.debug);
         let shared = Arc::new(Shared {
             balancer,
             health,
@@ -93,12 +122,24 @@ impl Server {
             log_dropped: logger
                 .as_ref()
                 .map_or_else(Default::default, |l| l.dropped.clone()),
+            events: Default::default(),
         });
+        // Before the workers: with discovery on it resolves the DNS-named servers first.
+        let control = Control::new(shared.clone(), loader);
+        let control_thread = Some(
+            control
+                .start()
+                .map_err(|e| format!("cannot start the control thread: {e}"))?,
+        );
         let admin = match shared.cfg.admin {
             Some(addr) => Some(
-                crate::admin::Admin::start(addr, shared.clone(), metrics.summary.clone()).map_err(
-                    |e| format!("cannot listen on admin {addr}: {e} (--admin ADDR or off)"),
-                )?,
+                crate::admin::Admin::start(
+                    addr,
+                    shared.clone(),
+                    metrics.summary.clone(),
+                    Some(control.clone()),
+                )
+                .map_err(|e| format!("cannot listen on admin {addr}: {e} (--admin ADDR or off)"))?,
             ),
             None => None,
         };
@@ -136,6 +177,8 @@ impl Server {
             logger,
             metrics,
             checker,
+            control,
+            control_thread,
             admin_addr: admin.as_ref().map(|a| a.addr),
             admin,
         })
@@ -154,6 +197,9 @@ impl Server {
     pub fn join(self) -> Report {
         let mut problems = Vec::new();
         if let Some(c) = self.checker {
+            c.stop();
+        }
+        if let Some(c) = self.control_thread {
             c.stop();
         }
         for (i, w) in self.workers.into_iter().enumerate() {
@@ -244,7 +290,7 @@ fn raise_fd_limit() {
 
 /// Runs the proxy until Ctrl-C or SIGTERM, then drains and returns. A second signal exits
 /// at once.
-pub fn run(cfg: Config) -> Result<(), String> {
+pub fn run(cfg: Config, args: Args) -> Result<(), String> {
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     let signals = Arc::new(AtomicUsize::new(0));
     let s2 = signals.clone();
@@ -279,7 +325,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
             )
         })
         .collect();
-    let server = Server::start(cfg)?;
+    crate::control::install_sighup();
+    let loader: Loader = Box::new(move || Config::load(&args));
+    let server = Server::start_with(cfg, Some(loader))?;
     println!("corelb listening on {} ({summary})", server.local_addr);
     if let Some(a) = server.admin_addr {
         println!("corelb admin on http://{a}/");

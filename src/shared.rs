@@ -2,9 +2,10 @@
 //! configuration, the balancer, the health state, the stop flag and the counters. All of
 //! it is read-only or atomics, so no worker ever waits for another.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::balancer::Balancer;
 use crate::config::Config;
@@ -56,12 +57,65 @@ pub struct Counters {
     pub upstream_idle: AtomicU64,
     pub buffers_in_use: AtomicU64,
     pub buffers_pooled: AtomicU64,
+    /// Configuration reloads applied, and refused (the running configuration kept).
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    /// Servers that started draining (removed, or drained on request), and drains done.
+    pub drains: AtomicU64,
+    pub drains_done: AtomicU64,
+}
+
+/// One operational event (reload, server added, drain started or done), for /stats and
+/// the dashboard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    pub unix_ms: u64,
+    /// `reload`, `reload-failed`, `add`, `change`, `drain`, `drained`, `restart-needed`,
+    /// `dns`.
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// The most recent events, oldest first. Written by control threads (reload, admin, DNS),
+/// read by the admin listener: never touched by a worker.
+#[derive(Debug, Default)]
+pub struct Events {
+    ring: Mutex<VecDeque<Event>>,
+}
+
+impl Events {
+    /// Events kept.
+    pub const KEEP: usize = 100;
+
+    pub fn push(&self, kind: &'static str, message: impl Into<String>) {
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if ring.len() == Self::KEEP {
+            ring.pop_front();
+        }
+        ring.push_back(Event {
+            unix_ms,
+            kind,
+            message: message.into(),
+        });
+    }
+
+    /// The most recent `n` events, oldest first.
+    pub fn recent(&self, n: usize) -> Vec<Event> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter()
+            .skip(ring.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    }
 }
 
 /// State shared by every worker: configuration, balancer, stop flag.
 pub struct Shared {
     pub cfg: Config,
-    pub balancer: Balancer,
+    pub balancer: Arc<Balancer>,
     pub health: Health,
     pub stop: AtomicBool,
     pub counters: Counters,
@@ -69,6 +123,8 @@ pub struct Shared {
     pub started: Instant,
     /// CSV records dropped because the log queue was full (0 when logging is off).
     pub log_dropped: Arc<AtomicU64>,
+    /// Recent reloads, additions and drains.
+    pub events: Events,
 }
 
 impl Monitored for Shared {

@@ -62,6 +62,8 @@ pub struct Worker {
     accept_after: u64,
     now: u64,
     metrics: crossbeam_channel::Sender<Snapshot>,
+    /// The balancer generation this worker last acted on (see `Proxy::servers_changed`).
+    generation: u64,
 }
 
 impl Worker {
@@ -78,6 +80,7 @@ impl Worker {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let proxy = Proxy::new(id, poll.registry().try_clone()?, shared.clone(), log);
+        let generation = shared.balancer.generation();
         Ok((
             Worker {
                 id,
@@ -91,6 +94,7 @@ impl Worker {
                 accept_after: 0,
                 now: 1,
                 metrics,
+                generation,
             },
             waker,
         ))
@@ -134,6 +138,12 @@ impl Worker {
             }
             self.proxy.redrive();
             self.proxy.expire();
+            // One atomic load: a reload or an admin change published a new membership.
+            let generation = self.shared.balancer.generation();
+            if generation != self.generation {
+                self.generation = generation;
+                self.proxy.servers_changed();
+            }
             self.proxy.publish_gauges();
             if let Some(snap) = self.proxy.take_histograms(false) {
                 // Off the request path: a copy once a second, never blocking.

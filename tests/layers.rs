@@ -26,7 +26,7 @@ const LAYERS: &[&[&str]] = &[
     // L4: what the workers share.
     &["shared"],
     // L5: the per-worker proxy.
-    &["proxy"],
+    &["proxy", "control"],
     // L6: the worker loop and the admin listener.
     &["worker", "admin"],
     // L7: starting and stopping.

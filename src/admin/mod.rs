@@ -3,6 +3,11 @@
 //! and the live dashboard page. It never runs on a worker and only reads shared atomics and
 //! the metrics summary, so a busy proxy still answers it and it never slows the workers.
 //! What the endpoints say lives in `render`.
+//!
+//! It also takes the control calls: `GET /servers`, `PUT /servers/{name}` (a JSON body),
+//! `DELETE /servers/{name}` and `POST /reload`, handed to [`Control`]. Off loopback, those
+//! that change something need `Authorization: Bearer TOKEN` (`--admin-token`), and are
+//! refused outright when no token was set.
 
 mod h2stats;
 mod render;
@@ -18,6 +23,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
+use crate::control::Control;
 use crate::http;
 use crate::metrics::Summary;
 use crate::shared::Shared;
@@ -64,10 +70,21 @@ impl Admin {
         addr: SocketAddr,
         shared: Arc<Shared>,
         summary: Arc<Mutex<Summary>>,
+        control: Option<Arc<Control>>,
     ) -> io::Result<Admin> {
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
+        let guard = match (addr.ip().is_loopback(), shared.cfg.admin_token.clone()) {
+            (true, _) => Guard::Open,
+            (false, Some(t)) => Guard::Token(t),
+            (false, None) => {
+                eprintln!(
+                    "corelb: admin on {addr} is not loopback and no --admin-token (or CORELB_ADMIN_TOKEN) is set: PUT, DELETE and POST /reload are refused"
+                );
+                Guard::Refuse
+            }
+        };
         let mut listener = TcpListener::from_std(std_listener);
         let poll = Poll::new()?;
         poll.registry()
@@ -80,7 +97,12 @@ impl Admin {
             conns: Slab::new(),
             again: Vec::new(),
             stop: stop.clone(),
-            ctx: Ctx { shared, summary },
+            ctx: Ctx {
+                shared,
+                summary,
+                control,
+                guard,
+            },
         };
         let thread = std::thread::Builder::new()
             .name("corelb-admin".into())
@@ -101,10 +123,22 @@ impl Admin {
     }
 }
 
-/// What answers need: the proxy's shared state and the latency summary.
+/// Who may make changing calls (PUT, DELETE, POST).
+enum Guard {
+    /// Loopback: anyone who can connect.
+    Open,
+    /// Off loopback: `Authorization: Bearer TOKEN`.
+    Token(String),
+    /// Off loopback without a token: nobody.
+    Refuse,
+}
+
+/// What answers need: the proxy's shared state, the latency summary and the control plane.
 struct Ctx {
     shared: Arc<Shared>,
     summary: Arc<Mutex<Summary>>,
+    control: Option<Arc<Control>>,
+    guard: Guard,
 }
 
 impl Ctx {
@@ -282,12 +316,19 @@ struct Head {
     keep_alive: bool,
     http10: bool,
     has_body: bool,
+    /// Content-Length (0 without a body; `None`: chunked).
+    body_len: Option<u64>,
+    /// The Authorization field.
+    auth: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
     Get,
     Head,
+    Put,
+    Delete,
+    Post,
     Other,
 }
 
@@ -313,9 +354,16 @@ impl Answer {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        507 => "Insufficient Storage",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "",
@@ -449,8 +497,26 @@ impl Conn {
                 Ok(None) if self.inbuf.len() < MAX_HEAD => break,
                 Ok(None) => self.fail(431),
                 Ok(Some((n, head))) => {
-                    self.inbuf.drain(..n);
-                    self.answer(ctx, head);
+                    // A body (the control calls' JSON) must fit in the head buffer.
+                    let Some(len) = head.body_len else {
+                        self.fail(411);
+                        progress = true;
+                        continue;
+                    };
+                    let total = n as u64 + len;
+                    if total > MAX_HEAD as u64 {
+                        self.fail(413);
+                    } else if (self.inbuf.len() as u64) < total {
+                        if self.eof {
+                            self.fail(400);
+                        } else {
+                            break;
+                        }
+                    } else {
+                        let body: Vec<u8> = self.inbuf[n..total as usize].to_vec();
+                        self.inbuf.drain(..total as usize);
+                        self.answer(ctx, head, &body);
+                    }
                 }
                 Err(status) => self.fail(status),
             }
@@ -467,8 +533,18 @@ impl Conn {
         self.phase = Phase::Closing;
     }
 
-    fn answer(&mut self, ctx: &Ctx, head: Head) {
-        if head.method == Method::Other {
+    fn answer(&mut self, ctx: &Ctx, head: Head, body: &[u8]) {
+        let path = head.path.split('?').next().unwrap_or("");
+        if path == "/reload" || path == "/servers" || path.starts_with("/servers/") {
+            let a = control(ctx, &head, path, body);
+            let head_only = head.method == Method::Head;
+            self.write_answer(&a, head_only, head.keep_alive, head.http10);
+            if !head.keep_alive {
+                self.phase = Phase::Closing;
+            }
+            return;
+        }
+        if head.method != Method::Get && head.method != Method::Head {
             let a = Answer {
                 extra: "Allow: GET, HEAD\r\n",
                 ..Answer::text(405, "405 Method Not Allowed\n")
@@ -481,7 +557,6 @@ impl Conn {
             self.fail(400);
             return;
         }
-        let path = head.path.split('?').next().unwrap_or("");
         let head_only = head.method == Method::Head;
         if path == "/events" {
             self.start_events(ctx, head_only);
@@ -545,16 +620,129 @@ fn parse(buf: &[u8]) -> Result<Option<(usize, Head)>, u16> {
     let method = match req.method {
         http::Method::Get => Method::Get,
         http::Method::Head => Method::Head,
+        http::Method::Put => Method::Put,
+        http::Method::Delete => Method::Delete,
+        http::Method::Post => Method::Post,
         _ => Method::Other,
     };
+    let body_len = match req.body {
+        http::BodyKind::Length(n) => Some(n),
+        http::BodyKind::Chunked => None,
+        _ => Some(0),
+    };
+    let auth = req
+        .field("authorization")
+        .map(|v| String::from_utf8_lossy(v).into_owned());
     let head = Head {
         method,
         path: req.path().to_string(),
         keep_alive: req.keep_alive,
         http10: req.minor == 0,
         has_body: req.body != http::BodyKind::None,
+        body_len,
+        auth,
     };
     Ok(Some((req.head_len, head)))
+}
+
+fn json(status: u16, body: String) -> Answer {
+    Answer {
+        status,
+        ctype: "application/json",
+        body: body.into_bytes(),
+        extra: "Cache-Control: no-store\r\n",
+    }
+}
+
+/// `%XX` escapes decoded (a server name in a path: `api%231` is `api#1`).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The control calls: `GET /servers`, `PUT`/`DELETE /servers/{name}`, `POST /reload`.
+fn control(ctx: &Ctx, head: &Head, path: &str, body: &[u8]) -> Answer {
+    let Some(control) = &ctx.control else {
+        return json(503, r#"{"ok":false,"error":"no control plane"}"#.into());
+    };
+    let reading = matches!(head.method, Method::Get | Method::Head);
+    let allowed = match path {
+        "/reload" => head.method == Method::Post,
+        "/servers" => reading,
+        _ => matches!(head.method, Method::Put | Method::Delete),
+    };
+    if !allowed {
+        let allow = match path {
+            "/reload" => "Allow: POST\r\n",
+            "/servers" => "Allow: GET, HEAD\r\n",
+            _ => "Allow: PUT, DELETE\r\n",
+        };
+        return Answer {
+            extra: allow,
+            ..json(405, r#"{"ok":false,"error":"method not allowed"}"#.into())
+        };
+    }
+    if !reading {
+        match &ctx.guard {
+            Guard::Open => {}
+            Guard::Refuse => {
+                return json(
+                    403,
+                    r#"{"ok":false,"error":"the admin listener is not on loopback and no admin token is set (--admin-token or CORELB_ADMIN_TOKEN): changes are refused"}"#.into(),
+                )
+            }
+            Guard::Token(t) => {
+                let given = head.auth.as_deref().and_then(|a| a.strip_prefix("Bearer "));
+                if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), t.as_bytes())) {
+                    return Answer {
+                        extra: "WWW-Authenticate: Bearer\r\n",
+                        ..json(401, r#"{"ok":false,"error":"Authorization: Bearer TOKEN required"}"#.into())
+                    };
+                }
+            }
+        }
+    }
+    match (head.method, path) {
+        (Method::Post, "/reload") => {
+            let r = control.reload();
+            json(
+                if r.ok { 200 } else { 422 },
+                serde_json::to_string(&r).unwrap_or_default(),
+            )
+        }
+        (_, "/servers") => json(
+            200,
+            serde_json::to_string(&control.servers()).unwrap_or_default(),
+        ),
+        (m, p) => {
+            let name = percent_decode(p.trim_start_matches("/servers/"));
+            let (status, body) = if m == Method::Put {
+                control.put(&name, body)
+            } else {
+                control.delete(&name)
+            };
+            json(status, body)
+        }
+    }
+}
+
+/// Compares without stopping at the first difference (the token's length aside).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The answer to a GET of `path` (everything but `/events`).
@@ -624,11 +812,18 @@ mod tests {
         let (_, h) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
             .unwrap()
             .unwrap();
-        assert!(h.has_body && h.method == Method::Other);
+        assert!(h.has_body && h.method == Method::Post && h.body_len == Some(3));
         let (_, h) = parse(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(!h.has_body);
+        let (_, h) = parse(b"PUT /servers/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.method, h.body_len), (Method::Put, None));
+        assert_eq!(h.auth.as_deref(), Some("Bearer t"));
+        assert_eq!(percent_decode("api%231"), "api#1");
+        assert_eq!(percent_decode("a%2"), "a%2");
     }
 
     #[test]

@@ -11,10 +11,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::balancer::SlotState;
 use crate::config::grpc_status_name;
 use crate::health::HealthView;
 use crate::metrics::{code_of, Summary};
-use crate::shared::Shared;
+use crate::shared::{Event, Shared};
+
+/// Events /stats carries (the most recent).
+const EVENTS_SHOWN: usize = 50;
 
 /// Upper bounds of the Prometheus latency buckets, in seconds (`+Inf` follows).
 pub const BUCKETS_S: [f64; 16] = [
@@ -35,6 +39,8 @@ pub struct Stats {
     pub stopping: bool,
     pub totals: Totals,
     pub backends: Vec<BackendStats>,
+    /// Recent reloads, additions and drains, oldest first.
+    pub events: Vec<Event>,
     /// Since-start latency histograms for `/metrics`: the total, then one per backend.
     #[serde(skip)]
     pub hists: Vec<Buckets>,
@@ -78,6 +84,12 @@ pub struct Totals {
     pub tunnel_bytes_up: u64,
     pub tunnel_bytes_down: u64,
     pub log_dropped: u64,
+    /// Configuration reloads applied and refused (the running configuration kept).
+    pub reloads: u64,
+    pub reload_failures: u64,
+    /// Servers that started draining (removed or drained on request), and drains done.
+    pub drains: u64,
+    pub drains_done: u64,
     /// The HTTP/2 front end's counters (h2stats.rs).
     pub h2: super::h2stats::H2Stats,
     /// Request latency as clients see it.
@@ -227,7 +239,10 @@ fn unix_ms() -> u64 {
 
 /// Reads everything once. The summary lock is held only to copy numbers out.
 pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
-    let n = shared.balancer.len();
+    // Rows of the code counts per slot; the last (local answers) is at the capacity.
+    let n = shared.balancer.capacity();
+    let snap = shared.balancer.snapshot();
+    let slots: Vec<usize> = snap.iter().map(|s| s.slot).collect();
     let (total_lat, total_codes, backend_lat, backend_codes, local, rps, hists, grpc) = {
         let sum = summary.lock().unwrap_or_else(|e| e.into_inner());
         let lat = |last: &Histogram<u64>, start: &Histogram<u64>| Latency {
@@ -235,7 +250,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             since_start: percentiles(start),
         };
         let total_lat = lat(&sum.last_total, &sum.since_start_total);
-        let backend_lat: Vec<Latency> = (0..n)
+        let backend_lat: Vec<Latency> = (slots.iter().copied())
             .map(
                 |i| match (sum.last_backends.get(i), sum.since_start_backends.get(i)) {
                     (Some(l), Some(s)) => lat(l, s),
@@ -249,7 +264,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
                 *a += x;
             }
         }
-        let backend_codes: Vec<BTreeMap<String, u64>> = (0..n)
+        let backend_codes: Vec<BTreeMap<String, u64>> = (slots.iter().copied())
             .map(|i| sum.codes.get(i).map(|r| codes(r)).unwrap_or_default())
             .collect();
         let local: u64 = sum.codes.get(n).map_or(0, |r| r.iter().sum());
@@ -257,12 +272,17 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             sum.rps(1),
             sum.rps(10),
             sum.errors_per_second.back().copied().unwrap_or(0),
-            (0..n)
-                .map(|i| sum.last_backends.get(i).map_or(0, Histogram::len))
+            (slots.iter())
+                .map(|&i| sum.last_backends.get(i).map_or(0, Histogram::len))
                 .collect::<Vec<u64>>(),
         );
+        let empty = crate::metrics::histogram();
         let hists: Vec<Buckets> = std::iter::once(&sum.since_start_total)
-            .chain(sum.since_start_backends.iter())
+            .chain(
+                slots
+                    .iter()
+                    .map(|&i| sum.since_start_backends.get(i).unwrap_or(&empty)),
+            )
             .map(buckets)
             .collect();
         let mut grpc = vec![GrpcStats::default(); n];
@@ -283,14 +303,16 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
         )
     };
     let c = &shared.counters;
-    let snap = shared.balancer.snapshot();
     let backends = snap
         .into_iter()
         .enumerate()
-        .map(|(i, s)| {
+        .map(|(k, s)| {
+            let i = s.slot;
             let b = shared.balancer.backend(i);
             let h = shared.health.view(&shared.balancer, i);
-            let state = if h.up {
+            let state = if s.state != SlotState::Active {
+                "drain"
+            } else if h.up {
                 "up"
             } else if h.ejected {
                 "ejected"
@@ -300,18 +322,18 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             BackendStats {
                 name: s.name,
                 address: b.addr.to_string(),
-                tier: b.priority,
-                weight: b.weight,
+                tier: b.priority(),
+                weight: b.weight(),
                 health: HealthStats { state, view: h },
                 inflight: s.inflight,
                 requests: s.requests,
                 errors: s.errors,
-                rps: rps.3.get(i).copied().unwrap_or(0),
+                rps: rps.3.get(k).copied().unwrap_or(0),
                 sma_ms: ms(s.sma_us),
                 ewma_ms: ms(s.ewma_us),
                 peak_ewma_ms: ms(s.peak_ewma_us),
-                latency_ms: backend_lat.get(i).cloned().unwrap_or_default(),
-                codes: backend_codes.get(i).cloned().unwrap_or_default(),
+                latency_ms: backend_lat.get(k).cloned().unwrap_or_default(),
+                codes: backend_codes.get(k).cloned().unwrap_or_default(),
                 grpc: grpc.get(i).cloned().unwrap_or_default(),
             }
         })
@@ -350,10 +372,15 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             tunnel_bytes_down: c.tunnel_bytes_down.load(Relaxed),
             h2: super::h2stats::H2Stats::read(c),
             log_dropped: shared.log_dropped.load(Relaxed),
+            reloads: c.reloads.load(Relaxed),
+            reload_failures: c.reload_failures.load(Relaxed),
+            drains: c.drains.load(Relaxed),
+            drains_done: c.drains_done.load(Relaxed),
             latency_ms: total_lat,
             codes: total_codes,
         },
         backends,
+        events: shared.events.recent(EVENTS_SHOWN),
         hists,
     }
 }
@@ -481,7 +508,7 @@ pub fn prometheus(s: &Stats) -> String {
         family(&mut o, name, "gauge", help);
         let _ = writeln!(o, "{name} {v}");
     }
-    let counters: [(&str, &str, u64); 13] = [
+    let counters: [(&str, &str, u64); 17] = [
         (
             "corelb_tunnels_total",
             "Upgraded connections opened.",
@@ -546,6 +573,26 @@ pub fn prometheus(s: &Stats) -> String {
             "corelb_log_dropped_total",
             "CSV log records dropped because the log queue was full.",
             t.log_dropped,
+        ),
+        (
+            "corelb_reloads_total",
+            "Configuration reloads applied (SIGHUP or POST /reload).",
+            t.reloads,
+        ),
+        (
+            "corelb_reload_failures_total",
+            "Configuration reloads refused (invalid configuration; the running one was kept).",
+            t.reload_failures,
+        ),
+        (
+            "corelb_drains_started_total",
+            "Servers that started draining (removed, replaced, or drained on request).",
+            t.drains,
+        ),
+        (
+            "corelb_drains_completed_total",
+            "Drains completed (nothing left in flight).",
+            t.drains_done,
         ),
     ];
     for (name, help, v) in counters.into_iter().chain(t.h2.metrics()) {
@@ -784,6 +831,10 @@ pub(super) fn sample() -> Stats {
             tunnel_bytes_down: 0,
             h2: Default::default(),
             log_dropped: 0,
+            reloads: 0,
+            reload_failures: 0,
+            drains: 0,
+            drains_done: 0,
             latency_ms: Latency::default(),
             codes: all,
         },
@@ -800,6 +851,7 @@ pub(super) fn sample() -> Stats {
             },
             backend("we\"ird\\"),
         ],
+        events: Vec::new(),
         hists: vec![buckets(&h), buckets(&h), Buckets::default()],
     }
 }
@@ -883,8 +935,9 @@ mod tests {
         )
         .unwrap();
         let shared = Shared {
-            balancer: Balancer::new(&cfg),
-            health: Health::new(cfg.health.clone(), cfg.outlier.clone(), &cfg.servers, false),
+            balancer: Arc::new(Balancer::new(&cfg)),
+            health: Health::new(cfg.health.clone(), cfg.outlier.clone(), 2, false),
+            events: Default::default(),
             cfg,
             stop: AtomicBool::new(false),
             counters: Default::default(),

@@ -2,7 +2,9 @@
 //! priority tiers, and the routing modes (`policy`) over latency estimates (`estimator`).
 //!
 //! Every worker holds the same `Arc<Balancer>` and calls it without locks: policies take
-//! `&self` and read or update atomics only. Health state is published here too (the
+//! `&self` and read or update atomics only. Backends live in a fixed table of slots whose
+//! indices are never reused; the membership (which slots take traffic, in which tiers, with
+//! which weights) is an immutable snapshot swapped atomically on a change. Health state is published here too (the
 //! `down` flag), so a policy never picks a server that is down; deciding health is not this
 //! module's job.
 
@@ -12,12 +14,20 @@ mod policy;
 mod tests;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use crossbeam_utils::CachePadded;
 
-use crate::config::{BackendSpec, Config, Mode, RoutingParams, DEFAULT_RTT, DEFAULT_SMA_WINDOW};
+use crate::config::{
+    BackendSpec, Config, Mode, Protocol, RoutingParams, DEFAULT_RTT, DEFAULT_SMA_WINDOW,
+};
 
 pub use estimator::{micros, now_us, AtomicF64, Estimates, Estimator, Micros, Reading, Rules};
 pub use policy::{
@@ -79,19 +89,67 @@ impl Default for Stats {
     }
 }
 
-/// One configured backend.
+/// A slot's place in the membership (see [`Balancer::publish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    /// A member: takes new requests.
+    Active,
+    /// Drained on request (admin `"state": "drain"`): no new requests, still known by its
+    /// name, can be set up again.
+    Drain,
+    /// Removed (reload, admin DELETE, DNS): no new requests; its in-flight requests
+    /// finish, then it is [`Gone`](SlotState::Gone).
+    Retiring,
+    /// Removed and drained. A slot is never reused, so per-worker arrays indexed by slot
+    /// stay valid.
+    Gone,
+}
+
+impl SlotState {
+    fn from_u8(v: u8) -> SlotState {
+        match v {
+            0 => SlotState::Active,
+            1 => SlotState::Drain,
+            2 => SlotState::Retiring,
+            _ => SlotState::Gone,
+        }
+    }
+
+    /// Whether the slot is still listed (not [`Gone`](SlotState::Gone)).
+    pub fn listed(self) -> bool {
+        self != SlotState::Gone
+    }
+}
+
+/// One backend: a slot of the balancer's fixed table. Its identity (name, address) never
+/// changes; priority, weight and state are atomics changed in place by reloads and the
+/// admin API.
 #[derive(Debug)]
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     /// `Host` value used for HTTP/1.0 requests that carry none.
     pub host: Vec<u8>,
-    pub priority: u32,
+    /// As configured: host name or IP, and port.
+    pub address: String,
+    pub port: u16,
+    /// What corelb speaks to it.
+    pub protocol: Protocol,
+    priority: AtomicU32,
     /// Relative share within its tier (config `load`, > 0).
-    pub weight: f64,
-    /// HTTP/1.1 or h2c.
-    pub protocol: crate::config::Protocol,
+    weight: AtomicF64,
+    state: AtomicU8,
     pub stats: CachePadded<Stats>,
+}
+
+/// A weight as the policies use it: finite and positive, else 1.
+fn sane_weight(load: f64) -> f64 {
+    if load.is_finite() && load > 0.0 {
+        load
+    } else {
+        1.0
+    }
 }
 
 impl Backend {
@@ -99,83 +157,214 @@ impl Backend {
         Backend {
             name: s.name.clone(),
             addr: s.addr,
-            protocol: s.protocol,
             host: format!("{}:{}", s.address, s.port).into_bytes(),
-            priority: s.priority,
-            weight: if s.load.is_finite() && s.load > 0.0 {
-                s.load
-            } else {
-                1.0
-            },
+            address: s.address.clone(),
+            port: s.port,
+            protocol: s.protocol,
+            priority: AtomicU32::new(s.priority),
+            weight: AtomicF64::new(sane_weight(s.load)),
+            state: AtomicU8::new(SlotState::Active as u8),
             stats: CachePadded::new(Stats::new(params.sma_window, params.default_rtt, now)),
         }
+    }
+
+    /// What an unused slot reads as: down, gone, nameless.
+    fn placeholder() -> Backend {
+        let b = Backend::new(
+            &BackendSpec {
+                name: String::new(),
+                address: String::new(),
+                port: 0,
+                priority: u32::MAX,
+                load: 1.0,
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                protocol: Default::default(),
+            },
+            &RoutingParams::default(),
+            0,
+        );
+        b.stats.down.store(true, Relaxed);
+        b.state.store(SlotState::Gone as u8, Relaxed);
+        b
     }
 
     #[inline]
     pub fn available(&self) -> bool {
         !self.stats.down.load(Relaxed)
     }
+
+    #[inline]
+    pub fn weight(&self) -> f64 {
+        self.weight.load()
+    }
+
+    #[inline]
+    pub fn priority(&self) -> u32 {
+        self.priority.load(Relaxed)
+    }
+
+    #[inline]
+    pub fn state(&self) -> SlotState {
+        SlotState::from_u8(self.state.load(Acquire))
+    }
 }
 
-/// The backends, grouped into tiers by ascending priority.
+/// The fixed table of backend slots, allocated at start. A slot is filled once (a server
+/// added) and keeps its index for the life of the process.
+#[derive(Debug)]
+pub struct Slots {
+    list: Box<[OnceLock<Backend>]>,
+    /// Slots filled so far: `0..used` are all set.
+    used: AtomicUsize,
+    none: Backend,
+}
+
+impl Slots {
+    fn new(capacity: usize) -> Slots {
+        Slots {
+            list: (0..capacity).map(|_| OnceLock::new()).collect(),
+            used: AtomicUsize::new(0),
+            none: Backend::placeholder(),
+        }
+    }
+
+    /// Slot `i` (an unused or out-of-range slot reads as a down placeholder).
+    #[inline]
+    pub fn get(&self, i: usize) -> &Backend {
+        match self.list.get(i).and_then(OnceLock::get) {
+            Some(b) => b,
+            None => &self.none,
+        }
+    }
+
+    /// Fills the next free slot; `None` when the table is full. Callers serialise.
+    fn push(&self, b: Backend) -> Option<usize> {
+        let i = self.used.load(Acquire);
+        let cell = self.list.get(i)?;
+        cell.set(b).ok()?;
+        self.used.store(i + 1, Release);
+        Some(i)
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.load(Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.list.len()
+    }
+}
+
+/// The membership at one instant: the active slots grouped into tiers by ascending
+/// priority, with each tier's weighted schedule and rotation counter. Immutable once
+/// published; a change publishes a new one (see [`Balancer::publish`]).
 #[derive(Debug)]
 pub struct Backends {
-    pub list: Vec<Backend>,
-    /// Indices into `list`, one vector per priority, best first.
+    slots: Arc<Slots>,
+    /// Slot indices, one vector per priority, best first.
     pub tiers: Vec<Vec<usize>>,
     /// Each tier's smooth weighted round-robin cycle.
     pub schedules: Vec<Schedule>,
-    /// Each backend's index within its tier.
+    /// Each member's index within its tier (indexed by slot).
     pub position: Vec<usize>,
+    /// Each tier's shared rotation counter (round-robin and weighted modes).
+    pub next: Box<[CachePadded<AtomicUsize>]>,
+    /// The generation this membership was published as.
+    pub generation: u64,
 }
 
 impl Backends {
+    /// A standalone set of exactly `servers` (tests and benchmarks).
     pub fn new(servers: &[BackendSpec]) -> Backends {
         Self::with_params(servers, &RoutingParams::default(), now_us())
     }
 
     pub fn with_params(servers: &[BackendSpec], params: &RoutingParams, now: Micros) -> Backends {
-        let list: Vec<Backend> = servers
-            .iter()
-            .map(|s| Backend::new(s, params, now))
+        let slots = Slots::new(servers.len());
+        for s in servers {
+            slots.push(Backend::new(s, params, now));
+        }
+        Backends::build(Arc::new(slots), 0)
+    }
+
+    /// The membership of `slots`' active slots now.
+    fn build(slots: Arc<Slots>, generation: u64) -> Backends {
+        let members: Vec<usize> = (0..slots.len())
+            .filter(|&i| slots.get(i).state() == SlotState::Active)
             .collect();
-        let mut prios: Vec<u32> = list.iter().map(|b| b.priority).collect();
+        let mut prios: Vec<u32> = members.iter().map(|&i| slots.get(i).priority()).collect();
         prios.sort_unstable();
         prios.dedup();
         let tiers: Vec<Vec<usize>> = prios
             .iter()
             .map(|p| {
-                (0..list.len())
-                    .filter(|&i| list[i].priority == *p)
+                members
+                    .iter()
+                    .copied()
+                    .filter(|&i| slots.get(i).priority() == *p)
                     .collect()
             })
             .collect();
-        let schedules = tiers.iter().map(|t| Schedule::new(&list, t)).collect();
-        let mut position = vec![0; list.len()];
+        let schedules = tiers
+            .iter()
+            .map(|t| {
+                let w: Vec<f64> = t.iter().map(|&i| slots.get(i).weight()).collect();
+                Schedule::new(&w, t)
+            })
+            .collect();
+        let mut position = vec![0; slots.len()];
         for tier in &tiers {
             for (k, &i) in tier.iter().enumerate() {
                 position[i] = k;
             }
         }
+        let next = (0..tiers.len())
+            .map(|_| CachePadded::new(AtomicUsize::new(0)))
+            .collect();
         Backends {
-            list,
+            slots,
             tiers,
             schedules,
             position,
+            next,
+            generation,
         }
+    }
+
+    /// Slot `i`'s backend.
+    #[inline]
+    pub fn backend(&self, i: usize) -> &Backend {
+        self.slots.get(i)
     }
 
     #[inline]
     pub(crate) fn usable(&self, i: usize, exclude: Option<usize>) -> bool {
-        Some(i) != exclude && self.list[i].available()
+        Some(i) != exclude && self.slots.get(i).available()
+    }
+
+    /// The member slots, best tier first.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.tiers.iter().flatten().copied()
+    }
+
+    /// Whether `i` is a member.
+    pub fn contains(&self, i: usize) -> bool {
+        self.iter().any(|j| j == i)
     }
 }
 
 /// One backend's numbers for metrics, as the routing modes see them at one instant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendSnapshot {
+    /// The backend's slot (its index everywhere: CSV `backend`, histograms, pools).
+    pub slot: usize,
     pub name: String,
     pub available: bool,
+    pub state: SlotState,
     pub inflight: u32,
     pub requests: u64,
     pub errors: u64,
@@ -188,9 +377,19 @@ pub struct BackendSnapshot {
     pub idle_us: u64,
 }
 
-/// The backend set and the policy that picks from it, shared by all workers.
+/// The backend slots, the published membership and the policy that picks from it, shared
+/// by all workers.
+///
+/// Workers only read: a pick loads the current membership (one `arc-swap` load, lock-free)
+/// and the slots' atomics. Membership changes (reload, admin API, DNS) come from control
+/// threads, which are serialised by a mutex the workers never touch: they change slot
+/// atomics, then [`publish`](Balancer::publish) a new membership and bump the generation.
 pub struct Balancer {
-    pub set: Backends,
+    slots: Arc<Slots>,
+    members: ArcSwap<Backends>,
+    generation: AtomicU64,
+    /// Serialises membership changes (control threads only, never a worker).
+    writer: Mutex<()>,
     pub mode: Mode,
     pub params: RoutingParams,
     rules: Rules,
@@ -198,10 +397,19 @@ pub struct Balancer {
     clock: bool,
 }
 
+/// Default slot capacity for `servers` configured servers: room to add and replace
+/// servers many times over without a restart.
+pub fn default_capacity(servers: usize) -> usize {
+    (4 * servers).max(64)
+}
+
 impl Balancer {
     /// The balancer for `cfg`'s servers, mode and routing parameters.
     pub fn new(cfg: &Config) -> Balancer {
-        Self::with_params(&cfg.servers, cfg.mode, cfg.routing)
+        let cap = cfg
+            .max_servers
+            .unwrap_or_else(|| default_capacity(cfg.servers.len()));
+        Self::with_capacity_at(&cfg.servers, cfg.mode, cfg.routing, now_us(), cap)
     }
 
     pub fn with_params(servers: &[BackendSpec], mode: Mode, params: RoutingParams) -> Balancer {
@@ -215,7 +423,24 @@ impl Balancer {
         params: RoutingParams,
         now: Micros,
     ) -> Balancer {
-        let set = Backends::with_params(servers, &params, now);
+        let cap = default_capacity(servers.len());
+        Self::with_capacity_at(servers, mode, params, now, cap)
+    }
+
+    /// As [`with_params_at`](Balancer::with_params_at) with room for `capacity` slots in
+    /// all (at least the servers given).
+    pub fn with_capacity_at(
+        servers: &[BackendSpec],
+        mode: Mode,
+        params: RoutingParams,
+        now: Micros,
+        capacity: usize,
+    ) -> Balancer {
+        let slots = Slots::new(capacity.max(servers.len()));
+        for s in servers {
+            slots.push(Backend::new(s, &params, now));
+        }
+        let slots = Arc::new(slots);
         let rules = params.rules();
         let sampling = |load, choices| Box::new(Sampling::new(load, choices, rules));
         let biased = |load, choices| {
@@ -223,8 +448,8 @@ impl Balancer {
         };
         let (p2c, adaptive) = (params.choices, params.adaptive_choices);
         let policy: Box<dyn Policy> = match mode {
-            Mode::RoundRobin => Box::new(RoundRobin::new(&set)),
-            Mode::Weighted => Box::new(Weighted::new(&set)),
+            Mode::RoundRobin => Box::new(RoundRobin),
+            Mode::Weighted => Box::new(Weighted),
             Mode::LeastRequest => sampling(Load::Requests, p2c),
             Mode::AdaptiveSma => biased(Load::Latency(Estimator::Sma), adaptive),
             Mode::AdaptiveEwma => biased(Load::Latency(Estimator::Ewma), adaptive),
@@ -232,7 +457,10 @@ impl Balancer {
         };
         Balancer {
             clock: policy.uses_clock(),
-            set,
+            members: ArcSwap::from_pointee(Backends::build(slots.clone(), 0)),
+            generation: AtomicU64::new(0),
+            writer: Mutex::new(()),
+            slots,
             mode,
             params,
             rules,
@@ -250,8 +478,9 @@ impl Balancer {
     /// As [`pick`](Balancer::pick) at time `now`.
     #[inline]
     pub fn pick_at(&self, exclude: Option<usize>, now: Micros) -> Option<usize> {
-        let i = self.policy.pick(&self.set, exclude, now)?;
-        self.set.list[i].stats.inflight.fetch_add(1, Relaxed);
+        let set = self.members.load();
+        let i = self.policy.pick(&set, exclude, now)?;
+        self.slots.get(i).stats.inflight.fetch_add(1, Relaxed);
         Some(i)
     }
 
@@ -259,7 +488,7 @@ impl Balancer {
     /// it already tried, slow start declining): nothing is recorded.
     #[inline]
     pub fn cancel(&self, i: usize) {
-        self.set.list[i].stats.inflight.fetch_sub(1, Relaxed);
+        self.slots.get(i).stats.inflight.fetch_sub(1, Relaxed);
     }
 
     /// Ends an exchange started by [`pick`](Balancer::pick): counts it and records its
@@ -271,7 +500,7 @@ impl Balancer {
 
     /// As [`finish`](Balancer::finish) at time `now`.
     pub fn finish_at(&self, i: usize, latency: Duration, ok: bool, now: Micros) {
-        let s = &self.set.list[i].stats;
+        let s = &self.slots.get(i).stats;
         let seq = s.requests.fetch_add(1, Relaxed);
         s.latency_sum_us
             .fetch_add(latency.as_micros() as u64, Relaxed);
@@ -284,23 +513,24 @@ impl Balancer {
         s.inflight.fetch_sub(1, Relaxed);
     }
 
-    /// Every backend's counters and estimates now.
+    /// Every listed (not gone) backend's counters and estimates now.
     pub fn snapshot(&self) -> Vec<BackendSnapshot> {
         self.snapshot_at(now_us())
     }
 
     /// As [`snapshot`](Balancer::snapshot) at time `now`.
     pub fn snapshot_at(&self, now: Micros) -> Vec<BackendSnapshot> {
-        self.set
-            .list
-            .iter()
-            .map(|b| {
+        self.listed()
+            .map(|i| {
+                let b = self.slots.get(i);
                 let s = &b.stats;
                 let requests = s.requests.load(Relaxed);
                 let read = |e| s.est.read(&self.rules, e, requests > 0, now).value;
                 BackendSnapshot {
+                    slot: i,
                     name: b.name.clone(),
                     available: b.available(),
+                    state: b.state(),
                     inflight: s.inflight.load(Relaxed),
                     requests,
                     errors: s.errors.load(Relaxed),
@@ -313,15 +543,111 @@ impl Balancer {
             .collect()
     }
 
+    /// Slot `i`'s backend (an unused slot reads as a down placeholder).
+    #[inline]
     pub fn backend(&self, i: usize) -> &Backend {
-        &self.set.list[i]
+        self.slots.get(i)
     }
 
+    /// Slots filled so far (every slot index ever handed out is below this).
     pub fn len(&self) -> usize {
-        self.set.list.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set.list.is_empty()
+        self.slots.is_empty()
+    }
+
+    /// Slots in all: size per-worker arrays indexed by slot with this, once.
+    pub fn capacity(&self) -> usize {
+        self.slots.capacity()
+    }
+
+    /// The slots not yet gone (members, drained and retiring), in slot order.
+    pub fn listed(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len()).filter(|&i| self.slots.get(i).state().listed())
+    }
+
+    /// The current membership.
+    #[inline]
+    pub fn members(&self) -> arc_swap::Guard<Arc<Backends>> {
+        self.members.load()
+    }
+
+    /// Bumped by every [`publish`](Balancer::publish): a worker compares it once per loop
+    /// iteration (one atomic load) to notice a membership change.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Acquire)
+    }
+
+    /// Starts a batch of membership changes; changes made through the returned guard are
+    /// seen by picks once it is [`publish`](Edit::publish)ed.
+    pub fn edit(&self) -> Edit<'_> {
+        Edit {
+            bal: self,
+            _lock: self.writer.lock().unwrap_or_else(|e| e.into_inner()),
+            changed: false,
+        }
+    }
+}
+
+/// A batch of membership changes (see [`Balancer::edit`]): control threads only.
+pub struct Edit<'a> {
+    bal: &'a Balancer,
+    _lock: MutexGuard<'a, ()>,
+    changed: bool,
+}
+
+impl Edit<'_> {
+    /// Adds a server in a new slot, active; `Err` when every slot is used.
+    pub fn add(&mut self, spec: &BackendSpec) -> Result<usize, String> {
+        let b = Backend::new(spec, &self.bal.params, now_us());
+        self.changed = true;
+        self.bal.slots.push(b).ok_or_else(|| {
+            format!(
+                "no free backend slot: all {} are used (maxServers; slots of removed servers are not reused before a restart)",
+                self.bal.capacity()
+            )
+        })
+    }
+
+    /// Changes slot `i`'s weight (`load`) and priority in place.
+    pub fn tune(&mut self, i: usize, load: f64, priority: u32) {
+        let b = self.bal.slots.get(i);
+        let w = sane_weight(load);
+        if b.weight() != w || b.priority() != priority {
+            b.weight.store(w);
+            b.priority.store(priority, Relaxed);
+            self.changed = true;
+        }
+    }
+
+    /// Moves slot `i` to `state` (a gone slot stays gone).
+    pub fn set_state(&mut self, i: usize, state: SlotState) {
+        let b = self.bal.slots.get(i);
+        if b.state() != state && b.state() != SlotState::Gone && i < self.bal.len() {
+            b.state.store(state as u8, Release);
+            self.changed = true;
+        }
+    }
+
+    /// Publishes even if nothing changed (workers look at their pools again).
+    pub fn touch(&mut self) {
+        self.changed = true;
+    }
+
+    /// Publishes the membership the slots now describe, if anything changed, and bumps
+    /// the generation. Returns the new generation.
+    pub fn publish(self) -> u64 {
+        let bal = self.bal;
+        if !self.changed {
+            return bal.generation();
+        }
+        let g = bal.generation.load(Relaxed) + 1;
+        bal.members
+            .store(Arc::new(Backends::build(bal.slots.clone(), g)));
+        bal.generation.store(g, Release);
+        g
     }
 }

@@ -9,9 +9,7 @@
 //! scanned, once per pick.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-
-use crossbeam_utils::CachePadded;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::rng::XorShift;
 
@@ -33,28 +31,19 @@ pub trait Policy: Send + Sync {
 }
 
 /// Round robin within the best tier that has an available server: one `fetch_add` per
-/// pick while all servers are up. Ignores weights: it is the plain rotation.
-pub struct RoundRobin {
-    next: Vec<CachePadded<AtomicUsize>>,
-}
+/// pick (on the membership's per-tier counter) while all servers are up. Ignores weights:
+/// it is the plain rotation.
+pub struct RoundRobin;
 
 impl RoundRobin {
-    pub fn new(set: &Backends) -> RoundRobin {
-        RoundRobin {
-            next: counters(set.tiers.len()),
-        }
+    pub fn new(_set: &Backends) -> RoundRobin {
+        RoundRobin
     }
-}
-
-fn counters(n: usize) -> Vec<CachePadded<AtomicUsize>> {
-    (0..n)
-        .map(|_| CachePadded::new(AtomicUsize::new(0)))
-        .collect()
 }
 
 impl Policy for RoundRobin {
     fn pick(&self, set: &Backends, exclude: Option<usize>, _now: Micros) -> Option<usize> {
-        for (tier, next) in set.tiers.iter().zip(&self.next) {
+        for (tier, next) in set.tiers.iter().zip(set.next.iter()) {
             let n = tier.len();
             let start = next.fetch_add(1, Relaxed);
             for k in 0..n {
@@ -83,10 +72,9 @@ pub const MAX_SCHEDULE: usize = 1 << 16;
 const WEIGHT_TOLERANCE: f64 = 0.005;
 
 impl Schedule {
-    /// The SWRR cycle of the servers `tier` (indices into `list`) with weights from `list`.
-    pub fn new(list: &[Backend], tier: &[usize]) -> Schedule {
-        let weights: Vec<f64> = tier.iter().map(|&i| list[i].weight).collect();
-        let ints = integer_weights(&weights);
+    /// The SWRR cycle of the servers `tier` (slot indices) with `weights` (one each).
+    pub fn new(weights: &[f64], tier: &[usize]) -> Schedule {
+        let ints = integer_weights(weights);
         let total: u64 = ints.iter().sum();
         let mut current = vec![0i64; tier.len()];
         let mut slots = Vec::with_capacity(total as usize);
@@ -146,24 +134,20 @@ pub fn integer_weights(w: &[f64]) -> Vec<u64> {
 /// A slot whose server is unusable costs another `fetch_add`: the slots of a down server
 /// are skipped and the others keep their proportions. After a few misses in a row (most of
 /// the tier down) the tier is scanned from there.
-pub struct Weighted {
-    next: Vec<CachePadded<AtomicUsize>>,
-}
+pub struct Weighted;
 
 /// `fetch_add`s tried per tier before scanning it.
 const WEIGHTED_TRIES: usize = 4;
 
 impl Weighted {
-    pub fn new(set: &Backends) -> Weighted {
-        Weighted {
-            next: counters(set.tiers.len()),
-        }
+    pub fn new(_set: &Backends) -> Weighted {
+        Weighted
     }
 }
 
 impl Policy for Weighted {
     fn pick(&self, set: &Backends, exclude: Option<usize>, _now: Micros) -> Option<usize> {
-        for (sched, next) in set.schedules.iter().zip(&self.next) {
+        for (sched, next) in set.schedules.iter().zip(set.next.iter()) {
             let slots = &sched.slots;
             let n = slots.len();
             let mut at = 0;
@@ -268,7 +252,7 @@ impl Sampling {
         let s = &b.stats;
         let n = f64::from(s.inflight.load(Relaxed));
         match self.load {
-            Load::Requests => (false, n / b.weight),
+            Load::Requests => (false, n / b.weight()),
             Load::Latency(e) => {
                 let measured = s.requests.load(Relaxed) > 0;
                 if !measured && n == 0.0 {
@@ -286,7 +270,10 @@ impl Sampling {
                     // one request at a time, and its next answer updates its estimate.
                     return (false, 0.0);
                 }
-                (r.stale && n >= 1.0, self.rank(r.value, 1.0 + n / b.weight))
+                (
+                    r.stale && n >= 1.0,
+                    self.rank(r.value, 1.0 + n / b.weight()),
+                )
             }
         }
     }
@@ -337,7 +324,7 @@ impl Sampling {
             }
             drawn[found] = i;
             found += 1;
-            let c = self.cost(&set.list[i], now);
+            let c = self.cost(set.backend(i), now);
             if best.is_none_or(|(_, bc)| c < bc) {
                 best = Some((i, c));
             }
@@ -377,7 +364,7 @@ impl Sampling {
             if !set.usable(i, exclude) {
                 continue;
             }
-            let c = self.cost(&set.list[i], now);
+            let c = self.cost(set.backend(i), now);
             if best.is_none_or(|(_, bc)| c < bc) {
                 best = Some((i, c));
             }

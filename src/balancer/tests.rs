@@ -35,7 +35,7 @@ const SAMPLING: [Mode; 4] = [
 const LATENCY: [Mode; 3] = [Mode::AdaptiveSma, Mode::AdaptiveEwma, Mode::PeakEwma];
 
 fn down(b: &Balancer, i: usize, is_down: bool) {
-    b.set.list[i].stats.down.store(is_down, Relaxed);
+    b.backend(i).stats.down.store(is_down, Relaxed);
 }
 
 /// Picks and immediately finishes `n` requests with latency `lat(i)`, 1 ms apart starting
@@ -81,16 +81,16 @@ fn round_robin_skips_down_and_excluded_and_spills_to_next_tier() {
     let set = Backends::new(&servers(&[("A", 0, 1.0), ("B", 0, 1.0), ("C", 1, 1.0)]));
     let rr = RoundRobin::new(&set);
     assert_eq!(set.tiers, vec![vec![0, 1], vec![2]]);
-    set.list[0].stats.down.store(true, Relaxed);
+    set.backend(0).stats.down.store(true, Relaxed);
     assert!((0..4).all(|_| rr.pick(&set, None, 0) == Some(1)));
     assert_eq!(
         rr.pick(&set, Some(1), 0),
         Some(2),
         "retry moves to the next tier"
     );
-    set.list[1].stats.down.store(true, Relaxed);
+    set.backend(1).stats.down.store(true, Relaxed);
     assert_eq!(rr.pick(&set, None, 0), Some(2));
-    set.list[2].stats.down.store(true, Relaxed);
+    set.backend(2).stats.down.store(true, Relaxed);
     assert_eq!(rr.pick(&set, None, 0), None);
 }
 
@@ -398,12 +398,12 @@ fn property_no_mode_picks_an_unusable_server_or_the_wrong_tier() {
                 if g.below(4) == 0 {
                     t += g.below(3 * SEC);
                     let lat = Duration::from_micros(g.below(2_000_000));
-                    b.set.list[i].stats.inflight.fetch_add(1, Relaxed);
+                    b.backend(i).stats.inflight.fetch_add(1, Relaxed);
                     b.finish_at(i, lat, g.below(5) != 0, t);
                 }
             }
             let exclude = (n > 0 && g.below(2) == 0).then(|| g.below(n as u64) as usize);
-            let usable: Vec<usize> = (0..n).filter(|&i| b.set.usable(i, exclude)).collect();
+            let usable: Vec<usize> = (0..n).filter(|&i| b.members().usable(i, exclude)).collect();
             let best_prio = usable.iter().map(|&i| spec[i].1).min();
             match b.pick_at(exclude, t) {
                 None => assert!(usable.is_empty(), "{mode} case {case}: None but {usable:?}"),
@@ -517,4 +517,66 @@ fn seed_simulation_latency_modes_beat_round_robin() {
             "{mode}: {share:?}"
         );
     }
+}
+
+#[test]
+fn membership_changes_are_published_atomically_and_slots_are_never_reused() {
+    let b = balancer(Mode::Weighted, &[("A", 0, 1.0), ("B", 0, 1.0)]);
+    let g0 = b.generation();
+    assert_eq!((b.len(), b.capacity()), (2, 64));
+    // A change is invisible until published.
+    let mut e = b.edit();
+    let c = e.add(&servers(&[("C", 0, 2.0)])[0]).unwrap();
+    e.set_state(0, SlotState::Retiring);
+    assert_eq!(b.members().iter().collect::<Vec<_>>(), [0, 1]);
+    let g1 = e.publish();
+    assert!(g1 > g0 && b.generation() == g1);
+    assert_eq!(c, 2);
+    assert_eq!(b.members().iter().collect::<Vec<_>>(), [1, 2]);
+    // Weights apply in place: B 1, C 2.
+    let (counts, _) = run_sequential(&b, 300, 0, |_| MS);
+    assert_eq!(counts, [0, 100, 200]);
+    let mut e = b.edit();
+    e.tune(1, 3.0, 0);
+    e.publish();
+    let (counts, _) = run_sequential(&b, 500, 0, |_| MS);
+    assert_eq!(counts, [0, 300, 200]);
+    // A priority change moves a server to another tier.
+    let mut e = b.edit();
+    e.tune(2, 2.0, 1);
+    e.publish();
+    assert_eq!(b.members().tiers, vec![vec![1], vec![2]]);
+    // Retired slots stay retired; the next server takes a new slot.
+    let mut e = b.edit();
+    e.set_state(0, SlotState::Gone);
+    let d = e.add(&servers(&[("A", 0, 1.0)])[0]).unwrap();
+    e.publish();
+    assert_eq!(d, 3);
+    assert_eq!(b.listed().collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(b.backend(0).state(), SlotState::Gone);
+    // Nothing changed: no new generation.
+    let g = b.generation();
+    assert_eq!(b.edit().publish(), g);
+}
+
+#[test]
+fn a_full_slot_table_refuses_new_servers() {
+    let b = Balancer::with_capacity_at(
+        &servers(&[("A", 0, 1.0)]),
+        Mode::RoundRobin,
+        RoutingParams::default(),
+        0,
+        2,
+    );
+    let mut e = b.edit();
+    assert!(e.add(&servers(&[("B", 0, 1.0)])[0]).is_ok());
+    let err = e.add(&servers(&[("C", 0, 1.0)])[0]).unwrap_err();
+    assert!(err.contains("maxServers"), "{err}");
+    e.publish();
+    assert_eq!(
+        b.backend(7).state(),
+        SlotState::Gone,
+        "out of range reads as gone"
+    );
+    assert!(!b.backend(7).available());
 }

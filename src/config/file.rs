@@ -87,6 +87,9 @@ struct File {
     retries: Entry<Retries>,
     admin: Scalar,
     routing: Entry<Routing>,
+    max_servers: Scalar,
+    dns_refresh: Scalar,
+    resolver: Scalar,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -294,6 +297,9 @@ impl File {
         top.put(Key::HdrDir, self.hdr_dir, "hdrDir");
         top.put(Key::HdrInterval, self.hdr_interval, "hdrInterval");
         top.put(Key::Admin, self.admin, "admin");
+        top.put(Key::MaxServers, self.max_servers, "maxServers");
+        top.put(Key::DnsRefresh, self.dns_refresh, "dnsRefresh");
+        top.put(Key::Resolver, self.resolver, "resolver");
         if let Some(t) = self.timeouts.0 {
             let mut c = Collect {
                 layer: &mut layer,

@@ -129,6 +129,27 @@ pub struct Args {
     /// Admin API and live dashboard: HOST:PORT, PORT, or off. Default 127.0.0.1:5002.
     #[arg(long, value_name = "ADDR|off")]
     pub admin: Option<String>,
+    /// Bearer token the admin API's changing calls (PUT, DELETE, POST /reload) require
+    /// when the admin listener is not on loopback.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CORELB_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Backend slots in all, 1..4096 (default max(64, 4 x servers)); a removed server's
+    /// slot is not reused before a restart.
+    #[arg(long, value_name = "N", value_parser = checked(&rules::MAX_SERVERS))]
+    pub max_servers: Option<String>,
+    /// Re-resolve servers given by DNS name this often (e.g. 5s); each address becomes a
+    /// backend NAME#1, NAME#2, ... Default: resolved at start and on reload only.
+    #[arg(long, value_name = "D", value_parser = checked(&rules::POSITIVE_SECONDS))]
+    pub dns_refresh: Option<String>,
+    /// DNS server to ask directly over UDP (e.g. 127.0.0.1:5353) instead of the system
+    /// resolver.
+    #[arg(long, value_name = "ADDR")]
+    pub resolver: Option<String>,
     /// adaptive_sma: responses in the moving window, 1..65536 (default 512).
     #[arg(long, value_name = "N", value_parser = checked(&rules::SMA_WINDOW))]
     pub sma_window: Option<String>,
@@ -276,6 +297,9 @@ impl Args {
                 "--retry-budget",
             ),
             (Key::Admin, self.admin.as_ref(), "--admin"),
+            (Key::MaxServers, self.max_servers.as_ref(), "--max-servers"),
+            (Key::DnsRefresh, self.dns_refresh.as_ref(), "--dns-refresh"),
+            (Key::Resolver, self.resolver.as_ref(), "--resolver"),
             (Key::SmaWindow, self.sma_window.as_ref(), "--sma-window"),
             (Key::EwmaAlpha, self.ewma_alpha.as_ref(), "--ewma-alpha"),
             (Key::AvgSpan, self.avg_span.as_ref(), "--avg-span"),

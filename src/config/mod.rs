@@ -91,6 +91,16 @@ pub struct Config {
     pub max_idle_per_backend: usize,
     /// Bodies and chunks with at least this many bytes left are spliced; 0: never.
     pub splice_min: u64,
+    /// Backend slots in all (`maxServers`); `None`: max(64, 4 x servers).
+    pub max_servers: Option<usize>,
+    /// Re-resolve servers given by DNS name this often (`dnsRefresh`); `None`: resolved
+    /// once, at start and on each reload.
+    pub dns_refresh: Option<Duration>,
+    /// DNS server asked directly over UDP (`--resolver`); `None`: the system resolver.
+    pub resolver: Option<SocketAddr>,
+    /// Bearer token for the admin API's mutating calls (`--admin-token`,
+    /// `CORELB_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
     /// Per-request CSV log file; `None` when logging is off.
     pub log_csv: Option<String>,
     /// Records the log channel holds before records are dropped.
@@ -168,7 +178,9 @@ impl Config {
         let mut layer = file::read(&source, &text)?;
         layer.merge(env);
         layer.merge(cli);
-        Config::validate(source, &layer)
+        let mut cfg = Config::validate(source, &layer)?;
+        cfg.admin_token = args.admin_token.clone().filter(|t| !t.is_empty());
+        Ok(cfg)
     }
 
     /// One line saying what a valid configuration will run (`corelb --check`).
@@ -200,8 +212,17 @@ impl Config {
         let heartbeat_timeout = v
             .get(Key::HeartbeatTimeout, &value::POSITIVE_SECONDS)?
             .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT);
+        let dns_refresh = v.get(Key::DnsRefresh, &value::POSITIVE_SECONDS)?;
+        let resolver = v.parse(Key::Resolver, |s| {
+            s.trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| format!("expected IP:PORT of a DNS server, got \"{s}\""))
+        })?;
         let all_protocol = v.parse(Key::UpstreamProtocol, parse_protocol)?;
-        let mut servers = backends(v.servers.as_ref(), &source)?;
+        // With discovery on, a server named by DNS is resolved by the discovery thread
+        // (maybe with --resolver), not here.
+        let discover = dns_refresh.is_some() || resolver.is_some();
+        let mut servers = backends(v.servers.as_ref(), &source, discover)?;
         if let Some(p) = all_protocol {
             servers.iter_mut().for_each(|s| s.protocol = p);
         }
@@ -248,6 +269,16 @@ impl Config {
         };
         let log_queue = v.get(Key::LogQueue, &value::LOG_QUEUE)?;
         let splice_min = v.get(Key::SpliceMin, &value::SPLICE_MIN)?;
+        let max_servers = v.get(Key::MaxServers, &value::MAX_SERVERS)?;
+        if let Some(m) = max_servers {
+            if (m as usize) < servers.len() {
+                let problem = format!("{m} is fewer than the {} servers listed", servers.len());
+                return Err(match v.values.get(&Key::MaxServers) {
+                    Some(g) => g.error(problem),
+                    None => ConfigError::new(&source, "maxServers", problem),
+                });
+            }
+        }
         Ok(Config {
             splice_min: splice_min.unwrap_or(DEFAULT_SPLICE_MIN),
             log_csv,
@@ -279,6 +310,10 @@ impl Config {
             servers,
             timeouts,
             max_idle_per_backend: max_idle.map_or(DEFAULT_MAX_IDLE_PER_BACKEND, |n| n as usize),
+            max_servers: max_servers.map(|n| n as usize),
+            dns_refresh,
+            resolver,
+            admin_token: None,
         })
     }
 
@@ -288,8 +323,13 @@ impl Config {
     }
 }
 
-/// The backend list: at least one, names unique, addresses resolved.
-fn backends(given: Option<&ServersGiven>, source: &str) -> Result<Vec<BackendSpec>, ConfigError> {
+/// The backend list: at least one, names unique, addresses resolved (with `discover`,
+/// DNS names are left to the discovery thread: their `addr` is unspecified).
+fn backends(
+    given: Option<&ServersGiven>,
+    source: &str,
+    discover: bool,
+) -> Result<Vec<BackendSpec>, ConfigError> {
     let given = given
         .ok_or_else(|| ConfigError::new(source, "servers", "missing: list at least one server"))?;
     if given.list.is_empty() {
@@ -333,8 +373,13 @@ fn backends(given: Option<&ServersGiven>, source: &str) -> Result<Vec<BackendSpe
             Some(g) => parse_protocol(&g.check(&Text)?).map_err(|p| g.error(p))?,
             None => Protocol::Http1,
         };
-        let addr = resolve(&address, port)
-            .ok_or_else(|| address_given.error(format!("cannot resolve \"{address}\"")))?;
+        let addr = if discover && address.parse::<IpAddr>().is_err() {
+            // Discovered: each address the name has becomes an instance NAME#k.
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+        } else {
+            resolve(&address, port)
+                .ok_or_else(|| address_given.error(format!("cannot resolve \"{address}\"")))?
+        };
         servers.push(BackendSpec {
             name,
             address,

@@ -760,3 +760,46 @@ fn splice_min_takes_bytes_or_off_alike_from_the_file_and_from_a_flag() {
         "command line: --splice-min: expected bytes 0..1073741824 (e.g. 65536, 64KiB) or off, got \"lots\""
     );
 }
+
+#[test]
+fn operations_settings_and_their_errors() {
+    let c = Config::from_json(
+        "o.json",
+        &file_with(r#""maxServers": 10, "dnsRefresh": 2.5, "resolver": "127.0.0.1:5353""#),
+    )
+    .unwrap();
+    assert_eq!(c.max_servers, Some(10));
+    assert_eq!(c.dns_refresh, Some(Duration::from_millis(2500)));
+    assert_eq!(c.resolver, Some("127.0.0.1:5353".parse().unwrap()));
+    let p = same_problem(
+        r#""maxServers": 0"#,
+        "maxServers",
+        &["--max-servers", "0"],
+        "--max-servers",
+    );
+    assert_eq!(p, "expected an integer 1..4096, got 0");
+    let p = same_problem(
+        r#""resolver": "dns.example""#,
+        "resolver",
+        &["--resolver", "dns.example"],
+        "--resolver",
+    );
+    assert_eq!(p, "expected IP:PORT of a DNS server, got \"dns.example\"");
+    let two = r#"{"maxServers": 1, "servers": [{"name": "A", "address": "127.0.0.1", "port": 1},
+        {"name": "B", "address": "127.0.0.1", "port": 2}]}"#;
+    assert_eq!(
+        err(two),
+        "c.json: maxServers: 1 is fewer than the 2 servers listed"
+    );
+    // With discovery on, a DNS name is left to the discovery thread (not resolved here).
+    let c = Config::from_json(
+        "d.json",
+        r#"{"dnsRefresh": 5, "servers": [{"name": "api", "address": "no-such-host.invalid", "port": 80}]}"#,
+    )
+    .unwrap();
+    assert!(c.servers[0].addr.ip().is_unspecified());
+    assert!(err(
+        r#"{"servers": [{"name": "api", "address": "no-such-host.invalid", "port": 80}]}"#
+    )
+    .contains("cannot resolve"));
+}

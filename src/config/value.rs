@@ -293,6 +293,8 @@ pub(crate) const MAX_IDLE_PER_BACKEND: Int = Int {
 };
 /// Splicing thresholds above 1 GiB would never splice anything worth it: refused.
 pub(crate) const SPLICE_MIN: BytesOrOff = BytesOrOff { max: 1 << 30 };
+/// Backend slots in all (`maxServers`): the CSV log names a backend by a 16-bit index.
+pub(crate) const MAX_SERVERS: Int = Int { min: 1, max: 4096 };
 pub(crate) const LOG_QUEUE: Int = Int {
     min: 1,
     max: i64::MAX,
@@ -408,6 +410,9 @@ pub(crate) enum Key {
     Pin,
     /// `--upstream-protocol`: every server's protocol.
     UpstreamProtocol,
+    MaxServers,
+    DnsRefresh,
+    Resolver,
 }
 
 /// One backend as the file lists it; `None` for a missing key.

@@ -92,32 +92,39 @@ fn check_loop<S: Monitored>(mut poll: Poll, owner: Arc<S>, stop: Arc<AtomicBool>
     let (health, bal) = (owner.health(), owner.balancer());
     let s = health.settings.clone();
     let start = Instant::now();
-    let mut probes: Vec<Probe> = (0..bal.len())
-        .map(|i| {
-            let mut rng = XorShift::new(i as u64);
-            // First probes spread over the first interval.
-            let offset = s.interval.mul_f64(rng.next_f64());
-            let b = bal.backend(i);
-            Probe {
-                addr: b.addr,
-                check: health.check(i).clone(),
-                authority: String::from_utf8_lossy(&b.host).into_owned(),
-                state: ProbeState::Idle,
-                due: start + offset,
-                deadline: start,
-                hyst: Hysteresis::new(),
-                last: "not checked yet",
-                rng,
-            }
-        })
-        .collect();
+    let new_probe = |i: usize, at: Instant| {
+        let mut rng = XorShift::new(i as u64);
+        // First probes spread over the first interval.
+        let offset = s.interval.mul_f64(rng.next_f64());
+        let b = bal.backend(i);
+        Probe {
+            addr: b.addr,
+            check: health.check(bal, i),
+            authority: String::from_utf8_lossy(&b.host).into_owned(),
+            state: ProbeState::Idle,
+            due: at + offset,
+            deadline: at,
+            hyst: Hysteresis::new(),
+            last: "not checked yet",
+            rng,
+        }
+    };
+    // One probe per slot that is active or drained on request (a drained server is still
+    // checked, so it comes back as it is); none for removed ones.
+    let mut probes: Vec<Option<Probe>> = Vec::new();
+    let mut seen_generation = None;
     let mut events = Events::with_capacity(64);
     let mut next_table = start + s.interval;
     while !stop.load(Relaxed) {
         let now = Instant::now();
+        let generation = bal.generation();
+        if seen_generation != Some(generation) {
+            seen_generation = Some(generation);
+            sync_probes(&mut probes, bal, poll.registry(), |i| new_probe(i, now));
+        }
         let mut wake_at = now + Duration::from_millis(500);
         if s.enabled {
-            for p in &probes {
+            for p in probes.iter().flatten() {
                 let t = if matches!(p.state, ProbeState::Idle) {
                     p.due
                 } else {
@@ -143,13 +150,16 @@ fn check_loop<S: Monitored>(mut poll: Poll, owner: Arc<S>, stop: Arc<AtomicBool>
                 continue;
             }
             let i = ev.token().0;
-            let result = advance(&mut probes[i]);
-            if let Some((ok, why)) = result {
-                finish(&mut probes[i], i, ok, why, health, bal, &s, poll.registry());
+            let Some(Some(p)) = probes.get_mut(i) else {
+                continue;
+            };
+            if let Some((ok, why)) = advance(p) {
+                finish(p, i, ok, why, health, bal, &s, poll.registry());
             }
         }
         let now = Instant::now();
         for (i, p) in probes.iter_mut().enumerate() {
+            let Some(p) = p else { continue };
             match p.state {
                 ProbeState::Idle if now >= p.due => match TcpStream::connect(p.addr) {
                     Ok(mut sock) => {
@@ -183,6 +193,40 @@ fn check_loop<S: Monitored>(mut poll: Poll, owner: Arc<S>, stop: Arc<AtomicBool>
         if health.debug && now >= next_table {
             next_table = now + s.interval;
             print_table(&probes, health, bal);
+        }
+    }
+}
+
+/// Makes `probes` hold one probe per slot that is active or drained on request, and none
+/// for other slots (a removed server's probe is dropped, its socket deregistered).
+fn sync_probes(
+    probes: &mut Vec<Option<Probe>>,
+    bal: &Balancer,
+    reg: &mio::Registry,
+    mut new_probe: impl FnMut(usize) -> Probe,
+) {
+    use crate::balancer::SlotState;
+    if probes.len() < bal.len() {
+        probes.resize_with(bal.len(), || None);
+    }
+    for (i, p) in probes.iter_mut().enumerate() {
+        let wanted = matches!(bal.backend(i).state(), SlotState::Active | SlotState::Drain);
+        match (wanted, p.is_some()) {
+            (true, false) => *p = Some(new_probe(i)),
+            (false, true) => {
+                if let Some(mut old) = p.take() {
+                    match &mut old.state {
+                        ProbeState::Connecting(sock)
+                        | ProbeState::Writing(sock, _)
+                        | ProbeState::Reading(sock, _)
+                        | ProbeState::Grpc(sock, _) => {
+                            let _ = reg.deregister(sock);
+                        }
+                        ProbeState::Idle => {}
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -367,15 +411,18 @@ fn finish(
         if health.debug || changed.is_some() {
             eprintln!(
                 "corelb: server {} ({}, priority {}) is {verb}: {streak}",
-                b.name, b.addr, b.priority
+                b.name,
+                b.addr,
+                b.priority()
             );
         }
     }
 }
 
-fn print_table(probes: &[Probe], health: &Health, bal: &Balancer) {
+fn print_table(probes: &[Option<Probe>], health: &Health, bal: &Balancer) {
     let mut out = String::from("corelb: heartbeat status\n  server           address                priority  state     check  last check\n");
     for (i, p) in probes.iter().enumerate() {
+        let Some(p) = p else { continue };
         let b = bal.backend(i);
         let v = health.view(bal, i);
         let state = if v.ejected {
@@ -389,7 +436,7 @@ fn print_table(probes: &[Probe], health: &Health, bal: &Balancer) {
             "  {:<16} {:<22} {:>8}  {:<9} {:<6} {}\n",
             b.name,
             b.addr.to_string(),
-            b.priority,
+            b.priority(),
             state,
             p.check.kind(),
             p.last

@@ -20,7 +20,7 @@ pub mod grpc;
 pub use checker::{Checker, Monitored};
 
 use crate::balancer::Balancer;
-use crate::config::{BackendSpec, Check, HealthSettings, OutlierSettings};
+use crate::config::{Check, HealthSettings, OutlierSettings};
 
 /// How an exchange with a backend ended, for passive checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,8 +131,6 @@ pub struct Health {
     pub settings: HealthSettings,
     pub outlier: OutlierSettings,
     cells: Box<[CachePadded<Cell>]>,
-    /// Each server's effective active check.
-    checks: Box<[Check]>,
     epoch: Instant,
     debug: bool,
 }
@@ -144,20 +142,16 @@ fn unix_ms() -> u64 {
 }
 
 impl Health {
-    /// The health of `servers` (in the balancer's order), each checked by its
-    /// protocol's check unless `settings` chose one for all.
+    /// The health of the balancer's `capacity` backend slots; each server is checked by
+    /// its protocol's check unless `settings` chose one for all.
     pub fn new(
         settings: HealthSettings,
         outlier: OutlierSettings,
-        servers: &[BackendSpec],
+        capacity: usize,
         debug: bool,
     ) -> Health {
         let now = unix_ms();
-        let checks = servers
-            .iter()
-            .map(|s| settings.check_for(s.protocol))
-            .collect();
-        let cells = (0..servers.len())
+        let cells = (0..capacity)
             .map(|_| {
                 let c = Cell::default();
                 c.changed_at.store(now, Relaxed);
@@ -168,7 +162,6 @@ impl Health {
             settings,
             outlier,
             cells,
-            checks,
             epoch: Instant::now(),
             debug,
         }
@@ -196,9 +189,9 @@ impl Health {
         Some(!down)
     }
 
-    /// Backend `i`'s effective active check.
-    pub fn check(&self, i: usize) -> &Check {
-        &self.checks[i]
+    /// Backend `i`'s effective active check (its protocol's, unless one was chosen).
+    pub fn check(&self, bal: &Balancer, i: usize) -> Check {
+        self.settings.check_for(bal.backend(i).protocol)
     }
 
     /// What a gRPC call that ended with grpc-status `code` means for passive ejection:
@@ -242,7 +235,10 @@ impl Health {
             return;
         }
         // Fail open: never eject the last server that can take traffic.
-        let others = (0..bal.len()).any(|j| j != i && bal.backend(j).available());
+        let others = bal
+            .members()
+            .iter()
+            .any(|j| j != i && bal.backend(j).available());
         if !others {
             if c.failures.swap(0, Relaxed) != 0 {
                 eprintln!(
@@ -259,7 +255,11 @@ impl Health {
         c.failures.store(0, Relaxed);
         // Two workers may eject the last two servers at once: look again after the
         // store, and take this ejection back if it left nothing.
-        if !(0..bal.len()).any(|j| j != i && bal.backend(j).available()) {
+        if !bal
+            .members()
+            .iter()
+            .any(|j| j != i && bal.backend(j).available())
+        {
             c.ejected_until.store(0, Relaxed);
             c.ejections.fetch_sub(1, Relaxed);
             return;
@@ -323,7 +323,7 @@ impl Health {
             changed_at_unix_ms: c.changed_at.load(Relaxed),
             ramp: self.ramp(i),
             check: if self.settings.enabled {
-                self.checks[i].kind()
+                self.check(bal, i).kind()
             } else {
                 "off"
             },
@@ -432,7 +432,7 @@ mod tests {
 
     #[test]
     fn grpc_statuses_map_to_outcomes_and_checks_follow_protocols() {
-        use crate::config::{GrpcStatusSet, Protocol};
+        use crate::config::{BackendSpec, GrpcStatusSet, Protocol};
         let spec = |protocol| BackendSpec {
             name: "x".into(),
             address: "127.0.0.1".into(),
@@ -443,14 +443,19 @@ mod tests {
             protocol,
         };
         let servers = [spec(Protocol::Http1), spec(Protocol::H2c)];
+        let bal = Balancer::with_params(
+            &servers,
+            crate::config::Mode::RoundRobin,
+            Default::default(),
+        );
         let h = Health::new(
             HealthSettings::default(),
             OutlierSettings::default(),
-            &servers,
+            2,
             false,
         );
-        assert_eq!(h.check(0), &Check::Tcp);
-        assert_eq!(h.check(1), &Check::Grpc { service: "".into() });
+        assert_eq!(h.check(&bal, 0), Check::Tcp);
+        assert_eq!(h.check(&bal, 1), Check::Grpc { service: "".into() });
         for code in [8, 13, 14] {
             assert_eq!(h.grpc_outcome(code), Outcome::Failure, "{code}");
         }
@@ -468,9 +473,9 @@ mod tests {
             grpc_statuses: GrpcStatusSet::of(&[4]).unwrap(),
             ..OutlierSettings::default()
         };
-        let h = Health::new(chosen, outlier, &servers, false);
+        let h = Health::new(chosen, outlier, 2, false);
         assert_eq!(
-            h.check(1).kind(),
+            h.check(&bal, 1).kind(),
             "http",
             "a chosen check applies to every server"
         );

@@ -513,6 +513,15 @@ impl<'b> Request<'_, 'b> {
     pub fn host(&self) -> Option<&'b [u8]> {
         self.host
     }
+
+    /// The value of the first field named `name` (ASCII case-insensitive).
+    pub fn field(&self, name: &str) -> Option<&'b [u8]> {
+        self.req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
 }
 
 /// Why a response head from a backend was refused (the client gets a 502).

@@ -66,7 +66,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     pub fn new(id: usize, registry: Registry, shared: Arc<Shared>, log: Option<LogSender>) -> Ctx {
-        let backends = shared.balancer.len();
+        let backends = shared.balancer.capacity();
         Ctx {
             id,
             registry,

@@ -25,6 +25,7 @@ mod exchange;
 mod h1mux;
 mod h2;
 pub(crate) mod io;
+mod membership;
 mod mux;
 mod relay;
 mod splice;
@@ -111,7 +112,7 @@ impl Proxy {
         shared: Arc<Shared>,
         log: Option<LogSender>,
     ) -> Proxy {
-        let backends = shared.balancer.len();
+        let backends = shared.balancer.capacity();
         Proxy {
             ctx: Ctx::new(id, registry, shared, log),
             clients: Slab::with_capacity(1024),

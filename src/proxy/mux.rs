@@ -453,6 +453,22 @@ impl Proxy {
         }
     }
 
+    /// Backend `b` takes no new requests (drained or removed): its idle connections close,
+    /// busy ones take no new streams and close after their last.
+    pub(super) fn mux_retire(&mut self, b: usize) {
+        for ui in std::mem::take(&mut self.muxes[b]) {
+            let idle = self.ups[ui]
+                .mux
+                .as_ref()
+                .is_some_and(|m| m.streams.is_empty());
+            if idle {
+                self.mux_close(ui);
+            } else if let Some(m) = self.ups[ui].mux.as_mut() {
+                m.closed = true;
+            }
+        }
+    }
+
     /// Drain: idle connections close, busy ones take no new streams.
     pub(super) fn mux_start_drain(&mut self) {
         let all: Vec<usize> = self.muxes.iter().flatten().copied().collect();

@@ -125,6 +125,21 @@ test("dashboard shows live charts and backends in headless Chromium", { timeout:
     });
 
     await page.goto(adminUrl, { waitUntil: "load" });
+    // From the first update: the time axes span at least a minute and no chart repeats a
+    // y label (one point used to stretch the axis over years, and 0..1 read 0, 0, 0, 1, 1).
+    await page.waitForFunction(() => window.corelbDash && window.corelbDash.events >= 1, null, { timeout: 15000 });
+    const early = await page.evaluate(() =>
+      Object.entries(window.corelbDash.charts).map(([name, u]) => ({
+        name,
+        span: u.scales.x.max - u.scales.x.min,
+        labels: (u.axes[1]._values || []).map(String),
+      })),
+    );
+    for (const c of early) {
+      assert.ok(c.span >= 59 && c.span < 3600, `${c.name}: x span ${c.span} s`);
+      assert.ok(c.labels.length >= 2, `${c.name}: y labels ${c.labels}`);
+      assert.equal(new Set(c.labels).size, c.labels.length, `${c.name}: distinct y labels ${c.labels}`);
+    }
     // A few updates, a second each, while the load runs.
     await page.waitForFunction((n) => window.corelbDash && window.corelbDash.events >= n, UPDATES, {
       timeout: (UPDATES + 15) * 1000,
@@ -177,6 +192,39 @@ test("dashboard shows live charts and backends in headless Chromium", { timeout:
       first,
       { timeout: 10000 },
     );
+
+    // A drain and a reload show as events; the table and the share chart follow the set.
+    const call = (method, p) =>
+      new Promise((resolve, reject) => {
+        const req = http.request(new URL(p, adminUrl), { method }, (res) => {
+          res.resume();
+          res.on("end", () => resolve(res.statusCode));
+        });
+        req.on("error", reject);
+        req.end();
+      });
+    assert.equal(await call("DELETE", "/servers/C"), 200);
+    await page.waitForFunction(
+      () =>
+        document.querySelector("#events li.ev-drained") &&
+        !document.querySelector('#backends tbody tr[data-backend="C"]') &&
+        window.corelbDash.charts.share.data.length === 3,
+      null,
+      { timeout: 15000 },
+    );
+    assert.equal(await call("POST", "/reload"), 200);
+    await page.waitForFunction(
+      () =>
+        document.querySelector("#events li.ev-reload") &&
+        document.querySelector('#backends tbody tr[data-backend="C"]') &&
+        window.corelbDash.charts.share.data.length === 4,
+      null,
+      { timeout: 15000 },
+    );
+    const kinds = await page.$$eval("#events li .kind", (l) => l.map((e) => e.textContent));
+    for (const k of ["drain", "drained", "add", "reload"]) assert.ok(kinds.includes(k), `event ${k}: ${kinds}`);
+    assert.match(await page.textContent("#events li time"), /\d+:\d+:\d+/);
+    assert.equal(await page.textContent("#reloads"), "1");
 
     await page.screenshot({ path: path.join(OUT, "dashboard.png"), fullPage: true });
     assert.deepEqual(problems, []);

@@ -231,6 +231,11 @@ impl Proxy {
         self.child.id()
     }
 
+    /// The config file the proxy was started with (a test may rewrite it and reload).
+    pub fn config_path(&self) -> &std::path::Path {
+        self._config.as_deref().expect("started with a config file")
+    }
+
     /// Sends `sig` (e.g. "INT", "TERM") to the proxy.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
