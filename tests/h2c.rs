@@ -106,7 +106,8 @@ fn streams_of_one_connection_spread_over_few_upstream_connections() {
 
 #[test]
 fn backend_max_concurrent_streams_is_respected_with_more_connections() {
-    let a = h2c("A", "fixed:40", &["--max-streams", "4"]);
+    // Slow enough that all 64 are in flight at once.
+    let a = h2c("A", "fixed:1000", &["--max-streams", "4"]);
     let p = proxy(&[&a], &[]);
     let mut client = H2::connect(p.addr);
     let got = batch(&mut client, "/", 64);
