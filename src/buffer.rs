@@ -142,6 +142,23 @@ impl Buf {
         self.start = 0;
         self.end = 0;
     }
+
+    /// Appends `bytes`, moving the data to the front or growing the buffer (to a power of
+    /// two) when the free space after it is too small.
+    pub fn append(&mut self, bytes: &[u8]) {
+        let n = bytes.len();
+        if self.space().len() < n {
+            let (start, end) = (self.start as usize, self.end as usize);
+            self.data.copy_within(start..end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.data.len() - (self.end as usize) < n {
+                self.grow((self.len() + n).next_power_of_two());
+            }
+        }
+        self.space()[..n].copy_from_slice(bytes);
+        self.filled(n);
+    }
 }
 
 /// A worker's free list of [`BUF_SIZE`] buffers, and a few grown ones per bulk class.
@@ -280,6 +297,25 @@ mod tests {
         // A head grown past one buffer is not a bulk buffer and is left alone.
         assert_eq!(bulk_capacity(64 * 1024 + 1, true), 64 * 1024 + 1);
         assert_eq!(BULK_CLASSES, 4);
+    }
+
+    #[test]
+    fn append_compacts_or_grows_whatever_the_cursors() {
+        let mut pool = BufPool::new(4);
+        let mut b = pool.get();
+        let cap = b.capacity();
+        // Data in the middle: room only after moving it to the front.
+        b.append(&vec![1u8; cap * 3 / 4]);
+        b.consume(cap / 2);
+        b.append(&vec![2u8; cap / 2]);
+        assert_eq!(b.capacity(), cap, "moved to the front, not grown");
+        assert_eq!(b.len(), cap * 3 / 4);
+        assert_eq!(&b.bytes()[..cap / 4], &vec![1u8; cap / 4][..]);
+        // No room even then: grown.
+        b.append(&vec![3u8; cap]);
+        assert!(b.capacity() >= cap * 7 / 4);
+        assert_eq!(b.len(), cap * 7 / 4);
+        assert_eq!(b.bytes()[b.len() - 1], 3);
     }
 
     #[test]

@@ -229,7 +229,8 @@ impl Proxy {
         wake.dedup();
         for &ci in &wake {
             if self.clients.contains(ci) {
-                self.drive(ci);
+                // A panic in one client's work closes that client only.
+                self.contained(ci, |p| p.drive(ci));
             }
         }
         wake.clear();
@@ -530,12 +531,7 @@ fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
                     continue;
                 };
                 if n > 0 {
-                    let b = s.data.get_or_insert_with(|| ctx.bufs.get());
-                    if b.space().len() < n {
-                        b.grow((b.len() + n).next_power_of_two());
-                    }
-                    b.space()[..n].copy_from_slice(data);
-                    b.filled(n);
+                    s.data.get_or_insert_with(|| ctx.bufs.get()).append(data);
                 }
                 s.end |= end_stream;
                 wake.push(s.client);

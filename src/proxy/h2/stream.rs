@@ -139,12 +139,7 @@ impl H2Stream {
 
     pub fn take_data(&mut self, ctx: &mut Ctx, data: &[u8], end: bool) {
         if !data.is_empty() {
-            let b = self.body.get_or_insert_with(|| ctx.bufs.get());
-            if b.space().len() < data.len() {
-                b.grow((b.len() + data.len()).next_power_of_two());
-            }
-            b.space()[..data.len()].copy_from_slice(data);
-            b.filled(data.len());
+            self.body.get_or_insert_with(|| ctx.bufs.get()).append(data);
             self.unreleased += data.len();
         }
         self.req_end |= end;
