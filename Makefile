@@ -124,7 +124,8 @@ fmt:
 
 # Benchmarks (bench/bench.py): wrk against corelb, NGINX and HAProxy on 127.0.0.1:18100-18199;
 # results in bench/results/<date>-<host>[-quick]/. BENCH_SECONDS sets each wrk run's length.
-#   make bench         3 repetitions of 30 s runs (about 40 min with corelb's 6 modes)
+#   make bench         3 repetitions of 30 s runs (about 40 min with corelb's 6 modes), then
+#                      the HTTP/2 and gRPC scenarios of bench/h2bench.py (about 11 min)
 #   make bench-quick   1 repetition of 3 s runs, seed scenario with the seed's modes only,
 #                      sizes scenario with 4 KiB and 1 MiB only (about 3 min plus the build)
 #   make bench-sizes   only the body-size sweep: 0 B to 16 MiB, downloads and uploads, direct,
@@ -136,6 +137,7 @@ BASELINE ?=
 
 bench: release
 	$(PYTHON) bench/bench.py
+	$(PYTHON) bench/h2bench.py
 
 bench-quick: release
 	$(PYTHON) bench/bench.py --quick

@@ -121,15 +121,15 @@ def build_scenarios(reps: int, only: Optional[set]) -> list:
               "corelb `--workers 1 --no-pin --log-csv off --admin off` round-robin, servers "
               "`\"protocol\": \"h2c\"`; NGINX 1 worker, `listen ... http2`, `grpc_pass`, "
               "upstream `keepalive 256`; HAProxy `nbthread 1`, `proto h2` both sides, "
-              "`balance roundrobin`, `http-reuse always`; `h2load -t1 -c4 -m32` "
-              "(128 calls in flight)",
+              "`balance roundrobin`, `http-reuse always`; `h2load -t1 -c10 -m32` "
+              "(320 calls in flight, the HTTP/2 issue's load)",
         backends=[B.Backend(i, "fast") for i in ("F1", "F2", "F3")],
-        clients=4, streams=32, reps=reps)
+        clients=10, streams=32, reps=reps)
     tp.notes.append("NGINX's gRPC proxy carries one call per upstream connection (no HTTP/2 "
                     "multiplexing towards the backends), so it holds about as many backend "
                     "connections as calls in flight; corelb and HAProxy multiplex the calls "
                     "over a handful (about one per backend per worker/thread). The direct row's "
-                    "connections are h2load's 4 and the nghttp check's.")
+                    "connections are h2load's 10 and the nghttp check's.")
     tp.targets = [Target("direct", "direct"), Target("corelb", "corelb", "round-robin"),
                   Target("nginx", "nginx", ""), Target("haproxy", "haproxy", "roundrobin")]
     rt = Scenario(
