@@ -24,7 +24,7 @@ pub const SERVING: u64 = 1;
 pub const NOT_SERVING: u64 = 2;
 pub const SERVICE_UNKNOWN: u64 = 3;
 
-// The reasons a gRPC check gives (each also in `health::REASONS`).
+// The reasons a gRPC check gives (indexed by `health::reason_index`).
 pub const OK_SERVING: &str = "grpc SERVING";
 pub const R_NOT_SERVING: &str = "grpc NOT_SERVING";
 pub const R_SERVICE_UNKNOWN: &str = "grpc SERVICE_UNKNOWN";

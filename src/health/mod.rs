@@ -50,8 +50,9 @@ struct Cell {
     last: AtomicU8,
 }
 
-/// Every reason an active check gives, shared with the admin side by index (the checker
-/// writes one byte per check). The first is the state before any check.
+/// The reasons the TCP and HTTP checks give, shared with the admin side by index (the
+/// checker writes one byte per check, see [`reason_index`]). The first is the state before
+/// any check; the gRPC check's reasons are `grpc::REASONS` and `grpc::status_reason`'s.
 pub const REASONS: &[&str] = &[
     "not checked yet",
     "tcp connect ok",
@@ -64,49 +65,45 @@ pub const REASONS: &[&str] = &[
     "check response head too large",
     "unexpected http status",
     "malformed http response",
-    grpc::OK_SERVING,
-    grpc::R_NOT_SERVING,
-    grpc::R_SERVICE_UNKNOWN,
-    grpc::R_UNKNOWN,
-    grpc::R_BAD_STATUS,
-    grpc::R_HTTP_STATUS,
-    grpc::R_CONTENT_TYPE,
-    grpc::R_BAD_MESSAGE,
-    grpc::R_NO_STATUS,
-    grpc::R_RESET,
-    grpc::R_GOAWAY,
-    grpc::R_CLOSED,
-    grpc::R_PROTOCOL,
-    grpc::R_TOO_LARGE,
-    grpc::R_REFUSED,
-    "grpc-status 0 OK",
-    "grpc-status 1 CANCELLED",
-    "grpc-status 2 UNKNOWN",
-    "grpc-status 3 INVALID_ARGUMENT",
-    "grpc-status 4 DEADLINE_EXCEEDED",
-    "grpc-status 5 NOT_FOUND",
-    "grpc-status 6 ALREADY_EXISTS",
-    "grpc-status 7 PERMISSION_DENIED",
-    "grpc-status 8 RESOURCE_EXHAUSTED",
-    "grpc-status 9 FAILED_PRECONDITION",
-    "grpc-status 10 ABORTED",
-    "grpc-status 11 OUT_OF_RANGE",
-    "grpc-status 12 UNIMPLEMENTED",
-    "grpc-status 13 INTERNAL",
-    "grpc-status 14 UNAVAILABLE",
-    "grpc-status 15 DATA_LOSS",
-    "grpc-status 16 UNAUTHENTICATED",
-    "grpc-status out of range",
     "other",
 ];
 
-/// The index of `why` in [`REASONS`] (`other` when missing; checked by a test).
+/// Where the gRPC check's reasons start in the one-byte index: its fixed reasons, then
+/// one per grpc-status (0..=16, then out of range).
+const GRPC_REASONS: usize = 64;
+const GRPC_STATUSES: usize = 128;
+
+/// The reason a one-byte index names (see [`reason_index`]).
+fn reason(index: u8) -> &'static str {
+    let i = index as usize;
+    if i >= GRPC_STATUSES {
+        grpc::status_reason((i - GRPC_STATUSES) as u32)
+    } else if i >= GRPC_REASONS {
+        grpc::REASONS
+            .get(i - GRPC_REASONS)
+            .copied()
+            .unwrap_or("other")
+    } else {
+        REASONS.get(i).copied().unwrap_or("other")
+    }
+}
+
+/// The one-byte index of `why` among all the checks' reasons (`other` when missing;
+/// checked by a test).
 fn reason_index(why: &str) -> u8 {
-    REASONS
+    let found = REASONS
         .iter()
         .position(|r| *r == why)
-        .or_else(|| REASONS.iter().position(|r| *r == "other"))
-        .unwrap_or(0) as u8
+        .or_else(|| {
+            let k = grpc::REASONS.iter().position(|r| *r == why)?;
+            Some(GRPC_REASONS + k)
+        })
+        .or_else(|| {
+            let code = (0..=17).find(|&c| grpc::status_reason(c) == why)?;
+            Some(GRPC_STATUSES + code as usize)
+        })
+        .or_else(|| REASONS.iter().position(|r| *r == "other"));
+    found.unwrap_or(0) as u8
 }
 
 /// A backend's health as reported to the admin side.
@@ -327,7 +324,7 @@ impl Health {
             } else {
                 "off"
             },
-            last_check: REASONS[c.last.load(Relaxed) as usize % REASONS.len()],
+            last_check: reason(c.last.load(Relaxed)),
         }
     }
 }
@@ -411,22 +408,18 @@ mod tests {
 
     #[test]
     fn reasons_are_found_by_name() {
-        assert_eq!(
-            REASONS[reason_index("not checked yet") as usize],
-            "not checked yet"
-        );
-        assert_eq!(
-            REASONS[reason_index(grpc::R_GOAWAY) as usize],
-            grpc::R_GOAWAY
-        );
-        assert_eq!(REASONS[reason_index("no such reason") as usize], "other");
-        assert_eq!(REASONS[reason_index("") as usize], "other");
+        assert_eq!(reason(reason_index("not checked yet")), "not checked yet");
+        assert_eq!(reason(reason_index(grpc::R_GOAWAY)), grpc::R_GOAWAY);
+        assert!(REASONS.len() <= GRPC_REASONS);
+        assert!(GRPC_REASONS + grpc::REASONS.len() <= GRPC_STATUSES);
+        assert_eq!(reason(reason_index("no such reason")), "other");
+        assert_eq!(reason(reason_index("")), "other");
         for code in 0..=17 {
             let r = grpc::status_reason(code);
-            assert_eq!(REASONS[reason_index(r) as usize], r);
+            assert_eq!(reason(reason_index(r)), r);
         }
-        for r in grpc::REASONS {
-            assert_eq!(REASONS[reason_index(r) as usize], r);
+        for r in grpc::REASONS.iter().chain(REASONS) {
+            assert_eq!(reason(reason_index(r)), *r);
         }
     }
 

@@ -20,7 +20,7 @@ pub use canned::*;
 pub use head::{
     parse_request, parse_response, parse_response_with, BadResponse, Request, Response,
 };
-pub use write::{Forward, Reply};
+pub use write::{known_reason, reason_phrase, Forward, Reply};
 
 use std::mem::MaybeUninit;
 

@@ -764,7 +764,8 @@ fn response_head(
         b'0' + (status % 10) as u8,
         b' ',
     ]);
-    out.extend_from_slice(reason(status).as_bytes());
+    // HTTP/2 carries no reason phrase; an empty one is valid.
+    out.extend_from_slice(crate::http::known_reason(status).unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in head.regular() {
         if name == b"content-length" || is_connection_specific(name) {
@@ -932,38 +933,6 @@ fn trailer_pairs<R>(
         *p = (&names[s..s + l], v);
     }
     (f(&pairs[..n]), dropped)
-}
-
-/// The reason phrase of common statuses (HTTP/2 carries none; an empty one is valid).
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        206 => "Partial Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "",
-    }
 }
 
 #[cfg(test)]
