@@ -1,0 +1,135 @@
+//! Unit tests of `proxy/h1mux` (kept apart so the module stays readable).
+use super::*;
+
+fn fields(pairs: &[(&str, &str)]) -> Fields {
+    let mut f = Fields::new();
+    for (n, v) in pairs {
+        f.push(n.as_bytes(), v.as_bytes());
+    }
+    f
+}
+
+fn pairs_of(head: &[u8], te: bool) -> Vec<(String, String)> {
+    let mut names = Vec::new();
+    request_pairs(head, te, &mut names, |p| {
+        p.iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+#[test]
+fn request_head_becomes_http2_fields() {
+    let head = b"POST /up?x=1 HTTP/1.1\r\nHost: example.com\r\nX-Kept: Yes\r\n\
+        Content-Length: 5\r\nExpect: 100-continue\r\nX-Forwarded-For: 192.0.2.1, 10.0.0.1\r\n\
+        Via: 1.1 corelb\r\nConnection: close\r\n\r\n";
+    let p = pairs_of(head, true);
+    let want = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "example.com"),
+        (":path", "/up?x=1"),
+        ("x-kept", "Yes"),
+        ("content-length", "5"),
+        ("x-forwarded-for", "192.0.2.1, 10.0.0.1"),
+        ("via", "1.1 corelb"),
+        ("te", "trailers"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(p, want);
+    let p = pairs_of(
+        b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+        false,
+    );
+    assert_eq!(p.len(), 4, "{p:?}");
+    let mut names = Vec::new();
+    assert!(request_pairs(b"GET / HTTP/1.1\r\n\r\n", false, &mut names, |_| ()).is_none());
+}
+
+#[test]
+fn response_framing() {
+    assert_eq!(framing(200, true, Some(5), false, false), Framing::Bodiless);
+    assert_eq!(framing(204, false, None, true, false), Framing::Bodiless);
+    assert_eq!(framing(304, false, Some(5), true, false), Framing::Bodiless);
+    assert_eq!(framing(200, false, Some(5), false, false), Framing::Length);
+    assert_eq!(framing(200, false, None, true, true), Framing::Length);
+    assert_eq!(framing(200, false, None, false, false), Framing::Chunked);
+    assert_eq!(framing(200, false, None, false, true), Framing::Close);
+}
+
+#[test]
+fn response_head_lines() {
+    let f = fields(&[
+        (":status", "200"),
+        ("content-type", "text/plain"),
+        ("content-length", "7"),
+        ("set-cookie", "a=1"),
+        ("set-cookie", "b=2"),
+    ]);
+    let mut out = Vec::new();
+    response_head(&f, 200, Framing::Length, Some(7), false, true, &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\
+         Content-Length: 7\r\nVia: 2 corelb\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    response_head(&f, 299, Framing::Chunked, None, false, false, &mut out);
+    let s = String::from_utf8(out).unwrap();
+    assert!(s.starts_with("HTTP/1.1 299 \r\n"), "{s}");
+    assert!(s.contains("Transfer-Encoding: chunked\r\n") && !s.contains("Content-Length"));
+    assert!(s.ends_with("Connection: close\r\n\r\n"));
+    let mut out = Vec::new();
+    response_head(&f, 204, Framing::Bodiless, Some(7), true, true, &mut out);
+    let s = String::from_utf8(out).unwrap();
+    assert!(!s.contains("Content-Length") && s.contains("Connection: keep-alive"));
+}
+
+#[test]
+fn chunks_and_the_end_of_a_body() {
+    let mut line = [0u8; 24];
+    let n = chunk_line(false, 255, &mut line);
+    assert_eq!(&line[..n], b"ff\r\n");
+    let n = chunk_line(true, 16, &mut line);
+    assert_eq!(&line[..n], b"\r\n10\r\n");
+    let t = fields(&[("x-checksum", "42"), ("content-length", "1")]);
+    let mut leg = Leg {
+        framing: Framing::Chunked,
+        any_chunk: true,
+        ..Leg::default()
+    };
+    let mut out = Vec::new();
+    assert_eq!(end_of_body(&leg, Some(&t), &mut out), 1);
+    assert_eq!(out, b"\r\n0\r\nx-checksum: 42\r\n\r\n");
+    leg.framing = Framing::Length;
+    out.clear();
+    assert_eq!(end_of_body(&leg, Some(&t), &mut out), 2);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn request_trailer_lines_become_pairs() {
+    let mut names = Vec::new();
+    let (got, dropped) = trailer_pairs(b"X-Sum: 1\r\nGrpc-Status:  0 \r\n\r", &mut names, |p| {
+        p.iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(dropped, 0);
+    assert_eq!(
+        got,
+        vec![
+            (b"x-sum".to_vec(), b"1".to_vec()),
+            (b"grpc-status".to_vec(), b"0".to_vec())
+        ]
+    );
+}
