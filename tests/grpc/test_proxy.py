@@ -416,11 +416,12 @@ def test_graceful_restart_of_a_server_loses_no_call(start_server):
     print(f"graceful restart: {done[0]} calls, {len(errors)} failed, Q ejected after {out:.2f} s,"
           f" checked down after {left:.2f} s, up again {back:.2f} s after its restart")
     assert done[0] > 500, done
-    # A call grpcio's server accepted as it shut down may be answered CANCELLED by the
-    # server itself (a real answer, which corelb forwards: it may have been processed);
-    # nothing else fails, and never more than the calls in flight on that server.
+    # grpcio's server answers CANCELLED (grpc-status 1, its own Trailers-Only answer) to
+    # some calls it had accepted when it began to shut down; corelb forwards them as it
+    # must (they may have been processed). Nothing else fails: corelb's own failures
+    # would be UNAVAILABLE, INTERNAL or DEADLINE_EXCEEDED. At most the calls in flight.
     assert all(code == grpc.StatusCode.CANCELLED for code, _ in errors), errors[:5]
-    assert len(errors) <= 21, errors
+    assert len(errors) <= 64, errors
 
 
 def test_calls_are_accounted_by_status_in_metrics_stats_and_csv(echo_servers):
