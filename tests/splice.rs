@@ -61,6 +61,36 @@ fn read_checked(s: &mut TcpStream, len: u64, f: fn(u64) -> u8) {
     }
 }
 
+/// A backend that reads a body until EOF (or an error), counting its bytes in `got`, and
+/// then sets `eof`.
+fn sink_until_eof(s: &mut TcpStream, eof: &AtomicBool, got: &AtomicUsize) {
+    let mut buf = vec![0u8; MIB];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.fetch_add(n, SeqCst),
+        };
+    }
+    eof.store(true, SeqCst);
+}
+
+/// A backend that reads 1 MiB of a body (so it is being spliced), answers 413 and stops
+/// reading, then drops the connection with the rest unread.
+fn take_a_mib_then_413(mut s: TcpStream) {
+    let mut buf = vec![0u8; MIB];
+    let mut n = 0;
+    while n < MIB {
+        match s.read(&mut buf[..MIB - n]) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => n += k,
+        }
+    }
+    let _ = s.write_all(
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 /// A scripted backend: `handler(connection_index, socket)` runs on a thread per
 /// connection. Returns the address and the connection count.
 fn scripted(handler: impl Fn(usize, TcpStream) + Send + Sync + 'static) -> (u16, Arc<AtomicUsize>) {
@@ -341,16 +371,7 @@ fn a_client_aborting_mid_upload_closes_the_upstream_connection() {
                 }
                 continue;
             }
-            let mut buf = vec![0u8; MIB];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => {
-                        e2.store(true, SeqCst);
-                        return;
-                    }
-                    Ok(n) => g2.fetch_add(n, SeqCst),
-                };
-            }
+            return sink_until_eof(&mut s, &e2, &g2);
         }
     });
     let p = proxy_for_port(port, &ADMIN);
@@ -427,18 +448,7 @@ fn an_early_answer_during_a_spliced_upload_is_the_only_answer() {
         if backend_head(&mut s).is_none() {
             return;
         }
-        let mut buf = vec![0u8; MIB];
-        let mut n = 0;
-        while n < MIB {
-            match s.read(&mut buf[..MIB - n]) {
-                Ok(0) | Err(_) => return,
-                Ok(k) => n += k,
-            }
-        }
-        let _ = s.write_all(
-            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
-        );
-        std::thread::sleep(Duration::from_millis(300));
+        take_a_mib_then_413(s);
     });
     let p = proxy_for_port(port, &ADMIN);
     let mut s = connect(p.addr);
@@ -740,16 +750,7 @@ fn a_client_aborting_mid_chunk_closes_the_upstream_connection() {
                 }
                 continue;
             }
-            let mut buf = vec![0u8; MIB];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => {
-                        e2.store(true, SeqCst);
-                        return;
-                    }
-                    Ok(n) => g2.fetch_add(n, SeqCst),
-                };
-            }
+            return sink_until_eof(&mut s, &e2, &g2);
         }
     });
     let p = proxy_for_port(port, &ADMIN);
@@ -871,18 +872,7 @@ fn an_early_answer_during_a_spliced_chunked_upload_is_the_only_answer() {
         if backend_head_text(&mut s).is_none() {
             return;
         }
-        let mut buf = vec![0u8; MIB];
-        let mut n = 0;
-        while n < MIB {
-            match s.read(&mut buf[..MIB - n]) {
-                Ok(0) | Err(_) => return,
-                Ok(k) => n += k,
-            }
-        }
-        let _ = s.write_all(
-            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
-        );
-        std::thread::sleep(Duration::from_millis(300));
+        take_a_mib_then_413(s);
     });
     let p = proxy_for_port(port, &ADMIN);
     let mut s = connect(p.addr);
