@@ -128,7 +128,7 @@ impl Proxy {
     /// buffers in use and pooled) since the last call to `Shared`'s sums: at most four
     /// Relaxed atomic adds, once per loop iteration, none when nothing changed.
     pub fn publish_gauges(&mut self) {
-        let idle: usize = self.idle.iter().map(Vec::len).sum::<usize>() + self.mux_counts().1;
+        let idle: usize = self.idle.iter().map(Vec::len).sum::<usize>() + self.mux_idle();
         let now = [
             self.ups.len() as u64,
             idle as u64,

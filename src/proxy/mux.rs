@@ -86,10 +86,11 @@ impl Mux {
             .iter()
             .position(|m| m.client == client && m.front == front)
     }
+}
 
-    fn by_sid(&mut self, sid: StreamId) -> Option<&mut MuxStream> {
-        self.streams.iter_mut().find(|m| m.sid == sid && sid != 0)
-    }
+/// The opened stream `sid` among `streams`.
+fn by_sid(streams: &mut [MuxStream], sid: StreamId) -> Option<&mut MuxStream> {
+    streams.iter_mut().find(|m| m.sid == sid && sid != 0)
 }
 
 /// The settings corelb announces to h2c backends.
@@ -472,31 +473,16 @@ impl Proxy {
 
     /// Drain: idle connections close, busy ones take no new streams.
     pub(super) fn mux_start_drain(&mut self) {
-        let all: Vec<usize> = self.muxes.iter().flatten().copied().collect();
-        for ui in all {
-            let idle = self.ups[ui]
-                .mux
-                .as_ref()
-                .is_some_and(|m| m.streams.is_empty());
-            if idle {
-                self.mux_close(ui);
-            } else if let Some(m) = self.ups[ui].mux.as_mut() {
-                m.closed = true;
-            }
+        for b in 0..self.muxes.len() {
+            self.mux_retire(b);
         }
-        self.muxes.iter_mut().for_each(Vec::clear);
     }
 
-    /// Connections open to h2c backends and, of them, those without streams.
-    pub(super) fn mux_counts(&self) -> (usize, usize) {
-        let all = self.muxes.iter().map(Vec::len).sum();
-        let idle = self
-            .muxes
-            .iter()
-            .flatten()
+    /// Connections to h2c backends without streams (pooled idle).
+    pub(super) fn mux_idle(&self) -> usize {
+        (self.muxes.iter().flatten())
             .filter(|&&ui| self.ups[ui].is_idle())
-            .count();
-        (all, idle)
+            .count()
     }
 }
 
@@ -509,7 +495,7 @@ fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
                 fields,
                 end_stream,
             } => {
-                let Some(s) = m.streams.iter_mut().find(|s| s.sid == stream) else {
+                let Some(s) = by_sid(&mut m.streams, stream) else {
                     continue;
                 };
                 // 1xx heads are not forwarded (HTTP/2 clients of gRPC never need them).
@@ -526,7 +512,7 @@ fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
                 end_stream,
             } => {
                 let n = data.len();
-                let Some(s) = m.streams.iter_mut().find(|s| s.sid == stream) else {
+                let Some(s) = by_sid(&mut m.streams, stream) else {
                     m.conn.release(stream, n);
                     continue;
                 };
@@ -537,14 +523,14 @@ fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
                 wake.push(s.client);
             }
             Event::Trailers { stream, fields } => {
-                if let Some(s) = m.streams.iter_mut().find(|s| s.sid == stream) {
+                if let Some(s) = by_sid(&mut m.streams, stream) {
                     s.trailers = Some(fields);
                     s.end = true;
                     wake.push(s.client);
                 }
             }
             Event::Reset { stream, code, .. } => {
-                if let Some(s) = m.by_sid(stream) {
+                if let Some(s) = by_sid(&mut m.streams, stream) {
                     if s.gone.is_none() {
                         s.gone = Some(if code == ErrorCode::REFUSED_STREAM {
                             Gone::Refused

@@ -67,8 +67,8 @@ pub(super) fn for_http(status: u16) -> u32 {
 /// content-type, `grpc-status` and `grpc-message`. If the client was still sending, the
 /// stream is then reset with NO_ERROR (RFC 9113 §8.1).
 pub(super) fn answer(conn: &mut Connection, id: u32, code: u32, message: &str, done: bool) {
-    let mut digits = [0u8; 3];
-    let text = code_text(code, &mut digits);
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(code).as_bytes();
     let fields: [(&[u8], &[u8]); 4] = [
         (b":status", b"200"),
         (b"content-type", b"application/grpc"),
@@ -83,31 +83,13 @@ pub(super) fn answer(conn: &mut Connection, id: u32, code: u32, message: &str, d
 
 /// Ends a call whose response head already went out with trailers carrying `code`.
 pub(super) fn end_with(conn: &mut Connection, id: u32, code: u32, message: &str) {
-    let mut digits = [0u8; 3];
-    let text = code_text(code, &mut digits);
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(code).as_bytes();
     let fields: [(&[u8], &[u8]); 2] = [
         (b"grpc-status", text),
         (b"grpc-message", message.as_bytes()),
     ];
     let _ = conn.send_trailers(id, &fields);
-}
-
-fn code_text(code: u32, buf: &mut [u8; 3]) -> &[u8] {
-    let code = code.min(999);
-    if code >= 10 {
-        buf[0] = b'0' + (code / 10 % 10) as u8;
-        buf[1] = b'0' + (code % 10) as u8;
-        if code >= 100 {
-            buf[0] = b'0' + (code / 100) as u8;
-            buf[1] = b'0' + (code / 10 % 10) as u8;
-            buf[2] = b'0' + (code % 10) as u8;
-            return &buf[..3];
-        }
-        &buf[..2]
-    } else {
-        buf[0] = b'0' + code as u8;
-        &buf[..1]
-    }
 }
 
 #[cfg(test)]
@@ -158,10 +140,6 @@ mod tests {
         assert_eq!(status(&fields(&[("grpc-status", "14")])), Some(14));
         assert_eq!(status(&fields(&[("grpc-status", "x")])), None);
         assert_eq!(status(&fields(&[])), None);
-        let mut b = [0; 3];
-        assert_eq!(code_text(0, &mut b), b"0");
-        assert_eq!(code_text(14, &mut b), b"14");
-        assert_eq!(code_text(4, &mut b), b"4");
         assert_eq!(for_http(503), UNAVAILABLE);
         assert_eq!(for_http(504), DEADLINE_EXCEEDED);
     }
