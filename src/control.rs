@@ -702,6 +702,8 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     field!("admin", admin);
     field!("timeouts", timeouts);
     field!("maxIdlePerBackend", max_idle_per_backend);
+    field!("spliceMin", splice_min);
+    field!("notsentLowat", notsent_lowat);
     field!("logCsv", log_csv);
     field!("logQueue", log_queue);
     field!("hdrDir", hdr_dir);
@@ -815,15 +817,21 @@ mod tests {
         .unwrap();
         let mut b = Config::from_json(
             "a.json",
-            r#"{"listen":"127.0.0.1:9999","workers":3,"servers":[{"name":"B","address":"127.0.0.1","port":2}]}"#,
+            r#"{"listen":"127.0.0.1:9999","workers":3,"spliceMin":"off","notsentLowat":"1MiB","servers":[{"name":"B","address":"127.0.0.1","port":2}]}"#,
         )
         .unwrap();
         let r = restart_needed(&a, &b);
-        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r.len(), 4, "{r:?}");
         assert!(r[0].starts_with("listen changed (127.0.0.1:9090 -> 127.0.0.1:9999)"));
         assert!(r[1].starts_with("workers changed"));
+        assert!(r[2].starts_with("spliceMin changed (65536 -> 0)"), "{r:?}");
+        assert!(r[3].starts_with("notsentLowat changed (131072 -> 1048576)"));
         keep_restart_settings(&mut b, &a);
         assert_eq!((b.listen, b.workers), (a.listen, a.workers));
+        assert_eq!(
+            (b.splice_min, b.notsent_lowat),
+            (a.splice_min, a.notsent_lowat)
+        );
         assert_eq!(b.servers[0].name, "B");
     }
 }

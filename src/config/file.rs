@@ -79,6 +79,7 @@ struct File {
     timeouts: Entry<Timeouts>,
     max_idle_per_backend: Scalar,
     splice_min: Scalar,
+    notsent_lowat: Scalar,
     log_csv: Scalar,
     hdr_dir: Scalar,
     hdr_interval: Scalar,
@@ -293,6 +294,7 @@ impl File {
             "maxIdlePerBackend",
         );
         top.put(Key::SpliceMin, self.splice_min, "spliceMin");
+        top.put(Key::NotsentLowat, self.notsent_lowat, "notsentLowat");
         top.put(Key::LogCsv, self.log_csv, "logCsv");
         top.put(Key::HdrDir, self.hdr_dir, "hdrDir");
         top.put(Key::HdrInterval, self.hdr_interval, "hdrInterval");

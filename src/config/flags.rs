@@ -91,6 +91,10 @@ pub struct Args {
     /// bytes (65536, 64KiB, 1MiB), or off (default 64KiB).
     #[arg(long, value_name = "BYTES|off", value_parser = checked(&rules::SPLICE_MIN))]
     pub splice_min: Option<String>,
+    /// Unsent bytes a socket may queue once a body is spliced into it (TCP_NOTSENT_LOWAT):
+    /// bytes (131072, 128KiB), or off to leave the kernel's default (default 128KiB).
+    #[arg(long, value_name = "BYTES|off", value_parser = checked(&rules::NOTSENT_LOWAT))]
+    pub notsent_lowat: Option<String>,
     /// Directory for HDR histogram dumps (.hgrm and .hlog), written on exit.
     #[arg(long, value_name = "DIR")]
     pub hdr_dir: Option<String>,
@@ -274,6 +278,11 @@ impl Args {
             (Key::LogCsv, self.log_csv.as_ref(), "--log-csv"),
             (Key::LogQueue, self.log_queue.as_ref(), "--log-queue"),
             (Key::SpliceMin, self.splice_min.as_ref(), "--splice-min"),
+            (
+                Key::NotsentLowat,
+                self.notsent_lowat.as_ref(),
+                "--notsent-lowat",
+            ),
             (Key::HdrDir, self.hdr_dir.as_ref(), "--hdr-dir"),
             (
                 Key::HdrInterval,

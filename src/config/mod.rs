@@ -91,6 +91,8 @@ pub struct Config {
     pub max_idle_per_backend: usize,
     /// Bodies and chunks with at least this many bytes left are spliced; 0: never.
     pub splice_min: u64,
+    /// `TCP_NOTSENT_LOWAT` of a socket once a body is spliced into it; 0: left alone.
+    pub notsent_lowat: u64,
     /// Backend slots in all (`maxServers`); `None`: max(64, 4 x servers).
     pub max_servers: Option<usize>,
     /// Re-resolve servers given by DNS name this often (`dnsRefresh`); `None`: resolved
@@ -269,6 +271,7 @@ impl Config {
         };
         let log_queue = v.get(Key::LogQueue, &value::LOG_QUEUE)?;
         let splice_min = v.get(Key::SpliceMin, &value::SPLICE_MIN)?;
+        let notsent_lowat = v.get(Key::NotsentLowat, &value::NOTSENT_LOWAT)?;
         let max_servers = v.get(Key::MaxServers, &value::MAX_SERVERS)?;
         if let Some(m) = max_servers {
             if (m as usize) < servers.len() {
@@ -281,6 +284,7 @@ impl Config {
         }
         Ok(Config {
             splice_min: splice_min.unwrap_or(DEFAULT_SPLICE_MIN),
+            notsent_lowat: notsent_lowat.unwrap_or(DEFAULT_NOTSENT_LOWAT),
             log_csv,
             log_queue: log_queue.map_or(DEFAULT_LOG_QUEUE, |n| n as usize),
             health: health(v, heartbeat_interval, heartbeat_timeout)?,

@@ -546,6 +546,7 @@ fn defaults_fill_what_no_source_gives() {
     assert_eq!(c.max_idle_per_backend, DEFAULT_MAX_IDLE_PER_BACKEND);
     assert_eq!(c.log_queue, DEFAULT_LOG_QUEUE);
     assert_eq!(c.splice_min, DEFAULT_SPLICE_MIN);
+    assert_eq!(c.notsent_lowat, DEFAULT_NOTSENT_LOWAT);
     assert_eq!(c.log_csv.as_deref(), Some("round-robin_persistent.csv"));
     assert_eq!(c.admin, parse_listen(DEFAULT_ADMIN));
     assert_eq!((c.hdr_dir, c.hdr_interval), (None, None));
@@ -728,37 +729,46 @@ fn protocol_per_server_and_for_all() {
 }
 
 #[test]
-fn splice_min_takes_bytes_or_off_alike_from_the_file_and_from_a_flag() {
-    for (json, text, want) in [
-        ("0", "0", 0),
-        ("\"off\"", "off", 0),
-        ("4096", "4096", 4096),
-        ("\"256KiB\"", "256KiB", 256 << 10),
-        ("\"1M\"", "1M", 1 << 20),
-    ] {
-        let c =
-            Config::from_json("s.json", &file_with(&format!(r#""spliceMin": {json}"#))).unwrap();
-        assert_eq!(c.splice_min, want, "file {json}");
-        let c = Config::load(&Args::parse_argv(["corelb", "--splice-min", text]).unwrap()).unwrap();
-        assert_eq!(c.splice_min, want, "flag {text}");
-    }
-    for (json, text) in [
-        ("-1", "-1"),
-        ("1.5", "1.5"),
-        ("\"lots\"", "lots"),
-        ("2147483648", "2147483648"),
-    ] {
-        let extra = format!(r#""spliceMin": {json}"#);
-        let p = same_problem(&extra, "spliceMin", &["--splice-min", text], "--splice-min");
-        assert!(
-            p.starts_with("expected bytes 0..1073741824 (e.g. 65536, 64KiB) or off, got "),
-            "{p}"
+fn splice_min_and_notsent_lowat_take_bytes_or_off_alike_from_the_file_and_from_a_flag() {
+    type Field = fn(&Config) -> u64;
+    let settings: [(&str, &str, Field, u64); 2] = [
+        ("spliceMin", "--splice-min", |c| c.splice_min, 1 << 30),
+        (
+            "notsentLowat",
+            "--notsent-lowat",
+            |c| c.notsent_lowat,
+            64 << 20,
+        ),
+    ];
+    for (key, flag, field, max) in settings {
+        for (json, text, want) in [
+            ("0", "0", 0),
+            ("\"off\"", "off", 0),
+            ("4096", "4096", 4096),
+            ("\"256KiB\"", "256KiB", 256 << 10),
+            ("\"1M\"", "1M", 1 << 20),
+        ] {
+            let c = Config::from_json("s.json", &file_with(&format!(r#""{key}": {json}"#)));
+            assert_eq!(field(&c.unwrap()), want, "file {key} {json}");
+            let c = Config::load(&Args::parse_argv(["corelb", flag, text]).unwrap()).unwrap();
+            assert_eq!(field(&c), want, "flag {flag} {text}");
+        }
+        let expected = format!("expected bytes 0..{max} (e.g. 65536, 64KiB) or off, got ");
+        for (json, text) in [
+            ("-1", "-1"),
+            ("1.5", "1.5"),
+            ("\"lots\"", "lots"),
+            ("2147483648", "2147483648"),
+        ] {
+            let extra = format!(r#""{key}": {json}"#);
+            let p = same_problem(&extra, key, &[flag, text], flag);
+            assert!(p.starts_with(&expected), "{p}");
+        }
+        assert_eq!(
+            flag_error(&[flag, "lots"]).to_string(),
+            format!("command line: {flag}: {expected}\"lots\"")
         );
     }
-    assert_eq!(
-        flag_error(&["--splice-min", "lots"]).to_string(),
-        "command line: --splice-min: expected bytes 0..1073741824 (e.g. 65536, 64KiB) or off, got \"lots\""
-    );
 }
 
 #[test]

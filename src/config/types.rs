@@ -28,6 +28,8 @@ pub const DEFAULT_LOG_QUEUE: usize = 16 * 1024;
 /// Bodies (and chunks of chunked bodies) with at least this many bytes left are relayed
 /// with splice(2); 0 turns splicing off.
 pub const DEFAULT_SPLICE_MIN: u64 = 64 * 1024;
+/// Default `TCP_NOTSENT_LOWAT` of a socket a body is spliced into (`notsentLowat`).
+pub const DEFAULT_NOTSENT_LOWAT: u64 = 128 * 1024;
 
 pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;

@@ -293,6 +293,9 @@ pub(crate) const MAX_IDLE_PER_BACKEND: Int = Int {
 };
 /// Splicing thresholds above 1 GiB would never splice anything worth it: refused.
 pub(crate) const SPLICE_MIN: BytesOrOff = BytesOrOff { max: 1 << 30 };
+/// A send queue's unsent bytes are bounded at 64 MiB at most (past the kernel's own
+/// send buffer maximum, the bound would mean nothing).
+pub(crate) const NOTSENT_LOWAT: BytesOrOff = BytesOrOff { max: 64 << 20 };
 /// Backend slots in all (`maxServers`): the CSV log names a backend by a 16-bit index.
 pub(crate) const MAX_SERVERS: Int = Int { min: 1, max: 4096 };
 pub(crate) const LOG_QUEUE: Int = Int {
@@ -379,6 +382,7 @@ pub(crate) enum Key {
     LogCsv,
     LogQueue,
     SpliceMin,
+    NotsentLowat,
     HdrDir,
     HdrInterval,
     CheckType,

@@ -71,7 +71,7 @@ impl Ctx {
             id,
             registry,
             bufs: BufPool::new(POOL_MAX),
-            pipes: PipePool::new(shared.cfg.splice_min),
+            pipes: PipePool::new(shared.cfg.splice_min, shared.cfg.notsent_lowat),
             timers: Timers::default(),
             now: 1,
             again: Vec::new(),

@@ -16,6 +16,8 @@ pub(crate) struct Io {
     pub rdhup: bool,
     /// The connection is gone both ways (reset, or hung up): nothing more can be sent.
     pub hup: bool,
+    /// Its unsent bytes are bounded (`TCP_NOTSENT_LOWAT`, set once a body is spliced in).
+    pub lowat: bool,
 }
 
 impl Io {

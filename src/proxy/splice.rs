@@ -115,21 +115,41 @@ pub(crate) struct PipePool {
     failures: u64,
     /// Stretches of at least this many bytes are spliced; 0: none are.
     pub min: u64,
+    /// `TCP_NOTSENT_LOWAT` for a socket bodies are spliced into; 0: left alone.
+    lowat: u32,
 }
 
 impl Default for PipePool {
     fn default() -> Self {
-        PipePool::new(SPLICE_MIN)
+        PipePool::new(SPLICE_MIN, crate::config::DEFAULT_NOTSENT_LOWAT)
     }
 }
 
 impl PipePool {
-    /// An empty pool splicing stretches of at least `min` bytes (0: never).
-    pub fn new(min: u64) -> PipePool {
+    /// An empty pool splicing stretches of at least `min` bytes (0: never), into sockets
+    /// whose unsent bytes it bounds at `lowat` (0: the kernel's default).
+    pub fn new(min: u64, lowat: u64) -> PipePool {
         PipePool {
             free: Vec::new(),
             failures: 0,
             min,
+            lowat: lowat.min(u32::MAX as u64) as u32,
+        }
+    }
+
+    /// Bounds the unsent bytes of `sock`, which a body is about to be spliced into, once
+    /// per connection. Without a bound a socket whose reader is slower than the writer
+    /// queues up to its whole send buffer (4 MiB by default) of pages that left the pipe:
+    /// they sit in the kernel and go cold in the cache before the reader copies them, and
+    /// the queued segments are sent from the reader's own acknowledgements. With it the
+    /// socket reports writable only below `lowat` unsent bytes; bytes in flight (the
+    /// congestion window) are not limited.
+    fn bound_unsent(&self, sock: &mio::net::TcpStream, io: &mut Io) {
+        if self.lowat > 0 && !io.lowat {
+            io.lowat = true;
+            if let Err(e) = socket2::SockRef::from(sock).set_tcp_notsent_lowat(self.lowat) {
+                debug!("TCP_NOTSENT_LOWAT refused ({e}): the send queue is unbounded");
+            }
         }
     }
 
@@ -292,6 +312,8 @@ impl Proxy {
                 ex.splice.off = true;
                 return None;
             }
+            let u = &mut self.ups[ex.up];
+            self.ctx.pipes.bound_unsent(&u.sock, &mut u.io);
             // The copy reads around spliced stretches (chunk framing) start small again.
             ex.req_hot = false;
             if c.buf.as_ref().is_some_and(|b| b.is_empty()) {
@@ -395,7 +417,7 @@ impl Proxy {
     /// Response direction, read side: backend to pipe, then on to the client. `None` when
     /// this body is not spliced. Called only while the backend is readable.
     pub(super) fn splice_recv_response(&mut self, ci: usize) -> Option<Flow> {
-        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let (c, ex) = self.clients[ci].split().expect("proxying");
         let Resp::Body(body) = ex.resp else {
             return None;
         };
@@ -429,6 +451,7 @@ impl Proxy {
                 ex.splice.off = true;
                 return None;
             }
+            self.ctx.pipes.bound_unsent(c.sock, c.io);
         }
         // Nothing is buffered: the buffer goes back to the pool while the pipe carries the
         // stretch, and the copy reads after it (chunk framing) start small again.
@@ -536,6 +559,23 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_spliced_into_gets_its_unsent_bytes_bounded_once() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = mio::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let lowat = || socket2::SockRef::from(&sock).tcp_notsent_lowat().unwrap();
+        let kernel_default = lowat();
+        let mut io = Io::default();
+        PipePool::new(SPLICE_MIN, 0).bound_unsent(&sock, &mut io);
+        assert_eq!(lowat(), kernel_default, "0 leaves the socket alone");
+        assert!(!io.lowat);
+        PipePool::new(SPLICE_MIN, 128 << 10).bound_unsent(&sock, &mut io);
+        assert_eq!(lowat(), 128 << 10);
+        assert!(io.lowat);
+        PipePool::new(SPLICE_MIN, 64 << 10).bound_unsent(&sock, &mut io);
+        assert_eq!(lowat(), 128 << 10, "set once per connection");
+    }
+
+    #[test]
     fn a_pipe_carries_bytes_between_sockets_exactly() {
         use std::io::{Read, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -552,8 +592,7 @@ mod tests {
         let mut io = Io {
             readable: true,
             writable: true,
-            rdhup: false,
-            hup: false,
+            ..Io::default()
         };
         let mut got = 0;
         while got < 10 {
