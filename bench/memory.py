@@ -5,8 +5,11 @@
   connections, one request answered on each, left open, against a 100-connection warm-up);
 - large: peak RSS (VmHWM, and the highest VmRSS sampled every 50 ms) while C clients
   download S bytes each at once through corelb from corelb-backend's /bytes/S route, each
-  read with one bounded 64 KiB buffer; once with splice (the default --splice-min) and
-  once with --splice-min off (every byte copied through corelb's buffers).
+  read with one bounded 64 KiB buffer; with splice (the default --splice-min and
+  --notsent-lowat), with splice and --notsent-lowat off, and with --splice-min off (every
+  byte copied through corelb's buffers). Beside corelb's RSS, the highest system-wide TCP
+  memory sampled (/proc/net/sockstat: the socket queues of the clients, corelb and the
+  backend together) shows what the kernel holds meanwhile.
 
 Not a timing benchmark: the durations are printed only to show the runs were real.
 
@@ -42,6 +45,15 @@ def status_kib(pid, field):
     raise RuntimeError(f"{field} not in /proc/{pid}/status")
 
 
+def tcp_mem_kib():
+    """System-wide memory of TCP socket queues, from /proc/net/sockstat (pages)."""
+    for line in open("/proc/net/sockstat"):
+        if line.startswith("TCP:"):
+            f = line.split()
+            return int(f[f.index("mem") + 1]) * resource.getpagesize() // 1024
+    raise RuntimeError("no TCP line in /proc/net/sockstat")
+
+
 def start(tmp, workers, extra):
     bport = free_port()
     backend = subprocess.Popen([str(BIN / "corelb-backend"), "--id", "A", "--port", str(bport),
@@ -69,7 +81,8 @@ def stop(procs):
 
 
 def downloads(port, pid, clients, size):
-    """clients downloads of /bytes/size at once; returns (seconds, bytes, peak VmRSS)."""
+    """clients downloads of /bytes/size at once; returns (seconds, bytes, peak VmRSS,
+    peak system TCP memory), both in KiB."""
     sel = selectors.DefaultSelector()
     req = f"GET /bytes/{size} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
     state = {}
@@ -81,12 +94,13 @@ def downloads(port, pid, clients, size):
         state[s] = [b"", None]  # head bytes, body bytes received (None: in the head)
     buf = bytearray(64 * 1024)
     view = memoryview(buf)
-    total, peak, t0 = 0, 0, time.monotonic()
+    total, peak, tcp, t0 = 0, 0, 0, time.monotonic()
     next_sample = t0
     while state:
         now = time.monotonic()
         if now >= next_sample:
             peak = max(peak, status_kib(pid, "VmRSS:"))
+            tcp = max(tcp, tcp_mem_kib())
             next_sample = now + 0.05
         if now - t0 > 600:
             raise RuntimeError(f"{len(state)} downloads unfinished after 600 s")
@@ -121,7 +135,7 @@ def downloads(port, pid, clients, size):
                     s.close()
                     del state[s]
                     break
-    return time.monotonic() - t0, total, peak
+    return time.monotonic() - t0, total, peak, tcp
 
 
 def large(tmp, clients, size, extra):
@@ -129,12 +143,13 @@ def large(tmp, clients, size, extra):
     try:
         time.sleep(0.5)
         base = status_kib(proxy.pid, "VmHWM:")
-        secs, total, peak = downloads(port, proxy.pid, clients, size)
+        secs, total, peak, tcp = downloads(port, proxy.pid, clients, size)
         hwm = status_kib(proxy.pid, "VmHWM:")
     finally:
         stop([proxy, backend])
     return {"clients": clients, "size": size, "flags": extra, "seconds": round(secs, 1),
-            "bytes": total, "vmhwm_start_kib": base, "vmhwm_kib": hwm, "peak_vmrss_kib": peak}
+            "bytes": total, "vmhwm_start_kib": base, "vmhwm_kib": hwm, "peak_vmrss_kib": peak,
+            "peak_tcp_mem_kib": tcp}
 
 
 def main():
@@ -159,12 +174,13 @@ def main():
                            "bytes_per_connection": round(per)}
         print(f"idle: {n} keep-alive connections: VmRSS {before} -> {after} KiB, {per:.0f} B each")
     results["large"] = []
-    for extra in ([], ["--splice-min", "off"]):
+    for extra in ([], ["--notsent-lowat", "off"], ["--splice-min", "off"]):
         r = large(tmp, a.clients, a.size, extra)
         results["large"].append(r)
         print(f"large {' '.join(extra) or '(splice)'}: {r['clients']} x {r['size'] >> 20} MiB "
               f"({r['bytes'] >> 20} MiB in {r['seconds']} s): VmHWM {r['vmhwm_start_kib']} KiB at start, "
-              f"{r['vmhwm_kib']} KiB after, highest VmRSS sampled {r['peak_vmrss_kib']} KiB")
+              f"{r['vmhwm_kib']} KiB after, highest VmRSS sampled {r['peak_vmrss_kib']} KiB, "
+              f"highest system TCP memory {r['peak_tcp_mem_kib']} KiB")
     if a.out:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -176,12 +192,12 @@ def main():
             lines += ["| idle keep-alive connections | VmRSS before (KiB) | VmRSS after (KiB) | bytes per connection |",
                       "|---:|---:|---:|---:|",
                       f"| {i['connections']} | {i['rss_before_kib']} | {i['rss_after_kib']} | {i['bytes_per_connection']} |", ""]
-        lines += ["| concurrent downloads | corelb flags | MiB moved | seconds | VmHWM at start (KiB) | VmHWM after (KiB) | highest VmRSS sampled (KiB) |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += ["| concurrent downloads | corelb flags | MiB moved | seconds | VmHWM at start (KiB) | VmHWM after (KiB) | highest VmRSS sampled (KiB) | highest system TCP memory (KiB) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in results["large"]:
             lines.append(f"| {r['clients']} x {r['size'] >> 20} MiB | `{' '.join(['--workers', '2'] + r['flags'])}` "
                          f"| {r['bytes'] >> 20} | {r['seconds']} | {r['vmhwm_start_kib']} | {r['vmhwm_kib']} "
-                         f"| {r['peak_vmrss_kib']} |")
+                         f"| {r['peak_vmrss_kib']} | {r['peak_tcp_mem_kib']} |")
         (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 

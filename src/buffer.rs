@@ -14,15 +14,19 @@ const BULK_CLASSES: usize = (BULK_MAX / BUF_SIZE).trailing_zeros() as usize;
 /// Grown buffers a worker keeps per size class.
 const BULK_KEEP: usize = 4;
 
-/// The capacity a buffer should have for its next read, given its capacity and whether
-/// the last read filled all the room it was given: double (up to [`BULK_MAX`]) when it
-/// did, else unchanged. Buffers outside the bulk classes (grown heads) never change.
-pub fn bulk_capacity(cap: usize, last_filled: bool) -> usize {
-    if last_filled && bulk_class(cap * 2).is_some() {
-        cap * 2
-    } else {
-        cap
+/// The capacity a buffer should have for its next read, given its capacity, whether the
+/// last read filled all the room it was given, and the body bytes known to be left (`left`,
+/// 0 when unknown). Unchanged unless the last read filled it and more than `cap` bytes may
+/// follow; then at least doubled, and at once large enough for all of `left` (the next
+/// power of two, up to [`BULK_MAX`]): the rest of a 64 KiB body whose first 16 KiB came
+/// with the head is one read, not three. Buffers outside the bulk classes (grown heads)
+/// never change.
+pub fn bulk_capacity(cap: usize, last_filled: bool, left: u64) -> usize {
+    if !last_filled || bulk_class(cap * 2).is_none() || (left > 0 && left <= cap as u64) {
+        return cap;
     }
+    let fit = left.min(BULK_MAX as u64).next_power_of_two() as usize;
+    (cap * 2).max(fit).min(BULK_MAX)
 }
 
 /// Index of a bulk size class (`None`: not a grown bulk buffer).
@@ -181,11 +185,12 @@ impl BufPool {
         }
     }
 
-    /// Trades the empty buffer `b` for one twice as large (up to [`BULK_MAX`]) when the
+    /// Trades the empty buffer `b` for a larger one ([`bulk_capacity`]: twice as large,
+    /// or large enough for the `left` bytes still to come, up to [`BULK_MAX`]) when the
     /// last read filled it: a transfer that keeps its buffer full reads more per call.
-    pub fn enlarge(&mut self, b: &mut Buf, last_filled: bool) {
+    pub fn enlarge(&mut self, b: &mut Buf, last_filled: bool, left: u64) {
         debug_assert!(b.is_empty());
-        let want = bulk_capacity(b.capacity(), last_filled);
+        let want = bulk_capacity(b.capacity(), last_filled, left);
         let Some(class) = (want != b.capacity()).then(|| bulk_class(want)).flatten() else {
             return;
         };
@@ -290,13 +295,33 @@ mod tests {
 
     #[test]
     fn bulk_growth_doubles_up_to_the_cap_only_when_reads_fill_the_buffer() {
-        assert_eq!(bulk_capacity(BUF_SIZE, false), BUF_SIZE);
-        assert_eq!(bulk_capacity(BUF_SIZE, true), 2 * BUF_SIZE);
-        assert_eq!(bulk_capacity(BULK_MAX / 2, true), BULK_MAX);
-        assert_eq!(bulk_capacity(BULK_MAX, true), BULK_MAX, "capped");
+        assert_eq!(bulk_capacity(BUF_SIZE, false, 0), BUF_SIZE);
+        assert_eq!(bulk_capacity(BUF_SIZE, true, 0), 2 * BUF_SIZE);
+        assert_eq!(bulk_capacity(BULK_MAX / 2, true, 0), BULK_MAX);
+        assert_eq!(bulk_capacity(BULK_MAX, true, 0), BULK_MAX, "capped");
         // A head grown past one buffer is not a bulk buffer and is left alone.
-        assert_eq!(bulk_capacity(64 * 1024 + 1, true), 64 * 1024 + 1);
+        assert_eq!(bulk_capacity(64 * 1024 + 1, true, 0), 64 * 1024 + 1);
         assert_eq!(BULK_CLASSES, 4);
+    }
+
+    #[test]
+    fn bulk_growth_fits_the_known_rest_of_a_body_at_once() {
+        // 64 KiB upload: 16 KiB came with the head, 49,295 bytes are left: one 64 KiB read.
+        assert_eq!(bulk_capacity(BUF_SIZE, true, 49_295), 64 * 1024);
+        assert_eq!(bulk_capacity(BUF_SIZE, true, 200_000), BULK_MAX);
+        assert_eq!(bulk_capacity(BUF_SIZE, true, 1 << 40), BULK_MAX, "capped");
+        // Never less than doubling while reads fill the buffer, never more than fits.
+        assert_eq!(bulk_capacity(BUF_SIZE, true, 20_000), 2 * BUF_SIZE);
+        assert_eq!(
+            bulk_capacity(BUF_SIZE, true, 100),
+            BUF_SIZE,
+            "the rest fits already"
+        );
+        assert_eq!(
+            bulk_capacity(BUF_SIZE, false, 1 << 20),
+            BUF_SIZE,
+            "a slow sender"
+        );
     }
 
     #[test]
@@ -322,11 +347,11 @@ mod tests {
     fn enlarged_buffers_return_to_their_own_pool_and_normal_ones_stay_normal() {
         let mut pool = BufPool::new(4);
         let mut b = pool.get();
-        pool.enlarge(&mut b, false);
+        pool.enlarge(&mut b, false, 0);
         assert_eq!(b.capacity(), BUF_SIZE, "no growth without a full read");
         let mut caps = Vec::new();
         for _ in 0..5 {
-            pool.enlarge(&mut b, true);
+            pool.enlarge(&mut b, true, 0);
             caps.push(b.capacity());
         }
         assert_eq!(caps, [32, 64, 128, 256, 256].map(|k| k * 1024));
@@ -342,7 +367,7 @@ mod tests {
         );
         // Growing again reuses a pooled 32 KiB buffer.
         let mut c = pool.get();
-        pool.enlarge(&mut c, true);
+        pool.enlarge(&mut c, true, 0);
         assert_eq!(c.capacity(), 2 * BUF_SIZE);
         assert_eq!(pool.bulk[0].len(), 0);
         pool.trim(0);

@@ -250,6 +250,9 @@ impl Proxy {
             req.upgrade,
         );
         let h2c = Leg::request(req.te_trailers, req.body == BodyKind::Chunked);
+        // The read that brought the head filled the buffer: the body is arriving fast, so
+        // its next read may take a larger buffer (buffer.rs, bulk growth).
+        let filled = buf.space().is_empty();
         buf.consume(head_len);
         let mut head = self.ctx.bufs.get();
         if scratch.len() > head.capacity() {
@@ -271,6 +274,7 @@ impl Proxy {
             rec,
         });
         ex.h2c = h2c;
+        ex.req_hot = filled;
         self.ctx.budget.deposit();
         let c = &mut self.clients[ci];
         c.phase = Phase::Proxy(ex);

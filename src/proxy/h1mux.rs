@@ -405,7 +405,9 @@ impl Proxy {
         give_up_replay(ex, c.buf.as_mut());
         let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
         if buf.is_empty() {
-            self.ctx.bufs.enlarge(buf, ex.req_hot);
+            self.ctx
+                .bufs
+                .enlarge(buf, ex.req_hot, ex.body.opaque_left());
         }
         let space = buf.space().len();
         match read_into(&mut c.sock, buf, &mut c.io) {

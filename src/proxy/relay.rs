@@ -162,7 +162,9 @@ impl Proxy {
             let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
             // Bulk growth: an emptied body buffer the last read filled doubles (buffer.rs).
             if buf.is_empty() {
-                self.ctx.bufs.enlarge(buf, ex.req_hot);
+                self.ctx
+                    .bufs
+                    .enlarge(buf, ex.req_hot, ex.body.opaque_left());
             }
             let room = buf.space().len();
             match read_into(c.sock, buf, c.io) {
@@ -266,8 +268,8 @@ impl Proxy {
         let u = &mut self.ups[ex.up];
         let buf = ex.resp_buf.get_or_insert_with(|| self.ctx.bufs.get());
         // Bulk growth: an emptied body buffer the last read filled doubles (buffer.rs).
-        if buf.is_empty() && matches!(ex.resp, Resp::Body(_)) {
-            self.ctx.bufs.enlarge(buf, ex.resp_hot);
+        if let (true, Resp::Body(body)) = (buf.is_empty(), ex.resp) {
+            self.ctx.bufs.enlarge(buf, ex.resp_hot, body.opaque_left());
         }
         if buf.space().is_empty() {
             if ex.resp == Resp::Head && buf.capacity() <= http::MAX_HEAD {

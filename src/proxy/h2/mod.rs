@@ -169,7 +169,7 @@ impl Proxy {
                 let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
                 if buf.capacity() < READ_BUF && buf.is_empty() {
                     // A pooled 32 KiB buffer (buffer.rs bulk class), not a fresh one.
-                    self.ctx.bufs.enlarge(buf, true);
+                    self.ctx.bufs.enlarge(buf, true, 0);
                 }
                 if buf.capacity() < READ_BUF {
                     buf.grow(READ_BUF);
