@@ -1,6 +1,9 @@
-"""Small helpers shared by the standalone bench scripts (failover.py, idle_memory.py)."""
+"""Small helpers shared by the standalone bench scripts (failover.py, idle_memory.py,
+memory.py)."""
 
+import signal
 import socket
+import subprocess
 import time
 
 HOST = "127.0.0.1"
@@ -23,3 +26,15 @@ def wait_port(port: int, limit: float = 10.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listening on {port}")
+
+
+def stop(procs, timeout: float = 15.0) -> None:
+    """SIGTERM to every process, then waits for each; one still running after `timeout`
+    seconds is killed."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()

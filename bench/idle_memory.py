@@ -9,10 +9,8 @@ same against NGINX and HAProxy in front of the same backend.
 """
 
 import argparse
-import os
 import resource
 import selectors
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import HOST, free_port, wait_port  # noqa: E402
+from benchlib import HOST, free_port, stop, wait_port  # noqa: E402
 
 BIN = ROOT / "target" / "release"
 # Connections opened (and left idle) before the baseline is taken.
@@ -161,13 +159,7 @@ backend b
             wait_port(hport)
             results.append(measure("haproxy (1 thread)", hport, [h.pid], a.connections))
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs, timeout=10)
     print("| proxy | idle connections | RSS before (KiB) | RSS after (KiB) | bytes per idle connection |")
     print("|---|---:|---:|---:|---:|")
     for name, n, before, after, per in results:

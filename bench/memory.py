@@ -22,7 +22,6 @@ import json
 import platform
 import resource
 import selectors
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import HOST, free_port, wait_port  # noqa: E402
+from benchlib import HOST, free_port, stop, wait_port  # noqa: E402
 import idle_memory  # noqa: E402
 
 BIN = ROOT / "target" / "release"
@@ -88,16 +87,6 @@ def start(tmp, workers, extra):
                              stdout=subprocess.DEVNULL)
     wait_port(port)
     return backend, proxy, port
-
-
-def stop(procs):
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def downloads(port, pid, clients, size):
