@@ -34,6 +34,7 @@ use super::client::Phase;
 use super::decide::{self, Failure, Waits};
 use super::end::Blame;
 use super::exchange::{Exchange, Req, Resp};
+use super::h2::translate::trailer_lines;
 use super::io::{read_into, would_block, write2};
 use super::mux::Gone;
 use super::{client_token, Proxy, Step};
@@ -824,28 +825,9 @@ fn end_of_body(leg: &Leg, trailers: Option<&Fields>, out: &mut Vec<u8>) -> u64 {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"0\r\n");
-    let mut dropped = 0;
-    for (name, value) in trailers.iter().flat_map(|t| t.regular()) {
-        if forbidden_trailer(name) {
-            dropped += 1;
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
+    let dropped = trailers.map_or(0, |t| trailer_lines(t, out));
     out.extend_from_slice(b"\r\n");
     dropped
-}
-
-/// Fields a trailer section must not carry (framing, routing, connection management).
-fn forbidden_trailer(name: &[u8]) -> bool {
-    is_connection_specific(name)
-        || matches!(
-            name,
-            b"content-length" | b"host" | b"te" | b"trailer" | b"content-encoding"
-        )
 }
 
 /// Calls `f` with the HTTP/2 request fields for the rewritten HTTP/1.1 head `head` (lower

@@ -16,7 +16,7 @@
 mod grpc;
 mod leg;
 mod stream;
-mod translate;
+pub(super) mod translate;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;

@@ -221,7 +221,7 @@ fn forbidden_trailer(name: &[u8]) -> bool {
 
 /// Appends request trailers as a chunked trailer section body (field lines only).
 /// Returns how many fields were dropped because HTTP/1.1 cannot carry them.
-pub(super) fn trailer_lines(fields: &Fields, out: &mut Vec<u8>) -> u64 {
+pub(in crate::proxy) fn trailer_lines(fields: &Fields, out: &mut Vec<u8>) -> u64 {
     let mut dropped = 0;
     for (name, value) in fields.regular() {
         if forbidden_trailer(name) || !name.iter().all(|&b| is_tchar(b)) {
