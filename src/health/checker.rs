@@ -31,6 +31,21 @@ enum ProbeState {
     Grpc(TcpStream, Box<Call>),
 }
 
+impl ProbeState {
+    /// Takes this probe's socket, if any, out of the poll.
+    fn deregister(&mut self, reg: &mio::Registry) {
+        match self {
+            ProbeState::Connecting(sock)
+            | ProbeState::Writing(sock, _)
+            | ProbeState::Reading(sock, _)
+            | ProbeState::Grpc(sock, _) => {
+                let _ = reg.deregister(sock);
+            }
+            ProbeState::Idle => {}
+        }
+    }
+}
+
 struct Probe {
     addr: SocketAddr,
     /// This server's check.
@@ -215,15 +230,7 @@ fn sync_probes(
             (true, false) => *p = Some(new_probe(i)),
             (false, true) => {
                 if let Some(mut old) = p.take() {
-                    match &mut old.state {
-                        ProbeState::Connecting(sock)
-                        | ProbeState::Writing(sock, _)
-                        | ProbeState::Reading(sock, _)
-                        | ProbeState::Grpc(sock, _) => {
-                            let _ = reg.deregister(sock);
-                        }
-                        ProbeState::Idle => {}
-                    }
+                    old.state.deregister(reg);
                 }
             }
             _ => {}
@@ -374,17 +381,8 @@ fn finish(
     s: &HealthSettings,
     reg: &mio::Registry,
 ) {
-    let mut old = std::mem::replace(&mut p.state, ProbeState::Idle);
-    match &mut old {
-        ProbeState::Connecting(sock)
-        | ProbeState::Writing(sock, _)
-        | ProbeState::Reading(sock, _)
-        | ProbeState::Grpc(sock, _) => {
-            let _ = reg.deregister(sock);
-        }
-        ProbeState::Idle => {}
-    }
-    drop(old);
+    // The old state (and its socket) is dropped once out of the poll.
+    std::mem::replace(&mut p.state, ProbeState::Idle).deregister(reg);
     p.last = why;
     health.cells[i].last.store(reason_index(why), Relaxed);
     p.due = Instant::now() + jittered(s.interval, &mut p.rng);
