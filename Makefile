@@ -39,44 +39,41 @@ release:
 	$(CARGO) build --release --workspace
 
 # `make run`: backends A, B, C on 8081-8083 (gRPC: 50051-50053) with the seed's latency
-# profiles, then the proxy on $(PORT).
-# Starts A, B, C in the background, collecting their pids in $$pids (used inside the
-# recipes below).
-START_BACKENDS = for id in A B C; do \
-	  port=$$(($(BACKEND_BASE) + $$(printf '%d' "'$$id") - 64)); \
-	  $(BIN)/corelb-backend --id $$id --port $$port --profile $(PROFILE) $(BACKEND_ARGS) & \
-	  pids="$$pids $$!"; \
-	done
+# profiles, then the proxy on $(PORT), all under scripts/supervise.sh: Ctrl-C stops them
+# all, and any one that exits (a port taken, a bad flag) stops the rest and fails the run.
+backend_port = $(shell echo $$(($(BACKEND_BASE) + $(2))))
+BACKEND = "backend $(1) on 127.0.0.1:$(call backend_port,$(1),$(2))" \
+	"$(BIN)/corelb-backend --id $(1) --port $(call backend_port,$(1),$(2)) --profile $(PROFILE) $(BACKEND_ARGS)"
+BACKENDS = $(call BACKEND,A,1) $(call BACKEND,B,2) $(call BACKEND,C,3)
+PROXY_CMD = "corelb on port $(PORT)" \
+	"$(BIN)/corelb $(MODE) --upstream $(UPSTREAM) --listen $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(RUN_ARGS) $(ARGS)"
 
 # The seed's config format, naming the gRPC backends as the seed named its TTS servers.
 GRPC_SERVER = {"name":"tts@container$(1)","address":"127.0.0.1","port":5005$(1),"priority":0,"load":1,"protocol":"h2c"}
 WRITE_RUN_CONFIG = printf '%s\n' '{"heartbeatInterval":2,"heartbeatTimeout":1,"servers":[$(call GRPC_SERVER,1),$(call GRPC_SERVER,2),$(call GRPC_SERVER,3)]}' > $(RUN_CONFIG)
 
-# Ctrl-C (or any child exiting) stops everything: the children run in their own process
-# groups (set -m, so they do not ignore signals), so the trap signals each one by pid; corelb
-# drains and exits 0 on SIGTERM.
-STOP_ALL = trap 'kill $$pids 2>/dev/null; wait; exit 0' INT TERM
-
+# PROTOCOL=grpc also readies the README's client example (target/grpc-venv, the stubs).
 run: release
 	$(if $(RUN_CONFIG),@$(WRITE_RUN_CONFIG))
-	@set -m; pids=""; $(STOP_ALL); \
-	$(START_BACKENDS); \
-	sleep 0.3; \
-	$(BIN)/corelb $(MODE) --upstream $(UPSTREAM) --listen $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(RUN_ARGS) $(ARGS) & pids="$$pids $$!"; \
-	wait -n; kill $$pids 2>/dev/null; wait
+	$(if $(RUN_CONFIG),@scripts/deps.sh grpc || echo "make run: the gRPC client example needs what scripts/deps.sh named above")
+	@scripts/supervise.sh $(BACKENDS) $(PROXY_CMD)
 
 # Only the three backends (for running the proxy by hand or under a debugger).
 backends: release
-	@set -m; pids=""; $(STOP_ALL); \
-	$(START_BACKENDS); \
-	wait -n; kill $$pids 2>/dev/null; wait
+	@scripts/supervise.sh $(BACKENDS)
 
-# The gRPC suite's venv is made (or checked, which is quick) first; where it cannot be made
-# (no python3-venv), tests/grpc_interop.rs says it skipped.
+# scripts/deps.sh installs what the tests need (as root with apt-get) or says what will skip.
+# Each skipped test writes a line to target/test-skips.log, counted at the end; when deps.sh
+# found every tool, a test that would skip fails instead (CORELB_STRICT_SKIPS=1).
+SKIP_LOG := $(CURDIR)/target/test-skips.log
 test:
-	@tests/grpc/setup.sh || echo "make: tests/grpc/setup.sh failed: the gRPC interop suite will be skipped"
+	@mkdir -p target; if scripts/deps.sh test; then echo 1; else echo 0; fi > target/.strict-skips
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	@rm -f $(SKIP_LOG); \
+	CORELB_SKIP_LOG=$(SKIP_LOG) CORELB_STRICT_SKIPS=$$(cat target/.strict-skips) $(CARGO) test --workspace; rc=$$?; \
+	n=$$(cat $(SKIP_LOG) 2>/dev/null | wc -l); \
+	echo "make test: $$n tests skipped"; sed 's/^/  skipped: /' $(SKIP_LOG) 2>/dev/null; \
+	exit $$rc
 
 # Only the gRPC interop suite (tests/grpc: grpcio against corelb-backend --protocol grpc,
 # and tests/grpc/tts_server.py against tts_client.py); `make test` runs it too, through
@@ -84,13 +81,14 @@ test:
 GRPC_PY := target/grpc-venv/bin/python
 test-grpc:
 	$(CARGO) build --workspace --bins
-	tests/grpc/setup.sh
+	scripts/deps.sh grpc
 	cd tests/grpc && PYTHONDONTWRITEBYTECODE=1 ../../$(GRPC_PY) -m pytest -q -p no:cacheprovider .
 
 # HTTP/1.1 conformance (tests/conformance/cases.rs) of corelb, NGINX and HAProxy side by
 # side: per-case pass/FAIL and the three scores. CONFORMANCE_DETAILS=1 prints each failure.
 # (The corelb part alone runs in `make test`.)
 conformance:
+	$(BENCH_DEPS)
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --test conformance compare -- --ignored --nocapture
 
@@ -134,18 +132,24 @@ fmt:
 #                      against BASELINE, alternately, medians of BENCH_REPS (default 3)
 PYTHON ?= python3
 BASELINE ?=
+# wrk, nghttp2-client, nginx and haproxy: installed, or named with the command that would.
+BENCH_DEPS = @scripts/deps.sh bench || echo "make: a missing tool's baselines will be left out"
 
 bench: release
+	$(BENCH_DEPS)
 	$(PYTHON) bench/bench.py
 	$(PYTHON) bench/h2bench.py
 
 bench-quick: release
+	$(BENCH_DEPS)
 	$(PYTHON) bench/bench.py --quick
 
 bench-sizes: release
+	$(BENCH_DEPS)
 	$(PYTHON) bench/bench.py --only sizes
 
 bench-ab: release
+	$(BENCH_DEPS)
 	@test -n "$(BASELINE)" || { echo "make bench-ab needs BASELINE=path/to/corelb"; exit 2; }
 	$(PYTHON) bench/bench.py --only ab --baseline-bin $(BASELINE)
 
@@ -156,9 +160,11 @@ bench-ab: release
 #   make bench-h2         3 repetitions of 20 s runs (about 11 min)
 #   make bench-h2-quick   1 repetition of 3 s runs, a functional check (under 1 min)
 bench-h2: release
+	$(BENCH_DEPS)
 	$(PYTHON) bench/h2bench.py
 
 bench-h2-quick: release
+	$(BENCH_DEPS)
 	$(PYTHON) bench/h2bench.py --quick
 
 # Load and abuse (tests/abuse.rs at full size, figures printed): 10,000 keep-alive clients

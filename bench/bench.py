@@ -120,34 +120,26 @@ def ensure_matplotlib(notes: list) -> bool:
 
 
 class Apt:
-    """Installs missing tools with apt-get, once per run; explains what to do if it cannot."""
+    """Makes sure the benchmark's tools are here through scripts/deps.sh, the one list of
+    packages (it installs them as root with apt-get), once per run."""
 
     def __init__(self, logfile: Path):
-        self.updated = False
+        self.ran = False
         self.logfile = logfile
 
-    def ensure(self, cmd: str, packages: list) -> Optional[str]:
+    def ensure(self, cmd: str) -> Optional[str]:
         """Returns None if `cmd` is (now) available, else a one-line reason."""
         if shutil.which(cmd):
             return None
-        hint = f"install it with: apt-get install -y {packages[0]}"
-        if not shutil.which("apt-get"):
-            return f"{cmd} not found and apt-get is missing; {hint}"
-        if os.geteuid() != 0:
-            return f"{cmd} not found and not running as root; {hint}"
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        with open(self.logfile, "ab") as out:
-            if not self.updated:
-                log("apt-get update")
-                subprocess.run(["apt-get", "update"], stdout=out, stderr=out, env=env)
-                self.updated = True
-            for pkg in packages:
-                log(f"{cmd} missing: apt-get install -y {pkg}")
-                r = subprocess.run(["apt-get", "install", "-y", pkg], stdout=out, stderr=out,
-                                   env=env)
-                if r.returncode == 0 and shutil.which(cmd):
-                    return None
-        return f"{cmd} not found and apt-get install failed (see raw/apt.log); {hint}"
+        if not self.ran:
+            log(f"{cmd} missing: scripts/deps.sh bench")
+            with open(self.logfile, "ab") as out:
+                subprocess.run([str(ROOT / "scripts" / "deps.sh"), "bench"], stdout=out,
+                               stderr=out)
+            self.ran = True
+        if shutil.which(cmd):
+            return None
+        return f"{cmd} not found; raw/apt.log has the command scripts/deps.sh bench suggests"
 
 
 # ---------------------------------------------------------------------------------------
@@ -1548,12 +1540,12 @@ def main() -> int:
 
     apt = Apt(out / "raw" / "apt.log")
     tools = {}
-    why = apt.ensure("wrk", ["wrk"])
+    why = apt.ensure("wrk")
     if why:
         log(f"cannot benchmark without wrk: {why}")
         return 1
-    tools["nginx"] = apt.ensure("nginx", ["nginx-light", "nginx"])
-    tools["haproxy"] = apt.ensure("haproxy", ["haproxy"])
+    tools["nginx"] = apt.ensure("nginx")
+    tools["haproxy"] = apt.ensure("haproxy")
     for k, v in tools.items():
         if v:
             notes.append(f"{k} unavailable, its rows are failed: {v}")

@@ -131,7 +131,7 @@ def main() -> int:
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
-        print("failover: wrk is missing (apt-get install -y wrk)", file=sys.stderr)
+        print("failover: wrk is missing (scripts/deps.sh bench installs it)", file=sys.stderr)
         return 1
     host = socket.gethostname()
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"{datetime.date.today()}-{host}"

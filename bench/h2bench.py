@@ -667,13 +667,13 @@ def main() -> int:
             return 1
     apt = B.Apt(out / "raw" / "apt.log")
     for cmd in ("h2load", "nghttp"):
-        why = apt.ensure(cmd, ["nghttp2-client"])
+        why = apt.ensure(cmd)
         if why:
             log(f"cannot benchmark without {cmd}: {why}")
             return 1
     notes: list = []
-    tools = {"nginx": apt.ensure("nginx", ["nginx-light", "nginx"]),
-             "haproxy": apt.ensure("haproxy", ["haproxy"])}
+    tools = {"nginx": apt.ensure("nginx"),
+             "haproxy": apt.ensure("haproxy")}
     for k, v in tools.items():
         if v:
             notes.append(f"{k} unavailable, its rows are failed: {v}")

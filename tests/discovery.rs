@@ -13,13 +13,16 @@ use std::time::Duration;
 use common::*;
 
 fn venv_python() -> Option<PathBuf> {
-    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/grpc-venv/bin/python");
+    let py = common::venv_python()?;
     let ok = Command::new(&py)
         .args(["-c", "import dnslib"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
+    if !ok {
+        common::skip("the venv has no dnslib");
+    }
     ok.then_some(py)
 }
 
@@ -102,7 +105,6 @@ fn answered_by(proxy: &Proxy, n: usize) -> Vec<String> {
 #[test]
 fn dns_names_become_instances_that_follow_the_records() {
     let Some(py) = venv_python() else {
-        eprintln!("SKIPPED: no venv with dnslib (tests/grpc/setup.sh makes it)");
         return;
     };
     // Three backends on one port of three loopback addresses.

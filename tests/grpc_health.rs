@@ -267,14 +267,7 @@ impl RefServer {
     fn start() -> Option<RefServer> {
         use std::io::BufRead;
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let python = root.join("target/grpc-venv/bin/python");
-        if !python.exists() {
-            eprintln!(
-                "SKIPPED: {} missing: run tests/grpc/setup.sh",
-                python.display()
-            );
-            return None;
-        }
+        let python = common::venv_python()?;
         let mut child = std::process::Command::new(python)
             .arg(root.join("tests/grpc/tts_server.py"))
             .args(["--port", "0", "--id", "R", "--workers", "4"])

@@ -13,14 +13,9 @@ const SUITE_SECONDS: &str = "180";
 #[test]
 fn grpcio_interop_suite() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join("target/grpc-venv/bin/python");
-    if !python.exists() {
-        eprintln!(
-            "SKIPPED: {} missing: run tests/grpc/setup.sh for the gRPC interop suite",
-            python.display()
-        );
+    let Some(python) = common::venv_python() else {
         return;
-    }
+    };
     let out = Command::new("timeout")
         .arg(SUITE_SECONDS)
         .arg(&python)

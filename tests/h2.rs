@@ -11,16 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::h2client::{header, pairs, s, H2};
-use common::{curl, Backend, Proxy};
+use common::{curl, have, Backend, Proxy};
 use corelb::h2::{ErrorCode, PREFACE};
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new(tool).arg("--version").output().is_ok();
-    if !ok {
-        eprintln!("{tool} not installed: test skipped");
-    }
-    ok
-}
 
 fn url(p: &Proxy, path: &str) -> String {
     format!("http://{}{path}", p.addr)

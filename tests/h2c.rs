@@ -12,16 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::h2client::{header, H2};
-use common::{get, Backend, Proxy};
+use common::{get, have, Backend, Proxy};
 use corelb::h2::ErrorCode;
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new(tool).arg("--version").output().is_ok();
-    if !ok {
-        eprintln!("{tool} not installed: test skipped");
-    }
-    ok
-}
 
 fn h2c(id: &str, profile: &str, extra: &[&str]) -> Backend {
     let mut args = vec!["--protocol", "h2c"];

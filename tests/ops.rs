@@ -76,8 +76,7 @@ fn wrk_summary(out: &str) -> (u64, u64, u64) {
 
 #[test]
 fn twenty_reloads_under_load_lose_nothing_and_shares_follow_the_weights() {
-    if Command::new("wrk").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: wrk is not installed");
+    if !common::have("wrk") {
         return;
     }
     // 20 ms per request: a steady rate that two shared cores keep up with.

@@ -160,6 +160,8 @@ pub(crate) struct Waits {
     pub request_pending: bool,
     /// The whole response has arrived.
     pub response_done: bool,
+    /// Response head bytes have arrived: the backend is sending, not waiting on the request.
+    pub response_started: bool,
 }
 
 /// Timeouts in milliseconds, as the deadlines use them.
@@ -176,7 +178,13 @@ pub(crate) fn deadlines(w: &Waits, now: u64, t: &Limits) -> (u64, u64) {
     let (client_at, up_at) = if w.client_slow {
         // Blocked on a slow reader: the client's send timeout, not the backend's.
         (now + t.idle, 0)
+    } else if w.need_client_body && !w.response_started {
+        // The backend waits for the body as corelb does: only the client is late. (Both
+        // deadlines, of equal length, made the outcome of a stalled upload a race between
+        // a 504 and a close.)
+        (now + t.client, 0)
     } else if w.need_client_body {
+        // Both sides stream at once: either one stalling ends the exchange.
         (now + t.client, now + t.upstream)
     } else {
         (0, now + t.upstream)
@@ -386,6 +394,7 @@ mod tests {
             need_client_body: false,
             request_pending: false,
             response_done: false,
+            response_started: false,
         }
     }
 
@@ -401,7 +410,13 @@ mod tests {
             need_client_body: true,
             ..waits()
         };
-        assert_eq!(deadlines(&body, 100, &T), (110, 160));
+        assert_eq!(deadlines(&body, 100, &T), (110, 0));
+        let duplex = Waits {
+            need_client_body: true,
+            response_started: true,
+            ..waits()
+        };
+        assert_eq!(deadlines(&duplex, 100, &T), (110, 160));
     }
 
     #[test]
@@ -409,6 +424,7 @@ mod tests {
         // The backend answered and stopped reading while body bytes wait to be written.
         let w = Waits {
             response_done: true,
+            response_started: true,
             request_pending: true,
             ..waits()
         };

@@ -241,6 +241,7 @@ impl Exchange {
             request_pending: self.req == Req::Head
                 || (self.req == Req::Body && (self.body_ready > 0 || self.req_piped())),
             response_done: self.resp == Resp::Done,
+            response_started: self.resp != Resp::Head,
         }
     }
 }

@@ -626,6 +626,7 @@ impl Proxy {
                 && room,
             request_pending: !leg.up_end && ex.body_ready > leg.kept,
             response_done: leg.end_queued,
+            response_started: ex.resp != Resp::Head,
         };
         let (client_at, up_at) = if fresh {
             (0, now + limits.upstream)

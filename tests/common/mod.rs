@@ -452,6 +452,68 @@ pub fn curl(args: &[&str]) -> (i32, Vec<u8>) {
     (out.status.code().unwrap_or(-1), out.stdout)
 }
 
+/// A counter of corelb's admin `/stats` (top level or under `totals`).
+pub fn stat(p: &Proxy, name: &str) -> u64 {
+    let r = get(p.admin.expect("started with --admin"), "/stats");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("stats JSON");
+    v[name]
+        .as_u64()
+        .or_else(|| v["totals"][name].as_u64())
+        .unwrap_or_else(|| panic!("no {name} in /stats: {v}"))
+}
+
+/// `n` header fields `x-fK: v` (K from 0), as name-value pairs.
+pub fn many_fields(prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|k| (format!("{prefix}{k}"), "v".to_string()))
+        .collect()
+}
+
+/// Whether `tool` runs here. When it does not, the calling test is recorded as skipped
+/// (see [`skip`]) and should return.
+pub fn have(tool: &str) -> bool {
+    let ok = Command::new(tool).arg("--version").output().is_ok();
+    if !ok {
+        skip(&format!("{tool} is not installed"));
+    }
+    ok
+}
+
+/// The gRPC venv's python (made by scripts/deps.sh through tests/grpc/setup.sh), or `None`
+/// with the calling test recorded as skipped.
+pub fn venv_python() -> Option<PathBuf> {
+    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/grpc-venv/bin/python");
+    if py.exists() {
+        return Some(py);
+    }
+    skip(&format!("{} is missing", py.display()));
+    None
+}
+
+/// Records that the current test skips for `why`: a line in the file named by
+/// `CORELB_SKIP_LOG`, which `make test` counts at the end. With `CORELB_STRICT_SKIPS=1`
+/// (set by `make test` when scripts/deps.sh found every tool) a skip is a failure instead.
+pub fn skip(why: &str) {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    if std::env::var("CORELB_STRICT_SKIPS").is_ok_and(|v| v == "1") {
+        panic!("{name} would skip ({why}), but scripts/deps.sh reported every tool present");
+    }
+    eprintln!("SKIPPED: {name}: {why} (scripts/deps.sh test installs it)");
+    if let Ok(path) = std::env::var("CORELB_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{name}: {why}");
+        }
+    }
+}
+
 /// Polls `f` until it returns true or `limit` passes.
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
