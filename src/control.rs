@@ -415,15 +415,7 @@ impl Control {
             .map(|i| {
                 let b = bal.backend(i);
                 let h = sh.health.view(bal, i);
-                let state = if b.state() != SlotState::Active {
-                    "drain"
-                } else if h.ejected {
-                    "ejected"
-                } else if h.up {
-                    "up"
-                } else {
-                    "down"
-                };
+                let state = h.state(b.state());
                 ServerView {
                     name: b.name.clone(),
                     address: b.address.clone(),

@@ -134,9 +134,54 @@ fn trailers_both_ways() {
     );
 }
 
+/// Regression: an HTTP/1.1 backend's response trailers past 64 were dropped on their way to
+/// an HTTP/2 client without a count; request trailers to it had no bound at all. One rule
+/// now on every path (http::MAX_SECTION_FIELDS = 136 fields, the rest dropped and counted).
+#[test]
+fn trailer_sets_follow_one_bound_and_what_is_dropped_is_counted() {
+    let mut resp =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n".to_vec();
+    for (n, v) in common::many_fields("x-r", 100) {
+        resp.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    resp.extend_from_slice(b"\r\n");
+    let (port, rx) = capture_server_answering(resp);
+    let json = format!(
+        r#"{{"servers": [{{"priority": 0, "name": "M", "address": "127.0.0.1", "port": {port}}}], "healthCheck": {{"enabled": false}}}}"#
+    );
+    let p = Proxy::with_config(&json, &["--admin", "127.0.0.1:0"]);
+    let mut h = H2::connect(p.addr);
+    let id = h.request("POST", "/upload", &[("te", "trailers")], false);
+    h.data(id, b"hello", false);
+    let fields = common::many_fields("x-t", 140);
+    let t: Vec<(&[u8], &[u8])> = fields
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        .collect();
+    h.conn.send_trailers(id, &t).unwrap();
+    h.flush();
+    let g = h.wait(id, Duration::from_secs(10));
+    assert_eq!(g.status, 200, "{g:?}");
+    assert_eq!(g.body, b"ok");
+    assert_eq!(
+        g.trailers.len(),
+        100,
+        "every response trailer reached the client"
+    );
+    let seen = s(&rx.recv_timeout(Duration::from_secs(5)).unwrap());
+    let sent = seen.lines().filter(|l| l.starts_with("x-t")).count();
+    assert_eq!(sent, 136, "request trailers within the bound");
+    assert_eq!(common::stat(&p, "trailers_dropped"), 4);
+}
+
 /// A one-shot HTTP/1.1 server: reads a chunked request to its end, hands the raw bytes
 /// over, answers 200.
 fn capture_server() -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+    capture_server_answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())
+}
+
+/// As [`capture_server`], answering with `answer`.
+fn capture_server_answering(answer: Vec<u8>) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -152,7 +197,7 @@ fn capture_server() -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
                     Ok(n) => got.extend_from_slice(&buf[..n]),
                 }
             }
-            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            let _ = c.write_all(&answer);
             let _ = tx.send(got);
         }
     });

@@ -51,11 +51,7 @@ fn stats(p: &Proxy) -> serde_json::Value {
 }
 
 fn counter(p: &Proxy, name: &str) -> u64 {
-    let v = stats(p);
-    v[name]
-        .as_u64()
-        .or_else(|| v["totals"][name].as_u64())
-        .unwrap_or_else(|| panic!("no {name} in /stats: {v}"))
+    common::stat(p, name)
 }
 
 /// Opens `n` streams at once on `c` (GET `path`), waits for all; returns (status, backend)
@@ -218,6 +214,85 @@ fn response_trailers_and_request_bodies_pass_through() {
         "{:?}",
         g.trailers
     );
+}
+
+/// Regression: h2 -> h2c dropped fields past 128, X-Forwarded-For and Via (appended last)
+/// first, while h2 -> HTTP/1.1 forwarded them all. One rule now (http::MAX_SECTION_FIELDS):
+/// a head within the bound is forwarded whole on both (124 fields here: with Host, XFF
+/// and Via, as many as an HTTP/1.1 backend takes), one over it gets 431 on both, as
+/// an HTTP/1.1 client's does.
+#[test]
+fn a_head_is_forwarded_whole_or_refused_with_431_on_every_path() {
+    let a = h2c("A", "fast", &[]);
+    let b = Backend::start("B", "fast", &[]);
+    let to_h2c = proxy(&[&a], &[]);
+    let to_http1 = Proxy::start(&[&b], &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    for (label, p) in [("h2c", &to_h2c), ("http1", &to_http1)] {
+        let mut c = H2::connect(p.addr);
+        let fields = common::many_fields("x-f", 124);
+        let extra: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+        let id = c.request("GET", "/headers", &extra, true);
+        let g = c.wait(id, Duration::from_secs(10));
+        assert_eq!(g.status, 200, "{label}: {g:?}");
+        let seen = String::from_utf8_lossy(&g.body).to_ascii_lowercase();
+        for want in [
+            "x-f0: v",
+            "x-f123: v",
+            "x-forwarded-for: 127.0.0.1",
+            "via: 2 corelb",
+        ] {
+            assert!(seen.contains(want), "{label}: {want:?} missing from {seen}");
+        }
+        let before = p_requests(p);
+        let fields = common::many_fields("x-f", 129);
+        let extra: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+        let id = c.request("GET", "/headers", &extra, true);
+        let g = c.wait(id, Duration::from_secs(10));
+        assert_eq!(g.status, 431, "{label}: {g:?}");
+        assert_eq!(
+            p_requests(p),
+            before,
+            "{label}: the refused head reached no backend"
+        );
+        // An HTTP/1.1 client with as many fields gets the same answer.
+        let mut req = String::from("GET /headers HTTP/1.1\r\nHost: t\r\n");
+        for (n, v) in &common::many_fields("x-f", 129) {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        req.push_str("Connection: close\r\n\r\n");
+        let r = common::raw(p.addr, req.as_bytes()).expect("an answer");
+        assert_eq!(r.status, 431, "{label}: HTTP/1.1 client");
+    }
+}
+
+/// Requests corelb forwarded, from /stats.
+fn p_requests(p: &Proxy) -> u64 {
+    counter(p, "requests")
+}
+
+/// Regression: request trailers past 128 were dropped on h2 -> h2c without a count. Now
+/// both directions keep http::MAX_SECTION_FIELDS (136) and count the rest.
+#[test]
+fn request_trailers_past_the_bound_are_dropped_and_counted() {
+    let a = h2c("A", "fast", &[]);
+    let p = proxy(&[&a], &[]);
+    let mut c = H2::connect(p.addr);
+    let id = c.request("POST", "/echo", &[("te", "trailers")], false);
+    c.data(id, b"hello", false);
+    let fields = common::many_fields("x-t", 140);
+    let pairs: Vec<(&[u8], &[u8])> = fields
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+        .collect();
+    c.conn.send_trailers(id, &pairs).unwrap();
+    c.flush();
+    let g = c.wait(id, Duration::from_secs(10));
+    assert_eq!(g.status, 200, "{g:?}");
+    assert_eq!(g.body, b"hello");
+    // The backend echoes the 136 it got as its own trailers.
+    assert_eq!(g.trailers.len(), 136, "{:?}", g.trailers.len());
+    assert!(g.trailers.iter().any(|(n, _)| n == "x-t135"));
+    assert_eq!(counter(&p, "trailers_dropped"), 4);
 }
 
 #[test]

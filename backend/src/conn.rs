@@ -23,7 +23,7 @@ mod upgrade;
 /// Read buffer per connection; also the largest request head accepted.
 pub const READ_BUF: usize = 64 * 1024;
 /// Headers parsed per request; more is answered with 431.
-pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADERS: usize = 128;
 /// Steps (each at most one read or one write batch) per drive before yielding to others.
 const BUDGET: usize = 64;
 

@@ -11,7 +11,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::balancer::SlotState;
 use crate::config::grpc_status_name;
 use crate::health::HealthView;
 use crate::metrics::{code_of, Summary};
@@ -310,15 +309,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             let i = s.slot;
             let b = shared.balancer.backend(i);
             let h = shared.health.view(&shared.balancer, i);
-            let state = if s.state != SlotState::Active {
-                "drain"
-            } else if h.up {
-                "up"
-            } else if h.ejected {
-                "ejected"
-            } else {
-                "down"
-            };
+            let state = h.state(s.state);
             BackendStats {
                 name: s.name,
                 address: b.addr.to_string(),

@@ -19,7 +19,7 @@ pub mod grpc;
 
 pub use checker::{Checker, Monitored};
 
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, SlotState};
 use crate::config::{Check, HealthSettings, OutlierSettings};
 
 /// How an exchange with a backend ended, for passive checks.
@@ -121,6 +121,23 @@ pub struct HealthView {
     /// What the last active check found (`grpc SERVING`, `grpc NOT_SERVING`, `timed
     /// out`, ...).
     pub last_check: &'static str,
+}
+
+impl HealthView {
+    /// The one state shown for a server in `/stats`, `/servers`, `/metrics` and the
+    /// dashboard: `drain` (leaving, by admin or reload) before `ejected` (taken out by
+    /// passive checks, even while its active checks pass) before `up` and `down`.
+    pub fn state(&self, slot: SlotState) -> &'static str {
+        if slot != SlotState::Active {
+            "drain"
+        } else if self.ejected {
+            "ejected"
+        } else if self.up {
+            "up"
+        } else {
+            "down"
+        }
+    }
 }
 
 /// Shared health state of every backend.
@@ -381,6 +398,28 @@ impl Default for Hysteresis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_displayed_state_with_drain_then_ejected_first() {
+        let v = |up, ejected| HealthView {
+            up,
+            checked_down: !up,
+            ejected,
+            ejections: 0,
+            changed_at_unix_ms: 0,
+            ramp: 1.0,
+            check: "tcp",
+            last_check: "ok",
+        };
+        // /stats once said "up" here while /servers said "ejected".
+        assert_eq!(v(true, true).state(SlotState::Active), "ejected");
+        assert_eq!(v(false, true).state(SlotState::Active), "ejected");
+        assert_eq!(v(true, false).state(SlotState::Active), "up");
+        assert_eq!(v(false, false).state(SlotState::Active), "down");
+        for s in [SlotState::Drain, SlotState::Retiring] {
+            assert_eq!(v(true, true).state(s), "drain");
+        }
+    }
 
     #[test]
     fn hysteresis_needs_fall_failures_and_rise_successes() {

@@ -28,6 +28,13 @@ use std::mem::MaybeUninit;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields accepted in one head.
 pub const MAX_HEADERS: usize = 128;
+/// Most fields corelb forwards in one field section, head or trailers, on any path: the
+/// parser's [`MAX_HEADERS`] plus HTTP/2's pseudo-fields and what corelb appends
+/// (X-Forwarded-For, Via). The one truncation rule: a request head with more than
+/// [`MAX_HEADERS`] fields gets 431 on every front end; a response head over this bound is
+/// malformed (502, or a stream error); trailer fields past it are dropped and counted
+/// (`trailers_dropped`).
+pub const MAX_SECTION_FIELDS: usize = MAX_HEADERS + 8;
 
 /// A fixed, uninitialised header array for one parse.
 pub type HeaderArray<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];

@@ -137,6 +137,13 @@ impl Ctx {
         self.shared.counters.rejected.fetch_add(1, Relaxed);
     }
 
+    /// Trailer fields not forwarded: past http::MAX_SECTION_FIELDS, or not expressible.
+    pub fn count_trailers_dropped(&self, n: u64) {
+        if n > 0 {
+            self.shared.counters.trailers_dropped.fetch_add(n, Relaxed);
+        }
+    }
+
     /// Accounts an exchange with `backend`, finished or not: the shared backend stats
     /// (latency and in-flight count for the policies), passive health, this worker's
     /// histograms and the CSV log. Every exchange that reached a backend ends here once.

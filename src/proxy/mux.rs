@@ -502,6 +502,14 @@ fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
                 if fields.status().is_some_and(|st| st < 200) && !end_stream {
                     continue;
                 }
+                // The truncation rule (http::MAX_SECTION_FIELDS): a head corelb cannot
+                // forward whole is a malformed response, 502 or a stream error.
+                if fields.len() > crate::http::MAX_SECTION_FIELDS {
+                    m.conn.reset(stream, ErrorCode::PROTOCOL_ERROR);
+                    s.gone.get_or_insert(Gone::Reset(ErrorCode::PROTOCOL_ERROR));
+                    wake.push(s.client);
+                    continue;
+                }
                 s.head = Some(fields);
                 s.end |= end_stream;
                 wake.push(s.client);

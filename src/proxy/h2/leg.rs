@@ -98,7 +98,8 @@ impl Proxy {
                 && st.body.as_ref().is_none_or(|b| b.is_empty())
                 && st.req_trailers.is_none();
             let (id, fields) = (st.id, &*up);
-            match translate::with_pairs(fields, &[], |p| self.mux_open(ui, ci, id, p, end)) {
+            // Fits: the client's head was held to http::MAX_HEADERS fields at open.
+            match translate::with_pairs(fields, &[], |p| self.mux_open(ui, ci, id, p, end)).0 {
                 Ok(false) => return Ok(false),
                 Ok(true) => {}
                 Err(()) => {
@@ -150,10 +151,11 @@ impl Proxy {
             .as_ref()
             .is_none_or(|b| b.len() as u64 == st.sent - st.base);
         if st.req_end && all_sent && !st.up_end {
-            let r = match st.req_trailers.take() {
+            let (r, dropped) = match st.req_trailers.take() {
                 Some(t) => translate::with_pairs(&t, &[], |p| m.conn.send_trailers(sid, p)),
-                None => m.conn.send_data(sid, &[], true).map(|_| ()),
+                None => (m.conn.send_data(sid, &[], true).map(|_| ()), 0),
             };
+            self.ctx.count_trailers_dropped(dropped);
             if r.is_err() {
                 return Err(Leg::Failed(Gone::Lost));
             }
@@ -200,6 +202,7 @@ impl Proxy {
                 ms.head = Some(head);
                 return Leg::Running(moved);
             }
+            // Fits: the mux refused response heads over http::MAX_SECTION_FIELDS.
             let _ = translate::with_pairs(&head, &[], |p| conn.send_headers(st.id, p, end));
             st.head_sent = true;
             st.end_sent = end;
@@ -254,7 +257,9 @@ impl Proxy {
                     if st.grpc {
                         st.grpc_status = grpc::status(&t);
                     }
-                    let _ = translate::with_pairs(&t, &[], |p| conn.send_trailers(st.id, p));
+                    let (_, dropped) =
+                        translate::with_pairs(&t, &[], |p| conn.send_trailers(st.id, p));
+                    self.ctx.count_trailers_dropped(dropped);
                 }
                 None => {
                     let _ = conn.send_data(st.id, &[], true);

@@ -331,6 +331,14 @@ impl Proxy {
             h2_answer(&mut s.conn, id, 405, end);
             return;
         }
+        if fields.regular().count() > crate::http::MAX_HEADERS {
+            // The truncation rule (http::MAX_SECTION_FIELDS): as for an HTTP/1.1 client.
+            debug!("worker {wid}: 431: HTTP/2 stream {id} from {peer}: too many fields");
+            self.ctx.count_rejected();
+            self.ctx.log_local(rec, crate::http::HEAD_TOO_LARGE);
+            h2_answer(&mut s.conn, id, 431, end);
+            return;
+        }
         if let Err(why) = translate::target(&fields) {
             debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");
             self.ctx.count_rejected();

@@ -347,7 +347,9 @@ impl Proxy {
             Read::Moved => moved = true,
             Read::Failed(why) => return self.h2_fail(ci, s, i, why),
         }
-        moved |= h2_send_response(s, i);
+        let mut dropped = 0;
+        moved |= h2_send_response(s, i, &mut dropped);
+        self.ctx.count_trailers_dropped(dropped);
         if s.streams[i].end_sent {
             self.h2_finish(s, i);
             return (true, true);
@@ -732,8 +734,9 @@ impl Proxy {
 }
 
 /// Response data to the client within the windows; the end of the stream (trailers from a
-/// chunked body, or an empty END_STREAM) once all is sent. True if anything was queued.
-fn h2_send_response(s: &mut H2Session, i: usize) -> bool {
+/// chunked body, or an empty END_STREAM) once all is sent. True if anything was queued;
+/// trailer fields past the bound are added to `dropped`.
+fn h2_send_response(s: &mut H2Session, i: usize, dropped: &mut u64) -> bool {
     let H2Session {
         conn,
         streams,
@@ -769,21 +772,17 @@ fn h2_send_response(s: &mut H2Session, i: usize) -> bool {
         }
     }
     if ex.resp == Resp::Done && ex.ready == 0 && !st.end_sent {
-        translate::tail_trailers(&st.resp_tail, trailers);
+        *dropped += translate::tail_trailers(&st.resp_tail, trailers);
         if st.grpc {
             st.grpc_status = grpc::status(trailers);
         }
-        let ok = if trailers.is_empty() {
-            conn.send_data(st.id, &[], true).map(|_| ())
+        if trailers.is_empty() {
+            let _ = conn.send_data(st.id, &[], true);
         } else {
-            let mut pairs: [(&[u8], &[u8]); 64] = [(&[], &[]); 64];
-            let n = trailers.len().min(64);
-            for (k, p) in pairs.iter_mut().enumerate().take(n) {
-                *p = trailers.at(k);
-            }
-            conn.send_trailers(st.id, &pairs[..n])
-        };
-        let _ = ok;
+            // The same bound and count as every other path (http::MAX_SECTION_FIELDS).
+            let (_, n) = translate::with_pairs(trailers, &[], |p| conn.send_trailers(st.id, p));
+            *dropped += n;
+        }
         st.end_sent = true;
         moved = true;
     }

@@ -185,29 +185,34 @@ pub(super) fn upstream_fields(fields: &Fields, client_ip: &[u8], out: &mut Field
     out.push(b"via", b"2 corelb");
 }
 
-/// Most fields sent in one section to either side (more are dropped).
-const MAX_PAIRS: usize = 128;
+/// Most fields sent in one section to either side (see the truncation rule at
+/// [`crate::http::MAX_SECTION_FIELDS`]).
+const MAX_PAIRS: usize = crate::http::MAX_SECTION_FIELDS;
 
 /// Calls `f` with `fields` as name-value pairs (without connection-specific fields; and
-/// with `extra` appended), at most [`MAX_PAIRS`].
-pub(super) fn with_pairs<R>(
+/// with `extra` appended), at most [`MAX_PAIRS`]. Returns `f`'s result and how many fields
+/// did not fit: always 0 for heads, which are checked against the bound when they arrive;
+/// trailers count it in `trailers_dropped`.
+pub(in crate::proxy) fn with_pairs<R>(
     fields: &Fields,
     extra: &[(&[u8], &[u8])],
     f: impl FnOnce(&[(&[u8], &[u8])]) -> R,
-) -> R {
+) -> (R, u64) {
     let mut pairs: [(&[u8], &[u8]); MAX_PAIRS] = [(&[], &[]); MAX_PAIRS];
     let mut n = 0;
+    let mut dropped = 0;
     for (name, value) in fields.iter().chain(extra.iter().copied()) {
-        if n == MAX_PAIRS {
-            break;
-        }
         if is_connection_specific(name) && name != b"te" {
+            continue;
+        }
+        if n == MAX_PAIRS {
+            dropped += 1;
             continue;
         }
         pairs[n] = (name, value);
         n += 1;
     }
-    f(&pairs[..n])
+    (f(&pairs[..n]), dropped)
 }
 
 /// Trailer fields HTTP/1.1 must not receive in a chunked trailer section.
@@ -219,15 +224,18 @@ fn forbidden_trailer(name: &[u8]) -> bool {
         )
 }
 
-/// Appends request trailers as a chunked trailer section body (field lines only).
-/// Returns how many fields were dropped because HTTP/1.1 cannot carry them.
+/// Appends request trailers as a chunked trailer section body (field lines only), at most
+/// [`MAX_PAIRS`] of them. Returns how many fields were dropped because HTTP/1.1 cannot carry
+/// them or they were past the bound.
 pub(in crate::proxy) fn trailer_lines(fields: &Fields, out: &mut Vec<u8>) -> u64 {
     let mut dropped = 0;
+    let mut kept = 0;
     for (name, value) in fields.regular() {
-        if forbidden_trailer(name) || !name.iter().all(|&b| is_tchar(b)) {
+        if forbidden_trailer(name) || !name.iter().all(|&b| is_tchar(b)) || kept == MAX_PAIRS {
             dropped += 1;
             continue;
         }
+        kept += 1;
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
@@ -312,34 +320,46 @@ pub(super) fn dechunk_keep_tail(
 }
 
 /// The trailer fields in the tail of a chunked body (see [`dechunk_keep_tail`]), lowercase,
-/// as HTTP/2 trailers into `out`; forbidden fields are left out.
-pub(super) fn tail_trailers(tail: &[u8], out: &mut Fields) {
+/// as HTTP/2 trailers into `out`. Returns how many were left out: forbidden in trailers,
+/// or past the bound of [`crate::http::MAX_SECTION_FIELDS`].
+pub(super) fn tail_trailers(tail: &[u8], out: &mut Fields) -> u64 {
     out.clear();
     // Skip the data's CRLF and the last-chunk line ("0[;ext]\r\n").
     let Some(zero) = tail.iter().position(|&b| b == b'0') else {
-        return;
+        return 0;
     };
     let Some(eol) = tail[zero..].windows(2).position(|w| w == b"\r\n") else {
-        return;
+        return 0;
     };
     let section = &tail[zero + eol + 2..];
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    if let Ok(httparse::Status::Complete((_, hs))) = httparse::parse_headers(section, &mut headers)
-    {
-        let mut lower = [0u8; 256];
-        for h in hs {
-            let name = h.name.as_bytes();
-            if name.len() > lower.len() {
-                continue;
-            }
-            let l = &mut lower[..name.len()];
-            l.copy_from_slice(name);
-            l.make_ascii_lowercase();
-            if !forbidden_trailer(l) {
-                out.push(l, h.value);
-            }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_PAIRS];
+    let hs = match httparse::parse_headers(section, &mut headers) {
+        Ok(httparse::Status::Complete((_, hs))) => hs,
+        // Past the bound (or unparsable, which the chunked decoder already refused): the
+        // whole section is dropped, and counted line by line.
+        _ => {
+            let lines = section.windows(2).filter(|w| w == b"\r\n").count();
+            return lines.saturating_sub(1) as u64;
+        }
+    };
+    let mut dropped = 0;
+    let mut lower = [0u8; 256];
+    for h in hs {
+        let name = h.name.as_bytes();
+        if name.len() > lower.len() {
+            dropped += 1;
+            continue;
+        }
+        let l = &mut lower[..name.len()];
+        l.copy_from_slice(name);
+        l.make_ascii_lowercase();
+        if forbidden_trailer(l) {
+            dropped += 1;
+        } else {
+            out.push(l, h.value);
         }
     }
+    dropped
 }
 
 #[cfg(test)]
