@@ -1,4 +1,4 @@
-//! corelb: a thread-per-core HTTP/1.1 reverse proxy and load balancer.
+//! corelb: a thread-per-core HTTP/1.1 and HTTP/2 (h2c, gRPC) reverse proxy and load balancer.
 //!
 //! The binary in `main.rs` only parses flags; everything else lives in these modules.
 
@@ -8,6 +8,7 @@ pub mod balancer;
 pub mod buffer;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod h2;
 pub mod health;
 pub mod http;

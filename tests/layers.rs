@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
         "http",
         "h2",
         "config::types",
+        "dns",
     ],
     // L1: configuration, measurement, the retry budget.
     &["config", "metrics", "access_log", "retry"],

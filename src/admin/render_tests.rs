@@ -1,5 +1,6 @@
 //! Unit tests of `admin/render` (kept apart so the module stays readable).
 use super::*;
+use crate::admin::prometheus::prometheus;
 use crate::metrics::histogram;
 
 #[test]

@@ -27,13 +27,16 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::buffer::{Buf, BufPool};
 use crate::debug;
-use crate::h2::{is_connection_specific, ErrorCode, Fields};
+use crate::h2::{ErrorCode, Fields};
 use crate::http::{self, chunked::ChunkedDecoder, Body};
 
 use super::client::Phase;
 use super::decide::{self, Failure, Waits};
 use super::end::Blame;
 use super::exchange::{Exchange, Req, Resp};
+use super::h1mux_translate::{
+    chunk_line, framing, request_pairs, response_head, trailer_pairs, Framing,
+};
 use super::h2::translate::trailer_lines;
 use super::io::{read_into, would_block, write2};
 use super::mux::Gone;
@@ -43,25 +46,6 @@ use super::{client_token, Proxy, Step};
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Why a request head could not be sent as HTTP/2 (not expected: corelb wrote it).
 const UNTRANSLATABLE: &str = "request head not translatable to HTTP/2";
-/// Most fields in one translated section (the HTTP/1 head limit, and what corelb adds).
-const MAX_PAIRS: usize = http::MAX_HEADERS + 8;
-/// Most request trailer fields sent on (more are dropped and counted).
-const MAX_TRAILERS: usize = 64;
-
-/// How a response body is framed for the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Framing {
-    /// No response head yet.
-    #[default]
-    Unset,
-    /// No body (HEAD, 204, 304).
-    Bodiless,
-    /// The content-length the backend gave (or 0 for a head with END_STREAM).
-    Length,
-    Chunked,
-    /// Until the connection closes (an HTTP/1.0 client and no content-length).
-    Close,
-}
 
 /// An exchange's h2c leg: the facts of the request an HTTP/2 hop needs, and the state of
 /// the current attempt's stream.
@@ -728,93 +712,6 @@ fn failure(why: Gone) -> Failure {
     }
 }
 
-/// How the response body goes to the client: none for HEAD, 1xx, 204 and 304; its
-/// content-length if it has one; 0 for a head that ended the stream; else chunked, or
-/// until close for an HTTP/1.0 client.
-fn framing(
-    status: u16,
-    head_request: bool,
-    length: Option<u64>,
-    ended: bool,
-    http10: bool,
-) -> Framing {
-    if head_request || status < 200 || status == 204 || status == 304 {
-        Framing::Bodiless
-    } else if length.is_some() || ended {
-        Framing::Length
-    } else if http10 {
-        Framing::Close
-    } else {
-        Framing::Chunked
-    }
-}
-
-/// The status line and head for an HTTP/1.1 client from HTTP/2 response fields `head`
-/// (validated by the codec: lowercase names, no connection-specific field, no CR or LF in
-/// values), framed as `framing` says.
-fn response_head(
-    head: &Fields,
-    status: u16,
-    framing: Framing,
-    length: Option<u64>,
-    http10: bool,
-    keep_alive: bool,
-    out: &mut Vec<u8>,
-) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(&[
-        b'0' + (status / 100 % 10) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-        b' ',
-    ]);
-    // HTTP/2 carries no reason phrase; an empty one is valid.
-    out.extend_from_slice(crate::http::known_reason(status).unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in head.regular() {
-        if name == b"content-length" || is_connection_specific(name) {
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
-    let length = match framing {
-        // HEAD and 304 describe the body a GET would get; 204 has none.
-        Framing::Bodiless if status != 204 => length,
-        Framing::Length => Some(length.unwrap_or(0)),
-        _ => None,
-    };
-    if let Some(n) = length {
-        out.extend_from_slice(b"Content-Length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if framing == Framing::Chunked {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-    }
-    out.extend_from_slice(b"Via: 2 corelb\r\n");
-    if !keep_alive {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if http10 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// The line before a chunk's `len` data bytes (with the CRLF ending the previous chunk)
-/// into `line`; returns its length.
-fn chunk_line(after_chunk: bool, len: usize, line: &mut [u8; 24]) -> usize {
-    use std::io::Write;
-    let mut w = &mut line[..];
-    if after_chunk {
-        let _ = w.write_all(b"\r\n");
-    }
-    let _ = write!(w, "{len:x}\r\n");
-    24 - w.len()
-}
-
 /// The end of a response body into `out`: for chunked, the last chunk and the trailer
 /// section with `trailers`. Returns how many trailer fields were dropped (HTTP/1.1 cannot
 /// carry them with the other framings).
@@ -829,95 +726,6 @@ fn end_of_body(leg: &Leg, trailers: Option<&Fields>, out: &mut Vec<u8>) -> u64 {
     let dropped = trailers.map_or(0, |t| trailer_lines(t, out));
     out.extend_from_slice(b"\r\n");
     dropped
-}
-
-/// Calls `f` with the HTTP/2 request fields for the rewritten HTTP/1.1 head `head` (lower
-/// case names built in `names`), or returns `None` if the head cannot be read.
-fn request_pairs<R>(
-    head: &[u8],
-    te_trailers: bool,
-    names: &mut Vec<u8>,
-    f: impl FnOnce(&[(&[u8], &[u8])]) -> R,
-) -> Option<R> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_PAIRS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
-    }
-    let method = req.method?.as_bytes();
-    let path = req.path?.as_bytes();
-    let host = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("host"))?
-        .value;
-    names.clear();
-    let mut spans: [(usize, usize, &[u8]); MAX_PAIRS] = [(0, 0, &[]); MAX_PAIRS];
-    let mut n = 0;
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        let skip = name.eq_ignore_ascii_case(b"host")
-            || name.eq_ignore_ascii_case(b"te")
-            || name.eq_ignore_ascii_case(b"expect")
-            || is_connection_specific(name);
-        if skip || n == MAX_PAIRS {
-            continue;
-        }
-        let start = names.len();
-        names.extend(name.iter().map(u8::to_ascii_lowercase));
-        spans[n] = (start, name.len(), h.value);
-        n += 1;
-    }
-    let mut pairs: [(&[u8], &[u8]); MAX_PAIRS + 5] = [(&[], &[]); MAX_PAIRS + 5];
-    pairs[0] = (b":method", method);
-    pairs[1] = (b":scheme", b"http");
-    pairs[2] = (b":authority", host);
-    pairs[3] = (b":path", path);
-    let mut k = 4;
-    for &(s, l, v) in &spans[..n] {
-        pairs[k] = (&names[s..s + l], v);
-        k += 1;
-    }
-    if te_trailers {
-        pairs[k] = (b"te", b"trailers");
-        k += 1;
-    }
-    Some(f(&pairs[..k]))
-}
-
-/// Calls `f` with request trailer field lines `lines` (as validated by the chunked
-/// decoder: `name: value` CRLF-terminated, the last CR perhaps without its LF) as HTTP/2
-/// pairs, names lowercased in `names`. Returns `f`'s result and the fields dropped (past
-/// [`MAX_TRAILERS`]).
-fn trailer_pairs<R>(
-    lines: &[u8],
-    names: &mut Vec<u8>,
-    f: impl FnOnce(&[(&[u8], &[u8])]) -> R,
-) -> (R, u64) {
-    names.clear();
-    let mut spans: [(usize, usize, &[u8]); MAX_TRAILERS] = [(0, 0, &[]); MAX_TRAILERS];
-    let (mut n, mut dropped) = (0, 0);
-    for line in lines.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        if n == MAX_TRAILERS {
-            dropped += 1;
-            continue;
-        }
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        let start = names.len();
-        names.extend(name.iter().map(u8::to_ascii_lowercase));
-        spans[n] = (start, name.len(), value);
-        n += 1;
-    }
-    let mut pairs: [(&[u8], &[u8]); MAX_TRAILERS] = [(&[], &[]); MAX_TRAILERS];
-    for (p, &(s, l, v)) in pairs.iter_mut().zip(&spans[..n]) {
-        *p = (&names[s..s + l], v);
-    }
-    (f(&pairs[..n]), dropped)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The HTTP/1.1 proxy of one worker: its client and upstream connections, the exchanges
+//! The HTTP/1.1 and HTTP/2 proxy of one worker: its client and upstream connections, the exchanges
 //! that link them, the idle upstream pool, and their deadlines. The worker loop hands it
 //! readiness events, new clients and the clock; it never blocks and shares nothing with
 //! other workers but `Shared`'s atomics.
@@ -13,7 +13,10 @@
 //! - `relay`: moving bytes both ways and validating the response;
 //! - `splice`: large bodies and large chunks moved socket -> pipe -> socket (zero copy);
 //! - `end`: finishing, failing, retrying and aborting an exchange;
-//! - `h1mux`: an HTTP/1.1 exchange as a stream to an h2c backend, translated both ways;
+//! - `h1mux`: an HTTP/1.1 client's exchange as a stream to an h2c backend;
+//! - `h1mux_translate`: that exchange's head, trailers and framing translated both ways;
+//! - `mux`: the pool of shared h2c upstream connections and their streams' inboxes;
+//! - `h2/`: the HTTP/2 front end, each stream to an HTTP/1.1 or h2c backend;
 //! - `tunnel`: after a 101, the client and its upstream as a byte tunnel;
 //! - `decide`: the pure decisions (replay, pooling, deadlines), tested without sockets.
 
@@ -23,6 +26,7 @@ pub(crate) mod decide;
 mod end;
 mod exchange;
 mod h1mux;
+mod h1mux_translate;
 mod h2;
 pub(crate) mod io;
 mod membership;
