@@ -693,6 +693,8 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     field!("admin", admin);
     field!("timeouts", timeouts);
     field!("maxIdlePerBackend", max_idle_per_backend);
+    field!("h2MaxResets", h2_max_resets);
+    field!("h2MaxStreams", h2_max_streams);
     field!("spliceMin", splice_min);
     field!("notsentLowat", notsent_lowat);
     field!("logCsv", log_csv);

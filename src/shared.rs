@@ -47,6 +47,8 @@ pub struct Counters {
     pub h2_resets_received: AtomicU64,
     pub h2_protocol_errors: AtomicU64,
     pub h2_streams: AtomicU64,
+    pub h2_stream_limit_goaways: AtomicU64,
+    pub h2_resets_unforwarded: AtomicU64,
     /// Trailer fields dropped because the HTTP/1.1 message they belonged to could not
     /// carry them (a Content-Length body, or an HTTP/1.0 client).
     pub trailers_dropped: AtomicU64,

@@ -545,3 +545,140 @@ fn idle_connections_get_goaway_and_connect_is_refused() {
     assert!(started.elapsed() >= Duration::from_millis(800));
     assert_eq!(a.requests(), 0);
 }
+
+/// A raw frame: 9-byte head and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Opens `n` GET streams on `h` without sending them; returns their ids.
+fn queue_gets(h: &mut H2, path: &str, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| {
+            let id = h.conn.open_stream().expect("stream");
+            let f = [
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "x"),
+                (":path", path),
+            ];
+            h.conn.send_headers(id, &pairs(&f), false).unwrap();
+            id
+        })
+        .collect()
+}
+
+/// The codec's queued bytes, taken out to be written by hand.
+fn take(h: &mut H2) -> Vec<u8> {
+    let out = h.conn.pending_output().to_vec();
+    h.conn.advance_output(out.len());
+    out
+}
+
+/// MadeYouReset (CVE-2025-8671): waves of streams that make corelb reset them (a
+/// WINDOW_UPDATE of 0, DATA past the content-length). Those resets count toward the same
+/// budget as the client's own (--h2-max-resets), so the connection ends with GOAWAY
+/// ENHANCE_YOUR_CALM, and the streams reset in the read that opened them never reach a
+/// backend. Before, all 3,000 streams of a connection reached the backends.
+#[test]
+fn made_you_reset_floods_end_the_connection_and_reach_no_backend() {
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&a], &["--admin", "127.0.0.1:0", "--h2-max-resets", "100"]);
+    let mut h = H2::connect(p.addr);
+    // 30 waves of 50 streams, back to back (the budget is per 10 s).
+    for _wave in 0..30 {
+        let ids = queue_gets(&mut h, "/delay/500", 50);
+        let mut bytes = take(&mut h);
+        for (k, id) in ids.iter().enumerate() {
+            if k % 2 == 0 {
+                bytes.extend(frame(8, 0, *id, &[0, 0, 0, 0]));
+            } else {
+                // END_STREAM, then DATA on the half-closed stream.
+                bytes.extend(frame(0, 1, *id, b""));
+                bytes.extend(frame(0, 0, *id, b"x"));
+            }
+        }
+        if h.sock.write_all(&bytes).is_err() {
+            break;
+        }
+    }
+    let goaway = read_frame(&mut h.sock, &[GOAWAY]).map(|(kind, _, p)| code_of(kind, &p));
+    assert_eq!(goaway, Some(ErrorCode::ENHANCE_YOUR_CALM));
+    let admin = p.admin.unwrap();
+    let h2 = |name: &str| {
+        let r = common::get(admin, "/stats");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v["totals"]["h2"][name].as_u64().unwrap()
+    };
+    assert!(
+        common::eventually(Duration::from_secs(5), || h2("rapid_resets") == 1),
+        "rapid_resets {}",
+        h2("rapid_resets")
+    );
+    // The budget bounds what reaches a backend; streams reset in the read that opened
+    // them (nearly all here) reach none.
+    assert!(
+        h2("resets_unforwarded") >= 50,
+        "{}",
+        h2("resets_unforwarded")
+    );
+    let (requests, _, _) = a.stats();
+    assert!(requests <= 100, "backend requests: {requests}");
+    // Another client is served as usual.
+    let mut other = H2::connect(p.addr);
+    let id = other.request("GET", "/bytes/3", &[], true);
+    assert_eq!(other.wait(id, Duration::from_secs(5)).status, 200);
+}
+
+/// A stream the client resets in the same read as its HEADERS opens no backend
+/// connection (rapid reset left 201 connections with 0 requests before).
+#[test]
+fn streams_reset_at_once_open_no_backend_connection() {
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(
+        &[&a],
+        &["--admin", "127.0.0.1:0", "--h2-max-resets", "1000"],
+    );
+    let mut h = H2::connect(p.addr);
+    for _ in 0..5 {
+        let ids = queue_gets(&mut h, "/bytes/1", 40);
+        let mut bytes = take(&mut h);
+        for id in ids {
+            bytes.extend(frame(3, 0, id, &ErrorCode::CANCEL.0.to_be_bytes()));
+        }
+        h.sock.write_all(&bytes).unwrap();
+    }
+    let id = h.request("GET", "/bytes/2", &[], true);
+    assert_eq!(h.wait(id, Duration::from_secs(5)).status, 200);
+    // Connections that carried a request (the backend's own /stats is not one).
+    let (requests, connections, _) = a.stats();
+    assert_eq!(
+        (requests, connections),
+        (1, 1),
+        "one backend connection, for one request"
+    );
+    let r = common::get(p.admin.unwrap(), "/metrics").text();
+    assert!(r.contains("corelb_h2_resets_unforwarded_total 200"), "{r}");
+}
+
+/// RFC 9113 §5.1: DATA after the client's own RST_STREAM is a stream error STREAM_CLOSED
+/// (it was silently ignored).
+#[test]
+fn data_after_the_clients_reset_is_answered_stream_closed() {
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&a], &[]);
+    let mut h = H2::connect(p.addr);
+    let id = h.request("POST", "/echo", &[], false);
+    h.data(id, b"some", false);
+    h.conn.reset(id, ErrorCode::CANCEL);
+    h.flush();
+    h.sock.write_all(&frame(0, 0, id, b"late")).unwrap();
+    let (kind, stream, payload) = read_frame(&mut h.sock, &[RST, GOAWAY]).expect("an error");
+    assert_eq!((kind, stream), (RST, id));
+    assert_eq!(code_of(kind, &payload), ErrorCode::STREAM_CLOSED);
+}

@@ -1,6 +1,6 @@
 //! The HTTP/2 front end's counters for `/stats` (an `h2` object in `totals`) and
 //! `/metrics` (`corelb_h2_*_total`): abuse limits the codec tripped, refused and reset
-//! streams, protocol errors, streams opened. Read from `Shared`'s sums.
+//! streams, protocol errors, streams opened, stream-limit GOAWAYs. Read from `Shared`'s sums.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -26,6 +26,10 @@ pub struct H2Stats {
     pub protocol_errors: u64,
     /// Streams opened by clients.
     pub streams: u64,
+    /// Connections ended gracefully at the per-connection stream limit.
+    pub stream_limit_goaways: u64,
+    /// Streams the clients reset before corelb saw their request: never forwarded.
+    pub resets_unforwarded: u64,
 }
 
 impl H2Stats {
@@ -39,11 +43,13 @@ impl H2Stats {
             resets_received: c.h2_resets_received.load(Relaxed),
             protocol_errors: c.h2_protocol_errors.load(Relaxed),
             streams: c.h2_streams.load(Relaxed),
+            stream_limit_goaways: c.h2_stream_limit_goaways.load(Relaxed),
+            resets_unforwarded: c.h2_resets_unforwarded.load(Relaxed),
         }
     }
 
     /// The Prometheus counters: (name, help, value).
-    pub fn metrics(&self) -> [(&'static str, &'static str, u64); 8] {
+    pub fn metrics(&self) -> [(&'static str, &'static str, u64); 10] {
         [
             (
                 "corelb_h2_rapid_resets_total",
@@ -84,6 +90,16 @@ impl H2Stats {
                 "corelb_h2_streams_total",
                 "HTTP/2 streams opened by clients.",
                 self.streams,
+            ),
+            (
+                "corelb_h2_stream_limit_goaways_total",
+                "HTTP/2 connections ended gracefully at the per-connection stream limit.",
+                self.stream_limit_goaways,
+            ),
+            (
+                "corelb_h2_resets_unforwarded_total",
+                "HTTP/2 streams clients reset before their request was read: never forwarded.",
+                self.resets_unforwarded,
             ),
         ]
     }

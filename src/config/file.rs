@@ -78,6 +78,8 @@ struct File {
     upstream: Scalar,
     timeouts: Entry<Timeouts>,
     max_idle_per_backend: Scalar,
+    h2_max_resets: Scalar,
+    h2_max_streams: Scalar,
     splice_min: Scalar,
     notsent_lowat: Scalar,
     log_csv: Scalar,
@@ -293,6 +295,8 @@ impl File {
             self.max_idle_per_backend,
             "maxIdlePerBackend",
         );
+        top.put(Key::H2MaxResets, self.h2_max_resets, "h2MaxResets");
+        top.put(Key::H2MaxStreams, self.h2_max_streams, "h2MaxStreams");
         top.put(Key::SpliceMin, self.splice_min, "spliceMin");
         top.put(Key::NotsentLowat, self.notsent_lowat, "notsentLowat");
         top.put(Key::LogCsv, self.log_csv, "logCsv");

@@ -81,6 +81,14 @@ pub struct Args {
     /// Most idle pooled connections per backend per worker, 0..1048576.
     #[arg(long, value_parser = checked(&rules::MAX_IDLE_PER_BACKEND))]
     pub max_idle_per_backend: Option<String>,
+    /// HTTP/2 clients: most stream resets in 10 s, theirs and those corelb sends for what
+    /// they sent, before the connection is closed with ENHANCE_YOUR_CALM (default 200).
+    #[arg(long, value_parser = checked(&rules::H2_MAX_RESETS))]
+    pub h2_max_resets: Option<String>,
+    /// HTTP/2 clients: most streams on one connection before a graceful GOAWAY, 0 for no
+    /// limit (default 0).
+    #[arg(long, value_parser = checked(&rules::H2_MAX_STREAMS))]
+    pub h2_max_streams: Option<String>,
     /// Per-request CSV log file, or `off`. Default: <mode>_<upstream>.csv.
     #[arg(long, value_name = "FILE|off")]
     pub log_csv: Option<String>,
@@ -274,6 +282,16 @@ impl Args {
                 Key::MaxIdlePerBackend,
                 self.max_idle_per_backend.as_ref(),
                 "--max-idle-per-backend",
+            ),
+            (
+                Key::H2MaxResets,
+                self.h2_max_resets.as_ref(),
+                "--h2-max-resets",
+            ),
+            (
+                Key::H2MaxStreams,
+                self.h2_max_streams.as_ref(),
+                "--h2-max-streams",
             ),
             (Key::LogCsv, self.log_csv.as_ref(), "--log-csv"),
             (Key::LogQueue, self.log_queue.as_ref(), "--log-queue"),

@@ -89,6 +89,10 @@ pub struct Config {
     pub servers: Vec<BackendSpec>,
     pub timeouts: Timeouts,
     pub max_idle_per_backend: usize,
+    /// HTTP/2 clients' stream resets allowed per 10 s (theirs and those they cause).
+    pub h2_max_resets: u32,
+    /// HTTP/2 clients' streams per connection before a graceful GOAWAY; 0: no limit.
+    pub h2_max_streams: u32,
     /// Bodies and chunks with at least this many bytes left are spliced; 0: never.
     pub splice_min: u64,
     /// `TCP_NOTSENT_LOWAT` of a socket once a body is spliced into it; 0: left alone.
@@ -262,6 +266,8 @@ impl Config {
             .unwrap_or(UpstreamMode::Persistent);
         let workers = v.get(Key::Workers, &value::WORKERS)?;
         let max_idle = v.get(Key::MaxIdlePerBackend, &value::MAX_IDLE_PER_BACKEND)?;
+        let h2_max_resets = v.get(Key::H2MaxResets, &value::H2_MAX_RESETS)?;
+        let h2_max_streams = v.get(Key::H2MaxStreams, &value::H2_MAX_STREAMS)?;
         let hdr_interval = v.get(Key::HdrInterval, &value::POSITIVE_SECONDS)?;
         // The default log name follows the mode and upstream finally chosen.
         let log_csv = match v.get(Key::LogCsv, &Text)?.as_deref() {
@@ -314,6 +320,8 @@ impl Config {
             servers,
             timeouts,
             max_idle_per_backend: max_idle.map_or(DEFAULT_MAX_IDLE_PER_BACKEND, |n| n as usize),
+            h2_max_resets: h2_max_resets.map_or(DEFAULT_H2_MAX_RESETS, |n| n as u32),
+            h2_max_streams: h2_max_streams.map_or(DEFAULT_H2_MAX_STREAMS, |n| n as u32),
             max_servers: max_servers.map(|n| n as usize),
             dns_refresh,
             resolver,

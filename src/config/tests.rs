@@ -248,6 +248,39 @@ fn bounded_settings_refuse_a_bad_value_alike_from_the_file_and_from_a_flag() {
         "--retry-budget",
     );
     assert_eq!(p, "expected 0..100, got 150");
+    let p = same_problem(
+        r#""h2MaxResets": 0"#,
+        "h2MaxResets",
+        &["--h2-max-resets", "0"],
+        "--h2-max-resets",
+    );
+    assert_eq!(p, "expected an integer 1..4294967295, got 0");
+    let p = same_problem(
+        r#""h2MaxStreams": -1"#,
+        "h2MaxStreams",
+        &["--h2-max-streams", "-1"],
+        "--h2-max-streams",
+    );
+    assert_eq!(p, "expected an integer 0..4294967295, got -1");
+}
+
+#[test]
+fn h2_limits_come_from_the_file_or_a_flag_with_defaults() {
+    let c = Config::from_json(
+        "c.json",
+        r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1}], "h2MaxResets": 50, "h2MaxStreams": 1000}"#,
+    )
+    .unwrap();
+    assert_eq!((c.h2_max_resets, c.h2_max_streams), (50, 1000));
+    let c = Config::from_json(
+        "c.json",
+        r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (c.h2_max_resets, c.h2_max_streams),
+        (DEFAULT_H2_MAX_RESETS, DEFAULT_H2_MAX_STREAMS)
+    );
 }
 
 #[test]

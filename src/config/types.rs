@@ -23,6 +23,12 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// An upgraded connection (WebSocket and the like) with no byte either way for this long is closed.
 pub const DEFAULT_TUNNEL_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_IDLE_PER_BACKEND: usize = 128;
+/// HTTP/2 stream resets a client may cause in 10 s (NGINX ends such connections after
+/// 200-1,000 streams).
+pub const DEFAULT_H2_MAX_RESETS: u32 = 200;
+/// HTTP/2 streams per client connection: no limit, as HAProxy's default (h2load and gRPC
+/// channels carry millions of calls on one connection).
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 0;
 /// CSV records the log channel holds before workers start dropping them.
 pub const DEFAULT_LOG_QUEUE: usize = 16 * 1024;
 /// Bodies (and chunks of chunked bodies) with at least this many bytes left are relayed

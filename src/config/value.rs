@@ -291,6 +291,17 @@ pub(crate) const MAX_IDLE_PER_BACKEND: Int = Int {
     min: 0,
     max: 1 << 20,
 };
+/// Streams an HTTP/2 client may have reset (by it, or by corelb for what it sent) within
+/// 10 s before its connection is closed: at least 1.
+pub(crate) const H2_MAX_RESETS: Int = Int {
+    min: 1,
+    max: u32::MAX as i64,
+};
+/// Streams an HTTP/2 client may open on one connection (0: no limit).
+pub(crate) const H2_MAX_STREAMS: Int = Int {
+    min: 0,
+    max: u32::MAX as i64,
+};
 /// Splicing thresholds above 1 GiB would never splice anything worth it: refused.
 pub(crate) const SPLICE_MIN: BytesOrOff = BytesOrOff { max: 1 << 30 };
 /// A send queue's unsent bytes are bounded at 64 MiB at most (past the kernel's own
@@ -379,6 +390,8 @@ pub(crate) enum Key {
     DrainTimeout,
     TunnelTimeout,
     MaxIdlePerBackend,
+    H2MaxResets,
+    H2MaxStreams,
     LogCsv,
     LogQueue,
     SpliceMin,

@@ -42,7 +42,14 @@ pub struct Connection {
     /// Highest stream id the peer opened.
     pub(super) max_remote_id: StreamId,
     pub(super) next_local_id: StreamId,
+    /// Streams we reset lately: frames the peer sent before it saw our RST_STREAM are
+    /// ignored on them.
     pub(super) recent_resets: VecDeque<StreamId>,
+    /// Streams the peer reset lately: any frame but PRIORITY on them is a stream error
+    /// STREAM_CLOSED (RFC 9113 §5.1).
+    pub(super) peer_resets: VecDeque<StreamId>,
+    /// The `now` of the latest `recv`, for limits counted outside it.
+    pub(super) last_recv: Instant,
 
     /// Preface bytes still expected (server side).
     pub(super) preface_left: usize,
@@ -115,6 +122,8 @@ impl Connection {
             max_remote_id: 0,
             next_local_id: if server { 2 } else { 1 },
             recent_resets: VecDeque::with_capacity(RECENT_RESETS),
+            peer_resets: VecDeque::new(),
+            last_recv: Instant::now(),
             preface_left: if server { frame::PREFACE.len() } else { 0 },
             got_settings: false,
             cont: None,
@@ -183,10 +192,16 @@ impl Connection {
     /// The next queued event, in arrival order. A `Data` event's bytes stay valid until
     /// the next call on the connection.
     pub fn poll_event(&mut self) -> Option<Event<'_>> {
-        let Some(q) = self.events.pop_front() else {
-            self.data.clear();
-            self.data_pos = 0;
-            return None;
+        let q = loop {
+            match self.events.pop_front() {
+                None => {
+                    self.data.clear();
+                    self.data_pos = 0;
+                    return None;
+                }
+                Some(Queued::Skip { len }) => self.data_pos += len,
+                Some(q) => break q,
+            }
         };
         Some(match q {
             Queued::Headers {
@@ -231,6 +246,7 @@ impl Connection {
             Queued::WindowOpened { stream } => Event::WindowOpened { stream },
             Queued::Settings => Event::Settings,
             Queued::PingAck { payload } => Event::PingAck { payload },
+            Queued::Skip { .. } => unreachable!("skipped above"),
         })
     }
 
@@ -388,11 +404,15 @@ impl Connection {
         self.unreleased -= s.unreleased;
         self.release_pending += s.unreleased;
         self.flush_conn_window();
-        if self.recent_resets.len() == RECENT_RESETS {
-            self.recent_resets.pop_front();
-        }
-        self.recent_resets.push_back(id);
         Some(s)
+    }
+
+    /// Remembers `id` in one of the bounded rings of recently reset streams.
+    pub(super) fn remember(ring: &mut VecDeque<StreamId>, id: StreamId) {
+        if ring.len() == RECENT_RESETS {
+            ring.pop_front();
+        }
+        ring.push_back(id);
     }
 
     /// Applies an end of one half; a stream closed both ways stops being active and is
@@ -420,12 +440,15 @@ impl Connection {
         }
     }
 
-    /// Resets `id` with `code` after a stream error we detected.
+    /// Resets `id` with `code` after a stream error we detected. The peer caused it, so it
+    /// counts toward the reset limit (MadeYouReset, CVE-2025-8671).
     pub(super) fn stream_error(&mut self, id: StreamId, code: ErrorCode) -> Result<(), ConnError> {
         frame::put_rst(&mut self.out, id, code);
         self.counters.stream_errors += 1;
+        Connection::remember(&mut self.recent_resets, id);
+        self.note_reset(self.last_recv)?;
         if let Some(s) = self.drop_stream(id) {
-            if s.head_received || s.local {
+            if s.local || (s.head_received && !self.unqueue(id)) {
                 self.events.push_back(Queued::Reset {
                     stream: id,
                     code,
@@ -466,7 +489,8 @@ impl Connection {
         }
     }
 
-    /// One more stream reset by the peer or refused by us: rapid-reset accounting.
+    /// One more stream reset by the peer, or by us for what the peer sent: rapid-reset
+    /// accounting.
     pub(super) fn note_reset(&mut self, now: Instant) -> Result<(), ConnError> {
         self.roll_window(now);
         self.window_resets += 1;

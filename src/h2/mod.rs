@@ -216,8 +216,9 @@ impl Default for PeerSettings {
 /// Abuse limits; each trip is counted in [`Counters`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Rapid reset: at most this many streams reset by the peer (or refused by us) within
-    /// `reset_window`; one more is answered with GOAWAY ENHANCE_YOUR_CALM.
+    /// Rapid reset: at most this many streams reset within `reset_window`, by the peer
+    /// (CVE-2023-44487) or by us for what the peer sent (refused streams, stream errors:
+    /// MadeYouReset, CVE-2025-8671); one more is answered with GOAWAY ENHANCE_YOUR_CALM.
     pub max_resets: u32,
     pub reset_window: Duration,
     /// CONTINUATION flood: largest encoded header block (HEADERS plus CONTINUATIONs) ...
@@ -232,6 +233,11 @@ pub struct Limits {
     pub max_queued_control: u32,
     /// SETTINGS flood: most SETTINGS frames received within `reset_window`.
     pub max_settings: u32,
+    /// Stream churn: most streams the peer may open on one connection; the one that
+    /// reaches it starts a graceful GOAWAY, so the client goes on on a new connection (as
+    /// NGINX's `keepalive_requests` and HAProxy's `tune.h2.fe.max-total-streams`). 0: no
+    /// limit.
+    pub max_streams: u32,
     /// PING flood: most PINGs received within `reset_window`.
     pub max_pings: u32,
 }
@@ -247,6 +253,7 @@ impl Default for Limits {
             max_queued_control: 1024,
             max_settings: 1000,
             max_pings: 1000,
+            max_streams: 0,
         }
     }
 }
@@ -278,6 +285,11 @@ pub struct Counters {
     pub streams_opened: u64,
     /// Streams that ended with both halves closed cleanly.
     pub streams_completed: u64,
+    /// Graceful GOAWAYs sent because the peer reached `max_streams` on the connection.
+    pub stream_limit_goaways: u64,
+    /// Streams reset (by the peer, or by us for a stream error) before the application saw
+    /// their head: never forwarded.
+    pub resets_unforwarded: u64,
 }
 
 /// Something the peer did, in arrival order. `Data` borrows the connection's buffer.
@@ -349,5 +361,10 @@ enum Queued {
     Settings,
     PingAck {
         payload: [u8; 8],
+    },
+    /// DATA of a stream the peer reset before its head was delivered: its bytes are
+    /// skipped, never shown.
+    Skip {
+        len: usize,
     },
 }

@@ -21,6 +21,7 @@ impl Connection {
         if let Some(e) = self.failed {
             return Err(e);
         }
+        self.last_recv = now;
         let mut pos = 0;
         if self.preface_left > 0 {
             let want = &frame::PREFACE[frame::PREFACE.len() - self.preface_left..];
@@ -117,7 +118,7 @@ impl Connection {
             }
             self.release_pending += flow as u64;
             self.flush_conn_window();
-            if self.recent_resets.contains(&id) {
+            if self.recent_resets.contains(&id) && !self.peer_resets.contains(&id) {
                 return Ok(());
             }
             return self.stream_error(id, ErrorCode::STREAM_CLOSED);
@@ -316,6 +317,10 @@ impl Connection {
             return Err(self.conn_error(ErrorCode::PROTOCOL_ERROR, "server-initiated stream"));
         }
         if id <= self.max_remote_id {
+            if self.peer_resets.contains(&id) {
+                // RFC 9113 §5.1: after its own RST_STREAM, a stream error.
+                return self.stream_error(id, ErrorCode::STREAM_CLOSED);
+            }
             if self.recent_resets.contains(&id) {
                 return Ok(());
             }
@@ -353,18 +358,19 @@ impl Connection {
         if cont.end_stream {
             self.end_half(id, true);
         }
+        let max = self.limits.max_streams;
+        if max > 0 && self.counters.streams_opened >= max as u64 && self.goaway_sent.is_none() {
+            // Stream churn: this one is served, the next go to a new connection.
+            self.counters.stream_limit_goaways += 1;
+            self.go_away_graceful();
+        }
         Ok(())
     }
 
-    /// Resets a stream that was never stored; it counts toward the rapid-reset limit.
-    fn refuse(&mut self, id: StreamId, code: ErrorCode, now: Instant) -> R {
-        self.note_reset(now)?;
-        self.stream_error(id, code)?;
-        if self.recent_resets.len() == 64 {
-            self.recent_resets.pop_front();
-        }
-        self.recent_resets.push_back(id);
-        Ok(())
+    /// Resets a stream that was never stored; like every stream error it counts toward the
+    /// rapid-reset limit.
+    fn refuse(&mut self, id: StreamId, code: ErrorCode, _now: Instant) -> R {
+        self.stream_error(id, code)
     }
 
     fn on_priority(&mut self, head: Head, payload: &[u8]) -> R {
@@ -394,16 +400,46 @@ impl Connection {
         let code = ErrorCode(frame::u32_at(payload));
         if let Some(s) = self.drop_stream(id) {
             self.counters.resets_received += 1;
-            self.events.push_back(Queued::Reset {
-                stream: id,
-                code,
-                remote: true,
-            });
+            Connection::remember(&mut self.peer_resets, id);
+            // Only a request the application has not seen is taken back; a response
+            // head (our stream) is still delivered.
+            if s.local || !self.unqueue(id) {
+                self.events.push_back(Queued::Reset {
+                    stream: id,
+                    code,
+                    remote: true,
+                });
+            }
             if s.active() && !s.local {
                 self.note_reset(now)?;
             }
         }
+        // A RST_STREAM on a closed stream is never answered with one (RFC 9113 §5.4.2).
         Ok(())
+    }
+
+    /// A stream reset (by the peer, or by us for a stream error) while its head is still
+    /// queued is taken back: the application never sees it, so nothing is forwarded or
+    /// connected for it. True if so.
+    pub(super) fn unqueue(&mut self, id: StreamId) -> bool {
+        let queued = |q: &Queued| matches!(q, Queued::Headers { stream, .. } if *stream == id);
+        if !self.events.iter().any(queued) {
+            return false;
+        }
+        for q in self.events.iter_mut() {
+            match q {
+                Queued::Data { stream, len, .. } if *stream == id => {
+                    *q = Queued::Skip { len: *len };
+                }
+                _ => {}
+            }
+        }
+        self.events.retain(|q| {
+            !matches!(q, Queued::Headers { stream, .. } | Queued::Trailers { stream, .. }
+                if *stream == id)
+        });
+        self.counters.resets_unforwarded += 1;
+        true
     }
 
     fn on_settings(&mut self, head: Head, payload: &[u8], now: Instant) -> R {
@@ -570,6 +606,9 @@ impl Connection {
             );
         }
         let Some(s) = self.streams.get_mut(&id) else {
+            if self.peer_resets.contains(&id) {
+                return self.stream_error(id, ErrorCode::STREAM_CLOSED);
+            }
             return Ok(());
         };
         if inc == 0 {

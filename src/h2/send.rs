@@ -4,7 +4,7 @@
 use super::conn::{Connection, GRACEFUL_PING};
 use super::frame;
 use super::stream::Stream;
-use super::{ErrorCode, SendError, StreamId, MAX_WINDOW};
+use super::{ConnError, ErrorCode, SendError, StreamId, MAX_WINDOW};
 
 type Fields<'a> = &'a [(&'a [u8], &'a [u8])];
 
@@ -142,7 +142,19 @@ impl Connection {
     pub fn reset(&mut self, id: StreamId, code: ErrorCode) {
         if self.failed.is_none() && self.drop_stream(id).is_some() {
             frame::put_rst(&mut self.out, id, code);
+            Connection::remember(&mut self.recent_resets, id);
         }
+    }
+
+    /// Resets a stream the application refuses for what the peer sent (a request it
+    /// cannot forward): as [`Connection::reset`], and it counts toward the reset limit
+    /// like the codec's own stream errors. Returns the error if the limit tripped (the
+    /// connection is then failed, with GOAWAY ENHANCE_YOUR_CALM queued).
+    pub fn refuse_stream(&mut self, id: StreamId, code: ErrorCode) -> Result<(), ConnError> {
+        if self.failed.is_none() && self.drop_stream(id).is_some() {
+            return self.stream_error(id, code);
+        }
+        Ok(())
     }
 
     /// Immediate GOAWAY with the last peer stream we process; new peer streams are

@@ -260,6 +260,18 @@ def test_metadata_status_details_and_trailers(lb):
             assert md["grpc-status-details-bin"] == b"\x08\x05\x12\x03why"
 
 
+def any_set(events, limit=30.0):
+    """Whether any of `events` is set within `limit` seconds, all watched at once (waiting
+    on each in turn gave the one that matters only a slice of the time on a loaded
+    machine)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if any(e.is_set() for e in events):
+            return True
+        time.sleep(0.02)
+    return any(e.is_set() for e in events)
+
+
 def test_deadline_cancels_upstream_and_answers_deadline_exceeded(lb, echo_servers):
     with lb.channel() as ch:
         sleep = stubs_for(ch)["sleep"]
@@ -269,7 +281,7 @@ def test_deadline_cancels_upstream_and_answers_deadline_exceeded(lb, echo_server
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - start < 2
     # The server saw its call cancelled (corelb reset the upstream stream), not run 5 s.
-    assert any(s.cancelled.wait(2) for s in echo_servers)
+    assert any_set([s.cancelled for s in echo_servers]), "server saw the cancel"
 
 
 def test_client_cancel_reaches_the_server(lb, echo_servers):
@@ -278,7 +290,7 @@ def test_client_cancel_reaches_the_server(lb, echo_servers):
         got = [next(stream) for _ in range(3)]
         assert len(got) == 3
         stream.cancel()
-    assert any(s.cancelled.wait(3) for s in echo_servers), "server saw the cancel"
+    assert any_set([s.cancelled for s in echo_servers]), "server saw the cancel"
     # corelb is fine afterwards.
     with lb.channel() as ch:
         assert stubs_for(ch)["unary"](b"after", timeout=10).endswith(b":after")

@@ -292,3 +292,149 @@ fn arbitrary_bytes_never_panic() {
         events(&mut sv);
     }
 }
+
+/// MadeYouReset (CVE-2025-8671): the peer makes us reset its streams (a WINDOW_UPDATE of
+/// 0, DATA after END_STREAM, DATA past the content-length). Those resets count toward the
+/// same budget as its own, so the connection ends with ENHANCE_YOUR_CALM.
+#[test]
+fn resets_the_peer_makes_us_send_count_toward_the_limit() {
+    let limits = Limits {
+        max_resets: 30,
+        ..Limits::default()
+    };
+    let mut sv = server_with(Settings::default(), limits);
+    let mut enc = Encoder::new();
+    let mut id = 1;
+    let mut tripped = None;
+    for wave in 0..20 {
+        let mut bytes = Vec::new();
+        for k in 0..3 {
+            match k {
+                // WINDOW_UPDATE with increment 0 on an open stream.
+                0 => {
+                    bytes.extend(raw(1, EH, id, &get_block(&mut enc, "/")));
+                    bytes.extend(raw(8, 0, id, &[0, 0, 0, 0]));
+                }
+                // DATA after END_STREAM.
+                1 => {
+                    bytes.extend(raw(1, EH | ES, id, &get_block(&mut enc, "/")));
+                    bytes.extend(raw(0, 0, id, b"x"));
+                }
+                // DATA longer than the content-length.
+                _ => {
+                    let b = block(
+                        &mut enc,
+                        &[
+                            (":method", "POST"),
+                            (":scheme", "http"),
+                            (":authority", "a"),
+                            (":path", "/"),
+                            ("content-length", "1"),
+                        ],
+                    );
+                    bytes.extend(raw(1, EH, id, &b));
+                    bytes.extend(raw(0, 0, id, b"xy"));
+                }
+            }
+            id += 2;
+        }
+        if let Err(e) = sv.recv(&bytes, at(wave)) {
+            tripped = Some((wave, e.code));
+            break;
+        }
+        take_output(&mut sv);
+    }
+    let (wave, code) = tripped.expect("the budget trips");
+    assert_eq!(code, CALM);
+    assert_eq!(wave, 10, "31 stream errors in the 11th wave of 3");
+    assert_eq!(sv.counters().rapid_resets, 1);
+    assert_eq!(sv.counters().resets_received, 0);
+}
+
+/// RFC 9113 §5.1: after the peer's own RST_STREAM, any frame but PRIORITY on that stream
+/// is a stream error STREAM_CLOSED; only after one of ours are late frames ignored.
+#[test]
+fn frames_after_the_peers_reset_are_stream_closed_errors() {
+    let mut sv = server();
+    let mut enc = Encoder::new();
+    feed(&mut sv, &raw(1, EH, 1, &get_block(&mut enc, "/"))).unwrap();
+    events(&mut sv);
+    feed(&mut sv, &raw(3, 0, 1, &ErrorCode::CANCEL.0.to_be_bytes())).unwrap();
+    events(&mut sv);
+    expect_stream_error(&mut sv, &raw(0, 0, 1, b"late"), 1, ErrorCode::STREAM_CLOSED);
+    expect_stream_error(
+        &mut sv,
+        &raw(8, 0, 1, &[0, 0, 0, 1]),
+        1,
+        ErrorCode::STREAM_CLOSED,
+    );
+    let late = raw(1, EH, 1, &get_block(&mut enc, "/"));
+    expect_stream_error(&mut sv, &late, 1, ErrorCode::STREAM_CLOSED);
+    // A stream we reset: what the peer sent before it saw that is ignored.
+    feed(&mut sv, &raw(1, EH, 3, &get_block(&mut enc, "/"))).unwrap();
+    events(&mut sv);
+    sv.reset(3, ErrorCode::CANCEL);
+    take_output(&mut sv);
+    feed(&mut sv, &raw(0, 0, 3, b"in flight")).unwrap();
+    assert_eq!(resets(&mut sv), vec![]);
+    assert!(!sv.is_finished());
+}
+
+/// A stream reset in the same read as its HEADERS never reaches the application, so it
+/// is never forwarded or connected for; its DATA is skipped, other streams' is intact.
+#[test]
+fn a_stream_reset_before_it_was_seen_is_taken_back() {
+    let mut sv = server();
+    let mut enc = Encoder::new();
+    let post = block(
+        &mut enc,
+        &[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "a"),
+            (":path", "/"),
+        ],
+    );
+    let mut bytes = raw(1, EH, 1, &post);
+    bytes.extend(raw(1, EH, 3, &post));
+    bytes.extend(raw(0, 0, 1, b"one"));
+    bytes.extend(raw(0, 0, 3, b"three"));
+    bytes.extend(raw(3, 0, 1, &ErrorCode::CANCEL.0.to_be_bytes()));
+    bytes.extend(raw(0, ES, 3, b"!"));
+    feed(&mut sv, &bytes).unwrap();
+    let ev = events(&mut sv);
+    assert!(matches!(&ev[0], Ev::Headers(3, _, false)), "{ev:?}");
+    assert_eq!(
+        ev[1..],
+        [
+            Ev::Data(3, b"three".to_vec(), false),
+            Ev::Data(3, b"!".to_vec(), true)
+        ]
+    );
+    assert_eq!(sv.counters().resets_unforwarded, 1);
+    assert_eq!(sv.counters().resets_received, 1);
+}
+
+/// Stream churn: the peer's `max_streams`-th stream is served, and a graceful GOAWAY
+/// sends the rest to a new connection.
+#[test]
+fn the_stream_limit_ends_the_connection_gracefully() {
+    let limits = Limits {
+        max_streams: 3,
+        ..Limits::default()
+    };
+    let mut sv = server_with(Settings::default(), limits);
+    let mut enc = Encoder::new();
+    for id in [1, 3] {
+        feed(&mut sv, &raw(1, EH | ES, id, &get_block(&mut enc, "/"))).unwrap();
+    }
+    assert_eq!(goaway_code(&mut sv), None);
+    feed(&mut sv, &raw(1, EH | ES, 5, &get_block(&mut enc, "/"))).unwrap();
+    assert_eq!(goaway_code(&mut sv), Some(ErrorCode::NO_ERROR));
+    assert_eq!(sv.counters().stream_limit_goaways, 1);
+    let heads = events(&mut sv)
+        .iter()
+        .filter(|e| matches!(e, Ev::Headers(..)))
+        .count();
+    assert_eq!(heads, 3, "the third stream is served");
+}

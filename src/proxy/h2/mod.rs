@@ -102,8 +102,14 @@ impl Proxy {
             initial_window_size: codec::DEFAULT_WINDOW,
             ..codec::Settings::default()
         };
+        let cfg = &self.ctx.shared.cfg;
+        let limits = codec::Limits {
+            max_resets: cfg.h2_max_resets,
+            max_streams: cfg.h2_max_streams,
+            ..codec::Limits::default()
+        };
         let s = H2Session {
-            conn: Connection::server(settings, codec::Limits::default()),
+            conn: Connection::server(settings, limits),
             streams: Vec::new(),
             published: codec::Counters::default(),
             closing: false,
@@ -342,7 +348,8 @@ impl Proxy {
         if let Err(why) = translate::target(&fields) {
             debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");
             self.ctx.count_rejected();
-            s.conn.reset(id, ErrorCode::PROTOCOL_ERROR);
+            // Refused for what the client sent: counts toward its reset limit.
+            let _ = s.conn.refuse_stream(id, ErrorCode::PROTOCOL_ERROR);
             return;
         }
         if self.ctx.panic_path.as_deref() == fields.path() {
@@ -369,7 +376,8 @@ impl Proxy {
                     shared.balancer.cancel(backend);
                     self.ctx.bufs.put(buf);
                     self.ctx.count_rejected();
-                    s.conn.reset(id, ErrorCode::PROTOCOL_ERROR);
+                    // Refused for what the client sent: counts toward its reset limit.
+                    let _ = s.conn.refuse_stream(id, ErrorCode::PROTOCOL_ERROR);
                     return;
                 }
             }
@@ -592,6 +600,16 @@ impl Proxy {
                 old.stream_errors + old.connection_errors,
             ),
             (&c.h2_streams, now.streams_opened, old.streams_opened),
+            (
+                &c.h2_stream_limit_goaways,
+                now.stream_limit_goaways,
+                old.stream_limit_goaways,
+            ),
+            (
+                &c.h2_resets_unforwarded,
+                now.resets_unforwarded,
+                old.resets_unforwarded,
+            ),
         ];
         for (sum, new, old) in pairs {
             if new != old {
