@@ -7,9 +7,12 @@ The scenarios (loopback only, bounded in count and time, one at a time):
   slowloris     2,000 connections sending one head byte a second for 6 s against a 3 s
                 head timeout, while one client measures GET latency (p99 before/during);
   resets        1,000 clients that send part of a request and reset (SO_LINGER 0), half
-                while their exchange is in flight; gauges before, mid-attack and after.
+                while their exchange is in flight; gauges before, mid-attack and after;
+  h2_*          HTTP/2 reset floods, 3 connections of up to 3,000 streams each: streams
+                corelb is made to reset (MadeYouReset) and streams the client resets
+                (rapid reset); streams sent before GOAWAY, backend requests and connections.
 
-Sizes: ABUSE_CLIENTS, ABUSE_SLOWLORIS, ABUSE_RESETS (environment). Usage:
+Sizes: ABUSE_CLIENTS, ABUSE_SLOWLORIS, ABUSE_RESETS, ABUSE_H2_STREAMS (environment). Usage:
   make abuse            or    python3 bench/abuse.py
 """
 import os

@@ -545,3 +545,96 @@ fn resets_mid_request_leak_nothing() {
     assert_eq!(still, 200, "the worker still serves");
     assert_eq!(after.panics, 0);
 }
+
+/// One connection's HTTP/2 reset flood: waves of 100 streams that make corelb reset them
+/// (MadeYouReset: a WINDOW_UPDATE of 0, DATA after END_STREAM, DATA past the
+/// content-length) or that the client resets itself (rapid reset), until GOAWAY or
+/// `max` streams. Returns (streams sent, GOAWAY code).
+fn h2_flood(
+    addr: SocketAddr,
+    max: usize,
+    made_you_reset: bool,
+) -> (usize, Option<corelb::h2::ErrorCode>) {
+    use common::h2client::*;
+    let mut h = H2::connect(addr);
+    let mut sent = 0;
+    while sent < max {
+        let ids = queue_gets(&mut h, "/delay/200", 100);
+        let mut bytes = take(&mut h);
+        for (k, id) in ids.iter().enumerate() {
+            match (made_you_reset, k % 3) {
+                (false, _) => bytes.extend(frame(3, 0, *id, &8u32.to_be_bytes())),
+                (true, 0) => bytes.extend(frame(8, 0, *id, &[0, 0, 0, 0])),
+                (true, 1) => {
+                    bytes.extend(frame(0, 1, *id, b""));
+                    bytes.extend(frame(0, 0, *id, b"x"));
+                }
+                // A GET's body: past its content-length of 0.
+                (true, _) => bytes.extend(frame(0, 0, *id, b"body")),
+            }
+        }
+        if h.sock.write_all(&bytes).is_err() {
+            break;
+        }
+        sent += ids.len();
+    }
+    let code = read_frame(&mut h.sock, &[GOAWAY]).map(|(kind, _, p)| code_of(kind, &p));
+    (sent, code)
+}
+
+/// Server-induced and client reset floods on HTTP/2 (MadeYouReset, CVE-2025-8671; rapid
+/// reset, CVE-2023-44487): 3 connections of each, up to 3,000 streams apiece. corelb ends
+/// each with GOAWAY ENHANCE_YOUR_CALM after its reset budget (200 per 10 s), and what
+/// reaches the backend stays within that budget. Before, all 9,000 MadeYouReset streams
+/// reached the backends over 8,875 new connections.
+#[test]
+fn h2_reset_floods_are_cut_off_within_the_budget() {
+    let _one = serial();
+    let per = size("ABUSE_H2_STREAMS", 3000);
+    let b = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&b], &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    let admin = p.admin.unwrap();
+    let h2 = |key: &str| {
+        let r = get(admin, "/stats");
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        v["totals"]["h2"][key].as_u64().unwrap_or(0)
+    };
+    for (name, myr) in [("made_you_reset", true), ("rapid_reset", false)] {
+        let (req0, conns0, _) = b.stats();
+        let (streams0, calm0) = (h2("streams"), h2("rapid_resets"));
+        let t0 = Instant::now();
+        let runs: Vec<_> = (0..3).map(|_| h2_flood(p.addr, per, myr)).collect();
+        let took = t0.elapsed();
+        // The counters are published as each connection closes.
+        settle(admin, |_| h2("rapid_resets") >= calm0 + 3);
+        let (req1, conns1, _) = b.stats();
+        let streams = h2("streams") - streams0;
+        eprintln!(
+            "ABUSE h2_{name} connections=3 streams_written={:?} streams_read_by_corelb={streams} \
+             goaways={:?} backend_requests={} backend_connections={} took_s={:.2} \
+             unforwarded_total={}",
+            runs.iter().map(|r| r.0).collect::<Vec<_>>(),
+            runs.iter().map(|r| r.1).collect::<Vec<_>>(),
+            req1 - req0,
+            conns1 - conns0,
+            took.as_secs_f64(),
+            h2("resets_unforwarded")
+        );
+        for (_, code) in &runs {
+            assert_eq!(
+                *code,
+                Some(corelb::h2::ErrorCode::ENHANCE_YOUR_CALM),
+                "{name}"
+            );
+        }
+        assert_eq!(h2("rapid_resets") - calm0, 3, "{name}");
+        // The budget (200) plus the rest of the wave that tripped it, per connection.
+        assert!(streams <= 3 * 300, "{name}: streams read {streams}");
+        assert!(
+            req1 - req0 <= 3 * 200,
+            "{name}: backend requests {}",
+            req1 - req0
+        );
+    }
+    assert_eq!(get(p.addr, "/").status, 200, "the worker still serves");
+}

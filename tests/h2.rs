@@ -10,7 +10,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::h2client::{header, pairs, s, H2};
+use common::h2client::{
+    code_of, frame, header, pairs, queue_gets, read_frame, s, take, GOAWAY, H2, RST,
+};
 use common::{curl, have, Backend, Proxy};
 use corelb::h2::{ErrorCode, PREFACE};
 
@@ -245,40 +247,6 @@ fn sigterm_sends_goaway_and_finishes_streams() {
     assert_eq!(g.status, 200, "the stream in flight finishes: {g:?}");
     assert!(g.reset.is_none());
     assert!(p.wait_exit(Duration::from_secs(10)).is_some());
-}
-
-/// The first frame of type `kind` the server sends (payload), within a few seconds.
-fn read_frame(sock: &mut TcpStream, kinds: &[u8]) -> Option<(u8, u32, Vec<u8>)> {
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    loop {
-        while buf.len() >= 9 {
-            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-            if buf.len() < 9 + len {
-                break;
-            }
-            let kind = buf[3];
-            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-            let payload = buf[9..9 + len].to_vec();
-            buf.drain(..9 + len);
-            if kinds.contains(&kind) {
-                return Some((kind, stream, payload));
-            }
-        }
-        match sock.read(&mut tmp) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-        }
-    }
-}
-
-const RST: u8 = 3;
-const GOAWAY: u8 = 7;
-
-fn code_of(kind: u8, payload: &[u8]) -> ErrorCode {
-    let at = if kind == GOAWAY { 4 } else { 0 };
-    ErrorCode(u32::from_be_bytes(payload[at..at + 4].try_into().unwrap()))
 }
 
 #[test]
@@ -544,40 +512,6 @@ fn idle_connections_get_goaway_and_connect_is_refused() {
     );
     assert!(started.elapsed() >= Duration::from_millis(800));
     assert_eq!(a.requests(), 0);
-}
-
-/// A raw frame: 9-byte head and payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// Opens `n` GET streams on `h` without sending them; returns their ids.
-fn queue_gets(h: &mut H2, path: &str, n: usize) -> Vec<u32> {
-    (0..n)
-        .map(|_| {
-            let id = h.conn.open_stream().expect("stream");
-            let f = [
-                (":method", "GET"),
-                (":scheme", "http"),
-                (":authority", "x"),
-                (":path", path),
-            ];
-            h.conn.send_headers(id, &pairs(&f), false).unwrap();
-            id
-        })
-        .collect()
-}
-
-/// The codec's queued bytes, taken out to be written by hand.
-fn take(h: &mut H2) -> Vec<u8> {
-    let out = h.conn.pending_output().to_vec();
-    h.conn.advance_output(out.len());
-    out
 }
 
 /// MadeYouReset (CVE-2025-8671): waves of streams that make corelb reset them (a

@@ -191,3 +191,71 @@ pub fn header<'a>(g: &'a Got, name: &str) -> Option<&'a str> {
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
 }
+
+/// The first frame of type `kind` the server sends (payload), within a few seconds.
+pub fn read_frame(sock: &mut TcpStream, kinds: &[u8]) -> Option<(u8, u32, Vec<u8>)> {
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let kind = buf[3];
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let payload = buf[9..9 + len].to_vec();
+            buf.drain(..9 + len);
+            if kinds.contains(&kind) {
+                return Some((kind, stream, payload));
+            }
+        }
+        match sock.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+pub const RST: u8 = 3;
+pub const GOAWAY: u8 = 7;
+
+pub fn code_of(kind: u8, payload: &[u8]) -> ErrorCode {
+    let at = if kind == GOAWAY { 4 } else { 0 };
+    ErrorCode(u32::from_be_bytes(payload[at..at + 4].try_into().unwrap()))
+}
+
+/// A raw frame: 9-byte head and payload.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Opens `n` GET streams on `h` without sending them; returns their ids.
+pub fn queue_gets(h: &mut H2, path: &str, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| {
+            let id = h.conn.open_stream().expect("stream");
+            let f = [
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "x"),
+                (":path", path),
+            ];
+            h.conn.send_headers(id, &pairs(&f), false).unwrap();
+            id
+        })
+        .collect()
+}
+
+/// The codec's queued bytes, taken out to be written by hand.
+pub fn take(h: &mut H2) -> Vec<u8> {
+    let out = h.conn.pending_output().to_vec();
+    h.conn.advance_output(out.len());
+    out
+}
