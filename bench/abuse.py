@@ -8,7 +8,9 @@ The scenarios (loopback only, bounded in count and time, one at a time):
                 head timeout, while one client measures GET latency (p99 before/during);
   resets        1,000 clients that send part of a request and reset (SO_LINGER 0), half
                 while their exchange is in flight; gauges before, mid-attack and after;
-  h2_*          HTTP/2 reset floods, 3 connections of up to 3,000 streams each: streams
+  h2_*          HTTP/2 stalled readers (20 connections x 5 streams that never open their
+                window, against a 2 s send timeout); HTTP/2 reset floods, 3 connections
+                of up to 3,000 streams each: streams
                 corelb is made to reset (MadeYouReset) and streams the client resets
                 (rapid reset); streams sent before GOAWAY, backend requests and connections.
 

@@ -49,6 +49,7 @@ pub struct Counters {
     pub h2_streams: AtomicU64,
     pub h2_stream_limit_goaways: AtomicU64,
     pub h2_resets_unforwarded: AtomicU64,
+    pub h2_send_timeouts: AtomicU64,
     /// Trailer fields dropped because the HTTP/1.1 message they belonged to could not
     /// carry them (a Content-Length body, or an HTTP/1.0 client).
     pub trailers_dropped: AtomicU64,

@@ -638,3 +638,83 @@ fn h2_reset_floods_are_cut_off_within_the_budget() {
     }
     assert_eq!(get(p.addr, "/").status, 200, "the worker still serves");
 }
+
+/// Stalled readers: 20 HTTP/2 connections of 5 streams each (1 MiB responses) whose
+/// client reads its socket but never opens a flow-control window. Each response is
+/// abandoned after the send timeout, on its own window or with its connection (whose
+/// window is shut too); upstream connections and buffers go back to the baseline. Before, they stayed until the idle
+/// timeout (60 s) whatever was blocked.
+#[test]
+fn h2_stalled_readers_are_closed_after_the_send_timeout() {
+    let _one = serial();
+    let b = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(
+        &[&b],
+        &[
+            "--workers",
+            "1",
+            "--admin",
+            "127.0.0.1:0",
+            "--send-timeout",
+            "2s",
+            "--idle-timeout",
+            "2s",
+            "--pool-idle-timeout",
+            "1s",
+        ],
+    );
+    let admin = p.admin.unwrap();
+    let (base, _) = settle(admin, |g| g.active == 0 && g.up_open == 0);
+    let t0 = Instant::now();
+    let readers: Vec<_> = (0..20)
+        .map(|_| {
+            let mut h = common::h2client::H2::connect(p.addr);
+            for _ in 0..5 {
+                h.request("GET", "/bytes/1048576", &[], true);
+            }
+            // Drain the socket without ever passing the bytes to the codec: no
+            // WINDOW_UPDATE goes out.
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let mut got = 0;
+                h.sock
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                loop {
+                    match h.sock.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n,
+                    }
+                }
+                (got, t0.elapsed())
+            })
+        })
+        .collect();
+    let ends: Vec<(usize, Duration)> = readers.into_iter().map(|t| t.join().unwrap()).collect();
+    let last = ends.iter().map(|e| e.1).max().unwrap();
+    let (after, back) = settle(admin, |g| {
+        g.active == base.active && g.up_busy() == 0 && g.bufs == base.bufs
+    });
+    let v: Value = serde_json::from_slice(&get(admin, "/stats").body).unwrap();
+    let send_timeouts = v["totals"]["h2"]["send_timeouts"].as_u64().unwrap();
+    eprintln!(
+        "ABUSE h2_stalled_readers connections=20 streams=100 send_timeout_s=2 \
+         all_closed_after_s={:.2} bytes_per_connection_max={} send_timeouts={send_timeouts} \
+         after={after:?}",
+        last.as_secs_f64(),
+        ends.iter().map(|e| e.0).max().unwrap()
+    );
+    // Per connection, 4 streams fill their 256 KiB windows (the client codec's) and the
+    // 1 MiB connection window with them: each response is abandoned once, on its own
+    // window or with its connection.
+    assert_eq!(send_timeouts, 100, "every stalled response, counted once");
+    assert!(
+        last >= Duration::from_millis(1900),
+        "not before the send timeout"
+    );
+    assert!(
+        last < Duration::from_secs(15),
+        "closed long before 60 s: {last:?}"
+    );
+    assert!(back, "gauges back to baseline {base:?}: {after:?}");
+}

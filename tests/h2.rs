@@ -425,7 +425,17 @@ fn streams_are_logged_with_their_protocol_and_retried_like_http1() {
 #[test]
 fn a_client_that_never_opens_its_window_is_timed_out() {
     let a = Backend::start("A", "fast", &[]);
-    let p = Proxy::start(&[&a], &["--idle-timeout", "1", "--admin", "127.0.0.1:0"]);
+    let p = Proxy::start(
+        &[&a],
+        &[
+            "--send-timeout",
+            "1",
+            "--idle-timeout",
+            "1",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
     let mut h = H2::connect(p.addr);
     let id = h.request("GET", "/bytes/1000000", &[], true);
     // Read what comes but never release it: no WINDOW_UPDATE, the window stays shut.
@@ -446,8 +456,9 @@ fn a_client_that_never_opens_its_window_is_timed_out() {
             break false;
         }
     };
-    assert!(closed, "closed after the idle timeout");
-    assert!(start.elapsed() >= Duration::from_millis(900));
+    // The stream after the send timeout, then the connection after the idle one.
+    assert!(closed, "closed after the send and idle timeouts");
+    assert!(start.elapsed() >= Duration::from_millis(1800));
     // The client announced a 256 KiB stream window (the codec default).
     assert!(got < 300_000, "no more than the window was sent: {got}");
     let _ = id;
@@ -456,6 +467,7 @@ fn a_client_that_never_opens_its_window_is_timed_out() {
         let r = common::get(admin, "/stats");
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         v["totals"]["client_aborts"].as_u64() == Some(1)
+            && v["totals"]["h2"]["send_timeouts"].as_u64() == Some(1)
     }));
 }
 

@@ -30,6 +30,9 @@ pub struct H2Stats {
     pub stream_limit_goaways: u64,
     /// Streams the clients reset before corelb saw their request: never forwarded.
     pub resets_unforwarded: u64,
+    /// Responses abandoned because the client took none of their bytes for the send
+    /// timeout (a window kept shut, a socket not read), alone or with their connection.
+    pub send_timeouts: u64,
 }
 
 impl H2Stats {
@@ -45,11 +48,12 @@ impl H2Stats {
             streams: c.h2_streams.load(Relaxed),
             stream_limit_goaways: c.h2_stream_limit_goaways.load(Relaxed),
             resets_unforwarded: c.h2_resets_unforwarded.load(Relaxed),
+            send_timeouts: c.h2_send_timeouts.load(Relaxed),
         }
     }
 
     /// The Prometheus counters: (name, help, value).
-    pub fn metrics(&self) -> [(&'static str, &'static str, u64); 10] {
+    pub fn metrics(&self) -> [(&'static str, &'static str, u64); 11] {
         [
             (
                 "corelb_h2_rapid_resets_total",
@@ -100,6 +104,11 @@ impl H2Stats {
                 "corelb_h2_resets_unforwarded_total",
                 "HTTP/2 streams clients reset before their request was read: never forwarded.",
                 self.resets_unforwarded,
+            ),
+            (
+                "corelb_h2_send_timeouts_total",
+                "HTTP/2 responses abandoned after the send timeout, alone or with their connection.",
+                self.send_timeouts,
             ),
         ]
     }

@@ -121,6 +121,7 @@ struct Timeouts {
     pool_idle: Scalar,
     drain: Scalar,
     tunnel: Scalar,
+    send: Scalar,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -319,6 +320,7 @@ impl File {
             c.put(Key::PoolIdleTimeout, t.pool_idle, "poolIdle");
             c.put(Key::DrainTimeout, t.drain, "drain");
             c.put(Key::TunnelTimeout, t.tunnel, "tunnel");
+            c.put(Key::SendTimeout, t.send, "send");
         }
         if let Some(h) = self.health_check.0 {
             let mut c = Collect {

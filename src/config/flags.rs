@@ -78,6 +78,10 @@ pub struct Args {
     /// (default 1h).
     #[arg(long, value_parser = checked(&rules::SECONDS))]
     pub tunnel_timeout: Option<String>,
+    /// A response blocked on the client this long (a socket that takes no bytes, an
+    /// HTTP/2 window it keeps shut) is abandoned (default 30s).
+    #[arg(long, value_parser = checked(&rules::SECONDS))]
+    pub send_timeout: Option<String>,
     /// Most idle pooled connections per backend per worker, 0..1048576.
     #[arg(long, value_parser = checked(&rules::MAX_IDLE_PER_BACKEND))]
     pub max_idle_per_backend: Option<String>,
@@ -277,6 +281,11 @@ impl Args {
                 Key::TunnelTimeout,
                 self.tunnel_timeout.as_ref(),
                 "--tunnel-timeout",
+            ),
+            (
+                Key::SendTimeout,
+                self.send_timeout.as_ref(),
+                "--send-timeout",
             ),
             (
                 Key::MaxIdlePerBackend,

@@ -243,6 +243,7 @@ impl Config {
             pool_idle: seconds(Key::PoolIdleTimeout, DEFAULT_POOL_IDLE_TIMEOUT)?,
             drain: seconds(Key::DrainTimeout, DEFAULT_DRAIN_TIMEOUT)?,
             tunnel: seconds(Key::TunnelTimeout, DEFAULT_TUNNEL_TIMEOUT)?,
+            send: seconds(Key::SendTimeout, DEFAULT_SEND_TIMEOUT)?,
         };
         let listen = v
             .parse(Key::Listen, |s| {

@@ -281,6 +281,13 @@ fn h2_limits_come_from_the_file_or_a_flag_with_defaults() {
         (c.h2_max_resets, c.h2_max_streams),
         (DEFAULT_H2_MAX_RESETS, DEFAULT_H2_MAX_STREAMS)
     );
+    assert_eq!(c.timeouts.send, DEFAULT_SEND_TIMEOUT);
+    let c = Config::from_json(
+        "c.json",
+        r#"{"servers": [{"name": "A", "address": "127.0.0.1", "port": 1}], "timeouts": {"send": 5}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.timeouts.send, Duration::from_secs(5));
 }
 
 #[test]

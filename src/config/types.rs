@@ -22,6 +22,9 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// An upgraded connection (WebSocket and the like) with no byte either way for this long is closed.
 pub const DEFAULT_TUNNEL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A response the client takes no byte of for this long is abandoned (NGINX's
+/// `send_timeout`, HAProxy's `timeout client` on a blocked send).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_IDLE_PER_BACKEND: usize = 128;
 /// HTTP/2 stream resets a client may cause in 10 s (NGINX ends such connections after
 /// 200-1,000 streams).
@@ -267,6 +270,9 @@ pub struct Timeouts {
     pub drain: Duration,
     /// An upgraded connection (a tunnel after a 101) idle both ways is closed after this.
     pub tunnel: Duration,
+    /// A response blocked on the client (a socket that takes no bytes, an HTTP/2 stream
+    /// or connection window kept shut) this long is abandoned and counted.
+    pub send: Duration,
 }
 
 impl Default for Timeouts {
@@ -279,6 +285,7 @@ impl Default for Timeouts {
             pool_idle: DEFAULT_POOL_IDLE_TIMEOUT,
             drain: DEFAULT_DRAIN_TIMEOUT,
             tunnel: DEFAULT_TUNNEL_TIMEOUT,
+            send: DEFAULT_SEND_TIMEOUT,
         }
     }
 }

@@ -389,6 +389,7 @@ pub(crate) enum Key {
     PoolIdleTimeout,
     DrainTimeout,
     TunnelTimeout,
+    SendTimeout,
     MaxIdlePerBackend,
     H2MaxResets,
     H2MaxStreams,

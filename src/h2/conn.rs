@@ -358,6 +358,19 @@ impl Connection {
         }
     }
 
+    /// What the peer's window for `stream` alone still allows (0 if we cannot send on it).
+    pub fn stream_window(&self, stream: StreamId) -> usize {
+        match self.streams.get(&stream) {
+            Some(s) if s.state.local_open() => s.send_window.max(0) as usize,
+            _ => 0,
+        }
+    }
+
+    /// What the peer's connection window still allows.
+    pub fn connection_window(&self) -> usize {
+        self.send_window.max(0) as usize
+    }
+
     /// The stream is known and we may still send on it.
     pub fn can_send(&self, stream: StreamId) -> bool {
         self.streams
@@ -440,13 +453,16 @@ impl Connection {
         }
     }
 
-    /// Resets `id` with `code` after a stream error we detected. The peer caused it, so it
-    /// counts toward the reset limit (MadeYouReset, CVE-2025-8671).
+    /// Resets `id` with `code` after a stream error we detected. On a server, the client
+    /// caused it, so it counts toward the reset limit (MadeYouReset, CVE-2025-8671); a
+    /// client (corelb's upstream connections) leaves its backends that budget alone.
     pub(super) fn stream_error(&mut self, id: StreamId, code: ErrorCode) -> Result<(), ConnError> {
         frame::put_rst(&mut self.out, id, code);
         self.counters.stream_errors += 1;
         Connection::remember(&mut self.recent_resets, id);
-        self.note_reset(self.last_recv)?;
+        if self.server {
+            self.note_reset(self.last_recv)?;
+        }
         if let Some(s) = self.drop_stream(id) {
             if s.local || (s.head_received && !self.unqueue(id)) {
                 self.events.push_back(Queued::Reset {

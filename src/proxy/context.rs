@@ -102,6 +102,7 @@ impl Ctx {
             client: Self::ms(t.client),
             upstream: Self::ms(t.upstream),
             idle: Self::ms(t.idle),
+            send: Self::ms(t.send),
         }
     }
 

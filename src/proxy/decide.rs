@@ -170,6 +170,7 @@ pub(crate) struct Limits {
     pub client: u64,
     pub upstream: u64,
     pub idle: u64,
+    pub send: u64,
 }
 
 /// The deadlines (client, upstream) of an exchange after progress, in worker ms (0: none).
@@ -177,7 +178,7 @@ pub(crate) struct Limits {
 pub(crate) fn deadlines(w: &Waits, now: u64, t: &Limits) -> (u64, u64) {
     let (client_at, up_at) = if w.client_slow {
         // Blocked on a slow reader: the client's send timeout, not the backend's.
-        (now + t.idle, 0)
+        (now + t.send, 0)
     } else if w.need_client_body && !w.response_started {
         // The backend waits for the body as corelb does: only the client is late. (Both
         // deadlines, of equal length, made the outcome of a stalled upload a race between
@@ -386,6 +387,7 @@ mod tests {
         client: 10,
         upstream: 60,
         idle: 30,
+        send: 20,
     };
 
     fn waits() -> Waits {
@@ -405,7 +407,7 @@ mod tests {
             client_slow: true,
             ..waits()
         };
-        assert_eq!(deadlines(&slow, 100, &T), (130, 0));
+        assert_eq!(deadlines(&slow, 100, &T), (120, 0));
         let body = Waits {
             need_client_body: true,
             ..waits()

@@ -73,8 +73,8 @@ pub(crate) struct H2Session {
     published: codec::Counters,
     /// The connection failed or the client left: flush what is queued, then close.
     closing: bool,
-    /// The client deadline is armed for the client (idle, or a stalled send).
-    waiting_client: bool,
+    /// What the client's deadline is armed for.
+    waiting_client: ClientWait,
     /// Scratch for decoded trailer fields.
     trailers: Fields,
     /// Scratch for the request fields sent to h2c backends.
@@ -85,6 +85,17 @@ pub(crate) struct H2Session {
     idle_at: u64,
     /// When the client's timer is armed for (0: not armed).
     armed: u64,
+}
+
+/// What an HTTP/2 session's own deadline waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientWait {
+    /// Streams run; their deadlines are their own.
+    None,
+    /// Nothing in flight, or a request body awaited: the idle timeout.
+    Idle,
+    /// Output queued for a socket that takes no bytes: the send timeout.
+    Send,
 }
 
 impl H2Session {
@@ -113,7 +124,7 @@ impl Proxy {
             streams: Vec::new(),
             published: codec::Counters::default(),
             closing: false,
-            waiting_client: false,
+            waiting_client: ClientWait::None,
             trailers: Fields::new(),
             up: Fields::new(),
             ip: self.clients[ci].peer.ip().to_string().into_bytes().into(),
@@ -135,7 +146,7 @@ impl Proxy {
         let next = s
             .streams
             .iter()
-            .flat_map(|st| [st.deadline, st.call_deadline])
+            .flat_map(|st| [st.deadline, st.call_deadline, st.stall_at])
             .chain([s.idle_at])
             .filter(|&t| t != 0)
             .min()
@@ -238,18 +249,36 @@ impl Proxy {
         if (s.closing || s.conn.is_finished()) && !s.conn.wants_write() {
             return Step::Closed;
         }
-        // The client's deadline: armed while nothing is in flight or a stream waits on it
-        // (a window it does not open, output it does not read); else the upstreams' run.
-        let stalled = s.streams.is_empty()
-            || (s.conn.wants_write() && !self.clients[ci].io.writable)
-            || s.streams.iter().any(|st| st.waits_on_client(&s.conn));
-        if stalled != s.waiting_client {
-            s.waiting_client = stalled;
-            s.idle_at = if stalled {
-                self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.idle)
-            } else {
-                0
+        // The client's deadline: the send timeout while its socket takes no bytes or its
+        // connection window stays shut on pending responses; the idle timeout while nothing
+        // is in flight or a stream waits for its request body; else the upstreams' run. A
+        // stream whose response waits on its own window has a send deadline of its own.
+        let t = &self.ctx.shared.cfg.timeouts;
+        let (now, send) = (self.ctx.now, Ctx::ms(t.send));
+        let blocked = s.conn.wants_write() && !self.clients[ci].io.writable;
+        let conn_shut = s.conn.connection_window() == 0
+            && s.streams.iter().any(|st| st.waits_for_window(&s.conn));
+        let wait = if blocked || conn_shut {
+            ClientWait::Send
+        } else if s.streams.is_empty() || s.streams.iter().any(H2Stream::waits_for_body) {
+            ClientWait::Idle
+        } else {
+            ClientWait::None
+        };
+        if wait != s.waiting_client {
+            s.waiting_client = wait;
+            s.idle_at = match wait {
+                ClientWait::None => 0,
+                ClientWait::Idle => now + Ctx::ms(t.idle),
+                ClientWait::Send => now + send,
             };
+        }
+        for st in s.streams.iter_mut() {
+            if !st.waits_for_own_window(&s.conn) {
+                st.stall_at = 0;
+            } else if st.stall_at == 0 {
+                st.stall_at = now + send;
+            }
         }
         self.h2_arm(ci, s);
         if progress {
@@ -463,8 +492,18 @@ impl Proxy {
             let st = &s.streams[i];
             let call_over = st.call_deadline != 0 && now >= st.call_deadline;
             let idle_over = st.deadline != 0 && now >= st.deadline;
+            let stalled = st.stall_at != 0 && now >= st.stall_at;
             if call_over {
                 self.h2_call_expired(ci, &mut s, i);
+            } else if stalled {
+                // The client kept its window shut past the send timeout.
+                debug!(
+                    "worker {}: HTTP/2 stream {} send timeout",
+                    self.ctx.id, st.id
+                );
+                let c = &self.ctx.shared.counters;
+                c.h2_send_timeouts.fetch_add(1, Relaxed);
+                self.h2_abort(ci, &mut s, i, Blame::Client);
             } else if idle_over && st.mux {
                 let connecting = self.ups[st.ex.up].is_connecting();
                 let why = if connecting {
@@ -480,6 +519,12 @@ impl Proxy {
             // The stream at `i` is gone or was moved: look at `i` again.
         }
         if s.idle_at != 0 && now >= s.idle_at {
+            if s.waiting_client == ClientWait::Send {
+                // Each response abandoned with the connection counts once.
+                let n = s.streams.iter().filter(|st| st.has_more()).count() as u64;
+                let c = &self.ctx.shared.counters;
+                c.h2_send_timeouts.fetch_add(n, Relaxed);
+            }
             let c = &mut self.clients[ci];
             debug!("worker {}: HTTP/2 client {} timed out", self.ctx.id, c.peer);
             s.conn.go_away(ErrorCode::NO_ERROR);

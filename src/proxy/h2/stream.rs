@@ -79,6 +79,9 @@ pub(super) struct H2Stream {
     pub deadline: u64,
     /// Worker-clock ms: the call's `grpc-timeout`, capped by the upstream timeout (0: none).
     pub call_deadline: u64,
+    /// Worker-clock ms: response bytes wait on the client's window; past this the stream
+    /// is abandoned (the send timeout; 0: not blocked).
+    pub stall_at: u64,
     /// The call's grpc-status, once known.
     pub grpc_status: Option<u32>,
     /// The backend's answer goes to the client as it is (no retry on UNAVAILABLE).
@@ -127,6 +130,7 @@ impl H2Stream {
             replayable: true,
             deadline: 0,
             call_deadline: 0,
+            stall_at: 0,
             grpc_status: None,
             final_answer: false,
         }
@@ -163,9 +167,32 @@ impl H2Stream {
 
     /// Waiting on the client: for request body, or for window to send response data.
     pub fn waits_on_client(&self, conn: &Connection) -> bool {
+        self.waits_for_body() || self.waits_for_window(conn)
+    }
+
+    /// The request body must come from the client before the backend can answer.
+    pub fn waits_for_body(&self) -> bool {
         let body_wait = self.wants_body() && self.body.as_ref().is_none_or(Buf::is_empty);
-        let window_wait = self.ex.ready > 0 && conn.send_capacity(self.id) == 0;
-        (body_wait && self.ex.resp == Resp::Head) || window_wait
+        body_wait && self.ex.resp == Resp::Head
+    }
+
+    /// The response has more to send (bytes ready, or a body still coming that corelb
+    /// reads only as the window allows) and the client keeps a window shut: the stream's
+    /// own, or the connection's.
+    pub fn waits_for_window(&self, conn: &Connection) -> bool {
+        self.has_more() && conn.send_capacity(self.id) == 0
+    }
+
+    /// As [`H2Stream::waits_for_window`], on this stream's own window: a stall of this
+    /// stream alone (the connection's window is the session's).
+    pub fn waits_for_own_window(&self, conn: &Connection) -> bool {
+        self.has_more() && conn.can_send(self.id) && conn.stream_window(self.id) == 0
+    }
+
+    /// Response bytes are still to reach the client.
+    pub fn has_more(&self) -> bool {
+        let more = self.ex.ready > 0 || (self.head_sent && self.ex.resp != Resp::Done);
+        more && !self.end_sent
     }
 
     /// A new attempt writes the request from its start.
