@@ -16,7 +16,7 @@ use crate::timer::Deadline;
 use super::context::Ctx;
 use super::end::Blame;
 use super::exchange::{Exchange, Start};
-use super::h1mux::Leg;
+use super::h1_h2c::H2cLeg;
 use super::io::{read_into, would_block, write2, Io};
 use super::tunnel::Tunnel;
 use super::{client_token, Proxy, Step};
@@ -249,7 +249,7 @@ impl Proxy {
             req.expect_continue,
             req.upgrade,
         );
-        let h2c = Leg::request(req.te_trailers, req.body == BodyKind::Chunked);
+        let h2c = H2cLeg::request(req.te_trailers, req.body == BodyKind::Chunked);
         // The read that brought the head filled the buffer: the body is arriving fast, so
         // its next read may take a larger buffer (buffer.rs, bulk growth).
         let filled = buf.space().is_empty();
@@ -421,8 +421,8 @@ impl Proxy {
             }
             // h2 hook: a stalled or idle HTTP/2 connection closes with its streams.
             Phase::H2(_) => self.h2_timeout(ci),
-            // h1mux hook: an exchange on an h2c stream keeps its deadlines on this timer.
-            Phase::Proxy(ref ex) if ex.h2c.on => self.h1mux_timeout(ci),
+            // h1_h2c hook: an exchange on an h2c stream keeps its deadlines on this timer.
+            Phase::Proxy(ref ex) if ex.h2c.on => self.h1_h2c_timeout(ci),
             Phase::Proxy(_) => {
                 debug!("worker {id}: client {} stalled mid-exchange", c.peer);
                 self.abort(ci, Blame::Client);

@@ -168,8 +168,8 @@ impl Proxy {
             max_idle,
         });
         if u.mux.is_some() {
-            // h1mux hook: the exchange's stream leaves the shared h2c connection.
-            self.h1mux_detach(ci, ui);
+            // h1_h2c hook: the exchange's stream leaves the shared h2c connection.
+            self.h1_h2c_detach(ci, ui);
         } else if pool {
             self.pool(ui);
         } else {
@@ -195,8 +195,8 @@ impl Proxy {
     /// HTTP/1.1 connection closes; an h2c stream is reset and its shared connection stays.
     fn drop_upstream(&mut self, ci: usize, ui: usize) {
         if self.ups[ui].mux.is_some() {
-            // h1mux hook.
-            self.h1mux_detach(ci, ui);
+            // h1_h2c hook.
+            self.h1_h2c_detach(ci, ui);
         } else {
             self.remove_upstream(ui);
         }

@@ -10,7 +10,7 @@ use crate::buffer::Buf;
 use crate::http::{Body, Method};
 
 use super::decide::{Attempt, Tried, Waits};
-use super::h1mux::Leg;
+use super::h1_h2c::H2cLeg;
 use super::splice::Splicing;
 
 /// No connection (an index into neither slab).
@@ -104,8 +104,8 @@ pub(crate) struct Exchange {
     pub req_hot: bool,
     pub resp_hot: bool,
     /// For an h2c backend: the request's facts HTTP/2 needs and the attempt's stream
-    /// (h1mux.rs).
-    pub h2c: Leg,
+    /// (h1_h2c.rs).
+    pub h2c: H2cLeg,
 }
 
 /// The facts of a new request, from its parsed head.
@@ -156,7 +156,7 @@ impl Exchange {
             splice: Splicing::default(),
             req_hot: false,
             resp_hot: false,
-            h2c: Leg::default(),
+            h2c: H2cLeg::default(),
         }
     }
 

@@ -13,9 +13,9 @@
 //! - `relay`: moving bytes both ways and validating the response;
 //! - `splice`: large bodies and large chunks moved socket -> pipe -> socket (zero copy);
 //! - `end`: finishing, failing, retrying and aborting an exchange;
-//! - `h1mux`: an HTTP/1.1 client's exchange as a stream to an h2c backend;
-//! - `h1mux_translate`: that exchange's head, trailers and framing translated both ways;
-//! - `mux`: the pool of shared h2c upstream connections and their streams' inboxes;
+//! - `h1_h2c`: an HTTP/1.1 client's exchange as a stream to an h2c backend;
+//! - `h1_h2c_translate`: that exchange's head, trailers and framing translated both ways;
+//! - `h2c_pool`: the pool of shared h2c upstream connections and their streams' inboxes;
 //! - `h2/`: the HTTP/2 front end, each stream to an HTTP/1.1 or h2c backend;
 //! - `tunnel`: after a 101, the client and its upstream as a byte tunnel;
 //! - `decide`: the pure decisions (replay, pooling, deadlines), tested without sockets.
@@ -25,12 +25,12 @@ mod context;
 pub(crate) mod decide;
 mod end;
 mod exchange;
-mod h1mux;
-mod h1mux_translate;
+mod h1_h2c;
+mod h1_h2c_translate;
 mod h2;
+mod h2c_pool;
 pub(crate) mod io;
 mod membership;
-mod mux;
 mod relay;
 mod splice;
 mod tunnel;
@@ -101,7 +101,7 @@ pub struct Proxy {
     ups: Slab<Upstream>,
     /// Idle keep-alive upstream connections per backend, most recent last.
     idle: Vec<Vec<usize>>,
-    /// HTTP/2 connections per h2c backend, busy or idle (`mux.rs`).
+    /// HTTP/2 connections per h2c backend, busy or idle (`h2c_pool.rs`).
     muxes: Vec<Vec<usize>>,
     /// Scratch: clients to drive after an h2c connection's event.
     mux_wake: Vec<usize>,

@@ -38,9 +38,9 @@ impl Proxy {
             self.abort(ci, Blame::Client);
             return Step::Closed;
         }
-        // h1mux hook: a stream on a shared h2c connection moves its own way (h1mux.rs).
+        // h1_h2c hook: a stream on a shared h2c connection moves its own way (h1_h2c.rs).
         if ex.h2c.on {
-            return self.h1mux_step(ci);
+            return self.h1_h2c_step(ci);
         }
         if self.ups[ex.up].state == UpState::Connecting {
             return Step::Blocked;

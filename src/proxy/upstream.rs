@@ -17,8 +17,8 @@ use super::client::Phase;
 use super::context::Ctx;
 use super::decide::Failure;
 use super::exchange::NONE;
+use super::h2c_pool::Mux;
 use super::io::Io;
-use super::mux::Mux;
 use super::{upstream_token, Proxy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub(crate) struct Upstream {
     pub state: UpState,
     pub io: Io,
     pub timer: Deadline,
-    /// An HTTP/2 connection to an h2c backend, shared by many streams (`mux.rs`).
+    /// An HTTP/2 connection to an h2c backend, shared by many streams (`h2c_pool.rs`).
     pub mux: Option<Box<Mux>>,
 }
 
@@ -75,9 +75,9 @@ impl Proxy {
     /// `fresh`), or a new one connecting. False if no connection could be made: the
     /// client has then been answered 502.
     pub(super) fn attach(&mut self, ci: usize, backend: usize, fresh: bool) -> bool {
-        // h1mux hook: an h2c backend takes the exchange as a stream of a shared connection.
+        // h1_h2c hook: an h2c backend takes the exchange as a stream of a shared connection.
         if self.ctx.shared.balancer.backend(backend).protocol == Protocol::H2c {
-            return self.h1mux_attach(ci, backend, fresh);
+            return self.h1_h2c_attach(ci, backend, fresh);
         }
         let Some((ui, reused)) = self.connection_to(backend, ci, fresh) else {
             self.unreachable(ci, backend);

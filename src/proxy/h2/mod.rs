@@ -6,7 +6,9 @@
 //!
 //! - `mod.rs`: the session: client bytes in and out, codec events, drain, deadlines,
 //!   teardown, and the codec's abuse counters summed into `Shared`;
-//! - `stream.rs`: one stream's HTTP/1.1 upstream leg, with backpressure both ways;
+//! - `h1_leg.rs`: one stream's HTTP/1.1 upstream leg, with backpressure both ways;
+//! - `h2c_leg.rs`: one stream's leg over a shared h2c upstream connection;
+//! - `grpc.rs`: recognising gRPC calls, `grpc-timeout`, answers in gRPC terms;
 //! - `translate.rs`: HTTP/2 fields to an HTTP/1.1 head and back, trailers.
 //!
 //! Flow control: received DATA is released to the codec only once written upstream, and
@@ -14,8 +16,8 @@
 //! its receive window one way and one read the other.
 
 mod grpc;
-mod leg;
-mod stream;
+mod h1_leg;
+mod h2c_leg;
 pub(super) mod translate;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -33,7 +35,7 @@ use super::end::Blame;
 use super::io::{read_into, would_block, write2};
 use super::{client_token, Proxy, Step};
 
-use stream::H2Stream;
+use h1_leg::H2Stream;
 
 /// What the first bytes of a connection say.
 pub(super) enum Preface {
@@ -387,14 +389,14 @@ impl Proxy {
         let Some(backend) = self.pick_backend() else {
             debug!("worker {wid}: 503: no server available");
             self.ctx.log_local(rec, crate::http::SERVICE_UNAVAILABLE);
-            leg::reply(s, id, call, 503, end, "no server available");
+            h2c_leg::reply(s, id, call, 503, end, "no server available");
             return;
         };
         self.ctx.count_request();
         self.ctx.budget.deposit();
         // An HTTP/1.1 backend gets its head now; an h2c one the fields as they are.
         let mut buf = self.ctx.bufs.get();
-        let mut framing = translate::Framing::None;
+        let mut framing = translate::UpstreamFraming::None;
         if shared.balancer.backend(backend).protocol == crate::config::Protocol::Http1 {
             let scratch = &mut self.ctx.scratch;
             scratch.clear();

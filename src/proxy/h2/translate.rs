@@ -12,7 +12,7 @@ use crate::http::Response;
 
 /// How the request body goes upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
+pub(super) enum UpstreamFraming {
     /// No body (END_STREAM came with the HEADERS and no content-length said otherwise).
     None,
     /// `Content-Length` from the client's content-length.
@@ -23,7 +23,7 @@ pub(super) enum Framing {
 
 /// What a translated request head says.
 pub(super) struct Head {
-    pub framing: Framing,
+    pub framing: UpstreamFraming,
 }
 
 /// Request-target and authority bytes HTTP/1.1 can carry on its request line and in Host.
@@ -119,17 +119,19 @@ pub(super) fn request_head(
         out.extend_from_slice(b"\r\n");
     }
     let framing = match (length, end_stream) {
-        (Some(0), _) | (None, true) => Framing::None,
-        (Some(n), _) => Framing::Length(n),
-        (None, false) => Framing::Chunked,
+        (Some(0), _) | (None, true) => UpstreamFraming::None,
+        (Some(n), _) => UpstreamFraming::Length(n),
+        (None, false) => UpstreamFraming::Chunked,
     };
     match framing {
-        Framing::Length(n) => {
+        UpstreamFraming::Length(n) => {
             let _ = write!(out, "Content-Length: {n}\r\n");
         }
-        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::None if length == Some(0) => out.extend_from_slice(b"Content-Length: 0\r\n"),
-        Framing::None => {}
+        UpstreamFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        UpstreamFraming::None if length == Some(0) => {
+            out.extend_from_slice(b"Content-Length: 0\r\n")
+        }
+        UpstreamFraming::None => {}
     }
     // X-Forwarded-For is extended with the client's address, as for HTTP/1.1.
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -390,7 +392,7 @@ mod tests {
         ]);
         let mut out = Vec::new();
         let h = request_head(&f, false, b"10.0.0.1", false, &mut out).unwrap();
-        assert_eq!(h.framing, Framing::Length(5));
+        assert_eq!(h.framing, UpstreamFraming::Length(5));
         let s = String::from_utf8(out).unwrap();
         assert!(
             s.starts_with("POST /echo?a=1 HTTP/1.1\r\nHost: example.com\r\n"),
@@ -415,7 +417,7 @@ mod tests {
         let mut f = base.to_vec();
         f.push((":authority", "h"));
         let h = request_head(&fields(&f), false, ip, true, &mut out).unwrap();
-        assert_eq!(h.framing, Framing::Chunked);
+        assert_eq!(h.framing, UpstreamFraming::Chunked);
         assert!(String::from_utf8_lossy(&out).contains("Connection: close"));
         out.clear();
         assert!(request_head(&fields(&base), true, ip, false, &mut out).is_err());

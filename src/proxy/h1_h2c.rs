@@ -1,5 +1,5 @@
 //! HTTP/1.1 clients to h2c backends: an exchange whose backend speaks HTTP/2 runs as one
-//! stream of a shared per-worker connection (`mux.rs`), translated both ways as NGINX and
+//! stream of a shared per-worker connection (`h2c_pool.rs`), translated both ways as NGINX and
 //! Envoy do.
 //!
 //! - The request: the rewritten HTTP/1.1 head (`Exchange::head`: hop-by-hop fields and
@@ -34,12 +34,12 @@ use super::client::Phase;
 use super::decide::{self, Failure, Waits};
 use super::end::Blame;
 use super::exchange::{Exchange, Req, Resp};
-use super::h1mux_translate::{
-    chunk_line, framing, request_pairs, response_head, trailer_pairs, Framing,
+use super::h1_h2c_translate::{
+    chunk_line, framing, request_pairs, response_head, trailer_pairs, ClientFraming,
 };
 use super::h2::translate::trailer_lines;
+use super::h2c_pool::Gone;
 use super::io::{read_into, would_block, write2};
-use super::mux::Gone;
 use super::{client_token, Proxy, Step};
 
 /// The interim answer to `Expect: 100-continue`.
@@ -50,7 +50,7 @@ const UNTRANSLATABLE: &str = "request head not translatable to HTTP/2";
 /// An exchange's h2c leg: the facts of the request an HTTP/2 hop needs, and the state of
 /// the current attempt's stream.
 #[derive(Debug, Default)]
-pub(crate) struct Leg {
+pub(crate) struct H2cLeg {
     /// The current attempt is a stream on an h2c connection (`Exchange::up` is a mux).
     pub on: bool,
     /// The request said `TE: trailers`.
@@ -69,7 +69,7 @@ pub(crate) struct Leg {
     /// can go elsewhere whole; they count as sent only once given up.
     replayable: bool,
     kept: usize,
-    framing: Framing,
+    framing: ClientFraming,
     /// Chunked response: data bytes of the chunk being written; any chunk begun.
     chunk_left: usize,
     any_chunk: bool,
@@ -81,23 +81,23 @@ pub(crate) struct Leg {
     client_at: u64,
 }
 
-impl Leg {
+impl H2cLeg {
     /// The facts of a new request (from its parsed head) an HTTP/2 hop needs.
-    pub fn request(te_trailers: bool, chunked: bool) -> Leg {
-        Leg {
+    pub fn request(te_trailers: bool, chunked: bool) -> H2cLeg {
+        H2cLeg {
             te_trailers,
             chunked,
-            ..Leg::default()
+            ..H2cLeg::default()
         }
     }
 
     /// A new attempt on an h2c stream: the request goes again from its first byte.
     fn begin(&mut self) {
-        *self = Leg {
+        *self = H2cLeg {
             on: true,
             replayable: true,
             trailers: std::mem::take(&mut self.trailers),
-            ..Leg::request(self.te_trailers, self.chunked)
+            ..H2cLeg::request(self.te_trailers, self.chunked)
         };
         self.trailers.clear();
     }
@@ -119,7 +119,7 @@ impl Proxy {
     /// `attach` hook: client `ci`'s exchange goes to h2c `backend` as a stream of a shared
     /// connection (a pooled one unless `fresh`). False if none could be made: the client
     /// has then been answered 502.
-    pub(super) fn h1mux_attach(&mut self, ci: usize, backend: usize, fresh: bool) -> bool {
+    pub(super) fn h1_h2c_attach(&mut self, ci: usize, backend: usize, fresh: bool) -> bool {
         let Some((ui, reused)) = self.mux_for(backend, ci, 0, fresh) else {
             self.unreachable(ci, backend);
             return false;
@@ -129,18 +129,18 @@ impl Proxy {
             ex.begin_attempt(ui, reused);
             ex.h2c.begin();
         }
-        self.h1mux_arm(ci, true);
+        self.h1_h2c_arm(ci, true);
         true
     }
 
     /// `step_proxy` hook: one step of an exchange on an h2c stream.
-    pub(super) fn h1mux_step(&mut self, ci: usize) -> Step {
+    pub(super) fn h1_h2c_step(&mut self, ci: usize) -> Step {
         let ui = match self.clients[ci].split() {
             Some((_, ex)) => ex.up,
             None => return Step::Blocked,
         };
-        let turn = match self.h1mux_send(ci, ui) {
-            Turn::Running(sent) => match self.h1mux_recv(ci, ui) {
+        let turn = match self.h1_h2c_send(ci, ui) {
+            Turn::Running(sent) => match self.h1_h2c_recv(ci, ui) {
                 Turn::Running(got) => Turn::Running(sent || got),
                 other => other,
             },
@@ -150,11 +150,11 @@ impl Proxy {
         let flushed = self.mux_flush(ui);
         match turn {
             Turn::Running(moved) => {
-                if self.h1mux_done(ci) {
+                if self.h1_h2c_done(ci) {
                     return self.finish(ci);
                 }
                 if moved {
-                    self.h1mux_arm(ci, false);
+                    self.h1_h2c_arm(ci, false);
                 }
                 if moved || !flushed {
                     Step::Progress
@@ -164,20 +164,20 @@ impl Proxy {
             }
             Turn::NoRoom => {
                 let backend = self.ups[ui].backend;
-                self.h1mux_detach(ci, ui);
+                self.h1_h2c_detach(ci, ui);
                 if let Some((_, ex)) = self.clients[ci].split() {
                     ex.up = super::exchange::NONE;
                 }
                 self.attach(ci, backend, true);
                 Step::Progress
             }
-            Turn::Failed(why) => self.h1mux_fail(ci, why),
+            Turn::Failed(why) => self.h1_h2c_fail(ci, why),
             Turn::Over(step) => step,
         }
     }
 
     /// The whole response went to the client.
-    fn h1mux_done(&mut self, ci: usize) -> bool {
+    fn h1_h2c_done(&mut self, ci: usize) -> bool {
         let Some((side, ex)) = self.clients[ci].split() else {
             return false;
         };
@@ -197,7 +197,7 @@ impl Proxy {
 
     /// The attempt failed with `why`: before the response head, the HTTP/1.1 way (retry
     /// or 502/504); after it (or once a 100 Continue is on its way), the client closes.
-    fn h1mux_fail(&mut self, ci: usize, why: Failure) -> Step {
+    fn h1_h2c_fail(&mut self, ci: usize, why: Failure) -> Step {
         let Some((_, ex)) = self.clients[ci].split() else {
             return Step::Closed;
         };
@@ -217,7 +217,7 @@ impl Proxy {
     /// The request upstream: HEADERS once the connection is up, then the body as DATA
     /// within the windows (reading the client only while they are open), then END_STREAM
     /// or the trailers.
-    fn h1mux_send(&mut self, ci: usize, ui: usize) -> Turn {
+    fn h1_h2c_send(&mut self, ci: usize, ui: usize) -> Turn {
         let mut moved = false;
         let (_, ex) = self.clients[ci].split().expect("proxying");
         if !ex.h2c.opened {
@@ -264,11 +264,11 @@ impl Proxy {
             moved = true;
         }
         loop {
-            match self.h1mux_body(ci, ui) {
+            match self.h1_h2c_body(ci, ui) {
                 Ok(m) => moved |= m,
                 Err(()) => return Turn::Failed(Failure::Reset),
             }
-            match self.h1mux_read_body(ci, ui) {
+            match self.h1_h2c_read_body(ci, ui) {
                 Ok(true) => moved = true,
                 Ok(false) => return Turn::Running(moved),
                 Err(step) => return Turn::Over(step),
@@ -278,7 +278,7 @@ impl Proxy {
 
     /// Validated body bytes from the client's buffer as DATA, as far as the windows
     /// allow; then END_STREAM or the trailers. `Err` if the connection is gone.
-    fn h1mux_body(&mut self, ci: usize, ui: usize) -> Result<bool, ()> {
+    fn h1_h2c_body(&mut self, ci: usize, ui: usize) -> Result<bool, ()> {
         let c = &mut self.clients[ci];
         let Phase::Proxy(ex) = &mut c.phase else {
             return Ok(false);
@@ -367,7 +367,7 @@ impl Proxy {
 
     /// Reads more request body from the client when the backend can take some. `Ok(true)`
     /// if bytes came; `Err` if the exchange ended (the client left or sent a bad body).
-    fn h1mux_read_body(&mut self, ci: usize, ui: usize) -> Result<bool, Step> {
+    fn h1_h2c_read_body(&mut self, ci: usize, ui: usize) -> Result<bool, Step> {
         let id = self.ctx.id;
         let c = &mut self.clients[ci];
         let Phase::Proxy(ex) = &mut c.phase else {
@@ -432,7 +432,7 @@ impl Proxy {
     /// The response from the stream's inbox to the client: the head translated, DATA
     /// written from the inbox (as chunks when chunked) and released to the backend, then
     /// the end of the body.
-    fn h1mux_recv(&mut self, ci: usize, ui: usize) -> Turn {
+    fn h1_h2c_recv(&mut self, ci: usize, ui: usize) -> Turn {
         let draining = self.ctx.draining;
         let c = &mut self.clients[ci];
         let Phase::Proxy(ex) = &mut c.phase else {
@@ -463,7 +463,7 @@ impl Proxy {
                 empty && ms.trailers.is_none(),
                 ex.http10,
             );
-            if framing == Framing::Close || draining {
+            if framing == ClientFraming::Close || draining {
                 ex.keep_alive = false;
             }
             let scratch = &mut self.ctx.scratch;
@@ -492,21 +492,21 @@ impl Proxy {
         let sid = ms.sid;
         loop {
             let data: &[u8] = ms.data.as_ref().map_or(&[], |d| d.bytes());
-            if leg.framing == Framing::Bodiless && !data.is_empty() {
+            if leg.framing == ClientFraming::Bodiless && !data.is_empty() {
                 // A body where HTTP/1.1 has none (HEAD, 204, 304): not relayed.
                 let n = data.len();
                 ms.data.as_mut().expect("data").consume(n);
                 m.conn.release(sid, n);
                 continue;
             }
-            if leg.framing == Framing::Chunked && leg.chunk_left == 0 && !data.is_empty() {
+            if leg.framing == ClientFraming::Chunked && leg.chunk_left == 0 && !data.is_empty() {
                 let mut line = [0u8; 24];
                 let n = chunk_line(leg.any_chunk, data.len(), &mut line);
                 append(&mut self.ctx.bufs, &mut ex.out, &line[..n]);
                 leg.chunk_left = data.len();
                 leg.any_chunk = true;
             }
-            let unset = leg.framing == Framing::Unset;
+            let unset = leg.framing == ClientFraming::Unset;
             if !leg.end_queued && !unset && data.is_empty() && leg.chunk_left == 0 && ms.end {
                 // The whole body is out: its end follows, with the trailers if HTTP/1.1 can
                 // carry them here.
@@ -526,9 +526,9 @@ impl Proxy {
                 moved = true;
             }
             let take = match leg.framing {
-                Framing::Chunked => leg.chunk_left,
-                Framing::Length | Framing::Close => data.len(),
-                Framing::Unset | Framing::Bodiless => 0,
+                ClientFraming::Chunked => leg.chunk_left,
+                ClientFraming::Length | ClientFraming::Close => data.len(),
+                ClientFraming::Unset | ClientFraming::Bodiless => 0,
             };
             let head: &[u8] = ex.out.as_ref().map_or(&[], |o| o.bytes());
             if head.is_empty() && take == 0 || !c.io.writable {
@@ -549,7 +549,7 @@ impl Proxy {
                     if n > 0 {
                         ms.data.as_mut().expect("data").consume(n);
                         m.conn.release(sid, n);
-                        if leg.framing == Framing::Chunked {
+                        if leg.framing == ClientFraming::Chunked {
                             leg.chunk_left -= n;
                         }
                     }
@@ -579,7 +579,7 @@ impl Proxy {
     /// Sets the exchange's deadlines after progress (or a new attempt): on the backend
     /// while it owes us something, on the client while we wait on it; the client's timer
     /// is armed for the earlier.
-    fn h1mux_arm(&mut self, ci: usize, fresh: bool) {
+    fn h1_h2c_arm(&mut self, ci: usize, fresh: bool) {
         let limits = self.ctx.limits();
         let now = self.ctx.now;
         let c = &mut self.clients[ci];
@@ -630,7 +630,7 @@ impl Proxy {
     /// `client_timeout` hook: the client's timer fired for an exchange on an h2c stream.
     /// The backend's deadline passed: the attempt fails (retried if safe, else 504, or the
     /// client closes mid-body); the client's: the exchange is aborted.
-    pub(super) fn h1mux_timeout(&mut self, ci: usize) {
+    pub(super) fn h1_h2c_timeout(&mut self, ci: usize) {
         let now = self.ctx.now;
         let Some((_, ex)) = self.clients[ci].split() else {
             return;
@@ -643,7 +643,7 @@ impl Proxy {
                 Failure::Timeout
             };
             debug!("worker {}: h2c stream: {}", self.ctx.id, why.reason());
-            if matches!(self.h1mux_fail(ci, why), Step::Closed) {
+            if matches!(self.h1_h2c_fail(ci, why), Step::Closed) {
                 return;
             }
         } else if client_at != 0 && now >= client_at {
@@ -666,7 +666,7 @@ impl Proxy {
     /// Takes client `ci`'s exchange off its stream on h2c connection `ui` (the `end.rs`
     /// hooks): a stream still open is reset (NO_ERROR once the response is complete, else
     /// CANCEL); the shared connection stays.
-    pub(super) fn h1mux_detach(&mut self, ci: usize, ui: usize) {
+    pub(super) fn h1_h2c_detach(&mut self, ci: usize, ui: usize) {
         let mut code = ErrorCode::CANCEL;
         if let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) {
             if ex.h2c.end_queued {
@@ -715,8 +715,8 @@ fn failure(why: Gone) -> Failure {
 /// The end of a response body into `out`: for chunked, the last chunk and the trailer
 /// section with `trailers`. Returns how many trailer fields were dropped (HTTP/1.1 cannot
 /// carry them with the other framings).
-fn end_of_body(leg: &Leg, trailers: Option<&Fields>, out: &mut Vec<u8>) -> u64 {
-    if leg.framing != Framing::Chunked {
+fn end_of_body(leg: &H2cLeg, trailers: Option<&Fields>, out: &mut Vec<u8>) -> u64 {
+    if leg.framing != ClientFraming::Chunked {
         return trailers.map_or(0, |t| t.regular().count() as u64);
     }
     if leg.any_chunk {
@@ -729,5 +729,5 @@ fn end_of_body(leg: &Leg, trailers: Option<&Fields>, out: &mut Vec<u8>) -> u64 {
 }
 
 #[cfg(test)]
-#[path = "h1mux_tests.rs"]
+#[path = "h1_h2c_tests.rs"]
 mod tests;

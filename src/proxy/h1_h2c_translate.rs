@@ -13,7 +13,7 @@ const MAX_TRAILERS: usize = http::MAX_SECTION_FIELDS;
 
 /// How a response body is framed for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) enum Framing {
+pub(super) enum ClientFraming {
     /// No response head yet.
     #[default]
     Unset,
@@ -35,15 +35,15 @@ pub(super) fn framing(
     length: Option<u64>,
     ended: bool,
     http10: bool,
-) -> Framing {
+) -> ClientFraming {
     if head_request || status < 200 || status == 204 || status == 304 {
-        Framing::Bodiless
+        ClientFraming::Bodiless
     } else if length.is_some() || ended {
-        Framing::Length
+        ClientFraming::Length
     } else if http10 {
-        Framing::Close
+        ClientFraming::Close
     } else {
-        Framing::Chunked
+        ClientFraming::Chunked
     }
 }
 
@@ -53,7 +53,7 @@ pub(super) fn framing(
 pub(super) fn response_head(
     head: &Fields,
     status: u16,
-    framing: Framing,
+    framing: ClientFraming,
     length: Option<u64>,
     http10: bool,
     keep_alive: bool,
@@ -80,8 +80,8 @@ pub(super) fn response_head(
     }
     let length = match framing {
         // HEAD and 304 describe the body a GET would get; 204 has none.
-        Framing::Bodiless if status != 204 => length,
-        Framing::Length => Some(length.unwrap_or(0)),
+        ClientFraming::Bodiless if status != 204 => length,
+        ClientFraming::Length => Some(length.unwrap_or(0)),
         _ => None,
     };
     if let Some(n) = length {
@@ -89,7 +89,7 @@ pub(super) fn response_head(
         out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if framing == Framing::Chunked {
+    if framing == ClientFraming::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
     out.extend_from_slice(b"Via: 2 corelb\r\n");

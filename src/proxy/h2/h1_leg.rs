@@ -20,14 +20,14 @@ use super::super::exchange::{Exchange, Resp, NONE};
 use super::super::io::{read_into, would_block, Io};
 use super::super::upstream::{connect_result, UpState};
 use super::super::{upstream_token, Proxy};
-use super::translate::{self, Framing};
-use super::{grpc, leg, H2Session, OUT_HIGH};
+use super::translate::{self, UpstreamFraming};
+use super::{grpc, h2c_leg, H2Session, OUT_HIGH};
 
 /// One request stream of a session.
 pub(super) struct H2Stream {
     pub id: u32,
     pub ex: Box<Exchange>,
-    framing: Framing,
+    framing: UpstreamFraming,
     /// Request payload received from the client and not yet written upstream.
     pub(super) body: Option<Buf>,
     /// Bytes of `body` not yet released to the codec (they count against the windows).
@@ -61,7 +61,7 @@ pub(super) struct H2Stream {
     pub fields: Fields,
     /// A gRPC call (content-type application/grpc): errors are answered in gRPC terms.
     pub grpc: bool,
-    /// The current attempt runs over an h2c connection (`mux.rs`), not HTTP/1.1.
+    /// The current attempt runs over an h2c connection (`h2c_pool.rs`), not HTTP/1.1.
     pub mux: bool,
     /// h2c leg: the stream was opened upstream (HEADERS sent), and END_STREAM sent.
     pub(super) opened: bool,
@@ -92,7 +92,7 @@ impl H2Stream {
     pub fn new(
         id: u32,
         ex: Box<Exchange>,
-        framing: Framing,
+        framing: UpstreamFraming,
         end: bool,
         fields: Fields,
         grpc: bool,
@@ -158,7 +158,7 @@ impl H2Stream {
             return 0;
         }
         let fields = &fields;
-        if self.framing == Framing::Chunked && !self.tail_built {
+        if self.framing == UpstreamFraming::Chunked && !self.tail_built {
             translate::trailer_lines(fields, &mut self.tail)
         } else {
             fields.regular().count() as u64
@@ -297,7 +297,7 @@ impl Proxy {
                 if s.conn.can_send(st.id) {
                     s.conn.release(st.id, st.unreleased);
                 }
-                leg::reply(s, st.id, st.grpc, 502, st.req_end, "backend unreachable");
+                h2c_leg::reply(s, st.id, st.grpc, 502, st.req_end, "backend unreachable");
                 st.ex.up = NONE;
                 st.recycle(&mut self.ctx);
                 false
@@ -404,7 +404,7 @@ impl Proxy {
         if st.req_sent || st.req_closed || !u.io.writable {
             return Ok(false);
         }
-        let chunked = st.framing == Framing::Chunked;
+        let chunked = st.framing == UpstreamFraming::Chunked;
         let payload = st.body.as_ref().map_or(0, Buf::len);
         if chunked && st.chunk_left == 0 && st.pre_off == st.pre_len && payload > 0 {
             let mut w = &mut st.pre[..];
@@ -665,7 +665,7 @@ impl Proxy {
         }
         self.h2_account(backend, &mut st, status, Outcome::Failure);
         s.conn.release(st.id, st.unreleased);
-        leg::reply(s, st.id, st.grpc, status, st.req_end, why.reason());
+        h2c_leg::reply(s, st.id, st.grpc, status, st.req_end, why.reason());
         st.recycle(&mut self.ctx);
         (true, true)
     }

@@ -1,4 +1,4 @@
-//! One HTTP/2 stream's leg over an h2c upstream connection (`proxy/mux.rs`): the request
+//! One HTTP/2 stream's leg over an h2c upstream connection (`proxy/h2c_pool.rs`): the request
 //! head as HEADERS, the body as DATA within the backend's windows, request trailers; the
 //! response head, DATA and trailers from the stream's inbox to the client within the
 //! client's windows, releasing the backend's window only as the client takes the bytes.
@@ -13,10 +13,10 @@ use crate::health::Outcome;
 use super::super::context::Ctx;
 use super::super::decide::Failure;
 use super::super::exchange::{Resp, NONE};
-use super::super::mux::Gone;
+use super::super::h2c_pool::Gone;
 use super::super::Proxy;
 use super::grpc;
-use super::stream::H2Stream;
+use super::h1_leg::H2Stream;
 use super::translate;
 use super::{H2Session, OUT_HIGH};
 
@@ -24,7 +24,7 @@ use super::{H2Session, OUT_HIGH};
 pub(super) const REPLAY_MAX: u64 = 64 * 1024;
 
 /// What one step of the leg found.
-pub(super) enum Leg {
+pub(super) enum LegStep {
     /// (something moved)
     Running(bool),
     /// The whole response went to the client.
@@ -44,7 +44,7 @@ impl Proxy {
             self.ctx.mux_dirty.push(ui);
         }
         match leg {
-            Leg::Running(moved) => {
+            LegStep::Running(moved) => {
                 let st = &mut s.streams[i];
                 // The backend's deadline runs while we wait on it, not on the client.
                 let on_client = st.waits_on_client(&s.conn) || st.ex.ready > 0;
@@ -55,22 +55,22 @@ impl Proxy {
                 }
                 (moved, false)
             }
-            Leg::Done => {
+            LegStep::Done => {
                 self.h2_leg_finish(ci, s, i);
                 (true, true)
             }
-            Leg::NoRoom => {
+            LegStep::NoRoom => {
                 let st = &mut s.streams[i];
                 let backend = self.ups[st.ex.up].backend;
                 self.mux_detach(st.ex.up, ci, st.id, ErrorCode::CANCEL);
                 st.ex.up = NONE;
                 (true, !self.h2_attach(ci, s, i, backend, false))
             }
-            Leg::Failed(why) => self.h2_leg_fail(ci, s, i, why),
+            LegStep::Failed(why) => self.h2_leg_fail(ci, s, i, why),
         }
     }
 
-    fn h2_leg(&mut self, ci: usize, s: &mut H2Session, i: usize) -> Leg {
+    fn h2_leg(&mut self, ci: usize, s: &mut H2Session, i: usize) -> LegStep {
         let mut moved = false;
         match self.h2_leg_send(ci, s, i) {
             Ok(m) => moved |= m,
@@ -81,7 +81,7 @@ impl Proxy {
 
     /// The request upstream: HEADERS once the connection is up, then body and trailers
     /// within the backend's windows.
-    fn h2_leg_send(&mut self, ci: usize, s: &mut H2Session, i: usize) -> Result<bool, Leg> {
+    fn h2_leg_send(&mut self, ci: usize, s: &mut H2Session, i: usize) -> Result<bool, LegStep> {
         let H2Session {
             conn,
             streams,
@@ -105,7 +105,7 @@ impl Proxy {
                 Err(()) => {
                     let m = self.ups[ui].mux.as_ref().expect("a mux");
                     let gone = m.stream(ci, id).and_then(|k| m.streams[k].gone);
-                    return Err(gone.map_or(Leg::NoRoom, Leg::Failed));
+                    return Err(gone.map_or(LegStep::NoRoom, LegStep::Failed));
                 }
             }
             st.opened = true;
@@ -142,7 +142,7 @@ impl Proxy {
                         }
                     }
                     Ok(_) => {}
-                    Err(_) => return Err(Leg::Failed(Gone::Lost)),
+                    Err(_) => return Err(LegStep::Failed(Gone::Lost)),
                 }
             }
         }
@@ -157,7 +157,7 @@ impl Proxy {
             };
             self.ctx.count_trailers_dropped(dropped);
             if r.is_err() {
-                return Err(Leg::Failed(Gone::Lost));
+                return Err(LegStep::Failed(Gone::Lost));
             }
             st.up_end = true;
             moved = true;
@@ -169,20 +169,20 @@ impl Proxy {
     }
 
     /// The response from the stream's inbox to the client.
-    fn h2_leg_recv(&mut self, ci: usize, s: &mut H2Session, i: usize, mut moved: bool) -> Leg {
+    fn h2_leg_recv(&mut self, ci: usize, s: &mut H2Session, i: usize, mut moved: bool) -> LegStep {
         let H2Session { conn, streams, .. } = s;
         let st = &mut streams[i];
         let ui = st.ex.up;
         let m = self.ups[ui].mux.as_mut().expect("a mux");
         let Some(k) = m.stream(ci, st.id) else {
-            return Leg::Failed(Gone::Lost);
+            return LegStep::Failed(Gone::Lost);
         };
         let ms = &mut m.streams[k];
         if !st.head_sent {
             let Some(head) = ms.head.take() else {
                 return match ms.gone {
-                    Some(why) => Leg::Failed(why),
-                    None => Leg::Running(moved),
+                    Some(why) => LegStep::Failed(why),
+                    None => LegStep::Running(moved),
                 };
             };
             let status = head.status().unwrap_or(502);
@@ -193,14 +193,14 @@ impl Proxy {
                 // it (put back, so the failure path can still answer with it).
                 if code == Some(grpc::UNAVAILABLE) && st.replayable && !st.final_answer {
                     ms.head = Some(head);
-                    return Leg::Failed(Gone::Refused);
+                    return LegStep::Failed(Gone::Refused);
                 }
                 st.grpc_status = code;
             }
             let end = trailers_only && ms.trailers.is_none();
             if conn.pending_output().len() >= OUT_HIGH {
                 ms.head = Some(head);
-                return Leg::Running(moved);
+                return LegStep::Running(moved);
             }
             // Fits: the mux refused response heads over http::MAX_SECTION_FIELDS.
             let _ = translate::with_pairs(&head, &[], |p| conn.send_headers(st.id, p, end));
@@ -219,7 +219,7 @@ impl Proxy {
             moved = true;
             if end {
                 st.ex.resp = Resp::Done;
-                return Leg::Done;
+                return LegStep::Done;
             }
         }
         if let Some(d) = ms.data.as_mut().filter(|d| !d.is_empty()) {
@@ -270,11 +270,11 @@ impl Proxy {
         }
         if st.end_sent {
             st.ex.resp = Resp::Done;
-            return Leg::Done;
+            return LegStep::Done;
         }
         match ms.gone {
-            Some(why) if drained => Leg::Failed(why),
-            _ => Leg::Running(moved),
+            Some(why) if drained => LegStep::Failed(why),
+            _ => LegStep::Running(moved),
         }
     }
 

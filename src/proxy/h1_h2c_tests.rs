@@ -1,4 +1,4 @@
-//! Unit tests of `proxy/h1mux` (kept apart so the module stays readable).
+//! Unit tests of `proxy/h1_h2c` (kept apart so the module stays readable).
 use super::*;
 
 fn fields(pairs: &[(&str, &str)]) -> Fields {
@@ -57,13 +57,28 @@ fn request_head_becomes_http2_fields() {
 
 #[test]
 fn response_framing() {
-    assert_eq!(framing(200, true, Some(5), false, false), Framing::Bodiless);
-    assert_eq!(framing(204, false, None, true, false), Framing::Bodiless);
-    assert_eq!(framing(304, false, Some(5), true, false), Framing::Bodiless);
-    assert_eq!(framing(200, false, Some(5), false, false), Framing::Length);
-    assert_eq!(framing(200, false, None, true, true), Framing::Length);
-    assert_eq!(framing(200, false, None, false, false), Framing::Chunked);
-    assert_eq!(framing(200, false, None, false, true), Framing::Close);
+    assert_eq!(
+        framing(200, true, Some(5), false, false),
+        ClientFraming::Bodiless
+    );
+    assert_eq!(
+        framing(204, false, None, true, false),
+        ClientFraming::Bodiless
+    );
+    assert_eq!(
+        framing(304, false, Some(5), true, false),
+        ClientFraming::Bodiless
+    );
+    assert_eq!(
+        framing(200, false, Some(5), false, false),
+        ClientFraming::Length
+    );
+    assert_eq!(framing(200, false, None, true, true), ClientFraming::Length);
+    assert_eq!(
+        framing(200, false, None, false, false),
+        ClientFraming::Chunked
+    );
+    assert_eq!(framing(200, false, None, false, true), ClientFraming::Close);
 }
 
 #[test]
@@ -76,20 +91,44 @@ fn response_head_lines() {
         ("set-cookie", "b=2"),
     ]);
     let mut out = Vec::new();
-    response_head(&f, 200, Framing::Length, Some(7), false, true, &mut out);
+    response_head(
+        &f,
+        200,
+        ClientFraming::Length,
+        Some(7),
+        false,
+        true,
+        &mut out,
+    );
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\
          Content-Length: 7\r\nVia: 2 corelb\r\n\r\n"
     );
     let mut out = Vec::new();
-    response_head(&f, 299, Framing::Chunked, None, false, false, &mut out);
+    response_head(
+        &f,
+        299,
+        ClientFraming::Chunked,
+        None,
+        false,
+        false,
+        &mut out,
+    );
     let s = String::from_utf8(out).unwrap();
     assert!(s.starts_with("HTTP/1.1 299 \r\n"), "{s}");
     assert!(s.contains("Transfer-Encoding: chunked\r\n") && !s.contains("Content-Length"));
     assert!(s.ends_with("Connection: close\r\n\r\n"));
     let mut out = Vec::new();
-    response_head(&f, 204, Framing::Bodiless, Some(7), true, true, &mut out);
+    response_head(
+        &f,
+        204,
+        ClientFraming::Bodiless,
+        Some(7),
+        true,
+        true,
+        &mut out,
+    );
     let s = String::from_utf8(out).unwrap();
     assert!(!s.contains("Content-Length") && s.contains("Connection: keep-alive"));
 }
@@ -102,15 +141,15 @@ fn chunks_and_the_end_of_a_body() {
     let n = chunk_line(true, 16, &mut line);
     assert_eq!(&line[..n], b"\r\n10\r\n");
     let t = fields(&[("x-checksum", "42"), ("content-length", "1")]);
-    let mut leg = Leg {
-        framing: Framing::Chunked,
+    let mut leg = H2cLeg {
+        framing: ClientFraming::Chunked,
         any_chunk: true,
-        ..Leg::default()
+        ..H2cLeg::default()
     };
     let mut out = Vec::new();
     assert_eq!(end_of_body(&leg, Some(&t), &mut out), 1);
     assert_eq!(out, b"\r\n0\r\nx-checksum: 42\r\n\r\n");
-    leg.framing = Framing::Length;
+    leg.framing = ClientFraming::Length;
     out.clear();
     assert_eq!(end_of_body(&leg, Some(&t), &mut out), 2);
     assert!(out.is_empty());
