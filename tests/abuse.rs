@@ -642,8 +642,8 @@ fn h2_reset_floods_are_cut_off_within_the_budget() {
 /// Stalled readers: 20 HTTP/2 connections of 5 streams each (1 MiB responses) whose
 /// client reads its socket but never opens a flow-control window. Each response is
 /// abandoned after the send timeout, on its own window or with its connection (whose
-/// window is shut too); upstream connections and buffers go back to the baseline. Before, they stayed until the idle
-/// timeout (60 s) whatever was blocked.
+/// window is shut too); upstream connections and buffers go back to the baseline.
+/// Before, they stayed until the idle timeout (60 s) whatever was blocked.
 #[test]
 fn h2_stalled_readers_are_closed_after_the_send_timeout() {
     let _one = serial();

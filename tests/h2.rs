@@ -155,13 +155,7 @@ fn trailer_sets_follow_one_bound_and_what_is_dropped_is_counted() {
     let mut h = H2::connect(p.addr);
     let id = h.request("POST", "/upload", &[("te", "trailers")], false);
     h.data(id, b"hello", false);
-    let fields = common::many_fields("x-t", 140);
-    let t: Vec<(&[u8], &[u8])> = fields
-        .iter()
-        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-        .collect();
-    h.conn.send_trailers(id, &t).unwrap();
-    h.flush();
+    h.trailers(id, &common::many_fields("x-t", 140));
     let g = h.wait(id, Duration::from_secs(10));
     assert_eq!(g.status, 200, "{g:?}");
     assert_eq!(g.body, b"ok");

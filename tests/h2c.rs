@@ -279,13 +279,7 @@ fn request_trailers_past_the_bound_are_dropped_and_counted() {
     let mut c = H2::connect(p.addr);
     let id = c.request("POST", "/echo", &[("te", "trailers")], false);
     c.data(id, b"hello", false);
-    let fields = common::many_fields("x-t", 140);
-    let pairs: Vec<(&[u8], &[u8])> = fields
-        .iter()
-        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-        .collect();
-    c.conn.send_trailers(id, &pairs).unwrap();
-    c.flush();
+    c.trailers(id, &common::many_fields("x-t", 140));
     let g = c.wait(id, Duration::from_secs(10));
     assert_eq!(g.status, 200, "{g:?}");
     assert_eq!(g.body, b"hello");

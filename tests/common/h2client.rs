@@ -80,6 +80,16 @@ impl H2 {
         id
     }
 
+    /// Sends `fields` as stream `id`'s trailers (ending it).
+    pub fn trailers(&mut self, id: u32, fields: &[(String, String)]) {
+        let pairs: Vec<(&[u8], &[u8])> = fields
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect();
+        self.conn.send_trailers(id, &pairs).unwrap();
+        self.flush();
+    }
+
     pub fn data(&mut self, id: u32, bytes: &[u8], end: bool) {
         let mut off = 0;
         while off < bytes.len() {
