@@ -60,7 +60,7 @@ if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null 2>&1 || echo "deps: apt-get update failed" >&2
     # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends $pkgs >/dev/null ||
+    apt-get install -y -qq $pkgs >/dev/null ||
       echo "deps: apt-get install $pkgs failed" >&2
     missing=$(missing_rows "$@")
   fi
