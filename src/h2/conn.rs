@@ -121,7 +121,7 @@ impl Connection {
             active_local: 0,
             max_remote_id: 0,
             next_local_id: if server { 2 } else { 1 },
-            recent_resets: VecDeque::with_capacity(RECENT_RESETS),
+            recent_resets: VecDeque::new(),
             peer_resets: VecDeque::new(),
             last_recv: Instant::now(),
             preface_left: if server { frame::PREFACE.len() } else { 0 },
@@ -132,7 +132,7 @@ impl Connection {
             unreleased: 0,
             release_pending: 0,
             send_window: DEFAULT_WINDOW as i64,
-            out: Vec::with_capacity(4096),
+            out: Vec::new(),
             out_pos: 0,
             queued_control: 0,
             scratch: Vec::new(),
@@ -271,6 +271,27 @@ impl Connection {
     /// Whether output is waiting.
     pub fn wants_write(&self) -> bool {
         self.out_pos < self.out.len()
+    }
+
+    /// Gives back the memory of the connection's buffers while it has no stream, no
+    /// header block half received and nothing queued either way (an idle keep-alive
+    /// connection); they grow again when the connection is next used.
+    pub fn trim(&mut self) {
+        if !self.streams.is_empty()
+            || self.wants_write()
+            || !self.events.is_empty()
+            || self.cont.is_some()
+        {
+            return;
+        }
+        self.out = Vec::new();
+        self.out_pos = 0;
+        self.data = Vec::new();
+        self.data_pos = 0;
+        self.block = Vec::new();
+        self.scratch = Vec::new();
+        self.events = VecDeque::new();
+        self.streams.shrink_to_fit();
     }
 
     /// The application consumed `n` bytes of DATA received on `stream` (the stream may be

@@ -74,6 +74,10 @@ class EchoServer:
     def server_stream(self, request, context):
         self._count(context)
         n, size, pause = (int(x) for x in request.decode().split(","))
+        # Ended before its last message: cancelled. grpcio may close the generator at a
+        # yield on a cancel instead of letting it see is_active(), so a callback tells.
+        finished = []
+        context.add_callback(lambda: finished or self.cancelled.set())
         for i in range(n):
             if pause:
                 time.sleep(pause / 1000)
@@ -81,6 +85,7 @@ class EchoServer:
                 self.cancelled.set()
                 return
             yield bytes([97 + i % 26]) * size
+        finished.append(True)
 
     def bidi(self, requests, context):
         self._count(context)

@@ -468,6 +468,12 @@ impl Proxy {
         let (hl, pl, yl) = (head.len(), pre.len(), pay.len());
         let k = n.min(hl);
         st.ex.head_off += k;
+        if k > 0 && k == hl {
+            // Sent whole: the buffer goes back to the pool (a slow response would hold it);
+            // a retry builds the head again from the stream's fields.
+            self.ctx.bufs.release(&mut st.ex.head);
+            st.ex.head_off = 0;
+        }
         n -= k;
         let k = n.min(pl);
         st.pre_off += k as u8;

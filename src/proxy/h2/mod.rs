@@ -216,8 +216,9 @@ impl Proxy {
                     }
                 }
             }
-            // An idle session holds no buffer; a busy one keeps its own.
-            if s.streams.is_empty() && c.buf.as_ref().is_some_and(Buf::is_empty) {
+            // A session holds a read buffer only while bytes wait in it: an empty one goes
+            // back to the worker's pool (taken again at the next read, without allocating).
+            if c.buf.as_ref().is_some_and(Buf::is_empty) {
                 self.ctx.bufs.release(&mut c.buf);
             }
         }
@@ -250,6 +251,10 @@ impl Proxy {
         self.h2_publish(s);
         if (s.closing || s.conn.is_finished()) && !s.conn.wants_write() {
             return Step::Closed;
+        }
+        if s.streams.is_empty() {
+            // Idle: the codec's buffers go back too (an idle connection costs little).
+            s.conn.trim();
         }
         // The client's deadline: the send timeout while its socket takes no bytes or its
         // connection window stays shut on pending responses; the idle timeout while nothing
