@@ -1,5 +1,5 @@
 """Small helpers shared by the standalone bench scripts (failover.py, idle_memory.py,
-memory.py)."""
+h2_memory.py, memory.py)."""
 
 import signal
 import socket
@@ -38,3 +38,19 @@ def stop(procs, timeout: float = 15.0) -> None:
             p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def rss_kib(pids) -> int:
+    """The summed VmRSS of `pids`, in KiB."""
+    total = 0
+    for pid in pids:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def children(pid: int) -> list:
+    """The pids of `pid`'s children (NGINX's workers)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(x) for x in out]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import HOST, free_port, stop, wait_port  # noqa: E402
+from benchlib import HOST, children, free_port, rss_kib, stop, wait_port  # noqa: E402
 
 BIN = ROOT / "target" / "release"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -37,18 +37,6 @@ def get_block(path):
     return (b"\x82\x86" + b"\x04" + bytes([len(p)]) + p + b"\x01\x01x")
 
 
-def rss_kib(pids):
-    total = 0
-    for pid in pids:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total
-
-
-def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(x) for x in out]
 
 
 def open_conns(port, n, slow):

@@ -20,25 +20,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import HOST, free_port, stop, wait_port  # noqa: E402
+from benchlib import HOST, children, free_port, rss_kib, stop, wait_port  # noqa: E402
 
 BIN = ROOT / "target" / "release"
 # Connections opened (and left idle) before the baseline is taken.
 WARM = 100
 
 
-def rss_kib(pids):
-    total = 0
-    for pid in pids:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total
-
-
-def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(x) for x in out]
 
 
 def open_idle(port, n):
