@@ -82,6 +82,12 @@ pub(super) struct H2Stream {
     /// Worker-clock ms: response bytes wait on the client's window; past this the stream
     /// is abandoned (the send timeout; 0: not blocked).
     pub stall_at: u64,
+    /// The backend picked at open, before the stream is attached: it is attached once the
+    /// client's bytes read with its HEADERS are processed (or a read later), so a reset
+    /// among them never opens a backend connection.
+    pub pending: Option<usize>,
+    /// The stream already waited one read for `pending`.
+    pub waited: bool,
     /// The call's grpc-status, once known.
     pub grpc_status: Option<u32>,
     /// The backend's answer goes to the client as it is (no retry on UNAVAILABLE).
@@ -131,6 +137,8 @@ impl H2Stream {
             deadline: 0,
             call_deadline: 0,
             stall_at: 0,
+            pending: None,
+            waited: false,
             grpc_status: None,
             final_answer: false,
         }
@@ -313,6 +321,11 @@ impl Proxy {
         st: &mut H2Stream,
         code: ErrorCode,
     ) -> Option<usize> {
+        if let Some(backend) = st.pending.take() {
+            // Never attached: only the pick is given back.
+            self.ctx.shared.balancer.cancel(backend);
+            return None;
+        }
         let ui = std::mem::replace(&mut st.ex.up, NONE);
         if ui == NONE {
             return None;
@@ -345,6 +358,9 @@ impl Proxy {
         s: &mut H2Session,
         i: usize,
     ) -> (bool, bool) {
+        if s.streams[i].pending.is_some() {
+            return (false, false);
+        }
         if s.streams[i].mux {
             return self.h2_leg_step(ci, s, i);
         }

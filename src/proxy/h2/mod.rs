@@ -223,6 +223,7 @@ impl Proxy {
             }
         }
         progress |= self.h2_events(ci, s);
+        progress |= self.h2_attach_pending(ci, s);
         // Each stream's upstream leg.
         let mut i = 0;
         while i < s.streams.len() {
@@ -293,6 +294,32 @@ impl Proxy {
         } else {
             Step::Blocked
         }
+    }
+
+    /// Attaches the streams opened by this or the previous read: once the client's socket
+    /// is drained, or after one more read, so that a RST_STREAM sent right behind the
+    /// HEADERS (rapid reset) finds no backend connection opened. True if any attached.
+    fn h2_attach_pending(&mut self, ci: usize, s: &mut H2Session) -> bool {
+        let drained = !self.clients[ci].io.readable;
+        let mut any = false;
+        let mut i = 0;
+        while i < s.streams.len() {
+            let st = &mut s.streams[i];
+            if let Some(backend) = st.pending {
+                if drained || st.waited {
+                    st.pending = None;
+                    any = true;
+                    if !self.h2_attach(ci, s, i, backend, false) {
+                        // Answered and removed: another stream is at `i` now.
+                        continue;
+                    }
+                } else {
+                    st.waited = true;
+                }
+            }
+            i += 1;
+        }
+        any
     }
 
     /// Handles the codec's events; true if any.
@@ -446,9 +473,11 @@ impl Proxy {
             let cap = shared.cfg.timeouts.upstream;
             st.call_deadline = self.ctx.now + Ctx::ms(t.min(cap)).max(1);
         }
+        // Attached by h2_attach_pending, after the rest of this read; what arrives before
+        // (body, trailers) is kept in the form its backend takes.
+        st.pending = Some(backend);
+        st.mux = shared.balancer.backend(backend).protocol == crate::config::Protocol::H2c;
         s.streams.push(st);
-        let i = s.streams.len() - 1;
-        self.h2_attach(ci, s, i, backend, false);
     }
 
     /// Ends stream `i` before its response completed (client reset, connection gone):
@@ -457,6 +486,11 @@ impl Proxy {
         let mut st = s.streams.swap_remove(i);
         // Releases what the stream holds of the windows (no-op if the client reset it).
         s.conn.reset(st.id, ErrorCode::CANCEL);
+        if st.pending.is_some() {
+            // Gone before it was attached: never forwarded, no connection opened.
+            let c = &self.ctx.shared.counters;
+            c.h2_resets_unforwarded.fetch_add(1, Relaxed);
+        }
         if let Some(backend) = self.h2_drop_leg(ci, &mut st, ErrorCode::CANCEL) {
             match blame {
                 Blame::Client => {
