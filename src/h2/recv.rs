@@ -65,7 +65,7 @@ impl Connection {
         }
         match head.kind {
             FrameType::Data => self.on_data(head, payload),
-            FrameType::Headers => self.on_headers(head, payload, now),
+            FrameType::Headers => self.on_headers(head, payload),
             FrameType::Priority => self.on_priority(head, payload),
             FrameType::RstStream => self.on_rst(head, payload, now),
             FrameType::Settings => self.on_settings(head, payload, now),
@@ -75,7 +75,7 @@ impl Connection {
             FrameType::Ping => self.on_ping(head, payload, now),
             FrameType::GoAway => self.on_goaway(head, payload),
             FrameType::WindowUpdate => self.on_window_update(head, payload),
-            FrameType::Continuation => self.on_continuation(head, payload, now),
+            FrameType::Continuation => self.on_continuation(head, payload),
             FrameType::Unknown(_) => Ok(()),
         }
     }
@@ -163,7 +163,7 @@ impl Connection {
         Ok(())
     }
 
-    fn on_headers(&mut self, head: Head, payload: &[u8], now: Instant) -> R {
+    fn on_headers(&mut self, head: Head, payload: &[u8]) -> R {
         let id = head.stream;
         if id == 0 {
             return Err(self.conn_error(ErrorCode::PROTOCOL_ERROR, "HEADERS on stream 0"));
@@ -186,7 +186,7 @@ impl Connection {
             frames: 0,
         };
         if head.has(frame::FLAG_END_HEADERS) {
-            return self.on_block(cont, fragment, now);
+            return self.on_block(cont, fragment);
         }
         if fragment.len() > self.limits.max_header_block {
             self.counters.continuation_floods += 1;
@@ -198,7 +198,7 @@ impl Connection {
         Ok(())
     }
 
-    fn on_continuation(&mut self, head: Head, payload: &[u8], now: Instant) -> R {
+    fn on_continuation(&mut self, head: Head, payload: &[u8]) -> R {
         let Some(mut cont) = self.cont else {
             return Err(self.conn_error(ErrorCode::PROTOCOL_ERROR, "CONTINUATION without HEADERS"));
         };
@@ -216,13 +216,13 @@ impl Connection {
         }
         self.cont = None;
         let block = std::mem::take(&mut self.block);
-        let r = self.on_block(cont, &block, now);
+        let r = self.on_block(cont, &block);
         self.block = block;
         r
     }
 
     /// A complete header block: decode (always, to keep HPACK in step), then route it.
-    fn on_block(&mut self, cont: Continuation, block: &[u8], now: Instant) -> R {
+    fn on_block(&mut self, cont: Continuation, block: &[u8]) -> R {
         let id = cont.stream;
         let max_list = self.settings.max_header_list_size as usize;
         // A block decodes to a few times its size (Huffman, indexed fields).
@@ -242,7 +242,7 @@ impl Connection {
             }
         };
         if !self.streams.contains_key(&id) {
-            return self.on_new_stream(cont, fields, too_large, now);
+            return self.on_new_stream(cont, fields, too_large);
         }
         if cont.bad_priority || too_large {
             return self.stream_error(id, ErrorCode::PROTOCOL_ERROR);
@@ -293,13 +293,7 @@ impl Connection {
     }
 
     /// HEADERS on a stream we do not hold: a new request (server), or a late frame.
-    fn on_new_stream(
-        &mut self,
-        cont: Continuation,
-        fields: Fields,
-        too_large: bool,
-        now: Instant,
-    ) -> R {
+    fn on_new_stream(&mut self, cont: Continuation, fields: Fields, too_large: bool) -> R {
         let id = cont.stream;
         if !self.peer_initiated(id) {
             if self.is_idle(id) {
@@ -331,14 +325,14 @@ impl Connection {
         let after_goaway = self.goaway_sent.is_some_and(|last| id > last);
         if after_goaway || self.active_remote >= self.settings.max_concurrent_streams {
             self.counters.refused_streams += 1;
-            return self.refuse(id, ErrorCode::REFUSED_STREAM, now);
+            return self.stream_error(id, ErrorCode::REFUSED_STREAM);
         }
         if cont.bad_priority || too_large {
-            return self.refuse(id, ErrorCode::PROTOCOL_ERROR, now);
+            return self.stream_error(id, ErrorCode::PROTOCOL_ERROR);
         }
         let info = match validate(&fields, Kind::Request) {
             Ok(info) if !(cont.end_stream && info.content_length.is_some_and(|n| n != 0)) => info,
-            _ => return self.refuse(id, ErrorCode::PROTOCOL_ERROR, now),
+            _ => return self.stream_error(id, ErrorCode::PROTOCOL_ERROR),
         };
         let mut s = Stream::new(
             id,
@@ -365,12 +359,6 @@ impl Connection {
             self.go_away_graceful();
         }
         Ok(())
-    }
-
-    /// Resets a stream that was never stored; like every stream error it counts toward the
-    /// rapid-reset limit.
-    fn refuse(&mut self, id: StreamId, code: ErrorCode, _now: Instant) -> R {
-        self.stream_error(id, code)
     }
 
     fn on_priority(&mut self, head: Head, payload: &[u8]) -> R {
