@@ -263,12 +263,23 @@ impl Proxy {
         // stream whose response waits on its own window has a send deadline of its own.
         let t = &self.ctx.shared.cfg.timeouts;
         let (now, send) = (self.ctx.now, Ctx::ms(t.send));
+        // One pass over the streams: their own send deadlines, and what the session's
+        // deadline waits for.
+        let (mut window_wait, mut body_wait) = (false, false);
+        for st in s.streams.iter_mut() {
+            window_wait |= st.waits_for_window(&s.conn);
+            body_wait |= st.waits_for_body();
+            if !st.waits_for_own_window(&s.conn) {
+                st.stall_at = 0;
+            } else if st.stall_at == 0 {
+                st.stall_at = now + send;
+            }
+        }
         let blocked = s.conn.wants_write() && !self.clients[ci].io.writable;
-        let conn_shut = s.conn.connection_window() == 0
-            && s.streams.iter().any(|st| st.waits_for_window(&s.conn));
+        let conn_shut = window_wait && s.conn.connection_window() == 0;
         let wait = if blocked || conn_shut {
             ClientWait::Send
-        } else if s.streams.is_empty() || s.streams.iter().any(H2Stream::waits_for_body) {
+        } else if s.streams.is_empty() || body_wait {
             ClientWait::Idle
         } else {
             ClientWait::None
@@ -280,13 +291,6 @@ impl Proxy {
                 ClientWait::Idle => now + Ctx::ms(t.idle),
                 ClientWait::Send => now + send,
             };
-        }
-        for st in s.streams.iter_mut() {
-            if !st.waits_for_own_window(&s.conn) {
-                st.stall_at = 0;
-            } else if st.stall_at == 0 {
-                st.stall_at = now + send;
-            }
         }
         self.h2_arm(ci, s);
         if progress {
