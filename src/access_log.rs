@@ -18,7 +18,7 @@ use crate::http::Method;
 const PATH_MAX: usize = 128;
 
 /// The CSV header. The seed's columns come first.
-pub const COLUMNS: [&str; 17] = [
+pub const COLUMNS: [&str; 18] = [
     "timestamp",
     "backend_url",
     "latency_ms",
@@ -36,6 +36,7 @@ pub const COLUMNS: [&str; 17] = [
     "protocol",
     "upstream_protocol",
     "grpc_status",
+    "tls",
 ];
 
 /// One finished request. `Copy` and fixed-size, so sending it allocates nothing.
@@ -56,6 +57,9 @@ pub struct Record {
     /// A gRPC call's grpc-status (the `grpc_status` column; empty for other requests).
     /// Set it with [`Record::set_grpc_status`].
     pub grpc_status: Option<u8>,
+    /// The client's TLS version: 12, 13, or 0 for cleartext (the `tls` column:
+    /// `TLSv1.2`, `TLSv1.3` or empty).
+    pub tls: u8,
     path_len: u8,
     path: [u8; PATH_MAX],
     pub request_bytes: u64,
@@ -81,6 +85,7 @@ impl Record {
             h2: false,
             upstream_h2: false,
             grpc_status: None,
+            tls: 0,
             path_len: n as u8,
             path: p,
             request_bytes: 0,
@@ -300,6 +305,11 @@ fn write_record<W: Write>(
         Some(code) => field!("{code}"),
         None => w.write_field("")?,
     }
+    w.write_field(match r.tls {
+        12 => "TLSv1.2",
+        13 => "TLSv1.3",
+        _ => "",
+    })?;
     w.write_record(None::<&[u8]>)?;
     Ok(())
 }
@@ -368,6 +378,7 @@ mod tests {
         g.status = 200;
         g.h2 = true;
         g.set_grpc_status(14);
+        g.tls = 13;
         g.unix_us = 1_700_000_000_223_456;
         logger.sender.send(g);
         assert_eq!(logger.finish(Duration::from_secs(5)).unwrap(), (2, 0));
@@ -377,11 +388,11 @@ mod tests {
         assert_eq!(lines.next().unwrap(), COLUMNS.join(","));
         assert_eq!(
             lines.next().unwrap(),
-            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555,http1,http1,"
+            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555,http1,http1,,"
         );
         assert_eq!(
             lines.next().unwrap(),
-            "1700000000.223456,http://127.0.0.1:8081,0.000,200,round-robin,0,POST,/tts.TTS/Synthesize,0,0,0,0,0,127.0.0.1:5556,h2,http1,14"
+            "1700000000.223456,http://127.0.0.1:8081,0.000,200,round-robin,0,POST,/tts.TTS/Synthesize,0,0,0,0,0,127.0.0.1:5556,h2,http1,14,TLSv1.3"
         );
     }
 }

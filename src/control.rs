@@ -367,10 +367,38 @@ impl Control {
             Err(e) => return fail(e.to_string()),
         };
         let mut st = lock(&self.state);
+        // Certificates first: a file that cannot be read refuses the whole reload and the
+        // running certificates stay, as with any other bad setting.
+        let tls_change = match (
+            &self.shared.tls,
+            new.tls.as_ref().or(st.running.tls.as_ref()),
+        ) {
+            (Some(front), Some(settings)) => match front.reload(settings) {
+                Ok(loaded) => {
+                    for w in &loaded.warnings {
+                        eprintln!("corelb: warning: {w}");
+                    }
+                    let names: Vec<String> = loaded.names.iter().map(|n| n.join(" ")).collect();
+                    Some(format!(
+                        "TLS certificates read again: {} ({})",
+                        names.len(),
+                        names.join("; ")
+                    ))
+                }
+                Err(e) => {
+                    drop(st);
+                    return fail(e.to_string());
+                }
+            },
+            _ => None,
+        };
         let restart_needed = restart_needed(&st.running, &new);
         let wants = self.expand(&mut st, &new);
         let changes = match self.apply(&mut st, &wants, &|_| true, "reload") {
-            Ok(c) => c,
+            Ok(mut c) => {
+                c.extend(tls_change);
+                c
+            }
             Err(e) => {
                 drop(st);
                 return fail(format!("{}: {e}", new.source));
@@ -686,7 +714,18 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             check($name, format!("{:?}", old.$f), format!("{:?}", new.$f))
         };
     }
-    field!("listen", listen);
+    let listen = |c: &Config| c.listen.map_or("off".to_string(), |a| a.to_string());
+    check("listen", listen(old), listen(new));
+    let tls_fixed = |c: &Config| {
+        c.tls
+            .as_ref()
+            .map(|t| (t.listen.clone(), t.handshake_timeout, t.max_handshakes))
+    };
+    check(
+        "tls (listen, handshakeTimeout, maxHandshakes)",
+        format!("{:?}", tls_fixed(old)),
+        format!("{:?}", tls_fixed(new)),
+    );
     field!("workers", workers);
     field!("mode", mode);
     field!("upstream", upstream);

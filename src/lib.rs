@@ -20,4 +20,5 @@ pub mod rng;
 pub mod server;
 pub mod shared;
 pub mod timer;
+pub mod tls;
 pub mod worker;

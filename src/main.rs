@@ -6,6 +6,14 @@ use corelb::config::{Args, Config};
 fn main() {
     let cfg = Args::parse_argv(std::env::args_os()).and_then(|args| {
         let cfg = Config::load(&args)?;
+        // Certificates and keys are read (and matched) before anything starts.
+        let warnings = match &cfg.tls {
+            Some(t) => corelb::tls::load(t, None)?.warnings,
+            None => Vec::new(),
+        };
+        for w in &warnings {
+            eprintln!("corelb: warning: {w}");
+        }
         Ok((args, cfg))
     });
     let (args, cfg) = match cfg {

@@ -17,7 +17,10 @@ use crate::worker::{self, Handle, Worker};
 /// A running proxy.
 pub struct Server {
     pub shared: Arc<Shared>,
+    /// The first listener's address: the cleartext one unless it is off.
     pub local_addr: std::net::SocketAddr,
+    /// The TLS listeners' addresses.
+    pub tls_addrs: Vec<std::net::SocketAddr>,
     workers: Vec<Handle>,
     logger: Option<Logger>,
     pub metrics: Aggregator,
@@ -59,17 +62,24 @@ impl Server {
         crate::log::set_debug(cfg.debug);
         raise_fd_limit();
         let n = cfg.workers.max(1);
-        // The first bind resolves port 0; the others join it with SO_REUSEPORT.
-        let first = worker::listen(cfg.listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-        let local_addr = first.local_addr().map_err(|e| e.to_string())?;
-        let mut listeners = vec![first];
-        for _ in 1..n {
-            listeners.push(
-                worker::listen(local_addr)
-                    .map_err(|e| format!("cannot listen on {local_addr}: {e}"))?,
-            );
+        let tls = match &cfg.tls {
+            Some(s) => Some(crate::tls::TlsFront::new(
+                &crate::tls::load(s, None).map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
+        let wanted: Vec<(std::net::SocketAddr, bool)> = (cfg.listen.iter().map(|&a| (a, false)))
+            .chain(
+                cfg.tls
+                    .iter()
+                    .flat_map(|t| t.listen.iter().map(|&a| (a, true))),
+            )
+            .collect();
+        if wanted.len() > worker::MAX_LISTENERS {
+            return Err(format!("at most {} listeners", worker::MAX_LISTENERS));
         }
+        let (mut listeners, endpoints) = bind_all(&wanted, n)?;
+        let local_addr = endpoints[0].0;
         // The balancer first: the log and the dumps name backends added later by their
         // slots.
         // Servers named by DNS with discovery on (their address left unspecified) get their
@@ -113,6 +123,7 @@ impl Server {
         let health =
             crate::health::Health::new(cfg.health.clone(), cfg.outlier.clone(), slots, cfg.debug);
         let shared = Arc::new(Shared {
+            tls,
             balancer,
             health,
             cfg,
@@ -145,7 +156,8 @@ impl Server {
         };
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut workers = Vec::with_capacity(n);
-        for (id, listener) in listeners.into_iter().enumerate() {
+        for (id, listener) in listeners.drain(..).enumerate() {
+            let endpoints = endpoints.clone();
             let log = logger.as_ref().map(|l| l.sender.clone());
             let tx = metrics.tx.clone();
             let (w, waker) = Worker::new(id, shared.clone(), listener, log.clone(), tx.clone())
@@ -160,7 +172,7 @@ impl Server {
                             debug!("worker {id}: could not pin to core {}", core.id);
                         }
                     }
-                    supervise(id, w, &shared2, local_addr, log, tx);
+                    supervise(id, w, &shared2, &endpoints, log, tx);
                 })
                 .map_err(|e| format!("cannot spawn worker {id}: {e}"))?;
             workers.push(Handle { waker, thread });
@@ -173,6 +185,7 @@ impl Server {
         Ok(Server {
             shared,
             local_addr,
+            tls_addrs: endpoints.iter().filter(|e| e.1).map(|e| e.0).collect(),
             workers,
             logger,
             metrics,
@@ -240,7 +253,7 @@ fn supervise(
     id: usize,
     first: Worker,
     shared: &Arc<Shared>,
-    addr: std::net::SocketAddr,
+    endpoints: &[(std::net::SocketAddr, bool)],
     log: Option<crate::access_log::LogSender>,
     tx: crossbeam_channel::Sender<crate::metrics::Snapshot>,
 ) {
@@ -249,7 +262,9 @@ fn supervise(
         let w = match next.take() {
             Some(w) => w,
             None => {
-                let made = worker::listen(addr)
+                let made = (endpoints.iter())
+                    .map(|&(a, tls)| worker::listen(a).map(|l| (l, tls)))
+                    .collect::<std::io::Result<Vec<_>>>()
                     .and_then(|l| Worker::new(id, shared.clone(), l, log.clone(), tx.clone()));
                 match made {
                     Ok((w, _)) => w,
@@ -269,6 +284,36 @@ fn supervise(
         }
         eprintln!("corelb: worker {id} died; restarting it");
     }
+}
+
+/// Binds `n` SO_REUSEPORT listeners on each wanted address: the first bind resolves port
+/// 0, the others join it. Per worker, its listeners (and whether each is TLS); and the
+/// addresses bound.
+#[allow(clippy::type_complexity)]
+fn bind_all(
+    wanted: &[(std::net::SocketAddr, bool)],
+    n: usize,
+) -> Result<
+    (
+        Vec<Vec<(std::net::TcpListener, bool)>>,
+        Vec<(std::net::SocketAddr, bool)>,
+    ),
+    String,
+> {
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, bool)>> =
+        (0..n).map(|_| Vec::new()).collect();
+    let mut bound = Vec::with_capacity(wanted.len());
+    for &(addr, tls) in wanted {
+        let first = worker::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local = first.local_addr().map_err(|e| e.to_string())?;
+        per_worker[0].push((first, tls));
+        for w in per_worker.iter_mut().skip(1) {
+            let l = worker::listen(local).map_err(|e| format!("cannot listen on {local}: {e}"))?;
+            w.push((l, tls));
+        }
+        bound.push((local, tls));
+    }
+    Ok((per_worker, bound))
 }
 
 /// Raises the soft open-file limit to the hard limit: every connection is a descriptor.
@@ -329,6 +374,9 @@ pub fn run(cfg: Config, args: Args) -> Result<(), String> {
     let loader: Loader = Box::new(move || Config::load(&args));
     let server = Server::start_with(cfg, Some(loader))?;
     println!("corelb listening on {} ({summary})", server.local_addr);
+    for a in &server.tls_addrs {
+        println!("corelb listening for TLS on {a}");
+    }
     if let Some(a) = server.admin_addr {
         println!("corelb admin on http://{a}/");
     }

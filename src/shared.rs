@@ -50,6 +50,19 @@ pub struct Counters {
     pub h2_stream_limit_goaways: AtomicU64,
     pub h2_resets_unforwarded: AtomicU64,
     pub h2_send_timeouts: AtomicU64,
+    /// TLS to clients: handshakes completed (of which resumed), by version and by ALPN
+    /// protocol; failures by reason (in `TlsFailure::ALL` order); handshakes that timed
+    /// out; connections closed at accept over the per-worker handshake cap.
+    pub tls_handshakes: AtomicU64,
+    pub tls_resumed: AtomicU64,
+    pub tls_v13: AtomicU64,
+    pub tls_v12: AtomicU64,
+    pub tls_alpn_h2: AtomicU64,
+    pub tls_alpn_http11: AtomicU64,
+    pub tls_alpn_none: AtomicU64,
+    pub tls_failures: [AtomicU64; 6],
+    pub tls_handshake_timeouts: AtomicU64,
+    pub tls_refused: AtomicU64,
     /// Trailer fields dropped because the HTTP/1.1 message they belonged to could not
     /// carry them (a Content-Length body, or an HTTP/1.0 client).
     pub trailers_dropped: AtomicU64,
@@ -117,6 +130,8 @@ impl Events {
 
 /// State shared by every worker: configuration, balancer, stop flag.
 pub struct Shared {
+    /// TLS to clients: the certificates new handshakes use; `None` without TLS listeners.
+    pub tls: Option<crate::tls::TlsFront>,
     pub cfg: Config,
     pub balancer: Arc<Balancer>,
     pub health: Health,

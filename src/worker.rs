@@ -22,9 +22,13 @@ use crate::proxy::{Proxy, FIRST_TOKEN};
 use crate::shared::Shared;
 use crate::timer::Clock;
 
-const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
-const _: () = assert!(FIRST_TOKEN == 2, "the proxy's tokens start after ours");
+const WAKER: Token = Token(0);
+/// Listener `i` has token `1 + i`.
+pub const MAX_LISTENERS: usize = 32;
+const _: () = assert!(
+    FIRST_TOKEN > MAX_LISTENERS,
+    "the proxy's tokens start after ours"
+);
 
 /// Most connections accepted per loop iteration before other work gets a turn.
 const ACCEPT_BATCH: usize = 256;
@@ -52,12 +56,14 @@ pub struct Handle {
 pub struct Worker {
     id: usize,
     poll: Poll,
-    listener: Option<TcpListener>,
+    /// Each listener and whether it speaks TLS; empty once draining.
+    listeners: Vec<(TcpListener, bool)>,
+    /// Listeners with connections waiting, by bit.
+    ready: u64,
     shared: Arc<Shared>,
     proxy: Proxy,
     clock: Clock,
     draining: bool,
-    accept_pending: bool,
     /// Worker-clock ms before which accepting is not retried (after EMFILE and the like).
     accept_after: u64,
     now: u64,
@@ -70,14 +76,18 @@ impl Worker {
     pub fn new(
         id: usize,
         shared: Arc<Shared>,
-        listener: std::net::TcpListener,
+        listeners: Vec<(std::net::TcpListener, bool)>,
         log: Option<LogSender>,
         metrics: crossbeam_channel::Sender<Snapshot>,
     ) -> io::Result<(Worker, Arc<Waker>)> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::from_std(listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut mine = Vec::with_capacity(listeners.len());
+        for (i, (l, tls)) in listeners.into_iter().take(MAX_LISTENERS).enumerate() {
+            let mut l = TcpListener::from_std(l);
+            poll.registry()
+                .register(&mut l, Token(1 + i), Interest::READABLE)?;
+            mine.push((l, tls));
+        }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let proxy = Proxy::new(id, poll.registry().try_clone()?, shared.clone(), log);
         let generation = shared.balancer.generation();
@@ -85,12 +95,12 @@ impl Worker {
             Worker {
                 id,
                 poll,
-                listener: Some(listener),
+                listeners: mine,
+                ready: 0,
                 shared,
                 proxy,
                 clock: Clock::new(),
                 draining: false,
-                accept_pending: false,
                 accept_after: 0,
                 now: 1,
                 metrics,
@@ -107,11 +117,12 @@ impl Worker {
         let mut drain_deadline = 0;
         let mut quiet_loops = 0u32;
         loop {
+            let accept_pending = self.ready != 0;
             let timeout = if self.proxy.has_pending_work()
-                || (self.accept_pending && self.accept_after <= self.now)
+                || (accept_pending && self.accept_after <= self.now)
             {
                 Duration::ZERO
-            } else if self.accept_pending {
+            } else if accept_pending {
                 Duration::from_millis(self.accept_after - self.now)
             } else {
                 // Wake at least once a second so a stop request is never missed.
@@ -128,12 +139,12 @@ impl Worker {
             self.proxy.close_idle_upstreams(&events);
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept_pending = true,
                     WAKER => {}
+                    Token(t) if t < FIRST_TOKEN => self.ready |= 1 << (t - 1),
                     _ => self.proxy.event(ev),
                 }
             }
-            if self.accept_pending && !self.draining && self.accept_after <= self.now {
+            if self.ready != 0 && !self.draining && self.accept_after <= self.now {
                 self.accept();
             }
             self.proxy.redrive();
@@ -183,18 +194,23 @@ impl Worker {
     }
 
     fn accept(&mut self) {
+        for i in 0..self.listeners.len() {
+            if self.ready & (1 << i) != 0 {
+                self.accept_from(i);
+            }
+        }
+    }
+
+    fn accept_from(&mut self, i: usize) {
+        let (listener, tls) = &self.listeners[i];
         for _ in 0..ACCEPT_BATCH {
-            let Some(listener) = self.listener.as_ref() else {
-                self.accept_pending = false;
-                return;
-            };
             match listener.accept() {
                 Ok((sock, peer)) => {
                     let _ = sock.set_nodelay(true);
-                    self.proxy.add_client(sock, peer);
+                    self.proxy.add_client(sock, peer, *tls);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept_pending = false;
+                    self.ready &= !(1 << i);
                     return;
                 }
                 // A connection reset while queued: skip it, take the next.
@@ -219,7 +235,8 @@ impl Worker {
     /// in-flight exchanges finish with `Connection: close`.
     fn start_drain(&mut self) {
         self.draining = true;
-        if let Some(mut l) = self.listener.take() {
+        self.ready = 0;
+        for (mut l, _) in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }
         self.proxy.start_drain();

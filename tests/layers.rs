@@ -20,8 +20,8 @@ const LAYERS: &[&[&str]] = &[
     ],
     // L1: configuration, measurement, the retry budget.
     &["config", "metrics", "access_log", "retry"],
-    // L2: backends and their shared stats.
-    &["balancer"],
+    // L2: backends and their shared stats; the TLS certificates.
+    &["balancer", "tls"],
     // L3: health state and the checker.
     &["health"],
     // L4: what the workers share.

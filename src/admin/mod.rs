@@ -12,6 +12,7 @@
 mod h2stats;
 mod prometheus;
 mod render;
+mod tlsstats;
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;

@@ -238,6 +238,7 @@ fn counters(o: &mut String, s: &Stats) {
         family(o, name, "counter", help);
         let _ = writeln!(o, "{name} {v}");
     }
+    t.tls.write_metrics(o, family);
 }
 
 /// Responses by backend and status code; the proxy's own answers under `backend="none"`.

@@ -89,6 +89,8 @@ pub struct Totals {
     pub drains_done: u64,
     /// The HTTP/2 front end's counters (h2stats.rs).
     pub h2: super::h2stats::H2Stats,
+    /// TLS to clients (tlsstats.rs).
+    pub tls: super::tlsstats::TlsStats,
     /// Request latency as clients see it.
     pub latency_ms: Latency,
     /// Responses since start by status code.
@@ -360,6 +362,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             tunnel_bytes_up: c.tunnel_bytes_up.load(Relaxed),
             tunnel_bytes_down: c.tunnel_bytes_down.load(Relaxed),
             h2: super::h2stats::H2Stats::read(c),
+            tls: super::tlsstats::TlsStats::read(c),
             log_dropped: shared.log_dropped.load(Relaxed),
             reloads: c.reloads.load(Relaxed),
             reload_failures: c.reload_failures.load(Relaxed),
@@ -447,6 +450,7 @@ pub(super) fn sample() -> Stats {
             tunnel_bytes_up: 0,
             tunnel_bytes_down: 0,
             h2: Default::default(),
+            tls: Default::default(),
             log_dropped: 0,
             reloads: 0,
             reload_failures: 0,

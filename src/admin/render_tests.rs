@@ -78,6 +78,7 @@ fn grpc_calls_from_worker_tables_reach_stats_and_metrics() {
     )
     .unwrap();
     let shared = Shared {
+        tls: None,
         balancer: Arc::new(Balancer::new(&cfg)),
         health: Health::new(cfg.health.clone(), cfg.outlier.clone(), 2, false),
         events: Default::default(),

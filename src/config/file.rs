@@ -93,6 +93,23 @@ struct File {
     max_servers: Scalar,
     dns_refresh: Scalar,
     resolver: Scalar,
+    tls: Entry<Tls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "an object"
+)]
+struct Tls {
+    listen: Scalar,
+    certificates: Scalar,
+    alpn: Scalar,
+    min_version: Scalar,
+    handshake_timeout: Scalar,
+    max_handshakes: Scalar,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -361,6 +378,23 @@ impl File {
             };
             c.put(Key::Retries, r.count, "count");
             c.put(Key::RetryBudget, r.budget_percent, "budgetPercent");
+        }
+        if let Some(t) = self.tls.0 {
+            let mut c = Collect {
+                layer: &mut layer,
+                source,
+                prefix: "tls.",
+            };
+            c.put(Key::TlsListen, t.listen, "listen");
+            c.put(Key::TlsCertificates, t.certificates, "certificates");
+            c.put(Key::TlsAlpn, t.alpn, "alpn");
+            c.put(Key::TlsMinVersion, t.min_version, "minVersion");
+            c.put(
+                Key::TlsHandshakeTimeout,
+                t.handshake_timeout,
+                "handshakeTimeout",
+            );
+            c.put(Key::TlsMaxHandshakes, t.max_handshakes, "maxHandshakes");
         }
         if let Some(r) = self.routing.0 {
             let mut c = Collect {

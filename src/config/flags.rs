@@ -40,9 +40,34 @@ pub struct Args {
     /// JSON config file (the seed's format).
     #[arg(long, short = 'c', env = "PROXY_SERVER_CONFIG")]
     pub config: Option<String>,
-    /// Listen address: PORT or HOST:PORT (a bare port binds 127.0.0.1). Default 9090.
+    /// Listen address: PORT or HOST:PORT (a bare port binds 127.0.0.1), or off (TLS
+    /// only). Default 9090.
     #[arg(long, short = 'l', env = "PROXY_SERVER_PORT")]
     pub listen: Option<String>,
+    /// TLS listen address (repeatable): HTTPS and HTTP/2 by ALPN. Needs --tls-cert and
+    /// --tls-key.
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Vec<String>,
+    /// PEM certificate chain (repeatable, paired in order with --tls-key). SNI picks by
+    /// the names in each certificate; the first is the default.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Vec<String>,
+    /// PEM private key (PKCS#8, SEC1 or RSA) of the --tls-cert in the same position.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Vec<String>,
+    /// ALPN protocols offered, in order (default h2,http/1.1).
+    #[arg(long, value_name = "LIST")]
+    pub tls_alpn: Option<String>,
+    /// Lowest TLS version accepted: 1.2 (default) or 1.3.
+    #[arg(long, value_name = "V")]
+    pub tls_min_version: Option<String>,
+    /// A TLS handshake must complete within this (default 10s).
+    #[arg(long, value_name = "D", value_parser = checked(&rules::POSITIVE_SECONDS))]
+    pub tls_handshake_timeout: Option<String>,
+    /// TLS handshakes in progress per worker before new connections are closed (default
+    /// 1000).
+    #[arg(long, value_name = "N")]
+    pub tls_max_handshakes: Option<String>,
     /// Worker threads, each pinned to a core, 1..1024. Default: one per core.
     #[arg(long, short = 'w', value_parser = checked(&rules::WORKERS))]
     pub workers: Option<String>,
@@ -335,6 +360,22 @@ impl Args {
             (Key::Admin, self.admin.as_ref(), "--admin"),
             (Key::MaxServers, self.max_servers.as_ref(), "--max-servers"),
             (Key::DnsRefresh, self.dns_refresh.as_ref(), "--dns-refresh"),
+            (Key::TlsAlpn, self.tls_alpn.as_ref(), "--tls-alpn"),
+            (
+                Key::TlsMinVersion,
+                self.tls_min_version.as_ref(),
+                "--tls-min-version",
+            ),
+            (
+                Key::TlsHandshakeTimeout,
+                self.tls_handshake_timeout.as_ref(),
+                "--tls-handshake-timeout",
+            ),
+            (
+                Key::TlsMaxHandshakes,
+                self.tls_max_handshakes.as_ref(),
+                "--tls-max-handshakes",
+            ),
             (Key::Resolver, self.resolver.as_ref(), "--resolver"),
             (Key::SmaWindow, self.sma_window.as_ref(), "--sma-window"),
             (Key::EwmaAlpha, self.ewma_alpha.as_ref(), "--ewma-alpha"),
@@ -348,6 +389,28 @@ impl Args {
             if let Some(v) = value {
                 cli.set(key, text(v, COMMAND_LINE, flag));
             }
+        }
+        if !self.tls_listen.is_empty() {
+            let list = self.tls_listen.join(",");
+            cli.set(Key::TlsListen, text(&list, COMMAND_LINE, "--tls-listen"));
+        }
+        if self.tls_cert.len() != self.tls_key.len() {
+            return Err(ConfigError::new(
+                COMMAND_LINE,
+                "--tls-key",
+                format!(
+                    "{} --tls-cert but {} --tls-key: give them in pairs",
+                    self.tls_cert.len(),
+                    self.tls_key.len()
+                ),
+            ));
+        }
+        if !self.tls_cert.is_empty() {
+            let pairs: Vec<serde_json::Value> = (self.tls_cert.iter().zip(&self.tls_key))
+                .map(|(c, k)| serde_json::json!({"cert": c, "key": k}))
+                .collect();
+            let given = Given::new(Raw::Json(pairs.into()), COMMAND_LINE, "--tls-cert");
+            cli.set(Key::TlsCertificates, given);
         }
         if let Some(spec) = &self.health_check {
             health_check(&mut cli, spec);

@@ -14,6 +14,7 @@
 
 mod file;
 pub mod flags;
+mod tls;
 pub mod types;
 mod value;
 
@@ -79,7 +80,10 @@ impl std::error::Error for ConfigError {}
 pub struct Config {
     /// Where the servers came from: a file path or "<embedded default>".
     pub source: String,
-    pub listen: SocketAddr,
+    /// The cleartext listener; `None` with `--listen off` (TLS only).
+    pub listen: Option<SocketAddr>,
+    /// TLS to clients; `None` when no TLS listener is given.
+    pub tls: Option<TlsSettings>,
     pub workers: usize,
     pub mode: Mode,
     pub upstream: UpstreamMode,
@@ -193,10 +197,14 @@ impl Config {
     pub fn summary(&self) -> String {
         let admin = self.admin.map_or("off".to_string(), |a| a.to_string());
         format!(
-            "configuration OK: {}: {} server(s), listen {}, mode {}, upstream {}, {} worker(s), admin {}",
+            "configuration OK: {}: {} server(s), listen {}{}, mode {}, upstream {}, {} worker(s), admin {}",
             self.source,
             self.servers.len(),
-            self.listen,
+            self.listen.map_or("off".to_string(), |a| a.to_string()),
+            self.tls.as_ref().map_or(String::new(), |t| {
+                let l: Vec<String> = t.listen.iter().map(|a| a.to_string()).collect();
+                format!(", tls {} ({} certificate(s))", l.join(" "), t.certificates.len())
+            }),
             self.mode,
             self.upstream,
             self.workers,
@@ -246,13 +254,21 @@ impl Config {
             send: seconds(Key::SendTimeout, DEFAULT_SEND_TIMEOUT)?,
         };
         let listen = v
-            .parse(Key::Listen, |s| {
-                parse_listen(s).ok_or_else(|| format!("expected PORT or HOST:PORT, got \"{s}\""))
+            .parse(Key::Listen, |s| match s.trim() {
+                "off" => Ok(None),
+                s => parse_listen(s)
+                    .map(Some)
+                    .ok_or_else(|| format!("expected off, PORT or HOST:PORT, got \"{s}\"")),
             })?
-            .unwrap_or(SocketAddr::new(
+            .unwrap_or(Some(SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 DEFAULT_PORT,
-            ));
+            )));
+        let tls = tls::tls(v)?;
+        if listen.is_none() && tls.is_none() {
+            return Err(v.values[&Key::Listen]
+                .error("off, and no TLS listener (tls.listen or --tls-listen): nothing to serve"));
+        }
         let mode = v
             .parse(Key::Mode, |s| {
                 Mode::parse(s)
@@ -313,6 +329,7 @@ impl Config {
             debug: v.get(Key::Debug, &value::Bool)?.unwrap_or(false),
             source,
             listen,
+            tls,
             workers: workers.map_or_else(default_workers, |n| n as usize),
             mode,
             upstream,

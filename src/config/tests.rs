@@ -15,7 +15,7 @@ fn embedded_default_is_valid() {
     assert_eq!(c.servers.len(), 3);
     assert_eq!(c.servers[1].name, "B");
     assert_eq!(c.servers[2].addr, "127.0.0.1:8083".parse().unwrap());
-    assert_eq!(c.listen.port(), DEFAULT_PORT);
+    assert_eq!(c.listen.unwrap().port(), DEFAULT_PORT);
     assert_eq!(c.mode, Mode::RoundRobin);
     assert_eq!(c.upstream, UpstreamMode::Persistent);
 }
@@ -139,7 +139,7 @@ fn overrides_win_over_the_file() {
         "250ms",
     ])
     .unwrap();
-    assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
+    assert_eq!(c.listen, Some("127.0.0.1:0".parse().unwrap()));
     assert_eq!(c.workers, 3);
     assert_eq!(c.upstream, UpstreamMode::PerRequest);
     assert_eq!(c.timeouts.connect, Duration::from_millis(250));
@@ -295,7 +295,7 @@ fn addresses_and_names_are_refused_alike_from_the_file_and_from_a_flag() {
     for port in ["70000", "nope"] {
         let extra = format!(r#""listen": "{port}""#);
         let p = same_problem(&extra, "listen", &["--listen", port], "--listen");
-        assert_eq!(p, format!("expected PORT or HOST:PORT, got \"{port}\""));
+        assert_eq!(p, format!("expected off, PORT or HOST:PORT, got \"{port}\""));
         let extra = format!(r#""admin": "{port}""#);
         let p = same_problem(&extra, "admin", &["--admin", port], "--admin");
         assert_eq!(
@@ -615,7 +615,7 @@ fn every_file_key_and_flag_lands_in_its_field() {
         ),
     )
     .unwrap();
-    assert_eq!(c.listen, "127.0.0.1:7000".parse().unwrap());
+    assert_eq!(c.listen, Some("127.0.0.1:7000".parse().unwrap()));
     assert_eq!(
         (c.workers, c.mode, c.upstream),
         (3, Mode::PeakEwma, UpstreamMode::PerRequest)

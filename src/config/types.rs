@@ -663,3 +663,41 @@ impl Default for RetrySettings {
         }
     }
 }
+
+/// A TLS handshake not complete this long after the connection was accepted is dropped
+/// (a ClientHello trickled byte by byte is the slowloris of TLS).
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress per worker; connections beyond are closed at once.
+pub const DEFAULT_TLS_MAX_HANDSHAKES: u32 = 1000;
+
+/// The lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V12,
+    V13,
+}
+
+/// One certificate chain and its key, as files, with where each was named (for errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: String,
+    pub key: String,
+    /// The file or `command line` that named them.
+    pub origin: String,
+    /// `tls.certificates[0].cert`, `--tls-cert`.
+    pub cert_field: String,
+    pub key_field: String,
+}
+
+/// TLS to clients: listeners, certificates (the first is the default), ALPN, limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub listen: Vec<SocketAddr>,
+    pub certificates: Vec<CertFiles>,
+    /// ALPN protocols offered, in preference order: `h2`, `http/1.1`.
+    pub alpn: Vec<String>,
+    pub min_version: TlsVersion,
+    pub handshake_timeout: Duration,
+    /// Per worker.
+    pub max_handshakes: u32,
+}

@@ -431,6 +431,12 @@ pub(crate) enum Key {
     MaxServers,
     DnsRefresh,
     Resolver,
+    TlsListen,
+    TlsCertificates,
+    TlsAlpn,
+    TlsMinVersion,
+    TlsHandshakeTimeout,
+    TlsMaxHandshakes,
 }
 
 /// One backend as the file lists it; `None` for a missing key.

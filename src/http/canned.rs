@@ -43,6 +43,13 @@ macro_rules! canned_pair {
 
 canned_pair!(BAD_REQUEST, 400, "Bad Request", "12", "bad request\n");
 canned_pair!(
+    PLAIN_HTTP_TO_TLS,
+    400,
+    "Bad Request",
+    "38",
+    "plain HTTP request sent to a TLS port\n"
+);
+canned_pair!(
     METHOD_NOT_ALLOWED,
     405,
     "Method Not Allowed",

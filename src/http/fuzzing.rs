@@ -27,6 +27,7 @@ pub fn request_head(data: &[u8]) {
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
             close: false,
             host: b"backend.test:8080",
+            proto: None,
         },
     );
     // Host, X-Forwarded-For and Via are added: a head near the limits may go over them.

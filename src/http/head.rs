@@ -26,6 +26,7 @@ pub(super) enum Hdr {
     /// kept on an upgrade request and its 101).
     HopByHop,
     XForwardedFor,
+    XForwardedProto,
     Expect,
     Other,
 }
@@ -43,6 +44,7 @@ pub(super) fn classify(name: &str) -> Hdr {
         15 if eq("x-forwarded-for") => Hdr::XForwardedFor,
         16 if eq("proxy-connection") => Hdr::HopByHop,
         17 if eq("transfer-encoding") => Hdr::TransferEncoding,
+        17 if eq("x-forwarded-proto") => Hdr::XForwardedProto,
         _ => Hdr::Other,
     }
 }

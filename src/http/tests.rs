@@ -14,6 +14,7 @@ fn req(raw: &[u8]) -> Result<Option<(BodyKind, bool, String)>, Reject> {
                     client_ip: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
                     close: false,
                     host: b"127.0.0.1:8081",
+                    proto: None,
                 },
             );
             (r.body, r.keep_alive, String::from_utf8(out).unwrap())
@@ -675,6 +676,7 @@ fn forwarded_for_formats_both_address_families() {
                 client_ip: ip.parse::<IpAddr>().unwrap(),
                 close: false,
                 host: b"a",
+                proto: None,
             },
         );
         let text = String::from_utf8(out).unwrap();

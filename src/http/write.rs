@@ -20,6 +20,8 @@ pub struct Forward<'a> {
     pub close: bool,
     /// `Host` value to add when an HTTP/1.0 request has none.
     pub host: &'a [u8],
+    /// `X-Forwarded-Proto` to set in place of the client's; `None` keeps the client's.
+    pub proto: Option<&'static [u8]>,
 }
 
 /// What [`Response::write_client`] needs to know about the client side.
@@ -106,6 +108,7 @@ impl Request<'_, '_> {
                 | Hdr::XForwardedFor
                 | Hdr::ContentLength
                 | Hdr::TransferEncoding => continue,
+                Hdr::XForwardedProto if fwd.proto.is_some() => continue,
                 Hdr::Host => {
                     has_host = true;
                     put_header(out, b"Host", self.host.unwrap_or(h.value));
@@ -146,6 +149,11 @@ impl Request<'_, '_> {
         } else {
             b"\r\nVia: 1.1 corelb\r\n"
         });
+        if let Some(proto) = fwd.proto {
+            out.extend_from_slice(b"X-Forwarded-Proto: ");
+            out.extend_from_slice(proto);
+            out.extend_from_slice(b"\r\n");
+        }
         if self.upgrade {
             out.extend_from_slice(b"Connection: upgrade\r\n");
         } else if fwd.close {

@@ -2,9 +2,9 @@
 //! each request, answers the proxy makes itself, and closing politely (lingering so the
 //! client reads our last response rather than a reset).
 
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 
-use mio::net::TcpStream;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::access_log::Record;
 use crate::buffer::Buf;
@@ -18,6 +18,7 @@ use super::end::Blame;
 use super::exchange::{Exchange, Start};
 use super::h1_h2c::H2cLeg;
 use super::io::{read_into, would_block, write2, Io};
+use super::transport::Transport;
 use super::tunnel::Tunnel;
 use super::{client_token, Proxy, Step};
 
@@ -54,7 +55,7 @@ pub(crate) enum Phase {
 }
 
 pub(crate) struct Client {
-    pub sock: TcpStream,
+    pub sock: Transport,
     pub peer: SocketAddr,
     /// Bytes read from the client and not yet used (held only while there are some).
     pub buf: Option<Buf>,
@@ -65,7 +66,7 @@ pub(crate) struct Client {
 
 /// A client's connection side, borrowed beside its exchange.
 pub(crate) struct Side<'a> {
-    pub sock: &'a mut TcpStream,
+    pub sock: &'a mut Transport,
     pub buf: &'a mut Option<Buf>,
     pub io: &'a mut Io,
     pub peer: SocketAddr,
@@ -89,7 +90,7 @@ impl Client {
         }
     }
 
-    pub fn new(sock: TcpStream, peer: SocketAddr) -> Client {
+    pub fn new(sock: Transport, peer: SocketAddr) -> Client {
         Client {
             sock,
             peer,
@@ -145,7 +146,12 @@ impl Proxy {
             // A head larger than one buffer: grow up to the head limit (+1 to detect excess).
             buf.grow(http::MAX_HEAD + 1);
         }
-        match read_into(&mut c.sock, buf, &mut c.io) {
+        let read = read_into(&mut c.sock, buf, &mut c.io);
+        if c.sock.is_tls() && self.tls_progress(ci) {
+            return Step::Progress;
+        }
+        let c = &mut self.clients[ci];
+        match read {
             Ok(0) => {
                 self.close_client(ci);
                 Step::Closed
@@ -181,6 +187,12 @@ impl Proxy {
         match super::h2::preface(buf.bytes()) {
             super::h2::Preface::Partial => return Parsed::Step(Step::Blocked),
             super::h2::Preface::Full => return Parsed::Step(self.h2_start(ci)),
+            // ALPN promised HTTP/2: anything but its preface is a protocol error.
+            super::h2::Preface::No if self.clients[ci].sock.alpn_h2() => {
+                debug!("worker {id}: {peer}: ALPN h2 without the HTTP/2 preface");
+                self.close_client(ci);
+                return Parsed::Step(Step::Closed);
+            }
             super::h2::Preface::No => {}
         }
         let req = match http::parse_request(buf.bytes(), &mut headers) {
@@ -206,6 +218,7 @@ impl Proxy {
             b""
         };
         let mut rec = Record::new(id, peer, req.method, path);
+        rec.tls = self.clients[ci].sock.tls_version();
         rec.request_bytes = head_len as u64;
         let mut body = Body::new(req.body);
         // Validate the body bytes already here before anything goes upstream, so a
@@ -232,6 +245,7 @@ impl Proxy {
         let shared = self.ctx.shared.clone();
         let b = shared.balancer.backend(backend);
         self.ctx.count_request();
+        let proto = self.ctx.forwarded_proto(&self.clients[ci].sock);
         let scratch = &mut self.ctx.scratch;
         scratch.clear();
         req.write_upstream(
@@ -240,6 +254,7 @@ impl Proxy {
                 client_ip: peer.ip(),
                 close: shared.cfg.upstream == UpstreamMode::PerRequest,
                 host: &b.host,
+                proto,
             },
         );
         let (method, http10, keep_alive, expect, upgrade) = (
@@ -354,7 +369,7 @@ impl Proxy {
             self.close_client(ci);
             return;
         }
-        let _ = c.sock.shutdown(Shutdown::Write);
+        c.sock.shutdown_write();
         if let Phase::Proxy(ex) = std::mem::replace(&mut c.phase, Phase::Linger) {
             self.ctx.recycle(ex);
         }
@@ -394,6 +409,7 @@ impl Proxy {
         // h2 hook: an HTTP/2 session's streams end with the connection.
         self.h2_close_streams(ci);
         let mut c = self.clients.remove(ci);
+        self.tls_forget(&c.sock);
         self.ctx.bufs.release(&mut c.buf);
         match c.phase {
             Phase::Proxy(ex) => self.ctx.recycle(ex),
@@ -427,7 +443,14 @@ impl Proxy {
                 debug!("worker {id}: client {} stalled mid-exchange", c.peer);
                 self.abort(ci, Blame::Client);
             }
-            _ => self.close_client(ci),
+            _ => {
+                if c.sock.handshaking() {
+                    debug!("worker {id}: TLS handshake from {} too slow", c.peer);
+                    let counters = &self.ctx.shared.counters;
+                    counters.tls_handshake_timeouts.fetch_add(1, Relaxed);
+                }
+                self.close_client(ci)
+            }
         }
     }
 }

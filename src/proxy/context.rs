@@ -42,6 +42,8 @@ pub(crate) struct Ctx {
     /// Scratch for rewriting heads.
     pub scratch: Vec<u8>,
     pub draining: bool,
+    /// Client connections of this worker still in their TLS handshake.
+    pub tls_handshaking: u32,
     /// Upstream slots closed while handling the current event batch: later events of the
     /// batch for those tokens belong to the closed socket, not to a new one in the slot.
     pub closed_ups: Vec<usize>,
@@ -65,6 +67,16 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// The `X-Forwarded-Proto` requests from `sock` carry: set (`http` or `https`) only
+    /// when a TLS listener is configured, so backends can trust it; `None` otherwise.
+    #[inline]
+    pub fn forwarded_proto(&self, sock: &super::transport::Transport) -> Option<&'static [u8]> {
+        self.shared.cfg.tls.as_ref().map(|_| match sock.is_tls() {
+            true => &b"https"[..],
+            false => &b"http"[..],
+        })
+    }
+
     pub fn new(id: usize, registry: Registry, shared: Arc<Shared>, log: Option<LogSender>) -> Ctx {
         let backends = shared.balancer.capacity();
         Ctx {
@@ -77,6 +89,7 @@ impl Ctx {
             again: Vec::new(),
             scratch: Vec::with_capacity(4096),
             draining: false,
+            tls_handshaking: 0,
             closed_ups: Vec::new(),
             mux_dirty: Vec::new(),
             log,

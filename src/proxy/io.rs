@@ -1,9 +1,9 @@
 //! Socket I/O helpers for the proxy's connections: recorded readiness, and read and write
 //! calls that clear it on `WouldBlock` or a short transfer (edge-triggered mio).
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io;
 
-use mio::net::TcpStream;
+use super::transport::Transport;
 
 use crate::buffer::Buf;
 
@@ -45,7 +45,7 @@ pub(crate) fn would_block(e: &io::Error) -> bool {
 
 /// Reads into `buf`'s free space. `Ok(0)` is EOF; a short read clears `io.readable`.
 #[inline]
-pub(crate) fn read_into(sock: &mut TcpStream, buf: &mut Buf, io: &mut Io) -> io::Result<usize> {
+pub(crate) fn read_into(sock: &mut Transport, buf: &mut Buf, io: &mut Io) -> io::Result<usize> {
     let space = buf.space();
     let room = space.len();
     debug_assert!(room > 0);
@@ -71,16 +71,9 @@ pub(crate) fn read_into(sock: &mut TcpStream, buf: &mut Buf, io: &mut Io) -> io:
 
 /// Writes `a` then `b` with one `writev`. A short write clears `io.writable`.
 #[inline]
-pub(crate) fn write2(sock: &mut TcpStream, a: &[u8], b: &[u8], io: &mut Io) -> io::Result<usize> {
+pub(crate) fn write2(sock: &mut Transport, a: &[u8], b: &[u8], io: &mut Io) -> io::Result<usize> {
     let total = a.len() + b.len();
-    let r = if a.is_empty() {
-        sock.write(b)
-    } else if b.is_empty() {
-        sock.write(a)
-    } else {
-        sock.write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
-    };
-    match r {
+    match sock.write2(a, b) {
         Ok(n) => {
             if n < total {
                 io.writable = false;

@@ -29,10 +29,12 @@ mod h1_h2c;
 mod h1_h2c_translate;
 mod h2;
 mod h2c_pool;
+mod handshake;
 pub(crate) mod io;
 mod membership;
 mod relay;
 mod splice;
+pub(crate) mod transport;
 mod tunnel;
 mod upstream;
 
@@ -51,10 +53,11 @@ use crate::shared::Shared;
 use client::{Client, Phase};
 use context::Ctx;
 use exchange::NONE;
+use transport::Transport;
 use upstream::Upstream;
 
 /// Tokens below this belong to the worker loop (listener, waker).
-pub const FIRST_TOKEN: usize = 2;
+pub const FIRST_TOKEN: usize = 34;
 /// Steps one drive may take before yielding to other connections.
 const MAX_STEPS: usize = 64;
 
@@ -250,6 +253,7 @@ impl Proxy {
         let Some(mut c) = self.clients.try_remove(ci) else {
             return;
         };
+        self.tls_forget(&c.sock);
         self.ctx.bufs.release(&mut c.buf);
         self.ctx
             .shared
@@ -281,6 +285,9 @@ impl Proxy {
                     return;
                 };
                 c.io.note(ev);
+                if ev.is_writable() && c.sock.flush_pending().is_err() {
+                    c.io.hup = true;
+                }
                 self.drive(ci);
             }
             Slot::Upstream(ui) if self.ctx.closed_ups.contains(&ui) => {}
@@ -288,20 +295,28 @@ impl Proxy {
         }
     }
 
-    /// Takes on a newly accepted client.
-    pub fn add_client(&mut self, mut sock: TcpStream, peer: SocketAddr) {
+    /// Takes on a newly accepted client (from a TLS listener when `tls`).
+    pub fn add_client(&mut self, sock: TcpStream, peer: SocketAddr, tls: bool) {
+        let mut sock = match tls {
+            false => Transport::Tcp(sock),
+            true => match self.tls_accept(sock, peer) {
+                Some(t) => t,
+                None => return,
+            },
+        };
         let entry = self.clients.vacant_entry();
         let ci = entry.key();
         if self
             .ctx
             .registry
             .register(
-                &mut sock,
+                sock.tcp_mut(),
                 client_token(ci),
                 mio::Interest::READABLE | mio::Interest::WRITABLE,
             )
             .is_err()
         {
+            self.tls_forget(&sock);
             return;
         }
         entry.insert(Client::new(sock, peer));
@@ -314,6 +329,10 @@ impl Proxy {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A new connection has the head timeout to send its first request (nginx's
         // client_header_timeout); one timer entry serves it until the first response.
+        if tls {
+            self.arm_handshake(ci);
+            return;
+        }
         let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.client);
         let c = &mut self.clients[ci];
         self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);

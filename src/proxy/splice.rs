@@ -28,6 +28,7 @@ use super::end::Blame;
 use super::exchange::{Exchange, Req, Resp};
 use super::io::{would_block, Io};
 use super::relay::Flow;
+use super::transport::Transport;
 use super::{Proxy, Step};
 
 /// The default threshold: a stretch of at least this many opaque body bytes left when
@@ -144,10 +145,10 @@ impl PipePool {
     /// the queued segments are sent from the reader's own acknowledgements. With it the
     /// socket reports writable only below `lowat` unsent bytes; bytes in flight (the
     /// congestion window) are not limited.
-    fn bound_unsent(&self, sock: &mio::net::TcpStream, io: &mut Io) {
-        if self.lowat > 0 && !io.lowat {
+    fn bound_unsent(&self, sock: &Transport, io: &mut Io) {
+        if self.lowat > 0 && !io.lowat && !sock.is_tls() {
             io.lowat = true;
-            if let Err(e) = socket2::SockRef::from(sock).set_tcp_notsent_lowat(self.lowat) {
+            if let Err(e) = socket2::SockRef::from(sock.tcp()).set_tcp_notsent_lowat(self.lowat) {
                 debug!("TCP_NOTSENT_LOWAT refused ({e}): the send queue is unbounded");
             }
         }
@@ -294,6 +295,7 @@ impl Proxy {
     /// is not spliced (the copying path handles it).
     pub(super) fn splice_request(&mut self, ci: usize) -> Option<Flow> {
         let (c, ex) = self.clients[ci].split().expect("proxying");
+        ex.splice.off |= c.sock.tcp_fd().is_none() || self.ups[ex.up].sock.tcp_fd().is_none();
         if ex.req != Req::Body || ex.body_ready > 0 || ex.splice.off {
             return None;
         }
@@ -322,7 +324,9 @@ impl Proxy {
         }
         let u = &mut self.ups[ex.up];
         let p = ex.splice.req.as_mut().expect("engaged");
-        let (up_fd, client_fd) = (u.sock.as_raw_fd(), c.sock.as_raw_fd());
+        let (Some(up_fd), Some(client_fd)) = (u.sock.tcp_fd(), c.sock.tcp_fd()) else {
+            return None;
+        };
         let mut moved = false;
         let mut left = left;
         for round in 0..2 {
@@ -387,7 +391,7 @@ impl Proxy {
         if !c.io.writable {
             return Some(Flow::Idle);
         }
-        match drain(p, c.sock.as_raw_fd(), c.io) {
+        match drain(p, c.sock.tcp_fd()?, c.io) {
             Ok(n) => {
                 ex.rec.response_bytes += n as u64;
                 self.ctx
@@ -421,6 +425,7 @@ impl Proxy {
         let Resp::Body(body) = ex.resp else {
             return None;
         };
+        ex.splice.off |= c.sock.tcp_fd().is_none() || self.ups[ex.up].sock.tcp_fd().is_none();
         if ex.splice.off || matches!(body, Body::UntilClose) {
             return None;
         }
@@ -462,7 +467,7 @@ impl Proxy {
         if p.room() == 0 {
             return Some(Flow::Idle);
         }
-        match fill(u.sock.as_raw_fd(), p, splice_len(left, p.room()), &mut u.io) {
+        match fill(u.sock.tcp_fd()?, p, splice_len(left, p.room()), &mut u.io) {
             Ok(0) => {
                 ex.keep = false;
                 Some(self.upstream_broke(ci, Failure::Reset))
@@ -474,7 +479,7 @@ impl Proxy {
                 ex.resp = if body.is_done() {
                     // The body's last byte: anything more in the socket is past the
                     // response, and such a connection is not pooled (as when copying).
-                    probe_unread(&u.sock, &mut u.io);
+                    probe_unread(u.sock.tcp(), &mut u.io);
                     Resp::Done
                 } else {
                     // More of the stretch, or (chunked) the framing after it.
@@ -561,8 +566,8 @@ mod tests {
     #[test]
     fn a_socket_spliced_into_gets_its_unsent_bytes_bounded_once() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let sock = mio::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let lowat = || socket2::SockRef::from(&sock).tcp_notsent_lowat().unwrap();
+        let sock = Transport::Tcp(mio::net::TcpStream::connect(l.local_addr().unwrap()).unwrap());
+        let lowat = || socket2::SockRef::from(sock.tcp()).tcp_notsent_lowat().unwrap();
         let kernel_default = lowat();
         let mut io = Io::default();
         PipePool::new(SPLICE_MIN, 0).bound_unsent(&sock, &mut io);

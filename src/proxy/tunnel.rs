@@ -7,12 +7,9 @@
 //! either way. The backend exchange was accounted at the 101; the tunnel is logged once,
 //! when it ends; its upstream connection is never pooled. An idle tunnel holds no buffer.
 
-use std::net::Shutdown;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
-
-use mio::net::TcpStream;
 
 use crate::access_log::Record;
 use crate::buffer::{Buf, BufPool};
@@ -22,6 +19,7 @@ use super::client::Phase;
 use super::context::Ctx;
 use super::exchange::NONE;
 use super::io::{read_into, would_block, write2, Io};
+use super::transport::Transport;
 use super::{client_token, upstream_token, Proxy, Step};
 
 /// One direction of a tunnel.
@@ -65,10 +63,10 @@ enum Pump {
 /// buffer has room, the EOF passed on once everything before it was written.
 #[allow(clippy::too_many_arguments)]
 fn pump(
-    src: &mut TcpStream,
+    src: &mut Transport,
     src_io: &mut Io,
     buf: &mut Option<Buf>,
-    dst: &mut TcpStream,
+    dst: &mut Transport,
     dst_io: &mut Io,
     half: &mut Half,
     bufs: &mut BufPool,
@@ -106,7 +104,7 @@ fn pump(
     let empty = buf.as_ref().is_none_or(Buf::is_empty);
     if half.eof && !half.shut && empty {
         // Half-close: the other side reads EOF and may still answer.
-        let _ = dst.shutdown(Shutdown::Write);
+        dst.shutdown_write();
         half.shut = true;
         moved = true;
     }

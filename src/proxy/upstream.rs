@@ -19,6 +19,7 @@ use super::decide::Failure;
 use super::exchange::NONE;
 use super::h2c_pool::Mux;
 use super::io::Io;
+use super::transport::Transport;
 use super::{upstream_token, Proxy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +30,7 @@ pub(crate) enum UpState {
 }
 
 pub(crate) struct Upstream {
-    pub sock: TcpStream,
+    pub sock: Transport,
     pub backend: usize,
     /// Owning client while busy (`NONE` while idle).
     pub client: usize,
@@ -124,7 +125,7 @@ impl Proxy {
     ) -> Option<usize> {
         let addr = self.ctx.shared.balancer.backend(backend).addr;
         let mut sock = match TcpStream::connect(addr) {
-            Ok(s) => s,
+            Ok(s) => Transport::Tcp(s),
             Err(e) => {
                 debug!("worker {}: connect to {addr} failed: {e}", self.ctx.id);
                 return None;
@@ -135,7 +136,7 @@ impl Proxy {
         self.ctx
             .registry
             .register(
-                &mut sock,
+                sock.tcp_mut(),
                 upstream_token(ui),
                 Interest::READABLE | Interest::WRITABLE,
             )
@@ -295,13 +296,13 @@ pub(super) fn connect_result(u: &mut Upstream) -> Option<bool> {
     if !u.io.writable {
         return None;
     }
-    match u.sock.take_error() {
+    match u.sock.tcp().take_error() {
         Ok(None) => {}
         Ok(Some(_)) | Err(_) => return Some(false),
     }
-    match u.sock.peer_addr() {
+    match u.sock.tcp().peer_addr() {
         Ok(_) => {
-            let _ = u.sock.set_nodelay(true);
+            let _ = u.sock.tcp().set_nodelay(true);
             Some(true)
         }
         Err(e) if e.kind() == io::ErrorKind::NotConnected => {

@@ -258,7 +258,8 @@ impl Proxy {
             let scratch = &mut self.ctx.scratch;
             scratch.clear();
             // Checked at open (`translate::target`); what HTTP/1.1 cannot carry is left out.
-            if let Ok(head) = translate::request_head(&st.fields, st.req_end, &s.ip, close, scratch)
+            if let Ok(head) =
+                translate::request_head(&st.fields, st.req_end, &s.from, close, scratch)
             {
                 st.framing = head.framing;
             }

@@ -86,14 +86,14 @@ impl Proxy {
             conn,
             streams,
             up,
-            ip,
+            from,
             ..
         } = s;
         let st = &mut streams[i];
         let ui = st.ex.up;
         let mut moved = false;
         if !st.opened {
-            translate::upstream_fields(&st.fields, ip, up);
+            translate::upstream_fields(&st.fields, from, up);
             let end = st.req_end
                 && st.body.as_ref().is_none_or(|b| b.is_empty())
                 && st.req_trailers.is_none();

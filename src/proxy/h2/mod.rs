@@ -81,8 +81,8 @@ pub(crate) struct H2Session {
     trailers: Fields,
     /// Scratch for the request fields sent to h2c backends.
     up: Fields,
-    /// The client's address as text (X-Forwarded-For), made once per connection.
-    ip: Box<[u8]>,
+    /// The client's address and scheme, as X-Forwarded-For and -Proto say them.
+    from: translate::Origin,
     /// Worker-clock ms: when the client's idle (or stalled) deadline passes (0: none).
     idle_at: u64,
     /// When the client's timer is armed for (0: not armed).
@@ -129,7 +129,10 @@ impl Proxy {
             waiting_client: ClientWait::None,
             trailers: Fields::new(),
             up: Fields::new(),
-            ip: self.clients[ci].peer.ip().to_string().into_bytes().into(),
+            from: translate::Origin::new(
+                self.clients[ci].peer.ip().to_string().as_bytes(),
+                self.ctx.forwarded_proto(&self.clients[ci].sock),
+            ),
             idle_at: 0,
             armed: 0,
         };
@@ -396,6 +399,7 @@ impl Proxy {
         let method = fields.method().map_or(Method::Other, Method::of);
         let mut rec = Record::new(wid, peer, method, path);
         rec.h2 = true;
+        rec.tls = self.clients[ci].sock.tls_version();
         let call = grpc::is_call(&fields);
         if method == Method::Connect {
             // As for HTTP/1.1: CONNECT is not proxied.
@@ -436,7 +440,7 @@ impl Proxy {
         if shared.balancer.backend(backend).protocol == crate::config::Protocol::Http1 {
             let scratch = &mut self.ctx.scratch;
             scratch.clear();
-            match translate::request_head(&fields, end, &s.ip, close, scratch) {
+            match translate::request_head(&fields, end, &s.from, close, scratch) {
                 Ok(head) => framing = head.framing,
                 Err(why) => {
                     debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");

@@ -60,12 +60,30 @@ pub(super) fn target(fields: &Fields) -> Result<Target<'_>, &'static str> {
     Ok((method, path, host))
 }
 
+/// Where a session's requests came from, as the fields sent upstream say it.
+pub(super) struct Origin {
+    /// The client's address as text (X-Forwarded-For), made once per connection.
+    pub ip: Box<[u8]>,
+    /// `X-Forwarded-Proto` to set (the client's own is dropped); `None` leaves the
+    /// client's field as it is (no TLS listener is configured).
+    pub proto: Option<&'static [u8]>,
+}
+
+impl Origin {
+    pub fn new(ip: &[u8], proto: Option<&'static [u8]>) -> Origin {
+        Origin {
+            ip: ip.into(),
+            proto,
+        }
+    }
+}
+
 /// Writes the HTTP/1.1 request head for `fields` (validated by the codec) into `out`.
 /// `Err` names what HTTP/1.1 cannot carry (the stream is then refused).
 pub(super) fn request_head(
     fields: &Fields,
     end_stream: bool,
-    client_ip: &[u8],
+    from: &Origin,
     close: bool,
     out: &mut Vec<u8>,
 ) -> Result<Head, &'static str> {
@@ -85,6 +103,7 @@ pub(super) fn request_head(
         }
         match name {
             b"host" | b"te" | b"via" | b"trailer" => continue,
+            b"x-forwarded-proto" if from.proto.is_some() => continue,
             b"x-forwarded-for" => {
                 forwarded = true;
                 continue;
@@ -141,8 +160,13 @@ pub(super) fn request_head(
             out.extend_from_slice(b", ");
         }
     }
-    out.extend_from_slice(client_ip);
+    out.extend_from_slice(&from.ip);
     out.extend_from_slice(b"\r\nVia: 2 corelb\r\n");
+    if let Some(proto) = from.proto {
+        out.extend_from_slice(b"X-Forwarded-Proto: ");
+        out.extend_from_slice(proto);
+        out.extend_from_slice(b"\r\n");
+    }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -154,7 +178,7 @@ pub(super) fn request_head(
 /// by [`request_head`]) into `out`: the pseudo-headers (`:scheme` defaults to http), the
 /// regular fields but the connection-specific ones, X-Forwarded-For extended with the
 /// client's address and `via`.
-pub(super) fn upstream_fields(fields: &Fields, client_ip: &[u8], out: &mut Fields) {
+pub(super) fn upstream_fields(fields: &Fields, from: &Origin, out: &mut Fields) {
     out.clear();
     let method = fields.method().unwrap_or(b"GET");
     out.push(b":method", method);
@@ -168,6 +192,7 @@ pub(super) fn upstream_fields(fields: &Fields, client_ip: &[u8], out: &mut Field
         match name {
             b"host" => continue,
             b"x-forwarded-for" => forwarded = true,
+            b"x-forwarded-proto" if from.proto.is_some() => continue,
             b"te" if value != b"trailers" => continue,
             _ if is_connection_specific(name) => continue,
             _ => out.push(name, value),
@@ -179,12 +204,15 @@ pub(super) fn upstream_fields(fields: &Fields, client_ip: &[u8], out: &mut Field
             xff.extend_from_slice(v);
             xff.extend_from_slice(b", ");
         }
-        xff.extend_from_slice(client_ip);
+        xff.extend_from_slice(&from.ip);
         out.push(b"x-forwarded-for", &xff);
     } else {
-        out.push(b"x-forwarded-for", client_ip);
+        out.push(b"x-forwarded-for", &from.ip);
     }
     out.push(b"via", b"2 corelb");
+    if let Some(proto) = from.proto {
+        out.push(b"x-forwarded-proto", proto);
+    }
 }
 
 /// Most fields sent in one section to either side (see the truncation rule at
@@ -391,7 +419,7 @@ mod tests {
             ("x-y", "z"),
         ]);
         let mut out = Vec::new();
-        let h = request_head(&f, false, b"10.0.0.1", false, &mut out).unwrap();
+        let h = request_head(&f, false, &Origin::new(b"10.0.0.1", None), false, &mut out).unwrap();
         assert_eq!(h.framing, UpstreamFraming::Length(5));
         let s = String::from_utf8(out).unwrap();
         assert!(
@@ -412,7 +440,7 @@ mod tests {
     #[test]
     fn framing_and_refusals() {
         let base = [(":method", "GET"), (":scheme", "http"), (":path", "/")];
-        let ip: &[u8] = b"127.0.0.1";
+        let ip = &Origin::new(b"127.0.0.1", None);
         let mut out = Vec::new();
         let mut f = base.to_vec();
         f.push((":authority", "h"));

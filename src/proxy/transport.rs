@@ -1,0 +1,428 @@
+//! The byte stream under every client and upstream connection: plain TCP, or TLS (rustls,
+//! sans-IO) over TCP. Drivers read and write through [`Transport`] and never see which;
+//! only plain TCP offers its descriptor for splice and `TCP_NOTSENT_LOWAT` ([`Transport::tcp_fd`]).
+//!
+//! TLS keeps the drivers' edge-triggered contract: a read that returns less than the room
+//! it was given has drained the socket (or hit EOF), so clearing `readable` stays right;
+//! a short write means the socket pushed back. Ciphertext rustls could not send yet is
+//! flushed on the next writable event ([`Transport::flush_pending`]).
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+
+use mio::net::TcpStream;
+
+/// Plaintext and ciphertext rustls holds per direction before a write is short.
+const TLS_BUFFER: usize = 64 * 1024;
+
+/// Why a TLS connection failed, as counted in `/stats` (`tls.failures`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsFailure {
+    /// A malformed record or handshake message, or a peer breaking the protocol.
+    Protocol,
+    /// No version, cipher suite, group or ALPN protocol in common.
+    Incompatible,
+    /// The peer sent a fatal alert.
+    Alert,
+    /// The peer's certificate was refused (upstream side).
+    Certificate,
+    /// Plain HTTP sent to a TLS port.
+    PlainHttp,
+    /// The connection closed before the handshake completed.
+    Eof,
+}
+
+impl TlsFailure {
+    pub const ALL: [TlsFailure; 6] = [
+        TlsFailure::Protocol,
+        TlsFailure::Incompatible,
+        TlsFailure::Alert,
+        TlsFailure::Certificate,
+        TlsFailure::PlainHttp,
+        TlsFailure::Eof,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsFailure::Protocol => "protocol",
+            TlsFailure::Incompatible => "incompatible",
+            TlsFailure::Alert => "alert",
+            TlsFailure::Certificate => "certificate",
+            TlsFailure::PlainHttp => "plain_http",
+            TlsFailure::Eof => "eof",
+        }
+    }
+
+    fn of(e: &rustls::Error) -> TlsFailure {
+        use rustls::Error as E;
+        match e {
+            E::PeerIncompatible(_) | E::NoApplicationProtocol => TlsFailure::Incompatible,
+            E::AlertReceived(_) => TlsFailure::Alert,
+            E::InvalidCertificate(_) | E::NoCertificatesPresented => TlsFailure::Certificate,
+            _ => TlsFailure::Protocol,
+        }
+    }
+}
+
+/// What a completed handshake negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Established {
+    pub resumed: bool,
+    pub tls13: bool,
+    /// ALPN `h2`.
+    pub h2: bool,
+    /// ALPN `http/1.1` (neither: no ALPN).
+    pub http11: bool,
+}
+
+/// A TLS session over a TCP socket.
+pub(crate) struct Tls {
+    sock: TcpStream,
+    conn: rustls::Connection,
+    /// The first read has not looked at the first byte yet (server side: plain HTTP?).
+    first: bool,
+    /// The TCP stream reached EOF.
+    eof: bool,
+    /// close_notify is queued: shut the socket's write side once it is flushed.
+    closing: bool,
+    /// The handshake completed and [`Transport::take_established`] has not reported it.
+    fresh: bool,
+    pub failure: Option<TlsFailure>,
+}
+
+/// A connection's byte stream.
+pub(crate) enum Transport {
+    Tcp(TcpStream),
+    Tls(Box<Tls>),
+}
+
+impl Transport {
+    /// A server-side TLS session on an accepted socket.
+    pub fn tls_server(sock: TcpStream, cfg: std::sync::Arc<rustls::ServerConfig>) -> Transport {
+        let mut conn = match rustls::ServerConnection::new(cfg) {
+            Ok(c) => c,
+            // Only a config without a usable protocol version fails here; validated earlier.
+            Err(_) => return Transport::Tcp(sock),
+        };
+        conn.set_buffer_limit(Some(TLS_BUFFER));
+        Transport::Tls(Box::new(Tls {
+            sock,
+            conn: conn.into(),
+            first: true,
+            eof: false,
+            closing: false,
+            fresh: false,
+            failure: None,
+        }))
+    }
+
+    /// The TCP socket under the stream (to register, query, shut down).
+    #[inline]
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Tcp(s) => s,
+            Transport::Tls(t) => &t.sock,
+        }
+    }
+
+    #[inline]
+    pub fn tcp_mut(&mut self) -> &mut TcpStream {
+        match self {
+            Transport::Tcp(s) => s,
+            Transport::Tls(t) => &mut t.sock,
+        }
+    }
+
+    /// The descriptor to splice to or from, and to bound with `TCP_NOTSENT_LOWAT`: only a
+    /// plain TCP stream carries the bytes it is given as they are.
+    #[inline]
+    pub fn tcp_fd(&self) -> Option<RawFd> {
+        match self {
+            Transport::Tcp(s) => Some(s.as_raw_fd()),
+            Transport::Tls(_) => None,
+        }
+    }
+
+    #[inline]
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// Still in the TLS handshake.
+    pub fn handshaking(&self) -> bool {
+        match self {
+            Transport::Tcp(_) => false,
+            Transport::Tls(t) => t.conn.is_handshaking(),
+        }
+    }
+
+    /// ALPN chose `h2`.
+    pub fn alpn_h2(&self) -> bool {
+        match self {
+            Transport::Tcp(_) => false,
+            Transport::Tls(t) => t.conn.alpn_protocol() == Some(b"h2"),
+        }
+    }
+
+    /// The TLS version as the access log records it: 13, 12, or 0 for plain TCP.
+    #[inline]
+    pub fn tls_version(&self) -> u8 {
+        match self {
+            Transport::Tls(t) => match t.conn.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => 13,
+                Some(rustls::ProtocolVersion::TLSv1_2) => 12,
+                _ => 0,
+            },
+            Transport::Tcp(_) => 0,
+        }
+    }
+
+    /// Once, after the handshake completed: what it negotiated.
+    pub fn take_established(&mut self) -> Option<Established> {
+        let Transport::Tls(t) = self else {
+            return None;
+        };
+        if !std::mem::take(&mut t.fresh) {
+            return None;
+        }
+        let alpn = t.conn.alpn_protocol();
+        Some(Established {
+            resumed: matches!(
+                t.conn.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed)
+            ),
+            tls13: t.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
+            h2: alpn == Some(b"h2"),
+            http11: alpn == Some(b"http/1.1"),
+        })
+    }
+
+    /// Why the TLS session failed, if it did.
+    pub fn failure(&self) -> Option<TlsFailure> {
+        match self {
+            Transport::Tls(t) => t.failure,
+            Transport::Tcp(_) => None,
+        }
+    }
+
+    /// Reads plaintext into `buf`. Fewer bytes than `buf` holds means the socket was
+    /// drained (or reached EOF); `Ok(0)` is EOF; `WouldBlock` when nothing is readable yet.
+    #[inline]
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.read(buf),
+            Transport::Tls(t) => t.read(buf),
+        }
+    }
+
+    /// Writes `a` then `b` (one `writev` on plain TCP).
+    #[inline]
+    pub fn write2(&mut self, a: &[u8], b: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => {
+                if a.is_empty() {
+                    s.write(b)
+                } else if b.is_empty() {
+                    s.write(a)
+                } else {
+                    s.write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+                }
+            }
+            Transport::Tls(t) => t.write_all_of(&[a, b]),
+        }
+    }
+
+    /// Writes the slices in order (one `writev` on plain TCP).
+    #[inline]
+    pub fn write_vectored(&mut self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.write_vectored(parts),
+            Transport::Tls(t) => {
+                let mut slices = [&[][..]; 8];
+                let n = parts.len().min(8);
+                for (d, s) in slices.iter_mut().zip(parts) {
+                    *d = s;
+                }
+                t.write_all_of(&slices[..n])
+            }
+        }
+    }
+
+    /// Sends ciphertext left over from earlier writes (on a writable event). `Ok(true)`
+    /// when nothing is left.
+    pub fn flush_pending(&mut self) -> io::Result<bool> {
+        match self {
+            Transport::Tcp(_) => Ok(true),
+            Transport::Tls(t) => t.flush(),
+        }
+    }
+
+    /// Shuts the write side: after close_notify (flushed now or on a later writable event)
+    /// for TLS.
+    pub fn shutdown_write(&mut self) {
+        match self {
+            Transport::Tcp(s) => {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+            Transport::Tls(t) if t.plain() => {
+                let _ = t.sock.shutdown(Shutdown::Write);
+            }
+            Transport::Tls(t) => {
+                t.conn.send_close_notify();
+                t.closing = true;
+                let _ = t.flush();
+            }
+        }
+    }
+}
+
+impl Tls {
+    /// Plain HTTP came to this TLS port: the rest of the connection (our 400, lingering)
+    /// is plain text on the socket.
+    fn plain(&self) -> bool {
+        self.failure == Some(TlsFailure::PlainHttp)
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.plain() {
+            return self.sock.read(buf);
+        }
+        if self.first {
+            self.first = false;
+            if let rustls::Connection::Server(_) = self.conn {
+                let mut b = [0u8; 1];
+                match self.sock.peek(&mut b) {
+                    // A TLS record starts with its content type (22 for a handshake);
+                    // a letter starts an HTTP method.
+                    Ok(1) if b[0].is_ascii_uppercase() => {
+                        self.failure = Some(TlsFailure::PlainHttp);
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "plain HTTP"));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.first = true;
+                        return Err(e);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut filled = 0;
+        loop {
+            match self.conn.reader().read(&mut buf[filled..]) {
+                Ok(0) if !buf[filled..].is_empty() => return Ok(filled),
+                Ok(n) => {
+                    filled += n;
+                    if filled == buf.len() {
+                        return Ok(filled);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // EOF without close_notify: an end all the same (framing decides whether
+                // what came before was whole).
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
+                Err(e) => return Err(e),
+            }
+            if self.eof {
+                return if filled > 0 { Ok(filled) } else { self.ended() };
+            }
+            match self.conn.read_tls(&mut self.sock) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return if filled > 0 { Ok(filled) } else { Err(e) };
+                }
+                Err(e) => return Err(e),
+            }
+            let handshaking = self.conn.is_handshaking();
+            if let Err(e) = self.conn.process_new_packets() {
+                self.failure = Some(TlsFailure::of(&e));
+                // The alert rustls queued, if the socket takes it.
+                let _ = self.flush();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            if handshaking && !self.conn.is_handshaking() {
+                self.fresh = true;
+            }
+            if self.conn.wants_write() {
+                // Handshake replies, session tickets, key updates.
+                match self.flush() {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// The TCP stream ended with nothing left to read.
+    fn ended(&mut self) -> io::Result<usize> {
+        if self.conn.is_handshaking() && self.failure.is_none() {
+            self.failure = Some(TlsFailure::Eof);
+        }
+        Ok(0)
+    }
+
+    /// Takes the parts in order until one is short.
+    fn write_all_of(&mut self, parts: &[&[u8]]) -> io::Result<usize> {
+        if self.plain() {
+            let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+            return self.sock.write_vectored(&slices);
+        }
+        let mut taken = 0;
+        for &part in parts {
+            if part.is_empty() {
+                continue;
+            }
+            let n = match self.write(part) {
+                Ok(n) => n,
+                Err(e) if taken > 0 && e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
+            taken += n;
+            if n < part.len() {
+                break;
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Takes as much of `data` as rustls will buffer, flushing as it goes. Short only when
+    /// the socket pushed back.
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut taken = 0;
+        loop {
+            let n = self.conn.writer().write(&data[taken..])?;
+            taken += n;
+            let flushed = match self.flush() {
+                Ok(all) => all,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                Err(e) => return Err(e),
+            };
+            if taken == data.len() || !flushed || n == 0 {
+                break;
+            }
+        }
+        if taken == 0 && !data.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
+    }
+
+    /// Writes queued ciphertext to the socket. `Ok(true)`: all of it went.
+    fn flush(&mut self) -> io::Result<bool> {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut self.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        if std::mem::take(&mut self.closing) {
+            let _ = self.sock.shutdown(Shutdown::Write);
+        }
+        Ok(true)
+    }
+}
