@@ -295,7 +295,10 @@ fn addresses_and_names_are_refused_alike_from_the_file_and_from_a_flag() {
     for port in ["70000", "nope"] {
         let extra = format!(r#""listen": "{port}""#);
         let p = same_problem(&extra, "listen", &["--listen", port], "--listen");
-        assert_eq!(p, format!("expected off, PORT or HOST:PORT, got \"{port}\""));
+        assert_eq!(
+            p,
+            format!("expected off, PORT or HOST:PORT, got \"{port}\"")
+        );
         let extra = format!(r#""admin": "{port}""#);
         let p = same_problem(&extra, "admin", &["--admin", port], "--admin");
         assert_eq!(

@@ -567,7 +567,11 @@ mod tests {
     fn a_socket_spliced_into_gets_its_unsent_bytes_bounded_once() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sock = Transport::Tcp(mio::net::TcpStream::connect(l.local_addr().unwrap()).unwrap());
-        let lowat = || socket2::SockRef::from(sock.tcp()).tcp_notsent_lowat().unwrap();
+        let lowat = || {
+            socket2::SockRef::from(sock.tcp())
+                .tcp_notsent_lowat()
+                .unwrap()
+        };
         let kernel_default = lowat();
         let mut io = Io::default();
         PipePool::new(SPLICE_MIN, 0).bound_unsent(&sock, &mut io);

@@ -392,15 +392,14 @@ impl Tls {
     /// the socket pushed back.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut taken = 0;
+        let mut idle = 0;
         loop {
             let n = self.conn.writer().write(&data[taken..])?;
             taken += n;
-            let flushed = match self.flush() {
-                Ok(all) => all,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-                Err(e) => return Err(e),
-            };
-            if taken == data.len() || !flushed || n == 0 {
+            // All sent means rustls's buffer is empty again: the next write takes more.
+            let flushed = self.flush()?;
+            idle = if n == 0 { idle + 1 } else { 0 };
+            if taken == data.len() || !flushed || idle > 1 {
                 break;
             }
         }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod h2client;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -42,10 +43,14 @@ fn wait_listening(child: &mut Child, what: &str) -> SocketAddr {
 
 /// As [`wait_listening`]; also returns where a later `corelb admin on http://ADDR/` line's
 /// ADDR arrives.
-fn wait_addresses(child: &mut Child, what: &str) -> (SocketAddr, mpsc::Receiver<String>) {
+fn wait_addresses(
+    child: &mut Child,
+    what: &str,
+) -> (SocketAddr, mpsc::Receiver<String>, mpsc::Receiver<String>) {
     let out = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     let (admin_tx, admin_rx) = mpsc::channel();
+    let (tls_tx, tls_rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(out).lines();
         let mut sent = false;
@@ -56,6 +61,9 @@ fn wait_addresses(child: &mut Child, what: &str) -> (SocketAddr, mpsc::Receiver<
                     let _ = tx.send(addr);
                     sent = true;
                 }
+            }
+            if let Some(rest) = line.strip_prefix("corelb listening for TLS on ") {
+                let _ = tls_tx.send(rest.trim().to_string());
             }
             if let Some(rest) = line.strip_prefix("corelb admin on http://") {
                 let _ = admin_tx.send(rest.trim_end_matches('/').to_string());
@@ -68,7 +76,7 @@ fn wait_addresses(child: &mut Child, what: &str) -> (SocketAddr, mpsc::Receiver<
     let addr = addr
         .parse()
         .unwrap_or_else(|_| panic!("{what}: bad address {addr}"));
-    (addr, admin_rx)
+    (addr, admin_rx, tls_rx)
 }
 
 /// A running `corelb-backend`, killed on drop.
@@ -145,6 +153,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// The admin listener, when the test started one (`--admin 127.0.0.1:0`).
     pub admin: Option<SocketAddr>,
+    /// The first TLS listener, when the test started one (`--tls-listen 127.0.0.1:0`).
+    pub tls: Option<SocketAddr>,
     pub stderr: Option<ChildStderr>,
     _config: Option<tempfile::TempPath>,
 }
@@ -204,7 +214,7 @@ impl Proxy {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start corelb");
-        let (addr, admin_rx) = wait_addresses(&mut child, "corelb");
+        let (addr, admin_rx, tls_rx) = wait_addresses(&mut child, "corelb");
         let admin_on = extra
             .iter()
             .position(|a| *a == "--admin")
@@ -217,11 +227,19 @@ impl Proxy {
             a.parse()
                 .unwrap_or_else(|_| panic!("bad admin address {a}"))
         });
+        let tls_on = extra.contains(&"--tls-listen") || json.contains("\"tls\"");
+        let tls = tls_on.then(|| {
+            let a = tls_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("corelb did not report its TLS address");
+            a.parse().unwrap_or_else(|_| panic!("bad TLS address {a}"))
+        });
         let stderr = child.stderr.take();
         Proxy {
             child,
             addr,
             admin,
+            tls,
             stderr,
             _config: Some(path),
         }
@@ -322,7 +340,7 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Reads one response from `s` (whose request was `method`), leaving any following bytes
 /// in `pending` for the next call.
-pub fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>, method: &str) -> Option<Resp> {
+pub fn read_response(s: &mut impl Read, pending: &mut Vec<u8>, method: &str) -> Option<Resp> {
     let mut buf = [0u8; 65536];
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 128];
@@ -390,7 +408,7 @@ pub fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>, method: &str) -> 
     }
 }
 
-fn read_chunked(s: &mut TcpStream, pending: &mut Vec<u8>) -> Vec<u8> {
+fn read_chunked(s: &mut impl Read, pending: &mut Vec<u8>) -> Vec<u8> {
     let mut d = corelb::http::chunked::ChunkedDecoder::new();
     let mut body = Vec::new();
     let mut buf = [0u8; 65536];

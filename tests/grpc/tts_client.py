@@ -50,9 +50,19 @@ def one_call(stub, mode, request, timeout, metadata):
         return e.code().name, "", 0
 
 
+def channel(args):
+    """A channel to --target: over TLS trusting --ca when given, else h2c."""
+    if not args.ca:
+        return grpc.insecure_channel(args.target)
+    with open(args.ca, "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
+    return grpc.secure_channel(args.target, creds, options=options)
+
+
 def run(args):
     """Runs the load; returns the report as a dict."""
-    channels = [grpc.insecure_channel(args.target) for _ in range(args.channels)]
+    channels = [channel(args) for _ in range(args.channels)]
     stubs = [pb_grpc.TTSStub(ch) for ch in channels]
     request = pb.SynthesizeRequest(
         text=args.text,
@@ -126,6 +136,8 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=10, help="deadline of each call, seconds")
     p.add_argument("--metadata", action="append", default=[], help="KEY=VALUE, repeatable")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    p.add_argument("--ca", help="PEM CA bundle: call over TLS (grpc.ssl_channel_credentials)")
+    p.add_argument("--server-name", help="TLS server name to expect (default: the target's host)")
     p.add_argument("--allow-errors", action="store_true", help="exit 0 even if calls failed")
     args = p.parse_args(argv)
     if args.calls < 0 or args.concurrency < 1 or args.channels < 1:
