@@ -28,7 +28,8 @@ $(error PROTOCOL=$(PROTOCOL): expected http or grpc)
 endif
 
 .PHONY: all build release run backends test test-grpc test-browser lint fmt bench bench-quick \
-	bench-sizes bench-ab bench-h2 bench-h2-quick abuse conformance fuzz clean
+	bench-sizes bench-ab bench-h2 bench-h2-quick bench-tls bench-tls-quick abuse conformance \
+	fuzz clean
 
 all: build
 
@@ -130,9 +131,11 @@ fmt:
 #                      corelb, NGINX, HAProxy; 3 repetitions of 10 s runs (about 23 min)
 #   make bench-ab BASELINE=path/to/old/corelb   CPU per request of target/release/corelb
 #                      against BASELINE, alternately, medians of BENCH_REPS (default 3)
+#   make bench-h2, make bench-h2-quick     HTTP/2 and gRPC (bench/h2bench.py), below
+#   make bench-tls, make bench-tls-quick   TLS termination (bench/tls_bench.py), below
 PYTHON ?= python3
 BASELINE ?=
-# wrk, nghttp2-client, nginx and haproxy: installed, or named with the command that would.
+# wrk, nghttp2-client, nginx, haproxy and openssl: installed, or named with the command that would.
 BENCH_DEPS = @scripts/deps.sh bench || echo "make: a missing tool's baselines will be left out"
 
 bench: release
@@ -166,6 +169,23 @@ bench-h2: release
 bench-h2-quick: release
 	$(BENCH_DEPS)
 	$(PYTHON) bench/h2bench.py --quick
+
+# TLS termination (bench/tls_bench.py): corelb (rustls, aws-lc-rs), NGINX (`listen ... ssl`)
+# and HAProxy (`bind ... ssl crt`), 1 worker/thread each, one ECDSA P-256 certificate made for
+# the run, in front of one fast backend: full handshakes (`openssl s_time -new`; wrk and
+# h2load resume sessions), resumed handshakes (`wrk -H "Connection: close"`), keep-alive
+# HTTPS, 1 MiB bodies, memory per idle TLS connection. Proxies alternate run by run, medians;
+# CPU per request from /proc. Ports 127.0.0.1:18300-18399; the report is printed and written
+# to bench/results/tls-<timestamp>[-quick].md (runs in a .json beside it).
+#   make bench-tls         3 repetitions of 10 s runs (about 11 min)
+#   make bench-tls-quick   1 repetition of 3 s runs, a functional check (about 2 min)
+bench-tls: release
+	$(BENCH_DEPS)
+	$(PYTHON) bench/tls_bench.py --reps 3 --duration 10s
+
+bench-tls-quick: release
+	$(BENCH_DEPS)
+	$(PYTHON) bench/tls_bench.py --quick
 
 # Load and abuse (tests/abuse.rs at full size, figures printed): 10,000 keep-alive clients
 # on 1 worker, 2,000 slowloris connections, 1,000 resets mid-request; about 40 s.

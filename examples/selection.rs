@@ -28,6 +28,7 @@ fn servers(n: usize) -> Vec<BackendSpec> {
             load: [1.0, 2.0, 3.0][i % 3],
             addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
             protocol: Default::default(),
+            tls: None,
         })
         .collect()
 }

@@ -19,8 +19,9 @@ h2load         nghttp2-client   test,bench        tests/h2.rs and tests/h2c.rs h
 wrk            wrk              test,bench        tests/ops.rs reloads under load, bench/bench.py
 python3        python3          test,grpc,bench   the gRPC interop suite, tests/grpc_health.rs, tests/discovery.rs
 venv           python3-venv     test,grpc         the gRPC interop suite, tests/grpc_health.rs, tests/discovery.rs
-nginx          nginx-light      bench             NGINX baselines of make bench and make conformance
+nginx          nginx-light      test,bench        tests/tls_upstream.rs mTLS backend, NGINX baselines of make bench and make conformance
 haproxy        haproxy          bench             HAProxy baselines of make bench and make conformance
+openssl        openssl          bench             bench/tls_bench.py (its certificate, full handshakes with s_time)
 chromium       chromium         browser           make test-browser
 node           nodejs           browser           make test-browser
 npm            npm              browser           make test-browser

@@ -366,6 +366,15 @@ impl Control {
             Ok(c) => c,
             Err(e) => return fail(e.to_string()),
         };
+        // Backends' TLS files too: a server whose CA or client certificate cannot be read
+        // refuses the reload.
+        for s in &new.servers {
+            if let Some(t) = &s.tls {
+                if let Err(e) = crate::tls::upstream(t, &s.address, s.protocol) {
+                    return fail(e.to_string());
+                }
+            }
+        }
         let mut st = lock(&self.state);
         // Certificates first: a file that cannot be read refuses the whole reload and the
         // running certificates stay, as with any other bad setting.
@@ -523,6 +532,10 @@ impl Control {
                 _ => return bad(format!("address: cannot resolve \"{address}\"")),
             },
         };
+        // The API sets no TLS: a server it changes keeps what the configuration gave it.
+        let tls = (st.running.servers.iter())
+            .find(|s| s.name == name)
+            .and_then(|s| s.tls.clone());
         let want = BackendSpec {
             name: name.to_string(),
             address,
@@ -531,6 +544,7 @@ impl Control {
             load,
             addr,
             protocol,
+            tls,
         };
         let scope = |n: &str| n == name;
         let mut changes = match self.apply(&mut st, std::slice::from_ref(&want), &scope, "admin") {

@@ -21,4 +21,5 @@ pub mod server;
 pub mod shared;
 pub mod timer;
 pub mod tls;
+pub mod transport;
 pub mod worker;

@@ -7,10 +7,16 @@ fn main() {
     let cfg = Args::parse_argv(std::env::args_os()).and_then(|args| {
         let cfg = Config::load(&args)?;
         // Certificates and keys are read (and matched) before anything starts.
-        let warnings = match &cfg.tls {
+        let mut warnings = match &cfg.tls {
             Some(t) => corelb::tls::load(t, None)?.warnings,
             None => Vec::new(),
         };
+        for s in &cfg.servers {
+            if let Some(t) = &s.tls {
+                corelb::tls::upstream(t, &s.address, s.protocol)?;
+                warnings.extend(corelb::tls::upstream_warning(t));
+            }
+        }
         for w in &warnings {
             eprintln!("corelb: warning: {w}");
         }

@@ -15,7 +15,7 @@ use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use crate::config::{CertFiles, ConfigError, TlsSettings, TlsVersion};
+use crate::config::{CertFiles, ConfigError, Protocol, TlsSettings, TlsVersion, UpstreamTls};
 
 /// A certificate expiring within this is reported by `--check` and reloads.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -235,6 +235,154 @@ impl TlsFront {
         let loaded = load(s, Some(tickets))?;
         self.current.store(loaded.config.clone());
         Ok(loaded)
+    }
+}
+
+/// TLS to one backend: the client config (trust, ALPN, client certificate, session cache
+/// shared by every worker) and the name sent and verified.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+/// A `"verify": false` server's warning, for `--check` and startup.
+pub fn upstream_warning(t: &UpstreamTls) -> Option<String> {
+    (!t.verify).then(|| {
+        format!(
+            "{}: {}.verify: false: this server's certificate is not checked; anyone on the path can impersonate it",
+            t.origin, t.field
+        )
+    })
+}
+
+/// Builds the TLS client of a backend at `address` spoken to with `protocol` (ALPN `h2`
+/// for HTTP/2, `http/1.1` otherwise).
+pub fn upstream(
+    t: &UpstreamTls,
+    address: &str,
+    protocol: Protocol,
+) -> Result<Upstream, ConfigError> {
+    let err = |k: &str, p: String| ConfigError::new(&t.origin, format!("{}.{k}", t.field), p);
+    let provider = provider();
+    let mut roots = rustls::RootCertStore::empty();
+    match &t.ca {
+        Some(ca) => {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .map_err(|e| err("ca", format!("cannot read {ca}: {}", pem_problem(&e))))?;
+            for c in certs {
+                let c = c.map_err(|e| err("ca", format!("{ca}: {}", pem_problem(&e))))?;
+                roots
+                    .add(c)
+                    .map_err(|e| err("ca", format!("{ca}: unusable CA certificate: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(err("ca", format!("{ca}: no PEM CERTIFICATE in it")));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() && t.verify {
+                return Err(err(
+                    "ca",
+                    "not given, and the system has no trusted CA certificates".into(),
+                ));
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| err("ca", e.to_string()))?;
+    let builder = if t.verify {
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider.clone())))
+    };
+    let mut config = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => {
+            let files = CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                origin: t.origin.clone(),
+                cert_field: format!("{}.cert", t.field),
+                key_field: format!("{}.key", t.field),
+            };
+            let (served, _) = read_pair(&files, &provider)?;
+            let chain = served.key.cert.clone();
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| err("key", format!("{key}: {}", pem_problem(&e))))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| err("key", e.to_string()))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![match protocol {
+        Protocol::H2c => b"h2".to_vec(),
+        Protocol::Http1 => b"http/1.1".to_vec(),
+    }];
+    let name_text = t.sni.clone().unwrap_or_else(|| address.to_string());
+    let name = rustls::pki_types::ServerName::try_from(name_text.clone()).map_err(|_| {
+        err(
+            "sni",
+            format!("\"{name_text}\" is not a DNS name or IP address"),
+        )
+    })?;
+    Ok(Upstream {
+        config: Arc::new(config),
+        name,
+    })
+}
+
+/// `"verify": false`: any certificate is taken; signatures are still checked.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -17,20 +17,23 @@ const LAYERS: &[&[&str]] = &[
         "h2",
         "config::types",
         "dns",
+        "transport",
     ],
     // L1: configuration, measurement, the retry budget.
     &["config", "metrics", "access_log", "retry"],
-    // L2: backends and their shared stats; the TLS certificates.
-    &["balancer", "tls"],
-    // L3: health state and the checker.
+    // L2: TLS settings made into rustls configs (certificates, backends' trust).
+    &["tls"],
+    // L3: backends and their shared stats.
+    &["balancer"],
+    // L4: health state and the checker.
     &["health"],
-    // L4: what the workers share.
+    // L5: what the workers share.
     &["shared"],
-    // L5: the per-worker proxy.
+    // L6: the per-worker proxy.
     &["proxy", "control"],
-    // L6: the worker loop and the admin listener.
+    // L7: the worker loop and the admin listener.
     &["worker", "admin"],
-    // L7: starting and stopping.
+    // L8: starting and stopping.
     &["server"],
 ];
 

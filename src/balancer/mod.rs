@@ -136,6 +136,8 @@ pub struct Backend {
     pub port: u16,
     /// What corelb speaks to it.
     pub protocol: Protocol,
+    /// TLS to it, when configured; `Err`: its files could not be read (connections fail).
+    pub tls: Option<Result<crate::tls::Upstream, String>>,
     priority: AtomicU32,
     /// Relative share within its tier (config `load`, > 0).
     weight: AtomicF64,
@@ -161,6 +163,9 @@ impl Backend {
             address: s.address.clone(),
             port: s.port,
             protocol: s.protocol,
+            tls: s.tls.as_ref().map(|t| {
+                crate::tls::upstream(t, &s.address, s.protocol).map_err(|e| e.to_string())
+            }),
             priority: AtomicU32::new(s.priority),
             weight: AtomicF64::new(sane_weight(s.load)),
             state: AtomicU8::new(SlotState::Active as u8),
@@ -179,6 +184,7 @@ impl Backend {
                 load: 1.0,
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 protocol: Default::default(),
+                tls: None,
             },
             &RoutingParams::default(),
             0,

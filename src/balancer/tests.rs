@@ -18,6 +18,7 @@ pub(crate) fn servers(spec: &[(&str, u32, f64)]) -> Vec<BackendSpec> {
             load: *load,
             addr: SocketAddr::from(([127, 0, 0, 1], 8000 + i as u16)),
             protocol: Default::default(),
+            tls: None,
         })
         .collect()
 }

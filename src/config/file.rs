@@ -121,6 +121,7 @@ struct Server {
     port: Scalar,
     load: Scalar,
     protocol: Scalar,
+    tls: Scalar,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,6 +283,7 @@ impl File {
                             priority: given(source, &path, "priority", s.priority),
                             load: given(source, &path, "load", s.load),
                             protocol: given(source, &path, "protocol", s.protocol),
+                            tls: given(source, &path, "tls", s.tls),
                             path,
                         }
                     })

@@ -410,6 +410,7 @@ fn backends(
             resolve(&address, port)
                 .ok_or_else(|| address_given.error(format!("cannot resolve \"{address}\"")))?
         };
+        let tls = s.tls.as_ref().map(tls::upstream).transpose()?;
         servers.push(BackendSpec {
             name,
             address,
@@ -418,6 +419,7 @@ fn backends(
             load,
             addr,
             protocol,
+            tls,
         });
     }
     Ok(servers)

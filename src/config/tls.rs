@@ -5,7 +5,8 @@
 use serde_json::Value;
 
 use super::types::{
-    CertFiles, TlsSettings, TlsVersion, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_MAX_HANDSHAKES,
+    CertFiles, TlsSettings, TlsVersion, UpstreamTls, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+    DEFAULT_TLS_MAX_HANDSHAKES,
 };
 use super::value::{self, Given, Int, Key, Layer, Raw};
 use super::{parse_listen, ConfigError};
@@ -160,4 +161,57 @@ pub(super) fn tls(v: &Layer) -> Result<Option<TlsSettings>, ConfigError> {
         handshake_timeout,
         max_handshakes,
     }))
+}
+
+/// A server's `tls` object: `{"ca": FILE, "sni": NAME, "verify": true, "cert": FILE,
+/// "key": FILE}`, every key optional (`{}` is TLS verified against the system's roots).
+pub(super) fn upstream(g: &Given) -> Result<UpstreamTls, ConfigError> {
+    let Raw::Json(Value::Object(map)) = &g.raw else {
+        return Err(g.error(r#"expected an object like {"ca": "ca.pem", "sni": "api.example"}"#));
+    };
+    let at = |k: &str| ConfigError::new(&g.origin, format!("{}.{k}", g.field), "");
+    let mut t = UpstreamTls {
+        ca: None,
+        sni: None,
+        verify: true,
+        cert: None,
+        key: None,
+        origin: g.origin.clone(),
+        field: g.field.clone(),
+    };
+    for (k, v) in map {
+        let text = || match v {
+            Value::String(s) if !s.is_empty() => Ok(s.clone()),
+            other => Err(ConfigError {
+                problem: format!("expected a non-empty string, got {other}"),
+                ..at(k)
+            }),
+        };
+        match k.as_str() {
+            "ca" => t.ca = Some(text()?),
+            "sni" => t.sni = Some(text()?),
+            "cert" => t.cert = Some(text()?),
+            "key" => t.key = Some(text()?),
+            "verify" => {
+                t.verify = v.as_bool().ok_or_else(|| ConfigError {
+                    problem: format!("expected true or false, got {v}"),
+                    ..at(k)
+                })?
+            }
+            _ => {
+                return Err(ConfigError {
+                    problem: "unknown field: expected ca, sni, verify, cert, key".into(),
+                    ..at(k)
+                })
+            }
+        }
+    }
+    if t.cert.is_some() != t.key.is_some() {
+        let missing = if t.cert.is_some() { "key" } else { "cert" };
+        return Err(ConfigError {
+            problem: "a client certificate needs both cert and key".into(),
+            ..at(missing)
+        });
+    }
+    Ok(t)
 }

@@ -251,6 +251,26 @@ pub struct BackendSpec {
     pub addr: SocketAddr,
     /// What corelb speaks to it (`"protocol"`, or `--upstream-protocol` for all).
     pub protocol: Protocol,
+    /// TLS to this server (`"tls"`); `None`: cleartext.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS to one backend (`servers[i].tls`): whom to trust, the name to send and verify, and
+/// a client certificate for mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// PEM CA bundle; `None`: the system's trust store.
+    pub ca: Option<String>,
+    /// Server name sent (SNI) and verified; `None`: the server's address as written.
+    pub sni: Option<String>,
+    /// Verify the server's certificate (on unless `"verify": false`).
+    pub verify: bool,
+    /// Client certificate chain and key (PEM) for mutual TLS.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// Where it was given, for errors: the file and `servers[i].tls`.
+    pub origin: String,
+    pub field: String,
 }
 
 /// Timeouts, each with a `DEFAULT_*` constant.

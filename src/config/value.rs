@@ -450,6 +450,7 @@ pub(crate) struct ServerGiven {
     pub priority: Option<Given>,
     pub load: Option<Given>,
     pub protocol: Option<Given>,
+    pub tls: Option<Given>,
 }
 
 /// The backend list and the file it came from.

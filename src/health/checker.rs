@@ -3,7 +3,7 @@
 //! server with its own check, feeding the rise/fall hysteresis, expiring passive
 //! ejections, and printing the `-d` status table.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::balancer::Balancer;
 use crate::config::{Check, HealthSettings};
 use crate::rng::XorShift;
+use crate::transport::{TlsFailure, Transport};
 
 use super::grpc::Call;
 use super::{reason_index, Health, Hysteresis};
@@ -24,11 +25,13 @@ const WAKE: Token = Token(usize::MAX);
 
 enum ProbeState {
     Idle,
-    Connecting(TcpStream),
-    Writing(TcpStream, usize),
-    Reading(TcpStream, Vec<u8>),
-    /// A gRPC health call in progress on its own h2c connection.
-    Grpc(TcpStream, Box<Call>),
+    Connecting(Transport),
+    /// A TLS server's handshake, before (or as) its check.
+    Handshaking(Transport),
+    Writing(Transport, usize),
+    Reading(Transport, Vec<u8>),
+    /// A gRPC health call in progress on its own HTTP/2 connection.
+    Grpc(Transport, Box<Call>),
 }
 
 impl ProbeState {
@@ -36,10 +39,11 @@ impl ProbeState {
     fn deregister(&mut self, reg: &mio::Registry) {
         match self {
             ProbeState::Connecting(sock)
+            | ProbeState::Handshaking(sock)
             | ProbeState::Writing(sock, _)
             | ProbeState::Reading(sock, _)
             | ProbeState::Grpc(sock, _) => {
-                let _ = reg.deregister(sock);
+                let _ = reg.deregister(sock.tcp_mut());
             }
             ProbeState::Idle => {}
         }
@@ -176,27 +180,22 @@ fn check_loop<S: Monitored>(mut poll: Poll, owner: Arc<S>, stop: Arc<AtomicBool>
         for (i, p) in probes.iter_mut().enumerate() {
             let Some(p) = p else { continue };
             match p.state {
-                ProbeState::Idle if now >= p.due => match TcpStream::connect(p.addr) {
+                ProbeState::Idle if now >= p.due => match open(p.addr, &bal.backend(i).tls) {
                     Ok(mut sock) => {
                         if poll
                             .registry()
-                            .register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)
+                            .register(
+                                sock.tcp_mut(),
+                                Token(i),
+                                Interest::READABLE | Interest::WRITABLE,
+                            )
                             .is_ok()
                         {
                             p.state = ProbeState::Connecting(sock);
                             p.deadline = now + s.timeout;
                         }
                     }
-                    Err(_) => finish(
-                        p,
-                        i,
-                        false,
-                        "connect failed",
-                        health,
-                        bal,
-                        &s,
-                        poll.registry(),
-                    ),
+                    Err(why) => finish(p, i, false, why, health, bal, &s, poll.registry()),
                 },
                 ProbeState::Idle => {}
                 _ if now >= p.deadline => {
@@ -238,6 +237,28 @@ fn sync_probes(
     }
 }
 
+/// Starts a connect to `addr`, in TLS when the server has it.
+fn open(
+    addr: SocketAddr,
+    tls: &Option<Result<crate::tls::Upstream, String>>,
+) -> Result<Transport, &'static str> {
+    let tcp = TcpStream::connect(addr).map_err(|_| "connect failed")?;
+    match tls {
+        None => Ok(Transport::Tcp(tcp)),
+        Some(Ok(t)) => Transport::tls_client(tcp, t.config.clone(), t.name.clone())
+            .map_err(|_| "tls settings unusable"),
+        Some(Err(_)) => Err("tls settings unusable"),
+    }
+}
+
+/// The reason a failed TLS handshake gives.
+fn tls_failed(sock: &Transport) -> &'static str {
+    match sock.failure() {
+        Some(TlsFailure::Certificate) => "tls certificate refused",
+        _ => "tls handshake failed",
+    }
+}
+
 /// The HTTP check's request.
 fn http_request(path: &str, host: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: corelb-health\r\nConnection: close\r\n\r\n").into_bytes()
@@ -249,11 +270,11 @@ fn advance(p: &mut Probe) -> Option<(bool, &'static str)> {
         match std::mem::replace(&mut p.state, ProbeState::Idle) {
             ProbeState::Idle => return None,
             ProbeState::Connecting(sock) => {
-                match sock.take_error() {
+                match sock.tcp().take_error() {
                     Ok(Some(_)) | Err(_) => return Some((false, "connection refused")),
                     Ok(None) => {}
                 }
-                match sock.peer_addr() {
+                match sock.tcp().peer_addr() {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {
                         p.state = ProbeState::Connecting(sock);
@@ -261,7 +282,19 @@ fn advance(p: &mut Probe) -> Option<(bool, &'static str)> {
                     }
                     Err(_) => return Some((false, "connection refused")),
                 }
+                p.state = ProbeState::Handshaking(sock);
+            }
+            ProbeState::Handshaking(mut sock) => {
+                match sock.handshake() {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        p.state = ProbeState::Handshaking(sock);
+                        return None;
+                    }
+                    Err(_) => return Some((false, tls_failed(&sock))),
+                }
                 match &p.check {
+                    Check::Tcp if sock.is_tls() => return Some((true, "tls handshake ok")),
                     Check::Tcp => return Some((true, "tcp connect ok")),
                     Check::Http { .. } => p.state = ProbeState::Writing(sock, 0),
                     Check::Grpc { service } => {
@@ -270,19 +303,19 @@ fn advance(p: &mut Probe) -> Option<(bool, &'static str)> {
                     }
                 }
             }
-            ProbeState::Grpc(sock, mut call) => {
-                let r = drive_grpc(&sock, &mut call);
+            ProbeState::Grpc(mut sock, mut call) => {
+                let r = drive_grpc(&mut sock, &mut call);
                 if r.is_none() {
                     p.state = ProbeState::Grpc(sock, call);
                 }
                 return r;
             }
-            ProbeState::Writing(sock, off) => {
+            ProbeState::Writing(mut sock, off) => {
                 let Check::Http { path, .. } = &p.check else {
                     return Some((false, "other"));
                 };
                 let req = http_request(path, &p.addr.to_string());
-                match (&sock).write(&req[off..]) {
+                match sock.write2(&req[off..], &[]) {
                     Ok(n) if off + n == req.len() => {
                         p.state = ProbeState::Reading(sock, Vec::new())
                     }
@@ -316,6 +349,7 @@ fn advance(p: &mut Probe) -> Option<(bool, &'static str)> {
                         p.state = ProbeState::Reading(sock, buf);
                         return None;
                     }
+                    Err(_) if sock.failure().is_some() => return Some((false, tls_failed(&sock))),
                     Err(_) => return Some((false, "reset while reading check")),
                 }
             }
@@ -325,11 +359,11 @@ fn advance(p: &mut Probe) -> Option<(bool, &'static str)> {
 
 /// Writes what the gRPC call has queued and reads what the server sent, until the socket
 /// would block (edge-triggered readiness) or the call is over.
-fn drive_grpc(sock: &TcpStream, call: &mut Call) -> Option<(bool, &'static str)> {
+fn drive_grpc(sock: &mut Transport, call: &mut Call) -> Option<(bool, &'static str)> {
     let mut chunk = [0u8; 4096];
     loop {
         while !call.output().is_empty() {
-            match (&*sock).write(call.output()) {
+            match sock.write2(call.output(), &[]) {
                 Ok(0) => return Some(call.closed()),
                 Ok(n) => call.advance_output(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -337,7 +371,7 @@ fn drive_grpc(sock: &TcpStream, call: &mut Call) -> Option<(bool, &'static str)>
                 Err(_) => return Some((false, "reset while sending check")),
             }
         }
-        match (&*sock).read(&mut chunk) {
+        match sock.read(&mut chunk) {
             Ok(0) => return Some(call.closed()),
             Ok(n) => {
                 if let Some(r) = call.feed(&chunk[..n], Instant::now()) {
@@ -346,6 +380,7 @@ fn drive_grpc(sock: &TcpStream, call: &mut Call) -> Option<(bool, &'static str)>
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) if sock.failure().is_some() => return Some((false, tls_failed(sock))),
             Err(_) => return Some((false, "reset while reading check")),
         }
     }

@@ -65,6 +65,10 @@ pub const REASONS: &[&str] = &[
     "check response head too large",
     "unexpected http status",
     "malformed http response",
+    "tls handshake ok",
+    "tls handshake failed",
+    "tls certificate refused",
+    "tls settings unusable",
     "other",
 ];
 
@@ -473,6 +477,7 @@ mod tests {
             load: 1.0,
             addr: "127.0.0.1:1".parse().unwrap(),
             protocol,
+            tls: None,
         };
         let servers = [spec(Protocol::Http1), spec(Protocol::H2c)];
         let bal = Balancer::with_params(

@@ -12,13 +12,13 @@ use crate::config::UpstreamMode;
 use crate::debug;
 use crate::http::{self, Body, BodyKind, Canned, Forward, Method};
 use crate::timer::Deadline;
+use crate::transport::Transport;
 
 use super::context::Ctx;
 use super::end::Blame;
 use super::exchange::{Exchange, Start};
 use super::h1_h2c::H2cLeg;
 use super::io::{read_into, would_block, write2, Io};
-use super::transport::Transport;
 use super::tunnel::Tunnel;
 use super::{client_token, Proxy, Step};
 

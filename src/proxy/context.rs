@@ -70,7 +70,7 @@ impl Ctx {
     /// The `X-Forwarded-Proto` requests from `sock` carry: set (`http` or `https`) only
     /// when a TLS listener is configured, so backends can trust it; `None` otherwise.
     #[inline]
-    pub fn forwarded_proto(&self, sock: &super::transport::Transport) -> Option<&'static [u8]> {
+    pub fn forwarded_proto(&self, sock: &crate::transport::Transport) -> Option<&'static [u8]> {
         self.shared.cfg.tls.as_ref().map(|_| match sock.is_tls() {
             true => &b"https"[..],
             false => &b"http"[..],

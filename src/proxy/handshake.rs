@@ -10,9 +10,9 @@ use mio::net::TcpStream;
 
 use crate::debug;
 use crate::http;
+use crate::transport::{TlsFailure, Transport};
 
 use super::context::Ctx;
-use super::transport::{TlsFailure, Transport};
 use super::{client_token, Proxy};
 
 impl Proxy {

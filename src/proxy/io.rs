@@ -3,9 +3,8 @@
 
 use std::io;
 
-use super::transport::Transport;
-
 use crate::buffer::Buf;
+use crate::transport::Transport;
 
 /// Recorded readiness of one socket.
 #[derive(Debug, Default, Clone, Copy)]

@@ -34,7 +34,6 @@ pub(crate) mod io;
 mod membership;
 mod relay;
 mod splice;
-pub(crate) mod transport;
 mod tunnel;
 mod upstream;
 
@@ -49,11 +48,11 @@ use crate::access_log::LogSender;
 use crate::debug;
 use crate::metrics::Snapshot;
 use crate::shared::Shared;
+use crate::transport::Transport;
 
 use client::{Client, Phase};
 use context::Ctx;
 use exchange::NONE;
-use transport::Transport;
 use upstream::Upstream;
 
 /// Tokens below this belong to the worker loop (listener, waker).

@@ -22,13 +22,13 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::debug;
 use crate::http::Body;
+use crate::transport::Transport;
 
 use super::decide::Failure;
 use super::end::Blame;
 use super::exchange::{Exchange, Req, Resp};
 use super::io::{would_block, Io};
 use super::relay::Flow;
-use super::transport::Transport;
 use super::{Proxy, Step};
 
 /// The default threshold: a stretch of at least this many opaque body bytes left when

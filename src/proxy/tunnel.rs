@@ -14,12 +14,12 @@ use std::time::Instant;
 use crate::access_log::Record;
 use crate::buffer::{Buf, BufPool};
 use crate::debug;
+use crate::transport::Transport;
 
 use super::client::Phase;
 use super::context::Ctx;
 use super::exchange::NONE;
 use super::io::{read_into, would_block, write2, Io};
-use super::transport::Transport;
 use super::{client_token, upstream_token, Proxy, Step};
 
 /// One direction of a tunnel.

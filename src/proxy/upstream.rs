@@ -12,6 +12,7 @@ use crate::config::{Protocol, UpstreamMode};
 use crate::debug;
 use crate::http;
 use crate::timer::Deadline;
+use crate::transport::Transport;
 
 use super::client::Phase;
 use super::context::Ctx;
@@ -19,7 +20,6 @@ use super::decide::Failure;
 use super::exchange::NONE;
 use super::h2c_pool::Mux;
 use super::io::Io;
-use super::transport::Transport;
 use super::{upstream_token, Proxy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,11 +123,25 @@ impl Proxy {
         ci: usize,
         mux: Option<Box<Mux>>,
     ) -> Option<usize> {
-        let addr = self.ctx.shared.balancer.backend(backend).addr;
-        let mut sock = match TcpStream::connect(addr) {
-            Ok(s) => Transport::Tcp(s),
+        let b = self.ctx.shared.balancer.backend(backend);
+        let addr = b.addr;
+        let tcp = match TcpStream::connect(addr) {
+            Ok(s) => s,
             Err(e) => {
                 debug!("worker {}: connect to {addr} failed: {e}", self.ctx.id);
+                return None;
+            }
+        };
+        let made = match &b.tls {
+            None => Ok(Transport::Tcp(tcp)),
+            Some(Ok(t)) => Transport::tls_client(tcp, t.config.clone(), t.name.clone())
+                .map_err(|e| e.to_string()),
+            Some(Err(e)) => Err(e.clone()),
+        };
+        let mut sock = match made {
+            Ok(s) => s,
+            Err(e) => {
+                debug!("worker {}: TLS to {addr}: {e}", self.ctx.id);
                 return None;
             }
         };
@@ -189,6 +203,9 @@ impl Proxy {
             return;
         };
         u.io.note(ev);
+        if ev.is_writable() && u.sock.flush_pending().is_err() {
+            u.io.hup = true;
+        }
         // h2c hook: a shared HTTP/2 connection (idle or not) is handled on its own.
         if u.mux.is_some() {
             self.mux_event(ui);

@@ -227,7 +227,9 @@ impl Proxy {
             a.parse()
                 .unwrap_or_else(|_| panic!("bad admin address {a}"))
         });
-        let tls_on = extra.contains(&"--tls-listen") || json.contains("\"tls\"");
+        let tls_on = extra.contains(&"--tls-listen")
+            || serde_json::from_str::<serde_json::Value>(json)
+                .is_ok_and(|v| !v["tls"]["listen"].is_null());
         let tls = tls_on.then(|| {
             let a = tls_rx
                 .recv_timeout(Duration::from_secs(5))

@@ -18,7 +18,7 @@ const TLS_BUFFER: usize = 64 * 1024;
 
 /// Why a TLS connection failed, as counted in `/stats` (`tls.failures`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TlsFailure {
+pub enum TlsFailure {
     /// A malformed record or handshake message, or a peer breaking the protocol.
     Protocol,
     /// No version, cipher suite, group or ALPN protocol in common.
@@ -67,7 +67,7 @@ impl TlsFailure {
 
 /// What a completed handshake negotiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Established {
+pub struct Established {
     pub resumed: bool,
     pub tls13: bool,
     /// ALPN `h2`.
@@ -77,7 +77,7 @@ pub(crate) struct Established {
 }
 
 /// A TLS session over a TCP socket.
-pub(crate) struct Tls {
+pub struct Tls {
     sock: TcpStream,
     conn: rustls::Connection,
     /// The first read has not looked at the first byte yet (server side: plain HTTP?).
@@ -92,7 +92,7 @@ pub(crate) struct Tls {
 }
 
 /// A connection's byte stream.
-pub(crate) enum Transport {
+pub enum Transport {
     Tcp(TcpStream),
     Tls(Box<Tls>),
 }
@@ -115,6 +115,56 @@ impl Transport {
             fresh: false,
             failure: None,
         }))
+    }
+
+    /// A client-side TLS session to a backend on a (connecting) socket: the ClientHello
+    /// goes out once the socket is writable; what is written before the handshake
+    /// completes is held and sent after it.
+    pub fn tls_client(
+        sock: TcpStream,
+        cfg: std::sync::Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<Transport> {
+        let mut conn = rustls::ClientConnection::new(cfg, name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        conn.set_buffer_limit(Some(TLS_BUFFER));
+        Ok(Transport::Tls(Box::new(Tls {
+            sock,
+            conn: conn.into(),
+            first: false,
+            eof: false,
+            closing: false,
+            fresh: false,
+            failure: None,
+        })))
+    }
+
+    /// Moves a handshake on: sends what is queued, reads and processes what came. `Ok(true)`
+    /// once it is complete (at once for plain TCP); `WouldBlock` while waiting.
+    pub fn handshake(&mut self) -> io::Result<bool> {
+        let Transport::Tls(t) = self else {
+            return Ok(true);
+        };
+        loop {
+            t.flush()?;
+            if !t.conn.is_handshaking() {
+                return Ok(true);
+            }
+            match t.conn.read_tls(&mut t.sock) {
+                Ok(0) => {
+                    t.failure.get_or_insert(TlsFailure::Eof);
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = t.conn.process_new_packets() {
+                t.failure = Some(TlsFailure::of(&e));
+                let _ = t.flush();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
     }
 
     /// The TCP socket under the stream (to register, query, shut down).
