@@ -15,6 +15,15 @@ use mio::net::TcpStream;
 
 /// Plaintext and ciphertext rustls holds per direction before a write is short.
 const TLS_BUFFER: usize = 64 * 1024;
+/// Most plaintext in one TLS record.
+const RECORD: usize = 16 * 1024;
+
+thread_local! {
+    /// Each worker's scratch for small writes joined into one record (thread-per-core: one
+    /// per worker, never shared).
+    static RAW: std::cell::RefCell<Box<[u8; RECORD]>> =
+        std::cell::RefCell::new(Box::new([0; RECORD]));
+}
 
 /// Why a TLS connection failed, as counted in `/stats` (`tls.failures`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +83,22 @@ pub struct Established {
     pub h2: bool,
     /// ALPN `http/1.1` (neither: no ALPN).
     pub http11: bool,
+}
+
+/// The socket as rustls reads it, noting a short read: the socket gave less than the
+/// room rustls offered, so it is drained (the plain-TCP rule, without a read that would
+/// only say `WouldBlock`).
+struct Probe<'a> {
+    sock: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for Probe<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
+    }
 }
 
 /// A TLS session over a TCP socket.
@@ -358,6 +383,9 @@ impl Tls {
             }
         }
         let mut filled = 0;
+        // This call's last socket read was short: nothing more is queued (edge-triggered,
+        // as for plain TCP), so no read that would only say `WouldBlock`.
+        let mut drained = false;
         loop {
             match self.conn.reader().read(&mut buf[filled..]) {
                 Ok(0) if !buf[filled..].is_empty() => return Ok(filled),
@@ -370,40 +398,56 @@ impl Tls {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // EOF without close_notify: an end all the same (framing decides whether
                 // what came before was whole).
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return if filled > 0 { Ok(filled) } else { self.ended() };
+                }
                 Err(e) => return Err(e),
             }
-            if self.eof {
-                return if filled > 0 { Ok(filled) } else { self.ended() };
+            if self.eof || drained {
+                return match (filled, self.eof) {
+                    (0, true) => self.ended(),
+                    (0, false) => Err(io::ErrorKind::WouldBlock.into()),
+                    _ => Ok(filled),
+                };
             }
-            match self.conn.read_tls(&mut self.sock) {
+            let mut probe = Probe {
+                sock: &mut self.sock,
+                short: false,
+            };
+            match self.conn.read_tls(&mut probe) {
                 Ok(0) => self.eof = true,
-                Ok(_) => {}
+                Ok(_) => drained = probe.short,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return if filled > 0 { Ok(filled) } else { Err(e) };
                 }
                 Err(e) => return Err(e),
             }
-            let handshaking = self.conn.is_handshaking();
-            if let Err(e) = self.conn.process_new_packets() {
-                self.failure = Some(TlsFailure::of(&e));
-                // The alert rustls queued, if the socket takes it.
-                let _ = self.flush();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
-            if handshaking && !self.conn.is_handshaking() {
-                self.fresh = true;
-            }
-            if self.conn.wants_write() {
-                // Handshake replies, session tickets, key updates.
-                match self.flush() {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
+            self.process()?;
+        }
+    }
+
+    /// Processes what rustls read: handshake messages answered (flushed now if the
+    /// socket takes them), records decrypted.
+    fn process(&mut self) -> io::Result<()> {
+        let handshaking = self.conn.is_handshaking();
+        if let Err(e) = self.conn.process_new_packets() {
+            self.failure = Some(TlsFailure::of(&e));
+            // The alert rustls queued, if the socket takes it.
+            let _ = self.flush();
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        if handshaking && !self.conn.is_handshaking() {
+            self.fresh = true;
+        }
+        if self.conn.wants_write() {
+            // Handshake replies, session tickets, key updates.
+            match self.flush() {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
             }
         }
+        Ok(())
     }
 
     /// The TCP stream ended with nothing left to read.
@@ -414,47 +458,61 @@ impl Tls {
         Ok(0)
     }
 
-    /// Takes the parts in order until one is short.
+    /// Takes the parts in order, then sends: small parts (a head and a short body) go
+    /// as one record in one write. Short only when the socket pushed back.
     fn write_all_of(&mut self, parts: &[&[u8]]) -> io::Result<usize> {
         if self.plain() {
             let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
             return self.sock.write_vectored(&slices);
         }
-        let mut taken = 0;
-        for &part in parts {
-            if part.is_empty() {
-                continue;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let several = parts.iter().filter(|p| !p.is_empty()).count() > 1;
+        let taken = if several && total <= RECORD {
+            RAW.with(|raw| {
+                let raw = &mut *raw.borrow_mut();
+                let mut at = 0;
+                for p in parts {
+                    raw[at..at + p.len()].copy_from_slice(p);
+                    at += p.len();
+                }
+                self.take(&raw[..total])
+            })?
+        } else {
+            let mut taken = 0;
+            for &part in parts {
+                let n = self.take(part)?;
+                taken += n;
+                if n < part.len() {
+                    break;
+                }
             }
-            let n = match self.write(part) {
-                Ok(n) => n,
-                Err(e) if taken > 0 && e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) => return Err(e),
-            };
-            taken += n;
-            if n < part.len() {
-                break;
-            }
+            taken
+        };
+        let flushed = self.flush()?;
+        if taken == 0 && total > 0 && !flushed {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(taken)
     }
 
-    /// Takes as much of `data` as rustls will buffer, flushing as it goes. Short only when
-    /// the socket pushed back.
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+    /// Gives rustls as much of `data` as it will buffer, sending what it has queued when
+    /// it is full. Short only when the socket pushed back.
+    fn take(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut taken = 0;
-        let mut idle = 0;
-        loop {
+        let mut full = false;
+        while taken < data.len() {
             let n = self.conn.writer().write(&data[taken..])?;
             taken += n;
-            // All sent means rustls's buffer is empty again: the next write takes more.
-            let flushed = self.flush()?;
-            idle = if n == 0 { idle + 1 } else { 0 };
-            if taken == data.len() || !flushed || idle > 1 {
+            if n > 0 {
+                full = false;
+                continue;
+            }
+            // Full: send what is queued; all sent means room again (twice full in a row
+            // would be rustls refusing for another reason).
+            if full || !self.flush()? {
                 break;
             }
-        }
-        if taken == 0 && !data.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
+            full = true;
         }
         Ok(taken)
     }

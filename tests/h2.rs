@@ -400,7 +400,8 @@ fn streams_are_logged_with_their_protocol_and_retried_like_http1() {
     let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
     assert_eq!(header[14], "protocol");
     assert_eq!(header[15], "upstream_protocol");
-    assert_eq!(header.last().map(String::as_str), Some("grpc_status"));
+    assert_eq!(header[16], "grpc_status");
+    assert_eq!(header.last().map(String::as_str), Some("tls"));
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 7);
     let h2 = rows.iter().filter(|r| &r[14] == "h2").count();
