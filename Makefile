@@ -1,6 +1,7 @@
 # corelb: build, run, test, lint, bench.
 #   make run MODE=adaptive_sma UPSTREAM=per-request   backends A, B, C + proxy on :9090
 #   make run PROTOCOL=grpc                            gRPC backends on 50051-50053 + proxy
+#   make run TLS=9443                                 also HTTPS and HTTP/2 (ALPN) on :9443
 #   make test                                         unit + integration tests
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -11,6 +12,9 @@ WORKERS ?=
 PROFILE ?= seed
 ARGS ?=
 PROTOCOL ?= http
+# TLS=PORT: also a TLS listener on PORT with a self-signed certificate for localhost and
+# 127.0.0.1 (target/tls/, made once with openssl); browsers will ask to trust it.
+TLS ?=
 BIN := target/release
 
 # PROTOCOL=grpc: the backends speak gRPC (the TTS service of backend/proto/tts.proto) on
@@ -46,8 +50,9 @@ backend_port = $(shell echo $$(($(BACKEND_BASE) + $(2))))
 BACKEND = "backend $(1) on 127.0.0.1:$(call backend_port,$(1),$(2))" \
 	"$(BIN)/corelb-backend --id $(1) --port $(call backend_port,$(1),$(2)) --profile $(PROFILE) $(BACKEND_ARGS)"
 BACKENDS = $(call BACKEND,A,1) $(call BACKEND,B,2) $(call BACKEND,C,3)
-PROXY_CMD = "corelb on port $(PORT)" \
-	"$(BIN)/corelb $(MODE) --upstream $(UPSTREAM) --listen $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(RUN_ARGS) $(ARGS)"
+TLS_ARGS = $(if $(TLS),--tls-listen $(TLS) --tls-cert target/tls/cert.pem --tls-key target/tls/key.pem)
+PROXY_CMD = "corelb on port $(PORT)$(if $(TLS), and TLS port $(TLS))" \
+	"$(BIN)/corelb $(MODE) --upstream $(UPSTREAM) --listen $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(TLS_ARGS) $(RUN_ARGS) $(ARGS)"
 
 # The seed's config format, naming the gRPC backends as the seed named its TTS servers.
 GRPC_SERVER = {"name":"tts@container$(1)","address":"127.0.0.1","port":5005$(1),"priority":0,"load":1,"protocol":"h2c"}
@@ -55,6 +60,7 @@ WRITE_RUN_CONFIG = printf '%s\n' '{"heartbeatInterval":2,"heartbeatTimeout":1,"s
 
 # PROTOCOL=grpc also readies the README's client example (target/grpc-venv, the stubs).
 run: release
+	$(if $(TLS),@test -s target/tls/cert.pem || { mkdir -p target/tls && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout target/tls/key.pem -out target/tls/cert.pem 2>/dev/null && echo "make run: made target/tls/cert.pem (self-signed, localhost)"; })
 	$(if $(RUN_CONFIG),@$(WRITE_RUN_CONFIG))
 	$(if $(RUN_CONFIG),@scripts/deps.sh grpc || echo "make run: the gRPC client example needs what scripts/deps.sh named above")
 	@scripts/supervise.sh $(BACKENDS) $(PROXY_CMD)

@@ -97,13 +97,13 @@ fn a_bad_value_reads_the_same_from_file_flag_and_environment() {
     assert_eq!(code, Some(2));
     assert_eq!(
         err.trim_end(),
-        "corelb: environment: PROXY_SERVER_PORT: expected PORT or HOST:PORT, got \"nope\""
+        "corelb: environment: PROXY_SERVER_PORT: expected off, PORT or HOST:PORT, got \"nope\""
     );
     let (code, err) = run_with(&["--listen", "nope"], &[]);
     assert_eq!(code, Some(2));
     assert_eq!(
         err.trim_end(),
-        "corelb: command line: --listen: expected PORT or HOST:PORT, got \"nope\""
+        "corelb: command line: --listen: expected off, PORT or HOST:PORT, got \"nope\""
     );
 }
 

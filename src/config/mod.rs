@@ -14,6 +14,7 @@
 
 mod file;
 pub mod flags;
+mod restart;
 mod tls;
 pub mod types;
 mod value;

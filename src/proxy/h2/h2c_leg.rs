@@ -16,7 +16,7 @@ use super::super::exchange::{Resp, NONE};
 use super::super::h2c_pool::Gone;
 use super::super::Proxy;
 use super::grpc;
-use super::h1_leg::H2Stream;
+use super::stream::H2Stream;
 use super::translate;
 use super::{H2Session, OUT_HIGH};
 

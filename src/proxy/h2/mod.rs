@@ -18,6 +18,7 @@
 mod grpc;
 mod h1_leg;
 mod h2c_leg;
+mod stream;
 pub(super) mod translate;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,7 +36,7 @@ use super::end::Blame;
 use super::io::{read_into, would_block, write2};
 use super::{client_token, Proxy, Step};
 
-use h1_leg::H2Stream;
+use stream::H2Stream;
 
 /// What the first bytes of a connection say.
 pub(super) enum Preface {

@@ -1,0 +1,212 @@
+//! One HTTP/2 request stream's state, whichever leg carries it upstream: its exchange,
+//! the request body and trailers held for the upstream, what of the request and response
+//! has been sent, and the questions a session's step asks of it (waiting on the client,
+//! on a window, on the body).
+
+use crate::buffer::Buf;
+use crate::h2::{Connection, Fields};
+
+use super::super::context::Ctx;
+use super::super::exchange::{Exchange, Resp};
+use super::translate::{self, UpstreamFraming};
+
+/// One request stream of a session.
+pub(super) struct H2Stream {
+    pub id: u32,
+    pub ex: Box<Exchange>,
+    pub(super) framing: UpstreamFraming,
+    /// Request payload received from the client and not yet written upstream.
+    pub(super) body: Option<Buf>,
+    /// Bytes of `body` not yet released to the codec (they count against the windows).
+    pub unreleased: usize,
+    /// The client's half ended (END_STREAM or trailers).
+    pub(super) req_end: bool,
+    /// The whole request was written upstream.
+    pub(super) req_sent: bool,
+    /// No more request bytes go upstream (it failed to take them mid-response).
+    pub(super) req_closed: bool,
+    /// Chunked: the line before the next chunk's data (with the last chunk's CRLF).
+    pub(super) pre: [u8; 24],
+    pub(super) pre_len: u8,
+    pub(super) pre_off: u8,
+    /// Chunked: data bytes of the current chunk still to write.
+    pub(super) chunk_left: usize,
+    pub(super) any_chunk: bool,
+    /// Chunked: the request trailer lines, then the whole end of the body once built.
+    pub(super) tail: Vec<u8>,
+    pub(super) tail_built: bool,
+    pub(super) tail_off: usize,
+    /// A chunked response's bytes after its last data (the trailer section).
+    pub(super) resp_tail: Vec<u8>,
+    pub(super) head_sent: bool,
+    pub(super) end_sent: bool,
+    /// The upstream deadline is armed for the backend.
+    pub(super) up_armed: bool,
+
+    /// The request head as the client sent it: what an h2c backend gets, and what an
+    /// HTTP/1.1 head is built from when a retry moves the stream to such a backend.
+    pub fields: Fields,
+    /// A gRPC call (content-type application/grpc): errors are answered in gRPC terms.
+    pub grpc: bool,
+    /// The current attempt runs over an h2c connection (`h2c_pool.rs`), not HTTP/1.1.
+    pub mux: bool,
+    /// h2c leg: the stream was opened upstream (HEADERS sent), and END_STREAM sent.
+    pub(super) opened: bool,
+    pub(super) up_end: bool,
+    /// h2c leg: request trailers to send upstream.
+    pub(super) req_trailers: Option<Fields>,
+    /// h2c leg, request body offsets from its first byte: of `body`'s first byte, sent in
+    /// this attempt, and released to the client's codec (counting against its windows).
+    pub(super) base: u64,
+    pub(super) sent: u64,
+    pub(super) released: u64,
+    /// h2c leg: every body byte sent is still in `body`, so a replay can send it again.
+    pub(super) replayable: bool,
+    /// Worker-clock ms: the backend must have moved by then (h2c leg; 0: not waiting).
+    pub deadline: u64,
+    /// Worker-clock ms: the call's `grpc-timeout`, capped by the upstream timeout (0: none).
+    pub call_deadline: u64,
+    /// Worker-clock ms: response bytes wait on the client's window; past this the stream
+    /// is abandoned (the send timeout; 0: not blocked).
+    pub stall_at: u64,
+    /// The backend picked at open, before the stream is attached: it is attached once the
+    /// client's bytes read with its HEADERS are processed (or a read later), so a reset
+    /// among them never opens a backend connection.
+    pub pending: Option<usize>,
+    /// The stream already waited one read for `pending`.
+    pub waited: bool,
+    /// The call's grpc-status, once known.
+    pub grpc_status: Option<u32>,
+    /// The backend's answer goes to the client as it is (no retry on UNAVAILABLE).
+    pub(super) final_answer: bool,
+}
+
+impl H2Stream {
+    pub fn new(
+        id: u32,
+        ex: Box<Exchange>,
+        framing: UpstreamFraming,
+        end: bool,
+        fields: Fields,
+        grpc: bool,
+    ) -> H2Stream {
+        H2Stream {
+            id,
+            ex,
+            framing,
+            body: None,
+            unreleased: 0,
+            req_end: end,
+            req_sent: false,
+            req_closed: false,
+            pre: [0; 24],
+            pre_len: 0,
+            pre_off: 0,
+            chunk_left: 0,
+            any_chunk: false,
+            tail: Vec::new(),
+            tail_built: false,
+            tail_off: 0,
+            resp_tail: Vec::new(),
+            head_sent: false,
+            end_sent: false,
+            up_armed: true,
+            fields,
+            grpc,
+            mux: false,
+            opened: false,
+            up_end: false,
+            req_trailers: None,
+            base: 0,
+            sent: 0,
+            released: 0,
+            replayable: true,
+            deadline: 0,
+            call_deadline: 0,
+            stall_at: 0,
+            pending: None,
+            waited: false,
+            grpc_status: None,
+            final_answer: false,
+        }
+    }
+
+    /// Still taking request body from the client.
+    pub fn wants_body(&self) -> bool {
+        !self.req_end && !self.req_closed
+    }
+
+    pub fn take_data(&mut self, ctx: &mut Ctx, data: &[u8], end: bool) {
+        if !data.is_empty() {
+            self.body.get_or_insert_with(|| ctx.bufs.get()).append(data);
+            self.unreleased += data.len();
+        }
+        self.req_end |= end;
+    }
+
+    /// Request trailers: carried in the chunked trailer section, else dropped. Returns
+    /// the fields dropped.
+    pub fn take_trailers(&mut self, fields: Fields) -> u64 {
+        self.req_end = true;
+        if self.mux {
+            self.req_trailers = Some(fields);
+            return 0;
+        }
+        let fields = &fields;
+        if self.framing == UpstreamFraming::Chunked && !self.tail_built {
+            translate::trailer_lines(fields, &mut self.tail)
+        } else {
+            fields.regular().count() as u64
+        }
+    }
+
+    /// Waiting on the client: for request body, or for window to send response data.
+    pub fn waits_on_client(&self, conn: &Connection) -> bool {
+        self.waits_for_body() || self.waits_for_window(conn)
+    }
+
+    /// The request body must come from the client before the backend can answer.
+    pub fn waits_for_body(&self) -> bool {
+        let body_wait = self.wants_body() && self.body.as_ref().is_none_or(Buf::is_empty);
+        body_wait && self.ex.resp == Resp::Head
+    }
+
+    /// The response has more to send (bytes ready, or a body still coming that corelb
+    /// reads only as the window allows) and the client keeps a window shut: the stream's
+    /// own, or the connection's.
+    pub fn waits_for_window(&self, conn: &Connection) -> bool {
+        self.has_more() && conn.send_capacity(self.id) == 0
+    }
+
+    /// As [`H2Stream::waits_for_window`], on this stream's own window: a stall of this
+    /// stream alone (the connection's window is the session's).
+    pub fn waits_for_own_window(&self, conn: &Connection) -> bool {
+        self.has_more() && conn.can_send(self.id) && conn.stream_window(self.id) == 0
+    }
+
+    /// Response bytes are still to reach the client.
+    pub fn has_more(&self) -> bool {
+        let more = self.ex.ready > 0 || (self.head_sent && self.ex.resp != Resp::Done);
+        more && !self.end_sent
+    }
+
+    /// A new attempt writes the request from its start.
+    pub(super) fn restart(&mut self) {
+        self.opened = false;
+        self.up_end = false;
+        self.sent = self.base;
+        self.req_sent = false;
+        self.pre_len = 0;
+        self.pre_off = 0;
+        self.chunk_left = 0;
+        self.any_chunk = false;
+        self.tail_off = 0;
+        self.resp_tail.clear();
+        self.up_armed = true;
+    }
+
+    pub fn recycle(mut self, ctx: &mut Ctx) {
+        ctx.bufs.release(&mut self.body);
+        ctx.recycle(self.ex);
+    }
+}
