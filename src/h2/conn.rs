@@ -175,6 +175,9 @@ impl Connection {
             add(frame::SETTINGS_MAX_FRAME_SIZE, s.max_frame_size);
         }
         add(frame::SETTINGS_MAX_HEADER_LIST_SIZE, s.max_header_list_size);
+        if server && s.enable_connect_protocol {
+            add(frame::SETTINGS_ENABLE_CONNECT_PROTOCOL, 1);
+        }
         frame::put_settings(&mut c.out, &params[..n], false);
         let extra = s.connection_window - DEFAULT_WINDOW;
         if extra > 0 {

@@ -37,6 +37,8 @@ pub struct Info {
     pub content_length: Option<u64>,
     pub status: Option<u16>,
     pub head_request: bool,
+    /// An extended CONNECT (RFC 8441): `:protocol` with `:scheme`, `:path`, `:authority`.
+    pub extended_connect: bool,
 }
 
 impl Fields {
@@ -112,6 +114,11 @@ impl Fields {
         self.get(b":scheme")
     }
 
+    /// `:protocol` of an extended CONNECT (RFC 8441).
+    pub fn protocol(&self) -> Option<&[u8]> {
+        self.get(b":protocol")
+    }
+
     /// `:status` as a number.
     pub fn status(&self) -> Option<u16> {
         parse_status(self.get(b":status")?)
@@ -179,6 +186,7 @@ pub fn validate(fields: &Fields, kind: Kind) -> Result<Info, &'static str> {
     const AUTHORITY: u8 = 4;
     const PATH: u8 = 8;
     const STATUS: u8 = 16;
+    const PROTOCOL: u8 = 32;
     let mut seen = 0u8;
     let mut regular = false;
     let mut info = Info::default();
@@ -193,6 +201,7 @@ pub fn validate(fields: &Fields, kind: Kind) -> Result<Info, &'static str> {
                 (Kind::Request, b"scheme") => SCHEME,
                 (Kind::Request, b"authority") => AUTHORITY,
                 (Kind::Request, b"path") => PATH,
+                (Kind::Request, b"protocol") => PROTOCOL,
                 (Kind::Response, b"status") => STATUS,
                 (Kind::Trailers, _) => return Err("pseudo-header in trailers"),
                 _ => return Err("unknown or misplaced pseudo-header"),
@@ -212,7 +221,7 @@ pub fn validate(fields: &Fields, kind: Kind) -> Result<Info, &'static str> {
                         return Err("empty :method");
                     }
                 }
-                PATH if value.is_empty() => return Err("empty :path"),
+                PATH | PROTOCOL if value.is_empty() => return Err("empty :path or :protocol"),
                 STATUS => {
                     info.status = Some(parse_status(value).ok_or("bad :status")?);
                 }
@@ -243,8 +252,15 @@ pub fn validate(fields: &Fields, kind: Kind) -> Result<Info, &'static str> {
     }
     let request = seen & (METHOD | SCHEME | PATH) == METHOD | SCHEME | PATH;
     let connect_ok = seen & (SCHEME | PATH) == 0 && seen & AUTHORITY != 0;
+    info.extended_connect = seen & PROTOCOL != 0;
     match kind {
-        Kind::Request if connect && !connect_ok => {
+        Kind::Request if info.extended_connect && !connect => {
+            return Err(":protocol on a request other than CONNECT")
+        }
+        Kind::Request if info.extended_connect && !(request && seen & AUTHORITY != 0) => {
+            return Err("extended CONNECT needs :scheme, :path and :authority")
+        }
+        Kind::Request if connect && !info.extended_connect && !connect_ok => {
             return Err("CONNECT needs :authority and no :scheme or :path")
         }
         Kind::Request if !connect && !request => return Err("missing :method, :scheme or :path"),

@@ -19,6 +19,8 @@ pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 pub const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 pub const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
 pub const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
+/// RFC 8441: the server accepts extended CONNECT (`:protocol`, e.g. WebSocket).
+pub const SETTINGS_ENABLE_CONNECT_PROTOCOL: u16 = 0x8;
 
 /// Frame types (§6); anything else is `Unknown` and ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

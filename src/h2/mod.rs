@@ -172,6 +172,9 @@ pub struct Settings {
     /// Connection receive window, raised from 65 535 by a WINDOW_UPDATE at start (not a
     /// SETTINGS parameter).
     pub connection_window: u32,
+    /// Server: announce SETTINGS_ENABLE_CONNECT_PROTOCOL and accept extended CONNECT
+    /// requests (RFC 8441, WebSocket over HTTP/2).
+    pub enable_connect_protocol: bool,
 }
 
 impl Default for Settings {
@@ -183,6 +186,7 @@ impl Default for Settings {
             max_frame_size: DEFAULT_MAX_FRAME,
             max_header_list_size: 64 * 1024,
             connection_window: 1024 * 1024,
+            enable_connect_protocol: false,
         }
     }
 }

@@ -334,6 +334,10 @@ impl Connection {
             Ok(info) if !(cont.end_stream && info.content_length.is_some_and(|n| n != 0)) => info,
             _ => return self.stream_error(id, ErrorCode::PROTOCOL_ERROR),
         };
+        if info.extended_connect && !self.settings.enable_connect_protocol {
+            // RFC 8441 §3: :protocol only once the server announced it.
+            return self.stream_error(id, ErrorCode::PROTOCOL_ERROR);
+        }
         let mut s = Stream::new(
             id,
             false,

@@ -20,7 +20,7 @@ use super::super::exchange::{Resp, NONE};
 use super::super::io::{read_into, would_block, Io};
 use super::super::upstream::{connect_result, UpState};
 use super::super::{upstream_token, Proxy};
-use super::stream::H2Stream;
+use super::stream::{self, H2Stream};
 use super::translate::{self, UpstreamFraming};
 use super::{grpc, h2c_leg, H2Session, OUT_HIGH};
 
@@ -58,8 +58,9 @@ impl Proxy {
             let scratch = &mut self.ctx.scratch;
             scratch.clear();
             // Checked at open (`translate::target`); what HTTP/1.1 cannot carry is left out.
+            let key = st.websocket.as_ref().map(|k| &k[..]);
             if let Ok(head) =
-                translate::request_head(&st.fields, st.req_end, &s.from, close, scratch)
+                translate::request_head(&st.fields, st.req_end, &s.from, close, key, scratch)
             {
                 st.framing = head.framing;
             }
@@ -203,7 +204,13 @@ impl Proxy {
         let on_backend = !st.waits_on_client(&s.conn) && st.ex.ready == 0;
         let u = &mut self.ups[ui];
         if on_backend && (moved || !st.up_armed) {
-            let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
+            let t = &self.ctx.shared.cfg.timeouts;
+            let idle = if st.websocket.is_some() && st.head_sent {
+                t.tunnel
+            } else {
+                t.upstream
+            };
+            let at = self.ctx.now + Ctx::ms(idle);
             self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
             st.up_armed = true;
         } else if !on_backend && st.up_armed {
@@ -261,6 +268,10 @@ impl Proxy {
         if head.is_empty() && pre.is_empty() && pay.is_empty() && tail.is_empty() {
             if st.req_end && (!chunked || st.tail_built) {
                 st.req_sent = true;
+                if st.framing == UpstreamFraming::Raw {
+                    // The client ended its side of the WebSocket tunnel: so does corelb.
+                    u.sock.shutdown_write();
+                }
             }
             return Ok(false);
         }
@@ -367,13 +378,51 @@ impl Proxy {
                 Resp::Head => {
                     let mut headers = http::header_array();
                     let head_req = ex.method == Method::Head;
-                    let r = match http::parse_response(buf.bytes(), &mut headers, head_req) {
+                    let ws = st.websocket.is_some();
+                    let r = match http::parse_response_with(buf.bytes(), &mut headers, head_req, ws)
+                    {
                         Ok(Some(r)) => r,
                         Ok(None) => return Ok(()),
                         Err(bad) => return Err(bad.0),
                     };
                     let head_len = r.head_len;
                     let names = &mut self.ctx.scratch;
+                    if r.switching() {
+                        // The backend took the WebSocket: the stream answers 200 (RFC 8441
+                        // §5) and carries the tunnel's bytes until either side ends.
+                        let key = st.websocket.as_ref().ok_or("101 without an upgrade")?;
+                        let want = stream::websocket_accept(key);
+                        let mut accept_ok = false;
+                        let mut pairs: Vec<(&[u8], &[u8])> = vec![(b":status", b"200")];
+                        r.each_field(|name, value| {
+                            if name.eq_ignore_ascii_case("sec-websocket-accept") {
+                                accept_ok = value == want.as_bytes();
+                            } else if name.len() > 13
+                                && name[..14].eq_ignore_ascii_case("sec-websocket-")
+                            {
+                                pairs.push((name.as_bytes(), value));
+                            }
+                        });
+                        if !accept_ok {
+                            return Err("101 without the right Sec-WebSocket-Accept");
+                        }
+                        let lower: Vec<(Vec<u8>, &[u8])> = (pairs.iter())
+                            .map(|(n, v)| (n.to_ascii_lowercase(), *v))
+                            .collect();
+                        let fields: Vec<(&[u8], &[u8])> =
+                            lower.iter().map(|(n, v)| (&n[..], *v)).collect();
+                        conn.send_headers(st.id, &fields, false).ok();
+                        st.head_sent = true;
+                        ex.keep = false;
+                        ex.status = 200;
+                        ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
+                        self.ctx.shared.counters.tunnels.fetch_add(1, Relaxed);
+                        self.ctx.bufs.release(&mut ex.head);
+                        ex.resp = Resp::Body(Body::new(BodyKind::UntilClose));
+                        let buf = ex.resp_buf.as_mut().expect("response bytes");
+                        buf.consume(head_len);
+                        continue;
+                    }
                     if r.informational() {
                         translate::response_fields(&r, names, |f| {
                             conn.send_headers(st.id, f, false)

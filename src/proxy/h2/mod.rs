@@ -112,6 +112,8 @@ impl Proxy {
     pub(super) fn h2_start(&mut self, ci: usize) -> Step {
         let settings = codec::Settings {
             max_concurrent_streams: 128,
+            // WebSocket over HTTP/2 (RFC 8441), relayed to HTTP/1.1 backends as an upgrade.
+            enable_connect_protocol: true,
             // A stream's request body buffer is bounded by this window.
             initial_window_size: codec::DEFAULT_WINDOW,
             ..codec::Settings::default()
@@ -402,7 +404,15 @@ impl Proxy {
         rec.h2 = true;
         rec.tls = self.clients[ci].sock.tls_version();
         let call = grpc::is_call(&fields);
-        if method == Method::Connect {
+        let websocket = method == Method::Connect && fields.protocol().is_some();
+        if websocket && !fields.protocol().is_some_and(translate::is_websocket) {
+            // An extended CONNECT for a protocol corelb does not relay.
+            self.ctx.count_rejected();
+            self.ctx.log_local(rec, crate::http::NOT_IMPLEMENTED);
+            h2_answer(&mut s.conn, id, 501, end);
+            return;
+        }
+        if method == Method::Connect && !websocket {
             // As for HTTP/1.1: CONNECT is not proxied.
             self.ctx.count_rejected();
             self.ctx.log_local(rec, crate::http::METHOD_NOT_ALLOWED);
@@ -433,15 +443,27 @@ impl Proxy {
             h2c_leg::reply(s, id, call, 503, end, "no server available");
             return;
         };
+        let http1 = shared.balancer.backend(backend).protocol == crate::config::Protocol::Http1;
+        if websocket && !http1 {
+            // An h2c backend would need extended CONNECT of its own.
+            debug!("worker {wid}: 501: WebSocket over HTTP/2 to an h2c server");
+            shared.balancer.cancel(backend);
+            self.ctx.count_rejected();
+            self.ctx.log_local(rec, crate::http::NOT_IMPLEMENTED);
+            h2_answer(&mut s.conn, id, 501, end);
+            return;
+        }
         self.ctx.count_request();
         self.ctx.budget.deposit();
+        let ws_key = websocket.then(|| stream::websocket_key(&mut self.ctx.rng));
         // An HTTP/1.1 backend gets its head now; an h2c one the fields as they are.
         let mut buf = self.ctx.bufs.get();
         let mut framing = translate::UpstreamFraming::None;
-        if shared.balancer.backend(backend).protocol == crate::config::Protocol::Http1 {
+        if http1 {
             let scratch = &mut self.ctx.scratch;
             scratch.clear();
-            match translate::request_head(&fields, end, &s.from, close, scratch) {
+            let key = ws_key.as_ref().map(|k| &k[..]);
+            match translate::request_head(&fields, end, &s.from, close, key, scratch) {
                 Ok(head) => framing = head.framing,
                 Err(why) => {
                     debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");
@@ -478,6 +500,7 @@ impl Proxy {
             None
         };
         let mut st = H2Stream::new(id, ex, framing, end, fields, call);
+        st.websocket = ws_key;
         if let Some(t) = call_timeout {
             let cap = shared.cfg.timeouts.upstream;
             st.call_deadline = self.ctx.now + Ctx::ms(t.min(cap)).max(1);

@@ -12,6 +12,9 @@ use super::translate::{self, UpstreamFraming};
 
 /// One request stream of a session.
 pub(super) struct H2Stream {
+    /// A WebSocket stream (RFC 8441): the `Sec-WebSocket-Key` sent upstream, whose
+    /// accept value the backend's 101 must carry.
+    pub(super) websocket: Option<[u8; 24]>,
     pub id: u32,
     pub ex: Box<Exchange>,
     pub(super) framing: UpstreamFraming,
@@ -93,6 +96,7 @@ impl H2Stream {
         H2Stream {
             id,
             ex,
+            websocket: None,
             framing,
             body: None,
             unreleased: 0,
@@ -208,5 +212,44 @@ impl H2Stream {
     pub fn recycle(mut self, ctx: &mut Ctx) {
         ctx.bufs.release(&mut self.body);
         ctx.recycle(self.ex);
+    }
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1).
+pub(super) fn websocket_key(rng: &mut crate::rng::XorShift) -> [u8; 24] {
+    use base64::Engine;
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+    raw[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
+    let mut key = [0u8; 24];
+    let n = base64::engine::general_purpose::STANDARD
+        .encode_slice(raw, &mut key)
+        .unwrap_or(0);
+    debug_assert_eq!(n, 24);
+    key
+}
+
+/// The `Sec-WebSocket-Accept` a server must answer `key` with (RFC 6455 §4.2.2).
+pub(super) fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine;
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_accept_value_of_rfc_6455() {
+        assert_eq!(
+            super::websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let mut rng = crate::rng::XorShift::new(7);
+        let a = super::websocket_key(&mut rng);
+        assert_ne!(a, super::websocket_key(&mut rng));
+        assert!(a.ends_with(b"=="));
     }
 }

@@ -19,6 +19,8 @@ pub(super) enum UpstreamFraming {
     Length(u64),
     /// `Transfer-Encoding: chunked`; trailers can follow.
     Chunked,
+    /// A WebSocket tunnel (RFC 8441): DATA bytes as they are, END_STREAM as a half-close.
+    Raw,
 }
 
 /// What a translated request head says.
@@ -38,9 +40,13 @@ pub(super) type Target<'a> = (&'a [u8], &'a [u8], &'a [u8]);
 /// a token method (not CONNECT), an origin-form path (or `*` for OPTIONS), a visible
 /// authority (or Host) without userinfo.
 pub(super) fn target(fields: &Fields) -> Result<Target<'_>, &'static str> {
-    let method = fields.method().ok_or("no :method")?;
+    let mut method = fields.method().ok_or("no :method")?;
     if method == b"CONNECT" {
-        return Err("CONNECT is not proxied");
+        // RFC 8441: an extended CONNECT for WebSocket is an HTTP/1.1 upgrade upstream.
+        if !fields.protocol().is_some_and(is_websocket) {
+            return Err("CONNECT is not proxied");
+        }
+        method = b"GET";
     }
     if !method.iter().all(|&b| is_tchar(b)) {
         return Err("bad :method");
@@ -58,6 +64,11 @@ pub(super) fn target(fields: &Fields) -> Result<Target<'_>, &'static str> {
         return Err("bad :authority");
     }
     Ok((method, path, host))
+}
+
+/// `:protocol` names WebSocket (RFC 8441 §4).
+pub(super) fn is_websocket(protocol: &[u8]) -> bool {
+    protocol.eq_ignore_ascii_case(b"websocket")
 }
 
 /// Where a session's requests came from, as the fields sent upstream say it.
@@ -85,6 +96,7 @@ pub(super) fn request_head(
     end_stream: bool,
     from: &Origin,
     close: bool,
+    websocket_key: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> Result<Head, &'static str> {
     let (method, path, host) = target(fields)?;
@@ -138,6 +150,7 @@ pub(super) fn request_head(
         out.extend_from_slice(b"\r\n");
     }
     let framing = match (length, end_stream) {
+        _ if websocket_key.is_some() => UpstreamFraming::Raw,
         (Some(0), _) | (None, true) => UpstreamFraming::None,
         (Some(n), _) => UpstreamFraming::Length(n),
         (None, false) => UpstreamFraming::Chunked,
@@ -150,7 +163,13 @@ pub(super) fn request_head(
         UpstreamFraming::None if length == Some(0) => {
             out.extend_from_slice(b"Content-Length: 0\r\n")
         }
-        UpstreamFraming::None => {}
+        UpstreamFraming::None | UpstreamFraming::Raw => {}
+    }
+    if let Some(key) = websocket_key {
+        // The HTTP/1.1 side of the handshake (RFC 6455 §4.1): corelb is the client there.
+        out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ");
+        out.extend_from_slice(key);
+        out.extend_from_slice(b"\r\n");
     }
     // X-Forwarded-For is extended with the client's address, as for HTTP/1.1.
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -167,7 +186,7 @@ pub(super) fn request_head(
         out.extend_from_slice(proto);
         out.extend_from_slice(b"\r\n");
     }
-    if close {
+    if close && websocket_key.is_none() {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -419,7 +438,15 @@ mod tests {
             ("x-y", "z"),
         ]);
         let mut out = Vec::new();
-        let h = request_head(&f, false, &Origin::new(b"10.0.0.1", None), false, &mut out).unwrap();
+        let h = request_head(
+            &f,
+            false,
+            &Origin::new(b"10.0.0.1", None),
+            false,
+            None,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(h.framing, UpstreamFraming::Length(5));
         let s = String::from_utf8(out).unwrap();
         assert!(
@@ -444,18 +471,18 @@ mod tests {
         let mut out = Vec::new();
         let mut f = base.to_vec();
         f.push((":authority", "h"));
-        let h = request_head(&fields(&f), false, ip, true, &mut out).unwrap();
+        let h = request_head(&fields(&f), false, ip, true, None, &mut out).unwrap();
         assert_eq!(h.framing, UpstreamFraming::Chunked);
         assert!(String::from_utf8_lossy(&out).contains("Connection: close"));
         out.clear();
-        assert!(request_head(&fields(&base), true, ip, false, &mut out).is_err());
+        assert!(request_head(&fields(&base), true, ip, false, None, &mut out).is_err());
         let bad_path = [
             (":method", "GET"),
             (":scheme", "http"),
             (":path", "/a b"),
             (":authority", "h"),
         ];
-        assert!(request_head(&fields(&bad_path), true, ip, false, &mut out).is_err());
+        assert!(request_head(&fields(&bad_path), true, ip, false, None, &mut out).is_err());
     }
 
     #[test]
