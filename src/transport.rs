@@ -403,10 +403,11 @@ impl Tls {
                 }
                 Err(e) => return Err(e),
             }
-            if self.eof || drained {
+            // Drained with nothing to show (a partial record): read once more anyway, since
+            // an EOF may be queued behind the bytes (a short read says nothing about it).
+            if self.eof || (drained && filled > 0) {
                 return match (filled, self.eof) {
-                    (0, true) => self.ended(),
-                    (0, false) => Err(io::ErrorKind::WouldBlock.into()),
+                    (0, _) => self.ended(),
                     _ => Ok(filled),
                 };
             }

@@ -64,7 +64,8 @@ fn csv_has_one_row_per_request_with_the_seed_columns_first() {
             "client_addr",
             "protocol",
             "upstream_protocol",
-            "grpc_status"
+            "grpc_status",
+            "tls"
         ]
     );
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();

@@ -288,15 +288,21 @@ fn sessions_resume_from_tickets_on_any_worker() {
     );
 }
 
-#[test]
-fn a_reload_swaps_the_certificate_for_new_handshakes_and_keeps_established_ones() {
-    let a = Backend::start("A", "fast", &[]);
-    let mut pki = Pki::new();
-    let one = pki.issue(&["localhost"], 30);
+/// corelb whose one certificate is read from files the test may rewrite before a reload:
+/// the proxy, the files' directory, the certificate and key paths.
+fn swappable(
+    a: &Backend,
+    first: &common::tls::Issued,
+) -> (
+    Proxy,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    std::fs::copy(&one.cert, &cert).unwrap();
-    std::fs::copy(&one.key, &key).unwrap();
+    std::fs::copy(&first.cert, &cert).unwrap();
+    std::fs::copy(&first.key, &key).unwrap();
     let json = format!(
         r#"{{"servers": [{{"name": "A", "address": "127.0.0.1", "port": {}}}],
             "tls": {{"listen": ["127.0.0.1:0"], "certificates": [{{"cert": "{}", "key": "{}"}}]}}}}"#,
@@ -305,21 +311,31 @@ fn a_reload_swaps_the_certificate_for_new_handshakes_and_keeps_established_ones(
         key.display()
     );
     let p = Proxy::with_config(&json, &["--admin", "127.0.0.1:0"]);
+    (p, dir, cert, key)
+}
+
+/// `POST /reload` on the proxy's admin listener.
+fn reload(p: &Proxy) -> Resp {
+    let mut s = connect(p.admin.unwrap());
+    s.write_all(
+        b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    read_response(&mut s, &mut Vec::new(), "POST").unwrap()
+}
+
+#[test]
+fn a_reload_swaps_the_certificate_for_new_handshakes_and_keeps_established_ones() {
+    let a = Backend::start("A", "fast", &[]);
+    let mut pki = Pki::new();
+    let one = pki.issue(&["localhost"], 30);
+    let (p, _dir, cert, key) = swappable(&a, &one);
     let addr = p.tls.unwrap();
     let client = pki.client(&["http/1.1"]);
     let mut old = TlsClient::connect(&client, addr, "localhost").unwrap();
     assert_eq!(old.served(), one.der);
     assert_eq!(old.get("/").unwrap().status, 200);
     let two = pki.issue_to(&["localhost"], 60, &cert, &key);
-    let reload = |p: &Proxy| {
-        let mut s = connect(p.admin.unwrap());
-        s.write_all(
-            b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap();
-        let mut pending = Vec::new();
-        read_response(&mut s, &mut pending, "POST").unwrap()
-    };
     let r = reload(&p);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
@@ -611,18 +627,7 @@ fn wrk_over_https_sees_no_error_while_the_certificate_is_swapped_ten_times() {
     let a = Backend::start("A", "fast", &[]);
     let mut pki = Pki::new();
     let one = pki.issue(&["localhost"], 30);
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    std::fs::copy(&one.cert, &cert).unwrap();
-    std::fs::copy(&one.key, &key).unwrap();
-    let json = format!(
-        r#"{{"servers": [{{"name": "A", "address": "127.0.0.1", "port": {}}}],
-            "tls": {{"listen": ["127.0.0.1:0"], "certificates": [{{"cert": "{}", "key": "{}"}}]}}}}"#,
-        a.port(),
-        cert.display(),
-        key.display()
-    );
-    let p = Proxy::with_config(&json, &["--admin", "127.0.0.1:0"]);
+    let (p, dir, cert, key) = swappable(&a, &one);
     // Half the connections close after each response, so handshakes go on throughout.
     let script = dir.path().join("close.lua");
     std::fs::write(
@@ -638,16 +643,10 @@ fn wrk_over_https_sees_no_error_while_the_certificate_is_swapped_ten_times() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let admin = p.admin.unwrap();
     for i in 0..10 {
         std::thread::sleep(Duration::from_millis(300));
         pki.issue_to(&["localhost"], 30 + i, &cert, &key);
-        let mut s = connect(admin);
-        s.write_all(
-            b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap();
-        let r = read_response(&mut s, &mut Vec::new(), "POST").unwrap();
+        let r = reload(&p);
         assert_eq!(r.status, 200, "reload {i}: {}", r.text());
     }
     let out = wrk.wait_with_output().unwrap();
