@@ -111,7 +111,7 @@ fn sni_picks_the_certificate_by_its_names_and_defaults_to_the_first() {
     assert!(served("other.test").is_err());
     let mut insecure = rustls::ClientConfig::builder()
         .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
+        .with_custom_certificate_verifier(corelb::tls::unverified())
         .with_no_client_auth();
     insecure.alpn_protocols = vec![b"http/1.1".to_vec()];
     let insecure = std::sync::Arc::new(insecure);
@@ -141,44 +141,6 @@ fn plain_http_to_the_tls_port_gets_a_400_and_nothing_is_forwarded() {
     assert_eq!(r.header("connection"), Some("close"));
     assert_eq!(a.requests(), before, "nothing reached the backend");
     assert_eq!(tls_stats(&p)["failures"]["plain_http"], 1);
-}
-
-/// Accepts any server certificate (to see which one is served when it does not match).
-#[derive(Debug)]
-struct AcceptAny;
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// Reads until EOF or an error; `true` when the peer closed within `limit`.

@@ -30,6 +30,29 @@ fn tls_server(b: &Backend, pki: &mut Pki) -> Proxy {
     )
 }
 
+/// A's TLS server, and corelb in front of it speaking `protocol` over TLS that trusts
+/// `ca` (the TLS server's own CA, or another) with `sni`, health-checked by `check`.
+struct Rig {
+    a: Backend,
+    t: Proxy,
+    p: Proxy,
+}
+
+fn rig(protocol: &str, trust_own_ca: bool, check: &str, extra: &[&str]) -> Rig {
+    let a = Backend::start("A", "fast", &[]);
+    let mut pki = Pki::new();
+    let t = tls_server(&a, &mut pki);
+    let other = Pki::new();
+    let ca = if trust_own_ca { &pki } else { &other };
+    let tls = format!(
+        r#"{{"ca": "{}", "sni": "localhost"}}"#,
+        ca.ca_path().display()
+    );
+    let json = config(t.tls.unwrap().port(), protocol, &tls, check);
+    let p = Proxy::with_config(&json, extra);
+    Rig { a, t, p }
+}
+
 fn config(port: u16, protocol: &str, tls: &str, check: &str) -> String {
     format!(
         r#"{{"heartbeatInterval": 0.2, "heartbeatTimeout": 1,
@@ -53,15 +76,12 @@ fn handshakes(p: &Proxy) -> u64 {
 
 #[test]
 fn an_https_backend_is_verified_checked_over_tls_and_its_connections_reused() {
-    let a = Backend::start("A", "fast", &[]);
-    let mut pki = Pki::new();
-    let t = tls_server(&a, &mut pki);
-    let tls = format!(
-        r#"{{"ca": "{}", "sni": "localhost"}}"#,
-        pki.ca_path().display()
+    let Rig { a: _a, t, p } = rig(
+        "http1",
+        true,
+        "http",
+        &["--admin", "127.0.0.1:0", "--workers", "1"],
     );
-    let json = config(t.tls.unwrap().port(), "http1", &tls, "http");
-    let p = Proxy::with_config(&json, &["--admin", "127.0.0.1:0", "--workers", "1"]);
     assert!(
         eventually(Duration::from_secs(10), || backend_stats(&p)["health"]
             ["last_check"]
@@ -93,13 +113,7 @@ fn an_https_backend_is_verified_checked_over_tls_and_its_connections_reused() {
 
 #[test]
 fn a_wrong_ca_gives_502_and_the_tls_check_marks_the_server_down() {
-    let a = Backend::start("A", "fast", &[]);
-    let mut pki = Pki::new();
-    let t = tls_server(&a, &mut pki);
-    let other = Pki::new();
-    let tls = format!(r#"{{"ca": "{}"}}"#, other.ca_path().display());
-    let json = config(t.tls.unwrap().port(), "http1", &tls, "tcp");
-    let p = Proxy::with_config(&json, &["--admin", "127.0.0.1:0"]);
+    let Rig { a, t: _t, p } = rig("http1", false, "tcp", &["--admin", "127.0.0.1:0"]);
     assert!(
         eventually(Duration::from_secs(10), || {
             let b = backend_stats(&p);
@@ -115,13 +129,7 @@ fn a_wrong_ca_gives_502_and_the_tls_check_marks_the_server_down() {
 
 #[test]
 fn a_wrong_ca_answers_502_while_the_server_is_still_up() {
-    let a = Backend::start("A", "fast", &[]);
-    let mut pki = Pki::new();
-    let t = tls_server(&a, &mut pki);
-    let other = Pki::new();
-    let tls = format!(r#"{{"ca": "{}"}}"#, other.ca_path().display());
-    let json = config(t.tls.unwrap().port(), "http1", &tls, "tcp");
-    let p = Proxy::with_config(&json, &["--health-check", "off"]);
+    let Rig { a, t: _t, p } = rig("http1", false, "tcp", &["--health-check", "off"]);
     let r = get(p.addr, "/");
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(a.requests(), 0);
@@ -129,15 +137,12 @@ fn a_wrong_ca_answers_502_while_the_server_is_still_up() {
 
 #[test]
 fn http2_over_tls_by_alpn_to_a_backend() {
-    let a = Backend::start("A", "fast", &[]);
-    let mut pki = Pki::new();
-    let t = tls_server(&a, &mut pki);
-    let tls = format!(
-        r#"{{"ca": "{}", "sni": "localhost"}}"#,
-        pki.ca_path().display()
+    let Rig { a: _a, t, p } = rig(
+        "h2",
+        true,
+        "tcp",
+        &["--admin", "127.0.0.1:0", "--workers", "1"],
     );
-    let json = config(t.tls.unwrap().port(), "h2", &tls, "tcp");
-    let p = Proxy::with_config(&json, &["--admin", "127.0.0.1:0", "--workers", "1"]);
     for _ in 0..10 {
         let r = get(p.addr, "/");
         assert_eq!(r.status, 200);
