@@ -26,6 +26,49 @@ use super::{client_token, Proxy, Step};
 /// our last response instead of a reset.
 const LINGER_MS: u64 = 2000;
 
+/// A client's address in 20 bytes where a `SocketAddr` takes 32 (an idle keep-alive
+/// client costs its `Client` slot): the IP as IPv6 (IPv4 mapped) and the port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peer {
+    ip: [u8; 16],
+    port: u16,
+    v4: bool,
+}
+
+impl Peer {
+    pub fn new(a: SocketAddr) -> Peer {
+        let (ip, v4) = match a.ip() {
+            std::net::IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), true),
+            std::net::IpAddr::V6(v6) => (v6.octets(), false),
+        };
+        Peer {
+            ip,
+            port: a.port(),
+            v4,
+        }
+    }
+
+    #[inline]
+    pub fn ip(self) -> std::net::IpAddr {
+        let v6 = std::net::Ipv6Addr::from(self.ip);
+        match (self.v4, v6.to_ipv4_mapped()) {
+            (true, Some(v4)) => v4.into(),
+            _ => v6.into(),
+        }
+    }
+
+    #[inline]
+    pub fn get(self) -> SocketAddr {
+        SocketAddr::new(self.ip(), self.port)
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 /// What a parsed head leads to.
 enum Parsed {
     Step(Step),
@@ -56,7 +99,7 @@ pub(crate) enum Phase {
 
 pub(crate) struct Client {
     pub sock: Transport,
-    pub peer: SocketAddr,
+    pub peer: Peer,
     /// Bytes read from the client and not yet used (held only while there are some).
     pub buf: Option<Buf>,
     pub phase: Phase,
@@ -69,7 +112,7 @@ pub(crate) struct Side<'a> {
     pub sock: &'a mut Transport,
     pub buf: &'a mut Option<Buf>,
     pub io: &'a mut Io,
-    pub peer: SocketAddr,
+    pub peer: Peer,
 }
 
 impl Client {
@@ -93,7 +136,7 @@ impl Client {
     pub fn new(sock: Transport, peer: SocketAddr) -> Client {
         Client {
             sock,
-            peer,
+            peer: Peer::new(peer),
             buf: None,
             phase: Phase::Head,
             io: Io::default(),
@@ -181,7 +224,7 @@ impl Proxy {
     /// Parses a head from `buf` (taken out of the client) and starts the exchange.
     fn parse_head(&mut self, ci: usize, buf: &mut Buf) -> Parsed {
         let id = self.ctx.id;
-        let peer = self.clients[ci].peer;
+        let peer = self.clients[ci].peer.get();
         let mut headers = http::header_array();
         // h2 hook: the HTTP/2 client preface starts a session instead (h2/mod.rs).
         match super::h2::preface(buf.bytes()) {
@@ -452,5 +495,27 @@ impl Proxy {
                 self.close_client(ci)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Peer;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn a_peer_gives_back_the_address_it_was_made_from() {
+        for a in [
+            "192.0.2.7:5555",
+            "[2001:db8::1]:80",
+            "[::ffff:192.0.2.7]:1",
+            "0.0.0.0:0",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(Peer::new(a).get(), a);
+            assert_eq!(Peer::new(a).to_string(), a.to_string());
+            assert_eq!(Peer::new(a).ip(), a.ip());
+        }
+        assert!(std::mem::size_of::<Peer>() <= 20);
     }
 }

@@ -390,7 +390,7 @@ impl Proxy {
 
     /// A new request stream: checked, picked, attached to an upstream connection.
     fn h2_open(&mut self, ci: usize, s: &mut H2Session, id: u32, fields: Fields, end: bool) {
-        let peer = self.clients[ci].peer;
+        let peer = self.clients[ci].peer.get();
         let wid = self.ctx.id;
         let shared = self.ctx.shared.clone();
         let close = shared.cfg.upstream == crate::config::UpstreamMode::PerRequest;
