@@ -21,7 +21,7 @@ python3        python3          test,grpc,bench   the gRPC interop suite, tests/
 venv           python3-venv     test,grpc         the gRPC interop suite, tests/grpc_health.rs, tests/discovery.rs
 nginx          nginx-light      test,bench        tests/tls_upstream.rs mTLS backend, NGINX baselines of make bench and make conformance
 haproxy        haproxy          bench             HAProxy baselines of make bench and make conformance
-openssl        openssl          bench             bench/tls_bench.py (its certificate, full handshakes with s_time)
+openssl        openssl          bench,browser     bench/tls_bench.py (its certificate, full handshakes with s_time), the browser TLS test
 chromium       chromium         browser           make test-browser
 node           nodejs           browser           make test-browser
 npm            npm              browser           make test-browser

@@ -1,4 +1,4 @@
-// HTTPS and HTTP/2 to a real browser: corelb with a TLS listener (a throwaway self-signed
+// HTTPS and HTTP/2 to a real browser (openssl comes with `scripts/deps.sh browser`): corelb with a TLS listener (a throwaway self-signed
 // certificate for localhost, made with openssl) in front of corelb-backend; headless
 // Chromium loads a page over it, which must arrive over HTTP/2 (ALPN h2), then opens a
 // WebSocket to the backend's /ws echo. Chromium carries that WebSocket on its HTTP/2
