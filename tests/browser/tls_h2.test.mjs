@@ -1,5 +1,6 @@
-// HTTPS and HTTP/2 to a real browser (openssl comes with `scripts/deps.sh browser`): corelb with a TLS listener (a throwaway self-signed
-// certificate for localhost, made with openssl) in front of corelb-backend; headless
+// HTTPS and HTTP/2 to a real browser: corelb with a TLS listener (a throwaway self-signed
+// certificate for localhost, made with openssl from `scripts/deps.sh browser`) in front of
+// corelb-backend; headless
 // Chromium loads a page over it, which must arrive over HTTP/2 (ALPN h2), then opens a
 // WebSocket to the backend's /ws echo. Chromium carries that WebSocket on its HTTP/2
 // connection (RFC 8441 extended CONNECT) when the server announces it, which corelb does:
