@@ -50,6 +50,11 @@ backend_port = $(shell echo $$(($(BACKEND_BASE) + $(2))))
 BACKEND = "backend $(1) on 127.0.0.1:$(call backend_port,$(1),$(2))" \
 	"$(BIN)/corelb-backend --id $(1) --port $(call backend_port,$(1),$(2)) --profile $(PROFILE) $(BACKEND_ARGS)"
 BACKENDS = $(call BACKEND,A,1) $(call BACKEND,B,2) $(call BACKEND,C,3)
+# (A variable: the comma in its SAN list would split an $(if ...) written inline.)
+MAKE_TLS_CERT = test -s target/tls/cert.pem || { mkdir -p target/tls && openssl req -x509 \
+	-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 -subj /CN=localhost \
+	-addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout target/tls/key.pem \
+	-out target/tls/cert.pem 2>/dev/null && echo "make run: made target/tls/cert.pem (self-signed, localhost)"; }
 TLS_ARGS = $(if $(TLS),--tls-listen $(TLS) --tls-cert target/tls/cert.pem --tls-key target/tls/key.pem)
 PROXY_CMD = "corelb on port $(PORT)$(if $(TLS), and TLS port $(TLS))" \
 	"$(BIN)/corelb $(MODE) --upstream $(UPSTREAM) --listen $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(TLS_ARGS) $(RUN_ARGS) $(ARGS)"
@@ -60,7 +65,7 @@ WRITE_RUN_CONFIG = printf '%s\n' '{"heartbeatInterval":2,"heartbeatTimeout":1,"s
 
 # PROTOCOL=grpc also readies the README's client example (target/grpc-venv, the stubs).
 run: release
-	$(if $(TLS),@test -s target/tls/cert.pem || { mkdir -p target/tls && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout target/tls/key.pem -out target/tls/cert.pem 2>/dev/null && echo "make run: made target/tls/cert.pem (self-signed, localhost)"; })
+	$(if $(TLS),@$(MAKE_TLS_CERT))
 	$(if $(RUN_CONFIG),@$(WRITE_RUN_CONFIG))
 	$(if $(RUN_CONFIG),@scripts/deps.sh grpc || echo "make run: the gRPC client example needs what scripts/deps.sh named above")
 	@scripts/supervise.sh $(BACKENDS) $(PROXY_CMD)
