@@ -125,5 +125,8 @@ test("Chromium gets HTTP/2 over TLS and a WebSocket over that HTTP/2 connection"
     assert.ok(t.tunnels >= 1, `the WebSocket was a tunnel: ${t.tunnels}`);
   } finally {
     await context.close();
+    // The test's process ends only once its children do.
+    children.forEach((c) => c.kill("SIGINT"));
+    fs.rmSync(tmp, { recursive: true, force: true });
   }
 });
