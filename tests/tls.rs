@@ -24,6 +24,16 @@ fn tls_proxy(backends: &[&Backend], certs: &[&common::tls::Issued], extra: &[&st
     Proxy::start(backends, &args)
 }
 
+/// Backend A behind corelb with one TLS listener serving a localhost certificate from a
+/// fresh CA (the `Pki`, for clients to trust), with `extra` flags.
+fn localhost_proxy(extra: &[&str]) -> (Backend, Pki, Proxy) {
+    let a = Backend::start("A", "fast", &[]);
+    let mut pki = Pki::new();
+    let cert = pki.issue(&["localhost"], 30);
+    let p = tls_proxy(&[&a], &[&cert], extra);
+    (a, pki, p)
+}
+
 fn tls_stats(p: &Proxy) -> serde_json::Value {
     let r = get(p.admin.unwrap(), "/stats");
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -126,10 +136,7 @@ fn sni_picks_the_certificate_by_its_names_and_defaults_to_the_first() {
 
 #[test]
 fn plain_http_to_the_tls_port_gets_a_400_and_nothing_is_forwarded() {
-    let a = Backend::start("A", "fast", &[]);
-    let mut pki = Pki::new();
-    let cert = pki.issue(&["localhost"], 30);
-    let p = tls_proxy(&[&a], &[&cert], &["--health-check", "off"]);
+    let (a, _pki, p) = localhost_proxy(&["--health-check", "off"]);
     let before = a.requests();
     let r = raw(
         p.tls.unwrap(),
@@ -223,10 +230,7 @@ fn a_trickled_client_hello_times_out_and_malformed_ones_harm_no_one() {
 
 #[test]
 fn sessions_resume_from_tickets_on_any_worker() {
-    let a = Backend::start("A", "fast", &[]);
-    let mut pki = Pki::new();
-    let cert = pki.issue(&["localhost"], 30);
-    let p = tls_proxy(&[&a], &[&cert], &["--workers", "2"]);
+    let (_a, pki, p) = localhost_proxy(&["--workers", "2"]);
     let addr = p.tls.unwrap();
     let client = pki.client(&["http/1.1"]);
     let mut first = TlsClient::connect(&client, addr, "localhost").unwrap();
@@ -426,10 +430,7 @@ fn check_validates_each_certificate_and_key() {
 
 #[test]
 fn large_bodies_go_both_ways_over_tls_intact() {
-    let a = Backend::start("A", "fast", &[]);
-    let mut pki = Pki::new();
-    let cert = pki.issue(&["localhost"], 30);
-    let p = tls_proxy(&[&a], &[&cert], &[]);
+    let (_a, pki, p) = localhost_proxy(&[]);
     let tls = p.tls.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -526,10 +527,7 @@ fn grpc_calls_over_tls_are_balanced_per_call() {
 
 #[test]
 fn websocket_tunnels_run_over_tls() {
-    let a = Backend::start("A", "fast", &[]);
-    let mut pki = Pki::new();
-    let cert = pki.issue(&["localhost"], 30);
-    let p = tls_proxy(&[&a], &[&cert], &[]);
+    let (_a, pki, p) = localhost_proxy(&[]);
     let c = TlsClient::connect(&pki.client(&["http/1.1"]), p.tls.unwrap(), "localhost").unwrap();
     let (mut ws, resp) =
         tungstenite::client("wss://localhost/ws", c.s).expect("WebSocket handshake");

@@ -251,6 +251,26 @@ http {{
     }
 }
 
+/// `corelb --check` on a config file `f` naming one server with this `tls` object: the exit
+/// code and what it wrote to stderr.
+fn check(f: &std::path::Path, tls: &str) -> (Option<i32>, String) {
+    std::fs::write(
+        f,
+        format!(
+            r#"{{"servers": [{{"name": "T", "address": "127.0.0.1", "port": 1, "tls": {tls}}}]}}"#
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(PROXY)
+        .args(["--check", "--config", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn bad_backend_tls_settings_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -275,31 +295,13 @@ fn bad_backend_tls_settings_are_one_line_errors() {
         ),
     ];
     for (tls, want) in cases {
-        std::fs::write(
-            &f,
-            format!(r#"{{"servers": [{{"name": "T", "address": "127.0.0.1", "port": 1, "tls": {tls}}}]}}"#),
-        )
-        .unwrap();
-        let out = std::process::Command::new(PROXY)
-            .args(["--check", "--config", f.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{tls}: {text}");
+        let (code, text) = check(&f, tls);
+        assert_eq!(code, Some(2), "{tls}: {text}");
         assert!(text.contains(want), "{tls}: {text}");
         assert_eq!(text.lines().count(), 1, "{text}");
     }
-    std::fs::write(
-        &f,
-        r#"{"servers": [{"name": "T", "address": "127.0.0.1", "port": 1, "tls": {"verify": false}}]}"#,
-    )
-    .unwrap();
-    let out = std::process::Command::new(PROXY)
-        .args(["--check", "--config", f.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text) = check(&f, r#"{"verify": false}"#);
+    assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("warning:") && text.contains("servers[0].tls.verify: false"),
         "{text}"
