@@ -7,19 +7,14 @@
 //   CHROMIUM=/path/to/chromium CORELB_BIN_DIR=target/release node --test tests/browser/
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import readline from "node:readline";
-import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { CHROMIUM, ROOT, children, start } from "./children.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const BIN = path.resolve(ROOT, process.env.CORELB_BIN_DIR || "target/debug");
 const OUT = path.resolve(ROOT, process.env.BROWSER_ARTIFACTS || "target/browser");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const MODE = process.env.MODE || "round-robin";
 // Updates to wait for before checking (more gives a fuller screenshot).
 const UPDATES = Math.max(5, Number(process.env.UPDATES) || 5);
@@ -27,30 +22,6 @@ const UPDATES = Math.max(5, Number(process.env.UPDATES) || 5);
 const LOAD_SECONDS = UPDATES + 10;
 const LOAD_MAX_REQUESTS = 20000;
 const LOAD_CONCURRENCY = 24;
-
-const children = [];
-process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")));
-
-/** Starts `bin` and resolves with the first stdout match of each regex in `patterns`. */
-function start(bin, args, patterns) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(path.join(BIN, bin), args, { stdio: ["ignore", "pipe", "inherit"] });
-    children.push(child);
-    const found = patterns.map(() => null);
-    const timer = setTimeout(() => reject(new Error(`${bin} did not start: ${found}`)), 20000);
-    child.on("exit", (code) => reject(new Error(`${bin} exited with ${code}`)));
-    readline.createInterface({ input: child.stdout }).on("line", (line) => {
-      patterns.forEach((re, i) => {
-        const m = !found[i] && line.match(re);
-        if (m) found[i] = m[1];
-      });
-      if (found.every(Boolean)) {
-        clearTimeout(timer);
-        resolve({ child, found });
-      }
-    });
-  });
-}
 
 /** Keeps LOAD_CONCURRENCY keep-alive requests in flight until stopped or a limit is hit. */
 function load(target) {
