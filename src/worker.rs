@@ -149,6 +149,8 @@ impl Worker {
             }
             self.proxy.redrive();
             self.proxy.expire();
+            // What the batch queued goes out: one write per connection.
+            self.proxy.flush();
             // One atomic load: a reload or an admin change published a new membership.
             let generation = self.shared.balancer.generation();
             if generation != self.generation {

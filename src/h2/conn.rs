@@ -2,7 +2,9 @@
 //! buffer, plus the bookkeeping shared by the receive (`recv.rs`) and send (`send.rs`)
 //! halves.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::time::Instant;
 
 use super::frame::{self, FrameType};
@@ -35,7 +37,9 @@ pub struct Connection {
     pub(super) limits: Limits,
     pub(super) peer: PeerSettings,
     pub(super) hpack: Hpack,
-    pub(super) streams: HashMap<StreamId, Stream>,
+    /// By id; Fx hashing: the ids are the peer's, but a stream map of at most
+    /// `max_concurrent_streams` live entries bounds what colliding ids could cost.
+    pub(super) streams: FxHashMap<StreamId, Stream>,
     /// Active (open or half-closed) streams opened by the peer, and by us.
     pub(super) active_remote: u32,
     pub(super) active_local: u32,
@@ -116,7 +120,7 @@ impl Connection {
             limits,
             peer: PeerSettings::default(),
             hpack: Hpack::new(settings.header_table_size as usize),
-            streams: HashMap::new(),
+            streams: FxHashMap::default(),
             active_remote: 0,
             active_local: 0,
             max_remote_id: 0,

@@ -47,8 +47,17 @@ pub(crate) struct Ctx {
     /// Upstream slots closed while handling the current event batch: later events of the
     /// batch for those tokens belong to the closed socket, not to a new one in the slot.
     pub closed_ups: Vec<usize>,
-    /// h2c connections with frames queued by the current step, flushed at its end.
+    /// h2c connections with frames queued in this event batch, flushed at its end.
     pub mux_dirty: Vec<usize>,
+    /// HTTP/2 clients with output queued in this event batch, written at its end.
+    pub h2_flush: Vec<usize>,
+    /// The end-of-batch flush runs: sessions write their output at once.
+    pub flushing: bool,
+    /// HTTP/2 streams (client, stream id) made due while their session was out of its
+    /// client for a step: marked when it is put back.
+    pub marks: Vec<(usize, crate::h2::StreamId)>,
+    /// Scratch: the owners of a broken h2c connection's streams.
+    pub broke: Vec<(usize, crate::h2::StreamId)>,
     /// Per-request CSV records go here (None: logging off).
     pub log: Option<LogSender>,
     /// This worker's latency histograms, handed to the aggregator once a second.
@@ -92,6 +101,10 @@ impl Ctx {
             tls_handshaking: 0,
             closed_ups: Vec::new(),
             mux_dirty: Vec::new(),
+            h2_flush: Vec::new(),
+            flushing: false,
+            marks: Vec::new(),
+            broke: Vec::new(),
             log,
             hists: WorkerHists::new(backends),
             budget: RetryBudget::new(shared.cfg.retry.budget, shared.cfg.retry.min_per_sec),

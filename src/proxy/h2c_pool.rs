@@ -66,6 +66,9 @@ pub(crate) struct MuxStream {
 pub(crate) struct Mux {
     pub conn: Connection,
     pub streams: Vec<MuxStream>,
+    /// Each of `streams`' (owner, owner's stream id, stream id), at the same index: the
+    /// lookups scan these 16 bytes per stream, not the whole streams.
+    keys: Vec<(usize, StreamId, StreamId)>,
     buf: Option<Buf>,
     /// Takes no new streams: GOAWAY received, broken, or draining.
     pub closed: bool,
@@ -82,15 +85,33 @@ impl Mux {
     }
 
     pub fn stream(&self, client: usize, front: StreamId) -> Option<usize> {
-        self.streams
-            .iter()
-            .position(|m| m.client == client && m.front == front)
+        self.keys.iter().position(|k| k.0 == client && k.1 == front)
+    }
+
+    fn add(&mut self, s: MuxStream) {
+        self.keys.push((s.client, s.front, s.sid));
+        self.streams.push(s);
+    }
+
+    fn opened(&mut self, k: usize, sid: StreamId) {
+        self.streams[k].sid = sid;
+        self.keys[k].2 = sid;
+    }
+
+    fn remove(&mut self, k: usize) -> MuxStream {
+        self.keys.swap_remove(k);
+        self.streams.swap_remove(k)
     }
 }
 
-/// The opened stream `sid` among `streams`.
-fn by_sid(streams: &mut [MuxStream], sid: StreamId) -> Option<&mut MuxStream> {
-    streams.iter_mut().find(|m| m.sid == sid && sid != 0)
+/// The opened stream `sid` among a connection's `streams`, by its `keys`.
+fn by_sid<'a>(
+    keys: &[(usize, StreamId, StreamId)],
+    streams: &'a mut [MuxStream],
+    sid: StreamId,
+) -> Option<&'a mut MuxStream> {
+    let k = keys.iter().position(|k| k.2 == sid && sid != 0)?;
+    Some(&mut streams[k])
 }
 
 /// The settings corelb announces to h2c backends.
@@ -133,7 +154,7 @@ impl Proxy {
         };
         let u = &mut self.ups[ui];
         let m = u.mux.as_mut().expect("a mux");
-        m.streams.push(MuxStream {
+        m.add(MuxStream {
             sid: 0,
             client: ci,
             front,
@@ -156,6 +177,7 @@ impl Proxy {
         let mux = Mux {
             conn: Connection::client(client_settings(), codec::Limits::default()),
             streams: Vec::new(),
+            keys: Vec::new(),
             buf: None,
             closed: false,
             single,
@@ -190,7 +212,7 @@ impl Proxy {
         }
         let sid = m.conn.open_stream().ok_or(())?;
         m.conn.send_headers(sid, fields, end).map_err(|_| ())?;
-        m.streams[k].sid = sid;
+        m.opened(k, sid);
         Ok(true)
     }
 
@@ -224,11 +246,18 @@ impl Proxy {
         self.wake(wake);
     }
 
-    /// Drives each client in `wake` once, then keeps the vector for the next event.
-    fn wake(&mut self, mut wake: Vec<usize>) {
+    /// Marks the HTTP/2 streams in `wake` due and drives each of their clients once, then
+    /// keeps the vector for the next event.
+    fn wake(&mut self, mut wake: Vec<(usize, StreamId)>) {
         wake.sort_unstable();
         wake.dedup();
-        for &ci in &wake {
+        for &(ci, front) in &wake {
+            if front != 0 {
+                self.h2_mark(ci, front);
+            }
+        }
+        wake.dedup_by_key(|w| w.0);
+        for &(ci, _) in &wake {
             if self.clients.contains(ci) {
                 // A panic in one client's work closes that client only.
                 self.contained(ci, |p| p.drive(ci));
@@ -238,7 +267,7 @@ impl Proxy {
         self.mux_wake = wake;
     }
 
-    fn mux_io(&mut self, ui: usize, wake: &mut Vec<usize>) {
+    fn mux_io(&mut self, ui: usize, wake: &mut Vec<(usize, StreamId)>) {
         let u = &mut self.ups[ui];
         if u.state == UpState::Connecting {
             match connect_result(u) {
@@ -252,11 +281,11 @@ impl Proxy {
                     self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
                     // Streams waiting for the connection can open now.
                     let m = u.mux.as_ref().expect("a mux");
-                    wake.extend(m.streams.iter().map(|s| s.client));
+                    wake.extend(m.streams.iter().map(|s| (s.client, s.front)));
                 }
                 Some(false) => {
                     let m = u.mux.as_ref().expect("a mux");
-                    wake.extend(m.streams.iter().map(|s| s.client));
+                    wake.extend(m.streams.iter().map(|s| (s.client, s.front)));
                     self.mux_broke(ui, Gone::Connect { timeout: false });
                     return;
                 }
@@ -267,7 +296,7 @@ impl Proxy {
         };
         if !self.mux_flush(ui) || lost {
             if let Some(m) = self.ups.get(ui).and_then(|u| u.mux.as_ref()) {
-                wake.extend(m.streams.iter().map(|s| s.client));
+                wake.extend(m.streams.iter().map(|s| (s.client, s.front)));
             }
             if lost {
                 self.mux_broke(ui, Gone::Lost);
@@ -277,7 +306,7 @@ impl Proxy {
 
     /// Reads and parses what the backend sent, filling the inboxes. Returns whether the
     /// connection is lost (EOF, error, connection error), or `None` if the slot is gone.
-    fn mux_read(&mut self, ui: usize, wake: &mut Vec<usize>) -> Option<bool> {
+    fn mux_read(&mut self, ui: usize, wake: &mut Vec<(usize, StreamId)>) -> Option<bool> {
         let u = self.ups.get_mut(ui)?;
         let m = u.mux.as_mut()?;
         let mut lost = false;
@@ -336,6 +365,7 @@ impl Proxy {
             return;
         };
         m.closed = true;
+        let mut owners = std::mem::take(&mut self.ctx.broke);
         for s in &mut m.streams {
             if s.gone.is_none() && !(s.end && s.head.is_some()) {
                 s.gone = Some(match why {
@@ -343,8 +373,18 @@ impl Proxy {
                     other => other,
                 });
             }
+            owners.push((s.client, s.front));
         }
         let empty = m.streams.is_empty();
+        // Their owners learn it at their next step: a step soon, whatever woke this.
+        for &(ci, front) in &owners {
+            if front != 0 {
+                self.h2_mark(ci, front);
+            }
+            self.ctx.again.push(ci);
+        }
+        owners.clear();
+        self.ctx.broke = owners;
         self.muxes[backend].retain(|&x| x != ui);
         if empty {
             self.mux_close(ui);
@@ -364,7 +404,7 @@ impl Proxy {
         let Some(k) = m.stream(ci, front) else {
             return;
         };
-        let mut s = m.streams.swap_remove(k);
+        let mut s = m.remove(k);
         if s.sid != 0 {
             if let Some(d) = s.data.as_ref() {
                 m.conn.release(s.sid, d.len());
@@ -413,7 +453,7 @@ impl Proxy {
             UpState::Connecting => {
                 let mut wake = std::mem::take(&mut self.mux_wake);
                 if let Some(m) = u.mux.as_ref() {
-                    wake.extend(m.streams.iter().map(|s| s.client));
+                    wake.extend(m.streams.iter().map(|s| (s.client, s.front)));
                 }
                 self.mux_broke(ui, Gone::Connect { timeout: true });
                 self.wake(wake);
@@ -487,7 +527,7 @@ impl Proxy {
 }
 
 /// Moves the codec's events into the inboxes, noting whose streams changed.
-fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
+fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<(usize, StreamId)>) {
     while let Some(ev) = m.conn.poll_event() {
         match ev {
             Event::Headers {
@@ -495,7 +535,7 @@ fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
                 fields,
                 end_stream,
             } => {
-                let Some(s) = by_sid(&mut m.streams, stream) else {
+                let Some(s) = by_sid(&m.keys, &mut m.streams, stream) else {
                     continue;
                 };
                 // 1xx heads are not forwarded (HTTP/2 clients of gRPC never need them).
@@ -507,12 +547,12 @@ fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
                 if fields.len() > crate::http::MAX_SECTION_FIELDS {
                     m.conn.reset(stream, ErrorCode::PROTOCOL_ERROR);
                     s.gone.get_or_insert(Gone::Reset(ErrorCode::PROTOCOL_ERROR));
-                    wake.push(s.client);
+                    wake.push((s.client, s.front));
                     continue;
                 }
                 s.head = Some(fields);
                 s.end |= end_stream;
-                wake.push(s.client);
+                wake.push((s.client, s.front));
             }
             Event::Data {
                 stream,
@@ -520,7 +560,7 @@ fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
                 end_stream,
             } => {
                 let n = data.len();
-                let Some(s) = by_sid(&mut m.streams, stream) else {
+                let Some(s) = by_sid(&m.keys, &mut m.streams, stream) else {
                     m.conn.release(stream, n);
                     continue;
                 };
@@ -528,17 +568,17 @@ fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
                     s.data.get_or_insert_with(|| ctx.bufs.get()).append(data);
                 }
                 s.end |= end_stream;
-                wake.push(s.client);
+                wake.push((s.client, s.front));
             }
             Event::Trailers { stream, fields } => {
-                if let Some(s) = by_sid(&mut m.streams, stream) {
+                if let Some(s) = by_sid(&m.keys, &mut m.streams, stream) {
                     s.trailers = Some(fields);
                     s.end = true;
-                    wake.push(s.client);
+                    wake.push((s.client, s.front));
                 }
             }
             Event::Reset { stream, code, .. } => {
-                if let Some(s) = by_sid(&mut m.streams, stream) {
+                if let Some(s) = by_sid(&m.keys, &mut m.streams, stream) {
                     if s.gone.is_none() {
                         s.gone = Some(if code == ErrorCode::REFUSED_STREAM {
                             Gone::Refused
@@ -546,7 +586,7 @@ fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
                             Gone::Reset(code)
                         });
                     }
-                    wake.push(s.client);
+                    wake.push((s.client, s.front));
                 }
             }
             Event::GoAway { last_stream_id, .. } => {
@@ -555,17 +595,17 @@ fn mux_events(m: &mut Mux, ctx: &mut Ctx, wake: &mut Vec<usize>) {
                     if s.gone.is_none() && (s.sid == 0 || s.sid > last_stream_id) {
                         s.gone = Some(Gone::Refused);
                     }
-                    wake.push(s.client);
+                    wake.push((s.client, s.front));
                 }
             }
             Event::WindowOpened { stream } => {
                 for s in &m.streams {
                     if stream == 0 || s.sid == stream {
-                        wake.push(s.client);
+                        wake.push((s.client, s.front));
                     }
                 }
             }
-            Event::Settings => wake.extend(m.streams.iter().map(|s| s.client)),
+            Event::Settings => wake.extend(m.streams.iter().map(|s| (s.client, s.front))),
             Event::PingAck { .. } => {}
         }
     }

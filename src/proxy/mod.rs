@@ -106,7 +106,7 @@ pub struct Proxy {
     /// HTTP/2 connections per h2c backend, busy or idle (`h2c_pool.rs`).
     muxes: Vec<Vec<usize>>,
     /// Scratch: clients to drive after an h2c connection's event.
-    mux_wake: Vec<usize>,
+    mux_wake: Vec<(usize, crate::h2::StreamId)>,
     /// The gauge values last added to `Shared`'s counters (see [`Proxy::publish_gauges`]).
     published: [u64; 4],
 }

@@ -217,7 +217,9 @@ impl Proxy {
         let ci = u.client;
         // h2 hook: a connection serving an HTTP/2 stream is driven by its session.
         if u.stream != 0 {
+            let id = u.stream;
             if self.clients.contains(ci) {
+                self.h2_mark(ci, id);
                 self.drive(ci);
             }
             return;

@@ -80,6 +80,7 @@ impl Proxy {
         match got {
             Some((ui, reused)) => {
                 let st = &mut s.streams[i];
+                st.due = true;
                 if !h2c {
                     self.ups[ui].stream = st.id;
                 }

@@ -88,6 +88,14 @@ pub(crate) struct H2Session {
     idle_at: u64,
     /// When the client's timer is armed for (0: not armed).
     armed: u64,
+    /// The next step steps every stream, not only the due ones: something they may all
+    /// wait on changed (the client's connection window or settings, room in the output,
+    /// a timer, a drain).
+    sweep: bool,
+    /// Some stream waits to be attached (`H2Stream::pending`).
+    attaching: bool,
+    /// In `Ctx::h2_flush`: its output goes out at the end of the event batch.
+    flush_queued: bool,
 }
 
 /// What an HTTP/2 session's own deadline waits for.
@@ -138,6 +146,9 @@ impl Proxy {
             ),
             idle_at: 0,
             armed: 0,
+            sweep: true,
+            attaching: false,
+            flush_queued: false,
         };
         debug!(
             "worker {}: HTTP/2 from {}",
@@ -166,6 +177,21 @@ impl Proxy {
         }
     }
 
+    /// Makes stream `id` of client `ci`'s session due: its upstream side changed. A
+    /// session out of its client for a step gets the mark when it is put back.
+    pub(super) fn h2_mark(&mut self, ci: usize, id: u32) {
+        match self.clients.get_mut(ci).map(|c| &mut c.phase) {
+            Some(Phase::H2(s)) => {
+                if let Some(i) = s.stream(id) {
+                    s.streams[i].due = true;
+                }
+            }
+            // Taken out for a step (the placeholder phase), or not HTTP/2 at all.
+            Some(Phase::Head) => self.ctx.marks.push((ci, id)),
+            _ => {}
+        }
+    }
+
     /// One step of an HTTP/2 session: the session is taken out of the client's phase for
     /// the step and put back unless the connection closed.
     pub(super) fn step_h2(&mut self, ci: usize) -> Step {
@@ -173,16 +199,65 @@ impl Proxy {
         let Phase::H2(mut s) = std::mem::replace(&mut c.phase, Phase::Head) else {
             return Step::Blocked;
         };
-        let step = self.h2_step(ci, &mut s);
+        let mut step = self.h2_step(ci, &mut s);
         if matches!(step, Step::Closed) {
             self.h2_teardown(ci, s);
             self.close_client(ci);
-        } else if let Some(c) = self.clients.get_mut(ci) {
-            c.phase = Phase::H2(s);
+        } else if self.clients.contains(ci) {
+            // Marks made while the session was out: its own streams step again at once.
+            if self.h2_take_marks(ci, &mut s) {
+                step = Step::Progress;
+            }
+            self.clients[ci].phase = Phase::H2(s);
         } else {
             self.h2_teardown(ci, s);
         }
         step
+    }
+
+    /// The end of an event batch: frames queued for h2c backends go out, one write per
+    /// connection, then the HTTP/2 sessions' output, one write per client.
+    pub fn flush(&mut self) {
+        while let Some(ui) = self.ctx.mux_dirty.pop() {
+            self.mux_flush(ui);
+        }
+        if self.ctx.h2_flush.is_empty() {
+            return;
+        }
+        let mut list = std::mem::take(&mut self.ctx.h2_flush);
+        self.ctx.flushing = true;
+        for &ci in &list {
+            if self.clients.contains(ci) {
+                self.contained(ci, |p| p.drive(ci));
+            }
+        }
+        self.ctx.flushing = false;
+        list.clear();
+        self.ctx.h2_flush = list;
+        // What those steps queued for backends.
+        while let Some(ui) = self.ctx.mux_dirty.pop() {
+            self.mux_flush(ui);
+        }
+    }
+
+    /// Applies the marks made for client `ci` while its session `s` was out; true if any.
+    pub(super) fn h2_take_marks(&mut self, ci: usize, s: &mut H2Session) -> bool {
+        if self.ctx.marks.is_empty() {
+            return false;
+        }
+        let mut any = false;
+        self.ctx.marks.retain(|&(c, id)| {
+            if c != ci {
+                // Another session's, put back since (or gone): nothing holds it out now.
+                return false;
+            }
+            if let Some(st) = s.streams.iter_mut().find(|st| st.id == id) {
+                st.due = true;
+                any = true;
+            }
+            false
+        });
+        any
     }
 
     fn h2_step(&mut self, ci: usize, s: &mut H2Session) -> Step {
@@ -230,26 +305,40 @@ impl Proxy {
         }
         progress |= self.h2_events(ci, s);
         progress |= self.h2_attach_pending(ci, s);
-        // Each stream's upstream leg.
+        // Each due stream's upstream leg (all of them after a sweep). A stream that moved
+        // stays due: its next step may move it further.
+        let sweep = std::mem::take(&mut s.sweep);
         let mut i = 0;
         while i < s.streams.len() {
+            if !(sweep || s.streams[i].due) {
+                i += 1;
+                continue;
+            }
+            s.streams[i].due = false;
             let (moved, gone) = self.h2_stream_step(ci, s, i);
             progress |= moved;
             if !gone {
+                s.streams[i].due |= moved;
                 i += 1;
             }
         }
-        // Frames queued for h2c backends go out once per step.
-        while let Some(ui) = self.ctx.mux_dirty.pop() {
-            self.mux_flush(ui);
-        }
-        // Codec bytes out to the client.
+        // Codec bytes out to the client: once per event batch (`Proxy::flush`), so the
+        // answers of every backend read in the batch share a write. Output that falls
+        // below the high mark lets the streams it held back move again.
         let c = &mut self.clients[ci];
-        if s.conn.wants_write() && c.io.writable {
+        if s.conn.wants_write() && c.io.writable && !self.ctx.flushing {
+            if !s.flush_queued {
+                s.flush_queued = true;
+                self.ctx.h2_flush.push(ci);
+            }
+        } else if s.conn.wants_write() && c.io.writable {
+            s.flush_queued = false;
+            let high = s.conn.pending_output().len() >= OUT_HIGH;
             match write2(&mut c.sock, s.conn.pending_output(), &[], &mut c.io) {
                 Ok(n) => {
                     s.conn.advance_output(n);
                     progress = true;
+                    s.sweep |= high && s.conn.pending_output().len() < OUT_HIGH;
                 }
                 Err(e) if would_block(&e) => {}
                 Err(_) => return Step::Closed,
@@ -310,6 +399,9 @@ impl Proxy {
     /// is drained, or after one more read, so that a RST_STREAM sent right behind the
     /// HEADERS (rapid reset) finds no backend connection opened. True if any attached.
     fn h2_attach_pending(&mut self, ci: usize, s: &mut H2Session) -> bool {
+        if !std::mem::take(&mut s.attaching) {
+            return false;
+        }
         let drained = !self.clients[ci].io.readable;
         let mut any = false;
         let mut i = 0;
@@ -325,6 +417,7 @@ impl Proxy {
                     }
                 } else {
                     st.waited = true;
+                    s.attaching = true;
                 }
             }
             i += 1;
@@ -355,6 +448,7 @@ impl Proxy {
                     let n = data.len();
                     match s.streams.iter_mut().find(|st| st.id == stream) {
                         Some(st) if st.wants_body() => {
+                            st.due = true;
                             st.take_data(&mut self.ctx, data, end_stream)
                         }
                         _ => s.conn.release(stream, n),
@@ -362,6 +456,7 @@ impl Proxy {
                 }
                 Event::Trailers { stream, fields } => {
                     if let Some(i) = s.stream(stream) {
+                        s.streams[i].due = true;
                         let dropped = s.streams[i].take_trailers(fields);
                         if dropped > 0 {
                             let c = &self.ctx.shared.counters;
@@ -379,10 +474,16 @@ impl Proxy {
                         self.h2_abort(ci, s, i, Blame::Client);
                     }
                 }
-                Event::GoAway { .. }
-                | Event::WindowOpened { .. }
-                | Event::Settings
-                | Event::PingAck { .. } => {}
+                Event::WindowOpened { stream } if stream != 0 => {
+                    if let Some(i) = s.stream(stream) {
+                        s.streams[i].due = true;
+                    }
+                }
+                // The connection's window or the client's settings: any stream may move.
+                Event::WindowOpened { .. } | Event::Settings | Event::GoAway { .. } => {
+                    s.sweep = true;
+                }
+                Event::PingAck { .. } => {}
             }
         }
         any
@@ -510,6 +611,7 @@ impl Proxy {
         st.pending = Some(backend);
         st.mux = shared.balancer.backend(backend).protocol == crate::config::Protocol::H2c;
         s.streams.push(st);
+        s.attaching = true;
     }
 
     /// Ends stream `i` before its response completed (client reset, connection gone):
@@ -559,6 +661,7 @@ impl Proxy {
             return;
         };
         s.armed = 0;
+        s.sweep = true;
         let now = self.ctx.now;
         let mut i = 0;
         while i < s.streams.len() {
@@ -672,6 +775,7 @@ impl Proxy {
         for (ci, c) in self.clients.iter_mut() {
             if let Phase::H2(s) = &mut c.phase {
                 s.conn.go_away_graceful();
+                s.sweep = true;
                 self.ctx.again.push(ci);
             }
         }

@@ -82,6 +82,9 @@ pub(super) struct H2Stream {
     pub grpc_status: Option<u32>,
     /// The backend's answer goes to the client as it is (no retry on UNAVAILABLE).
     pub(super) final_answer: bool,
+    /// The session's next step must step this stream: something it waits on changed
+    /// (a codec event, its upstream's, an attach), or it moved at its last step.
+    pub due: bool,
 }
 
 impl H2Stream {
@@ -132,6 +135,7 @@ impl H2Stream {
             waited: false,
             grpc_status: None,
             final_answer: false,
+            due: true,
         }
     }
 

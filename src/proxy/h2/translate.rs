@@ -247,14 +247,30 @@ pub(in crate::proxy) fn with_pairs<R>(
     extra: &[(&[u8], &[u8])],
     f: impl FnOnce(&[(&[u8], &[u8])]) -> R,
 ) -> (R, u64) {
-    let mut pairs: [(&[u8], &[u8]); MAX_PAIRS] = [(&[], &[]); MAX_PAIRS];
+    // Most sections are small: a short array is cheaper to set up than the bound's.
+    if fields.len() + extra.len() <= SHORT_PAIRS {
+        pairs_in::<SHORT_PAIRS, R>(fields, extra, f)
+    } else {
+        pairs_in::<MAX_PAIRS, R>(fields, extra, f)
+    }
+}
+
+/// Fields in a section most requests and responses fit in.
+const SHORT_PAIRS: usize = 24;
+
+fn pairs_in<const N: usize, R>(
+    fields: &Fields,
+    extra: &[(&[u8], &[u8])],
+    f: impl FnOnce(&[(&[u8], &[u8])]) -> R,
+) -> (R, u64) {
+    let mut pairs: [(&[u8], &[u8]); N] = [(&[], &[]); N];
     let mut n = 0;
     let mut dropped = 0;
     for (name, value) in fields.iter().chain(extra.iter().copied()) {
         if is_connection_specific(name) && name != b"te" {
             continue;
         }
-        if n == MAX_PAIRS {
+        if n == N {
             dropped += 1;
             continue;
         }
