@@ -7,6 +7,7 @@ its upstream connection and their buffers. Optionally the same against NGINX
 (`listen ... http2`) and HAProxy (`bind ... proto h2`) in front of the same backend.
 
     python3 bench/h2_memory.py [--connections 2000] [--mode slow|idle|both] [--compare]
+                               [--corelb-bin PATH]
 """
 
 import argparse
@@ -97,6 +98,7 @@ def main():
     ap.add_argument("--connections", type=int, default=2000)
     ap.add_argument("--mode", choices=["slow", "idle", "both"], default="both")
     ap.add_argument("--compare", action="store_true", help="also NGINX and HAProxy")
+    ap.add_argument("--corelb-bin", default=str(BIN / "corelb"), help="the corelb binary")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -113,7 +115,7 @@ def main():
                        f' "healthCheck": {{"enabled": false}}}}')
         targets = []
         port = free_port()
-        p = subprocess.Popen([str(BIN / "corelb"), "--config", str(cfg), "--listen", f"{HOST}:{port}",
+        p = subprocess.Popen([a.corelb_bin, "--config", str(cfg), "--listen", f"{HOST}:{port}",
                               "--workers", "1", "--log-csv", "off", "--admin", "off",
                               "--idle-timeout", "300s", "--upstream-timeout", "300s"],
                              stdout=subprocess.DEVNULL)

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 use std::time::Instant;
 
+use super::fields::Fields;
 use super::frame::{self, FrameType};
 use super::hpack::Hpack;
 use super::stream::{State, Stream};
@@ -31,6 +32,10 @@ pub(super) struct Continuation {
 }
 
 /// One HTTP/2 connection, either side. See the module documentation.
+/// Decoded sections a connection keeps for reuse, and the largest buffer it keeps.
+const SPARE_FIELDS: usize = 64;
+const SPARE_BYTES: usize = 8 * 1024;
+
 pub struct Connection {
     pub(super) server: bool,
     pub(super) settings: Settings,
@@ -74,6 +79,9 @@ pub struct Connection {
     /// last drained.
     pub(super) queued_control: u32,
     pub(super) scratch: Vec<u8>,
+    /// Decoded sections given back by the user ([`Connection::recycle`]), decoded into
+    /// again: a stream's head costs no allocation once the connection is warm.
+    pub(super) spare: Vec<Fields>,
 
     pub(super) events: VecDeque<Queued>,
     pub(super) data: Vec<u8>,
@@ -140,6 +148,7 @@ impl Connection {
             out_pos: 0,
             queued_control: 0,
             scratch: Vec::new(),
+            spare: Vec::new(),
             events: VecDeque::new(),
             data: Vec::new(),
             data_pos: 0,
@@ -283,13 +292,35 @@ impl Connection {
     /// Gives back the memory of the connection's buffers while it has no stream, no
     /// header block half received and nothing queued either way (an idle keep-alive
     /// connection); they grow again when the connection is next used.
-    pub fn trim(&mut self) {
+    /// Takes back a section this connection decoded (a head or trailers the user is done
+    /// with), to decode a later one into. Kept: a few, of modest size.
+    pub fn recycle(&mut self, mut fields: Fields) {
+        if self.spare.len() < SPARE_FIELDS && fields.capacity() <= SPARE_BYTES {
+            fields.clear();
+            self.spare.push(fields);
+        }
+    }
+
+    /// A section to decode into, with room for about `bytes` bytes.
+    pub(super) fn fresh_fields(&mut self, bytes: usize) -> Fields {
+        match self.spare.pop() {
+            Some(mut f) => {
+                f.reserve(bytes, 16);
+                f
+            }
+            None => Fields::with_capacity(bytes, 16),
+        }
+    }
+
+    /// Gives the buffers back while the connection is idle (no stream, nothing queued
+    /// either way); false if it is not.
+    pub fn trim(&mut self) -> bool {
         if !self.streams.is_empty()
             || self.wants_write()
             || !self.events.is_empty()
             || self.cont.is_some()
         {
-            return;
+            return false;
         }
         self.out = Vec::new();
         self.out_pos = 0;
@@ -297,8 +328,10 @@ impl Connection {
         self.data_pos = 0;
         self.block = Vec::new();
         self.scratch = Vec::new();
+        self.spare = Vec::new();
         self.events = VecDeque::new();
         self.streams.shrink_to_fit();
+        true
     }
 
     /// The application consumed `n` bytes of DATA received on `stream` (the stream may be

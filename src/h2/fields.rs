@@ -55,6 +55,17 @@ impl Fields {
         }
     }
 
+    /// Makes room for `bytes` more bytes and `fields` more fields.
+    pub fn reserve(&mut self, bytes: usize, fields: usize) {
+        self.buf.reserve(bytes);
+        self.idx.reserve(fields);
+    }
+
+    /// Bytes the section holds room for.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity() + self.idx.capacity() * std::mem::size_of::<(u32, u32, u32)>()
+    }
+
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
         let start = self.buf.len() as u32;
         self.buf.extend_from_slice(name);
@@ -138,15 +149,17 @@ impl Fields {
 /// Connection-specific fields an HTTP/2 message must not carry (§8.2.2); `te` is allowed
 /// only as `te: trailers`, checked separately.
 pub fn is_connection_specific(name: &[u8]) -> bool {
-    [
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-    ]
-    .iter()
-    .any(|c| name.eq_ignore_ascii_case(c))
+    // Their lengths first: most names are none of them.
+    matches!(name.len(), 7 | 10 | 16 | 17)
+        && [
+            &b"connection"[..],
+            b"keep-alive",
+            b"proxy-connection",
+            b"transfer-encoding",
+            b"upgrade",
+        ]
+        .iter()
+        .any(|c| name.eq_ignore_ascii_case(c))
 }
 
 fn parse_status(v: &[u8]) -> Option<u16> {

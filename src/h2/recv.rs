@@ -226,7 +226,7 @@ impl Connection {
         let id = cont.stream;
         let max_list = self.settings.max_header_list_size as usize;
         // A block decodes to a few times its size (Huffman, indexed fields).
-        let mut fields = Fields::with_capacity(block.len() * 3 + 64, 16);
+        let mut fields = self.fresh_fields(block.len() * 3 + 64);
         let too_large = match self.hpack.decode(block, max_list, &mut fields) {
             Err(()) => {
                 return Err(self.conn_error(ErrorCode::COMPRESSION_ERROR, "HPACK decoding failed"))

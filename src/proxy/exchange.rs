@@ -94,6 +94,8 @@ pub(crate) struct Exchange {
     pub started: Instant,
     /// When this attempt began (upstream latency).
     pub attempt: Instant,
+    /// An attempt has begun (`attempt` is then read from the clock at each new one).
+    pub attempted: bool,
     /// Microseconds from `attempt` to the response head (0 until it arrives).
     pub ttfb_us: u64,
     /// The log record, completed when the exchange ends.
@@ -151,6 +153,7 @@ impl Exchange {
             reused: false,
             started: now,
             attempt: now,
+            attempted: false,
             ttfb_us: 0,
             rec: s.rec,
             splice: Splicing::default(),
@@ -175,7 +178,11 @@ impl Exchange {
         self.got_bytes = false;
         self.status = 0;
         self.ttfb_us = 0;
-        self.attempt = Instant::now();
+        // The first attempt starts with the exchange (one clock read less per request).
+        if self.attempted {
+            self.attempt = Instant::now();
+        }
+        self.attempted = true;
     }
 
     /// Head bytes still to write.

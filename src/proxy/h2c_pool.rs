@@ -84,6 +84,21 @@ impl Mux {
         !self.closed && !self.conn.is_closing() && (self.streams.len() as u32) < limit
     }
 
+    /// As [`Mux::stream`], trying index `hint` first (where the stream was last found;
+    /// it moves only when a stream before it leaves), and updating it.
+    pub fn stream_at(&self, client: usize, front: StreamId, hint: &mut usize) -> Option<usize> {
+        if self
+            .keys
+            .get(*hint)
+            .is_some_and(|k| k.0 == client && k.1 == front)
+        {
+            return Some(*hint);
+        }
+        let k = self.stream(client, front)?;
+        *hint = k;
+        Some(k)
+    }
+
     pub fn stream(&self, client: usize, front: StreamId) -> Option<usize> {
         self.keys.iter().position(|k| k.0 == client && k.1 == front)
     }
@@ -249,14 +264,17 @@ impl Proxy {
     /// Marks the HTTP/2 streams in `wake` due and drives each of their clients once, then
     /// keeps the vector for the next event.
     fn wake(&mut self, mut wake: Vec<(usize, StreamId)>) {
-        wake.sort_unstable();
-        wake.dedup();
         for &(ci, front) in &wake {
             if front != 0 {
                 self.h2_mark(ci, front);
             }
         }
+        // Each client once: runs of one client are common, so those go before the sort.
         wake.dedup_by_key(|w| w.0);
+        if wake.len() > 1 {
+            wake.sort_unstable_by_key(|w| w.0);
+            wake.dedup_by_key(|w| w.0);
+        }
         for &(ci, _) in &wake {
             if self.clients.contains(ci) {
                 // A panic in one client's work closes that client only.

@@ -110,7 +110,7 @@ impl Proxy {
                 }
                 h2c_leg::reply(s, st.id, st.grpc, 502, st.req_end, "backend unreachable");
                 st.ex.up = NONE;
-                st.recycle(&mut self.ctx);
+                st.recycle(&mut self.ctx, &mut s.conn);
                 false
             }
         }
@@ -539,7 +539,7 @@ impl Proxy {
         self.h2_account(backend, &mut st, status, Outcome::Failure);
         s.conn.release(st.id, st.unreleased);
         h2c_leg::reply(s, st.id, st.grpc, status, st.req_end, why.reason());
-        st.recycle(&mut self.ctx);
+        st.recycle(&mut self.ctx, &mut s.conn);
         (true, true)
     }
 
@@ -605,7 +605,7 @@ impl Proxy {
             // The response is complete before the request: the client may stop sending.
             s.conn.reset(st.id, ErrorCode::NO_ERROR);
         }
-        st.recycle(&mut self.ctx);
+        st.recycle(&mut self.ctx, &mut s.conn);
     }
 
     /// Upstream deadline of a connection serving an HTTP/2 stream.

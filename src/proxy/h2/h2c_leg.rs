@@ -116,7 +116,7 @@ impl Proxy {
             return Ok(moved);
         }
         let m = self.ups[ui].mux.as_mut().expect("a mux");
-        let sid = m.streams[m.stream(ci, st.id).expect("registered")].sid;
+        let sid = m.streams[m.stream_at(ci, st.id, &mut st.mk).expect("registered")].sid;
         if let Some(body) = st.body.as_mut() {
             let from = (st.sent - st.base) as usize;
             let pending = &body.bytes()[from..];
@@ -152,7 +152,11 @@ impl Proxy {
             .is_none_or(|b| b.len() as u64 == st.sent - st.base);
         if st.req_end && all_sent && !st.up_end {
             let (r, dropped) = match st.req_trailers.take() {
-                Some(t) => translate::with_pairs(&t, &[], |p| m.conn.send_trailers(sid, p)),
+                Some(t) => {
+                    let sent = translate::with_pairs(&t, &[], |p| m.conn.send_trailers(sid, p));
+                    conn.recycle(t);
+                    sent
+                }
                 None => (m.conn.send_data(sid, &[], true).map(|_| ()), 0),
             };
             self.ctx.count_trailers_dropped(dropped);
@@ -174,7 +178,7 @@ impl Proxy {
         let st = &mut streams[i];
         let ui = st.ex.up;
         let m = self.ups[ui].mux.as_mut().expect("a mux");
-        let Some(k) = m.stream(ci, st.id) else {
+        let Some(k) = m.stream_at(ci, st.id, &mut st.mk) else {
             return LegStep::Failed(Gone::Lost);
         };
         let ms = &mut m.streams[k];
@@ -204,6 +208,7 @@ impl Proxy {
             }
             // Fits: the mux refused response heads over http::MAX_SECTION_FIELDS.
             let _ = translate::with_pairs(&head, &[], |p| conn.send_headers(st.id, p, end));
+            m.conn.recycle(head);
             st.head_sent = true;
             st.end_sent = end;
             st.ex.status = status;
@@ -260,6 +265,7 @@ impl Proxy {
                     let (_, dropped) =
                         translate::with_pairs(&t, &[], |p| conn.send_trailers(st.id, p));
                     self.ctx.count_trailers_dropped(dropped);
+                    m.conn.recycle(t);
                 }
                 None => {
                     let _ = conn.send_data(st.id, &[], true);
@@ -300,7 +306,7 @@ impl Proxy {
             // The response is complete before the request: the client may stop sending.
             s.conn.reset(st.id, ErrorCode::NO_ERROR);
         }
-        st.recycle(&mut self.ctx);
+        st.recycle(&mut self.ctx, &mut s.conn);
     }
 
     /// How a finished stream counts for its backend: a 5xx is a server error; a gRPC

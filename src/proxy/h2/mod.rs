@@ -96,7 +96,18 @@ pub(crate) struct H2Session {
     attaching: bool,
     /// In `Ctx::h2_flush`: its output goes out at the end of the event batch.
     flush_queued: bool,
+    /// Worker-clock ms: without streams until then, the codec gives its buffers back
+    /// (0: streams are open; `u64::MAX`: given back).
+    trim_at: u64,
+    /// Streams opened since the codec's buffers were last given back.
+    opened: u32,
 }
+
+/// How long a busy session (at least [`BUSY_STREAMS`] streams since its buffers were last
+/// given back) stays without streams before its codec's buffers are given back; others
+/// give them back at once.
+const TRIM_AFTER_MS: u64 = 500;
+const BUSY_STREAMS: u32 = 16;
 
 /// What an HTTP/2 session's own deadline waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +160,8 @@ impl Proxy {
             sweep: true,
             attaching: false,
             flush_queued: false,
+            trim_at: 0,
+            opened: 0,
         };
         debug!(
             "worker {}: HTTP/2 from {}",
@@ -166,7 +179,8 @@ impl Proxy {
             .streams
             .iter()
             .flat_map(|st| [st.deadline, st.call_deadline, st.stall_at])
-            .chain([s.idle_at])
+            .chain([s.idle_at, s.trim_at])
+            .filter(|&t| t != u64::MAX)
             .filter(|&t| t != 0)
             .min()
             .unwrap_or(0);
@@ -348,9 +362,21 @@ impl Proxy {
         if (s.closing || s.conn.is_finished()) && !s.conn.wants_write() {
             return Step::Closed;
         }
-        if s.streams.is_empty() {
-            // Idle: the codec's buffers go back too (an idle connection costs little).
-            s.conn.trim();
+        // Idle: the codec's buffers go back too (an idle connection costs little). A busy
+        // connection is often between two requests: it keeps them a while first.
+        if !s.streams.is_empty() {
+            s.trim_at = 0;
+        } else if s.trim_at == 0 && s.opened >= BUSY_STREAMS {
+            s.trim_at = self.ctx.now + TRIM_AFTER_MS;
+        } else if s.trim_at != u64::MAX && self.ctx.now >= s.trim_at {
+            // Not while output or a header block is still pending: tried again at the next
+            // step (a busy session: at its next deadline).
+            if s.conn.trim() {
+                s.trim_at = u64::MAX;
+                s.opened = 0;
+            } else if s.trim_at != 0 {
+                s.trim_at = self.ctx.now + TRIM_AFTER_MS;
+            }
         }
         // The client's deadline: the send timeout while its socket takes no bytes or its
         // connection window stays shut on pending responses; the idle timeout while nothing
@@ -612,6 +638,7 @@ impl Proxy {
         st.mux = shared.balancer.backend(backend).protocol == crate::config::Protocol::H2c;
         s.streams.push(st);
         s.attaching = true;
+        s.opened = s.opened.saturating_add(1);
     }
 
     /// Ends stream `i` before its response completed (client reset, connection gone):
@@ -641,7 +668,7 @@ impl Proxy {
                 }
             }
         }
-        st.recycle(&mut self.ctx);
+        st.recycle(&mut self.ctx, &mut s.conn);
     }
 
     /// The session ends: its streams' exchanges are aborted (the client's doing).
@@ -742,7 +769,7 @@ impl Proxy {
         if !st.req_end {
             s.conn.reset(st.id, ErrorCode::NO_ERROR);
         }
-        st.recycle(&mut self.ctx);
+        st.recycle(&mut self.ctx, &mut s.conn);
     }
 
     /// `close_client` hook: a session still in the client's phase ends with it.

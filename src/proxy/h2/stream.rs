@@ -85,6 +85,8 @@ pub(super) struct H2Stream {
     /// The session's next step must step this stream: something it waits on changed
     /// (a codec event, its upstream's, an attach), or it moved at its last step.
     pub due: bool,
+    /// h2c leg: where the stream was last found among its connection's streams.
+    pub(super) mk: usize,
 }
 
 impl H2Stream {
@@ -136,6 +138,7 @@ impl H2Stream {
             grpc_status: None,
             final_answer: false,
             due: true,
+            mk: 0,
         }
     }
 
@@ -213,7 +216,10 @@ impl H2Stream {
         self.up_armed = true;
     }
 
-    pub fn recycle(mut self, ctx: &mut Ctx) {
+    /// Gives back what the stream held: buffers to the worker's pool, its exchange's box,
+    /// and its request head to the session's codec (decoded into again).
+    pub fn recycle(mut self, ctx: &mut Ctx, conn: &mut Connection) {
+        conn.recycle(std::mem::take(&mut self.fields));
         ctx.bufs.release(&mut self.body);
         ctx.recycle(self.ex);
     }
