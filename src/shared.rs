@@ -20,6 +20,9 @@ pub struct Counters {
     pub rejected: AtomicU64,
     /// Requests tried again on another server (or on a fresh connection).
     pub retries: AtomicU64,
+    /// Of those, the ones only a retry policy allowed (the request may have been
+    /// processed: `retryPolicy`, `--retry-on`).
+    pub policy_retries: AtomicU64,
     pub active_clients: AtomicU64,
     /// Exchanges the client gave up on before the response was complete.
     pub client_aborts: AtomicU64,

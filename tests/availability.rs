@@ -434,3 +434,87 @@ fn a_bodyless_post_written_whole_is_not_replayed() {
     assert_eq!(r.status, 502);
     assert_eq!(m1.requests.load(SeqCst) + m2.requests.load(SeqCst), 1);
 }
+
+/// `C`, which reads every request and drops the connection, and `G`, which answers
+/// "done", behind a proxy (config `extra`) with no health checks, no ejection and its
+/// admin API on.
+fn closer_and_good(extra: &str) -> (MiniServer, MiniServer, Proxy) {
+    let closer = MiniServer::start(|_, _, _| Act::Close);
+    let good = MiniServer::start(|_, _, _| Act::Reply("done"));
+    let servers = [
+        server_json("C", closer.port(), 0),
+        server_json("G", good.port(), 0),
+    ];
+    let args = [
+        "--workers",
+        "1",
+        "--health-check",
+        "off",
+        "--eject-after",
+        "0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    let p = Proxy::with_config(&config(&servers, extra), &args);
+    (closer, good, p)
+}
+
+/// A request without a body that two servers treat differently: `C` reads it and drops
+/// the connection (it may have been processed), `G` answers it.
+const CANCEL: &[u8] =
+    b"POST /jobs/7/cancel HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+#[test]
+fn a_retry_policy_replays_a_dropped_post_it_covers_and_nothing_else() {
+    let policy =
+        r#", "retryPolicy": {"maxAttempts": 2, "retryOn": ["reset"], "methods": ["POST"]}"#;
+    let (closer, good, p) = closer_and_good(policy);
+    for _ in 0..6 {
+        let r = raw(p.addr, CANCEL).unwrap();
+        assert_eq!((r.status, r.text()), (200, "done".to_string()));
+    }
+    // Round robin gives C first attempts (each retry's pick moves it on too); each one
+    // C dropped went to G once, and only once.
+    let dropped = closer.requests.load(SeqCst);
+    assert!(dropped >= 3, "C saw {dropped}");
+    assert_eq!(good.requests.load(SeqCst), 6);
+    assert_eq!(stat(&p, "policy_retries"), dropped as u64);
+    // A PATCH (not idempotent) the policy does not cover meets the same failure: sent
+    // once, answered 502.
+    let (c0, g0) = (closer.requests.load(SeqCst), good.requests.load(SeqCst));
+    let mut bad = 0;
+    for _ in 0..4 {
+        let r = raw(
+            p.addr,
+            b"PATCH /jobs/7 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        bad += usize::from(r.status == 502);
+    }
+    let (c1, g1) = (closer.requests.load(SeqCst), good.requests.load(SeqCst));
+    assert_eq!(
+        (c1 - c0) + (g1 - g0),
+        4,
+        "each PATCH reached one server once"
+    );
+    assert!(c1 > c0, "C saw some");
+    assert_eq!(bad, c1 - c0, "the ones C dropped were answered 502");
+    assert_eq!(stat(&p, "policy_retries"), dropped as u64);
+}
+
+#[test]
+fn without_a_retry_policy_a_dropped_post_is_never_sent_twice() {
+    let (closer, good, p) = closer_and_good("");
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| raw(p.addr, CANCEL).unwrap().status)
+        .collect();
+    let (c, g) = (closer.requests.load(SeqCst), good.requests.load(SeqCst));
+    assert_eq!(
+        c + g,
+        6,
+        "every POST reached exactly one server once: {statuses:?}"
+    );
+    assert!(c > 0, "C saw some");
+    assert_eq!(statuses.iter().filter(|&&s| s == 502).count(), c);
+    assert_eq!(stat(&p, "policy_retries"), 0);
+}

@@ -271,3 +271,55 @@ fn check_validates_without_binding() {
     assert!(err.contains("command line: --tunnel-timeout:"), "{err}");
     drop(taken);
 }
+
+#[test]
+fn a_bad_retry_policy_is_one_line_naming_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = r#""servers": [{"name": "A", "address": "127.0.0.1", "port": 8081}]"#;
+    let cases = [
+        (
+            r#"{"retryOn": ["reset", "teapot"]}"#,
+            "retryPolicy.retryOn: unknown condition \"teapot\": expected connect-failure, \
+             refused-stream, reset, unavailable, resource-exhausted",
+        ),
+        (
+            r#"{"retryOn": ["reset"], "maxAttempts": 9}"#,
+            "retryPolicy.maxAttempts: expected a whole number from 2 to 5, got 9",
+        ),
+        (
+            r#"{"retryOn": ["reset"], "perTryTimeout": "200ms"}"#,
+            "retryPolicy.perTryTimeout: not supported yet: corelb retries at once, on another \
+             server",
+        ),
+        (
+            r#"{"retryOn": ["reset"], "methods": ["get"]}"#,
+            "retryPolicy.methods[0]: \"get\": expected a method (GET) or a path \
+             (/pkg.Service/Method, /pkg.Service/*)",
+        ),
+        (r#"{"maxAttempts": 2}"#, "retryPolicy.retryOn: missing"),
+    ];
+    for (i, (policy, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("p{i}.json"));
+        std::fs::write(&path, format!(r#"{{{server}, "retryPolicy": {policy}}}"#)).unwrap();
+        let p = path.to_str().unwrap();
+        let (code, err) = run_with(&["--config", p, "--check"], &[]);
+        assert_eq!(code, Some(2), "{policy}: {err}");
+        assert_eq!(err.trim_end(), format!("corelb: {p}: {want}"), "{policy}");
+    }
+    // A good one passes the check; a bad --retry-on beside it does not.
+    let path = dir.path().join("good.json");
+    let policy = r#"{"maxAttempts": 3, "retryOn": ["reset", "unavailable"], "methods": ["POST", "/tts.TTS/*"]}"#;
+    std::fs::write(&path, format!(r#"{{{server}, "retryPolicy": {policy}}}"#)).unwrap();
+    let good = path.to_str().unwrap();
+    let (code, err) = run_with(&["--config", good, "--check"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run_with(
+        &["--config", good, "--check", "--retry-on", "sometimes"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--retry-on: unknown condition \"sometimes\""),
+        "{err}"
+    );
+}

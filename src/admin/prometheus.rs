@@ -147,7 +147,7 @@ fn process(o: &mut String, s: &Stats) {
 /// Totals counted since start.
 fn counters(o: &mut String, s: &Stats) {
     let t = &s.totals;
-    let counters: [(&str, &str, u64); 17] = [
+    let counters: [(&str, &str, u64); 18] = [
         (
             "corelb_tunnels_total",
             "Upgraded connections opened.",
@@ -182,6 +182,11 @@ fn counters(o: &mut String, s: &Stats) {
             "corelb_retries_total",
             "Requests tried again on another server or a fresh connection.",
             t.retries,
+        ),
+        (
+            "corelb_policy_retries_total",
+            "Retries only the retry policy allowed: the request may have been processed.",
+            t.policy_retries,
         ),
         (
             "corelb_client_aborts_total",

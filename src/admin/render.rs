@@ -65,6 +65,8 @@ pub struct Totals {
     pub upstream_connects: u64,
     pub rejected: u64,
     pub retries: u64,
+    /// Of those, the ones only the retry policy allowed.
+    pub policy_retries: u64,
     /// Exchanges the client gave up on before the response was complete (logged as 499).
     pub client_aborts: u64,
     /// Trailer fields dropped where HTTP/1.1 could not carry them.
@@ -352,6 +354,7 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             upstream_connects: c.upstream_connects.load(Relaxed),
             rejected: c.rejected.load(Relaxed),
             retries: c.retries.load(Relaxed),
+            policy_retries: c.policy_retries.load(Relaxed),
             client_aborts: c.client_aborts.load(Relaxed),
             trailers_dropped: c.trailers_dropped.load(Relaxed),
             panics: c.panics.load(Relaxed),
@@ -440,6 +443,7 @@ pub(super) fn sample() -> Stats {
             upstream_connects: 2,
             rejected: 0,
             retries: 1,
+            policy_retries: 0,
             client_aborts: 0,
             trailers_dropped: 0,
             panics: 0,

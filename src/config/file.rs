@@ -88,6 +88,7 @@ struct File {
     health_check: Entry<HealthCheck>,
     outlier_detection: Entry<OutlierDetection>,
     retries: Entry<Retries>,
+    retry_policy: Scalar,
     admin: Scalar,
     routing: Entry<Routing>,
     max_servers: Scalar,
@@ -326,6 +327,7 @@ impl File {
         top.put(Key::MaxServers, self.max_servers, "maxServers");
         top.put(Key::DnsRefresh, self.dns_refresh, "dnsRefresh");
         top.put(Key::Resolver, self.resolver, "resolver");
+        top.put(Key::RetryPolicy, self.retry_policy, "retryPolicy");
         if let Some(t) = self.timeouts.0 {
             let mut c = Collect {
                 layer: &mut layer,

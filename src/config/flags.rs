@@ -167,6 +167,11 @@ pub struct Args {
     /// Retries may add at most this percentage of requests (default 20).
     #[arg(long, value_name = "PCT", value_parser = checked(&rules::PERCENT))]
     pub retry_budget: Option<String>,
+    /// Opt in to replaying requests that may have been processed, after these failures:
+    /// reset, unavailable, resource-exhausted, connect-failure, refused-stream (comma
+    /// separated), or off. Covers the file's retryPolicy.methods, else every request.
+    #[arg(long, value_name = "LIST")]
+    pub retry_on: Option<String>,
     /// Admin API and live dashboard: HOST:PORT, PORT, or off. Default 127.0.0.1:5002.
     #[arg(long, value_name = "ADDR|off")]
     pub admin: Option<String>,
@@ -357,6 +362,7 @@ impl Args {
                 self.retry_budget.as_ref(),
                 "--retry-budget",
             ),
+            (Key::RetryOn, self.retry_on.as_ref(), "--retry-on"),
             (Key::Admin, self.admin.as_ref(), "--admin"),
             (Key::MaxServers, self.max_servers.as_ref(), "--max-servers"),
             (Key::DnsRefresh, self.dns_refresh.as_ref(), "--dns-refresh"),

@@ -14,6 +14,7 @@
 
 mod file;
 pub mod flags;
+mod policy;
 mod restart;
 mod tls;
 pub mod types;
@@ -564,6 +565,7 @@ fn retry(v: &Layer) -> Result<RetrySettings, ConfigError> {
         budget: v
             .get(Key::RetryBudget, &value::PERCENT)?
             .map_or(d.budget, |p| p / 100.0),
+        policy: policy::retry_policy(v)?,
         ..d
     })
 }

@@ -672,6 +672,8 @@ pub struct RetrySettings {
     /// Retries may add at most this fraction of requests (0.2 = 20%).
     pub budget: f64,
     pub min_per_sec: f64,
+    /// Replays the user opted in to (`retryPolicy`, `--retry-on`): none by default.
+    pub policy: Option<RetryPolicy>,
 }
 
 impl Default for RetrySettings {
@@ -680,7 +682,67 @@ impl Default for RetrySettings {
             count: DEFAULT_RETRIES,
             budget: DEFAULT_RETRY_BUDGET,
             min_per_sec: DEFAULT_RETRY_MIN_PER_SEC,
+            policy: None,
         }
+    }
+}
+
+/// The failures a retry policy replays a request after, beyond the safe ones corelb always
+/// retries (a bit set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn(u8);
+
+impl RetryOn {
+    /// The connection to the backend could not be made (always retried anyway).
+    pub const CONNECT: RetryOn = RetryOn(1);
+    /// The backend refused the stream unprocessed (always retried anyway).
+    pub const REFUSED: RetryOn = RetryOn(2);
+    /// The connection or stream broke after the request went out: it may have been
+    /// processed.
+    pub const RESET: RetryOn = RetryOn(4);
+    /// gRPC UNAVAILABLE: a Trailers-Only answer, or a call whose connection broke (what a
+    /// gRPC client sees as UNAVAILABLE).
+    pub const UNAVAILABLE: RetryOn = RetryOn(8);
+    /// gRPC RESOURCE_EXHAUSTED as a Trailers-Only answer.
+    pub const RESOURCE_EXHAUSTED: RetryOn = RetryOn(16);
+
+    pub fn with(self, other: RetryOn) -> RetryOn {
+        RetryOn(self.0 | other.0)
+    }
+
+    pub fn has(self, c: RetryOn) -> bool {
+        self.0 & c.0 != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// A retry policy: requests it covers may be replayed after its conditions, even when
+/// they may have been processed (a POST whose connection broke after it went out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included (2..=5).
+    pub max_attempts: u32,
+    pub on: RetryOn,
+    /// Methods (`GET`) and paths (`/pkg.Service/Method`, `/pkg.Service/*`) it covers;
+    /// empty: every request.
+    pub methods: Vec<String>,
+}
+
+impl RetryPolicy {
+    /// Does the policy cover a request with this method and path?
+    pub fn covers(&self, method: &[u8], path: &[u8]) -> bool {
+        self.methods.is_empty()
+            || self.methods.iter().any(|m| {
+                let m = m.as_bytes();
+                match m.strip_suffix(b"*") {
+                    Some(prefix) if m.first() == Some(&b'/') => path.starts_with(prefix),
+                    _ if m.first() == Some(&b'/') => path == m,
+                    _ => method == m,
+                }
+            })
     }
 }
 

@@ -416,6 +416,10 @@ pub(crate) enum Key {
     EjectGrpcStatuses,
     Retries,
     RetryBudget,
+    /// `retryPolicy`: the whole object, checked by `config/policy.rs`.
+    RetryPolicy,
+    /// `--retry-on`: the policy's conditions.
+    RetryOn,
     Admin,
     SmaWindow,
     EwmaAlpha,

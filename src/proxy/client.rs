@@ -289,6 +289,9 @@ impl Proxy {
         let b = shared.balancer.backend(backend);
         self.ctx.count_request();
         let proto = self.ctx.forwarded_proto(&self.clients[ci].sock);
+        let retry_on = self
+            .ctx
+            .retry_on(req.method_str().as_bytes(), req.path().as_bytes(), false);
         let scratch = &mut self.ctx.scratch;
         scratch.clear();
         req.write_upstream(
@@ -308,6 +311,7 @@ impl Proxy {
             req.upgrade,
         );
         let h2c = H2cLeg::request(req.te_trailers, req.body == BodyKind::Chunked);
+
         // The read that brought the head filled the buffer: the body is arriving fast, so
         // its next read may take a larger buffer (buffer.rs, bulk growth).
         let filled = buf.space().is_empty();
@@ -333,6 +337,7 @@ impl Proxy {
         });
         ex.h2c = h2c;
         ex.req_hot = filled;
+        ex.retry_on = retry_on;
         self.ctx.budget.deposit();
         let c = &mut self.clients[ci];
         c.phase = Phase::Proxy(ex);

@@ -10,6 +10,7 @@ use mio::Registry;
 
 use crate::access_log::{LogSender, Record};
 use crate::buffer::BufPool;
+use crate::config::types::RetryOn;
 use crate::health::Outcome;
 use crate::http::Canned;
 use crate::metrics::WorkerHists;
@@ -278,13 +279,20 @@ impl Ctx {
         old: usize,
         why: Failure,
     ) -> Option<(usize, bool)> {
-        match decide::replay(&ex.attempt_facts(), why, self.shared.cfg.retry.count) {
+        let retry = &self.shared.cfg.retry;
+        let policy_retries = retry.policy.as_ref().map_or(0, |p| p.max_attempts - 1);
+        let replay = decide::replay(&ex.attempt_facts(), why, retry.count, policy_retries);
+        match replay {
             Replay::No => return None,
             Replay::Fresh => return Some((old, true)),
-            Replay::Elsewhere => {}
+            Replay::Elsewhere | Replay::Policy => {}
         }
         if !self.budget.withdraw(self.now) {
             return None;
+        }
+        if replay == Replay::Policy {
+            let c = &self.shared.counters;
+            c.policy_retries.fetch_add(1, Relaxed);
         }
         let mut tried = ex.tried;
         tried.insert(old);
@@ -298,6 +306,21 @@ impl Ctx {
         }
         // Not processed: the same server may take it on another connection.
         (why == Failure::Refused).then_some((old, true))
+    }
+
+    /// What the retry policy replays a request with this method and path after, if it
+    /// covers it (a gRPC call's broken connection is its UNAVAILABLE).
+    pub fn retry_on(&self, method: &[u8], path: &[u8], grpc: bool) -> RetryOn {
+        match &self.shared.cfg.retry.policy {
+            Some(p) if p.covers(method, path) => {
+                if grpc && p.on.has(RetryOn::UNAVAILABLE) {
+                    p.on.with(RetryOn::RESET)
+                } else {
+                    p.on
+                }
+            }
+            _ => RetryOn::default(),
+        }
     }
 
     /// Accounts a failed attempt that is retried: the backend's stats and health only

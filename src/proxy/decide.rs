@@ -2,6 +2,7 @@
 //! may a request be replayed and where, may an upstream connection go back to the pool,
 //! and which deadlines apply to an exchange now.
 
+use crate::config::types::RetryOn;
 use crate::http::{self, Canned, Method};
 
 /// Why an exchange failed on the upstream side.
@@ -58,6 +59,8 @@ pub(crate) struct Attempt {
     pub stale_retried: bool,
     /// Retries made so far.
     pub retries: u8,
+    /// The failures a retry policy covering this request replays it after.
+    pub opted: RetryOn,
 }
 
 /// Where a failed attempt may go next.
@@ -70,6 +73,9 @@ pub(crate) enum Replay {
     Fresh,
     /// Another server, if the retry budget allows.
     Elsewhere,
+    /// Another server, as [`Replay::Elsewhere`], only because the user's retry policy
+    /// says so (the request may have been processed).
+    Policy,
 }
 
 /// May the request be tried again after `why`? Only what is safe: nothing reached the
@@ -78,20 +84,28 @@ pub(crate) enum Replay {
 /// mid-head is retried too). A non-idempotent request that was written whole may have been
 /// processed: it is replayed only if the connection never came up or broke before it was
 /// all sent.
-pub(crate) fn replay(a: &Attempt, why: Failure, max_retries: u32) -> Replay {
+///
+/// A retry policy the user opted in to (`a.opted`) adds what may have been processed: a
+/// request whose connection or stream broke after it went out (`reset`), up to
+/// `policy_retries` retries. Its body must still be held whole all the same.
+pub(crate) fn replay(a: &Attempt, why: Failure, max_retries: u32, policy_retries: u32) -> Replay {
     if !a.head_kept || a.body_sent > 0 || a.answered {
         return Replay::No;
     }
-    let allowed = match why {
+    let safe = match why {
         Failure::Connect | Failure::ConnectTimeout | Failure::Refused => true,
         Failure::Reset if !a.got_bytes => a.method.idempotent() || !a.head_written,
         Failure::Reset | Failure::Timeout => a.method.idempotent(),
         Failure::BadResponse(_) => false,
     };
-    if !allowed {
+    let opted = why == Failure::Reset && a.opted.has(RetryOn::RESET);
+    if !safe && !opted {
         return Replay::No;
     }
-    if a.reused && !a.got_bytes && why == Failure::Reset {
+    let max_retries = if safe { max_retries } else { policy_retries };
+    // Only a safe replay takes the keep-alive race for what it is (a replay the policy
+    // allowed goes elsewhere: the connection may have died with its server).
+    if safe && a.reused && !a.got_bytes && why == Failure::Reset {
         return if a.stale_retried {
             Replay::No
         } else {
@@ -101,7 +115,11 @@ pub(crate) fn replay(a: &Attempt, why: Failure, max_retries: u32) -> Replay {
     if u32::from(a.retries) >= max_retries {
         return Replay::No;
     }
-    Replay::Elsewhere
+    if safe {
+        Replay::Elsewhere
+    } else {
+        Replay::Policy
+    }
 }
 
 /// Backends a request already failed on; a retry never returns there. Retries are bounded
@@ -219,6 +237,7 @@ mod tests {
             reused: false,
             stale_retried: false,
             retries: 0,
+            opted: RetryOn::default(),
         }
     }
 
@@ -226,7 +245,7 @@ mod tests {
     fn connect_failures_are_retried_for_every_method() {
         for m in [Method::Get, Method::Post] {
             for why in [Failure::Connect, Failure::ConnectTimeout] {
-                assert_eq!(replay(&attempt(m), why, 2), Replay::Elsewhere);
+                assert_eq!(replay(&attempt(m), why, 2, 0), Replay::Elsewhere);
             }
         }
     }
@@ -237,27 +256,27 @@ mod tests {
             got_bytes: true,
             ..attempt(Method::Post)
         };
-        assert_eq!(replay(&post, Failure::Refused, 2), Replay::Elsewhere);
+        assert_eq!(replay(&post, Failure::Refused, 2, 0), Replay::Elsewhere);
         // Still never once the client saw bytes, nor past the retry count.
         let answered = Attempt {
             answered: true,
             ..post
         };
-        assert_eq!(replay(&answered, Failure::Refused, 2), Replay::No);
+        assert_eq!(replay(&answered, Failure::Refused, 2, 0), Replay::No);
         let spent = Attempt { retries: 2, ..post };
-        assert_eq!(replay(&spent, Failure::Refused, 2), Replay::No);
+        assert_eq!(replay(&spent, Failure::Refused, 2, 0), Replay::No);
     }
 
     #[test]
     fn a_post_written_whole_is_not_replayed_after_a_reset_or_timeout() {
         let a = attempt(Method::Post);
-        assert_eq!(replay(&a, Failure::Reset, 2), Replay::No);
-        assert_eq!(replay(&a, Failure::Timeout, 2), Replay::No);
+        assert_eq!(replay(&a, Failure::Reset, 2, 0), Replay::No);
+        assert_eq!(replay(&a, Failure::Timeout, 2, 0), Replay::No);
         let partly = Attempt {
             head_written: false,
             ..a
         };
-        assert_eq!(replay(&partly, Failure::Reset, 2), Replay::Elsewhere);
+        assert_eq!(replay(&partly, Failure::Reset, 2, 0), Replay::Elsewhere);
     }
 
     #[test]
@@ -266,9 +285,9 @@ mod tests {
             got_bytes: true,
             ..attempt(Method::Get)
         };
-        assert_eq!(replay(&a, Failure::Timeout, 2), Replay::Elsewhere);
-        assert_eq!(replay(&a, Failure::Reset, 2), Replay::Elsewhere);
-        assert_eq!(replay(&a, Failure::BadResponse("x"), 2), Replay::No);
+        assert_eq!(replay(&a, Failure::Timeout, 2, 0), Replay::Elsewhere);
+        assert_eq!(replay(&a, Failure::Reset, 2, 0), Replay::Elsewhere);
+        assert_eq!(replay(&a, Failure::BadResponse("x"), 2, 0), Replay::No);
     }
 
     #[test]
@@ -277,17 +296,17 @@ mod tests {
             answered: true,
             ..attempt(Method::Get)
         };
-        assert_eq!(replay(&answered, Failure::Connect, 2), Replay::No);
+        assert_eq!(replay(&answered, Failure::Connect, 2, 0), Replay::No);
         let body = Attempt {
             body_sent: 1,
             ..attempt(Method::Put)
         };
-        assert_eq!(replay(&body, Failure::Connect, 2), Replay::No);
+        assert_eq!(replay(&body, Failure::Connect, 2, 0), Replay::No);
         let no_head = Attempt {
             head_kept: false,
             ..attempt(Method::Get)
         };
-        assert_eq!(replay(&no_head, Failure::Connect, 2), Replay::No);
+        assert_eq!(replay(&no_head, Failure::Connect, 2, 0), Replay::No);
     }
 
     #[test]
@@ -296,10 +315,10 @@ mod tests {
             retries: 2,
             ..attempt(Method::Get)
         };
-        assert_eq!(replay(&a, Failure::Connect, 2), Replay::No);
-        assert_eq!(replay(&a, Failure::Connect, 3), Replay::Elsewhere);
+        assert_eq!(replay(&a, Failure::Connect, 2, 0), Replay::No);
+        assert_eq!(replay(&a, Failure::Connect, 3, 0), Replay::Elsewhere);
         assert_eq!(
-            replay(&attempt(Method::Get), Failure::Connect, 0),
+            replay(&attempt(Method::Get), Failure::Connect, 0, 0),
             Replay::No
         );
     }
@@ -312,17 +331,17 @@ mod tests {
             ..attempt(Method::Post)
         };
         // Even a written POST: the backend closed the idle connection before reading it.
-        assert_eq!(replay(&a, Failure::Reset, 2), Replay::No);
+        assert_eq!(replay(&a, Failure::Reset, 2, 0), Replay::No);
         let get = Attempt {
             method: Method::Get,
             ..a
         };
-        assert_eq!(replay(&get, Failure::Reset, 2), Replay::Fresh);
+        assert_eq!(replay(&get, Failure::Reset, 2, 0), Replay::Fresh);
         let again = Attempt {
             stale_retried: true,
             ..get
         };
-        assert_eq!(replay(&again, Failure::Reset, 2), Replay::No);
+        assert_eq!(replay(&again, Failure::Reset, 2, 0), Replay::No);
     }
 
     #[test]
@@ -437,5 +456,37 @@ mod tests {
         };
         let (c, u) = deadlines(&done, 100, &T);
         assert!(c != 0 || u != 0, "an exchange always keeps a deadline");
+    }
+
+    #[test]
+    fn a_policy_replays_a_reset_request_that_may_have_been_processed_within_its_bounds() {
+        let post = Attempt {
+            opted: RetryOn::RESET,
+            ..attempt(Method::Post)
+        };
+        assert_eq!(replay(&post, Failure::Reset, 2, 2), Replay::Policy);
+        // Only the conditions it names, within its attempts, with the body still held.
+        assert_eq!(replay(&post, Failure::Timeout, 2, 2), Replay::No);
+        let spent = Attempt { retries: 2, ..post };
+        assert_eq!(replay(&spent, Failure::Reset, 5, 2), Replay::No);
+        let body_gone = Attempt {
+            body_sent: 10,
+            ..post
+        };
+        assert_eq!(replay(&body_gone, Failure::Reset, 2, 2), Replay::No);
+        let answered = Attempt {
+            answered: true,
+            ..post
+        };
+        assert_eq!(replay(&answered, Failure::Reset, 2, 2), Replay::No);
+        // A pooled connection's break is not taken for the keep-alive race: elsewhere.
+        let pooled = Attempt {
+            reused: true,
+            ..post
+        };
+        assert_eq!(replay(&pooled, Failure::Reset, 2, 2), Replay::Policy);
+        // Without the policy, never.
+        let plain = attempt(Method::Post);
+        assert_eq!(replay(&plain, Failure::Reset, 2, 2), Replay::No);
     }
 }

@@ -96,6 +96,8 @@ pub(crate) struct Exchange {
     pub attempt: Instant,
     /// An attempt has begun (`attempt` is then read from the clock at each new one).
     pub attempted: bool,
+    /// What the retry policy covering this request replays it after (empty: none does).
+    pub retry_on: crate::config::types::RetryOn,
     /// Microseconds from `attempt` to the response head (0 until it arrives).
     pub ttfb_us: u64,
     /// The log record, completed when the exchange ends.
@@ -154,6 +156,7 @@ impl Exchange {
             started: now,
             attempt: now,
             attempted: false,
+            retry_on: crate::config::types::RetryOn::default(),
             ttfb_us: 0,
             rec: s.rec,
             splice: Splicing::default(),
@@ -233,6 +236,7 @@ impl Exchange {
             reused: self.reused,
             stale_retried: self.stale_retried,
             retries: self.retries,
+            opted: self.retry_on,
         }
     }
 

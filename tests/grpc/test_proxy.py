@@ -363,6 +363,34 @@ def test_server_killed_mid_stream_fails_that_call_only(start_server):
         c.stop()
 
 
+class CallLoad:
+    """`n` threads making unary Synthesize calls through corelb `c` until `stop()`:
+    `done[0]` counts the calls that succeeded, `errors` the (code, details) of the rest."""
+
+    def __init__(self, c, n):
+        self.c, self.done, self.errors = c, [0], []
+        self._stop, self._lock = threading.Event(), threading.Lock()
+        self._threads = [threading.Thread(target=self._run) for _ in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self):
+        ch, tts = tts_stub(self.c)
+        while not self._stop.is_set():
+            try:
+                tts.Synthesize(pb.SynthesizeRequest(text="x"), timeout=10)
+                with self._lock:
+                    self.done[0] += 1
+            except grpc.RpcError as e:
+                self.errors.append((e.code(), e.details()))
+        ch.close()
+
+    def stop(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(20)
+
+
 def test_graceful_restart_of_a_server_loses_no_call(start_server):
     """64 calls in flight over three servers; one is stopped (SIGTERM: GOAWAY, in-flight
     calls finish) and started again on its port. No call fails that corelb could move
@@ -371,20 +399,7 @@ def test_graceful_restart_of_a_server_loses_no_call(start_server):
     servers = [start_server(tts_server_argv("--delay-ms", "5", id=sid)) for sid in "PQR"]
     c = Corelb([s.port for s in servers], names=["P", "Q", "R"],
                extra=("--fall", "3", "--rise", "2"))
-    stop = threading.Event()
-    errors, done = [], [0]
-    lock = threading.Lock()
-
-    def load():
-        ch, tts = tts_stub(c)
-        while not stop.is_set():
-            try:
-                tts.Synthesize(pb.SynthesizeRequest(text="x"), timeout=10)
-                with lock:
-                    done[0] += 1
-            except grpc.RpcError as e:
-                errors.append((e.code(), e.details()))
-        ch.close()
+    load = CallLoad(c, 64)
 
     def health(name):
         return next(b["health"] for b in c.stats()["backends"] if b["name"] == name)
@@ -400,9 +415,6 @@ def test_graceful_restart_of_a_server_loses_no_call(start_server):
             time.sleep(0.05)
         return None
 
-    threads = [threading.Thread(target=load) for _ in range(64)]
-    for t in threads:
-        t.start()
     try:
         time.sleep(1)
         victim = servers[1]
@@ -426,10 +438,9 @@ def test_graceful_restart_of_a_server_loses_no_call(start_server):
         assert back is not None and back < 0.5 * 2 + 1.0, (back, health("Q"))
         time.sleep(1)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(20)
+        load.stop()
         c.stop()
+    errors, done = load.errors, load.done
     print(f"graceful restart: {done[0]} calls, {len(errors)} failed, Q ejected after {out:.2f} s,"
           f" checked down after {left:.2f} s, up again {back:.2f} s after its restart")
     assert done[0] > 500, done
@@ -520,3 +531,43 @@ def test_unavailable_moves_the_call_and_ejects_the_server(echo_servers):
             c.stop()
     finally:
         bad.stop(0)
+
+
+def test_kill_under_load_with_a_retry_policy_fails_no_call(start_server):
+    """32 unary calls in flight over three servers; one is SIGKILLed (the calls in flight
+    on it are lost after their requests went out) and started again on its port. With
+    `--retry-on reset,unavailable` every such call is replayed on another server: no call
+    fails, and /stats counts the replays only the policy allowed."""
+    servers = [start_server(tts_server_argv("--delay-ms", "5", id=sid)) for sid in "PQR"]
+    c = Corelb([s.port for s in servers], names=["P", "Q", "R"],
+               extra=("--retry-on", "reset,unavailable"))
+    load = CallLoad(c, 32)
+    done = load.done
+    try:
+        # Until calls flow, then the kill, then the same server again on its port.
+        end = time.monotonic() + 10
+        while done[0] < 200 and time.monotonic() < end:
+            time.sleep(0.02)
+        victim = servers[1]
+        port = victim.port
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait(10)
+        before = done[0]
+        end = time.monotonic() + 10
+        while done[0] < before + 300 and time.monotonic() < end:
+            time.sleep(0.02)
+        start_server(tts_server_argv("--delay-ms", "5", "--port", str(port), id="Q"))
+        before = done[0]
+        end = time.monotonic() + 10
+        while done[0] < before + 300 and time.monotonic() < end:
+            time.sleep(0.02)
+    finally:
+        load.stop()
+        totals = c.stats()["totals"]
+        replayed = totals["policy_retries"]
+        c.stop()
+    print(f"kill under load with a retry policy: {done[0]} calls, {len(load.errors)} failed,"
+          f" {replayed} replayed by the policy")
+    assert done[0] > 600, done
+    assert load.errors == [], load.errors[:5]
+    assert replayed >= 1, "the kill met calls in flight"

@@ -13,6 +13,8 @@ pub(super) const DEADLINE_EXCEEDED: u32 = 4;
 pub(super) const UNIMPLEMENTED: u32 = 12;
 pub(super) const INTERNAL: u32 = 13;
 pub(super) const UNAVAILABLE: u32 = 14;
+/// The server is out of a resource (a quota, memory): a retry policy may try elsewhere.
+pub(super) const RESOURCE_EXHAUSTED: u32 = 8;
 
 /// A request is a gRPC call when its content-type is `application/grpc` or a subtype
 /// (`application/grpc+proto`, `application/grpc-web` is not: it is HTTP/1-shaped).

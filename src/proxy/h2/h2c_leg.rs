@@ -7,6 +7,7 @@
 //! response head arrives, so a stream the backend refused (REFUSED_STREAM, or above its
 //! GOAWAY's last stream id) can be sent again elsewhere even after its body went out.
 
+use crate::config::types::RetryOn;
 use crate::h2::ErrorCode;
 use crate::health::Outcome;
 
@@ -98,8 +99,15 @@ impl Proxy {
                 && st.body.as_ref().is_none_or(|b| b.is_empty())
                 && st.req_trailers.is_none();
             let (id, fields) = (st.id, &*up);
+            // A retried call says how many attempts went before it (gRPC's retry design).
+            let mut n = itoa::Buffer::new();
+            let previous: &[(&[u8], &[u8])] = match st.ex.retries {
+                r if r > 0 && st.grpc => &[(b"grpc-previous-rpc-attempts", n.format(r).as_bytes())],
+                _ => &[],
+            };
             // Fits: the client's head was held to http::MAX_HEADERS fields at open.
-            match translate::with_pairs(fields, &[], |p| self.mux_open(ui, ci, id, p, end)).0 {
+            let open = |p: &[(&[u8], &[u8])]| self.mux_open(ui, ci, id, p, end);
+            match translate::with_pairs(fields, previous, open).0 {
                 Ok(false) => return Ok(false),
                 Ok(true) => {}
                 Err(()) => {
@@ -195,7 +203,11 @@ impl Proxy {
                 let code = grpc::status(&head);
                 // UNAVAILABLE before anything reached the client: another server may serve
                 // it (put back, so the failure path can still answer with it).
-                if code == Some(grpc::UNAVAILABLE) && st.replayable && !st.final_answer {
+                // So does RESOURCE_EXHAUSTED when a retry policy says so.
+                let exhausted = code == Some(grpc::RESOURCE_EXHAUSTED)
+                    && st.ex.retry_on.has(RetryOn::RESOURCE_EXHAUSTED);
+                let unavailable = code == Some(grpc::UNAVAILABLE) || exhausted;
+                if unavailable && st.replayable && !st.final_answer {
                     ms.head = Some(head);
                     return LegStep::Failed(Gone::Refused);
                 }

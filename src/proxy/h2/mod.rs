@@ -609,7 +609,7 @@ impl Proxy {
             buf.filled(scratch.len());
             rec.request_bytes = scratch.len() as u64;
         }
-        let ex = self.ctx.exchange(super::exchange::Start {
+        let mut ex = self.ctx.exchange(super::exchange::Start {
             method,
             http10: false,
             keep_alive: true,
@@ -621,6 +621,11 @@ impl Proxy {
             head: buf,
             rec,
         });
+        ex.retry_on = self.ctx.retry_on(
+            fields.method().unwrap_or(b""),
+            fields.path().unwrap_or(b""),
+            call,
+        );
         let call_timeout = if call {
             fields.get(b"grpc-timeout").and_then(grpc::timeout)
         } else {

@@ -1,0 +1,177 @@
+//! The retry policy (`retryPolicy` in the file, `--retry-on` on the command line) checked
+//! into [`RetryPolicy`]: which failures may replay a request that corelb would otherwise
+//! never send twice, for which methods or gRPC paths, and how many attempts in all. In
+//! gRPC service-config terms where they fit (`maxAttempts`, `retryOn` as status names).
+
+use serde_json::Value;
+
+use super::types::{RetryOn, RetryPolicy};
+use super::value::{Given, Key, Layer, Raw};
+use super::ConfigError;
+
+/// The `retryOn` names corelb knows, with what each allows.
+const CONDITIONS: [(&str, RetryOn); 5] = [
+    ("connect-failure", RetryOn::CONNECT),
+    ("refused-stream", RetryOn::REFUSED),
+    ("reset", RetryOn::RESET),
+    ("unavailable", RetryOn::UNAVAILABLE),
+    ("resource-exhausted", RetryOn::RESOURCE_EXHAUSTED),
+];
+
+/// Keys of gRPC's retryPolicy that corelb does not carry out (yet): refused, so a policy
+/// never reads as doing what it does not.
+const NOT_YET: [&str; 4] = [
+    "initialBackoff",
+    "maxBackoff",
+    "backoffMultiplier",
+    "perTryTimeout",
+];
+
+/// Most attempts a policy may allow (the first one included), as gRPC caps them.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+fn conditions(g: &Given, field: &str, list: &[String]) -> Result<RetryOn, ConfigError> {
+    let mut on = RetryOn::default();
+    for name in list {
+        let lower = name.to_ascii_lowercase().replace('_', "-");
+        match CONDITIONS.iter().find(|(n, _)| *n == lower) {
+            Some((_, c)) => on = on.with(*c),
+            None => {
+                let known: Vec<&str> = CONDITIONS.iter().map(|(n, _)| *n).collect();
+                return Err(ConfigError::new(
+                    &g.origin,
+                    field,
+                    format!("unknown condition {name:?}: expected {}", known.join(", ")),
+                ));
+            }
+        }
+    }
+    if on.is_empty() {
+        return Err(ConfigError::new(
+            &g.origin,
+            field,
+            "expected at least one condition",
+        ));
+    }
+    Ok(on)
+}
+
+fn strings(g: &Given, field: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
+    let bad = |other: &Value| {
+        ConfigError::new(
+            &g.origin,
+            field,
+            format!("expected a list of strings, got {other}"),
+        )
+    };
+    match v {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(list) => list
+            .iter()
+            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| bad(x)))
+            .collect(),
+        other => Err(bad(other)),
+    }
+}
+
+/// A method name (`GET`) or a path (`/tts.TTS/Synthesize`, or `/tts.TTS/*` for a service).
+fn check_method(g: &Given, field: &str, m: &str) -> Result<(), ConfigError> {
+    let ok = if let Some(path) = m.strip_prefix('/') {
+        let body = path.strip_suffix('*').unwrap_or(path);
+        !path.is_empty() && !body.contains('*') && !m.bytes().any(|b| b <= b' ')
+    } else {
+        !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-')
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            &g.origin,
+            field,
+            format!(
+                "{m:?}: expected a method (GET) or a path (/pkg.Service/Method, /pkg.Service/*)"
+            ),
+        ))
+    }
+}
+
+/// The policy from the file's `retryPolicy` object.
+fn from_object(g: &Given) -> Result<RetryPolicy, ConfigError> {
+    let Raw::Json(Value::Object(map)) = &g.raw else {
+        return Err(g.error(r#"expected an object like {"maxAttempts": 3, "retryOn": ["reset"]}"#));
+    };
+    let field = |k: &str| format!("{}.{k}", g.field);
+    for k in map.keys() {
+        if NOT_YET.contains(&k.as_str()) {
+            return Err(ConfigError::new(
+                &g.origin,
+                field(k),
+                "not supported yet: corelb retries at once, on another server",
+            ));
+        }
+        if !["maxAttempts", "retryOn", "methods"].contains(&k.as_str()) {
+            return Err(ConfigError::new(
+                &g.origin,
+                field(k),
+                "unknown field: expected maxAttempts, retryOn and methods",
+            ));
+        }
+    }
+    let max_attempts = match map.get("maxAttempts") {
+        None => 3,
+        Some(v) => match v.as_u64() {
+            Some(n) if (2..=MAX_ATTEMPTS as u64).contains(&n) => n as u32,
+            _ => {
+                return Err(ConfigError::new(
+                    &g.origin,
+                    field("maxAttempts"),
+                    format!("expected a whole number from 2 to {MAX_ATTEMPTS}, got {v}"),
+                ))
+            }
+        },
+    };
+    let on = match map.get("retryOn") {
+        None => return Err(ConfigError::new(&g.origin, field("retryOn"), "missing")),
+        Some(v) => conditions(g, &field("retryOn"), &strings(g, &field("retryOn"), v)?)?,
+    };
+    let methods = match map.get("methods") {
+        None => Vec::new(),
+        Some(v) => strings(g, &field("methods"), v)?,
+    };
+    for (i, m) in methods.iter().enumerate() {
+        check_method(g, &format!("{}[{i}]", field("methods")), m)?;
+    }
+    Ok(RetryPolicy {
+        max_attempts,
+        on,
+        methods,
+    })
+}
+
+/// The retry policy the layers give: the file's `retryPolicy`, whose conditions
+/// `--retry-on` replaces (for every request if the file names no methods).
+pub(super) fn retry_policy(v: &Layer) -> Result<Option<RetryPolicy>, ConfigError> {
+    let mut policy = match v.values.get(&Key::RetryPolicy) {
+        Some(g) => Some(from_object(g)?),
+        None => None,
+    };
+    if let Some(g) = v.values.get(&Key::RetryOn) {
+        let list: Vec<String> = match &g.raw {
+            Raw::Text(s) => s.split(',').map(|p| p.trim().to_string()).collect(),
+            Raw::Json(v) => strings(g, &g.field, v)?,
+        };
+        if list.iter().any(|s| s == "off") {
+            return Ok(None);
+        }
+        let on = conditions(g, &g.field, &list)?;
+        policy = Some(match policy {
+            Some(p) => RetryPolicy { on, ..p },
+            None => RetryPolicy {
+                max_attempts: 3,
+                on,
+                methods: Vec::new(),
+            },
+        });
+    }
+    Ok(policy)
+}
