@@ -23,6 +23,9 @@ pub struct Counters {
     /// Of those, the ones only a retry policy allowed (the request may have been
     /// processed: `retryPolicy`, `--retry-on`).
     pub policy_retries: AtomicU64,
+    /// Hedges sent (`hedgingPolicy`), and those that answered first.
+    pub hedges: AtomicU64,
+    pub hedge_wins: AtomicU64,
     pub active_clients: AtomicU64,
     /// Exchanges the client gave up on before the response was complete.
     pub client_aborts: AtomicU64,

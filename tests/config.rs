@@ -323,3 +323,40 @@ fn a_bad_retry_policy_is_one_line_naming_its_field() {
         "{err}"
     );
 }
+
+#[test]
+fn a_bad_hedging_policy_is_one_line_naming_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = r#""servers": [{"name": "A", "address": "127.0.0.1", "port": 8081}]"#;
+    let cases = [
+        (
+            r#"{"hedgingDelay": "soon"}"#,
+            "hedgingPolicy.hedgingDelay: expected a delay like \"20ms\" or \"p95\", got \"soon\"",
+        ),
+        (
+            r#"{"maxAttempts": 9}"#,
+            "hedgingPolicy.maxAttempts: expected a whole number from 2 to 5, got 9",
+        ),
+        (
+            r#"{"nonFatalStatusCodes": ["UNAVAILABLE"]}"#,
+            "hedgingPolicy.nonFatalStatusCodes: not supported yet: the first response head wins",
+        ),
+    ];
+    for (i, (policy, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("h{i}.json"));
+        std::fs::write(&path, format!(r#"{{{server}, "hedgingPolicy": {policy}}}"#)).unwrap();
+        let p = path.to_str().unwrap();
+        let (code, err) = run_with(&["--config", p, "--check"], &[]);
+        assert_eq!(code, Some(2), "{policy}: {err}");
+        assert_eq!(err.trim_end(), format!("corelb: {p}: {want}"), "{policy}");
+    }
+    let path = dir.path().join("good.json");
+    let policy = r#"{"maxAttempts": 2, "hedgingDelay": "20ms", "methods": ["GET"]}"#;
+    std::fs::write(&path, format!(r#"{{{server}, "hedgingPolicy": {policy}}}"#)).unwrap();
+    let good = path.to_str().unwrap();
+    let (code, err) = run_with(&["--config", good, "--check"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run_with(&["--config", good, "--check", "--hedge-delay", "-1"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--hedge-delay"), "{err}");
+}

@@ -1,6 +1,7 @@
 //! Command-line flags and the validated `Config` built from them; no I/O.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -41,6 +42,10 @@ pub struct Args {
     /// Fraction of default-route responses cut off after half the body.
     #[arg(long, default_value_t = 0.0, value_name = "R")]
     pub close_rate: f64,
+    /// HTTP/1.1: a fraction R of default-route requests waits MS more (a pause like a
+    /// garbage collection's), e.g. 0.02:500.
+    #[arg(long, value_name = "R:MS")]
+    pub stall: Option<String>,
     /// Body size of the default route, in bytes (default: a short text).
     #[arg(long, value_name = "BYTES")]
     pub size: Option<u64>,
@@ -102,6 +107,8 @@ pub struct Config {
     pub slow: Option<SlowPhase>,
     pub error_rate: f64,
     pub close_rate: f64,
+    /// (fraction, extra delay) of stalled default-route requests.
+    pub stall: Option<(f64, Duration)>,
     pub size: Option<u64>,
     pub max_streams: u32,
     pub refuse_rate: f64,
@@ -134,6 +141,19 @@ impl TryFrom<Args> for Config {
                 return Err(format!("bad {name} {r}: must be within 0..1"));
             }
         }
+        let stall = match a.stall.as_deref() {
+            None => None,
+            Some(s) => {
+                let bad = || format!("bad --stall {s:?}: expected R:MS, R within 0..1");
+                let (r, ms) = s.split_once(':').ok_or_else(bad)?;
+                let r: f64 = r.parse().map_err(|_| bad())?;
+                let ms: u64 = ms.parse().map_err(|_| bad())?;
+                if !(0.0..=1.0).contains(&r) {
+                    return Err(bad());
+                }
+                Some((r, Duration::from_millis(ms)))
+            }
+        };
         if a.max_streams == 0 || a.max_streams > 100_000 {
             return Err(format!(
                 "bad --max-streams {}: must be 1..100000",
@@ -154,6 +174,7 @@ impl TryFrom<Args> for Config {
             slow,
             error_rate: a.error_rate,
             close_rate: a.close_rate,
+            stall,
             size: a.size,
             max_streams: a.max_streams,
             refuse_rate: a.refuse_rate,

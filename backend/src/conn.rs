@@ -551,9 +551,14 @@ impl Conn {
                 }
             }
             Route::Default => {
-                let delay = ctx
+                let mut delay = ctx
                     .latency
                     .delay(ctx.now.saturating_duration_since(ctx.start));
+                if let Some((r, extra)) = ctx.cfg.stall {
+                    if ctx.rng.next_f64() < r {
+                        delay += extra;
+                    }
+                }
                 return self.answer_after(ctx, delay);
             }
             Route::Delay(ms) => return self.answer_after(ctx, Duration::from_millis(ms)),

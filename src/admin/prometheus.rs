@@ -147,7 +147,7 @@ fn process(o: &mut String, s: &Stats) {
 /// Totals counted since start.
 fn counters(o: &mut String, s: &Stats) {
     let t = &s.totals;
-    let counters: [(&str, &str, u64); 18] = [
+    let counters: [(&str, &str, u64); 20] = [
         (
             "corelb_tunnels_total",
             "Upgraded connections opened.",
@@ -187,6 +187,16 @@ fn counters(o: &mut String, s: &Stats) {
             "corelb_policy_retries_total",
             "Retries only the retry policy allowed: the request may have been processed.",
             t.policy_retries,
+        ),
+        (
+            "corelb_hedges_total",
+            "Hedged requests sent: a second copy to another server after the hedging delay.",
+            t.hedges,
+        ),
+        (
+            "corelb_hedge_wins_total",
+            "Hedges that answered before the first attempt (which was cancelled).",
+            t.hedge_wins,
         ),
         (
             "corelb_client_aborts_total",

@@ -67,6 +67,9 @@ pub struct Totals {
     pub retries: u64,
     /// Of those, the ones only the retry policy allowed.
     pub policy_retries: u64,
+    /// Hedges sent, and those that answered before the first attempt.
+    pub hedges: u64,
+    pub hedge_wins: u64,
     /// Exchanges the client gave up on before the response was complete (logged as 499).
     pub client_aborts: u64,
     /// Trailer fields dropped where HTTP/1.1 could not carry them.
@@ -355,6 +358,8 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             rejected: c.rejected.load(Relaxed),
             retries: c.retries.load(Relaxed),
             policy_retries: c.policy_retries.load(Relaxed),
+            hedges: c.hedges.load(Relaxed),
+            hedge_wins: c.hedge_wins.load(Relaxed),
             client_aborts: c.client_aborts.load(Relaxed),
             trailers_dropped: c.trailers_dropped.load(Relaxed),
             panics: c.panics.load(Relaxed),
@@ -444,6 +449,8 @@ pub(super) fn sample() -> Stats {
             rejected: 0,
             retries: 1,
             policy_retries: 0,
+            hedges: 0,
+            hedge_wins: 0,
             client_aborts: 0,
             trailers_dropped: 0,
             panics: 0,

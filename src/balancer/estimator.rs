@@ -252,6 +252,15 @@ impl Sma {
         }
     }
 
+    /// The `q` quantile (0..1) of the window's samples, in microseconds; `scratch` holds
+    /// the copy it selects in.
+    pub fn quantile(&self, q: f64, scratch: &mut Vec<u32>) -> u32 {
+        scratch.clear();
+        scratch.extend(self.ring.iter().map(|s| s.load(Relaxed)));
+        let k = ((scratch.len() as f64 * q) as usize).min(scratch.len() - 1);
+        *scratch.select_nth_unstable(k).1
+    }
+
     /// The mean of the window (meaningful once a sample was recorded: the first one fills).
     #[inline]
     pub fn mean(&self) -> f64 {
@@ -292,6 +301,11 @@ impl Estimates {
             ewma: AtomicF64::new(default_rtt),
             peak: AtomicF64::new(default_rtt),
         }
+    }
+
+    /// The `q` quantile of the recent responses (the SMA window), in microseconds.
+    pub fn quantile(&self, q: f64, scratch: &mut Vec<u32>) -> u32 {
+        self.sma.quantile(q, scratch)
     }
 
     /// Records a response of `sample` microseconds at `now`. `seq` is the backend's

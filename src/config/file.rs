@@ -89,6 +89,7 @@ struct File {
     outlier_detection: Entry<OutlierDetection>,
     retries: Entry<Retries>,
     retry_policy: Scalar,
+    hedging_policy: Scalar,
     admin: Scalar,
     routing: Entry<Routing>,
     max_servers: Scalar,
@@ -328,6 +329,7 @@ impl File {
         top.put(Key::DnsRefresh, self.dns_refresh, "dnsRefresh");
         top.put(Key::Resolver, self.resolver, "resolver");
         top.put(Key::RetryPolicy, self.retry_policy, "retryPolicy");
+        top.put(Key::HedgingPolicy, self.hedging_policy, "hedgingPolicy");
         if let Some(t) = self.timeouts.0 {
             let mut c = Collect {
                 layer: &mut layer,

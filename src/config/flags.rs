@@ -172,6 +172,11 @@ pub struct Args {
     /// separated), or off. Covers the file's retryPolicy.methods, else every request.
     #[arg(long, value_name = "LIST")]
     pub retry_on: Option<String>,
+    /// Hedge requests (the file's hedgingPolicy.methods, else GET and HEAD) with no answer
+    /// after D (20ms) or the server's p95 latency (p95): one more copy to another server,
+    /// the first answer wins. off disables the file's policy.
+    #[arg(long, value_name = "D|p95|off")]
+    pub hedge_delay: Option<String>,
     /// Admin API and live dashboard: HOST:PORT, PORT, or off. Default 127.0.0.1:5002.
     #[arg(long, value_name = "ADDR|off")]
     pub admin: Option<String>,
@@ -363,6 +368,7 @@ impl Args {
                 "--retry-budget",
             ),
             (Key::RetryOn, self.retry_on.as_ref(), "--retry-on"),
+            (Key::HedgeDelay, self.hedge_delay.as_ref(), "--hedge-delay"),
             (Key::Admin, self.admin.as_ref(), "--admin"),
             (Key::MaxServers, self.max_servers.as_ref(), "--max-servers"),
             (Key::DnsRefresh, self.dns_refresh.as_ref(), "--dns-refresh"),

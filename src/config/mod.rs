@@ -566,6 +566,7 @@ fn retry(v: &Layer) -> Result<RetrySettings, ConfigError> {
             .get(Key::RetryBudget, &value::PERCENT)?
             .map_or(d.budget, |p| p / 100.0),
         policy: policy::retry_policy(v)?,
+        hedging: policy::hedging_policy(v)?,
         ..d
     })
 }

@@ -1,11 +1,13 @@
 //! The retry policy (`retryPolicy` in the file, `--retry-on` on the command line) checked
 //! into [`RetryPolicy`]: which failures may replay a request that corelb would otherwise
-//! never send twice, for which methods or gRPC paths, and how many attempts in all. In
-//! gRPC service-config terms where they fit (`maxAttempts`, `retryOn` as status names).
+//! never send twice, for which methods or gRPC paths, and how many attempts in all; and
+//! the hedging policy (`hedgingPolicy`, `--hedge-delay`) into [`HedgingPolicy`]. In gRPC
+//! service-config terms where they fit (`maxAttempts`, `retryOn` as status names,
+//! `hedgingDelay`).
 
 use serde_json::Value;
 
-use super::types::{RetryOn, RetryPolicy};
+use super::types::{HedgeDelay, HedgingPolicy, RetryOn, RetryPolicy};
 use super::value::{Given, Key, Layer, Raw};
 use super::ConfigError;
 
@@ -169,6 +171,122 @@ pub(super) fn retry_policy(v: &Layer) -> Result<Option<RetryPolicy>, ConfigError
             None => RetryPolicy {
                 max_attempts: 3,
                 on,
+                methods: Vec::new(),
+            },
+        });
+    }
+    Ok(policy)
+}
+
+/// A hedging delay: a duration (`20ms`, `0.02`) or `p95`.
+fn hedge_delay(g: &Given, field: &str, v: &Value) -> Result<HedgeDelay, ConfigError> {
+    let bad = || {
+        ConfigError::new(
+            &g.origin,
+            field,
+            format!("expected a delay like \"20ms\" or \"p95\", got {v}"),
+        )
+    };
+    let text = match v {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => format!("{n}s"),
+        _ => return Err(bad()),
+    };
+    if text.eq_ignore_ascii_case("p95") {
+        return Ok(HedgeDelay::P95);
+    }
+    let secs: f64 = if let Some(ms) = text.strip_suffix("ms") {
+        ms.trim().parse::<f64>().map_err(|_| bad())? / 1000.0
+    } else {
+        text.trim_end_matches('s')
+            .trim()
+            .parse()
+            .map_err(|_| bad())?
+    };
+    if !(0.001..=60.0).contains(&secs) {
+        return Err(ConfigError::new(
+            &g.origin,
+            field,
+            format!("{text}: expected from 1ms to 60s"),
+        ));
+    }
+    Ok(HedgeDelay::Fixed(std::time::Duration::from_secs_f64(secs)))
+}
+
+/// The hedging policy from the file's `hedgingPolicy` object.
+fn hedging_object(g: &Given) -> Result<HedgingPolicy, ConfigError> {
+    let Raw::Json(Value::Object(map)) = &g.raw else {
+        return Err(
+            g.error(r#"expected an object like {"hedgingDelay": "p95", "methods": ["GET"]}"#)
+        );
+    };
+    let field = |k: &str| format!("{}.{k}", g.field);
+    for k in map.keys() {
+        if k == "nonFatalStatusCodes" {
+            return Err(ConfigError::new(
+                &g.origin,
+                field(k),
+                "not supported yet: the first response head wins",
+            ));
+        }
+        if !["maxAttempts", "hedgingDelay", "methods"].contains(&k.as_str()) {
+            return Err(ConfigError::new(
+                &g.origin,
+                field(k),
+                "unknown field: expected maxAttempts, hedgingDelay and methods",
+            ));
+        }
+    }
+    let max_attempts = match map.get("maxAttempts") {
+        None => 3,
+        Some(v) => match v.as_u64() {
+            Some(n) if (2..=MAX_ATTEMPTS as u64).contains(&n) => n as u32,
+            _ => {
+                return Err(ConfigError::new(
+                    &g.origin,
+                    field("maxAttempts"),
+                    format!("expected a whole number from 2 to {MAX_ATTEMPTS}, got {v}"),
+                ))
+            }
+        },
+    };
+    let delay = match map.get("hedgingDelay") {
+        None => HedgeDelay::P95,
+        Some(v) => hedge_delay(g, &field("hedgingDelay"), v)?,
+    };
+    let methods = match map.get("methods") {
+        None => Vec::new(),
+        Some(v) => strings(g, &field("methods"), v)?,
+    };
+    for (i, m) in methods.iter().enumerate() {
+        check_method(g, &format!("{}[{i}]", field("methods")), m)?;
+    }
+    Ok(HedgingPolicy {
+        delay,
+        max_attempts,
+        methods,
+    })
+}
+
+/// The hedging policy the layers give: the file's `hedgingPolicy`, whose delay
+/// `--hedge-delay` replaces (for GET and HEAD if the file names no methods).
+pub(super) fn hedging_policy(v: &Layer) -> Result<Option<HedgingPolicy>, ConfigError> {
+    let mut policy = match v.values.get(&Key::HedgingPolicy) {
+        Some(g) => Some(hedging_object(g)?),
+        None => None,
+    };
+    if let Some(g) = v.values.get(&Key::HedgeDelay) {
+        let value = match &g.raw {
+            Raw::Text(s) if s == "off" => return Ok(None),
+            Raw::Text(s) => Value::String(s.clone()),
+            Raw::Json(v) => v.clone(),
+        };
+        let delay = hedge_delay(g, &g.field, &value)?;
+        policy = Some(match policy {
+            Some(p) => HedgingPolicy { delay, ..p },
+            None => HedgingPolicy {
+                delay,
+                max_attempts: 3,
                 methods: Vec::new(),
             },
         });

@@ -674,6 +674,8 @@ pub struct RetrySettings {
     pub min_per_sec: f64,
     /// Replays the user opted in to (`retryPolicy`, `--retry-on`): none by default.
     pub policy: Option<RetryPolicy>,
+    /// Hedged requests the user opted in to (`hedgingPolicy`, `--hedge-delay`).
+    pub hedging: Option<HedgingPolicy>,
 }
 
 impl Default for RetrySettings {
@@ -683,8 +685,51 @@ impl Default for RetrySettings {
             budget: DEFAULT_RETRY_BUDGET,
             min_per_sec: DEFAULT_RETRY_MIN_PER_SEC,
             policy: None,
+            hedging: None,
         }
     }
+}
+
+/// When a hedge (a second copy of a request, to another server) goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HedgeDelay {
+    /// A fixed delay after the request went out.
+    Fixed(Duration),
+    /// The first server's 95th percentile latency over its recent responses.
+    P95,
+}
+
+/// A hedging policy: a request it covers that has no answer after `delay` is sent once
+/// more, to another server; the first response head wins and the other is cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HedgingPolicy {
+    pub delay: HedgeDelay,
+    /// Attempts in all, the first included (2..=5): at most two run at once; at each
+    /// further delay without an answer the older gives way to a new one.
+    pub max_attempts: u32,
+    /// Methods and paths it covers, as [`RetryPolicy::methods`]; empty: GET and HEAD.
+    pub methods: Vec<String>,
+}
+
+impl HedgingPolicy {
+    pub fn covers(&self, method: &[u8], path: &[u8]) -> bool {
+        if self.methods.is_empty() {
+            return method == b"GET" || method == b"HEAD";
+        }
+        covers(&self.methods, method, path)
+    }
+}
+
+/// Whether `methods` (names, exact paths, `/prefix*`) names this request.
+fn covers(methods: &[String], method: &[u8], path: &[u8]) -> bool {
+    methods.iter().any(|m| {
+        let m = m.as_bytes();
+        match m.strip_suffix(b"*") {
+            Some(prefix) if m.first() == Some(&b'/') => path.starts_with(prefix),
+            _ if m.first() == Some(&b'/') => path == m,
+            _ => method == m,
+        }
+    })
 }
 
 /// The failures a retry policy replays a request after, beyond the safe ones corelb always
@@ -734,15 +779,7 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// Does the policy cover a request with this method and path?
     pub fn covers(&self, method: &[u8], path: &[u8]) -> bool {
-        self.methods.is_empty()
-            || self.methods.iter().any(|m| {
-                let m = m.as_bytes();
-                match m.strip_suffix(b"*") {
-                    Some(prefix) if m.first() == Some(&b'/') => path.starts_with(prefix),
-                    _ if m.first() == Some(&b'/') => path == m,
-                    _ => method == m,
-                }
-            })
+        self.methods.is_empty() || covers(&self.methods, method, path)
     }
 }
 

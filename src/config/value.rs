@@ -420,6 +420,10 @@ pub(crate) enum Key {
     RetryPolicy,
     /// `--retry-on`: the policy's conditions.
     RetryOn,
+    /// `hedgingPolicy`: the whole object, checked by `config/policy.rs`.
+    HedgingPolicy,
+    /// `--hedge-delay`: the hedging policy's delay.
+    HedgeDelay,
     Admin,
     SmaWindow,
     EwmaAlpha,

@@ -292,6 +292,14 @@ impl Proxy {
         let retry_on = self
             .ctx
             .retry_on(req.method_str().as_bytes(), req.path().as_bytes(), false);
+        let hedgeable = req.body == BodyKind::None
+            && !req.upgrade
+            && shared
+                .cfg
+                .retry
+                .hedging
+                .as_ref()
+                .is_some_and(|h| h.covers(req.method_str().as_bytes(), req.path().as_bytes()));
         let scratch = &mut self.ctx.scratch;
         scratch.clear();
         req.write_upstream(
@@ -338,6 +346,7 @@ impl Proxy {
         ex.h2c = h2c;
         ex.req_hot = filled;
         ex.retry_on = retry_on;
+        ex.hedgeable = hedgeable;
         self.ctx.budget.deposit();
         let c = &mut self.clients[ci];
         c.phase = Phase::Proxy(ex);
@@ -472,6 +481,10 @@ impl Proxy {
     }
 
     pub(super) fn client_timeout(&mut self, ci: usize) {
+        // hedge hook: while an exchange waits on its backend, the timer is its hedge's.
+        if matches!(self.clients[ci].phase, Phase::Proxy(_)) && self.hedge_timer(ci) {
+            return;
+        }
         let c = &mut self.clients[ci];
         let id = self.ctx.id;
         match c.phase {

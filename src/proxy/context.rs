@@ -59,6 +59,10 @@ pub(crate) struct Ctx {
     pub marks: Vec<(usize, crate::h2::StreamId)>,
     /// Scratch: the owners of a broken h2c connection's streams.
     pub broke: Vec<(usize, crate::h2::StreamId)>,
+    /// Per backend: (worker ms when computed, its p95 latency in ms), for hedging delays.
+    p95: Vec<(u64, u64)>,
+    /// Scratch for the p95's selection.
+    samples: Vec<u32>,
     /// Per-request CSV records go here (None: logging off).
     pub log: Option<LogSender>,
     /// This worker's latency histograms, handed to the aggregator once a second.
@@ -106,6 +110,8 @@ impl Ctx {
             flushing: false,
             marks: Vec::new(),
             broke: Vec::new(),
+            p95: Vec::new(),
+            samples: Vec::new(),
             log,
             hists: WorkerHists::new(backends),
             budget: RetryBudget::new(shared.cfg.retry.budget, shared.cfg.retry.min_per_sec),
@@ -306,6 +312,28 @@ impl Ctx {
         }
         // Not processed: the same server may take it on another connection.
         (why == Failure::Refused).then_some((old, true))
+    }
+
+    /// `backend`'s 95th percentile latency over its recent responses (all workers'), in
+    /// ms rounded up, plus 1 ms: a deadline on the worker's millisecond clock can fire up
+    /// to 1 ms early. Recomputed at most every 100 ms.
+    pub fn p95_ms(&mut self, backend: usize) -> u64 {
+        if self.p95.len() <= backend {
+            self.p95.resize(backend + 1, (0, 0));
+        }
+        let (at, ms) = self.p95[backend];
+        if at != 0 && self.now < at + 100 {
+            return ms;
+        }
+        let est = &self.shared.balancer.backend(backend).stats.est;
+        let us = est.quantile(0.95, &mut self.samples);
+        if us == 0 {
+            // No response yet: the estimators' starting round trip, not a cached guess.
+            return Ctx::ms(self.shared.cfg.routing.default_rtt).max(1);
+        }
+        let ms = u64::from(us).div_ceil(1000) + 1;
+        self.p95[backend] = (self.now, ms);
+        ms
     }
 
     /// What the retry policy replays a request with this method and path after, if it

@@ -71,6 +71,10 @@ impl Proxy {
     /// Fails the exchange before any response byte reached the client: retries if that
     /// is safe, else closes the upstream and answers with the matching 502/504.
     pub(super) fn fail(&mut self, ci: usize, why: Failure) {
+        // hedge hook: a hedge running with its request sent carries the exchange on.
+        if self.hedge_takes_over(ci) {
+            return;
+        }
         if self.retry(ci, why) {
             return;
         }
@@ -111,6 +115,7 @@ impl Proxy {
     /// response broken off. `blame` says whose fault it was: the backend's counts against
     /// it (passive health, errors); the client's counts for neither side (499).
     pub(super) fn end_upstream(&mut self, ci: usize, status: u16, blame: Blame) {
+        self.end_hedging(ci);
         let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
             return;
         };
@@ -146,6 +151,7 @@ impl Proxy {
             cfg.max_idle_per_backend,
         );
         let draining = self.ctx.draining;
+        self.end_hedging(ci);
         let (_, ex) = self.clients[ci].split().expect("proxying");
         let ui = std::mem::replace(&mut ex.up, NONE);
         let u = &self.ups[ui];

@@ -98,6 +98,10 @@ pub(crate) struct Exchange {
     pub attempted: bool,
     /// What the retry policy covering this request replays it after (empty: none does).
     pub retry_on: crate::config::types::RetryOn,
+    /// A hedging policy covers this request (and it has no body to hold).
+    pub hedgeable: bool,
+    /// The hedge planned or racing the first attempt (`proxy/hedge.rs`).
+    pub hedge: Hedge,
     /// Microseconds from `attempt` to the response head (0 until it arrives).
     pub ttfb_us: u64,
     /// The log record, completed when the exchange ends.
@@ -123,6 +127,22 @@ pub(crate) struct Start {
     pub body_ready: usize,
     pub head: Buf,
     pub rec: Record,
+}
+
+/// A hedge: the same request once more, on another server, racing the first attempt
+/// until one of them sends response bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Hedge {
+    /// Worker-clock ms when it goes out (0: none planned).
+    pub at: u64,
+    /// Its upstream connection (`NONE`: none running).
+    pub up: usize,
+    /// Request head bytes written to it.
+    pub off: usize,
+    /// Hedges sent so far.
+    pub sent: u8,
+    pub reused: bool,
+    pub started: Instant,
 }
 
 impl Exchange {
@@ -157,6 +177,15 @@ impl Exchange {
             attempt: now,
             attempted: false,
             retry_on: crate::config::types::RetryOn::default(),
+            hedgeable: false,
+            hedge: Hedge {
+                at: 0,
+                up: NONE,
+                off: 0,
+                sent: 0,
+                reused: false,
+                started: now,
+            },
             ttfb_us: 0,
             rec: s.rec,
             splice: Splicing::default(),

@@ -30,6 +30,7 @@ mod h1_h2c_translate;
 mod h2;
 mod h2c_pool;
 mod handshake;
+mod hedge;
 pub(crate) mod io;
 mod membership;
 mod relay;

@@ -8,7 +8,7 @@ use crate::http::{self, chunked::ChunkError, Body, BodyKind, Method, Reply};
 use super::client::Phase;
 use super::decide::{self, Failure};
 use super::end::Blame;
-use super::exchange::{Req, Resp};
+use super::exchange::{Req, Resp, NONE};
 use super::io::{read_into, would_block, write2};
 use super::upstream::UpState;
 use super::{client_token, upstream_token, Proxy, Step};
@@ -42,6 +42,13 @@ impl Proxy {
         if ex.h2c.on {
             return self.h1_h2c_step(ci);
         }
+        // hedge hook: a hedge racing the first attempt (hedge.rs).
+        if ex.hedge.up != NONE {
+            self.hedge_step(ci);
+        }
+        let Some((_, ex)) = self.clients[ci].split() else {
+            return Step::Blocked;
+        };
         if self.ups[ex.up].state == UpState::Connecting {
             return Step::Blocked;
         }
@@ -95,6 +102,12 @@ impl Proxy {
         };
         let ui = ex.up;
         let (client_at, up_at) = decide::deadlines(&ex.waits(writable), self.ctx.now, &limits);
+        // While the exchange waits for its first response byte, the client's timer sends
+        // its hedge.
+        let client_at = match ex.hedge.at {
+            at if client_at == 0 && at != 0 && super::hedge::waiting(ex) => at,
+            _ => client_at,
+        };
         self.ctx
             .timers
             .set(&mut c.timer, client_token(ci).0, client_at);

@@ -87,6 +87,7 @@ impl Proxy {
         if let Phase::Proxy(ex) = &mut self.clients[ci].phase {
             ex.begin_attempt(ui, reused);
         }
+        self.plan_hedge(ci, backend);
         true
     }
 
@@ -224,8 +225,13 @@ impl Proxy {
             }
             return;
         }
+        // hedge hook: a hedge's connect and bytes are seen by its exchange's step.
+        if self.is_hedge(ci, ui) {
+            self.drive(ci);
+            return;
+        }
         // A failed connect has already turned into an error answer: drive that too.
-        if u.is_connecting() && !self.connected(ui) && self.ups.contains(ui) {
+        if self.ups[ui].is_connecting() && !self.connected(ui) && self.ups.contains(ui) {
             return;
         }
         if self.clients.contains(ci) {
@@ -296,7 +302,12 @@ impl Proxy {
             self.h2_upstream_timeout(ui);
             return;
         }
-        let why = if u.is_connecting() {
+        // hedge hook: a hedge that timed out is given up; its exchange goes on.
+        if self.is_hedge(ci, ui) {
+            self.drop_hedge(ci);
+            return;
+        }
+        let why = if self.ups[ui].is_connecting() {
             Failure::ConnectTimeout
         } else {
             Failure::Timeout

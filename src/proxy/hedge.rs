@@ -1,0 +1,300 @@
+//! Hedged requests (`hedgingPolicy`, `--hedge-delay`): an HTTP/1.1 exchange a hedging
+//! policy covers (and with no body to hold) that has heard nothing from its server some
+//! delay after its request went out is sent once more, to another server. The first
+//! connection to send response bytes carries the exchange on; the other is closed and
+//! given back to the balancer without a latency sample, so a lost race never punishes a
+//! server. The delay is fixed, or the first server's recent 95th percentile latency.
+//!
+//! A hedge is planned when the first attempt begins and armed on the client's timer
+//! (free while the exchange waits on the backend). It counts against the retry budget.
+//! If the first attempt fails while its hedge runs, the hedge carries the exchange on.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use crate::config::types::HedgeDelay;
+use crate::config::Protocol;
+use crate::debug;
+
+use super::context::Ctx;
+use super::exchange::{Exchange, Hedge, Resp, NONE};
+use super::io::{would_block, write2};
+use super::upstream::{connect_result, UpState};
+use super::{client_token, upstream_token, Proxy};
+
+/// An answer came: no more hedges for this exchange.
+fn ex_done(c: &mut super::client::Client) {
+    if let Some((_, ex)) = c.split() {
+        ex.hedge.at = 0;
+    }
+}
+
+/// Why a hedge takes the first attempt's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Promote {
+    /// Its response bytes came first.
+    Won,
+    /// The first attempt failed.
+    Failed,
+    /// Neither answered within another delay: the older attempt gives way to a new hedge.
+    Superseded,
+}
+
+/// The first attempt still waits for its first response byte, its whole request sent.
+pub(super) fn waiting(ex: &Exchange) -> bool {
+    ex.resp == Resp::Head && !ex.got_bytes && ex.out.is_none() && !ex.head_pending()
+}
+
+impl Proxy {
+    /// Plans the hedge of client `ci`'s exchange, whose first attempt just began on
+    /// `backend`.
+    pub(super) fn plan_hedge(&mut self, ci: usize, backend: usize) {
+        let delay = match self.ctx.shared.cfg.retry.hedging.as_ref().map(|p| p.delay) {
+            None => return,
+            Some(HedgeDelay::Fixed(d)) => Ctx::ms(d),
+            Some(HedgeDelay::P95) => self.ctx.p95_ms(backend),
+        };
+        let now = self.ctx.now;
+        let Some((_, ex)) = self.clients[ci].split() else {
+            return;
+        };
+        if ex.hedgeable && ex.retries == 0 && ex.hedge.up == NONE {
+            ex.hedge.at = now + delay.max(1);
+        }
+    }
+
+    /// Whether upstream `ui` is the hedge of client `ci`'s exchange.
+    pub(super) fn is_hedge(&mut self, ci: usize, ui: usize) -> bool {
+        self.clients
+            .get_mut(ci)
+            .and_then(|c| c.split())
+            .is_some_and(|(_, ex)| ex.hedge.up == ui && ui != NONE)
+    }
+
+    /// The client's timer fired while proxying: true if it was the hedge's. A hedge goes
+    /// out; if one already runs and neither has answered, the older attempt gives way to
+    /// it first (at most two run at once), within the policy's attempts.
+    pub(super) fn hedge_timer(&mut self, ci: usize) -> bool {
+        let now = self.ctx.now;
+        let Some((_, ex)) = self.clients[ci].split() else {
+            return false;
+        };
+        if ex.hedge.at == 0 || now < ex.hedge.at {
+            return false;
+        }
+        ex.hedge.at = 0;
+        if !waiting(ex) {
+            // Not the hedge's moment after all (the timer served another deadline).
+            return false;
+        }
+        if ex.hedge.up != NONE {
+            let head_len = ex.head.as_ref().map_or(0, |b| b.len());
+            let h = ex.hedge.up;
+            if self.ups[h].state != UpState::Busy || ex.hedge.off < head_len {
+                // The running hedge has not even sent its request: leave things be.
+                return true;
+            }
+            self.promote_hedge(ci, Promote::Superseded);
+        }
+        self.launch_hedge(ci);
+        true
+    }
+
+    /// Sends the hedge: another server than the first (and any tried), within the retry
+    /// budget.
+    fn launch_hedge(&mut self, ci: usize) {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let old = self.ups[ex.up].backend;
+        let mut tried = ex.tried;
+        tried.insert(old);
+        let balancer = &self.ctx.shared.balancer;
+        let mut pick = None;
+        for _ in 0..4 {
+            match balancer.pick(Some(old)) {
+                Some(b) if tried.contains(b) => balancer.cancel(b),
+                Some(b) => {
+                    pick = Some(b);
+                    break;
+                }
+                None => break,
+            }
+        }
+        let Some(b) = pick else {
+            return;
+        };
+        let http1 = balancer.backend(b).protocol == Protocol::Http1;
+        if !http1 || !self.ctx.budget.withdraw(self.ctx.now) {
+            self.ctx.shared.balancer.cancel(b);
+            return;
+        }
+        let Some((ui, reused)) = self.connection_to(b, ci, false) else {
+            self.ctx.shared.balancer.cancel(b);
+            return;
+        };
+        let policy = self.ctx.shared.cfg.retry.hedging.as_ref();
+        let max_hedges = policy.map_or(1, |p| p.max_attempts - 1) as u8;
+        let delay = match policy.map(|p| p.delay) {
+            Some(HedgeDelay::Fixed(d)) => Ctx::ms(d),
+            _ => self.ctx.p95_ms(b),
+        };
+        let now = self.ctx.now;
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let sent = ex.hedge.sent + 1;
+        ex.hedge = Hedge {
+            // Another one later, if the policy allows more attempts.
+            at: if sent < max_hedges {
+                now + delay.max(1)
+            } else {
+                0
+            },
+            up: ui,
+            off: 0,
+            sent,
+            reused,
+            started: Instant::now(),
+        };
+        self.ctx.shared.counters.hedges.fetch_add(1, Relaxed);
+        // The next hedge's moment, on the client's timer (free while the exchange waits).
+        let at = ex.hedge.at;
+        if at != 0 {
+            let c = &mut self.clients[ci];
+            self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
+        }
+        debug!(
+            "worker {}: hedging {} on {}",
+            self.ctx.id,
+            self.ctx.shared.balancer.backend(old).name,
+            self.ctx.shared.balancer.backend(b).name
+        );
+        self.hedge_write(ci);
+    }
+
+    /// Writes the request head to the hedge once it is connected.
+    fn hedge_write(&mut self, ci: usize) {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let h = ex.hedge.up;
+        let u = &mut self.ups[h];
+        let head = ex.head.as_ref().map_or(&[][..], |b| b.bytes());
+        if u.state != UpState::Busy || !u.io.writable || ex.hedge.off >= head.len() {
+            return;
+        }
+        match write2(&mut u.sock, &head[ex.hedge.off..], &[], &mut u.io) {
+            Ok(n) => ex.hedge.off += n,
+            Err(e) if would_block(&e) => {}
+            Err(_) => self.drop_hedge(ci),
+        }
+    }
+
+    /// A step of client `ci`'s exchange while its hedge runs: the hedge's connect and
+    /// head, then the race. The first attempt wins once it has response bytes; the hedge
+    /// wins if its bytes come first.
+    pub(super) fn hedge_step(&mut self, ci: usize) {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let h = ex.hedge.up;
+        if ex.got_bytes || ex.resp != Resp::Head {
+            self.end_hedging(ci);
+            return;
+        }
+        let u = &mut self.ups[h];
+        if u.state == UpState::Connecting {
+            match connect_result(u) {
+                None => return,
+                Some(false) => {
+                    self.drop_hedge(ci);
+                    return;
+                }
+                Some(true) => {
+                    u.state = UpState::Busy;
+                    let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
+                    self.ctx.timers.set(&mut u.timer, upstream_token(h).0, at);
+                }
+            }
+        }
+        self.hedge_write(ci);
+        let Some((_, ex)) = self.clients[ci].split() else {
+            return;
+        };
+        let h = ex.hedge.up;
+        if h == NONE || !self.ups[h].io.readable {
+            return;
+        }
+        // Response bytes, or the hedge's server closed: look without taking them.
+        let mut one = [0u8; 1];
+        let peeked = self.ups[h].sock.tcp().peek(&mut one);
+        match peeked {
+            Ok(0) => self.drop_hedge(ci),
+            Ok(_) => self.promote_hedge(ci, Promote::Won),
+            Err(e) if would_block(&e) => self.ups[h].io.readable = false,
+            Err(_) => self.drop_hedge(ci),
+        }
+    }
+
+    /// The hedge carries the exchange on: the first attempt's connection is closed and
+    /// its server given back, without a latency sample unless it failed.
+    fn promote_hedge(&mut self, ci: usize, why: Promote) {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let (old, h) = (ex.up, ex.hedge.up);
+        let old_backend = self.ups[old].backend;
+        let head_len = ex.head.as_ref().map_or(0, |b| b.len());
+        ex.up = h;
+        ex.head_off = ex.hedge.off.min(head_len);
+        ex.reused = ex.hedge.reused;
+        ex.rec.reused = ex.hedge.reused;
+        let first = std::mem::replace(&mut ex.attempt, ex.hedge.started);
+        ex.tried.insert(old_backend);
+        ex.hedge.up = NONE;
+        self.remove_upstream(old);
+        match why {
+            Promote::Failed => self.ctx.account_attempt(old_backend, first),
+            Promote::Won | Promote::Superseded => {
+                self.ctx.shared.balancer.cancel(old_backend);
+            }
+        }
+        if why == Promote::Won {
+            ex_done(&mut self.clients[ci]);
+            self.ctx.shared.counters.hedge_wins.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The first attempt failed: true if a running hedge, its request sent, takes over.
+    pub(super) fn hedge_takes_over(&mut self, ci: usize) -> bool {
+        let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
+            return false;
+        };
+        let h = ex.hedge.up;
+        if h == NONE {
+            return false;
+        }
+        let head_len = ex.head.as_ref().map_or(0, |b| b.len());
+        if self.ups[h].state != UpState::Busy || ex.hedge.off < head_len {
+            self.drop_hedge(ci);
+            return false;
+        }
+        self.promote_hedge(ci, Promote::Failed);
+        true
+    }
+
+    /// No more hedging for client `ci`'s exchange (an answer came, or it ended): a
+    /// running hedge is closed and no other goes out.
+    pub(super) fn end_hedging(&mut self, ci: usize) {
+        if let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) {
+            ex.hedge.at = 0;
+        }
+        self.drop_hedge(ci);
+    }
+
+    /// Closes client `ci`'s hedge, if one runs, giving its server back (no sample). A
+    /// further hedge already planned still goes out.
+    pub(super) fn drop_hedge(&mut self, ci: usize) {
+        let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
+            return;
+        };
+        let h = std::mem::replace(&mut ex.hedge.up, NONE);
+        if h == NONE {
+            return;
+        }
+        let backend = self.ups[h].backend;
+        self.remove_upstream(h);
+        self.ctx.shared.balancer.cancel(backend);
+    }
+}
