@@ -18,7 +18,7 @@ use crate::http::Method;
 const PATH_MAX: usize = 128;
 
 /// The CSV header. The seed's columns come first.
-pub const COLUMNS: [&str; 18] = [
+pub const COLUMNS: [&str; 19] = [
     "timestamp",
     "backend_url",
     "latency_ms",
@@ -37,6 +37,7 @@ pub const COLUMNS: [&str; 18] = [
     "upstream_protocol",
     "grpc_status",
     "tls",
+    "attempts",
 ];
 
 /// One finished request. `Copy` and fixed-size, so sending it allocates nothing.
@@ -60,6 +61,8 @@ pub struct Record {
     /// The client's TLS version: 12, 13, or 0 for cleartext (the `tls` column:
     /// `TLSv1.2`, `TLSv1.3` or empty).
     pub tls: u8,
+    /// Attempts the request took: 1, plus its retries and hedges (the `attempts` column).
+    pub attempts: u8,
     path_len: u8,
     path: [u8; PATH_MAX],
     pub request_bytes: u64,
@@ -86,6 +89,7 @@ impl Record {
             upstream_h2: false,
             grpc_status: None,
             tls: 0,
+            attempts: 1,
             path_len: n as u8,
             path: p,
             request_bytes: 0,
@@ -310,6 +314,7 @@ fn write_record<W: Write>(
         13 => "TLSv1.3",
         _ => "",
     })?;
+    field!("{}", r.attempts);
     w.write_record(None::<&[u8]>)?;
     Ok(())
 }
@@ -388,11 +393,11 @@ mod tests {
         assert_eq!(lines.next().unwrap(), COLUMNS.join(","));
         assert_eq!(
             lines.next().unwrap(),
-            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555,http1,http1,,"
+            "1700000000.123456,http://127.0.0.1:8081,1.500,201,round-robin,1,POST,\"/a,b\",0,0,1200,1500,0,127.0.0.1:5555,http1,http1,,,1"
         );
         assert_eq!(
             lines.next().unwrap(),
-            "1700000000.223456,http://127.0.0.1:8081,0.000,200,round-robin,0,POST,/tts.TTS/Synthesize,0,0,0,0,0,127.0.0.1:5556,h2,http1,14,TLSv1.3"
+            "1700000000.223456,http://127.0.0.1:8081,0.000,200,round-robin,0,POST,/tts.TTS/Synthesize,0,0,0,0,0,127.0.0.1:5556,h2,http1,14,TLSv1.3,1"
         );
     }
 }

@@ -518,3 +518,85 @@ fn without_a_retry_policy_a_dropped_post_is_never_sent_twice() {
     assert_eq!(statuses.iter().filter(|&&s| s == 502).count(), c);
     assert_eq!(stat(&p, "policy_retries"), 0);
 }
+
+#[test]
+fn in_a_full_outage_retries_stay_within_the_budget() {
+    // Every server drops every request; a policy and a high retry count would replay each
+    // GET many times: the budget (20% of requests, plus 10 a second) caps the extra load.
+    let m1 = MiniServer::start(|_, _, _| Act::Close);
+    let m2 = MiniServer::start(|_, _, _| Act::Close);
+    let cfg = config(
+        &[
+            server_json("M1", m1.port(), 0),
+            server_json("M2", m2.port(), 0),
+        ],
+        "",
+    );
+    let args = [
+        "--workers",
+        "1",
+        "--health-check",
+        "off",
+        "--eject-after",
+        "0",
+        "--retries",
+        "10",
+        "--retry-on",
+        "reset",
+    ];
+    let p = Proxy::with_config(&cfg, &args);
+    let n = 300;
+    let start = Instant::now();
+    for _ in 0..n {
+        assert_eq!(get(p.addr, "/").status, 502);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let attempts = m1.requests.load(SeqCst) + m2.requests.load(SeqCst);
+    // The budget's start (10), its share (0.2 a request) and its floor (10 a second).
+    let cap = n as f64 * 1.2 + 10.0 + 10.0 * secs.ceil();
+    assert!(attempts > n, "some retries were made: {attempts}");
+    assert!(
+        (attempts as f64) <= cap,
+        "{attempts} backend attempts for {n} requests in {secs:.1} s (cap {cap:.0})"
+    );
+}
+
+#[test]
+fn a_retry_policy_replays_a_dropped_post_with_its_body() {
+    // C reads the whole POST and drops the connection; the echo server gets it again,
+    // body and all, from the copy corelb kept (the body was sent, so without a policy
+    // this would be a 502).
+    let closer = MiniServer::start(|_, _, _| Act::Close);
+    let echo = Backend::start("E", "fast", &[]);
+    let servers = [
+        server_json("C", closer.port(), 0),
+        server_json("E", echo.port(), 0),
+    ];
+    let policy = r#", "retryPolicy": {"retryOn": ["reset"], "methods": ["POST"]}"#;
+    let args = [
+        "--workers",
+        "1",
+        "--health-check",
+        "off",
+        "--eject-after",
+        "0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    let p = Proxy::with_config(&config(&servers, policy), &args);
+    let body = "x".repeat(20_000);
+    for _ in 0..4 {
+        let req = format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let r = raw(p.addr, req.as_bytes()).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), body.len());
+        assert!(r.body.iter().all(|&b| b == b'x'));
+    }
+    let dropped = closer.requests.load(SeqCst) as u64;
+    assert!(dropped >= 2, "C saw {dropped}");
+    assert_eq!(echo.requests(), 4, "each POST reached the echo server once");
+    assert_eq!(stat(&p, "policy_retries"), dropped);
+}

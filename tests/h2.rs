@@ -401,7 +401,8 @@ fn streams_are_logged_with_their_protocol_and_retried_like_http1() {
     assert_eq!(header[14], "protocol");
     assert_eq!(header[15], "upstream_protocol");
     assert_eq!(header[16], "grpc_status");
-    assert_eq!(header.last().map(String::as_str), Some("tls"));
+    assert_eq!(header[17], "tls");
+    assert_eq!(header.last().map(String::as_str), Some("attempts"));
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 7);
     let h2 = rows.iter().filter(|r| &r[14] == "h2").count();
@@ -413,6 +414,10 @@ fn streams_are_logged_with_their_protocol_and_retried_like_http1() {
         rows.iter().all(|r| r[16].is_empty()),
         "no gRPC call, no grpc_status"
     );
+    // The requests round robin sent to D first took a second attempt, on A.
+    let retried = rows.iter().filter(|r| &r[18] == "2").count();
+    assert!(retried >= 1, "{rows:?}");
+    assert!(rows.iter().all(|r| &r[18] == "1" || &r[18] == "2"));
     // Per-request upstream mode: every request had a connection of its own.
     assert!(a.stats().1 >= 7);
 }

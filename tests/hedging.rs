@@ -28,7 +28,10 @@ fn slow_and_fast(extra: &[&str]) -> (Backend, Backend, Proxy) {
 
 #[test]
 fn a_get_with_no_answer_after_the_delay_is_hedged_and_the_first_answer_wins() {
-    let (slow, fast, p) = slow_and_fast(&["--hedge-delay", "20ms"]);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("log.csv");
+    let csv_arg = csv.to_str().unwrap();
+    let (slow, fast, p) = slow_and_fast(&["--hedge-delay", "20ms", "--log-csv", csv_arg]);
     let mut worst = Duration::ZERO;
     for _ in 0..6 {
         let t = Instant::now();
@@ -44,6 +47,26 @@ fn a_get_with_no_answer_after_the_delay_is_hedged_and_the_first_answer_wins() {
     assert_eq!(stat(&p, "hedge_wins"), hedged);
     assert_eq!(fast.requests(), 6, "F answered every request");
     assert!(eventually(Duration::from_secs(5), || slow.requests() == hedged));
+    // The CSV says which requests took two attempts: the hedged ones, answered by F.
+    let attempts = |text: &str| -> Vec<(String, String)> {
+        let mut lines = text.lines();
+        let head: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+        let col = |name| head.iter().position(|c| *c == name).unwrap();
+        let (url, n) = (col("backend_url"), col("attempts"));
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .map(|f| (f[url].to_string(), f[n].to_string()))
+            .collect()
+    };
+    let mut rows = Vec::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        rows = attempts(&std::fs::read_to_string(&csv).unwrap_or_default());
+        rows.len() == 6
+    }));
+    let two = rows.iter().filter(|(_, n)| n == "2").count() as u64;
+    assert_eq!(two, hedged, "{rows:?}");
+    let f_url = format!("http://127.0.0.1:{}", fast.port());
+    assert!(rows.iter().all(|(u, _)| *u == f_url), "{rows:?}");
 }
 
 #[test]

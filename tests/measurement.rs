@@ -65,7 +65,8 @@ fn csv_has_one_row_per_request_with_the_seed_columns_first() {
             "protocol",
             "upstream_protocol",
             "grpc_status",
-            "tls"
+            "tls",
+            "attempts"
         ]
     );
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
@@ -93,6 +94,7 @@ fn csv_has_one_row_per_request_with_the_seed_columns_first() {
         assert!((ms * 1000.0 - total as f64).abs() <= 1.0);
         assert!(r[9].parse::<u64>().unwrap() > 0, "response bytes");
         assert!(r[13].starts_with("127.0.0.1:"));
+        assert_eq!(&r[18], "1", "one attempt each");
     }
     assert_eq!((to_a, to_b, bad), (25, 25, 1));
     // The keep-alive requests after the first reuse their upstream connection.

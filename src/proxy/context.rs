@@ -153,6 +153,7 @@ impl Ctx {
     /// Takes back an exchange that ended: its buffers return to the pool, its box is kept.
     pub fn recycle(&mut self, mut ex: Box<Exchange>) {
         self.bufs.release(&mut ex.head);
+        self.bufs.release(&mut ex.replay);
         self.bufs.release(&mut ex.resp_buf);
         self.bufs.release(&mut ex.out);
         // Empty pipes go back to the pool; one still holding bytes is closed.
@@ -205,6 +206,7 @@ impl Ctx {
             rec.status = status;
             rec.upstream_us = upstream_us;
             rec.total_us = total_us;
+            rec.attempts = 1u8.saturating_add(ex.retries).saturating_add(ex.hedge.sent);
             rec.stamp();
             log.send(rec);
         }

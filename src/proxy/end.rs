@@ -40,6 +40,17 @@ impl Proxy {
         };
         // Detach the failed attempt; the exchange moves on with what it learnt.
         self.drop_upstream(ci, ui);
+        let (c, ex) = self.clients[ci].split().expect("proxying");
+        // The body the failed attempt sent, kept for this: in front of the rest again.
+        if let Some(mut kept) = ex.replay.take() {
+            let n = kept.len();
+            if let Some(rest) = c.buf.as_ref() {
+                kept.append(rest.bytes());
+            }
+            self.ctx.bufs.release(c.buf);
+            *c.buf = Some(kept);
+            ex.body_ready += n;
+        }
         let (_, ex) = self.clients[ci].split().expect("proxying");
         if !stale {
             self.ctx.account_attempt(old, ex.attempt);
@@ -140,6 +151,7 @@ impl Proxy {
         self.ctx.bufs.release(&mut ex.head);
         self.ctx.bufs.release(&mut ex.resp_buf);
         self.ctx.bufs.release(&mut ex.out);
+        self.ctx.bufs.release(&mut ex.replay);
     }
 
     /// Ends a completed exchange: the upstream goes back to the pool or closes, the client

@@ -67,6 +67,11 @@ pub(crate) struct Exchange {
     pub body_ready: usize,
     /// Request body bytes written in this attempt.
     pub body_sent: u64,
+    /// The body bytes this attempt sent, kept for a replay while a retry policy covers
+    /// the request and they fit in [`REPLAY_MAX`] (`relay.rs`); `replay_lost` once they
+    /// did not (or went by splice): the request can no longer be replayed.
+    pub replay: Option<Buf>,
+    pub replay_lost: bool,
 
     pub resp: Resp,
     /// Response bytes read from the backend.
@@ -129,6 +134,9 @@ pub(crate) struct Start {
     pub rec: Record,
 }
 
+/// Request body bytes an HTTP/1.1 exchange keeps for a replay a retry policy allows.
+pub const REPLAY_MAX: usize = 64 * 1024;
+
 /// A hedge: the same request once more, on another server, racing the first attempt
 /// until one of them sends response bytes.
 #[derive(Debug, Clone, Copy)]
@@ -161,6 +169,8 @@ impl Exchange {
             body: s.body,
             body_ready: s.body_ready,
             body_sent: 0,
+            replay: None,
+            replay_lost: false,
             resp: Resp::Head,
             resp_buf: None,
             out: None,
@@ -259,7 +269,11 @@ impl Exchange {
             method: self.method,
             head_kept: self.head.is_some(),
             head_written: self.head.as_ref().is_some_and(|h| self.head_off >= h.len()),
-            body_sent: self.body_sent,
+            // A body kept whole for a replay counts as not consumed.
+            body_sent: match (&self.replay, self.replay_lost) {
+                (Some(_), false) => 0,
+                _ => self.body_sent,
+            },
             answered: self.out.is_some(),
             got_bytes: self.got_bytes,
             reused: self.reused,

@@ -22,13 +22,6 @@ use super::io::{would_block, write2};
 use super::upstream::{connect_result, UpState};
 use super::{client_token, upstream_token, Proxy};
 
-/// An answer came: no more hedges for this exchange.
-fn ex_done(c: &mut super::client::Client) {
-    if let Some((_, ex)) = c.split() {
-        ex.hedge.at = 0;
-    }
-}
-
 /// Why a hedge takes the first attempt's place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Promote {
@@ -49,18 +42,29 @@ impl Proxy {
     /// Plans the hedge of client `ci`'s exchange, whose first attempt just began on
     /// `backend`.
     pub(super) fn plan_hedge(&mut self, ci: usize, backend: usize) {
-        let delay = match self.ctx.shared.cfg.retry.hedging.as_ref().map(|p| p.delay) {
-            None => return,
-            Some(HedgeDelay::Fixed(d)) => Ctx::ms(d),
-            Some(HedgeDelay::P95) => self.ctx.p95_ms(backend),
-        };
-        let now = self.ctx.now;
         let Some((_, ex)) = self.clients[ci].split() else {
             return;
         };
-        if ex.hedgeable && ex.retries == 0 && ex.hedge.up == NONE {
-            ex.hedge.at = now + delay.max(1);
+        if !ex.hedgeable || ex.retries > 0 || ex.hedge.up != NONE {
+            return;
         }
+        let Some(delay) = self.hedge_delay(backend) else {
+            return;
+        };
+        let at = self.ctx.now + delay;
+        if let Some((_, ex)) = self.clients[ci].split() {
+            ex.hedge.at = at;
+        }
+    }
+
+    /// How long an attempt on `backend` waits for a response byte before a hedge goes
+    /// out (at least 1 ms); `None` without a hedging policy.
+    fn hedge_delay(&mut self, backend: usize) -> Option<u64> {
+        let delay = match self.ctx.shared.cfg.retry.hedging.as_ref()?.delay {
+            HedgeDelay::Fixed(d) => Ctx::ms(d),
+            HedgeDelay::P95 => self.ctx.p95_ms(backend),
+        };
+        Some(delay.max(1))
     }
 
     /// Whether upstream `ui` is the hedge of client `ci`'s exchange.
@@ -133,20 +137,13 @@ impl Proxy {
         };
         let policy = self.ctx.shared.cfg.retry.hedging.as_ref();
         let max_hedges = policy.map_or(1, |p| p.max_attempts - 1) as u8;
-        let delay = match policy.map(|p| p.delay) {
-            Some(HedgeDelay::Fixed(d)) => Ctx::ms(d),
-            _ => self.ctx.p95_ms(b),
-        };
+        let delay = self.hedge_delay(b).unwrap_or(1);
         let now = self.ctx.now;
         let (_, ex) = self.clients[ci].split().expect("proxying");
         let sent = ex.hedge.sent + 1;
         ex.hedge = Hedge {
             // Another one later, if the policy allows more attempts.
-            at: if sent < max_hedges {
-                now + delay.max(1)
-            } else {
-                0
-            },
+            at: if sent < max_hedges { now + delay } else { 0 },
             up: ui,
             off: 0,
             sent,
@@ -243,6 +240,10 @@ impl Proxy {
         let first = std::mem::replace(&mut ex.attempt, ex.hedge.started);
         ex.tried.insert(old_backend);
         ex.hedge.up = NONE;
+        if why == Promote::Won {
+            // An answer came: no more hedges.
+            ex.hedge.at = 0;
+        }
         self.remove_upstream(old);
         match why {
             Promote::Failed => self.ctx.account_attempt(old_backend, first),
@@ -251,7 +252,6 @@ impl Proxy {
             }
         }
         if why == Promote::Won {
-            ex_done(&mut self.clients[ci]);
             self.ctx.shared.counters.hedge_wins.fetch_add(1, Relaxed);
         }
     }

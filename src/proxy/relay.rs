@@ -8,7 +8,7 @@ use crate::http::{self, chunked::ChunkError, Body, BodyKind, Method, Reply};
 use super::client::Phase;
 use super::decide::{self, Failure};
 use super::end::Blame;
-use super::exchange::{Req, Resp, NONE};
+use super::exchange::{Req, Resp, NONE, REPLAY_MAX};
 use super::io::{read_into, would_block, write2};
 use super::upstream::UpState;
 use super::{client_token, upstream_token, Proxy, Step};
@@ -143,6 +143,18 @@ impl Proxy {
                         n -= k;
                     }
                     if n > 0 {
+                        // Kept for a replay while a retry policy covers the request.
+                        if !ex.retry_on.is_empty() && !ex.replay_lost {
+                            let sent = &c.buf.as_ref().expect("body bytes").bytes()[..n];
+                            let kept = ex.replay.as_ref().map_or(0, |r| r.len());
+                            if kept + n <= REPLAY_MAX {
+                                let r = ex.replay.get_or_insert_with(|| self.ctx.bufs.get());
+                                r.append(sent);
+                            } else {
+                                ex.replay_lost = true;
+                                self.ctx.bufs.release(&mut ex.replay);
+                            }
+                        }
                         c.buf.as_mut().expect("body bytes").consume(n);
                         ex.body_ready -= n;
                         ex.rec.request_bytes += n as u64;

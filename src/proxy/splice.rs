@@ -336,6 +336,8 @@ impl Proxy {
                         moved = true;
                         ex.rec.request_bytes += n as u64;
                         ex.body_sent += n as u64;
+                        // Spliced bytes are not kept: no replay.
+                        ex.replay_lost = true;
                         self.ctx
                             .shared
                             .counters

@@ -190,6 +190,18 @@ impl Proxy {
             return LegStep::Failed(Gone::Lost);
         };
         let ms = &mut m.streams[k];
+        // A call a retry policy covers commits with its first message (or its end), not
+        // with its head: a backend lost between the two leaves it replayable.
+        let hold = st.grpc
+            && !st.ex.retry_on.is_empty()
+            && !ms.end
+            && ms.data.as_ref().is_none_or(|d| d.is_empty());
+        if !st.head_sent && hold && ms.head.is_some() {
+            return match ms.gone {
+                Some(why) => LegStep::Failed(why),
+                None => LegStep::Running(moved),
+            };
+        }
         if !st.head_sent {
             let Some(head) = ms.head.take() else {
                 return match ms.gone {
