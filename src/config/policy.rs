@@ -97,52 +97,84 @@ fn check_method(g: &Given, field: &str, m: &str) -> Result<(), ConfigError> {
     }
 }
 
+type Object = serde_json::Map<String, Value>;
+
+/// Every key of `map` is `known`; one of `not_yet` is refused with `why`.
+fn check_keys(
+    g: &Given,
+    map: &Object,
+    known: &[&str],
+    not_yet: &[&str],
+    why: &str,
+) -> Result<(), ConfigError> {
+    for k in map.keys() {
+        let field = format!("{}.{k}", g.field);
+        if not_yet.contains(&k.as_str()) {
+            return Err(ConfigError::new(&g.origin, field, why));
+        }
+        if !known.contains(&k.as_str()) {
+            let list = match known {
+                [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+                [] => String::new(),
+            };
+            return Err(ConfigError::new(
+                &g.origin,
+                field,
+                format!("unknown field: expected {list}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `maxAttempts`: 2 to [`MAX_ATTEMPTS`], 3 when absent.
+fn max_attempts(g: &Given, map: &Object) -> Result<u32, ConfigError> {
+    let Some(v) = map.get("maxAttempts") else {
+        return Ok(3);
+    };
+    match v.as_u64() {
+        Some(n) if (2..=MAX_ATTEMPTS as u64).contains(&n) => Ok(n as u32),
+        _ => Err(ConfigError::new(
+            &g.origin,
+            format!("{}.maxAttempts", g.field),
+            format!("expected a whole number from 2 to {MAX_ATTEMPTS}, got {v}"),
+        )),
+    }
+}
+
+/// `methods`: method names and paths, each checked; empty when absent.
+fn methods(g: &Given, map: &Object) -> Result<Vec<String>, ConfigError> {
+    let field = format!("{}.methods", g.field);
+    let Some(v) = map.get("methods") else {
+        return Ok(Vec::new());
+    };
+    let list = strings(g, &field, v)?;
+    for (i, m) in list.iter().enumerate() {
+        check_method(g, &format!("{field}[{i}]"), m)?;
+    }
+    Ok(list)
+}
+
 /// The policy from the file's `retryPolicy` object.
 fn from_object(g: &Given) -> Result<RetryPolicy, ConfigError> {
     let Raw::Json(Value::Object(map)) = &g.raw else {
         return Err(g.error(r#"expected an object like {"maxAttempts": 3, "retryOn": ["reset"]}"#));
     };
     let field = |k: &str| format!("{}.{k}", g.field);
-    for k in map.keys() {
-        if NOT_YET.contains(&k.as_str()) {
-            return Err(ConfigError::new(
-                &g.origin,
-                field(k),
-                "not supported yet: corelb retries at once, on another server",
-            ));
-        }
-        if !["maxAttempts", "retryOn", "methods"].contains(&k.as_str()) {
-            return Err(ConfigError::new(
-                &g.origin,
-                field(k),
-                "unknown field: expected maxAttempts, retryOn and methods",
-            ));
-        }
-    }
-    let max_attempts = match map.get("maxAttempts") {
-        None => 3,
-        Some(v) => match v.as_u64() {
-            Some(n) if (2..=MAX_ATTEMPTS as u64).contains(&n) => n as u32,
-            _ => {
-                return Err(ConfigError::new(
-                    &g.origin,
-                    field("maxAttempts"),
-                    format!("expected a whole number from 2 to {MAX_ATTEMPTS}, got {v}"),
-                ))
-            }
-        },
-    };
+    let not_yet = "not supported yet: corelb retries at once, on another server";
+    check_keys(
+        g,
+        map,
+        &["maxAttempts", "retryOn", "methods"],
+        &NOT_YET,
+        not_yet,
+    )?;
+    let max_attempts = max_attempts(g, map)?;
     let on = match map.get("retryOn") {
         None => return Err(ConfigError::new(&g.origin, field("retryOn"), "missing")),
         Some(v) => conditions(g, &field("retryOn"), &strings(g, &field("retryOn"), v)?)?,
     };
-    let methods = match map.get("methods") {
-        None => Vec::new(),
-        Some(v) => strings(g, &field("methods"), v)?,
-    };
-    for (i, m) in methods.iter().enumerate() {
-        check_method(g, &format!("{}[{i}]", field("methods")), m)?;
-    }
+    let methods = methods(g, map)?;
     Ok(RetryPolicy {
         max_attempts,
         on,
@@ -221,46 +253,15 @@ fn hedging_object(g: &Given) -> Result<HedgingPolicy, ConfigError> {
         );
     };
     let field = |k: &str| format!("{}.{k}", g.field);
-    for k in map.keys() {
-        if k == "nonFatalStatusCodes" {
-            return Err(ConfigError::new(
-                &g.origin,
-                field(k),
-                "not supported yet: the first response head wins",
-            ));
-        }
-        if !["maxAttempts", "hedgingDelay", "methods"].contains(&k.as_str()) {
-            return Err(ConfigError::new(
-                &g.origin,
-                field(k),
-                "unknown field: expected maxAttempts, hedgingDelay and methods",
-            ));
-        }
-    }
-    let max_attempts = match map.get("maxAttempts") {
-        None => 3,
-        Some(v) => match v.as_u64() {
-            Some(n) if (2..=MAX_ATTEMPTS as u64).contains(&n) => n as u32,
-            _ => {
-                return Err(ConfigError::new(
-                    &g.origin,
-                    field("maxAttempts"),
-                    format!("expected a whole number from 2 to {MAX_ATTEMPTS}, got {v}"),
-                ))
-            }
-        },
-    };
+    let not_yet = "not supported yet: the first response head wins";
+    let known = ["maxAttempts", "hedgingDelay", "methods"];
+    check_keys(g, map, &known, &["nonFatalStatusCodes"], not_yet)?;
+    let max_attempts = max_attempts(g, map)?;
     let delay = match map.get("hedgingDelay") {
         None => HedgeDelay::P95,
         Some(v) => hedge_delay(g, &field("hedgingDelay"), v)?,
     };
-    let methods = match map.get("methods") {
-        None => Vec::new(),
-        Some(v) => strings(g, &field("methods"), v)?,
-    };
-    for (i, m) in methods.iter().enumerate() {
-        check_method(g, &format!("{}[{i}]", field("methods")), m)?;
-    }
+    let methods = methods(g, map)?;
     Ok(HedgingPolicy {
         delay,
         max_attempts,
