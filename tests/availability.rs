@@ -435,6 +435,19 @@ fn a_bodyless_post_written_whole_is_not_replayed() {
     assert_eq!(m1.requests.load(SeqCst) + m2.requests.load(SeqCst), 1);
 }
 
+/// One worker, no health checks, no ejection (every request meets its servers), and the
+/// admin API on, for the retry-policy tests.
+const QUIET: [&str; 8] = [
+    "--workers",
+    "1",
+    "--health-check",
+    "off",
+    "--eject-after",
+    "0",
+    "--admin",
+    "127.0.0.1:0",
+];
+
 /// `C`, which reads every request and drops the connection, and `G`, which answers
 /// "done", behind a proxy (config `extra`) with no health checks, no ejection and its
 /// admin API on.
@@ -445,17 +458,7 @@ fn closer_and_good(extra: &str) -> (MiniServer, MiniServer, Proxy) {
         server_json("C", closer.port(), 0),
         server_json("G", good.port(), 0),
     ];
-    let args = [
-        "--workers",
-        "1",
-        "--health-check",
-        "off",
-        "--eject-after",
-        "0",
-        "--admin",
-        "127.0.0.1:0",
-    ];
-    let p = Proxy::with_config(&config(&servers, extra), &args);
+    let p = Proxy::with_config(&config(&servers, extra), &QUIET);
     (closer, good, p)
 }
 
@@ -573,17 +576,7 @@ fn a_retry_policy_replays_a_dropped_post_with_its_body() {
         server_json("E", echo.port(), 0),
     ];
     let policy = r#", "retryPolicy": {"retryOn": ["reset"], "methods": ["POST"]}"#;
-    let args = [
-        "--workers",
-        "1",
-        "--health-check",
-        "off",
-        "--eject-after",
-        "0",
-        "--admin",
-        "127.0.0.1:0",
-    ];
-    let p = Proxy::with_config(&config(&servers, policy), &args);
+    let p = Proxy::with_config(&config(&servers, policy), &QUIET);
     let body = "x".repeat(20_000);
     for _ in 0..4 {
         let req = format!(
