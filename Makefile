@@ -32,8 +32,8 @@ $(error PROTOCOL=$(PROTOCOL): expected http or grpc)
 endif
 
 .PHONY: all build release run backends test test-grpc test-browser lint fmt bench bench-quick \
-	bench-sizes bench-ab bench-h2 bench-h2-quick bench-tls bench-tls-quick abuse conformance \
-	fuzz clean
+	bench-sizes bench-ab bench-h2 bench-h2-quick bench-tail bench-tls bench-tls-quick abuse \
+	conformance fuzz clean
 
 all: build
 
@@ -135,7 +135,8 @@ fmt:
 # Benchmarks (bench/bench.py): wrk against corelb, NGINX and HAProxy on 127.0.0.1:18100-18199;
 # results in bench/results/<date>-<host>[-quick]/. BENCH_SECONDS sets each wrk run's length.
 #   make bench         3 repetitions of 30 s runs (about 40 min with corelb's 6 modes), then
-#                      the HTTP/2 and gRPC scenarios of bench/h2bench.py (about 11 min)
+#                      the HTTP/2 and gRPC scenarios of bench/h2bench.py (about 11 min) and
+#                      the tail latency of bench/tail.py, HTTP and gRPC (about 8 min)
 #   make bench-quick   1 repetition of 3 s runs, seed scenario with the seed's modes only,
 #                      sizes scenario with 4 KiB and 1 MiB only (about 3 min plus the build)
 #   make bench-sizes   only the body-size sweep: 0 B to 16 MiB, downloads and uploads, direct,
@@ -143,6 +144,7 @@ fmt:
 #   make bench-ab BASELINE=path/to/old/corelb   CPU per request of target/release/corelb
 #                      against BASELINE, alternately, medians of BENCH_REPS (default 3)
 #   make bench-h2, make bench-h2-quick     HTTP/2 and gRPC (bench/h2bench.py), below
+#   make bench-tail    tail latency with hedged requests, HTTP and gRPC (bench/tail.py), below
 #   make bench-tls, make bench-tls-quick   TLS termination (bench/tls_bench.py), below
 PYTHON ?= python3
 BASELINE ?=
@@ -153,6 +155,8 @@ bench: release
 	$(BENCH_DEPS)
 	$(PYTHON) bench/bench.py
 	$(PYTHON) bench/h2bench.py
+	$(PYTHON) bench/tail.py --seconds 20
+	$(PYTHON) bench/tail.py --grpc --seconds 20
 
 bench-quick: release
 	$(BENCH_DEPS)
@@ -180,6 +184,19 @@ bench-h2: release
 bench-h2-quick: release
 	$(BENCH_DEPS)
 	$(PYTHON) bench/h2bench.py --quick
+
+# Tail latency with hedged requests (bench/tail.py): three backends `--profile fixed:2
+# --stall 0.02:500` (2% of requests wait 500 ms more) behind corelb without and with hedging,
+# NGINX and HAProxy, round robin, 1 worker/thread each, targets alternating, medians of 3
+# repetitions of 20 s runs (about 4 min each). First HTTP/1.1 (`wrk -t2 -c32`, corelb
+# `--hedge-delay p95`), then gRPC unary calls (`--grpc`: `h2load -t1 -c32 -m1`, corelb
+# h2c servers with a hedgingPolicy for /tts.TTS/*; NGINX grpc_pass, HAProxy proto h2).
+# Each prints a markdown table: requests (calls) per second, p50/p99/p99.9 latency and
+# backend requests per client request.
+bench-tail: release
+	$(BENCH_DEPS)
+	$(PYTHON) bench/tail.py --seconds 20
+	$(PYTHON) bench/tail.py --grpc --seconds 20
 
 # TLS termination (bench/tls_bench.py): corelb (rustls, aws-lc-rs), NGINX (`listen ... ssl`)
 # and HAProxy (`bind ... ssl crt`), 1 worker/thread each, one ECDSA P-256 certificate made for

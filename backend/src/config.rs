@@ -1,11 +1,10 @@
 //! Command-line flags and the validated `Config` built from them; no I/O.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use clap::Parser;
 
-use crate::profile::{Latency, ProfileSpec, SlowPhase};
+use crate::profile::{Latency, ProfileSpec, SlowPhase, Stall};
 
 pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_ID: &str = "A";
@@ -36,14 +35,21 @@ pub struct Args {
     /// Multiply the delay by FACTOR during the first DURATION_MS of every PERIOD_MS.
     #[arg(long, value_name = "FACTOR:DURATION_MS:PERIOD_MS")]
     pub slow: Option<String>,
-    /// Fraction of default-route requests answered with 500.
+    /// Fraction of default-route requests answered with 500 (`--error-status`; TTS calls:
+    /// `--grpc-error`).
     #[arg(long, default_value_t = 0.0, value_name = "R")]
     pub error_rate: f64,
+    /// The HTTP status of the answers `--error-rate` fails (500..599).
+    #[arg(long, default_value_t = 500, value_name = "CODE")]
+    pub error_status: u16,
+    /// gRPC: the status of the TTS calls `--error-rate` fails (1..16; 14 UNAVAILABLE).
+    #[arg(long, default_value_t = 14, value_name = "CODE")]
+    pub grpc_error: u32,
     /// Fraction of default-route responses cut off after half the body.
     #[arg(long, default_value_t = 0.0, value_name = "R")]
     pub close_rate: f64,
-    /// HTTP/1.1: a fraction R of default-route requests waits MS more (a pause like a
-    /// garbage collection's), e.g. 0.02:500.
+    /// A fraction R of default-route requests (HTTP/1.1 and h2c) and TTS calls (gRPC)
+    /// waits MS more (a pause like a garbage collection's), e.g. 0.02:500.
     #[arg(long, value_name = "R:MS")]
     pub stall: Option<String>,
     /// Body size of the default route, in bytes (default: a short text).
@@ -106,9 +112,13 @@ pub struct Config {
     pub profile: ProfileSpec,
     pub slow: Option<SlowPhase>,
     pub error_rate: f64,
+    /// The grpc-status of an injected TTS call error, and the HTTP status of an injected
+    /// default-route error.
+    pub grpc_error: u32,
+    pub error_status: u16,
     pub close_rate: f64,
-    /// (fraction, extra delay) of stalled default-route requests.
-    pub stall: Option<(f64, Duration)>,
+    /// Stalled default-route requests and TTS calls.
+    pub stall: Option<Stall>,
     pub size: Option<u64>,
     pub max_streams: u32,
     pub refuse_rate: f64,
@@ -141,19 +151,19 @@ impl TryFrom<Args> for Config {
                 return Err(format!("bad {name} {r}: must be within 0..1"));
             }
         }
-        let stall = match a.stall.as_deref() {
-            None => None,
-            Some(s) => {
-                let bad = || format!("bad --stall {s:?}: expected R:MS, R within 0..1");
-                let (r, ms) = s.split_once(':').ok_or_else(bad)?;
-                let r: f64 = r.parse().map_err(|_| bad())?;
-                let ms: u64 = ms.parse().map_err(|_| bad())?;
-                if !(0.0..=1.0).contains(&r) {
-                    return Err(bad());
-                }
-                Some((r, Duration::from_millis(ms)))
-            }
-        };
+        let stall = a.stall.as_deref().map(Stall::parse).transpose()?;
+        if !(500..=599).contains(&a.error_status) {
+            return Err(format!(
+                "bad --error-status {}: a 5xx status",
+                a.error_status
+            ));
+        }
+        if !(1..=16).contains(&a.grpc_error) {
+            return Err(format!(
+                "bad --grpc-error {}: a gRPC status code 1..16",
+                a.grpc_error
+            ));
+        }
         if a.max_streams == 0 || a.max_streams > 100_000 {
             return Err(format!(
                 "bad --max-streams {}: must be 1..100000",
@@ -173,6 +183,8 @@ impl TryFrom<Args> for Config {
             profile,
             slow,
             error_rate: a.error_rate,
+            grpc_error: a.grpc_error,
+            error_status: a.error_status,
             close_rate: a.close_rate,
             stall,
             size: a.size,
@@ -235,6 +247,8 @@ mod tests {
             "2",
             "--seed",
             "9",
+            "--stall",
+            "0.02:500",
         ])
         .unwrap();
         assert_eq!(c.port, 0);
@@ -242,15 +256,24 @@ mod tests {
         assert_eq!(c.slow.unwrap().factor, 5.0);
         assert_eq!(c.size, Some(1000));
         assert_eq!((c.threads, c.seed), (2, 9));
+        let stall = c.stall.unwrap();
+        assert_eq!((stall.rate, stall.extra.as_millis()), (0.02, 500));
     }
 
     #[test]
     fn rejects_bad_values() {
         assert!(parse(&["--port", "0", "--id", "A", "--error-rate", "1.5"]).is_err());
+        assert!(parse(&["--port", "0", "--id", "A", "--grpc-error", "0"]).is_err());
+        let c = parse(&["--port", "0", "--id", "A", "--grpc-error", "8"]).unwrap();
+        assert_eq!(c.grpc_error, 8);
+        assert!(parse(&["--port", "0", "--id", "A", "--error-status", "404"]).is_err());
+        let c = parse(&["--port", "0", "--id", "A", "--error-status", "503"]).unwrap();
+        assert_eq!(c.error_status, 503);
         assert!(parse(&["--port", "0", "--id", "A", "--threads", "0"]).is_err());
         assert!(parse(&["--port", "0", "--id", "a b"]).is_err());
         assert!(parse(&["--port", "0", "--id", "A", "--profile", "nope"]).is_err());
         assert!(parse(&["--port", "0", "--id", "A", "--slow", "1:2"]).is_err());
+        assert!(parse(&["--port", "0", "--id", "A", "--stall", "2:500"]).is_err());
         let err = parse(&["--port", "0", "--id", "D"]).unwrap_err();
         assert!(err.contains("profile seed knows ids A, B, C"), "{err}");
         assert!(parse(&["--port", "0", "--id", "D", "--profile", "fast"]).is_ok());

@@ -42,6 +42,19 @@ pub struct Ctx<'a> {
     pub slot: usize,
 }
 
+impl Ctx<'_> {
+    /// The wait before a default-route answer (HTTP/1.1, h2c) or a TTS call's (gRPC): the
+    /// profile's delay, plus `--stall`'s extra for the requests it picks.
+    pub fn answer_delay(&mut self) -> Duration {
+        let elapsed = self.now.saturating_duration_since(self.start);
+        let delay = self.latency.delay(elapsed);
+        match self.cfg.stall {
+            Some(stall) => delay + stall.draw(self.rng),
+            None => delay,
+        }
+    }
+}
+
 /// Buffers kept across connections by the event loop, so accepting does not allocate.
 pub struct Buffers {
     rbuf: Vec<u8>,
@@ -115,7 +128,7 @@ impl Req {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Ok,
-    /// `--error-rate`: 500.
+    /// `--error-rate`: 500 (or `--error-status`).
     Error,
     /// `--close-rate`: head and half the body, then close.
     CutOff,
@@ -551,14 +564,7 @@ impl Conn {
                 }
             }
             Route::Default => {
-                let mut delay = ctx
-                    .latency
-                    .delay(ctx.now.saturating_duration_since(ctx.start));
-                if let Some((r, extra)) = ctx.cfg.stall {
-                    if ctx.rng.next_f64() < r {
-                        delay += extra;
-                    }
-                }
+                let delay = ctx.answer_delay();
                 return self.answer_after(ctx, delay);
             }
             Route::Delay(ms) => return self.answer_after(ctx, Duration::from_millis(ms)),
@@ -593,7 +599,7 @@ impl Conn {
         let ms = (answer.delay.as_secs_f64() * 1000.0).round() as u64;
         let cut = answer.outcome == Outcome::CutOff;
         let code = if answer.outcome == Outcome::Error {
-            500
+            ctx.cfg.error_status
         } else {
             200
         };

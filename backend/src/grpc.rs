@@ -36,7 +36,6 @@ pub mod code {
     pub const NOT_FOUND: u32 = 5;
     pub const RESOURCE_EXHAUSTED: u32 = 8;
     pub const UNIMPLEMENTED: u32 = 12;
-    pub const UNAVAILABLE: u32 = 14;
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -1,6 +1,7 @@
-//! What each HTTP/2 stream answers: the HTTP/1 routes over h2c (same profiles, echo, sink,
-//! bytes, failures), h2-only failure routes, and the gRPC TTS service. Per-stream state is
-//! a [`Job`]; `pump` pushes queued bodies into the codec as the windows allow.
+//! What each HTTP/2 stream answers: the HTTP/1 routes over h2c (same profiles and stalls,
+//! echo, sink, bytes, failures), h2-only failure routes, and the gRPC TTS service (the
+//! profile's delay and `--stall` before the answer). Per-stream state is a [`Job`]; `pump`
+//! pushes queued bodies into the codec as the windows allow.
 //!
 //! h2-only routes: `/refuse` (RST_STREAM REFUSED_STREAM), `/reset` (head, a few bytes, then
 //! RST_STREAM INTERNAL_ERROR), `/goaway` (GOAWAY naming this stream, then the answer),
@@ -386,9 +387,7 @@ impl App<'_> {
             }
             Work::Http(Route::Hang) => {}
             Work::Http(Route::Default) => {
-                let delay = ctx
-                    .latency
-                    .delay(ctx.now.saturating_duration_since(ctx.start));
+                let delay = ctx.answer_delay();
                 self.schedule(ctx, id, delay);
             }
             Work::Http(Route::Delay(ms)) => self.schedule(ctx, id, Duration::from_millis(ms)),
@@ -462,7 +461,10 @@ impl App<'_> {
         let cfg_id = ctx.cfg.id.clone();
         let lat = ms.to_string();
         let (code, body) = match outcome {
-            Outcome::Error => (500, format!("Error from server {cfg_id} after {ms} ms\n")),
+            Outcome::Error => (
+                ctx.cfg.error_status,
+                format!("Error from server {cfg_id} after {ms} ms\n"),
+            ),
             _ => (
                 200,
                 format!("Response from server {cfg_id} after {ms} ms\n"),
@@ -602,9 +604,7 @@ impl App<'_> {
                     cut_at: None,
                     ready: false,
                 });
-                let delay = ctx
-                    .latency
-                    .delay(ctx.now.saturating_duration_since(ctx.start));
+                let delay = ctx.answer_delay();
                 return self.schedule(ctx, id, delay);
             }
         }
@@ -624,7 +624,8 @@ impl App<'_> {
         outcome: Outcome,
     ) {
         if outcome == Outcome::Error {
-            return self.grpc_status(ctx, id, code::UNAVAILABLE, "injected error (--error-rate)");
+            let code = ctx.cfg.grpc_error;
+            return self.grpc_status(ctx, id, code, "injected error (--error-rate)");
         }
         self.grpc_head(ctx, id);
         let backend = ctx.cfg.id.clone();

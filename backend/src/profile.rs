@@ -151,6 +151,36 @@ impl SlowPhase {
     }
 }
 
+/// `--stall R:MS`: a fraction `rate` of answers waits `extra` more, on top of the profile's
+/// delay (a pause like a garbage collection's).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stall {
+    pub rate: f64,
+    pub extra: Duration,
+}
+
+impl Stall {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("bad --stall {s:?}: expected R:MS, R within 0..1");
+        let (rate, ms) = s.split_once(':').ok_or_else(bad)?;
+        let rate: f64 = rate.parse().map_err(|_| bad())?;
+        let extra = parse_ms(ms).ok_or_else(bad)?;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(bad());
+        }
+        Ok(Stall { rate, extra })
+    }
+
+    /// The extra wait of the next answer: `extra` with probability `rate`, else zero.
+    pub fn draw(&self, rng: &mut XorShift) -> Duration {
+        if rng.next_f64() < self.rate {
+            self.extra
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
 /// FIFO queue in front of a fixed pool of virtual workers.
 ///
 /// Because the queue is FIFO and each service time is drawn on arrival, a request's start is
@@ -362,6 +392,28 @@ mod tests {
         assert_eq!(fast.delay(ms(1500)), Duration::ZERO);
         let seed = Latency::new(&ProfileSpec::Seed, "B", slow, 1).unwrap();
         assert_eq!(seed.delay(ms(2000)), ms(800));
+    }
+
+    #[test]
+    fn stall_parses_and_picks_its_fraction() {
+        let s = Stall::parse("0.02:500").unwrap();
+        assert_eq!((s.rate, s.extra), (0.02, ms(500)));
+        assert_eq!(
+            Stall::parse("1:2.5").unwrap().extra,
+            Duration::from_micros(2500)
+        );
+        for bad in [
+            "", "0.5", "x:5", "0.5:x", "1.5:5", "-0.1:5", "0.5:-1", "NaN:5",
+        ] {
+            assert!(Stall::parse(bad).is_err(), "{bad}");
+        }
+        let mut rng = XorShift::new(3);
+        let never = Stall::parse("0:500").unwrap();
+        let always = Stall::parse("1:500").unwrap();
+        assert!((0..1000).all(|_| never.draw(&mut rng).is_zero()));
+        assert!((0..1000).all(|_| always.draw(&mut rng) == ms(500)));
+        let hits = (0..100_000).filter(|_| !s.draw(&mut rng).is_zero()).count();
+        assert!((1_700..2_300).contains(&hits), "{hits}");
     }
 
     #[test]

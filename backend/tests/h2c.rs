@@ -445,3 +445,39 @@ fn grpc_injected_failures() {
     assert_eq!(r.reset, Some(ErrorCode::INTERNAL_ERROR));
     assert_eq!(r.messages.len(), 2, "cut halfway");
 }
+
+#[test]
+fn stall_delays_h2c_and_grpc_answers() {
+    // `--stall 1:300`: every default-route answer and TTS call waits 300 ms more.
+    let b = Backend::start("grpc", &["--stall", "1:300"]);
+    let t0 = Instant::now();
+    let r = call(b.port, "/tts.TTS/Synthesize", &synth("hello", 1, 10));
+    assert_eq!(r.status.as_deref(), Some("0"));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    let resp = SynthesizeResponse::decode(&r.messages[0][..]).unwrap();
+    assert_eq!(resp.latency_ms, 300);
+    // Health checks are not stalled.
+    let t0 = Instant::now();
+    let r = call(
+        b.port,
+        "/grpc.health.v1.Health/Check",
+        &HealthCheckRequest::default(),
+    );
+    assert_eq!(r.status.as_deref(), Some("0"));
+    assert!(
+        t0.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    if !have("curl") {
+        return;
+    }
+    let b = Backend::start("h2c", &["--stall", "1:300"]);
+    let (rc, body, tail) = curl(&b, "/", &[]);
+    assert_eq!((rc, tail.as_str()), (0, "200 2"));
+    assert_eq!(body, b"Response from server A after 300 ms\n");
+}
