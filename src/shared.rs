@@ -11,6 +11,22 @@ use crate::balancer::Balancer;
 use crate::config::Config;
 use crate::health::{Health, Monitored};
 
+/// Why requests are retried, as `/stats` `retries_by_reason` and `/metrics`
+/// `corelb_retries_by_reason_total{reason}` name them (`proxy::decide::Failure::label`).
+pub const RETRY_REASONS: [&str; 11] = [
+    "connect-failure",
+    "connect-timeout",
+    "reset",
+    "timeout",
+    "bad-response",
+    "refused-stream",
+    "per-try-timeout",
+    "502",
+    "503",
+    "504",
+    "stale-connection",
+];
+
 /// Counters all workers add to (read by the main thread and the admin listener).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -20,12 +36,20 @@ pub struct Counters {
     pub rejected: AtomicU64,
     /// Requests tried again on another server (or on a fresh connection).
     pub retries: AtomicU64,
+    /// The same retries by what failed, indexed as [`RETRY_REASONS`].
+    pub retry_reasons: [AtomicU64; RETRY_REASONS.len()],
     /// Of those, the ones only a retry policy allowed (the request may have been
     /// processed: `retryPolicy`, `--retry-on`).
     pub policy_retries: AtomicU64,
     /// Hedges sent (`hedgingPolicy`), and those that answered first.
     pub hedges: AtomicU64,
     pub hedge_wins: AtomicU64,
+    /// Attempts of a hedged request cancelled because another answered first (or took
+    /// their place): counted here, never as errors.
+    pub hedges_cancelled: AtomicU64,
+    /// Requests a retry policy covers whose body outgrew the replay buffer (or went by
+    /// splice): they can no longer be replayed.
+    pub replay_overflows: AtomicU64,
     pub active_clients: AtomicU64,
     /// Exchanges the client gave up on before the response was complete.
     pub client_aborts: AtomicU64,

@@ -593,3 +593,215 @@ fn a_retry_policy_replays_a_dropped_post_with_its_body() {
     assert_eq!(echo.requests(), 4, "each POST reached the echo server once");
     assert_eq!(stat(&p, "policy_retries"), dropped);
 }
+
+/// `U` answers every request 503 (`--error-rate 1 --error-status 503`), `G` answers it;
+/// round robin, with config `extra`.
+fn unavailable_and_good(extra: &str) -> (Backend, Backend, Proxy) {
+    let u = Backend::start("U", "fast", &["--error-rate", "1", "--error-status", "503"]);
+    let g = Backend::start("G", "fast", &[]);
+    let servers = [server_json("U", u.port(), 0), server_json("G", g.port(), 0)];
+    let p = Proxy::with_config(&config(&servers, extra), &QUIET);
+    (u, g, p)
+}
+
+const SUBMIT: &[u8] =
+    b"POST /submit HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+
+#[test]
+fn a_retry_policy_replays_a_503_elsewhere_and_forwards_the_last_one_as_it_is() {
+    let policy = r#", "retryPolicy": {"maxAttempts": 3, "retryOn": ["503"], "methods": ["POST"]}"#;
+    let (u, g, p) = unavailable_and_good(policy);
+    for _ in 0..6 {
+        let r = raw(p.addr, SUBMIT).unwrap();
+        assert_eq!(
+            (r.status, r.backend()),
+            (200, "G".to_string()),
+            "{}",
+            r.text()
+        );
+    }
+    // Each POST round robin gave U first went to G once more (its body with it).
+    let replayed = u.requests();
+    assert!(replayed >= 3, "U saw {replayed}");
+    assert_eq!(g.requests(), 6);
+    assert_eq!(stat(&p, "policy_retries"), replayed);
+    // Counted by reason, in /stats and /metrics.
+    let admin = p.admin.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&get(admin, "/stats").body).unwrap();
+    assert_eq!(
+        v["totals"]["retries_by_reason"]["503"], replayed,
+        "{}",
+        v["totals"]
+    );
+    assert_eq!(v["totals"]["retries_by_reason"]["reset"], 0);
+    let metrics = get(admin, "/metrics").text();
+    let line = format!("corelb_retries_by_reason_total{{reason=\"503\"}} {replayed}");
+    assert!(metrics.lines().any(|l| l == line), "{line}");
+    // A GET the policy does not cover: U's own 503 reaches the client, sent once.
+    let (u0, g0) = (u.requests(), g.requests());
+    let answers: Vec<Resp> = (0..4).map(|_| get(p.addr, "/")).collect();
+    let from_u = answers.iter().filter(|r| r.backend() == "U").count() as u64;
+    assert!(from_u > 0);
+    assert!(answers
+        .iter()
+        .all(|r| (r.status == 503) == (r.backend() == "U")));
+    assert_eq!((u.requests() - u0, g.requests() - g0), (from_u, 4 - from_u));
+}
+
+#[test]
+fn when_every_server_answers_503_the_client_gets_the_last_503_not_a_502() {
+    let u1 = Backend::start(
+        "U1",
+        "fast",
+        &["--error-rate", "1", "--error-status", "503"],
+    );
+    let u2 = Backend::start(
+        "U2",
+        "fast",
+        &["--error-rate", "1", "--error-status", "503"],
+    );
+    let servers = [
+        server_json("U1", u1.port(), 0),
+        server_json("U2", u2.port(), 0),
+    ];
+    let policy = r#", "retryPolicy": {"maxAttempts": 2, "retryOn": ["503"]}"#;
+    let p = Proxy::with_config(&config(&servers, policy), &QUIET);
+    let r = get(p.addr, "/");
+    assert_eq!(r.status, 503);
+    // The server's own answer (its head and body), not one corelb made.
+    assert!(r.backend().starts_with('U'), "{}", r.text());
+    assert!(r.text().contains("from server U"), "{}", r.text());
+    // Both servers were tried, once each.
+    assert_eq!(u1.requests() + u2.requests(), 2);
+}
+
+/// `S` answers after 400 ms, `F` at once; round robin, with config `extra`.
+fn slow_and_fast(extra: &str) -> (Backend, Backend, Proxy) {
+    let s = Backend::start("S", "fixed:400", &[]);
+    let f = Backend::start("F", "fast", &[]);
+    let servers = [server_json("S", s.port(), 0), server_json("F", f.port(), 0)];
+    let p = Proxy::with_config(&config(&servers, extra), &QUIET);
+    (s, f, p)
+}
+
+#[test]
+fn a_per_try_timeout_moves_a_post_the_policy_covers_to_another_server() {
+    let policy = r#", "retryPolicy": {"maxAttempts": 2, "perTryTimeout": "80ms",
+                     "retryOn": ["per-try-timeout"], "methods": ["POST"]}"#;
+    let (s, f, p) = slow_and_fast(policy);
+    for _ in 0..4 {
+        let t = Instant::now();
+        let r = raw(p.addr, SUBMIT).unwrap();
+        assert_eq!((r.status, r.backend()), (200, "F".to_string()));
+        assert!(
+            t.elapsed() < Duration::from_millis(350),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    assert!(s.requests() >= 2);
+    assert_eq!(f.requests(), 4);
+    assert_eq!(stat(&p, "policy_retries"), s.requests());
+}
+
+#[test]
+fn a_per_try_timeout_without_per_try_timeout_in_retry_on_is_a_504_for_a_post() {
+    // The timeout bounds each attempt; only `per-try-timeout` lets a POST go elsewhere.
+    let policy = r#", "retryPolicy": {"maxAttempts": 2, "perTryTimeout": "80ms",
+                     "retryOn": ["reset"], "methods": ["POST"]}"#;
+    let (s, f, p) = slow_and_fast(policy);
+    let answers: Vec<(u16, Duration)> = (0..4)
+        .map(|_| {
+            let t = Instant::now();
+            (raw(p.addr, SUBMIT).unwrap().status, t.elapsed())
+        })
+        .collect();
+    let timed_out = answers.iter().filter(|(s, _)| *s == 504).count() as u64;
+    assert!(timed_out >= 1, "{answers:?}");
+    assert!(answers
+        .iter()
+        .all(|(st, t)| *st == 200 || (*st == 504 && *t < Duration::from_millis(350))));
+    // Each POST reached one server once.
+    assert_eq!(s.requests() + f.requests(), 4);
+    assert_eq!(s.requests(), timed_out);
+}
+
+#[test]
+fn a_retry_policy_with_a_backoff_waits_a_jittered_time_before_each_retry() {
+    // Up to 200 ms with full jitter: each retry waits a random time within it.
+    let policy = r#", "retryPolicy": {"maxAttempts": 2, "retryOn": ["503"], "methods": ["POST"],
+                     "initialBackoff": "200ms", "maxBackoff": "200ms"}"#;
+    let (u, g, p) = unavailable_and_good(policy);
+    let mut retried = Vec::new();
+    for _ in 0..16 {
+        let before = u.requests();
+        let t = Instant::now();
+        let r = raw(p.addr, SUBMIT).unwrap();
+        let took = t.elapsed();
+        assert_eq!((r.status, r.backend()), (200, "G".to_string()));
+        if u.requests() > before {
+            retried.push(took);
+        }
+    }
+    assert!(retried.len() >= 8, "{retried:?}");
+    assert_eq!(g.requests(), 16);
+    // None waited past the ceiling (plus a loaded machine's slack); some waited a while
+    // (all eight under 30 ms by chance: about 1 in 4 million).
+    let longest = *retried.iter().max().unwrap();
+    assert!(longest > Duration::from_millis(30), "{retried:?}");
+    assert!(longest < Duration::from_millis(700), "{retried:?}");
+}
+
+/// POSTs `body` to /echo through `p` `n` times: the statuses, each echo checked whole.
+fn post_echo(p: &Proxy, body: &str, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|_| {
+            let req = format!(
+                "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let r = raw(p.addr, req.as_bytes()).expect("an answer");
+            if r.status == 200 {
+                assert_eq!(r.body, body.as_bytes(), "the echo is the body, whole");
+            }
+            r.status
+        })
+        .collect()
+}
+
+#[test]
+fn the_replay_buffer_bounds_what_a_policy_replays_and_overflows_are_counted() {
+    let closer = MiniServer::start(|_, _, _| Act::Close);
+    let echo = Backend::start("E", "fast", &[]);
+    let servers = [
+        server_json("C", closer.port(), 0),
+        server_json("E", echo.port(), 0),
+    ];
+    // A 1 KiB buffer: a 20 KB body outgrows it, a 500-byte one fits.
+    let policy = r#", "retryPolicy": {"retryOn": ["reset"], "methods": ["POST"],
+                     "replayBufferBytes": 1024}"#;
+    let p = Proxy::with_config(&config(&servers, policy), &QUIET);
+    let big = post_echo(&p, &"x".repeat(20_000), 4);
+    let dropped = closer.requests.load(SeqCst) as u64;
+    assert!(dropped >= 2, "{big:?}");
+    assert_eq!(
+        big.iter().filter(|&&s| s == 502).count() as u64,
+        dropped,
+        "{big:?}"
+    );
+    assert_eq!(stat(&p, "replay_overflows"), 4, "every big POST outgrew it");
+    assert_eq!(stat(&p, "policy_retries"), 0);
+    let small = post_echo(&p, &"y".repeat(500), 4);
+    assert!(small.iter().all(|&s| s == 200), "{small:?}");
+    assert_eq!(stat(&p, "replay_overflows"), 4);
+
+    // A 1 MiB buffer keeps a 300 KB body whole (no splice while it fits): replayed.
+    let policy = r#", "retryPolicy": {"retryOn": ["reset"], "methods": ["POST"],
+                     "replayBufferBytes": 1048576}"#;
+    let p = Proxy::with_config(&config(&servers, policy), &QUIET);
+    let before = closer.requests.load(SeqCst) as u64;
+    let large = post_echo(&p, &"z".repeat(300_000), 4);
+    assert!(large.iter().all(|&s| s == 200), "{large:?}");
+    assert!(closer.requests.load(SeqCst) as u64 > before);
+    assert_eq!(stat(&p, "replay_overflows"), 0);
+}

@@ -280,16 +280,36 @@ fn a_bad_retry_policy_is_one_line_naming_its_field() {
         (
             r#"{"retryOn": ["reset", "teapot"]}"#,
             "retryPolicy.retryOn: unknown condition \"teapot\": expected connect-failure, \
-             refused-stream, reset, unavailable, resource-exhausted",
+             refused-stream, reset, unavailable, resource-exhausted, 502, 503, 504, \
+             per-try-timeout",
         ),
         (
             r#"{"retryOn": ["reset"], "maxAttempts": 9}"#,
             "retryPolicy.maxAttempts: expected a whole number from 2 to 5, got 9",
         ),
         (
-            r#"{"retryOn": ["reset"], "perTryTimeout": "200ms"}"#,
-            "retryPolicy.perTryTimeout: not supported yet: corelb retries at once, on another \
-             server",
+            r#"{"retryOn": ["reset"], "perTryTimeout": "soon"}"#,
+            "retryPolicy.perTryTimeout: expected a duration like \"200ms\", got \"soon\"",
+        ),
+        (
+            r#"{"retryOn": ["per-try-timeout"]}"#,
+            "retryPolicy.retryOn: per-try-timeout needs a perTryTimeout",
+        ),
+        (
+            r#"{"retryOn": ["reset"], "replayBufferBytes": "lots"}"#,
+            "retryPolicy.replayBufferBytes: expected a number of bytes up to 16777216, got \"lots\"",
+        ),
+        (
+            r#"{"retryOn": ["503"], "maxBackoff": "1s"}"#,
+            "retryPolicy.maxBackoff: needs an initialBackoff",
+        ),
+        (
+            r#"{"retryOn": ["503"], "initialBackoff": "1s", "maxBackoff": "10ms"}"#,
+            "retryPolicy.maxBackoff: shorter than initialBackoff",
+        ),
+        (
+            r#"{"retryOn": ["503"], "initialBackoff": "10ms", "backoffMultiplier": 0}"#,
+            "retryPolicy.backoffMultiplier: expected a number from 1 to 10, got 0",
         ),
         (
             r#"{"retryOn": ["reset"], "methods": ["get"]}"#,
@@ -308,7 +328,7 @@ fn a_bad_retry_policy_is_one_line_naming_its_field() {
     }
     // A good one passes the check; a bad --retry-on beside it does not.
     let path = dir.path().join("good.json");
-    let policy = r#"{"maxAttempts": 3, "retryOn": ["reset", "unavailable"], "methods": ["POST", "/tts.TTS/*"]}"#;
+    let policy = r#"{"maxAttempts": 3, "retryOn": ["reset", "unavailable", "503", "per-try-timeout"], "methods": ["POST", "/tts.TTS/*"], "perTryTimeout": "200ms", "initialBackoff": "10ms", "maxBackoff": "200ms", "backoffMultiplier": 2}"#;
     std::fs::write(&path, format!(r#"{{{server}, "retryPolicy": {policy}}}"#)).unwrap();
     let good = path.to_str().unwrap();
     let (code, err) = run_with(&["--config", good, "--check"], &[]);
@@ -338,8 +358,12 @@ fn a_bad_hedging_policy_is_one_line_naming_its_field() {
             "hedgingPolicy.maxAttempts: expected a whole number from 2 to 5, got 9",
         ),
         (
-            r#"{"nonFatalStatusCodes": ["UNAVAILABLE"]}"#,
-            "hedgingPolicy.nonFatalStatusCodes: not supported yet: the first response head wins",
+            r#"{"nonFatalStatusCodes": ["UNAVAILABLE", "SLOW"]}"#,
+            "hedgingPolicy.nonFatalStatusCodes: \"SLOW\": expected gRPC status names like [\"UNAVAILABLE\"] or codes 1 to 16",
+        ),
+        (
+            r#"{"nonFatalStatusCodes": [0]}"#,
+            "hedgingPolicy.nonFatalStatusCodes: 0: expected gRPC status names like [\"UNAVAILABLE\"] or codes 1 to 16",
         ),
     ];
     for (i, (policy, want)) in cases.iter().enumerate() {
@@ -351,7 +375,7 @@ fn a_bad_hedging_policy_is_one_line_naming_its_field() {
         assert_eq!(err.trim_end(), format!("corelb: {p}: {want}"), "{policy}");
     }
     let path = dir.path().join("good.json");
-    let policy = r#"{"maxAttempts": 2, "hedgingDelay": "20ms", "methods": ["GET"]}"#;
+    let policy = r#"{"maxAttempts": 2, "hedgingDelay": "20ms", "methods": ["GET", "/tts.TTS/*"], "nonFatalStatusCodes": ["RESOURCE_EXHAUSTED", 13]}"#;
     std::fs::write(&path, format!(r#"{{{server}, "hedgingPolicy": {policy}}}"#)).unwrap();
     let good = path.to_str().unwrap();
     let (code, err) = run_with(&["--config", good, "--check"], &[]);

@@ -443,3 +443,113 @@ fn stalled_readers_do_not_stall_the_shared_upstream_connection() {
     );
     drop(stalled);
 }
+
+/// A retry policy over h2c: a 503 it names is replayed on another server, and a call
+/// with no response head within the per-try timeout goes elsewhere.
+#[test]
+fn an_h2c_503_the_policy_names_is_replayed_on_another_server() {
+    let u = h2c("U", "fast", &["--error-rate", "1", "--error-status", "503"]);
+    let g = h2c("G", "fast", &[]);
+    let p = proxy(&[&u, &g], &["--mode", "round-robin", "--retry-on", "503"]);
+    let mut client = H2::connect(p.addr);
+    let answers = batch(&mut client, "/", 6);
+    assert!(
+        answers.iter().all(|(s, b)| *s == 200 && b == "G"),
+        "{answers:?}"
+    );
+    let replayed = counter(&p, "policy_retries");
+    assert!(replayed >= 1, "{answers:?}");
+    // Without the policy, U's 503 is the answer.
+    let p = proxy(&[&u, &g], &["--mode", "round-robin"]);
+    let mut client = H2::connect(p.addr);
+    let answers = batch(&mut client, "/", 6);
+    assert!(
+        answers.iter().any(|(s, b)| *s == 503 && b == "U"),
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn a_grpc_call_past_its_per_try_timeout_goes_to_another_server() {
+    let s = Backend::start("S", "fixed:3000", &["--protocol", "grpc"]);
+    let f = Backend::start("F", "fixed:1", &["--protocol", "grpc"]);
+    let policy = r#""mode": "round-robin", "retryPolicy": {"maxAttempts": 2, "perTryTimeout": "80ms",
+        "retryOn": ["per-try-timeout"], "methods": ["/tts.TTS/*"]}, "#;
+    let cfg = config(&[&s, &f]).replacen('{', &format!("{{{policy}"), 1);
+    let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    let mut client = H2::connect(p.addr);
+    // tts.SynthesizeRequest{text: "x"}: field 1, length 1.
+    let msg = [0u8, 0, 0, 0, 3, 0x0a, 1, b'x'];
+    for _ in 0..4 {
+        let start = std::time::Instant::now();
+        let id = client.request(
+            "POST",
+            "/tts.TTS/Synthesize",
+            &[("content-type", "application/grpc"), ("te", "trailers")],
+            false,
+        );
+        client.data(id, &msg, true);
+        let g = client.wait(id, Duration::from_secs(5));
+        let took = start.elapsed();
+        let status = g.trailers.iter().find(|(n, _)| n == "grpc-status");
+        assert_eq!(
+            status.map(|(_, v)| v.as_str()),
+            Some("0"),
+            "{:?}",
+            g.headers
+        );
+        assert_eq!(header(&g, "x-backend"), Some("F"));
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+    }
+    assert!(counter(&p, "policy_retries") >= 2);
+}
+
+#[test]
+fn an_http1_503_the_policy_names_is_replayed_for_an_http2_client() {
+    let u = Backend::start("U", "fast", &["--error-rate", "1", "--error-status", "503"]);
+    let g = Backend::start("G", "fast", &[]);
+    let args = [
+        "--workers",
+        "1",
+        "--admin",
+        "127.0.0.1:0",
+        "--mode",
+        "round-robin",
+        "--retry-on",
+        "503",
+    ];
+    let p = Proxy::start(&[&u, &g], &args);
+    let mut client = H2::connect(p.addr);
+    let answers = batch(&mut client, "/", 6);
+    assert!(
+        answers.iter().all(|(s, b)| *s == 200 && b == "G"),
+        "{answers:?}"
+    );
+    assert_eq!(u.requests(), counter(&p, "policy_retries"));
+    assert!(u.requests() >= 1);
+}
+
+#[test]
+fn an_h2c_retry_waits_out_the_policys_backoff() {
+    let u = h2c("U", "fast", &["--error-rate", "1", "--error-status", "503"]);
+    let g = h2c("G", "fast", &[]);
+    let policy = r#""mode": "round-robin", "retryPolicy": {"maxAttempts": 2, "retryOn": ["503"],
+        "initialBackoff": "300ms", "maxBackoff": "300ms"}, "#;
+    let cfg = config(&[&u, &g]).replacen('{', &format!("{{{policy}"), 1);
+    let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    let mut client = H2::connect(p.addr);
+    let mut waits = Vec::new();
+    for _ in 0..10 {
+        let start = std::time::Instant::now();
+        let id = client.request("GET", "/", &[], true);
+        let g = client.wait(id, Duration::from_secs(5));
+        assert_eq!((g.status, header(&g, "x-backend")), (200, Some("G")));
+        waits.push(start.elapsed());
+    }
+    let retried = counter(&p, "policy_retries");
+    assert!(retried >= 5, "{retried}");
+    let longest = *waits.iter().max().unwrap();
+    // Five or more retries all under 30 ms by chance: about 1 in 100,000.
+    assert!(longest > Duration::from_millis(30), "{waits:?}");
+    assert!(longest < Duration::from_millis(900), "{waits:?}");
+}

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::h2client::{header, Got, H2};
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -126,4 +127,125 @@ fn a_hedging_policy_in_the_file_hedges_after_the_servers_p95() {
     }
     assert!(stat(&p, "hedges") >= 1);
     assert_eq!(slow.requests() + fast.requests(), 6 + stat(&p, "hedges"));
+}
+
+/// Slow (`S`, 400 ms) and fast (`F`, with `fast_args`) gRPC servers over h2c, round
+/// robin, hedging `/tts.TTS/*` after 30 ms with `extra` in the policy.
+fn grpc_slow_and_fast(fast_args: &[&str], extra: &str) -> (Backend, Backend, Proxy) {
+    let slow = Backend::start("S", "fixed:400", &["--protocol", "grpc"]);
+    let mut args = vec!["--protocol", "grpc"];
+    args.extend_from_slice(fast_args);
+    let fast = Backend::start("F", "fixed:1", &args);
+    let server = |b: &Backend| {
+        format!(
+            r#"{{"name": "{}", "address": "127.0.0.1", "port": {}, "protocol": "h2c"}}"#,
+            b.id,
+            b.port()
+        )
+    };
+    let cfg = format!(
+        r#"{{"servers": [{}, {}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
+            "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "30ms",
+                               "methods": ["/tts.TTS/*"]{extra}}}}}"#,
+        server(&slow),
+        server(&fast)
+    );
+    let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    (slow, fast, p)
+}
+
+/// One unary call of `text` on `client`: (its answer, grpc-status, how long it took).
+fn synthesize(client: &mut H2, text: &str) -> (Got, String, Duration) {
+    // tts.SynthesizeRequest{text}: field 1, length-delimited.
+    let mut msg = vec![0u8, 0, 0, 0, 2 + text.len() as u8, 0x0a, text.len() as u8];
+    msg.extend_from_slice(text.as_bytes());
+    let t = Instant::now();
+    let id = client.request(
+        "POST",
+        "/tts.TTS/Synthesize",
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        false,
+    );
+    client.data(id, &msg, true);
+    let g = client.wait(id, Duration::from_secs(5));
+    let took = t.elapsed();
+    assert_eq!(g.status, 200, "{:?}", g.headers);
+    // In the trailers, or in the head of a Trailers-Only answer.
+    let status = (g.trailers.iter().chain(&g.headers))
+        .find(|(n, _)| n == "grpc-status")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    (g, status, took)
+}
+
+#[test]
+fn a_grpc_call_with_no_answer_after_the_delay_is_hedged_on_another_h2c_server() {
+    let (_slow, _fast, p) = grpc_slow_and_fast(&[], "");
+    let mut client = H2::connect(p.addr);
+    let mut worst = Duration::ZERO;
+    for _ in 0..6 {
+        let (g, status, took) = synthesize(&mut client, "hello");
+        worst = worst.max(took);
+        assert_eq!(status, "0", "{:?}", g.trailers);
+        assert_eq!(header(&g, "x-backend"), Some("F"), "{took:?}");
+    }
+    // The calls round robin gave S went to F too after 30 ms; F's answer won and S's
+    // stream was cancelled: nothing waited for S's 400 ms.
+    assert!(worst < Duration::from_millis(300), "{worst:?}");
+    let hedged = stat(&p, "hedges");
+    assert!(hedged >= 3, "hedges {hedged}");
+    assert_eq!(stat(&p, "hedge_wins"), hedged);
+    assert_eq!(stat(&p, "hedges_cancelled"), hedged);
+    // A lost race is no error, and gives S back: S completed nothing, failed nothing, and
+    // has nothing in flight.
+    let r = get(p.admin.unwrap(), "/stats");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let s = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "S")
+        .unwrap();
+    assert_eq!(
+        (s["requests"].as_u64(), s["errors"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["inflight"].as_u64(), Some(0), "{s}");
+}
+
+#[test]
+fn a_non_fatal_status_lets_the_other_attempt_answer() {
+    // F fails every call with RESOURCE_EXHAUSTED (8) at once. The call round robin gives
+    // S first is hedged to F: by default F's quick answer is final; once the policy calls
+    // the status non-fatal, the call waits for S's good answer instead.
+    let fails = ["--error-rate", "1", "--grpc-error", "8"];
+    let non_fatal = r#", "nonFatalStatusCodes": ["RESOURCE_EXHAUSTED"]"#;
+    for (extra, s_answers) in [("", false), (non_fatal, true)] {
+        let (_slow, _fast, p) = grpc_slow_and_fast(&fails, extra);
+        let mut client = H2::connect(p.addr);
+        let calls: Vec<_> = (0..2).map(|_| synthesize(&mut client, "hi")).collect();
+        let from_s = calls
+            .iter()
+            .filter(|(g, status, took)| {
+                status == "0"
+                    && header(g, "x-backend") == Some("S")
+                    && *took >= Duration::from_millis(350)
+            })
+            .count();
+        let failed_fast = calls
+            .iter()
+            .filter(|(_, status, took)| status == "8" && *took < Duration::from_millis(300))
+            .count();
+        let summary: Vec<_> = calls.iter().map(|(_, s, t)| (s.clone(), *t)).collect();
+        // Each call S had first was hedged (round robin may give S both).
+        let hedged = stat(&p, "hedges") as usize;
+        assert!((1..=2).contains(&hedged), "{extra}: {hedged}");
+        let want = if s_answers {
+            (hedged, 2 - hedged)
+        } else {
+            (0, 2)
+        };
+        assert_eq!((from_s, failed_fast), want, "{extra}: {summary:?}");
+    }
 }

@@ -147,7 +147,7 @@ fn process(o: &mut String, s: &Stats) {
 /// Totals counted since start.
 fn counters(o: &mut String, s: &Stats) {
     let t = &s.totals;
-    let counters: [(&str, &str, u64); 20] = [
+    let counters: [(&str, &str, u64); 22] = [
         (
             "corelb_tunnels_total",
             "Upgraded connections opened.",
@@ -197,6 +197,16 @@ fn counters(o: &mut String, s: &Stats) {
             "corelb_hedge_wins_total",
             "Hedges that answered before the first attempt (which was cancelled).",
             t.hedge_wins,
+        ),
+        (
+            "corelb_hedges_cancelled_total",
+            "Attempts of hedged requests cancelled because another attempt answered first.",
+            t.hedges_cancelled,
+        ),
+        (
+            "corelb_replay_overflows_total",
+            "Requests a retry policy covers whose body outgrew the replay buffer (not replayable).",
+            t.replay_overflows,
         ),
         (
             "corelb_client_aborts_total",
@@ -285,6 +295,18 @@ fn requests(o: &mut String, s: &Stats, names: &[String]) {
         let _ = writeln!(
             o,
             "corelb_requests_total{{backend=\"none\",code=\"{code}\"}} {n}"
+        );
+    }
+    family(
+        o,
+        "corelb_retries_by_reason_total",
+        "counter",
+        "Retries by what failed (stale-connection: a pooled connection the backend had closed).",
+    );
+    for (reason, n) in &t.retries_by_reason {
+        let _ = writeln!(
+            o,
+            "corelb_retries_by_reason_total{{reason=\"{reason}\"}} {n}"
         );
     }
 }

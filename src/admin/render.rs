@@ -65,11 +65,17 @@ pub struct Totals {
     pub upstream_connects: u64,
     pub rejected: u64,
     pub retries: u64,
+    /// The same by what failed (`shared::RETRY_REASONS`).
+    pub retries_by_reason: BTreeMap<&'static str, u64>,
     /// Of those, the ones only the retry policy allowed.
     pub policy_retries: u64,
     /// Hedges sent, and those that answered before the first attempt.
     pub hedges: u64,
     pub hedge_wins: u64,
+    /// Attempts cancelled because another attempt of their request answered first.
+    pub hedges_cancelled: u64,
+    /// Requests a retry policy covers that outgrew the replay buffer (not replayable).
+    pub replay_overflows: u64,
     /// Exchanges the client gave up on before the response was complete (logged as 499).
     pub client_aborts: u64,
     /// Trailer fields dropped where HTTP/1.1 could not carry them.
@@ -357,9 +363,14 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             upstream_connects: c.upstream_connects.load(Relaxed),
             rejected: c.rejected.load(Relaxed),
             retries: c.retries.load(Relaxed),
+            retries_by_reason: (crate::shared::RETRY_REASONS.iter().copied())
+                .zip(c.retry_reasons.iter().map(|n| n.load(Relaxed)))
+                .collect(),
             policy_retries: c.policy_retries.load(Relaxed),
             hedges: c.hedges.load(Relaxed),
             hedge_wins: c.hedge_wins.load(Relaxed),
+            hedges_cancelled: c.hedges_cancelled.load(Relaxed),
+            replay_overflows: c.replay_overflows.load(Relaxed),
             client_aborts: c.client_aborts.load(Relaxed),
             trailers_dropped: c.trailers_dropped.load(Relaxed),
             panics: c.panics.load(Relaxed),
@@ -448,9 +459,12 @@ pub(super) fn sample() -> Stats {
             upstream_connects: 2,
             rejected: 0,
             retries: 1,
+            retries_by_reason: BTreeMap::from([("reset", 1)]),
             policy_retries: 0,
             hedges: 0,
             hedge_wins: 0,
+            hedges_cancelled: 0,
+            replay_overflows: 0,
             client_aborts: 0,
             trailers_dropped: 0,
             panics: 0,

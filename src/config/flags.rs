@@ -168,8 +168,9 @@ pub struct Args {
     #[arg(long, value_name = "PCT", value_parser = checked(&rules::PERCENT))]
     pub retry_budget: Option<String>,
     /// Opt in to replaying requests that may have been processed, after these failures:
-    /// reset, unavailable, resource-exhausted, connect-failure, refused-stream (comma
-    /// separated), or off. Covers the file's retryPolicy.methods, else every request.
+    /// reset, unavailable, resource-exhausted, 502, 503, 504, connect-failure,
+    /// refused-stream, per-try-timeout (comma separated; per-try-timeout needs the file's
+    /// perTryTimeout), or off. Covers the file's retryPolicy.methods, else every request.
     #[arg(long, value_name = "LIST")]
     pub retry_on: Option<String>,
     /// Hedge requests (the file's hedgingPolicy.methods, else GET and HEAD) with no answer

@@ -1,32 +1,34 @@
 //! The retry policy (`retryPolicy` in the file, `--retry-on` on the command line) checked
 //! into [`RetryPolicy`]: which failures may replay a request that corelb would otherwise
-//! never send twice, for which methods or gRPC paths, and how many attempts in all; and
-//! the hedging policy (`hedgingPolicy`, `--hedge-delay`) into [`HedgingPolicy`]. In gRPC
-//! service-config terms where they fit (`maxAttempts`, `retryOn` as status names,
-//! `hedgingDelay`).
+//! never send twice, for which methods or gRPC paths, how many attempts in all, how long
+//! each may wait for its response head, and the backoff between them; and the hedging
+//! policy (`hedgingPolicy`, `--hedge-delay`) into [`HedgingPolicy`]. In gRPC
+//! service-config terms where they fit (`maxAttempts`, `initialBackoff`, `maxBackoff`,
+//! `backoffMultiplier`, `hedgingDelay`, `nonFatalStatusCodes`), Envoy's where gRPC has
+//! none (`retryOn` conditions, `perTryTimeout`).
 
 use serde_json::Value;
 
-use super::types::{HedgeDelay, HedgingPolicy, RetryOn, RetryPolicy};
+use std::time::Duration;
+
+use super::types::{
+    Backoff, GrpcStatusSet, HedgeDelay, HedgingPolicy, RetryOn, RetryPolicy, DEFAULT_REPLAY_MAX,
+    GRPC_STATUS_NAMES, MAX_REPLAY_MAX,
+};
 use super::value::{Given, Key, Layer, Raw};
 use super::ConfigError;
 
 /// The `retryOn` names corelb knows, with what each allows.
-const CONDITIONS: [(&str, RetryOn); 5] = [
+const CONDITIONS: [(&str, RetryOn); 9] = [
     ("connect-failure", RetryOn::CONNECT),
     ("refused-stream", RetryOn::REFUSED),
     ("reset", RetryOn::RESET),
     ("unavailable", RetryOn::UNAVAILABLE),
     ("resource-exhausted", RetryOn::RESOURCE_EXHAUSTED),
-];
-
-/// Keys of gRPC's retryPolicy that corelb does not carry out (yet): refused, so a policy
-/// never reads as doing what it does not.
-const NOT_YET: [&str; 4] = [
-    "initialBackoff",
-    "maxBackoff",
-    "backoffMultiplier",
-    "perTryTimeout",
+    ("502", RetryOn::STATUS_502),
+    ("503", RetryOn::STATUS_503),
+    ("504", RetryOn::STATUS_504),
+    ("per-try-timeout", RetryOn::PER_TRY_TIMEOUT),
 ];
 
 /// Most attempts a policy may allow (the first one included), as gRPC caps them.
@@ -161,24 +163,97 @@ fn from_object(g: &Given) -> Result<RetryPolicy, ConfigError> {
         return Err(g.error(r#"expected an object like {"maxAttempts": 3, "retryOn": ["reset"]}"#));
     };
     let field = |k: &str| format!("{}.{k}", g.field);
-    let not_yet = "not supported yet: corelb retries at once, on another server";
-    check_keys(
-        g,
-        map,
-        &["maxAttempts", "retryOn", "methods"],
-        &NOT_YET,
-        not_yet,
-    )?;
+    let known = [
+        "maxAttempts",
+        "retryOn",
+        "methods",
+        "perTryTimeout",
+        "initialBackoff",
+        "maxBackoff",
+        "backoffMultiplier",
+        "replayBufferBytes",
+    ];
+    check_keys(g, map, &known, &[], "")?;
     let max_attempts = max_attempts(g, map)?;
     let on = match map.get("retryOn") {
         None => return Err(ConfigError::new(&g.origin, field("retryOn"), "missing")),
         Some(v) => conditions(g, &field("retryOn"), &strings(g, &field("retryOn"), v)?)?,
     };
     let methods = methods(g, map)?;
+    let duration = |k: &str| -> Result<Option<Duration>, ConfigError> {
+        map.get(k).map(|v| duration(g, &field(k), v)).transpose()
+    };
+    let per_try = duration("perTryTimeout")?;
+    if on.has(RetryOn::PER_TRY_TIMEOUT) && per_try.is_none() {
+        return Err(ConfigError::new(
+            &g.origin,
+            field("retryOn"),
+            "per-try-timeout needs a perTryTimeout",
+        ));
+    }
+    let backoff = match duration("initialBackoff")? {
+        None => {
+            if let Some(k) = ["maxBackoff", "backoffMultiplier"]
+                .iter()
+                .find(|k| map.contains_key(**k))
+            {
+                return Err(ConfigError::new(
+                    &g.origin,
+                    field(k),
+                    "needs an initialBackoff",
+                ));
+            }
+            None
+        }
+        Some(initial) => {
+            let max = duration("maxBackoff")?.unwrap_or(initial * 10);
+            if max < initial {
+                return Err(ConfigError::new(
+                    &g.origin,
+                    field("maxBackoff"),
+                    "shorter than initialBackoff",
+                ));
+            }
+            let multiplier = match map.get("backoffMultiplier") {
+                None => 2.0,
+                Some(v) => match v.as_f64() {
+                    Some(m) if (1.0..=10.0).contains(&m) => m,
+                    _ => {
+                        return Err(ConfigError::new(
+                            &g.origin,
+                            field("backoffMultiplier"),
+                            format!("expected a number from 1 to 10, got {v}"),
+                        ))
+                    }
+                },
+            };
+            Some(Backoff {
+                initial,
+                max,
+                multiplier,
+            })
+        }
+    };
+    let replay_max = match map.get("replayBufferBytes") {
+        None => DEFAULT_REPLAY_MAX,
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= MAX_REPLAY_MAX as u64 => n as usize,
+            _ => {
+                return Err(ConfigError::new(
+                    &g.origin,
+                    field("replayBufferBytes"),
+                    format!("expected a number of bytes up to {MAX_REPLAY_MAX}, got {v}"),
+                ))
+            }
+        },
+    };
     Ok(RetryPolicy {
         max_attempts,
         on,
         methods,
+        per_try,
+        backoff,
+        replay_max,
     })
 }
 
@@ -204,6 +279,9 @@ pub(super) fn retry_policy(v: &Layer) -> Result<Option<RetryPolicy>, ConfigError
                 max_attempts: 3,
                 on,
                 methods: Vec::new(),
+                per_try: None,
+                backoff: None,
+                replay_max: DEFAULT_REPLAY_MAX,
             },
         });
     }
@@ -212,21 +290,27 @@ pub(super) fn retry_policy(v: &Layer) -> Result<Option<RetryPolicy>, ConfigError
 
 /// A hedging delay: a duration (`20ms`, `0.02`) or `p95`.
 fn hedge_delay(g: &Given, field: &str, v: &Value) -> Result<HedgeDelay, ConfigError> {
-    let bad = || {
-        ConfigError::new(
-            &g.origin,
-            field,
-            format!("expected a delay like \"20ms\" or \"p95\", got {v}"),
-        )
-    };
+    if v.as_str()
+        .is_some_and(|s| s.trim().eq_ignore_ascii_case("p95"))
+    {
+        return Ok(HedgeDelay::P95);
+    }
+    let d = duration_as(g, field, v, "a delay like \"20ms\" or \"p95\"")?;
+    Ok(HedgeDelay::Fixed(d))
+}
+
+/// A duration from 1 ms to 60 s: `"200ms"`, `"0.2s"`, or a number of seconds.
+fn duration(g: &Given, field: &str, v: &Value) -> Result<Duration, ConfigError> {
+    duration_as(g, field, v, "a duration like \"200ms\"")
+}
+
+fn duration_as(g: &Given, field: &str, v: &Value, like: &str) -> Result<Duration, ConfigError> {
+    let bad = || ConfigError::new(&g.origin, field, format!("expected {like}, got {v}"));
     let text = match v {
         Value::String(s) => s.trim().to_string(),
         Value::Number(n) => format!("{n}s"),
         _ => return Err(bad()),
     };
-    if text.eq_ignore_ascii_case("p95") {
-        return Ok(HedgeDelay::P95);
-    }
     let secs: f64 = if let Some(ms) = text.strip_suffix("ms") {
         ms.trim().parse::<f64>().map_err(|_| bad())? / 1000.0
     } else {
@@ -242,7 +326,7 @@ fn hedge_delay(g: &Given, field: &str, v: &Value) -> Result<HedgeDelay, ConfigEr
             format!("{text}: expected from 1ms to 60s"),
         ));
     }
-    Ok(HedgeDelay::Fixed(std::time::Duration::from_secs_f64(secs)))
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// The hedging policy from the file's `hedgingPolicy` object.
@@ -253,20 +337,60 @@ fn hedging_object(g: &Given) -> Result<HedgingPolicy, ConfigError> {
         );
     };
     let field = |k: &str| format!("{}.{k}", g.field);
-    let not_yet = "not supported yet: the first response head wins";
-    let known = ["maxAttempts", "hedgingDelay", "methods"];
-    check_keys(g, map, &known, &["nonFatalStatusCodes"], not_yet)?;
+    let known = [
+        "maxAttempts",
+        "hedgingDelay",
+        "methods",
+        "nonFatalStatusCodes",
+    ];
+    check_keys(g, map, &known, &[], "")?;
     let max_attempts = max_attempts(g, map)?;
     let delay = match map.get("hedgingDelay") {
         None => HedgeDelay::P95,
         Some(v) => hedge_delay(g, &field("hedgingDelay"), v)?,
     };
     let methods = methods(g, map)?;
+    let non_fatal = match map.get("nonFatalStatusCodes") {
+        None => GrpcStatusSet::NONE,
+        Some(v) => status_codes(g, &field("nonFatalStatusCodes"), v)?,
+    };
     Ok(HedgingPolicy {
         delay,
         max_attempts,
         methods,
+        non_fatal,
     })
+}
+
+/// gRPC status codes by name (`"UNAVAILABLE"`) or number (14), 1 to 16.
+fn status_codes(g: &Given, field: &str, v: &Value) -> Result<GrpcStatusSet, ConfigError> {
+    let bad = |what: String| {
+        ConfigError::new(
+            &g.origin,
+            field,
+            format!("{what}: expected gRPC status names like [\"UNAVAILABLE\"] or codes 1 to 16"),
+        )
+    };
+    let list = match v {
+        Value::Array(list) => list,
+        other => return Err(bad(other.to_string())),
+    };
+    let mut codes = Vec::new();
+    for x in list {
+        let code = match x {
+            Value::Number(n) => n.as_u64().map(|n| n as u32),
+            Value::String(s) => GRPC_STATUS_NAMES
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(s.trim()))
+                .map(|c| c as u32),
+            _ => None,
+        };
+        match code {
+            Some(c) if (1..=16).contains(&c) => codes.push(c),
+            _ => return Err(bad(x.to_string())),
+        }
+    }
+    GrpcStatusSet::of(&codes).ok_or_else(|| bad(v.to_string()))
 }
 
 /// The hedging policy the layers give: the file's `hedgingPolicy`, whose delay
@@ -289,6 +413,7 @@ pub(super) fn hedging_policy(v: &Layer) -> Result<Option<HedgingPolicy>, ConfigE
                 delay,
                 max_attempts: 3,
                 methods: Vec::new(),
+                non_fatal: GrpcStatusSet::NONE,
             },
         });
     }

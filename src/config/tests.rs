@@ -856,3 +856,45 @@ fn operations_settings_and_their_errors() {
     )
     .contains("cannot resolve"));
 }
+
+#[test]
+fn a_retry_policy_carries_its_per_try_timeout_and_backoff() {
+    use crate::config::types::RetryOn;
+    let c = Config::from_json(
+        "c.json",
+        &file_with(
+            r#""retryPolicy": {"retryOn": ["503", "per-try-timeout"], "perTryTimeout": "150ms",
+                "initialBackoff": "10ms", "backoffMultiplier": 3}"#,
+        ),
+    )
+    .unwrap();
+    let p = c.retry.policy.expect("a policy");
+    assert!(p.on.has_status(503) && !p.on.has_status(502) && !p.on.has_status(500));
+    assert!(p.on.has(RetryOn::PER_TRY_TIMEOUT));
+    assert_eq!(p.per_try, Some(Duration::from_millis(150)));
+    let b = p.backoff.expect("a backoff");
+    // maxBackoff defaults to ten times initialBackoff; each retry's ceiling grows by the
+    // multiplier up to it.
+    assert_eq!(b.max, Duration::from_millis(100));
+    let ms = |n| b.ceiling(n).as_secs_f64() * 1000.0;
+    assert!((ms(1) - 10.0).abs() < 1e-6 && (ms(2) - 30.0).abs() < 1e-6);
+    assert!((ms(3) - 90.0).abs() < 1e-6 && (ms(4) - 100.0).abs() < 1e-6);
+    // Without an initialBackoff, no backoff: retries go out at once.
+    let c = Config::from_json(
+        "c.json",
+        &file_with(r#""retryPolicy": {"retryOn": ["reset"]}"#),
+    )
+    .unwrap();
+    assert_eq!(c.retry.policy.expect("a policy").backoff, None);
+}
+
+#[test]
+fn a_hedging_policy_carries_its_non_fatal_statuses() {
+    let c = Config::from_json(
+        "c.json",
+        &file_with(r#""hedgingPolicy": {"nonFatalStatusCodes": ["UNAVAILABLE", 8]}"#),
+    )
+    .unwrap();
+    let h = c.retry.hedging.expect("a policy");
+    assert_eq!(h.non_fatal.codes(), [8, 14]);
+}

@@ -678,6 +678,16 @@ pub struct RetrySettings {
     pub hedging: Option<HedgingPolicy>,
 }
 
+impl RetrySettings {
+    /// Request body bytes kept for a replay: the policy's, else 64 KiB.
+    #[inline]
+    pub fn replay_max(&self) -> usize {
+        self.policy
+            .as_ref()
+            .map_or(DEFAULT_REPLAY_MAX, |p| p.replay_max)
+    }
+}
+
 impl Default for RetrySettings {
     fn default() -> Self {
         RetrySettings {
@@ -709,6 +719,9 @@ pub struct HedgingPolicy {
     pub max_attempts: u32,
     /// Methods and paths it covers, as [`RetryPolicy::methods`]; empty: GET and HEAD.
     pub methods: Vec<String>,
+    /// gRPC statuses of a Trailers-Only answer that do not end a hedged call: another
+    /// attempt may still win (UNAVAILABLE always does not).
+    pub non_fatal: GrpcStatusSet,
 }
 
 impl HedgingPolicy {
@@ -735,7 +748,7 @@ fn covers(methods: &[String], method: &[u8], path: &[u8]) -> bool {
 /// The failures a retry policy replays a request after, beyond the safe ones corelb always
 /// retries (a bit set).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RetryOn(u8);
+pub struct RetryOn(u16);
 
 impl RetryOn {
     /// The connection to the backend could not be made (always retried anyway).
@@ -750,6 +763,12 @@ impl RetryOn {
     pub const UNAVAILABLE: RetryOn = RetryOn(8);
     /// gRPC RESOURCE_EXHAUSTED as a Trailers-Only answer.
     pub const RESOURCE_EXHAUSTED: RetryOn = RetryOn(16);
+    /// A 502, 503 or 504 response head (the response is dropped, its connection closed).
+    pub const STATUS_502: RetryOn = RetryOn(32);
+    pub const STATUS_503: RetryOn = RetryOn(64);
+    pub const STATUS_504: RetryOn = RetryOn(128);
+    /// No response head within the policy's `perTryTimeout`.
+    pub const PER_TRY_TIMEOUT: RetryOn = RetryOn(256);
 
     pub fn with(self, other: RetryOn) -> RetryOn {
         RetryOn(self.0 | other.0)
@@ -762,11 +781,38 @@ impl RetryOn {
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+
+    /// Whether a response head with `status` is replayed.
+    pub fn has_status(self, status: u16) -> bool {
+        match status {
+            502 => self.has(RetryOn::STATUS_502),
+            503 => self.has(RetryOn::STATUS_503),
+            504 => self.has(RetryOn::STATUS_504),
+            _ => false,
+        }
+    }
+}
+
+/// Exponential backoff with full jitter between the retries of a policy (gRPC's): the
+/// n-th retry waits a random time up to `min(initial * multiplier^(n-1), max)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+}
+
+impl Backoff {
+    /// The longest wait before retry `n` (1 for the first).
+    pub fn ceiling(&self, n: u32) -> Duration {
+        let grown = self.initial.as_secs_f64() * self.multiplier.powi(n.saturating_sub(1) as i32);
+        Duration::from_secs_f64(grown.min(self.max.as_secs_f64()))
+    }
 }
 
 /// A retry policy: requests it covers may be replayed after its conditions, even when
 /// they may have been processed (a POST whose connection broke after it went out).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in all, the first one included (2..=5).
     pub max_attempts: u32,
@@ -774,7 +820,19 @@ pub struct RetryPolicy {
     /// Methods (`GET`) and paths (`/pkg.Service/Method`, `/pkg.Service/*`) it covers;
     /// empty: every request.
     pub methods: Vec<String>,
+    /// How long each attempt waits for its response head (`None`: the upstream timeout).
+    pub per_try: Option<Duration>,
+    /// The wait between retries (`None`: none, the next server is tried at once).
+    pub backoff: Option<Backoff>,
+    /// Request body bytes kept for a replay (`replayBufferBytes`): a request whose body
+    /// outgrows them is not replayed.
+    pub replay_max: usize,
 }
+
+/// Request body bytes a request keeps for a replay unless the retry policy says.
+pub const DEFAULT_REPLAY_MAX: usize = 64 * 1024;
+/// The most `replayBufferBytes` may ask for.
+pub const MAX_REPLAY_MAX: usize = 16 * 1024 * 1024;
 
 impl RetryPolicy {
     /// Does the policy cover a request with this method and path?

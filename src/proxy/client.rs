@@ -289,9 +289,9 @@ impl Proxy {
         let b = shared.balancer.backend(backend);
         self.ctx.count_request();
         let proto = self.ctx.forwarded_proto(&self.clients[ci].sock);
-        let retry_on = self
-            .ctx
-            .retry_on(req.method_str().as_bytes(), req.path().as_bytes(), false);
+        let (retry_on, per_try) =
+            self.ctx
+                .retry_terms(req.method_str().as_bytes(), req.path().as_bytes(), false);
         let hedgeable = req.body == BodyKind::None
             && !req.upgrade
             && shared
@@ -346,6 +346,7 @@ impl Proxy {
         ex.h2c = h2c;
         ex.req_hot = filled;
         ex.retry_on = retry_on;
+        ex.per_try = per_try;
         ex.hedgeable = hedgeable;
         self.ctx.budget.deposit();
         let c = &mut self.clients[ci];
@@ -481,6 +482,11 @@ impl Proxy {
     }
 
     pub(super) fn client_timeout(&mut self, ci: usize) {
+        // end.rs hook: an exchange backing off before a retry has no upstream; the timer
+        // starts its next attempt.
+        if matches!(self.clients[ci].phase, Phase::Proxy(_)) && self.backoff_over(ci) {
+            return;
+        }
         // hedge hook: while an exchange waits on its backend, the timer is its hedge's.
         if matches!(self.clients[ci].phase, Phase::Proxy(_)) && self.hedge_timer(ci) {
             return;

@@ -17,6 +17,7 @@ use crate::metrics::WorkerHists;
 use crate::retry::RetryBudget;
 use crate::rng::XorShift;
 use crate::shared::Shared;
+use crate::shared::RETRY_REASONS;
 use crate::timer::Timers;
 
 use super::decide::{self, Failure, Limits, Replay};
@@ -290,30 +291,43 @@ impl Ctx {
         let retry = &self.shared.cfg.retry;
         let policy_retries = retry.policy.as_ref().map_or(0, |p| p.max_attempts - 1);
         let replay = decide::replay(&ex.attempt_facts(), why, retry.count, policy_retries);
+        let reasons = &self.shared.counters.retry_reasons;
         match replay {
             Replay::No => return None,
-            Replay::Fresh => return Some((old, true)),
+            Replay::Fresh => {
+                // The keep-alive race: counted apart from the failures it looks like.
+                reasons[RETRY_REASONS.len() - 1].fetch_add(1, Relaxed);
+                return Some((old, true));
+            }
             Replay::Elsewhere | Replay::Policy => {}
         }
         if !self.budget.withdraw(self.now) {
             return None;
         }
-        if replay == Replay::Policy {
-            let c = &self.shared.counters;
-            c.policy_retries.fetch_add(1, Relaxed);
-        }
         let mut tried = ex.tried;
         tried.insert(old);
         let balancer = &self.shared.balancer;
+        let mut next = None;
         for _ in 0..4 {
             match balancer.pick(Some(old)) {
                 Some(b) if tried.contains(b) => balancer.cancel(b),
-                Some(b) => return Some((b, false)),
+                Some(b) => {
+                    next = Some((b, false));
+                    break;
+                }
                 None => break,
             }
         }
         // Not processed: the same server may take it on another connection.
-        (why == Failure::Refused).then_some((old, true))
+        let next = next.or((why == Failure::Refused).then_some((old, true)));
+        if next.is_some() {
+            let c = &self.shared.counters;
+            c.retry_reasons[why.label()].fetch_add(1, Relaxed);
+            if replay == Replay::Policy {
+                c.policy_retries.fetch_add(1, Relaxed);
+            }
+        }
+        next
     }
 
     /// `backend`'s 95th percentile latency over its recent responses (all workers'), in
@@ -338,19 +352,36 @@ impl Ctx {
         ms
     }
 
-    /// What the retry policy replays a request with this method and path after, if it
-    /// covers it (a gRPC call's broken connection is its UNAVAILABLE).
-    pub fn retry_on(&self, method: &[u8], path: &[u8], grpc: bool) -> RetryOn {
+    /// What the retry policy replays a request with this method and path after, and its
+    /// per-try timeout in ms (0: none), if it covers it (a gRPC call's broken connection
+    /// is its UNAVAILABLE).
+    pub fn retry_terms(&self, method: &[u8], path: &[u8], grpc: bool) -> (RetryOn, u64) {
         match &self.shared.cfg.retry.policy {
             Some(p) if p.covers(method, path) => {
-                if grpc && p.on.has(RetryOn::UNAVAILABLE) {
+                let on = if grpc && p.on.has(RetryOn::UNAVAILABLE) {
                     p.on.with(RetryOn::RESET)
                 } else {
                     p.on
-                }
+                };
+                (on, p.per_try.map_or(0, Ctx::ms))
             }
-            _ => RetryOn::default(),
+            _ => (RetryOn::default(), 0),
         }
+    }
+
+    /// How long retry number `ex.retries` of `ex` waits first, in ms: a random time up to
+    /// the retry policy's backoff ceiling, if the policy covers `ex` and has a backoff
+    /// (full jitter, so retries of many requests spread out); 0: none.
+    pub fn backoff_ms(&mut self, ex: &Exchange) -> u64 {
+        let policy = self.shared.cfg.retry.policy.as_ref();
+        let Some(b) = policy
+            .and_then(|p| p.backoff)
+            .filter(|_| !ex.retry_on.is_empty())
+        else {
+            return 0;
+        };
+        let ceiling = Ctx::ms(b.ceiling(u32::from(ex.retries)));
+        self.rng.below(ceiling + 1)
     }
 
     /// Accounts a failed attempt that is retried: the backend's stats and health only

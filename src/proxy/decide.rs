@@ -16,6 +16,10 @@ pub(crate) enum Failure {
     /// The backend did not process the request (an HTTP/2 REFUSED_STREAM, a stream above
     /// its GOAWAY's last stream id, a gRPC UNAVAILABLE before any response).
     Refused,
+    /// No response head within the retry policy's per-try timeout.
+    PerTryTimeout,
+    /// A 502, 503 or 504 head a retry policy replays (the response is dropped).
+    Status(u16),
 }
 
 impl Failure {
@@ -27,13 +31,35 @@ impl Failure {
             Failure::Timeout => "timed out",
             Failure::BadResponse(why) => why,
             Failure::Refused => "refused by the backend (not processed)",
+            Failure::PerTryTimeout => "no response within the per-try timeout",
+            Failure::Status(502) => "answered 502",
+            Failure::Status(503) => "answered 503",
+            Failure::Status(_) => "answered 504",
+        }
+    }
+
+    /// Its index in [`crate::shared::RETRY_REASONS`] (how retries after it are counted).
+    pub fn label(self) -> usize {
+        match self {
+            Failure::Connect => 0,
+            Failure::ConnectTimeout => 1,
+            Failure::Reset => 2,
+            Failure::Timeout => 3,
+            Failure::BadResponse(_) => 4,
+            Failure::Refused => 5,
+            Failure::PerTryTimeout => 6,
+            Failure::Status(502) => 7,
+            Failure::Status(503) => 8,
+            Failure::Status(_) => 9,
         }
     }
 
     /// The answer a client gets when nothing else can be done.
     pub fn canned(self) -> Canned {
         match self {
-            Failure::Timeout | Failure::ConnectTimeout => http::GATEWAY_TIMEOUT,
+            Failure::Timeout | Failure::ConnectTimeout | Failure::PerTryTimeout => {
+                http::GATEWAY_TIMEOUT
+            }
             _ => http::BAD_GATEWAY,
         }
     }
@@ -86,8 +112,10 @@ pub(crate) enum Replay {
 /// all sent.
 ///
 /// A retry policy the user opted in to (`a.opted`) adds what may have been processed: a
-/// request whose connection or stream broke after it went out (`reset`), up to
-/// `policy_retries` retries. Its body must still be held whole all the same.
+/// request whose connection or stream broke after it went out (`reset`), that had no
+/// response head within the per-try timeout (`per-try-timeout`), or that was answered
+/// 502, 503 or 504 (the answer not yet forwarded), up to `policy_retries` retries. Its
+/// body must still be held whole all the same.
 pub(crate) fn replay(a: &Attempt, why: Failure, max_retries: u32, policy_retries: u32) -> Replay {
     if !a.head_kept || a.body_sent > 0 || a.answered {
         return Replay::No;
@@ -95,10 +123,16 @@ pub(crate) fn replay(a: &Attempt, why: Failure, max_retries: u32, policy_retries
     let safe = match why {
         Failure::Connect | Failure::ConnectTimeout | Failure::Refused => true,
         Failure::Reset if !a.got_bytes => a.method.idempotent() || !a.head_written,
-        Failure::Reset | Failure::Timeout => a.method.idempotent(),
-        Failure::BadResponse(_) => false,
+        Failure::Reset | Failure::Timeout | Failure::PerTryTimeout => a.method.idempotent(),
+        // A server's own answer, which it may have acted on: only a policy replays it.
+        Failure::BadResponse(_) | Failure::Status(_) => false,
     };
-    let opted = why == Failure::Reset && a.opted.has(RetryOn::RESET);
+    let opted = match why {
+        Failure::Reset => a.opted.has(RetryOn::RESET),
+        Failure::PerTryTimeout => a.opted.has(RetryOn::PER_TRY_TIMEOUT),
+        Failure::Status(s) => a.opted.has_status(s),
+        _ => false,
+    };
     if !safe && !opted {
         return Replay::No;
     }
@@ -488,5 +522,37 @@ mod tests {
         // Without the policy, never.
         let plain = attempt(Method::Post);
         assert_eq!(replay(&plain, Failure::Reset, 2, 2), Replay::No);
+    }
+
+    #[test]
+    fn a_policy_replays_the_statuses_and_per_try_timeouts_it_names_and_nothing_else() {
+        let got = |opted| Attempt {
+            opted,
+            got_bytes: true,
+            head_written: true,
+            ..attempt(Method::Post)
+        };
+        let on_503 = got(RetryOn::STATUS_503);
+        assert_eq!(replay(&on_503, Failure::Status(503), 2, 2), Replay::Policy);
+        assert_eq!(replay(&on_503, Failure::Status(502), 2, 2), Replay::No);
+        // Never without a policy, whatever the method: the server answered.
+        let get = Attempt {
+            got_bytes: true,
+            ..attempt(Method::Get)
+        };
+        assert_eq!(replay(&get, Failure::Status(503), 2, 2), Replay::No);
+        // A per-try timeout is a timeout: safe for a GET, a policy's call for a POST.
+        let post = attempt(Method::Post);
+        assert_eq!(replay(&post, Failure::PerTryTimeout, 2, 2), Replay::No);
+        let opted = Attempt {
+            opted: RetryOn::PER_TRY_TIMEOUT,
+            ..post
+        };
+        assert_eq!(replay(&opted, Failure::PerTryTimeout, 2, 2), Replay::Policy);
+        let get = attempt(Method::Get);
+        assert_eq!(
+            replay(&get, Failure::PerTryTimeout, 2, 2),
+            Replay::Elsewhere
+        );
     }
 }

@@ -11,7 +11,7 @@ use crate::health::Outcome;
 use super::client::Phase;
 use super::decide::{self, Failure, PoolCheck};
 use super::exchange::NONE;
-use super::{Proxy, Step};
+use super::{client_token, Proxy, Step};
 
 /// Whose fault an exchange's early end was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +26,7 @@ impl Proxy {
     /// Tries the request again after `why`: on another server, or for a pooled connection
     /// the backend had already closed (the keep-alive race), on a fresh connection to the
     /// same one. True if a new attempt is under way (or the client has been answered).
-    fn retry(&mut self, ci: usize, why: Failure) -> bool {
+    pub(super) fn retry(&mut self, ci: usize, why: Failure) -> bool {
         let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
             return false;
         };
@@ -62,9 +62,10 @@ impl Proxy {
         ex.stale_retried |= stale;
         ex.tried.insert(old);
         self.ctx.shared.counters.retries.fetch_add(1, Relaxed);
+        let wait = if stale { 0 } else { self.ctx.backoff_ms(ex) };
         let names = &self.ctx.shared.balancer;
         debug!(
-            "worker {}: {} on {}: retrying on {}{}",
+            "worker {}: {} on {}: retrying on {}{}{}",
             self.ctx.id,
             why.reason(),
             names.backend(old).name,
@@ -73,9 +74,38 @@ impl Proxy {
                 " (stale keep-alive connection)"
             } else {
                 ""
+            },
+            if wait > 0 {
+                format!(" in {wait} ms")
+            } else {
+                String::new()
             }
         );
+        if wait > 0 {
+            // The retry policy's backoff: the client's timer starts the attempt.
+            ex.backoff = Some(next);
+            let c = &mut self.clients[ci];
+            let at = self.ctx.now + wait;
+            self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
+            return true;
+        }
         self.attach(ci, next, stale);
+        true
+    }
+
+    /// Client `ci`'s timer ended a retry backoff: the next attempt starts. False if the
+    /// exchange was not backing off.
+    pub(super) fn backoff_over(&mut self, ci: usize) -> bool {
+        let Some((_, ex)) = self.clients[ci].split() else {
+            return false;
+        };
+        let Some(next) = ex.backoff.take() else {
+            return false;
+        };
+        self.attach(ci, next, false);
+        if self.clients.contains(ci) {
+            self.drive(ci);
+        }
         true
     }
 
@@ -132,6 +162,13 @@ impl Proxy {
         };
         let ui = std::mem::replace(&mut ex.up, NONE);
         if ui == NONE {
+            // Backing off before a retry: the server picked for it is given back.
+            if let Some(next) = ex.backoff.take() {
+                match blame {
+                    Blame::Client => self.ctx.account_client_abort(next, ex, 499),
+                    Blame::Backend => self.ctx.shared.balancer.cancel(next),
+                }
+            }
             return;
         }
         let backend = self.ups[ui].backend;

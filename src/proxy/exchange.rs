@@ -68,7 +68,7 @@ pub(crate) struct Exchange {
     /// Request body bytes written in this attempt.
     pub body_sent: u64,
     /// The body bytes this attempt sent, kept for a replay while a retry policy covers
-    /// the request and they fit in [`REPLAY_MAX`] (`relay.rs`); `replay_lost` once they
+    /// the request and they fit in its replay buffer (`relay.rs`); `replay_lost` once they
     /// did not (or went by splice): the request can no longer be replayed.
     pub replay: Option<Buf>,
     pub replay_lost: bool,
@@ -103,6 +103,16 @@ pub(crate) struct Exchange {
     pub attempted: bool,
     /// What the retry policy covering this request replays it after (empty: none does).
     pub retry_on: crate::config::types::RetryOn,
+    /// The policy's per-try timeout in ms (0: none), and when this attempt's runs out (a
+    /// worker-clock ms; 0: none): the response head must have come by then.
+    pub per_try: u64,
+    pub try_by: u64,
+    /// The server the next attempt goes to, while the exchange waits out the retry
+    /// policy's backoff (on the client's timer) with no upstream.
+    pub backoff: Option<usize>,
+    /// An HTTP/2 stream's: its request head is built again from the stream's fields for
+    /// each attempt, so it counts as kept even once `head` went back to the pool.
+    pub fields_kept: bool,
     /// A hedging policy covers this request (and it has no body to hold).
     pub hedgeable: bool,
     /// The hedge planned or racing the first attempt (`proxy/hedge.rs`).
@@ -133,9 +143,6 @@ pub(crate) struct Start {
     pub head: Buf,
     pub rec: Record,
 }
-
-/// Request body bytes an HTTP/1.1 exchange keeps for a replay a retry policy allows.
-pub const REPLAY_MAX: usize = 64 * 1024;
 
 /// A hedge: the same request once more, on another server, racing the first attempt
 /// until one of them sends response bytes.
@@ -187,6 +194,10 @@ impl Exchange {
             attempt: now,
             attempted: false,
             retry_on: crate::config::types::RetryOn::default(),
+            per_try: 0,
+            try_by: 0,
+            fields_kept: false,
+            backoff: None,
             hedgeable: false,
             hedge: Hedge {
                 at: 0,
@@ -205,10 +216,16 @@ impl Exchange {
         }
     }
 
-    /// Starts an attempt on upstream `up`: the request is written again from its first
-    /// byte; what the exchange learnt (retries, tried servers, start time) stays.
-    pub fn begin_attempt(&mut self, up: usize, reused: bool) {
+    /// Starts an attempt on upstream `up` at worker ms `now`: the request is written again
+    /// from its first byte; what the exchange learnt (retries, tried servers, start time)
+    /// stays.
+    pub fn begin_attempt(&mut self, up: usize, reused: bool, now: u64) {
         self.up = up;
+        self.try_by = if self.per_try > 0 {
+            now + self.per_try
+        } else {
+            0
+        };
         self.reused = reused;
         self.rec.reused = reused;
         self.req = Req::Head;
@@ -225,6 +242,11 @@ impl Exchange {
             self.attempt = Instant::now();
         }
         self.attempted = true;
+    }
+
+    /// The attempt's per-try timeout ran out before its response head.
+    pub fn per_try_over(&self, now: u64) -> bool {
+        self.try_by != 0 && now >= self.try_by && self.resp == Resp::Head && !self.got_bytes
     }
 
     /// Head bytes still to write.
@@ -267,8 +289,12 @@ impl Exchange {
     pub fn attempt_facts(&self) -> Attempt {
         Attempt {
             method: self.method,
-            head_kept: self.head.is_some(),
-            head_written: self.head.as_ref().is_some_and(|h| self.head_off >= h.len()),
+            head_kept: self.head.is_some() || self.fields_kept,
+            // An HTTP/2 stream's head goes back to the pool once written whole.
+            head_written: match &self.head {
+                Some(h) => self.head_off >= h.len(),
+                None => self.fields_kept,
+            },
             // A body kept whole for a replay counts as not consumed.
             body_sent: match (&self.replay, self.replay_lost) {
                 (Some(_), false) => 0,

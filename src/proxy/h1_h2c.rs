@@ -79,6 +79,9 @@ pub(crate) struct H2cLeg {
     /// `client_at`. The client's timer is armed for the earlier.
     up_at: u64,
     client_at: u64,
+    /// A 502/503/504 head a retry policy names that could not be replayed after all: it
+    /// goes to the client as it is.
+    final_answer: bool,
 }
 
 impl H2cLeg {
@@ -113,6 +116,8 @@ enum Turn {
     Failed(Failure),
     /// The exchange ended (answered, or the client is gone).
     Over(Step),
+    /// A 502/503/504 head a retry policy replays (kept in the inbox).
+    Status(u16),
 }
 
 impl Proxy {
@@ -126,7 +131,7 @@ impl Proxy {
         };
         let c = &mut self.clients[ci];
         if let Phase::Proxy(ex) = &mut c.phase {
-            ex.begin_attempt(ui, reused);
+            ex.begin_attempt(ui, reused, self.ctx.now);
             ex.h2c.begin();
         }
         self.h1_h2c_arm(ci, true);
@@ -173,6 +178,16 @@ impl Proxy {
             }
             Turn::Failed(why) => self.h1_h2c_fail(ci, why),
             Turn::Over(step) => step,
+            Turn::Status(code) => {
+                if self.retry(ci, Failure::Status(code)) {
+                    return Step::Progress;
+                }
+                // No replay after all: forwarded as the server gave it.
+                if let Some((_, ex)) = self.clients[ci].split() {
+                    ex.h2c.final_answer = true;
+                }
+                self.h1_h2c_step(ci)
+            }
         }
     }
 
@@ -445,6 +460,12 @@ impl Proxy {
         let ms = &mut m.streams[k];
         let mut moved = false;
         if ex.resp == Resp::Head {
+            let status = ms.head.as_ref().and_then(|h| h.status());
+            if let Some(s) = status.filter(|&s| ex.retry_on.has_status(s)) {
+                if !ex.h2c.final_answer {
+                    return Turn::Status(s);
+                }
+            }
             let Some(head) = ms.head.take() else {
                 return match ms.gone {
                     Some(why) => Turn::Failed(failure(why)),
@@ -617,6 +638,14 @@ impl Proxy {
         } else {
             decide::deadlines(&waits, now, &limits)
         };
+        // A per-try timeout bounds the wait for the response head.
+        let up_at = match ex.try_by {
+            by if by != 0 && ex.resp == Resp::Head => match up_at {
+                0 => by,
+                at => at.min(by),
+            },
+            _ => up_at,
+        };
         ex.h2c.client_at = client_at;
         ex.h2c.up_at = up_at;
         let at = match (client_at, up_at) {
@@ -637,8 +666,11 @@ impl Proxy {
         };
         let (up_at, client_at, ui) = (ex.h2c.up_at, ex.h2c.client_at, ex.up);
         if up_at != 0 && now >= up_at {
+            let per_try = ex.per_try_over(now);
             let why = if self.ups.get(ui).is_some_and(|u| u.is_connecting()) {
                 Failure::ConnectTimeout
+            } else if per_try {
+                Failure::PerTryTimeout
             } else {
                 Failure::Timeout
             };

@@ -57,9 +57,50 @@ impl Proxy {
         }
     }
 
+    /// A server for a hedge of a request whose current attempt runs on `old`: another one
+    /// speaking `protocol`, none of `tried`, picked (its in-flight count taken) and paid
+    /// for from the retry budget. `None` if there is none or the budget is spent.
+    pub(super) fn hedge_target(
+        &mut self,
+        old: usize,
+        mut tried: super::decide::Tried,
+        protocol: Protocol,
+    ) -> Option<usize> {
+        tried.insert(old);
+        let balancer = &self.ctx.shared.balancer;
+        let mut pick = None;
+        for _ in 0..4 {
+            match balancer.pick(Some(old)) {
+                Some(b) if tried.contains(b) => balancer.cancel(b),
+                Some(b) => {
+                    pick = Some(b);
+                    break;
+                }
+                None => break,
+            }
+        }
+        let b = pick?;
+        if balancer.backend(b).protocol != protocol || !self.ctx.budget.withdraw(self.ctx.now) {
+            self.ctx.shared.balancer.cancel(b);
+            return None;
+        }
+        Some(b)
+    }
+
+    /// When the hedge after the `sent`-th, just sent to `backend`, goes out: another
+    /// delay on, if the policy allows more attempts (0: none).
+    pub(super) fn next_hedge_at(&mut self, backend: usize, sent: u8) -> u64 {
+        let policy = self.ctx.shared.cfg.retry.hedging.as_ref();
+        let max_hedges = policy.map_or(1, |p| p.max_attempts - 1) as u8;
+        if sent >= max_hedges {
+            return 0;
+        }
+        self.ctx.now + self.hedge_delay(backend).unwrap_or(1)
+    }
+
     /// How long an attempt on `backend` waits for a response byte before a hedge goes
     /// out (at least 1 ms); `None` without a hedging policy.
-    fn hedge_delay(&mut self, backend: usize) -> Option<u64> {
+    pub(super) fn hedge_delay(&mut self, backend: usize) -> Option<u64> {
         let delay = match self.ctx.shared.cfg.retry.hedging.as_ref()?.delay {
             HedgeDelay::Fixed(d) => Ctx::ms(d),
             HedgeDelay::P95 => self.ctx.p95_ms(backend),
@@ -108,42 +149,19 @@ impl Proxy {
     /// budget.
     fn launch_hedge(&mut self, ci: usize) {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let old = self.ups[ex.up].backend;
-        let mut tried = ex.tried;
-        tried.insert(old);
-        let balancer = &self.ctx.shared.balancer;
-        let mut pick = None;
-        for _ in 0..4 {
-            match balancer.pick(Some(old)) {
-                Some(b) if tried.contains(b) => balancer.cancel(b),
-                Some(b) => {
-                    pick = Some(b);
-                    break;
-                }
-                None => break,
-            }
-        }
-        let Some(b) = pick else {
+        let (old, tried) = (self.ups[ex.up].backend, ex.tried);
+        let Some(b) = self.hedge_target(old, tried, Protocol::Http1) else {
             return;
         };
-        let http1 = balancer.backend(b).protocol == Protocol::Http1;
-        if !http1 || !self.ctx.budget.withdraw(self.ctx.now) {
-            self.ctx.shared.balancer.cancel(b);
-            return;
-        }
         let Some((ui, reused)) = self.connection_to(b, ci, false) else {
             self.ctx.shared.balancer.cancel(b);
             return;
         };
-        let policy = self.ctx.shared.cfg.retry.hedging.as_ref();
-        let max_hedges = policy.map_or(1, |p| p.max_attempts - 1) as u8;
-        let delay = self.hedge_delay(b).unwrap_or(1);
-        let now = self.ctx.now;
+        let sent = self.clients[ci].split().expect("proxying").1.hedge.sent + 1;
+        let next = self.next_hedge_at(b, sent);
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let sent = ex.hedge.sent + 1;
         ex.hedge = Hedge {
-            // Another one later, if the policy allows more attempts.
-            at: if sent < max_hedges { now + delay } else { 0 },
+            at: next,
             up: ui,
             off: 0,
             sent,
@@ -189,6 +207,12 @@ impl Proxy {
         let (_, ex) = self.clients[ci].split().expect("proxying");
         let h = ex.hedge.up;
         if ex.got_bytes || ex.resp != Resp::Head {
+            // The first attempt answered first: the hedge is cancelled.
+            self.ctx
+                .shared
+                .counters
+                .hedges_cancelled
+                .fetch_add(1, Relaxed);
             self.end_hedging(ci);
             return;
         }
@@ -249,6 +273,8 @@ impl Proxy {
             Promote::Failed => self.ctx.account_attempt(old_backend, first),
             Promote::Won | Promote::Superseded => {
                 self.ctx.shared.balancer.cancel(old_backend);
+                let c = &self.ctx.shared.counters;
+                c.hedges_cancelled.fetch_add(1, Relaxed);
             }
         }
         if why == Promote::Won {

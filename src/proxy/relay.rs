@@ -2,13 +2,15 @@
 //! the client, the response read, validated and rewritten, and written to the client,
 //! each with backpressure; and the deadlines that follow from where the exchange stands.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use crate::debug;
 use crate::http::{self, chunked::ChunkError, Body, BodyKind, Method, Reply};
 
 use super::client::Phase;
 use super::decide::{self, Failure};
 use super::end::Blame;
-use super::exchange::{Req, Resp, NONE, REPLAY_MAX};
+use super::exchange::{Req, Resp, NONE};
 use super::io::{read_into, would_block, write2};
 use super::upstream::UpState;
 use super::{client_token, upstream_token, Proxy, Step};
@@ -37,6 +39,10 @@ impl Proxy {
             );
             self.abort(ci, Blame::Client);
             return Step::Closed;
+        }
+        if ex.up == NONE {
+            // Backing off before a retry (end.rs): nothing to move until the timer.
+            return Step::Blocked;
         }
         // h1_h2c hook: a stream on a shared h2c connection moves its own way (h1_h2c.rs).
         if ex.h2c.on {
@@ -102,6 +108,17 @@ impl Proxy {
         };
         let ui = ex.up;
         let (client_at, up_at) = decide::deadlines(&ex.waits(writable), self.ctx.now, &limits);
+        // A per-try timeout bounds the wait for the response head.
+        let up_at = match ex.try_by {
+            by if by != 0 && ex.resp == Resp::Head && !ex.got_bytes => {
+                if up_at == 0 {
+                    by
+                } else {
+                    up_at.min(by)
+                }
+            }
+            _ => up_at,
+        };
         // While the exchange waits for its first response byte, the client's timer sends
         // its hedge.
         let client_at = match ex.hedge.at {
@@ -147,12 +164,14 @@ impl Proxy {
                         if !ex.retry_on.is_empty() && !ex.replay_lost {
                             let sent = &c.buf.as_ref().expect("body bytes").bytes()[..n];
                             let kept = ex.replay.as_ref().map_or(0, |r| r.len());
-                            if kept + n <= REPLAY_MAX {
+                            if kept + n <= self.ctx.shared.cfg.retry.replay_max() {
                                 let r = ex.replay.get_or_insert_with(|| self.ctx.bufs.get());
                                 r.append(sent);
                             } else {
                                 ex.replay_lost = true;
                                 self.ctx.bufs.release(&mut ex.replay);
+                                let c = &self.ctx.shared.counters;
+                                c.replay_overflows.fetch_add(1, Relaxed);
                             }
                         }
                         c.buf.as_mut().expect("body bytes").consume(n);
@@ -182,7 +201,7 @@ impl Proxy {
         if ex.req == Req::Body
             && ex.body_ready == 0
             && c.io.readable
-            && !ex.req_splice_next(self.ctx.pipes.min)
+            && !ex.req_splice_next(self.ctx.pipes.min, self.ctx.shared.cfg.retry.replay_max())
         {
             let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
             // Bulk growth: an emptied body buffer the last read filled doubles (buffer.rs).
@@ -330,6 +349,9 @@ impl Proxy {
     /// Parses response heads and validates body bytes that arrived.
     fn process_response(&mut self, ci: usize) -> Flow {
         let draining = self.ctx.draining;
+        // A 502/503/504 head a retry policy replays is looked at once: if no replay is
+        // possible after all, it is parsed again and forwarded as the server gave it.
+        let mut status_checked = false;
         loop {
             let (_, ex) = self.clients[ci].split().expect("proxying");
             match ex.resp {
@@ -345,6 +367,14 @@ impl Proxy {
                         Ok(None) => return Flow::Idle,
                         Err(bad) => return self.upstream_broke(ci, Failure::BadResponse(bad.0)),
                     };
+                    if !status_checked && ex.retry_on.has_status(r.status) && ex.out.is_none() {
+                        status_checked = true;
+                        let why = Failure::Status(r.status);
+                        if self.retry(ci, why) {
+                            return Flow::Over(Step::Progress);
+                        }
+                        continue;
+                    }
                     let scratch = &mut self.ctx.scratch;
                     scratch.clear();
                     let head_len = r.head_len;

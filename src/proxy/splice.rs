@@ -203,10 +203,22 @@ impl Exchange {
     }
 
     /// The request body's next bytes will be spliced once its buffered bytes are sent
-    /// (`min`: the threshold): the copying path reads no more of it into the buffer.
+    /// (`min`: the threshold): the copying path reads no more of it into the buffer. Not
+    /// while a retry policy keeps the body for a replay and the rest fits in its
+    /// `replay_max` bytes: those are copied (and kept).
     #[inline]
-    pub fn req_splice_next(&self, min: u64) -> bool {
-        !self.splice.off && use_splice(self.body.opaque_left(), 0, false, min)
+    pub fn req_splice_next(&self, min: u64, replay_max: usize) -> bool {
+        let left = self.body.opaque_left();
+        !self.splice.off
+            && use_splice(left, 0, false, min)
+            && !self.keeps_for_replay(left, replay_max)
+    }
+
+    /// A retry policy keeps this request's body for a replay, and `left` more bytes
+    /// still fit in the `replay_max` kept.
+    fn keeps_for_replay(&self, left: u64, replay_max: usize) -> bool {
+        let kept = self.replay.as_ref().map_or(0, |r| r.len()) as u64;
+        !self.retry_on.is_empty() && !self.replay_lost && kept + left <= replay_max as u64
     }
 
     /// Drops the request bytes in the pipe (the request direction was closed early).
@@ -309,6 +321,10 @@ impl Proxy {
             if !use_splice(left, ex.body_ready, false, self.ctx.pipes.min) {
                 return None;
             }
+            // A body a retry policy keeps for a replay is copied while the rest fits.
+            if ex.keeps_for_replay(left, self.ctx.shared.cfg.retry.replay_max()) {
+                return None;
+            }
             ex.splice.req = self.ctx.pipes.get();
             if ex.splice.req.is_none() {
                 ex.splice.off = true;
@@ -337,6 +353,10 @@ impl Proxy {
                         ex.rec.request_bytes += n as u64;
                         ex.body_sent += n as u64;
                         // Spliced bytes are not kept: no replay.
+                        if !ex.retry_on.is_empty() && !ex.replay_lost {
+                            let c = &self.ctx.shared.counters;
+                            c.replay_overflows.fetch_add(1, Relaxed);
+                        }
                         ex.replay_lost = true;
                         self.ctx
                             .shared

@@ -85,13 +85,21 @@ impl Proxy {
                     self.ups[ui].stream = st.id;
                 }
                 st.mux = h2c;
-                st.ex.begin_attempt(ui, reused);
+                st.ex.begin_attempt(ui, reused, self.ctx.now);
                 st.restart();
                 // An h2c leg's deadlines are the stream's (its connection is shared); an
-                // HTTP/1.1 leg's are its connection's.
+                // HTTP/1.1 leg's are its connection's. A per-try timeout counts the
+                // connect too.
+                let by = st.ex.try_by;
                 st.deadline = if h2c {
-                    self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect)
+                    let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect);
+                    if by != 0 {
+                        at.min(by)
+                    } else {
+                        at
+                    }
                 } else {
+                    self.cap_by_try(ui, by);
                     0
                 };
                 true
@@ -102,6 +110,7 @@ impl Proxy {
                     .balancer
                     .finish(backend, std::time::Duration::ZERO, false);
                 let mut st = s.streams.swap_remove(i);
+                self.h2_end_hedging(ci, &mut st);
                 let mut rec = st.ex.rec;
                 rec.backend = Some(backend as u16);
                 self.ctx.log_local(rec, http::BAD_GATEWAY);
@@ -117,7 +126,8 @@ impl Proxy {
     }
 
     /// Detaches stream `st` from its upstream (closing an HTTP/1.1 connection, leaving an
-    /// h2c one with `code`); returns the backend it was on.
+    /// h2c one with `code`); returns the backend it was on (or, backing off before a
+    /// retry, the one picked for it), for the caller to account the exchange with.
     pub(super) fn h2_drop_leg(
         &mut self,
         ci: usize,
@@ -125,10 +135,16 @@ impl Proxy {
         code: ErrorCode,
     ) -> Option<usize> {
         if let Some(backend) = st.pending.take() {
+            if std::mem::take(&mut st.backoff_at) != 0 {
+                // A retry backing off: the exchange is accounted with the server picked
+                // for it (which gives the pick back).
+                return Some(backend);
+            }
             // Never attached: only the pick is given back.
             self.ctx.shared.balancer.cancel(backend);
             return None;
         }
+        self.h2_end_hedging(ci, st);
         let ui = std::mem::replace(&mut st.ex.up, NONE);
         if ui == NONE {
             return None;
@@ -191,6 +207,19 @@ impl Proxy {
         match self.h2_recv_response(s, i) {
             Read::Idle => {}
             Read::Moved => moved = true,
+            Read::Failed(why @ Failure::Status(_)) => {
+                if let Some(attached) = self.h2_retry(ci, s, i, why) {
+                    return (true, !attached);
+                }
+                // No replay after all: the head goes to the client as the server gave it.
+                let H2Session { conn, streams, .. } = s;
+                streams[i].final_answer = true;
+                streams[i].ex.status = 0;
+                if let Err(why) = self.h2_process_response(conn, &mut streams[i]) {
+                    return self.h2_fail(ci, s, i, why);
+                }
+                moved = true;
+            }
             Read::Failed(why) => return self.h2_fail(ci, s, i, why),
         }
         let mut dropped = 0;
@@ -212,6 +241,11 @@ impl Proxy {
                 t.upstream
             };
             let at = self.ctx.now + Ctx::ms(idle);
+            // A per-try timeout bounds the wait for the response head.
+            let at = match st.ex.try_by {
+                by if by != 0 && !st.head_sent => at.min(by),
+                _ => at,
+            };
             self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
             st.up_armed = true;
         } else if !on_backend && st.up_armed {
@@ -358,7 +392,7 @@ impl Proxy {
                 ex.got_bytes = true;
                 match self.h2_process_response(conn, st) {
                     Ok(()) => Read::Moved,
-                    Err(why) => Read::Failed(Failure::BadResponse(why)),
+                    Err(why) => Read::Failed(why),
                 }
             }
             Err(e) if would_block(&e) => Read::Idle,
@@ -366,12 +400,25 @@ impl Proxy {
         }
     }
 
-    /// Parses response heads (sent as HEADERS) and body framing in the read buffer.
+    /// Parses response heads (sent as HEADERS) and body framing in the read buffer. A
+    /// 502/503/504 head a retry policy replays is left in the buffer (`Failure::Status`).
     fn h2_process_response(
         &mut self,
         conn: &mut Connection,
         st: &mut H2Stream,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), Failure> {
+        self.h2_parse_response(conn, st)
+            .map_err(|why| why.unwrap_or(Failure::Status(st.ex.status)))
+    }
+
+    /// [`Proxy::h2_process_response`]'s work: `Err(None)` for a head to replay (its
+    /// status in `ex.status`), `Err(Some(..))` for a malformed response.
+    fn h2_parse_response(
+        &mut self,
+        conn: &mut Connection,
+        st: &mut H2Stream,
+    ) -> Result<(), Option<Failure>> {
+        let bad = |why: &'static str| Some(Failure::BadResponse(why));
         loop {
             let ex = &mut st.ex;
             let buf = ex.resp_buf.as_mut().expect("response bytes");
@@ -384,14 +431,14 @@ impl Proxy {
                     {
                         Ok(Some(r)) => r,
                         Ok(None) => return Ok(()),
-                        Err(bad) => return Err(bad.0),
+                        Err(e) => return Err(bad(e.0)),
                     };
                     let head_len = r.head_len;
                     let names = &mut self.ctx.scratch;
                     if r.switching() {
                         // The backend took the WebSocket: the stream answers 200 (RFC 8441
                         // §5) and carries the tunnel's bytes until either side ends.
-                        let key = st.websocket.as_ref().ok_or("101 without an upgrade")?;
+                        let key = (st.websocket.as_ref()).ok_or(bad("101 without an upgrade"))?;
                         let want = stream::websocket_accept(key);
                         let mut accept_ok = false;
                         let mut pairs: Vec<(&[u8], &[u8])> = vec![(b":status", b"200")];
@@ -405,7 +452,7 @@ impl Proxy {
                             }
                         });
                         if !accept_ok {
-                            return Err("101 without the right Sec-WebSocket-Accept");
+                            return Err(bad("101 without the right Sec-WebSocket-Accept"));
                         }
                         let lower: Vec<(Vec<u8>, &[u8])> = (pairs.iter())
                             .map(|(n, v)| (n.to_ascii_lowercase(), *v))
@@ -429,6 +476,9 @@ impl Proxy {
                             conn.send_headers(st.id, f, false)
                         })
                         .ok();
+                    } else if !st.final_answer && ex.retry_on.has_status(r.status) {
+                        ex.status = r.status;
+                        return Err(None);
                     } else {
                         let end = r.body == BodyKind::None;
                         translate::response_fields(&r, names, |f| conn.send_headers(st.id, f, end))
@@ -463,10 +513,10 @@ impl Proxy {
                     let (consumed, data) = match &mut body {
                         Body::Chunked(d) => {
                             translate::dechunk_keep_tail(d, fresh, &mut st.resp_tail)
-                                .map_err(|_| "invalid chunked framing")?
+                                .map_err(|_| bad("invalid chunked framing"))?
                         }
                         b => {
-                            let n = b.advance(fresh).map_err(|_| "invalid body framing")?;
+                            let n = b.advance(fresh).map_err(|_| bad("invalid body framing"))?;
                             (n, n)
                         }
                     };
@@ -505,6 +555,13 @@ impl Proxy {
     ) -> (bool, bool) {
         let st = &mut s.streams[i];
         let backend = self.ups[st.ex.up].backend;
+        if self.h2_hedge_takes_over(ci, st) {
+            debug!(
+                "worker {}: HTTP/2 stream {} hedge takes over",
+                self.ctx.id, st.id
+            );
+            return (true, false);
+        }
         debug!(
             "worker {}: HTTP/2 stream {} failed on {} ({})",
             self.ctx.id,
@@ -566,6 +623,18 @@ impl Proxy {
         ex.stale_retried |= stale;
         ex.tried.insert(old);
         self.ctx.shared.counters.retries.fetch_add(1, Relaxed);
+        let wait = if stale { 0 } else { self.ctx.backoff_ms(ex) };
+        if wait > 0 {
+            // The retry policy's backoff: attached again once it is over (h2_attach_pending).
+            debug!(
+                "worker {}: HTTP/2 stream {} retries in {wait} ms",
+                self.ctx.id, st.id
+            );
+            st.pending = Some(next);
+            st.backoff_at = self.ctx.now + wait;
+            st.deadline = 0;
+            return Some(true);
+        }
         Some(self.h2_attach(ci, s, i, next, stale))
     }
 
@@ -611,12 +680,8 @@ impl Proxy {
     /// Upstream deadline of a connection serving an HTTP/2 stream.
     pub(in crate::proxy) fn h2_upstream_timeout(&mut self, ui: usize) {
         let u = &self.ups[ui];
-        let (ci, id) = (u.client, u.stream);
-        let why = if u.is_connecting() {
-            Failure::ConnectTimeout
-        } else {
-            Failure::Timeout
-        };
+        let (ci, id, connecting) = (u.client, u.stream, u.is_connecting());
+        let now = self.ctx.now;
         let Some(c) = self.clients.get_mut(ci) else {
             return;
         };
@@ -626,6 +691,13 @@ impl Proxy {
             return;
         };
         if let Some(i) = s.stream(id) {
+            let why = if connecting {
+                Failure::ConnectTimeout
+            } else if s.streams[i].ex.per_try_over(now) {
+                Failure::PerTryTimeout
+            } else {
+                Failure::Timeout
+            };
             self.h2_fail(ci, &mut s, i, why);
         }
         self.clients[ci].phase = super::super::client::Phase::H2(s);

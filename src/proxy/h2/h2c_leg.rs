@@ -3,9 +3,12 @@
 //! response head, DATA and trailers from the stream's inbox to the client within the
 //! client's windows, releasing the backend's window only as the client takes the bytes.
 //!
-//! The request body sent upstream stays buffered (up to [`REPLAY_MAX`]) until the
+//! The request body sent upstream stays buffered (up to the replay buffer, 64 KiB unless
+//! the retry policy says) until the
 //! response head arrives, so a stream the backend refused (REFUSED_STREAM, or above its
 //! GOAWAY's last stream id) can be sent again elsewhere even after its body went out.
+
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::types::RetryOn;
 use crate::h2::ErrorCode;
@@ -16,13 +19,10 @@ use super::super::decide::Failure;
 use super::super::exchange::{Resp, NONE};
 use super::super::h2c_pool::Gone;
 use super::super::Proxy;
-use super::grpc;
 use super::stream::H2Stream;
 use super::translate;
+use super::{grpc, hedge};
 use super::{H2Session, OUT_HIGH};
-
-/// Request body bytes kept after they were sent, for a replay.
-pub(super) const REPLAY_MAX: u64 = 64 * 1024;
 
 /// What one step of the leg found.
 pub(super) enum LegStep {
@@ -34,11 +34,15 @@ pub(super) enum LegStep {
     NoRoom,
     /// The attempt failed.
     Failed(Gone),
+    /// A 502/503/504 head a retry policy replays (kept in the inbox).
+    Status(u16),
 }
 
 impl Proxy {
     /// One step of stream `i`'s h2c leg: returns (something moved, the stream is gone).
     pub(super) fn h2_leg_step(&mut self, ci: usize, s: &mut H2Session, i: usize) -> (bool, bool) {
+        // A hedge racing this attempt goes first: its answer may make it the attempt.
+        let hedged = self.h2_hedge_step(ci, s, i);
         let leg = self.h2_leg(ci, s, i);
         let ui = s.streams[i].ex.up;
         if !self.ctx.mux_dirty.contains(&ui) {
@@ -53,8 +57,21 @@ impl Proxy {
                     st.deadline = 0;
                 } else if moved || st.deadline == 0 {
                     st.deadline = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
+                    // A per-try timeout bounds the wait for the response head.
+                    if st.ex.try_by != 0 && !st.head_sent {
+                        st.deadline = st.deadline.min(st.ex.try_by);
+                    }
                 }
-                (moved, false)
+                if !st.alt.planned && st.up_end {
+                    self.h2_plan_hedge(st);
+                }
+                if st.head_sent && st.ex.hedge.up != NONE {
+                    // This attempt's answer won the race: the hedge is cancelled.
+                    let c = &self.ctx.shared.counters;
+                    c.hedges_cancelled.fetch_add(1, Relaxed);
+                    self.h2_end_hedging(ci, st);
+                }
+                (moved || hedged, false)
             }
             LegStep::Done => {
                 self.h2_leg_finish(ci, s, i);
@@ -67,7 +84,20 @@ impl Proxy {
                 st.ex.up = NONE;
                 (true, !self.h2_attach(ci, s, i, backend, false))
             }
+            LegStep::Failed(_) | LegStep::Status(_)
+                if self.h2_hedge_takes_over(ci, &mut s.streams[i]) =>
+            {
+                (true, false)
+            }
             LegStep::Failed(why) => self.h2_leg_fail(ci, s, i, why),
+            LegStep::Status(code) => {
+                if let Some(attached) = self.h2_retry(ci, s, i, Failure::Status(code)) {
+                    return (true, !attached);
+                }
+                // No replay after all: forwarded as the server gave it.
+                s.streams[i].final_answer = true;
+                self.h2_leg_step(ci, s, i)
+            }
         }
     }
 
@@ -82,7 +112,12 @@ impl Proxy {
 
     /// The request upstream: HEADERS once the connection is up, then body and trailers
     /// within the backend's windows.
-    fn h2_leg_send(&mut self, ci: usize, s: &mut H2Session, i: usize) -> Result<bool, LegStep> {
+    pub(super) fn h2_leg_send(
+        &mut self,
+        ci: usize,
+        s: &mut H2Session,
+        i: usize,
+    ) -> Result<bool, LegStep> {
         let H2Session {
             conn,
             streams,
@@ -143,7 +178,12 @@ impl Proxy {
                             st.released = st.sent;
                         }
                         let kept = st.sent - st.base;
-                        if !st.replayable || kept > REPLAY_MAX {
+                        let max = self.ctx.shared.cfg.retry.replay_max() as u64;
+                        if !st.replayable || kept > max {
+                            if st.replayable && !st.ex.retry_on.is_empty() {
+                                let c = &self.ctx.shared.counters;
+                                c.replay_overflows.fetch_add(1, Relaxed);
+                            }
                             body.consume(kept as usize);
                             st.base = st.sent;
                             st.replayable = false;
@@ -210,6 +250,10 @@ impl Proxy {
                 };
             };
             let status = head.status().unwrap_or(502);
+            if st.ex.retry_on.has_status(status) && st.replayable && !st.final_answer {
+                ms.head = Some(head);
+                return LegStep::Status(status);
+            }
             let trailers_only = ms.end && ms.data.as_ref().is_none_or(|d| d.is_empty());
             if st.grpc && trailers_only {
                 let code = grpc::status(&head);
@@ -218,7 +262,10 @@ impl Proxy {
                 // So does RESOURCE_EXHAUSTED when a retry policy says so.
                 let exhausted = code == Some(grpc::RESOURCE_EXHAUSTED)
                     && st.ex.retry_on.has(RetryOn::RESOURCE_EXHAUSTED);
-                let unavailable = code == Some(grpc::UNAVAILABLE) || exhausted;
+                // So does any status a hedging policy calls non-fatal, while a hedge runs.
+                let hedged = st.ex.hedge.up != NONE
+                    && code.is_some_and(|c| hedge::non_fatal(&self.ctx.shared.cfg.retry, c));
+                let unavailable = code == Some(grpc::UNAVAILABLE) || exhausted || hedged;
                 if unavailable && st.replayable && !st.final_answer {
                     ms.head = Some(head);
                     return LegStep::Failed(Gone::Refused);
@@ -312,6 +359,7 @@ impl Proxy {
     /// the connection.
     fn h2_leg_finish(&mut self, ci: usize, s: &mut H2Session, i: usize) {
         let mut st = s.streams.swap_remove(i);
+        self.h2_end_hedging(ci, &mut st);
         let ui = std::mem::replace(&mut st.ex.up, NONE);
         let backend = self.ups[ui].backend;
         let code = if st.up_end {

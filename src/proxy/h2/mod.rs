@@ -18,6 +18,7 @@
 mod grpc;
 mod h1_leg;
 mod h2c_leg;
+mod hedge;
 mod stream;
 pub(super) mod translate;
 
@@ -178,7 +179,16 @@ impl Proxy {
         let next = s
             .streams
             .iter()
-            .flat_map(|st| [st.deadline, st.call_deadline, st.stall_at])
+            .flat_map(|st| {
+                let ex = &st.ex;
+                [
+                    st.deadline,
+                    st.call_deadline,
+                    st.stall_at,
+                    ex.hedge.at,
+                    st.backoff_at,
+                ]
+            })
             .chain([s.idle_at, s.trim_at])
             .filter(|&t| t != u64::MAX)
             .filter(|&t| t != 0)
@@ -433,6 +443,19 @@ impl Proxy {
         let mut i = 0;
         while i < s.streams.len() {
             let st = &mut s.streams[i];
+            if st.backoff_at != 0 {
+                // A retry backing off: attached once its time has come (the timer).
+                if self.ctx.now >= st.backoff_at {
+                    st.backoff_at = 0;
+                    let backend = st.pending.take().expect("a retry's server");
+                    any = true;
+                    if !self.h2_attach(ci, s, i, backend, false) {
+                        continue;
+                    }
+                }
+                i += 1;
+                continue;
+            }
             if let Some(backend) = st.pending {
                 if drained || st.waited {
                     st.pending = None;
@@ -621,11 +644,11 @@ impl Proxy {
             head: buf,
             rec,
         });
-        ex.retry_on = self.ctx.retry_on(
-            fields.method().unwrap_or(b""),
-            fields.path().unwrap_or(b""),
-            call,
-        );
+        let (m, p) = (fields.method().unwrap_or(b""), fields.path().unwrap_or(b""));
+        (ex.retry_on, ex.per_try) = self.ctx.retry_terms(m, p, call);
+        ex.fields_kept = true;
+        ex.hedgeable =
+            !websocket && (shared.cfg.retry.hedging.as_ref()).is_some_and(|h| h.covers(m, p));
         let call_timeout = if call {
             fields.get(b"grpc-timeout").and_then(grpc::timeout)
         } else {
@@ -652,7 +675,7 @@ impl Proxy {
         let mut st = s.streams.swap_remove(i);
         // Releases what the stream holds of the windows (no-op if the client reset it).
         s.conn.reset(st.id, ErrorCode::CANCEL);
-        if st.pending.is_some() {
+        if st.pending.is_some() && st.backoff_at == 0 {
             // Gone before it was attached: never forwarded, no connection opened.
             let c = &self.ctx.shared.counters;
             c.h2_resets_unforwarded.fetch_add(1, Relaxed);
@@ -697,6 +720,15 @@ impl Proxy {
         let now = self.ctx.now;
         let mut i = 0;
         while i < s.streams.len() {
+            let at = s.streams[i].ex.hedge.at;
+            if at != 0 && now >= at {
+                self.h2_hedge_timer(ci, &mut s, i);
+            }
+            let at = s.streams[i].backoff_at;
+            if at != 0 && now >= at {
+                // A retry's backoff is over: the next step attaches it.
+                s.attaching = true;
+            }
             let st = &s.streams[i];
             let call_over = st.call_deadline != 0 && now >= st.call_deadline;
             let idle_over = st.deadline != 0 && now >= st.deadline;
@@ -716,6 +748,8 @@ impl Proxy {
                 let connecting = self.ups[st.ex.up].is_connecting();
                 let why = if connecting {
                     super::decide::Failure::ConnectTimeout
+                } else if st.ex.per_try_over(now) {
+                    super::decide::Failure::PerTryTimeout
                 } else {
                     super::decide::Failure::Timeout
                 };

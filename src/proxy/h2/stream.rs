@@ -78,6 +78,9 @@ pub(super) struct H2Stream {
     pub pending: Option<usize>,
     /// The stream already waited one read for `pending`.
     pub waited: bool,
+    /// Worker-clock ms: a retry waits out the policy's backoff until then, its server in
+    /// `pending` (0: not backing off).
+    pub backoff_at: u64,
     /// The call's grpc-status, once known.
     pub grpc_status: Option<u32>,
     /// The backend's answer goes to the client as it is (no retry on UNAVAILABLE).
@@ -87,6 +90,21 @@ pub(super) struct H2Stream {
     pub due: bool,
     /// h2c leg: where the stream was last found among its connection's streams.
     pub(super) mk: usize,
+    /// The h2c leg of a hedge racing the current attempt (`h2/hedge.rs`), while it is
+    /// not the stream's: its connection and clock are in `ex.hedge`.
+    pub(super) alt: AltLeg,
+}
+
+/// What an h2c leg knows of its own progress, kept for the leg that is not the stream's
+/// current attempt (a hedge). [`H2Stream::swap_legs`] trades it with the current one.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct AltLeg {
+    pub opened: bool,
+    pub up_end: bool,
+    pub sent: u64,
+    pub mk: usize,
+    /// The stream's first hedge was planned (not swapped: it belongs to the stream).
+    pub planned: bool,
 }
 
 impl H2Stream {
@@ -135,11 +153,27 @@ impl H2Stream {
             stall_at: 0,
             pending: None,
             waited: false,
+            backoff_at: 0,
             grpc_status: None,
             final_answer: false,
             due: true,
             mk: 0,
+            alt: AltLeg::default(),
         }
+    }
+
+    /// Trades the current h2c attempt for the hedge's (`h2/hedge.rs`): its connection,
+    /// start, reuse and request progress. Both run on the request body kept whole.
+    pub(super) fn swap_legs(&mut self) {
+        let ex = &mut *self.ex;
+        std::mem::swap(&mut ex.up, &mut ex.hedge.up);
+        std::mem::swap(&mut ex.reused, &mut ex.hedge.reused);
+        std::mem::swap(&mut ex.attempt, &mut ex.hedge.started);
+        let a = &mut self.alt;
+        std::mem::swap(&mut self.opened, &mut a.opened);
+        std::mem::swap(&mut self.up_end, &mut a.up_end);
+        std::mem::swap(&mut self.sent, &mut a.sent);
+        std::mem::swap(&mut self.mk, &mut a.mk);
     }
 
     /// Still taking request body from the client.
@@ -159,6 +193,8 @@ impl H2Stream {
     /// the fields dropped.
     pub fn take_trailers(&mut self, fields: Fields) -> u64 {
         self.req_end = true;
+        // Sent once: a hedge could not carry them too.
+        self.ex.hedgeable = false;
         if self.mux {
             self.req_trailers = Some(fields);
             return 0;

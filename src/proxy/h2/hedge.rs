@@ -1,0 +1,252 @@
+//! Hedged HTTP/2 streams over h2c (`hedgingPolicy`): a stream the policy covers (a gRPC
+//! unary call, say) whose request is held whole and that has had no response head some
+//! delay after its attempt began is opened once more, on another h2c server. Both legs
+//! run on the one stream: the hedge's progress is kept in `H2Stream::alt` and its
+//! connection in `ex.hedge`, and [`H2Stream::swap_legs`] lets the h2c leg's code serve
+//! either. The first response head wins; the other stream is reset with CANCEL and its
+//! server given back without a latency sample. A Trailers-Only answer with a status the
+//! policy calls non-fatal (and UNAVAILABLE) does not win: the other leg carries on, and
+//! the next hedge, if the policy allows one, goes out at once.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use crate::config::types::RetrySettings;
+use crate::config::Protocol;
+use crate::debug;
+use crate::h2::ErrorCode;
+
+use super::super::exchange::{Hedge, Resp, NONE};
+use super::super::Proxy;
+use super::grpc;
+use super::stream::{AltLeg, H2Stream};
+use super::H2Session;
+
+/// Why the hedge takes the current attempt's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Promote {
+    /// Its response head came first.
+    Won,
+    /// The current attempt failed (or answered a non-fatal status).
+    Failed,
+    /// Neither answered within another delay: the older gives way to a new hedge.
+    Superseded,
+}
+
+/// Stream `st` may (still) be hedged: an h2c attempt with no response head yet, and the
+/// whole request held, so another server can be sent all of it.
+fn may_hedge(st: &H2Stream, replay_max: usize) -> bool {
+    let held = st.body.as_ref().map_or(0, |b| b.len());
+    st.mux
+        && st.ex.hedgeable
+        && st.req_end
+        && st.replayable
+        && st.base == 0
+        && held <= replay_max
+        && !st.head_sent
+        && st.ex.resp == Resp::Head
+}
+
+/// Whether a Trailers-Only `code` leaves a hedged call to its other attempts.
+pub(super) fn non_fatal(retry: &RetrySettings, code: u32) -> bool {
+    let policy = retry.hedging.as_ref();
+    code == grpc::UNAVAILABLE || policy.is_some_and(|p| p.non_fatal.contains(code))
+}
+
+impl Proxy {
+    /// Plans the hedge of `st` once its first attempt has sent the whole request: the
+    /// delay runs from there (a client slow to send its body does not make it shorter).
+    pub(super) fn h2_plan_hedge(&mut self, st: &mut H2Stream) {
+        if st.alt.planned || !st.up_end || !st.ex.hedgeable || st.ex.retries > 0 {
+            return;
+        }
+        st.alt.planned = true;
+        let backend = self.ups[st.ex.up].backend;
+        if let Some(delay) = self.hedge_delay(backend) {
+            st.ex.hedge.at = self.ctx.now + delay;
+        }
+    }
+
+    /// The session's timer reached stream `i`'s hedge moment: the hedge goes out. If one
+    /// already runs and neither has answered, the older attempt gives way to it first (at
+    /// most two run at once), within the policy's attempts.
+    pub(super) fn h2_hedge_timer(&mut self, ci: usize, s: &mut H2Session, i: usize) {
+        let st = &mut s.streams[i];
+        st.ex.hedge.at = 0;
+        let max = self.ctx.shared.cfg.retry.replay_max();
+        if !may_hedge(st, max) || self.h2_answered(ci, st) {
+            return;
+        }
+        if st.ex.hedge.up != NONE {
+            if !st.alt.opened {
+                // The running hedge has not even been opened: leave things be.
+                return;
+            }
+            self.h2_promote(ci, st, Promote::Superseded);
+        }
+        self.h2_launch_hedge(ci, st);
+    }
+
+    /// The current attempt of `st` has its response head (held or not).
+    fn h2_answered(&self, ci: usize, st: &mut H2Stream) -> bool {
+        let Some(m) = self.ups.get(st.ex.up).and_then(|u| u.mux.as_ref()) else {
+            return false;
+        };
+        m.stream_at(ci, st.id, &mut st.mk)
+            .is_some_and(|k| m.streams[k].head.is_some())
+    }
+
+    /// Opens the hedge of `st` on another h2c server, within the retry budget.
+    fn h2_launch_hedge(&mut self, ci: usize, st: &mut H2Stream) {
+        let old = self.ups[st.ex.up].backend;
+        let Some(b) = self.hedge_target(old, st.ex.tried, Protocol::H2c) else {
+            return;
+        };
+        let Some((ui, reused)) = self.mux_for(b, ci, st.id, false) else {
+            self.ctx.shared.balancer.cancel(b);
+            return;
+        };
+        let sent = st.ex.hedge.sent + 1;
+        st.ex.hedge = Hedge {
+            at: self.next_hedge_at(b, sent),
+            up: ui,
+            off: 0,
+            sent,
+            reused,
+            started: Instant::now(),
+        };
+        st.alt = AltLeg {
+            sent: st.base,
+            planned: true,
+            ..AltLeg::default()
+        };
+        st.due = true;
+        self.ctx.shared.counters.hedges.fetch_add(1, Relaxed);
+        debug!(
+            "worker {}: hedging HTTP/2 stream {} from {} on {}",
+            self.ctx.id,
+            st.id,
+            self.ctx.shared.balancer.backend(old).name,
+            self.ctx.shared.balancer.backend(b).name
+        );
+    }
+
+    /// A step of stream `i`'s hedge: its request out, then the race. Returns whether
+    /// anything moved. The hedge wins with the first response head; one that fails, or
+    /// answers a non-fatal status, is dropped.
+    pub(super) fn h2_hedge_step(&mut self, ci: usize, s: &mut H2Session, i: usize) -> bool {
+        let hu = s.streams[i].ex.hedge.up;
+        if hu == NONE {
+            return false;
+        }
+        if !self.ctx.mux_dirty.contains(&hu) {
+            self.ctx.mux_dirty.push(hu);
+        }
+        s.streams[i].swap_legs();
+        let sent = self.h2_leg_send(ci, s, i);
+        let st = &mut s.streams[i];
+        st.swap_legs();
+        let mut moved = match sent {
+            Ok(m) => m,
+            Err(_) => {
+                self.h2_drop_hedge(ci, st);
+                return true;
+            }
+        };
+        let m = self.ups[hu].mux.as_ref().expect("a mux");
+        let Some(k) = m.stream_at(ci, st.id, &mut st.alt.mk) else {
+            self.h2_drop_hedge(ci, st);
+            return true;
+        };
+        let ms = &m.streams[k];
+        if let Some(head) = ms.head.as_ref() {
+            let trailers_only = ms.end && ms.data.as_ref().is_none_or(|d| d.is_empty());
+            let code = if st.grpc && trailers_only {
+                grpc::status(head)
+            } else {
+                None
+            };
+            if code.is_some_and(|c| non_fatal(&self.ctx.shared.cfg.retry, c)) {
+                // Not an answer that ends the call: the current attempt carries on, and
+                // the next hedge (if any) goes out at once.
+                self.h2_drop_hedge(ci, st);
+                if st.ex.hedge.at != 0 {
+                    st.ex.hedge.at = self.ctx.now;
+                }
+                return true;
+            }
+            if !self.h2_answered(ci, st) {
+                self.h2_promote(ci, st, Promote::Won);
+            }
+            moved = true;
+        } else if ms.gone.is_some() {
+            self.h2_drop_hedge(ci, st);
+            moved = true;
+        }
+        moved
+    }
+
+    /// The hedge becomes `st`'s current attempt; the former one is reset (CANCEL) and its
+    /// server given back, with a failure sample only if it failed.
+    fn h2_promote(&mut self, ci: usize, st: &mut H2Stream, why: Promote) {
+        st.swap_legs();
+        let old = std::mem::replace(&mut st.ex.hedge.up, NONE);
+        let old_backend = self.ups[old].backend;
+        debug!(
+            "worker {}: HTTP/2 stream {}: hedge takes over from {} ({why:?})",
+            self.ctx.id,
+            st.id,
+            self.ctx.shared.balancer.backend(old_backend).name
+        );
+        self.mux_detach(old, ci, st.id, ErrorCode::CANCEL);
+        st.ex.tried.insert(old_backend);
+        match why {
+            Promote::Failed => self.ctx.account_attempt(old_backend, st.ex.hedge.started),
+            Promote::Won | Promote::Superseded => {
+                self.ctx.shared.balancer.cancel(old_backend);
+                let c = &self.ctx.shared.counters;
+                c.hedges_cancelled.fetch_add(1, Relaxed);
+            }
+        }
+        if why == Promote::Won {
+            st.ex.hedge.at = 0;
+            self.ctx.shared.counters.hedge_wins.fetch_add(1, Relaxed);
+        }
+        // The backend's deadline starts again with this attempt (`h2_leg_step`).
+        st.deadline = 0;
+        st.due = true;
+    }
+
+    /// `st`'s current attempt failed: true if a running hedge takes its place.
+    pub(super) fn h2_hedge_takes_over(&mut self, ci: usize, st: &mut H2Stream) -> bool {
+        if st.ex.hedge.up == NONE || st.head_sent {
+            return false;
+        }
+        self.h2_promote(ci, st, Promote::Failed);
+        true
+    }
+
+    /// No hedging any more for `st` (it has an answer, or it ended): a running hedge is
+    /// reset (CANCEL) and no other goes out.
+    pub(super) fn h2_end_hedging(&mut self, ci: usize, st: &mut H2Stream) {
+        st.ex.hedge.at = 0;
+        self.h2_drop_hedge(ci, st);
+    }
+
+    /// Resets `st`'s hedge, if one runs, giving its server back without a sample.
+    fn h2_drop_hedge(&mut self, ci: usize, st: &mut H2Stream) {
+        let h = std::mem::replace(&mut st.ex.hedge.up, NONE);
+        if h == NONE {
+            return;
+        }
+        let backend = self.ups[h].backend;
+        debug!(
+            "worker {}: HTTP/2 stream {}: hedge on {} dropped",
+            self.ctx.id,
+            st.id,
+            self.ctx.shared.balancer.backend(backend).name
+        );
+        self.mux_detach(h, ci, st.id, ErrorCode::CANCEL);
+        self.ctx.shared.balancer.cancel(backend);
+    }
+}
