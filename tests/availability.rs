@@ -805,3 +805,27 @@ fn the_replay_buffer_bounds_what_a_policy_replays_and_overflows_are_counted() {
     assert!(closer.requests.load(SeqCst) as u64 > before);
     assert_eq!(stat(&p, "replay_overflows"), 0);
 }
+
+#[test]
+fn a_per_try_timeout_starts_once_the_whole_request_went_out() {
+    // A client that takes 400 ms to upload its body is not the server's fault: an
+    // 80 ms per-try timeout counts from the end of the body. (The server reads the whole
+    // request before it answers.)
+    let policy = r#", "retryPolicy": {"maxAttempts": 2, "perTryTimeout": "80ms",
+                     "retryOn": ["per-try-timeout"], "methods": ["POST"]}"#;
+    let server = MiniServer::start(|_, _, _| Act::Reply("done"));
+    let servers = [server_json("M", server.port(), 0)];
+    let p = Proxy::with_config(&config(&servers, policy), &QUIET);
+    let mut s = connect(p.addr);
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    for part in [b"sl", b"ow", b"ly", b"!!"] {
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(part).unwrap();
+    }
+    let r = read_response(&mut s, &mut Vec::new(), "POST").expect("an answer");
+    assert_eq!((r.status, r.text()), (200, "done".to_string()));
+    assert_eq!(server.requests.load(SeqCst), 1);
+}

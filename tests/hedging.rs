@@ -130,8 +130,14 @@ fn a_hedging_policy_in_the_file_hedges_after_the_servers_p95() {
 }
 
 /// Slow (`S`, 400 ms) and fast (`F`, with `fast_args`) gRPC servers over h2c, round
-/// robin, hedging `/tts.TTS/*` after 30 ms with `extra` in the policy.
+/// robin (S first), hedging `/tts.TTS/*` after 30 ms with `extra` in the policy.
 fn grpc_slow_and_fast(fast_args: &[&str], extra: &str) -> (Backend, Backend, Proxy) {
+    grpc_servers(fast_args, extra, false)
+}
+
+/// As [`grpc_slow_and_fast`], F first in the list when `fast_first`: round robin gives
+/// every call to the first server first (its hedge takes the next pick).
+fn grpc_servers(fast_args: &[&str], extra: &str, fast_first: bool) -> (Backend, Backend, Proxy) {
     let slow = Backend::start("S", "fixed:400", &["--protocol", "grpc"]);
     let mut args = vec!["--protocol", "grpc"];
     args.extend_from_slice(fast_args);
@@ -143,12 +149,17 @@ fn grpc_slow_and_fast(fast_args: &[&str], extra: &str) -> (Backend, Backend, Pro
             b.port()
         )
     };
+    let (a, b) = if fast_first {
+        (&fast, &slow)
+    } else {
+        (&slow, &fast)
+    };
     let cfg = format!(
         r#"{{"servers": [{}, {}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
             "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "30ms",
                                "methods": ["/tts.TTS/*"]{extra}}}}}"#,
-        server(&slow),
-        server(&fast)
+        server(a),
+        server(b)
     );
     let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
     (slow, fast, p)
@@ -216,36 +227,106 @@ fn a_grpc_call_with_no_answer_after_the_delay_is_hedged_on_another_h2c_server() 
 
 #[test]
 fn a_non_fatal_status_lets_the_other_attempt_answer() {
-    // F fails every call with RESOURCE_EXHAUSTED (8) at once. The call round robin gives
-    // S first is hedged to F: by default F's quick answer is final; once the policy calls
-    // the status non-fatal, the call waits for S's good answer instead.
+    // F fails every call with RESOURCE_EXHAUSTED (8) after 1 ms; S answers in 400 ms.
+    // Round robin gives every call the first listed server first. By default F's answer
+    // is final: a call F has first ends with it at once, and one S has first too (its
+    // hedge on F answers before S). Once the policy calls the status non-fatal, neither
+    // ends with it: a call S has first waits for S, one F has first is hedged to S at once.
     let fails = ["--error-rate", "1", "--grpc-error", "8"];
     let non_fatal = r#", "nonFatalStatusCodes": ["RESOURCE_EXHAUSTED"]"#;
-    for (extra, s_answers) in [("", false), (non_fatal, true)] {
-        let (_slow, _fast, p) = grpc_slow_and_fast(&fails, extra);
-        let mut client = H2::connect(p.addr);
-        let calls: Vec<_> = (0..2).map(|_| synthesize(&mut client, "hi")).collect();
-        let from_s = calls
-            .iter()
-            .filter(|(g, status, took)| {
-                status == "0"
-                    && header(g, "x-backend") == Some("S")
-                    && *took >= Duration::from_millis(350)
-            })
-            .count();
-        let failed_fast = calls
-            .iter()
-            .filter(|(_, status, took)| status == "8" && *took < Duration::from_millis(300))
-            .count();
-        let summary: Vec<_> = calls.iter().map(|(_, s, t)| (s.clone(), *t)).collect();
-        // Each call S had first was hedged (round robin may give S both).
-        let hedged = stat(&p, "hedges") as usize;
-        assert!((1..=2).contains(&hedged), "{extra}: {hedged}");
-        let want = if s_answers {
-            (hedged, 2 - hedged)
-        } else {
-            (0, 2)
-        };
-        assert_eq!((from_s, failed_fast), want, "{extra}: {summary:?}");
+    for fast_first in [false, true] {
+        for (extra, s_answers) in [("", false), (non_fatal, true)] {
+            let (_slow, _fast, p) = grpc_servers(&fails, extra, fast_first);
+            let mut client = H2::connect(p.addr);
+            for _ in 0..2 {
+                let (g, status, took) = synthesize(&mut client, "hi");
+                let case = format!("F first {fast_first}, {extra}: {status} in {took:?}");
+                if s_answers {
+                    assert_eq!(
+                        (status.as_str(), header(&g, "x-backend")),
+                        ("0", Some("S")),
+                        "{case}"
+                    );
+                    assert!(took >= Duration::from_millis(350), "{case}");
+                } else {
+                    assert_eq!(status, "8", "{case}");
+                    assert!(took < Duration::from_millis(300), "{case}");
+                }
+            }
+            // Every call was hedged once, but for a call F answered first without the
+            // policy (then the next call is S's, round robin having moved on by one).
+            let want = if fast_first && !s_answers { 1 } else { 2 };
+            assert_eq!(stat(&p, "hedges"), want, "F first {fast_first}, {extra}");
+        }
     }
+}
+
+#[test]
+fn a_hedge_that_takes_over_keeps_its_own_per_try_timeout() {
+    // S never answers in time; M answers in 180 ms. A call S has first is hedged to M at
+    // 50 ms; at 200 ms S's per-try timeout ends S's attempt and M's carries the call on:
+    // M's own timeout runs from its own request, so M's answer at about 230 ms is the
+    // call's (not a second per-try timeout at once).
+    let slow = Backend::start("S", "fixed:3000", &["--protocol", "grpc"]);
+    let mid = Backend::start("M", "fixed:180", &["--protocol", "grpc"]);
+    let server = |b: &Backend| {
+        format!(
+            r#"{{"name": "{}", "address": "127.0.0.1", "port": {}, "protocol": "h2c"}}"#,
+            b.id,
+            b.port()
+        )
+    };
+    let cfg = format!(
+        r#"{{"servers": [{}, {}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
+            "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "50ms", "methods": ["/tts.TTS/*"]}},
+            "retryPolicy": {{"maxAttempts": 2, "perTryTimeout": "200ms",
+                             "retryOn": ["per-try-timeout"], "methods": ["/tts.TTS/*"]}}}}"#,
+        server(&slow),
+        server(&mid)
+    );
+    let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    let mut client = H2::connect(p.addr);
+    for _ in 0..2 {
+        let (g, status, took) = synthesize(&mut client, "hi");
+        assert_eq!(
+            (status.as_str(), header(&g, "x-backend")),
+            ("0", Some("M")),
+            "{took:?}"
+        );
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
+    assert!(stat(&p, "hedges") >= 1);
+}
+
+#[test]
+fn an_http1_503_while_a_hedge_runs_lets_the_hedge_answer() {
+    // U answers 503 after 40 ms, G answers after 100 ms; GETs are hedged after 20 ms and a
+    // 503 is replayed. A GET U has first: its hedge on G is running when U's 503 comes,
+    // and carries the request on (no third attempt, and G sees it once). A GET G has
+    // first: its hedge on U gets the 503, which does not win; G answers.
+    let u = Backend::start(
+        "U",
+        "fixed:40",
+        &["--error-rate", "1", "--error-status", "503"],
+    );
+    let g = Backend::start("G", "fixed:100", &[]);
+    let servers = [server_json("U", u.port(), 0), server_json("G", g.port(), 0)];
+    let cfg = format!(
+        r#"{{"servers": [{}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
+            "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "20ms", "methods": ["GET"]}},
+            "retryPolicy": {{"maxAttempts": 2, "retryOn": ["503"], "methods": ["GET"]}}}}"#,
+        servers.join(", ")
+    );
+    let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    for _ in 0..6 {
+        let r = get(p.addr, "/");
+        assert_eq!((r.status, r.backend()), (200, "G".to_string()));
+    }
+    assert_eq!(g.requests(), 6, "each GET reached G once");
+    assert!(u.requests() >= 1);
+    assert_eq!(
+        stat(&p, "retries"),
+        0,
+        "the hedges answered; nothing was retried"
+    );
 }

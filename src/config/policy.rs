@@ -273,6 +273,14 @@ pub(super) fn retry_policy(v: &Layer) -> Result<Option<RetryPolicy>, ConfigError
             return Ok(None);
         }
         let on = conditions(g, &g.field, &list)?;
+        let per_try = policy.as_ref().and_then(|p| p.per_try);
+        if on.has(RetryOn::PER_TRY_TIMEOUT) && per_try.is_none() {
+            return Err(ConfigError::new(
+                &g.origin,
+                &g.field,
+                "per-try-timeout needs the file's retryPolicy.perTryTimeout",
+            ));
+        }
         policy = Some(match policy {
             Some(p) => RetryPolicy { on, ..p },
             None => RetryPolicy {

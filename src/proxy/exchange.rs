@@ -104,7 +104,8 @@ pub(crate) struct Exchange {
     /// What the retry policy covering this request replays it after (empty: none does).
     pub retry_on: crate::config::types::RetryOn,
     /// The policy's per-try timeout in ms (0: none), and when this attempt's runs out (a
-    /// worker-clock ms; 0: none): the response head must have come by then.
+    /// worker-clock ms; 0: not started): it starts once the whole request went out, and
+    /// the response head must have come by then.
     pub per_try: u64,
     pub try_by: u64,
     /// The server the next attempt goes to, while the exchange waits out the retry
@@ -216,16 +217,11 @@ impl Exchange {
         }
     }
 
-    /// Starts an attempt on upstream `up` at worker ms `now`: the request is written again
-    /// from its first byte; what the exchange learnt (retries, tried servers, start time)
-    /// stays.
-    pub fn begin_attempt(&mut self, up: usize, reused: bool, now: u64) {
+    /// Starts an attempt on upstream `up`: the request is written again from its first
+    /// byte; what the exchange learnt (retries, tried servers, start time) stays.
+    pub fn begin_attempt(&mut self, up: usize, reused: bool) {
         self.up = up;
-        self.try_by = if self.per_try > 0 {
-            now + self.per_try
-        } else {
-            0
-        };
+        self.try_by = 0;
         self.reused = reused;
         self.rec.reused = reused;
         self.req = Req::Head;
@@ -242,6 +238,15 @@ impl Exchange {
             self.attempt = Instant::now();
         }
         self.attempted = true;
+    }
+
+    /// The whole request went out at worker ms `now`: this attempt's per-try timeout, if
+    /// any, starts (once). Returns when it runs out (0: none).
+    pub fn request_sent(&mut self, now: u64) -> u64 {
+        if self.per_try > 0 && self.try_by == 0 {
+            self.try_by = now + self.per_try;
+        }
+        self.try_by
     }
 
     /// The attempt's per-try timeout ran out before its response head.

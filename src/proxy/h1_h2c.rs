@@ -131,7 +131,7 @@ impl Proxy {
         };
         let c = &mut self.clients[ci];
         if let Phase::Proxy(ex) = &mut c.phase {
-            ex.begin_attempt(ui, reused, self.ctx.now);
+            ex.begin_attempt(ui, reused);
             ex.h2c.begin();
         }
         self.h1_h2c_arm(ci, true);
@@ -638,13 +638,15 @@ impl Proxy {
         } else {
             decide::deadlines(&waits, now, &limits)
         };
-        // A per-try timeout bounds the wait for the response head.
-        let up_at = match ex.try_by {
-            by if by != 0 && ex.resp == Resp::Head => match up_at {
-                0 => by,
-                at => at.min(by),
+        // A per-try timeout bounds the wait for the response head, from when the whole
+        // request went out.
+        let up_at = match ex.h2c.up_end && ex.resp == Resp::Head {
+            true => match (ex.request_sent(now), up_at) {
+                (0, at) => at,
+                (by, 0) => by,
+                (by, at) => at.min(by),
             },
-            _ => up_at,
+            false => up_at,
         };
         ex.h2c.client_at = client_at;
         ex.h2c.up_at = up_at;

@@ -33,6 +33,18 @@ enum Promote {
     Superseded,
 }
 
+/// The status of a response whose first bytes are `b` (`HTTP/1.1 503`), if they hold it.
+fn status_of(b: &[u8]) -> Option<u16> {
+    match b {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', _, b' ', d @ ..] if d.len() == 3 => {
+            d.iter().try_fold(0u16, |n, &c| {
+                c.is_ascii_digit().then(|| n * 10 + u16::from(c - b'0'))
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The first attempt still waits for its first response byte, its whole request sent.
 pub(super) fn waiting(ex: &Exchange) -> bool {
     ex.resp == Resp::Head && !ex.got_bytes && ex.out.is_none() && !ex.head_pending()
@@ -239,11 +251,16 @@ impl Proxy {
         if h == NONE || !self.ups[h].io.readable {
             return;
         }
-        // Response bytes, or the hedge's server closed: look without taking them.
-        let mut one = [0u8; 1];
-        let peeked = self.ups[h].sock.tcp().peek(&mut one);
+        // Response bytes, or the hedge's server closed: look without taking them. A
+        // status the retry policy replays (a 503) does not win: the first attempt goes on.
+        let mut line = [0u8; 12];
+        let peeked = self.ups[h].sock.tcp().peek(&mut line);
+        let (_, ex) = self.clients[ci].split().expect("proxying");
         match peeked {
             Ok(0) => self.drop_hedge(ci),
+            Ok(n) if status_of(&line[..n]).is_some_and(|s| ex.retry_on.has_status(s)) => {
+                self.drop_hedge(ci)
+            }
             Ok(_) => self.promote_hedge(ci, Promote::Won),
             Err(e) if would_block(&e) => self.ups[h].io.readable = false,
             Err(_) => self.drop_hedge(ci),
@@ -309,8 +326,8 @@ impl Proxy {
         self.drop_hedge(ci);
     }
 
-    /// Closes client `ci`'s hedge, if one runs, giving its server back (no sample). A
-    /// further hedge already planned still goes out.
+    /// Closes client `ci`'s hedge, if one runs, giving its server back (no sample) and
+    /// keeping later attempts off it. A further hedge already planned still goes out.
     pub(super) fn drop_hedge(&mut self, ci: usize) {
         let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
             return;
@@ -320,7 +337,21 @@ impl Proxy {
             return;
         }
         let backend = self.ups[h].backend;
+        // No later attempt of this request goes there.
+        ex.tried.insert(backend);
         self.remove_upstream(h);
         self.ctx.shared.balancer.cancel(backend);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_status_of_a_response_is_read_from_its_first_twelve_bytes() {
+        assert_eq!(super::status_of(b"HTTP/1.1 503"), Some(503));
+        assert_eq!(super::status_of(b"HTTP/1.0 200"), Some(200));
+        assert_eq!(super::status_of(b"HTTP/1.1 50"), None);
+        assert_eq!(super::status_of(b"HTTP/1.1 5x3"), None);
+        assert_eq!(super::status_of(b"SSH-2.0-Open"), None);
     }
 }

@@ -266,14 +266,20 @@ impl Proxy {
             self.ctx.bufs.release(&mut ex.head);
             self.ctx.bufs.release(&mut ex.resp_buf);
             self.ctx.bufs.release(&mut ex.out);
-            // (An h2c connection is shared: its stream of this client left it above.)
-            let own = self.ups.get(ex.up).is_some_and(|u| u.mux.is_none());
-            if let Some(u) = own.then(|| self.ups.try_remove(ex.up)).flatten() {
-                self.ctx.closed_ups.push(ex.up);
-                if let Some(list) = self.idle.get_mut(u.backend) {
-                    list.retain(|&x| x != ex.up);
+            // (An h2c connection is shared: its stream of this client left it above.) A
+            // hedge's connection is the exchange's too; a retry backing off holds a pick.
+            for ui in [ex.up, ex.hedge.up] {
+                let own = self.ups.get(ui).is_some_and(|u| u.mux.is_none());
+                if let Some(u) = own.then(|| self.ups.try_remove(ui)).flatten() {
+                    self.ctx.closed_ups.push(ui);
+                    if let Some(list) = self.idle.get_mut(u.backend) {
+                        list.retain(|&x| x != ui);
+                    }
+                    self.ctx.shared.balancer.cancel(u.backend);
                 }
-                self.ctx.shared.balancer.cancel(u.backend);
+            }
+            if let Some(next) = ex.backoff.take() {
+                self.ctx.shared.balancer.cancel(next);
             }
         }
     }

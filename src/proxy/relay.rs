@@ -103,21 +103,20 @@ impl Proxy {
         let limits = self.ctx.limits();
         let c = &mut self.clients[ci];
         let writable = c.io.writable;
-        let Phase::Proxy(ex) = &c.phase else {
+        let Phase::Proxy(ex) = &mut c.phase else {
             return;
         };
         let ui = ex.up;
         let (client_at, up_at) = decide::deadlines(&ex.waits(writable), self.ctx.now, &limits);
-        // A per-try timeout bounds the wait for the response head.
-        let up_at = match ex.try_by {
-            by if by != 0 && ex.resp == Resp::Head && !ex.got_bytes => {
-                if up_at == 0 {
-                    by
-                } else {
-                    up_at.min(by)
-                }
-            }
-            _ => up_at,
+        // A per-try timeout bounds the wait for the response head, from when the whole
+        // request went out.
+        let up_at = match ex.req == Req::Sent && ex.resp == Resp::Head && !ex.got_bytes {
+            true => match (ex.request_sent(self.ctx.now), up_at) {
+                (0, at) => at,
+                (by, 0) => by,
+                (by, at) => at.min(by),
+            },
+            false => up_at,
         };
         // While the exchange waits for its first response byte, the client's timer sends
         // its hedge.
@@ -346,6 +345,26 @@ impl Proxy {
         }
     }
 
+    /// A 502/503/504 head the retry policy names arrived (its bytes in `resp_buf`): a
+    /// hedge racing this attempt carries the exchange on, else the request is replayed
+    /// elsewhere. False if neither could be: the head is forwarded as it is.
+    fn status_retry(&mut self, ci: usize, status: u16) -> bool {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        if ex.hedge.up != NONE {
+            // The hedge reads its answer into a fresh buffer; this one is kept until the
+            // hedge has taken over, for the head to be forwarded if it cannot.
+            let kept = (ex.resp_buf.take(), std::mem::take(&mut ex.got_bytes));
+            if self.hedge_takes_over(ci) {
+                let mut buf = kept.0;
+                self.ctx.bufs.release(&mut buf);
+                return true;
+            }
+            let (_, ex) = self.clients[ci].split().expect("proxying");
+            (ex.resp_buf, ex.got_bytes) = kept;
+        }
+        self.retry(ci, Failure::Status(status))
+    }
+
     /// Parses response heads and validates body bytes that arrived.
     fn process_response(&mut self, ci: usize) -> Flow {
         let draining = self.ctx.draining;
@@ -369,8 +388,8 @@ impl Proxy {
                     };
                     if !status_checked && ex.retry_on.has_status(r.status) && ex.out.is_none() {
                         status_checked = true;
-                        let why = Failure::Status(r.status);
-                        if self.retry(ci, why) {
+                        let status = r.status;
+                        if self.status_retry(ci, status) {
                             return Flow::Over(Step::Progress);
                         }
                         continue;

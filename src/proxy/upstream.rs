@@ -85,26 +85,10 @@ impl Proxy {
             return false;
         };
         if let Phase::Proxy(ex) = &mut self.clients[ci].phase {
-            ex.begin_attempt(ui, reused, self.ctx.now);
-            let by = ex.try_by;
-            self.cap_by_try(ui, by);
+            ex.begin_attempt(ui, reused);
         }
         self.plan_hedge(ci, backend);
         true
-    }
-
-    /// Brings connection `ui`'s deadline forward to `try_by`, an attempt's per-try
-    /// timeout (which counts the connect too); 0: none.
-    pub(super) fn cap_by_try(&mut self, ui: usize, try_by: u64) {
-        if try_by == 0 {
-            return;
-        }
-        let u = &mut self.ups[ui];
-        let at = match u.timer.at {
-            0 => try_by,
-            at => at.min(try_by),
-        };
-        self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
     }
 
     /// A connection to `backend` for client `ci`, and whether it was pooled.

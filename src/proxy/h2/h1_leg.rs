@@ -85,21 +85,13 @@ impl Proxy {
                     self.ups[ui].stream = st.id;
                 }
                 st.mux = h2c;
-                st.ex.begin_attempt(ui, reused, self.ctx.now);
+                st.ex.begin_attempt(ui, reused);
                 st.restart();
                 // An h2c leg's deadlines are the stream's (its connection is shared); an
-                // HTTP/1.1 leg's are its connection's. A per-try timeout counts the
-                // connect too.
-                let by = st.ex.try_by;
+                // HTTP/1.1 leg's are its connection's.
                 st.deadline = if h2c {
-                    let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect);
-                    if by != 0 {
-                        at.min(by)
-                    } else {
-                        at
-                    }
+                    self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect)
                 } else {
-                    self.cap_by_try(ui, by);
                     0
                 };
                 true
@@ -126,8 +118,8 @@ impl Proxy {
     }
 
     /// Detaches stream `st` from its upstream (closing an HTTP/1.1 connection, leaving an
-    /// h2c one with `code`); returns the backend it was on (or, backing off before a
-    /// retry, the one picked for it), for the caller to account the exchange with.
+    /// h2c one with `code`); returns the backend it was on, for the caller to account the
+    /// exchange with (`None` if not attached).
     pub(super) fn h2_drop_leg(
         &mut self,
         ci: usize,
@@ -135,12 +127,9 @@ impl Proxy {
         code: ErrorCode,
     ) -> Option<usize> {
         if let Some(backend) = st.pending.take() {
-            if std::mem::take(&mut st.backoff_at) != 0 {
-                // A retry backing off: the exchange is accounted with the server picked
-                // for it (which gives the pick back).
-                return Some(backend);
-            }
-            // Never attached: only the pick is given back.
+            // Never attached (or a retry backing off): only the pick is given back; the
+            // server never saw this attempt.
+            st.backoff_at = 0;
             self.ctx.shared.balancer.cancel(backend);
             return None;
         }
@@ -241,10 +230,14 @@ impl Proxy {
                 t.upstream
             };
             let at = self.ctx.now + Ctx::ms(idle);
-            // A per-try timeout bounds the wait for the response head.
-            let at = match st.ex.try_by {
-                by if by != 0 && !st.head_sent => at.min(by),
-                _ => at,
+            // A per-try timeout bounds the wait for the response head, from when the
+            // whole request went out.
+            let at = match st.req_sent && !st.head_sent {
+                true => match st.ex.request_sent(self.ctx.now) {
+                    0 => at,
+                    by => at.min(by),
+                },
+                false => at,
             };
             self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
             st.up_armed = true;
@@ -633,6 +626,8 @@ impl Proxy {
             st.pending = Some(next);
             st.backoff_at = self.ctx.now + wait;
             st.deadline = 0;
+            // What arrives meanwhile (trailers) is kept in the form the next server takes.
+            st.mux = self.ctx.shared.balancer.backend(next).protocol == Protocol::H2c;
             return Some(true);
         }
         Some(self.h2_attach(ci, s, i, next, stale))

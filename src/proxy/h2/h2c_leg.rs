@@ -36,6 +36,9 @@ pub(super) enum LegStep {
     Failed(Gone),
     /// A 502/503/504 head a retry policy replays (kept in the inbox).
     Status(u16),
+    /// A Trailers-Only status the hedging policy calls non-fatal, while another attempt
+    /// runs or may still go out (kept in the inbox).
+    NonFatal,
 }
 
 impl Proxy {
@@ -57,9 +60,13 @@ impl Proxy {
                     st.deadline = 0;
                 } else if moved || st.deadline == 0 {
                     st.deadline = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
-                    // A per-try timeout bounds the wait for the response head.
-                    if st.ex.try_by != 0 && !st.head_sent {
-                        st.deadline = st.deadline.min(st.ex.try_by);
+                    // A per-try timeout bounds the wait for the response head, from when
+                    // the whole request went out.
+                    if st.up_end && !st.head_sent {
+                        match st.ex.request_sent(self.ctx.now) {
+                            0 => {}
+                            by => st.deadline = st.deadline.min(by),
+                        }
                     }
                 }
                 if !st.alt.planned && st.up_end {
@@ -90,6 +97,7 @@ impl Proxy {
                 (true, false)
             }
             LegStep::Failed(why) => self.h2_leg_fail(ci, s, i, why),
+            LegStep::NonFatal => self.h2_non_fatal(ci, s, i),
             LegStep::Status(code) => {
                 if let Some(attached) = self.h2_retry(ci, s, i, Failure::Status(code)) {
                     return (true, !attached);
@@ -262,10 +270,16 @@ impl Proxy {
                 // So does RESOURCE_EXHAUSTED when a retry policy says so.
                 let exhausted = code == Some(grpc::RESOURCE_EXHAUSTED)
                     && st.ex.retry_on.has(RetryOn::RESOURCE_EXHAUSTED);
-                // So does any status a hedging policy calls non-fatal, while a hedge runs.
-                let hedged = st.ex.hedge.up != NONE
-                    && code.is_some_and(|c| hedge::non_fatal(&self.ctx.shared.cfg.retry, c));
-                let unavailable = code == Some(grpc::UNAVAILABLE) || exhausted || hedged;
+                // A status a hedging policy calls non-fatal leaves the call to another
+                // attempt, running or still allowed.
+                let retry = &self.ctx.shared.cfg.retry;
+                let non_fatal = code.is_some_and(|c| hedge::non_fatal(retry, c))
+                    && hedge::more_attempts(retry, &st.ex);
+                if non_fatal && st.replayable && !st.final_answer {
+                    ms.head = Some(head);
+                    return LegStep::NonFatal;
+                }
+                let unavailable = code == Some(grpc::UNAVAILABLE) || exhausted;
                 if unavailable && st.replayable && !st.final_answer {
                     ms.head = Some(head);
                     return LegStep::Failed(Gone::Refused);

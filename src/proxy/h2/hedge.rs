@@ -16,7 +16,7 @@ use crate::config::Protocol;
 use crate::debug;
 use crate::h2::ErrorCode;
 
-use super::super::exchange::{Hedge, Resp, NONE};
+use super::super::exchange::{Exchange, Hedge, Resp, NONE};
 use super::super::Proxy;
 use super::grpc;
 use super::stream::{AltLeg, H2Stream};
@@ -51,6 +51,12 @@ fn may_hedge(st: &H2Stream, replay_max: usize) -> bool {
 pub(super) fn non_fatal(retry: &RetrySettings, code: u32) -> bool {
     let policy = retry.hedging.as_ref();
     code == grpc::UNAVAILABLE || policy.is_some_and(|p| p.non_fatal.contains(code))
+}
+
+/// Whether another attempt of hedged `ex` runs or may still go out.
+pub(super) fn more_attempts(retry: &RetrySettings, ex: &Exchange) -> bool {
+    let max = retry.hedging.as_ref().map_or(0, |p| p.max_attempts);
+    ex.hedgeable && (ex.hedge.up != NONE || u32::from(ex.hedge.sent) + 1 < max)
 }
 
 impl Proxy {
@@ -145,6 +151,10 @@ impl Proxy {
         s.streams[i].swap_legs();
         let sent = self.h2_leg_send(ci, s, i);
         let st = &mut s.streams[i];
+        if st.up_end {
+            // The hedge's own per-try timeout starts with its whole request out.
+            st.ex.request_sent(self.ctx.now);
+        }
         st.swap_legs();
         let mut moved = match sent {
             Ok(m) => m,
@@ -175,10 +185,12 @@ impl Proxy {
                 }
                 return true;
             }
+            // If the current attempt has its head too (held until its first message), it
+            // goes first: nothing moves until one of them does.
             if !self.h2_answered(ci, st) {
                 self.h2_promote(ci, st, Promote::Won);
+                moved = true;
             }
-            moved = true;
         } else if ms.gone.is_some() {
             self.h2_drop_hedge(ci, st);
             moved = true;
@@ -217,6 +229,26 @@ impl Proxy {
         st.due = true;
     }
 
+    /// Stream `i`'s current attempt answered a status the hedging policy calls non-fatal:
+    /// a running hedge takes its place, else the next hedge goes out now and does (and
+    /// any after it at once). With neither, the answer is the call's. Returns (moved,
+    /// the stream is gone).
+    pub(super) fn h2_non_fatal(&mut self, ci: usize, s: &mut H2Session, i: usize) -> (bool, bool) {
+        let st = &mut s.streams[i];
+        if st.ex.hedge.up == NONE {
+            self.h2_launch_hedge(ci, st);
+        }
+        if st.ex.hedge.up != NONE {
+            self.h2_promote(ci, st, Promote::Failed);
+            if st.ex.hedge.at != 0 {
+                st.ex.hedge.at = self.ctx.now;
+            }
+            return (true, false);
+        }
+        st.final_answer = true;
+        self.h2_leg_step(ci, s, i)
+    }
+
     /// `st`'s current attempt failed: true if a running hedge takes its place.
     pub(super) fn h2_hedge_takes_over(&mut self, ci: usize, st: &mut H2Stream) -> bool {
         if st.ex.hedge.up == NONE || st.head_sent {
@@ -233,13 +265,15 @@ impl Proxy {
         self.h2_drop_hedge(ci, st);
     }
 
-    /// Resets `st`'s hedge, if one runs, giving its server back without a sample.
+    /// Resets `st`'s hedge, if one runs, giving its server back without a sample; no
+    /// later attempt of the stream goes there.
     fn h2_drop_hedge(&mut self, ci: usize, st: &mut H2Stream) {
         let h = std::mem::replace(&mut st.ex.hedge.up, NONE);
         if h == NONE {
             return;
         }
         let backend = self.ups[h].backend;
+        st.ex.tried.insert(backend);
         debug!(
             "worker {}: HTTP/2 stream {}: hedge on {} dropped",
             self.ctx.id,

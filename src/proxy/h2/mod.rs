@@ -800,10 +800,14 @@ impl Proxy {
         }
         st.unreleased = 0;
         st.grpc_status = Some(grpc::DEADLINE_EXCEEDED);
-        if let Some(b) = backend {
-            let status = if st.head_sent { st.ex.status } else { 504 };
-            let outcome = self.h2_outcome(&st);
-            self.h2_account(b, &mut st, status, outcome);
+        match backend {
+            Some(b) => {
+                let status = if st.head_sent { st.ex.status } else { 504 };
+                let outcome = self.h2_outcome(&st);
+                self.h2_account(b, &mut st, status, outcome);
+            }
+            // Not attached (a retry backing off, its pick given back): logged as corelb's.
+            None => self.ctx.log_local(st.ex.rec, crate::http::GATEWAY_TIMEOUT),
         }
         if !st.req_end {
             s.conn.reset(st.id, ErrorCode::NO_ERROR);
@@ -821,8 +825,14 @@ impl Proxy {
         }
     }
 
-    /// `drop_client` hook (after a panic): the streams' upstreams close unaccounted.
+    /// `drop_client` hook (after a panic): the streams' upstreams close unaccounted, and
+    /// the picks of streams not attached (or backing off) are given back.
     pub(super) fn h2_drop_upstreams(&mut self, ci: usize) {
+        if let Some(Phase::H2(s)) = self.clients.get(ci).map(|c| &c.phase) {
+            for b in s.streams.iter().filter_map(|st| st.pending) {
+                self.ctx.shared.balancer.cancel(b);
+            }
+        }
         self.mux_drop_client(ci);
         let ups: Vec<usize> = self
             .ups

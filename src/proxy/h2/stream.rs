@@ -103,6 +103,8 @@ pub(super) struct AltLeg {
     pub up_end: bool,
     pub sent: u64,
     pub mk: usize,
+    /// The leg's per-try timeout (`Exchange::try_by`): each attempt has its own.
+    pub try_by: u64,
     /// The stream's first hedge was planned (not swapped: it belongs to the stream).
     pub planned: bool,
 }
@@ -163,12 +165,13 @@ impl H2Stream {
     }
 
     /// Trades the current h2c attempt for the hedge's (`h2/hedge.rs`): its connection,
-    /// start, reuse and request progress. Both run on the request body kept whole.
+    /// start, reuse, per-try timeout and request progress. Both run on the request body kept whole.
     pub(super) fn swap_legs(&mut self) {
         let ex = &mut *self.ex;
         std::mem::swap(&mut ex.up, &mut ex.hedge.up);
         std::mem::swap(&mut ex.reused, &mut ex.hedge.reused);
         std::mem::swap(&mut ex.attempt, &mut ex.hedge.started);
+        std::mem::swap(&mut ex.try_by, &mut self.alt.try_by);
         let a = &mut self.alt;
         std::mem::swap(&mut self.opened, &mut a.opened);
         std::mem::swap(&mut self.up_end, &mut a.up_end);
