@@ -4,10 +4,14 @@
 //! an HTTP/1.1 upstream connection (pooled or per request), retried by the same rules
 //! and accounted exactly like an HTTP/1.1 exchange (it has an `Exchange` of its own).
 //!
-//! - `mod.rs`: the session: client bytes in and out, codec events, drain, deadlines,
+//! - `mod.rs`: the session: client bytes in and out, each step's streams, drain,
 //!   teardown, and the codec's abuse counters summed into `Shared`;
+//! - `open.rs`: the codec's events, and new streams checked, picked and attached;
+//! - `deadline.rs`: the session's and its streams' deadlines on the client's timer;
+//! - `stream.rs`: one stream's state, whichever leg carries it;
 //! - `h1_leg.rs`: one stream's HTTP/1.1 upstream leg, with backpressure both ways;
 //! - `h2c_leg.rs`: one stream's leg over a shared h2c upstream connection;
+//! - `hedge.rs`: a hedge racing an h2c leg on the same stream;
 //! - `grpc.rs`: recognising gRPC calls, `grpc-timeout`, answers in gRPC terms;
 //! - `translate.rs`: HTTP/2 fields to an HTTP/1.1 head and back, trailers.
 //!
@@ -15,27 +19,27 @@
 //! an upstream is read only when its stream's data went out, so a stream buffers at most
 //! its receive window one way and one read the other.
 
+mod deadline;
 mod grpc;
 mod h1_leg;
 mod h2c_leg;
 mod hedge;
+mod open;
 mod stream;
 pub(super) mod translate;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use crate::access_log::Record;
 use crate::buffer::{Buf, BUF_SIZE};
 use crate::debug;
-use crate::h2::{self as codec, Connection, ErrorCode, Event, Fields, PREFACE};
-use crate::http::Method;
+use crate::h2::{self as codec, Connection, ErrorCode, Fields, PREFACE};
 
 use super::client::Phase;
 use super::context::Ctx;
 use super::end::Blame;
 use super::io::{read_into, would_block, write2};
-use super::{client_token, Proxy, Step};
+use super::{Proxy, Step};
 
 use stream::H2Stream;
 
@@ -170,35 +174,6 @@ impl Proxy {
         );
         self.clients[ci].phase = Phase::H2(Box::new(s));
         Step::Progress
-    }
-
-    /// Arms the client's timer for the session's next deadline: the client's idle (or
-    /// stalled) one, or the earliest of its h2c streams'. Armed early is fine (the timer
-    /// checks what is due when it fires); it is moved only when a deadline comes sooner.
-    fn h2_arm(&mut self, ci: usize, s: &mut H2Session) {
-        let next = s
-            .streams
-            .iter()
-            .flat_map(|st| {
-                let ex = &st.ex;
-                [
-                    st.deadline,
-                    st.call_deadline,
-                    st.stall_at,
-                    ex.hedge.at,
-                    st.backoff_at,
-                ]
-            })
-            .chain([s.idle_at, s.trim_at])
-            .filter(|&t| t != u64::MAX)
-            .filter(|&t| t != 0)
-            .min()
-            .unwrap_or(0);
-        if next != 0 && (s.armed == 0 || next < s.armed) {
-            let c = &mut self.clients[ci];
-            self.ctx.timers.set(&mut c.timer, client_token(ci).0, next);
-            s.armed = next;
-        }
     }
 
     /// Makes stream `id` of client `ci`'s session due: its upstream side changed. A
@@ -431,244 +406,6 @@ impl Proxy {
         }
     }
 
-    /// Attaches the streams opened by this or the previous read: once the client's socket
-    /// is drained, or after one more read, so that a RST_STREAM sent right behind the
-    /// HEADERS (rapid reset) finds no backend connection opened. True if any attached.
-    fn h2_attach_pending(&mut self, ci: usize, s: &mut H2Session) -> bool {
-        if !std::mem::take(&mut s.attaching) {
-            return false;
-        }
-        let drained = !self.clients[ci].io.readable;
-        let mut any = false;
-        let mut i = 0;
-        while i < s.streams.len() {
-            let st = &mut s.streams[i];
-            if st.backoff_at != 0 {
-                // A retry backing off: attached once its time has come (the timer).
-                if self.ctx.now >= st.backoff_at {
-                    st.backoff_at = 0;
-                    let backend = st.pending.take().expect("a retry's server");
-                    any = true;
-                    if !self.h2_attach(ci, s, i, backend, false) {
-                        continue;
-                    }
-                }
-                i += 1;
-                continue;
-            }
-            if let Some(backend) = st.pending {
-                if drained || st.waited {
-                    st.pending = None;
-                    any = true;
-                    if !self.h2_attach(ci, s, i, backend, false) {
-                        // Answered and removed: another stream is at `i` now.
-                        continue;
-                    }
-                } else {
-                    st.waited = true;
-                    s.attaching = true;
-                }
-            }
-            i += 1;
-        }
-        any
-    }
-
-    /// Handles the codec's events; true if any.
-    fn h2_events(&mut self, ci: usize, s: &mut H2Session) -> bool {
-        let mut any = false;
-        while let Some(ev) = s.conn.poll_event() {
-            any = true;
-            match ev {
-                Event::Headers {
-                    stream,
-                    fields,
-                    end_stream,
-                } => {
-                    if s.stream(stream).is_none() {
-                        self.h2_open(ci, s, stream, fields, end_stream);
-                    }
-                }
-                Event::Data {
-                    stream,
-                    data,
-                    end_stream,
-                } => {
-                    let n = data.len();
-                    match s.streams.iter_mut().find(|st| st.id == stream) {
-                        Some(st) if st.wants_body() => {
-                            st.due = true;
-                            st.take_data(&mut self.ctx, data, end_stream)
-                        }
-                        _ => s.conn.release(stream, n),
-                    }
-                }
-                Event::Trailers { stream, fields } => {
-                    if let Some(i) = s.stream(stream) {
-                        s.streams[i].due = true;
-                        let dropped = s.streams[i].take_trailers(fields);
-                        if dropped > 0 {
-                            let c = &self.ctx.shared.counters;
-                            c.trailers_dropped.fetch_add(dropped, Relaxed);
-                            debug!(
-                                "worker {}: {dropped} request trailer fields dropped",
-                                self.ctx.id
-                            );
-                        }
-                    }
-                }
-                Event::Reset { stream, code, .. } => {
-                    if let Some(i) = s.stream(stream) {
-                        debug!("worker {}: stream {stream} reset: {code}", self.ctx.id);
-                        self.h2_abort(ci, s, i, Blame::Client);
-                    }
-                }
-                Event::WindowOpened { stream } if stream != 0 => {
-                    if let Some(i) = s.stream(stream) {
-                        s.streams[i].due = true;
-                    }
-                }
-                // The connection's window or the client's settings: any stream may move.
-                Event::WindowOpened { .. } | Event::Settings | Event::GoAway { .. } => {
-                    s.sweep = true;
-                }
-                Event::PingAck { .. } => {}
-            }
-        }
-        any
-    }
-
-    /// A new request stream: checked, picked, attached to an upstream connection.
-    fn h2_open(&mut self, ci: usize, s: &mut H2Session, id: u32, fields: Fields, end: bool) {
-        let peer = self.clients[ci].peer.get();
-        let wid = self.ctx.id;
-        let shared = self.ctx.shared.clone();
-        let close = shared.cfg.upstream == crate::config::UpstreamMode::PerRequest;
-        let path: &[u8] = if self.ctx.log.is_some() {
-            fields.path().unwrap_or(b"")
-        } else {
-            b""
-        };
-        let method = fields.method().map_or(Method::Other, Method::of);
-        let mut rec = Record::new(wid, peer, method, path);
-        rec.h2 = true;
-        rec.tls = self.clients[ci].sock.tls_version();
-        let call = grpc::is_call(&fields);
-        let websocket = method == Method::Connect && fields.protocol().is_some();
-        if websocket && !fields.protocol().is_some_and(translate::is_websocket) {
-            // An extended CONNECT for a protocol corelb does not relay.
-            self.ctx.count_rejected();
-            self.ctx.log_local(rec, crate::http::NOT_IMPLEMENTED);
-            h2_answer(&mut s.conn, id, 501, end);
-            return;
-        }
-        if method == Method::Connect && !websocket {
-            // As for HTTP/1.1: CONNECT is not proxied.
-            self.ctx.count_rejected();
-            self.ctx.log_local(rec, crate::http::METHOD_NOT_ALLOWED);
-            h2_answer(&mut s.conn, id, 405, end);
-            return;
-        }
-        if fields.regular().count() > crate::http::MAX_HEADERS {
-            // The truncation rule (http::MAX_SECTION_FIELDS): as for an HTTP/1.1 client.
-            debug!("worker {wid}: 431: HTTP/2 stream {id} from {peer}: too many fields");
-            self.ctx.count_rejected();
-            self.ctx.log_local(rec, crate::http::HEAD_TOO_LARGE);
-            h2_answer(&mut s.conn, id, 431, end);
-            return;
-        }
-        if let Err(why) = translate::target(&fields) {
-            debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");
-            self.ctx.count_rejected();
-            // Refused for what the client sent: counts toward its reset limit.
-            let _ = s.conn.refuse_stream(id, ErrorCode::PROTOCOL_ERROR);
-            return;
-        }
-        if self.ctx.panic_path.as_deref() == fields.path() {
-            panic!("test hook: HTTP/2 request for a panic path");
-        }
-        let Some(backend) = self.pick_backend() else {
-            debug!("worker {wid}: 503: no server available");
-            self.ctx.log_local(rec, crate::http::SERVICE_UNAVAILABLE);
-            h2c_leg::reply(s, id, call, 503, end, "no server available");
-            return;
-        };
-        let http1 = shared.balancer.backend(backend).protocol == crate::config::Protocol::Http1;
-        if websocket && !http1 {
-            // An h2c backend would need extended CONNECT of its own.
-            debug!("worker {wid}: 501: WebSocket over HTTP/2 to an h2c server");
-            shared.balancer.cancel(backend);
-            self.ctx.count_rejected();
-            self.ctx.log_local(rec, crate::http::NOT_IMPLEMENTED);
-            h2_answer(&mut s.conn, id, 501, end);
-            return;
-        }
-        self.ctx.count_request();
-        self.ctx.budget.deposit();
-        let ws_key = websocket.then(|| stream::websocket_key(&mut self.ctx.rng));
-        // An HTTP/1.1 backend gets its head now; an h2c one the fields as they are.
-        let mut buf = self.ctx.bufs.get();
-        let mut framing = translate::UpstreamFraming::None;
-        if http1 {
-            let scratch = &mut self.ctx.scratch;
-            scratch.clear();
-            let key = ws_key.as_ref().map(|k| &k[..]);
-            match translate::request_head(&fields, end, &s.from, close, key, scratch) {
-                Ok(head) => framing = head.framing,
-                Err(why) => {
-                    debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");
-                    shared.balancer.cancel(backend);
-                    self.ctx.bufs.put(buf);
-                    self.ctx.count_rejected();
-                    // Refused for what the client sent: counts toward its reset limit.
-                    let _ = s.conn.refuse_stream(id, ErrorCode::PROTOCOL_ERROR);
-                    return;
-                }
-            }
-            if scratch.len() > buf.capacity() {
-                buf.grow(scratch.len());
-            }
-            buf.space()[..scratch.len()].copy_from_slice(scratch);
-            buf.filled(scratch.len());
-            rec.request_bytes = scratch.len() as u64;
-        }
-        let mut ex = self.ctx.exchange(super::exchange::Start {
-            method,
-            http10: false,
-            keep_alive: true,
-            expect: false,
-            // HTTP/2 has no Upgrade (RFC 9113 §8.6); a 101 from the backend is a bad answer.
-            upgrade: false,
-            body: crate::http::Body::Done,
-            body_ready: 0,
-            head: buf,
-            rec,
-        });
-        let (m, p) = (fields.method().unwrap_or(b""), fields.path().unwrap_or(b""));
-        (ex.retry_on, ex.per_try) = self.ctx.retry_terms(m, p, call);
-        ex.fields_kept = true;
-        ex.hedgeable =
-            !websocket && (shared.cfg.retry.hedging.as_ref()).is_some_and(|h| h.covers(m, p));
-        let call_timeout = if call {
-            fields.get(b"grpc-timeout").and_then(grpc::timeout)
-        } else {
-            None
-        };
-        let mut st = H2Stream::new(id, ex, framing, end, fields, call);
-        st.websocket = ws_key;
-        if let Some(t) = call_timeout {
-            let cap = shared.cfg.timeouts.upstream;
-            st.call_deadline = self.ctx.now + Ctx::ms(t.min(cap)).max(1);
-        }
-        // Attached by h2_attach_pending, after the rest of this read; what arrives before
-        // (body, trailers) is kept in the form its backend takes.
-        st.pending = Some(backend);
-        st.mux = shared.balancer.backend(backend).protocol == crate::config::Protocol::H2c;
-        s.streams.push(st);
-        s.attaching = true;
-        s.opened = s.opened.saturating_add(1);
-    }
-
     /// Ends stream `i` before its response completed (client reset, connection gone):
     /// the upstream closes and the exchange is accounted with `blame`.
     fn h2_abort(&mut self, ci: usize, s: &mut H2Session, i: usize, blame: Blame) {
@@ -705,114 +442,6 @@ impl Proxy {
             self.h2_abort(ci, &mut s, 0, Blame::Client);
         }
         self.h2_publish(&mut s);
-    }
-
-    /// The client's timer fired: h2c streams past their deadlines fail (a call past its
-    /// grpc-timeout ends DEADLINE_EXCEEDED); if the client's own idle (or stalled)
-    /// deadline passed, GOAWAY and close.
-    pub(super) fn h2_timeout(&mut self, ci: usize) {
-        let c = &mut self.clients[ci];
-        let Phase::H2(mut s) = std::mem::replace(&mut c.phase, Phase::Head) else {
-            return;
-        };
-        s.armed = 0;
-        s.sweep = true;
-        let now = self.ctx.now;
-        let mut i = 0;
-        while i < s.streams.len() {
-            let at = s.streams[i].ex.hedge.at;
-            if at != 0 && now >= at {
-                self.h2_hedge_timer(ci, &mut s, i);
-            }
-            let at = s.streams[i].backoff_at;
-            if at != 0 && now >= at {
-                // A retry's backoff is over: the next step attaches it.
-                s.attaching = true;
-            }
-            let st = &s.streams[i];
-            let call_over = st.call_deadline != 0 && now >= st.call_deadline;
-            let idle_over = st.deadline != 0 && now >= st.deadline;
-            let stalled = st.stall_at != 0 && now >= st.stall_at;
-            if call_over {
-                self.h2_call_expired(ci, &mut s, i);
-            } else if stalled {
-                // The client kept its window shut past the send timeout.
-                debug!(
-                    "worker {}: HTTP/2 stream {} send timeout",
-                    self.ctx.id, st.id
-                );
-                let c = &self.ctx.shared.counters;
-                c.h2_send_timeouts.fetch_add(1, Relaxed);
-                self.h2_abort(ci, &mut s, i, Blame::Client);
-            } else if idle_over && st.mux {
-                let connecting = self.ups[st.ex.up].is_connecting();
-                let why = if connecting {
-                    super::decide::Failure::ConnectTimeout
-                } else if st.ex.per_try_over(now) {
-                    super::decide::Failure::PerTryTimeout
-                } else {
-                    super::decide::Failure::Timeout
-                };
-                self.h2_fail(ci, &mut s, i, why);
-            } else {
-                i += 1;
-                continue;
-            }
-            // The stream at `i` is gone or was moved: look at `i` again.
-        }
-        if s.idle_at != 0 && now >= s.idle_at {
-            if s.waiting_client == ClientWait::Send {
-                // Each response abandoned with the connection counts once.
-                let n = s.streams.iter().filter(|st| st.has_more()).count() as u64;
-                let c = &self.ctx.shared.counters;
-                c.h2_send_timeouts.fetch_add(n, Relaxed);
-            }
-            let c = &mut self.clients[ci];
-            debug!("worker {}: HTTP/2 client {} timed out", self.ctx.id, c.peer);
-            s.conn.go_away(ErrorCode::NO_ERROR);
-            // Best effort: the socket may not take it.
-            let _ = write2(&mut c.sock, s.conn.pending_output(), &[], &mut c.io);
-            self.clients[ci].phase = Phase::H2(s);
-            self.close_client(ci);
-            return;
-        }
-        self.clients[ci].phase = Phase::H2(s);
-        self.drive(ci);
-    }
-
-    /// Stream `i`'s grpc-timeout passed: the upstream stream is cancelled and the call
-    /// ends DEADLINE_EXCEEDED (a Trailers-Only answer, or trailers after its head).
-    fn h2_call_expired(&mut self, ci: usize, s: &mut H2Session, i: usize) {
-        let mut st = s.streams.swap_remove(i);
-        debug!(
-            "worker {}: HTTP/2 stream {} deadline exceeded",
-            self.ctx.id, st.id
-        );
-        let backend = self.h2_drop_leg(ci, &mut st, ErrorCode::CANCEL);
-        const WHY: &str = "deadline exceeded in corelb";
-        if st.head_sent {
-            if !st.end_sent {
-                grpc::end_with(&mut s.conn, st.id, grpc::DEADLINE_EXCEEDED, WHY);
-            }
-        } else {
-            s.conn.release(st.id, st.unreleased);
-            grpc::answer(&mut s.conn, st.id, grpc::DEADLINE_EXCEEDED, WHY, st.req_end);
-        }
-        st.unreleased = 0;
-        st.grpc_status = Some(grpc::DEADLINE_EXCEEDED);
-        match backend {
-            Some(b) => {
-                let status = if st.head_sent { st.ex.status } else { 504 };
-                let outcome = self.h2_outcome(&st);
-                self.h2_account(b, &mut st, status, outcome);
-            }
-            // Not attached (a retry backing off, its pick given back): logged as corelb's.
-            None => self.ctx.log_local(st.ex.rec, crate::http::GATEWAY_TIMEOUT),
-        }
-        if !st.req_end {
-            s.conn.reset(st.id, ErrorCode::NO_ERROR);
-        }
-        st.recycle(&mut self.ctx, &mut s.conn);
     }
 
     /// `close_client` hook: a session still in the client's phase ends with it.
