@@ -249,18 +249,56 @@ fn unix_ms() -> u64 {
 
 /// Reads everything once. The summary lock is held only to copy numbers out.
 pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
-    // Rows of the code counts per slot; the last (local answers) is at the capacity.
-    let n = shared.balancer.capacity();
     let snap = shared.balancer.snapshot();
     let slots: Vec<usize> = snap.iter().map(|s| s.slot).collect();
-    let (total_lat, total_codes, backend_lat, backend_codes, local, rps, hists, grpc) = {
+    let m = {
         let sum = summary.lock().unwrap_or_else(|e| e.into_inner());
+        Measured::of(&sum, &slots, shared.balancer.capacity())
+    };
+    let backends = backend_stats(shared, snap, &m);
+    let totals = totals(shared, &m);
+    Stats {
+        version: env!("CARGO_PKG_VERSION"),
+        time_unix_ms: unix_ms(),
+        mode: shared.cfg.mode.to_string(),
+        upstream: shared.cfg.upstream.to_string(),
+        workers: shared.cfg.workers.max(1),
+        uptime_s: (shared.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        stopping: shared.stop.load(Relaxed),
+        totals,
+        backends,
+        events: shared.events.recent(EVENTS_SHOWN),
+        hists: m.hists,
+    }
+}
+
+/// What the metrics summary says, read under its lock: latencies and status codes in
+/// total and per backend (in snapshot order), rates, histograms, gRPC calls per slot.
+struct Measured {
+    total_lat: Latency,
+    total_codes: BTreeMap<String, u64>,
+    backend_lat: Vec<Latency>,
+    backend_codes: Vec<BTreeMap<String, u64>>,
+    /// Answers the proxy made itself.
+    local: u64,
+    rps_1s: f64,
+    rps_10s: f64,
+    errors_1s: u64,
+    backend_rps: Vec<u64>,
+    hists: Vec<Buckets>,
+    /// Per balancer slot.
+    grpc: Vec<GrpcStats>,
+}
+
+impl Measured {
+    /// From `sum`, for the backends in `slots` (snapshot order); rows of code counts per
+    /// slot, the last (local answers) at `capacity`.
+    fn of(sum: &Summary, slots: &[usize], capacity: usize) -> Measured {
         let lat = |last: &Histogram<u64>, start: &Histogram<u64>| Latency {
             last: percentiles(last),
             since_start: percentiles(start),
         };
-        let total_lat = lat(&sum.last_total, &sum.since_start_total);
-        let backend_lat: Vec<Latency> = (slots.iter().copied())
+        let backend_lat = (slots.iter().copied())
             .map(
                 |i| match (sum.last_backends.get(i), sum.since_start_backends.get(i)) {
                     (Some(l), Some(s)) => lat(l, s),
@@ -274,20 +312,8 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
                 *a += x;
             }
         }
-        let backend_codes: Vec<BTreeMap<String, u64>> = (slots.iter().copied())
-            .map(|i| sum.codes.get(i).map(|r| codes(r)).unwrap_or_default())
-            .collect();
-        let local: u64 = sum.codes.get(n).map_or(0, |r| r.iter().sum());
-        let rps = (
-            sum.rps(1),
-            sum.rps(10),
-            sum.errors_per_second.back().copied().unwrap_or(0),
-            (slots.iter())
-                .map(|&i| sum.last_backends.get(i).map_or(0, Histogram::len))
-                .collect::<Vec<u64>>(),
-        );
         let empty = crate::metrics::histogram();
-        let hists: Vec<Buckets> = std::iter::once(&sum.since_start_total)
+        let hists = std::iter::once(&sum.since_start_total)
             .chain(
                 slots
                     .iter()
@@ -295,26 +321,39 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
             )
             .map(buckets)
             .collect();
-        let mut grpc = vec![GrpcStats::default(); n];
+        let mut grpc = vec![GrpcStats::default(); capacity];
         for (b, method, status, calls) in sum.grpc.rows() {
             if let Some(g) = grpc.get_mut(b) {
                 g.add(method, status, calls);
             }
         }
-        (
-            total_lat,
-            codes(&all),
+        Measured {
+            total_lat: lat(&sum.last_total, &sum.since_start_total),
+            total_codes: codes(&all),
             backend_lat,
-            backend_codes,
-            local,
-            rps,
+            backend_codes: (slots.iter().copied())
+                .map(|i| sum.codes.get(i).map(|r| codes(r)).unwrap_or_default())
+                .collect(),
+            local: sum.codes.get(capacity).map_or(0, |r| r.iter().sum()),
+            rps_1s: sum.rps(1),
+            rps_10s: sum.rps(10),
+            errors_1s: sum.errors_per_second.back().copied().unwrap_or(0),
+            backend_rps: (slots.iter())
+                .map(|&i| sum.last_backends.get(i).map_or(0, Histogram::len))
+                .collect(),
             hists,
             grpc,
-        )
-    };
-    let c = &shared.counters;
-    let backends = snap
-        .into_iter()
+        }
+    }
+}
+
+/// Each backend of `snap`: its spec, health, live counters and what `m` measured.
+fn backend_stats(
+    shared: &Shared,
+    snap: Vec<crate::balancer::BackendSnapshot>,
+    m: &Measured,
+) -> Vec<BackendStats> {
+    snap.into_iter()
         .enumerate()
         .map(|(k, s)| {
             let i = s.slot;
@@ -330,69 +369,62 @@ pub fn gather(shared: &Shared, summary: &Mutex<Summary>) -> Stats {
                 inflight: s.inflight,
                 requests: s.requests,
                 errors: s.errors,
-                rps: rps.3.get(k).copied().unwrap_or(0),
+                rps: m.backend_rps.get(k).copied().unwrap_or(0),
                 sma_ms: ms(s.sma_us),
                 ewma_ms: ms(s.ewma_us),
                 peak_ewma_ms: ms(s.peak_ewma_us),
-                latency_ms: backend_lat.get(k).cloned().unwrap_or_default(),
-                codes: backend_codes.get(k).cloned().unwrap_or_default(),
-                grpc: grpc.get(i).cloned().unwrap_or_default(),
+                latency_ms: m.backend_lat.get(k).cloned().unwrap_or_default(),
+                codes: m.backend_codes.get(k).cloned().unwrap_or_default(),
+                grpc: m.grpc.get(i).cloned().unwrap_or_default(),
             }
         })
-        .collect();
-    Stats {
-        version: env!("CARGO_PKG_VERSION"),
-        time_unix_ms: unix_ms(),
-        mode: shared.cfg.mode.to_string(),
-        upstream: shared.cfg.upstream.to_string(),
-        workers: shared.cfg.workers.max(1),
-        uptime_s: (shared.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-        stopping: shared.stop.load(Relaxed),
-        totals: Totals {
-            rps_1s: rps.0,
-            rps_10s: rps.1,
-            errors_1s: rps.2,
-            requests: total_codes.values().sum(),
-            local,
-            active_connections: c.active_clients.load(Relaxed),
-            upstream_connections_open: c.upstream_open.load(Relaxed),
-            upstream_connections_idle: c.upstream_idle.load(Relaxed),
-            buffers_in_use: c.buffers_in_use.load(Relaxed),
-            buffers_pooled: c.buffers_pooled.load(Relaxed),
-            accepted: c.accepted.load(Relaxed),
-            upstream_connects: c.upstream_connects.load(Relaxed),
-            rejected: c.rejected.load(Relaxed),
-            retries: c.retries.load(Relaxed),
-            retries_by_reason: (crate::shared::RETRY_REASONS.iter().copied())
-                .zip(c.retry_reasons.iter().map(|n| n.load(Relaxed)))
-                .collect(),
-            policy_retries: c.policy_retries.load(Relaxed),
-            hedges: c.hedges.load(Relaxed),
-            hedge_wins: c.hedge_wins.load(Relaxed),
-            hedges_cancelled: c.hedges_cancelled.load(Relaxed),
-            replay_overflows: c.replay_overflows.load(Relaxed),
-            client_aborts: c.client_aborts.load(Relaxed),
-            trailers_dropped: c.trailers_dropped.load(Relaxed),
-            panics: c.panics.load(Relaxed),
-            worker_restarts: c.worker_restarts.load(Relaxed),
-            spliced_bytes: c.spliced_bytes.load(Relaxed),
-            tunnels_open: c.tunnels_open.load(Relaxed),
-            tunnels: c.tunnels.load(Relaxed),
-            tunnel_bytes_up: c.tunnel_bytes_up.load(Relaxed),
-            tunnel_bytes_down: c.tunnel_bytes_down.load(Relaxed),
-            h2: super::h2stats::H2Stats::read(c),
-            tls: super::tlsstats::TlsStats::read(c),
-            log_dropped: shared.log_dropped.load(Relaxed),
-            reloads: c.reloads.load(Relaxed),
-            reload_failures: c.reload_failures.load(Relaxed),
-            drains: c.drains.load(Relaxed),
-            drains_done: c.drains_done.load(Relaxed),
-            latency_ms: total_lat,
-            codes: total_codes,
-        },
-        backends,
-        events: shared.events.recent(EVENTS_SHOWN),
-        hists,
+        .collect()
+}
+
+/// The totals: what `m` measured and the workers' shared counters.
+fn totals(shared: &Shared, m: &Measured) -> Totals {
+    let c = &shared.counters;
+    Totals {
+        rps_1s: m.rps_1s,
+        rps_10s: m.rps_10s,
+        errors_1s: m.errors_1s,
+        requests: m.total_codes.values().sum(),
+        local: m.local,
+        active_connections: c.active_clients.load(Relaxed),
+        upstream_connections_open: c.upstream_open.load(Relaxed),
+        upstream_connections_idle: c.upstream_idle.load(Relaxed),
+        buffers_in_use: c.buffers_in_use.load(Relaxed),
+        buffers_pooled: c.buffers_pooled.load(Relaxed),
+        accepted: c.accepted.load(Relaxed),
+        upstream_connects: c.upstream_connects.load(Relaxed),
+        rejected: c.rejected.load(Relaxed),
+        retries: c.retries.load(Relaxed),
+        retries_by_reason: (crate::shared::RETRY_REASONS.iter().copied())
+            .zip(c.retry_reasons.iter().map(|n| n.load(Relaxed)))
+            .collect(),
+        policy_retries: c.policy_retries.load(Relaxed),
+        hedges: c.hedges.load(Relaxed),
+        hedge_wins: c.hedge_wins.load(Relaxed),
+        hedges_cancelled: c.hedges_cancelled.load(Relaxed),
+        replay_overflows: c.replay_overflows.load(Relaxed),
+        client_aborts: c.client_aborts.load(Relaxed),
+        trailers_dropped: c.trailers_dropped.load(Relaxed),
+        panics: c.panics.load(Relaxed),
+        worker_restarts: c.worker_restarts.load(Relaxed),
+        spliced_bytes: c.spliced_bytes.load(Relaxed),
+        tunnels_open: c.tunnels_open.load(Relaxed),
+        tunnels: c.tunnels.load(Relaxed),
+        tunnel_bytes_up: c.tunnel_bytes_up.load(Relaxed),
+        tunnel_bytes_down: c.tunnel_bytes_down.load(Relaxed),
+        h2: super::h2stats::H2Stats::read(c),
+        tls: super::tlsstats::TlsStats::read(c),
+        log_dropped: shared.log_dropped.load(Relaxed),
+        reloads: c.reloads.load(Relaxed),
+        reload_failures: c.reload_failures.load(Relaxed),
+        drains: c.drains.load(Relaxed),
+        drains_done: c.drains_done.load(Relaxed),
+        latency_ms: m.total_lat.clone(),
+        codes: m.total_codes.clone(),
     }
 }
 
