@@ -31,6 +31,7 @@ use crate::h2::{ErrorCode, Fields};
 use crate::http::{self, chunked::ChunkedDecoder, Body};
 
 use super::client::Phase;
+use super::context::Ctx;
 use super::decide::{self, Failure, Waits};
 use super::end::Blame;
 use super::exchange::{Exchange, Req, Resp};
@@ -38,7 +39,7 @@ use super::h1_h2c_translate::{
     chunk_line, framing, request_pairs, response_head, trailer_pairs, ClientFraming,
 };
 use super::h2::translate::trailer_lines;
-use super::h2c_pool::Gone;
+use super::h2c_pool::{Gone, MuxStream};
 use super::io::{read_into, would_block, write2};
 use super::{client_token, Proxy, Step};
 
@@ -460,53 +461,9 @@ impl Proxy {
         let ms = &mut m.streams[k];
         let mut moved = false;
         if ex.resp == Resp::Head {
-            let status = ms.head.as_ref().and_then(|h| h.status());
-            if let Some(s) = status.filter(|&s| ex.retry_on.has_status(s)) {
-                if !ex.h2c.final_answer {
-                    return Turn::Status(s);
-                }
+            if let Some(turn) = take_head(&mut self.ctx, ex, c.buf.as_mut(), ms, draining) {
+                return turn;
             }
-            let Some(head) = ms.head.take() else {
-                return match ms.gone {
-                    Some(why) => Turn::Failed(failure(why)),
-                    None => Turn::Running(false),
-                };
-            };
-            let empty = ms.end && ms.data.as_ref().is_none_or(|d| d.is_empty());
-            let status = head.status().unwrap_or(502);
-            let length = head
-                .get(b"content-length")
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
-            let framing = framing(
-                status,
-                ex.method == http::Method::Head,
-                length,
-                empty && ms.trailers.is_none(),
-                ex.http10,
-            );
-            if framing == ClientFraming::Close || draining {
-                ex.keep_alive = false;
-            }
-            let scratch = &mut self.ctx.scratch;
-            scratch.clear();
-            response_head(
-                &head,
-                status,
-                framing,
-                length,
-                ex.http10,
-                ex.keep_alive,
-                scratch,
-            );
-            append(&mut self.ctx.bufs, &mut ex.out, scratch);
-            ex.h2c.framing = framing;
-            ex.status = status;
-            ex.got_bytes = true;
-            ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
-            // A response is under way: the request will not be replayed.
-            self.ctx.bufs.release(&mut ex.head);
-            give_up_replay(ex, c.buf.as_mut());
-            ex.resp = Resp::Body(Body::UntilClose);
             moved = true;
         }
         let leg = &mut ex.h2c;
@@ -714,6 +671,66 @@ impl Proxy {
 
 /// The body bytes kept for a replay are given up: consumed from the client's buffer and
 /// counted as sent (a failure now is not replayed).
+/// The response head from stream `ms`'s inbox, as an HTTP/1.1 head in `ex.out`, framed
+/// for the client; the request is then no longer replayed. `Some(turn)` instead when
+/// there is no head yet (or it broke), or a 502/503/504 a retry policy replays.
+fn take_head(
+    ctx: &mut Ctx,
+    ex: &mut Exchange,
+    client_buf: Option<&mut Buf>,
+    ms: &mut MuxStream,
+    draining: bool,
+) -> Option<Turn> {
+    let status = ms.head.as_ref().and_then(|h| h.status());
+    if let Some(s) = status.filter(|&s| ex.retry_on.has_status(s)) {
+        if !ex.h2c.final_answer {
+            return Some(Turn::Status(s));
+        }
+    }
+    let Some(head) = ms.head.take() else {
+        return Some(match ms.gone {
+            Some(why) => Turn::Failed(failure(why)),
+            None => Turn::Running(false),
+        });
+    };
+    let empty = ms.end && ms.data.as_ref().is_none_or(|d| d.is_empty());
+    let status = head.status().unwrap_or(502);
+    let length = head
+        .get(b"content-length")
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+    let framing = framing(
+        status,
+        ex.method == http::Method::Head,
+        length,
+        empty && ms.trailers.is_none(),
+        ex.http10,
+    );
+    if framing == ClientFraming::Close || draining {
+        ex.keep_alive = false;
+    }
+    let scratch = &mut ctx.scratch;
+    scratch.clear();
+    response_head(
+        &head,
+        status,
+        framing,
+        length,
+        ex.http10,
+        ex.keep_alive,
+        scratch,
+    );
+    append(&mut ctx.bufs, &mut ex.out, scratch);
+    ex.h2c.framing = framing;
+    ex.status = status;
+    ex.got_bytes = true;
+    ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
+    // A response is under way: the request will not be replayed.
+    ctx.bufs.release(&mut ex.head);
+    give_up_replay(ex, client_buf);
+    ex.resp = Resp::Body(Body::UntilClose);
+    None
+}
+
 fn give_up_replay(ex: &mut Exchange, buf: Option<&mut Buf>) {
     let leg = &mut ex.h2c;
     leg.replayable = false;
