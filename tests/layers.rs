@@ -167,3 +167,26 @@ fn the_import_scanner_sees_use_lines_and_inline_paths() {
     let got: Vec<String> = imports(text).into_iter().collect();
     assert_eq!(got, ["config::types", "health", "http"]);
 }
+
+/// No source file of the crate is over 800 lines (a module that grows past it gets split
+/// along its parts); files that hold only a module's tests are not counted.
+#[test]
+fn no_source_file_is_over_800_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let tests_only = |p: &Path| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        name == "tests.rs" || name.ends_with("_tests.rs")
+    };
+    let long: Vec<String> = files
+        .iter()
+        .filter(|p| !tests_only(p))
+        .filter_map(|p| {
+            let n = std::fs::read_to_string(p).ok()?.lines().count();
+            (n > 800).then(|| format!("{} ({n} lines)", p.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "over 800 lines: {long:?}");
+    assert!(files.len() > 50, "the scan found the sources");
+}
