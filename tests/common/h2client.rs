@@ -269,3 +269,26 @@ pub fn take(h: &mut H2) -> Vec<u8> {
     h.conn.advance_output(out.len());
     out
 }
+
+/// One gRPC unary call `/tts.TTS/Synthesize` of `text` on `client` (a
+/// `tts.SynthesizeRequest`, field 1): its answer, its grpc-status (from the trailers, or
+/// the head of a Trailers-Only answer; "" if none), and how long it took.
+pub fn synthesize(client: &mut H2, text: &str) -> (Got, String, Duration) {
+    let mut msg = vec![0u8, 0, 0, 0, 2 + text.len() as u8, 0x0a, text.len() as u8];
+    msg.extend_from_slice(text.as_bytes());
+    let t = Instant::now();
+    let id = client.request(
+        "POST",
+        "/tts.TTS/Synthesize",
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        false,
+    );
+    client.data(id, &msg, true);
+    let g = client.wait(id, Duration::from_secs(5));
+    let took = t.elapsed();
+    let status = (g.trailers.iter().chain(&g.headers))
+        .find(|(n, _)| n == "grpc-status")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    (g, status, took)
+}

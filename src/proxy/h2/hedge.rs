@@ -203,15 +203,7 @@ impl Proxy {
     fn h2_promote(&mut self, ci: usize, st: &mut H2Stream, why: Promote) {
         st.swap_legs();
         let old = std::mem::replace(&mut st.ex.hedge.up, NONE);
-        let old_backend = self.ups[old].backend;
-        debug!(
-            "worker {}: HTTP/2 stream {}: hedge takes over from {} ({why:?})",
-            self.ctx.id,
-            st.id,
-            self.ctx.shared.balancer.backend(old_backend).name
-        );
-        self.mux_detach(old, ci, st.id, ErrorCode::CANCEL);
-        st.ex.tried.insert(old_backend);
+        let old_backend = self.h2_leave(ci, st, old, "gives way to its hedge");
         match why {
             Promote::Failed => self.ctx.account_attempt(old_backend, st.ex.hedge.started),
             Promote::Won | Promote::Superseded => {
@@ -272,15 +264,22 @@ impl Proxy {
         if h == NONE {
             return;
         }
-        let backend = self.ups[h].backend;
-        st.ex.tried.insert(backend);
+        let backend = self.h2_leave(ci, st, h, "drops its hedge");
+        self.ctx.shared.balancer.cancel(backend);
+    }
+
+    /// Takes `st`'s leg on h2c connection `ui` off it (RST_STREAM CANCEL), keeping later
+    /// attempts off its server, which is returned (`what` for the debug log).
+    fn h2_leave(&mut self, ci: usize, st: &mut H2Stream, ui: usize, what: &str) -> usize {
+        let backend = self.ups[ui].backend;
         debug!(
-            "worker {}: HTTP/2 stream {}: hedge on {} dropped",
+            "worker {}: HTTP/2 stream {} {what} on {}",
             self.ctx.id,
             st.id,
             self.ctx.shared.balancer.backend(backend).name
         );
-        self.mux_detach(h, ci, st.id, ErrorCode::CANCEL);
-        self.ctx.shared.balancer.cancel(backend);
+        self.mux_detach(ui, ci, st.id, ErrorCode::CANCEL);
+        st.ex.tried.insert(backend);
+        backend
     }
 }
