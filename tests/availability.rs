@@ -577,17 +577,8 @@ fn a_retry_policy_replays_a_dropped_post_with_its_body() {
     ];
     let policy = r#", "retryPolicy": {"retryOn": ["reset"], "methods": ["POST"]}"#;
     let p = Proxy::with_config(&config(&servers, policy), &QUIET);
-    let body = "x".repeat(20_000);
-    for _ in 0..4 {
-        let req = format!(
-            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let r = raw(p.addr, req.as_bytes()).unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.body.len(), body.len());
-        assert!(r.body.iter().all(|&b| b == b'x'));
-    }
+    let statuses = post_echo(&p, &"x".repeat(20_000), 4);
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     let dropped = closer.requests.load(SeqCst) as u64;
     assert!(dropped >= 2, "C saw {dropped}");
     assert_eq!(echo.requests(), 4, "each POST reached the echo server once");
