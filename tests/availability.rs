@@ -820,3 +820,71 @@ fn a_per_try_timeout_starts_once_the_whole_request_went_out() {
     assert_eq!((r.status, r.text()), (200, "done".to_string()));
     assert_eq!(server.requests.load(SeqCst), 1);
 }
+
+/// POSTs `body` to /echo as an HTTP/2 stream on `client`: (status, the echoed body).
+fn h2_post_echo(client: &mut common::h2client::H2, body: &[u8]) -> (u16, Vec<u8>) {
+    let len = body.len().to_string();
+    let id = client.request("POST", "/echo", &[("content-length", len.as_str())], false);
+    client.data(id, body, true);
+    let g = client.wait(id, Duration::from_secs(10));
+    (g.status, g.body)
+}
+
+#[test]
+fn a_retry_policy_replays_an_http2_post_to_http1_servers_with_its_body() {
+    // C reads the whole POST and drops the connection; the echo server gets it again from
+    // the copy corelb kept of what the HTTP/1.1 leg sent.
+    let closer = MiniServer::start(|_, _, _| Act::Close);
+    let echo = Backend::start("E", "fast", &[]);
+    let servers = [
+        server_json("C", closer.port(), 0),
+        server_json("E", echo.port(), 0),
+    ];
+    let policy = r#", "retryPolicy": {"retryOn": ["reset"], "methods": ["POST"]}"#;
+    let p = Proxy::with_config(&config(&servers, policy), &QUIET);
+    let mut client = common::h2client::H2::connect(p.addr);
+    let body = vec![b'h'; 20_000];
+    for _ in 0..4 {
+        let (status, echoed) = h2_post_echo(&mut client, &body);
+        assert_eq!(status, 200);
+        assert!(
+            echoed == body,
+            "the echo is the body, whole ({} bytes)",
+            echoed.len()
+        );
+    }
+    let dropped = closer.requests.load(SeqCst) as u64;
+    assert!(dropped >= 2, "C saw {dropped}");
+    assert_eq!(echo.requests(), 4, "each POST reached the echo server once");
+    assert_eq!(stat(&p, "policy_retries"), dropped);
+}
+
+#[test]
+fn a_stream_an_h2c_server_refused_goes_to_an_http1_server_body_and_all() {
+    // R refuses every stream (REFUSED_STREAM: not processed), possibly after corelb sent
+    // some of its body and released it to the client's window; the retry on the HTTP/1.1
+    // echo server sends it all again, and releases none of it twice.
+    let refuser = Backend::start("R", "fast", &["--protocol", "h2c", "--refuse-rate", "1"]);
+    let echo = Backend::start("E", "fast", &[]);
+    let servers = [
+        format!(
+            r#"{{"name": "R", "address": "127.0.0.1", "port": {}, "protocol": "h2c"}}"#,
+            refuser.port()
+        ),
+        server_json("E", echo.port(), 0),
+    ];
+    let p = Proxy::with_config(&config(&servers, ""), &QUIET);
+    let mut client = common::h2client::H2::connect(p.addr);
+    let body = vec![b'r'; 30_000];
+    for _ in 0..6 {
+        let (status, echoed) = h2_post_echo(&mut client, &body);
+        assert_eq!(status, 200);
+        assert!(
+            echoed == body,
+            "the echo is the body, whole ({} bytes)",
+            echoed.len()
+        );
+    }
+    assert_eq!(echo.requests(), 6);
+    assert!(stat(&p, "retries") >= 3);
+}

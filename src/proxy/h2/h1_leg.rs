@@ -336,14 +336,36 @@ impl Proxy {
         n -= k;
         let k = n.min(yl);
         if k > 0 {
-            st.body.as_mut().expect("payload").consume(k);
+            let body = st.body.as_mut().expect("payload");
+            // Kept for a replay while a retry policy covers the stream and they fit.
+            let ex = &mut st.ex;
+            if !ex.retry_on.is_empty() && !ex.replay_lost {
+                let kept = ex.replay.as_ref().map_or(0, Buf::len);
+                if kept + k <= self.ctx.shared.cfg.retry.replay_max() {
+                    let r = ex.replay.get_or_insert_with(|| self.ctx.bufs.get());
+                    r.append(&body.bytes()[..k]);
+                } else {
+                    ex.replay_lost = true;
+                    self.ctx.bufs.release(&mut ex.replay);
+                    let c = &self.ctx.shared.counters;
+                    c.replay_overflows.fetch_add(1, Relaxed);
+                }
+            }
+            body.consume(k);
             if chunked {
                 st.chunk_left -= k;
             }
-            st.unreleased -= k;
+            // Released to the client's codec unless an earlier attempt already did
+            // (offsets from the body's first byte, as the h2c leg keeps them).
+            st.base += k as u64;
+            if st.base > st.released {
+                let fresh = (st.base - st.released) as usize;
+                st.unreleased -= fresh;
+                conn.release(st.id, fresh);
+                st.released = st.base;
+            }
             st.ex.body_sent += k as u64;
             st.ex.rec.request_bytes += k as u64;
-            conn.release(st.id, k);
         }
         n -= k;
         st.tail_off += n;
@@ -484,6 +506,9 @@ impl Proxy {
                         if ex.head.as_ref().is_none_or(|h| ex.head_off >= h.len()) {
                             self.ctx.bufs.release(&mut ex.head);
                         }
+                        // A response is under way: the body is no longer kept for a replay.
+                        ex.replay_lost = true;
+                        self.ctx.bufs.release(&mut ex.replay);
                         ex.resp = if end {
                             Resp::Done
                         } else {
@@ -607,6 +632,15 @@ impl Proxy {
         let old = self.ups[ui].backend;
         let (next, stale) = self.ctx.retry_target(&st.ex, old, why)?;
         self.h2_drop_leg(ci, st, ErrorCode::CANCEL);
+        // The body an HTTP/1.1 leg sent, kept for this: in front of the rest again.
+        if let Some(mut kept) = st.ex.replay.take() {
+            st.base -= kept.len() as u64;
+            if let Some(rest) = st.body.as_ref() {
+                kept.append(rest.bytes());
+            }
+            self.ctx.bufs.release(&mut st.body);
+            st.body = Some(kept);
+        }
         let ex = &mut st.ex;
         if !stale {
             self.ctx.account_attempt(old, ex.attempt);

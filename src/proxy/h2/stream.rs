@@ -58,8 +58,10 @@ pub(super) struct H2Stream {
     pub(super) up_end: bool,
     /// h2c leg: request trailers to send upstream.
     pub(super) req_trailers: Option<Fields>,
-    /// h2c leg, request body offsets from its first byte: of `body`'s first byte, sent in
-    /// this attempt, and released to the client's codec (counting against its windows).
+    /// Request body offsets from its first byte: of `body`'s first byte, sent in this
+    /// attempt (h2c leg), and released to the client's codec (counting against its
+    /// windows). An HTTP/1.1 leg moves `base` as it sends; both legs release only past
+    /// `released`, so bytes a replay sends again are never released twice.
     pub(super) base: u64,
     pub(super) sent: u64,
     pub(super) released: u64,
