@@ -536,3 +536,34 @@ fn an_h2c_retry_waits_out_the_policys_backoff() {
     assert!(longest > Duration::from_millis(30), "{waits:?}");
     assert!(longest < Duration::from_millis(900), "{waits:?}");
 }
+
+#[test]
+fn a_grpc_call_sent_again_says_how_many_attempts_went_before() {
+    // R refuses every stream unprocessed; each call goes on to E, whose /headers shows
+    // what it received: grpc-previous-rpc-attempts 1 (gRPC's retry design). A call E
+    // gets at its first attempt carries none.
+    let r = h2c("R", "fast", &["--refuse-rate", "1"]);
+    let e = h2c("E", "fast", &[]);
+    let call = |p: &Proxy| {
+        let mut client = H2::connect(p.addr);
+        let id = client.request(
+            "POST",
+            "/headers",
+            &[("content-type", "application/grpc"), ("te", "trailers")],
+            true,
+        );
+        let g = client.wait(id, Duration::from_secs(5));
+        assert_eq!((g.status, header(&g, "x-backend")), (200, Some("E")));
+        String::from_utf8_lossy(&g.body).into_owned()
+    };
+    // Round robin gives R every call first (each retry's pick moves it on once more).
+    let p = proxy(&[&r, &e], &["--mode", "round-robin"]);
+    for _ in 0..3 {
+        let text = call(&p);
+        assert!(text.contains("grpc-previous-rpc-attempts: 1\n"), "{text}");
+    }
+    assert_eq!(counter(&p, "retries"), 3);
+    let p = proxy(&[&e], &[]);
+    let text = call(&p);
+    assert!(!text.contains("grpc-previous-rpc-attempts"), "{text}");
+}

@@ -148,9 +148,15 @@ impl Proxy {
         if !self.ctx.mux_dirty.contains(&hu) {
             self.ctx.mux_dirty.push(hu);
         }
-        s.streams[i].swap_legs();
+        // The hedge opens with the attempts before it in grpc-previous-rpc-attempts (the
+        // first attempt, earlier hedges and retries), as gRPC's hedging design has it.
+        let st = &mut s.streams[i];
+        st.swap_legs();
+        let retries = st.ex.retries;
+        st.ex.retries = retries.saturating_add(st.ex.hedge.sent);
         let sent = self.h2_leg_send(ci, s, i);
         let st = &mut s.streams[i];
+        st.ex.retries = retries;
         if st.up_end {
             // The hedge's own per-try timeout starts with its whole request out.
             st.ex.request_sent(self.ctx.now);
