@@ -564,19 +564,26 @@ fn in_a_full_outage_retries_stay_within_the_budget() {
     );
 }
 
-#[test]
-fn a_retry_policy_replays_a_dropped_post_with_its_body() {
-    // C reads the whole POST and drops the connection; the echo server gets it again,
-    // body and all, from the copy corelb kept (the body was sent, so without a policy
-    // this would be a 502).
+/// `C`, which reads every request and drops the connection, and the echo server `E`,
+/// behind a proxy with config `extra` (no health checks, no ejection, admin API on).
+fn closer_and_echo(extra: &str) -> (MiniServer, Backend, Proxy) {
     let closer = MiniServer::start(|_, _, _| Act::Close);
     let echo = Backend::start("E", "fast", &[]);
     let servers = [
         server_json("C", closer.port(), 0),
         server_json("E", echo.port(), 0),
     ];
+    let p = Proxy::with_config(&config(&servers, extra), &QUIET);
+    (closer, echo, p)
+}
+
+#[test]
+fn a_retry_policy_replays_a_dropped_post_with_its_body() {
+    // C reads the whole POST and drops the connection; the echo server gets it again,
+    // body and all, from the copy corelb kept (the body was sent, so without a policy
+    // this would be a 502).
     let policy = r#", "retryPolicy": {"retryOn": ["reset"], "methods": ["POST"]}"#;
-    let p = Proxy::with_config(&config(&servers, policy), &QUIET);
+    let (closer, echo, p) = closer_and_echo(policy);
     let statuses = post_echo(&p, &"x".repeat(20_000), 4);
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     let dropped = closer.requests.load(SeqCst) as u64;
@@ -834,14 +841,8 @@ fn h2_post_echo(client: &mut common::h2client::H2, body: &[u8]) -> (u16, Vec<u8>
 fn a_retry_policy_replays_an_http2_post_to_http1_servers_with_its_body() {
     // C reads the whole POST and drops the connection; the echo server gets it again from
     // the copy corelb kept of what the HTTP/1.1 leg sent.
-    let closer = MiniServer::start(|_, _, _| Act::Close);
-    let echo = Backend::start("E", "fast", &[]);
-    let servers = [
-        server_json("C", closer.port(), 0),
-        server_json("E", echo.port(), 0),
-    ];
     let policy = r#", "retryPolicy": {"retryOn": ["reset"], "methods": ["POST"]}"#;
-    let p = Proxy::with_config(&config(&servers, policy), &QUIET);
+    let (closer, echo, p) = closer_and_echo(policy);
     let mut client = common::h2client::H2::connect(p.addr);
     let body = vec![b'h'; 20_000];
     for _ in 0..4 {

@@ -400,14 +400,7 @@ fn grpc_timeout_is_enforced_by_corelb() {
     );
     // Without a backend to answer, a call is UNAVAILABLE (14), not an HTTP 503.
     drop(a);
-    let id = client.request(
-        "POST",
-        "/tts.TTS/Synthesize",
-        &[("content-type", "application/grpc"), ("te", "trailers")],
-        false,
-    );
-    client.data(id, &msg, true);
-    let g = client.wait(id, Duration::from_secs(5));
+    let (g, _, _) = common::h2client::synthesize(&mut client, "x");
     assert_eq!(g.status, 200, "{g:?}");
     assert_eq!(header(&g, "grpc-status"), Some("14"), "{g:?}");
     assert!(header(&g, "grpc-message").is_some_and(|m| !m.is_empty()));
