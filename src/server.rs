@@ -24,7 +24,7 @@ pub struct Server {
     workers: Vec<Handle>,
     logger: Option<Logger>,
     pub metrics: Aggregator,
-    checker: Option<crate::health::Checker>,
+    checker: Option<crate::health::checker::Checker>,
     /// Reloads, admin server changes and DNS discovery.
     pub control: Arc<Control>,
     control_thread: Option<ControlThread>,
@@ -179,7 +179,7 @@ impl Server {
         }
         // Always started: with active checks off it still ends passive ejections.
         let checker = Some(
-            crate::health::Checker::start(shared.clone())
+            crate::health::checker::Checker::start(shared.clone())
                 .map_err(|e| format!("cannot start health checks: {e}"))?,
         );
         Ok(Server {

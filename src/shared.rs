@@ -9,7 +9,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::balancer::Balancer;
 use crate::config::Config;
-use crate::health::{Health, Monitored};
+use crate::health::checker::Monitored;
+use crate::health::Health;
 
 /// Why requests are retried, as `/stats` `retries_by_reason` and `/metrics`
 /// `corelb_retries_by_reason_total{reason}` name them (`proxy::decide::Failure::label`).

@@ -190,3 +190,341 @@ fn no_source_file_is_over_800_lines() {
     assert!(long.is_empty(), "over 800 lines: {long:?}");
     assert!(files.len() > 50, "the scan found the sources");
 }
+
+/// The paths a file names (`crate::`, `super::` and `self::`), each made absolute: a list
+/// of segments from the crate root. `use` trees with braces are expanded; the inline test
+/// module at a file's end (`#[cfg(test)]`) is left out, since its `super::` is the file.
+fn named_paths(
+    module: &[String],
+    is_mod: bool,
+    kids: &BTreeSet<String>,
+    text: &str,
+) -> Vec<Vec<String>> {
+    // The code before the tests, comments stripped.
+    let mut code = String::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("#[cfg(test)]") {
+            break;
+        }
+        code.push_str(line.split("//").next().unwrap_or(""));
+        code.push('\n');
+    }
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    // This file's module (`a/b.rs` is a::b, `a/mod.rs` is a); `super` is the one above.
+    let here: Vec<String> = module.to_vec();
+    let parent_of = |m: &[String]| m[..m.len().saturating_sub(1)].to_vec();
+    let resolve = |segs: &[String]| -> Option<Vec<String>> {
+        let mut base: Vec<String>;
+        let mut i = 0;
+        match segs.first()?.as_str() {
+            "crate" => {
+                base = Vec::new();
+                i = 1;
+            }
+            "self" => {
+                base = here.clone();
+                i = 1;
+            }
+            "super" => {
+                base = here.clone();
+                while segs.get(i).is_some_and(|s| s == "super") {
+                    base = parent_of(&base);
+                    i += 1;
+                }
+            }
+            // A `mod.rs` names its own children without a prefix.
+            first if is_mod && kids.contains(first) => {
+                base = here.clone();
+            }
+            _ => return None,
+        }
+        base.extend(segs[i..].iter().cloned());
+        Some(base)
+    };
+    let mut out = Vec::new();
+    // `use` statements, braces expanded.
+    fn expand(prefix: &[String], tree: &str, out: &mut Vec<Vec<String>>) {
+        let tree = tree.trim();
+        if tree.is_empty() {
+            return;
+        }
+        if let Some(open) = tree.find('{') {
+            let head: Vec<String> = tree[..open]
+                .split("::")
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
+            let mut p = prefix.to_vec();
+            p.extend(head);
+            // Split `inner` at top-level commas.
+            let (mut depth, mut start) = (0, 0);
+            for (k, ch) in inner.char_indices() {
+                match ch {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        expand(&p, &inner[start..k], out);
+                        start = k + 1;
+                    }
+                    _ => {}
+                }
+            }
+            expand(&p, &inner[start..], out);
+            return;
+        }
+        let name = tree.split(" as ").next().unwrap_or(tree);
+        let mut p = prefix.to_vec();
+        p.extend(
+            name.split("::")
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty() && s != "self" || prefix.is_empty()),
+        );
+        out.push(p);
+    }
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("use ") {
+        let before_ok = i == 0 || !ident(rest[..i].chars().last().unwrap_or(' '));
+        let after = &rest[i + 4..];
+        let end = after.find(';').unwrap_or(after.len());
+        if before_ok {
+            let mut trees = Vec::new();
+            expand(&[], &after[..end], &mut trees);
+            for t in trees {
+                if let Some(p) = resolve(&t) {
+                    out.push(p);
+                }
+            }
+            rest = &after[end..];
+        } else {
+            rest = after;
+        }
+    }
+    // Inline paths: `super::x::y(...)`, `crate::a::B`, and a `mod.rs`'s `child::f()`.
+    let mut starts: Vec<String> = ["crate::", "super::", "self::"].map(String::from).to_vec();
+    if is_mod {
+        starts.extend(kids.iter().map(|k| format!("{k}::")));
+    }
+    for start in &starts {
+        let start = start.as_str();
+        let mut rest = code.as_str();
+        while let Some(i) = rest.find(start) {
+            let ok = i == 0 || !ident(rest[..i].chars().last().unwrap_or(' '));
+            let tail = &rest[i..];
+            let len = tail
+                .char_indices()
+                .find(|&(_, c)| !(ident(c) || c == ':'))
+                .map_or(tail.len(), |(k, _)| k);
+            // `pub(in crate::x)` is a visibility, not an import.
+            let visibility = rest[..i].ends_with("(in ");
+            if ok && !visibility && !rest[..i].ends_with('$') && !rest[..i].ends_with("::") {
+                let segs: Vec<String> = tail[..len]
+                    .split("::")
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+                if let Some(p) = resolve(&segs) {
+                    out.push(p);
+                }
+            }
+            rest = &tail[len.max(1)..];
+        }
+    }
+    out
+}
+
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+/// The import graph inside each folder of `src/`, by folder path: its nodes are the
+/// folder's files and subfolders ("mod" is its own `mod.rs`); a subfolder's node carries
+/// the edges of every file in it.
+fn folder_graphs() -> BTreeMap<Vec<String>, Graph> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    // Children (modules) of each folder, by folder path.
+    let mut children: BTreeMap<Vec<String>, BTreeSet<String>> = BTreeMap::new();
+    let module_path = |p: &Path| -> (Vec<String>, bool) {
+        let rel = p.strip_prefix(&src).expect("under src");
+        let mut parts: Vec<String> = rel
+            .iter()
+            .map(|s| s.to_string_lossy().trim_end_matches(".rs").to_string())
+            .collect();
+        let is_mod = parts.last().is_some_and(|l| l == "mod");
+        if is_mod || parts.last().is_some_and(|l| l == "lib" || l == "main") {
+            parts.pop();
+            return (parts, true);
+        }
+        (parts, false)
+    };
+    for f in &files {
+        // A file is a child of its folder; a `mod.rs`'s folder is a child of the one above.
+        let (m, _) = module_path(f);
+        if let Some((last, folder)) = m.split_last() {
+            children
+                .entry(folder.to_vec())
+                .or_default()
+                .insert(last.clone());
+        }
+    }
+    // Edges per folder: node -> node ("mod" is the folder's own mod.rs).
+    let mut graphs: BTreeMap<Vec<String>, Graph> = BTreeMap::new();
+    let tests_only = |p: &Path| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        name == "tests.rs"
+            || name.ends_with("_tests.rs")
+            || p.components().any(|c| c.as_os_str() == "tests")
+    };
+    for f in files.iter().filter(|f| !tests_only(f)) {
+        let (m, is_mod) = module_path(f);
+        let text = std::fs::read_to_string(f).expect("read");
+        let none = BTreeSet::new();
+        let kids = if is_mod {
+            children.get(&m).unwrap_or(&none)
+        } else {
+            &none
+        };
+        for target in named_paths(&m, is_mod, kids, &text) {
+            // The folder both sit in: their longest common prefix.
+            let common = m.iter().zip(&target).take_while(|(a, b)| a == b).count();
+            let folder = m[..common].to_vec();
+            let Some(kids) = children.get(&folder) else {
+                continue;
+            };
+            let from = m.get(common).cloned().unwrap_or_else(|| "mod".into());
+            let to = match target.get(common) {
+                Some(t) if kids.contains(t) => t.clone(),
+                _ => "mod".into(),
+            };
+            if from != to {
+                graphs
+                    .entry(folder)
+                    .or_default()
+                    .entry(from)
+                    .or_default()
+                    .insert(to);
+            }
+        }
+    }
+    graphs
+}
+
+/// Inside every folder of `src/`, the files and subfolders import each other without a
+/// cycle (a folder's `mod.rs` is a node of its own: its children may use its items only
+/// if it uses none of theirs back).
+#[test]
+fn no_import_cycle_inside_any_folder() {
+    let graphs = folder_graphs();
+    let mut cycles = Vec::new();
+    for (folder, g) in &graphs {
+        // Strongly connected components by reachability (the graphs are small).
+        let nodes: BTreeSet<&String> = g.keys().chain(g.values().flatten()).collect();
+        let reach = |from: &String| -> BTreeSet<String> {
+            let mut seen = BTreeSet::new();
+            let mut todo = vec![from.clone()];
+            while let Some(n) = todo.pop() {
+                for d in g.get(&n).into_iter().flatten() {
+                    if seen.insert(d.clone()) {
+                        todo.push(d.clone());
+                    }
+                }
+            }
+            seen
+        };
+        let mut done = BTreeSet::new();
+        for n in &nodes {
+            if done.contains(*n) {
+                continue;
+            }
+            let r = reach(n);
+            if !r.contains(*n) {
+                continue;
+            }
+            let scc: Vec<String> = r
+                .iter()
+                .filter(|m| reach(m).contains(*n))
+                .cloned()
+                .collect();
+            done.extend(scc.iter().cloned());
+            let name = if folder.is_empty() {
+                "src".to_string()
+            } else {
+                format!("src/{}", folder.join("/"))
+            };
+            let edges: Vec<String> = scc
+                .iter()
+                .flat_map(|a| {
+                    g.get(a)
+                        .into_iter()
+                        .flatten()
+                        .filter(|b| scc.contains(b))
+                        .map(move |b| format!("{a}->{b}"))
+                })
+                .collect();
+            cycles.push(format!("{name}: cycle among {scc:?}: {}", edges.join(" ")));
+        }
+    }
+    assert!(cycles.is_empty(), "\n{}", cycles.join("\n"));
+}
+
+/// The files of `src/proxy/`, lowest first (the README's architecture section and
+/// `proxy/mod.rs` list them the same way). The model (P0-P5) never names `Proxy`; what
+/// moves an exchange (P6) is `impl Proxy` over the model; the front ends (P7) take client
+/// connections; the dispatch (P8) hands them events.
+const PROXY_LAYERS: &[&[&str]] = &[
+    // P0: reading and writing a connection.
+    &["io"],
+    // P1: decisions, pipes, and translations without state.
+    &["decide", "pipe", "grpc", "h2_translate", "h1_h2c_translate"],
+    // P2: one request and its response.
+    &["exchange"],
+    // P3: the worker's context; an h2c upstream connection's state.
+    &["context", "h2c_conn"],
+    // P4: an HTTP/2 client connection's state.
+    &["h2_session"],
+    // P5: the worker's connections and `Proxy`.
+    &["conns"],
+    // P6: back ends and the exchange's course (may use each other, without a cycle).
+    &[
+        "upstream", "h2c_pool", "relay", "splice", "hedge", "end", "h1_h2c", "tunnel",
+    ],
+    // P7: front ends.
+    &["handshake", "client", "h2"],
+    // P8: dispatch.
+    &["mod", "membership"],
+];
+
+#[test]
+fn proxy_files_import_only_their_own_layer_or_lower() {
+    let graphs = folder_graphs();
+    let g = &graphs[&vec!["proxy".to_string()]];
+    let layer = |m: &str| PROXY_LAYERS.iter().position(|l| l.contains(&m));
+    let mut problems = Vec::new();
+    let proxy = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/proxy");
+    for entry in std::fs::read_dir(&proxy).expect("read src/proxy") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        if !name.ends_with("_tests") && layer(&name).is_none() {
+            problems.push(format!("src/proxy/{name}: in no layer of PROXY_LAYERS"));
+        }
+    }
+    for (from, tos) in g {
+        let Some(lf) = layer(from) else { continue };
+        for to in tos {
+            match layer(to) {
+                // The model's layers are strict; above them, a file may use its peers.
+                Some(lt) if lt < lf || (lt == lf && lf >= 6) => {}
+                Some(lt) => problems.push(format!(
+                    "proxy/{from} (P{lf}) imports proxy/{to} (P{lt}): imports point down"
+                )),
+                None => problems.push(format!("proxy/{from} imports proxy/{to}, in no layer")),
+            }
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+    assert!(g.len() > 15, "the scan found proxy's files");
+}

@@ -14,10 +14,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_utils::CachePadded;
 
-mod checker;
+pub mod checker;
 pub mod grpc;
-
-pub use checker::{Checker, Monitored};
 
 use crate::balancer::{Balancer, SlotState};
 use crate::config::{Check, HealthSettings, OutlierSettings};

@@ -9,7 +9,7 @@
 //! Bare LF line endings are accepted (RFC 9112 §2.2 lets a recipient do so) because the
 //! head is re-serialised with CRLF before it goes anywhere: the next hop never sees them.
 
-use super::{BodyKind, HeaderArray, Method, Reject, MAX_HEAD};
+use super::message::{BodyKind, HeaderArray, Method, Reject, MAX_HEAD};
 
 /// Most connection options one message may list (other than `close` and `keep-alive`);
 /// a message with more is refused rather than forwarded with some of them still in.

@@ -9,7 +9,7 @@
 //! those fields are the proxy's to write for the next hop, not the sender's.
 
 use super::head::{classify, list, Hdr, Request, Response};
-use super::BodyKind;
+use super::message::BodyKind;
 use std::io::Write;
 use std::net::IpAddr;
 

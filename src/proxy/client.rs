@@ -2,8 +2,6 @@
 //! each request, answers the proxy makes itself, and closing politely (lingering so the
 //! client reads our last response rather than a reset).
 
-use std::net::SocketAddr;
-
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::access_log::Record;
@@ -11,143 +9,23 @@ use crate::buffer::Buf;
 use crate::config::UpstreamMode;
 use crate::debug;
 use crate::http::{self, Body, BodyKind, Canned, Forward, Method};
-use crate::timer::Deadline;
-use crate::transport::Transport;
 
+use super::conns::{client_token, Phase, Proxy, Step};
 use super::context::Ctx;
-use super::end::Blame;
-use super::exchange::{Exchange, Start};
-use super::h1_h2c::H2cLeg;
-use super::io::{read_into, would_block, write2, Io};
-use super::tunnel::Tunnel;
-use super::{client_token, Proxy, Step};
+use super::decide::Blame;
+use super::exchange::Start;
+use super::h1_h2c_translate::H2cLeg;
+use super::io::{read_into, would_block, write2};
 
 /// How long a closing connection keeps reading (and discarding) so the peer receives
 /// our last response instead of a reset.
 const LINGER_MS: u64 = 2000;
-
-/// A client's address in 20 bytes where a `SocketAddr` takes 32 (an idle keep-alive
-/// client costs its `Client` slot): the IP as IPv6 (IPv4 mapped) and the port.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Peer {
-    ip: [u8; 16],
-    port: u16,
-    v4: bool,
-}
-
-impl Peer {
-    pub fn new(a: SocketAddr) -> Peer {
-        let (ip, v4) = match a.ip() {
-            std::net::IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), true),
-            std::net::IpAddr::V6(v6) => (v6.octets(), false),
-        };
-        Peer {
-            ip,
-            port: a.port(),
-            v4,
-        }
-    }
-
-    #[inline]
-    pub fn ip(self) -> std::net::IpAddr {
-        let v6 = std::net::Ipv6Addr::from(self.ip);
-        match (self.v4, v6.to_ipv4_mapped()) {
-            (true, Some(v4)) => v4.into(),
-            _ => v6.into(),
-        }
-    }
-
-    #[inline]
-    pub fn get(self) -> SocketAddr {
-        SocketAddr::new(self.ip(), self.port)
-    }
-}
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.get().fmt(f)
-    }
-}
 
 /// What a parsed head leads to.
 enum Parsed {
     Step(Step),
     /// An exchange was started: send it to this backend.
     Send(usize),
-}
-
-/// What a client connection is doing; each phase owns the data it needs.
-pub(crate) enum Phase {
-    /// Waiting for (the rest of) a request head.
-    Head,
-    /// A request is being exchanged with a backend.
-    Proxy(Box<Exchange>),
-    /// Writing a locally generated response; then close, or read the next request.
-    Local {
-        rest: &'static [u8],
-        close: bool,
-        /// The client may still be sending a request body we will not read.
-        body_left: bool,
-    },
-    /// Response sent, write side shut: discarding input until EOF before closing.
-    Linger,
-    /// After a 101: a byte tunnel between the client and its upstream (tunnel.rs).
-    Tunnel(Box<Tunnel>),
-    /// An HTTP/2 (h2c prior knowledge) connection: the codec and its streams (h2/).
-    H2(Box<super::h2::H2Session>),
-}
-
-pub(crate) struct Client {
-    pub sock: Transport,
-    pub peer: Peer,
-    /// Bytes read from the client and not yet used (held only while there are some).
-    pub buf: Option<Buf>,
-    pub phase: Phase,
-    pub io: Io,
-    pub timer: Deadline,
-}
-
-/// A client's connection side, borrowed beside its exchange.
-pub(crate) struct Side<'a> {
-    pub sock: &'a mut Transport,
-    pub buf: &'a mut Option<Buf>,
-    pub io: &'a mut Io,
-    pub peer: Peer,
-}
-
-impl Client {
-    /// The connection and the exchange, borrowed together (`None` unless proxying).
-    #[inline]
-    pub fn split(&mut self) -> Option<(Side<'_>, &mut Exchange)> {
-        match &mut self.phase {
-            Phase::Proxy(ex) => Some((
-                Side {
-                    sock: &mut self.sock,
-                    buf: &mut self.buf,
-                    io: &mut self.io,
-                    peer: self.peer,
-                },
-                ex,
-            )),
-            _ => None,
-        }
-    }
-
-    pub fn new(sock: Transport, peer: SocketAddr) -> Client {
-        Client {
-            sock,
-            peer: Peer::new(peer),
-            buf: None,
-            phase: Phase::Head,
-            io: Io::default(),
-            timer: Deadline::default(),
-        }
-    }
-
-    /// Between requests with nothing buffered.
-    pub fn is_idle(&self) -> bool {
-        matches!(self.phase, Phase::Head) && self.buf.as_ref().is_none_or(Buf::is_empty)
-    }
 }
 
 impl Proxy {
@@ -227,16 +105,16 @@ impl Proxy {
         let peer = self.clients[ci].peer.get();
         let mut headers = http::header_array();
         // h2 hook: the HTTP/2 client preface starts a session instead (h2/mod.rs).
-        match super::h2::preface(buf.bytes()) {
-            super::h2::Preface::Partial => return Parsed::Step(Step::Blocked),
-            super::h2::Preface::Full => return Parsed::Step(self.h2_start(ci)),
+        match super::h2_session::preface(buf.bytes()) {
+            super::h2_session::Preface::Partial => return Parsed::Step(Step::Blocked),
+            super::h2_session::Preface::Full => return Parsed::Step(self.h2_start(ci)),
             // ALPN promised HTTP/2: anything but its preface is a protocol error.
-            super::h2::Preface::No if self.clients[ci].sock.alpn_h2() => {
+            super::h2_session::Preface::No if self.clients[ci].sock.alpn_h2() => {
                 debug!("worker {id}: {peer}: ALPN h2 without the HTTP/2 preface");
                 self.close_client(ci);
                 return Parsed::Step(Step::Closed);
             }
-            super::h2::Preface::No => {}
+            super::h2_session::Preface::No => {}
         }
         let req = match http::parse_request(buf.bytes(), &mut headers) {
             Ok(Some(r)) => r,
@@ -519,27 +397,5 @@ impl Proxy {
                 self.close_client(ci)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Peer;
-    use std::net::SocketAddr;
-
-    #[test]
-    fn a_peer_gives_back_the_address_it_was_made_from() {
-        for a in [
-            "192.0.2.7:5555",
-            "[2001:db8::1]:80",
-            "[::ffff:192.0.2.7]:1",
-            "0.0.0.0:0",
-        ] {
-            let a: SocketAddr = a.parse().unwrap();
-            assert_eq!(Peer::new(a).get(), a);
-            assert_eq!(Peer::new(a).to_string(), a.to_string());
-            assert_eq!(Peer::new(a).ip(), a.ip());
-        }
-        assert!(std::mem::size_of::<Peer>() <= 20);
     }
 }

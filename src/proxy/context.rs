@@ -22,7 +22,7 @@ use crate::timer::Timers;
 
 use super::decide::{self, Failure, Limits, Replay};
 use super::exchange::{Exchange, Start};
-use super::splice::PipePool;
+use super::pipe::PipePool;
 
 /// Most buffers a worker pools at all.
 const POOL_MAX: usize = 4096;

@@ -256,6 +256,15 @@ pub(crate) fn deadlines(w: &Waits, now: u64, t: &Limits) -> (u64, u64) {
     (client_at, up_at)
 }
 
+/// Whose fault an exchange's early end was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blame {
+    /// Connect failure, reset, timeout or a malformed response.
+    Backend,
+    /// The client left, stalled or sent a bad body.
+    Client,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,19 +8,10 @@ use crate::config::UpstreamMode;
 use crate::debug;
 use crate::health::Outcome;
 
-use super::client::Phase;
-use super::decide::{self, Failure, PoolCheck};
+use super::conns::Phase;
+use super::conns::{client_token, Proxy, Step};
+use super::decide::{self, Blame, Failure, PoolCheck};
 use super::exchange::NONE;
-use super::{client_token, Proxy, Step};
-
-/// Whose fault an exchange's early end was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Blame {
-    /// Connect failure, reset, timeout or a malformed response.
-    Backend,
-    /// The client left, stalled or sent a bad body.
-    Client,
-}
 
 impl Proxy {
     /// Tries the request again after `why`: on another server, or for a pooled connection

@@ -10,8 +10,9 @@ use crate::buffer::Buf;
 use crate::http::{Body, Method};
 
 use super::decide::{Attempt, Tried, Waits};
-use super::h1_h2c::H2cLeg;
-use super::splice::Splicing;
+use super::h1_h2c_translate::H2cLeg;
+use super::pipe::use_splice;
+use super::pipe::Splicing;
 
 /// No connection (an index into neither slab).
 pub(crate) const NONE: usize = usize::MAX;
@@ -327,6 +328,46 @@ impl Exchange {
                 || (self.req == Req::Body && (self.body_ready > 0 || self.req_piped())),
             response_done: self.resp == Resp::Done,
             response_started: self.resp != Resp::Head,
+        }
+    }
+}
+
+impl Exchange {
+    /// Request body bytes wait in the request pipe.
+    #[inline]
+    pub fn req_piped(&self) -> bool {
+        self.splice.req.as_ref().is_some_and(|p| p.held > 0)
+    }
+
+    /// Response body bytes wait in the response pipe.
+    #[inline]
+    pub fn resp_piped(&self) -> bool {
+        self.splice.resp.as_ref().is_some_and(|p| p.held > 0)
+    }
+
+    /// The request body's next bytes will be spliced once its buffered bytes are sent
+    /// (`min`: the threshold): the copying path reads no more of it into the buffer. Not
+    /// while a retry policy keeps the body for a replay and the rest fits in its
+    /// `replay_max` bytes: those are copied (and kept).
+    #[inline]
+    pub fn req_splice_next(&self, min: u64, replay_max: usize) -> bool {
+        let left = self.body.opaque_left();
+        !self.splice.off
+            && use_splice(left, 0, false, min)
+            && !self.keeps_for_replay(left, replay_max)
+    }
+
+    /// A retry policy keeps this request's body for a replay, and `left` more bytes
+    /// still fit in the `replay_max` kept.
+    pub fn keeps_for_replay(&self, left: u64, replay_max: usize) -> bool {
+        let kept = self.replay.as_ref().map_or(0, |r| r.len()) as u64;
+        !self.retry_on.is_empty() && !self.replay_lost && kept + left <= replay_max as u64
+    }
+
+    /// Drops the request bytes in the pipe (the request direction was closed early).
+    pub fn drop_req_pipe(&mut self) {
+        if self.req_piped() {
+            self.splice.req = None;
         }
     }
 }

@@ -28,84 +28,25 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::buffer::{Buf, BufPool};
 use crate::debug;
 use crate::h2::{ErrorCode, Fields};
-use crate::http::{self, chunked::ChunkedDecoder, Body};
+use crate::http::{self, Body};
 
-use super::client::Phase;
+use super::conns::Phase;
+use super::conns::{client_token, Proxy, Step};
 use super::context::Ctx;
+use super::decide::Blame;
 use super::decide::{self, Failure, Waits};
-use super::end::Blame;
 use super::exchange::{Exchange, Req, Resp};
 use super::h1_h2c_translate::{
-    chunk_line, framing, request_pairs, response_head, trailer_pairs, ClientFraming,
+    chunk_line, framing, request_pairs, response_head, trailer_pairs, ClientFraming, H2cLeg,
 };
-use super::h2::translate::trailer_lines;
-use super::h2c_pool::{Gone, MuxStream};
+use super::h2_translate::trailer_lines;
+use super::h2c_conn::{Gone, MuxStream};
 use super::io::{read_into, would_block, write2};
-use super::{client_token, Proxy, Step};
 
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Why a request head could not be sent as HTTP/2 (not expected: corelb wrote it).
 const UNTRANSLATABLE: &str = "request head not translatable to HTTP/2";
-
-/// An exchange's h2c leg: the facts of the request an HTTP/2 hop needs, and the state of
-/// the current attempt's stream.
-#[derive(Debug, Default)]
-pub(crate) struct H2cLeg {
-    /// The current attempt is a stream on an h2c connection (`Exchange::up` is a mux).
-    pub on: bool,
-    /// The request said `TE: trailers`.
-    te_trailers: bool,
-    /// The request body is chunked (its validated bytes carry the framing).
-    chunked: bool,
-    /// HEADERS went out; END_STREAM (or the trailers) went out.
-    opened: bool,
-    up_end: bool,
-    /// Walks the validated chunked body for its data and trailers.
-    dec: ChunkedDecoder,
-    /// The chunked request's trailer field lines as received (empty: none).
-    trailers: Vec<u8>,
-    /// Until the response head (or more body must be read), the body bytes sent stay at
-    /// the front of the client's buffer (`kept` of them), so a stream the backend refused
-    /// can go elsewhere whole; they count as sent only once given up.
-    replayable: bool,
-    kept: usize,
-    framing: ClientFraming,
-    /// Chunked response: data bytes of the chunk being written; any chunk begun.
-    chunk_left: usize,
-    any_chunk: bool,
-    /// The end of the response (last chunk, trailers) is queued in `Exchange::out`.
-    end_queued: bool,
-    /// Worker-clock ms (0: none): the backend must have moved by `up_at`, the client by
-    /// `client_at`. The client's timer is armed for the earlier.
-    up_at: u64,
-    client_at: u64,
-    /// A 502/503/504 head a retry policy names that could not be replayed after all: it
-    /// goes to the client as it is.
-    final_answer: bool,
-}
-
-impl H2cLeg {
-    /// The facts of a new request (from its parsed head) an HTTP/2 hop needs.
-    pub fn request(te_trailers: bool, chunked: bool) -> H2cLeg {
-        H2cLeg {
-            te_trailers,
-            chunked,
-            ..H2cLeg::default()
-        }
-    }
-
-    /// A new attempt on an h2c stream: the request goes again from its first byte.
-    fn begin(&mut self) {
-        *self = H2cLeg {
-            on: true,
-            replayable: true,
-            trailers: std::mem::take(&mut self.trailers),
-            ..H2cLeg::request(self.te_trailers, self.chunked)
-        };
-        self.trailers.clear();
-    }
-}
 
 /// What one step of the leg found.
 enum Turn {

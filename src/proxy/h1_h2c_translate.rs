@@ -1,15 +1,76 @@
-//! Translation between an HTTP/1.1 exchange and an h2c stream, without I/O: the HTTP/2
+//! An HTTP/1.1 exchange's h2c leg, without I/O: its state (`H2cLeg`), and the translation
+//! between the exchange and the stream: the HTTP/2
 //! request fields from corelb's rewritten HTTP/1.1 head, chunked request trailers as HTTP/2
 //! pairs, the HTTP/1.1 status line and head from HTTP/2 response fields, and the framing
 //! and chunk lines of the response body. Bounds follow `http::MAX_SECTION_FIELDS`.
 
 use crate::h2::{is_connection_specific, Fields};
 use crate::http;
+use crate::http::chunked::ChunkedDecoder;
 
 /// Most fields in one translated section (the one truncation rule).
 const MAX_PAIRS: usize = http::MAX_SECTION_FIELDS;
 /// Most request trailer fields sent on (more are dropped and counted).
 const MAX_TRAILERS: usize = http::MAX_SECTION_FIELDS;
+
+/// An exchange's h2c leg: the facts of the request an HTTP/2 hop needs, and the state of
+/// the current attempt's stream.
+#[derive(Debug, Default)]
+pub(crate) struct H2cLeg {
+    /// The current attempt is a stream on an h2c connection (`Exchange::up` is a mux).
+    pub on: bool,
+    /// The request said `TE: trailers`.
+    pub(super) te_trailers: bool,
+    /// The request body is chunked (its validated bytes carry the framing).
+    pub(super) chunked: bool,
+    /// HEADERS went out; END_STREAM (or the trailers) went out.
+    pub(super) opened: bool,
+    pub(super) up_end: bool,
+    /// Walks the validated chunked body for its data and trailers.
+    pub(super) dec: ChunkedDecoder,
+    /// The chunked request's trailer field lines as received (empty: none).
+    pub(super) trailers: Vec<u8>,
+    /// Until the response head (or more body must be read), the body bytes sent stay at
+    /// the front of the client's buffer (`kept` of them), so a stream the backend refused
+    /// can go elsewhere whole; they count as sent only once given up.
+    pub(super) replayable: bool,
+    pub(super) kept: usize,
+    pub(super) framing: ClientFraming,
+    /// Chunked response: data bytes of the chunk being written; any chunk begun.
+    pub(super) chunk_left: usize,
+    pub(super) any_chunk: bool,
+    /// The end of the response (last chunk, trailers) is queued in `Exchange::out`.
+    pub(super) end_queued: bool,
+    /// Worker-clock ms (0: none): the backend must have moved by `up_at`, the client by
+    /// `client_at`. The client's timer is armed for the earlier.
+    pub(super) up_at: u64,
+    pub(super) client_at: u64,
+    /// A 502/503/504 head a retry policy names that could not be replayed after all: it
+    /// goes to the client as it is.
+    pub(super) final_answer: bool,
+}
+
+impl H2cLeg {
+    /// The facts of a new request (from its parsed head) an HTTP/2 hop needs.
+    pub fn request(te_trailers: bool, chunked: bool) -> H2cLeg {
+        H2cLeg {
+            te_trailers,
+            chunked,
+            ..H2cLeg::default()
+        }
+    }
+
+    /// A new attempt on an h2c stream: the request goes again from its first byte.
+    pub(super) fn begin(&mut self) {
+        *self = H2cLeg {
+            on: true,
+            replayable: true,
+            trailers: std::mem::take(&mut self.trailers),
+            ..H2cLeg::request(self.te_trailers, self.chunked)
+        };
+        self.trailers.clear();
+    }
+}
 
 /// How a response body is framed for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -12,8 +12,8 @@ use crate::debug;
 use crate::http;
 use crate::transport::{TlsFailure, Transport};
 
+use super::conns::{client_token, Proxy};
 use super::context::Ctx;
-use super::{client_token, Proxy};
 
 impl Proxy {
     /// A client accepted on a TLS listener: its session, or `None` when this worker has

@@ -16,11 +16,11 @@ use crate::config::types::HedgeDelay;
 use crate::config::Protocol;
 use crate::debug;
 
+use super::conns::{client_token, upstream_token, Proxy};
+use super::conns::{connect_result, UpState};
 use super::context::Ctx;
 use super::exchange::{Exchange, Hedge, Resp, NONE};
 use super::io::{would_block, write2};
-use super::upstream::{connect_result, UpState};
-use super::{client_token, upstream_token, Proxy};
 
 /// Why a hedge takes the first attempt's place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 
 use crate::balancer::SlotState;
 
-use super::Proxy;
+use super::conns::Proxy;
 
 impl Proxy {
     /// Closes this worker's pooled idle connections to every backend slot that is not

@@ -7,31 +7,54 @@
 //! exchange until neither side can progress. Edge-triggered: a flag is cleared only on
 //! `WouldBlock` or a short read/write.
 //!
-//! - `client`: reading request heads, local answers, lingering close;
-//! - `upstream`: connecting, the idle pool, upstream deadlines;
-//! - `exchange`: one request's state, with an enum per direction;
-//! - `relay`: moving bytes both ways and validating the response;
-//! - `splice`: large bodies and large chunks moved socket -> pipe -> socket (zero copy);
-//! - `end`: finishing, failing, retrying and aborting an exchange;
-//! - `h1_h2c`: an HTTP/1.1 client's exchange as a stream to an h2c backend;
-//! - `h1_h2c_translate`: that exchange's head, trailers and framing translated both ways;
-//! - `h2c_pool`: the pool of shared h2c upstream connections and their streams' inboxes;
-//! - `h2/`: the HTTP/2 front end, each stream to an HTTP/1.1 or h2c backend;
-//! - `tunnel`: after a 101, the client and its upstream as a byte tunnel;
-//! - `decide`: the pure decisions (replay, pooling, deadlines), tested without sockets.
+//! Files, lowest first (`tests/layers.rs` keeps imports pointing down this list):
+//! - the model, which never names `Proxy`:
+//!   - `io`: a connection's readiness, reads and writes;
+//!   - `decide`: the pure decisions (replay, pooling, deadlines, whose fault), tested
+//!     without sockets;
+//!   - `pipe`: pipes for splice(2) and the splice calls;
+//!   - `grpc`, `h2_translate`, `h1_h2c_translate`: gRPC's terms, and a head, trailers and
+//!     framing translated between HTTP/1.1 and HTTP/2 (with an HTTP/1.1 exchange's h2c
+//!     leg state);
+//!   - `exchange`: one request and its response, with an enum per direction;
+//!   - `context`: the worker's context: buffers, timers, accounting, retry targets;
+//!   - `h2c_conn`: one shared h2c upstream connection and its streams' inboxes;
+//!   - `h2_session`: an HTTP/2 client connection and its streams;
+//!   - `conns`: `Proxy`, its client and upstream connections, their tokens;
+//! - what moves an exchange, each `impl Proxy` over the model:
+//!   - `upstream`: choosing a backend, connecting, the idle pool, upstream deadlines;
+//!   - `h2c_pool`: the pool of shared h2c upstream connections, driven;
+//!   - `relay`: moving bytes both ways and validating the response;
+//!   - `splice`: large bodies moved socket -> pipe -> socket (zero copy);
+//!   - `hedge`: a second attempt racing a slow first one;
+//!   - `end`: finishing, failing, retrying and aborting an exchange;
+//!   - `h1_h2c`: an HTTP/1.1 client's exchange as a stream to an h2c backend;
+//!   - `tunnel`: after a 101, the client and its upstream as a byte tunnel;
+//! - the front ends: `handshake` (TLS), `client` (HTTP/1.1 heads, local answers,
+//!   lingering close), `h2/` (the HTTP/2 front end, each stream to an HTTP/1.1 or h2c
+//!   backend);
+//! - the dispatch: this file (events, drive, deadlines, drain) and `membership`.
 
-mod client;
+// The model, lowest first: no file here names `Proxy` (tests/layers.rs keeps the order).
+mod conns;
 mod context;
 pub(crate) mod decide;
-mod end;
 mod exchange;
-mod h1_h2c;
+mod grpc;
 mod h1_h2c_translate;
+mod h2_session;
+mod h2_translate;
+mod h2c_conn;
+pub(crate) mod io;
+mod pipe;
+// What moves an exchange, each an `impl Proxy` over the model: back ends, then front ends.
+mod client;
+mod end;
+mod h1_h2c;
 mod h2;
 mod h2c_pool;
 mod handshake;
 mod hedge;
-pub(crate) mod io;
 mod membership;
 mod relay;
 mod splice;
@@ -51,66 +74,14 @@ use crate::metrics::Snapshot;
 use crate::shared::Shared;
 use crate::transport::Transport;
 
-use client::{Client, Phase};
+use conns::{client_token, slot, Client, Phase, Slot, Step};
 use context::Ctx;
 use exchange::NONE;
-use upstream::Upstream;
 
-/// Tokens below this belong to the worker loop (listener, waker).
-pub const FIRST_TOKEN: usize = 34;
+pub use conns::{Proxy, FIRST_TOKEN};
+
 /// Steps one drive may take before yielding to other connections.
 const MAX_STEPS: usize = 64;
-
-#[inline]
-fn client_token(i: usize) -> Token {
-    Token(FIRST_TOKEN + 2 * i)
-}
-
-#[inline]
-fn upstream_token(i: usize) -> Token {
-    Token(FIRST_TOKEN + 2 * i + 1)
-}
-
-/// What a token names.
-enum Slot {
-    Client(usize),
-    Upstream(usize),
-}
-
-#[inline]
-fn slot(t: Token) -> Slot {
-    let n = t.0 - FIRST_TOKEN;
-    if n & 1 == 0 {
-        Slot::Client(n / 2)
-    } else {
-        Slot::Upstream(n / 2)
-    }
-}
-
-/// Result of one step of a client's exchange.
-enum Step {
-    /// Something moved (or the client was answered): step again.
-    Progress,
-    /// Nothing can move until the next event.
-    Blocked,
-    /// The client connection is gone.
-    Closed,
-}
-
-/// One worker's connections and exchanges.
-pub struct Proxy {
-    ctx: Ctx,
-    clients: Slab<Client>,
-    ups: Slab<Upstream>,
-    /// Idle keep-alive upstream connections per backend, most recent last.
-    idle: Vec<Vec<usize>>,
-    /// HTTP/2 connections per h2c backend, busy or idle (`h2c_pool.rs`).
-    muxes: Vec<Vec<usize>>,
-    /// Scratch: clients to drive after an h2c connection's event.
-    mux_wake: Vec<(usize, crate::h2::StreamId)>,
-    /// The gauge values last added to `Shared`'s counters (see [`Proxy::publish_gauges`]).
-    published: [u64; 4],
-}
 
 impl Proxy {
     pub fn new(
@@ -460,7 +431,7 @@ mod size_tests {
         eprintln!(
             "Client {} B, Upstream {} B, Exchange {} B, Record {} B",
             std::mem::size_of::<super::Client>(),
-            std::mem::size_of::<super::Upstream>(),
+            std::mem::size_of::<super::conns::Upstream>(),
             std::mem::size_of::<super::exchange::Exchange>(),
             std::mem::size_of::<crate::access_log::Record>()
         );

@@ -7,23 +7,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::debug;
 use crate::http::{self, chunked::ChunkError, Body, BodyKind, Method, Reply};
 
-use super::client::Phase;
+use super::conns::Phase;
+use super::conns::UpState;
+use super::conns::{client_token, upstream_token, Flow, Proxy, Step};
+use super::decide::Blame;
 use super::decide::{self, Failure};
-use super::end::Blame;
 use super::exchange::{Req, Resp, NONE};
 use super::io::{read_into, would_block, write2};
-use super::upstream::UpState;
-use super::{client_token, upstream_token, Proxy, Step};
-
-/// What one direction's step did.
-pub(super) enum Flow {
-    /// Nothing could move.
-    Idle,
-    /// Bytes moved.
-    Moved,
-    /// The exchange is over: the client was answered (`Step::Progress`) or is gone.
-    Over(Step),
-}
 
 impl Proxy {
     pub(super) fn step_proxy(&mut self, ci: usize) -> Step {

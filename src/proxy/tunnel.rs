@@ -9,46 +9,17 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
-use crate::access_log::Record;
 use crate::buffer::{Buf, BufPool};
 use crate::debug;
 use crate::transport::Transport;
 
-use super::client::Phase;
+use super::conns::Phase;
+use super::conns::{client_token, upstream_token, Proxy, Step};
+use super::conns::{Half, Tunnel};
 use super::context::Ctx;
 use super::exchange::NONE;
 use super::io::{read_into, would_block, write2, Io};
-use super::{client_token, upstream_token, Proxy, Step};
-
-/// One direction of a tunnel.
-#[derive(Debug, Default)]
-struct Half {
-    /// The source sent EOF.
-    eof: bool,
-    /// The EOF was passed on: the destination's write side is shut.
-    shut: bool,
-    /// Bytes written to the destination.
-    bytes: u64,
-}
-
-/// A tunnel's state, boxed once in the client's phase. The client-to-backend bytes wait
-/// in the client's own buffer (which may already hold bytes sent after the request).
-pub(crate) struct Tunnel {
-    /// The upstream connection (busy, without a deadline: the client's serves both).
-    up: usize,
-    backend: usize,
-    /// Backend-to-client bytes not yet written (first, any that followed the 101 head).
-    down: Option<Buf>,
-    to_up: Half,
-    to_client: Half,
-    /// When the request was taken on (the tunnel's total duration is logged from it).
-    started: Instant,
-    /// Microseconds from the attempt's start to the 101 head.
-    ttfb_us: u64,
-    rec: Record,
-}
 
 /// What one direction's pump did.
 #[derive(PartialEq, Eq)]

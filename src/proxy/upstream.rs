@@ -2,7 +2,6 @@
 //! new one, noticing a connect's result, the per-backend idle pool, and upstream
 //! deadlines. A connection knows its socket and its client, never the exchange's state.
 
-use std::io;
 use std::time::Duration;
 
 use mio::net::TcpStream;
@@ -14,44 +13,14 @@ use crate::http;
 use crate::timer::Deadline;
 use crate::transport::Transport;
 
-use super::client::Phase;
+use super::conns::Phase;
+use super::conns::{connect_result, UpState, Upstream};
+use super::conns::{upstream_token, Proxy};
 use super::context::Ctx;
 use super::decide::Failure;
 use super::exchange::NONE;
-use super::h2c_pool::Mux;
+use super::h2c_conn::Mux;
 use super::io::Io;
-use super::{upstream_token, Proxy};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum UpState {
-    Connecting,
-    Busy,
-    Idle,
-}
-
-pub(crate) struct Upstream {
-    pub sock: Transport,
-    pub backend: usize,
-    /// Owning client while busy (`NONE` while idle).
-    pub client: usize,
-    /// The HTTP/2 stream of `client` this connection serves (0: an HTTP/1.1 client).
-    pub stream: u32,
-    pub state: UpState,
-    pub io: Io,
-    pub timer: Deadline,
-    /// An HTTP/2 connection to an h2c backend, shared by many streams (`h2c_pool.rs`).
-    pub mux: Option<Box<Mux>>,
-}
-
-impl Upstream {
-    pub fn is_idle(&self) -> bool {
-        self.state == UpState::Idle
-    }
-
-    pub fn is_connecting(&self) -> bool {
-        self.state == UpState::Connecting
-    }
-}
 
 impl Proxy {
     /// Picks a backend for a new request. A server in slow start (recovered recently) is
@@ -321,28 +290,5 @@ impl Proxy {
         if self.clients.contains(ci) {
             self.drive(ci);
         }
-    }
-}
-
-/// The result of a connect once the socket is writable: `Some(true)` up (Nagle off),
-/// `Some(false)` failed, `None` still connecting.
-pub(super) fn connect_result(u: &mut Upstream) -> Option<bool> {
-    if !u.io.writable {
-        return None;
-    }
-    match u.sock.tcp().take_error() {
-        Ok(None) => {}
-        Ok(Some(_)) | Err(_) => return Some(false),
-    }
-    match u.sock.tcp().peer_addr() {
-        Ok(_) => {
-            let _ = u.sock.tcp().set_nodelay(true);
-            Some(true)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-            u.io.writable = false;
-            None
-        }
-        Err(_) => Some(false),
     }
 }

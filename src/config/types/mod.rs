@@ -8,8 +8,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod grpc_status;
 mod retry;
 
+pub use grpc_status::{grpc_status_name, GrpcStatusSet, GRPC_STATUS_MAX, GRPC_STATUS_NAMES};
 pub use retry::*;
 
 /// The seed's proxy port.
@@ -49,10 +51,6 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_EJECT_AFTER: u32 = 5;
 pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
-pub const DEFAULT_RETRIES: u32 = 2;
-pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
-/// Retries a worker may always make per second, whatever the budget says.
-pub const DEFAULT_RETRY_MIN_PER_SEC: f64 = 10.0;
 
 /// Responses in the `adaptive-sma` window. Latency estimates must be smooth over the time
 /// a burst of requests takes to come back: after a herd of requests lands on a server, its
@@ -562,70 +560,6 @@ impl HealthSettings {
                 service: String::new(),
             },
         }
-    }
-}
-
-/// gRPC status codes (0 OK .. 16 UNAUTHENTICATED) by name.
-pub const GRPC_STATUS_NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
-/// Largest gRPC status code defined (UNAUTHENTICATED).
-pub const GRPC_STATUS_MAX: u32 = 16;
-
-/// A gRPC status code's name; `None` past [`GRPC_STATUS_MAX`].
-pub fn grpc_status_name(code: u32) -> Option<&'static str> {
-    GRPC_STATUS_NAMES.get(code as usize).copied()
-}
-
-/// A set of gRPC status codes (1..=16), as a bit mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct GrpcStatusSet(u32);
-
-impl GrpcStatusSet {
-    /// The empty set.
-    pub const NONE: GrpcStatusSet = GrpcStatusSet(0);
-
-    /// The set of `codes`; `None` if one is outside 1..=16.
-    pub fn of(codes: &[u32]) -> Option<GrpcStatusSet> {
-        codes.iter().try_fold(GrpcStatusSet::NONE, |set, &c| {
-            (1..=GRPC_STATUS_MAX)
-                .contains(&c)
-                .then_some(GrpcStatusSet(set.0 | 1 << c))
-        })
-    }
-
-    #[inline]
-    pub fn contains(self, code: u32) -> bool {
-        code < 32 && self.0 & (1 << code) != 0
-    }
-
-    /// The codes, lowest first.
-    pub fn codes(self) -> Vec<u32> {
-        (0..32).filter(|&c| self.contains(c)).collect()
-    }
-}
-
-impl fmt::Display for GrpcStatusSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let codes: Vec<String> = self.codes().iter().map(u32::to_string).collect();
-        f.write_str(&codes.join(","))
     }
 }
 

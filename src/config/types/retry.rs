@@ -4,7 +4,12 @@
 
 use std::time::Duration;
 
-use super::{GrpcStatusSet, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET, DEFAULT_RETRY_MIN_PER_SEC};
+use super::grpc_status::GrpcStatusSet;
+
+pub const DEFAULT_RETRIES: u32 = 2;
+pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
+/// Retries a worker may always make per second, whatever the budget says.
+pub const DEFAULT_RETRY_MIN_PER_SEC: f64 = 10.0;
 
 /// Retry settings.
 #[derive(Debug, Clone, PartialEq)]

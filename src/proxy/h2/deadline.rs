@@ -9,11 +9,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::debug;
 use crate::h2::ErrorCode;
 
-use super::super::client::Phase;
-use super::super::end::Blame;
+use super::super::conns::Phase;
+use super::super::conns::{client_token, Proxy};
+use super::super::decide::Blame;
+use super::super::grpc;
+use super::super::h2_session::{ClientWait, H2Session};
 use super::super::io::write2;
-use super::super::{client_token, Proxy};
-use super::{grpc, ClientWait, H2Session};
 
 impl Proxy {
     /// Arms the client's timer for the session's next deadline: the client's idle (or

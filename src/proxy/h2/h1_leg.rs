@@ -14,15 +14,17 @@ use crate::h2::{Connection, ErrorCode};
 use crate::health::Outcome;
 use crate::http::{self, Body, BodyKind, Method};
 
+use super::super::conns::{connect_result, UpState};
+use super::super::conns::{upstream_token, Proxy};
 use super::super::context::Ctx;
-use super::super::decide::{self, Failure, PoolCheck};
+use super::super::decide::{self, Blame, Failure, PoolCheck};
 use super::super::exchange::{Resp, NONE};
+use super::super::grpc;
+use super::super::h2_session::{self, H2Stream};
+use super::super::h2_session::{H2Session, OUT_HIGH};
+use super::super::h2_translate::{self as translate, UpstreamFraming};
 use super::super::io::{read_into, would_block, Io};
-use super::super::upstream::{connect_result, UpState};
-use super::super::{upstream_token, Proxy};
-use super::stream::{self, H2Stream};
-use super::translate::{self, UpstreamFraming};
-use super::{grpc, h2c_leg, H2Session, OUT_HIGH};
+use super::h2c_leg;
 
 /// A connecting upstream's state after an event.
 enum Connect {
@@ -454,7 +456,7 @@ impl Proxy {
                         // The backend took the WebSocket: the stream answers 200 (RFC 8441
                         // §5) and carries the tunnel's bytes until either side ends.
                         let key = (st.websocket.as_ref()).ok_or(bad("101 without an upgrade"))?;
-                        let want = stream::websocket_accept(key);
+                        let want = h2_session::websocket_accept(key);
                         let mut accept_ok = false;
                         let mut pairs: Vec<(&[u8], &[u8])> = vec![(b":status", b"200")];
                         r.each_field(|name, value| {
@@ -597,7 +599,7 @@ impl Proxy {
             } else {
                 s.conn.reset(st.id, ErrorCode::INTERNAL_ERROR);
             }
-            self.h2_abort(ci, s, i, super::Blame::Backend);
+            self.h2_abort(ci, s, i, Blame::Backend);
             return (true, true);
         }
         if let Some(attached) = self.h2_retry(ci, s, i, why) {
@@ -714,8 +716,8 @@ impl Proxy {
         let Some(c) = self.clients.get_mut(ci) else {
             return;
         };
-        let super::super::client::Phase::H2(mut s) =
-            std::mem::replace(&mut c.phase, super::super::client::Phase::Head)
+        let super::super::conns::Phase::H2(mut s) =
+            std::mem::replace(&mut c.phase, super::super::conns::Phase::Head)
         else {
             return;
         };
@@ -729,7 +731,7 @@ impl Proxy {
             };
             self.h2_fail(ci, &mut s, i, why);
         }
-        self.clients[ci].phase = super::super::client::Phase::H2(s);
+        self.clients[ci].phase = super::super::conns::Phase::H2(s);
         self.drive(ci);
     }
 }

@@ -14,15 +14,16 @@ use crate::config::types::RetryOn;
 use crate::h2::ErrorCode;
 use crate::health::Outcome;
 
+use super::super::conns::Proxy;
 use super::super::context::Ctx;
 use super::super::decide::Failure;
 use super::super::exchange::{Resp, NONE};
-use super::super::h2c_pool::Gone;
-use super::super::Proxy;
-use super::stream::H2Stream;
-use super::translate;
-use super::{grpc, hedge};
-use super::{H2Session, OUT_HIGH};
+use super::super::grpc;
+use super::super::h2_session::H2Stream;
+use super::super::h2_session::{H2Session, OUT_HIGH};
+use super::super::h2_translate as translate;
+use super::super::h2c_conn::Gone;
+use super::hedge;
 
 /// What one step of the leg found.
 pub(super) enum LegStep {
@@ -474,6 +475,6 @@ pub(super) fn reply(
     if grpc_call {
         grpc::answer(&mut s.conn, id, grpc::for_http(status), why, done);
     } else {
-        super::h2_answer(&mut s.conn, id, status, done);
+        super::super::h2_session::h2_answer(&mut s.conn, id, status, done);
     }
 }

@@ -16,11 +16,11 @@ use crate::config::Protocol;
 use crate::debug;
 use crate::h2::ErrorCode;
 
+use super::super::conns::Proxy;
 use super::super::exchange::{Exchange, Hedge, Resp, NONE};
-use super::super::Proxy;
-use super::grpc;
-use super::stream::{AltLeg, H2Stream};
-use super::H2Session;
+use super::super::grpc;
+use super::super::h2_session::H2Session;
+use super::super::h2_session::{AltLeg, H2Stream};
 
 /// Why the hedge takes the current attempt's place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,128 +8,39 @@
 //!   teardown, and the codec's abuse counters summed into `Shared`;
 //! - `open.rs`: the codec's events, and new streams checked, picked and attached;
 //! - `deadline.rs`: the session's and its streams' deadlines on the client's timer;
-//! - `stream.rs`: one stream's state, whichever leg carries it;
 //! - `h1_leg.rs`: one stream's HTTP/1.1 upstream leg, with backpressure both ways;
 //! - `h2c_leg.rs`: one stream's leg over a shared h2c upstream connection;
 //! - `hedge.rs`: a hedge racing an h2c leg on the same stream;
-//! - `grpc.rs`: recognising gRPC calls, `grpc-timeout`, answers in gRPC terms;
-//! - `translate.rs`: HTTP/2 fields to an HTTP/1.1 head and back, trailers.
+//!
+//! The session's and its streams' state is `proxy/h2_session.rs`; gRPC's terms are
+//! `proxy/grpc.rs`; HTTP/2 fields to an HTTP/1.1 head and back, `proxy/h2_translate.rs`.
 //!
 //! Flow control: received DATA is released to the codec only once written upstream, and
 //! an upstream is read only when its stream's data went out, so a stream buffers at most
 //! its receive window one way and one read the other.
 
 mod deadline;
-mod grpc;
 mod h1_leg;
 mod h2c_leg;
 mod hedge;
 mod open;
-mod stream;
-pub(super) mod translate;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use crate::buffer::{Buf, BUF_SIZE};
+use crate::buffer::Buf;
 use crate::debug;
-use crate::h2::{self as codec, Connection, ErrorCode, Fields, PREFACE};
+use crate::h2::{self as codec, Connection, ErrorCode, Fields};
 
-use super::client::Phase;
+use super::conns::Phase;
+use super::conns::{Proxy, Step};
 use super::context::Ctx;
-use super::end::Blame;
+use super::decide::Blame;
+use super::grpc;
+use super::h2_translate as translate;
 use super::io::{read_into, would_block, write2};
-use super::{Proxy, Step};
 
-use stream::H2Stream;
-
-/// What the first bytes of a connection say.
-pub(super) enum Preface {
-    /// Not HTTP/2: parse HTTP/1.1.
-    No,
-    /// A prefix of the preface: wait for more bytes.
-    Partial,
-    Full,
-}
-
-/// The preface's request line: a client that sends it speaks HTTP/2, and the codec checks
-/// the rest (a bad preface is answered GOAWAY PROTOCOL_ERROR, not an HTTP/1.1 505).
-const PRI_LINE: usize = 16;
-
-/// Checks `b` (a new connection's first bytes) for the HTTP/2 client preface.
-pub(super) fn preface(b: &[u8]) -> Preface {
-    let n = b.len().min(PRI_LINE);
-    if n == 0 || b[..n] != PREFACE[..n] {
-        Preface::No
-    } else if n < PRI_LINE {
-        Preface::Partial
-    } else {
-        Preface::Full
-    }
-}
-
-/// Stop reading the client while this much output waits for it.
-const OUT_HIGH: usize = 256 * 1024;
-/// The client read buffer: a whole frame of the default MAX_FRAME_SIZE fits.
-const READ_BUF: usize = 2 * BUF_SIZE;
-
-/// One HTTP/2 client connection.
-pub(crate) struct H2Session {
-    conn: Connection,
-    streams: Vec<H2Stream>,
-    /// The codec's counters already added to `Shared`'s.
-    published: codec::Counters,
-    /// The connection failed or the client left: flush what is queued, then close.
-    closing: bool,
-    /// What the client's deadline is armed for.
-    waiting_client: ClientWait,
-    /// Scratch for decoded trailer fields.
-    trailers: Fields,
-    /// Scratch for the request fields sent to h2c backends.
-    up: Fields,
-    /// The client's address and scheme, as X-Forwarded-For and -Proto say them.
-    from: translate::Origin,
-    /// Worker-clock ms: when the client's idle (or stalled) deadline passes (0: none).
-    idle_at: u64,
-    /// When the client's timer is armed for (0: not armed).
-    armed: u64,
-    /// The next step steps every stream, not only the due ones: something they may all
-    /// wait on changed (the client's connection window or settings, room in the output,
-    /// a timer, a drain).
-    sweep: bool,
-    /// Some stream waits to be attached (`H2Stream::pending`).
-    attaching: bool,
-    /// In `Ctx::h2_flush`: its output goes out at the end of the event batch.
-    flush_queued: bool,
-    /// Worker-clock ms: without streams until then, the codec gives its buffers back
-    /// (0: streams are open; `u64::MAX`: given back).
-    trim_at: u64,
-    /// Streams opened since the codec's buffers were last given back.
-    opened: u32,
-}
-
-/// How long a busy session (at least [`BUSY_STREAMS`] streams since its buffers were last
-/// given back) stays without streams before its codec's buffers are given back; others
-/// give them back at once.
-const TRIM_AFTER_MS: u64 = 500;
-const BUSY_STREAMS: u32 = 16;
-
-/// What an HTTP/2 session's own deadline waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ClientWait {
-    /// Streams run; their deadlines are their own.
-    None,
-    /// Nothing in flight, or a request body awaited: the idle timeout.
-    Idle,
-    /// Output queued for a socket that takes no bytes: the send timeout.
-    Send,
-}
-
-impl H2Session {
-    fn stream(&mut self, id: u32) -> Option<usize> {
-        self.streams.iter().position(|s| s.id == id)
-    }
-}
+use super::h2_session::{ClientWait, H2Session, BUSY_STREAMS, OUT_HIGH, READ_BUF, TRIM_AFTER_MS};
 
 impl Proxy {
     /// The client sent the HTTP/2 preface: it becomes a session.
@@ -544,20 +455,5 @@ impl Proxy {
             }
         }
         s.published = now;
-    }
-}
-
-/// Answers stream `id` with `status` and no body (a local answer). If the client was
-/// still sending a body, the stream is then reset with NO_ERROR (RFC 9113 §8.1).
-fn h2_answer(conn: &mut Connection, id: u32, status: u16, request_done: bool) {
-    let code = [
-        b'0' + (status / 100) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-    ];
-    let fields: [(&[u8], &[u8]); 2] = [(b":status", &code), (b"content-length", b"0")];
-    let _ = conn.send_headers(id, &fields, true);
-    if !request_done {
-        conn.reset(id, ErrorCode::NO_ERROR);
     }
 }

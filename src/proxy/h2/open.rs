@@ -11,11 +11,14 @@ use crate::debug;
 use crate::h2::{ErrorCode, Event, Fields};
 use crate::http::Method;
 
+use super::super::conns::Proxy;
 use super::super::context::Ctx;
-use super::super::end::Blame;
-use super::super::Proxy;
-use super::stream::{self, H2Stream};
-use super::{grpc, h2_answer, h2c_leg, translate, H2Session};
+use super::super::decide::Blame;
+use super::super::grpc;
+use super::super::h2_session::{self, H2Stream};
+use super::super::h2_session::{h2_answer, H2Session};
+use super::super::h2_translate as translate;
+use super::h2c_leg;
 
 impl Proxy {
     /// Handles the codec's events; true if any.
@@ -149,7 +152,7 @@ impl Proxy {
         }
         self.ctx.count_request();
         self.ctx.budget.deposit();
-        let ws_key = websocket.then(|| stream::websocket_key(&mut self.ctx.rng));
+        let ws_key = websocket.then(|| h2_session::websocket_key(&mut self.ctx.rng));
         // An HTTP/1.1 backend gets its head now; an h2c one the fields as they are.
         let mut buf = self.ctx.bufs.get();
         let mut framing = translate::UpstreamFraming::None;

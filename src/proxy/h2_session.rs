@@ -1,14 +1,119 @@
-//! One HTTP/2 request stream's state, whichever leg carries it upstream: its exchange,
-//! the request body and trailers held for the upstream, what of the request and response
-//! has been sent, and the questions a session's step asks of it (waiting on the client,
-//! on a window, on the body).
+//! An HTTP/2 client connection's state, as data: the session (the codec, its streams,
+//! what the client's deadline waits for) and each request stream, whichever leg carries
+//! it upstream: its exchange, the request body and trailers held for the upstream, what
+//! of the request and response has been sent, and the questions a session's step asks of
+//! it (waiting on the client, on a window, on the body). The preface check and local
+//! answers are here too; `h2/` drives them.
 
-use crate::buffer::Buf;
-use crate::h2::{Connection, Fields};
+use crate::buffer::{Buf, BUF_SIZE};
+use crate::h2::{self as codec, Connection, ErrorCode, Fields, PREFACE};
 
-use super::super::context::Ctx;
-use super::super::exchange::{Exchange, Resp};
-use super::translate::{self, UpstreamFraming};
+use super::context::Ctx;
+use super::exchange::{Exchange, Resp};
+use super::h2_translate::{self as translate, UpstreamFraming};
+
+/// What the first bytes of a connection say.
+pub(super) enum Preface {
+    /// Not HTTP/2: parse HTTP/1.1.
+    No,
+    /// A prefix of the preface: wait for more bytes.
+    Partial,
+    Full,
+}
+
+/// The preface's request line: a client that sends it speaks HTTP/2, and the codec checks
+/// the rest (a bad preface is answered GOAWAY PROTOCOL_ERROR, not an HTTP/1.1 505).
+const PRI_LINE: usize = 16;
+
+/// Checks `b` (a new connection's first bytes) for the HTTP/2 client preface.
+pub(super) fn preface(b: &[u8]) -> Preface {
+    let n = b.len().min(PRI_LINE);
+    if n == 0 || b[..n] != PREFACE[..n] {
+        Preface::No
+    } else if n < PRI_LINE {
+        Preface::Partial
+    } else {
+        Preface::Full
+    }
+}
+
+/// Stop reading the client while this much output waits for it.
+pub(super) const OUT_HIGH: usize = 256 * 1024;
+/// The client read buffer: a whole frame of the default MAX_FRAME_SIZE fits.
+pub(super) const READ_BUF: usize = 2 * BUF_SIZE;
+
+/// One HTTP/2 client connection.
+pub(crate) struct H2Session {
+    pub(super) conn: Connection,
+    pub(super) streams: Vec<H2Stream>,
+    /// The codec's counters already added to `Shared`'s.
+    pub(super) published: codec::Counters,
+    /// The connection failed or the client left: flush what is queued, then close.
+    pub(super) closing: bool,
+    /// What the client's deadline is armed for.
+    pub(super) waiting_client: ClientWait,
+    /// Scratch for decoded trailer fields.
+    pub(super) trailers: Fields,
+    /// Scratch for the request fields sent to h2c backends.
+    pub(super) up: Fields,
+    /// The client's address and scheme, as X-Forwarded-For and -Proto say them.
+    pub(super) from: translate::Origin,
+    /// Worker-clock ms: when the client's idle (or stalled) deadline passes (0: none).
+    pub(super) idle_at: u64,
+    /// When the client's timer is armed for (0: not armed).
+    pub(super) armed: u64,
+    /// The next step steps every stream, not only the due ones: something they may all
+    /// wait on changed (the client's connection window or settings, room in the output,
+    /// a timer, a drain).
+    pub(super) sweep: bool,
+    /// Some stream waits to be attached (`H2Stream::pending`).
+    pub(super) attaching: bool,
+    /// In `Ctx::h2_flush`: its output goes out at the end of the event batch.
+    pub(super) flush_queued: bool,
+    /// Worker-clock ms: without streams until then, the codec gives its buffers back
+    /// (0: streams are open; `u64::MAX`: given back).
+    pub(super) trim_at: u64,
+    /// Streams opened since the codec's buffers were last given back.
+    pub(super) opened: u32,
+}
+
+/// How long a busy session (at least [`BUSY_STREAMS`] streams since its buffers were last
+/// given back) stays without streams before its codec's buffers are given back; others
+/// give them back at once.
+pub(super) const TRIM_AFTER_MS: u64 = 500;
+pub(super) const BUSY_STREAMS: u32 = 16;
+
+/// What an HTTP/2 session's own deadline waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClientWait {
+    /// Streams run; their deadlines are their own.
+    None,
+    /// Nothing in flight, or a request body awaited: the idle timeout.
+    Idle,
+    /// Output queued for a socket that takes no bytes: the send timeout.
+    Send,
+}
+
+impl H2Session {
+    pub(super) fn stream(&mut self, id: u32) -> Option<usize> {
+        self.streams.iter().position(|s| s.id == id)
+    }
+}
+
+/// Answers stream `id` with `status` and no body (a local answer). If the client was
+/// still sending a body, the stream is then reset with NO_ERROR (RFC 9113 §8.1).
+pub(super) fn h2_answer(conn: &mut Connection, id: u32, status: u16, request_done: bool) {
+    let code = [
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ];
+    let fields: [(&[u8], &[u8]); 2] = [(b":status", &code), (b"content-length", b"0")];
+    let _ = conn.send_headers(id, &fields, true);
+    if !request_done {
+        conn.reset(id, ErrorCode::NO_ERROR);
+    }
+}
 
 /// One request stream of a session.
 pub(super) struct H2Stream {

@@ -1,0 +1,307 @@
+//! The worker's connections, as data: the `Proxy` that owns them (slabs of clients and
+//! upstreams, the idle pool, the h2c connections), what each client connection is doing
+//! (`Phase`), an upstream connection and its state, a tunnel's two halves, the mio
+//! tokens that name them, and the result of one step. The files beside it drive these;
+//! `mod.rs` dispatches events to them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::Token;
+use slab::Slab;
+
+use crate::access_log::Record;
+use crate::buffer::Buf;
+use crate::timer::Deadline;
+use crate::transport::Transport;
+
+use super::context::Ctx;
+use super::exchange::Exchange;
+use super::h2_session::H2Session;
+use super::h2c_conn::Mux;
+use super::io::Io;
+
+/// Tokens below this belong to the worker loop (listener, waker).
+pub const FIRST_TOKEN: usize = 34;
+#[inline]
+pub(super) fn client_token(i: usize) -> Token {
+    Token(FIRST_TOKEN + 2 * i)
+}
+
+#[inline]
+pub(super) fn upstream_token(i: usize) -> Token {
+    Token(FIRST_TOKEN + 2 * i + 1)
+}
+
+/// What a token names.
+pub(super) enum Slot {
+    Client(usize),
+    Upstream(usize),
+}
+
+#[inline]
+pub(super) fn slot(t: Token) -> Slot {
+    let n = t.0 - FIRST_TOKEN;
+    if n & 1 == 0 {
+        Slot::Client(n / 2)
+    } else {
+        Slot::Upstream(n / 2)
+    }
+}
+
+/// Result of one step of a client's exchange.
+pub(super) enum Step {
+    /// Something moved (or the client was answered): step again.
+    Progress,
+    /// Nothing can move until the next event.
+    Blocked,
+    /// The client connection is gone.
+    Closed,
+}
+
+/// One worker's connections and exchanges.
+pub struct Proxy {
+    pub(super) ctx: Ctx,
+    pub(super) clients: Slab<Client>,
+    pub(super) ups: Slab<Upstream>,
+    /// Idle keep-alive upstream connections per backend, most recent last.
+    pub(super) idle: Vec<Vec<usize>>,
+    /// HTTP/2 connections per h2c backend, busy or idle (`h2c_pool.rs`).
+    pub(super) muxes: Vec<Vec<usize>>,
+    /// Scratch: clients to drive after an h2c connection's event.
+    pub(super) mux_wake: Vec<(usize, crate::h2::StreamId)>,
+    /// The gauge values last added to `Shared`'s counters (see [`Proxy::publish_gauges`]).
+    pub(super) published: [u64; 4],
+}
+
+/// What one direction's step did.
+pub(super) enum Flow {
+    /// Nothing could move.
+    Idle,
+    /// Bytes moved.
+    Moved,
+    /// The exchange is over: the client was answered (`Step::Progress`) or is gone.
+    Over(Step),
+}
+
+/// A client's address in 20 bytes where a `SocketAddr` takes 32 (an idle keep-alive
+/// client costs its `Client` slot): the IP as IPv6 (IPv4 mapped) and the port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peer {
+    ip: [u8; 16],
+    port: u16,
+    v4: bool,
+}
+
+impl Peer {
+    pub fn new(a: SocketAddr) -> Peer {
+        let (ip, v4) = match a.ip() {
+            std::net::IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), true),
+            std::net::IpAddr::V6(v6) => (v6.octets(), false),
+        };
+        Peer {
+            ip,
+            port: a.port(),
+            v4,
+        }
+    }
+
+    #[inline]
+    pub fn ip(self) -> std::net::IpAddr {
+        let v6 = std::net::Ipv6Addr::from(self.ip);
+        match (self.v4, v6.to_ipv4_mapped()) {
+            (true, Some(v4)) => v4.into(),
+            _ => v6.into(),
+        }
+    }
+
+    #[inline]
+    pub fn get(self) -> SocketAddr {
+        SocketAddr::new(self.ip(), self.port)
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+/// What a client connection is doing; each phase owns the data it needs.
+pub(crate) enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// A request is being exchanged with a backend.
+    Proxy(Box<Exchange>),
+    /// Writing a locally generated response; then close, or read the next request.
+    Local {
+        rest: &'static [u8],
+        close: bool,
+        /// The client may still be sending a request body we will not read.
+        body_left: bool,
+    },
+    /// Response sent, write side shut: discarding input until EOF before closing.
+    Linger,
+    /// After a 101: a byte tunnel between the client and its upstream (tunnel.rs).
+    Tunnel(Box<Tunnel>),
+    /// An HTTP/2 (h2c prior knowledge) connection: the codec and its streams (h2/).
+    H2(Box<H2Session>),
+}
+
+pub(crate) struct Client {
+    pub sock: Transport,
+    pub peer: Peer,
+    /// Bytes read from the client and not yet used (held only while there are some).
+    pub buf: Option<Buf>,
+    pub phase: Phase,
+    pub io: Io,
+    pub timer: Deadline,
+}
+
+/// A client's connection side, borrowed beside its exchange.
+pub(crate) struct Side<'a> {
+    pub sock: &'a mut Transport,
+    pub buf: &'a mut Option<Buf>,
+    pub io: &'a mut Io,
+    pub peer: Peer,
+}
+
+impl Client {
+    /// The connection and the exchange, borrowed together (`None` unless proxying).
+    #[inline]
+    pub fn split(&mut self) -> Option<(Side<'_>, &mut Exchange)> {
+        match &mut self.phase {
+            Phase::Proxy(ex) => Some((
+                Side {
+                    sock: &mut self.sock,
+                    buf: &mut self.buf,
+                    io: &mut self.io,
+                    peer: self.peer,
+                },
+                ex,
+            )),
+            _ => None,
+        }
+    }
+
+    pub fn new(sock: Transport, peer: SocketAddr) -> Client {
+        Client {
+            sock,
+            peer: Peer::new(peer),
+            buf: None,
+            phase: Phase::Head,
+            io: Io::default(),
+            timer: Deadline::default(),
+        }
+    }
+
+    /// Between requests with nothing buffered.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Head) && self.buf.as_ref().is_none_or(Buf::is_empty)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpState {
+    Connecting,
+    Busy,
+    Idle,
+}
+
+pub(crate) struct Upstream {
+    pub sock: Transport,
+    pub backend: usize,
+    /// Owning client while busy (`NONE` while idle).
+    pub client: usize,
+    /// The HTTP/2 stream of `client` this connection serves (0: an HTTP/1.1 client).
+    pub stream: u32,
+    pub state: UpState,
+    pub io: Io,
+    pub timer: Deadline,
+    /// An HTTP/2 connection to an h2c backend, shared by many streams (`h2c_pool.rs`).
+    pub mux: Option<Box<Mux>>,
+}
+
+impl Upstream {
+    pub fn is_idle(&self) -> bool {
+        self.state == UpState::Idle
+    }
+
+    pub fn is_connecting(&self) -> bool {
+        self.state == UpState::Connecting
+    }
+}
+
+/// The result of a connect once the socket is writable: `Some(true)` up (Nagle off),
+/// `Some(false)` failed, `None` still connecting.
+pub(super) fn connect_result(u: &mut Upstream) -> Option<bool> {
+    if !u.io.writable {
+        return None;
+    }
+    match u.sock.tcp().take_error() {
+        Ok(None) => {}
+        Ok(Some(_)) | Err(_) => return Some(false),
+    }
+    match u.sock.tcp().peer_addr() {
+        Ok(_) => {
+            let _ = u.sock.tcp().set_nodelay(true);
+            Some(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+            u.io.writable = false;
+            None
+        }
+        Err(_) => Some(false),
+    }
+}
+
+/// One direction of a tunnel.
+#[derive(Debug, Default)]
+pub(super) struct Half {
+    /// The source sent EOF.
+    pub(super) eof: bool,
+    /// The EOF was passed on: the destination's write side is shut.
+    pub(super) shut: bool,
+    /// Bytes written to the destination.
+    pub(super) bytes: u64,
+}
+
+/// A tunnel's state, boxed once in the client's phase. The client-to-backend bytes wait
+/// in the client's own buffer (which may already hold bytes sent after the request).
+pub(crate) struct Tunnel {
+    /// The upstream connection (busy, without a deadline: the client's serves both).
+    pub(super) up: usize,
+    pub(super) backend: usize,
+    /// Backend-to-client bytes not yet written (first, any that followed the 101 head).
+    pub(super) down: Option<Buf>,
+    pub(super) to_up: Half,
+    pub(super) to_client: Half,
+    /// When the request was taken on (the tunnel's total duration is logged from it).
+    pub(super) started: Instant,
+    /// Microseconds from the attempt's start to the 101 head.
+    pub(super) ttfb_us: u64,
+    pub(super) rec: Record,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Peer;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn a_peer_gives_back_the_address_it_was_made_from() {
+        for a in [
+            "192.0.2.7:5555",
+            "[2001:db8::1]:80",
+            "[::ffff:192.0.2.7]:1",
+            "0.0.0.0:0",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(Peer::new(a).get(), a);
+            assert_eq!(Peer::new(a).to_string(), a.to_string());
+            assert_eq!(Peer::new(a).ip(), a.ip());
+        }
+        assert!(std::mem::size_of::<Peer>() <= 20);
+    }
+}
