@@ -307,3 +307,37 @@ fn an_http1_503_while_a_hedge_runs_lets_the_hedge_answer() {
         "the hedges answered; nothing was retried"
     );
 }
+
+#[test]
+fn an_http1_hedge_that_takes_over_keeps_its_own_per_try_timeout() {
+    // As for gRPC calls above, with HTTP/1.1 GETs: S never answers in time, M answers in
+    // 180 ms. A GET S has first is hedged to M at 50 ms; S's per-try timeout ends S's
+    // attempt at 200 ms and M's attempt carries the GET on with its own timeout (until
+    // about 250 ms), so M's answer at about 230 ms is the client's.
+    let slow = Backend::start("S", "fixed:3000", &[]);
+    let mid = Backend::start("M", "fixed:180", &[]);
+    let servers = [
+        server_json("S", slow.port(), 0),
+        server_json("M", mid.port(), 0),
+    ];
+    let cfg = format!(
+        r#"{{"servers": [{}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
+            "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "50ms", "methods": ["GET"]}},
+            "retryPolicy": {{"maxAttempts": 2, "perTryTimeout": "200ms",
+                             "retryOn": ["per-try-timeout"], "methods": ["GET"]}}}}"#,
+        servers.join(", ")
+    );
+    let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    for _ in 0..4 {
+        let t = Instant::now();
+        let r = get(p.addr, "/");
+        assert_eq!((r.status, r.backend()), (200, "M".to_string()), "{r:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    assert!(stat(&p, "hedges") >= 2);
+    assert_eq!(mid.requests(), 4, "each GET reached M once");
+}

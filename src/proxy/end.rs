@@ -2,11 +2,8 @@
 //! its next request), failed (a safe retry, or a 502/504), or torn down. Each ending is
 //! accounted once, through `Ctx::account`.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use crate::config::UpstreamMode;
 use crate::debug;
-use crate::health::Outcome;
 
 use super::conns::Phase;
 use super::conns::{client_token, Proxy, Step};
@@ -29,7 +26,9 @@ impl Proxy {
         let Some((next, stale)) = self.ctx.retry_target(ex, old, why) else {
             return false;
         };
-        // Detach the failed attempt; the exchange moves on with what it learnt.
+        // Detach the failed attempt (and any hedge of it: a retried attempt is not
+        // hedged); the exchange moves on with what it learnt.
+        self.end_hedging(ci);
         self.drop_upstream(ci, ui);
         let (c, ex) = self.clients[ci].split().expect("proxying");
         // The body the failed attempt sent, kept for this: in front of the rest again.
@@ -43,35 +42,7 @@ impl Proxy {
             ex.body_ready += n;
         }
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        if !stale {
-            self.ctx.account_attempt(old, ex.attempt);
-        }
-        self.ctx.bufs.release(&mut ex.resp_buf);
-        self.ctx.bufs.release(&mut ex.out);
-        ex.up = NONE;
-        ex.retries += 1;
-        ex.stale_retried |= stale;
-        ex.tried.insert(old);
-        self.ctx.shared.counters.retries.fetch_add(1, Relaxed);
-        let wait = if stale { 0 } else { self.ctx.backoff_ms(ex) };
-        let names = &self.ctx.shared.balancer;
-        debug!(
-            "worker {}: {} on {}: retrying on {}{}{}",
-            self.ctx.id,
-            why.reason(),
-            names.backend(old).name,
-            names.backend(next).name,
-            if stale {
-                " (stale keep-alive connection)"
-            } else {
-                ""
-            },
-            if wait > 0 {
-                format!(" in {wait} ms")
-            } else {
-                String::new()
-            }
-        );
+        let wait = self.ctx.retried(ex, old, next, why, stale);
         if wait > 0 {
             // The retry policy's backoff: the client's timer starts the attempt.
             ex.backoff = Some(next);
@@ -165,17 +136,7 @@ impl Proxy {
         let backend = self.ups[ui].backend;
         self.drop_upstream(ci, ui);
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        match blame {
-            Blame::Backend => {
-                let status = if status == 0 { ex.status } else { status };
-                let status = if status == 0 { 502 } else { status };
-                self.ctx.account(backend, ex, status, Outcome::Failure);
-            }
-            Blame::Client => {
-                let status = if status == 0 { 499 } else { status };
-                self.ctx.account_client_abort(backend, ex, status);
-            }
-        }
+        self.ctx.account_early_end(backend, ex, status, blame, None);
         self.ctx.bufs.release(&mut ex.head);
         self.ctx.bufs.release(&mut ex.resp_buf);
         self.ctx.bufs.release(&mut ex.out);
@@ -195,12 +156,9 @@ impl Proxy {
         let (_, ex) = self.clients[ci].split().expect("proxying");
         let ui = std::mem::replace(&mut ex.up, NONE);
         let u = &self.ups[ui];
-        let outcome = if ex.status < 500 {
-            Outcome::Ok
-        } else {
-            Outcome::ServerError
-        };
-        self.ctx.account(u.backend, ex, ex.status, outcome);
+        let outcome = self.ctx.outcome(ex.status, None);
+        self.ctx
+            .account_end(u.backend, ex, ex.status, outcome, None);
         let body_done = ex.body.is_done();
         let keep_alive = ex.keep_alive;
         let pool = decide::may_pool(&PoolCheck {

@@ -40,8 +40,9 @@ use super::h1_h2c_translate::{
     chunk_line, framing, request_pairs, response_head, trailer_pairs, ClientFraming, H2cLeg,
 };
 use super::h2_translate::trailer_lines;
-use super::h2c_conn::{Gone, MuxStream};
+use super::h2c_conn::MuxStream;
 use super::io::{read_into, would_block, write2};
+use super::lifecycle;
 
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -201,7 +202,7 @@ impl Proxy {
                 Some(Err(())) => {
                     let m = self.ups[ui].mux.as_ref().expect("a mux");
                     return match m.stream(ci, 0).and_then(|k| m.streams[k].gone) {
-                        Some(g) => Turn::Failed(failure(g)),
+                        Some(g) => Turn::Failed(g.failure()),
                         // A pooled connection turned full: another one. A new connection
                         // without room is the backend refusing.
                         None if ex.reused => Turn::NoRoom,
@@ -490,7 +491,7 @@ impl Proxy {
         let drained = ms.data.is_none();
         match ms.gone {
             // Cut short mid-body: what arrived went out; the client sees the truncation.
-            Some(why) if drained && !ms.end && ex.out.is_none() => Turn::Failed(failure(why)),
+            Some(why) if drained && !ms.end && ex.out.is_none() => Turn::Failed(why.failure()),
             _ => Turn::Running(moved),
         }
     }
@@ -538,14 +539,8 @@ impl Proxy {
         };
         // A per-try timeout bounds the wait for the response head, from when the whole
         // request went out.
-        let up_at = match ex.h2c.up_end && ex.resp == Resp::Head {
-            true => match (ex.request_sent(now), up_at) {
-                (0, at) => at,
-                (by, 0) => by,
-                (by, at) => at.min(by),
-            },
-            false => up_at,
-        };
+        let sent = ex.h2c.up_end && ex.resp == Resp::Head;
+        let up_at = lifecycle::upstream_deadline(ex, sent, up_at, now);
         ex.h2c.client_at = client_at;
         ex.h2c.up_at = up_at;
         let at = match (client_at, up_at) {
@@ -566,14 +561,8 @@ impl Proxy {
         };
         let (up_at, client_at, ui) = (ex.h2c.up_at, ex.h2c.client_at, ex.up);
         if up_at != 0 && now >= up_at {
-            let per_try = ex.per_try_over(now);
-            let why = if self.ups.get(ui).is_some_and(|u| u.is_connecting()) {
-                Failure::ConnectTimeout
-            } else if per_try {
-                Failure::PerTryTimeout
-            } else {
-                Failure::Timeout
-            };
+            let connecting = self.ups.get(ui).is_some_and(|u| u.is_connecting());
+            let why = lifecycle::expiry(ex, connecting, now);
             debug!("worker {}: h2c stream: {}", self.ctx.id, why.reason());
             if matches!(self.h1_h2c_fail(ci, why), Step::Closed) {
                 return;
@@ -630,7 +619,7 @@ fn take_head(
     }
     let Some(head) = ms.head.take() else {
         return Some(match ms.gone {
-            Some(why) => Turn::Failed(failure(why)),
+            Some(why) => Turn::Failed(why.failure()),
             None => Turn::Running(false),
         });
     };
@@ -692,16 +681,6 @@ fn append(bufs: &mut BufPool, out: &mut Option<Buf>, bytes: &[u8]) {
     }
     b.space()[..bytes.len()].copy_from_slice(bytes);
     b.filled(bytes.len());
-}
-
-/// Why an h2c attempt failed, as the HTTP/1.1 path names it.
-fn failure(why: Gone) -> Failure {
-    match why {
-        Gone::Refused => Failure::Refused,
-        Gone::Reset(_) | Gone::Lost => Failure::Reset,
-        Gone::Connect { timeout: false } => Failure::Connect,
-        Gone::Connect { timeout: true } => Failure::ConnectTimeout,
-    }
 }
 
 /// The end of a response body into `out`: for chunked, the last chunk and the trailer

@@ -11,6 +11,7 @@ use crate::h2::{self as codec, Connection, ErrorCode, Fields, PREFACE};
 use super::context::Ctx;
 use super::exchange::{Exchange, Resp};
 use super::h2_translate::{self as translate, UpstreamFraming};
+use super::lifecycle::Call;
 
 /// What the first bytes of a connection say.
 pub(super) enum Preface {
@@ -284,6 +285,16 @@ impl H2Stream {
         std::mem::swap(&mut self.up_end, &mut a.up_end);
         std::mem::swap(&mut self.sent, &mut a.sent);
         std::mem::swap(&mut self.mk, &mut a.mk);
+    }
+
+    /// The stream's exchange, and its gRPC call's facts for the accounting in
+    /// `lifecycle.rs` (`None`: not a call).
+    pub fn for_accounting(&mut self) -> (&mut Exchange, Option<Call<'_>>) {
+        let call = self.grpc.then(|| Call {
+            method: self.fields.path().unwrap_or(b""),
+            status: self.grpc_status,
+        });
+        (&mut self.ex, call)
     }
 
     /// Still taking request body from the client.

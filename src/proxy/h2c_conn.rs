@@ -5,6 +5,8 @@
 use crate::buffer::{Buf, BUF_SIZE};
 use crate::h2::{self as codec, Connection, ErrorCode, Fields, StreamId};
 
+use super::decide::Failure;
+
 /// Streams one connection takes before the backend's SETTINGS say how many it allows
 /// (and at most, when it allows "unlimited").
 pub(super) const STREAMS_PER_CONNECTION: u32 = 100;
@@ -23,6 +25,19 @@ pub(crate) enum Gone {
     Lost,
     /// The connection never came up (refused, or timed out when `timeout`).
     Connect { timeout: bool },
+}
+
+impl Gone {
+    /// The failure of the attempt a stream carried: a refused stream is safe to replay
+    /// anywhere; a reset or a lost connection is a reset.
+    pub fn failure(self) -> Failure {
+        match self {
+            Gone::Refused => Failure::Refused,
+            Gone::Reset(_) | Gone::Lost => Failure::Reset,
+            Gone::Connect { timeout: false } => Failure::Connect,
+            Gone::Connect { timeout: true } => Failure::ConnectTimeout,
+        }
+    }
 }
 
 /// One stream's inbox on an upstream connection, keyed by its owner (client, front stream).

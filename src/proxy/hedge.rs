@@ -21,17 +21,7 @@ use super::conns::{connect_result, UpState};
 use super::context::Ctx;
 use super::exchange::{Exchange, Hedge, Resp, NONE};
 use super::io::{would_block, write2};
-
-/// Why a hedge takes the first attempt's place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Promote {
-    /// Its response bytes came first.
-    Won,
-    /// The first attempt failed.
-    Failed,
-    /// Neither answered within another delay: the older attempt gives way to a new hedge.
-    Superseded,
-}
+use super::lifecycle::Promote;
 
 /// The status of a response whose first bytes are `b` (`HTTP/1.1 503`), if they hold it.
 fn status_of(b: &[u8]) -> Option<u16> {
@@ -281,22 +271,8 @@ impl Proxy {
         let first = std::mem::replace(&mut ex.attempt, ex.hedge.started);
         ex.tried.insert(old_backend);
         ex.hedge.up = NONE;
-        if why == Promote::Won {
-            // An answer came: no more hedges.
-            ex.hedge.at = 0;
-        }
+        self.ctx.hedge_promoted(ex, old_backend, first, why);
         self.remove_upstream(old);
-        match why {
-            Promote::Failed => self.ctx.account_attempt(old_backend, first),
-            Promote::Won | Promote::Superseded => {
-                self.ctx.shared.balancer.cancel(old_backend);
-                let c = &self.ctx.shared.counters;
-                c.hedges_cancelled.fetch_add(1, Relaxed);
-            }
-        }
-        if why == Promote::Won {
-            self.ctx.shared.counters.hedge_wins.fetch_add(1, Relaxed);
-        }
     }
 
     /// The first attempt failed: true if a running hedge, its request sent, takes over.

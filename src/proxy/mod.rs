@@ -19,6 +19,8 @@
 //!   - `exchange`: one request and its response, with an enum per direction;
 //!   - `context`: the worker's context: buffers, timers, accounting, retry targets;
 //!   - `h2c_conn`: one shared h2c upstream connection and its streams' inboxes;
+//!   - `lifecycle`: an exchange's course for every protocol pair: deadlines, what a
+//!     retry changes, error answers, and how an ending is accounted;
 //!   - `h2_session`: an HTTP/2 client connection and its streams;
 //!   - `conns`: `Proxy`, its client and upstream connections, their tokens;
 //! - what moves an exchange, each `impl Proxy` over the model:
@@ -35,7 +37,7 @@
 //!   backend);
 //! - the dispatch: this file (events, drive, deadlines, drain) and `membership`.
 
-// The model, lowest first: no file here names `Proxy` (tests/layers.rs keeps the order).
+// The model: no file here names `Proxy` (`PROXY_LAYERS` in tests/layers.rs orders them).
 mod conns;
 mod context;
 pub(crate) mod decide;
@@ -46,8 +48,10 @@ mod h2_session;
 mod h2_translate;
 mod h2c_conn;
 pub(crate) mod io;
+mod lifecycle;
 mod pipe;
-// What moves an exchange, each an `impl Proxy` over the model: back ends, then front ends.
+// What moves an exchange, each an `impl Proxy` over the model: back ends, front ends,
+// dispatch.
 mod client;
 mod end;
 mod h1_h2c;

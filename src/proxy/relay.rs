@@ -14,6 +14,7 @@ use super::decide::Blame;
 use super::decide::{self, Failure};
 use super::exchange::{Req, Resp, NONE};
 use super::io::{read_into, would_block, write2};
+use super::lifecycle;
 
 impl Proxy {
     pub(super) fn step_proxy(&mut self, ci: usize) -> Step {
@@ -100,14 +101,8 @@ impl Proxy {
         let (client_at, up_at) = decide::deadlines(&ex.waits(writable), self.ctx.now, &limits);
         // A per-try timeout bounds the wait for the response head, from when the whole
         // request went out.
-        let up_at = match ex.req == Req::Sent && ex.resp == Resp::Head && !ex.got_bytes {
-            true => match (ex.request_sent(self.ctx.now), up_at) {
-                (0, at) => at,
-                (by, 0) => by,
-                (by, at) => at.min(by),
-            },
-            false => up_at,
-        };
+        let sent = ex.req == Req::Sent && ex.resp == Resp::Head && !ex.got_bytes;
+        let up_at = lifecycle::upstream_deadline(ex, sent, up_at, self.ctx.now);
         // While the exchange waits for its first response byte, the client's timer sends
         // its hedge.
         let client_at = match ex.hedge.at {

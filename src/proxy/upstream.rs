@@ -2,8 +2,6 @@
 //! new one, noticing a connect's result, the per-backend idle pool, and upstream
 //! deadlines. A connection knows its socket and its client, never the exchange's state.
 
-use std::time::Duration;
-
 use mio::net::TcpStream;
 use mio::Interest;
 
@@ -21,6 +19,7 @@ use super::decide::Failure;
 use super::exchange::NONE;
 use super::h2c_conn::Mux;
 use super::io::Io;
+use super::lifecycle;
 
 impl Proxy {
     /// Picks a backend for a new request. A server in slow start (recovered recently) is
@@ -148,23 +147,16 @@ impl Proxy {
     /// No connection to `backend` could be made for client `ci`: 502, and the request
     /// body bytes already read are dropped.
     pub(super) fn unreachable(&mut self, ci: usize, backend: usize) {
-        self.ctx
-            .shared
-            .balancer
-            .finish(backend, Duration::ZERO, false);
         let c = &mut self.clients[ci];
         let Phase::Proxy(ex) = &mut c.phase else {
             return;
         };
-        ex.up = NONE;
-        let mut rec = ex.rec;
-        rec.backend = Some(backend as u16);
+        self.ctx.unreachable(backend, ex);
         let body_left = !ex.body.is_done();
         let close = body_left || !ex.keep_alive;
         if let Some(b) = c.buf.as_mut() {
             b.consume(ex.body_ready);
         }
-        self.ctx.log_local(rec, http::BAD_GATEWAY);
         self.respond(ci, http::BAD_GATEWAY, close, body_left);
     }
 
@@ -276,14 +268,11 @@ impl Proxy {
             self.drop_hedge(ci);
             return;
         }
-        let why = if self.ups[ui].is_connecting() {
-            Failure::ConnectTimeout
-        } else if (self.clients.get_mut(ci).and_then(|c| c.split()))
-            .is_some_and(|(_, ex)| ex.per_try_over(self.ctx.now))
-        {
-            Failure::PerTryTimeout
-        } else {
-            Failure::Timeout
+        let connecting = self.ups[ui].is_connecting();
+        let why = match self.clients.get_mut(ci).and_then(|c| c.split()) {
+            Some((_, ex)) => lifecycle::expiry(ex, connecting, self.ctx.now),
+            None if connecting => Failure::ConnectTimeout,
+            None => Failure::Timeout,
         };
         // Mid-response, what arrived is forwarded and the client closed afterwards.
         let _ = self.upstream_broke(ci, why);

@@ -15,6 +15,7 @@ use super::super::decide::Blame;
 use super::super::grpc;
 use super::super::h2_session::{ClientWait, H2Session};
 use super::super::io::write2;
+use super::super::lifecycle;
 
 impl Proxy {
     /// Arms the client's timer for the session's next deadline: the client's idle (or
@@ -85,13 +86,7 @@ impl Proxy {
                 self.h2_abort(ci, &mut s, i, Blame::Client);
             } else if idle_over && st.mux {
                 let connecting = self.ups[st.ex.up].is_connecting();
-                let why = if connecting {
-                    super::super::decide::Failure::ConnectTimeout
-                } else if st.ex.per_try_over(now) {
-                    super::super::decide::Failure::PerTryTimeout
-                } else {
-                    super::super::decide::Failure::Timeout
-                };
+                let why = lifecycle::expiry(&st.ex, connecting, now);
                 self.h2_fail(ci, &mut s, i, why);
             } else {
                 i += 1;
@@ -142,8 +137,9 @@ impl Proxy {
         match backend {
             Some(b) => {
                 let status = if st.head_sent { st.ex.status } else { 504 };
-                let outcome = self.h2_outcome(&st);
-                self.h2_account(b, &mut st, status, outcome);
+                let outcome = self.ctx.outcome(st.ex.status, st.grpc_status);
+                let (ex, call) = st.for_accounting();
+                self.ctx.account_end(b, ex, status, outcome, call);
             }
             // Not attached (a retry backing off, its pick given back): logged as corelb's.
             None => self.ctx.log_local(st.ex.rec, crate::http::GATEWAY_TIMEOUT),

@@ -24,6 +24,7 @@ use super::super::h2_session::{self, H2Stream};
 use super::super::h2_session::{H2Session, OUT_HIGH};
 use super::super::h2_translate::{self as translate, UpstreamFraming};
 use super::super::io::{read_into, would_block, Io};
+use super::super::lifecycle::{self, Answer};
 use super::h2c_leg;
 
 /// A connecting upstream's state after an event.
@@ -99,20 +100,13 @@ impl Proxy {
                 true
             }
             None => {
-                self.ctx
-                    .shared
-                    .balancer
-                    .finish(backend, std::time::Duration::ZERO, false);
                 let mut st = s.streams.swap_remove(i);
                 self.h2_end_hedging(ci, &mut st);
-                let mut rec = st.ex.rec;
-                rec.backend = Some(backend as u16);
-                self.ctx.log_local(rec, http::BAD_GATEWAY);
+                self.ctx.unreachable(backend, &mut st.ex);
                 if s.conn.can_send(st.id) {
                     s.conn.release(st.id, st.unreleased);
                 }
                 h2c_leg::reply(s, st.id, st.grpc, 502, st.req_end, "backend unreachable");
-                st.ex.up = NONE;
                 st.recycle(&mut self.ctx, &mut s.conn);
                 false
             }
@@ -234,13 +228,8 @@ impl Proxy {
             let at = self.ctx.now + Ctx::ms(idle);
             // A per-try timeout bounds the wait for the response head, from when the
             // whole request went out.
-            let at = match st.req_sent && !st.head_sent {
-                true => match st.ex.request_sent(self.ctx.now) {
-                    0 => at,
-                    by => at.min(by),
-                },
-                false => at,
-            };
+            let sent = st.req_sent && !st.head_sent;
+            let at = lifecycle::upstream_deadline(&mut st.ex, sent, at, self.ctx.now);
             self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
             st.up_armed = true;
         } else if !on_backend && st.up_armed {
@@ -592,9 +581,9 @@ impl Proxy {
         if st.head_sent {
             if st.grpc && !st.end_sent {
                 // The call's answer started: it ends with a gRPC status, not a reset.
-                let code = grpc::for_http(why.canned().status);
-                grpc::end_with(&mut s.conn, st.id, code, why.reason());
-                st.grpc_status = Some(code);
+                let answer = Answer::to(why);
+                grpc::end_with(&mut s.conn, st.id, answer.grpc, answer.reason);
+                st.grpc_status = Some(answer.grpc);
                 st.end_sent = true;
             } else {
                 s.conn.reset(st.id, ErrorCode::INTERNAL_ERROR);
@@ -609,13 +598,15 @@ impl Proxy {
         let backend = self
             .h2_drop_leg(ci, &mut st, ErrorCode::CANCEL)
             .unwrap_or(backend);
-        let status = why.canned().status;
+        let answer = Answer::to(why);
         if st.grpc {
-            st.grpc_status = Some(grpc::for_http(status));
+            st.grpc_status = Some(answer.grpc);
         }
-        self.h2_account(backend, &mut st, status, Outcome::Failure);
+        let (ex, call) = st.for_accounting();
+        self.ctx
+            .account_end(backend, ex, answer.status, Outcome::Failure, call);
         s.conn.release(st.id, st.unreleased);
-        h2c_leg::reply(s, st.id, st.grpc, status, st.req_end, why.reason());
+        h2c_leg::reply(s, st.id, st.grpc, answer.status, st.req_end, answer.reason);
         st.recycle(&mut self.ctx, &mut s.conn);
         (true, true)
     }
@@ -643,22 +634,9 @@ impl Proxy {
             self.ctx.bufs.release(&mut st.body);
             st.body = Some(kept);
         }
-        let ex = &mut st.ex;
-        if !stale {
-            self.ctx.account_attempt(old, ex.attempt);
-        }
-        self.ctx.bufs.release(&mut ex.resp_buf);
-        ex.retries += 1;
-        ex.stale_retried |= stale;
-        ex.tried.insert(old);
-        self.ctx.shared.counters.retries.fetch_add(1, Relaxed);
-        let wait = if stale { 0 } else { self.ctx.backoff_ms(ex) };
+        let wait = self.ctx.retried(&mut st.ex, old, next, why, stale);
         if wait > 0 {
             // The retry policy's backoff: attached again once it is over (h2_attach_pending).
-            debug!(
-                "worker {}: HTTP/2 stream {} retries in {wait} ms",
-                self.ctx.id, st.id
-            );
             st.pending = Some(next);
             st.backoff_at = self.ctx.now + wait;
             st.deadline = 0;
@@ -679,9 +657,10 @@ impl Proxy {
             cfg.max_idle_per_backend,
         );
         let backend = self.ups[ui].backend;
-        let outcome = self.h2_outcome(&st);
+        let outcome = self.ctx.outcome(st.ex.status, st.grpc_status);
         let status = st.ex.status;
-        self.h2_account(backend, &mut st, status, outcome);
+        let (ex, call) = st.for_accounting();
+        self.ctx.account_end(backend, ex, status, outcome, call);
         let u = &self.ups[ui];
         let io: Io = u.io;
         let pool = decide::may_pool(&PoolCheck {
@@ -722,13 +701,7 @@ impl Proxy {
             return;
         };
         if let Some(i) = s.stream(id) {
-            let why = if connecting {
-                Failure::ConnectTimeout
-            } else if s.streams[i].ex.per_try_over(now) {
-                Failure::PerTryTimeout
-            } else {
-                Failure::Timeout
-            };
+            let why = lifecycle::expiry(&s.streams[i].ex, connecting, now);
             self.h2_fail(ci, &mut s, i, why);
         }
         self.clients[ci].phase = super::super::conns::Phase::H2(s);

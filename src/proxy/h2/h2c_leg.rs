@@ -12,17 +12,16 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::types::RetryOn;
 use crate::h2::ErrorCode;
-use crate::health::Outcome;
 
 use super::super::conns::Proxy;
 use super::super::context::Ctx;
 use super::super::decide::Failure;
 use super::super::exchange::{Resp, NONE};
 use super::super::grpc;
-use super::super::h2_session::H2Stream;
 use super::super::h2_session::{H2Session, OUT_HIGH};
 use super::super::h2_translate as translate;
 use super::super::h2c_conn::Gone;
+use super::super::lifecycle;
 use super::hedge;
 
 /// What one step of the leg found.
@@ -63,12 +62,9 @@ impl Proxy {
                     st.deadline = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
                     // A per-try timeout bounds the wait for the response head, from when
                     // the whole request went out.
-                    if st.up_end && !st.head_sent {
-                        match st.ex.request_sent(self.ctx.now) {
-                            0 => {}
-                            by => st.deadline = st.deadline.min(by),
-                        }
-                    }
+                    let sent = st.up_end && !st.head_sent;
+                    let (at, now) = (st.deadline, self.ctx.now);
+                    st.deadline = lifecycle::upstream_deadline(&mut st.ex, sent, at, now);
                 }
                 if !st.alt.planned && st.up_end {
                     self.h2_plan_hedge(st);
@@ -383,9 +379,10 @@ impl Proxy {
             ErrorCode::CANCEL
         };
         self.mux_detach(ui, ci, st.id, code);
-        let outcome = self.h2_outcome(&st);
+        let outcome = self.ctx.outcome(st.ex.status, st.grpc_status);
         let status = st.ex.status;
-        self.h2_account(backend, &mut st, status, outcome);
+        let (ex, call) = st.for_accounting();
+        self.ctx.account_end(backend, ex, status, outcome, call);
         if st.unreleased > 0 {
             s.conn.release(st.id, st.unreleased);
         }
@@ -394,46 +391,6 @@ impl Proxy {
             s.conn.reset(st.id, ErrorCode::NO_ERROR);
         }
         st.recycle(&mut self.ctx, &mut s.conn);
-    }
-
-    /// How a finished stream counts for its backend: a 5xx is a server error; a gRPC
-    /// status other than 0 is an error for its stats, and a failure for passive health
-    /// when it is one of `outlierDetection.grpcStatuses` (UNAVAILABLE, RESOURCE_EXHAUSTED,
-    /// INTERNAL by default).
-    pub(super) fn h2_outcome(&self, st: &H2Stream) -> Outcome {
-        if st.ex.status >= 500 {
-            return Outcome::ServerError;
-        }
-        match st.grpc_status {
-            Some(grpc::OK) | None => Outcome::Ok,
-            Some(code) => match self.ctx.shared.health.grpc_outcome(code) {
-                Outcome::Ok => Outcome::ServerError,
-                failure => failure,
-            },
-        }
-    }
-
-    /// Accounts stream `st` with `backend` (`Ctx::account`), and a gRPC call in the call
-    /// table and the CSV's grpc_status column too: its grpc-status, or for an answer
-    /// corelb made, the status that answer carried.
-    pub(super) fn h2_account(
-        &mut self,
-        backend: usize,
-        st: &mut H2Stream,
-        status: u16,
-        outcome: Outcome,
-    ) {
-        if st.grpc {
-            let code = st.grpc_status.unwrap_or(if status >= 500 {
-                grpc::for_http(status)
-            } else {
-                grpc::UNKNOWN
-            });
-            st.ex.rec.set_grpc_status(code);
-            let method = st.fields.path().unwrap_or(b"");
-            self.ctx.account_grpc(backend, method, code);
-        }
-        self.ctx.account(backend, &st.ex, status, outcome);
     }
 
     /// The h2c attempt of stream `i` failed: tried again if safe, else answered (a 502
@@ -453,13 +410,7 @@ impl Proxy {
             s.streams[i].final_answer = true;
             return self.h2_leg_step(ci, s, i);
         }
-        let failure = match why {
-            Gone::Refused => Failure::Refused,
-            Gone::Reset(_) | Gone::Lost => Failure::Reset,
-            Gone::Connect { timeout: false } => Failure::Connect,
-            Gone::Connect { timeout: true } => Failure::ConnectTimeout,
-        };
-        self.h2_fail(ci, s, i, failure)
+        self.h2_fail(ci, s, i, why.failure())
     }
 }
 

@@ -21,17 +21,7 @@ use super::super::exchange::{Exchange, Hedge, Resp, NONE};
 use super::super::grpc;
 use super::super::h2_session::H2Session;
 use super::super::h2_session::{AltLeg, H2Stream};
-
-/// Why the hedge takes the current attempt's place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Promote {
-    /// Its response head came first.
-    Won,
-    /// The current attempt failed (or answered a non-fatal status).
-    Failed,
-    /// Neither answered within another delay: the older gives way to a new hedge.
-    Superseded,
-}
+use super::super::lifecycle::Promote;
 
 /// Stream `st` may (still) be hedged: an h2c attempt with no response head yet, and the
 /// whole request held, so another server can be sent all of it.
@@ -210,18 +200,8 @@ impl Proxy {
         st.swap_legs();
         let old = std::mem::replace(&mut st.ex.hedge.up, NONE);
         let old_backend = self.h2_leave(ci, st, old, "gives way to its hedge");
-        match why {
-            Promote::Failed => self.ctx.account_attempt(old_backend, st.ex.hedge.started),
-            Promote::Won | Promote::Superseded => {
-                self.ctx.shared.balancer.cancel(old_backend);
-                let c = &self.ctx.shared.counters;
-                c.hedges_cancelled.fetch_add(1, Relaxed);
-            }
-        }
-        if why == Promote::Won {
-            st.ex.hedge.at = 0;
-            self.ctx.shared.counters.hedge_wins.fetch_add(1, Relaxed);
-        }
+        let began = st.ex.hedge.started;
+        self.ctx.hedge_promoted(&mut st.ex, old_backend, began, why);
         // The backend's deadline starts again with this attempt (`h2_leg_step`).
         st.deadline = 0;
         st.due = true;

@@ -36,7 +36,6 @@ use super::conns::Phase;
 use super::conns::{Proxy, Step};
 use super::context::Ctx;
 use super::decide::Blame;
-use super::grpc;
 use super::h2_translate as translate;
 use super::io::{read_into, would_block, write2};
 
@@ -329,20 +328,8 @@ impl Proxy {
             c.h2_resets_unforwarded.fetch_add(1, Relaxed);
         }
         if let Some(backend) = self.h2_drop_leg(ci, &mut st, ErrorCode::CANCEL) {
-            match blame {
-                Blame::Client => {
-                    if st.grpc {
-                        st.ex.rec.set_grpc_status(grpc::CANCELLED);
-                        let method = st.fields.path().unwrap_or(b"");
-                        self.ctx.account_grpc(backend, method, grpc::CANCELLED);
-                    }
-                    self.ctx.account_client_abort(backend, &st.ex, 499)
-                }
-                Blame::Backend => {
-                    let status = if st.ex.status == 0 { 502 } else { st.ex.status };
-                    self.h2_account(backend, &mut st, status, crate::health::Outcome::Failure);
-                }
-            }
+            let (ex, call) = st.for_accounting();
+            self.ctx.account_early_end(backend, ex, 0, blame, call);
         }
         st.recycle(&mut self.ctx, &mut s.conn);
     }

@@ -1,0 +1,239 @@
+//! An exchange's course, written once for every protocol pair (an HTTP/1.1 client or an
+//! HTTP/2 stream, to an HTTP/1.1 server or an h2c stream): the drivers (`end.rs` for
+//! HTTP/1.1 clients, `h2/` for HTTP/2 streams) do the I/O and call these for the rest.
+//!
+//! - deadlines: an attempt's upstream deadline bounded by its per-try timeout
+//!   ([`upstream_deadline`]), and what an expiry means ([`expiry`]);
+//! - retry: what the exchange learns and counts when an attempt is retried
+//!   ([`Ctx::retried`]); the decision itself is `Ctx::retry_target` (`decide::replay`);
+//! - fail: the status a failure answers with, and its grpc-status ([`Answer`]);
+//! - finish and early ends: how the ending counts for the server, the call table and the
+//!   log ([`Ctx::outcome`], [`Ctx::account_end`], [`Ctx::account_early_end`],
+//!   [`Ctx::unreachable`]), and a hedge that takes an attempt's place
+//!   ([`Ctx::hedge_promoted`]).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use crate::debug;
+use crate::health::Outcome;
+
+use super::context::Ctx;
+use super::decide::{Blame, Failure};
+use super::exchange::{Exchange, NONE};
+use super::grpc;
+
+/// An attempt's upstream deadline `at` (worker-clock ms, 0: none), bounded by its per-try
+/// timeout once `sent` (the whole request went out; the timeout starts then, once).
+pub(super) fn upstream_deadline(ex: &mut Exchange, sent: bool, at: u64, now: u64) -> u64 {
+    if !sent {
+        return at;
+    }
+    match (ex.request_sent(now), at) {
+        (0, at) => at,
+        (by, 0) => by,
+        (by, at) => at.min(by),
+    }
+}
+
+/// What an attempt's upstream deadline passing at `now` means: the connect took too long,
+/// the per-try timeout ran out before the response head, or the server went quiet.
+pub(super) fn expiry(ex: &Exchange, connecting: bool, now: u64) -> Failure {
+    if connecting {
+        Failure::ConnectTimeout
+    } else if ex.per_try_over(now) {
+        Failure::PerTryTimeout
+    } else {
+        Failure::Timeout
+    }
+}
+
+/// How a failed attempt is answered when it is not retried, in HTTP and gRPC terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Answer {
+    /// 502, or 504 after a timeout.
+    pub status: u16,
+    /// The grpc-status a gRPC call gets instead (UNAVAILABLE, DEADLINE_EXCEEDED).
+    pub grpc: u32,
+    pub reason: &'static str,
+}
+
+impl Answer {
+    pub fn to(why: Failure) -> Answer {
+        let status = why.canned().status;
+        Answer {
+            status,
+            grpc: grpc::for_http(status),
+            reason: why.reason(),
+        }
+    }
+}
+
+/// A gRPC call's facts for the call table: its method (the `:path`) and the grpc-status
+/// it ended with, if one came or corelb answered one.
+#[derive(Clone, Copy)]
+pub(super) struct Call<'a> {
+    pub method: &'a [u8],
+    pub status: Option<u32>,
+}
+
+/// Why a hedge takes the place of the attempt it raced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Promote {
+    /// Its response came first.
+    Won,
+    /// The other attempt failed (or answered a status that does not win).
+    Failed,
+    /// Neither answered within another delay: the older gives way to a new hedge.
+    Superseded,
+}
+
+impl Ctx {
+    /// After `why` ended the attempt of `ex` on server `old` and the driver detached it,
+    /// the next goes to `next` (`stale`: on a fresh connection to the same server, after a
+    /// pooled connection the server had closed). What the exchange learns, the counters
+    /// and the log line are the same for every pair. Returns how long the retry policy's
+    /// backoff makes the next attempt wait (ms; 0: it starts now).
+    pub fn retried(
+        &mut self,
+        ex: &mut Exchange,
+        old: usize,
+        next: usize,
+        why: Failure,
+        stale: bool,
+    ) -> u64 {
+        if !stale {
+            self.account_attempt(old, ex.attempt);
+        }
+        self.bufs.release(&mut ex.resp_buf);
+        self.bufs.release(&mut ex.out);
+        ex.up = NONE;
+        ex.retries += 1;
+        ex.stale_retried |= stale;
+        ex.tried.insert(old);
+        // A retried attempt is not hedged (`plan_hedge`): a plan for the failed one ends.
+        ex.hedge.at = 0;
+        self.shared.counters.retries.fetch_add(1, Relaxed);
+        let wait = if stale { 0 } else { self.backoff_ms(ex) };
+        let names = &self.shared.balancer;
+        debug!(
+            "worker {}: {} on {}: retrying on {}{}{}",
+            self.id,
+            why.reason(),
+            names.backend(old).name,
+            names.backend(next).name,
+            if stale {
+                " (stale keep-alive connection)"
+            } else {
+                ""
+            },
+            if wait > 0 {
+                format!(" in {wait} ms")
+            } else {
+                String::new()
+            }
+        );
+        wait
+    }
+
+    /// How an exchange that completed with `status` counts for its server: a 5xx is a
+    /// server error; a gRPC status other than 0 is an error for its stats, and a failure
+    /// for passive health when it is one of `outlierDetection.grpcStatuses`
+    /// (UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL by default).
+    pub fn outcome(&self, status: u16, grpc_status: Option<u32>) -> Outcome {
+        if status >= 500 {
+            return Outcome::ServerError;
+        }
+        match grpc_status {
+            Some(grpc::OK) | None => Outcome::Ok,
+            Some(code) => match self.shared.health.grpc_outcome(code) {
+                Outcome::Ok => Outcome::ServerError,
+                failure => failure,
+            },
+        }
+    }
+
+    /// Accounts the ending of `ex` with `backend` (`Ctx::account`); a gRPC call also in
+    /// the call table and the log's grpc_status column: its grpc-status, or, for an
+    /// answer without one, the status a 5xx means in gRPC terms (else UNKNOWN).
+    pub fn account_end(
+        &mut self,
+        backend: usize,
+        ex: &mut Exchange,
+        status: u16,
+        outcome: Outcome,
+        call: Option<Call>,
+    ) {
+        if let Some(call) = call {
+            let code = call.status.unwrap_or(if status >= 500 {
+                grpc::for_http(status)
+            } else {
+                grpc::UNKNOWN
+            });
+            ex.rec.set_grpc_status(code);
+            self.account_grpc(backend, call.method, code);
+        }
+        self.account(backend, ex, status, outcome);
+    }
+
+    /// Accounts `ex`, whose attempt on `backend` ended before it completed. The server's
+    /// fault (`Blame::Backend`) counts against it: `status` (the answer sent), else the
+    /// status of a response broken off, else 502. The client's (`Blame::Client`) counts
+    /// for neither side: a client abort, 499 unless `status` says otherwise, and for a
+    /// gRPC call CANCELLED.
+    pub fn account_early_end(
+        &mut self,
+        backend: usize,
+        ex: &mut Exchange,
+        status: u16,
+        blame: Blame,
+        call: Option<Call>,
+    ) {
+        match blame {
+            Blame::Backend => {
+                let status = [status, ex.status, 502].into_iter().find(|&s| s != 0);
+                let status = status.unwrap_or(502);
+                self.account_end(backend, ex, status, Outcome::Failure, call);
+            }
+            Blame::Client => {
+                if let Some(call) = call {
+                    ex.rec.set_grpc_status(grpc::CANCELLED);
+                    self.account_grpc(backend, call.method, grpc::CANCELLED);
+                }
+                let status = if status == 0 { 499 } else { status };
+                self.account_client_abort(backend, ex, status);
+            }
+        }
+    }
+
+    /// No connection to `backend` could be had for `ex`'s attempt (no descriptor, no
+    /// route): the pick is finished as a failure with no latency sample, and the 502 the
+    /// client gets is logged as corelb's own answer, naming the server.
+    pub fn unreachable(&mut self, backend: usize, ex: &mut Exchange) {
+        self.shared
+            .balancer
+            .finish(backend, std::time::Duration::ZERO, false);
+        ex.up = NONE;
+        let mut rec = ex.rec;
+        rec.backend = Some(backend as u16);
+        self.log_local(rec, crate::http::BAD_GATEWAY);
+    }
+
+    /// A hedge took the place of the attempt on `old` (begun at `began`), whose
+    /// connection or stream the driver let go: a failed attempt is a failure sample; one
+    /// that only lost the race gives its server back with no sample and counts in
+    /// `hedges_cancelled`. A won race ends the hedging.
+    pub fn hedge_promoted(&mut self, ex: &mut Exchange, old: usize, began: Instant, why: Promote) {
+        match why {
+            Promote::Failed => self.account_attempt(old, began),
+            Promote::Won | Promote::Superseded => {
+                self.shared.balancer.cancel(old);
+                self.shared.counters.hedges_cancelled.fetch_add(1, Relaxed);
+            }
+        }
+        if why == Promote::Won {
+            ex.hedge.at = 0;
+            self.shared.counters.hedge_wins.fetch_add(1, Relaxed);
+        }
+    }
+}
