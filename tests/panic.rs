@@ -1,9 +1,12 @@
 //! A panic in one exchange closes that exchange only: the worker's other connections
-//! finish, the panic is counted, and the worker keeps serving. The panic is injected with
-//! the test-only hook `CORELB_TEST_PANIC_PATH` (a request for exactly that path panics).
+//! finish, the panic is counted, the exchange's pick of a server is given back, and the
+//! worker keeps serving. The panic is injected with the test-only hook
+//! `CORELB_TEST_PANIC_PATH` (a request for exactly that path panics once its server is
+//! picked). Both tests set it to the same path, so running them at once is safe.
 
 mod common;
 
+use common::h2client::H2;
 use common::*;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -11,7 +14,6 @@ use std::time::Duration;
 
 #[test]
 fn a_panic_closes_only_its_own_exchange() {
-    // This file holds one test, so setting the variable affects only this proxy.
     std::env::set_var("CORELB_TEST_PANIC_PATH", "/boom");
     let a = Backend::start("A", "fast", &[]);
     let p = Proxy::start(&[&a], &["--workers", "1", "--admin", "127.0.0.1:0"]);
@@ -70,4 +72,41 @@ fn a_panic_closes_only_its_own_exchange() {
     }));
     let metrics = get(admin, "/metrics").text();
     assert!(metrics.contains("corelb_panics_total 1"), "{metrics}");
+}
+
+#[test]
+fn a_panic_in_an_http2_stream_closes_its_session_only_and_gives_its_pick_back() {
+    std::env::set_var("CORELB_TEST_PANIC_PATH", "/boom");
+    let a = Backend::start("A", "fast", &[]);
+    let p = Proxy::start(&[&a], &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    let admin = p.admin.expect("admin");
+    let inflight = || {
+        let s: Value = serde_json::from_slice(&get(admin, "/stats").body).unwrap();
+        s["backends"][0]["inflight"].as_u64().unwrap_or(u64::MAX)
+    };
+
+    // Another session's stream, in flight at the server.
+    let mut other = H2::connect(p.addr);
+    let slow = other.request("GET", "/delay/600", &[], true);
+    other.flush();
+    assert!(eventually(Duration::from_secs(5), || inflight() == 1));
+
+    // The panicking stream's session is closed without an answer; its pick (taken before
+    // the panic) is given back.
+    let mut h = H2::connect(p.addr);
+    let id = h.request("GET", "/boom", &[], true);
+    h.flush();
+    let got = h.wait(id, Duration::from_secs(5));
+    assert!(h.closed, "the panicking session was closed");
+    assert_eq!(got.status, 0, "{got:?}");
+
+    let got = other.wait(slow, Duration::from_secs(5));
+    assert_eq!(got.status, 200, "the other session's stream finished");
+    assert!(
+        eventually(Duration::from_secs(5), || inflight() == 0),
+        "every pick was given back"
+    );
+    let stats: Value = serde_json::from_slice(&get(admin, "/stats").body).unwrap();
+    assert_eq!(stats["totals"]["panics"], 1, "{stats}");
+    assert_eq!(get(p.addr, "/").status, 200, "the worker still serves");
 }

@@ -9,6 +9,7 @@
 //! module's job.
 
 mod estimator;
+mod lease;
 mod policy;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ use crate::config::{
 };
 
 pub use estimator::{micros, now_us, AtomicF64, Estimates, Estimator, Micros, Reading, Rules};
+pub use lease::Lease;
 pub use policy::{
     integer_weights, next_u64, seed_thread_rng, Load, Policy, RoundRobin, Sampling, Schedule,
     Weighted, MAX_SCHEDULE,
@@ -488,6 +490,36 @@ impl Balancer {
         let i = self.policy.pick(&set, exclude, now)?;
         self.slots.get(i).stats.inflight.fetch_add(1, Relaxed);
         Some(i)
+    }
+
+    /// Picks a backend as [`pick`](Balancer::pick) does, as a [`Lease`] that gives its
+    /// place back by itself if it is dropped rather than ended.
+    #[inline]
+    pub fn lease(&self, exclude: Option<usize>) -> Option<Lease> {
+        self.pick(exclude).map(Lease::new)
+    }
+
+    /// Ends `lease` as [`finish`](Balancer::finish) ends a pick.
+    #[inline]
+    pub fn finish_lease(&self, lease: Lease, latency: Duration, ok: bool) {
+        self.finish(lease.end(), latency, ok)
+    }
+
+    /// Ends `lease` as [`cancel`](Balancer::cancel) ends a pick: nothing is recorded.
+    #[inline]
+    pub fn cancel_lease(&self, lease: Lease) {
+        self.cancel(lease.end())
+    }
+
+    /// Gives back the places of the leases this thread dropped without ending them (a
+    /// worker calls it once per event batch; nothing to do costs one thread-local read).
+    pub fn reap_dropped(&self, scratch: &mut Vec<u32>) {
+        lease::take_dropped(scratch);
+        for b in scratch.drain(..) {
+            if (b as usize) < self.capacity() {
+                self.cancel(b as usize);
+            }
+        }
     }
 
     /// Takes back a [`pick`](Balancer::pick) that was not used (a retry refusing a server

@@ -581,3 +581,29 @@ fn a_full_slot_table_refuses_new_servers() {
     );
     assert!(!b.backend(7).available());
 }
+
+#[test]
+fn a_lease_counts_in_flight_until_ended_and_a_dropped_one_is_reaped() {
+    let b = balancer(Mode::RoundRobin, &[("a", 0, 1.0), ("b", 0, 1.0)]);
+    let inflight = |i: usize| b.backend(i).stats.inflight.load(Relaxed);
+    let l1 = b.lease(None).expect("a pick");
+    let l2 = b.lease(None).expect("a pick");
+    assert_eq!((inflight(0), inflight(1)), (1, 1));
+    assert_ne!(l1.backend(), l2.backend());
+    let (i1, i2) = (l1.backend(), l2.backend());
+    b.finish_lease(l1, std::time::Duration::from_millis(2), true);
+    assert_eq!(inflight(i1), 0);
+    // Dropped instead of ended: counted until this thread reaps it, then once only.
+    drop(l2);
+    assert_eq!(inflight(i2), 1);
+    let mut scratch = Vec::new();
+    b.reap_dropped(&mut scratch);
+    assert_eq!(inflight(i2), 0);
+    b.reap_dropped(&mut scratch);
+    assert_eq!(inflight(i2), 0, "reaped once");
+    let l3 = b.lease(None).expect("a pick");
+    let i3 = l3.backend();
+    b.cancel_lease(l3);
+    b.reap_dropped(&mut scratch);
+    assert_eq!((inflight(0), inflight(1), i3 < 2), (0, 0, true));
+}

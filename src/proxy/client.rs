@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::access_log::Record;
+use crate::balancer::Lease;
 use crate::buffer::Buf;
 use crate::config::UpstreamMode;
 use crate::debug;
@@ -24,8 +25,8 @@ const LINGER_MS: u64 = 2000;
 /// What a parsed head leads to.
 enum Parsed {
     Step(Step),
-    /// An exchange was started: send it to this backend.
-    Send(usize),
+    /// An exchange was started: send it to the backend this lease picked.
+    Send(Lease),
 }
 
 impl Proxy {
@@ -47,8 +48,11 @@ impl Proxy {
             match parsed {
                 Parsed::Step(Step::Blocked) => {}
                 Parsed::Step(step) => return step,
-                Parsed::Send(backend) => {
-                    self.attach(ci, backend, false);
+                Parsed::Send(lease) => {
+                    self.attach(ci, lease, false);
+                    if std::mem::take(&mut self.ctx.panic_armed) {
+                        panic!("test hook: a request for the panic path, attached");
+                    }
                     return Step::Progress;
                 }
             }
@@ -130,7 +134,7 @@ impl Proxy {
         };
         let head_len = req.head_len;
         if self.ctx.panic_path.as_deref() == Some(req.path().as_bytes()) {
-            panic!("test hook: request for {}", req.path());
+            self.ctx.panic_armed = true;
         }
         // The path is copied only when it will be logged.
         let path: &[u8] = if self.ctx.log.is_some() {
@@ -154,7 +158,7 @@ impl Proxy {
                 return Parsed::Step(Step::Progress);
             }
         };
-        let Some(backend) = self.pick_backend() else {
+        let Some(lease) = self.pick_backend() else {
             let close = req.body != BodyKind::None || !req.keep_alive;
             debug!("worker {id}: 503: no server available");
             buf.consume(head_len + body_ready);
@@ -164,7 +168,7 @@ impl Proxy {
             return Parsed::Step(Step::Progress);
         };
         let shared = self.ctx.shared.clone();
-        let b = shared.balancer.backend(backend);
+        let b = shared.balancer.backend(lease.backend());
         self.ctx.count_request();
         let proto = self.ctx.forwarded_proto(&self.clients[ci].sock);
         let (retry_on, per_try) =
@@ -231,7 +235,7 @@ impl Proxy {
         c.phase = Phase::Proxy(ex);
         // While proxying, the client has a deadline only when we wait on it.
         self.ctx.timers.set(&mut c.timer, client_token(ci).0, 0);
-        Parsed::Send(backend)
+        Parsed::Send(lease)
     }
 
     /// Starts writing a locally generated response. `body_left`: the client may still be

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use mio::Registry;
 
 use crate::access_log::{LogSender, Record};
+use crate::balancer::Lease;
 use crate::buffer::BufPool;
 use crate::config::types::RetryOn;
 use crate::health::Outcome;
@@ -20,7 +21,7 @@ use crate::shared::Shared;
 use crate::shared::RETRY_REASONS;
 use crate::timer::Timers;
 
-use super::decide::{self, Failure, Limits, Replay};
+use super::decide::{self, Again, Failure, Limits, Replay};
 use super::exchange::{Exchange, Start};
 use super::pipe::PipePool;
 
@@ -41,6 +42,8 @@ pub(crate) struct Ctx {
     pub now: u64,
     /// Clients whose drive was cut short and must run again before sleeping.
     pub again: Vec<usize>,
+    /// Scratch for the balancer leases this worker dropped without ending them.
+    pub dropped_leases: Vec<u32>,
     /// Scratch for rewriting heads.
     pub scratch: Vec<u8>,
     pub draining: bool,
@@ -77,8 +80,11 @@ pub(crate) struct Ctx {
     #[allow(clippy::vec_box)]
     spare: Vec<Box<Exchange>>,
     /// Test hook: a request for exactly this path panics (`CORELB_TEST_PANIC_PATH`, read
-    /// once at start), so tests can show that a panic closes only its own exchange.
+    /// once at start) once its server is picked, so tests can show that a panic closes
+    /// only its own exchange and gives its pick back.
     pub panic_path: Option<Box<[u8]>>,
+    /// The test hook matched the request being started: it panics once attached.
+    pub panic_armed: bool,
 }
 
 impl Ctx {
@@ -102,6 +108,7 @@ impl Ctx {
             timers: Timers::default(),
             now: 1,
             again: Vec::new(),
+            dropped_leases: Vec::new(),
             scratch: Vec::with_capacity(4096),
             draining: false,
             tls_handshaking: 0,
@@ -118,6 +125,7 @@ impl Ctx {
             budget: RetryBudget::new(shared.cfg.retry.budget, shared.cfg.retry.min_per_sec),
             rng: XorShift::new(id as u64 + 1),
             spare: Vec::new(),
+            panic_armed: false,
             panic_path: std::env::var_os("CORELB_TEST_PANIC_PATH")
                 .map(|p| p.into_encoded_bytes().into_boxed_slice()),
             shared,
@@ -183,13 +191,14 @@ impl Ctx {
     /// Accounts an exchange with `backend`, finished or not: the shared backend stats
     /// (latency and in-flight count for the policies), passive health, this worker's
     /// histograms and the CSV log. Every exchange that reached a backend ends here once.
-    pub fn account(&mut self, backend: usize, ex: &Exchange, status: u16, outcome: Outcome) {
+    pub fn account(&mut self, lease: Lease, ex: &Exchange, status: u16, outcome: Outcome) {
+        let backend = lease.backend();
         let ok = outcome == Outcome::Ok && status < 500;
         let total_us = ex.started.elapsed().as_micros() as u64;
         let upstream_us = if ex.ttfb_us > 0 { ex.ttfb_us } else { total_us };
         self.shared
             .balancer
-            .finish(backend, Duration::from_micros(upstream_us), ok);
+            .finish_lease(lease, Duration::from_micros(upstream_us), ok);
         self.shared
             .health
             .observe(&self.shared.balancer, backend, outcome);
@@ -229,11 +238,12 @@ impl Ctx {
     /// health and this worker's histograms, with the latency to the 101 (the tunnel that
     /// follows may last hours and must not look like a slow response to the policies).
     /// The CSV record is the tunnel's, written when it ends ([`Ctx::log_record`]).
-    pub fn account_upgrade(&mut self, backend: usize, ex: &Exchange) {
+    pub fn account_upgrade(&mut self, lease: Lease, ex: &Exchange) {
+        let backend = lease.backend();
         let total_us = ex.started.elapsed().as_micros() as u64;
         self.shared
             .balancer
-            .finish(backend, Duration::from_micros(ex.ttfb_us), true);
+            .finish_lease(lease, Duration::from_micros(ex.ttfb_us), true);
         self.shared
             .health
             .observe(&self.shared.balancer, backend, Outcome::Ok);
@@ -258,9 +268,10 @@ impl Ctx {
     /// with `backend`: not the backend's success nor its failure, and no latency sample,
     /// since the backend did not get to finish. Logged with `status` (499, or the 400
     /// answered for a bad body).
-    pub fn account_client_abort(&mut self, backend: usize, ex: &Exchange, status: u16) {
+    pub fn account_client_abort(&mut self, lease: Lease, ex: &Exchange, status: u16) {
+        let backend = lease.backend();
         let total_us = ex.started.elapsed().as_micros() as u64;
-        self.shared.balancer.cancel(backend);
+        self.shared.balancer.cancel_lease(lease);
         self.shared.counters.client_aborts.fetch_add(1, Relaxed);
         self.hists
             .record(Some(backend), status, total_us, total_us, false);
@@ -276,18 +287,20 @@ impl Ctx {
         }
     }
 
-    /// Where a failed attempt of `ex` on backend `old` goes next, as (backend, fresh
-    /// connection), or `None` when it is not retried: the keep-alive race goes back to the
-    /// same server on a fresh connection, outside the budget; anything else safe to replay
-    /// goes to another server, if the retry budget allows. The policy excludes the server
-    /// that just failed; servers that failed earlier are refused here (a few draws, then
-    /// give up). HTTP/1.1 exchanges and HTTP/2 streams share this.
+    /// Where a failed attempt of `ex` on backend `old` goes next (a new lease, or `None`:
+    /// back to `old` under the attempt's own), and how, or `None` when
+    /// it is not retried: the keep-alive race goes back to the same server on a fresh
+    /// connection, outside the budget; anything else safe to replay goes to another
+    /// server (a refused stream, to the same one if no other can take it), if the retry
+    /// budget allows. The policy excludes the server that just failed; servers that
+    /// failed earlier are refused here (a few draws, then give up). Every protocol pair
+    /// shares this (`lifecycle.rs` then records the retry).
     pub fn retry_target(
         &mut self,
         ex: &Exchange,
         old: usize,
         why: Failure,
-    ) -> Option<(usize, bool)> {
+    ) -> Option<(Option<Lease>, Again)> {
         let retry = &self.shared.cfg.retry;
         let policy_retries = retry.policy.as_ref().map_or(0, |p| p.max_attempts - 1);
         let replay = decide::replay(&ex.attempt_facts(), why, retry.count, policy_retries);
@@ -297,37 +310,43 @@ impl Ctx {
             Replay::Fresh => {
                 // The keep-alive race: counted apart from the failures it looks like.
                 reasons[RETRY_REASONS.len() - 1].fetch_add(1, Relaxed);
-                return Some((old, true));
+                return Some((None, Again::StaleConnection));
             }
             Replay::Elsewhere | Replay::Policy => {}
-        }
-        if !self.budget.withdraw(self.now) {
-            return None;
         }
         let mut tried = ex.tried;
         tried.insert(old);
         let balancer = &self.shared.balancer;
-        let mut next = None;
+        let mut pick = None;
         for _ in 0..4 {
-            match balancer.pick(Some(old)) {
-                Some(b) if tried.contains(b) => balancer.cancel(b),
-                Some(b) => {
-                    next = Some((b, false));
+            match balancer.lease(Some(old)) {
+                Some(l) if tried.contains(l.backend()) => balancer.cancel_lease(l),
+                Some(l) => {
+                    pick = Some(l);
                     break;
                 }
                 None => break,
             }
         }
         // Not processed: the same server may take it on another connection.
-        let next = next.or((why == Failure::Refused).then_some((old, true)));
-        if next.is_some() {
-            let c = &self.shared.counters;
-            c.retry_reasons[why.label()].fetch_add(1, Relaxed);
-            if replay == Replay::Policy {
-                c.policy_retries.fetch_add(1, Relaxed);
+        let again = match pick {
+            Some(_) => Again::Elsewhere,
+            None if why == Failure::Refused => Again::Refused,
+            None => return None,
+        };
+        // The budget pays for a retry that goes ahead, not for looking for a server.
+        if !self.budget.withdraw(self.now) {
+            if let Some(l) = pick {
+                self.shared.balancer.cancel_lease(l);
             }
+            return None;
         }
-        next
+        let c = &self.shared.counters;
+        c.retry_reasons[why.label()].fetch_add(1, Relaxed);
+        if replay == Replay::Policy {
+            c.policy_retries.fetch_add(1, Relaxed);
+        }
+        Some((pick, again))
     }
 
     /// `backend`'s 95th percentile latency over its recent responses (all workers'), in
@@ -386,10 +405,11 @@ impl Ctx {
 
     /// Accounts a failed attempt that is retried: the backend's stats and health only
     /// (the exchange itself goes on and is accounted when it ends).
-    pub fn account_attempt(&mut self, backend: usize, attempt: Instant) {
+    pub fn account_attempt(&mut self, lease: Lease, attempt: Instant) {
+        let backend = lease.backend();
         self.shared
             .balancer
-            .finish(backend, attempt.elapsed(), false);
+            .finish_lease(lease, attempt.elapsed(), false);
         self.shared
             .health
             .observe(&self.shared.balancer, backend, Outcome::Failure);

@@ -256,6 +256,26 @@ pub(crate) fn deadlines(w: &Waits, now: u64, t: &Limits) -> (u64, u64) {
     (client_at, up_at)
 }
 
+/// Where a retry goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Again {
+    /// Another server, newly picked.
+    Elsewhere,
+    /// The same server on a fresh connection, after a pooled one it had already closed
+    /// (the keep-alive race): the one transparent replay, outside the retry budget.
+    StaleConnection,
+    /// The same server on another connection: it refused the stream unprocessed and no
+    /// other server could take it.
+    Refused,
+}
+
+impl Again {
+    /// The attempt goes back to the server it failed on, under the same pick.
+    pub fn same_server(self) -> bool {
+        self != Again::Elsewhere
+    }
+}
+
 /// Whose fault an exchange's early end was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Blame {

@@ -23,7 +23,7 @@ impl Proxy {
             return false;
         }
         let old = self.ups[ui].backend;
-        let Some((next, stale)) = self.ctx.retry_target(ex, old, why) else {
+        let Some((next, again)) = self.ctx.retry_target(ex, old, why) else {
             return false;
         };
         // Detach the failed attempt (and any hedge of it: a retried attempt is not
@@ -42,7 +42,7 @@ impl Proxy {
             ex.body_ready += n;
         }
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let wait = self.ctx.retried(ex, old, next, why, stale);
+        let (next, wait) = self.ctx.retried(ex, next, why, again);
         if wait > 0 {
             // The retry policy's backoff: the client's timer starts the attempt.
             ex.backoff = Some(next);
@@ -51,7 +51,7 @@ impl Proxy {
             self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
             return true;
         }
-        self.attach(ci, next, stale);
+        self.attach(ci, next, again.same_server());
         true
     }
 
@@ -128,15 +128,16 @@ impl Proxy {
             if let Some(next) = ex.backoff.take() {
                 match blame {
                     Blame::Client => self.ctx.account_client_abort(next, ex, 499),
-                    Blame::Backend => self.ctx.shared.balancer.cancel(next),
+                    Blame::Backend => self.ctx.shared.balancer.cancel_lease(next),
                 }
             }
             return;
         }
-        let backend = self.ups[ui].backend;
         self.drop_upstream(ci, ui);
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        self.ctx.account_early_end(backend, ex, status, blame, None);
+        if let Some(lease) = ex.lease.take() {
+            self.ctx.account_early_end(lease, ex, status, blame, None);
+        }
         self.ctx.bufs.release(&mut ex.head);
         self.ctx.bufs.release(&mut ex.resp_buf);
         self.ctx.bufs.release(&mut ex.out);
@@ -157,8 +158,8 @@ impl Proxy {
         let ui = std::mem::replace(&mut ex.up, NONE);
         let u = &self.ups[ui];
         let outcome = self.ctx.outcome(ex.status, None);
-        self.ctx
-            .account_end(u.backend, ex, ex.status, outcome, None);
+        let lease = ex.lease.take().expect("a finished attempt holds its lease");
+        self.ctx.account_end(lease, ex, ex.status, outcome, None);
         let body_done = ex.body.is_done();
         let keep_alive = ex.keep_alive;
         let pool = decide::may_pool(&PoolCheck {

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use crate::access_log::Record;
+use crate::balancer::Lease;
 use crate::buffer::Buf;
 use crate::http::{Body, Method};
 
@@ -46,6 +47,9 @@ pub(crate) enum Resp {
 pub(crate) struct Exchange {
     /// The upstream connection carrying the current attempt (`NONE` between attempts).
     pub up: usize,
+    /// The current attempt's pick of its server, ended when the attempt is accounted
+    /// (`lifecycle.rs`); dropped with the exchange, it gives its place back by itself.
+    pub lease: Option<Lease>,
     pub method: Method,
     pub http10: bool,
     /// The client connection stays open after this exchange.
@@ -111,7 +115,7 @@ pub(crate) struct Exchange {
     pub try_by: u64,
     /// The server the next attempt goes to, while the exchange waits out the retry
     /// policy's backoff (on the client's timer) with no upstream.
-    pub backoff: Option<usize>,
+    pub backoff: Option<Lease>,
     /// An HTTP/2 stream's: its request head is built again from the stream's fields for
     /// each attempt, so it counts as kept even once `head` went back to the pool.
     pub fields_kept: bool,
@@ -148,12 +152,14 @@ pub(crate) struct Start {
 
 /// A hedge: the same request once more, on another server, racing the first attempt
 /// until one of them sends response bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Hedge {
     /// Worker-clock ms when it goes out (0: none planned).
     pub at: u64,
     /// Its upstream connection (`NONE`: none running).
     pub up: usize,
+    /// Its pick, while it runs.
+    pub lease: Option<Lease>,
     /// Request head bytes written to it.
     pub off: usize,
     /// Hedges sent so far.
@@ -201,9 +207,11 @@ impl Exchange {
             fields_kept: false,
             backoff: None,
             hedgeable: false,
+            lease: None,
             hedge: Hedge {
                 at: 0,
                 up: NONE,
+                lease: None,
                 off: 0,
                 sent: 0,
                 reused: false,
@@ -218,10 +226,11 @@ impl Exchange {
         }
     }
 
-    /// Starts an attempt on upstream `up`: the request is written again from its first
-    /// byte; what the exchange learnt (retries, tried servers, start time) stays.
-    pub fn begin_attempt(&mut self, up: usize, reused: bool) {
+    /// Starts an attempt on upstream `up`, under the pick `lease`: the request is written
+    /// again from its first byte; what the exchange learnt (retries, tried servers, start time) stays.
+    pub fn begin_attempt(&mut self, up: usize, reused: bool, lease: Lease) {
         self.up = up;
+        self.lease = Some(lease);
         self.try_by = 0;
         self.reused = reused;
         self.rec.reused = reused;

@@ -25,6 +25,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::balancer::Lease;
 use crate::buffer::{Buf, BufPool};
 use crate::debug;
 use crate::h2::{ErrorCode, Fields};
@@ -67,14 +68,14 @@ impl Proxy {
     /// `attach` hook: client `ci`'s exchange goes to h2c `backend` as a stream of a shared
     /// connection (a pooled one unless `fresh`). False if none could be made: the client
     /// has then been answered 502.
-    pub(super) fn h1_h2c_attach(&mut self, ci: usize, backend: usize, fresh: bool) -> bool {
-        let Some((ui, reused)) = self.mux_for(backend, ci, 0, fresh) else {
-            self.unreachable(ci, backend);
+    pub(super) fn h1_h2c_attach(&mut self, ci: usize, lease: Lease, fresh: bool) -> bool {
+        let Some((ui, reused)) = self.mux_for(lease.backend(), ci, 0, fresh) else {
+            self.unreachable(ci, lease);
             return false;
         };
         let c = &mut self.clients[ci];
         if let Phase::Proxy(ex) = &mut c.phase {
-            ex.begin_attempt(ui, reused);
+            ex.begin_attempt(ui, reused, lease);
             ex.h2c.begin();
         }
         self.h1_h2c_arm(ci, true);
@@ -111,12 +112,14 @@ impl Proxy {
                 }
             }
             Turn::NoRoom => {
-                let backend = self.ups[ui].backend;
                 self.h1_h2c_detach(ci, ui);
-                if let Some((_, ex)) = self.clients[ci].split() {
-                    ex.up = super::exchange::NONE;
-                }
-                self.attach(ci, backend, true);
+                let Some((_, ex)) = self.clients[ci].split() else {
+                    return Step::Blocked;
+                };
+                ex.up = super::exchange::NONE;
+                // The same pick, on a fresh connection.
+                let lease = ex.lease.take().expect("an attempt holds its lease");
+                self.attach(ci, lease, true);
                 Step::Progress
             }
             Turn::Failed(why) => self.h1_h2c_fail(ci, why),

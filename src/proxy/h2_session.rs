@@ -5,6 +5,7 @@
 //! it (waiting on the client, on a window, on the body). The preface check and local
 //! answers are here too; `h2/` drives them.
 
+use crate::balancer::Lease;
 use crate::buffer::{Buf, BUF_SIZE};
 use crate::h2::{self as codec, Connection, ErrorCode, Fields, PREFACE};
 
@@ -183,7 +184,7 @@ pub(super) struct H2Stream {
     /// The backend picked at open, before the stream is attached: it is attached once the
     /// client's bytes read with its HEADERS are processed (or a read later), so a reset
     /// among them never opens a backend connection.
-    pub pending: Option<usize>,
+    pub pending: Option<Lease>,
     /// The stream already waited one read for `pending`.
     pub waited: bool,
     /// Worker-clock ms: a retry waits out the policy's backoff until then, its server in
@@ -277,6 +278,7 @@ impl H2Stream {
     pub(super) fn swap_legs(&mut self) {
         let ex = &mut *self.ex;
         std::mem::swap(&mut ex.up, &mut ex.hedge.up);
+        std::mem::swap(&mut ex.lease, &mut ex.hedge.lease);
         std::mem::swap(&mut ex.reused, &mut ex.hedge.reused);
         std::mem::swap(&mut ex.attempt, &mut ex.hedge.started);
         std::mem::swap(&mut ex.try_by, &mut self.alt.try_by);

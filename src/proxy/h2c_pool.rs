@@ -388,9 +388,9 @@ impl Proxy {
                         .collect()
                 })
                 .unwrap_or_default();
-            let backend = self.ups[ui].backend;
+            // The streams' picks are their exchanges' leases: they give their places
+            // back as the client's exchanges drop.
             for f in fronts {
-                self.ctx.shared.balancer.cancel(backend);
                 self.mux_detach(ui, ci, f, ErrorCode::CANCEL);
             }
         }

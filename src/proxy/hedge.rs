@@ -12,6 +12,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use crate::balancer::Lease;
 use crate::config::types::HedgeDelay;
 use crate::config::Protocol;
 use crate::debug;
@@ -67,26 +68,27 @@ impl Proxy {
         old: usize,
         mut tried: super::decide::Tried,
         protocol: Protocol,
-    ) -> Option<usize> {
+    ) -> Option<Lease> {
         tried.insert(old);
         let balancer = &self.ctx.shared.balancer;
         let mut pick = None;
         for _ in 0..4 {
-            match balancer.pick(Some(old)) {
-                Some(b) if tried.contains(b) => balancer.cancel(b),
-                Some(b) => {
-                    pick = Some(b);
+            match balancer.lease(Some(old)) {
+                Some(l) if tried.contains(l.backend()) => balancer.cancel_lease(l),
+                Some(l) => {
+                    pick = Some(l);
                     break;
                 }
                 None => break,
             }
         }
-        let b = pick?;
-        if balancer.backend(b).protocol != protocol || !self.ctx.budget.withdraw(self.ctx.now) {
-            self.ctx.shared.balancer.cancel(b);
+        let l = pick?;
+        let wrong = balancer.backend(l.backend()).protocol != protocol;
+        if wrong || !self.ctx.budget.withdraw(self.ctx.now) {
+            self.ctx.shared.balancer.cancel_lease(l);
             return None;
         }
-        Some(b)
+        Some(l)
     }
 
     /// When the hedge after the `sent`-th, just sent to `backend`, goes out: another
@@ -152,11 +154,12 @@ impl Proxy {
     fn launch_hedge(&mut self, ci: usize) {
         let (_, ex) = self.clients[ci].split().expect("proxying");
         let (old, tried) = (self.ups[ex.up].backend, ex.tried);
-        let Some(b) = self.hedge_target(old, tried, Protocol::Http1) else {
+        let Some(lease) = self.hedge_target(old, tried, Protocol::Http1) else {
             return;
         };
+        let b = lease.backend();
         let Some((ui, reused)) = self.connection_to(b, ci, false) else {
-            self.ctx.shared.balancer.cancel(b);
+            self.ctx.shared.balancer.cancel_lease(lease);
             return;
         };
         let sent = self.clients[ci].split().expect("proxying").1.hedge.sent + 1;
@@ -165,6 +168,7 @@ impl Proxy {
         ex.hedge = Hedge {
             at: next,
             up: ui,
+            lease: Some(lease),
             off: 0,
             sent,
             reused,
@@ -265,13 +269,22 @@ impl Proxy {
         let old_backend = self.ups[old].backend;
         let head_len = ex.head.as_ref().map_or(0, |b| b.len());
         ex.up = h;
+        let hedge_lease = ex
+            .hedge
+            .lease
+            .take()
+            .expect("a running hedge holds its lease");
+        let old_lease = ex
+            .lease
+            .replace(hedge_lease)
+            .expect("an attempt holds its lease");
         ex.head_off = ex.hedge.off.min(head_len);
         ex.reused = ex.hedge.reused;
         ex.rec.reused = ex.hedge.reused;
         let first = std::mem::replace(&mut ex.attempt, ex.hedge.started);
         ex.tried.insert(old_backend);
         ex.hedge.up = NONE;
-        self.ctx.hedge_promoted(ex, old_backend, first, why);
+        self.ctx.hedge_promoted(ex, old_lease, first, why);
         self.remove_upstream(old);
     }
 
@@ -315,8 +328,10 @@ impl Proxy {
         let backend = self.ups[h].backend;
         // No later attempt of this request goes there.
         ex.tried.insert(backend);
+        if let Some(lease) = ex.hedge.lease.take() {
+            self.ctx.shared.balancer.cancel_lease(lease);
+        }
         self.remove_upstream(h);
-        self.ctx.shared.balancer.cancel(backend);
     }
 }
 

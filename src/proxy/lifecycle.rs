@@ -15,11 +15,12 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use crate::balancer::Lease;
 use crate::debug;
 use crate::health::Outcome;
 
 use super::context::Ctx;
-use super::decide::{Blame, Failure};
+use super::decide::{Again, Blame, Failure};
 use super::exchange::{Exchange, NONE};
 use super::grpc;
 
@@ -89,43 +90,54 @@ pub(super) enum Promote {
 }
 
 impl Ctx {
-    /// After `why` ended the attempt of `ex` on server `old` and the driver detached it,
-    /// the next goes to `next` (`stale`: on a fresh connection to the same server, after a
-    /// pooled connection the server had closed). What the exchange learns, the counters
-    /// and the log line are the same for every pair. Returns how long the retry policy's
-    /// backoff makes the next attempt wait (ms; 0: it starts now).
+    /// After `why` ended the attempt of `ex` and the driver detached it, the next goes
+    /// to the server `next` leases, or with `None` back to the same one under the
+    /// attempt's own lease, as `again` says (`Ctx::retry_target`). What the exchange
+    /// learns, the counters and the log line are the same for every pair. Returns the
+    /// next attempt's lease, and how long the retry policy's backoff makes it wait (ms;
+    /// 0: it starts now).
     pub fn retried(
         &mut self,
         ex: &mut Exchange,
-        old: usize,
-        next: usize,
+        next: Option<Lease>,
         why: Failure,
-        stale: bool,
-    ) -> u64 {
-        if !stale {
-            self.account_attempt(old, ex.attempt);
-        }
+        again: Again,
+    ) -> (Lease, u64) {
+        let old = ex.lease.take().expect("a failed attempt holds its lease");
+        let old_backend = old.backend();
+        let next = match next {
+            Some(next) => {
+                self.account_attempt(old, ex.attempt);
+                next
+            }
+            // Back to the same server: the attempt goes on under the same pick.
+            None => old,
+        };
         self.bufs.release(&mut ex.resp_buf);
         self.bufs.release(&mut ex.out);
         ex.up = NONE;
         ex.retries += 1;
-        ex.stale_retried |= stale;
-        ex.tried.insert(old);
+        ex.stale_retried |= again == Again::StaleConnection;
+        ex.tried.insert(old_backend);
         // A retried attempt is not hedged (`plan_hedge`): a plan for the failed one ends.
         ex.hedge.at = 0;
         self.shared.counters.retries.fetch_add(1, Relaxed);
-        let wait = if stale { 0 } else { self.backoff_ms(ex) };
+        let wait = if again.same_server() {
+            0
+        } else {
+            self.backoff_ms(ex)
+        };
         let names = &self.shared.balancer;
         debug!(
             "worker {}: {} on {}: retrying on {}{}{}",
             self.id,
             why.reason(),
-            names.backend(old).name,
-            names.backend(next).name,
-            if stale {
-                " (stale keep-alive connection)"
-            } else {
-                ""
+            names.backend(old_backend).name,
+            names.backend(next.backend()).name,
+            match again {
+                Again::Elsewhere => "",
+                Again::StaleConnection => " (stale keep-alive connection)",
+                Again::Refused => " (on another connection)",
             },
             if wait > 0 {
                 format!(" in {wait} ms")
@@ -133,7 +145,7 @@ impl Ctx {
                 String::new()
             }
         );
-        wait
+        (next, wait)
     }
 
     /// How an exchange that completed with `status` counts for its server: a 5xx is a
@@ -158,7 +170,7 @@ impl Ctx {
     /// answer without one, the status a 5xx means in gRPC terms (else UNKNOWN).
     pub fn account_end(
         &mut self,
-        backend: usize,
+        lease: Lease,
         ex: &mut Exchange,
         status: u16,
         outcome: Outcome,
@@ -171,9 +183,9 @@ impl Ctx {
                 grpc::UNKNOWN
             });
             ex.rec.set_grpc_status(code);
-            self.account_grpc(backend, call.method, code);
+            self.account_grpc(lease.backend(), call.method, code);
         }
-        self.account(backend, ex, status, outcome);
+        self.account(lease, ex, status, outcome);
     }
 
     /// Accounts `ex`, whose attempt on `backend` ended before it completed. The server's
@@ -183,7 +195,7 @@ impl Ctx {
     /// gRPC call CANCELLED.
     pub fn account_early_end(
         &mut self,
-        backend: usize,
+        lease: Lease,
         ex: &mut Exchange,
         status: u16,
         blame: Blame,
@@ -193,15 +205,15 @@ impl Ctx {
             Blame::Backend => {
                 let status = [status, ex.status, 502].into_iter().find(|&s| s != 0);
                 let status = status.unwrap_or(502);
-                self.account_end(backend, ex, status, Outcome::Failure, call);
+                self.account_end(lease, ex, status, Outcome::Failure, call);
             }
             Blame::Client => {
                 if let Some(call) = call {
                     ex.rec.set_grpc_status(grpc::CANCELLED);
-                    self.account_grpc(backend, call.method, grpc::CANCELLED);
+                    self.account_grpc(lease.backend(), call.method, grpc::CANCELLED);
                 }
                 let status = if status == 0 { 499 } else { status };
-                self.account_client_abort(backend, ex, status);
+                self.account_client_abort(lease, ex, status);
             }
         }
     }
@@ -209,25 +221,26 @@ impl Ctx {
     /// No connection to `backend` could be had for `ex`'s attempt (no descriptor, no
     /// route): the pick is finished as a failure with no latency sample, and the 502 the
     /// client gets is logged as corelb's own answer, naming the server.
-    pub fn unreachable(&mut self, backend: usize, ex: &mut Exchange) {
+    pub fn unreachable(&mut self, lease: Lease, ex: &mut Exchange) {
+        let backend = lease.backend();
         self.shared
             .balancer
-            .finish(backend, std::time::Duration::ZERO, false);
+            .finish_lease(lease, std::time::Duration::ZERO, false);
         ex.up = NONE;
         let mut rec = ex.rec;
         rec.backend = Some(backend as u16);
         self.log_local(rec, crate::http::BAD_GATEWAY);
     }
 
-    /// A hedge took the place of the attempt on `old` (begun at `began`), whose
+    /// A hedge took the place of the attempt that held `old` (begun at `began`), whose
     /// connection or stream the driver let go: a failed attempt is a failure sample; one
     /// that only lost the race gives its server back with no sample and counts in
     /// `hedges_cancelled`. A won race ends the hedging.
-    pub fn hedge_promoted(&mut self, ex: &mut Exchange, old: usize, began: Instant, why: Promote) {
+    pub fn hedge_promoted(&mut self, ex: &mut Exchange, old: Lease, began: Instant, why: Promote) {
         match why {
             Promote::Failed => self.account_attempt(old, began),
             Promote::Won | Promote::Superseded => {
-                self.shared.balancer.cancel(old);
+                self.shared.balancer.cancel_lease(old);
                 self.shared.counters.hedges_cancelled.fetch_add(1, Relaxed);
             }
         }

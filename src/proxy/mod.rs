@@ -141,6 +141,14 @@ impl Proxy {
     pub fn begin(&mut self, now: u64) {
         self.ctx.now = now;
         self.ctx.closed_ups.clear();
+        self.reap_leases();
+    }
+
+    /// Gives back the places of the balancer leases dropped since the last batch (an
+    /// exchange torn down after a panic, or with its worker): none is left counted.
+    fn reap_leases(&mut self) {
+        let ctx = &mut self.ctx;
+        ctx.shared.balancer.reap_dropped(&mut ctx.dropped_leases);
     }
 
     /// Milliseconds until the next deadline, if any.
@@ -242,7 +250,8 @@ impl Proxy {
             self.ctx.bufs.release(&mut ex.resp_buf);
             self.ctx.bufs.release(&mut ex.out);
             // (An h2c connection is shared: its stream of this client left it above.) A
-            // hedge's connection is the exchange's too; a retry backing off holds a pick.
+            // hedge's connection is the exchange's too. The exchange's picks (its attempt's,
+            // its hedge's, a retry's backing off) give their places back as it drops.
             for ui in [ex.up, ex.hedge.up] {
                 let own = self.ups.get(ui).is_some_and(|u| u.mux.is_none());
                 if let Some(u) = own.then(|| self.ups.try_remove(ui)).flatten() {
@@ -250,11 +259,7 @@ impl Proxy {
                     if let Some(list) = self.idle.get_mut(u.backend) {
                         list.retain(|&x| x != ui);
                     }
-                    self.ctx.shared.balancer.cancel(u.backend);
                 }
-            }
-            if let Some(next) = ex.backoff.take() {
-                self.ctx.shared.balancer.cancel(next);
             }
         }
     }
@@ -425,6 +430,9 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.publish([0; 4]);
         self.forget_tunnels();
+        // The exchanges' leases give their places back.
+        self.clients.clear();
+        self.reap_leases();
     }
 }
 

@@ -101,7 +101,9 @@ impl Proxy {
         let u = &mut self.ups[ui];
         let backend = u.backend;
         self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, 0);
-        self.ctx.account_upgrade(backend, &ex);
+        if let Some(lease) = ex.lease.take() {
+            self.ctx.account_upgrade(lease, &ex);
+        }
         let t = Tunnel {
             up: ui,
             backend,

@@ -5,6 +5,7 @@
 use mio::net::TcpStream;
 use mio::Interest;
 
+use crate::balancer::Lease;
 use crate::config::{Protocol, UpstreamMode};
 use crate::debug;
 use crate::http;
@@ -24,36 +25,37 @@ use super::lifecycle;
 impl Proxy {
     /// Picks a backend for a new request. A server in slow start (recovered recently) is
     /// declined with probability 1 - ramp and another drawn, so its share rises linearly.
-    pub(super) fn pick_backend(&mut self) -> Option<usize> {
+    pub(super) fn pick_backend(&mut self) -> Option<Lease> {
         let shared = &self.ctx.shared;
-        let b = shared.balancer.pick(None)?;
-        let ramp = shared.health.ramp(b);
+        let b = shared.balancer.lease(None)?;
+        let ramp = shared.health.ramp(b.backend());
         if ramp >= 1.0 || self.ctx.rng.next_f64() < ramp {
             return Some(b);
         }
-        match shared.balancer.pick(Some(b)) {
+        match shared.balancer.lease(Some(b.backend())) {
             Some(other) => {
-                shared.balancer.cancel(b);
+                shared.balancer.cancel_lease(b);
                 Some(other)
             }
             None => Some(b),
         }
     }
 
-    /// Puts client `ci`'s exchange on a connection to `backend`: a pooled one (unless
-    /// `fresh`), or a new one connecting. False if no connection could be made: the
-    /// client has then been answered 502.
-    pub(super) fn attach(&mut self, ci: usize, backend: usize, fresh: bool) -> bool {
+    /// Puts client `ci`'s exchange on a connection to the server `lease` picked: a pooled
+    /// one (unless `fresh`), or a new one connecting. False if no connection could be
+    /// made: the client has then been answered 502.
+    pub(super) fn attach(&mut self, ci: usize, lease: Lease, fresh: bool) -> bool {
+        let backend = lease.backend();
         // h1_h2c hook: an h2c backend takes the exchange as a stream of a shared connection.
         if self.ctx.shared.balancer.backend(backend).protocol == Protocol::H2c {
-            return self.h1_h2c_attach(ci, backend, fresh);
+            return self.h1_h2c_attach(ci, lease, fresh);
         }
         let Some((ui, reused)) = self.connection_to(backend, ci, fresh) else {
-            self.unreachable(ci, backend);
+            self.unreachable(ci, lease);
             return false;
         };
         if let Phase::Proxy(ex) = &mut self.clients[ci].phase {
-            ex.begin_attempt(ui, reused);
+            ex.begin_attempt(ui, reused, lease);
         }
         self.plan_hedge(ci, backend);
         true
@@ -146,12 +148,12 @@ impl Proxy {
 
     /// No connection to `backend` could be made for client `ci`: 502, and the request
     /// body bytes already read are dropped.
-    pub(super) fn unreachable(&mut self, ci: usize, backend: usize) {
+    pub(super) fn unreachable(&mut self, ci: usize, lease: Lease) {
         let c = &mut self.clients[ci];
         let Phase::Proxy(ex) = &mut c.phase else {
             return;
         };
-        self.ctx.unreachable(backend, ex);
+        self.ctx.unreachable(lease, ex);
         let body_left = !ex.body.is_done();
         let close = body_left || !ex.keep_alive;
         if let Some(b) = c.buf.as_mut() {

@@ -122,7 +122,7 @@ impl Proxy {
             "worker {}: HTTP/2 stream {} deadline exceeded",
             self.ctx.id, st.id
         );
-        let backend = self.h2_drop_leg(ci, &mut st, ErrorCode::CANCEL);
+        let lease = self.h2_drop_leg(ci, &mut st, ErrorCode::CANCEL);
         const WHY: &str = "deadline exceeded in corelb";
         if st.head_sent {
             if !st.end_sent {
@@ -134,12 +134,12 @@ impl Proxy {
         }
         st.unreleased = 0;
         st.grpc_status = Some(grpc::DEADLINE_EXCEEDED);
-        match backend {
-            Some(b) => {
+        match lease {
+            Some(lease) => {
                 let status = if st.head_sent { st.ex.status } else { 504 };
                 let outcome = self.ctx.outcome(st.ex.status, st.grpc_status);
                 let (ex, call) = st.for_accounting();
-                self.ctx.account_end(b, ex, status, outcome, call);
+                self.ctx.account_end(lease, ex, status, outcome, call);
             }
             // Not attached (a retry backing off, its pick given back): logged as corelb's.
             None => self.ctx.log_local(st.ex.rec, crate::http::GATEWAY_TIMEOUT),

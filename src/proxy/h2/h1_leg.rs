@@ -7,6 +7,7 @@
 use std::io::{IoSlice, Write};
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::balancer::Lease;
 use crate::buffer::Buf;
 use crate::config::{Protocol, UpstreamMode};
 use crate::debug;
@@ -50,9 +51,10 @@ impl Proxy {
         ci: usize,
         s: &mut H2Session,
         i: usize,
-        backend: usize,
+        lease: Lease,
         fresh: bool,
     ) -> bool {
+        let backend = lease.backend();
         let h2c = self.ctx.shared.balancer.backend(backend).protocol == Protocol::H2c;
         let st = &mut s.streams[i];
         if !h2c && st.ex.head.as_ref().is_none_or(|h| h.is_empty()) {
@@ -88,7 +90,7 @@ impl Proxy {
                     self.ups[ui].stream = st.id;
                 }
                 st.mux = h2c;
-                st.ex.begin_attempt(ui, reused);
+                st.ex.begin_attempt(ui, reused, lease);
                 st.restart();
                 // An h2c leg's deadlines are the stream's (its connection is shared); an
                 // HTTP/1.1 leg's are its connection's.
@@ -102,7 +104,7 @@ impl Proxy {
             None => {
                 let mut st = s.streams.swap_remove(i);
                 self.h2_end_hedging(ci, &mut st);
-                self.ctx.unreachable(backend, &mut st.ex);
+                self.ctx.unreachable(lease, &mut st.ex);
                 if s.conn.can_send(st.id) {
                     s.conn.release(st.id, st.unreleased);
                 }
@@ -114,19 +116,19 @@ impl Proxy {
     }
 
     /// Detaches stream `st` from its upstream (closing an HTTP/1.1 connection, leaving an
-    /// h2c one with `code`); returns the backend it was on, for the caller to account the
+    /// h2c one with `code`); returns the attempt's lease, for the caller to account the
     /// exchange with (`None` if not attached).
     pub(super) fn h2_drop_leg(
         &mut self,
         ci: usize,
         st: &mut H2Stream,
         code: ErrorCode,
-    ) -> Option<usize> {
-        if let Some(backend) = st.pending.take() {
+    ) -> Option<Lease> {
+        if let Some(lease) = st.pending.take() {
             // Never attached (or a retry backing off): only the pick is given back; the
             // server never saw this attempt.
             st.backoff_at = 0;
-            self.ctx.shared.balancer.cancel(backend);
+            self.ctx.shared.balancer.cancel_lease(lease);
             return None;
         }
         self.h2_end_hedging(ci, st);
@@ -134,13 +136,12 @@ impl Proxy {
         if ui == NONE {
             return None;
         }
-        let backend = self.ups[ui].backend;
         if st.mux {
             self.mux_detach(ui, ci, st.id, code);
         } else {
             self.remove_upstream(ui);
         }
-        Some(backend)
+        st.ex.lease.take()
     }
 
     fn h2_connected(&mut self, ui: usize) -> Connect {
@@ -595,16 +596,17 @@ impl Proxy {
             return (true, !attached);
         }
         let mut st = s.streams.swap_remove(i);
-        let backend = self
-            .h2_drop_leg(ci, &mut st, ErrorCode::CANCEL)
-            .unwrap_or(backend);
+        let lease = self.h2_drop_leg(ci, &mut st, ErrorCode::CANCEL);
         let answer = Answer::to(why);
         if st.grpc {
             st.grpc_status = Some(answer.grpc);
         }
-        let (ex, call) = st.for_accounting();
-        self.ctx
-            .account_end(backend, ex, answer.status, Outcome::Failure, call);
+        if let Some(lease) = lease {
+            let (ex, call) = st.for_accounting();
+            let status = answer.status;
+            self.ctx
+                .account_end(lease, ex, status, Outcome::Failure, call);
+        }
         s.conn.release(st.id, st.unreleased);
         h2c_leg::reply(s, st.id, st.grpc, answer.status, st.req_end, answer.reason);
         st.recycle(&mut self.ctx, &mut s.conn);
@@ -623,8 +625,9 @@ impl Proxy {
         let st = &mut s.streams[i];
         let ui = st.ex.up;
         let old = self.ups[ui].backend;
-        let (next, stale) = self.ctx.retry_target(&st.ex, old, why)?;
-        self.h2_drop_leg(ci, st, ErrorCode::CANCEL);
+        let (next, again) = self.ctx.retry_target(&st.ex, old, why)?;
+        // The failed attempt's lease stays with the exchange for `retried`.
+        st.ex.lease = self.h2_drop_leg(ci, st, ErrorCode::CANCEL);
         // The body an HTTP/1.1 leg sent, kept for this: in front of the rest again.
         if let Some(mut kept) = st.ex.replay.take() {
             st.base -= kept.len() as u64;
@@ -634,17 +637,17 @@ impl Proxy {
             self.ctx.bufs.release(&mut st.body);
             st.body = Some(kept);
         }
-        let wait = self.ctx.retried(&mut st.ex, old, next, why, stale);
+        let (next, wait) = self.ctx.retried(&mut st.ex, next, why, again);
         if wait > 0 {
             // The retry policy's backoff: attached again once it is over (h2_attach_pending).
-            st.pending = Some(next);
             st.backoff_at = self.ctx.now + wait;
             st.deadline = 0;
             // What arrives meanwhile (trailers) is kept in the form the next server takes.
-            st.mux = self.ctx.shared.balancer.backend(next).protocol == Protocol::H2c;
+            st.mux = self.ctx.shared.balancer.backend(next.backend()).protocol == Protocol::H2c;
+            st.pending = Some(next);
             return Some(true);
         }
-        Some(self.h2_attach(ci, s, i, next, stale))
+        Some(self.h2_attach(ci, s, i, next, again.same_server()))
     }
 
     /// Stream `i` completed: accounted, its connection pooled or closed.
@@ -656,11 +659,15 @@ impl Proxy {
             cfg.upstream == UpstreamMode::Persistent,
             cfg.max_idle_per_backend,
         );
-        let backend = self.ups[ui].backend;
         let outcome = self.ctx.outcome(st.ex.status, st.grpc_status);
         let status = st.ex.status;
+        let lease = st
+            .ex
+            .lease
+            .take()
+            .expect("a finished attempt holds its lease");
         let (ex, call) = st.for_accounting();
-        self.ctx.account_end(backend, ex, status, outcome, call);
+        self.ctx.account_end(lease, ex, status, outcome, call);
         let u = &self.ups[ui];
         let io: Io = u.io;
         let pool = decide::may_pool(&PoolCheck {

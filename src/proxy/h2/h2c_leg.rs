@@ -83,10 +83,11 @@ impl Proxy {
             }
             LegStep::NoRoom => {
                 let st = &mut s.streams[i];
-                let backend = self.ups[st.ex.up].backend;
                 self.mux_detach(st.ex.up, ci, st.id, ErrorCode::CANCEL);
                 st.ex.up = NONE;
-                (true, !self.h2_attach(ci, s, i, backend, false))
+                // The same pick, on another connection.
+                let lease = st.ex.lease.take().expect("an attempt holds its lease");
+                (true, !self.h2_attach(ci, s, i, lease, false))
             }
             LegStep::Failed(_) | LegStep::Status(_)
                 if self.h2_hedge_takes_over(ci, &mut s.streams[i]) =>
@@ -372,7 +373,6 @@ impl Proxy {
         let mut st = s.streams.swap_remove(i);
         self.h2_end_hedging(ci, &mut st);
         let ui = std::mem::replace(&mut st.ex.up, NONE);
-        let backend = self.ups[ui].backend;
         let code = if st.up_end {
             ErrorCode::NO_ERROR
         } else {
@@ -381,8 +381,13 @@ impl Proxy {
         self.mux_detach(ui, ci, st.id, code);
         let outcome = self.ctx.outcome(st.ex.status, st.grpc_status);
         let status = st.ex.status;
+        let lease = st
+            .ex
+            .lease
+            .take()
+            .expect("a finished attempt holds its lease");
         let (ex, call) = st.for_accounting();
-        self.ctx.account_end(backend, ex, status, outcome, call);
+        self.ctx.account_end(lease, ex, status, outcome, call);
         if st.unreleased > 0 {
             s.conn.release(st.id, st.unreleased);
         }

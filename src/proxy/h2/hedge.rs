@@ -95,17 +95,19 @@ impl Proxy {
     /// Opens the hedge of `st` on another h2c server, within the retry budget.
     fn h2_launch_hedge(&mut self, ci: usize, st: &mut H2Stream) {
         let old = self.ups[st.ex.up].backend;
-        let Some(b) = self.hedge_target(old, st.ex.tried, Protocol::H2c) else {
+        let Some(lease) = self.hedge_target(old, st.ex.tried, Protocol::H2c) else {
             return;
         };
+        let b = lease.backend();
         let Some((ui, reused)) = self.mux_for(b, ci, st.id, false) else {
-            self.ctx.shared.balancer.cancel(b);
+            self.ctx.shared.balancer.cancel_lease(lease);
             return;
         };
         let sent = st.ex.hedge.sent + 1;
         st.ex.hedge = Hedge {
             at: self.next_hedge_at(b, sent),
             up: ui,
+            lease: Some(lease),
             off: 0,
             sent,
             reused,
@@ -199,9 +201,15 @@ impl Proxy {
     fn h2_promote(&mut self, ci: usize, st: &mut H2Stream, why: Promote) {
         st.swap_legs();
         let old = std::mem::replace(&mut st.ex.hedge.up, NONE);
-        let old_backend = self.h2_leave(ci, st, old, "gives way to its hedge");
+        self.h2_leave(ci, st, old, "gives way to its hedge");
         let began = st.ex.hedge.started;
-        self.ctx.hedge_promoted(&mut st.ex, old_backend, began, why);
+        let old_lease = st
+            .ex
+            .hedge
+            .lease
+            .take()
+            .expect("the attempt held its lease");
+        self.ctx.hedge_promoted(&mut st.ex, old_lease, began, why);
         // The backend's deadline starts again with this attempt (`h2_leg_step`).
         st.deadline = 0;
         st.due = true;
@@ -250,13 +258,15 @@ impl Proxy {
         if h == NONE {
             return;
         }
-        let backend = self.h2_leave(ci, st, h, "drops its hedge");
-        self.ctx.shared.balancer.cancel(backend);
+        self.h2_leave(ci, st, h, "drops its hedge");
+        if let Some(lease) = st.ex.hedge.lease.take() {
+            self.ctx.shared.balancer.cancel_lease(lease);
+        }
     }
 
     /// Takes `st`'s leg on h2c connection `ui` off it (RST_STREAM CANCEL), keeping later
-    /// attempts off its server, which is returned (`what` for the debug log).
-    fn h2_leave(&mut self, ci: usize, st: &mut H2Stream, ui: usize, what: &str) -> usize {
+    /// attempts off its server (`what` for the debug log).
+    fn h2_leave(&mut self, ci: usize, st: &mut H2Stream, ui: usize, what: &str) {
         let backend = self.ups[ui].backend;
         debug!(
             "worker {}: HTTP/2 stream {} {what} on {}",
@@ -266,6 +276,5 @@ impl Proxy {
         );
         self.mux_detach(ui, ci, st.id, ErrorCode::CANCEL);
         st.ex.tried.insert(backend);
-        backend
     }
 }

@@ -352,14 +352,9 @@ impl Proxy {
         }
     }
 
-    /// `drop_client` hook (after a panic): the streams' upstreams close unaccounted, and
-    /// the picks of streams not attached (or backing off) are given back.
+    /// `drop_client` hook (after a panic): the streams' upstreams close unaccounted (the
+    /// streams' picks give their places back as the session drops).
     pub(super) fn h2_drop_upstreams(&mut self, ci: usize) {
-        if let Some(Phase::H2(s)) = self.clients.get(ci).map(|c| &c.phase) {
-            for b in s.streams.iter().filter_map(|st| st.pending) {
-                self.ctx.shared.balancer.cancel(b);
-            }
-        }
         self.mux_drop_client(ci);
         let ups: Vec<usize> = self
             .ups
@@ -368,8 +363,7 @@ impl Proxy {
             .map(|(i, _)| i)
             .collect();
         for ui in ups {
-            let u = self.remove_upstream(ui);
-            self.ctx.shared.balancer.cancel(u.backend);
+            self.remove_upstream(ui);
         }
     }
 

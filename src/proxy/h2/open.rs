@@ -131,20 +131,18 @@ impl Proxy {
             let _ = s.conn.refuse_stream(id, ErrorCode::PROTOCOL_ERROR);
             return;
         }
-        if self.ctx.panic_path.as_deref() == fields.path() {
-            panic!("test hook: HTTP/2 request for a panic path");
-        }
-        let Some(backend) = self.pick_backend() else {
+        let Some(lease) = self.pick_backend() else {
             debug!("worker {wid}: 503: no server available");
             self.ctx.log_local(rec, crate::http::SERVICE_UNAVAILABLE);
             h2c_leg::reply(s, id, call, 503, end, "no server available");
             return;
         };
+        let backend = lease.backend();
         let http1 = shared.balancer.backend(backend).protocol == crate::config::Protocol::Http1;
         if websocket && !http1 {
             // An h2c backend would need extended CONNECT of its own.
             debug!("worker {wid}: 501: WebSocket over HTTP/2 to an h2c server");
-            shared.balancer.cancel(backend);
+            shared.balancer.cancel_lease(lease);
             self.ctx.count_rejected();
             self.ctx.log_local(rec, crate::http::NOT_IMPLEMENTED);
             h2_answer(&mut s.conn, id, 501, end);
@@ -164,7 +162,7 @@ impl Proxy {
                 Ok(head) => framing = head.framing,
                 Err(why) => {
                     debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");
-                    shared.balancer.cancel(backend);
+                    shared.balancer.cancel_lease(lease);
                     self.ctx.bufs.put(buf);
                     self.ctx.count_rejected();
                     // Refused for what the client sent: counts toward its reset limit.
@@ -209,11 +207,14 @@ impl Proxy {
         }
         // Attached by h2_attach_pending, after the rest of this read; what arrives before
         // (body, trailers) is kept in the form its backend takes.
-        st.pending = Some(backend);
-        st.mux = shared.balancer.backend(backend).protocol == crate::config::Protocol::H2c;
+        st.pending = Some(lease);
+        st.mux = !http1;
         s.streams.push(st);
         s.attaching = true;
         s.opened = s.opened.saturating_add(1);
+        if self.ctx.panic_path.as_deref() == s.streams.last().and_then(|st| st.fields.path()) {
+            panic!("test hook: an HTTP/2 request for the panic path, picked");
+        }
     }
 
     /// Attaches the streams opened by this or the previous read: once the client's socket
@@ -232,20 +233,20 @@ impl Proxy {
                 // A retry backing off: attached once its time has come (the timer).
                 if self.ctx.now >= st.backoff_at {
                     st.backoff_at = 0;
-                    let backend = st.pending.take().expect("a retry's server");
+                    let lease = st.pending.take().expect("a retry's server");
                     any = true;
-                    if !self.h2_attach(ci, s, i, backend, false) {
+                    if !self.h2_attach(ci, s, i, lease, false) {
                         continue;
                     }
                 }
                 i += 1;
                 continue;
             }
-            if let Some(backend) = st.pending {
+            if st.pending.is_some() {
                 if drained || st.waited {
-                    st.pending = None;
+                    let lease = st.pending.take().expect("checked");
                     any = true;
-                    if !self.h2_attach(ci, s, i, backend, false) {
+                    if !self.h2_attach(ci, s, i, lease, false) {
                         // Answered and removed: another stream is at `i` now.
                         continue;
                     }
