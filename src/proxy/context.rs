@@ -42,6 +42,8 @@ pub(crate) struct Ctx {
     pub now: u64,
     /// Clients whose drive was cut short and must run again before sleeping.
     pub again: Vec<usize>,
+    /// The exchange deadlines' timeouts, in ms.
+    limits: Limits,
     /// Scratch for the balancer leases this worker dropped without ending them.
     pub dropped_leases: Vec<u32>,
     /// Scratch for rewriting heads.
@@ -108,6 +110,7 @@ impl Ctx {
             timers: Timers::default(),
             now: 1,
             again: Vec::new(),
+            limits: Self::limits_of(&shared),
             dropped_leases: Vec::new(),
             scratch: Vec::with_capacity(4096),
             draining: false,
@@ -137,9 +140,15 @@ impl Ctx {
         d.as_millis() as u64
     }
 
-    /// The timeouts that set an exchange's deadlines.
+    /// The timeouts that set an exchange's deadlines (in ms, worked out once: the
+    /// configuration does not change under a worker).
+    #[inline]
     pub fn limits(&self) -> Limits {
-        let t = &self.shared.cfg.timeouts;
+        self.limits
+    }
+
+    fn limits_of(shared: &Shared) -> Limits {
+        let t = &shared.cfg.timeouts;
         Limits {
             client: Self::ms(t.client),
             upstream: Self::ms(t.upstream),

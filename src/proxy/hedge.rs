@@ -310,6 +310,10 @@ impl Proxy {
     /// running hedge is closed and no other goes out.
     pub(super) fn end_hedging(&mut self, ci: usize) {
         if let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) {
+            if ex.hedge.at == 0 && ex.hedge.up == NONE {
+                // (The common case: nothing planned, nothing running.)
+                return;
+            }
             ex.hedge.at = 0;
         }
         self.drop_hedge(ci);

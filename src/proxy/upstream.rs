@@ -54,10 +54,14 @@ impl Proxy {
             self.unreachable(ci, lease);
             return false;
         };
+        let mut hedgeable = false;
         if let Phase::Proxy(ex) = &mut self.clients[ci].phase {
             ex.begin_attempt(ui, reused, lease);
+            hedgeable = ex.hedgeable;
         }
-        self.plan_hedge(ci, backend);
+        if hedgeable {
+            self.plan_hedge(ci, backend);
+        }
         true
     }
 
