@@ -66,6 +66,15 @@ impl Fields {
         self.buf.capacity() + self.idx.capacity() * std::mem::size_of::<(u32, u32, u32)>()
     }
 
+    /// The fields `pairs`, in order (tests and tools build sections this way).
+    pub fn of(pairs: &[(&str, &str)]) -> Self {
+        let mut f = Fields::new();
+        for (n, v) in pairs {
+            f.push(n.as_bytes(), v.as_bytes());
+        }
+        f
+    }
+
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
         let start = self.buf.len() as u32;
         self.buf.extend_from_slice(name);

@@ -209,13 +209,33 @@ pub(crate) enum UpState {
     Idle,
 }
 
+/// Whom an upstream connection works for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// Nobody: idle in its backend's pool, or a shared h2c connection (whose streams'
+    /// owners its `Mux` knows).
+    Nobody,
+    /// The exchange of an HTTP/1.1 client (or the tunnel it became, or its hedge).
+    Exchange(usize),
+    /// One stream of an HTTP/2 client.
+    Stream { client: usize, id: u32 },
+}
+
+impl Owner {
+    /// The client connection it works for, if any.
+    #[inline]
+    pub fn client(self) -> Option<usize> {
+        match self {
+            Owner::Nobody => None,
+            Owner::Exchange(ci) | Owner::Stream { client: ci, .. } => Some(ci),
+        }
+    }
+}
+
 pub(crate) struct Upstream {
     pub sock: Transport,
     pub backend: usize,
-    /// Owning client while busy (`NONE` while idle).
-    pub client: usize,
-    /// The HTTP/2 stream of `client` this connection serves (0: an HTTP/1.1 client).
-    pub stream: u32,
+    pub owner: Owner,
     pub state: UpState,
     pub io: Io,
     pub timer: Deadline,

@@ -157,9 +157,7 @@ impl Proxy {
         let (_, ex) = self.clients[ci].split().expect("proxying");
         let ui = std::mem::replace(&mut ex.up, NONE);
         let u = &self.ups[ui];
-        let outcome = self.ctx.outcome(ex.status, None);
-        let lease = ex.lease.take().expect("a finished attempt holds its lease");
-        self.ctx.account_end(lease, ex, ex.status, outcome, None);
+        self.ctx.finished(ex, None);
         let body_done = ex.body.is_done();
         let keep_alive = ex.keep_alive;
         let pool = decide::may_pool(&PoolCheck {

@@ -98,27 +98,25 @@ pub(super) fn end_with(conn: &mut Connection, id: u32, code: u32, message: &str)
 mod tests {
     use super::*;
 
-    fn fields(pairs: &[(&str, &str)]) -> Fields {
-        let mut f = Fields::new();
-        for (n, v) in pairs {
-            f.push(n.as_bytes(), v.as_bytes());
-        }
-        f
-    }
-
     #[test]
     fn calls_are_recognised_by_content_type() {
-        assert!(is_call(&fields(&[("content-type", "application/grpc")])));
-        assert!(is_call(&fields(&[(
+        assert!(is_call(&Fields::of(&[(
+            "content-type",
+            "application/grpc"
+        )])));
+        assert!(is_call(&Fields::of(&[(
             "content-type",
             "application/grpc+proto"
         )])));
-        assert!(!is_call(&fields(&[(
+        assert!(!is_call(&Fields::of(&[(
             "content-type",
             "application/grpc-web"
         )])));
-        assert!(!is_call(&fields(&[("content-type", "application/json")])));
-        assert!(!is_call(&fields(&[])));
+        assert!(!is_call(&Fields::of(&[(
+            "content-type",
+            "application/json"
+        )])));
+        assert!(!is_call(&Fields::of(&[])));
     }
 
     #[test]
@@ -139,9 +137,9 @@ mod tests {
 
     #[test]
     fn status_and_codes() {
-        assert_eq!(status(&fields(&[("grpc-status", "14")])), Some(14));
-        assert_eq!(status(&fields(&[("grpc-status", "x")])), None);
-        assert_eq!(status(&fields(&[])), None);
+        assert_eq!(status(&Fields::of(&[("grpc-status", "14")])), Some(14));
+        assert_eq!(status(&Fields::of(&[("grpc-status", "x")])), None);
+        assert_eq!(status(&Fields::of(&[])), None);
         assert_eq!(for_http(503), UNAVAILABLE);
         assert_eq!(for_http(504), DEADLINE_EXCEEDED);
     }

@@ -1,14 +1,6 @@
 //! Unit tests of `proxy/h1_h2c` (kept apart so the module stays readable).
 use super::*;
 
-fn fields(pairs: &[(&str, &str)]) -> Fields {
-    let mut f = Fields::new();
-    for (n, v) in pairs {
-        f.push(n.as_bytes(), v.as_bytes());
-    }
-    f
-}
-
 fn pairs_of(head: &[u8], te: bool) -> Vec<(String, String)> {
     let mut names = Vec::new();
     request_pairs(head, te, &mut names, |p| {
@@ -83,7 +75,7 @@ fn response_framing() {
 
 #[test]
 fn response_head_lines() {
-    let f = fields(&[
+    let f = Fields::of(&[
         (":status", "200"),
         ("content-type", "text/plain"),
         ("content-length", "7"),
@@ -140,7 +132,7 @@ fn chunks_and_the_end_of_a_body() {
     assert_eq!(&line[..n], b"ff\r\n");
     let n = chunk_line(true, 16, &mut line);
     assert_eq!(&line[..n], b"\r\n10\r\n");
-    let t = fields(&[("x-checksum", "42"), ("content-length", "1")]);
+    let t = Fields::of(&[("x-checksum", "42"), ("content-length", "1")]);
     let mut leg = H2cLeg {
         framing: ClientFraming::Chunked,
         any_chunk: true,

@@ -431,17 +431,9 @@ pub(super) fn tail_trailers(tail: &[u8], out: &mut Fields) -> u64 {
 mod tests {
     use super::*;
 
-    fn fields(pairs: &[(&str, &str)]) -> Fields {
-        let mut f = Fields::new();
-        for (n, v) in pairs {
-            f.push(n.as_bytes(), v.as_bytes());
-        }
-        f
-    }
-
     #[test]
     fn request_head_from_pseudo_headers() {
-        let f = fields(&[
+        let f = Fields::of(&[
             (":method", "POST"),
             (":scheme", "http"),
             (":authority", "example.com"),
@@ -487,18 +479,18 @@ mod tests {
         let mut out = Vec::new();
         let mut f = base.to_vec();
         f.push((":authority", "h"));
-        let h = request_head(&fields(&f), false, ip, true, None, &mut out).unwrap();
+        let h = request_head(&Fields::of(&f), false, ip, true, None, &mut out).unwrap();
         assert_eq!(h.framing, UpstreamFraming::Chunked);
         assert!(String::from_utf8_lossy(&out).contains("Connection: close"));
         out.clear();
-        assert!(request_head(&fields(&base), true, ip, false, None, &mut out).is_err());
+        assert!(request_head(&Fields::of(&base), true, ip, false, None, &mut out).is_err());
         let bad_path = [
             (":method", "GET"),
             (":scheme", "http"),
             (":path", "/a b"),
             (":authority", "h"),
         ];
-        assert!(request_head(&fields(&bad_path), true, ip, false, None, &mut out).is_err());
+        assert!(request_head(&Fields::of(&bad_path), true, ip, false, None, &mut out).is_err());
     }
 
     #[test]

@@ -19,10 +19,9 @@ use crate::config::UpstreamMode;
 use crate::debug;
 use crate::h2::{self as codec, Connection, ErrorCode, Event, StreamId};
 
-use super::conns::{connect_result, UpState};
+use super::conns::{connect_result, Owner, UpState};
 use super::conns::{upstream_token, Proxy};
 use super::context::Ctx;
-use super::exchange::NONE;
 use super::h2c_conn::{by_sid, client_settings, Gone, Mux, MuxStream, READ_BUF};
 use super::io::{read_into, would_block, write2};
 
@@ -80,7 +79,7 @@ impl Proxy {
             closed: false,
             single,
         };
-        let ui = self.connect_upstream(backend, NONE, Some(Box::new(mux)))?;
+        let ui = self.connect_upstream(backend, Owner::Nobody, Some(Box::new(mux)))?;
         if !single {
             self.muxes[backend].push(ui);
         }

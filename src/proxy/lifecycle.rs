@@ -188,6 +188,15 @@ impl Ctx {
         self.account(lease, ex, status, outcome);
     }
 
+    /// Accounts `ex`, whose attempt completed: with its response's status and, for a
+    /// gRPC call, its grpc-status (`Ctx::outcome`), ending the attempt's lease.
+    pub fn finished(&mut self, ex: &mut Exchange, call: Option<Call>) {
+        let lease = ex.lease.take().expect("a finished attempt holds its lease");
+        let outcome = self.outcome(ex.status, call.and_then(|c| c.status));
+        let status = ex.status;
+        self.account_end(lease, ex, status, outcome, call);
+    }
+
     /// Accounts `ex`, whose attempt on `backend` ended before it completed. The server's
     /// fault (`Blame::Backend`) counts against it: `status` (the answer sent), else the
     /// status of a response broken off, else 502. The client's (`Blame::Client`) counts

@@ -199,7 +199,11 @@ impl Proxy {
     pub fn event(&mut self, ev: &mio::event::Event) {
         let ci = match slot(ev.token()) {
             Slot::Client(ci) => ci,
-            Slot::Upstream(ui) => self.ups.get(ui).map_or(NONE, |u| u.client),
+            Slot::Upstream(ui) => self
+                .ups
+                .get(ui)
+                .and_then(|u| u.owner.client())
+                .unwrap_or(NONE),
         };
         self.contained(ci, |p| p.dispatch(ev));
     }
@@ -380,7 +384,7 @@ impl Proxy {
                         continue;
                     };
                     if self.ctx.timers.fire(&mut u.timer, token, entry, now) {
-                        let ci = u.client;
+                        let ci = u.owner.client().unwrap_or(NONE);
                         self.contained(ci, |p| p.upstream_timeout(ui));
                     }
                 }

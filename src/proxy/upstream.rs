@@ -13,7 +13,7 @@ use crate::timer::Deadline;
 use crate::transport::Transport;
 
 use super::conns::Phase;
-use super::conns::{connect_result, UpState, Upstream};
+use super::conns::{connect_result, Owner, UpState, Upstream};
 use super::conns::{upstream_token, Proxy};
 use super::context::Ctx;
 use super::decide::Failure;
@@ -78,24 +78,23 @@ impl Proxy {
             if let Some(ui) = self.idle[backend].pop() {
                 let u = &mut self.ups[ui];
                 u.state = UpState::Busy;
-                u.client = ci;
-                u.stream = 0;
+                u.owner = Owner::Exchange(ci);
                 let at = now + Ctx::ms(cfg.timeouts.upstream);
                 self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
                 return Some((ui, true));
             }
         }
-        let ui = self.connect_upstream(backend, ci, None)?;
+        let ui = self.connect_upstream(backend, Owner::Exchange(ci), None)?;
         Some((ui, false))
     }
 
-    /// Starts a non-blocking connect to `backend` for client `ci` (`NONE` for a shared
-    /// h2c connection, which brings its `mux`); the slot is connecting, with the connect
+    /// Starts a non-blocking connect to `backend` for `owner` (nobody for a shared h2c
+    /// connection, which brings its `mux`); the slot is connecting, with the connect
     /// deadline armed.
     pub(super) fn connect_upstream(
         &mut self,
         backend: usize,
-        ci: usize,
+        owner: Owner,
         mux: Option<Box<Mux>>,
     ) -> Option<usize> {
         let b = self.ctx.shared.balancer.backend(backend);
@@ -138,8 +137,7 @@ impl Proxy {
         let u = entry.insert(Upstream {
             sock,
             backend,
-            client: ci,
-            stream: 0,
+            owner,
             state: UpState::Connecting,
             io: Io::default(),
             timer: Deadline::default(),
@@ -182,16 +180,18 @@ impl Proxy {
         if u.is_idle() {
             return;
         }
-        let ci = u.client;
-        // h2 hook: a connection serving an HTTP/2 stream is driven by its session.
-        if u.stream != 0 {
-            let id = u.stream;
-            if self.clients.contains(ci) {
-                self.h2_mark(ci, id);
-                self.drive(ci);
+        let ci = match u.owner {
+            Owner::Nobody => return,
+            Owner::Exchange(ci) => ci,
+            // h2 hook: a connection serving an HTTP/2 stream is driven by its session.
+            Owner::Stream { client, id } => {
+                if self.clients.contains(client) {
+                    self.h2_mark(client, id);
+                    self.drive(client);
+                }
+                return;
             }
-            return;
-        }
+        };
         // hedge hook: a hedge's connect and bytes are seen by its exchange's step.
         if self.is_hedge(ci, ui) {
             self.drive(ci);
@@ -210,7 +210,7 @@ impl Proxy {
     /// client has been answered or the request retried) or is still connecting.
     fn connected(&mut self, ui: usize) -> bool {
         let u = &mut self.ups[ui];
-        let ci = u.client;
+        let ci = u.owner.client().unwrap_or(NONE);
         match connect_result(u) {
             None => false,
             Some(true) => {
@@ -230,8 +230,7 @@ impl Proxy {
     pub(super) fn pool(&mut self, ui: usize) {
         let u = &mut self.ups[ui];
         u.state = UpState::Idle;
-        u.client = NONE;
-        u.stream = 0;
+        u.owner = Owner::Nobody;
         u.io.readable = false;
         self.idle[u.backend].push(ui);
         let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.pool_idle);
@@ -263,12 +262,15 @@ impl Proxy {
             self.close_idle_upstream(ui);
             return;
         }
-        let ci = u.client;
-        // h2 hook: a connection serving an HTTP/2 stream fails that stream only.
-        if u.stream != 0 {
-            self.h2_upstream_timeout(ui);
-            return;
-        }
+        let ci = match u.owner {
+            Owner::Nobody => NONE,
+            Owner::Exchange(ci) => ci,
+            // h2 hook: a connection serving an HTTP/2 stream fails that stream only.
+            Owner::Stream { .. } => {
+                self.h2_upstream_timeout(ui);
+                return;
+            }
+        };
         // hedge hook: a hedge that timed out is given up; its exchange goes on.
         if self.is_hedge(ci, ui) {
             self.drop_hedge(ci);

@@ -15,7 +15,7 @@ use crate::h2::{Connection, ErrorCode};
 use crate::health::Outcome;
 use crate::http::{self, Body, BodyKind, Method};
 
-use super::super::conns::{connect_result, UpState};
+use super::super::conns::{connect_result, Owner, UpState};
 use super::super::conns::{upstream_token, Proxy};
 use super::super::context::Ctx;
 use super::super::decide::{self, Blame, Failure, PoolCheck};
@@ -87,7 +87,10 @@ impl Proxy {
                 let st = &mut s.streams[i];
                 st.due = true;
                 if !h2c {
-                    self.ups[ui].stream = st.id;
+                    self.ups[ui].owner = Owner::Stream {
+                        client: ci,
+                        id: st.id,
+                    };
                 }
                 st.mux = h2c;
                 st.ex.begin_attempt(ui, reused, lease);
@@ -659,15 +662,8 @@ impl Proxy {
             cfg.upstream == UpstreamMode::Persistent,
             cfg.max_idle_per_backend,
         );
-        let outcome = self.ctx.outcome(st.ex.status, st.grpc_status);
-        let status = st.ex.status;
-        let lease = st
-            .ex
-            .lease
-            .take()
-            .expect("a finished attempt holds its lease");
         let (ex, call) = st.for_accounting();
-        self.ctx.account_end(lease, ex, status, outcome, call);
+        self.ctx.finished(ex, call);
         let u = &self.ups[ui];
         let io: Io = u.io;
         let pool = decide::may_pool(&PoolCheck {
@@ -697,7 +693,10 @@ impl Proxy {
     /// Upstream deadline of a connection serving an HTTP/2 stream.
     pub(in crate::proxy) fn h2_upstream_timeout(&mut self, ui: usize) {
         let u = &self.ups[ui];
-        let (ci, id, connecting) = (u.client, u.stream, u.is_connecting());
+        let Owner::Stream { client: ci, id } = u.owner else {
+            return;
+        };
+        let connecting = u.is_connecting();
         let now = self.ctx.now;
         let Some(c) = self.clients.get_mut(ci) else {
             return;

@@ -379,15 +379,8 @@ impl Proxy {
             ErrorCode::CANCEL
         };
         self.mux_detach(ui, ci, st.id, code);
-        let outcome = self.ctx.outcome(st.ex.status, st.grpc_status);
-        let status = st.ex.status;
-        let lease = st
-            .ex
-            .lease
-            .take()
-            .expect("a finished attempt holds its lease");
         let (ex, call) = st.for_accounting();
-        self.ctx.account_end(lease, ex, status, outcome, call);
+        self.ctx.finished(ex, call);
         if st.unreleased > 0 {
             s.conn.release(st.id, st.unreleased);
         }

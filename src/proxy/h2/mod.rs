@@ -32,7 +32,7 @@ use crate::buffer::Buf;
 use crate::debug;
 use crate::h2::{self as codec, Connection, ErrorCode, Fields};
 
-use super::conns::Phase;
+use super::conns::{Owner, Phase};
 use super::conns::{Proxy, Step};
 use super::context::Ctx;
 use super::decide::Blame;
@@ -359,7 +359,7 @@ impl Proxy {
         let ups: Vec<usize> = self
             .ups
             .iter()
-            .filter(|(_, u)| u.client == ci && u.stream != 0)
+            .filter(|(_, u)| matches!(u.owner, Owner::Stream { client, .. } if client == ci))
             .map(|(i, _)| i)
             .collect();
         for ui in ups {
