@@ -167,28 +167,31 @@ impl Proxy {
             self.respond(ci, http::SERVICE_UNAVAILABLE, close || body_left, body_left);
             return Parsed::Step(Step::Progress);
         };
-        let shared = self.ctx.shared.clone();
-        let b = shared.balancer.backend(lease.backend());
         self.ctx.count_request();
         let proto = self.ctx.forwarded_proto(&self.clients[ci].sock);
         let (retry_on, per_try) =
             self.ctx
                 .retry_terms(req.method_str().as_bytes(), req.path().as_bytes(), false);
+        let cfg = &self.ctx.shared.cfg;
         let hedgeable = req.body == BodyKind::None
             && !req.upgrade
-            && shared
-                .cfg
+            && cfg
                 .retry
                 .hedging
                 .as_ref()
                 .is_some_and(|h| h.covers(req.method_str().as_bytes(), req.path().as_bytes()));
-        let scratch = &mut self.ctx.scratch;
+        let close = cfg.upstream == UpstreamMode::PerRequest;
+        // (The server's name borrowed from the shared state beside the scratch buffer: no
+        // clone of the `Arc` all workers share, whose count would bounce between cores.)
+        let ctx = &mut self.ctx;
+        let b = ctx.shared.balancer.backend(lease.backend());
+        let scratch = &mut ctx.scratch;
         scratch.clear();
         req.write_upstream(
             scratch,
             &Forward {
                 client_ip: peer.ip(),
-                close: shared.cfg.upstream == UpstreamMode::PerRequest,
+                close,
                 host: &b.host,
                 proto,
             },
@@ -206,7 +209,7 @@ impl Proxy {
         // its next read may take a larger buffer (buffer.rs, bulk growth).
         let filled = buf.space().is_empty();
         buf.consume(head_len);
-        let mut head = self.ctx.bufs.get();
+        let mut head = ctx.bufs.get();
         if scratch.len() > head.capacity() {
             head.grow(scratch.len());
         }

@@ -21,7 +21,7 @@ use crate::shared::Shared;
 use crate::shared::RETRY_REASONS;
 use crate::timer::Timers;
 
-use super::decide::{self, Again, Failure, Limits, Replay};
+use super::decide::{self, Again, Failure, Limits, Replay, Tried};
 use super::exchange::{Exchange, Start};
 use super::pipe::PipePool;
 
@@ -323,20 +323,7 @@ impl Ctx {
             }
             Replay::Elsewhere | Replay::Policy => {}
         }
-        let mut tried = ex.tried;
-        tried.insert(old);
-        let balancer = &self.shared.balancer;
-        let mut pick = None;
-        for _ in 0..4 {
-            match balancer.lease(Some(old)) {
-                Some(l) if tried.contains(l.backend()) => balancer.cancel_lease(l),
-                Some(l) => {
-                    pick = Some(l);
-                    break;
-                }
-                None => break,
-            }
-        }
+        let pick = self.lease_untried(old, ex.tried);
         // Not processed: the same server may take it on another connection.
         let again = match pick {
             Some(_) => Again::Elsewhere,
@@ -356,6 +343,20 @@ impl Ctx {
             c.policy_retries.fetch_add(1, Relaxed);
         }
         Some((pick, again))
+    }
+
+    /// Another server than `old` and those in `tried`, leased: the routing policy's pick
+    /// without `old`, drawn again (a few times, then given up) while it names one tried.
+    pub fn lease_untried(&self, old: usize, mut tried: Tried) -> Option<Lease> {
+        tried.insert(old);
+        let balancer = &self.shared.balancer;
+        for _ in 0..4 {
+            match balancer.lease(Some(old)) {
+                Some(l) if tried.contains(l.backend()) => balancer.cancel_lease(l),
+                other => return other,
+            }
+        }
+        None
     }
 
     /// `backend`'s 95th percentile latency over its recent responses (all workers'), in

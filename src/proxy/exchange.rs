@@ -168,6 +168,22 @@ pub struct Hedge {
     pub started: Instant,
 }
 
+impl Hedge {
+    /// The `sent`-th hedge, going out now on upstream `up` (`reused`: a pooled
+    /// connection) under `lease`; the next one is due at `next` (0: none).
+    pub fn launched(next: u64, up: usize, lease: Lease, sent: u8, reused: bool) -> Hedge {
+        Hedge {
+            at: next,
+            up,
+            lease: Some(lease),
+            off: 0,
+            sent,
+            reused,
+            started: Instant::now(),
+        }
+    }
+}
+
 impl Exchange {
     pub fn new(s: Start) -> Exchange {
         let now = Instant::now();

@@ -10,7 +10,6 @@
 //! If the first attempt fails while its hedge runs, the hedge carries the exchange on.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
 use crate::balancer::Lease;
 use crate::config::types::HedgeDelay;
@@ -66,24 +65,11 @@ impl Proxy {
     pub(super) fn hedge_target(
         &mut self,
         old: usize,
-        mut tried: super::decide::Tried,
+        tried: super::decide::Tried,
         protocol: Protocol,
     ) -> Option<Lease> {
-        tried.insert(old);
-        let balancer = &self.ctx.shared.balancer;
-        let mut pick = None;
-        for _ in 0..4 {
-            match balancer.lease(Some(old)) {
-                Some(l) if tried.contains(l.backend()) => balancer.cancel_lease(l),
-                Some(l) => {
-                    pick = Some(l);
-                    break;
-                }
-                None => break,
-            }
-        }
-        let l = pick?;
-        let wrong = balancer.backend(l.backend()).protocol != protocol;
+        let l = self.ctx.lease_untried(old, tried)?;
+        let wrong = self.ctx.shared.balancer.backend(l.backend()).protocol != protocol;
         if wrong || !self.ctx.budget.withdraw(self.ctx.now) {
             self.ctx.shared.balancer.cancel_lease(l);
             return None;
@@ -165,15 +151,7 @@ impl Proxy {
         let sent = self.clients[ci].split().expect("proxying").1.hedge.sent + 1;
         let next = self.next_hedge_at(b, sent);
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        ex.hedge = Hedge {
-            at: next,
-            up: ui,
-            lease: Some(lease),
-            off: 0,
-            sent,
-            reused,
-            started: Instant::now(),
-        };
+        ex.hedge = Hedge::launched(next, ui, lease, sent, reused);
         self.ctx.shared.counters.hedges.fetch_add(1, Relaxed);
         // The next hedge's moment, on the client's timer (free while the exchange waits).
         let at = ex.hedge.at;

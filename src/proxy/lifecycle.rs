@@ -8,9 +8,12 @@
 //!   ([`Ctx::retried`]); the decision itself is `Ctx::retry_target` (`decide::replay`);
 //! - fail: the status a failure answers with, and its grpc-status ([`Answer`]);
 //! - finish and early ends: how the ending counts for the server, the call table and the
-//!   log ([`Ctx::outcome`], [`Ctx::account_end`], [`Ctx::account_early_end`],
-//!   [`Ctx::unreachable`]), and a hedge that takes an attempt's place
-//!   ([`Ctx::hedge_promoted`]).
+//!   log ([`Ctx::finished`], [`Ctx::outcome`], [`Ctx::account_end`],
+//!   [`Ctx::account_early_end`], [`Ctx::unreachable`]), and a hedge that takes an
+//!   attempt's place ([`Ctx::hedge_promoted`]).
+//!
+//! Every attempt holds a `balancer::Lease` (`Exchange::lease`); only these functions end
+//! one, so a pick is finished or given back exactly once.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -257,5 +260,77 @@ impl Ctx {
             ex.hedge.at = 0;
             self.shared.counters.hedge_wins.fetch_add(1, Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access_log::Record;
+    use crate::buffer::BufPool;
+    use crate::http::{Body, BodyKind, Method};
+
+    use super::super::exchange::{Resp, Start};
+
+    fn exchange(per_try: u64) -> Exchange {
+        let mut pool = BufPool::new(4);
+        let peer = "127.0.0.1:1".parse().expect("address");
+        let mut ex = Exchange::new(Start {
+            method: Method::Get,
+            http10: false,
+            keep_alive: true,
+            expect: false,
+            upgrade: false,
+            body: Body::new(BodyKind::None),
+            body_ready: 0,
+            head: pool.get(),
+            rec: Record::new(0, peer, Method::Get, b"/"),
+        });
+        ex.per_try = per_try;
+        ex
+    }
+
+    #[test]
+    fn the_per_try_timeout_starts_once_the_request_is_sent_and_bounds_the_deadline() {
+        let mut ex = exchange(200);
+        assert_eq!(
+            upstream_deadline(&mut ex, false, 5000, 1000),
+            5000,
+            "not sent yet"
+        );
+        assert_eq!(upstream_deadline(&mut ex, true, 5000, 1000), 1200);
+        // It started once: a later step does not move it.
+        assert_eq!(upstream_deadline(&mut ex, true, 5100, 1100), 1200);
+        assert_eq!(
+            upstream_deadline(&mut ex, true, 0, 1100),
+            1200,
+            "no other deadline"
+        );
+        let mut none = exchange(0);
+        assert_eq!(upstream_deadline(&mut none, true, 5000, 1000), 5000);
+    }
+
+    #[test]
+    fn an_expiry_is_a_connect_timeout_a_per_try_timeout_or_a_timeout() {
+        let mut ex = exchange(200);
+        upstream_deadline(&mut ex, true, 5000, 1000);
+        assert_eq!(expiry(&ex, true, 1300), Failure::ConnectTimeout);
+        assert_eq!(expiry(&ex, false, 1300), Failure::PerTryTimeout);
+        assert_eq!(
+            expiry(&ex, false, 1100),
+            Failure::Timeout,
+            "per-try not over"
+        );
+        ex.resp = Resp::Done;
+        assert_eq!(expiry(&ex, false, 1300), Failure::Timeout, "the head came");
+    }
+
+    #[test]
+    fn a_failure_answers_in_http_and_grpc_terms() {
+        let t = Answer::to(Failure::Timeout);
+        assert_eq!((t.status, t.grpc), (504, grpc::DEADLINE_EXCEEDED));
+        let r = Answer::to(Failure::Reset);
+        assert_eq!((r.status, r.grpc), (502, grpc::UNAVAILABLE));
+        assert_eq!(Answer::to(Failure::PerTryTimeout).status, 504);
     }
 }

@@ -9,7 +9,6 @@
 //! the next hedge, if the policy allows one, goes out at once.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
 use crate::config::types::RetrySettings;
 use crate::config::Protocol;
@@ -104,15 +103,8 @@ impl Proxy {
             return;
         };
         let sent = st.ex.hedge.sent + 1;
-        st.ex.hedge = Hedge {
-            at: self.next_hedge_at(b, sent),
-            up: ui,
-            lease: Some(lease),
-            off: 0,
-            sent,
-            reused,
-            started: Instant::now(),
-        };
+        let next = self.next_hedge_at(b, sent);
+        st.ex.hedge = Hedge::launched(next, ui, lease, sent, reused);
         st.alt = AltLeg {
             sent: st.base,
             planned: true,

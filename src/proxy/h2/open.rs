@@ -89,8 +89,7 @@ impl Proxy {
     fn h2_open(&mut self, ci: usize, s: &mut H2Session, id: u32, fields: Fields, end: bool) {
         let peer = self.clients[ci].peer.get();
         let wid = self.ctx.id;
-        let shared = self.ctx.shared.clone();
-        let close = shared.cfg.upstream == crate::config::UpstreamMode::PerRequest;
+        let close = self.ctx.shared.cfg.upstream == crate::config::UpstreamMode::PerRequest;
         let path: &[u8] = if self.ctx.log.is_some() {
             fields.path().unwrap_or(b"")
         } else {
@@ -138,11 +137,12 @@ impl Proxy {
             return;
         };
         let backend = lease.backend();
-        let http1 = shared.balancer.backend(backend).protocol == crate::config::Protocol::Http1;
+        let http1 =
+            self.ctx.shared.balancer.backend(backend).protocol == crate::config::Protocol::Http1;
         if websocket && !http1 {
             // An h2c backend would need extended CONNECT of its own.
             debug!("worker {wid}: 501: WebSocket over HTTP/2 to an h2c server");
-            shared.balancer.cancel_lease(lease);
+            self.ctx.shared.balancer.cancel_lease(lease);
             self.ctx.count_rejected();
             self.ctx.log_local(rec, crate::http::NOT_IMPLEMENTED);
             h2_answer(&mut s.conn, id, 501, end);
@@ -162,7 +162,7 @@ impl Proxy {
                 Ok(head) => framing = head.framing,
                 Err(why) => {
                     debug!("worker {wid}: HTTP/2 stream {id} from {peer} refused: {why}");
-                    shared.balancer.cancel_lease(lease);
+                    self.ctx.shared.balancer.cancel_lease(lease);
                     self.ctx.bufs.put(buf);
                     self.ctx.count_rejected();
                     // Refused for what the client sent: counts toward its reset limit.
@@ -192,8 +192,8 @@ impl Proxy {
         let (m, p) = (fields.method().unwrap_or(b""), fields.path().unwrap_or(b""));
         (ex.retry_on, ex.per_try) = self.ctx.retry_terms(m, p, call);
         ex.fields_kept = true;
-        ex.hedgeable =
-            !websocket && (shared.cfg.retry.hedging.as_ref()).is_some_and(|h| h.covers(m, p));
+        ex.hedgeable = !websocket
+            && (self.ctx.shared.cfg.retry.hedging.as_ref()).is_some_and(|h| h.covers(m, p));
         let call_timeout = if call {
             fields.get(b"grpc-timeout").and_then(grpc::timeout)
         } else {
@@ -202,7 +202,7 @@ impl Proxy {
         let mut st = H2Stream::new(id, ex, framing, end, fields, call);
         st.websocket = ws_key;
         if let Some(t) = call_timeout {
-            let cap = shared.cfg.timeouts.upstream;
+            let cap = self.ctx.shared.cfg.timeouts.upstream;
             st.call_deadline = self.ctx.now + Ctx::ms(t.min(cap)).max(1);
         }
         // Attached by h2_attach_pending, after the rest of this read; what arrives before
