@@ -656,11 +656,20 @@ pub fn server_json(name: &str, port: u16, priority: u32) -> String {
     )
 }
 
-/// A port nothing listens on.
+/// A port nothing listens on, for as long as the test process runs: a socket stays bound
+/// to it without listening, so a connect is refused and no other test's server (a backend
+/// restarted on a freed port, say) can take the port while this test counts on it.
 pub fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    s.bind(&any.into()).expect("bind");
+    let port = s
         .local_addr()
-        .unwrap()
-        .port()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound")
+        .port();
+    std::mem::forget(s);
+    port
 }
