@@ -1,12 +1,12 @@
 //! How an exchange ends: completed (the connection pooled or closed, the client reading
-//! its next request), failed (a safe retry, or a 502/504), or torn down. Each ending is
-//! accounted once, through `Ctx::account`.
+//! its next request), failed (a safe retry, or a 502/504), or torn down, for an HTTP/1.1
+//! client's exchange with either kind of server. The decisions and the accounting are
+//! `lifecycle.rs`'s (shared with HTTP/2 streams); each ending ends the attempt's lease once.
 
 use crate::config::UpstreamMode;
 use crate::debug;
 
-use super::conns::Phase;
-use super::conns::{client_token, Proxy, Step};
+use super::conns::{client_token, Phase, Proxy, Step};
 use super::decide::{self, Blame, Failure, PoolCheck};
 use super::exchange::NONE;
 

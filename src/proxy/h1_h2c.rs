@@ -31,8 +31,7 @@ use crate::debug;
 use crate::h2::{ErrorCode, Fields};
 use crate::http::{self, Body};
 
-use super::conns::Phase;
-use super::conns::{client_token, Proxy, Step};
+use super::conns::{client_token, Phase, Proxy, Step};
 use super::context::Ctx;
 use super::decide::Blame;
 use super::decide::{self, Failure, Waits};

@@ -19,8 +19,7 @@ use crate::config::UpstreamMode;
 use crate::debug;
 use crate::h2::{self as codec, Connection, ErrorCode, Event, StreamId};
 
-use super::conns::{connect_result, Owner, UpState};
-use super::conns::{upstream_token, Proxy};
+use super::conns::{connect_result, upstream_token, Owner, Proxy, UpState};
 use super::context::Ctx;
 use super::h2c_conn::{by_sid, client_settings, Gone, Mux, MuxStream, READ_BUF};
 use super::io::{read_into, would_block, write2};

@@ -16,8 +16,7 @@ use crate::config::types::HedgeDelay;
 use crate::config::Protocol;
 use crate::debug;
 
-use super::conns::{client_token, upstream_token, Proxy};
-use super::conns::{connect_result, UpState};
+use super::conns::{client_token, connect_result, upstream_token, Proxy, UpState};
 use super::context::Ctx;
 use super::exchange::{Exchange, Hedge, Resp, NONE};
 use super::io::{would_block, write2};

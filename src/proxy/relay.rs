@@ -7,9 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::debug;
 use crate::http::{self, chunked::ChunkError, Body, BodyKind, Method, Reply};
 
-use super::conns::Phase;
-use super::conns::UpState;
-use super::conns::{client_token, upstream_token, Flow, Proxy, Step};
+use super::conns::{client_token, upstream_token, Flow, Phase, Proxy, Step, UpState};
 use super::decide::Blame;
 use super::decide::{self, Failure};
 use super::exchange::{Req, Resp, NONE};

@@ -14,9 +14,7 @@ use crate::buffer::{Buf, BufPool};
 use crate::debug;
 use crate::transport::Transport;
 
-use super::conns::Phase;
-use super::conns::{client_token, upstream_token, Proxy, Step};
-use super::conns::{Half, Tunnel};
+use super::conns::{client_token, upstream_token, Half, Phase, Proxy, Step, Tunnel};
 use super::context::Ctx;
 use super::exchange::NONE;
 use super::io::{read_into, would_block, write2, Io};

@@ -12,9 +12,7 @@ use crate::http;
 use crate::timer::Deadline;
 use crate::transport::Transport;
 
-use super::conns::Phase;
-use super::conns::{connect_result, Owner, UpState, Upstream};
-use super::conns::{upstream_token, Proxy};
+use super::conns::{connect_result, upstream_token, Owner, Phase, Proxy, UpState, Upstream};
 use super::context::Ctx;
 use super::decide::Failure;
 use super::exchange::NONE;

@@ -9,8 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::debug;
 use crate::h2::ErrorCode;
 
-use super::super::conns::Phase;
-use super::super::conns::{client_token, Proxy};
+use super::super::conns::{client_token, Phase, Proxy};
 use super::super::decide::Blame;
 use super::super::grpc;
 use super::super::h2_session::{ClientWait, H2Session};

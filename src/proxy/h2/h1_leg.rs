@@ -15,8 +15,7 @@ use crate::h2::{Connection, ErrorCode};
 use crate::health::Outcome;
 use crate::http::{self, Body, BodyKind, Method};
 
-use super::super::conns::{connect_result, Owner, UpState};
-use super::super::conns::{upstream_token, Proxy};
+use super::super::conns::{connect_result, upstream_token, Owner, Proxy, UpState};
 use super::super::context::Ctx;
 use super::super::decide::{self, Blame, Failure, PoolCheck};
 use super::super::exchange::{Resp, NONE};

@@ -32,8 +32,7 @@ use crate::buffer::Buf;
 use crate::debug;
 use crate::h2::{self as codec, Connection, ErrorCode, Fields};
 
-use super::conns::{Owner, Phase};
-use super::conns::{Proxy, Step};
+use super::conns::{Owner, Phase, Proxy, Step};
 use super::context::Ctx;
 use super::decide::Blame;
 use super::h2_translate as translate;
