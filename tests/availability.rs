@@ -837,6 +837,17 @@ fn h2_post_echo(client: &mut common::h2client::H2, body: &[u8]) -> (u16, Vec<u8>
     (g.status, g.body)
 }
 
+/// POSTs `body` to `/echo` over `client`: the answer is 200 and the echo is the body, whole.
+fn assert_echoed_whole(client: &mut common::h2client::H2, body: &[u8]) {
+    let (status, echoed) = h2_post_echo(client, body);
+    assert_eq!(status, 200);
+    assert!(
+        echoed == body,
+        "the echo is the body, whole ({} bytes)",
+        echoed.len()
+    );
+}
+
 #[test]
 fn a_retry_policy_replays_an_http2_post_to_http1_servers_with_its_body() {
     // C reads the whole POST and drops the connection; the echo server gets it again from
@@ -846,13 +857,7 @@ fn a_retry_policy_replays_an_http2_post_to_http1_servers_with_its_body() {
     let mut client = common::h2client::H2::connect(p.addr);
     let body = vec![b'h'; 20_000];
     for _ in 0..4 {
-        let (status, echoed) = h2_post_echo(&mut client, &body);
-        assert_eq!(status, 200);
-        assert!(
-            echoed == body,
-            "the echo is the body, whole ({} bytes)",
-            echoed.len()
-        );
+        assert_echoed_whole(&mut client, &body);
     }
     let dropped = closer.requests.load(SeqCst) as u64;
     assert!(dropped >= 2, "C saw {dropped}");
@@ -878,13 +883,7 @@ fn a_stream_an_h2c_server_refused_goes_to_an_http1_server_body_and_all() {
     let mut client = common::h2client::H2::connect(p.addr);
     let body = vec![b'r'; 30_000];
     for _ in 0..6 {
-        let (status, echoed) = h2_post_echo(&mut client, &body);
-        assert_eq!(status, 200);
-        assert!(
-            echoed == body,
-            "the echo is the body, whole ({} bytes)",
-            echoed.len()
-        );
+        assert_echoed_whole(&mut client, &body);
     }
     assert_eq!(echo.requests(), 6);
     assert!(stat(&p, "retries") >= 3);
