@@ -122,8 +122,6 @@ impl Ctx {
         ex.retries += 1;
         ex.stale_retried |= again == Again::StaleConnection;
         ex.tried.insert(old_backend);
-        // A retried attempt is not hedged (`plan_hedge`): a plan for the failed one ends.
-        ex.hedge.at = 0;
         self.shared.counters.retries.fetch_add(1, Relaxed);
         let wait = if again.same_server() {
             0
