@@ -7,7 +7,10 @@ SIGINT and callgrind's total (Ir) read. Two runs per binary, of LONG and SHORT r
 (Ir(LONG) - Ir(SHORT)) / (LONG - SHORT) is the cost of one request without start-up and
 shutdown. Binaries alternate (A, B, A, B ...) and each figure is the median of --reps.
 
-  python3 bench/instructions.py [--h2c] [--reps 1] BIN [BIN ...]
+  python3 bench/instructions.py [--h2c] [--reps 1] [--keep DIR] BIN [BIN ...]
+
+--keep DIR: copy each callgrind output to DIR (named after the binary's checkout and N),
+for `callgrind_annotate`.
 
 --h2c: HTTP/2 (h2c prior knowledge) to corelb and h2c to the backend; else HTTP/1.1 both
 ways (`h2load --h1`). The per-request CSV log is off (`--log-csv off`; its writer thread
@@ -33,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = os.path.join(ROOT, "target", "release", "corelb-backend")
 
 
-def run(binary, n, h2c, tmp, csv_log):
+def run(binary, n, h2c, tmp, csv_log, keep=None):
     bport, pport = free_port(), free_port()
     proto = ["--protocol", "h2c"] if h2c else []
     backend = subprocess.Popen(
@@ -76,6 +79,11 @@ def run(binary, n, h2c, tmp, csv_log):
             proxy.kill()
         backend.kill()
         backend.wait()
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        name = f"{os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(binary)))))}-{n}.out"
+        import shutil
+        shutil.copy(out, os.path.join(keep, name))
     with open(out) as f:
         for line in f:
             if line.startswith("summary:") or line.startswith("totals:"):
@@ -91,13 +99,14 @@ def main():
     ap.add_argument("--csv-log", action="store_true")
     ap.add_argument("--short", type=int, default=10000)
     ap.add_argument("--long", type=int, default=30000)
+    ap.add_argument("--keep", help="copy each callgrind output here (for callgrind_annotate)")
     a = ap.parse_args()
     per = {b: [] for b in a.binaries}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(a.reps):
             for b in a.binaries:
-                short = run(b, a.short, a.h2c, tmp, a.csv_log)
-                long_ = run(b, a.long, a.h2c, tmp, a.csv_log)
+                short = run(b, a.short, a.h2c, tmp, a.csv_log, a.keep)
+                long_ = run(b, a.long, a.h2c, tmp, a.csv_log, a.keep)
                 per[b].append((long_ - short) / (a.long - a.short))
                 print(f"{b}: {per[b][-1]:.0f} instructions/request", flush=True)
     what = "h2c -> h2c" if a.h2c else "HTTP/1.1 -> HTTP/1.1"

@@ -191,6 +191,23 @@ pub fn histogram() -> Histogram<u64> {
 /// the proxy runs, so dumps look names up when they write.
 pub type Names = Arc<dyn Fn(usize) -> Option<String> + Send + Sync>;
 
+/// Empties `h` (a histogram is 160 KiB: an empty one is left as it is).
+fn reset(h: &mut Histogram<u64>) {
+    if !h.is_empty() {
+        h.reset();
+    }
+}
+
+/// Adds `from` (a worker's, no longer needed) into `acc`: an empty `acc` takes it whole,
+/// without a copy.
+fn merge(acc: &mut Histogram<u64>, from: &mut Histogram<u64>) {
+    if acc.is_empty() {
+        std::mem::swap(acc, from);
+    } else {
+        let _ = acc.add(&*from);
+    }
+}
+
 /// Makes `v` at least `n` histograms long (a backend added since start).
 fn grow(v: &mut Vec<Histogram<u64>>, n: usize) {
     if v.len() < n {
@@ -299,8 +316,8 @@ impl WorkerHists {
             codes: std::mem::replace(&mut self.codes, code_counts(self.slots)),
             grpc: self.grpc.take(),
         };
-        self.total.reset();
-        self.backends.iter_mut().for_each(Histogram::reset);
+        reset(&mut self.total);
+        self.backends.iter_mut().for_each(reset);
         self.requests = 0;
         self.errors = 0;
         snap
@@ -451,11 +468,11 @@ fn aggregate(
     while open {
         let wait = next_sec.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
-            Ok(s) => {
-                let _ = sec_total.add(&s.total);
+            Ok(mut s) => {
+                merge(&mut sec_total, &mut s.total);
                 grow(&mut sec_backends, s.backends.len());
-                for (acc, h) in sec_backends.iter_mut().zip(&s.backends) {
-                    let _ = acc.add(h);
+                for (acc, h) in sec_backends.iter_mut().zip(&mut s.backends) {
+                    merge(acc, h);
                 }
                 sec_requests += s.requests;
                 sec_errors += s.errors;
@@ -470,6 +487,14 @@ fn aggregate(
         }
         // A second is over (or everyone is gone): publish it.
         next_sec = Instant::now() + FLUSH_EVERY;
+        // The dump window (kept only when dumps are written) takes the second first.
+        if dump.is_some() {
+            let _ = win_total.add(&sec_total);
+            grow(&mut win_backends, sec_backends.len());
+            for (acc, h) in win_backends.iter_mut().zip(&sec_backends) {
+                let _ = acc.add(h);
+            }
+        }
         {
             let mut sum = summary.lock().unwrap_or_else(|e| e.into_inner());
             let _ = sum.since_start_total.add(&sec_total);
@@ -477,8 +502,10 @@ fn aggregate(
             for (acc, h) in sum.since_start_backends.iter_mut().zip(&sec_backends) {
                 let _ = acc.add(h);
             }
-            sum.last_total = sec_total.clone();
-            sum.last_backends = sec_backends.clone();
+            // The second's histograms become the last second's; the previous ones, reset
+            // below, gather the next second (no copy of 160 KiB each).
+            std::mem::swap(&mut sum.last_total, &mut sec_total);
+            std::mem::swap(&mut sum.last_backends, &mut sec_backends);
             add_codes(&mut sum.codes, &sec_codes);
             for calls in sec_grpc.drain(..) {
                 sum.grpc.add(&calls);
@@ -490,13 +517,8 @@ fn aggregate(
                 sum.errors_per_second.pop_front();
             }
         }
-        let _ = win_total.add(&sec_total);
-        grow(&mut win_backends, sec_backends.len());
-        for (acc, h) in win_backends.iter_mut().zip(&sec_backends) {
-            let _ = acc.add(h);
-        }
-        sec_total.reset();
-        sec_backends.iter_mut().for_each(Histogram::reset);
+        reset(&mut sec_total);
+        sec_backends.iter_mut().for_each(reset);
         sec_requests = 0;
         sec_errors = 0;
         sec_codes.iter_mut().for_each(|row| row.fill(0));
@@ -518,8 +540,8 @@ fn aggregate(
                         .map_err(|e| io::Error::other(format!("{e:?}")))?;
                 }
             }
-            win_total.reset();
-            win_backends.iter_mut().for_each(Histogram::reset);
+            reset(&mut win_total);
+            win_backends.iter_mut().for_each(reset);
             win_start = Instant::now();
             win_start_unix = unix_now();
             // Periodic (and final) percentile distributions, since start.

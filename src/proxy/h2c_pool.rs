@@ -417,9 +417,10 @@ impl Proxy {
         }
     }
 
-    /// Connections to h2c backends without streams (pooled idle).
-    pub(super) fn mux_idle(&self) -> usize {
-        (self.muxes.iter().flatten())
+    /// Connections to h2c backends without streams (pooled idle), among the first `filled`
+    /// backend slots.
+    pub(super) fn mux_idle(&self, filled: usize) -> usize {
+        (self.muxes[..filled.min(self.muxes.len())].iter().flatten())
             .filter(|&&ui| self.ups[ui].is_idle())
             .count()
     }

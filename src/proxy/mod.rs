@@ -110,7 +110,10 @@ impl Proxy {
     /// buffers in use and pooled) since the last call to `Shared`'s sums: at most four
     /// Relaxed atomic adds, once per loop iteration, none when nothing changed.
     pub fn publish_gauges(&mut self) {
-        let idle: usize = self.idle.iter().map(Vec::len).sum::<usize>() + self.mux_idle();
+        // Only the filled backend slots (64 at least are allocated): every index handed
+        // out is below `len`.
+        let filled = self.ctx.shared.balancer.len().min(self.idle.len());
+        let idle = self.idle[..filled].iter().map(Vec::len).sum::<usize>() + self.mux_idle(filled);
         let now = [
             self.ups.len() as u64,
             idle as u64,
