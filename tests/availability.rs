@@ -888,3 +888,66 @@ fn a_stream_an_h2c_server_refused_goes_to_an_http1_server_body_and_all() {
     assert_eq!(echo.requests(), 6);
     assert!(stat(&p, "retries") >= 3);
 }
+
+/// Sends one GET through `p` over HTTP/1.1 or HTTP/2 and leaves (resets the connection)
+/// once the proxy has decided to retry it elsewhere (its 503 from U), while the retry
+/// waits out its backoff. Returns false if G answered instead (it had the first attempt,
+/// or the jittered backoff ended before the client left).
+fn leave_during_backoff(p: &Proxy, g: &Backend, http2: bool) -> bool {
+    let (retries, answered) = (stat(p, "policy_retries"), g.requests());
+    let h1 = (!http2).then(|| {
+        let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        s
+    });
+    let h2 = http2.then(|| {
+        let mut h = h2client::H2::connect(p.addr);
+        h.request("GET", "/", &[], true);
+        h
+    });
+    let decided = eventually(Duration::from_secs(5), || {
+        stat(p, "policy_retries") > retries || g.requests() > answered
+    });
+    assert!(decided, "no answer and no retry");
+    // Gone for good (a reset, not a FIN: a half-closed client still gets its answer).
+    let sock = h1.as_ref().or(h2.as_ref().map(|h| &h.sock)).unwrap();
+    socket2::SockRef::from(sock)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop((h1, h2));
+    g.requests() == answered
+}
+
+#[test]
+fn a_client_that_leaves_during_a_retry_backoff_is_a_client_abort_on_both_protocols() {
+    // Round robin gives U every first attempt (each retry's pick moves the rotation on to
+    // G). A 5 s ceiling with full jitter: the client is gone before the retry would go.
+    let policy = r#", "mode": "round-robin", "retryPolicy": {"maxAttempts": 2,
+                     "retryOn": ["503"], "methods": ["GET"],
+                     "initialBackoff": "5s", "maxBackoff": "5s"}"#;
+    let (_u, g, p) = unavailable_and_good(policy);
+    for http2 in [false, true] {
+        let mut left = 0;
+        for _ in 0..3 {
+            let aborts = stat(&p, "client_aborts");
+            let answered = g.requests();
+            if !leave_during_backoff(&p, &g, http2) {
+                continue;
+            }
+            left += 1;
+            let counted = eventually(Duration::from_secs(5), || {
+                stat(&p, "client_aborts") == aborts + 1
+            });
+            assert!(
+                counted,
+                "http2 {http2}: leaving mid-backoff is a client abort"
+            );
+            // The retry never went out: its pick was given back.
+            assert_eq!(g.requests(), answered, "http2 {http2}");
+        }
+        assert!(
+            left >= 2,
+            "http2 {http2}: the client left mid-backoff {left} times of 3"
+        );
+    }
+}

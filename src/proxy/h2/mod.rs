@@ -326,6 +326,15 @@ impl Proxy {
             let c = &self.ctx.shared.counters;
             c.h2_resets_unforwarded.fetch_add(1, Relaxed);
         }
+        if st.backoff_at != 0 && blame == Blame::Client {
+            // The client left while a retry waited out its backoff: a client abort, as on
+            // HTTP/1.1 (`end_upstream`); the retry's pick is given back.
+            if let Some(next) = st.pending.take() {
+                st.backoff_at = 0;
+                let (ex, call) = st.for_accounting();
+                self.ctx.account_early_end(next, ex, 0, blame, call);
+            }
+        }
         if let Some(backend) = self.h2_drop_leg(ci, &mut st, ErrorCode::CANCEL) {
             let (ex, call) = st.for_accounting();
             self.ctx.account_early_end(backend, ex, 0, blame, call);
