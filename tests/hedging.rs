@@ -70,6 +70,49 @@ fn a_get_with_no_answer_after_the_delay_is_hedged_and_the_first_answer_wins() {
     assert!(rows.iter().all(|(u, _)| *u == f_url), "{rows:?}");
 }
 
+/// GET `/` through `p` on a new connection, over HTTP/2 if `http2`: the status and the
+/// backend that answered.
+fn get_over(p: &Proxy, http2: bool) -> (u16, String) {
+    if !http2 {
+        let r = get(p.addr, "/");
+        return (r.status, r.backend());
+    }
+    let mut client = H2::connect(p.addr);
+    let id = client.request("GET", "/", &[], true);
+    let g = client.wait(id, Duration::from_secs(5));
+    (g.status, header(&g, "x-backend").unwrap_or("").to_string())
+}
+
+#[test]
+fn an_http2_get_to_http1_servers_is_hedged_and_the_first_answer_wins() {
+    let (slow, fast, p) = slow_and_fast(&["--hedge-delay", "20ms"]);
+    let mut worst = Duration::ZERO;
+    for _ in 0..6 {
+        let t = Instant::now();
+        let answer = get_over(&p, true);
+        worst = worst.max(t.elapsed());
+        assert_eq!(answer, (200, "F".to_string()));
+    }
+    // Each GET round robin gave S went to F too after 20 ms, and F's answer came first.
+    assert!(worst < Duration::from_millis(300), "{worst:?}");
+    let hedged = stat(&p, "hedges");
+    assert!(hedged >= 3, "hedges {hedged}");
+    assert_eq!(stat(&p, "hedge_wins"), hedged);
+    assert_eq!(
+        stat(&p, "hedges_cancelled"),
+        hedged,
+        "each loser was cancelled"
+    );
+    assert_eq!(fast.requests(), 6, "F answered every request");
+    assert!(eventually(Duration::from_secs(5), || slow.requests() == hedged));
+    // Each loser's connection was closed, not pooled: S had a new one for each GET, and
+    // only F's one connection is left.
+    assert_eq!(stat(&p, "upstream_connects"), hedged + 1);
+    assert!(eventually(Duration::from_secs(5), || {
+        stat(&p, "upstream_connections_open") == 1
+    }));
+}
+
 #[test]
 fn requests_the_policy_does_not_cover_are_never_hedged() {
     let (slow, fast, p) = slow_and_fast(&["--hedge-delay", "20ms"]);
@@ -294,18 +337,25 @@ fn an_http1_503_while_a_hedge_runs_lets_the_hedge_answer() {
             "retryPolicy": {{"maxAttempts": 2, "retryOn": ["503"], "methods": ["GET"]}}}}"#,
         servers.join(", ")
     );
-    let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
-    for _ in 0..6 {
-        let r = get(p.addr, "/");
-        assert_eq!((r.status, r.backend()), (200, "G".to_string()));
+    // From HTTP/1.1 clients and from HTTP/2 clients alike.
+    for http2 in [false, true] {
+        let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+        let (u0, g0) = (u.requests(), g.requests());
+        for _ in 0..6 {
+            assert_eq!(get_over(&p, http2), (200, "G".to_string()), "http2 {http2}");
+        }
+        assert_eq!(
+            g.requests() - g0,
+            6,
+            "http2 {http2}: each GET reached G once"
+        );
+        assert!(u.requests() > u0);
+        assert_eq!(
+            stat(&p, "retries"),
+            0,
+            "http2 {http2}: the hedges answered; nothing was retried"
+        );
     }
-    assert_eq!(g.requests(), 6, "each GET reached G once");
-    assert!(u.requests() >= 1);
-    assert_eq!(
-        stat(&p, "retries"),
-        0,
-        "the hedges answered; nothing was retried"
-    );
 }
 
 #[test]
@@ -327,17 +377,24 @@ fn an_http1_hedge_that_takes_over_keeps_its_own_per_try_timeout() {
                              "retryOn": ["per-try-timeout"], "methods": ["GET"]}}}}"#,
         servers.join(", ")
     );
-    let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
-    for _ in 0..4 {
-        let t = Instant::now();
-        let r = get(p.addr, "/");
-        assert_eq!((r.status, r.backend()), (200, "M".to_string()), "{r:?}");
-        assert!(
-            t.elapsed() < Duration::from_millis(1500),
-            "{:?}",
-            t.elapsed()
+    // From HTTP/1.1 clients and from HTTP/2 clients alike.
+    for http2 in [false, true] {
+        let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+        let before = mid.requests();
+        for _ in 0..4 {
+            let t = Instant::now();
+            assert_eq!(get_over(&p, http2), (200, "M".to_string()), "http2 {http2}");
+            let took = t.elapsed();
+            assert!(
+                took < Duration::from_millis(1500),
+                "http2 {http2}: {took:?}"
+            );
+        }
+        assert!(stat(&p, "hedges") >= 2, "http2 {http2}");
+        assert_eq!(
+            mid.requests() - before,
+            4,
+            "http2 {http2}: each GET reached M once"
         );
     }
-    assert!(stat(&p, "hedges") >= 2);
-    assert_eq!(mid.requests(), 4, "each GET reached M once");
 }

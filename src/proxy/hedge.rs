@@ -23,7 +23,7 @@ use super::io::{would_block, write2};
 use super::lifecycle::Promote;
 
 /// The status of a response whose first bytes are `b` (`HTTP/1.1 503`), if they hold it.
-fn status_of(b: &[u8]) -> Option<u16> {
+pub(super) fn status_of(b: &[u8]) -> Option<u16> {
     match b {
         [b'H', b'T', b'T', b'P', b'/', b'1', b'.', _, b' ', d @ ..] if d.len() == 3 => {
             d.iter().try_fold(0u16, |n, &c| {

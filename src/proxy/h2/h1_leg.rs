@@ -56,25 +56,8 @@ impl Proxy {
         let backend = lease.backend();
         let h2c = self.ctx.shared.balancer.backend(backend).protocol == Protocol::H2c;
         let st = &mut s.streams[i];
-        if !h2c && st.ex.head.as_ref().is_none_or(|h| h.is_empty()) {
-            // First time on an HTTP/1.1 backend: its request head (checked at open).
-            let close = self.ctx.shared.cfg.upstream == UpstreamMode::PerRequest;
-            let scratch = &mut self.ctx.scratch;
-            scratch.clear();
-            // Checked at open (`translate::target`); what HTTP/1.1 cannot carry is left out.
-            let key = st.websocket.as_ref().map(|k| &k[..]);
-            if let Ok(head) =
-                translate::request_head(&st.fields, st.req_end, &s.from, close, key, scratch)
-            {
-                st.framing = head.framing;
-            }
-            let buf = st.ex.head.get_or_insert_with(|| self.ctx.bufs.get());
-            buf.clear();
-            if scratch.len() > buf.capacity() {
-                buf.grow(scratch.len());
-            }
-            buf.space()[..scratch.len()].copy_from_slice(scratch);
-            buf.filled(scratch.len());
+        if !h2c {
+            self.h2_request_head(st, &s.from);
         }
         let got = if h2c {
             self.mux_for(backend, ci, st.id, fresh)
@@ -115,6 +98,31 @@ impl Proxy {
                 false
             }
         }
+    }
+
+    /// Stream `st`'s HTTP/1.1 request head into `ex.head`, unless it is there: built from
+    /// its fields (checked at open) for the first attempt on an HTTP/1.1 backend, and again
+    /// for a later one or a hedge once the head went back to the pool.
+    pub(super) fn h2_request_head(&mut self, st: &mut H2Stream, from: &translate::Origin) {
+        if st.ex.head.as_ref().is_some_and(|h| !h.is_empty()) {
+            return;
+        }
+        let close = self.ctx.shared.cfg.upstream == UpstreamMode::PerRequest;
+        let scratch = &mut self.ctx.scratch;
+        scratch.clear();
+        // Checked at open (`translate::target`); what HTTP/1.1 cannot carry is left out.
+        let key = st.websocket.as_ref().map(|k| &k[..]);
+        if let Ok(head) = translate::request_head(&st.fields, st.req_end, from, close, key, scratch)
+        {
+            st.framing = head.framing;
+        }
+        let buf = st.ex.head.get_or_insert_with(|| self.ctx.bufs.get());
+        buf.clear();
+        if scratch.len() > buf.capacity() {
+            buf.grow(scratch.len());
+        }
+        buf.space()[..scratch.len()].copy_from_slice(scratch);
+        buf.filled(scratch.len());
     }
 
     /// Detaches stream `st` from its upstream (closing an HTTP/1.1 connection, leaving an
@@ -171,6 +179,8 @@ impl Proxy {
         if s.streams[i].mux {
             return self.h2_leg_step(ci, s, i);
         }
+        // A hedge racing this attempt goes first: its answer may make it the attempt.
+        let hedged = self.h2_h1_hedge_step(ci, &mut s.streams[i]);
         let ui = s.streams[i].ex.up;
         if self.ups[ui].state == UpState::Connecting {
             match self.h2_connected(ui) {
@@ -179,7 +189,7 @@ impl Proxy {
                 Connect::Up => s.streams[i].up_armed = false,
             }
         }
-        let mut moved = false;
+        let mut moved = hedged;
         match self.h2_send_request(s, i) {
             Ok(m) => moved |= m,
             Err(()) if !s.streams[i].head_sent && s.streams[i].ex.resp == Resp::Head => {
@@ -195,6 +205,10 @@ impl Proxy {
         match self.h2_recv_response(s, i) {
             Read::Idle => {}
             Read::Moved => moved = true,
+            Read::Failed(Failure::Status(_)) if self.h2_hedge_takes_over(ci, &mut s.streams[i]) => {
+                // A status the retry policy replays while a hedge runs: the hedge answers.
+                return (true, false);
+            }
             Read::Failed(why @ Failure::Status(_)) => {
                 if let Some(attached) = self.h2_retry(ci, s, i, why) {
                     return (true, !attached);
@@ -209,6 +223,15 @@ impl Proxy {
                 moved = true;
             }
             Read::Failed(why) => return self.h2_fail(ci, s, i, why),
+        }
+        let st = &mut s.streams[i];
+        if st.ex.got_bytes && st.ex.hedge.up != NONE {
+            // This attempt's answer won the race: the hedge is cancelled.
+            let c = &self.ctx.shared.counters;
+            c.hedges_cancelled.fetch_add(1, Relaxed);
+            self.h2_end_hedging(ci, st);
+        } else if !st.alt.planned && st.req_sent {
+            self.h2_plan_hedge(st);
         }
         let mut dropped = 0;
         moved |= h2_send_response(s, i, &mut dropped);
@@ -706,8 +729,13 @@ impl Proxy {
             return;
         };
         if let Some(i) = s.stream(id) {
-            let why = lifecycle::expiry(&s.streams[i].ex, connecting, now);
-            self.h2_fail(ci, &mut s, i, why);
+            if s.streams[i].ex.hedge.up == ui {
+                // A hedge that timed out is given up; its stream goes on.
+                self.h2_drop_hedge(ci, &mut s.streams[i]);
+            } else {
+                let why = lifecycle::expiry(&s.streams[i].ex, connecting, now);
+                self.h2_fail(ci, &mut s, i, why);
+            }
         }
         self.clients[ci].phase = super::super::conns::Phase::H2(s);
         self.drive(ci);

@@ -1,12 +1,19 @@
-//! Hedged HTTP/2 streams over h2c (`hedgingPolicy`): a stream the policy covers (a gRPC
-//! unary call, say) whose request is held whole and that has had no response head some
-//! delay after its attempt began is opened once more, on another h2c server. Both legs
-//! run on the one stream: the hedge's progress is kept in `H2Stream::alt` and its
-//! connection in `ex.hedge`, and [`H2Stream::swap_legs`] lets the h2c leg's code serve
-//! either. The first response head wins; the other stream is reset with CANCEL and its
-//! server given back without a latency sample. A Trailers-Only answer with a status the
-//! policy calls non-fatal (and UNAVAILABLE) does not win: the other leg carries on, and
-//! the next hedge, if the policy allows one, goes out at once.
+//! Hedged HTTP/2 streams (`hedgingPolicy`): a stream the policy covers whose request went
+//! out whole and that has had no answer some delay after is sent once more, to another
+//! server speaking the same protocol.
+//!
+//! - Over h2c (a gRPC unary call, say), with its request body held whole: both legs run
+//!   on the one stream. The hedge's progress is kept in `H2Stream::alt` and its connection
+//!   in `ex.hedge`, and [`H2Stream::swap_legs`] lets the h2c leg's code serve either. The
+//!   first response head wins; the other stream is reset with CANCEL. A Trailers-Only
+//!   answer with a status the policy calls non-fatal (and UNAVAILABLE) does not win: the
+//!   other leg carries on, and the next hedge, if the policy allows one, goes out at once.
+//! - Over HTTP/1.1, a request without a body (as for an HTTP/1.1 client, `proxy/hedge.rs`):
+//!   the hedge is another connection in `ex.hedge` that is sent the request head. Its
+//!   first response bytes win (a status the retry policy replays does not); the other
+//!   connection is closed.
+//!
+//! The loser's server is given back without a latency sample.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -15,11 +22,15 @@ use crate::config::Protocol;
 use crate::debug;
 use crate::h2::ErrorCode;
 
-use super::super::conns::Proxy;
+use super::super::conns::{connect_result, upstream_token, Owner, Proxy, UpState};
+use super::super::context::Ctx;
 use super::super::exchange::{Exchange, Hedge, Resp, NONE};
 use super::super::grpc;
 use super::super::h2_session::H2Session;
 use super::super::h2_session::{AltLeg, H2Stream};
+use super::super::h2_translate::Origin;
+use super::super::hedge::status_of;
+use super::super::io::{would_block, write2};
 use super::super::lifecycle::Promote;
 
 /// Stream `st` may (still) be hedged: an h2c attempt with no response head yet, and the
@@ -52,10 +63,15 @@ impl Proxy {
     /// Plans the hedge of `st` once its first attempt has sent the whole request: the
     /// delay runs from there (a client slow to send its body does not make it shorter).
     pub(super) fn h2_plan_hedge(&mut self, st: &mut H2Stream) {
-        if st.alt.planned || !st.up_end || !st.ex.hedgeable || st.ex.retries > 0 {
+        let sent = if st.mux { st.up_end } else { st.req_sent };
+        if st.alt.planned || !sent || !st.ex.hedgeable || st.ex.retries > 0 {
             return;
         }
         st.alt.planned = true;
+        if !st.mux && !may_hedge_h1(st) {
+            // An HTTP/1.1 leg is hedged only without a request body.
+            return;
+        }
         let backend = self.ups[st.ex.up].backend;
         if let Some(delay) = self.hedge_delay(backend) {
             st.ex.hedge.at = self.ctx.now + delay;
@@ -68,6 +84,10 @@ impl Proxy {
     pub(super) fn h2_hedge_timer(&mut self, ci: usize, s: &mut H2Session, i: usize) {
         let st = &mut s.streams[i];
         st.ex.hedge.at = 0;
+        if !st.mux {
+            self.h2_h1_hedge_timer(ci, st, &s.from);
+            return;
+        }
         let max = self.ctx.shared.cfg.retry.replay_max();
         if !may_hedge(st, max) || self.h2_answered(ci, st) {
             return;
@@ -227,12 +247,20 @@ impl Proxy {
         self.h2_leg_step(ci, s, i)
     }
 
-    /// `st`'s current attempt failed: true if a running hedge takes its place.
+    /// `st`'s current attempt failed: true if a running hedge takes its place (on
+    /// HTTP/1.1, one that sent its whole request).
     pub(super) fn h2_hedge_takes_over(&mut self, ci: usize, st: &mut H2Stream) -> bool {
         if st.ex.hedge.up == NONE || st.head_sent {
             return false;
         }
-        self.h2_promote(ci, st, Promote::Failed);
+        if st.mux {
+            self.h2_promote(ci, st, Promote::Failed);
+        } else if self.h1_hedge_sent(st) {
+            self.h2_h1_promote(st, Promote::Failed);
+        } else {
+            self.h2_drop_hedge(ci, st);
+            return false;
+        }
         true
     }
 
@@ -245,7 +273,7 @@ impl Proxy {
 
     /// Resets `st`'s hedge, if one runs, giving its server back without a sample; no
     /// later attempt of the stream goes there.
-    fn h2_drop_hedge(&mut self, ci: usize, st: &mut H2Stream) {
+    pub(super) fn h2_drop_hedge(&mut self, ci: usize, st: &mut H2Stream) {
         let h = std::mem::replace(&mut st.ex.hedge.up, NONE);
         if h == NONE {
             return;
@@ -256,8 +284,9 @@ impl Proxy {
         }
     }
 
-    /// Takes `st`'s leg on h2c connection `ui` off it (RST_STREAM CANCEL), keeping later
-    /// attempts off its server (`what` for the debug log).
+    /// Takes `st`'s leg on connection `ui` off it (RST_STREAM CANCEL on h2c; an HTTP/1.1
+    /// connection closes), keeping later attempts off its server (`what` for the debug
+    /// log).
     fn h2_leave(&mut self, ci: usize, st: &mut H2Stream, ui: usize, what: &str) {
         let backend = self.ups[ui].backend;
         debug!(
@@ -266,7 +295,173 @@ impl Proxy {
             st.id,
             self.ctx.shared.balancer.backend(backend).name
         );
-        self.mux_detach(ui, ci, st.id, ErrorCode::CANCEL);
+        if self.ups[ui].mux.is_some() {
+            self.mux_detach(ui, ci, st.id, ErrorCode::CANCEL);
+        } else {
+            self.remove_upstream(ui);
+        }
         st.ex.tried.insert(backend);
     }
+
+    /// The hedge moment of `st`, on an HTTP/1.1 leg: a hedge goes out (the older attempt
+    /// giving way first if a hedge already runs and neither has answered).
+    fn h2_h1_hedge_timer(&mut self, ci: usize, st: &mut H2Stream, from: &Origin) {
+        if !may_hedge_h1(st) {
+            return;
+        }
+        if st.ex.hedge.up != NONE {
+            if !self.h1_hedge_sent(st) {
+                // The running hedge has not even sent its request: leave things be.
+                return;
+            }
+            self.h2_h1_promote(st, Promote::Superseded);
+        }
+        let old = self.ups[st.ex.up].backend;
+        let Some(lease) = self.hedge_target(old, st.ex.tried, Protocol::Http1) else {
+            return;
+        };
+        let b = lease.backend();
+        let Some((ui, reused)) = self.connection_to(b, ci, false) else {
+            self.ctx.shared.balancer.cancel_lease(lease);
+            return;
+        };
+        self.ups[ui].owner = Owner::Stream {
+            client: ci,
+            id: st.id,
+        };
+        // The head again: the attempt's went back to the pool once written.
+        self.h2_request_head(st, from);
+        let sent = st.ex.hedge.sent + 1;
+        let next = self.next_hedge_at(b, sent);
+        st.ex.hedge = Hedge::launched(next, ui, lease, sent, reused);
+        st.alt.try_by = 0;
+        st.due = true;
+        self.ctx.shared.counters.hedges.fetch_add(1, Relaxed);
+        debug!(
+            "worker {}: hedging HTTP/2 stream {} from {} on {}",
+            self.ctx.id,
+            st.id,
+            self.ctx.shared.balancer.backend(old).name,
+            self.ctx.shared.balancer.backend(b).name
+        );
+    }
+
+    /// The HTTP/1.1 hedge of `st` is connected and has sent its whole request.
+    fn h1_hedge_sent(&self, st: &H2Stream) -> bool {
+        let h = st.ex.hedge.up;
+        let head = st.ex.head.as_ref().map_or(0, |b| b.len());
+        h != NONE && self.ups[h].state == UpState::Busy && st.ex.hedge.off >= head
+    }
+
+    /// A step of `st`'s HTTP/1.1 hedge, if one runs: its connect and request head, then
+    /// the race. Returns whether anything moved. The hedge wins with the first response
+    /// bytes (not a status the retry policy replays); the current attempt wins once it
+    /// has any (`h2_stream_step`).
+    pub(super) fn h2_h1_hedge_step(&mut self, ci: usize, st: &mut H2Stream) -> bool {
+        let h = st.ex.hedge.up;
+        if h == NONE {
+            return false;
+        }
+        let u = &mut self.ups[h];
+        if u.state == UpState::Connecting {
+            match connect_result(u) {
+                None => return false,
+                Some(false) => {
+                    self.h2_drop_hedge(ci, st);
+                    return true;
+                }
+                Some(true) => {
+                    u.state = UpState::Busy;
+                    let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
+                    self.ctx.timers.set(&mut u.timer, upstream_token(h).0, at);
+                }
+            }
+        }
+        let head = st.ex.head.as_ref().map_or(&[][..], |b| b.bytes());
+        let mut moved = false;
+        if u.io.writable && st.ex.hedge.off < head.len() {
+            match write2(&mut u.sock, &head[st.ex.hedge.off..], &[], &mut u.io) {
+                Ok(n) => {
+                    st.ex.hedge.off += n;
+                    moved = true;
+                    if st.ex.hedge.off == head.len() && st.ex.per_try > 0 {
+                        // The hedge's own per-try timeout starts with its request out.
+                        st.alt.try_by = self.ctx.now + st.ex.per_try;
+                    }
+                }
+                Err(e) if would_block(&e) => {}
+                Err(_) => {
+                    self.h2_drop_hedge(ci, st);
+                    return true;
+                }
+            }
+        }
+        if !self.h1_hedge_sent(st) || !self.ups[h].io.readable {
+            return moved;
+        }
+        // Response bytes, or the hedge's server closed: look without taking them.
+        let mut line = [0u8; 12];
+        match self.ups[h].sock.tcp().peek(&mut line) {
+            Ok(0) => self.h2_drop_hedge(ci, st),
+            Ok(n) if status_of(&line[..n]).is_some_and(|s| st.ex.retry_on.has_status(s)) => {
+                self.h2_drop_hedge(ci, st)
+            }
+            Ok(_) => self.h2_h1_promote(st, Promote::Won),
+            Err(e) if would_block(&e) => {
+                self.ups[h].io.readable = false;
+                return moved;
+            }
+            Err(_) => self.h2_drop_hedge(ci, st),
+        }
+        true
+    }
+
+    /// The HTTP/1.1 hedge becomes `st`'s current attempt: the former one's connection is
+    /// closed and its server given back, with a failure sample only if it failed. What
+    /// the former one read (a head the retry policy replays, a broken one) is dropped.
+    fn h2_h1_promote(&mut self, st: &mut H2Stream, why: Promote) {
+        let ex = &mut st.ex;
+        let (old, h) = (ex.up, std::mem::replace(&mut ex.hedge.up, NONE));
+        let old_backend = self.ups[old].backend;
+        ex.up = h;
+        let hedge_lease = (ex.hedge.lease.take()).expect("a running hedge holds its lease");
+        let old_lease = (ex.lease.replace(hedge_lease)).expect("an attempt holds its lease");
+        ex.reused = ex.hedge.reused;
+        ex.rec.reused = ex.hedge.reused;
+        let first = std::mem::replace(&mut ex.attempt, ex.hedge.started);
+        ex.try_by = std::mem::take(&mut st.alt.try_by);
+        ex.tried.insert(old_backend);
+        // The new attempt's response starts afresh; its request went out whole.
+        self.ctx.bufs.release(&mut ex.resp_buf);
+        (ex.resp, ex.status, ex.ready) = (Resp::Head, 0, 0);
+        (ex.got_bytes, ex.keep) = (false, false);
+        self.ctx.bufs.release(&mut ex.head);
+        ex.head_off = 0;
+        st.resp_tail.clear();
+        st.req_sent = true;
+        st.up_armed = false;
+        st.due = true;
+        self.ctx.hedge_promoted(&mut st.ex, old_lease, first, why);
+        debug!(
+            "worker {}: HTTP/2 stream {} gives way to its hedge on {}",
+            self.ctx.id,
+            st.id,
+            self.ctx.shared.balancer.backend(self.ups[h].backend).name
+        );
+        self.remove_upstream(old);
+    }
+}
+
+/// Stream `st`, on an HTTP/1.1 leg, may (still) be hedged: covered, its request (with no
+/// body) sent whole, and no response byte yet.
+fn may_hedge_h1(st: &H2Stream) -> bool {
+    st.ex.hedgeable
+        && st.req_end
+        && st.req_sent
+        && st.base == 0
+        && st.body.as_ref().is_none_or(|b| b.is_empty())
+        && st.websocket.is_none()
+        && !st.head_sent
+        && st.ex.resp == Resp::Head
+        && !st.ex.got_bytes
 }
