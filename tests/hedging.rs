@@ -113,6 +113,51 @@ fn an_http2_get_to_http1_servers_is_hedged_and_the_first_answer_wins() {
     }));
 }
 
+/// Requests h2c backend `b` received, from its `/stats` (asked over HTTP/2).
+fn h2c_requests(b: &Backend) -> u64 {
+    let mut client = H2::connect(b.addr);
+    let id = client.request("GET", "/stats", &[], true);
+    let g = client.wait(id, Duration::from_secs(5));
+    let v: serde_json::Value = serde_json::from_slice(&g.body).expect("stats JSON");
+    v["requests"].as_u64().expect("requests")
+}
+
+#[test]
+fn an_http1_get_to_h2c_servers_is_hedged_on_another_stream_and_the_first_answer_wins() {
+    let slow = Backend::start("S", "fixed:400", &["--protocol", "h2c"]);
+    let fast = Backend::start("F", "fixed:1", &["--protocol", "h2c"]);
+    let server = |b: &Backend| {
+        format!(
+            r#"{{"name": "{}", "address": "127.0.0.1", "port": {}, "protocol": "h2c"}}"#,
+            b.id,
+            b.port()
+        )
+    };
+    let cfg = format!(
+        r#"{{"servers": [{}, {}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
+            "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "20ms", "methods": ["GET"]}}}}"#,
+        server(&slow),
+        server(&fast)
+    );
+    let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    let mut worst = Duration::ZERO;
+    for _ in 0..6 {
+        let t = Instant::now();
+        let answer = get_over(&p, false);
+        worst = worst.max(t.elapsed());
+        assert_eq!(answer, (200, "F".to_string()));
+    }
+    // Each GET round robin gave S went to F too after 20 ms, and F's answer came first.
+    assert!(worst < Duration::from_millis(300), "{worst:?}");
+    let hedged = stat(&p, "hedges");
+    assert!(hedged >= 3, "hedges {hedged}");
+    assert_eq!(stat(&p, "hedge_wins"), hedged);
+    assert_eq!(h2c_requests(&fast), 6, "F answered every request");
+    assert!(eventually(Duration::from_secs(5), || h2c_requests(&slow) == hedged));
+    // The losers were streams, reset on S's one connection: one connection per server.
+    assert_eq!(stat(&p, "upstream_connects"), 2);
+}
+
 #[test]
 fn requests_the_policy_does_not_cover_are_never_hedged() {
     let (slow, fast, p) = slow_and_fast(&["--hedge-delay", "20ms"]);
@@ -318,83 +363,90 @@ fn a_hedge_that_takes_over_keeps_its_own_per_try_timeout() {
     assert!(stat(&p, "hedges") >= 1);
 }
 
+/// Requests backend `b` (an h2c one if `h2c`) received.
+fn served(b: &Backend, h2c: bool) -> u64 {
+    if h2c {
+        h2c_requests(b)
+    } else {
+        b.requests()
+    }
+}
+
+/// Backend `b` as a config's server entry, speaking h2c if `h2c`.
+fn entry(b: &Backend, h2c: bool) -> String {
+    let protocol = if h2c { "h2c" } else { "http1" };
+    format!(
+        r#"{{"name": "{}", "address": "127.0.0.1", "port": {}, "protocol": "{protocol}"}}"#,
+        b.id,
+        b.port()
+    )
+}
+
+/// The protocol pairs hedging covers: (HTTP/2 client, h2c servers).
+const PAIRS: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+
 #[test]
-fn an_http1_503_while_a_hedge_runs_lets_the_hedge_answer() {
+fn a_503_while_a_hedge_runs_lets_the_hedge_answer_on_every_protocol_pair() {
     // U answers 503 after 40 ms, G answers after 100 ms; GETs are hedged after 20 ms and a
     // 503 is replayed. A GET U has first: its hedge on G is running when U's 503 comes,
     // and carries the request on (no third attempt, and G sees it once). A GET G has
     // first: its hedge on U gets the 503, which does not win; G answers.
-    let u = Backend::start(
-        "U",
-        "fixed:40",
-        &["--error-rate", "1", "--error-status", "503"],
-    );
-    let g = Backend::start("G", "fixed:100", &[]);
-    let servers = [server_json("U", u.port(), 0), server_json("G", g.port(), 0)];
-    let cfg = format!(
-        r#"{{"servers": [{}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
-            "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "20ms", "methods": ["GET"]}},
-            "retryPolicy": {{"maxAttempts": 2, "retryOn": ["503"], "methods": ["GET"]}}}}"#,
-        servers.join(", ")
-    );
-    // From HTTP/1.1 clients and from HTTP/2 clients alike.
-    for http2 in [false, true] {
-        let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
-        let (u0, g0) = (u.requests(), g.requests());
-        for _ in 0..6 {
-            assert_eq!(get_over(&p, http2), (200, "G".to_string()), "http2 {http2}");
-        }
-        assert_eq!(
-            g.requests() - g0,
-            6,
-            "http2 {http2}: each GET reached G once"
+    for (http2, h2c) in PAIRS {
+        let proto: &[&str] = if h2c { &["--protocol", "h2c"] } else { &[] };
+        let mut args = vec!["--error-rate", "1", "--error-status", "503"];
+        args.extend_from_slice(proto);
+        let u = Backend::start("U", "fixed:40", &args);
+        let g = Backend::start("G", "fixed:100", proto);
+        let cfg = format!(
+            r#"{{"servers": [{}, {}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
+                "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "20ms", "methods": ["GET"]}},
+                "retryPolicy": {{"maxAttempts": 2, "retryOn": ["503"], "methods": ["GET"]}}}}"#,
+            entry(&u, h2c),
+            entry(&g, h2c)
         );
-        assert!(u.requests() > u0);
+        let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+        let pair = format!("http2 {http2}, h2c {h2c}");
+        for _ in 0..6 {
+            assert_eq!(get_over(&p, http2), (200, "G".to_string()), "{pair}");
+        }
+        assert_eq!(served(&g, h2c), 6, "{pair}: each GET reached G once");
+        assert!(served(&u, h2c) >= 1, "{pair}");
+        assert!(stat(&p, "hedges") >= 3, "{pair}");
         assert_eq!(
             stat(&p, "retries"),
             0,
-            "http2 {http2}: the hedges answered; nothing was retried"
+            "{pair}: the hedges answered; nothing was retried"
         );
     }
 }
 
 #[test]
-fn an_http1_hedge_that_takes_over_keeps_its_own_per_try_timeout() {
-    // As for gRPC calls above, with HTTP/1.1 GETs: S never answers in time, M answers in
-    // 180 ms. A GET S has first is hedged to M at 50 ms; S's per-try timeout ends S's
-    // attempt at 200 ms and M's attempt carries the GET on with its own timeout (until
-    // about 250 ms), so M's answer at about 230 ms is the client's.
-    let slow = Backend::start("S", "fixed:3000", &[]);
-    let mid = Backend::start("M", "fixed:180", &[]);
-    let servers = [
-        server_json("S", slow.port(), 0),
-        server_json("M", mid.port(), 0),
-    ];
-    let cfg = format!(
-        r#"{{"servers": [{}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
-            "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "50ms", "methods": ["GET"]}},
-            "retryPolicy": {{"maxAttempts": 2, "perTryTimeout": "200ms",
-                             "retryOn": ["per-try-timeout"], "methods": ["GET"]}}}}"#,
-        servers.join(", ")
-    );
-    // From HTTP/1.1 clients and from HTTP/2 clients alike.
-    for http2 in [false, true] {
+fn a_hedge_that_takes_over_keeps_its_own_per_try_timeout_on_every_protocol_pair() {
+    // As for gRPC calls above, with GETs: S never answers in time, M answers in 180 ms. A
+    // GET S has first is hedged to M at 50 ms; S's per-try timeout ends S's attempt at
+    // 200 ms and M's attempt carries the GET on with its own timeout (until about 250 ms),
+    // so M's answer at about 230 ms is the client's.
+    for (http2, h2c) in PAIRS {
+        let proto: &[&str] = if h2c { &["--protocol", "h2c"] } else { &[] };
+        let slow = Backend::start("S", "fixed:3000", proto);
+        let mid = Backend::start("M", "fixed:180", proto);
+        let cfg = format!(
+            r#"{{"servers": [{}, {}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
+                "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "50ms", "methods": ["GET"]}},
+                "retryPolicy": {{"maxAttempts": 2, "perTryTimeout": "200ms",
+                                 "retryOn": ["per-try-timeout"], "methods": ["GET"]}}}}"#,
+            entry(&slow, h2c),
+            entry(&mid, h2c)
+        );
         let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
-        let before = mid.requests();
+        let pair = format!("http2 {http2}, h2c {h2c}");
         for _ in 0..4 {
             let t = Instant::now();
-            assert_eq!(get_over(&p, http2), (200, "M".to_string()), "http2 {http2}");
+            assert_eq!(get_over(&p, http2), (200, "M".to_string()), "{pair}");
             let took = t.elapsed();
-            assert!(
-                took < Duration::from_millis(1500),
-                "http2 {http2}: {took:?}"
-            );
+            assert!(took < Duration::from_millis(1500), "{pair}: {took:?}");
         }
-        assert!(stat(&p, "hedges") >= 2, "http2 {http2}");
-        assert_eq!(
-            mid.requests() - before,
-            4,
-            "http2 {http2}: each GET reached M once"
-        );
+        assert!(stat(&p, "hedges") >= 2, "{pair}");
+        assert_eq!(served(&mid, h2c), 4, "{pair}: each GET reached M once");
     }
 }

@@ -166,6 +166,9 @@ pub struct Hedge {
     pub sent: u8,
     pub reused: bool,
     pub started: Instant,
+    /// Its own per-try timeout (`Exchange::try_by`), for an attempt on an h2c stream: from
+    /// when its whole request went out (0: none).
+    pub try_by: u64,
 }
 
 impl Hedge {
@@ -180,6 +183,7 @@ impl Hedge {
             sent,
             reused,
             started: Instant::now(),
+            try_by: 0,
         }
     }
 }
@@ -232,6 +236,7 @@ impl Exchange {
                 sent: 0,
                 reused: false,
                 started: now,
+                try_by: 0,
             },
             ttfb_us: 0,
             rec: s.rec,

@@ -35,7 +35,7 @@ use super::conns::{client_token, Phase, Proxy, Step};
 use super::context::Ctx;
 use super::decide::Blame;
 use super::decide::{self, Failure, Waits};
-use super::exchange::{Exchange, Req, Resp};
+use super::exchange::{Exchange, Req, Resp, NONE};
 use super::h1_h2c_translate::{
     chunk_line, framing, request_pairs, response_head, trailer_pairs, ClientFraming, H2cLeg,
 };
@@ -72,10 +72,15 @@ impl Proxy {
             self.unreachable(ci, lease);
             return false;
         };
-        let c = &mut self.clients[ci];
-        if let Phase::Proxy(ex) = &mut c.phase {
+        let backend = lease.backend();
+        let mut hedgeable = false;
+        if let Phase::Proxy(ex) = &mut self.clients[ci].phase {
             ex.begin_attempt(ui, reused, lease);
             ex.h2c.begin();
+            hedgeable = ex.hedgeable;
+        }
+        if hedgeable {
+            self.plan_hedge(ci, backend);
         }
         self.h1_h2c_arm(ci, true);
         true
@@ -83,17 +88,28 @@ impl Proxy {
 
     /// `step_proxy` hook: one step of an exchange on an h2c stream.
     pub(super) fn h1_h2c_step(&mut self, ci: usize) -> Step {
-        let ui = match self.clients[ci].split() {
-            Some((_, ex)) => ex.up,
-            None => return Step::Blocked,
+        // hedge hook: a hedge racing this attempt goes first; its head may make it the
+        // attempt (hedge.rs).
+        let hedged = self.h2c_hedge_step(ci);
+        let Some((_, ex)) = self.clients[ci].split() else {
+            return Step::Blocked;
         };
+        let ui = ex.up;
         let turn = match self.h1_h2c_send(ci, ui) {
             Turn::Running(sent) => match self.h1_h2c_recv(ci, ui) {
-                Turn::Running(got) => Turn::Running(sent || got),
+                Turn::Running(got) => Turn::Running(hedged || sent || got),
                 other => other,
             },
             other => other,
         };
+        if let Some((_, ex)) = self.clients[ci].split() {
+            if ex.got_bytes && ex.hedge.up != NONE {
+                // This attempt's head won the race: the hedge is cancelled.
+                let c = &self.ctx.shared.counters;
+                c.hedges_cancelled.fetch_add(1, Relaxed);
+                self.end_hedging(ci);
+            }
+        }
         // Frames queued by this step (HEADERS, DATA, WINDOW_UPDATE) go out now.
         let flushed = self.mux_flush(ui);
         match turn {
@@ -124,7 +140,8 @@ impl Proxy {
             Turn::Failed(why) => self.h1_h2c_fail(ci, why),
             Turn::Over(step) => step,
             Turn::Status(code) => {
-                if self.retry(ci, Failure::Status(code)) {
+                // A running hedge answers instead; else the policy's replay.
+                if self.hedge_takes_over(ci) || self.retry(ci, Failure::Status(code)) {
                     return Step::Progress;
                 }
                 // No replay after all: forwarded as the server gave it.
@@ -501,7 +518,7 @@ impl Proxy {
     /// Sets the exchange's deadlines after progress (or a new attempt): on the backend
     /// while it owes us something, on the client while we wait on it; the client's timer
     /// is armed for the earlier.
-    fn h1_h2c_arm(&mut self, ci: usize, fresh: bool) {
+    pub(super) fn h1_h2c_arm(&mut self, ci: usize, fresh: bool) {
         let limits = self.ctx.limits();
         let now = self.ctx.now;
         let c = &mut self.clients[ci];
@@ -545,11 +562,7 @@ impl Proxy {
         let up_at = lifecycle::upstream_deadline(ex, sent, up_at, now);
         ex.h2c.client_at = client_at;
         ex.h2c.up_at = up_at;
-        let at = match (client_at, up_at) {
-            (0, u) => u,
-            (c, 0) => c,
-            (c, u) => c.min(u),
-        };
+        let at = timer_at(ex);
         self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
     }
 
@@ -574,11 +587,12 @@ impl Proxy {
             self.abort(ci, Blame::Client);
             return;
         } else {
-            let at = [up_at, client_at].into_iter().filter(|&t| t != 0).min();
+            let at = match timer_at(ex) {
+                0 => now + 1,
+                at => at,
+            };
             let c = &mut self.clients[ci];
-            self.ctx
-                .timers
-                .set(&mut c.timer, client_token(ci).0, at.unwrap_or(now + 1));
+            self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
             return;
         }
         if self.clients.contains(ci) {
@@ -601,8 +615,21 @@ impl Proxy {
     }
 }
 
-/// The body bytes kept for a replay are given up: consumed from the client's buffer and
-/// counted as sent (a failure now is not replayed).
+/// When the client's timer must fire for an exchange on an h2c stream: the earliest of its
+/// deadlines and, while it waits for its response, its hedge's moment (0: none).
+fn timer_at(ex: &Exchange) -> u64 {
+    let hedge = if super::hedge::waiting(ex) {
+        ex.hedge.at
+    } else {
+        0
+    };
+    [ex.h2c.up_at, ex.h2c.client_at, hedge]
+        .into_iter()
+        .filter(|&t| t != 0)
+        .min()
+        .unwrap_or(0)
+}
+
 /// The response head from stream `ms`'s inbox, as an HTTP/1.1 head in `ex.out`, framed
 /// for the client; the request is then no longer replayed. `Some(turn)` instead when
 /// there is no head yet (or it broke), or a 502/503/504 a retry policy replays.
@@ -663,6 +690,8 @@ fn take_head(
     None
 }
 
+/// The body bytes kept for a replay are given up: consumed from the client's buffer and
+/// counted as sent (a failure now is not replayed).
 fn give_up_replay(ex: &mut Exchange, buf: Option<&mut Buf>) {
     let leg = &mut ex.h2c;
     leg.replayable = false;

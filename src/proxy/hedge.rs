@@ -1,9 +1,12 @@
 //! Hedged requests (`hedgingPolicy`, `--hedge-delay`): an HTTP/1.1 exchange a hedging
 //! policy covers (and with no body to hold) that has heard nothing from its server some
-//! delay after its request went out is sent once more, to another server. The first
-//! connection to send response bytes carries the exchange on; the other is closed and
-//! given back to the balancer without a latency sample, so a lost race never punishes a
-//! server. The delay is fixed, or the first server's recent 95th percentile latency.
+//! delay after its request went out is sent once more, to another server speaking the
+//! same protocol. On HTTP/1.1 servers the first connection to send response bytes carries
+//! the exchange on, and the other is closed; on h2c servers the hedge is a stream on
+//! another server's connection, the first response head wins and the other stream is
+//! reset (CANCEL). A status the retry policy replays does not win. The loser is given
+//! back to the balancer without a latency sample, so a lost race never punishes a server.
+//! The delay is fixed, or the first server's recent 95th percentile latency.
 //!
 //! A hedge is planned when the first attempt begins and armed on the client's timer
 //! (free while the exchange waits on the backend). It counts against the retry budget.
@@ -15,10 +18,12 @@ use crate::balancer::Lease;
 use crate::config::types::HedgeDelay;
 use crate::config::Protocol;
 use crate::debug;
+use crate::h2::ErrorCode;
 
 use super::conns::{client_token, connect_result, upstream_token, Proxy, UpState};
 use super::context::Ctx;
 use super::exchange::{Exchange, Hedge, Resp, NONE};
+use super::h1_h2c_translate::request_pairs;
 use super::io::{would_block, write2};
 use super::lifecycle::Promote;
 
@@ -121,17 +126,34 @@ impl Proxy {
             // Not the hedge's moment after all (the timer served another deadline).
             return false;
         }
+        let on_h2c = ex.h2c.on;
         if ex.hedge.up != NONE {
-            let head_len = ex.head.as_ref().map_or(0, |b| b.len());
-            let h = ex.hedge.up;
-            if self.ups[h].state != UpState::Busy || ex.hedge.off < head_len {
+            if !self.hedge_sent(ci) {
                 // The running hedge has not even sent its request: leave things be.
                 return true;
             }
             self.promote_hedge(ci, Promote::Superseded);
         }
-        self.launch_hedge(ci);
+        if on_h2c {
+            self.h2c_launch_hedge(ci);
+            // The exchange's deadlines and the next hedge's moment share the timer.
+            self.h1_h2c_arm(ci, false);
+        } else {
+            self.launch_hedge(ci);
+        }
         true
+    }
+
+    /// The running hedge of client `ci`'s exchange sent its whole request: its head
+    /// written to its connection, or its stream opened on an h2c one.
+    fn hedge_sent(&mut self, ci: usize) -> bool {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let h = ex.hedge.up;
+        if ex.h2c.on {
+            return ex.hedge.off > 0;
+        }
+        let head_len = ex.head.as_ref().map_or(0, |b| b.len());
+        self.ups[h].state == UpState::Busy && ex.hedge.off >= head_len
     }
 
     /// Sends the hedge: another server than the first (and any tried), within the retry
@@ -238,10 +260,15 @@ impl Proxy {
         }
     }
 
-    /// The hedge carries the exchange on: the first attempt's connection is closed and
-    /// its server given back, without a latency sample unless it failed.
+    /// The hedge carries the exchange on: the first attempt's connection is closed (its
+    /// stream reset, on h2c) and its server given back, without a latency sample unless
+    /// it failed.
     fn promote_hedge(&mut self, ci: usize, why: Promote) {
         let (_, ex) = self.clients[ci].split().expect("proxying");
+        if ex.h2c.on {
+            self.h2c_promote_hedge(ci, why);
+            return;
+        }
         let (old, h) = (ex.up, ex.hedge.up);
         let old_backend = self.ups[old].backend;
         let head_len = ex.head.as_ref().map_or(0, |b| b.len());
@@ -270,12 +297,10 @@ impl Proxy {
         let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
             return false;
         };
-        let h = ex.hedge.up;
-        if h == NONE {
+        if ex.hedge.up == NONE {
             return false;
         }
-        let head_len = ex.head.as_ref().map_or(0, |b| b.len());
-        if self.ups[h].state != UpState::Busy || ex.hedge.off < head_len {
+        if !self.hedge_sent(ci) {
             self.drop_hedge(ci);
             return false;
         }
@@ -312,7 +337,164 @@ impl Proxy {
         if let Some(lease) = ex.hedge.lease.take() {
             self.ctx.shared.balancer.cancel_lease(lease);
         }
-        self.remove_upstream(h);
+        self.leave(ci, h);
+    }
+
+    /// Takes client `ci`'s exchange off connection `ui`: closed, or on an h2c connection
+    /// (shared) its stream reset with CANCEL.
+    fn leave(&mut self, ci: usize, ui: usize) {
+        if self.ups[ui].mux.is_none() {
+            self.remove_upstream(ui);
+            return;
+        }
+        self.mux_detach(ui, ci, 0, ErrorCode::CANCEL);
+        if !self.ctx.mux_dirty.contains(&ui) {
+            self.ctx.mux_dirty.push(ui);
+        }
+    }
+
+    /// Sends the hedge of client `ci`'s exchange, whose attempt runs on an h2c stream: a
+    /// stream on another h2c server's connection, within the retry budget.
+    fn h2c_launch_hedge(&mut self, ci: usize) {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let (old, tried) = (self.ups[ex.up].backend, ex.tried);
+        let Some(lease) = self.hedge_target(old, tried, Protocol::H2c) else {
+            return;
+        };
+        let b = lease.backend();
+        let Some((ui, reused)) = self.mux_for(b, ci, 0, false) else {
+            self.ctx.shared.balancer.cancel_lease(lease);
+            return;
+        };
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let sent = ex.hedge.sent + 1;
+        let next = self.next_hedge_at(b, sent);
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        ex.hedge = Hedge::launched(next, ui, lease, sent, reused);
+        self.ctx.shared.counters.hedges.fetch_add(1, Relaxed);
+        debug!(
+            "worker {}: hedging {} on {} (h2c)",
+            self.ctx.id,
+            self.ctx.shared.balancer.backend(old).name,
+            self.ctx.shared.balancer.backend(b).name
+        );
+        self.h2c_hedge_open(ci);
+    }
+
+    /// Opens the h2c hedge's stream with the whole request once its connection is up
+    /// (`hedge.off` 1: opened). True if it moved.
+    fn h2c_hedge_open(&mut self, ci: usize) -> bool {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let h = ex.hedge.up;
+        if ex.hedge.off > 0 || self.ups[h].is_connecting() {
+            return false;
+        }
+        let te = ex.h2c.te_trailers;
+        let head = ex.head.take();
+        let mut names = std::mem::take(&mut self.ctx.scratch);
+        let opened = match head.as_ref() {
+            Some(b) => request_pairs(b.bytes(), te, &mut names, |pairs| {
+                self.mux_open(h, ci, 0, pairs, true)
+            }),
+            None => None,
+        };
+        self.ctx.scratch = names;
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        ex.head = head;
+        match opened {
+            Some(Ok(false)) => false,
+            Some(Ok(true)) => {
+                ex.hedge.off = 1;
+                if ex.per_try > 0 {
+                    // The hedge's own per-try timeout starts with its request out.
+                    ex.hedge.try_by = self.ctx.now + ex.per_try;
+                }
+                if !self.ctx.mux_dirty.contains(&h) {
+                    self.ctx.mux_dirty.push(h);
+                }
+                true
+            }
+            // No room on the connection, or it is gone: no hedge this time.
+            None | Some(Err(())) => {
+                self.drop_hedge(ci);
+                true
+            }
+        }
+    }
+
+    /// A step of client `ci`'s exchange on an h2c stream while its hedge runs: the
+    /// hedge's stream opened, then the race. The first attempt wins once its response
+    /// head went to the client's buffer; the hedge wins with a head first (not a status
+    /// the retry policy replays). True if anything moved.
+    pub(super) fn h2c_hedge_step(&mut self, ci: usize) -> bool {
+        let Some((_, ex)) = self.clients[ci].split() else {
+            return false;
+        };
+        let h = ex.hedge.up;
+        if h == NONE {
+            return false;
+        }
+        if ex.got_bytes || ex.resp != Resp::Head {
+            // The first attempt answered first: the hedge is cancelled.
+            let c = &self.ctx.shared.counters;
+            c.hedges_cancelled.fetch_add(1, Relaxed);
+            self.end_hedging(ci);
+            return true;
+        }
+        let moved = self.h2c_hedge_open(ci);
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        if ex.hedge.up == NONE || ex.hedge.off == 0 {
+            return moved;
+        }
+        let first_answered = (self.ups[ex.up].mux.as_ref())
+            .and_then(|m| Some(m.streams[m.stream(ci, 0)?].head.is_some()))
+            .unwrap_or(false);
+        let m = self.ups[h].mux.as_ref().expect("a mux");
+        let Some(k) = m.stream(ci, 0) else {
+            self.drop_hedge(ci);
+            return true;
+        };
+        let ms = &m.streams[k];
+        let replayed = |s: u16| ex.retry_on.has_status(s);
+        match (&ms.head, ms.gone) {
+            (Some(head), _) if head.status().is_some_and(replayed) => self.drop_hedge(ci),
+            // If the first attempt has its head too, it goes first (`h1_h2c_recv`).
+            (Some(_), _) if first_answered => return moved,
+            (Some(_), _) => self.promote_hedge(ci, Promote::Won),
+            (None, Some(_)) => self.drop_hedge(ci),
+            (None, None) => return moved,
+        }
+        true
+    }
+
+    /// [`Proxy::promote_hedge`] for an exchange on an h2c stream: the hedge's stream
+    /// carries it on, with its own per-try timeout; the first one's is reset.
+    fn h2c_promote_hedge(&mut self, ci: usize, why: Promote) {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let (old, h) = (ex.up, std::mem::replace(&mut ex.hedge.up, NONE));
+        let old_backend = self.ups[old].backend;
+        ex.up = h;
+        let hedge_lease = (ex.hedge.lease.take()).expect("a running hedge holds its lease");
+        let old_lease = (ex.lease.replace(hedge_lease)).expect("an attempt holds its lease");
+        ex.reused = ex.hedge.reused;
+        ex.rec.reused = ex.hedge.reused;
+        ex.try_by = std::mem::take(&mut ex.hedge.try_by);
+        let first = std::mem::replace(&mut ex.attempt, ex.hedge.started);
+        ex.tried.insert(old_backend);
+        // The hedge's stream was opened with the whole (bodiless) request.
+        ex.h2c.begin();
+        (ex.h2c.opened, ex.h2c.up_end) = (true, true);
+        (ex.status, ex.got_bytes) = (0, false);
+        self.ctx.hedge_promoted(ex, old_lease, first, why);
+        debug!(
+            "worker {}: {} gives way to its hedge on {}",
+            self.ctx.id,
+            self.ctx.shared.balancer.backend(old_backend).name,
+            self.ctx.shared.balancer.backend(self.ups[h].backend).name
+        );
+        self.leave(ci, old);
+        // The backend's deadline starts again with this attempt.
+        self.h1_h2c_arm(ci, true);
     }
 }
 
