@@ -147,6 +147,9 @@ pub(crate) enum Phase {
     Tunnel(Box<Tunnel>),
     /// An HTTP/2 (h2c prior knowledge) connection: the codec and its streams (h2/).
     H2(Box<H2Session>),
+    /// Its HTTP/2 session is out of the client for a step (h2/): nothing runs on the
+    /// client meanwhile, and marks for its streams wait in `Ctx::marks`.
+    H2Out,
 }
 
 pub(crate) struct Client {

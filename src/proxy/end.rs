@@ -8,7 +8,6 @@ use crate::debug;
 
 use super::conns::{client_token, Phase, Proxy, Step};
 use super::decide::{self, Blame, Failure, PoolCheck};
-use super::exchange::NONE;
 
 impl Proxy {
     /// Tries the request again after `why`: on another server, or for a pooled connection
@@ -18,10 +17,9 @@ impl Proxy {
         let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
             return false;
         };
-        let ui = ex.up;
-        if ui == NONE {
+        let Some(ui) = ex.up else {
             return false;
-        }
+        };
         let old = self.ups[ui].backend;
         let Some((next, again)) = self.ctx.retry_target(ex, old, why) else {
             return false;
@@ -88,7 +86,7 @@ impl Proxy {
         let Some((_, ex)) = c.split() else {
             return;
         };
-        if ex.up == NONE {
+        if ex.up.is_none() {
             return;
         }
         debug!(
@@ -97,7 +95,7 @@ impl Proxy {
             self.ctx
                 .shared
                 .balancer
-                .backend(self.ups[ex.up].backend)
+                .backend(self.ups[ex.on()].backend)
                 .name,
             why.reason(),
             why.canned().status
@@ -122,8 +120,7 @@ impl Proxy {
         let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
             return;
         };
-        let ui = std::mem::replace(&mut ex.up, NONE);
-        if ui == NONE {
+        let Some(ui) = ex.up.take() else {
             // Backing off before a retry: the server picked for it is given back.
             if let Some(next) = ex.backoff.take() {
                 match blame {
@@ -132,7 +129,7 @@ impl Proxy {
                 }
             }
             return;
-        }
+        };
         self.drop_upstream(ci, ui);
         let (_, ex) = self.clients[ci].split().expect("proxying");
         if let Some(lease) = ex.lease.take() {
@@ -155,7 +152,10 @@ impl Proxy {
         let draining = self.ctx.draining;
         self.end_hedging(ci);
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let ui = std::mem::replace(&mut ex.up, NONE);
+        let ui = ex
+            .up
+            .take()
+            .expect("a completed exchange ran on a connection");
         let u = &self.ups[ui];
         self.ctx.finished(ex, None);
         let body_done = ex.body.is_done();

@@ -15,9 +15,6 @@ use super::h1_h2c_translate::H2cLeg;
 use super::pipe::use_splice;
 use super::pipe::Splicing;
 
-/// No connection (an index into neither slab).
-pub(crate) const NONE: usize = usize::MAX;
-
 /// The request direction: client to backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Req {
@@ -45,8 +42,9 @@ pub(crate) enum Resp {
 }
 
 pub(crate) struct Exchange {
-    /// The upstream connection carrying the current attempt (`NONE` between attempts).
-    pub up: usize,
+    /// The upstream connection carrying the current attempt (none between attempts, or
+    /// while a retry waits out its backoff). See [`Exchange::on`].
+    pub up: Option<usize>,
     /// The current attempt's pick of its server, ended when the attempt is accounted
     /// (`lifecycle.rs`); dropped with the exchange, it gives its place back by itself.
     pub lease: Option<Lease>,
@@ -156,8 +154,8 @@ pub(crate) struct Start {
 pub struct Hedge {
     /// Worker-clock ms when it goes out (0: none planned).
     pub at: u64,
-    /// Its upstream connection (`NONE`: none running).
-    pub up: usize,
+    /// Its upstream connection (none: no hedge running).
+    pub up: Option<usize>,
     /// Its pick, while it runs.
     pub lease: Option<Lease>,
     /// Request head bytes written to it.
@@ -172,12 +170,18 @@ pub struct Hedge {
 }
 
 impl Hedge {
+    /// The running hedge's connection. Called only while one runs.
+    #[inline]
+    pub fn on(&self) -> usize {
+        self.up.expect("a hedge runs")
+    }
+
     /// The `sent`-th hedge, going out now on upstream `up` (`reused`: a pooled
     /// connection) under `lease`; the next one is due at `next` (0: none).
     pub fn launched(next: u64, up: usize, lease: Lease, sent: u8, reused: bool) -> Hedge {
         Hedge {
             at: next,
-            up,
+            up: Some(up),
             lease: Some(lease),
             off: 0,
             sent,
@@ -192,7 +196,7 @@ impl Exchange {
     pub fn new(s: Start) -> Exchange {
         let now = Instant::now();
         Exchange {
-            up: NONE,
+            up: None,
             method: s.method,
             http10: s.http10,
             keep_alive: s.keep_alive,
@@ -230,7 +234,7 @@ impl Exchange {
             lease: None,
             hedge: Hedge {
                 at: 0,
-                up: NONE,
+                up: None,
                 lease: None,
                 off: 0,
                 sent: 0,
@@ -249,8 +253,15 @@ impl Exchange {
 
     /// Starts an attempt on upstream `up`, under the pick `lease`: the request is written
     /// again from its first byte; what the exchange learnt (retries, tried servers, start time) stays.
+    /// The upstream connection of the running attempt. Called only while one runs (the
+    /// drivers step an exchange's attempt only once it is attached).
+    #[inline]
+    pub fn on(&self) -> usize {
+        self.up.expect("an attempt runs")
+    }
+
     pub fn begin_attempt(&mut self, up: usize, reused: bool, lease: Lease) {
-        self.up = up;
+        self.up = Some(up);
         self.lease = Some(lease);
         self.try_by = 0;
         self.reused = reused;

@@ -35,7 +35,7 @@ use super::conns::{client_token, Phase, Proxy, Step};
 use super::context::Ctx;
 use super::decide::Blame;
 use super::decide::{self, Failure, Waits};
-use super::exchange::{Exchange, Req, Resp, NONE};
+use super::exchange::{Exchange, Req, Resp};
 use super::h1_h2c_translate::{
     chunk_line, framing, request_pairs, response_head, trailer_pairs, ClientFraming, H2cLeg,
 };
@@ -94,7 +94,7 @@ impl Proxy {
         let Some((_, ex)) = self.clients[ci].split() else {
             return Step::Blocked;
         };
-        let ui = ex.up;
+        let ui = ex.on();
         let turn = match self.h1_h2c_send(ci, ui) {
             Turn::Running(sent) => match self.h1_h2c_recv(ci, ui) {
                 Turn::Running(got) => Turn::Running(hedged || sent || got),
@@ -103,7 +103,7 @@ impl Proxy {
             other => other,
         };
         if let Some((_, ex)) = self.clients[ci].split() {
-            if ex.got_bytes && ex.hedge.up != NONE {
+            if ex.got_bytes && ex.hedge.up.is_some() {
                 // This attempt's head won the race: the hedge is cancelled.
                 let c = &self.ctx.shared.counters;
                 c.hedges_cancelled.fetch_add(1, Relaxed);
@@ -131,7 +131,7 @@ impl Proxy {
                 let Some((_, ex)) = self.clients[ci].split() else {
                     return Step::Blocked;
                 };
-                ex.up = super::exchange::NONE;
+                ex.up = None;
                 // The same pick, on a fresh connection.
                 let lease = ex.lease.take().expect("an attempt holds its lease");
                 self.attach(ci, lease, true);
@@ -528,18 +528,16 @@ impl Proxy {
         };
         let leg = &ex.h2c;
         // What the stream holds for the client, and whether the backend takes body now.
-        let (inbox, room) =
-            self.ups
-                .get(ex.up)
-                .and_then(|u| u.mux.as_ref())
-                .map_or((false, false), |m| match m.stream(ci, 0) {
-                    Some(k) => {
-                        let s = &m.streams[k];
-                        let inbox = s.data.as_ref().is_some_and(|d| !d.is_empty());
-                        (inbox, s.sid != 0 && m.conn.send_capacity(s.sid) > 0)
-                    }
-                    None => (false, false),
-                });
+        let (inbox, room) = (ex.up.and_then(|u| self.ups.get(u)))
+            .and_then(|u| u.mux.as_ref())
+            .map_or((false, false), |m| match m.stream(ci, 0) {
+                Some(k) => {
+                    let s = &m.streams[k];
+                    let inbox = s.data.as_ref().is_some_and(|d| !d.is_empty());
+                    (inbox, s.sid != 0 && m.conn.send_capacity(s.sid) > 0)
+                }
+                None => (false, false),
+            });
         let waits = Waits {
             client_slow: (ex.out.is_some() || inbox) && !writable,
             need_client_body: leg.opened
@@ -576,7 +574,9 @@ impl Proxy {
         };
         let (up_at, client_at, ui) = (ex.h2c.up_at, ex.h2c.client_at, ex.up);
         if up_at != 0 && now >= up_at {
-            let connecting = self.ups.get(ui).is_some_and(|u| u.is_connecting());
+            let connecting = ui
+                .and_then(|ui| self.ups.get(ui))
+                .is_some_and(|u| u.is_connecting());
             let why = lifecycle::expiry(ex, connecting, now);
             debug!("worker {}: h2c stream: {}", self.ctx.id, why.reason());
             if matches!(self.h1_h2c_fail(ci, why), Step::Closed) {

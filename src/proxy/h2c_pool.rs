@@ -159,7 +159,7 @@ impl Proxy {
         for &(ci, _) in &wake {
             if self.clients.contains(ci) {
                 // A panic in one client's work closes that client only.
-                self.contained(ci, |p| p.drive(ci));
+                self.contained(Some(ci), |p| p.drive(ci));
             }
         }
         wake.clear();

@@ -22,7 +22,7 @@ use crate::h2::ErrorCode;
 
 use super::conns::{client_token, connect_result, upstream_token, Proxy, UpState};
 use super::context::Ctx;
-use super::exchange::{Exchange, Hedge, Resp, NONE};
+use super::exchange::{Exchange, Hedge, Resp};
 use super::h1_h2c_translate::request_pairs;
 use super::io::{would_block, write2};
 use super::lifecycle::Promote;
@@ -51,7 +51,7 @@ impl Proxy {
         let Some((_, ex)) = self.clients[ci].split() else {
             return;
         };
-        if !ex.hedgeable || ex.retries > 0 || ex.hedge.up != NONE {
+        if !ex.hedgeable || ex.retries > 0 || ex.hedge.up.is_some() {
             return;
         }
         let Some(delay) = self.hedge_delay(backend) else {
@@ -107,7 +107,7 @@ impl Proxy {
         self.clients
             .get_mut(ci)
             .and_then(|c| c.split())
-            .is_some_and(|(_, ex)| ex.hedge.up == ui && ui != NONE)
+            .is_some_and(|(_, ex)| ex.hedge.up == Some(ui))
     }
 
     /// The client's timer fired while proxying: true if it was the hedge's. A hedge goes
@@ -127,7 +127,7 @@ impl Proxy {
             return false;
         }
         let on_h2c = ex.h2c.on;
-        if ex.hedge.up != NONE {
+        if ex.hedge.up.is_some() {
             if !self.hedge_sent(ci) {
                 // The running hedge has not even sent its request: leave things be.
                 return true;
@@ -148,7 +148,7 @@ impl Proxy {
     /// written to its connection, or its stream opened on an h2c one.
     fn hedge_sent(&mut self, ci: usize) -> bool {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let h = ex.hedge.up;
+        let h = ex.hedge.on();
         if ex.h2c.on {
             return ex.hedge.off > 0;
         }
@@ -160,7 +160,7 @@ impl Proxy {
     /// budget.
     fn launch_hedge(&mut self, ci: usize) {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let (old, tried) = (self.ups[ex.up].backend, ex.tried);
+        let (old, tried) = (self.ups[ex.on()].backend, ex.tried);
         let Some(lease) = self.hedge_target(old, tried, Protocol::Http1) else {
             return;
         };
@@ -192,7 +192,7 @@ impl Proxy {
     /// Writes the request head to the hedge once it is connected.
     fn hedge_write(&mut self, ci: usize) {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let h = ex.hedge.up;
+        let h = ex.hedge.on();
         let u = &mut self.ups[h];
         let head = ex.head.as_ref().map_or(&[][..], |b| b.bytes());
         if u.state != UpState::Busy || !u.io.writable || ex.hedge.off >= head.len() {
@@ -210,7 +210,7 @@ impl Proxy {
     /// wins if its bytes come first.
     pub(super) fn hedge_step(&mut self, ci: usize) {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let h = ex.hedge.up;
+        let h = ex.hedge.on();
         if ex.got_bytes || ex.resp != Resp::Head {
             // The first attempt answered first: the hedge is cancelled.
             self.ctx
@@ -240,10 +240,9 @@ impl Proxy {
         let Some((_, ex)) = self.clients[ci].split() else {
             return;
         };
-        let h = ex.hedge.up;
-        if h == NONE || !self.ups[h].io.readable {
+        let Some(h) = ex.hedge.up.filter(|&h| self.ups[h].io.readable) else {
             return;
-        }
+        };
         // Response bytes, or the hedge's server closed: look without taking them. A
         // status the retry policy replays (a 503) does not win: the first attempt goes on.
         let mut line = [0u8; 12];
@@ -269,10 +268,10 @@ impl Proxy {
             self.h2c_promote_hedge(ci, why);
             return;
         }
-        let (old, h) = (ex.up, ex.hedge.up);
+        let old = ex.on();
         let old_backend = self.ups[old].backend;
         let head_len = ex.head.as_ref().map_or(0, |b| b.len());
-        ex.up = h;
+        ex.up = ex.hedge.up.take();
         let hedge_lease = ex
             .hedge
             .lease
@@ -287,7 +286,6 @@ impl Proxy {
         ex.rec.reused = ex.hedge.reused;
         let first = std::mem::replace(&mut ex.attempt, ex.hedge.started);
         ex.tried.insert(old_backend);
-        ex.hedge.up = NONE;
         self.ctx.hedge_promoted(ex, old_lease, first, why);
         self.remove_upstream(old);
     }
@@ -297,7 +295,7 @@ impl Proxy {
         let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
             return false;
         };
-        if ex.hedge.up == NONE {
+        if ex.hedge.up.is_none() {
             return false;
         }
         if !self.hedge_sent(ci) {
@@ -312,7 +310,7 @@ impl Proxy {
     /// running hedge is closed and no other goes out.
     pub(super) fn end_hedging(&mut self, ci: usize) {
         if let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) {
-            if ex.hedge.at == 0 && ex.hedge.up == NONE {
+            if ex.hedge.at == 0 && ex.hedge.up.is_none() {
                 // (The common case: nothing planned, nothing running.)
                 return;
             }
@@ -327,10 +325,9 @@ impl Proxy {
         let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
             return;
         };
-        let h = std::mem::replace(&mut ex.hedge.up, NONE);
-        if h == NONE {
+        let Some(h) = ex.hedge.up.take() else {
             return;
-        }
+        };
         let backend = self.ups[h].backend;
         // No later attempt of this request goes there.
         ex.tried.insert(backend);
@@ -357,7 +354,7 @@ impl Proxy {
     /// stream on another h2c server's connection, within the retry budget.
     fn h2c_launch_hedge(&mut self, ci: usize) {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let (old, tried) = (self.ups[ex.up].backend, ex.tried);
+        let (old, tried) = (self.ups[ex.on()].backend, ex.tried);
         let Some(lease) = self.hedge_target(old, tried, Protocol::H2c) else {
             return;
         };
@@ -385,7 +382,7 @@ impl Proxy {
     /// (`hedge.off` 1: opened). True if it moved.
     fn h2c_hedge_open(&mut self, ci: usize) -> bool {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let h = ex.hedge.up;
+        let h = ex.hedge.on();
         if ex.hedge.off > 0 || self.ups[h].is_connecting() {
             return false;
         }
@@ -430,10 +427,9 @@ impl Proxy {
         let Some((_, ex)) = self.clients[ci].split() else {
             return false;
         };
-        let h = ex.hedge.up;
-        if h == NONE {
+        let Some(h) = ex.hedge.up else {
             return false;
-        }
+        };
         if ex.got_bytes || ex.resp != Resp::Head {
             // The first attempt answered first: the hedge is cancelled.
             let c = &self.ctx.shared.counters;
@@ -443,10 +439,10 @@ impl Proxy {
         }
         let moved = self.h2c_hedge_open(ci);
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        if ex.hedge.up == NONE || ex.hedge.off == 0 {
+        if ex.hedge.up.is_none() || ex.hedge.off == 0 {
             return moved;
         }
-        let first_answered = (self.ups[ex.up].mux.as_ref())
+        let first_answered = (self.ups[ex.on()].mux.as_ref())
             .and_then(|m| Some(m.streams[m.stream(ci, 0)?].head.is_some()))
             .unwrap_or(false);
         let m = self.ups[h].mux.as_ref().expect("a mux");
@@ -471,9 +467,10 @@ impl Proxy {
     /// carries it on, with its own per-try timeout; the first one's is reset.
     fn h2c_promote_hedge(&mut self, ci: usize, why: Promote) {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let (old, h) = (ex.up, std::mem::replace(&mut ex.hedge.up, NONE));
+        let (old, h) = (ex.on(), ex.hedge.on());
+        ex.hedge.up = None;
         let old_backend = self.ups[old].backend;
-        ex.up = h;
+        ex.up = Some(h);
         let hedge_lease = (ex.hedge.lease.take()).expect("a running hedge holds its lease");
         let old_lease = (ex.lease.replace(hedge_lease)).expect("an attempt holds its lease");
         ex.reused = ex.hedge.reused;

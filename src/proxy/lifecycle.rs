@@ -24,7 +24,7 @@ use crate::health::Outcome;
 
 use super::context::Ctx;
 use super::decide::{Again, Blame, Failure};
-use super::exchange::{Exchange, NONE};
+use super::exchange::Exchange;
 use super::grpc;
 
 /// An attempt's upstream deadline `at` (worker-clock ms, 0: none), bounded by its per-try
@@ -118,7 +118,7 @@ impl Ctx {
         };
         self.bufs.release(&mut ex.resp_buf);
         self.bufs.release(&mut ex.out);
-        ex.up = NONE;
+        ex.up = None;
         ex.retries += 1;
         ex.stale_retried |= again == Again::StaleConnection;
         ex.tried.insert(old_backend);
@@ -236,7 +236,7 @@ impl Ctx {
         self.shared
             .balancer
             .finish_lease(lease, std::time::Duration::ZERO, false);
-        ex.up = NONE;
+        ex.up = None;
         let mut rec = ex.rec;
         rec.backend = Some(backend as u16);
         self.log_local(rec, crate::http::BAD_GATEWAY);

@@ -80,7 +80,6 @@ use crate::transport::Transport;
 
 use conns::{client_token, slot, Client, Phase, Slot, Step};
 use context::Ctx;
-use exchange::NONE;
 
 pub use conns::{Proxy, FIRST_TOKEN};
 
@@ -201,12 +200,8 @@ impl Proxy {
     /// Handles one readiness event for a connection token.
     pub fn event(&mut self, ev: &mio::event::Event) {
         let ci = match slot(ev.token()) {
-            Slot::Client(ci) => ci,
-            Slot::Upstream(ui) => self
-                .ups
-                .get(ui)
-                .and_then(|u| u.owner.client())
-                .unwrap_or(NONE),
+            Slot::Client(ci) => Some(ci),
+            Slot::Upstream(ui) => self.ups.get(ui).and_then(|u| u.owner.client()),
         };
         self.contained(ci, |p| p.dispatch(ev));
     }
@@ -214,7 +209,7 @@ impl Proxy {
     /// Runs `f`, which works on client `ci`'s exchange; a panic in it closes that
     /// exchange's connections only, is counted, and the worker goes on. A panic is a bug:
     /// this keeps it from taking every other connection of the worker down with it.
-    fn contained(&mut self, ci: usize, f: impl FnOnce(&mut Proxy)) {
+    fn contained(&mut self, ci: Option<usize>, f: impl FnOnce(&mut Proxy)) {
         let run = std::panic::AssertUnwindSafe(|| f(self));
         if let Err(payload) = std::panic::catch_unwind(run) {
             let what = payload
@@ -231,7 +226,9 @@ impl Proxy {
                 .counters
                 .panics
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.drop_client(ci);
+            if let Some(ci) = ci {
+                self.drop_client(ci);
+            }
         }
     }
 
@@ -259,7 +256,7 @@ impl Proxy {
             // (An h2c connection is shared: its stream of this client left it above.) A
             // hedge's connection is the exchange's too. The exchange's picks (its attempt's,
             // its hedge's, a retry's backing off) give their places back as it drops.
-            for ui in [ex.up, ex.hedge.up] {
+            for ui in [ex.up, ex.hedge.up].into_iter().flatten() {
                 let own = self.ups.get(ui).is_some_and(|u| u.mux.is_none());
                 if let Some(u) = own.then(|| self.ups.try_remove(ui)).flatten() {
                     self.ctx.closed_ups.push(ui);
@@ -338,7 +335,7 @@ impl Proxy {
         let mut again = std::mem::take(&mut self.ctx.again);
         for &ci in &again {
             if self.clients.contains(ci) {
-                self.contained(ci, |p| p.drive(ci));
+                self.contained(Some(ci), |p| p.drive(ci));
             }
         }
         if self.ctx.again.is_empty() {
@@ -360,6 +357,7 @@ impl Proxy {
                 Phase::Linger => self.step_linger(ci),
                 Phase::Tunnel(_) => self.step_tunnel(ci),
                 Phase::H2(_) => self.step_h2(ci),
+                Phase::H2Out => Step::Blocked,
             };
             match step {
                 Step::Progress => continue,
@@ -379,7 +377,7 @@ impl Proxy {
                         continue;
                     };
                     if self.ctx.timers.fire(&mut c.timer, token, entry, now) {
-                        self.contained(ci, |p| p.client_timeout(ci));
+                        self.contained(Some(ci), |p| p.client_timeout(ci));
                     }
                 }
                 Slot::Upstream(ui) => {
@@ -387,7 +385,7 @@ impl Proxy {
                         continue;
                     };
                     if self.ctx.timers.fire(&mut u.timer, token, entry, now) {
-                        let ci = u.owner.client().unwrap_or(NONE);
+                        let ci = u.owner.client();
                         self.contained(ci, |p| p.upstream_timeout(ui));
                     }
                 }

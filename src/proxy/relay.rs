@@ -10,7 +10,7 @@ use crate::http::{self, chunked::ChunkError, Body, BodyKind, Method, Reply};
 use super::conns::{client_token, upstream_token, Flow, Phase, Proxy, Step, UpState};
 use super::decide::Blame;
 use super::decide::{self, Failure};
-use super::exchange::{Req, Resp, NONE};
+use super::exchange::{Req, Resp};
 use super::io::{read_into, would_block, write2};
 use super::lifecycle;
 
@@ -29,7 +29,7 @@ impl Proxy {
             self.abort(ci, Blame::Client);
             return Step::Closed;
         }
-        if ex.up == NONE {
+        if ex.up.is_none() {
             // Backing off before a retry (end.rs): nothing to move until the timer.
             return Step::Blocked;
         }
@@ -38,13 +38,13 @@ impl Proxy {
             return self.h1_h2c_step(ci);
         }
         // hedge hook: a hedge racing the first attempt (hedge.rs).
-        if ex.hedge.up != NONE {
+        if ex.hedge.up.is_some() {
             self.hedge_step(ci);
         }
         let Some((_, ex)) = self.clients[ci].split() else {
             return Step::Blocked;
         };
-        if self.ups[ex.up].state == UpState::Connecting {
+        if self.ups[ex.on()].state == UpState::Connecting {
             return Step::Blocked;
         }
         let mut progress = false;
@@ -95,7 +95,7 @@ impl Proxy {
         let Phase::Proxy(ex) = &mut c.phase else {
             return;
         };
-        let ui = ex.up;
+        let ui = ex.on();
         let (client_at, up_at) = decide::deadlines(&ex.waits(writable), self.ctx.now, &limits);
         // A per-try timeout bounds the wait for the response head, from when the whole
         // request went out.
@@ -128,7 +128,7 @@ impl Proxy {
             return flow;
         }
         let (c, ex) = self.clients[ci].split().expect("proxying");
-        let u = &mut self.ups[ex.up];
+        let u = &mut self.ups[ex.on()];
         let mut progress = false;
         if (ex.head_pending() || ex.body_ready > 0) && u.io.writable {
             let head: &[u8] = ex.head.as_ref().map_or(&[], |h| &h.bytes()[ex.head_off..]);
@@ -278,7 +278,7 @@ impl Proxy {
     /// Response direction, read side: bytes from the backend, parsed and validated.
     fn recv_response(&mut self, ci: usize) -> Flow {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let u = &mut self.ups[ex.up];
+        let u = &mut self.ups[ex.on()];
         if !u.io.readable || matches!(ex.resp, Resp::Done | Resp::Truncated) {
             return Flow::Idle;
         }
@@ -291,7 +291,7 @@ impl Proxy {
             return flow;
         }
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let u = &mut self.ups[ex.up];
+        let u = &mut self.ups[ex.on()];
         let buf = ex.resp_buf.get_or_insert_with(|| self.ctx.bufs.get());
         // Bulk growth: an emptied body buffer the last read filled doubles (buffer.rs).
         if let (true, Resp::Body(body)) = (buf.is_empty(), ex.resp) {
@@ -333,7 +333,7 @@ impl Proxy {
     /// elsewhere. False if neither could be: the head is forwarded as it is.
     fn status_retry(&mut self, ci: usize, status: u16) -> bool {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        if ex.hedge.up != NONE {
+        if ex.hedge.up.is_some() {
             // The hedge reads its answer into a fresh buffer; this one is kept until the
             // hedge has taken over, for the head to be forwarded if it cannot.
             let kept = (ex.resp_buf.take(), std::mem::take(&mut ex.got_bytes));
@@ -502,7 +502,7 @@ impl Proxy {
             self.ctx
                 .shared
                 .balancer
-                .backend(self.ups[ex.up].backend)
+                .backend(self.ups[ex.on()].backend)
                 .name,
             why.reason()
         );

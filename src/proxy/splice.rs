@@ -31,7 +31,7 @@ impl Proxy {
     /// is not spliced (the copying path handles it).
     pub(super) fn splice_request(&mut self, ci: usize) -> Option<Flow> {
         let (c, ex) = self.clients[ci].split().expect("proxying");
-        ex.splice.off |= c.sock.tcp_fd().is_none() || self.ups[ex.up].sock.tcp_fd().is_none();
+        ex.splice.off |= c.sock.tcp_fd().is_none() || self.ups[ex.on()].sock.tcp_fd().is_none();
         if ex.req != Req::Body || ex.body_ready > 0 || ex.splice.off {
             return None;
         }
@@ -54,7 +54,7 @@ impl Proxy {
                 ex.splice.off = true;
                 return None;
             }
-            let u = &mut self.ups[ex.up];
+            let u = &mut self.ups[ex.on()];
             self.ctx.pipes.bound_unsent(&u.sock, &mut u.io);
             // The copy reads around spliced stretches (chunk framing) start small again.
             ex.req_hot = false;
@@ -62,7 +62,7 @@ impl Proxy {
                 self.ctx.bufs.release(c.buf);
             }
         }
-        let u = &mut self.ups[ex.up];
+        let u = &mut self.ups[ex.on()];
         let p = ex.splice.req.as_mut().expect("engaged");
         let (Some(up_fd), Some(client_fd)) = (u.sock.tcp_fd(), c.sock.tcp_fd()) else {
             return None;
@@ -171,7 +171,7 @@ impl Proxy {
         let Resp::Body(body) = ex.resp else {
             return None;
         };
-        ex.splice.off |= c.sock.tcp_fd().is_none() || self.ups[ex.up].sock.tcp_fd().is_none();
+        ex.splice.off |= c.sock.tcp_fd().is_none() || self.ups[ex.on()].sock.tcp_fd().is_none();
         if ex.splice.off || matches!(body, Body::UntilClose) {
             return None;
         }
@@ -208,7 +208,7 @@ impl Proxy {
         // stretch, and the copy reads after it (chunk framing) start small again.
         self.ctx.bufs.release(&mut ex.resp_buf);
         ex.resp_hot = false;
-        let u = &mut self.ups[ex.up];
+        let u = &mut self.ups[ex.on()];
         let p = ex.splice.resp.as_mut().expect("engaged");
         if p.room() == 0 {
             return Some(Flow::Idle);

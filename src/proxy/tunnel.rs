@@ -16,7 +16,6 @@ use crate::transport::Transport;
 
 use super::conns::{client_token, upstream_token, Half, Phase, Proxy, Step, Tunnel};
 use super::context::Ctx;
-use super::exchange::NONE;
 use super::io::{read_into, would_block, write2, Io};
 
 /// What one direction's pump did.
@@ -95,7 +94,7 @@ impl Proxy {
         let Phase::Proxy(mut ex) = std::mem::replace(&mut c.phase, Phase::Head) else {
             return Step::Blocked;
         };
-        let ui = std::mem::replace(&mut ex.up, NONE);
+        let ui = ex.up.take().expect("a 101 came on a connection");
         let u = &mut self.ups[ui];
         let backend = u.backend;
         self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, 0);

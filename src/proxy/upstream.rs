@@ -15,7 +15,6 @@ use crate::transport::Transport;
 use super::conns::{connect_result, upstream_token, Owner, Phase, Proxy, UpState, Upstream};
 use super::context::Ctx;
 use super::decide::Failure;
-use super::exchange::NONE;
 use super::h2c_conn::Mux;
 use super::io::Io;
 use super::lifecycle;
@@ -208,7 +207,7 @@ impl Proxy {
     /// client has been answered or the request retried) or is still connecting.
     fn connected(&mut self, ui: usize) -> bool {
         let u = &mut self.ups[ui];
-        let ci = u.owner.client().unwrap_or(NONE);
+        let ci = u.owner.client();
         match connect_result(u) {
             None => false,
             Some(true) => {
@@ -218,7 +217,9 @@ impl Proxy {
                 true
             }
             Some(false) => {
-                self.fail(ci, Failure::Connect);
+                if let Some(ci) = ci {
+                    self.fail(ci, Failure::Connect);
+                }
                 false
             }
         }
@@ -261,7 +262,8 @@ impl Proxy {
             return;
         }
         let ci = match u.owner {
-            Owner::Nobody => NONE,
+            // (Not expected: a busy connection has an owner.)
+            Owner::Nobody => return,
             Owner::Exchange(ci) => ci,
             // h2 hook: a connection serving an HTTP/2 stream fails that stream only.
             Owner::Stream { .. } => {

@@ -51,7 +51,7 @@ impl Proxy {
     /// deadline passed, GOAWAY and close.
     pub(in crate::proxy) fn h2_timeout(&mut self, ci: usize) {
         let c = &mut self.clients[ci];
-        let Phase::H2(mut s) = std::mem::replace(&mut c.phase, Phase::Head) else {
+        let Phase::H2(mut s) = std::mem::replace(&mut c.phase, Phase::H2Out) else {
             return;
         };
         s.armed = 0;
@@ -84,7 +84,7 @@ impl Proxy {
                 c.h2_send_timeouts.fetch_add(1, Relaxed);
                 self.h2_abort(ci, &mut s, i, Blame::Client);
             } else if idle_over && st.mux {
-                let connecting = self.ups[st.ex.up].is_connecting();
+                let connecting = self.ups[st.ex.on()].is_connecting();
                 let why = lifecycle::expiry(&st.ex, connecting, now);
                 self.h2_fail(ci, &mut s, i, why);
             } else {

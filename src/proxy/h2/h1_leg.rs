@@ -18,7 +18,7 @@ use crate::http::{self, Body, BodyKind, Method};
 use super::super::conns::{connect_result, upstream_token, Owner, Proxy, UpState};
 use super::super::context::Ctx;
 use super::super::decide::{self, Blame, Failure, PoolCheck};
-use super::super::exchange::{Resp, NONE};
+use super::super::exchange::Resp;
 use super::super::grpc;
 use super::super::h2_session::{self, H2Stream};
 use super::super::h2_session::{H2Session, OUT_HIGH};
@@ -142,10 +142,7 @@ impl Proxy {
             return None;
         }
         self.h2_end_hedging(ci, st);
-        let ui = std::mem::replace(&mut st.ex.up, NONE);
-        if ui == NONE {
-            return None;
-        }
+        let ui = st.ex.up.take()?;
         if st.mux {
             self.mux_detach(ui, ci, st.id, code);
         } else {
@@ -181,7 +178,7 @@ impl Proxy {
         }
         // A hedge racing this attempt goes first: its answer may make it the attempt.
         let hedged = self.h2_h1_hedge_step(ci, &mut s.streams[i]);
-        let ui = s.streams[i].ex.up;
+        let ui = s.streams[i].ex.on();
         if self.ups[ui].state == UpState::Connecting {
             match self.h2_connected(ui) {
                 Connect::Waiting => return (false, false),
@@ -225,7 +222,7 @@ impl Proxy {
             Read::Failed(why) => return self.h2_fail(ci, s, i, why),
         }
         let st = &mut s.streams[i];
-        if st.ex.got_bytes && st.ex.hedge.up != NONE {
+        if st.ex.got_bytes && st.ex.hedge.up.is_some() {
             // This attempt's answer won the race: the hedge is cancelled.
             let c = &self.ctx.shared.counters;
             c.hedges_cancelled.fetch_add(1, Relaxed);
@@ -269,7 +266,7 @@ impl Proxy {
     fn h2_send_request(&mut self, s: &mut H2Session, i: usize) -> Result<bool, ()> {
         let H2Session { conn, streams, .. } = s;
         let st = &mut streams[i];
-        let u = &mut self.ups[st.ex.up];
+        let u = &mut self.ups[st.ex.on()];
         if st.req_sent || st.req_closed || !u.io.writable {
             return Ok(false);
         }
@@ -394,7 +391,7 @@ impl Proxy {
         let H2Session { conn, streams, .. } = s;
         let st = &mut streams[i];
         let ex = &mut st.ex;
-        let u = &mut self.ups[ex.up];
+        let u = &mut self.ups[ex.on()];
         if !u.io.readable
             || matches!(ex.resp, Resp::Done | Resp::Truncated)
             || ex.ready > 0
@@ -589,7 +586,7 @@ impl Proxy {
         why: Failure,
     ) -> (bool, bool) {
         let st = &mut s.streams[i];
-        let backend = self.ups[st.ex.up].backend;
+        let backend = self.ups[st.ex.on()].backend;
         if self.h2_hedge_takes_over(ci, st) {
             debug!(
                 "worker {}: HTTP/2 stream {} hedge takes over",
@@ -648,7 +645,7 @@ impl Proxy {
         why: Failure,
     ) -> Option<bool> {
         let st = &mut s.streams[i];
-        let ui = st.ex.up;
+        let ui = st.ex.on();
         let old = self.ups[ui].backend;
         let (next, again) = self.ctx.retry_target(&st.ex, old, why)?;
         // The failed attempt's lease stays with the exchange for `retried`.
@@ -678,7 +675,11 @@ impl Proxy {
     /// Stream `i` completed: accounted, its connection pooled or closed.
     fn h2_finish(&mut self, s: &mut H2Session, i: usize) {
         let mut st = s.streams.swap_remove(i);
-        let ui = std::mem::replace(&mut st.ex.up, NONE);
+        let ui = st
+            .ex
+            .up
+            .take()
+            .expect("a completed stream ran on a connection");
         let cfg = &self.ctx.shared.cfg;
         let (persistent, max_idle) = (
             cfg.upstream == UpstreamMode::Persistent,
@@ -724,12 +725,12 @@ impl Proxy {
             return;
         };
         let super::super::conns::Phase::H2(mut s) =
-            std::mem::replace(&mut c.phase, super::super::conns::Phase::Head)
+            std::mem::replace(&mut c.phase, super::super::conns::Phase::H2Out)
         else {
             return;
         };
         if let Some(i) = s.stream(id) {
-            if s.streams[i].ex.hedge.up == ui {
+            if s.streams[i].ex.hedge.up == Some(ui) {
                 // A hedge that timed out is given up; its stream goes on.
                 self.h2_drop_hedge(ci, &mut s.streams[i]);
             } else {

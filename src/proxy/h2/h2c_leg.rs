@@ -16,7 +16,7 @@ use crate::h2::ErrorCode;
 use super::super::conns::Proxy;
 use super::super::context::Ctx;
 use super::super::decide::Failure;
-use super::super::exchange::{Resp, NONE};
+use super::super::exchange::Resp;
 use super::super::grpc;
 use super::super::h2_session::{H2Session, OUT_HIGH};
 use super::super::h2_translate as translate;
@@ -47,9 +47,10 @@ impl Proxy {
         // A hedge racing this attempt goes first: its answer may make it the attempt.
         let hedged = self.h2_hedge_step(ci, s, i);
         let leg = self.h2_leg(ci, s, i);
-        let ui = s.streams[i].ex.up;
-        if !self.ctx.mux_dirty.contains(&ui) {
-            self.ctx.mux_dirty.push(ui);
+        if let Some(ui) = s.streams[i].ex.up {
+            if !self.ctx.mux_dirty.contains(&ui) {
+                self.ctx.mux_dirty.push(ui);
+            }
         }
         match leg {
             LegStep::Running(moved) => {
@@ -69,7 +70,7 @@ impl Proxy {
                 if !st.alt.planned && st.up_end {
                     self.h2_plan_hedge(st);
                 }
-                if st.head_sent && st.ex.hedge.up != NONE {
+                if st.head_sent && st.ex.hedge.up.is_some() {
                     // This attempt's answer won the race: the hedge is cancelled.
                     let c = &self.ctx.shared.counters;
                     c.hedges_cancelled.fetch_add(1, Relaxed);
@@ -83,8 +84,8 @@ impl Proxy {
             }
             LegStep::NoRoom => {
                 let st = &mut s.streams[i];
-                self.mux_detach(st.ex.up, ci, st.id, ErrorCode::CANCEL);
-                st.ex.up = NONE;
+                let ui = st.ex.up.take().expect("an attempt runs");
+                self.mux_detach(ui, ci, st.id, ErrorCode::CANCEL);
                 // The same pick, on another connection.
                 let lease = st.ex.lease.take().expect("an attempt holds its lease");
                 (true, !self.h2_attach(ci, s, i, lease, false))
@@ -132,7 +133,7 @@ impl Proxy {
             ..
         } = s;
         let st = &mut streams[i];
-        let ui = st.ex.up;
+        let ui = st.ex.on();
         let mut moved = false;
         if !st.opened {
             translate::upstream_fields(&st.fields, from, up);
@@ -230,7 +231,7 @@ impl Proxy {
     fn h2_leg_recv(&mut self, ci: usize, s: &mut H2Session, i: usize, mut moved: bool) -> LegStep {
         let H2Session { conn, streams, .. } = s;
         let st = &mut streams[i];
-        let ui = st.ex.up;
+        let ui = st.ex.on();
         let m = self.ups[ui].mux.as_mut().expect("a mux");
         let Some(k) = m.stream_at(ci, st.id, &mut st.mk) else {
             return LegStep::Failed(Gone::Lost);
@@ -372,7 +373,11 @@ impl Proxy {
     fn h2_leg_finish(&mut self, ci: usize, s: &mut H2Session, i: usize) {
         let mut st = s.streams.swap_remove(i);
         self.h2_end_hedging(ci, &mut st);
-        let ui = std::mem::replace(&mut st.ex.up, NONE);
+        let ui = st
+            .ex
+            .up
+            .take()
+            .expect("a completed stream ran on a connection");
         let code = if st.up_end {
             ErrorCode::NO_ERROR
         } else {
@@ -395,7 +400,7 @@ impl Proxy {
     /// or 504, or in gRPC terms) before the response head, or reset after it.
     fn h2_leg_fail(&mut self, ci: usize, s: &mut H2Session, i: usize, why: Gone) -> (bool, bool) {
         let st = &mut s.streams[i];
-        let m = self.ups[st.ex.up].mux.as_ref().expect("a mux");
+        let m = self.ups[st.ex.on()].mux.as_ref().expect("a mux");
         let answered = m
             .stream(ci, st.id)
             .is_some_and(|k| m.streams[k].head.is_some());

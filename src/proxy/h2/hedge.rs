@@ -24,7 +24,7 @@ use crate::h2::ErrorCode;
 
 use super::super::conns::{connect_result, upstream_token, Owner, Proxy, UpState};
 use super::super::context::Ctx;
-use super::super::exchange::{Exchange, Hedge, Resp, NONE};
+use super::super::exchange::{Exchange, Hedge, Resp};
 use super::super::grpc;
 use super::super::h2_session::H2Session;
 use super::super::h2_session::{AltLeg, H2Stream};
@@ -56,7 +56,7 @@ pub(super) fn non_fatal(retry: &RetrySettings, code: u32) -> bool {
 /// Whether another attempt of hedged `ex` runs or may still go out.
 pub(super) fn more_attempts(retry: &RetrySettings, ex: &Exchange) -> bool {
     let max = retry.hedging.as_ref().map_or(0, |p| p.max_attempts);
-    ex.hedgeable && (ex.hedge.up != NONE || u32::from(ex.hedge.sent) + 1 < max)
+    ex.hedgeable && (ex.hedge.up.is_some() || u32::from(ex.hedge.sent) + 1 < max)
 }
 
 impl Proxy {
@@ -72,7 +72,7 @@ impl Proxy {
             // An HTTP/1.1 leg is hedged only without a request body.
             return;
         }
-        let backend = self.ups[st.ex.up].backend;
+        let backend = self.ups[st.ex.on()].backend;
         if let Some(delay) = self.hedge_delay(backend) {
             st.ex.hedge.at = self.ctx.now + delay;
         }
@@ -92,7 +92,7 @@ impl Proxy {
         if !may_hedge(st, max) || self.h2_answered(ci, st) {
             return;
         }
-        if st.ex.hedge.up != NONE {
+        if st.ex.hedge.up.is_some() {
             if !st.alt.opened {
                 // The running hedge has not even been opened: leave things be.
                 return;
@@ -104,7 +104,8 @@ impl Proxy {
 
     /// The current attempt of `st` has its response head (held or not).
     fn h2_answered(&self, ci: usize, st: &mut H2Stream) -> bool {
-        let Some(m) = self.ups.get(st.ex.up).and_then(|u| u.mux.as_ref()) else {
+        let up = st.ex.up.and_then(|u| self.ups.get(u));
+        let Some(m) = up.and_then(|u| u.mux.as_ref()) else {
             return false;
         };
         m.stream_at(ci, st.id, &mut st.mk)
@@ -113,7 +114,7 @@ impl Proxy {
 
     /// Opens the hedge of `st` on another h2c server, within the retry budget.
     fn h2_launch_hedge(&mut self, ci: usize, st: &mut H2Stream) {
-        let old = self.ups[st.ex.up].backend;
+        let old = self.ups[st.ex.on()].backend;
         let Some(lease) = self.hedge_target(old, st.ex.tried, Protocol::H2c) else {
             return;
         };
@@ -145,10 +146,9 @@ impl Proxy {
     /// anything moved. The hedge wins with the first response head; one that fails, or
     /// answers a non-fatal status, is dropped.
     pub(super) fn h2_hedge_step(&mut self, ci: usize, s: &mut H2Session, i: usize) -> bool {
-        let hu = s.streams[i].ex.hedge.up;
-        if hu == NONE {
+        let Some(hu) = s.streams[i].ex.hedge.up else {
             return false;
-        }
+        };
         if !self.ctx.mux_dirty.contains(&hu) {
             self.ctx.mux_dirty.push(hu);
         }
@@ -212,7 +212,12 @@ impl Proxy {
     /// server given back, with a failure sample only if it failed.
     fn h2_promote(&mut self, ci: usize, st: &mut H2Stream, why: Promote) {
         st.swap_legs();
-        let old = std::mem::replace(&mut st.ex.hedge.up, NONE);
+        let old = st
+            .ex
+            .hedge
+            .up
+            .take()
+            .expect("the attempt ran on a connection");
         self.h2_leave(ci, st, old, "gives way to its hedge");
         let began = st.ex.hedge.started;
         let old_lease = st
@@ -233,10 +238,10 @@ impl Proxy {
     /// the stream is gone).
     pub(super) fn h2_non_fatal(&mut self, ci: usize, s: &mut H2Session, i: usize) -> (bool, bool) {
         let st = &mut s.streams[i];
-        if st.ex.hedge.up == NONE {
+        if st.ex.hedge.up.is_none() {
             self.h2_launch_hedge(ci, st);
         }
-        if st.ex.hedge.up != NONE {
+        if st.ex.hedge.up.is_some() {
             self.h2_promote(ci, st, Promote::Failed);
             if st.ex.hedge.at != 0 {
                 st.ex.hedge.at = self.ctx.now;
@@ -250,7 +255,7 @@ impl Proxy {
     /// `st`'s current attempt failed: true if a running hedge takes its place (on
     /// HTTP/1.1, one that sent its whole request).
     pub(super) fn h2_hedge_takes_over(&mut self, ci: usize, st: &mut H2Stream) -> bool {
-        if st.ex.hedge.up == NONE || st.head_sent {
+        if st.ex.hedge.up.is_none() || st.head_sent {
             return false;
         }
         if st.mux {
@@ -274,10 +279,9 @@ impl Proxy {
     /// Resets `st`'s hedge, if one runs, giving its server back without a sample; no
     /// later attempt of the stream goes there.
     pub(super) fn h2_drop_hedge(&mut self, ci: usize, st: &mut H2Stream) {
-        let h = std::mem::replace(&mut st.ex.hedge.up, NONE);
-        if h == NONE {
+        let Some(h) = st.ex.hedge.up.take() else {
             return;
-        }
+        };
         self.h2_leave(ci, st, h, "drops its hedge");
         if let Some(lease) = st.ex.hedge.lease.take() {
             self.ctx.shared.balancer.cancel_lease(lease);
@@ -309,14 +313,14 @@ impl Proxy {
         if !may_hedge_h1(st) {
             return;
         }
-        if st.ex.hedge.up != NONE {
+        if st.ex.hedge.up.is_some() {
             if !self.h1_hedge_sent(st) {
                 // The running hedge has not even sent its request: leave things be.
                 return;
             }
             self.h2_h1_promote(st, Promote::Superseded);
         }
-        let old = self.ups[st.ex.up].backend;
+        let old = self.ups[st.ex.on()].backend;
         let Some(lease) = self.hedge_target(old, st.ex.tried, Protocol::Http1) else {
             return;
         };
@@ -348,9 +352,9 @@ impl Proxy {
 
     /// The HTTP/1.1 hedge of `st` is connected and has sent its whole request.
     fn h1_hedge_sent(&self, st: &H2Stream) -> bool {
-        let h = st.ex.hedge.up;
         let head = st.ex.head.as_ref().map_or(0, |b| b.len());
-        h != NONE && self.ups[h].state == UpState::Busy && st.ex.hedge.off >= head
+        (st.ex.hedge.up).is_some_and(|h| self.ups[h].state == UpState::Busy)
+            && st.ex.hedge.off >= head
     }
 
     /// A step of `st`'s HTTP/1.1 hedge, if one runs: its connect and request head, then
@@ -358,10 +362,9 @@ impl Proxy {
     /// bytes (not a status the retry policy replays); the current attempt wins once it
     /// has any (`h2_stream_step`).
     pub(super) fn h2_h1_hedge_step(&mut self, ci: usize, st: &mut H2Stream) -> bool {
-        let h = st.ex.hedge.up;
-        if h == NONE {
+        let Some(h) = st.ex.hedge.up else {
             return false;
-        }
+        };
         let u = &mut self.ups[h];
         if u.state == UpState::Connecting {
             match connect_result(u) {
@@ -421,9 +424,9 @@ impl Proxy {
     /// the former one read (a head the retry policy replays, a broken one) is dropped.
     fn h2_h1_promote(&mut self, st: &mut H2Stream, why: Promote) {
         let ex = &mut st.ex;
-        let (old, h) = (ex.up, std::mem::replace(&mut ex.hedge.up, NONE));
+        let (old, h) = (ex.on(), ex.hedge.on());
         let old_backend = self.ups[old].backend;
-        ex.up = h;
+        ex.up = ex.hedge.up.take();
         let hedge_lease = (ex.hedge.lease.take()).expect("a running hedge holds its lease");
         let old_lease = (ex.lease.replace(hedge_lease)).expect("an attempt holds its lease");
         ex.reused = ex.hedge.reused;

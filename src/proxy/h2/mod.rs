@@ -94,8 +94,8 @@ impl Proxy {
                     s.streams[i].due = true;
                 }
             }
-            // Taken out for a step (the placeholder phase), or not HTTP/2 at all.
-            Some(Phase::Head) => self.ctx.marks.push((ci, id)),
+            // Taken out for a step.
+            Some(Phase::H2Out) => self.ctx.marks.push((ci, id)),
             _ => {}
         }
     }
@@ -104,7 +104,7 @@ impl Proxy {
     /// the step and put back unless the connection closed.
     pub(super) fn step_h2(&mut self, ci: usize) -> Step {
         let c = &mut self.clients[ci];
-        let Phase::H2(mut s) = std::mem::replace(&mut c.phase, Phase::Head) else {
+        let Phase::H2(mut s) = std::mem::replace(&mut c.phase, Phase::H2Out) else {
             return Step::Blocked;
         };
         let mut step = self.h2_step(ci, &mut s);
@@ -136,7 +136,7 @@ impl Proxy {
         self.ctx.flushing = true;
         for &ci in &list {
             if self.clients.contains(ci) {
-                self.contained(ci, |p| p.drive(ci));
+                self.contained(Some(ci), |p| p.drive(ci));
             }
         }
         self.ctx.flushing = false;
@@ -354,7 +354,7 @@ impl Proxy {
     pub(super) fn h2_close_streams(&mut self, ci: usize) {
         let c = &mut self.clients[ci];
         if let Phase::H2(_) = c.phase {
-            if let Phase::H2(s) = std::mem::replace(&mut c.phase, Phase::Head) {
+            if let Phase::H2(s) = std::mem::replace(&mut c.phase, Phase::H2Out) {
                 self.h2_teardown(ci, s);
             }
         }
