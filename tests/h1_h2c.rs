@@ -402,3 +402,52 @@ fn sigterm_finishes_exchanges_in_flight_then_closes() {
     assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0, "closed after it");
     assert!(p.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+#[test]
+fn a_refused_stream_is_replayed_only_within_the_replay_buffer() {
+    // A refuses `/refuse` after taking the request's body; B (HTTP/1.1) answers it. With a
+    // 1 KiB replay buffer, a 500-byte body is kept and goes to B whole; a 5,000-byte one
+    // outgrows it (counted) and its refusal is a 502, as for every other protocol pair.
+    let a = h2c("A");
+    let b = Backend::start("B", "fast", &[]);
+    let cfg = format!(
+        r#"{{"mode": "round-robin", "healthCheck": {{"enabled": false}},
+            "retryPolicy": {{"retryOn": ["reset"], "methods": ["POST"], "replayBufferBytes": 1024}},
+            "servers": [{{"name": "A", "address": "127.0.0.1", "port": {}, "protocol": "h2c"}},
+                        {{"name": "B", "address": "127.0.0.1", "port": {}}}]}}"#,
+        a.port(),
+        b.port()
+    );
+    for (size, kept) in [(500, true), (5000, false)] {
+        let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+        let before = b.requests();
+        let body = "x".repeat(size);
+        let req = format!(
+            "POST /refuse HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n{body}"
+        );
+        let statuses: Vec<u16> = (0..4)
+            .map(|_| {
+                common::raw(p.addr, req.as_bytes())
+                    .expect("a response")
+                    .status
+            })
+            .collect();
+        let ok = statuses.iter().filter(|&&s| s == 200).count() as u64;
+        assert_eq!(
+            b.requests() - before,
+            ok,
+            "B got only whole requests: {statuses:?}"
+        );
+        let t = totals(p.admin.unwrap());
+        if kept {
+            assert_eq!(ok, 4, "{statuses:?}");
+            assert_eq!(t["replay_overflows"], 0, "{t}");
+        } else {
+            assert!(
+                ok < 4 && statuses.iter().all(|&s| s == 200 || s == 502),
+                "{statuses:?}"
+            );
+            assert_eq!(t["replay_overflows"], 4, "every big POST outgrew it: {t}");
+        }
+    }
+}

@@ -256,10 +256,12 @@ impl Proxy {
     /// Validated body bytes from the client's buffer as DATA, as far as the windows
     /// allow; then END_STREAM or the trailers. `Err` if the connection is gone.
     fn h1_h2c_body(&mut self, ci: usize, ui: usize) -> Result<bool, ()> {
+        let replay_max = self.ctx.shared.cfg.retry.replay_max();
         let c = &mut self.clients[ci];
         let Phase::Proxy(ex) = &mut c.phase else {
             return Ok(false);
         };
+        let policy = !ex.retry_on.is_empty();
         let leg = &mut ex.h2c;
         if leg.up_end || ex.req == Req::Closed {
             return Ok(false);
@@ -313,7 +315,13 @@ impl Proxy {
             }
             if at > 0 {
                 leg.kept += at;
-                if !leg.replayable {
+                // Kept for a replay only within the replay buffer, as on every pair.
+                let over = leg.replayable && leg.kept > replay_max;
+                if over && policy {
+                    let c = &self.ctx.shared.counters;
+                    c.replay_overflows.fetch_add(1, Relaxed);
+                }
+                if !leg.replayable || over {
                     give_up_replay(ex, c.buf.as_mut());
                 }
                 moved = true;

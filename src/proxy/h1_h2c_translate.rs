@@ -30,9 +30,10 @@ pub(crate) struct H2cLeg {
     pub(super) dec: ChunkedDecoder,
     /// The chunked request's trailer field lines as received (empty: none).
     pub(super) trailers: Vec<u8>,
-    /// Until the response head (or more body must be read), the body bytes sent stay at
-    /// the front of the client's buffer (`kept` of them), so a stream the backend refused
-    /// can go elsewhere whole; they count as sent only once given up.
+    /// Until the response head (or more body must be read, or they outgrow the replay
+    /// buffer), the body bytes sent stay at the front of the client's buffer (`kept` of
+    /// them), so a stream the backend refused can go elsewhere whole; they count as sent
+    /// only once given up.
     pub(super) replayable: bool,
     pub(super) kept: usize,
     pub(super) framing: ClientFraming,
