@@ -10,6 +10,7 @@ same against NGINX and HAProxy in front of the same backend.
 
 import argparse
 import resource
+import shutil
 import selectors
 import socket
 import subprocess
@@ -148,6 +149,7 @@ backend b
             results.append(measure("haproxy (1 thread)", hport, [h.pid], a.connections))
     finally:
         stop(procs, timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
     print("| proxy | idle connections | RSS before (KiB) | RSS after (KiB) | bytes per idle connection |")
     print("|---|---:|---:|---:|---:|")
     for name, n, before, after, per in results:

@@ -159,7 +159,7 @@ impl Server {
         for (id, listener) in listeners.drain(..).enumerate() {
             let endpoints = endpoints.clone();
             let log = logger.as_ref().map(|l| l.sender.clone());
-            let tx = metrics.tx.clone();
+            let tx = metrics.handover();
             let (w, waker) = Worker::new(id, shared.clone(), listener, log.clone(), tx.clone())
                 .map_err(|e| format!("cannot start worker {id}: {e}"))?;
             let core = (shared.cfg.pin && !cores.is_empty()).then(|| cores[id % cores.len()]);
@@ -255,7 +255,7 @@ fn supervise(
     shared: &Arc<Shared>,
     endpoints: &[(std::net::SocketAddr, bool)],
     log: Option<crate::access_log::LogSender>,
-    tx: crossbeam_channel::Sender<crate::metrics::Snapshot>,
+    tx: crate::metrics::Handover,
 ) {
     let mut next = Some(first);
     loop {

@@ -17,7 +17,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::access_log::LogSender;
 use crate::debug;
-use crate::metrics::Snapshot;
+use crate::metrics::Handover;
 use crate::proxy::{Proxy, FIRST_TOKEN};
 use crate::shared::Shared;
 use crate::timer::Clock;
@@ -67,7 +67,7 @@ pub struct Worker {
     /// Worker-clock ms before which accepting is not retried (after EMFILE and the like).
     accept_after: u64,
     now: u64,
-    metrics: crossbeam_channel::Sender<Snapshot>,
+    metrics: Handover,
     /// The balancer generation this worker last acted on (see `Proxy::servers_changed`).
     generation: u64,
 }
@@ -78,7 +78,7 @@ impl Worker {
         shared: Arc<Shared>,
         listeners: Vec<(std::net::TcpListener, bool)>,
         log: Option<LogSender>,
-        metrics: crossbeam_channel::Sender<Snapshot>,
+        metrics: Handover,
     ) -> io::Result<(Worker, Arc<Waker>)> {
         let poll = Poll::new()?;
         let mut mine = Vec::with_capacity(listeners.len());
@@ -158,9 +158,9 @@ impl Worker {
                 self.proxy.servers_changed();
             }
             self.proxy.publish_gauges();
-            if let Some(snap) = self.proxy.take_histograms(false) {
+            if let Some(snap) = self.proxy.take_histograms(false, &self.metrics.spares) {
                 // Off the request path: a copy once a second, never blocking.
-                let _ = self.metrics.try_send(snap);
+                let _ = self.metrics.tx.try_send(snap);
             }
 
             if self.shared.stop.load(Relaxed) && !self.draining {
@@ -189,8 +189,8 @@ impl Worker {
         self.proxy.close_all();
         self.proxy.publish_gauges();
         // The last interval: the aggregator is waiting for it before the final dumps.
-        if let Some(last) = self.proxy.take_histograms(true) {
-            let _ = self.metrics.send(last);
+        if let Some(last) = self.proxy.take_histograms(true, &self.metrics.spares) {
+            let _ = self.metrics.tx.send(last);
         }
         debug!("worker {} stopped", self.id);
     }

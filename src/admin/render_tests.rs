@@ -97,7 +97,11 @@ fn grpc_calls_from_worker_tables_reach_stats_and_metrics() {
         w.record_grpc(0, b"/tts.TTS/SynthesizeStream", 14);
         w.record_grpc(1, b"/tts.TTS/Synthesize", 8);
         agg.tx
-            .send(w.take(worker, std::time::Instant::now()))
+            .send(w.take(
+                worker,
+                std::time::Instant::now(),
+                &crossbeam_channel::never(),
+            ))
             .unwrap();
     }
     let summary = agg.summary.clone();

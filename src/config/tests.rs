@@ -733,9 +733,8 @@ fn every_file_key_and_flag_lands_in_its_field() {
 
 #[test]
 fn protocol_per_server_and_for_all() {
-    let dir = std::env::temp_dir().join(format!("corelb-proto-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = dir.join("p.json");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.json");
     std::fs::write(
         &f,
         r#"{"servers": [

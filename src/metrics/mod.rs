@@ -304,20 +304,31 @@ impl WorkerHists {
         now >= self.next_flush
     }
 
-    /// Copies the interval out and starts a new one.
-    pub fn take(&mut self, worker: usize, now: Instant) -> Snapshot {
+    /// Hands the interval over and starts a new one in empty histograms: ones the
+    /// aggregator sent back on `spares`, or new ones (no 160 KiB copy either way).
+    pub fn take(
+        &mut self,
+        worker: usize,
+        now: Instant,
+        spares: &Receiver<Histogram<u64>>,
+    ) -> Snapshot {
         self.next_flush = now + FLUSH_EVERY;
+        let fresh = || spares.try_recv().unwrap_or_else(|_| histogram());
+        let total = std::mem::replace(&mut self.total, fresh());
+        let backends = self
+            .backends
+            .iter_mut()
+            .map(|h| std::mem::replace(h, fresh()))
+            .collect();
         let snap = Snapshot {
             worker,
-            total: self.total.clone(),
-            backends: self.backends.clone(),
+            total,
+            backends,
             requests: self.requests,
             errors: self.errors,
             codes: std::mem::replace(&mut self.codes, code_counts(self.slots)),
             grpc: self.grpc.take(),
         };
-        reset(&mut self.total);
-        self.backends.iter_mut().for_each(reset);
         self.requests = 0;
         self.errors = 0;
         snap
@@ -378,8 +389,17 @@ pub struct DumpConfig {
 }
 
 /// The aggregator thread.
+/// A worker's ends of the hand-over: its snapshots go out on `tx`; emptied histograms
+/// come back on `spares`, so a hand-over moves histograms instead of copying them.
+#[derive(Clone)]
+pub struct Handover {
+    pub tx: Sender<Snapshot>,
+    pub spares: Receiver<Histogram<u64>>,
+}
+
 pub struct Aggregator {
     pub tx: Sender<Snapshot>,
+    pub spares: Receiver<Histogram<u64>>,
     pub summary: Arc<Mutex<Summary>>,
     thread: JoinHandle<io::Result<Vec<PathBuf>>>,
 }
@@ -391,16 +411,27 @@ impl Aggregator {
         }
         // Room for several seconds of hand-overs from many workers.
         let (tx, rx) = crossbeam_channel::bounded(1024);
+        // Emptied histograms on their way back to the workers (more are made as needed).
+        let (spare_tx, spares) = crossbeam_channel::bounded(64);
         let summary = Arc::new(Mutex::new(Summary::new(backends)));
         let s2 = summary.clone();
         let thread = std::thread::Builder::new()
             .name("corelb-metrics".into())
-            .spawn(move || aggregate(rx, s2, backends, dump))?;
+            .spawn(move || aggregate(rx, spare_tx, s2, backends, dump))?;
         Ok(Aggregator {
             tx,
+            spares,
             summary,
             thread,
         })
+    }
+
+    /// A worker's ends of the hand-over.
+    pub fn handover(&self) -> Handover {
+        Handover {
+            tx: self.tx.clone(),
+            spares: self.spares.clone(),
+        }
     }
 
     /// Waits for the aggregator to take the workers' last hand-overs and write the final
@@ -421,6 +452,7 @@ fn unix_now() -> Duration {
 
 fn aggregate(
     rx: Receiver<Snapshot>,
+    spares: Sender<Histogram<u64>>,
     summary: Arc<Mutex<Summary>>,
     backends: usize,
     dump: Option<DumpConfig>,
@@ -473,6 +505,11 @@ fn aggregate(
                 grow(&mut sec_backends, s.backends.len());
                 for (acc, h) in sec_backends.iter_mut().zip(&mut s.backends) {
                     merge(acc, h);
+                }
+                // What the worker sent is spent: emptied, it goes back for a later one.
+                for mut h in std::iter::once(s.total).chain(s.backends) {
+                    reset(&mut h);
+                    let _ = spares.try_send(h);
                 }
                 sec_requests += s.requests;
                 sec_errors += s.errors;

@@ -7,7 +7,7 @@ fn worker_hand_over_resets_the_interval() {
     w.record(Some(1), 200, 800, 1000, false);
     w.record(None, 503, 0, 50, true);
     w.record(Some(7), 999, 0, 50, true);
-    let s = w.take(3, Instant::now());
+    let s = w.take(3, Instant::now(), &crossbeam_channel::never());
     assert_eq!((s.worker, s.requests, s.errors), (3, 3, 2));
     assert_eq!(s.codes.len(), 3);
     assert_eq!(s.codes[1][code_index(200)], 1);
@@ -27,6 +27,41 @@ fn worker_hand_over_resets_the_interval() {
 }
 
 #[test]
+fn handed_over_histograms_come_back_empty_and_the_last_second_holds_what_they_carried() {
+    let agg = Aggregator::start(2, None).expect("aggregator");
+    let h = agg.handover();
+    let mut w = WorkerHists::new(2);
+    for us in [100, 200, 300] {
+        w.record(Some(1), 200, us, us, false);
+    }
+    h.tx.send(w.take(0, Instant::now(), &h.spares)).unwrap();
+    // The worker's three histograms (total, two backends) come back, empty, for reuse.
+    for _ in 0..3 {
+        let spare = h
+            .spares
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a spare");
+        assert!(spare.is_empty());
+    }
+    // Within the next second's publication, the last second holds the samples.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = agg.summary.lock().unwrap().last_total.len();
+        if n == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "last second has {n} samples");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The next interval started in a spare (or a new histogram), empty.
+    w.record(Some(1), 200, 50, 50, false);
+    let s = w.take(0, Instant::now(), &h.spares);
+    assert_eq!((s.total.len(), s.backends[1].len()), (1, 1));
+    drop((h, s));
+    agg.finish().expect("finish");
+}
+
+#[test]
 fn grpc_calls_are_counted_per_worker_and_handed_over() {
     let mut w = WorkerHists::new(2);
     w.record_grpc(0, b"/tts.TTS/Synthesize", 0);
@@ -34,7 +69,7 @@ fn grpc_calls_are_counted_per_worker_and_handed_over() {
     w.record_grpc(1, b"/tts.TTS/Synthesize", 14);
     w.record_grpc(1, b"/tts.TTS/SynthesizeStream", 99);
     w.record_grpc(1, b"no-slash", 0);
-    let s = w.take(0, Instant::now());
+    let s = w.take(0, Instant::now(), &crossbeam_channel::never());
     let mut rows: Vec<_> = s.grpc.rows().collect();
     rows.sort();
     assert_eq!(
@@ -49,13 +84,16 @@ fn grpc_calls_are_counted_per_worker_and_handed_over() {
     );
     assert!(w.grpc.is_empty(), "a new interval starts empty");
     w.record_grpc(0, b"/tts.TTS/Synthesize", 0);
-    let again = w.take(0, Instant::now());
+    let again = w.take(0, Instant::now(), &crossbeam_channel::never());
     assert_eq!(
         again.grpc.rows().count(),
         1,
         "ids stay stable across hand-overs"
     );
-    assert!(w.take(0, Instant::now()).grpc.is_empty());
+    assert!(w
+        .take(0, Instant::now(), &crossbeam_channel::never())
+        .grpc
+        .is_empty());
 }
 
 #[test]
@@ -68,7 +106,7 @@ fn grpc_methods_are_bounded_per_worker_and_per_process() {
         for i in range {
             w.record_grpc(0, name(i).as_bytes(), 0);
         }
-        let s = w.take(worker, Instant::now());
+        let s = w.take(worker, Instant::now(), &crossbeam_channel::never());
         totals.add(&s.grpc);
     }
     assert_eq!(totals.methods(), GRPC_MAX_METHODS);
@@ -88,7 +126,7 @@ fn grpc_methods_are_bounded_per_worker_and_per_process() {
     for i in 0..100 {
         w.record_grpc(0, name(i).as_bytes(), 13);
     }
-    let s = w.take(0, Instant::now());
+    let s = w.take(0, Instant::now(), &crossbeam_channel::never());
     assert_eq!(s.grpc.rows().count(), GRPC_MAX_METHODS + 1);
     let long = format!("/{}", "x".repeat(GRPC_METHOD_MAX_LEN));
     let mut w = WorkerHists::new(1);
@@ -103,7 +141,9 @@ fn aggregator_merges_grpc_calls_into_the_summary() {
         let mut w = WorkerHists::new(2);
         w.record_grpc(1, b"/tts.TTS/Synthesize", 14);
         w.record_grpc(0, b"/tts.TTS/Synthesize", 0);
-        agg.tx.send(w.take(worker, Instant::now())).unwrap();
+        agg.tx
+            .send(w.take(worker, Instant::now(), &crossbeam_channel::never()))
+            .unwrap();
     }
     let summary = agg.summary.clone();
     agg.finish().unwrap();
@@ -168,7 +208,9 @@ fn aggregator_merges_workers_and_writes_dumps() {
         for _ in 0..10 {
             w.record(Some(0), 200, 100, 200, false);
         }
-        agg.tx.send(w.take(worker, Instant::now())).unwrap();
+        agg.tx
+            .send(w.take(worker, Instant::now(), &crossbeam_channel::never()))
+            .unwrap();
     }
     let summary = agg.summary.clone();
     let files = agg.finish().unwrap();

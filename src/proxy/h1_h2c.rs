@@ -572,6 +572,19 @@ impl Proxy {
         self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
     }
 
+    /// Re-arms the client's timer for the exchange's deadlines as they stand and its next
+    /// hedge's moment (after a hedge went out).
+    pub(super) fn h1_h2c_rearm(&mut self, ci: usize) {
+        let c = &mut self.clients[ci];
+        let Phase::Proxy(ex) = &c.phase else {
+            return;
+        };
+        let at = timer_at(ex);
+        if at != 0 {
+            self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
+        }
+    }
+
     /// `client_timeout` hook: the client's timer fired for an exchange on an h2c stream.
     /// The backend's deadline passed: the attempt fails (retried if safe, else 504, or the
     /// client closes mid-body); the client's: the exchange is aborted.

@@ -137,7 +137,7 @@ impl Proxy {
         if on_h2c {
             self.h2c_launch_hedge(ci);
             // The exchange's deadlines and the next hedge's moment share the timer.
-            self.h1_h2c_arm(ci, false);
+            self.h1_h2c_rearm(ci);
         } else {
             self.launch_hedge(ci);
         }

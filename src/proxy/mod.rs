@@ -168,9 +168,15 @@ impl Proxy {
     }
 
     /// This worker's histograms since the last call, if a second has passed (or `force`).
-    pub fn take_histograms(&mut self, force: bool) -> Option<Snapshot> {
+    /// Empty histograms to start the next interval in come from `spares`.
+    pub fn take_histograms(
+        &mut self,
+        force: bool,
+        spares: &crossbeam_channel::Receiver<hdrhistogram::Histogram<u64>>,
+    ) -> Option<Snapshot> {
         let now = std::time::Instant::now();
-        (force || self.ctx.hists.due(now)).then(|| self.ctx.hists.take(self.ctx.id, now))
+        let hists = &mut self.ctx.hists;
+        (force || hists.due(now)).then(|| hists.take(self.ctx.id, now, spares))
     }
 
     /// Gives pooled buffers back to the allocator, keeping `keep`.
