@@ -126,18 +126,11 @@ fn h2c_requests(b: &Backend) -> u64 {
 fn an_http1_get_to_h2c_servers_is_hedged_on_another_stream_and_the_first_answer_wins() {
     let slow = Backend::start("S", "fixed:400", &["--protocol", "h2c"]);
     let fast = Backend::start("F", "fixed:1", &["--protocol", "h2c"]);
-    let server = |b: &Backend| {
-        format!(
-            r#"{{"name": "{}", "address": "127.0.0.1", "port": {}, "protocol": "h2c"}}"#,
-            b.id,
-            b.port()
-        )
-    };
     let cfg = format!(
         r#"{{"servers": [{}, {}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
             "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "20ms", "methods": ["GET"]}}}}"#,
-        server(&slow),
-        server(&fast)
+        entry(&slow, true),
+        entry(&fast, true)
     );
     let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
     let mut worst = Duration::ZERO;

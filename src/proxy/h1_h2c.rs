@@ -202,18 +202,8 @@ impl Proxy {
                 return Turn::Running(false);
             }
             let end = ex.body.is_done() && ex.body_ready == 0;
-            let te = ex.h2c.te_trailers;
-            let head = ex.head.take();
-            let mut names = std::mem::take(&mut self.ctx.scratch);
-            let opened = match head.as_ref() {
-                Some(h) => request_pairs(h.bytes(), te, &mut names, |pairs| {
-                    self.mux_open(ui, ci, 0, pairs, end)
-                }),
-                None => None,
-            };
-            self.ctx.scratch = names;
+            let opened = self.h1_h2c_open(ci, ui, end);
             let (_, ex) = self.clients[ci].split().expect("proxying");
-            ex.head = head;
             match opened {
                 None => return Turn::Failed(Failure::BadResponse(UNTRANSLATABLE)),
                 Some(Ok(false)) => return Turn::Running(false),
@@ -251,6 +241,31 @@ impl Proxy {
                 Err(step) => return Turn::Over(step),
             }
         }
+    }
+
+    /// Opens client `ci`'s stream on h2c connection `ui` with the request's HTTP/2 fields
+    /// (from its rewritten head), ending it if `end`: `mux_open`'s answer, or `None` if
+    /// the head cannot be read.
+    pub(super) fn h1_h2c_open(
+        &mut self,
+        ci: usize,
+        ui: usize,
+        end: bool,
+    ) -> Option<Result<bool, ()>> {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        let te = ex.h2c.te_trailers;
+        let head = ex.head.take();
+        let mut names = std::mem::take(&mut self.ctx.scratch);
+        let opened = match head.as_ref() {
+            Some(h) => request_pairs(h.bytes(), te, &mut names, |pairs| {
+                self.mux_open(ui, ci, 0, pairs, end)
+            }),
+            None => None,
+        };
+        self.ctx.scratch = names;
+        let (_, ex) = self.clients[ci].split().expect("proxying");
+        ex.head = head;
+        opened
     }
 
     /// Validated body bytes from the client's buffer as DATA, as far as the windows

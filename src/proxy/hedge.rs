@@ -23,7 +23,6 @@ use crate::h2::ErrorCode;
 use super::conns::{client_token, connect_result, upstream_token, Proxy, UpState};
 use super::context::Ctx;
 use super::exchange::{Exchange, Hedge, Resp};
-use super::h1_h2c_translate::request_pairs;
 use super::io::{would_block, write2};
 use super::lifecycle::Promote;
 
@@ -386,18 +385,8 @@ impl Proxy {
         if ex.hedge.off > 0 || self.ups[h].is_connecting() {
             return false;
         }
-        let te = ex.h2c.te_trailers;
-        let head = ex.head.take();
-        let mut names = std::mem::take(&mut self.ctx.scratch);
-        let opened = match head.as_ref() {
-            Some(b) => request_pairs(b.bytes(), te, &mut names, |pairs| {
-                self.mux_open(h, ci, 0, pairs, true)
-            }),
-            None => None,
-        };
-        self.ctx.scratch = names;
+        let opened = self.h1_h2c_open(ci, h, true);
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        ex.head = head;
         match opened {
             Some(Ok(false)) => false,
             Some(Ok(true)) => {

@@ -131,6 +131,11 @@ impl Proxy {
             planned: true,
             ..AltLeg::default()
         };
+        self.h2_hedge_launched(st, old, b);
+    }
+
+    /// Stream `st`'s hedge from server `old` on `b` went out: counted and logged.
+    fn h2_hedge_launched(&mut self, st: &mut H2Stream, old: usize, b: usize) {
         st.due = true;
         self.ctx.shared.counters.hedges.fetch_add(1, Relaxed);
         debug!(
@@ -339,15 +344,7 @@ impl Proxy {
         let next = self.next_hedge_at(b, sent);
         st.ex.hedge = Hedge::launched(next, ui, lease, sent, reused);
         st.alt.try_by = 0;
-        st.due = true;
-        self.ctx.shared.counters.hedges.fetch_add(1, Relaxed);
-        debug!(
-            "worker {}: hedging HTTP/2 stream {} from {} on {}",
-            self.ctx.id,
-            st.id,
-            self.ctx.shared.balancer.backend(old).name,
-            self.ctx.shared.balancer.backend(b).name
-        );
+        self.h2_hedge_launched(st, old, b);
     }
 
     /// The HTTP/1.1 hedge of `st` is connected and has sent its whole request.
