@@ -97,6 +97,71 @@ fn https_and_http2_by_alpn_reach_the_backend_with_x_forwarded_proto() {
     assert_eq!(t["tls1_3"], 2, "{t}");
 }
 
+/// One exchange, one head: an h2c backend is told the scheme the client used, whichever
+/// protocol the client spoke (before, an HTTP/1.1 client over TLS was forwarded as http).
+#[test]
+fn an_h2c_backend_gets_scheme_https_from_tls_clients_of_either_protocol() {
+    let a = Backend::start("A", "fast", &["--protocol", "h2c"]);
+    let mut pki = Pki::new();
+    let cert = pki.issue(&["localhost"], 30);
+    let json = format!(
+        r#"{{"servers": [{{"name": "A", "address": "127.0.0.1", "port": {}, "protocol": "h2c"}}]}}"#,
+        a.port()
+    );
+    let p = Proxy::with_config(
+        &json,
+        &[
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.cert_str(),
+            "--tls-key",
+            cert.key_str(),
+        ],
+    );
+    let tls = p.tls.unwrap();
+    let url = format!("https://localhost:{}/headers", tls.port());
+    let resolve = format!("localhost:{}:127.0.0.1", tls.port());
+    let ca = pki.ca_path();
+    for flag in ["--http1.1", "--http2"] {
+        let (code, out) = curl(&[
+            flag,
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ]);
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(code, 0, "curl {flag}: {text}");
+        assert!(text.ends_with("\n200"), "{flag}: {text}");
+        assert!(text.contains(":scheme: https\n"), "{flag}: {text}");
+        assert!(
+            text.contains(&format!(":authority: localhost:{}\n", tls.port())),
+            "{flag}: {text}"
+        );
+        assert!(
+            text.contains("x-forwarded-proto: https\n"),
+            "{flag}: {text}"
+        );
+    }
+    // The cleartext listener of the same proxy says http.
+    let r = raw(
+        p.addr,
+        b"GET /headers HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains(":scheme: http\n"), "{}", r.text());
+    assert!(
+        r.text().contains("x-forwarded-proto: http\n"),
+        "{}",
+        r.text()
+    );
+}
+
 #[test]
 fn sni_picks_the_certificate_by_its_names_and_defaults_to_the_first() {
     let a = Backend::start("A", "fast", &[]);

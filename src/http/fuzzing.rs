@@ -4,7 +4,8 @@
 
 use super::chunked::{ChunkError, ChunkedDecoder};
 use super::{
-    header_array, parse_request, parse_response, BodyKind, Forward, Reply, MAX_HEAD, MAX_HEADERS,
+    header_array, parse_request, parse_response, BodyKind, Forward, HeadIndex, Reply, MAX_HEAD,
+    MAX_HEADERS,
 };
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -21,8 +22,10 @@ pub fn request_head(data: &[u8]) {
         "a prefix of an accepted head is not incomplete"
     );
     let mut out = Vec::new();
+    let mut idx = HeadIndex::default();
     r.write_upstream(
         &mut out,
+        &mut idx,
         &Forward {
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
             close: false,
@@ -46,6 +49,21 @@ pub fn request_head(data: &[u8]) {
     assert_eq!(again.method, r.method);
     assert_eq!(again.body, r.body, "framing changed on the way");
     assert!(!again.path().is_empty());
+    // The index recorded while writing says what parsing the written head finds.
+    assert_eq!(
+        idx.method(&out),
+        again.method_str().as_bytes(),
+        "index: method"
+    );
+    assert_eq!(idx.target(&out), again.path().as_bytes(), "index: target");
+    let indexed: Vec<_> = idx.fields(&out).collect();
+    let parsed: Vec<_> = again
+        .req
+        .headers
+        .iter()
+        .map(|h| (h.name.as_bytes(), h.value))
+        .collect();
+    assert_eq!(indexed, parsed, "index: fields");
 }
 
 /// Any bytes (the first says whether the request was HEAD): an accepted response head is

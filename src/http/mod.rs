@@ -22,7 +22,7 @@ pub use head::{
     parse_request, parse_response, parse_response_with, BadResponse, Request, Response,
 };
 pub use message::*;
-pub use write::{known_reason, reason_phrase, Forward, Reply};
+pub use write::{known_reason, reason_phrase, Forward, HeadIndex, Reply};
 
 #[cfg(test)]
 mod tests;

@@ -4,12 +4,15 @@ use super::*;
 use std::net::{IpAddr, Ipv4Addr};
 
 fn req(raw: &[u8]) -> Result<Option<(BodyKind, bool, String)>, Reject> {
+    // The fuzz property holds for every head here too (its index among it).
+    super::fuzzing::request_head(raw);
     let mut h = header_array();
     parse_request(raw, &mut h).map(|r| {
         r.map(|r| {
             let mut out = Vec::new();
             r.write_upstream(
                 &mut out,
+                &mut HeadIndex::default(),
                 &Forward {
                     client_ip: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
                     close: false,
@@ -672,6 +675,7 @@ fn forwarded_for_formats_both_address_families() {
         let mut out = Vec::new();
         req.write_upstream(
             &mut out,
+            &mut HeadIndex::default(),
             &Forward {
                 client_ip: ip.parse::<IpAddr>().unwrap(),
                 close: false,

@@ -34,11 +34,61 @@ pub struct Reply {
     pub dechunk: bool,
 }
 
+/// Where the parts of a request head sit in the bytes [`Request::write_upstream`] wrote,
+/// recorded as they are written: a hop in another protocol (an h2c stream) takes the
+/// method, target and fields from here instead of parsing corelb's own head again.
+#[derive(Debug, Default)]
+pub struct HeadIndex {
+    /// The request target's start and end.
+    target: (u32, u32),
+    /// Each field line's start and its colon, in order.
+    lines: Vec<(u32, u32)>,
+    /// Where the empty line ending the head starts.
+    end: u32,
+}
+
+impl HeadIndex {
+    /// The method of `head`, the bytes this index was recorded for.
+    pub fn method<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        &head[..(self.target.0 as usize).saturating_sub(1)]
+    }
+
+    /// The origin-form target (or `*`) of `head`.
+    pub fn target<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        &head[self.target.0 as usize..self.target.1 as usize]
+    }
+
+    /// The fields of `head` as name and value, in order (Host and corelb's framing,
+    /// X-Forwarded-For, Via and Connection lines among them).
+    pub fn fields<'a>(&'a self, head: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        let next = self.lines.iter().skip(1).map(|l| l.0).chain([self.end]);
+        self.lines
+            .iter()
+            .zip(next)
+            .map(move |(&(start, colon), next)| {
+                let value = &head[colon as usize + 1..next as usize - 2];
+                (&head[start as usize..colon as usize], value.trim_ascii())
+            })
+    }
+
+    /// A field line of `name_len` bytes of name starts at the end of `out`.
+    fn line(&mut self, out: &[u8], name_len: usize) {
+        let at = out.len() as u32;
+        self.lines.push((at, at + name_len as u32));
+    }
+}
+
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A field line of a request head, recorded in `idx`.
+fn field(out: &mut Vec<u8>, idx: &mut HeadIndex, name: &[u8], value: &[u8]) {
+    idx.line(out, name.len());
+    put_header(out, name, value);
 }
 
 fn put_length(out: &mut Vec<u8>, n: u64) {
@@ -85,18 +135,22 @@ fn put_codings(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
 }
 
 impl Request<'_, '_> {
-    /// Writes the head to send upstream into `out`: HTTP/1.1, origin-form target, Host
-    /// from the validated authority, hop-by-hop fields and the fields `Connection` names
-    /// removed, framing generated from [`Request::body`], `X-Forwarded-For` extended and
-    /// `Via` added.
-    pub fn write_upstream(&self, out: &mut Vec<u8>, fwd: &Forward<'_>) {
+    /// Writes the head to send upstream into `out` (empty), and where its parts are into
+    /// `idx`: HTTP/1.1, origin-form target, Host from the validated authority, hop-by-hop
+    /// fields and the fields `Connection` names removed, framing generated from
+    /// [`Request::body`], `X-Forwarded-For` extended and `Via` added.
+    pub fn write_upstream(&self, out: &mut Vec<u8>, idx: &mut HeadIndex, fwd: &Forward<'_>) {
+        debug_assert!(out.is_empty());
+        idx.lines.clear();
         let r = &self.req;
         out.extend_from_slice(r.method.unwrap_or("GET").as_bytes());
         out.push(b' ');
+        let start = out.len() as u32;
         if !self.target.starts_with('/') && self.target != "*" {
             out.push(b'/');
         }
         out.extend_from_slice(self.target.as_bytes());
+        idx.target = (start, out.len() as u32);
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut has_host = false;
         for h in r.headers.iter() {
@@ -111,27 +165,35 @@ impl Request<'_, '_> {
                 Hdr::XForwardedProto if fwd.proto.is_some() => continue,
                 Hdr::Host => {
                     has_host = true;
-                    put_header(out, b"Host", self.host.unwrap_or(h.value));
+                    field(out, idx, b"Host", self.host.unwrap_or(h.value));
                     continue;
                 }
                 _ if self.conn.names(h.name) => continue,
                 _ => {}
             }
-            put_header(out, h.name.as_bytes(), h.value);
+            field(out, idx, h.name.as_bytes(), h.value);
         }
         if !has_host {
-            put_header(out, b"Host", self.host.unwrap_or(fwd.host));
+            field(out, idx, b"Host", self.host.unwrap_or(fwd.host));
         }
         match self.body {
-            BodyKind::Length(n) => put_length(out, n),
-            BodyKind::Chunked => put_codings(out, r.headers),
+            BodyKind::Length(n) => {
+                idx.line(out, 14);
+                put_length(out, n)
+            }
+            BodyKind::Chunked => {
+                idx.line(out, 17);
+                put_codings(out, r.headers)
+            }
             // `Content-Length: 0` is kept: some servers want a length on every POST.
             BodyKind::None | BodyKind::UntilClose => {
                 if let Some(n) = self.length {
+                    idx.line(out, 14);
                     put_length(out, n);
                 }
             }
         }
+        idx.line(out, 15);
         out.extend_from_slice(b"X-Forwarded-For: ");
         if !self.conn.names("x-forwarded-for") {
             for h in r.headers.iter() {
@@ -144,21 +206,22 @@ impl Request<'_, '_> {
             }
         }
         put_ip(out, fwd.client_ip);
+        out.extend_from_slice(b"\r\n");
+        idx.line(out, 3);
         out.extend_from_slice(if self.minor == 0 {
-            b"\r\nVia: 1.0 corelb\r\n"
+            b"Via: 1.0 corelb\r\n"
         } else {
-            b"\r\nVia: 1.1 corelb\r\n"
+            b"Via: 1.1 corelb\r\n"
         });
         if let Some(proto) = fwd.proto {
-            out.extend_from_slice(b"X-Forwarded-Proto: ");
-            out.extend_from_slice(proto);
-            out.extend_from_slice(b"\r\n");
+            field(out, idx, b"X-Forwarded-Proto", proto);
         }
         if self.upgrade {
-            out.extend_from_slice(b"Connection: upgrade\r\n");
+            field(out, idx, b"Connection", b"upgrade");
         } else if fwd.close {
-            out.extend_from_slice(b"Connection: close\r\n");
+            field(out, idx, b"Connection", b"close");
         }
+        idx.end = out.len() as u32;
         out.extend_from_slice(b"\r\n");
     }
 }

@@ -181,21 +181,6 @@ impl Proxy {
                 .as_ref()
                 .is_some_and(|h| h.covers(req.method_str().as_bytes(), req.path().as_bytes()));
         let close = cfg.upstream == UpstreamMode::PerRequest;
-        // (The server's name borrowed from the shared state beside the scratch buffer: no
-        // clone of the `Arc` all workers share, whose count would bounce between cores.)
-        let ctx = &mut self.ctx;
-        let b = ctx.shared.balancer.backend(lease.backend());
-        let scratch = &mut ctx.scratch;
-        scratch.clear();
-        req.write_upstream(
-            scratch,
-            &Forward {
-                client_ip: peer.ip(),
-                close,
-                host: &b.host,
-                proto,
-            },
-        );
         let (method, http10, keep_alive, expect, upgrade) = (
             req.method,
             req.minor == 0,
@@ -203,18 +188,8 @@ impl Proxy {
             req.expect_continue,
             req.upgrade,
         );
-        let h2c = H2cLeg::request(req.te_trailers, req.body == BodyKind::Chunked);
-
-        // The read that brought the head filled the buffer: the body is arriving fast, so
-        // its next read may take a larger buffer (buffer.rs, bulk growth).
-        let filled = buf.space().is_empty();
-        buf.consume(head_len);
-        let mut head = ctx.bufs.get();
-        if scratch.len() > head.capacity() {
-            head.grow(scratch.len());
-        }
-        head.space()[..scratch.len()].copy_from_slice(scratch);
-        head.filled(scratch.len());
+        let https = self.clients[ci].sock.is_tls();
+        let head = self.ctx.bufs.get();
         let mut ex = self.ctx.exchange(Start {
             method,
             http10,
@@ -228,7 +203,33 @@ impl Proxy {
             head,
             rec,
         });
-        ex.h2c = h2c;
+        ex.h2c = H2cLeg::request(req.te_trailers, req.body == BodyKind::Chunked, https);
+        // (The server's name borrowed from the shared state beside the scratch buffer: no
+        // clone of the `Arc` all workers share, whose count would bounce between cores.)
+        let ctx = &mut self.ctx;
+        let b = ctx.shared.balancer.backend(lease.backend());
+        let scratch = &mut ctx.scratch;
+        scratch.clear();
+        req.write_upstream(
+            scratch,
+            &mut ex.head_index,
+            &Forward {
+                client_ip: peer.ip(),
+                close,
+                host: &b.host,
+                proto,
+            },
+        );
+        // The read that brought the head filled the buffer: the body is arriving fast, so
+        // its next read may take a larger buffer (buffer.rs, bulk growth).
+        let filled = buf.space().is_empty();
+        buf.consume(head_len);
+        let head = ex.head.as_mut().expect("a new exchange's head");
+        if scratch.len() > head.capacity() {
+            head.grow(scratch.len());
+        }
+        head.space()[..scratch.len()].copy_from_slice(scratch);
+        head.filled(scratch.len());
         ex.req_hot = filled;
         ex.retry_on = retry_on;
         ex.per_try = per_try;

@@ -161,7 +161,9 @@ impl Ctx {
     pub fn exchange(&mut self, s: Start) -> Box<Exchange> {
         match self.spare.pop() {
             Some(mut b) => {
+                let index = std::mem::take(&mut b.head_index);
                 *b = Exchange::new(s);
+                b.head_index = index;
                 b
             }
             None => Box::new(Exchange::new(s)),

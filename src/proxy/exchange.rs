@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::access_log::Record;
 use crate::balancer::Lease;
 use crate::buffer::Buf;
-use crate::http::{Body, Method};
+use crate::http::{Body, HeadIndex, Method};
 
 use super::decide::{Attempt, Tried, Waits};
 use super::h1_h2c_translate::H2cLeg;
@@ -62,6 +62,9 @@ pub(crate) struct Exchange {
     /// The rewritten request head, kept until the response head arrives so the request
     /// can be replayed on another server.
     pub head: Option<Buf>,
+    /// Where `head`'s method, target and fields are, for an h2c stream (`h1_h2c.rs`).
+    /// Its room is kept when the exchange's box is reused (`Ctx::exchange`).
+    pub head_index: HeadIndex,
     /// Bytes of `head` already written.
     pub head_off: usize,
     /// Request body still to be read from the client.
@@ -204,6 +207,7 @@ impl Exchange {
             upgrade: s.upgrade,
             req: Req::Head,
             head: Some(s.head),
+            head_index: HeadIndex::default(),
             head_off: 0,
             body: s.body,
             body_ready: s.body_ready,

@@ -4,8 +4,10 @@
 //!
 //! - The request: the rewritten HTTP/1.1 head (`Exchange::head`: hop-by-hop fields and
 //!   those `Connection` named already gone, X-Forwarded-For extended, Via added, framing
-//!   corelb's own) becomes HTTP/2 fields (`:method`, `:scheme http`, `:authority` from
-//!   Host, `:path`, lowercase names, `te: trailers` if the client sent it). The body goes
+//!   corelb's own) becomes HTTP/2 fields (`:method`, `:scheme` https for a TLS client
+//!   else http, `:authority` from Host, `:path`, lowercase names, `te: trailers` if the
+//!   client sent it), taken from where `Exchange::head_index` says its parts are: the
+//!   head is written once and never parsed again. The body goes
 //!   as DATA without its chunk framing, within the backend's windows: the client is read
 //!   only while they are open. Chunked request trailers become HTTP/2 trailers.
 //! - The response: the HTTP/2 head becomes a status line and head. Its body goes with its
@@ -254,10 +256,12 @@ impl Proxy {
     ) -> Option<Result<bool, ()>> {
         let (_, ex) = self.clients[ci].split().expect("proxying");
         let te = ex.h2c.te_trailers;
+        let scheme: &[u8] = if ex.h2c.https { b"https" } else { b"http" };
         let head = ex.head.take();
+        let index = std::mem::take(&mut ex.head_index);
         let mut names = std::mem::take(&mut self.ctx.scratch);
         let opened = match head.as_ref() {
-            Some(h) => request_pairs(h.bytes(), te, &mut names, |pairs| {
+            Some(h) => request_pairs(h.bytes(), &index, scheme, te, &mut names, |pairs| {
                 self.mux_open(ui, ci, 0, pairs, end)
             }),
             None => None,
@@ -265,6 +269,7 @@ impl Proxy {
         self.ctx.scratch = names;
         let (_, ex) = self.clients[ci].split().expect("proxying");
         ex.head = head;
+        ex.head_index = index;
         opened
     }
 

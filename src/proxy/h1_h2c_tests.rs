@@ -1,9 +1,21 @@
 //! Unit tests of `proxy/h1_h2c` (kept apart so the module stays readable).
 use super::*;
+use crate::http::HeadIndex;
 
-fn pairs_of(head: &[u8], te: bool) -> Vec<(String, String)> {
+/// The HTTP/2 fields an h2c backend gets for client request head `raw` (from 10.0.0.1).
+fn pairs_of(raw: &[u8], scheme: &[u8], te: bool) -> Vec<(String, String)> {
+    let mut h = http::header_array();
+    let req = http::parse_request(raw, &mut h).unwrap().unwrap();
+    let (mut head, mut idx) = (Vec::new(), HeadIndex::default());
+    let fwd = http::Forward {
+        client_ip: std::net::Ipv4Addr::new(10, 0, 0, 1).into(),
+        close: true,
+        host: b"backend:80",
+        proto: None,
+    };
+    req.write_upstream(&mut head, &mut idx, &fwd);
     let mut names = Vec::new();
-    request_pairs(head, te, &mut names, |p| {
+    request_pairs(&head, &idx, scheme, te, &mut names, |p| {
         p.iter()
             .map(|(n, v)| {
                 (
@@ -18,10 +30,10 @@ fn pairs_of(head: &[u8], te: bool) -> Vec<(String, String)> {
 
 #[test]
 fn request_head_becomes_http2_fields() {
-    let head = b"POST /up?x=1 HTTP/1.1\r\nHost: example.com\r\nX-Kept: Yes\r\n\
-        Content-Length: 5\r\nExpect: 100-continue\r\nX-Forwarded-For: 192.0.2.1, 10.0.0.1\r\n\
-        Via: 1.1 corelb\r\nConnection: close\r\n\r\n";
-    let p = pairs_of(head, true);
+    let raw = b"POST /up?x=1 HTTP/1.1\r\nHost: example.com\r\nX-Kept: Yes\r\n\
+        Content-Length: 5\r\nExpect: 100-continue\r\nX-Forwarded-For: 192.0.2.1\r\n\
+        TE: trailers\r\nConnection: TE\r\n\r\n";
+    let p = pairs_of(raw, b"http", true);
     let want = [
         (":method", "POST"),
         (":scheme", "http"),
@@ -38,13 +50,29 @@ fn request_head_becomes_http2_fields() {
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
     assert_eq!(p, want);
+    // A chunked body's Transfer-Encoding and corelb's Connection stay HTTP/1.1's; an
+    // HTTP/1.0 request without Host gets the backend's; a TLS client's scheme is https.
     let p = pairs_of(
-        b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"https",
         false,
     );
-    assert_eq!(p.len(), 4, "{p:?}");
-    let mut names = Vec::new();
-    assert!(request_pairs(b"GET / HTTP/1.1\r\n\r\n", false, &mut names, |_| ()).is_none());
+    let names: Vec<&str> = p.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            ":method",
+            ":scheme",
+            ":authority",
+            ":path",
+            "x-forwarded-for",
+            "via"
+        ]
+    );
+    assert_eq!((p[1].1.as_str(), p[3].1.as_str()), ("https", "*"));
+    let p = pairs_of(b"GET /x HTTP/1.0\r\n\r\n", b"http", false);
+    assert_eq!(p[2], (":authority".into(), "backend:80".into()));
+    assert_eq!(p[5], ("via".into(), "1.0 corelb".into()));
 }
 
 #[test]

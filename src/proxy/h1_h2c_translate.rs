@@ -7,6 +7,7 @@
 use crate::h2::{is_connection_specific, Fields};
 use crate::http;
 use crate::http::chunked::ChunkedDecoder;
+use crate::http::HeadIndex;
 
 /// Most fields in one translated section (the one truncation rule).
 const MAX_PAIRS: usize = http::MAX_SECTION_FIELDS;
@@ -23,6 +24,8 @@ pub(crate) struct H2cLeg {
     pub(super) te_trailers: bool,
     /// The request body is chunked (its validated bytes carry the framing).
     pub(super) chunked: bool,
+    /// The client came over TLS: `:scheme` is https (as an HTTP/2 client's says).
+    pub(super) https: bool,
     /// HEADERS went out; END_STREAM (or the trailers) went out.
     pub(super) opened: bool,
     pub(super) up_end: bool,
@@ -53,10 +56,11 @@ pub(crate) struct H2cLeg {
 
 impl H2cLeg {
     /// The facts of a new request (from its parsed head) an HTTP/2 hop needs.
-    pub fn request(te_trailers: bool, chunked: bool) -> H2cLeg {
+    pub fn request(te_trailers: bool, chunked: bool, https: bool) -> H2cLeg {
         H2cLeg {
             te_trailers,
             chunked,
+            https,
             ..H2cLeg::default()
         }
     }
@@ -67,7 +71,7 @@ impl H2cLeg {
             on: true,
             replayable: true,
             trailers: std::mem::take(&mut self.trailers),
-            ..H2cLeg::request(self.te_trailers, self.chunked)
+            ..H2cLeg::request(self.te_trailers, self.chunked, self.https)
         };
         self.trailers.clear();
     }
@@ -175,49 +179,48 @@ pub(super) fn chunk_line(after_chunk: bool, len: usize, line: &mut [u8; 24]) -> 
     24 - w.len()
 }
 
-/// Calls `f` with the HTTP/2 request fields for the rewritten HTTP/1.1 head `head` (lower
-/// case names built in `names`), or returns `None` if the head cannot be read.
+/// Calls `f` with the HTTP/2 request fields for the rewritten HTTP/1.1 head `head`, whose
+/// parts `idx` says where they are (lower case names built in `names`): `:scheme` is
+/// `scheme`, `:authority` the Host corelb wrote. `None` if the head has no Host or more
+/// fields than a section carries.
 pub(super) fn request_pairs<R>(
     head: &[u8],
+    idx: &HeadIndex,
+    scheme: &[u8],
     te_trailers: bool,
     names: &mut Vec<u8>,
     f: impl FnOnce(&[(&[u8], &[u8])]) -> R,
 ) -> Option<R> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_PAIRS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
-    }
-    let method = req.method?.as_bytes();
-    let path = req.path?.as_bytes();
-    let host = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("host"))?
-        .value;
     names.clear();
+    let mut host = None;
     let mut spans: [(usize, usize, &[u8]); MAX_PAIRS] = [(0, 0, &[]); MAX_PAIRS];
     let mut n = 0;
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        let skip = name.eq_ignore_ascii_case(b"host")
-            || name.eq_ignore_ascii_case(b"te")
+    for (name, value) in idx.fields(head) {
+        if name.eq_ignore_ascii_case(b"host") {
+            host = host.or(Some(value));
+            continue;
+        }
+        let skip = name.eq_ignore_ascii_case(b"te")
             || name.eq_ignore_ascii_case(b"expect")
             || is_connection_specific(name);
-        if skip || n == MAX_PAIRS {
+        if skip {
             continue;
+        }
+        if n == MAX_PAIRS {
+            // Not expected (a head has at most `MAX_HEADERS` fields and corelb adds a
+            // few): the one truncation rule refuses what cannot go whole.
+            return None;
         }
         let start = names.len();
         names.extend(name.iter().map(u8::to_ascii_lowercase));
-        spans[n] = (start, name.len(), h.value);
+        spans[n] = (start, name.len(), value);
         n += 1;
     }
     let mut pairs: [(&[u8], &[u8]); MAX_PAIRS + 5] = [(&[], &[]); MAX_PAIRS + 5];
-    pairs[0] = (b":method", method);
-    pairs[1] = (b":scheme", b"http");
-    pairs[2] = (b":authority", host);
-    pairs[3] = (b":path", path);
+    pairs[0] = (b":method", idx.method(head));
+    pairs[1] = (b":scheme", scheme);
+    pairs[2] = (b":authority", host?);
+    pairs[3] = (b":path", idx.target(head));
     let mut k = 4;
     for &(s, l, v) in &spans[..n] {
         pairs[k] = (&names[s..s + l], v);
