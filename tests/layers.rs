@@ -478,8 +478,9 @@ const PROXY_LAYERS: &[&[&str]] = &[
     &["decide", "pipe", "grpc", "h2_translate", "h1_h2c_translate"],
     // P2: one request and its response.
     &["exchange"],
-    // P3: the worker's context; an h2c upstream connection's state.
-    &["context", "h2c_conn"],
+    // P3: the worker's context; an h2c upstream connection's state; an HTTP/1.1 server's
+    // response read for either front end.
+    &["context", "h2c_conn", "h1_response"],
     // P4: an exchange's course for every protocol pair.
     &["lifecycle"],
     // P5: an HTTP/2 client connection's state.

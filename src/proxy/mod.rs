@@ -44,6 +44,7 @@ pub(crate) mod decide;
 mod exchange;
 mod grpc;
 mod h1_h2c_translate;
+mod h1_response;
 mod h2_session;
 mod h2_translate;
 mod h2c_conn;

@@ -5,12 +5,13 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::debug;
-use crate::http::{self, chunked::ChunkError, Body, BodyKind, Method, Reply};
+use crate::http::{self, Body, BodyKind, Reply};
 
 use super::conns::{client_token, upstream_token, Flow, Phase, Proxy, Step, UpState};
 use super::decide::Blame;
 use super::decide::{self, Failure};
 use super::exchange::{Req, Resp};
+use super::h1_response::{self, Kind, Unframe};
 use super::io::{read_into, would_block, write2};
 use super::lifecycle;
 
@@ -348,7 +349,8 @@ impl Proxy {
         self.retry(ci, Failure::Status(status))
     }
 
-    /// Parses response heads and validates body bytes that arrived.
+    /// Parses response heads and validates body bytes that arrived (`h1_response.rs`);
+    /// heads are rewritten for the client into `Exchange::out`.
     fn process_response(&mut self, ci: usize) -> Flow {
         let draining = self.ctx.draining;
         // A 502/503/504 head a retry policy replays is looked at once: if no replay is
@@ -356,131 +358,97 @@ impl Proxy {
         let mut status_checked = false;
         loop {
             let (_, ex) = self.clients[ci].split().expect("proxying");
-            match ex.resp {
-                Resp::Head => {
-                    let body_done = ex.body.is_done();
-                    let buf = ex.resp_buf.as_mut().expect("response bytes");
-                    let mut headers = http::header_array();
-                    let head_req = ex.method == Method::Head;
-                    let parsed =
-                        http::parse_response_with(buf.bytes(), &mut headers, head_req, ex.upgrade);
-                    let r = match parsed {
-                        Ok(Some(r)) => r,
-                        Ok(None) => return Flow::Idle,
-                        Err(bad) => return self.upstream_broke(ci, Failure::BadResponse(bad.0)),
-                    };
-                    if !status_checked && ex.retry_on.has_status(r.status) && ex.out.is_none() {
-                        status_checked = true;
-                        let status = r.status;
-                        if self.status_retry(ci, status) {
-                            return Flow::Over(Step::Progress);
-                        }
-                        continue;
+            if let Resp::Body(_) = ex.resp {
+                let how = if ex.dechunk {
+                    Unframe::Dechunk
+                } else {
+                    Unframe::Keep
+                };
+                return match h1_response::body(ex, how) {
+                    Ok(()) => Flow::Moved,
+                    Err(why) => self.upstream_broke(ci, why),
+                };
+            }
+            if ex.resp != Resp::Head {
+                return Flow::Idle;
+            }
+            let body_done = ex.body.is_done();
+            let http10 = ex.http10;
+            let buf = ex.resp_buf.as_ref().expect("response bytes");
+            let mut headers = http::header_array();
+            let r = match h1_response::parse(buf.bytes(), &mut headers, ex, ex.upgrade) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Flow::Idle,
+                Err(bad) => return self.upstream_broke(ci, Failure::BadResponse(bad.0)),
+            };
+            let scratch = &mut self.ctx.scratch;
+            scratch.clear();
+            let mut reply = Reply {
+                http10,
+                close: false,
+                dechunk: false,
+            };
+            let replay = !status_checked && ex.out.is_none();
+            let head_len = match h1_response::kind(&r, ex, replay) {
+                Kind::Replay(status) => {
+                    status_checked = true;
+                    if self.status_retry(ci, status) {
+                        return Flow::Over(Step::Progress);
                     }
-                    let scratch = &mut self.ctx.scratch;
-                    scratch.clear();
-                    let head_len = r.head_len;
-                    let http10 = ex.http10;
-                    if r.switching() {
-                        // Only for an upgrade request (parse_response_with): the head goes
-                        // to the client, then the tunnel starts (step_proxy). Bytes after
-                        // it stay in `resp_buf` for the tunnel.
-                        if !body_done {
-                            let bad = Failure::BadResponse("101 before the request body was sent");
-                            return self.upstream_broke(ci, bad);
-                        }
-                        let reply = Reply {
-                            http10,
-                            close: false,
-                            dechunk: false,
-                        };
-                        r.write_client(scratch, &reply);
-                        ex.keep = false;
-                        ex.status = 101;
-                        ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
-                        self.ctx.bufs.release(&mut ex.head);
-                        ex.resp = Resp::Done;
-                    } else if r.informational() {
-                        if !http10 {
-                            let reply = Reply {
-                                http10,
-                                close: false,
-                                dechunk: false,
-                            };
-                            r.write_client(scratch, &reply);
-                        }
-                    } else {
-                        let dechunk = http10 && r.body == BodyKind::Chunked;
-                        let close = !ex.keep_alive
-                            || !body_done
-                            || draining
-                            || dechunk
-                            || r.body == BodyKind::UntilClose;
-                        let reply = Reply {
-                            http10,
-                            close,
-                            dechunk,
-                        };
-                        r.write_client(scratch, &reply);
-                        // A response before the whole request body was sent leaves the
-                        // connection out of step: never reused.
-                        ex.keep = r.keep_alive && body_done;
-                        ex.status = r.status;
-                        ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
-                        // A response is under way: the request will not be replayed.
-                        if ex.head.as_ref().is_none_or(|h| ex.head_off >= h.len()) {
-                            self.ctx.bufs.release(&mut ex.head);
-                        }
-                        ex.dechunk = dechunk;
-                        ex.resp = Resp::Body(Body::new(r.body));
-                        ex.keep_alive = !close;
-                    }
-                    buf.consume(head_len);
-                    if !scratch.is_empty() {
-                        let out = ex.out.get_or_insert_with(|| self.ctx.bufs.get());
-                        if out.capacity() - out.end() < scratch.len() {
-                            out.grow(out.end() + scratch.len());
-                        }
-                        out.space()[..scratch.len()].copy_from_slice(scratch);
-                        out.filled(scratch.len());
-                    }
+                    continue;
                 }
-                Resp::Body(mut body) => {
-                    let buf = ex.resp_buf.as_mut().expect("response bytes");
-                    let fresh = &mut buf.bytes_mut()[ex.ready..];
-                    let total = fresh.len();
-                    let res = match &mut body {
-                        Body::Chunked(d) if ex.dechunk => d.decode_in_place(fresh),
-                        b => b.advance(fresh).map(|n| (n, n)),
-                    };
-                    let (consumed, data) = match res {
-                        Ok(v) => v,
-                        Err(e) => {
-                            return self.upstream_broke(ci, Failure::BadResponse(chunk_err(e)))
-                        }
-                    };
-                    if let Body::Chunked(d) = &body {
-                        if d.is_done() {
-                            body = Body::Done;
-                        }
+                Kind::Switch => {
+                    // Only for an upgrade request: the head goes to the client, then the
+                    // tunnel starts (step_proxy). Bytes after it stay in `resp_buf` for the
+                    // tunnel.
+                    if !body_done {
+                        let bad = Failure::BadResponse("101 before the request body was sent");
+                        return self.upstream_broke(ci, bad);
                     }
-                    ex.ready += data;
-                    if consumed < total || data < consumed {
-                        // Framing bytes removed (de-chunked), or bytes past the end of the
-                        // response: drop them; such a backend connection is not reused.
-                        if consumed < total {
-                            ex.keep = false;
-                        }
-                        buf.truncate(ex.ready);
-                    }
-                    ex.resp = if body.is_done() {
-                        Resp::Done
-                    } else {
-                        Resp::Body(body)
-                    };
-                    return Flow::Moved;
+                    r.write_client(scratch, &reply);
+                    let n = r.head_len;
+                    h1_response::took_final(ex, &mut self.ctx.bufs, 101, false, BodyKind::None);
+                    // Nothing more of the request goes: the connection is the tunnel's.
+                    self.ctx.bufs.release(&mut ex.head);
+                    ex.resp = Resp::Done;
+                    n
                 }
-                Resp::Done | Resp::Truncated => return Flow::Idle,
+                Kind::Interim => {
+                    if !http10 {
+                        r.write_client(scratch, &reply);
+                    }
+                    r.head_len
+                }
+                Kind::Final => {
+                    let dechunk = http10 && r.body == BodyKind::Chunked;
+                    reply.close = !ex.keep_alive
+                        || !body_done
+                        || draining
+                        || dechunk
+                        || r.body == BodyKind::UntilClose;
+                    reply.dechunk = dechunk;
+                    r.write_client(scratch, &reply);
+                    let (n, status, body) = (r.head_len, r.status, r.body);
+                    // A response before the whole request body was sent leaves the
+                    // connection out of step: never reused.
+                    let keep = r.keep_alive && body_done;
+                    h1_response::took_final(ex, &mut self.ctx.bufs, status, keep, body);
+                    ex.dechunk = dechunk;
+                    ex.keep_alive = !reply.close;
+                    n
+                }
+            };
+            ex.resp_buf
+                .as_mut()
+                .expect("response bytes")
+                .consume(head_len);
+            if !scratch.is_empty() {
+                let out = ex.out.get_or_insert_with(|| self.ctx.bufs.get());
+                if out.capacity() - out.end() < scratch.len() {
+                    out.grow(out.end() + scratch.len());
+                }
+                out.space()[..scratch.len()].copy_from_slice(scratch);
+                out.filled(scratch.len());
             }
         }
     }
@@ -508,12 +476,5 @@ impl Proxy {
         );
         ex.resp = Resp::Truncated;
         Flow::Moved
-    }
-}
-
-fn chunk_err(e: ChunkError) -> &'static str {
-    match e {
-        ChunkError::MissingDataCrlf => "chunk data not followed by CRLF",
-        _ => "invalid chunked framing",
     }
 }

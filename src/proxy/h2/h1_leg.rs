@@ -13,13 +13,14 @@ use crate::config::{Protocol, UpstreamMode};
 use crate::debug;
 use crate::h2::{Connection, ErrorCode};
 use crate::health::Outcome;
-use crate::http::{self, Body, BodyKind, Method};
+use crate::http::{self, Body, BodyKind};
 
 use super::super::conns::{connect_result, upstream_token, Owner, Proxy, UpState};
 use super::super::context::Ctx;
 use super::super::decide::{self, Blame, Failure, PoolCheck};
 use super::super::exchange::Resp;
 use super::super::grpc;
+use super::super::h1_response::{self, Kind, Unframe};
 use super::super::h2_session::{self, H2Stream};
 use super::super::h2_session::{H2Session, OUT_HIGH};
 use super::super::h2_translate::{self as translate, UpstreamFraming};
@@ -440,8 +441,9 @@ impl Proxy {
             .map_err(|why| why.unwrap_or(Failure::Status(st.ex.status)))
     }
 
-    /// [`Proxy::h2_process_response`]'s work: `Err(None)` for a head to replay (its
-    /// status in `ex.status`), `Err(Some(..))` for a malformed response.
+    /// [`Proxy::h2_process_response`]'s work (`h1_response.rs` reads the response; heads
+    /// go as HEADERS): `Err(None)` for a head to replay (its status in `ex.status`),
+    /// `Err(Some(..))` for a malformed response.
     fn h2_parse_response(
         &mut self,
         conn: &mut Connection,
@@ -450,129 +452,79 @@ impl Proxy {
         let bad = |why: &'static str| Some(Failure::BadResponse(why));
         loop {
             let ex = &mut st.ex;
-            let buf = ex.resp_buf.as_mut().expect("response bytes");
-            match ex.resp {
-                Resp::Head => {
-                    let mut headers = http::header_array();
-                    let head_req = ex.method == Method::Head;
-                    let ws = st.websocket.is_some();
-                    let r = match http::parse_response_with(buf.bytes(), &mut headers, head_req, ws)
-                    {
-                        Ok(Some(r)) => r,
-                        Ok(None) => return Ok(()),
-                        Err(e) => return Err(bad(e.0)),
-                    };
-                    let head_len = r.head_len;
-                    let names = &mut self.ctx.scratch;
-                    if r.switching() {
-                        // The backend took the WebSocket: the stream answers 200 (RFC 8441
-                        // §5) and carries the tunnel's bytes until either side ends.
-                        let key = (st.websocket.as_ref()).ok_or(bad("101 without an upgrade"))?;
-                        let want = h2_session::websocket_accept(key);
-                        let mut accept_ok = false;
-                        let mut pairs: Vec<(&[u8], &[u8])> = vec![(b":status", b"200")];
-                        r.each_field(|name, value| {
-                            if name.eq_ignore_ascii_case("sec-websocket-accept") {
-                                accept_ok = value == want.as_bytes();
-                            } else if name.len() > 13
-                                && name[..14].eq_ignore_ascii_case("sec-websocket-")
-                            {
-                                pairs.push((name.as_bytes(), value));
-                            }
-                        });
-                        if !accept_ok {
-                            return Err(bad("101 without the right Sec-WebSocket-Accept"));
-                        }
-                        let lower: Vec<(Vec<u8>, &[u8])> = (pairs.iter())
-                            .map(|(n, v)| (n.to_ascii_lowercase(), *v))
-                            .collect();
-                        let fields: Vec<(&[u8], &[u8])> =
-                            lower.iter().map(|(n, v)| (&n[..], *v)).collect();
-                        conn.send_headers(st.id, &fields, false).ok();
-                        st.head_sent = true;
-                        ex.keep = false;
-                        ex.status = 200;
-                        ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
-                        self.ctx.shared.counters.tunnels.fetch_add(1, Relaxed);
-                        self.ctx.bufs.release(&mut ex.head);
-                        ex.resp = Resp::Body(Body::new(BodyKind::UntilClose));
-                        let buf = ex.resp_buf.as_mut().expect("response bytes");
-                        buf.consume(head_len);
-                        continue;
-                    }
-                    if r.informational() {
-                        translate::response_fields(&r, names, |f| {
-                            conn.send_headers(st.id, f, false)
-                        })
-                        .ok();
-                    } else if !st.final_answer && ex.retry_on.has_status(r.status) {
-                        ex.status = r.status;
-                        return Err(None);
-                    } else {
-                        let end = r.body == BodyKind::None;
-                        translate::response_fields(&r, names, |f| conn.send_headers(st.id, f, end))
-                            .ok();
-                        st.head_sent = true;
-                        st.end_sent = end;
-                        ex.keep = r.keep_alive;
-                        ex.status = r.status;
-                        ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
-                        if ex.head.as_ref().is_none_or(|h| ex.head_off >= h.len()) {
-                            self.ctx.bufs.release(&mut ex.head);
-                        }
-                        // A response is under way: the body is no longer kept for a replay.
-                        ex.replay_lost = true;
-                        self.ctx.bufs.release(&mut ex.replay);
-                        ex.resp = if end {
-                            Resp::Done
-                        } else {
-                            Resp::Body(Body::new(r.body))
-                        };
-                    }
-                    let buf = ex.resp_buf.as_mut().expect("response bytes");
-                    buf.consume(head_len);
-                    if ex.resp == Resp::Done {
-                        if !buf.is_empty() {
-                            ex.keep = false;
-                            buf.clear();
-                        }
-                        return Ok(());
-                    }
-                }
-                Resp::Body(mut body) => {
-                    let fresh = buf.bytes_mut();
-                    let total = fresh.len();
-                    let (consumed, data) = match &mut body {
-                        Body::Chunked(d) => {
-                            translate::dechunk_keep_tail(d, fresh, &mut st.resp_tail)
-                                .map_err(|_| bad("invalid chunked framing"))?
-                        }
-                        b => {
-                            let n = b.advance(fresh).map_err(|_| bad("invalid body framing"))?;
-                            (n, n)
-                        }
-                    };
-                    if let Body::Chunked(d) = &body {
-                        if d.is_done() {
-                            body = Body::Done;
-                        }
-                    }
-                    ex.ready = data;
-                    if consumed < total {
-                        ex.keep = false;
-                    }
-                    if data < total {
-                        buf.truncate(data);
-                    }
-                    ex.resp = if body.is_done() {
-                        Resp::Done
-                    } else {
-                        Resp::Body(body)
-                    };
-                    return Ok(());
-                }
-                Resp::Done | Resp::Truncated => return Ok(()),
+            if let Resp::Body(_) = ex.resp {
+                return h1_response::body(ex, Unframe::KeepTail(&mut st.resp_tail)).map_err(Some);
             }
+            if ex.resp != Resp::Head {
+                return Ok(());
+            }
+            let buf = ex.resp_buf.as_ref().expect("response bytes");
+            let mut headers = http::header_array();
+            let ws = st.websocket.is_some();
+            let r = match h1_response::parse(buf.bytes(), &mut headers, ex, ws) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(bad(e.0)),
+            };
+            let names = &mut self.ctx.scratch;
+            let head_len = match h1_response::kind(&r, ex, !st.final_answer) {
+                Kind::Replay(status) => {
+                    ex.status = status;
+                    return Err(None);
+                }
+                Kind::Switch => {
+                    // The backend took the WebSocket: the stream answers 200 (RFC 8441
+                    // §5) and carries the tunnel's bytes until either side ends.
+                    let key = (st.websocket.as_ref()).ok_or(bad("101 without an upgrade"))?;
+                    let want = h2_session::websocket_accept(key);
+                    let mut accept_ok = false;
+                    let mut pairs: Vec<(&[u8], &[u8])> = vec![(b":status", b"200")];
+                    r.each_field(|name, value| {
+                        if name.eq_ignore_ascii_case("sec-websocket-accept") {
+                            accept_ok = value == want.as_bytes();
+                        } else if name.len() > 13
+                            && name[..14].eq_ignore_ascii_case("sec-websocket-")
+                        {
+                            pairs.push((name.as_bytes(), value));
+                        }
+                    });
+                    if !accept_ok {
+                        return Err(bad("101 without the right Sec-WebSocket-Accept"));
+                    }
+                    let lower: Vec<(Vec<u8>, &[u8])> = (pairs.iter())
+                        .map(|(n, v)| (n.to_ascii_lowercase(), *v))
+                        .collect();
+                    let fields: Vec<(&[u8], &[u8])> =
+                        lower.iter().map(|(n, v)| (&n[..], *v)).collect();
+                    conn.send_headers(st.id, &fields, false).ok();
+                    st.head_sent = true;
+                    let n = r.head_len;
+                    let (bufs, until_close) = (&mut self.ctx.bufs, BodyKind::UntilClose);
+                    h1_response::took_final(ex, bufs, 200, false, until_close);
+                    self.ctx.bufs.release(&mut ex.head);
+                    self.ctx.shared.counters.tunnels.fetch_add(1, Relaxed);
+                    n
+                }
+                Kind::Interim => {
+                    translate::response_fields(&r, names, |f| conn.send_headers(st.id, f, false))
+                        .ok();
+                    r.head_len
+                }
+                Kind::Final => {
+                    let end = r.body == BodyKind::None;
+                    translate::response_fields(&r, names, |f| conn.send_headers(st.id, f, end))
+                        .ok();
+                    st.head_sent = true;
+                    st.end_sent = end;
+                    let (n, status, keep, body) = (r.head_len, r.status, r.keep_alive, r.body);
+                    h1_response::took_final(ex, &mut self.ctx.bufs, status, keep, body);
+                    n
+                }
+            };
+            ex.resp_buf
+                .as_mut()
+                .expect("response bytes")
+                .consume(head_len);
         }
     }
 
