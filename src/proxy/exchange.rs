@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::access_log::Record;
 use crate::balancer::Lease;
-use crate::buffer::Buf;
+use crate::buffer::{Buf, BufPool};
 use crate::http::{Body, HeadIndex, Method};
 
 use super::decide::{Attempt, Tried, Waits};
@@ -252,6 +252,18 @@ impl Exchange {
             req_hot: false,
             resp_hot: false,
             h2c: H2cLeg::default(),
+        }
+    }
+
+    /// The server's final response head (`status`) was taken: the time to it is noted,
+    /// and the request head, which will not be replayed now, goes back to the pool once it
+    /// went whole. Either server kind, either front end.
+    pub fn took_head(&mut self, status: u16, bufs: &mut BufPool) {
+        self.status = status;
+        self.got_bytes = true;
+        self.ttfb_us = self.attempt.elapsed().as_micros() as u64;
+        if self.head.as_ref().is_none_or(|h| self.head_off >= h.len()) {
+            bufs.release(&mut self.head);
         }
     }
 

@@ -42,7 +42,7 @@ use super::h1_h2c_translate::{
     chunk_line, framing, request_pairs, response_head, trailer_pairs, ClientFraming, H2cLeg,
 };
 use super::h2_translate::trailer_lines;
-use super::h2c_conn::MuxStream;
+use super::h2c_conn::{Front, MuxStream};
 use super::io::{read_into, would_block, write2};
 use super::lifecycle;
 
@@ -681,19 +681,14 @@ fn take_head(
     ms: &mut MuxStream,
     draining: bool,
 ) -> Option<Turn> {
-    let status = ms.head.as_ref().and_then(|h| h.status());
-    if let Some(s) = status.filter(|&s| ex.retry_on.has_status(s)) {
-        if !ex.h2c.final_answer {
-            return Some(Turn::Status(s));
-        }
-    }
-    let Some(head) = ms.head.take() else {
-        return Some(match ms.gone {
-            Some(why) => Turn::Failed(why.failure()),
-            None => Turn::Running(false),
-        });
+    let replay = |s| ex.retry_on.has_status(s) && !ex.h2c.final_answer;
+    let head = match ms.take_head(replay) {
+        Front::Wait => return Some(Turn::Running(false)),
+        Front::Gone(why) => return Some(Turn::Failed(why.failure())),
+        Front::Replay(s) => return Some(Turn::Status(s)),
+        Front::Head(head) => head,
     };
-    let empty = ms.end && ms.data.as_ref().is_none_or(|d| d.is_empty());
+    let empty = ms.drained_to_end();
     let status = head.status().unwrap_or(502);
     let length = head
         .get(b"content-length")
@@ -721,11 +716,8 @@ fn take_head(
     );
     append(&mut ctx.bufs, &mut ex.out, scratch);
     ex.h2c.framing = framing;
-    ex.status = status;
-    ex.got_bytes = true;
-    ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
     // A response is under way: the request will not be replayed.
-    ctx.bufs.release(&mut ex.head);
+    ex.took_head(status, &mut ctx.bufs);
     give_up_replay(ex, client_buf);
     ex.resp = Resp::Body(Body::UntilClose);
     None

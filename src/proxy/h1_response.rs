@@ -70,11 +70,7 @@ pub(crate) fn took_final(
     body: BodyKind,
 ) {
     ex.keep = keep;
-    ex.status = status;
-    ex.ttfb_us = ex.attempt.elapsed().as_micros() as u64;
-    if ex.head.as_ref().is_none_or(|h| ex.head_off >= h.len()) {
-        bufs.release(&mut ex.head);
-    }
+    ex.took_head(status, bufs);
     ex.replay_lost = true;
     bufs.release(&mut ex.replay);
     ex.resp = Resp::Body(Body::new(body));

@@ -57,6 +57,40 @@ pub(crate) struct MuxStream {
     pub gone: Option<Gone>,
 }
 
+/// The front of a stream's response, for its owner (either front end).
+pub(crate) enum Front {
+    /// Nothing yet.
+    Wait,
+    /// The stream ended without a head.
+    Gone(Gone),
+    /// A 502/503/504 head the owner's retry policy replays: it stays in the inbox.
+    Replay(u16),
+    /// The response head, taken from the inbox.
+    Head(Fields),
+}
+
+impl MuxStream {
+    /// The response head once it came (its status is checked by `replay` first), else
+    /// the loss that ended the stream, if any.
+    pub fn take_head(&mut self, replay: impl FnOnce(u16) -> bool) -> Front {
+        let Some(head) = self.head.take() else {
+            return self.gone.map_or(Front::Wait, Front::Gone);
+        };
+        match head.status() {
+            Some(s) if replay(s) => {
+                self.head = Some(head);
+                Front::Replay(s)
+            }
+            _ => Front::Head(head),
+        }
+    }
+
+    /// The whole response body is in the inbox: END_STREAM came and no DATA waits.
+    pub fn drained_to_end(&self) -> bool {
+        self.end && self.data.as_ref().is_none_or(|d| d.is_empty())
+    }
+}
+
 /// An HTTP/2 connection to one backend.
 pub(crate) struct Mux {
     pub conn: Connection,

@@ -20,7 +20,7 @@ use super::super::exchange::Resp;
 use super::super::grpc;
 use super::super::h2_session::{H2Session, OUT_HIGH};
 use super::super::h2_translate as translate;
-use super::super::h2c_conn::Gone;
+use super::super::h2c_conn::{Front, Gone};
 use super::super::lifecycle;
 use super::hedge;
 
@@ -250,18 +250,15 @@ impl Proxy {
             };
         }
         if !st.head_sent {
-            let Some(head) = ms.head.take() else {
-                return match ms.gone {
-                    Some(why) => LegStep::Failed(why),
-                    None => LegStep::Running(moved),
-                };
+            let replay = |s| st.ex.retry_on.has_status(s) && st.replayable && !st.final_answer;
+            let head = match ms.take_head(replay) {
+                Front::Wait => return LegStep::Running(moved),
+                Front::Gone(why) => return LegStep::Failed(why),
+                Front::Replay(s) => return LegStep::Status(s),
+                Front::Head(head) => head,
             };
             let status = head.status().unwrap_or(502);
-            if st.ex.retry_on.has_status(status) && st.replayable && !st.final_answer {
-                ms.head = Some(head);
-                return LegStep::Status(status);
-            }
-            let trailers_only = ms.end && ms.data.as_ref().is_none_or(|d| d.is_empty());
+            let trailers_only = ms.drained_to_end();
             if st.grpc && trailers_only {
                 let code = grpc::status(&head);
                 // UNAVAILABLE before anything reached the client: another server may serve
@@ -295,16 +292,13 @@ impl Proxy {
             m.conn.recycle(head);
             st.head_sent = true;
             st.end_sent = end;
-            st.ex.status = status;
-            st.ex.got_bytes = true;
-            st.ex.ttfb_us = st.ex.attempt.elapsed().as_micros() as u64;
+            st.ex.took_head(status, &mut self.ctx.bufs);
             // No replay once the response started: the kept body goes.
             if let Some(b) = st.body.as_mut() {
                 b.consume((st.sent - st.base) as usize);
             }
             st.base = st.sent;
             st.replayable = false;
-            self.ctx.bufs.release(&mut st.ex.head);
             moved = true;
             if end {
                 st.ex.resp = Resp::Done;

@@ -185,7 +185,7 @@ impl Proxy {
         };
         let ms = &m.streams[k];
         if let Some(head) = ms.head.as_ref() {
-            let trailers_only = ms.end && ms.data.as_ref().is_none_or(|d| d.is_empty());
+            let trailers_only = ms.drained_to_end();
             let code = if st.grpc && trailers_only {
                 grpc::status(head)
             } else {
