@@ -216,6 +216,48 @@ fn response_trailers_and_request_bodies_pass_through() {
     );
 }
 
+/// Regression: an HTTP/2 client's own Via was dropped on the way to an HTTP/1.1 server,
+/// while the three other protocol pairs kept it. Every pair now forwards the client's Via
+/// and X-Forwarded-For, each extended with corelb's hop, whatever the two sides speak.
+#[test]
+fn every_protocol_pair_extends_the_clients_via_and_x_forwarded_for() {
+    let a = h2c("A", "fast", &[]);
+    let b = Backend::start("B", "fast", &[]);
+    let to_h2c = proxy(&[&a], &[]);
+    let to_http1 = Proxy::start(&[&b], &["--workers", "1"]);
+    for (server, p) in [("h2c", &to_h2c), ("http1", &to_http1)] {
+        for http2 in [false, true] {
+            let pair = format!("http2 client {http2}, {server} server");
+            let seen = if http2 {
+                let mut c = H2::connect(p.addr);
+                let extra = [("via", "1.1 edge"), ("x-forwarded-for", "192.0.2.9")];
+                let id = c.request("GET", "/headers", &extra, true);
+                let g = c.wait(id, Duration::from_secs(10));
+                assert_eq!(g.status, 200, "{pair}: {g:?}");
+                String::from_utf8_lossy(&g.body).to_ascii_lowercase()
+            } else {
+                let r = common::raw(
+                    p.addr,
+                    b"GET /headers HTTP/1.1\r\nHost: t\r\nVia: 1.1 edge\r\n\
+                      X-Forwarded-For: 192.0.2.9\r\nConnection: close\r\n\r\n",
+                )
+                .expect("an answer");
+                assert_eq!(r.status, 200, "{pair}: {}", r.text());
+                r.text().to_ascii_lowercase()
+            };
+            let vias: Vec<&str> = seen
+                .lines()
+                .filter_map(|l| l.trim_end().strip_prefix("via: "))
+                .collect();
+            assert_eq!(vias.len(), 2, "{pair}: {seen}");
+            assert_eq!(vias[0], "1.1 edge", "{pair}: the client's comes first");
+            assert!(vias[1].ends_with(" corelb"), "{pair}: {seen}");
+            let xff = "x-forwarded-for: 192.0.2.9, 127.0.0.1";
+            assert!(seen.lines().any(|l| l.trim_end() == xff), "{pair}: {seen}");
+        }
+    }
+}
+
 /// Regression: h2 -> h2c dropped fields past 128, X-Forwarded-For and Via (appended last)
 /// first, while h2 -> HTTP/1.1 forwarded them all. One rule now (http::MAX_SECTION_FIELDS):
 /// a head within the bound is forwarded whole on both (124 fields here: with Host, XFF

@@ -114,7 +114,8 @@ pub(super) fn request_head(
             return Err("field name HTTP/1.1 cannot carry");
         }
         match name {
-            b"host" | b"te" | b"via" | b"trailer" => continue,
+            // The client's Via goes on, corelb's hop after it, as on every pair.
+            b"host" | b"te" | b"trailer" => continue,
             b"x-forwarded-proto" if from.proto.is_some() => continue,
             b"x-forwarded-for" => {
                 forwarded = true;
@@ -443,6 +444,7 @@ mod tests {
             ("cookie", "b=2"),
             ("te", "trailers"),
             ("x-forwarded-for", "192.0.2.1"),
+            ("via", "1.1 edge"),
             ("x-y", "z"),
         ]);
         let mut out = Vec::new();
@@ -469,7 +471,8 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("te:"));
-        assert!(s.ends_with("\r\n\r\n"));
+        assert!(s.contains("via: 1.1 edge\r\n"), "{s}");
+        assert!(s.ends_with("Via: 2 corelb\r\n\r\n"), "{s}");
     }
 
     #[test]
