@@ -212,11 +212,10 @@ pub(crate) enum UpState {
     Idle,
 }
 
-/// Whom an upstream connection works for.
+/// Whom an HTTP/1.1 upstream connection works for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Owner {
-    /// Nobody: idle in its backend's pool, or a shared h2c connection (whose streams'
-    /// owners its `Mux` knows).
+    /// Nobody: idle in its backend's pool.
     Nobody,
     /// The exchange of an HTTP/1.1 client (or the tunnel it became, or its hedge).
     Exchange(usize),
@@ -235,18 +234,65 @@ impl Owner {
     }
 }
 
+/// What an upstream connection carries.
+pub(crate) enum UpKind {
+    /// HTTP/1.1: one exchange at a time, for its owner.
+    Http1(Owner),
+    /// HTTP/2 to an h2c backend: many streams at once, whose owners its `Mux` knows
+    /// (`h2c_pool.rs`).
+    H2c(Box<Mux>),
+}
+
 pub(crate) struct Upstream {
     pub sock: Transport,
     pub backend: usize,
-    pub owner: Owner,
+    pub kind: UpKind,
     pub state: UpState,
     pub io: Io,
     pub timer: Deadline,
-    /// An HTTP/2 connection to an h2c backend, shared by many streams (`h2c_pool.rs`).
-    pub mux: Option<Box<Mux>>,
 }
 
 impl Upstream {
+    /// The shared HTTP/2 connection of an h2c upstream.
+    #[inline]
+    pub fn mux(&self) -> Option<&Mux> {
+        match &self.kind {
+            UpKind::H2c(m) => Some(m),
+            UpKind::Http1(_) => None,
+        }
+    }
+
+    #[inline]
+    pub fn mux_mut(&mut self) -> Option<&mut Mux> {
+        match &mut self.kind {
+            UpKind::H2c(m) => Some(m),
+            UpKind::Http1(_) => None,
+        }
+    }
+
+    #[inline]
+    pub fn is_h2c(&self) -> bool {
+        matches!(self.kind, UpKind::H2c(_))
+    }
+
+    /// Whom an HTTP/1.1 connection works for (nobody, for an h2c one).
+    #[inline]
+    pub fn owner(&self) -> Owner {
+        match self.kind {
+            UpKind::Http1(o) => o,
+            UpKind::H2c(_) => Owner::Nobody,
+        }
+    }
+
+    /// An HTTP/1.1 connection now works for `owner`.
+    #[inline]
+    pub fn set_owner(&mut self, owner: Owner) {
+        match &mut self.kind {
+            UpKind::Http1(o) => *o = owner,
+            UpKind::H2c(_) => debug_assert!(false, "an h2c connection has no owner"),
+        }
+    }
+
     pub fn is_idle(&self) -> bool {
         self.state == UpState::Idle
     }

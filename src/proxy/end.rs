@@ -170,7 +170,7 @@ impl Proxy {
             pooled: self.idle[u.backend].len(),
             max_idle,
         });
-        if u.mux.is_some() {
+        if u.is_h2c() {
             // h1_h2c hook: the exchange's stream leaves the shared h2c connection.
             self.h1_h2c_detach(ci, ui);
         } else if pool {
@@ -197,7 +197,7 @@ impl Proxy {
     /// Lets go of client `ci`'s upstream `ui` after an attempt that did not complete: an
     /// HTTP/1.1 connection closes; an h2c stream is reset and its shared connection stays.
     fn drop_upstream(&mut self, ci: usize, ui: usize) {
-        if self.ups[ui].mux.is_some() {
+        if self.ups[ui].is_h2c() {
             // h1_h2c hook.
             self.h1_h2c_detach(ci, ui);
         } else {

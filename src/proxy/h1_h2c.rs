@@ -211,7 +211,7 @@ impl Proxy {
                 Some(Ok(false)) => return Turn::Running(false),
                 Some(Ok(true)) => {}
                 Some(Err(())) => {
-                    let m = self.ups[ui].mux.as_ref().expect("a mux");
+                    let m = self.ups[ui].mux().expect("a mux");
                     return match m.stream(ci, 0).and_then(|k| m.streams[k].gone) {
                         Some(g) => Turn::Failed(g.failure()),
                         // A pooled connection turned full: another one. A new connection
@@ -286,7 +286,7 @@ impl Proxy {
         if leg.up_end || ex.req == Req::Closed {
             return Ok(false);
         }
-        let m = self.ups[ui].mux.as_mut().expect("a mux");
+        let m = self.ups[ui].mux_mut().expect("a mux");
         let k = m.stream(ci, 0).ok_or(())?;
         if m.streams[k].gone.is_some() {
             // The backend reset the stream (or lost the connection): nothing more goes;
@@ -383,7 +383,7 @@ impl Proxy {
         if leg.up_end || ex.req != Req::Body || ex.body.is_done() || unsent || !c.io.readable {
             return Ok(false);
         }
-        let m = self.ups[ui].mux.as_ref().expect("a mux");
+        let m = self.ups[ui].mux().expect("a mux");
         let room = m
             .stream(ci, 0)
             .map_or(0, |k| m.conn.send_capacity(m.streams[k].sid));
@@ -443,7 +443,7 @@ impl Proxy {
         let Phase::Proxy(ex) = &mut c.phase else {
             return Turn::Running(false);
         };
-        let m = self.ups[ui].mux.as_mut().expect("a mux");
+        let m = self.ups[ui].mux_mut().expect("a mux");
         let Some(k) = m.stream(ci, 0) else {
             return Turn::Failed(Failure::Reset);
         };
@@ -557,7 +557,7 @@ impl Proxy {
         let leg = &ex.h2c;
         // What the stream holds for the client, and whether the backend takes body now.
         let (inbox, room) = (ex.up.and_then(|u| self.ups.get(u)))
-            .and_then(|u| u.mux.as_ref())
+            .and_then(|u| u.mux())
             .map_or((false, false), |m| match m.stream(ci, 0) {
                 Some(k) => {
                     let s = &m.streams[k];

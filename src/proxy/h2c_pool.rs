@@ -19,7 +19,7 @@ use crate::config::UpstreamMode;
 use crate::debug;
 use crate::h2::{self as codec, Connection, ErrorCode, Event, StreamId};
 
-use super::conns::{connect_result, upstream_token, Owner, Proxy, UpState};
+use super::conns::{connect_result, upstream_token, Proxy, UpKind, UpState};
 use super::context::Ctx;
 use super::h2c_conn::{by_sid, client_settings, Gone, Mux, MuxStream, READ_BUF};
 use super::io::{read_into, would_block, write2};
@@ -42,14 +42,14 @@ impl Proxy {
             self.muxes[backend]
                 .iter()
                 .copied()
-                .find(|&ui| self.ups[ui].mux.as_ref().is_some_and(|m| m.has_room()))
+                .find(|&ui| self.ups[ui].mux().is_some_and(|m| m.has_room()))
         };
         let (ui, reused) = match pooled {
             Some(ui) => (ui, true),
             None => (self.mux_connect(backend, single)?, false),
         };
         let u = &mut self.ups[ui];
-        let m = u.mux.as_mut().expect("a mux");
+        let m = u.mux_mut().expect("a mux");
         m.add(MuxStream {
             sid: 0,
             client: ci,
@@ -78,7 +78,7 @@ impl Proxy {
             closed: false,
             single,
         };
-        let ui = self.connect_upstream(backend, Owner::Nobody, Some(Box::new(mux)))?;
+        let ui = self.connect_upstream(backend, UpKind::H2c(Box::new(mux)))?;
         if !single {
             self.muxes[backend].push(ui);
         }
@@ -97,7 +97,9 @@ impl Proxy {
         end: bool,
     ) -> Result<bool, ()> {
         let u = &mut self.ups[ui];
-        let m = u.mux.as_mut().expect("a mux");
+        let UpKind::H2c(m) = &mut u.kind else {
+            unreachable!("a mux");
+        };
         let k = m.stream(ci, front).ok_or(())?;
         if m.closed {
             return Err(());
@@ -118,7 +120,7 @@ impl Proxy {
         let Some(u) = self.ups.get_mut(ui) else {
             return false;
         };
-        let Some(m) = u.mux.as_mut() else {
+        let UpKind::H2c(m) = &mut u.kind else {
             return false;
         };
         while u.state != UpState::Connecting && m.conn.wants_write() && u.io.writable {
@@ -174,16 +176,16 @@ impl Proxy {
                 Some(true) => {
                     u.state = UpState::Busy;
                     let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
-                    let idle = u.mux.as_ref().is_some_and(|m| m.streams.is_empty());
+                    let idle = u.mux().is_some_and(|m| m.streams.is_empty());
                     // No deadline while streams use it (theirs run); else the pool's.
                     let at = if idle { at } else { 0 };
                     self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
                     // Streams waiting for the connection can open now.
-                    let m = u.mux.as_ref().expect("a mux");
+                    let m = u.mux().expect("a mux");
                     wake.extend(m.streams.iter().map(|s| (s.client, s.front)));
                 }
                 Some(false) => {
-                    let m = u.mux.as_ref().expect("a mux");
+                    let m = u.mux().expect("a mux");
                     wake.extend(m.streams.iter().map(|s| (s.client, s.front)));
                     self.mux_broke(ui, Gone::Connect { timeout: false });
                     return;
@@ -194,7 +196,7 @@ impl Proxy {
             return;
         };
         if !self.mux_flush(ui) || lost {
-            if let Some(m) = self.ups.get(ui).and_then(|u| u.mux.as_ref()) {
+            if let Some(m) = self.ups.get(ui).and_then(|u| u.mux()) {
                 wake.extend(m.streams.iter().map(|s| (s.client, s.front)));
             }
             if lost {
@@ -207,7 +209,9 @@ impl Proxy {
     /// connection is lost (EOF, error, connection error), or `None` if the slot is gone.
     fn mux_read(&mut self, ui: usize, wake: &mut Vec<(usize, StreamId)>) -> Option<bool> {
         let u = self.ups.get_mut(ui)?;
-        let m = u.mux.as_mut()?;
+        let UpKind::H2c(m) = &mut u.kind else {
+            return None;
+        };
         let mut lost = false;
         loop {
             if !u.io.readable || m.closed && m.streams.is_empty() {
@@ -260,7 +264,7 @@ impl Proxy {
             return;
         };
         let backend = u.backend;
-        let Some(m) = u.mux.as_mut() else {
+        let Some(m) = u.mux_mut() else {
             return;
         };
         m.closed = true;
@@ -297,7 +301,7 @@ impl Proxy {
         let Some(u) = self.ups.get_mut(ui) else {
             return;
         };
-        let Some(m) = u.mux.as_mut() else {
+        let Some(m) = u.mux_mut() else {
             return;
         };
         let Some(k) = m.stream(ci, front) else {
@@ -333,7 +337,7 @@ impl Proxy {
         let Some(u) = self.ups.get_mut(ui) else {
             return;
         };
-        if let Some(m) = u.mux.as_mut() {
+        if let UpKind::H2c(m) = &mut u.kind {
             if u.state != UpState::Connecting && !m.conn.is_closing() {
                 m.conn.go_away(ErrorCode::NO_ERROR);
                 let _ = write2(&mut u.sock, m.conn.pending_output(), &[], &mut u.io);
@@ -351,7 +355,7 @@ impl Proxy {
         match u.state {
             UpState::Connecting => {
                 let mut wake = std::mem::take(&mut self.mux_wake);
-                if let Some(m) = u.mux.as_ref() {
+                if let Some(m) = u.mux() {
                     wake.extend(m.streams.iter().map(|s| (s.client, s.front)));
                 }
                 self.mux_broke(ui, Gone::Connect { timeout: true });
@@ -368,16 +372,14 @@ impl Proxy {
             .ups
             .iter()
             .filter(|(_, u)| {
-                u.mux
-                    .as_ref()
+                u.mux()
                     .is_some_and(|m| m.streams.iter().any(|s| s.client == ci))
             })
             .map(|(i, _)| i)
             .collect();
         for ui in uis {
             let fronts: Vec<StreamId> = self.ups[ui]
-                .mux
-                .as_ref()
+                .mux()
                 .map(|m| {
                     m.streams
                         .iter()
@@ -398,13 +400,10 @@ impl Proxy {
     /// busy ones take no new streams and close after their last.
     pub(super) fn mux_retire(&mut self, b: usize) {
         for ui in std::mem::take(&mut self.muxes[b]) {
-            let idle = self.ups[ui]
-                .mux
-                .as_ref()
-                .is_some_and(|m| m.streams.is_empty());
+            let idle = self.ups[ui].mux().is_some_and(|m| m.streams.is_empty());
             if idle {
                 self.mux_close(ui);
-            } else if let Some(m) = self.ups[ui].mux.as_mut() {
+            } else if let Some(m) = self.ups[ui].mux_mut() {
                 m.closed = true;
             }
         }

@@ -339,7 +339,7 @@ impl Proxy {
     /// Takes client `ci`'s exchange off connection `ui`: closed, or on an h2c connection
     /// (shared) its stream reset with CANCEL.
     fn leave(&mut self, ci: usize, ui: usize) {
-        if self.ups[ui].mux.is_none() {
+        if !self.ups[ui].is_h2c() {
             self.remove_upstream(ui);
             return;
         }
@@ -431,10 +431,10 @@ impl Proxy {
         if ex.hedge.up.is_none() || ex.hedge.off == 0 {
             return moved;
         }
-        let first_answered = (self.ups[ex.on()].mux.as_ref())
+        let first_answered = (self.ups[ex.on()].mux())
             .and_then(|m| Some(m.streams[m.stream(ci, 0)?].head.is_some()))
             .unwrap_or(false);
-        let m = self.ups[h].mux.as_ref().expect("a mux");
+        let m = self.ups[h].mux().expect("a mux");
         let Some(k) = m.stream(ci, 0) else {
             self.drop_hedge(ci);
             return true;

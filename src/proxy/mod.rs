@@ -193,11 +193,7 @@ impl Proxy {
                 continue;
             }
             if let Slot::Upstream(ui) = slot(ev.token()) {
-                if self
-                    .ups
-                    .get(ui)
-                    .is_some_and(|u| u.is_idle() && u.mux.is_none())
-                {
+                if self.ups.get(ui).is_some_and(|u| u.is_idle() && !u.is_h2c()) {
                     self.close_idle_upstream(ui);
                 }
             }
@@ -208,7 +204,7 @@ impl Proxy {
     pub fn event(&mut self, ev: &mio::event::Event) {
         let ci = match slot(ev.token()) {
             Slot::Client(ci) => Some(ci),
-            Slot::Upstream(ui) => self.ups.get(ui).and_then(|u| u.owner.client()),
+            Slot::Upstream(ui) => self.ups.get(ui).and_then(|u| u.owner().client()),
         };
         self.contained(ci, |p| p.dispatch(ev));
     }
@@ -264,7 +260,7 @@ impl Proxy {
             // hedge's connection is the exchange's too. The exchange's picks (its attempt's,
             // its hedge's, a retry's backing off) give their places back as it drops.
             for ui in [ex.up, ex.hedge.up].into_iter().flatten() {
-                let own = self.ups.get(ui).is_some_and(|u| u.mux.is_none());
+                let own = self.ups.get(ui).is_some_and(|u| !u.is_h2c());
                 if let Some(u) = own.then(|| self.ups.try_remove(ui)).flatten() {
                     self.ctx.closed_ups.push(ui);
                     if let Some(list) = self.idle.get_mut(u.backend) {
@@ -392,7 +388,7 @@ impl Proxy {
                         continue;
                     };
                     if self.ctx.timers.fire(&mut u.timer, token, entry, now) {
-                        let ci = u.owner.client();
+                        let ci = u.owner().client();
                         self.contained(ci, |p| p.upstream_timeout(ui));
                     }
                 }

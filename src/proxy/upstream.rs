@@ -12,10 +12,11 @@ use crate::http;
 use crate::timer::Deadline;
 use crate::transport::Transport;
 
-use super::conns::{connect_result, upstream_token, Owner, Phase, Proxy, UpState, Upstream};
+use super::conns::{
+    connect_result, upstream_token, Owner, Phase, Proxy, UpKind, UpState, Upstream,
+};
 use super::context::Ctx;
 use super::decide::Failure;
-use super::h2c_conn::Mux;
 use super::io::Io;
 use super::lifecycle;
 
@@ -75,25 +76,20 @@ impl Proxy {
             if let Some(ui) = self.idle[backend].pop() {
                 let u = &mut self.ups[ui];
                 u.state = UpState::Busy;
-                u.owner = Owner::Exchange(ci);
+                u.set_owner(Owner::Exchange(ci));
                 let at = now + Ctx::ms(cfg.timeouts.upstream);
                 self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
                 return Some((ui, true));
             }
         }
-        let ui = self.connect_upstream(backend, Owner::Exchange(ci), None)?;
+        let ui = self.connect_upstream(backend, UpKind::Http1(Owner::Exchange(ci)))?;
         Some((ui, false))
     }
 
-    /// Starts a non-blocking connect to `backend` for `owner` (nobody for a shared h2c
-    /// connection, which brings its `mux`); the slot is connecting, with the connect
+    /// Starts a non-blocking connect to `backend` for an HTTP/1.1 connection's owner, or
+    /// for a shared h2c connection (`kind`); the slot is connecting, with the connect
     /// deadline armed.
-    pub(super) fn connect_upstream(
-        &mut self,
-        backend: usize,
-        owner: Owner,
-        mux: Option<Box<Mux>>,
-    ) -> Option<usize> {
+    pub(super) fn connect_upstream(&mut self, backend: usize, kind: UpKind) -> Option<usize> {
         let b = self.ctx.shared.balancer.backend(backend);
         let addr = b.addr;
         let tcp = match TcpStream::connect(addr) {
@@ -134,11 +130,10 @@ impl Proxy {
         let u = entry.insert(Upstream {
             sock,
             backend,
-            owner,
+            kind,
             state: UpState::Connecting,
             io: Io::default(),
             timer: Deadline::default(),
-            mux,
         });
         let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect);
         self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
@@ -170,14 +165,14 @@ impl Proxy {
             u.io.hup = true;
         }
         // h2c hook: a shared HTTP/2 connection (idle or not) is handled on its own.
-        if u.mux.is_some() {
+        if u.is_h2c() {
             self.mux_event(ui);
             return;
         }
         if u.is_idle() {
             return;
         }
-        let ci = match u.owner {
+        let ci = match u.owner() {
             Owner::Nobody => return,
             Owner::Exchange(ci) => ci,
             // h2 hook: a connection serving an HTTP/2 stream is driven by its session.
@@ -207,7 +202,7 @@ impl Proxy {
     /// client has been answered or the request retried) or is still connecting.
     fn connected(&mut self, ui: usize) -> bool {
         let u = &mut self.ups[ui];
-        let ci = u.owner.client();
+        let ci = u.owner().client();
         match connect_result(u) {
             None => false,
             Some(true) => {
@@ -229,7 +224,7 @@ impl Proxy {
     pub(super) fn pool(&mut self, ui: usize) {
         let u = &mut self.ups[ui];
         u.state = UpState::Idle;
-        u.owner = Owner::Nobody;
+        u.set_owner(Owner::Nobody);
         u.io.readable = false;
         self.idle[u.backend].push(ui);
         let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.pool_idle);
@@ -253,7 +248,7 @@ impl Proxy {
 
     pub(super) fn upstream_timeout(&mut self, ui: usize) {
         let u = &self.ups[ui];
-        if u.mux.is_some() {
+        if u.is_h2c() {
             self.mux_timeout(ui);
             return;
         }
@@ -261,7 +256,7 @@ impl Proxy {
             self.close_idle_upstream(ui);
             return;
         }
-        let ci = match u.owner {
+        let ci = match u.owner() {
             // (Not expected: a busy connection has an owner.)
             Owner::Nobody => return,
             Owner::Exchange(ci) => ci,

@@ -70,10 +70,10 @@ impl Proxy {
                 let st = &mut s.streams[i];
                 st.due = true;
                 if !h2c {
-                    self.ups[ui].owner = Owner::Stream {
+                    self.ups[ui].set_owner(Owner::Stream {
                         client: ci,
                         id: st.id,
-                    };
+                    });
                 }
                 st.mux = h2c;
                 st.ex.begin_attempt(ui, reused, lease);
@@ -668,7 +668,7 @@ impl Proxy {
     /// Upstream deadline of a connection serving an HTTP/2 stream.
     pub(in crate::proxy) fn h2_upstream_timeout(&mut self, ui: usize) {
         let u = &self.ups[ui];
-        let Owner::Stream { client: ci, id } = u.owner else {
+        let Owner::Stream { client: ci, id } = u.owner() else {
             return;
         };
         let connecting = u.is_connecting();

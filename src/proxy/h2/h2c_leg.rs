@@ -153,7 +153,7 @@ impl Proxy {
                 Ok(false) => return Ok(false),
                 Ok(true) => {}
                 Err(()) => {
-                    let m = self.ups[ui].mux.as_ref().expect("a mux");
+                    let m = self.ups[ui].mux().expect("a mux");
                     let gone = m.stream(ci, id).and_then(|k| m.streams[k].gone);
                     return Err(gone.map_or(LegStep::NoRoom, LegStep::Failed));
                 }
@@ -165,7 +165,7 @@ impl Proxy {
         if st.up_end || st.head_sent && st.ex.resp == Resp::Done {
             return Ok(moved);
         }
-        let m = self.ups[ui].mux.as_mut().expect("a mux");
+        let m = self.ups[ui].mux_mut().expect("a mux");
         let sid = m.streams[m.stream_at(ci, st.id, &mut st.mk).expect("registered")].sid;
         if let Some(body) = st.body.as_mut() {
             let from = (st.sent - st.base) as usize;
@@ -232,7 +232,7 @@ impl Proxy {
         let H2Session { conn, streams, .. } = s;
         let st = &mut streams[i];
         let ui = st.ex.on();
-        let m = self.ups[ui].mux.as_mut().expect("a mux");
+        let m = self.ups[ui].mux_mut().expect("a mux");
         let Some(k) = m.stream_at(ci, st.id, &mut st.mk) else {
             return LegStep::Failed(Gone::Lost);
         };
@@ -394,7 +394,7 @@ impl Proxy {
     /// or 504, or in gRPC terms) before the response head, or reset after it.
     fn h2_leg_fail(&mut self, ci: usize, s: &mut H2Session, i: usize, why: Gone) -> (bool, bool) {
         let st = &mut s.streams[i];
-        let m = self.ups[st.ex.on()].mux.as_ref().expect("a mux");
+        let m = self.ups[st.ex.on()].mux().expect("a mux");
         let answered = m
             .stream(ci, st.id)
             .is_some_and(|k| m.streams[k].head.is_some());

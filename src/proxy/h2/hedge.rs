@@ -105,7 +105,7 @@ impl Proxy {
     /// The current attempt of `st` has its response head (held or not).
     fn h2_answered(&self, ci: usize, st: &mut H2Stream) -> bool {
         let up = st.ex.up.and_then(|u| self.ups.get(u));
-        let Some(m) = up.and_then(|u| u.mux.as_ref()) else {
+        let Some(m) = up.and_then(|u| u.mux()) else {
             return false;
         };
         m.stream_at(ci, st.id, &mut st.mk)
@@ -178,7 +178,7 @@ impl Proxy {
                 return true;
             }
         };
-        let m = self.ups[hu].mux.as_ref().expect("a mux");
+        let m = self.ups[hu].mux().expect("a mux");
         let Some(k) = m.stream_at(ci, st.id, &mut st.alt.mk) else {
             self.h2_drop_hedge(ci, st);
             return true;
@@ -304,7 +304,7 @@ impl Proxy {
             st.id,
             self.ctx.shared.balancer.backend(backend).name
         );
-        if self.ups[ui].mux.is_some() {
+        if self.ups[ui].is_h2c() {
             self.mux_detach(ui, ci, st.id, ErrorCode::CANCEL);
         } else {
             self.remove_upstream(ui);
@@ -334,10 +334,10 @@ impl Proxy {
             self.ctx.shared.balancer.cancel_lease(lease);
             return;
         };
-        self.ups[ui].owner = Owner::Stream {
+        self.ups[ui].set_owner(Owner::Stream {
             client: ci,
             id: st.id,
-        };
+        });
         // The head again: the attempt's went back to the pool once written.
         self.h2_request_head(st, from);
         let sent = st.ex.hedge.sent + 1;

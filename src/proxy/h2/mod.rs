@@ -367,7 +367,7 @@ impl Proxy {
         let ups: Vec<usize> = self
             .ups
             .iter()
-            .filter(|(_, u)| matches!(u.owner, Owner::Stream { client, .. } if client == ci))
+            .filter(|(_, u)| matches!(u.owner(), Owner::Stream { client, .. } if client == ci))
             .map(|(i, _)| i)
             .collect();
         for ui in ups {
