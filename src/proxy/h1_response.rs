@@ -131,3 +131,113 @@ fn chunk_err(e: ChunkError) -> &'static str {
         _ => "invalid chunked framing",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access_log::Record;
+    use crate::config::types::RetryOn;
+
+    use super::super::exchange::Start;
+
+    /// A GET's exchange whose server sent `bytes` so far.
+    fn answered(pool: &mut BufPool, bytes: &[u8]) -> Exchange {
+        let peer = "127.0.0.1:1".parse().expect("address");
+        let mut ex = Exchange::new(Start {
+            method: Method::Get,
+            http10: false,
+            keep_alive: true,
+            expect: false,
+            upgrade: false,
+            body: Body::new(BodyKind::None),
+            body_ready: 0,
+            head: pool.get(),
+            rec: Record::new(0, peer, Method::Get, b"/"),
+        });
+        let mut buf = pool.get();
+        buf.space()[..bytes.len()].copy_from_slice(bytes);
+        buf.filled(bytes.len());
+        ex.resp_buf = Some(buf);
+        ex
+    }
+
+    /// Reads heads until the final one, as a front end does: its kind and length.
+    fn next_head(ex: &Exchange, replay: bool) -> Option<(Kind, usize)> {
+        let mut headers = http::header_array();
+        let bytes = ex.resp_buf.as_ref().expect("bytes").bytes();
+        let r = parse(bytes, &mut headers, ex, false).expect("well-formed")?;
+        Some((kind(&r, ex, replay), r.head_len))
+    }
+
+    #[test]
+    fn heads_are_sorted_and_bytes_past_the_body_are_dropped_with_the_connection() {
+        let mut pool = BufPool::new(4);
+        let mut ex = answered(
+            &mut pool,
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA",
+        );
+        let (k, n) = next_head(&ex, true).expect("complete");
+        assert_eq!(k, Kind::Interim);
+        ex.resp_buf.as_mut().unwrap().consume(n);
+        let (k, n) = next_head(&ex, true).expect("complete");
+        assert_eq!(k, Kind::Final);
+        ex.resp_buf.as_mut().unwrap().consume(n);
+        took_final(&mut ex, &mut pool, 200, true, BodyKind::Length(5));
+        assert!(ex.head.is_none(), "the request head went back");
+        assert!(ex.replay_lost, "no replay once a response is under way");
+        body(&mut ex, Unframe::Keep).expect("well-framed");
+        assert_eq!(ex.resp, Resp::Done);
+        assert_eq!(ex.ready, 5);
+        assert_eq!(ex.resp_buf.as_ref().unwrap().bytes(), b"hello");
+        assert!(
+            !ex.keep,
+            "a server that sent more than its body is not reused"
+        );
+    }
+
+    #[test]
+    fn a_status_the_policy_names_is_replayed_once_then_final() {
+        let mut pool = BufPool::new(4);
+        let mut ex = answered(&mut pool, b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(next_head(&ex, true).map(|h| h.0), Some(Kind::Final));
+        ex.retry_on = RetryOn::STATUS_503;
+        assert_eq!(next_head(&ex, true).map(|h| h.0), Some(Kind::Replay(503)));
+        assert_eq!(next_head(&ex, false).map(|h| h.0), Some(Kind::Final));
+        let partial = answered(&mut pool, b"HTTP/1.1 200 OK\r\nContent-Le");
+        assert!(next_head(&partial, true).is_none());
+    }
+
+    #[test]
+    fn a_chunked_body_is_checked_in_place_or_unframed_keeping_its_trailers() {
+        let chunked = b"5\r\nhello\r\n3\r\n, w\r\n0\r\nx-t: 1\r\n\r\n";
+        let mut pool = BufPool::new(4);
+        for how in ["keep", "dechunk", "tail"] {
+            let mut ex = answered(&mut pool, chunked);
+            ex.resp = Resp::Body(Body::new(BodyKind::Chunked));
+            ex.keep = true;
+            let mut tail = Vec::new();
+            let unframe = match how {
+                "keep" => Unframe::Keep,
+                "dechunk" => Unframe::Dechunk,
+                _ => Unframe::KeepTail(&mut tail),
+            };
+            body(&mut ex, unframe).expect("well-framed");
+            assert_eq!(ex.resp, Resp::Done, "{how}");
+            assert!(ex.keep, "{how}: nothing past the body");
+            let got = ex.resp_buf.as_ref().unwrap().bytes();
+            match how {
+                "keep" => assert_eq!(got, chunked, "as the server framed it"),
+                _ => assert_eq!(got, b"hello, w", "{how}"),
+            }
+            if how == "tail" {
+                assert!(tail.windows(6).any(|w| w == b"x-t: 1"), "{tail:?}");
+            }
+        }
+        let mut bad = answered(&mut pool, b"5\r\nhelloXX");
+        bad.resp = Resp::Body(Body::new(BodyKind::Chunked));
+        assert_eq!(
+            body(&mut bad, Unframe::Keep),
+            Err(Failure::BadResponse("chunk data not followed by CRLF"))
+        );
+    }
+}

@@ -171,3 +171,37 @@ pub(super) fn client_settings() -> codec::Settings {
         ..d
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(head: Option<&[(&str, &str)]>, gone: Option<Gone>) -> MuxStream {
+        MuxStream {
+            sid: 1,
+            client: 0,
+            front: 0,
+            head: head.map(Fields::of),
+            data: None,
+            end: false,
+            trailers: None,
+            gone,
+        }
+    }
+
+    #[test]
+    fn a_head_is_taken_once_a_status_to_replay_stays_and_a_loss_shows_without_one() {
+        let mut s = stream(Some(&[(":status", "503")]), Some(Gone::Lost));
+        assert!(matches!(s.take_head(|st| st == 503), Front::Replay(503)));
+        assert!(s.head.is_some(), "kept for the answer if no replay happens");
+        assert!(matches!(s.take_head(|_| false), Front::Head(_)));
+        assert!(matches!(s.take_head(|_| false), Front::Gone(Gone::Lost)));
+        assert!(matches!(
+            stream(None, None).take_head(|_| true),
+            Front::Wait
+        ));
+        let mut ended = stream(Some(&[(":status", "200")]), None);
+        ended.end = true;
+        assert!(ended.drained_to_end());
+    }
+}
