@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::tls::{Pki, TlsClient};
@@ -16,12 +16,37 @@ use common::*;
 /// corelb with one TLS listener serving `certs` (the first is the default) in front of
 /// `backends`.
 fn tls_proxy(backends: &[&Backend], certs: &[&common::tls::Issued], extra: &[&str]) -> Proxy {
+    Proxy::start(backends, &tls_flags(certs, extra))
+}
+
+/// The flags of one TLS listener serving `certs`, an admin listener, and `extra`.
+fn tls_flags<'a>(certs: &[&'a common::tls::Issued], extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--tls-listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
     for c in certs {
         args.extend(["--tls-cert", c.cert_str(), "--tls-key", c.key_str()]);
     }
     args.extend(extra);
-    Proxy::start(backends, &args)
+    args
+}
+
+/// curl (`flag`: its HTTP version) for `path` over HTTPS to TLS listener `tls` as
+/// localhost, trusting `pki`'s CA, with `extra` arguments: its exit code and output,
+/// which ends with a line of the status code and HTTP version.
+fn curl_https(tls: SocketAddr, pki: &Pki, flag: &str, path: &str, extra: &[&str]) -> (i32, String) {
+    let url = format!("https://localhost:{}{path}", tls.port());
+    let resolve = format!("localhost:{}:127.0.0.1", tls.port());
+    let ca = pki.ca_path();
+    let mut args = vec![
+        flag,
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+    ];
+    args.extend(extra);
+    args.extend(["-w", "\n%{http_code} %{http_version}", &url]);
+    let (code, out) = curl(&args);
+    (code, String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Backend A behind corelb with one TLS listener serving a localhost certificate from a
@@ -47,23 +72,9 @@ fn https_and_http2_by_alpn_reach_the_backend_with_x_forwarded_proto() {
     let cert = pki.issue(&["localhost", "127.0.0.1"], 30);
     let p = tls_proxy(&[&a], &[&cert], &[]);
     let tls = p.tls.unwrap();
-    let url = format!("https://localhost:{}/headers", tls.port());
-    let resolve = format!("localhost:{}:127.0.0.1", tls.port());
-    let ca = pki.ca_path();
     for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
-        let (code, out) = curl(&[
-            flag,
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--resolve",
-            &resolve,
-            "-H",
-            "X-Forwarded-Proto: gopher",
-            "-w",
-            "\n%{http_code} %{http_version}",
-            &url,
-        ]);
-        let text = String::from_utf8_lossy(&out);
+        let spoof = ["-H", "X-Forwarded-Proto: gopher"];
+        let (code, text) = curl_https(tls, &pki, flag, "/headers", &spoof);
         assert_eq!(code, 0, "curl {flag}: {text}");
         assert!(
             text.ends_with(&format!("\n200 {version}")),
@@ -108,35 +119,15 @@ fn an_h2c_backend_gets_scheme_https_from_tls_clients_of_either_protocol() {
         r#"{{"servers": [{{"name": "A", "address": "127.0.0.1", "port": {}, "protocol": "h2c"}}]}}"#,
         a.port()
     );
-    let p = Proxy::with_config(
-        &json,
-        &[
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert.cert_str(),
-            "--tls-key",
-            cert.key_str(),
-        ],
-    );
+    let p = Proxy::with_config(&json, &tls_flags(&[&cert], &[]));
     let tls = p.tls.unwrap();
-    let url = format!("https://localhost:{}/headers", tls.port());
-    let resolve = format!("localhost:{}:127.0.0.1", tls.port());
-    let ca = pki.ca_path();
-    for flag in ["--http1.1", "--http2"] {
-        let (code, out) = curl(&[
-            flag,
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--resolve",
-            &resolve,
-            "-w",
-            "\n%{http_code}",
-            &url,
-        ]);
-        let text = String::from_utf8_lossy(&out);
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let (code, text) = curl_https(tls, &pki, flag, "/headers", &[]);
         assert_eq!(code, 0, "curl {flag}: {text}");
-        assert!(text.ends_with("\n200"), "{flag}: {text}");
+        assert!(
+            text.ends_with(&format!("\n200 {version}")),
+            "{flag}: {text}"
+        );
         assert!(text.contains(":scheme: https\n"), "{flag}: {text}");
         assert!(
             text.contains(&format!(":authority: localhost:{}\n", tls.port())),

@@ -428,3 +428,22 @@ impl Exchange {
         }
     }
 }
+
+#[cfg(test)]
+impl Exchange {
+    /// A keep-alive GET's exchange, for unit tests.
+    pub(crate) fn test_get(pool: &mut BufPool) -> Exchange {
+        let peer = "127.0.0.1:1".parse().expect("address");
+        Exchange::new(Start {
+            method: Method::Get,
+            http10: false,
+            keep_alive: true,
+            expect: false,
+            upgrade: false,
+            body: Body::new(crate::http::BodyKind::None),
+            body_ready: 0,
+            head: pool.get(),
+            rec: Record::new(0, peer, Method::Get, b"/"),
+        })
+    }
+}

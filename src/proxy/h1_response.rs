@@ -135,25 +135,11 @@ fn chunk_err(e: ChunkError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access_log::Record;
     use crate::config::types::RetryOn;
-
-    use super::super::exchange::Start;
 
     /// A GET's exchange whose server sent `bytes` so far.
     fn answered(pool: &mut BufPool, bytes: &[u8]) -> Exchange {
-        let peer = "127.0.0.1:1".parse().expect("address");
-        let mut ex = Exchange::new(Start {
-            method: Method::Get,
-            http10: false,
-            keep_alive: true,
-            expect: false,
-            upgrade: false,
-            body: Body::new(BodyKind::None),
-            body_ready: 0,
-            head: pool.get(),
-            rec: Record::new(0, peer, Method::Get, b"/"),
-        });
+        let mut ex = Exchange::test_get(pool);
         let mut buf = pool.get();
         buf.space()[..bytes.len()].copy_from_slice(bytes);
         buf.filled(bytes.len());

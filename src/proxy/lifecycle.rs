@@ -264,26 +264,12 @@ impl Ctx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access_log::Record;
     use crate::buffer::BufPool;
-    use crate::http::{Body, BodyKind, Method};
 
-    use super::super::exchange::{Resp, Start};
+    use super::super::exchange::Resp;
 
     fn exchange(per_try: u64) -> Exchange {
-        let mut pool = BufPool::new(4);
-        let peer = "127.0.0.1:1".parse().expect("address");
-        let mut ex = Exchange::new(Start {
-            method: Method::Get,
-            http10: false,
-            keep_alive: true,
-            expect: false,
-            upgrade: false,
-            body: Body::new(BodyKind::None),
-            body_ready: 0,
-            head: pool.get(),
-            rec: Record::new(0, peer, Method::Get, b"/"),
-        });
+        let mut ex = Exchange::test_get(&mut BufPool::new(4));
         ex.per_try = per_try;
         ex
     }
