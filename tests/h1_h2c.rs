@@ -451,3 +451,47 @@ fn a_refused_stream_is_replayed_only_within_the_replay_buffer() {
         }
     }
 }
+
+/// A body that takes many reads of the client is kept as it is sent, in the replay buffer
+/// every pair uses (before, reading more of it gave the replay up): a stream refused after
+/// some of it went is replayed whole on another server.
+#[test]
+fn a_refused_stream_with_a_body_of_many_reads_is_replayed_whole() {
+    let a = h2c("A");
+    let b = Backend::start("B", "fast", &[]);
+    let cfg = format!(
+        r#"{{"mode": "round-robin", "healthCheck": {{"enabled": false}},
+            "retryPolicy": {{"retryOn": ["reset"], "methods": ["POST"], "replayBufferBytes": 1048576}},
+            "servers": [{{"name": "A", "address": "127.0.0.1", "port": {}, "protocol": "h2c"}},
+                        {{"name": "B", "address": "127.0.0.1", "port": {}}}]}}"#,
+        a.port(),
+        b.port()
+    );
+    let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    let size = 300_000;
+    let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+    for _ in 0..4 {
+        let before = b.requests();
+        let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "POST /refuse HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        for piece in body.chunks(16 * 1024) {
+            s.write_all(piece).unwrap();
+        }
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        // Round robin sends every other POST to B first: those are simply answered.
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert_eq!(b.requests() - before, 1, "B got the request once, whole");
+    }
+    let t = totals(p.admin.unwrap());
+    assert_eq!(t["replay_overflows"], 0, "{t}");
+    assert!(
+        t["retries"].as_u64().unwrap_or(0) >= 2,
+        "A refused half of them: {t}"
+    );
+}

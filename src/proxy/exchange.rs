@@ -74,8 +74,10 @@ pub(crate) struct Exchange {
     /// Request body bytes written in this attempt.
     pub body_sent: u64,
     /// The body bytes this attempt sent, kept for a replay while a retry policy covers
-    /// the request and they fit in its replay buffer (`relay.rs`); `replay_lost` once they
-    /// did not (or went by splice): the request can no longer be replayed.
+    /// the request (or its server kind replays refused requests, h2c) and they fit in the
+    /// replay buffer (`keep_for_replay`, for every pair but HTTP/2 to h2c, whose streams
+    /// keep their body anyway); `replay_lost` once they did not (or went by splice): the
+    /// request can no longer be replayed.
     pub replay: Option<Buf>,
     pub replay_lost: bool,
 
@@ -265,6 +267,56 @@ impl Exchange {
         if self.head.as_ref().is_none_or(|h| self.head_off >= h.len()) {
             bufs.release(&mut self.head);
         }
+    }
+
+    /// Body bytes `sent` went to the server: they are kept in the one replay buffer
+    /// (`replay`) while `keep` (a retry policy covers the request, or the server kind
+    /// replays refused requests of its own) and while they fit in `replay_max`. True if
+    /// they outgrew it just now: the request can no longer be replayed.
+    pub fn keep_for_replay(
+        &mut self,
+        sent: &[u8],
+        keep: bool,
+        replay_max: usize,
+        bufs: &mut BufPool,
+    ) -> bool {
+        if !keep || self.replay_lost {
+            return false;
+        }
+        let kept = self.replay.as_ref().map_or(0, |r| r.len());
+        if kept + sent.len() > replay_max {
+            self.give_up_replay(bufs);
+            return true;
+        }
+        let r = self.replay.get_or_insert_with(|| bufs.get());
+        r.append(sent);
+        false
+    }
+
+    /// `n` validated body bytes at the front of the client's buffer `buf` went to the
+    /// server: kept for a replay as [`Exchange::keep_for_replay`] says, they leave the
+    /// buffer. True if the replay buffer was outgrown just now.
+    pub fn body_went(
+        &mut self,
+        buf: &mut Buf,
+        n: usize,
+        keep: bool,
+        replay_max: usize,
+        bufs: &mut BufPool,
+    ) -> bool {
+        let outgrew = self.keep_for_replay(&buf.bytes()[..n], keep, replay_max, bufs);
+        buf.consume(n);
+        self.body_ready -= n;
+        self.rec.request_bytes += n as u64;
+        self.body_sent += n as u64;
+        outgrew
+    }
+
+    /// The request will not be replayed (a response is under way, or its body outgrew
+    /// the replay buffer): the body kept for it goes.
+    pub fn give_up_replay(&mut self, bufs: &mut BufPool) {
+        self.replay_lost = true;
+        bufs.release(&mut self.replay);
     }
 
     /// Starts an attempt on upstream `up`, under the pick `lease`: the request is written

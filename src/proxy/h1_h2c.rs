@@ -295,9 +295,9 @@ impl Proxy {
         }
         let sid = m.streams[k].sid;
         let mut moved = false;
-        if ex.body_ready > leg.kept {
+        if ex.body_ready > 0 {
             let buf = c.buf.as_mut().expect("body bytes");
-            let bytes = &buf.bytes()[leg.kept..ex.body_ready];
+            let bytes = &buf.bytes()[..ex.body_ready];
             let mut room = m.conn.send_capacity(sid);
             let mut at = 0;
             if leg.chunked {
@@ -334,21 +334,17 @@ impl Proxy {
                 }
             }
             if at > 0 {
-                leg.kept += at;
-                // Kept for a replay only within the replay buffer, as on every pair.
-                let over = leg.replayable && leg.kept > replay_max;
-                if over && policy {
+                // Kept for a replay (an h2c server may refuse the stream, whatever the
+                // policy) within the replay buffer, in the same buffer as every pair's.
+                if ex.body_went(buf, at, true, replay_max, &mut self.ctx.bufs) && policy {
                     let c = &self.ctx.shared.counters;
                     c.replay_overflows.fetch_add(1, Relaxed);
-                }
-                if !leg.replayable || over {
-                    give_up_replay(ex, c.buf.as_mut());
                 }
                 moved = true;
             }
         }
         let leg = &mut ex.h2c;
-        if !leg.up_end && ex.body.is_done() && ex.body_ready == leg.kept {
+        if !leg.up_end && ex.body.is_done() && ex.body_ready == 0 {
             let r = if leg.trailers.is_empty() {
                 m.conn.send_data(sid, &[], true).map(|_| ())
             } else {
@@ -379,7 +375,7 @@ impl Proxy {
             return Ok(false);
         };
         let leg = &ex.h2c;
-        let unsent = ex.body_ready > leg.kept;
+        let unsent = ex.body_ready > 0;
         if leg.up_end || ex.req != Req::Body || ex.body.is_done() || unsent || !c.io.readable {
             return Ok(false);
         }
@@ -391,8 +387,6 @@ impl Proxy {
             // Backpressure: the client waits until the backend opens its window.
             return Ok(false);
         }
-        // More body is needed: what was kept for a replay goes.
-        give_up_replay(ex, c.buf.as_mut());
         let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
         if buf.is_empty() {
             self.ctx
@@ -450,7 +444,7 @@ impl Proxy {
         let ms = &mut m.streams[k];
         let mut moved = false;
         if ex.resp == Resp::Head {
-            if let Some(turn) = take_head(&mut self.ctx, ex, c.buf.as_mut(), ms, draining) {
+            if let Some(turn) = take_head(&mut self.ctx, ex, ms, draining) {
                 return turn;
             }
             moved = true;
@@ -571,9 +565,9 @@ impl Proxy {
             need_client_body: leg.opened
                 && !leg.up_end
                 && !ex.body.is_done()
-                && ex.body_ready == leg.kept
+                && ex.body_ready == 0
                 && room,
-            request_pending: !leg.up_end && ex.body_ready > leg.kept,
+            request_pending: !leg.up_end && ex.body_ready > 0,
             response_done: leg.end_queued,
             response_started: ex.resp != Resp::Head,
         };
@@ -674,13 +668,7 @@ fn timer_at(ex: &Exchange) -> u64 {
 /// The response head from stream `ms`'s inbox, as an HTTP/1.1 head in `ex.out`, framed
 /// for the client; the request is then no longer replayed. `Some(turn)` instead when
 /// there is no head yet (or it broke), or a 502/503/504 a retry policy replays.
-fn take_head(
-    ctx: &mut Ctx,
-    ex: &mut Exchange,
-    client_buf: Option<&mut Buf>,
-    ms: &mut MuxStream,
-    draining: bool,
-) -> Option<Turn> {
+fn take_head(ctx: &mut Ctx, ex: &mut Exchange, ms: &mut MuxStream, draining: bool) -> Option<Turn> {
     let replay = |s| ex.retry_on.has_status(s) && !ex.h2c.final_answer;
     let head = match ms.take_head(replay) {
         Front::Wait => return Some(Turn::Running(false)),
@@ -718,23 +706,9 @@ fn take_head(
     ex.h2c.framing = framing;
     // A response is under way: the request will not be replayed.
     ex.took_head(status, &mut ctx.bufs);
-    give_up_replay(ex, client_buf);
+    ex.give_up_replay(&mut ctx.bufs);
     ex.resp = Resp::Body(Body::UntilClose);
     None
-}
-
-/// The body bytes kept for a replay are given up: consumed from the client's buffer and
-/// counted as sent (a failure now is not replayed).
-fn give_up_replay(ex: &mut Exchange, buf: Option<&mut Buf>) {
-    let leg = &mut ex.h2c;
-    leg.replayable = false;
-    let k = std::mem::take(&mut leg.kept);
-    if let Some(b) = buf.filter(|_| k > 0) {
-        b.consume(k);
-        ex.body_ready -= k;
-        ex.body_sent += k as u64;
-        ex.rec.request_bytes += k as u64;
-    }
 }
 
 /// Appends `bytes` to `out` (taking a buffer from the pool if there is none).

@@ -33,12 +33,6 @@ pub(crate) struct H2cLeg {
     pub(super) dec: ChunkedDecoder,
     /// The chunked request's trailer field lines as received (empty: none).
     pub(super) trailers: Vec<u8>,
-    /// Until the response head (or more body must be read, or they outgrow the replay
-    /// buffer), the body bytes sent stay at the front of the client's buffer (`kept` of
-    /// them), so a stream the backend refused can go elsewhere whole; they count as sent
-    /// only once given up.
-    pub(super) replayable: bool,
-    pub(super) kept: usize,
     pub(super) framing: ClientFraming,
     /// Chunked response: data bytes of the chunk being written; any chunk begun.
     pub(super) chunk_left: usize,
@@ -69,7 +63,6 @@ impl H2cLeg {
     pub(super) fn begin(&mut self) {
         *self = H2cLeg {
             on: true,
-            replayable: true,
             trailers: std::mem::take(&mut self.trailers),
             ..H2cLeg::request(self.te_trailers, self.chunked, self.https)
         };

@@ -71,8 +71,7 @@ pub(crate) fn took_final(
 ) {
     ex.keep = keep;
     ex.took_head(status, bufs);
-    ex.replay_lost = true;
-    bufs.release(&mut ex.replay);
+    ex.give_up_replay(bufs);
     ex.resp = Resp::Body(Body::new(body));
 }
 

@@ -120,6 +120,7 @@ impl Proxy {
     /// Request direction: head and body bytes to the backend, more body from the client.
     fn send_request(&mut self, ci: usize) -> Flow {
         let id = self.ctx.id;
+        let replay_max = self.ctx.shared.cfg.retry.replay_max();
         let (_, ex) = self.clients[ci].split().expect("proxying");
         if ex.req == Req::Closed {
             return Flow::Idle;
@@ -144,23 +145,12 @@ impl Proxy {
                     }
                     if n > 0 {
                         // Kept for a replay while a retry policy covers the request.
-                        if !ex.retry_on.is_empty() && !ex.replay_lost {
-                            let sent = &c.buf.as_ref().expect("body bytes").bytes()[..n];
-                            let kept = ex.replay.as_ref().map_or(0, |r| r.len());
-                            if kept + n <= self.ctx.shared.cfg.retry.replay_max() {
-                                let r = ex.replay.get_or_insert_with(|| self.ctx.bufs.get());
-                                r.append(sent);
-                            } else {
-                                ex.replay_lost = true;
-                                self.ctx.bufs.release(&mut ex.replay);
-                                let c = &self.ctx.shared.counters;
-                                c.replay_overflows.fetch_add(1, Relaxed);
-                            }
+                        let buf = c.buf.as_mut().expect("body bytes");
+                        let (keep, max) = (!ex.retry_on.is_empty(), replay_max);
+                        if ex.body_went(buf, n, keep, max, &mut self.ctx.bufs) {
+                            let c = &self.ctx.shared.counters;
+                            c.replay_overflows.fetch_add(1, Relaxed);
                         }
-                        c.buf.as_mut().expect("body bytes").consume(n);
-                        ex.body_ready -= n;
-                        ex.rec.request_bytes += n as u64;
-                        ex.body_sent += n as u64;
                     }
                     ex.settle_req();
                 }
@@ -184,7 +174,7 @@ impl Proxy {
         if ex.req == Req::Body
             && ex.body_ready == 0
             && c.io.readable
-            && !ex.req_splice_next(self.ctx.pipes.min, self.ctx.shared.cfg.retry.replay_max())
+            && !ex.req_splice_next(self.ctx.pipes.min, replay_max)
         {
             let buf = c.buf.get_or_insert_with(|| self.ctx.bufs.get());
             // Bulk growth: an emptied body buffer the last read filled doubles (buffer.rs).

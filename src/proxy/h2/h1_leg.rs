@@ -353,18 +353,16 @@ impl Proxy {
         if k > 0 {
             let body = st.body.as_mut().expect("payload");
             // Kept for a replay while a retry policy covers the stream and they fit.
-            let ex = &mut st.ex;
-            if !ex.retry_on.is_empty() && !ex.replay_lost {
-                let kept = ex.replay.as_ref().map_or(0, Buf::len);
-                if kept + k <= self.ctx.shared.cfg.retry.replay_max() {
-                    let r = ex.replay.get_or_insert_with(|| self.ctx.bufs.get());
-                    r.append(&body.bytes()[..k]);
-                } else {
-                    ex.replay_lost = true;
-                    self.ctx.bufs.release(&mut ex.replay);
-                    let c = &self.ctx.shared.counters;
-                    c.replay_overflows.fetch_add(1, Relaxed);
-                }
+            let (keep, max) = (
+                !st.ex.retry_on.is_empty(),
+                self.ctx.shared.cfg.retry.replay_max(),
+            );
+            if st
+                .ex
+                .keep_for_replay(&body.bytes()[..k], keep, max, &mut self.ctx.bufs)
+            {
+                let c = &self.ctx.shared.counters;
+                c.replay_overflows.fetch_add(1, Relaxed);
             }
             body.consume(k);
             if chunked {
