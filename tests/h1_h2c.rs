@@ -403,21 +403,28 @@ fn sigterm_finishes_exchanges_in_flight_then_closes() {
     assert!(p.wait_exit(Duration::from_secs(10)).is_some());
 }
 
-#[test]
-fn a_refused_stream_is_replayed_only_within_the_replay_buffer() {
-    // A refuses `/refuse` after taking the request's body; B (HTTP/1.1) answers it. With a
-    // 1 KiB replay buffer, a 500-byte body is kept and goes to B whole; a 5,000-byte one
-    // outgrows it (counted) and its refusal is a 502, as for every other protocol pair.
+/// h2c server A, which refuses `/refuse`, and HTTP/1.1 server B, round robin, with a
+/// retry policy for POSTs keeping at most `replay_bytes` of body: the config and both.
+fn refusing_h2c_and_http1(replay_bytes: usize) -> (Backend, Backend, String) {
     let a = h2c("A");
     let b = Backend::start("B", "fast", &[]);
     let cfg = format!(
         r#"{{"mode": "round-robin", "healthCheck": {{"enabled": false}},
-            "retryPolicy": {{"retryOn": ["reset"], "methods": ["POST"], "replayBufferBytes": 1024}},
+            "retryPolicy": {{"retryOn": ["reset"], "methods": ["POST"], "replayBufferBytes": {replay_bytes}}},
             "servers": [{{"name": "A", "address": "127.0.0.1", "port": {}, "protocol": "h2c"}},
                         {{"name": "B", "address": "127.0.0.1", "port": {}}}]}}"#,
         a.port(),
         b.port()
     );
+    (a, b, cfg)
+}
+
+#[test]
+fn a_refused_stream_is_replayed_only_within_the_replay_buffer() {
+    // A refuses `/refuse` after taking the request's body; B (HTTP/1.1) answers it. With a
+    // 1 KiB replay buffer, a 500-byte body is kept and goes to B whole; a 5,000-byte one
+    // outgrows it (counted) and its refusal is a 502, as for every other protocol pair.
+    let (_a, b, cfg) = refusing_h2c_and_http1(1024);
     for (size, kept) in [(500, true), (5000, false)] {
         let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
         let before = b.requests();
@@ -457,16 +464,7 @@ fn a_refused_stream_is_replayed_only_within_the_replay_buffer() {
 /// some of it went is replayed whole on another server.
 #[test]
 fn a_refused_stream_with_a_body_of_many_reads_is_replayed_whole() {
-    let a = h2c("A");
-    let b = Backend::start("B", "fast", &[]);
-    let cfg = format!(
-        r#"{{"mode": "round-robin", "healthCheck": {{"enabled": false}},
-            "retryPolicy": {{"retryOn": ["reset"], "methods": ["POST"], "replayBufferBytes": 1048576}},
-            "servers": [{{"name": "A", "address": "127.0.0.1", "port": {}, "protocol": "h2c"}},
-                        {{"name": "B", "address": "127.0.0.1", "port": {}}}]}}"#,
-        a.port(),
-        b.port()
-    );
+    let (_a, b, cfg) = refusing_h2c_and_http1(1048576);
     let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
     let size = 300_000;
     let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();

@@ -178,22 +178,22 @@ impl Request<'_, '_> {
         }
         match self.body {
             BodyKind::Length(n) => {
-                idx.line(out, 14);
+                idx.line(out, "Content-Length".len());
                 put_length(out, n)
             }
             BodyKind::Chunked => {
-                idx.line(out, 17);
+                idx.line(out, "Transfer-Encoding".len());
                 put_codings(out, r.headers)
             }
             // `Content-Length: 0` is kept: some servers want a length on every POST.
             BodyKind::None | BodyKind::UntilClose => {
                 if let Some(n) = self.length {
-                    idx.line(out, 14);
+                    idx.line(out, "Content-Length".len());
                     put_length(out, n);
                 }
             }
         }
-        idx.line(out, 15);
+        idx.line(out, "X-Forwarded-For".len());
         out.extend_from_slice(b"X-Forwarded-For: ");
         if !self.conn.names("x-forwarded-for") {
             for h in r.headers.iter() {
@@ -207,7 +207,7 @@ impl Request<'_, '_> {
         }
         put_ip(out, fwd.client_ip);
         out.extend_from_slice(b"\r\n");
-        idx.line(out, 3);
+        idx.line(out, "Via".len());
         out.extend_from_slice(if self.minor == 0 {
             b"Via: 1.0 corelb\r\n"
         } else {

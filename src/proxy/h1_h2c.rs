@@ -42,7 +42,7 @@ use super::h1_h2c_translate::{
     chunk_line, framing, request_pairs, response_head, trailer_pairs, ClientFraming, H2cLeg,
 };
 use super::h2_translate::trailer_lines;
-use super::h2c_conn::{Front, MuxStream};
+use super::h2c_conn::{InboxHead, MuxStream};
 use super::io::{read_into, would_block, write2};
 use super::lifecycle;
 
@@ -671,10 +671,10 @@ fn timer_at(ex: &Exchange) -> u64 {
 fn take_head(ctx: &mut Ctx, ex: &mut Exchange, ms: &mut MuxStream, draining: bool) -> Option<Turn> {
     let replay = |s| ex.retry_on.has_status(s) && !ex.h2c.final_answer;
     let head = match ms.take_head(replay) {
-        Front::Wait => return Some(Turn::Running(false)),
-        Front::Gone(why) => return Some(Turn::Failed(why.failure())),
-        Front::Replay(s) => return Some(Turn::Status(s)),
-        Front::Head(head) => head,
+        InboxHead::Wait => return Some(Turn::Running(false)),
+        InboxHead::Gone(why) => return Some(Turn::Failed(why.failure())),
+        InboxHead::Replay(s) => return Some(Turn::Status(s)),
+        InboxHead::Head(head) => head,
     };
     let empty = ms.drained_to_end();
     let status = head.status().unwrap_or(502);

@@ -57,8 +57,9 @@ pub(crate) struct MuxStream {
     pub gone: Option<Gone>,
 }
 
-/// The front of a stream's response, for its owner (either front end).
-pub(crate) enum Front {
+/// What a stream's inbox holds at the start of its response, for its owner (either front
+/// end).
+pub(crate) enum InboxHead {
     /// Nothing yet.
     Wait,
     /// The stream ended without a head.
@@ -72,16 +73,16 @@ pub(crate) enum Front {
 impl MuxStream {
     /// The response head once it came (its status is checked by `replay` first), else
     /// the loss that ended the stream, if any.
-    pub fn take_head(&mut self, replay: impl FnOnce(u16) -> bool) -> Front {
+    pub fn take_head(&mut self, replay: impl FnOnce(u16) -> bool) -> InboxHead {
         let Some(head) = self.head.take() else {
-            return self.gone.map_or(Front::Wait, Front::Gone);
+            return self.gone.map_or(InboxHead::Wait, InboxHead::Gone);
         };
         match head.status() {
             Some(s) if replay(s) => {
                 self.head = Some(head);
-                Front::Replay(s)
+                InboxHead::Replay(s)
             }
-            _ => Front::Head(head),
+            _ => InboxHead::Head(head),
         }
     }
 
@@ -192,13 +193,19 @@ mod tests {
     #[test]
     fn a_head_is_taken_once_a_status_to_replay_stays_and_a_loss_shows_without_one() {
         let mut s = stream(Some(&[(":status", "503")]), Some(Gone::Lost));
-        assert!(matches!(s.take_head(|st| st == 503), Front::Replay(503)));
+        assert!(matches!(
+            s.take_head(|st| st == 503),
+            InboxHead::Replay(503)
+        ));
         assert!(s.head.is_some(), "kept for the answer if no replay happens");
-        assert!(matches!(s.take_head(|_| false), Front::Head(_)));
-        assert!(matches!(s.take_head(|_| false), Front::Gone(Gone::Lost)));
+        assert!(matches!(s.take_head(|_| false), InboxHead::Head(_)));
+        assert!(matches!(
+            s.take_head(|_| false),
+            InboxHead::Gone(Gone::Lost)
+        ));
         assert!(matches!(
             stream(None, None).take_head(|_| true),
-            Front::Wait
+            InboxHead::Wait
         ));
         let mut ended = stream(Some(&[(":status", "200")]), None);
         ended.end = true;

@@ -133,12 +133,10 @@ impl Proxy {
             }
             self.promote_hedge(ci, Promote::Superseded);
         }
+        self.launch_hedge(ci);
         if on_h2c {
-            self.h2c_launch_hedge(ci);
             // The exchange's deadlines and the next hedge's moment share the timer.
             self.h1_h2c_rearm(ci);
-        } else {
-            self.launch_hedge(ci);
         }
         true
     }
@@ -155,16 +153,23 @@ impl Proxy {
         self.ups[h].state == UpState::Busy && ex.hedge.off >= head_len
     }
 
-    /// Sends the hedge: another server than the first (and any tried), within the retry
-    /// budget.
+    /// Sends the hedge: another server than the first (and any tried) of the same kind,
+    /// within the retry budget. To an HTTP/1.1 server it is a connection of its own, sent
+    /// the request head; to an h2c server, a stream on that server's shared connection.
     fn launch_hedge(&mut self, ci: usize) {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let (old, tried) = (self.ups[ex.on()].backend, ex.tried);
-        let Some(lease) = self.hedge_target(old, tried, Protocol::Http1) else {
+        let (old, tried, h2c) = (self.ups[ex.on()].backend, ex.tried, ex.h2c.on);
+        let kind = if h2c { Protocol::H2c } else { Protocol::Http1 };
+        let Some(lease) = self.hedge_target(old, tried, kind) else {
             return;
         };
         let b = lease.backend();
-        let Some((ui, reused)) = self.connection_to(b, ci, false) else {
+        let conn = if h2c {
+            self.mux_for(b, ci, 0, false)
+        } else {
+            self.connection_to(b, ci, false)
+        };
+        let Some((ui, reused)) = conn else {
             self.ctx.shared.balancer.cancel_lease(lease);
             return;
         };
@@ -173,18 +178,25 @@ impl Proxy {
         let (_, ex) = self.clients[ci].split().expect("proxying");
         ex.hedge = Hedge::launched(next, ui, lease, sent, reused);
         self.ctx.shared.counters.hedges.fetch_add(1, Relaxed);
+        debug!(
+            "worker {}: hedging {} on {}{}",
+            self.ctx.id,
+            self.ctx.shared.balancer.backend(old).name,
+            self.ctx.shared.balancer.backend(b).name,
+            if h2c { " (h2c)" } else { "" }
+        );
+        if h2c {
+            // (The caller re-arms the client's timer: the exchange's deadlines share it.)
+            self.h2c_hedge_open(ci);
+            return;
+        }
         // The next hedge's moment, on the client's timer (free while the exchange waits).
+        let (_, ex) = self.clients[ci].split().expect("proxying");
         let at = ex.hedge.at;
         if at != 0 {
             let c = &mut self.clients[ci];
             self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
         }
-        debug!(
-            "worker {}: hedging {} on {}",
-            self.ctx.id,
-            self.ctx.shared.balancer.backend(old).name,
-            self.ctx.shared.balancer.backend(b).name
-        );
         self.hedge_write(ci);
     }
 
@@ -347,34 +359,6 @@ impl Proxy {
         if !self.ctx.mux_dirty.contains(&ui) {
             self.ctx.mux_dirty.push(ui);
         }
-    }
-
-    /// Sends the hedge of client `ci`'s exchange, whose attempt runs on an h2c stream: a
-    /// stream on another h2c server's connection, within the retry budget.
-    fn h2c_launch_hedge(&mut self, ci: usize) {
-        let (_, ex) = self.clients[ci].split().expect("proxying");
-        let (old, tried) = (self.ups[ex.on()].backend, ex.tried);
-        let Some(lease) = self.hedge_target(old, tried, Protocol::H2c) else {
-            return;
-        };
-        let b = lease.backend();
-        let Some((ui, reused)) = self.mux_for(b, ci, 0, false) else {
-            self.ctx.shared.balancer.cancel_lease(lease);
-            return;
-        };
-        let (_, ex) = self.clients[ci].split().expect("proxying");
-        let sent = ex.hedge.sent + 1;
-        let next = self.next_hedge_at(b, sent);
-        let (_, ex) = self.clients[ci].split().expect("proxying");
-        ex.hedge = Hedge::launched(next, ui, lease, sent, reused);
-        self.ctx.shared.counters.hedges.fetch_add(1, Relaxed);
-        debug!(
-            "worker {}: hedging {} on {} (h2c)",
-            self.ctx.id,
-            self.ctx.shared.balancer.backend(old).name,
-            self.ctx.shared.balancer.backend(b).name
-        );
-        self.h2c_hedge_open(ci);
     }
 
     /// Opens the h2c hedge's stream with the whole request once its connection is up

@@ -20,7 +20,7 @@ use super::super::exchange::Resp;
 use super::super::grpc;
 use super::super::h2_session::{H2Session, OUT_HIGH};
 use super::super::h2_translate as translate;
-use super::super::h2c_conn::{Front, Gone};
+use super::super::h2c_conn::{Gone, InboxHead};
 use super::super::lifecycle;
 use super::hedge;
 
@@ -252,10 +252,10 @@ impl Proxy {
         if !st.head_sent {
             let replay = |s| st.ex.retry_on.has_status(s) && st.replayable && !st.final_answer;
             let head = match ms.take_head(replay) {
-                Front::Wait => return LegStep::Running(moved),
-                Front::Gone(why) => return LegStep::Failed(why),
-                Front::Replay(s) => return LegStep::Status(s),
-                Front::Head(head) => head,
+                InboxHead::Wait => return LegStep::Running(moved),
+                InboxHead::Gone(why) => return LegStep::Failed(why),
+                InboxHead::Replay(s) => return LegStep::Status(s),
+                InboxHead::Head(head) => head,
             };
             let status = head.status().unwrap_or(502);
             let trailers_only = ms.drained_to_end();
