@@ -481,8 +481,8 @@ const PROXY_LAYERS: &[&[&str]] = &[
     // P3: the worker's context; an h2c upstream connection's state; an HTTP/1.1 server's
     // response read for either front end.
     &["context", "h2c_conn", "h1_response"],
-    // P4: an exchange's course for every protocol pair.
-    &["lifecycle"],
+    // P4: an exchange's course for every protocol pair; the back-end interface.
+    &["lifecycle", "back"],
     // P5: an HTTP/2 client connection's state.
     &["h2_session"],
     // P6: the worker's connections and `Proxy`.

@@ -33,6 +33,7 @@ use crate::debug;
 use crate::h2::{ErrorCode, Fields};
 use crate::http::{self, Body};
 
+use super::back::{InboxBody, Next, ResponseBody};
 use super::conns::{client_token, Phase, Proxy, Step};
 use super::context::Ctx;
 use super::decide::Blame;
@@ -450,46 +451,58 @@ impl Proxy {
             moved = true;
         }
         let leg = &mut ex.h2c;
-        let sid = ms.sid;
+        let mut body = InboxBody {
+            conn: &mut m.conn,
+            ms,
+        };
+        let mut lost = false;
         loop {
-            let data: &[u8] = ms.data.as_ref().map_or(&[], |d| d.bytes());
-            if leg.framing == ClientFraming::Bodiless && !data.is_empty() {
-                // A body where HTTP/1.1 has none (HEAD, 204, 304): not relayed.
-                let n = data.len();
-                ms.data.as_mut().expect("data").consume(n);
-                m.conn.release(sid, n);
-                continue;
-            }
-            if leg.framing == ClientFraming::Chunked && leg.chunk_left == 0 && !data.is_empty() {
-                let mut line = [0u8; 24];
-                let n = chunk_line(leg.any_chunk, data.len(), &mut line);
-                append(&mut self.ctx.bufs, &mut ex.out, &line[..n]);
-                leg.chunk_left = data.len();
-                leg.any_chunk = true;
-            }
-            let unset = leg.framing == ClientFraming::Unset;
-            if !leg.end_queued && !unset && data.is_empty() && leg.chunk_left == 0 && ms.end {
-                // The whole body is out: its end follows, with the trailers if HTTP/1.1 can
-                // carry them here.
-                let trailers = ms.trailers.take();
-                let scratch = &mut self.ctx.scratch;
-                scratch.clear();
-                let dropped = end_of_body(leg, trailers.as_ref(), scratch);
-                if dropped > 0 {
-                    let c = &self.ctx.shared.counters;
-                    c.trailers_dropped.fetch_add(dropped, Relaxed);
+            let (data, take) = match body.next() {
+                Next::Data(d, _) if leg.framing == ClientFraming::Bodiless => {
+                    // A body where HTTP/1.1 has none (HEAD, 204, 304): not relayed.
+                    let n = d.len();
+                    body.taken(n);
+                    continue;
                 }
-                if !scratch.is_empty() {
-                    append(&mut self.ctx.bufs, &mut ex.out, scratch);
+                Next::Data(d, _) => {
+                    if leg.framing == ClientFraming::Chunked && leg.chunk_left == 0 {
+                        let mut line = [0u8; 24];
+                        let n = chunk_line(leg.any_chunk, d.len(), &mut line);
+                        append(&mut self.ctx.bufs, &mut ex.out, &line[..n]);
+                        leg.chunk_left = d.len();
+                        leg.any_chunk = true;
+                    }
+                    let take = match leg.framing {
+                        ClientFraming::Chunked => leg.chunk_left,
+                        ClientFraming::Length | ClientFraming::Close => d.len(),
+                        ClientFraming::Unset | ClientFraming::Bodiless => 0,
+                    };
+                    (d, take)
                 }
-                leg.end_queued = true;
-                ex.resp = Resp::Done;
-                moved = true;
-            }
-            let take = match leg.framing {
-                ClientFraming::Chunked => leg.chunk_left,
-                ClientFraming::Length | ClientFraming::Close => data.len(),
-                ClientFraming::Unset | ClientFraming::Bodiless => 0,
+                Next::End(trailers) if !leg.end_queued && leg.framing != ClientFraming::Unset => {
+                    // The whole body is out: its end follows, with the trailers if HTTP/1.1
+                    // can carry them here.
+                    let scratch = &mut self.ctx.scratch;
+                    scratch.clear();
+                    let dropped = end_of_body(leg, trailers, scratch);
+                    if dropped > 0 {
+                        let c = &self.ctx.shared.counters;
+                        c.trailers_dropped.fetch_add(dropped, Relaxed);
+                    }
+                    body.finish();
+                    if !scratch.is_empty() {
+                        append(&mut self.ctx.bufs, &mut ex.out, scratch);
+                    }
+                    leg.end_queued = true;
+                    ex.resp = Resp::Done;
+                    moved = true;
+                    (&[][..], 0)
+                }
+                Next::Lost(_) => {
+                    lost = true;
+                    (&[][..], 0)
+                }
+                Next::End(_) | Next::Wait => (&[][..], 0),
             };
             let head: &[u8] = ex.out.as_ref().map_or(&[], |o| o.bytes());
             if head.is_empty() && take == 0 || !c.io.writable {
@@ -508,8 +521,7 @@ impl Proxy {
                         }
                     }
                     if n > 0 {
-                        ms.data.as_mut().expect("data").consume(n);
-                        m.conn.release(sid, n);
+                        body.taken(n);
                         if leg.framing == ClientFraming::Chunked {
                             leg.chunk_left -= n;
                         }
@@ -526,13 +538,11 @@ impl Proxy {
                 }
             }
         }
-        if ms.data.as_ref().is_some_and(|d| d.is_empty()) {
-            self.ctx.bufs.release(&mut ms.data);
-        }
-        let drained = ms.data.is_none();
+        let ms = &mut m.streams[k];
+        ms.release_drained(&mut self.ctx.bufs);
+        // Cut short mid-body: what arrived went out; the client sees the truncation.
         match ms.gone {
-            // Cut short mid-body: what arrived went out; the client sees the truncation.
-            Some(why) if drained && !ms.end && ex.out.is_none() => Turn::Failed(why.failure()),
+            Some(why) if lost && ex.out.is_none() => Turn::Failed(why.failure()),
             _ => Turn::Running(moved),
         }
     }

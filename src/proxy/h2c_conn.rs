@@ -2,7 +2,7 @@
 //! per stream (the response head, DATA not yet taken, trailers, why the stream is gone),
 //! and the settings corelb announces. `h2c_pool.rs` opens, drives and shares them.
 
-use crate::buffer::{Buf, BUF_SIZE};
+use crate::buffer::{Buf, BufPool, BUF_SIZE};
 use crate::h2::{self as codec, Connection, ErrorCode, Fields, StreamId};
 
 use super::decide::Failure;
@@ -83,6 +83,13 @@ impl MuxStream {
                 InboxHead::Replay(s)
             }
             _ => InboxHead::Head(head),
+        }
+    }
+
+    /// A drained DATA buffer goes back to the pool until more DATA comes.
+    pub fn release_drained(&mut self, bufs: &mut BufPool) {
+        if self.data.as_ref().is_some_and(|d| d.is_empty()) {
+            bufs.release(&mut self.data);
         }
     }
 

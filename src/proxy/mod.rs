@@ -38,6 +38,7 @@
 //! - the dispatch: this file (events, drive, deadlines, drain) and `membership`.
 
 // The model: no file here names `Proxy` (`PROXY_LAYERS` in tests/layers.rs orders them).
+mod back;
 mod conns;
 mod context;
 pub(crate) mod decide;

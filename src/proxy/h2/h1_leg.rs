@@ -15,6 +15,7 @@ use crate::h2::{Connection, ErrorCode};
 use crate::health::Outcome;
 use crate::http::{self, Body, BodyKind};
 
+use super::super::back::H1Body;
 use super::super::conns::{connect_result, upstream_token, Owner, Proxy, UpState};
 use super::super::context::Ctx;
 use super::super::decide::{self, Blame, Failure, PoolCheck};
@@ -26,6 +27,7 @@ use super::super::h2_session::{H2Session, OUT_HIGH};
 use super::super::h2_translate::{self as translate, UpstreamFraming};
 use super::super::io::{read_into, would_block, Io};
 use super::super::lifecycle::{self, Answer};
+use super::forward::{forward, To};
 use super::h2c_leg;
 
 /// A connecting upstream's state after an event.
@@ -641,7 +643,8 @@ impl Proxy {
         let io: Io = u.io;
         let pool = decide::may_pool(&PoolCheck {
             persistent,
-            keep: st.ex.keep,
+            // A response the client stopped taking was not read to its end.
+            keep: st.ex.keep && st.ex.resp == Resp::Done,
             request_done: st.req_sent,
             unread: io.readable || io.rdhup,
             draining: self.ctx.draining,
@@ -694,8 +697,8 @@ impl Proxy {
 }
 
 /// Response data to the client within the windows; the end of the stream (trailers from a
-/// chunked body, or an empty END_STREAM) once all is sent. True if anything was queued;
-/// trailer fields past the bound are added to `dropped`.
+/// chunked body, or an empty END_STREAM) once all is sent (`forward.rs`). True if anything
+/// was queued; trailer fields dropped are added to `dropped`.
 fn h2_send_response(s: &mut H2Session, i: usize, dropped: &mut u64) -> bool {
     let H2Session {
         conn,
@@ -704,47 +707,21 @@ fn h2_send_response(s: &mut H2Session, i: usize, dropped: &mut u64) -> bool {
         ..
     } = s;
     let st = &mut streams[i];
-    let ex = &mut st.ex;
     if !st.head_sent || st.end_sent {
         return false;
     }
-    let mut moved = false;
-    if ex.ready > 0 {
-        let buf = ex.resp_buf.as_mut().expect("response bytes");
-        let chunked = !st.resp_tail.is_empty();
-        let end = ex.resp == Resp::Done && !chunked;
-        match conn.send_data(st.id, &buf.bytes()[..ex.ready], end) {
-            Ok(n) if n > 0 => {
-                buf.consume(n);
-                ex.ready -= n;
-                ex.rec.response_bytes += n as u64;
-                moved = true;
-                if end && ex.ready == 0 {
-                    st.end_sent = true;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => {
-                // The client closed or reset the stream: nothing more to send.
-                ex.ready = 0;
-                st.end_sent = true;
-            }
-        }
-    }
-    if ex.resp == Resp::Done && ex.ready == 0 && !st.end_sent {
-        *dropped += translate::tail_trailers(&st.resp_tail, trailers);
-        if st.grpc {
-            st.grpc_status = grpc::status(trailers);
-        }
-        if trailers.is_empty() {
-            let _ = conn.send_data(st.id, &[], true);
-        } else {
-            // The same bound and count as every other path (http::MAX_SECTION_FIELDS).
-            let (_, n) = translate::with_pairs(trailers, &[], |p| conn.send_trailers(st.id, p));
-            *dropped += n;
-        }
-        st.end_sent = true;
-        moved = true;
-    }
-    moved
+    let to = To {
+        id: st.id,
+        grpc: st.grpc,
+        end_sent: &mut st.end_sent,
+        grpc_status: &mut st.grpc_status,
+    };
+    let f = forward(
+        conn,
+        to,
+        &mut H1Body::new(&mut st.ex, &st.resp_tail, trailers),
+    );
+    st.ex.rec.response_bytes += f.bytes;
+    *dropped += f.dropped;
+    f.moved
 }

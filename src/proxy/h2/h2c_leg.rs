@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::config::types::RetryOn;
 use crate::h2::ErrorCode;
 
+use super::super::back::{InboxBody, ResponseBody};
 use super::super::conns::Proxy;
 use super::super::context::Ctx;
 use super::super::decide::Failure;
@@ -22,6 +23,7 @@ use super::super::h2_session::{H2Session, OUT_HIGH};
 use super::super::h2_translate as translate;
 use super::super::h2c_conn::{Gone, InboxHead};
 use super::super::lifecycle;
+use super::forward::{forward, To};
 use super::hedge;
 
 /// What one step of the leg found.
@@ -305,60 +307,30 @@ impl Proxy {
                 return LegStep::Done;
             }
         }
-        if let Some(d) = ms.data.as_mut().filter(|d| !d.is_empty()) {
-            if conn.pending_output().len() < OUT_HIGH {
-                let last = ms.end && ms.trailers.is_none();
-                match conn.send_data(st.id, d.bytes(), last) {
-                    Ok(n) if n > 0 => {
-                        d.consume(n);
-                        m.conn.release(ms.sid, n);
-                        st.ex.rec.response_bytes += n as u64;
-                        moved = true;
-                        if last && d.is_empty() {
-                            st.end_sent = true;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        // The client reset the stream: nothing more goes to it.
-                        st.end_sent = true;
-                    }
-                }
-            }
-            // The client's window decides when more goes out.
-            st.ex.ready = d.len();
-        } else {
-            st.ex.ready = 0;
-        }
-        let drained = ms.data.as_ref().is_none_or(|d| d.is_empty());
-        if drained {
-            self.ctx.bufs.release(&mut ms.data);
-        }
-        if drained && ms.end && !st.end_sent {
-            match ms.trailers.take() {
-                Some(t) => {
-                    if st.grpc {
-                        st.grpc_status = grpc::status(&t);
-                    }
-                    let (_, dropped) =
-                        translate::with_pairs(&t, &[], |p| conn.send_trailers(st.id, p));
-                    self.ctx.count_trailers_dropped(dropped);
-                    m.conn.recycle(t);
-                }
-                None => {
-                    let _ = conn.send_data(st.id, &[], true);
-                }
-            }
-            st.end_sent = true;
-            moved = true;
-        }
+        let mut body = InboxBody {
+            conn: &mut m.conn,
+            ms,
+        };
+        let to = To {
+            id: st.id,
+            grpc: st.grpc,
+            end_sent: &mut st.end_sent,
+            grpc_status: &mut st.grpc_status,
+        };
+        let f = forward(conn, to, &mut body);
+        // The client's window decides when more goes out.
+        st.ex.ready = body.held();
+        st.ex.rec.response_bytes += f.bytes;
+        self.ctx.count_trailers_dropped(f.dropped);
+        let ms = &mut m.streams[k];
+        ms.release_drained(&mut self.ctx.bufs);
         if st.end_sent {
             st.ex.resp = Resp::Done;
             return LegStep::Done;
         }
         match ms.gone {
-            Some(why) if drained => LegStep::Failed(why),
-            _ => LegStep::Running(moved),
+            Some(why) if f.lost.is_some() => LegStep::Failed(why),
+            _ => LegStep::Running(moved || f.moved),
         }
     }
 

@@ -11,6 +11,7 @@
 //! - `h1_leg.rs`: one stream's HTTP/1.1 upstream leg, with backpressure both ways;
 //! - `h2c_leg.rs`: one stream's leg over a shared h2c upstream connection;
 //! - `hedge.rs`: a hedge racing an h2c leg on the same stream;
+//! - `forward.rs`: a stream's response body to the client, from either leg;
 //!
 //! The session's and its streams' state is `proxy/h2_session.rs`; gRPC's terms are
 //! `proxy/grpc.rs`; HTTP/2 fields to an HTTP/1.1 head and back, `proxy/h2_translate.rs`.
@@ -20,6 +21,7 @@
 //! its receive window one way and one read the other.
 
 mod deadline;
+mod forward;
 mod h1_leg;
 mod h2c_leg;
 mod hedge;
