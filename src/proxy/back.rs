@@ -9,13 +9,18 @@
 //!   reopens by what the client took.
 //!
 //! Heads are read by each kind's own reader (`h1_response.rs`, `MuxStream::take_head`).
+//!
+//! The request half: an h2c stream takes its body and trailers straight from the codec
+//! (`send_data`, `send_trailers`); an HTTP/1.1 server takes bytes, which [`H1Request`]
+//! frames for an HTTP/2 stream's body (an HTTP/1.1 client's body goes as the client framed
+//! it).
 
 use crate::buffer::Buf;
 use crate::h2::{Connection, Fields};
 
 use super::decide::Failure;
 use super::exchange::{Exchange, Resp};
-use super::h2_translate::tail_trailers;
+use super::h2_translate::{tail_trailers, trailer_lines, UpstreamFraming};
 use super::h2c_conn::MuxStream;
 
 /// What a back end's response body has next for the front end.
@@ -151,6 +156,134 @@ impl ResponseBody for InboxBody<'_> {
     }
 }
 
+/// An HTTP/2 stream's request as an HTTP/1.1 server takes it: the head, then the body in
+/// corelb's framing: as it is under a Content-Length (or in a WebSocket tunnel), or chunked
+/// (a chunk line before each run of data, then the last chunk with the client's trailers).
+/// [`H1Request::next`] says what to write, [`H1Request::wrote`] what a write took.
+pub(crate) struct H1Request {
+    pub framing: UpstreamFraming,
+    /// Chunked: the line before the next chunk's data (with the last chunk's CRLF).
+    pre: [u8; 24],
+    pre_len: u8,
+    pre_off: u8,
+    /// Chunked: data bytes of the current chunk still to write.
+    chunk_left: usize,
+    any_chunk: bool,
+    /// Chunked: the request trailer lines, then the whole end of the body once built.
+    tail: Vec<u8>,
+    tail_built: bool,
+    tail_off: usize,
+    /// Payload bytes the last `next` handed out.
+    pay: usize,
+}
+
+impl H1Request {
+    pub fn new(framing: UpstreamFraming) -> H1Request {
+        H1Request {
+            framing,
+            pre: [0; 24],
+            pre_len: 0,
+            pre_off: 0,
+            chunk_left: 0,
+            any_chunk: false,
+            tail: Vec::new(),
+            tail_built: false,
+            tail_off: 0,
+            pay: 0,
+        }
+    }
+
+    fn chunked(&self) -> bool {
+        self.framing == UpstreamFraming::Chunked
+    }
+
+    /// A new attempt writes the request from its start (an end of the body already built,
+    /// with the trailers, is kept for it).
+    pub fn restart(&mut self) {
+        self.pre_len = 0;
+        self.pre_off = 0;
+        self.chunk_left = 0;
+        self.any_chunk = false;
+        self.tail_off = 0;
+    }
+
+    /// The client's trailers: carried in the chunked trailer section, else dropped (HTTP/1.1
+    /// has nowhere else for them). Returns how many fields were dropped.
+    pub fn trailers(&mut self, fields: &Fields) -> u64 {
+        if self.chunked() && !self.tail_built {
+            trailer_lines(fields, &mut self.tail)
+        } else {
+            fields.regular().count() as u64
+        }
+    }
+
+    /// What to write next, in order: what is left of `head`, a chunk line, the body bytes
+    /// of `payload` that go now, and the end of a chunked body once the client `ended` its
+    /// request and all its data went. All empty: nothing to write now.
+    pub fn next<'a>(&'a mut self, head: &'a [u8], payload: &'a [u8], ended: bool) -> [&'a [u8]; 4] {
+        let chunked = self.chunked();
+        if chunked && self.chunk_left == 0 && self.pre_off == self.pre_len && !payload.is_empty() {
+            use std::io::Write;
+            let mut w = &mut self.pre[..];
+            let crlf: &[u8] = if self.any_chunk { b"\r\n" } else { b"" };
+            let _ = w.write_all(crlf);
+            let _ = write!(w, "{:x}\r\n", payload.len());
+            self.pre_len = (24 - w.len()) as u8;
+            self.pre_off = 0;
+            self.chunk_left = payload.len();
+            self.any_chunk = true;
+        }
+        let pre = &self.pre[self.pre_off as usize..self.pre_len as usize];
+        self.pay = if chunked {
+            self.chunk_left
+        } else {
+            payload.len()
+        };
+        let pay = &payload[..self.pay];
+        let body_left = !head.is_empty() || !pre.is_empty() || !pay.is_empty();
+        if !body_left && ended && chunked && !self.tail_built {
+            let mut end = Vec::with_capacity(7 + self.tail.len());
+            if self.any_chunk {
+                end.extend_from_slice(b"\r\n");
+            }
+            end.extend_from_slice(b"0\r\n");
+            end.extend_from_slice(&self.tail);
+            end.extend_from_slice(b"\r\n");
+            self.tail = end;
+            self.tail_built = true;
+        }
+        let tail: &[u8] = if body_left || !ended || !self.tail_built {
+            &[]
+        } else {
+            &self.tail[self.tail_off..]
+        };
+        [head, pre, pay, tail]
+    }
+
+    /// `n` bytes of what the last [`H1Request::next`] gave were written, `head` of them
+    /// the head's at most: returns how many were the head's and how many the payload's.
+    pub fn wrote(&mut self, mut n: usize, head: usize) -> (usize, usize) {
+        let h = n.min(head);
+        n -= h;
+        let pre = n.min((self.pre_len - self.pre_off) as usize);
+        self.pre_off += pre as u8;
+        n -= pre;
+        let pay = n.min(self.pay);
+        if self.chunked() {
+            self.chunk_left -= pay;
+        }
+        n -= pay;
+        self.tail_off += n;
+        (h, pay)
+    }
+
+    /// With nothing left to write, the whole request went: the client `ended` it, and a
+    /// chunked body's end was written.
+    pub fn done(&self, ended: bool) -> bool {
+        ended && (!self.chunked() || self.tail_built)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +412,70 @@ mod tests {
         assert!(matches!(body.next(), Next::Data(b"xy", false)));
         body.taken(2);
         assert!(matches!(body.next(), Next::Lost(Failure::Reset)));
+    }
+
+    /// Writes `head` and the body runs of `runs` (each given once the last went) through
+    /// `req`, at most `step` bytes per write, then the end: the bytes a server would read.
+    fn written(req: &mut H1Request, head: &[u8], runs: &[&[u8]], step: usize) -> Vec<u8> {
+        let (mut wire, mut head) = (Vec::new(), head);
+        for (i, run) in runs.iter().enumerate() {
+            let mut run: &[u8] = run;
+            let ended = i + 1 == runs.len();
+            loop {
+                let slices = req.next(head, run, ended);
+                if slices.iter().all(|s| s.is_empty()) {
+                    break;
+                }
+                let all = slices.concat();
+                let n = all.len().min(step);
+                wire.extend_from_slice(&all[..n]);
+                let (h, p) = req.wrote(n, head.len());
+                head = &head[h..];
+                run = &run[p..];
+            }
+        }
+        assert!(req.done(true), "the whole request went");
+        wire
+    }
+
+    #[test]
+    fn an_http1_request_is_framed_chunked_with_its_trailers_or_by_its_length() {
+        for step in [1, 4, 1000] {
+            let mut req = H1Request::new(UpstreamFraming::Chunked);
+            let t = Fields::of(&[("x-t", "1"), ("content-length", "9")]);
+            assert_eq!(req.trailers(&t), 1, "content-length is no trailer");
+            let wire = written(
+                &mut req,
+                b"POST / HTTP/1.1\r\n\r\n",
+                &[b"hello", b", w"],
+                step,
+            );
+            let want = "POST / HTTP/1.1\r\n\r\n5\r\nhello\r\n3\r\n, w\r\n0\r\nx-t: 1\r\n\r\n";
+            assert_eq!(
+                String::from_utf8_lossy(&wire),
+                want,
+                "{step} bytes per write"
+            );
+            // A retry writes it all again, the end with its trailers included.
+            req.restart();
+            let again = written(
+                &mut req,
+                b"POST / HTTP/1.1\r\n\r\n",
+                &[b"hello", b", w"],
+                step,
+            );
+            assert_eq!(again, wire);
+        }
+        let mut req = H1Request::new(UpstreamFraming::Length(8));
+        let t = Fields::of(&[("x-t", "1")]);
+        assert_eq!(req.trailers(&t), 1, "no trailer section under a length");
+        let wire = written(&mut req, b"H\r\n\r\n", &[b"hello", b", w"], 3);
+        assert_eq!(wire, b"H\r\n\r\nhello, w");
+        let mut empty = H1Request::new(UpstreamFraming::Chunked);
+        let wire = written(&mut empty, b"H\r\n\r\n", &[b""], 100);
+        assert_eq!(
+            wire, b"H\r\n\r\n0\r\n\r\n",
+            "an empty chunked body is its last chunk"
+        );
     }
 }

@@ -44,7 +44,7 @@ use super::h1_h2c_translate::{
 };
 use super::h2_translate::trailer_lines;
 use super::h2c_conn::{InboxHead, MuxStream};
-use super::io::{read_into, would_block, write2};
+use super::io::{read_into, would_block, write_out};
 use super::lifecycle;
 
 /// The interim answer to `Expect: 100-continue`.
@@ -504,26 +504,18 @@ impl Proxy {
                 }
                 Next::End(_) | Next::Wait => (&[][..], 0),
             };
-            let head: &[u8] = ex.out.as_ref().map_or(&[], |o| o.bytes());
-            if head.is_empty() && take == 0 || !c.io.writable {
+            if ex.out.is_none() && take == 0 || !c.io.writable {
                 break;
             }
-            match write2(&mut c.sock, head, &data[..take], &mut c.io) {
-                Ok(mut n) => {
+            let bufs = &mut self.ctx.bufs;
+            match write_out(&mut c.sock, &mut ex.out, bufs, &data[..take], &mut c.io) {
+                Ok((n, of_data)) => {
                     moved = true;
                     ex.rec.response_bytes += n as u64;
-                    if let Some(o) = ex.out.as_mut() {
-                        let k = n.min(o.len());
-                        o.consume(k);
-                        n -= k;
-                        if o.is_empty() {
-                            self.ctx.bufs.release(&mut ex.out);
-                        }
-                    }
-                    if n > 0 {
-                        body.taken(n);
+                    if of_data > 0 {
+                        body.taken(of_data);
                         if leg.framing == ClientFraming::Chunked {
-                            leg.chunk_left -= n;
+                            leg.chunk_left -= of_data;
                         }
                     }
                 }

@@ -9,6 +9,7 @@ use crate::balancer::Lease;
 use crate::buffer::{Buf, BUF_SIZE};
 use crate::h2::{self as codec, Connection, ErrorCode, Fields, PREFACE};
 
+use super::back::H1Request;
 use super::context::Ctx;
 use super::exchange::{Exchange, Resp};
 use super::h2_translate::{self as translate, UpstreamFraming};
@@ -124,7 +125,8 @@ pub(super) struct H2Stream {
     pub(super) websocket: Option<[u8; 24]>,
     pub id: u32,
     pub ex: Box<Exchange>,
-    pub(super) framing: UpstreamFraming,
+    /// The request as an HTTP/1.1 server takes it: head, then the body framed.
+    pub(super) h1: H1Request,
     /// Request payload received from the client and not yet written upstream.
     pub(super) body: Option<Buf>,
     /// Bytes of `body` not yet released to the codec (they count against the windows).
@@ -135,17 +137,6 @@ pub(super) struct H2Stream {
     pub(super) req_sent: bool,
     /// No more request bytes go upstream (it failed to take them mid-response).
     pub(super) req_closed: bool,
-    /// Chunked: the line before the next chunk's data (with the last chunk's CRLF).
-    pub(super) pre: [u8; 24],
-    pub(super) pre_len: u8,
-    pub(super) pre_off: u8,
-    /// Chunked: data bytes of the current chunk still to write.
-    pub(super) chunk_left: usize,
-    pub(super) any_chunk: bool,
-    /// Chunked: the request trailer lines, then the whole end of the body once built.
-    pub(super) tail: Vec<u8>,
-    pub(super) tail_built: bool,
-    pub(super) tail_off: usize,
     /// A chunked response's bytes after its last data (the trailer section).
     pub(super) resp_tail: Vec<u8>,
     pub(super) head_sent: bool,
@@ -231,20 +222,12 @@ impl H2Stream {
             id,
             ex,
             websocket: None,
-            framing,
+            h1: H1Request::new(framing),
             body: None,
             unreleased: 0,
             req_end: end,
             req_sent: false,
             req_closed: false,
-            pre: [0; 24],
-            pre_len: 0,
-            pre_off: 0,
-            chunk_left: 0,
-            any_chunk: false,
-            tail: Vec::new(),
-            tail_built: false,
-            tail_off: 0,
             resp_tail: Vec::new(),
             head_sent: false,
             end_sent: false,
@@ -322,12 +305,7 @@ impl H2Stream {
             self.req_trailers = Some(fields);
             return 0;
         }
-        let fields = &fields;
-        if self.framing == UpstreamFraming::Chunked && !self.tail_built {
-            translate::trailer_lines(fields, &mut self.tail)
-        } else {
-            fields.regular().count() as u64
-        }
+        self.h1.trailers(&fields)
     }
 
     /// Waiting on the client: for request body, or for window to send response data.
@@ -366,11 +344,7 @@ impl H2Stream {
         self.up_end = false;
         self.sent = self.base;
         self.req_sent = false;
-        self.pre_len = 0;
-        self.pre_off = 0;
-        self.chunk_left = 0;
-        self.any_chunk = false;
-        self.tail_off = 0;
+        self.h1.restart();
         self.resp_tail.clear();
         self.up_armed = true;
     }

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use crate::buffer::Buf;
+use crate::buffer::{Buf, BufPool};
 use crate::transport::Transport;
 
 /// Recorded readiness of one socket.
@@ -86,4 +86,29 @@ pub(crate) fn write2(sock: &mut Transport, a: &[u8], b: &[u8], io: &mut Io) -> i
             Err(e)
         }
     }
+}
+
+/// Writes the bytes queued in `out` for a client (a head, a chunk line, a body's end) and
+/// then `data`, with one `writev`; what went of `out` is taken off it (its buffer back to
+/// `bufs` once empty). Returns the bytes written, and how many of them were `data`'s.
+#[inline]
+pub(crate) fn write_out(
+    sock: &mut Transport,
+    out: &mut Option<Buf>,
+    bufs: &mut BufPool,
+    data: &[u8],
+    io: &mut Io,
+) -> io::Result<(usize, usize)> {
+    let head: &[u8] = out.as_ref().map_or(&[], |o| o.bytes());
+    let n = write2(sock, head, data, io)?;
+    let mut rest = n;
+    if let Some(o) = out.as_mut() {
+        let k = rest.min(o.len());
+        o.consume(k);
+        rest -= k;
+        if o.is_empty() {
+            bufs.release(out);
+        }
+    }
+    Ok((n, rest))
 }

@@ -12,7 +12,7 @@ use super::decide::Blame;
 use super::decide::{self, Failure};
 use super::exchange::{Req, Resp};
 use super::h1_response::{self, Kind, Unframe};
-use super::io::{read_into, would_block, write2};
+use super::io::{read_into, would_block, write2, write_out};
 use super::lifecycle;
 
 impl Proxy {
@@ -235,22 +235,13 @@ impl Proxy {
         if !ex.pending_out() || !c.io.writable {
             return Flow::Idle;
         }
-        let head: &[u8] = ex.out.as_ref().map_or(&[], |h| h.bytes());
         let body: &[u8] = ex.resp_buf.as_ref().map_or(&[], |b| &b.bytes()[..ex.ready]);
-        match write2(c.sock, head, body, c.io) {
-            Ok(mut n) => {
+        match write_out(c.sock, &mut ex.out, &mut self.ctx.bufs, body, c.io) {
+            Ok((n, of_body)) => {
                 ex.rec.response_bytes += n as u64;
-                if let Some(h) = ex.out.as_mut() {
-                    let k = n.min(h.len());
-                    h.consume(k);
-                    n -= k;
-                    if h.is_empty() {
-                        self.ctx.bufs.release(&mut ex.out);
-                    }
-                }
-                if n > 0 {
-                    ex.resp_buf.as_mut().expect("body bytes").consume(n);
-                    ex.ready -= n;
+                if of_body > 0 {
+                    ex.resp_buf.as_mut().expect("body bytes").consume(of_body);
+                    ex.ready -= of_body;
                 }
                 Flow::Moved
             }

@@ -4,11 +4,10 @@
 //! within the send windows and trailers; failures retried by `decide::replay`'s rules,
 //! answered 502/504 before the response head, or RST_STREAM(INTERNAL_ERROR) after it.
 
-use std::io::{IoSlice, Write};
+use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::balancer::Lease;
-use crate::buffer::Buf;
 use crate::config::{Protocol, UpstreamMode};
 use crate::debug;
 use crate::h2::{Connection, ErrorCode};
@@ -117,7 +116,7 @@ impl Proxy {
         let key = st.websocket.as_ref().map(|k| &k[..]);
         if let Ok(head) = translate::request_head(&st.fields, st.req_end, from, close, key, scratch)
         {
-            st.framing = head.framing;
+            st.h1.framing = head.framing;
         }
         let buf = st.ex.head.get_or_insert_with(|| self.ctx.bufs.get());
         buf.clear();
@@ -273,61 +272,27 @@ impl Proxy {
         if st.req_sent || st.req_closed || !u.io.writable {
             return Ok(false);
         }
-        let chunked = st.framing == UpstreamFraming::Chunked;
-        let payload = st.body.as_ref().map_or(0, Buf::len);
-        if chunked && st.chunk_left == 0 && st.pre_off == st.pre_len && payload > 0 {
-            let mut w = &mut st.pre[..];
-            let crlf: &[u8] = if st.any_chunk { b"\r\n" } else { b"" };
-            let _ = w.write_all(crlf);
-            let _ = write!(w, "{payload:x}\r\n");
-            st.pre_len = (24 - w.len()) as u8;
-            st.pre_off = 0;
-            st.chunk_left = payload;
-            st.any_chunk = true;
-        }
         let head: &[u8] = st
             .ex
             .head
             .as_ref()
             .map_or(&[], |h| &h.bytes()[st.ex.head_off..]);
-        let pre = &st.pre[st.pre_off as usize..st.pre_len as usize];
-        let take = if chunked { st.chunk_left } else { payload };
-        let pay: &[u8] = st.body.as_ref().map_or(&[], |b| &b.bytes()[..take]);
-        let body_left = !head.is_empty() || !pre.is_empty() || !pay.is_empty();
-        if !body_left && st.req_end && chunked && !st.tail_built {
-            let mut end = Vec::with_capacity(7 + st.tail.len());
-            if st.any_chunk {
-                end.extend_from_slice(b"\r\n");
-            }
-            end.extend_from_slice(b"0\r\n");
-            end.extend_from_slice(&st.tail);
-            end.extend_from_slice(b"\r\n");
-            st.tail = end;
-            st.tail_built = true;
-        }
-        let tail: &[u8] = if body_left || !st.tail_built {
-            &[]
-        } else {
-            &st.tail[st.tail_off..]
-        };
-        if head.is_empty() && pre.is_empty() && pay.is_empty() && tail.is_empty() {
-            if st.req_end && (!chunked || st.tail_built) {
+        let payload: &[u8] = st.body.as_ref().map_or(&[], |b| b.bytes());
+        let hl = head.len();
+        let slices = st.h1.next(head, payload, st.req_end);
+        if slices.iter().all(|s| s.is_empty()) {
+            if st.h1.done(st.req_end) {
                 st.req_sent = true;
-                if st.framing == UpstreamFraming::Raw {
+                if st.h1.framing == UpstreamFraming::Raw {
                     // The client ended its side of the WebSocket tunnel: so does corelb.
                     u.sock.shutdown_write();
                 }
             }
             return Ok(false);
         }
-        let total = head.len() + pre.len() + pay.len() + tail.len();
-        let r = u.sock.write_vectored(&[
-            IoSlice::new(head),
-            IoSlice::new(pre),
-            IoSlice::new(pay),
-            IoSlice::new(tail),
-        ]);
-        let mut n = match r {
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let r = u.sock.write_vectored(&slices.map(IoSlice::new));
+        let n = match r {
             Ok(n) => n,
             Err(e) if would_block(&e) => {
                 u.io.writable = false;
@@ -338,20 +303,14 @@ impl Proxy {
         if n < total {
             u.io.writable = false;
         }
-        let (hl, pl, yl) = (head.len(), pre.len(), pay.len());
-        let k = n.min(hl);
-        st.ex.head_off += k;
-        if k > 0 && k == hl {
+        let (head_n, k) = st.h1.wrote(n, hl);
+        st.ex.head_off += head_n;
+        if head_n > 0 && head_n == hl {
             // Sent whole: the buffer goes back to the pool (a slow response would hold it);
             // a retry builds the head again from the stream's fields.
             self.ctx.bufs.release(&mut st.ex.head);
             st.ex.head_off = 0;
         }
-        n -= k;
-        let k = n.min(pl);
-        st.pre_off += k as u8;
-        n -= k;
-        let k = n.min(yl);
         if k > 0 {
             let body = st.body.as_mut().expect("payload");
             // Kept for a replay while a retry policy covers the stream and they fit.
@@ -367,9 +326,6 @@ impl Proxy {
                 c.replay_overflows.fetch_add(1, Relaxed);
             }
             body.consume(k);
-            if chunked {
-                st.chunk_left -= k;
-            }
             // Released to the client's codec unless an earlier attempt already did
             // (offsets from the body's first byte, as the h2c leg keeps them).
             st.base += k as u64;
@@ -382,8 +338,6 @@ impl Proxy {
             st.ex.body_sent += k as u64;
             st.ex.rec.request_bytes += k as u64;
         }
-        n -= k;
-        st.tail_off += n;
         Ok(true)
     }
 
