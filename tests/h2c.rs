@@ -216,6 +216,38 @@ fn response_trailers_and_request_bodies_pass_through() {
     );
 }
 
+/// Regression: a refused stream's replay went without the request trailers, which the
+/// first attempt had already sent (and let go). They are now kept, as the body is, until
+/// the response head comes.
+#[test]
+fn a_refused_stream_is_replayed_with_its_request_trailers() {
+    let a = h2c("A", "fast", &["--refuse-rate", "1"]);
+    let b = h2c("B", "fast", &[]);
+    let p = proxy(&[&a, &b], &["--retry-budget", "100"]);
+    let mut client = H2::connect(p.addr);
+    for i in 0..10 {
+        let id = client.request("POST", "/echo", &[("te", "trailers")], false);
+        client.data(id, b"hello", false);
+        let sum = format!("{i}");
+        client
+            .conn
+            .send_trailers(id, &[(&b"x-sum"[..], sum.as_bytes())])
+            .unwrap();
+        client.flush();
+        let g = client.wait(id, Duration::from_secs(10));
+        assert_eq!(g.status, 200, "{g:?}");
+        assert_eq!(header(&g, "x-backend"), Some("B"));
+        assert_eq!(g.body, b"hello");
+        assert!(
+            g.trailers.iter().any(|(n, v)| n == "x-sum" && *v == sum),
+            "request {i}: {:?}",
+            g.trailers
+        );
+    }
+    let v = stats(&p);
+    assert!(v["totals"]["retries"].as_u64().unwrap() >= 1, "{v}");
+}
+
 /// Regression: an HTTP/2 client's own Via was dropped on the way to an HTTP/1.1 server,
 /// while the three other protocol pairs kept it. Every pair now forwards the client's Via
 /// and X-Forwarded-For, each extended with corelb's hop, whatever the two sides speak.

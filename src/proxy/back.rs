@@ -169,12 +169,14 @@ pub(crate) struct H1Request {
     /// Chunked: data bytes of the current chunk still to write.
     chunk_left: usize,
     any_chunk: bool,
-    /// Chunked: the request trailer lines, then the whole end of the body once built.
+    /// Chunked: the end of the body (last chunk, trailer section), once built.
     tail: Vec<u8>,
     tail_built: bool,
     tail_off: usize,
     /// Payload bytes the last `next` handed out.
     pay: usize,
+    /// Trailer fields left out of the end (see `take_dropped`).
+    dropped: u64,
 }
 
 impl H1Request {
@@ -190,6 +192,7 @@ impl H1Request {
             tail_built: false,
             tail_off: 0,
             pay: 0,
+            dropped: 0,
         }
     }
 
@@ -207,20 +210,23 @@ impl H1Request {
         self.tail_off = 0;
     }
 
-    /// The client's trailers: carried in the chunked trailer section, else dropped (HTTP/1.1
-    /// has nowhere else for them). Returns how many fields were dropped.
-    pub fn trailers(&mut self, fields: &Fields) -> u64 {
-        if self.chunked() && !self.tail_built {
-            trailer_lines(fields, &mut self.tail)
-        } else {
-            fields.regular().count() as u64
-        }
+    /// Trailer fields left out of the end of the body (HTTP/1.1 cannot carry them), once
+    /// it was worked out; counted once, however many attempts write it.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 
     /// What to write next, in order: what is left of `head`, a chunk line, the body bytes
-    /// of `payload` that go now, and the end of a chunked body once the client `ended` its
-    /// request and all its data went. All empty: nothing to write now.
-    pub fn next<'a>(&'a mut self, head: &'a [u8], payload: &'a [u8], ended: bool) -> [&'a [u8]; 4] {
+    /// of `payload` that go now, and the end of a chunked body, with the client's
+    /// `trailers`, once the client `ended` its request and all its data went. All empty:
+    /// nothing to write now.
+    pub fn next<'a>(
+        &'a mut self,
+        head: &'a [u8],
+        payload: &'a [u8],
+        ended: bool,
+        trailers: Option<&Fields>,
+    ) -> [&'a [u8]; 4] {
         let chunked = self.chunked();
         if chunked && self.chunk_left == 0 && self.pre_off == self.pre_len && !payload.is_empty() {
             use std::io::Write;
@@ -241,16 +247,22 @@ impl H1Request {
         };
         let pay = &payload[..self.pay];
         let body_left = !head.is_empty() || !pre.is_empty() || !pay.is_empty();
-        if !body_left && ended && chunked && !self.tail_built {
-            let mut end = Vec::with_capacity(7 + self.tail.len());
-            if self.any_chunk {
-                end.extend_from_slice(b"\r\n");
-            }
-            end.extend_from_slice(b"0\r\n");
-            end.extend_from_slice(&self.tail);
-            end.extend_from_slice(b"\r\n");
-            self.tail = end;
+        if !body_left && ended && !self.tail_built {
+            // The end of the body, worked out once: a retry writes the same.
             self.tail_built = true;
+            if chunked {
+                let end = &mut self.tail;
+                end.clear();
+                if self.any_chunk {
+                    end.extend_from_slice(b"\r\n");
+                }
+                end.extend_from_slice(b"0\r\n");
+                self.dropped = trailers.map_or(0, |t| trailer_lines(t, end));
+                end.extend_from_slice(b"\r\n");
+            } else {
+                // HTTP/1.1 carries trailers only in a chunked body.
+                self.dropped = trailers.map_or(0, |t| t.regular().count() as u64);
+            }
         }
         let tail: &[u8] = if body_left || !ended || !self.tail_built {
             &[]
@@ -277,10 +289,10 @@ impl H1Request {
         (h, pay)
     }
 
-    /// With nothing left to write, the whole request went: the client `ended` it, and a
-    /// chunked body's end was written.
+    /// With nothing left to write, the whole request went: the client `ended` it, and the
+    /// body's end was written.
     pub fn done(&self, ended: bool) -> bool {
-        ended && (!self.chunked() || self.tail_built)
+        ended && self.tail_built
     }
 }
 
@@ -416,13 +428,19 @@ mod tests {
 
     /// Writes `head` and the body runs of `runs` (each given once the last went) through
     /// `req`, at most `step` bytes per write, then the end: the bytes a server would read.
-    fn written(req: &mut H1Request, head: &[u8], runs: &[&[u8]], step: usize) -> Vec<u8> {
+    fn written(
+        req: &mut H1Request,
+        head: &[u8],
+        runs: &[&[u8]],
+        trailers: Option<&Fields>,
+        step: usize,
+    ) -> Vec<u8> {
         let (mut wire, mut head) = (Vec::new(), head);
         for (i, run) in runs.iter().enumerate() {
             let mut run: &[u8] = run;
             let ended = i + 1 == runs.len();
             loop {
-                let slices = req.next(head, run, ended);
+                let slices = req.next(head, run, ended, trailers);
                 if slices.iter().all(|s| s.is_empty()) {
                     break;
                 }
@@ -443,36 +461,29 @@ mod tests {
         for step in [1, 4, 1000] {
             let mut req = H1Request::new(UpstreamFraming::Chunked);
             let t = Fields::of(&[("x-t", "1"), ("content-length", "9")]);
-            assert_eq!(req.trailers(&t), 1, "content-length is no trailer");
-            let wire = written(
-                &mut req,
-                b"POST / HTTP/1.1\r\n\r\n",
-                &[b"hello", b", w"],
-                step,
-            );
+            let head = b"POST / HTTP/1.1\r\n\r\n";
+            let wire = written(&mut req, head, &[b"hello", b", w"], Some(&t), step);
             let want = "POST / HTTP/1.1\r\n\r\n5\r\nhello\r\n3\r\n, w\r\n0\r\nx-t: 1\r\n\r\n";
             assert_eq!(
                 String::from_utf8_lossy(&wire),
                 want,
                 "{step} bytes per write"
             );
-            // A retry writes it all again, the end with its trailers included.
+            assert_eq!(req.take_dropped(), 1, "content-length is no trailer");
+            // A retry writes it all again, the end with its trailers included; the field
+            // left out is counted once.
             req.restart();
-            let again = written(
-                &mut req,
-                b"POST / HTTP/1.1\r\n\r\n",
-                &[b"hello", b", w"],
-                step,
-            );
+            let again = written(&mut req, head, &[b"hello", b", w"], Some(&t), step);
             assert_eq!(again, wire);
+            assert_eq!(req.take_dropped(), 0);
         }
         let mut req = H1Request::new(UpstreamFraming::Length(8));
         let t = Fields::of(&[("x-t", "1")]);
-        assert_eq!(req.trailers(&t), 1, "no trailer section under a length");
-        let wire = written(&mut req, b"H\r\n\r\n", &[b"hello", b", w"], 3);
+        let wire = written(&mut req, b"H\r\n\r\n", &[b"hello", b", w"], Some(&t), 3);
         assert_eq!(wire, b"H\r\n\r\nhello, w");
+        assert_eq!(req.take_dropped(), 1, "no trailer section under a length");
         let mut empty = H1Request::new(UpstreamFraming::Chunked);
-        let wire = written(&mut empty, b"H\r\n\r\n", &[b""], 100);
+        let wire = written(&mut empty, b"H\r\n\r\n", &[b""], None, 100);
         assert_eq!(
             wire, b"H\r\n\r\n0\r\n\r\n",
             "an empty chunked body is its last chunk"

@@ -154,7 +154,7 @@ pub(super) struct H2Stream {
     /// h2c leg: the stream was opened upstream (HEADERS sent), and END_STREAM sent.
     pub(super) opened: bool,
     pub(super) up_end: bool,
-    /// h2c leg: request trailers to send upstream.
+    /// The client's request trailers, sent by every attempt.
     pub(super) req_trailers: Option<Fields>,
     /// Request body offsets from its first byte: of `body`'s first byte, sent in this
     /// attempt (h2c leg), and released to the client's codec (counting against its
@@ -295,17 +295,13 @@ impl H2Stream {
         self.req_end |= end;
     }
 
-    /// Request trailers: carried in the chunked trailer section, else dropped. Returns
-    /// the fields dropped.
-    pub fn take_trailers(&mut self, fields: Fields) -> u64 {
+    /// Request trailers: kept until the response head, as the body is, so that every
+    /// attempt sends them (as HTTP/2 trailers, or in a chunked body's trailer section).
+    pub fn take_trailers(&mut self, fields: Fields) {
         self.req_end = true;
         // Sent once: a hedge could not carry them too.
         self.ex.hedgeable = false;
-        if self.mux {
-            self.req_trailers = Some(fields);
-            return 0;
-        }
-        self.h1.trailers(&fields)
+        self.req_trailers = Some(fields);
     }
 
     /// Waiting on the client: for request body, or for window to send response data.
@@ -353,6 +349,9 @@ impl H2Stream {
     /// and its request head to the session's codec (decoded into again).
     pub fn recycle(mut self, ctx: &mut Ctx, conn: &mut Connection) {
         conn.recycle(std::mem::take(&mut self.fields));
+        if let Some(t) = self.req_trailers.take() {
+            conn.recycle(t);
+        }
         ctx.bufs.release(&mut self.body);
         ctx.recycle(self.ex);
     }

@@ -279,8 +279,11 @@ impl Proxy {
             .map_or(&[], |h| &h.bytes()[st.ex.head_off..]);
         let payload: &[u8] = st.body.as_ref().map_or(&[], |b| b.bytes());
         let hl = head.len();
-        let slices = st.h1.next(head, payload, st.req_end);
+        let slices = st
+            .h1
+            .next(head, payload, st.req_end, st.req_trailers.as_ref());
         if slices.iter().all(|s| s.is_empty()) {
+            self.ctx.count_trailers_dropped(st.h1.take_dropped());
             if st.h1.done(st.req_end) {
                 st.req_sent = true;
                 if st.h1.framing == UpstreamFraming::Raw {
@@ -304,6 +307,7 @@ impl Proxy {
             u.io.writable = false;
         }
         let (head_n, k) = st.h1.wrote(n, hl);
+        self.ctx.count_trailers_dropped(st.h1.take_dropped());
         st.ex.head_off += head_n;
         if head_n > 0 && head_n == hl {
             // Sent whole: the buffer goes back to the pool (a slow response would hold it);
@@ -570,8 +574,6 @@ impl Proxy {
             // The retry policy's backoff: attached again once it is over (h2_attach_pending).
             st.backoff_at = self.ctx.now + wait;
             st.deadline = 0;
-            // What arrives meanwhile (trailers) is kept in the form the next server takes.
-            st.mux = self.ctx.shared.balancer.backend(next.backend()).protocol == Protocol::H2c;
             st.pending = Some(next);
             return Some(true);
         }

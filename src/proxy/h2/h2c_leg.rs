@@ -208,12 +208,9 @@ impl Proxy {
             .as_ref()
             .is_none_or(|b| b.len() as u64 == st.sent - st.base);
         if st.req_end && all_sent && !st.up_end {
-            let (r, dropped) = match st.req_trailers.take() {
-                Some(t) => {
-                    let sent = translate::with_pairs(&t, &[], |p| m.conn.send_trailers(sid, p));
-                    conn.recycle(t);
-                    sent
-                }
+            // The trailers stay with the stream: a replay sends them again.
+            let (r, dropped) = match st.req_trailers.as_ref() {
+                Some(t) => translate::with_pairs(t, &[], |p| m.conn.send_trailers(sid, p)),
                 None => (m.conn.send_data(sid, &[], true).map(|_| ()), 0),
             };
             self.ctx.count_trailers_dropped(dropped);

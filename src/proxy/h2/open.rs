@@ -4,8 +4,6 @@
 //! right behind its HEADERS opens no backend connection); a retry backing off is attached
 //! when its time comes.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use crate::access_log::Record;
 use crate::debug;
 use crate::h2::{ErrorCode, Event, Fields};
@@ -53,15 +51,7 @@ impl Proxy {
                 Event::Trailers { stream, fields } => {
                     if let Some(i) = s.stream(stream) {
                         s.streams[i].due = true;
-                        let dropped = s.streams[i].take_trailers(fields);
-                        if dropped > 0 {
-                            let c = &self.ctx.shared.counters;
-                            c.trailers_dropped.fetch_add(dropped, Relaxed);
-                            debug!(
-                                "worker {}: {dropped} request trailer fields dropped",
-                                self.ctx.id
-                            );
-                        }
+                        s.streams[i].take_trailers(fields);
                     }
                 }
                 Event::Reset { stream, code, .. } => {
