@@ -590,6 +590,34 @@ fn a_retry_policy_replays_a_dropped_post_with_its_body() {
     assert!(dropped >= 2, "C saw {dropped}");
     assert_eq!(echo.requests(), 4, "each POST reached the echo server once");
     assert_eq!(stat(&p, "policy_retries"), dropped);
+    assert_eq!(stat(&p, "replay_overflows"), 0);
+}
+
+/// An HTTP/2 stream keeps what it sent for a replay in its own body, whichever server kind
+/// takes it, within the same replay buffer as an HTTP/1.1 client's: a body that outgrows
+/// it is counted and not replayed (a 502 where C dropped it); one that fits is.
+#[test]
+fn an_http2_post_outgrowing_the_replay_buffer_is_counted_and_not_replayed() {
+    let policy = r#", "retryPolicy": {"retryOn": ["reset"], "methods": ["POST"],
+                     "replayBufferBytes": 1024}"#;
+    let (closer, echo, p) = closer_and_echo(policy);
+    let mut client = common::h2client::H2::connect(p.addr);
+    let big = vec![b'x'; 20_000];
+    let statuses: Vec<u16> = (0..4).map(|_| h2_post_echo(&mut client, &big).0).collect();
+    let dropped = closer.requests.load(SeqCst) as u64;
+    assert!(dropped >= 1, "{statuses:?}");
+    let failed = statuses.iter().filter(|&&s| s == 502).count() as u64;
+    assert_eq!(failed, dropped, "{statuses:?}");
+    // Every POST C dropped had outgrown the buffer (E may answer before it does).
+    let overflows = stat(&p, "replay_overflows");
+    assert!(overflows >= dropped, "{overflows} < {dropped}");
+    assert_eq!(stat(&p, "policy_retries"), 0);
+    let small = vec![b'y'; 500];
+    for _ in 0..4 {
+        assert_echoed_whole(&mut client, &small);
+    }
+    assert_eq!(stat(&p, "replay_overflows"), overflows, "a small body fits");
+    assert!(echo.requests() >= 4);
 }
 
 /// `U` answers every request 503 (`--error-rate 1 --error-status 503`), `G` answers it;

@@ -157,13 +157,15 @@ pub(super) struct H2Stream {
     /// The client's request trailers, sent by every attempt.
     pub(super) req_trailers: Option<Fields>,
     /// Request body offsets from its first byte: of `body`'s first byte, sent in this
-    /// attempt (h2c leg), and released to the client's codec (counting against its
-    /// windows). An HTTP/1.1 leg moves `base` as it sends; both legs release only past
-    /// `released`, so bytes a replay sends again are never released twice.
+    /// attempt, and released to the client's codec (counting against its windows). Bytes
+    /// are released only past `released`, so those a replay sends again are never released
+    /// twice.
     pub(super) base: u64,
     pub(super) sent: u64,
     pub(super) released: u64,
-    /// h2c leg: every body byte sent is still in `body`, so a replay can send it again.
+    /// Every body byte sent is still in `body`, so a replay can send it again: the
+    /// stream's replay buffer is its body, whichever kind of server takes it
+    /// ([`H2Stream::body_went`]).
     pub(super) replayable: bool,
     /// Worker-clock ms: the backend must have moved by then (h2c leg; 0: not waiting).
     pub deadline: u64,
@@ -304,6 +306,53 @@ impl H2Stream {
         self.req_trailers = Some(fields);
     }
 
+    /// Request body bytes this attempt has not sent yet (those kept for a replay before
+    /// them).
+    pub(super) fn unsent(&self) -> &[u8] {
+        let from = (self.sent - self.base) as usize;
+        self.body.as_ref().map_or(&[], |b| &b.bytes()[from..])
+    }
+
+    /// `n` more request body bytes went upstream: released to the client's codec (once,
+    /// however many attempts send them), and kept in `body` for a replay while `keep` (a
+    /// retry policy covers the stream, or its server kind replays refused streams) and
+    /// the bytes kept fit in `max`; else let go, and the stream can no longer be replayed.
+    /// True if they outgrew `max` just now.
+    pub(super) fn body_went(
+        &mut self,
+        n: usize,
+        keep: bool,
+        max: usize,
+        conn: &mut Connection,
+    ) -> bool {
+        self.sent += n as u64;
+        self.ex.rec.request_bytes += n as u64;
+        if self.sent > self.released {
+            let fresh = (self.sent - self.released) as usize;
+            conn.release(self.id, fresh);
+            self.unreleased -= fresh;
+            self.released = self.sent;
+        }
+        let over = self.sent - self.base > max as u64;
+        let outgrew = self.replayable && keep && over;
+        if !self.replayable || !keep || over {
+            self.let_go_of_body();
+        }
+        outgrew
+    }
+
+    /// The stream will not be replayed (a response is under way, or its body could not be
+    /// kept): the body bytes already sent go.
+    pub(super) fn let_go_of_body(&mut self) {
+        if let Some(b) = self.body.as_mut() {
+            b.consume((self.sent - self.base) as usize);
+        }
+        self.base = self.sent;
+        self.replayable = false;
+        // What this attempt sent can no longer be sent again.
+        self.ex.body_sent = self.sent;
+    }
+
     /// Waiting on the client: for request body, or for window to send response data.
     pub fn waits_on_client(&self, conn: &Connection) -> bool {
         self.waits_for_body() || self.waits_for_window(conn)
@@ -311,7 +360,7 @@ impl H2Stream {
 
     /// The request body must come from the client before the backend can answer.
     pub fn waits_for_body(&self) -> bool {
-        let body_wait = self.wants_body() && self.body.as_ref().is_none_or(Buf::is_empty);
+        let body_wait = self.wants_body() && self.unsent().is_empty();
         body_wait && self.ex.resp == Resp::Head
     }
 

@@ -277,7 +277,8 @@ impl Proxy {
             .head
             .as_ref()
             .map_or(&[], |h| &h.bytes()[st.ex.head_off..]);
-        let payload: &[u8] = st.body.as_ref().map_or(&[], |b| b.bytes());
+        let from = (st.sent - st.base) as usize;
+        let payload: &[u8] = st.body.as_ref().map_or(&[], |b| &b.bytes()[from..]);
         let hl = head.len();
         let slices = st
             .h1
@@ -316,31 +317,13 @@ impl Proxy {
             st.ex.head_off = 0;
         }
         if k > 0 {
-            let body = st.body.as_mut().expect("payload");
             // Kept for a replay while a retry policy covers the stream and they fit.
-            let (keep, max) = (
-                !st.ex.retry_on.is_empty(),
-                self.ctx.shared.cfg.retry.replay_max(),
-            );
-            if st
-                .ex
-                .keep_for_replay(&body.bytes()[..k], keep, max, &mut self.ctx.bufs)
-            {
+            let policy = !st.ex.retry_on.is_empty();
+            let max = self.ctx.shared.cfg.retry.replay_max();
+            if st.body_went(k, policy, max, conn) {
                 let c = &self.ctx.shared.counters;
                 c.replay_overflows.fetch_add(1, Relaxed);
             }
-            body.consume(k);
-            // Released to the client's codec unless an earlier attempt already did
-            // (offsets from the body's first byte, as the h2c leg keeps them).
-            st.base += k as u64;
-            if st.base > st.released {
-                let fresh = (st.base - st.released) as usize;
-                st.unreleased -= fresh;
-                conn.release(st.id, fresh);
-                st.released = st.base;
-            }
-            st.ex.body_sent += k as u64;
-            st.ex.rec.request_bytes += k as u64;
         }
         Ok(true)
     }
@@ -483,6 +466,10 @@ impl Proxy {
                 .as_mut()
                 .expect("response bytes")
                 .consume(head_len);
+            if st.head_sent && st.replayable {
+                // No replay once the response started: the kept body goes.
+                st.let_go_of_body();
+            }
         }
     }
 
@@ -560,15 +547,6 @@ impl Proxy {
         let (next, again) = self.ctx.retry_target(&st.ex, old, why)?;
         // The failed attempt's lease stays with the exchange for `retried`.
         st.ex.lease = self.h2_drop_leg(ci, st, ErrorCode::CANCEL);
-        // The body an HTTP/1.1 leg sent, kept for this: in front of the rest again.
-        if let Some(mut kept) = st.ex.replay.take() {
-            st.base -= kept.len() as u64;
-            if let Some(rest) = st.body.as_ref() {
-                kept.append(rest.bytes());
-            }
-            self.ctx.bufs.release(&mut st.body);
-            st.body = Some(kept);
-        }
         let (next, wait) = self.ctx.retried(&mut st.ex, next, why, again);
         if wait > 0 {
             // The retry policy's backoff: attached again once it is over (h2_attach_pending).

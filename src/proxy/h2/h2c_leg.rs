@@ -139,9 +139,7 @@ impl Proxy {
         let mut moved = false;
         if !st.opened {
             translate::upstream_fields(&st.fields, from, up);
-            let end = st.req_end
-                && st.body.as_ref().is_none_or(|b| b.is_empty())
-                && st.req_trailers.is_none();
+            let end = st.req_end && st.unsent().is_empty() && st.req_trailers.is_none();
             let (id, fields) = (st.id, &*up);
             // A retried call says how many attempts went before it (gRPC's retry design).
             let mut n = itoa::Buffer::new();
@@ -169,44 +167,27 @@ impl Proxy {
         }
         let m = self.ups[ui].mux_mut().expect("a mux");
         let sid = m.streams[m.stream_at(ci, st.id, &mut st.mk).expect("registered")].sid;
-        if let Some(body) = st.body.as_mut() {
-            let from = (st.sent - st.base) as usize;
-            let pending = &body.bytes()[from..];
-            if !pending.is_empty() {
-                let last = st.req_end && st.req_trailers.is_none();
-                match m.conn.send_data(sid, pending, last) {
-                    Ok(n) if n > 0 => {
-                        moved = true;
-                        st.up_end = last && n == pending.len();
-                        st.sent += n as u64;
-                        st.ex.rec.request_bytes += n as u64;
-                        if st.sent > st.released {
-                            let k = (st.sent - st.released) as usize;
-                            conn.release(st.id, k);
-                            st.unreleased -= k;
-                            st.released = st.sent;
-                        }
-                        let kept = st.sent - st.base;
-                        let max = self.ctx.shared.cfg.retry.replay_max() as u64;
-                        if !st.replayable || kept > max {
-                            if st.replayable && !st.ex.retry_on.is_empty() {
-                                let c = &self.ctx.shared.counters;
-                                c.replay_overflows.fetch_add(1, Relaxed);
-                            }
-                            body.consume(kept as usize);
-                            st.base = st.sent;
-                            st.replayable = false;
-                        }
+        let pending = st.unsent();
+        if !pending.is_empty() {
+            let last = st.req_end && st.req_trailers.is_none();
+            let len = pending.len();
+            match m.conn.send_data(sid, pending, last) {
+                Ok(n) if n > 0 => {
+                    moved = true;
+                    st.up_end = last && n == len;
+                    // An h2c server may refuse the stream, whatever the policy: the body
+                    // is kept for that within the replay buffer.
+                    let max = self.ctx.shared.cfg.retry.replay_max();
+                    if st.body_went(n, true, max, conn) && !st.ex.retry_on.is_empty() {
+                        let c = &self.ctx.shared.counters;
+                        c.replay_overflows.fetch_add(1, Relaxed);
                     }
-                    Ok(_) => {}
-                    Err(_) => return Err(LegStep::Failed(Gone::Lost)),
                 }
+                Ok(_) => {}
+                Err(_) => return Err(LegStep::Failed(Gone::Lost)),
             }
         }
-        let all_sent = st
-            .body
-            .as_ref()
-            .is_none_or(|b| b.len() as u64 == st.sent - st.base);
+        let all_sent = st.unsent().is_empty();
         if st.req_end && all_sent && !st.up_end {
             // The trailers stay with the stream: a replay sends them again.
             let (r, dropped) = match st.req_trailers.as_ref() {
@@ -220,9 +201,6 @@ impl Proxy {
             st.up_end = true;
             moved = true;
         }
-        // What the client sent is bounded by its window; only its release needs the
-        // backend to have taken the bytes.
-        st.ex.body_sent = if st.replayable { 0 } else { st.sent };
         Ok(moved)
     }
 
@@ -293,11 +271,7 @@ impl Proxy {
             st.end_sent = end;
             st.ex.took_head(status, &mut self.ctx.bufs);
             // No replay once the response started: the kept body goes.
-            if let Some(b) = st.body.as_mut() {
-                b.consume((st.sent - st.base) as usize);
-            }
-            st.base = st.sent;
-            st.replayable = false;
+            st.let_go_of_body();
             moved = true;
             if end {
                 st.ex.resp = Resp::Done;
