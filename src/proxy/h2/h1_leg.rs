@@ -9,25 +9,22 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::balancer::Lease;
 use crate::config::{Protocol, UpstreamMode};
-use crate::debug;
 use crate::h2::{Connection, ErrorCode};
-use crate::health::Outcome;
 use crate::http::{self, Body, BodyKind};
 
 use super::super::back::H1Body;
 use super::super::conns::{connect_result, upstream_token, Owner, Proxy, UpState};
 use super::super::context::Ctx;
-use super::super::decide::{self, Blame, Failure, PoolCheck};
+use super::super::decide::{self, Failure, PoolCheck};
 use super::super::exchange::Resp;
-use super::super::grpc;
 use super::super::h1_response::{self, Kind, Unframe};
 use super::super::h2_session::{self, H2Stream};
 use super::super::h2_session::{H2Session, OUT_HIGH};
 use super::super::h2_translate::{self as translate, UpstreamFraming};
 use super::super::io::{read_into, would_block, Io};
-use super::super::lifecycle::{self, Answer};
+use super::super::lifecycle;
 use super::forward::{forward, To};
-use super::h2c_leg;
+use super::step::{reply, LegStep};
 
 /// A connecting upstream's state after an event.
 enum Connect {
@@ -95,7 +92,7 @@ impl Proxy {
                 if s.conn.can_send(st.id) {
                     s.conn.release(st.id, st.unreleased);
                 }
-                h2c_leg::reply(s, st.id, st.grpc, 502, st.req_end, "backend unreachable");
+                reply(s, st.id, st.grpc, 502, st.req_end, "backend unreachable");
                 st.recycle(&mut self.ctx, &mut s.conn);
                 false
             }
@@ -165,34 +162,23 @@ impl Proxy {
         }
     }
 
-    /// One step of stream `i`: returns (something moved, the stream is gone).
-    pub(super) fn h2_stream_step(
-        &mut self,
-        ci: usize,
-        s: &mut H2Session,
-        i: usize,
-    ) -> (bool, bool) {
-        if s.streams[i].pending.is_some() {
-            return (false, false);
-        }
-        if s.streams[i].mux {
-            return self.h2_leg_step(ci, s, i);
-        }
-        // A hedge racing this attempt goes first: its answer may make it the attempt.
-        let hedged = self.h2_h1_hedge_step(ci, &mut s.streams[i]);
+    /// One turn of stream `i`'s HTTP/1.1 leg (`step.rs` handles what it finds): the
+    /// connection up, the request out, the response read and parsed (heads as HEADERS),
+    /// its body forwarded.
+    pub(super) fn h2_h1_turn(&mut self, s: &mut H2Session, i: usize) -> LegStep {
         let ui = s.streams[i].ex.on();
         if self.ups[ui].state == UpState::Connecting {
             match self.h2_connected(ui) {
-                Connect::Waiting => return (false, false),
-                Connect::Failed => return self.h2_fail(ci, s, i, Failure::Connect),
+                Connect::Waiting => return LegStep::Running(false),
+                Connect::Failed => return LegStep::Failed(Failure::Connect),
                 Connect::Up => s.streams[i].up_armed = false,
             }
         }
-        let mut moved = hedged;
+        let mut moved = false;
         match self.h2_send_request(s, i) {
             Ok(m) => moved |= m,
             Err(()) if !s.streams[i].head_sent && s.streams[i].ex.resp == Resp::Head => {
-                return self.h2_fail(ci, s, i, Failure::Reset)
+                return LegStep::Failed(Failure::Reset)
             }
             Err(()) => {
                 // The backend answered and stopped reading: send no more.
@@ -201,48 +187,43 @@ impl Proxy {
                 st.ex.keep = false;
             }
         }
+        let H2Session { conn, streams, .. } = s;
+        let st = &mut streams[i];
+        if st.final_answer && st.ex.status != 0 && st.ex.resp == Resp::Head {
+            // A status a retry policy would replay, held, and not replayed after all: the
+            // head goes to the client as the server gave it.
+            st.ex.status = 0;
+            if let Err(why) = self.h2_process_response(conn, st) {
+                return LegStep::Failed(why);
+            }
+            moved = true;
+        }
         match self.h2_recv_response(s, i) {
             Read::Idle => {}
             Read::Moved => moved = true,
-            Read::Failed(Failure::Status(_)) if self.h2_hedge_takes_over(ci, &mut s.streams[i]) => {
-                // A status the retry policy replays while a hedge runs: the hedge answers.
-                return (true, false);
-            }
-            Read::Failed(why @ Failure::Status(_)) => {
-                if let Some(attached) = self.h2_retry(ci, s, i, why) {
-                    return (true, !attached);
-                }
-                // No replay after all: the head goes to the client as the server gave it.
-                let H2Session { conn, streams, .. } = s;
-                streams[i].final_answer = true;
-                streams[i].ex.status = 0;
-                if let Err(why) = self.h2_process_response(conn, &mut streams[i]) {
-                    return self.h2_fail(ci, s, i, why);
-                }
-                moved = true;
-            }
-            Read::Failed(why) => return self.h2_fail(ci, s, i, why),
-        }
-        let st = &mut s.streams[i];
-        if st.ex.got_bytes && st.ex.hedge.up.is_some() {
-            // This attempt's answer won the race: the hedge is cancelled.
-            let c = &self.ctx.shared.counters;
-            c.hedges_cancelled.fetch_add(1, Relaxed);
-            self.h2_end_hedging(ci, st);
-        } else if !st.alt.planned && st.req_sent {
-            self.h2_plan_hedge(st);
+            Read::Failed(Failure::Status(code)) => return LegStep::Status(code),
+            Read::Failed(why) => return LegStep::Failed(why),
         }
         let mut dropped = 0;
         moved |= h2_send_response(s, i, &mut dropped);
         self.ctx.count_trailers_dropped(dropped);
         if s.streams[i].end_sent {
-            self.h2_finish(s, i);
-            return (true, true);
+            return LegStep::Done;
         }
-        // The backend's deadline runs while we wait on it, not while we wait on the client.
+        LegStep::Running(moved)
+    }
+
+    /// Stream `i`'s HTTP/1.1 leg after a turn that did not end it: the backend's deadline,
+    /// on its connection's timer, runs while corelb waits on the backend, not on the client.
+    pub(super) fn h2_h1_arm(&mut self, s: &mut H2Session, i: usize, moved: bool) {
         let st = &mut s.streams[i];
-        let on_backend = !st.waits_on_client(&s.conn) && st.ex.ready == 0;
+        let ui = st.ex.on();
         let u = &mut self.ups[ui];
+        if u.state == UpState::Connecting {
+            // The connect timeout runs.
+            return;
+        }
+        let on_backend = !st.waits_on_client(&s.conn) && st.ex.ready == 0;
         if on_backend && (moved || !st.up_armed) {
             let t = &self.ctx.shared.cfg.timeouts;
             let idle = if st.websocket.is_some() && st.head_sent {
@@ -261,7 +242,32 @@ impl Proxy {
             self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, 0);
             st.up_armed = false;
         }
-        (moved, false)
+    }
+
+    /// Stream `st`'s whole response went out: its HTTP/1.1 connection pooled or closed.
+    pub(super) fn h2_h1_done(&mut self, st: &H2Stream, ui: usize) {
+        let cfg = &self.ctx.shared.cfg;
+        let (persistent, max_idle) = (
+            cfg.upstream == UpstreamMode::Persistent,
+            cfg.max_idle_per_backend,
+        );
+        let u = &self.ups[ui];
+        let io: Io = u.io;
+        let pool = decide::may_pool(&PoolCheck {
+            persistent,
+            // A response the client stopped taking was not read to its end.
+            keep: st.ex.keep && st.ex.resp == Resp::Done,
+            request_done: st.req_sent,
+            unread: io.readable || io.rdhup,
+            draining: self.ctx.draining,
+            pooled: self.idle[u.backend].len(),
+            max_idle,
+        });
+        if pool {
+            self.pool(ui);
+        } else {
+            self.remove_upstream(ui);
+        }
     }
 
     /// Head and body bytes to the backend. `Err` if the connection broke.
@@ -471,133 +477,6 @@ impl Proxy {
                 st.let_go_of_body();
             }
         }
-    }
-
-    /// Fails stream `i`'s attempt: retried if safe, else 502/504 before the response head
-    /// or RST_STREAM(INTERNAL_ERROR) after it. Returns (moved, the stream is gone).
-    pub(super) fn h2_fail(
-        &mut self,
-        ci: usize,
-        s: &mut H2Session,
-        i: usize,
-        why: Failure,
-    ) -> (bool, bool) {
-        let st = &mut s.streams[i];
-        let backend = self.ups[st.ex.on()].backend;
-        if self.h2_hedge_takes_over(ci, st) {
-            debug!(
-                "worker {}: HTTP/2 stream {} hedge takes over",
-                self.ctx.id, st.id
-            );
-            return (true, false);
-        }
-        debug!(
-            "worker {}: HTTP/2 stream {} failed on {} ({})",
-            self.ctx.id,
-            st.id,
-            self.ctx.shared.balancer.backend(backend).name,
-            why.reason()
-        );
-        if st.head_sent {
-            if st.grpc && !st.end_sent {
-                // The call's answer started: it ends with a gRPC status, not a reset.
-                let answer = Answer::to(why);
-                grpc::end_with(&mut s.conn, st.id, answer.grpc, answer.reason);
-                st.grpc_status = Some(answer.grpc);
-                st.end_sent = true;
-            } else {
-                s.conn.reset(st.id, ErrorCode::INTERNAL_ERROR);
-            }
-            self.h2_abort(ci, s, i, Blame::Backend);
-            return (true, true);
-        }
-        if let Some(attached) = self.h2_retry(ci, s, i, why) {
-            return (true, !attached);
-        }
-        let mut st = s.streams.swap_remove(i);
-        let lease = self.h2_drop_leg(ci, &mut st, ErrorCode::CANCEL);
-        let answer = Answer::to(why);
-        if st.grpc {
-            st.grpc_status = Some(answer.grpc);
-        }
-        if let Some(lease) = lease {
-            let (ex, call) = st.for_accounting();
-            let status = answer.status;
-            self.ctx
-                .account_end(lease, ex, status, Outcome::Failure, call);
-        }
-        s.conn.release(st.id, st.unreleased);
-        h2c_leg::reply(s, st.id, st.grpc, answer.status, st.req_end, answer.reason);
-        st.recycle(&mut self.ctx, &mut s.conn);
-        (true, true)
-    }
-
-    /// Tries stream `i` again after `why`, as `end.rs` does for HTTP/1.1. `None`: not
-    /// retried; `Some(attached)`: a new attempt (or the stream was answered 502).
-    pub(super) fn h2_retry(
-        &mut self,
-        ci: usize,
-        s: &mut H2Session,
-        i: usize,
-        why: Failure,
-    ) -> Option<bool> {
-        let st = &mut s.streams[i];
-        let ui = st.ex.on();
-        let old = self.ups[ui].backend;
-        let (next, again) = self.ctx.retry_target(&st.ex, old, why)?;
-        // The failed attempt's lease stays with the exchange for `retried`.
-        st.ex.lease = self.h2_drop_leg(ci, st, ErrorCode::CANCEL);
-        let (next, wait) = self.ctx.retried(&mut st.ex, next, why, again);
-        if wait > 0 {
-            // The retry policy's backoff: attached again once it is over (h2_attach_pending).
-            st.backoff_at = self.ctx.now + wait;
-            st.deadline = 0;
-            st.pending = Some(next);
-            return Some(true);
-        }
-        Some(self.h2_attach(ci, s, i, next, again.same_server()))
-    }
-
-    /// Stream `i` completed: accounted, its connection pooled or closed.
-    fn h2_finish(&mut self, s: &mut H2Session, i: usize) {
-        let mut st = s.streams.swap_remove(i);
-        let ui = st
-            .ex
-            .up
-            .take()
-            .expect("a completed stream ran on a connection");
-        let cfg = &self.ctx.shared.cfg;
-        let (persistent, max_idle) = (
-            cfg.upstream == UpstreamMode::Persistent,
-            cfg.max_idle_per_backend,
-        );
-        let (ex, call) = st.for_accounting();
-        self.ctx.finished(ex, call);
-        let u = &self.ups[ui];
-        let io: Io = u.io;
-        let pool = decide::may_pool(&PoolCheck {
-            persistent,
-            // A response the client stopped taking was not read to its end.
-            keep: st.ex.keep && st.ex.resp == Resp::Done,
-            request_done: st.req_sent,
-            unread: io.readable || io.rdhup,
-            draining: self.ctx.draining,
-            pooled: self.idle[u.backend].len(),
-            max_idle,
-        });
-        if pool {
-            self.pool(ui);
-        } else {
-            self.remove_upstream(ui);
-        }
-        if st.unreleased > 0 {
-            s.conn.release(st.id, st.unreleased);
-        }
-        if !st.req_end {
-            // The response is complete before the request: the client may stop sending.
-            s.conn.reset(st.id, ErrorCode::NO_ERROR);
-        }
-        st.recycle(&mut self.ctx, &mut s.conn);
     }
 
     /// Upstream deadline of a connection serving an HTTP/2 stream.

@@ -11,7 +11,6 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::types::RetryOn;
-use crate::h2::ErrorCode;
 
 use super::super::back::{InboxBody, ResponseBody};
 use super::super::conns::Proxy;
@@ -21,102 +20,46 @@ use super::super::exchange::Resp;
 use super::super::grpc;
 use super::super::h2_session::{H2Session, OUT_HIGH};
 use super::super::h2_translate as translate;
-use super::super::h2c_conn::{Gone, InboxHead};
+use super::super::h2c_conn::InboxHead;
 use super::super::lifecycle;
 use super::forward::{forward, To};
 use super::hedge;
-
-/// What one step of the leg found.
-pub(super) enum LegStep {
-    /// (something moved)
-    Running(bool),
-    /// The whole response went to the client.
-    Done,
-    /// The connection had no room for the stream after all: put it on another one.
-    NoRoom,
-    /// The attempt failed.
-    Failed(Gone),
-    /// A 502/503/504 head a retry policy replays (kept in the inbox).
-    Status(u16),
-    /// A Trailers-Only status the hedging policy calls non-fatal, while another attempt
-    /// runs or may still go out (kept in the inbox).
-    NonFatal,
-}
+use super::step::LegStep;
 
 impl Proxy {
-    /// One step of stream `i`'s h2c leg: returns (something moved, the stream is gone).
-    pub(super) fn h2_leg_step(&mut self, ci: usize, s: &mut H2Session, i: usize) -> (bool, bool) {
-        // A hedge racing this attempt goes first: its answer may make it the attempt.
-        let hedged = self.h2_hedge_step(ci, s, i);
-        let leg = self.h2_leg(ci, s, i);
-        if let Some(ui) = s.streams[i].ex.up {
-            if !self.ctx.mux_dirty.contains(&ui) {
-                self.ctx.mux_dirty.push(ui);
-            }
-        }
-        match leg {
-            LegStep::Running(moved) => {
-                let st = &mut s.streams[i];
-                // The backend's deadline runs while we wait on it, not on the client.
-                let on_client = st.waits_on_client(&s.conn) || st.ex.ready > 0;
-                if on_client {
-                    st.deadline = 0;
-                } else if moved || st.deadline == 0 {
-                    st.deadline = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
-                    // A per-try timeout bounds the wait for the response head, from when
-                    // the whole request went out.
-                    let sent = st.up_end && !st.head_sent;
-                    let (at, now) = (st.deadline, self.ctx.now);
-                    st.deadline = lifecycle::upstream_deadline(&mut st.ex, sent, at, now);
-                }
-                if !st.alt.planned && st.up_end {
-                    self.h2_plan_hedge(st);
-                }
-                if st.head_sent && st.ex.hedge.up.is_some() {
-                    // This attempt's answer won the race: the hedge is cancelled.
-                    let c = &self.ctx.shared.counters;
-                    c.hedges_cancelled.fetch_add(1, Relaxed);
-                    self.h2_end_hedging(ci, st);
-                }
-                (moved || hedged, false)
-            }
-            LegStep::Done => {
-                self.h2_leg_finish(ci, s, i);
-                (true, true)
-            }
-            LegStep::NoRoom => {
-                let st = &mut s.streams[i];
-                let ui = st.ex.up.take().expect("an attempt runs");
-                self.mux_detach(ui, ci, st.id, ErrorCode::CANCEL);
-                // The same pick, on another connection.
-                let lease = st.ex.lease.take().expect("an attempt holds its lease");
-                (true, !self.h2_attach(ci, s, i, lease, false))
-            }
-            LegStep::Failed(_) | LegStep::Status(_)
-                if self.h2_hedge_takes_over(ci, &mut s.streams[i]) =>
-            {
-                (true, false)
-            }
-            LegStep::Failed(why) => self.h2_leg_fail(ci, s, i, why),
-            LegStep::NonFatal => self.h2_non_fatal(ci, s, i),
-            LegStep::Status(code) => {
-                if let Some(attached) = self.h2_retry(ci, s, i, Failure::Status(code)) {
-                    return (true, !attached);
-                }
-                // No replay after all: forwarded as the server gave it.
-                s.streams[i].final_answer = true;
-                self.h2_leg_step(ci, s, i)
-            }
+    /// Stream `i`'s h2c leg after a turn that did not end it: the backend's deadline (the
+    /// stream's own, on the session's timer; the connection is shared) runs while corelb
+    /// waits on the backend, not on the client.
+    pub(super) fn h2_leg_arm(&mut self, s: &mut H2Session, i: usize, moved: bool) {
+        let st = &mut s.streams[i];
+        let on_client = st.waits_on_client(&s.conn) || st.ex.ready > 0;
+        if on_client {
+            st.deadline = 0;
+        } else if moved || st.deadline == 0 {
+            st.deadline = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
+            // A per-try timeout bounds the wait for the response head, from when the whole
+            // request went out.
+            let sent = st.up_end && !st.head_sent;
+            let (at, now) = (st.deadline, self.ctx.now);
+            st.deadline = lifecycle::upstream_deadline(&mut st.ex, sent, at, now);
         }
     }
 
-    fn h2_leg(&mut self, ci: usize, s: &mut H2Session, i: usize) -> LegStep {
+    /// One turn of stream `i`'s h2c leg (`step.rs` handles what it finds): the request
+    /// out, then the response from the stream's inbox.
+    pub(super) fn h2_leg(&mut self, ci: usize, s: &mut H2Session, i: usize) -> LegStep {
         let mut moved = false;
         match self.h2_leg_send(ci, s, i) {
             Ok(m) => moved |= m,
             Err(leg) => return leg,
         }
-        self.h2_leg_recv(ci, s, i, moved)
+        let leg = self.h2_leg_recv(ci, s, i, moved);
+        if let Some(ui) = s.streams[i].ex.up {
+            if !self.ctx.mux_dirty.contains(&ui) {
+                self.ctx.mux_dirty.push(ui);
+            }
+        }
+        leg
     }
 
     /// The request upstream: HEADERS once the connection is up, then body and trailers
@@ -155,7 +98,7 @@ impl Proxy {
                 Err(()) => {
                     let m = self.ups[ui].mux().expect("a mux");
                     let gone = m.stream(ci, id).and_then(|k| m.streams[k].gone);
-                    return Err(gone.map_or(LegStep::NoRoom, LegStep::Failed));
+                    return Err(gone.map_or(LegStep::NoRoom, |g| LegStep::Failed(g.failure())));
                 }
             }
             st.opened = true;
@@ -184,7 +127,7 @@ impl Proxy {
                     }
                 }
                 Ok(_) => {}
-                Err(_) => return Err(LegStep::Failed(Gone::Lost)),
+                Err(_) => return Err(LegStep::Failed(Failure::Reset)),
             }
         }
         let all_sent = st.unsent().is_empty();
@@ -196,7 +139,7 @@ impl Proxy {
             };
             self.ctx.count_trailers_dropped(dropped);
             if r.is_err() {
-                return Err(LegStep::Failed(Gone::Lost));
+                return Err(LegStep::Failed(Failure::Reset));
             }
             st.up_end = true;
             moved = true;
@@ -211,7 +154,7 @@ impl Proxy {
         let ui = st.ex.on();
         let m = self.ups[ui].mux_mut().expect("a mux");
         let Some(k) = m.stream_at(ci, st.id, &mut st.mk) else {
-            return LegStep::Failed(Gone::Lost);
+            return LegStep::Failed(Failure::Reset);
         };
         let ms = &mut m.streams[k];
         // A call a retry policy covers commits with its first message (or its end), not
@@ -222,7 +165,7 @@ impl Proxy {
             && ms.data.as_ref().is_none_or(|d| d.is_empty());
         if !st.head_sent && hold && ms.head.is_some() {
             return match ms.gone {
-                Some(why) => LegStep::Failed(why),
+                Some(why) => LegStep::Failed(why.failure()),
                 None => LegStep::Running(moved),
             };
         }
@@ -230,7 +173,7 @@ impl Proxy {
             let replay = |s| st.ex.retry_on.has_status(s) && st.replayable && !st.final_answer;
             let head = match ms.take_head(replay) {
                 InboxHead::Wait => return LegStep::Running(moved),
-                InboxHead::Gone(why) => return LegStep::Failed(why),
+                InboxHead::Gone(why) => return LegStep::Failed(why.failure()),
                 InboxHead::Replay(s) => return LegStep::Status(s),
                 InboxHead::Head(head) => head,
             };
@@ -255,7 +198,7 @@ impl Proxy {
                 let unavailable = code == Some(grpc::UNAVAILABLE) || exhausted;
                 if unavailable && st.replayable && !st.final_answer {
                     ms.head = Some(head);
-                    return LegStep::Failed(Gone::Refused);
+                    return LegStep::Failed(Failure::Refused);
                 }
                 st.grpc_status = code;
             }
@@ -300,72 +243,8 @@ impl Proxy {
             return LegStep::Done;
         }
         match ms.gone {
-            Some(why) if f.lost.is_some() => LegStep::Failed(why),
+            Some(why) if f.lost.is_some() => LegStep::Failed(why.failure()),
             _ => LegStep::Running(moved || f.moved),
         }
-    }
-
-    /// Stream `i`'s whole response went out: accounted, and its upstream stream leaves
-    /// the connection.
-    fn h2_leg_finish(&mut self, ci: usize, s: &mut H2Session, i: usize) {
-        let mut st = s.streams.swap_remove(i);
-        self.h2_end_hedging(ci, &mut st);
-        let ui = st
-            .ex
-            .up
-            .take()
-            .expect("a completed stream ran on a connection");
-        let code = if st.up_end {
-            ErrorCode::NO_ERROR
-        } else {
-            ErrorCode::CANCEL
-        };
-        self.mux_detach(ui, ci, st.id, code);
-        let (ex, call) = st.for_accounting();
-        self.ctx.finished(ex, call);
-        if st.unreleased > 0 {
-            s.conn.release(st.id, st.unreleased);
-        }
-        if !st.req_end {
-            // The response is complete before the request: the client may stop sending.
-            s.conn.reset(st.id, ErrorCode::NO_ERROR);
-        }
-        st.recycle(&mut self.ctx, &mut s.conn);
-    }
-
-    /// The h2c attempt of stream `i` failed: tried again if safe, else answered (a 502
-    /// or 504, or in gRPC terms) before the response head, or reset after it.
-    fn h2_leg_fail(&mut self, ci: usize, s: &mut H2Session, i: usize, why: Gone) -> (bool, bool) {
-        let st = &mut s.streams[i];
-        let m = self.ups[st.ex.on()].mux().expect("a mux");
-        let answered = m
-            .stream(ci, st.id)
-            .is_some_and(|k| m.streams[k].head.is_some());
-        if why == Gone::Refused && answered {
-            // A Trailers-Only UNAVAILABLE: tried elsewhere if allowed, else forwarded as the
-            // server gave it (its message and details).
-            if let Some(attached) = self.h2_retry(ci, s, i, Failure::Refused) {
-                return (true, !attached);
-            }
-            s.streams[i].final_answer = true;
-            return self.h2_leg_step(ci, s, i);
-        }
-        self.h2_fail(ci, s, i, why.failure())
-    }
-}
-
-/// Stream `i` of `s` answered in gRPC terms if it is a call, else with `status`.
-pub(super) fn reply(
-    s: &mut H2Session,
-    id: u32,
-    grpc_call: bool,
-    status: u16,
-    done: bool,
-    why: &str,
-) {
-    if grpc_call {
-        grpc::answer(&mut s.conn, id, grpc::for_http(status), why, done);
-    } else {
-        super::super::h2_session::h2_answer(&mut s.conn, id, status, done);
     }
 }

@@ -254,7 +254,7 @@ impl Proxy {
             return (true, false);
         }
         st.final_answer = true;
-        self.h2_leg_step(ci, s, i)
+        self.h2_stream_step(ci, s, i)
     }
 
     /// `st`'s current attempt failed: true if a running hedge takes its place (on

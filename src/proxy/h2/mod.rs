@@ -8,6 +8,8 @@
 //!   teardown, and the codec's abuse counters summed into `Shared`;
 //! - `open.rs`: the codec's events, and new streams checked, picked and attached;
 //! - `deadline.rs`: the session's and its streams' deadlines on the client's timer;
+//! - `step.rs`: one step of a stream, whichever kind of server carries it: the leg's
+//!   turn, then the stream finished, retried or failed the same way for both;
 //! - `h1_leg.rs`: one stream's HTTP/1.1 upstream leg, with backpressure both ways;
 //! - `h2c_leg.rs`: one stream's leg over a shared h2c upstream connection;
 //! - `hedge.rs`: a hedge racing an h2c leg on the same stream;
@@ -26,6 +28,7 @@ mod h1_leg;
 mod h2c_leg;
 mod hedge;
 mod open;
+mod step;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;

@@ -16,7 +16,7 @@ use super::super::grpc;
 use super::super::h2_session::{self, H2Stream};
 use super::super::h2_session::{h2_answer, H2Session};
 use super::super::h2_translate as translate;
-use super::h2c_leg;
+use super::step;
 
 impl Proxy {
     /// Handles the codec's events; true if any.
@@ -123,7 +123,7 @@ impl Proxy {
         let Some(lease) = self.pick_backend() else {
             debug!("worker {wid}: 503: no server available");
             self.ctx.log_local(rec, crate::http::SERVICE_UNAVAILABLE);
-            h2c_leg::reply(s, id, call, 503, end, "no server available");
+            step::reply(s, id, call, 503, end, "no server available");
             return;
         };
         let backend = lease.backend();
