@@ -628,3 +628,33 @@ fn data_after_the_clients_reset_is_answered_stream_closed() {
     assert_eq!((kind, stream), (RST, id));
     assert_eq!(code_of(kind, &payload), ErrorCode::STREAM_CLOSED);
 }
+
+/// An HTTP/2 stream's backend deadline (the stream's own, for either server kind) runs
+/// only while corelb waits on the backend: a stream whose HTTP/1.1 connection is up and
+/// waits for the client's body outlasts the connect and upstream timeouts, while a server
+/// that takes the request and never answers gets the stream a 504 after the upstream one.
+#[test]
+fn an_http1_leg_times_out_on_its_server_not_on_a_slow_client() {
+    let b = Backend::start("B", "fast", &[]);
+    let args = ["--connect-timeout", "300ms", "--upstream-timeout", "300ms"];
+    let p = Proxy::start(&[&b], &args);
+    let mut h = H2::connect(p.addr);
+    // (The sink answers once it has the whole body.)
+    let id = h.request("POST", "/sink", &[("content-length", "5")], false);
+    // The time under test: the connection comes up at once, the body a while later.
+    std::thread::sleep(Duration::from_millis(900));
+    h.data(id, b"hello", true);
+    let g = h.wait(id, Duration::from_secs(10));
+    assert_eq!(g.status, 200, "{g:?}");
+    assert!(s(&g.body).contains("\"bytes\":5"), "{}", s(&g.body));
+
+    let started = Instant::now();
+    let id = h.request("GET", "/hang", &[], true);
+    let g = h.wait(id, Duration::from_secs(10));
+    assert_eq!(g.status, 504, "{g:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}

@@ -141,8 +141,6 @@ pub(super) struct H2Stream {
     pub(super) resp_tail: Vec<u8>,
     pub(super) head_sent: bool,
     pub(super) end_sent: bool,
-    /// The upstream deadline is armed for the backend.
-    pub(super) up_armed: bool,
 
     /// The request head as the client sent it: what an h2c backend gets, and what an
     /// HTTP/1.1 head is built from when a retry moves the stream to such a backend.
@@ -233,7 +231,6 @@ impl H2Stream {
             resp_tail: Vec::new(),
             head_sent: false,
             end_sent: false,
-            up_armed: true,
             fields,
             grpc,
             mux: false,
@@ -282,6 +279,15 @@ impl H2Stream {
             status: self.grpc_status,
         });
         (&mut self.ex, call)
+    }
+
+    /// The current attempt sent the whole request (an h2c stream its END_STREAM).
+    pub fn request_sent(&self) -> bool {
+        if self.mux {
+            self.up_end
+        } else {
+            self.req_sent
+        }
     }
 
     /// Still taking request body from the client.
@@ -391,7 +397,6 @@ impl H2Stream {
         self.req_sent = false;
         self.h1.restart();
         self.resp_tail.clear();
-        self.up_armed = true;
     }
 
     /// Gives back what the stream held: buffers to the worker's pool, its exchange's box,

@@ -83,7 +83,7 @@ impl Proxy {
                 let c = &self.ctx.shared.counters;
                 c.h2_send_timeouts.fetch_add(1, Relaxed);
                 self.h2_abort(ci, &mut s, i, Blame::Client);
-            } else if idle_over && st.mux {
+            } else if idle_over {
                 let connecting = self.ups[st.ex.on()].is_connecting();
                 let why = lifecycle::expiry(&st.ex, connecting, now);
                 self.h2_fail(ci, &mut s, i, why);

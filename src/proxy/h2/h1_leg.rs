@@ -76,13 +76,20 @@ impl Proxy {
                 st.mux = h2c;
                 st.ex.begin_attempt(ui, reused, lease);
                 st.restart();
-                // An h2c leg's deadlines are the stream's (its connection is shared); an
-                // HTTP/1.1 leg's are its connection's.
+                // The backend's deadline is the stream's (`step.rs`), once connected: an
+                // h2c connection's connect is its own, an HTTP/1.1 one's on its timer.
                 st.deadline = if h2c {
                     self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect)
                 } else {
                     0
                 };
+                if !h2c && !self.ups[ui].is_connecting() {
+                    // A pooled connection: the stream's own deadline runs, not the
+                    // connection's.
+                    self.ctx
+                        .timers
+                        .set(&mut self.ups[ui].timer, upstream_token(ui).0, 0);
+                }
                 true
             }
             None => {
@@ -171,7 +178,12 @@ impl Proxy {
             match self.h2_connected(ui) {
                 Connect::Waiting => return LegStep::Running(false),
                 Connect::Failed => return LegStep::Failed(Failure::Connect),
-                Connect::Up => s.streams[i].up_armed = false,
+                // The connect timer is done: the stream's own deadline runs from here.
+                Connect::Up => {
+                    self.ctx
+                        .timers
+                        .set(&mut self.ups[ui].timer, upstream_token(ui).0, 0)
+                }
             }
         }
         let mut moved = false;
@@ -211,37 +223,6 @@ impl Proxy {
             return LegStep::Done;
         }
         LegStep::Running(moved)
-    }
-
-    /// Stream `i`'s HTTP/1.1 leg after a turn that did not end it: the backend's deadline,
-    /// on its connection's timer, runs while corelb waits on the backend, not on the client.
-    pub(super) fn h2_h1_arm(&mut self, s: &mut H2Session, i: usize, moved: bool) {
-        let st = &mut s.streams[i];
-        let ui = st.ex.on();
-        let u = &mut self.ups[ui];
-        if u.state == UpState::Connecting {
-            // The connect timeout runs.
-            return;
-        }
-        let on_backend = !st.waits_on_client(&s.conn) && st.ex.ready == 0;
-        if on_backend && (moved || !st.up_armed) {
-            let t = &self.ctx.shared.cfg.timeouts;
-            let idle = if st.websocket.is_some() && st.head_sent {
-                t.tunnel
-            } else {
-                t.upstream
-            };
-            let at = self.ctx.now + Ctx::ms(idle);
-            // A per-try timeout bounds the wait for the response head, from when the
-            // whole request went out.
-            let sent = st.req_sent && !st.head_sent;
-            let at = lifecycle::upstream_deadline(&mut st.ex, sent, at, self.ctx.now);
-            self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
-            st.up_armed = true;
-        } else if !on_backend && st.up_armed {
-            self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, 0);
-            st.up_armed = false;
-        }
     }
 
     /// Stream `st`'s whole response went out: its HTTP/1.1 connection pooled or closed.
@@ -479,7 +460,9 @@ impl Proxy {
         }
     }
 
-    /// Upstream deadline of a connection serving an HTTP/2 stream.
+    /// The timer of an HTTP/1.1 connection serving an HTTP/2 stream fired: its connect
+    /// took too long, or it carries a hedge past its deadline (a stream's other deadlines
+    /// are its own, `step.rs`).
     pub(in crate::proxy) fn h2_upstream_timeout(&mut self, ui: usize) {
         let u = &self.ups[ui];
         let Owner::Stream { client: ci, id } = u.owner() else {

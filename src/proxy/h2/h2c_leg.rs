@@ -14,37 +14,17 @@ use crate::config::types::RetryOn;
 
 use super::super::back::{InboxBody, ResponseBody};
 use super::super::conns::Proxy;
-use super::super::context::Ctx;
 use super::super::decide::Failure;
 use super::super::exchange::Resp;
 use super::super::grpc;
 use super::super::h2_session::{H2Session, OUT_HIGH};
 use super::super::h2_translate as translate;
 use super::super::h2c_conn::InboxHead;
-use super::super::lifecycle;
 use super::forward::{forward, To};
 use super::hedge;
 use super::step::LegStep;
 
 impl Proxy {
-    /// Stream `i`'s h2c leg after a turn that did not end it: the backend's deadline (the
-    /// stream's own, on the session's timer; the connection is shared) runs while corelb
-    /// waits on the backend, not on the client.
-    pub(super) fn h2_leg_arm(&mut self, s: &mut H2Session, i: usize, moved: bool) {
-        let st = &mut s.streams[i];
-        let on_client = st.waits_on_client(&s.conn) || st.ex.ready > 0;
-        if on_client {
-            st.deadline = 0;
-        } else if moved || st.deadline == 0 {
-            st.deadline = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
-            // A per-try timeout bounds the wait for the response head, from when the whole
-            // request went out.
-            let sent = st.up_end && !st.head_sent;
-            let (at, now) = (st.deadline, self.ctx.now);
-            st.deadline = lifecycle::upstream_deadline(&mut st.ex, sent, at, now);
-        }
-    }
-
     /// One turn of stream `i`'s h2c leg (`step.rs` handles what it finds): the request
     /// out, then the response from the stream's inbox.
     pub(super) fn h2_leg(&mut self, ci: usize, s: &mut H2Session, i: usize) -> LegStep {

@@ -63,8 +63,7 @@ impl Proxy {
     /// Plans the hedge of `st` once its first attempt has sent the whole request: the
     /// delay runs from there (a client slow to send its body does not make it shorter).
     pub(super) fn h2_plan_hedge(&mut self, st: &mut H2Stream) {
-        let sent = if st.mux { st.up_end } else { st.req_sent };
-        if st.alt.planned || !sent || !st.ex.hedgeable || st.ex.retries > 0 {
+        if st.alt.planned || !st.request_sent() || !st.ex.hedgeable || st.ex.retries > 0 {
             return;
         }
         st.alt.planned = true;
@@ -439,7 +438,11 @@ impl Proxy {
         ex.head_off = 0;
         st.resp_tail.clear();
         st.req_sent = true;
-        st.up_armed = false;
+        // The backend's deadline starts again with this attempt, on the stream.
+        st.deadline = 0;
+        self.ctx
+            .timers
+            .set(&mut self.ups[h].timer, upstream_token(h).0, 0);
         st.due = true;
         self.ctx.hedge_promoted(&mut st.ex, old_lease, first, why);
         debug!(

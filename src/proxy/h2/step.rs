@@ -12,10 +12,11 @@ use crate::h2::ErrorCode;
 use crate::health::Outcome;
 
 use super::super::conns::Proxy;
+use super::super::context::Ctx;
 use super::super::decide::{Blame, Failure};
 use super::super::grpc;
 use super::super::h2_session::H2Session;
-use super::super::lifecycle::Answer;
+use super::super::lifecycle::{self, Answer};
 
 /// What one turn of a stream's leg found.
 pub(super) enum LegStep {
@@ -72,11 +73,7 @@ impl Proxy {
         }
         match turn {
             LegStep::Running(moved) => {
-                if h2c {
-                    self.h2_leg_arm(s, i, moved);
-                } else {
-                    self.h2_h1_arm(s, i, moved);
-                }
+                self.h2_arm_backend(s, i, moved);
                 (moved || hedged, false)
             }
             LegStep::Done => {
@@ -106,6 +103,34 @@ impl Proxy {
                 s.streams[i].final_answer = true;
                 self.h2_stream_step(ci, s, i)
             }
+        }
+    }
+
+    /// Stream `i` after a turn that did not end it: the backend's deadline (the stream's
+    /// own, on the session's timer, whichever kind of server) runs while corelb waits on
+    /// the backend, not on the client. An HTTP/1.1 connection still connecting is bounded
+    /// by its connect timer instead.
+    fn h2_arm_backend(&mut self, s: &mut H2Session, i: usize, moved: bool) {
+        let st = &mut s.streams[i];
+        if !st.mux && self.ups[st.ex.on()].is_connecting() {
+            return;
+        }
+        let on_client = st.waits_on_client(&s.conn) || st.ex.ready > 0;
+        if on_client {
+            st.deadline = 0;
+        } else if moved || st.deadline == 0 {
+            let t = &self.ctx.shared.cfg.timeouts;
+            // A WebSocket tunnel's quiet is bounded by the tunnel timeout.
+            let idle = if st.websocket.is_some() && st.head_sent {
+                t.tunnel
+            } else {
+                t.upstream
+            };
+            // A per-try timeout bounds the wait for the response head, from when the whole
+            // request went out.
+            let sent = st.request_sent() && !st.head_sent;
+            let (at, now) = (self.ctx.now + Ctx::ms(idle), self.ctx.now);
+            st.deadline = lifecycle::upstream_deadline(&mut st.ex, sent, at, now);
         }
     }
 
