@@ -133,7 +133,7 @@ pub(super) struct H2Stream {
     pub unreleased: usize,
     /// The client's half ended (END_STREAM or trailers).
     pub(super) req_end: bool,
-    /// The whole request was written upstream.
+    /// The current attempt sent the whole request (on h2c, with END_STREAM).
     pub(super) req_sent: bool,
     /// No more request bytes go upstream (it failed to take them mid-response).
     pub(super) req_closed: bool,
@@ -149,9 +149,8 @@ pub(super) struct H2Stream {
     pub grpc: bool,
     /// The current attempt runs over an h2c connection (`h2c_pool.rs`), not HTTP/1.1.
     pub mux: bool,
-    /// h2c leg: the stream was opened upstream (HEADERS sent), and END_STREAM sent.
+    /// h2c leg: the stream was opened upstream (HEADERS sent).
     pub(super) opened: bool,
-    pub(super) up_end: bool,
     /// The client's request trailers, sent by every attempt.
     pub(super) req_trailers: Option<Fields>,
     /// Request body offsets from its first byte: of `body`'s first byte, sent in this
@@ -200,7 +199,7 @@ pub(super) struct H2Stream {
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct AltLeg {
     pub opened: bool,
-    pub up_end: bool,
+    pub req_sent: bool,
     pub sent: u64,
     pub mk: usize,
     /// The leg's per-try timeout (`Exchange::try_by`): each attempt has its own.
@@ -235,7 +234,6 @@ impl H2Stream {
             grpc,
             mux: false,
             opened: false,
-            up_end: false,
             req_trailers: None,
             base: 0,
             sent: 0,
@@ -266,7 +264,7 @@ impl H2Stream {
         std::mem::swap(&mut ex.try_by, &mut self.alt.try_by);
         let a = &mut self.alt;
         std::mem::swap(&mut self.opened, &mut a.opened);
-        std::mem::swap(&mut self.up_end, &mut a.up_end);
+        std::mem::swap(&mut self.req_sent, &mut a.req_sent);
         std::mem::swap(&mut self.sent, &mut a.sent);
         std::mem::swap(&mut self.mk, &mut a.mk);
     }
@@ -279,15 +277,6 @@ impl H2Stream {
             status: self.grpc_status,
         });
         (&mut self.ex, call)
-    }
-
-    /// The current attempt sent the whole request (an h2c stream its END_STREAM).
-    pub fn request_sent(&self) -> bool {
-        if self.mux {
-            self.up_end
-        } else {
-            self.req_sent
-        }
     }
 
     /// Still taking request body from the client.
@@ -392,7 +381,6 @@ impl H2Stream {
     /// A new attempt writes the request from its start.
     pub(super) fn restart(&mut self) {
         self.opened = false;
-        self.up_end = false;
         self.sent = self.base;
         self.req_sent = false;
         self.h1.restart();

@@ -82,10 +82,10 @@ impl Proxy {
                 }
             }
             st.opened = true;
-            st.up_end = end;
+            st.req_sent = end;
             moved = true;
         }
-        if st.up_end || st.head_sent && st.ex.resp == Resp::Done {
+        if st.req_sent || st.head_sent && st.ex.resp == Resp::Done {
             return Ok(moved);
         }
         let m = self.ups[ui].mux_mut().expect("a mux");
@@ -97,7 +97,7 @@ impl Proxy {
             match m.conn.send_data(sid, pending, last) {
                 Ok(n) if n > 0 => {
                     moved = true;
-                    st.up_end = last && n == len;
+                    st.req_sent = last && n == len;
                     // An h2c server may refuse the stream, whatever the policy: the body
                     // is kept for that within the replay buffer.
                     let max = self.ctx.shared.cfg.retry.replay_max();
@@ -111,7 +111,7 @@ impl Proxy {
             }
         }
         let all_sent = st.unsent().is_empty();
-        if st.req_end && all_sent && !st.up_end {
+        if st.req_end && all_sent && !st.req_sent {
             // The trailers stay with the stream: a replay sends them again.
             let (r, dropped) = match st.req_trailers.as_ref() {
                 Some(t) => translate::with_pairs(t, &[], |p| m.conn.send_trailers(sid, p)),
@@ -121,7 +121,7 @@ impl Proxy {
             if r.is_err() {
                 return Err(LegStep::Failed(Failure::Reset));
             }
-            st.up_end = true;
+            st.req_sent = true;
             moved = true;
         }
         Ok(moved)

@@ -63,7 +63,7 @@ impl Proxy {
     /// Plans the hedge of `st` once its first attempt has sent the whole request: the
     /// delay runs from there (a client slow to send its body does not make it shorter).
     pub(super) fn h2_plan_hedge(&mut self, st: &mut H2Stream) {
-        if st.alt.planned || !st.request_sent() || !st.ex.hedgeable || st.ex.retries > 0 {
+        if st.alt.planned || !st.req_sent || !st.ex.hedgeable || st.ex.retries > 0 {
             return;
         }
         st.alt.planned = true;
@@ -165,7 +165,7 @@ impl Proxy {
         let sent = self.h2_leg_send(ci, s, i);
         let st = &mut s.streams[i];
         st.ex.retries = retries;
-        if st.up_end {
+        if st.req_sent {
             // The hedge's own per-try timeout starts with its whole request out.
             st.ex.request_sent(self.ctx.now);
         }

@@ -128,7 +128,7 @@ impl Proxy {
             };
             // A per-try timeout bounds the wait for the response head, from when the whole
             // request went out.
-            let sent = st.request_sent() && !st.head_sent;
+            let sent = st.req_sent && !st.head_sent;
             let (at, now) = (self.ctx.now + Ctx::ms(idle), self.ctx.now);
             st.deadline = lifecycle::upstream_deadline(&mut st.ex, sent, at, now);
         }
@@ -147,7 +147,7 @@ impl Proxy {
         let (ex, call) = st.for_accounting();
         self.ctx.finished(ex, call);
         if st.mux {
-            let code = if st.up_end {
+            let code = if st.req_sent {
                 ErrorCode::NO_ERROR
             } else {
                 ErrorCode::CANCEL
