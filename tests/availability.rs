@@ -593,6 +593,36 @@ fn a_retry_policy_replays_a_dropped_post_with_its_body() {
     assert_eq!(stat(&p, "replay_overflows"), 0);
 }
 
+/// Regression: an HTTP/2 request without a content-length goes chunked to an HTTP/1.1
+/// server. Its head was built again for a retry, and if the client had ended its stream
+/// meanwhile it said `Content-Length: 0`, with the replayed body written after it raw: a
+/// second request to the server, and an empty echo to the client. A retry keeps the
+/// framing its first attempt chose.
+#[test]
+fn a_replayed_http2_post_without_a_length_keeps_its_chunked_framing() {
+    let policy = r#", "retryPolicy": {"retryOn": ["reset"], "methods": ["POST"]}"#;
+    let (closer, echo, p) = closer_and_echo(policy);
+    let mut client = common::h2client::H2::connect(p.addr);
+    let body = vec![b'c'; 3_000];
+    for _ in 0..6 {
+        let id = client.request("POST", "/echo", &[], false);
+        client.data(id, &body, true);
+        let g = client.wait(id, Duration::from_secs(10));
+        assert_eq!(g.status, 200, "{g:?}");
+        assert!(
+            g.body == body,
+            "the echo is the body ({} bytes)",
+            g.body.len()
+        );
+    }
+    assert!(closer.requests.load(SeqCst) >= 2);
+    assert_eq!(
+        echo.requests(),
+        6,
+        "one request each, no smuggled second one"
+    );
+}
+
 /// An HTTP/2 stream keeps what it sent for a replay in its own body, whichever server kind
 /// takes it, within the same replay buffer as an HTTP/1.1 client's: a body that outgrows
 /// it is counted and not replayed (a 502 where C dropped it); one that fits is.
@@ -915,6 +945,24 @@ fn a_stream_an_h2c_server_refused_goes_to_an_http1_server_body_and_all() {
     }
     assert_eq!(echo.requests(), 6);
     assert!(stat(&p, "retries") >= 3);
+    // Without a content-length the body goes chunked to the HTTP/1.1 server, as it would
+    // have on a first attempt there (decided when the stream opened).
+    for _ in 0..4 {
+        let id = client.request("POST", "/echo", &[], false);
+        client.data(id, &body, true);
+        let g = client.wait(id, Duration::from_secs(10));
+        assert_eq!(g.status, 200, "{g:?}");
+        assert!(
+            g.body == body,
+            "the echo is the body ({} bytes)",
+            g.body.len()
+        );
+    }
+    assert_eq!(
+        echo.requests(),
+        10,
+        "one request each, no smuggled second one"
+    );
 }
 
 /// Sends one GET through `p` over HTTP/1.1 or HTTP/2 and leaves (resets the connection)

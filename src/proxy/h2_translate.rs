@@ -89,6 +89,18 @@ impl Origin {
     }
 }
 
+/// How a request with this content-length (if any) goes to an HTTP/1.1 server: decided
+/// once, when its stream opens (`end_stream`: it ended with its head), and kept by every
+/// attempt, whatever kind of server the first one went to.
+pub(super) fn framing(length: Option<u64>, end_stream: bool, websocket: bool) -> UpstreamFraming {
+    match (length, end_stream) {
+        _ if websocket => UpstreamFraming::Raw,
+        (Some(0), _) | (None, true) => UpstreamFraming::None,
+        (Some(n), _) => UpstreamFraming::Length(n),
+        (None, false) => UpstreamFraming::Chunked,
+    }
+}
+
 /// Writes the HTTP/1.1 request head for `fields` (validated by the codec) into `out`.
 /// `Err` names what HTTP/1.1 cannot carry (the stream is then refused).
 pub(super) fn request_head(
@@ -150,12 +162,7 @@ pub(super) fn request_head(
         }
         out.extend_from_slice(b"\r\n");
     }
-    let framing = match (length, end_stream) {
-        _ if websocket_key.is_some() => UpstreamFraming::Raw,
-        (Some(0), _) | (None, true) => UpstreamFraming::None,
-        (Some(n), _) => UpstreamFraming::Length(n),
-        (None, false) => UpstreamFraming::Chunked,
-    };
+    let framing = framing(length, end_stream, websocket_key.is_some());
     match framing {
         UpstreamFraming::Length(n) => {
             let _ = write!(out, "Content-Length: {n}\r\n");

@@ -118,10 +118,13 @@ impl Proxy {
         scratch.clear();
         // Checked at open (`translate::target`); what HTTP/1.1 cannot carry is left out.
         let key = st.websocket.as_ref().map(|k| &k[..]);
-        if let Ok(head) = translate::request_head(&st.fields, st.req_end, from, close, key, scratch)
-        {
-            st.h1.framing = head.framing;
-        }
+        // The framing chosen at open, whatever the client sent since: a body that was
+        // still to come then goes chunked on every attempt (had the client ended its
+        // stream by now, a head built from that would say the request has no body, and
+        // the body sent after it would read as another request).
+        let open_end = st.h1.framing == UpstreamFraming::None;
+        let built = translate::request_head(&st.fields, open_end, from, close, key, scratch);
+        debug_assert!(built.is_ok_and(|h| h.framing == st.h1.framing));
         let buf = st.ex.head.get_or_insert_with(|| self.ctx.bufs.get());
         buf.clear();
         if scratch.len() > buf.capacity() {

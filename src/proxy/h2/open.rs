@@ -143,7 +143,10 @@ impl Proxy {
         let ws_key = websocket.then(|| h2_session::websocket_key(&mut self.ctx.rng));
         // An HTTP/1.1 backend gets its head now; an h2c one the fields as they are.
         let mut buf = self.ctx.bufs.get();
-        let mut framing = translate::UpstreamFraming::None;
+        // How the request goes to an HTTP/1.1 server, on this attempt or a later one.
+        let length =
+            (fields.get(b"content-length")).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+        let mut framing = translate::framing(length, end, websocket);
         if http1 {
             let scratch = &mut self.ctx.scratch;
             scratch.clear();
