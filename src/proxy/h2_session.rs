@@ -13,6 +13,7 @@ use super::back::H1Request;
 use super::context::Ctx;
 use super::exchange::{Exchange, Resp};
 use super::h2_translate::{self as translate, UpstreamFraming};
+use super::h2c_conn::Mux;
 use super::lifecycle::Call;
 
 /// What the first bytes of a connection say.
@@ -125,8 +126,10 @@ pub(super) struct H2Stream {
     pub(super) websocket: Option<[u8; 24]>,
     pub id: u32,
     pub ex: Box<Exchange>,
-    /// The request as an HTTP/1.1 server takes it: head, then the body framed.
-    pub(super) h1: H1Request,
+    /// How the request goes to an HTTP/1.1 server, decided when the stream opened.
+    pub(super) framing: UpstreamFraming,
+    /// The current attempt's leg, by the kind of server carrying it.
+    pub(super) leg: Leg,
     /// Request payload received from the client and not yet written upstream.
     pub(super) body: Option<Buf>,
     /// Bytes of `body` not yet released to the codec (they count against the windows).
@@ -137,8 +140,6 @@ pub(super) struct H2Stream {
     pub(super) req_sent: bool,
     /// No more request bytes go upstream (it failed to take them mid-response).
     pub(super) req_closed: bool,
-    /// A chunked response's bytes after its last data (the trailer section).
-    pub(super) resp_tail: Vec<u8>,
     pub(super) head_sent: bool,
     pub(super) end_sent: bool,
 
@@ -147,10 +148,6 @@ pub(super) struct H2Stream {
     pub fields: Fields,
     /// A gRPC call (content-type application/grpc): errors are answered in gRPC terms.
     pub grpc: bool,
-    /// The current attempt runs over an h2c connection (`h2c_pool.rs`), not HTTP/1.1.
-    pub mux: bool,
-    /// h2c leg: the stream was opened upstream (HEADERS sent).
-    pub(super) opened: bool,
     /// The client's request trailers, sent by every attempt.
     pub(super) req_trailers: Option<Fields>,
     /// Request body offsets from its first byte: of `body`'s first byte, sent in this
@@ -187,11 +184,64 @@ pub(super) struct H2Stream {
     /// The session's next step must step this stream: something it waits on changed
     /// (a codec event, its upstream's, an attach), or it moved at its last step.
     pub due: bool,
-    /// h2c leg: where the stream was last found among its connection's streams.
-    pub(super) mk: usize,
     /// The h2c leg of a hedge racing the current attempt (`h2/hedge.rs`), while it is
     /// not the stream's: its connection and clock are in `ex.hedge`.
     pub(super) alt: AltLeg,
+}
+
+/// The current attempt's leg, by the kind of server carrying it: what only that kind
+/// needs. What both need (the body and its offsets, `req_sent`) is the stream's.
+pub(super) enum Leg {
+    /// An HTTP/1.1 connection of its own.
+    H1 {
+        /// The request framed for it (`back.rs`).
+        req: H1Request,
+        /// A chunked response's bytes after its last data (the trailer section).
+        resp_tail: Vec<u8>,
+    },
+    /// A stream on a shared h2c connection (`h2c_pool.rs`).
+    H2c {
+        /// The stream was opened upstream (HEADERS sent).
+        opened: bool,
+        /// Where the stream was last found among its connection's streams.
+        mk: usize,
+    },
+}
+
+impl Leg {
+    pub fn h1(framing: UpstreamFraming) -> Leg {
+        Leg::H1 {
+            req: H1Request::new(framing),
+            resp_tail: Vec::new(),
+        }
+    }
+
+    pub fn h2c() -> Leg {
+        Leg::H2c {
+            opened: false,
+            mk: 0,
+        }
+    }
+
+    /// An h2c stream opened upstream (HEADERS sent).
+    pub fn opened(&self) -> bool {
+        matches!(self, Leg::H2c { opened: true, .. })
+    }
+
+    pub fn set_opened(&mut self) {
+        if let Leg::H2c { opened, .. } = self {
+            *opened = true;
+        }
+    }
+
+    /// An h2c leg's stream `front` of `client` among `m`'s streams, looked for from where
+    /// it was last found.
+    pub fn find(&mut self, m: &Mux, client: usize, front: u32) -> Option<usize> {
+        match self {
+            Leg::H2c { mk, .. } => m.stream_at(client, front, mk),
+            Leg::H1 { .. } => None,
+        }
+    }
 }
 
 /// What an h2c leg knows of its own progress, kept for the leg that is not the stream's
@@ -221,19 +271,17 @@ impl H2Stream {
             id,
             ex,
             websocket: None,
-            h1: H1Request::new(framing),
+            framing,
+            leg: Leg::h1(framing),
             body: None,
             unreleased: 0,
             req_end: end,
             req_sent: false,
             req_closed: false,
-            resp_tail: Vec::new(),
             head_sent: false,
             end_sent: false,
             fields,
             grpc,
-            mux: false,
-            opened: false,
             req_trailers: None,
             base: 0,
             sent: 0,
@@ -248,7 +296,6 @@ impl H2Stream {
             grpc_status: None,
             final_answer: false,
             due: true,
-            mk: 0,
             alt: AltLeg::default(),
         }
     }
@@ -263,10 +310,12 @@ impl H2Stream {
         std::mem::swap(&mut ex.attempt, &mut ex.hedge.started);
         std::mem::swap(&mut ex.try_by, &mut self.alt.try_by);
         let a = &mut self.alt;
-        std::mem::swap(&mut self.opened, &mut a.opened);
         std::mem::swap(&mut self.req_sent, &mut a.req_sent);
         std::mem::swap(&mut self.sent, &mut a.sent);
-        std::mem::swap(&mut self.mk, &mut a.mk);
+        if let Leg::H2c { opened, mk } = &mut self.leg {
+            std::mem::swap(opened, &mut a.opened);
+            std::mem::swap(mk, &mut a.mk);
+        }
     }
 
     /// The stream's exchange, and its gRPC call's facts for the accounting in
@@ -380,11 +429,32 @@ impl H2Stream {
 
     /// A new attempt writes the request from its start.
     pub(super) fn restart(&mut self) {
-        self.opened = false;
         self.sent = self.base;
         self.req_sent = false;
-        self.h1.restart();
-        self.resp_tail.clear();
+        match &mut self.leg {
+            Leg::H1 { req, resp_tail } => {
+                req.restart();
+                resp_tail.clear();
+            }
+            Leg::H2c { opened, .. } => *opened = false,
+        }
+    }
+
+    /// The current attempt runs over an h2c connection, not HTTP/1.1.
+    pub fn on_h2c(&self) -> bool {
+        matches!(self.leg, Leg::H2c { .. })
+    }
+
+    /// The next attempt goes to a server speaking h2c (else HTTP/1.1): the leg is made for
+    /// it, unless the last one was of that kind already (it is restarted then).
+    pub(super) fn leg_for(&mut self, h2c: bool) {
+        if h2c != self.on_h2c() {
+            self.leg = if h2c {
+                Leg::h2c()
+            } else {
+                Leg::h1(self.framing)
+            };
+        }
     }
 
     /// Gives back what the stream held: buffers to the worker's pool, its exchange's box,

@@ -18,7 +18,7 @@ use super::super::context::Ctx;
 use super::super::decide::{self, Failure, PoolCheck};
 use super::super::exchange::Resp;
 use super::super::h1_response::{self, Kind, Unframe};
-use super::super::h2_session::{self, H2Stream};
+use super::super::h2_session::{self, H2Stream, Leg};
 use super::super::h2_session::{H2Session, OUT_HIGH};
 use super::super::h2_translate::{self as translate, UpstreamFraming};
 use super::super::io::{read_into, would_block, Io};
@@ -73,7 +73,7 @@ impl Proxy {
                         id: st.id,
                     });
                 }
-                st.mux = h2c;
+                st.leg_for(h2c);
                 st.ex.begin_attempt(ui, reused, lease);
                 st.restart();
                 // The backend's deadline is the stream's (`step.rs`), once connected: an
@@ -122,9 +122,9 @@ impl Proxy {
         // still to come then goes chunked on every attempt (had the client ended its
         // stream by now, a head built from that would say the request has no body, and
         // the body sent after it would read as another request).
-        let open_end = st.h1.framing == UpstreamFraming::None;
+        let open_end = st.framing == UpstreamFraming::None;
         let built = translate::request_head(&st.fields, open_end, from, close, key, scratch);
-        debug_assert!(built.is_ok_and(|h| h.framing == st.h1.framing));
+        debug_assert!(built.is_ok_and(|h| h.framing == st.framing));
         let buf = st.ex.head.get_or_insert_with(|| self.ctx.bufs.get());
         buf.clear();
         if scratch.len() > buf.capacity() {
@@ -152,7 +152,7 @@ impl Proxy {
         }
         self.h2_end_hedging(ci, st);
         let ui = st.ex.up.take()?;
-        if st.mux {
+        if st.on_h2c() {
             self.mux_detach(ui, ci, st.id, code);
         } else {
             self.remove_upstream(ui);
@@ -259,6 +259,9 @@ impl Proxy {
         let H2Session { conn, streams, .. } = s;
         let st = &mut streams[i];
         let u = &mut self.ups[st.ex.on()];
+        let Leg::H1 { req, .. } = &mut st.leg else {
+            return Err(());
+        };
         if st.req_sent || st.req_closed || !u.io.writable {
             return Ok(false);
         }
@@ -270,14 +273,12 @@ impl Proxy {
         let from = (st.sent - st.base) as usize;
         let payload: &[u8] = st.body.as_ref().map_or(&[], |b| &b.bytes()[from..]);
         let hl = head.len();
-        let slices = st
-            .h1
-            .next(head, payload, st.req_end, st.req_trailers.as_ref());
+        let slices = req.next(head, payload, st.req_end, st.req_trailers.as_ref());
         if slices.iter().all(|s| s.is_empty()) {
-            self.ctx.count_trailers_dropped(st.h1.take_dropped());
-            if st.h1.done(st.req_end) {
+            self.ctx.count_trailers_dropped(req.take_dropped());
+            if req.done(st.req_end) {
                 st.req_sent = true;
-                if st.h1.framing == UpstreamFraming::Raw {
+                if st.framing == UpstreamFraming::Raw {
                     // The client ended its side of the WebSocket tunnel: so does corelb.
                     u.sock.shutdown_write();
                 }
@@ -297,8 +298,8 @@ impl Proxy {
         if n < total {
             u.io.writable = false;
         }
-        let (head_n, k) = st.h1.wrote(n, hl);
-        self.ctx.count_trailers_dropped(st.h1.take_dropped());
+        let (head_n, k) = req.wrote(n, hl);
+        self.ctx.count_trailers_dropped(req.take_dropped());
         st.ex.head_off += head_n;
         if head_n > 0 && head_n == hl {
             // Sent whole: the buffer goes back to the pool (a slow response would hold it);
@@ -383,8 +384,8 @@ impl Proxy {
         let bad = |why: &'static str| Some(Failure::BadResponse(why));
         loop {
             let ex = &mut st.ex;
-            if let Resp::Body(_) = ex.resp {
-                return h1_response::body(ex, Unframe::KeepTail(&mut st.resp_tail)).map_err(Some);
+            if let (Resp::Body(_), Leg::H1 { resp_tail, .. }) = (ex.resp, &mut st.leg) {
+                return h1_response::body(ex, Unframe::KeepTail(resp_tail)).map_err(Some);
             }
             if ex.resp != Resp::Head {
                 return Ok(());
@@ -506,6 +507,9 @@ fn h2_send_response(s: &mut H2Session, i: usize, dropped: &mut u64) -> bool {
         ..
     } = s;
     let st = &mut streams[i];
+    let Leg::H1 { resp_tail, .. } = &st.leg else {
+        return false;
+    };
     if !st.head_sent || st.end_sent {
         return false;
     }
@@ -515,11 +519,7 @@ fn h2_send_response(s: &mut H2Session, i: usize, dropped: &mut u64) -> bool {
         end_sent: &mut st.end_sent,
         grpc_status: &mut st.grpc_status,
     };
-    let f = forward(
-        conn,
-        to,
-        &mut H1Body::new(&mut st.ex, &st.resp_tail, trailers),
-    );
+    let f = forward(conn, to, &mut H1Body::new(&mut st.ex, resp_tail, trailers));
     st.ex.rec.response_bytes += f.bytes;
     *dropped += f.dropped;
     f.moved

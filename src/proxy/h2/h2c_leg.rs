@@ -60,7 +60,7 @@ impl Proxy {
         let st = &mut streams[i];
         let ui = st.ex.on();
         let mut moved = false;
-        if !st.opened {
+        if !st.leg.opened() {
             translate::upstream_fields(&st.fields, from, up);
             let end = st.req_end && st.unsent().is_empty() && st.req_trailers.is_none();
             let (id, fields) = (st.id, &*up);
@@ -81,7 +81,7 @@ impl Proxy {
                     return Err(gone.map_or(LegStep::NoRoom, |g| LegStep::Failed(g.failure())));
                 }
             }
-            st.opened = true;
+            st.leg.set_opened();
             st.req_sent = end;
             moved = true;
         }
@@ -89,7 +89,10 @@ impl Proxy {
             return Ok(moved);
         }
         let m = self.ups[ui].mux_mut().expect("a mux");
-        let sid = m.streams[m.stream_at(ci, st.id, &mut st.mk).expect("registered")].sid;
+        let Some(k) = st.leg.find(m, ci, st.id) else {
+            return Err(LegStep::Failed(Failure::Reset));
+        };
+        let sid = m.streams[k].sid;
         let pending = st.unsent();
         if !pending.is_empty() {
             let last = st.req_end && st.req_trailers.is_none();
@@ -133,7 +136,7 @@ impl Proxy {
         let st = &mut streams[i];
         let ui = st.ex.on();
         let m = self.ups[ui].mux_mut().expect("a mux");
-        let Some(k) = m.stream_at(ci, st.id, &mut st.mk) else {
+        let Some(k) = st.leg.find(m, ci, st.id) else {
             return LegStep::Failed(Failure::Reset);
         };
         let ms = &mut m.streams[k];

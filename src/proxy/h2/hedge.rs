@@ -27,7 +27,7 @@ use super::super::context::Ctx;
 use super::super::exchange::{Exchange, Hedge, Resp};
 use super::super::grpc;
 use super::super::h2_session::H2Session;
-use super::super::h2_session::{AltLeg, H2Stream};
+use super::super::h2_session::{AltLeg, H2Stream, Leg};
 use super::super::h2_translate::Origin;
 use super::super::hedge::status_of;
 use super::super::io::{would_block, write2};
@@ -37,7 +37,7 @@ use super::super::lifecycle::Promote;
 /// whole request held, so another server can be sent all of it.
 fn may_hedge(st: &H2Stream, replay_max: usize) -> bool {
     let held = st.body.as_ref().map_or(0, |b| b.len());
-    st.mux
+    st.on_h2c()
         && st.ex.hedgeable
         && st.req_end
         && st.replayable
@@ -67,7 +67,7 @@ impl Proxy {
             return;
         }
         st.alt.planned = true;
-        if !st.mux && !may_hedge_h1(st) {
+        if !st.on_h2c() && !may_hedge_h1(st) {
             // An HTTP/1.1 leg is hedged only without a request body.
             return;
         }
@@ -83,7 +83,7 @@ impl Proxy {
     pub(super) fn h2_hedge_timer(&mut self, ci: usize, s: &mut H2Session, i: usize) {
         let st = &mut s.streams[i];
         st.ex.hedge.at = 0;
-        if !st.mux {
+        if !st.on_h2c() {
             self.h2_h1_hedge_timer(ci, st, &s.from);
             return;
         }
@@ -107,7 +107,8 @@ impl Proxy {
         let Some(m) = up.and_then(|u| u.mux()) else {
             return false;
         };
-        m.stream_at(ci, st.id, &mut st.mk)
+        st.leg
+            .find(m, ci, st.id)
             .is_some_and(|k| m.streams[k].head.is_some())
     }
 
@@ -262,7 +263,7 @@ impl Proxy {
         if st.ex.hedge.up.is_none() || st.head_sent {
             return false;
         }
-        if st.mux {
+        if st.on_h2c() {
             self.h2_promote(ci, st, Promote::Failed);
         } else if self.h1_hedge_sent(st) {
             self.h2_h1_promote(st, Promote::Failed);
@@ -436,7 +437,9 @@ impl Proxy {
         (ex.got_bytes, ex.keep) = (false, false);
         self.ctx.bufs.release(&mut ex.head);
         ex.head_off = 0;
-        st.resp_tail.clear();
+        if let Leg::H1 { resp_tail, .. } = &mut st.leg {
+            resp_tail.clear();
+        }
         st.req_sent = true;
         // The backend's deadline starts again with this attempt, on the stream.
         st.deadline = 0;

@@ -201,7 +201,7 @@ impl Proxy {
         // Attached by h2_attach_pending, after the rest of this read; what arrives before
         // (body, trailers) is kept in the form its backend takes.
         st.pending = Some(lease);
-        st.mux = !http1;
+        st.leg_for(!http1);
         s.streams.push(st);
         s.attaching = true;
         s.opened = s.opened.saturating_add(1);

@@ -46,7 +46,7 @@ impl Proxy {
         if s.streams[i].pending.is_some() {
             return (false, false);
         }
-        let h2c = s.streams[i].mux;
+        let h2c = s.streams[i].on_h2c();
         // A hedge racing this attempt goes first: its answer may make it the attempt.
         let hedged = if h2c {
             self.h2_hedge_step(ci, s, i)
@@ -112,7 +112,7 @@ impl Proxy {
     /// by its connect timer instead.
     fn h2_arm_backend(&mut self, s: &mut H2Session, i: usize, moved: bool) {
         let st = &mut s.streams[i];
-        if !st.mux && self.ups[st.ex.on()].is_connecting() {
+        if !st.on_h2c() && self.ups[st.ex.on()].is_connecting() {
             return;
         }
         let on_client = st.waits_on_client(&s.conn) || st.ex.ready > 0;
@@ -146,7 +146,7 @@ impl Proxy {
             .expect("a completed stream ran on a connection");
         let (ex, call) = st.for_accounting();
         self.ctx.finished(ex, call);
-        if st.mux {
+        if st.on_h2c() {
             let code = if st.req_sent {
                 ErrorCode::NO_ERROR
             } else {
@@ -177,7 +177,7 @@ impl Proxy {
         why: Failure,
     ) -> (bool, bool) {
         let st = &mut s.streams[i];
-        let answered = st.mux
+        let answered = st.on_h2c()
             && self.ups[st.ex.on()]
                 .mux()
                 .and_then(|m| m.stream(ci, st.id).map(|k| m.streams[k].head.is_some()))
