@@ -21,6 +21,8 @@
 //!   - `h2c_conn`: one shared h2c upstream connection and its streams' inboxes;
 //!   - `lifecycle`: an exchange's course for every protocol pair: deadlines, what a
 //!     retry changes, error answers, and how an ending is accounted;
+//!   - `back`: the back-end interface: a response body taken event by event from either
+//!     server kind, and an HTTP/2 stream's request framed for an HTTP/1.1 server;
 //!   - `h2_session`: an HTTP/2 client connection and its streams;
 //!   - `conns`: `Proxy`, its client and upstream connections, their tokens;
 //! - what moves an exchange, each `impl Proxy` over the model:

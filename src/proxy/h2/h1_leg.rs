@@ -1,8 +1,9 @@
-//! One HTTP/2 stream's upstream leg: its HTTP/1.1 connection (pooled or per request), the
-//! request head and body written with corelb's framing (Content-Length, or chunked with
-//! the client's trailers), the response parsed by `crate::http` and sent as HEADERS, DATA
-//! within the send windows and trailers; failures retried by `decide::replay`'s rules,
-//! answered 502/504 before the response head, or RST_STREAM(INTERNAL_ERROR) after it.
+//! One HTTP/2 stream's leg on an HTTP/1.1 connection (pooled or per request): attaching a
+//! stream to either server kind, and this kind's turn (`step.rs` handles what it finds):
+//! the connection up, the request head and body written with the framing decided at open
+//! (`back::H1Request`: Content-Length, or chunked with the client's trailers), the response
+//! read by `h1_response.rs`, its heads sent as HEADERS and its body forwarded
+//! (`forward.rs`); the connection pooled or closed once the stream is done.
 
 use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;

@@ -1,12 +1,14 @@
-//! One HTTP/2 stream's leg over an h2c upstream connection (`proxy/h2c_pool.rs`): the request
-//! head as HEADERS, the body as DATA within the backend's windows, request trailers; the
-//! response head, DATA and trailers from the stream's inbox to the client within the
-//! client's windows, releasing the backend's window only as the client takes the bytes.
+//! One HTTP/2 stream's turn over an h2c upstream connection (`proxy/h2c_pool.rs`; `step.rs`
+//! handles what it finds): the request head as HEADERS, the body as DATA within the
+//! backend's windows, request trailers; the response head from the stream's inbox (a
+//! gRPC Trailers-Only answer sorted first), then its DATA and trailers to the client
+//! within the client's windows (`forward.rs`), releasing the backend's window only as
+//! the client takes the bytes.
 //!
-//! The request body sent upstream stays buffered (up to the replay buffer, 64 KiB unless
-//! the retry policy says) until the
-//! response head arrives, so a stream the backend refused (REFUSED_STREAM, or above its
-//! GOAWAY's last stream id) can be sent again elsewhere even after its body went out.
+//! The request body sent upstream stays in the stream (up to the replay buffer, 64 KiB
+//! unless the retry policy says) until the response head arrives, so a stream the backend
+//! refused (REFUSED_STREAM, or above its GOAWAY's last stream id) can be sent again
+//! elsewhere even after its body went out.
 
 use std::sync::atomic::Ordering::Relaxed;
 

@@ -1,8 +1,9 @@
 //! The HTTP/2 front end (h2c with prior knowledge): a client connection whose first bytes
 //! are the HTTP/2 preface becomes a session (`Phase::H2`) owning the sans-IO codec and its
 //! streams. Every stream is a request of its own: picked by the routing mode, sent over
-//! an HTTP/1.1 upstream connection (pooled or per request), retried by the same rules
-//! and accounted exactly like an HTTP/1.1 exchange (it has an `Exchange` of its own).
+//! an HTTP/1.1 upstream connection (pooled or per request) or as a stream of a shared h2c
+//! one, retried by the same rules and accounted exactly like an HTTP/1.1 exchange (it has
+//! an `Exchange` of its own).
 //!
 //! - `mod.rs`: the session: client bytes in and out, each step's streams, drain,
 //!   teardown, and the codec's abuse counters summed into `Shared`;
@@ -10,9 +11,9 @@
 //! - `deadline.rs`: the session's and its streams' deadlines on the client's timer;
 //! - `step.rs`: one step of a stream, whichever kind of server carries it: the leg's
 //!   turn, then the stream finished, retried or failed the same way for both;
-//! - `h1_leg.rs`: one stream's HTTP/1.1 upstream leg, with backpressure both ways;
-//! - `h2c_leg.rs`: one stream's leg over a shared h2c upstream connection;
-//! - `hedge.rs`: a hedge racing an h2c leg on the same stream;
+//! - `h1_leg.rs`: attaching a stream, and its turn on an HTTP/1.1 connection;
+//! - `h2c_leg.rs`: a stream's turn over a shared h2c upstream connection;
+//! - `hedge.rs`: a hedge racing a stream's attempt;
 //! - `forward.rs`: a stream's response body to the client, from either leg;
 //!
 //! The session's and its streams' state is `proxy/h2_session.rs`; gRPC's terms are
