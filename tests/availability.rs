@@ -605,15 +605,7 @@ fn a_replayed_http2_post_without_a_length_keeps_its_chunked_framing() {
     let mut client = common::h2client::H2::connect(p.addr);
     let body = vec![b'c'; 3_000];
     for _ in 0..6 {
-        let id = client.request("POST", "/echo", &[], false);
-        client.data(id, &body, true);
-        let g = client.wait(id, Duration::from_secs(10));
-        assert_eq!(g.status, 200, "{g:?}");
-        assert!(
-            g.body == body,
-            "the echo is the body ({} bytes)",
-            g.body.len()
-        );
+        assert_chunked_echo(&mut client, &body);
     }
     assert!(closer.requests.load(SeqCst) >= 2);
     assert_eq!(
@@ -895,6 +887,20 @@ fn h2_post_echo(client: &mut common::h2client::H2, body: &[u8]) -> (u16, Vec<u8>
     (g.status, g.body)
 }
 
+/// POSTs `body` to `/echo` over `client` without a content-length (so it goes chunked to
+/// an HTTP/1.1 server): the answer is 200 and the echo is the body, whole.
+fn assert_chunked_echo(client: &mut common::h2client::H2, body: &[u8]) {
+    let id = client.request("POST", "/echo", &[], false);
+    client.data(id, body, true);
+    let g = client.wait(id, Duration::from_secs(10));
+    assert_eq!(g.status, 200, "{g:?}");
+    assert!(
+        g.body == body,
+        "the echo is the body ({} bytes)",
+        g.body.len()
+    );
+}
+
 /// POSTs `body` to `/echo` over `client`: the answer is 200 and the echo is the body, whole.
 fn assert_echoed_whole(client: &mut common::h2client::H2, body: &[u8]) {
     let (status, echoed) = h2_post_echo(client, body);
@@ -948,15 +954,7 @@ fn a_stream_an_h2c_server_refused_goes_to_an_http1_server_body_and_all() {
     // Without a content-length the body goes chunked to the HTTP/1.1 server, as it would
     // have on a first attempt there (decided when the stream opened).
     for _ in 0..4 {
-        let id = client.request("POST", "/echo", &[], false);
-        client.data(id, &body, true);
-        let g = client.wait(id, Duration::from_secs(10));
-        assert_eq!(g.status, 200, "{g:?}");
-        assert!(
-            g.body == body,
-            "the echo is the body ({} bytes)",
-            g.body.len()
-        );
+        assert_chunked_echo(&mut client, &body);
     }
     assert_eq!(
         echo.requests(),

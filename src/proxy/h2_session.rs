@@ -130,7 +130,8 @@ pub(super) struct H2Stream {
     pub(super) framing: UpstreamFraming,
     /// The current attempt's leg, by the kind of server carrying it.
     pub(super) leg: Leg,
-    /// Request payload received from the client and not yet written upstream.
+    /// Request payload received from the client: the bytes kept for a replay, then those
+    /// this attempt has not sent ([`H2Stream::unsent`]).
     pub(super) body: Option<Buf>,
     /// Bytes of `body` not yet released to the codec (they count against the windows).
     pub unreleased: usize,
@@ -161,7 +162,8 @@ pub(super) struct H2Stream {
     /// stream's replay buffer is its body, whichever kind of server takes it
     /// ([`H2Stream::body_went`]).
     pub(super) replayable: bool,
-    /// Worker-clock ms: the backend must have moved by then (h2c leg; 0: not waiting).
+    /// Worker-clock ms: the backend must have moved by then (either server kind, once
+    /// connected; 0: not waiting).
     pub deadline: u64,
     /// Worker-clock ms: the call's `grpc-timeout`, capped by the upstream timeout (0: none).
     pub call_deadline: u64,
