@@ -7,13 +7,14 @@ SIGINT and callgrind's total (Ir) read. Two runs per binary, of LONG and SHORT r
 (Ir(LONG) - Ir(SHORT)) / (LONG - SHORT) is the cost of one request without start-up and
 shutdown. Binaries alternate (A, B, A, B ...) and each figure is the median of --reps.
 
-  python3 bench/instructions.py [--h2c] [--reps 1] [--keep DIR] BIN [BIN ...]
+  python3 bench/instructions.py [--h2c | --pair FRONT-BACK] [--reps 1] [--keep DIR] BIN [BIN ...]
 
 --keep DIR: copy each callgrind output to DIR (named after the binary's checkout and N),
 for `callgrind_annotate`.
 
 --h2c: HTTP/2 (h2c prior knowledge) to corelb and h2c to the backend; else HTTP/1.1 both
-ways (`h2load --h1`). The per-request CSV log is off (`--log-csv off`; its writer thread
+ways (`h2load --h1`). --pair h1-h1, h2-h2c (as --h2c), h2-h1 or h1-h2c picks the client's
+protocol and the backend's apart. The per-request CSV log is off (`--log-csv off`; its writer thread
 costs about as much again per request) unless --csv-log. Instruction counts do not depend on the machine's speed or load,
 which makes them the figure to compare when the CPU is shared.
 """
@@ -36,7 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = os.path.join(ROOT, "target", "release", "corelb-backend")
 
 
-def run(binary, n, h2c, tmp, csv_log, keep=None):
+def run(binary, n, pair, tmp, csv_log, keep=None):
+    front_h2, h2c = pair
     bport, pport = free_port(), free_port()
     proto = ["--protocol", "h2c"] if h2c else []
     backend = subprocess.Popen(
@@ -64,7 +66,7 @@ def run(binary, n, h2c, tmp, csv_log, keep=None):
         wait_port(bport, 10)
         wait_port(pport, 60)
         args = ["h2load", "-n", str(n), "-c", "10", "-t", "1"]
-        if not h2c:
+        if not front_h2:
             args.append("--h1")
         res = subprocess.run(args + [f"http://127.0.0.1:{pport}/"],
                              capture_output=True, text=True, timeout=600)
@@ -95,21 +97,29 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binaries", nargs="+")
     ap.add_argument("--h2c", action="store_true")
+    ap.add_argument("--pair", choices=["h1-h1", "h2-h2c", "h2-h1", "h1-h2c"])
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--csv-log", action="store_true")
     ap.add_argument("--short", type=int, default=10000)
     ap.add_argument("--long", type=int, default=30000)
     ap.add_argument("--keep", help="copy each callgrind output here (for callgrind_annotate)")
     a = ap.parse_args()
+    name = a.pair or ("h2-h2c" if a.h2c else "h1-h1")
+    pair = (name.startswith("h2-"), name.endswith("-h2c"))
     per = {b: [] for b in a.binaries}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(a.reps):
             for b in a.binaries:
-                short = run(b, a.short, a.h2c, tmp, a.csv_log, a.keep)
-                long_ = run(b, a.long, a.h2c, tmp, a.csv_log, a.keep)
+                short = run(b, a.short, pair, tmp, a.csv_log, a.keep)
+                long_ = run(b, a.long, pair, tmp, a.csv_log, a.keep)
                 per[b].append((long_ - short) / (a.long - a.short))
                 print(f"{b}: {per[b][-1]:.0f} instructions/request", flush=True)
-    what = "h2c -> h2c" if a.h2c else "HTTP/1.1 -> HTTP/1.1"
+    what = {
+        "h1-h1": "HTTP/1.1 -> HTTP/1.1",
+        "h2-h2c": "h2c -> h2c",
+        "h2-h1": "h2c -> HTTP/1.1",
+        "h1-h2c": "HTTP/1.1 -> h2c",
+    }[name]
     print(f"\n{what}, h2load -c10, ({a.long} - {a.short}) requests, median of {a.reps}:")
     first = statistics.median(per[a.binaries[0]])
     for b in a.binaries:
