@@ -76,6 +76,7 @@ impl<'a> H1Body<'a> {
 }
 
 impl ResponseBody for H1Body<'_> {
+    #[inline]
     fn next(&mut self) -> Next<'_> {
         let done = self.ex.resp == Resp::Done;
         if self.ex.ready > 0 {
@@ -93,6 +94,7 @@ impl ResponseBody for H1Body<'_> {
         Next::End((!self.fields.is_empty()).then_some(&*self.fields))
     }
 
+    #[inline]
     fn taken(&mut self, n: usize) {
         self.ex
             .resp_buf
@@ -102,14 +104,17 @@ impl ResponseBody for H1Body<'_> {
         self.ex.ready -= n;
     }
 
+    #[inline]
     fn held(&self) -> usize {
         self.ex.ready
     }
 
+    #[inline]
     fn finish(&mut self) {
         self.fields.clear();
     }
 
+    #[inline]
     fn dropped(&self) -> u64 {
         self.dropped
     }
@@ -124,6 +129,7 @@ pub(crate) struct InboxBody<'a> {
 }
 
 impl ResponseBody for InboxBody<'_> {
+    #[inline]
     fn next(&mut self) -> Next<'_> {
         let ms = &mut *self.ms;
         if ms.data.as_ref().is_some_and(|d| !d.is_empty()) {
@@ -139,16 +145,19 @@ impl ResponseBody for InboxBody<'_> {
         }
     }
 
+    #[inline]
     fn taken(&mut self, n: usize) {
         self.ms.data.as_mut().expect("data").consume(n);
         // The backend may send as much again.
         self.conn.release(self.ms.sid, n);
     }
 
+    #[inline]
     fn held(&self) -> usize {
         self.ms.data.as_ref().map_or(0, Buf::len)
     }
 
+    #[inline]
     fn finish(&mut self) {
         if let Some(t) = self.ms.trailers.take() {
             self.conn.recycle(t);
@@ -212,6 +221,7 @@ impl H1Request {
 
     /// Trailer fields left out of the end of the body (HTTP/1.1 cannot carry them), once
     /// it was worked out; counted once, however many attempts write it.
+    #[inline]
     pub fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.dropped)
     }
@@ -220,6 +230,7 @@ impl H1Request {
     /// of `payload` that go now, and the end of a chunked body, with the client's
     /// `trailers`, once the client `ended` its request and all its data went. All empty:
     /// nothing to write now.
+    #[inline]
     pub fn next<'a>(
         &'a mut self,
         head: &'a [u8],
@@ -274,6 +285,7 @@ impl H1Request {
 
     /// `n` bytes of what the last [`H1Request::next`] gave were written, `head` of them
     /// the head's at most: returns how many were the head's and how many the payload's.
+    #[inline]
     pub fn wrote(&mut self, mut n: usize, head: usize) -> (usize, usize) {
         let h = n.min(head);
         n -= h;
@@ -291,6 +303,7 @@ impl H1Request {
 
     /// With nothing left to write, the whole request went: the client `ended` it, and the
     /// body's end was written.
+    #[inline]
     pub fn done(&self, ended: bool) -> bool {
         ended && self.tail_built
     }

@@ -33,6 +33,7 @@ pub(super) struct Forwarded {
 }
 
 /// Moves `body` to stream `to` as far as the client's windows allow.
+#[inline]
 pub(super) fn forward(
     conn: &mut Connection,
     to: To<'_>,

@@ -176,6 +176,7 @@ impl Proxy {
     /// One turn of stream `i`'s HTTP/1.1 leg (`step.rs` handles what it finds): the
     /// connection up, the request out, the response read and parsed (heads as HEADERS),
     /// its body forwarded.
+    #[inline(always)]
     pub(super) fn h2_h1_turn(&mut self, s: &mut H2Session, i: usize) -> LegStep {
         let ui = s.streams[i].ex.on();
         if self.ups[ui].state == UpState::Connecting {

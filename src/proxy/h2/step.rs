@@ -37,6 +37,7 @@ pub(super) enum LegStep {
 
 impl Proxy {
     /// One step of stream `i`: returns (something moved, the stream is gone).
+    #[inline]
     pub(super) fn h2_stream_step(
         &mut self,
         ci: usize,
@@ -110,6 +111,7 @@ impl Proxy {
     /// own, on the session's timer, whichever kind of server) runs while corelb waits on
     /// the backend, not on the client. An HTTP/1.1 connection still connecting is bounded
     /// by its connect timer instead.
+    #[inline]
     fn h2_arm_backend(&mut self, s: &mut H2Session, i: usize, moved: bool) {
         let st = &mut s.streams[i];
         if !st.on_h2c() && self.ups[st.ex.on()].is_connecting() {
