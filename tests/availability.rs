@@ -595,9 +595,9 @@ fn a_retry_policy_replays_a_dropped_post_with_its_body() {
 
 /// Regression: an HTTP/2 request without a content-length goes chunked to an HTTP/1.1
 /// server. Its head was built again for a retry, and if the client had ended its stream
-/// meanwhile it said `Content-Length: 0`, with the replayed body written after it raw: a
+/// meanwhile it framed no body at all, with the replayed body written after it raw: a
 /// second request to the server, and an empty echo to the client. A retry keeps the
-/// framing its first attempt chose.
+/// framing chosen when the stream opened.
 #[test]
 fn a_replayed_http2_post_without_a_length_keeps_its_chunked_framing() {
     let policy = r#", "retryPolicy": {"retryOn": ["reset"], "methods": ["POST"]}"#;
@@ -915,7 +915,7 @@ fn assert_echoed_whole(client: &mut common::h2client::H2, body: &[u8]) {
 #[test]
 fn a_retry_policy_replays_an_http2_post_to_http1_servers_with_its_body() {
     // C reads the whole POST and drops the connection; the echo server gets it again from
-    // the copy corelb kept of what the HTTP/1.1 leg sent.
+    // what the stream kept of the body it sent.
     let policy = r#", "retryPolicy": {"retryOn": ["reset"], "methods": ["POST"]}"#;
     let (closer, echo, p) = closer_and_echo(policy);
     let mut client = common::h2client::H2::connect(p.addr);

@@ -170,7 +170,7 @@ impl ResponseBody for InboxBody<'_> {
 /// (a chunk line before each run of data, then the last chunk with the client's trailers).
 /// [`H1Request::next`] says what to write, [`H1Request::wrote`] what a write took.
 pub(crate) struct H1Request {
-    pub framing: UpstreamFraming,
+    framing: UpstreamFraming,
     /// Chunked: the line before the next chunk's data (with the last chunk's CRLF).
     pre: [u8; 24],
     pre_len: u8,

@@ -20,7 +20,7 @@ use crate::config::Protocol;
 use crate::debug;
 use crate::h2::ErrorCode;
 
-use super::conns::{client_token, connect_result, upstream_token, Proxy, UpState};
+use super::conns::{client_token, connect_result, upstream_token, Owner, Proxy, UpState};
 use super::context::Ctx;
 use super::exchange::{Exchange, Hedge, Resp};
 use super::io::{would_block, write2};
@@ -167,7 +167,7 @@ impl Proxy {
         let conn = if h2c {
             self.mux_for(b, ci, 0, false)
         } else {
-            self.connection_to(b, ci, false)
+            self.connection_to(b, Owner::Exchange(ci), false, true)
         };
         let Some((ui, reused)) = conn else {
             self.ctx.shared.balancer.cancel_lease(lease);

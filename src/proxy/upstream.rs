@@ -48,7 +48,8 @@ impl Proxy {
         if self.ctx.shared.balancer.backend(backend).protocol == Protocol::H2c {
             return self.h1_h2c_attach(ci, lease, fresh);
         }
-        let Some((ui, reused)) = self.connection_to(backend, ci, fresh) else {
+        let Some((ui, reused)) = self.connection_to(backend, Owner::Exchange(ci), fresh, true)
+        else {
             self.unreachable(ci, lease);
             return false;
         };
@@ -63,12 +64,15 @@ impl Proxy {
         true
     }
 
-    /// A connection to `backend` for client `ci`, and whether it was pooled.
+    /// A connection to `backend` working for `owner`, and whether it was pooled. A pooled
+    /// one's timer is armed with the upstream timeout when `arm` (its owner's deadline is
+    /// the connection's); an HTTP/2 stream's attempt runs on the stream's own deadline.
     pub(super) fn connection_to(
         &mut self,
         backend: usize,
-        ci: usize,
+        owner: Owner,
         fresh: bool,
+        arm: bool,
     ) -> Option<(usize, bool)> {
         let now = self.ctx.now;
         let cfg = &self.ctx.shared.cfg;
@@ -76,13 +80,17 @@ impl Proxy {
             if let Some(ui) = self.idle[backend].pop() {
                 let u = &mut self.ups[ui];
                 u.state = UpState::Busy;
-                u.set_owner(Owner::Exchange(ci));
-                let at = now + Ctx::ms(cfg.timeouts.upstream);
+                u.set_owner(owner);
+                let at = if arm {
+                    now + Ctx::ms(cfg.timeouts.upstream)
+                } else {
+                    0
+                };
                 self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
                 return Some((ui, true));
             }
         }
-        let ui = self.connect_upstream(backend, UpKind::Http1(Owner::Exchange(ci)))?;
+        let ui = self.connect_upstream(backend, UpKind::Http1(owner))?;
         Some((ui, false))
     }
 

@@ -1,5 +1,5 @@
-//! One HTTP/2 stream's leg on an HTTP/1.1 connection (pooled or per request): attaching a
-//! stream to either server kind, and this kind's turn (`step.rs` handles what it finds):
+//! One HTTP/2 stream's leg on an HTTP/1.1 connection (pooled or per request), its turn
+//! (`step.rs` attaches the stream and handles what the turn finds):
 //! the connection up, the request head and body written with the framing decided at open
 //! (`back::H1Request`: Content-Length, or chunked with the client's trailers), the response
 //! read by `h1_response.rs`, its heads sent as HEADERS and its body forwarded
@@ -8,14 +8,12 @@
 use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::balancer::Lease;
-use crate::config::{Protocol, UpstreamMode};
-use crate::h2::{Connection, ErrorCode};
+use crate::config::UpstreamMode;
+use crate::h2::Connection;
 use crate::http::{self, Body, BodyKind};
 
 use super::super::back::H1Body;
 use super::super::conns::{connect_result, upstream_token, Owner, Proxy, UpState};
-use super::super::context::Ctx;
 use super::super::decide::{self, Failure, PoolCheck};
 use super::super::exchange::Resp;
 use super::super::h1_response::{self, Kind, Unframe};
@@ -25,7 +23,7 @@ use super::super::h2_translate::{self as translate, UpstreamFraming};
 use super::super::io::{read_into, would_block, Io};
 use super::super::lifecycle;
 use super::forward::{forward, To};
-use super::step::{reply, LegStep};
+use super::step::LegStep;
 
 /// A connecting upstream's state after an event.
 enum Connect {
@@ -42,71 +40,6 @@ enum Read {
 }
 
 impl Proxy {
-    /// Puts stream `i` on a connection to `backend` (HTTP/1.1 or h2c, as the backend
-    /// speaks). False if none could be made: the stream was answered 502 (or UNAVAILABLE)
-    /// and is gone.
-    pub(super) fn h2_attach(
-        &mut self,
-        ci: usize,
-        s: &mut H2Session,
-        i: usize,
-        lease: Lease,
-        fresh: bool,
-    ) -> bool {
-        let backend = lease.backend();
-        let h2c = self.ctx.shared.balancer.backend(backend).protocol == Protocol::H2c;
-        let st = &mut s.streams[i];
-        if !h2c {
-            self.h2_request_head(st, &s.from);
-        }
-        let got = if h2c {
-            self.mux_for(backend, ci, st.id, fresh)
-        } else {
-            self.connection_to(backend, ci, fresh)
-        };
-        match got {
-            Some((ui, reused)) => {
-                let st = &mut s.streams[i];
-                st.due = true;
-                if !h2c {
-                    self.ups[ui].set_owner(Owner::Stream {
-                        client: ci,
-                        id: st.id,
-                    });
-                }
-                st.leg_for(h2c);
-                st.ex.begin_attempt(ui, reused, lease);
-                st.restart();
-                // The backend's deadline is the stream's (`step.rs`), once connected: an
-                // h2c connection's connect is its own, an HTTP/1.1 one's on its timer.
-                st.deadline = if h2c {
-                    self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect)
-                } else {
-                    0
-                };
-                if !h2c && !self.ups[ui].is_connecting() {
-                    // A pooled connection: the stream's own deadline runs, not the
-                    // connection's.
-                    self.ctx
-                        .timers
-                        .set(&mut self.ups[ui].timer, upstream_token(ui).0, 0);
-                }
-                true
-            }
-            None => {
-                let mut st = s.streams.swap_remove(i);
-                self.h2_end_hedging(ci, &mut st);
-                self.ctx.unreachable(lease, &mut st.ex);
-                if s.conn.can_send(st.id) {
-                    s.conn.release(st.id, st.unreleased);
-                }
-                reply(s, st.id, st.grpc, 502, st.req_end, "backend unreachable");
-                st.recycle(&mut self.ctx, &mut s.conn);
-                false
-            }
-        }
-    }
-
     /// Stream `st`'s HTTP/1.1 request head into `ex.head`, unless it is there: built from
     /// its fields (checked at open) for the first attempt on an HTTP/1.1 backend, and again
     /// for a later one or a hedge once the head went back to the pool.
@@ -133,32 +66,6 @@ impl Proxy {
         }
         buf.space()[..scratch.len()].copy_from_slice(scratch);
         buf.filled(scratch.len());
-    }
-
-    /// Detaches stream `st` from its upstream (closing an HTTP/1.1 connection, leaving an
-    /// h2c one with `code`); returns the attempt's lease, for the caller to account the
-    /// exchange with (`None` if not attached).
-    pub(super) fn h2_drop_leg(
-        &mut self,
-        ci: usize,
-        st: &mut H2Stream,
-        code: ErrorCode,
-    ) -> Option<Lease> {
-        if let Some(lease) = st.pending.take() {
-            // Never attached (or a retry backing off): only the pick is given back; the
-            // server never saw this attempt.
-            st.backoff_at = 0;
-            self.ctx.shared.balancer.cancel_lease(lease);
-            return None;
-        }
-        self.h2_end_hedging(ci, st);
-        let ui = st.ex.up.take()?;
-        if st.on_h2c() {
-            self.mux_detach(ui, ci, st.id, code);
-        } else {
-            self.remove_upstream(ui);
-        }
-        st.ex.lease.take()
     }
 
     fn h2_connected(&mut self, ui: usize) -> Connect {

@@ -330,14 +330,15 @@ impl Proxy {
             return;
         };
         let b = lease.backend();
-        let Some((ui, reused)) = self.connection_to(b, ci, false) else {
+        let owner = Owner::Stream {
+            client: ci,
+            id: st.id,
+        };
+        // A hedge's deadline is its connection's.
+        let Some((ui, reused)) = self.connection_to(b, owner, false, true) else {
             self.ctx.shared.balancer.cancel_lease(lease);
             return;
         };
-        self.ups[ui].set_owner(Owner::Stream {
-            client: ci,
-            id: st.id,
-        });
         // The head again: the attempt's went back to the pool once written.
         self.h2_request_head(st, from);
         let sent = st.ex.hedge.sent + 1;

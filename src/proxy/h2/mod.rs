@@ -9,9 +9,9 @@
 //!   teardown, and the codec's abuse counters summed into `Shared`;
 //! - `open.rs`: the codec's events, and new streams checked, picked and attached;
 //! - `deadline.rs`: the session's and its streams' deadlines on the client's timer;
-//! - `step.rs`: one step of a stream, whichever kind of server carries it: the leg's
+//! - `step.rs`: a stream attached to a server of either kind, and one step of it: the leg's
 //!   turn, then the stream finished, retried or failed the same way for both;
-//! - `h1_leg.rs`: attaching a stream, and its turn on an HTTP/1.1 connection;
+//! - `h1_leg.rs`: a stream's turn on an HTTP/1.1 connection;
 //! - `h2c_leg.rs`: a stream's turn over a shared h2c upstream connection;
 //! - `hedge.rs`: a hedge racing a stream's attempt;
 //! - `forward.rs`: a stream's response body to the client, from either leg;

@@ -1,4 +1,6 @@
-//! One step of an HTTP/2 stream, whichever kind of server carries its attempt: a hedge
+//! An HTTP/2 stream's attempts, whichever kind of server carries them: a stream attached
+//! to a connection (an HTTP/1.1 one of its own, or a stream of a shared h2c one) and
+//! detached from it; and one step of the stream: a hedge
 //! racing the attempt goes first; then the leg takes its turn (`h1_leg.rs` on an HTTP/1.1
 //! connection of its own, `h2c_leg.rs` on a stream of a shared h2c connection); then what
 //! the turn found is handled the same way for both: a hedge planned or called off, the
@@ -7,15 +9,17 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::balancer::Lease;
+use crate::config::Protocol;
 use crate::debug;
 use crate::h2::ErrorCode;
 use crate::health::Outcome;
 
-use super::super::conns::Proxy;
+use super::super::conns::{Owner, Proxy};
 use super::super::context::Ctx;
 use super::super::decide::{Blame, Failure};
 use super::super::grpc;
-use super::super::h2_session::H2Session;
+use super::super::h2_session::{H2Session, H2Stream};
 use super::super::lifecycle::{self, Answer};
 
 /// What one turn of a stream's leg found.
@@ -36,6 +40,89 @@ pub(super) enum LegStep {
 }
 
 impl Proxy {
+    /// Puts stream `i` on a connection to `backend` (HTTP/1.1 or h2c, as the backend
+    /// speaks). False if none could be made: the stream was answered 502 (or UNAVAILABLE)
+    /// and is gone.
+    pub(super) fn h2_attach(
+        &mut self,
+        ci: usize,
+        s: &mut H2Session,
+        i: usize,
+        lease: Lease,
+        fresh: bool,
+    ) -> bool {
+        let backend = lease.backend();
+        let h2c = self.ctx.shared.balancer.backend(backend).protocol == Protocol::H2c;
+        let st = &mut s.streams[i];
+        if !h2c {
+            self.h2_request_head(st, &s.from);
+        }
+        let got = if h2c {
+            self.mux_for(backend, ci, st.id, fresh)
+        } else {
+            let owner = Owner::Stream {
+                client: ci,
+                id: st.id,
+            };
+            // The stream's own deadline runs on a pooled connection, not the connection's.
+            self.connection_to(backend, owner, fresh, false)
+        };
+        match got {
+            Some((ui, reused)) => {
+                let st = &mut s.streams[i];
+                st.due = true;
+                st.leg_for(h2c);
+                st.ex.begin_attempt(ui, reused, lease);
+                st.restart();
+                // The backend's deadline is the stream's (`step.rs`), once connected: an
+                // h2c connection's connect is its own, an HTTP/1.1 one's on its timer.
+                st.deadline = if h2c {
+                    self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.connect)
+                } else {
+                    0
+                };
+                true
+            }
+            None => {
+                let mut st = s.streams.swap_remove(i);
+                self.h2_end_hedging(ci, &mut st);
+                self.ctx.unreachable(lease, &mut st.ex);
+                if s.conn.can_send(st.id) {
+                    s.conn.release(st.id, st.unreleased);
+                }
+                reply(s, st.id, st.grpc, 502, st.req_end, "backend unreachable");
+                st.recycle(&mut self.ctx, &mut s.conn);
+                false
+            }
+        }
+    }
+
+    /// Detaches stream `st` from its upstream (closing an HTTP/1.1 connection, leaving an
+    /// h2c one with `code`); returns the attempt's lease, for the caller to account the
+    /// exchange with (`None` if not attached).
+    pub(super) fn h2_drop_leg(
+        &mut self,
+        ci: usize,
+        st: &mut H2Stream,
+        code: ErrorCode,
+    ) -> Option<Lease> {
+        if let Some(lease) = st.pending.take() {
+            // Never attached (or a retry backing off): only the pick is given back; the
+            // server never saw this attempt.
+            st.backoff_at = 0;
+            self.ctx.shared.balancer.cancel_lease(lease);
+            return None;
+        }
+        self.h2_end_hedging(ci, st);
+        let ui = st.ex.up.take()?;
+        if st.on_h2c() {
+            self.mux_detach(ui, ci, st.id, code);
+        } else {
+            self.remove_upstream(ui);
+        }
+        st.ex.lease.take()
+    }
+
     /// One step of stream `i`: returns (something moved, the stream is gone).
     #[inline]
     pub(super) fn h2_stream_step(
