@@ -753,6 +753,32 @@ fn a_per_try_timeout_moves_a_post_the_policy_covers_to_another_server() {
 }
 
 #[test]
+fn a_per_try_timeout_moves_an_http2_get_to_another_http1_server() {
+    // The stream's request goes whole in one write; the per-try timeout must still start
+    // then. (It once started only if a later write moved bytes, so a GET waited for S.)
+    let policy = r#", "retryPolicy": {"maxAttempts": 2, "perTryTimeout": "80ms",
+                     "retryOn": ["per-try-timeout"], "methods": ["GET"]}"#;
+    let (s, f, p) = slow_and_fast(policy);
+    let mut client = common::h2client::H2::connect(p.addr);
+    for _ in 0..4 {
+        let t = Instant::now();
+        let id = client.request("GET", "/", &[], true);
+        let r = client.wait(id, Duration::from_secs(5));
+        let backend = common::h2client::header(&r, "x-backend").unwrap_or("");
+        assert_eq!((r.status, backend), (200, "F"));
+        assert!(
+            t.elapsed() < Duration::from_millis(350),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    assert!(s.requests() >= 2);
+    assert_eq!(f.requests(), 4);
+    // (A GET is replayed as safe: counted in `retries`.)
+    assert_eq!(stat(&p, "retries"), s.requests());
+}
+
+#[test]
 fn a_per_try_timeout_without_per_try_timeout_in_retry_on_is_a_504_for_a_post() {
     // The timeout bounds each attempt; only `per-try-timeout` lets a POST go elsewhere.
     let policy = r#", "retryPolicy": {"maxAttempts": 2, "perTryTimeout": "80ms",

@@ -185,14 +185,17 @@ impl Proxy {
         let slices = req.next(head, payload, st.req_end, st.req_trailers.as_ref());
         if slices.iter().all(|s| s.is_empty()) {
             self.ctx.count_trailers_dropped(req.take_dropped());
-            if req.done(st.req_end) {
-                st.req_sent = true;
-                if st.framing == UpstreamFraming::Raw {
-                    // The client ended its side of the WebSocket tunnel: so does corelb.
-                    u.sock.shutdown_write();
-                }
+            if !req.done(st.req_end) {
+                return Ok(false);
             }
-            return Ok(false);
+            st.req_sent = true;
+            if st.framing == UpstreamFraming::Raw {
+                // The client ended its side of the WebSocket tunnel: so does corelb.
+                u.sock.shutdown_write();
+            }
+            // The whole request went: a move, for the deadline to start the per-try
+            // timeout (`h2_arm_backend`).
+            return Ok(true);
         }
         let total: usize = slices.iter().map(|s| s.len()).sum();
         let r = u.sock.write_vectored(&slices.map(IoSlice::new));
