@@ -429,3 +429,32 @@ fn a_hedge_that_takes_over_keeps_its_own_per_try_timeout_on_every_protocol_pair(
         assert_eq!(served(&mid, h2c), 4, "{pair}: each GET reached M once");
     }
 }
+
+#[test]
+fn a_hedge_that_takes_over_and_stalls_too_ends_at_its_own_per_try_timeout_on_every_pair() {
+    // Both servers answer only after 3 s. A GET is hedged at 50 ms; the first attempt's
+    // per-try timeout (200 ms) hands the GET to the hedge, whose own per-try timeout ends
+    // it at about 250 ms: a 504 well before either server answers. (An HTTP/1.1 hedge
+    // promoted on an HTTP/1.1 client's exchange once ran on without one, to the 3 s answer.)
+    for (http2, h2c) in PAIRS {
+        let proto: &[&str] = if h2c { &["--protocol", "h2c"] } else { &[] };
+        let a = Backend::start("A", "fixed:3000", proto);
+        let b = Backend::start("B", "fixed:3000", proto);
+        let cfg = format!(
+            r#"{{"servers": [{}, {}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
+                "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "50ms", "methods": ["GET"]}},
+                "retryPolicy": {{"maxAttempts": 2, "perTryTimeout": "200ms",
+                                 "retryOn": ["per-try-timeout"], "methods": ["GET"]}}}}"#,
+            entry(&a, h2c),
+            entry(&b, h2c)
+        );
+        let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+        let pair = format!("http2 {http2}, h2c {h2c}");
+        let t = Instant::now();
+        let (status, _) = get_over(&p, http2);
+        let took = t.elapsed();
+        assert_eq!(status, 504, "{pair}");
+        assert!(took < Duration::from_millis(2000), "{pair}: {took:?}");
+        assert!(stat(&p, "hedges") >= 1, "{pair}");
+    }
+}

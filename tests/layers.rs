@@ -489,7 +489,7 @@ const PROXY_LAYERS: &[&[&str]] = &[
     &["conns"],
     // P7: back ends and the exchange's course (may use each other, without a cycle).
     &[
-        "upstream", "h2c_pool", "relay", "splice", "hedge", "end", "h1_h2c", "tunnel",
+        "upstream", "h2c_pool", "relay", "splice", "hedge", "end", "h1_h2c", "h1_step", "tunnel",
     ],
     // P8: front ends.
     &["handshake", "client", "h2"],

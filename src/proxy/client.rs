@@ -15,7 +15,7 @@ use super::conns::{client_token, Phase, Proxy, Step};
 use super::context::Ctx;
 use super::decide::Blame;
 use super::exchange::Start;
-use super::h1_h2c_translate::H2cLeg;
+use super::h1_h2c_translate::H2Facts;
 use super::io::{read_into, would_block, write2};
 
 /// How long a closing connection keeps reading (and discarding) so the peer receives
@@ -203,7 +203,7 @@ impl Proxy {
             head,
             rec,
         });
-        ex.h2c = H2cLeg::request(req.te_trailers, req.body == BodyKind::Chunked, https);
+        ex.h2 = H2Facts::new(req.te_trailers, req.body == BodyKind::Chunked, https);
         // (The server's name borrowed from the shared state beside the scratch buffer: no
         // clone of the `Arc` all workers share, whose count would bounce between cores.)
         let ctx = &mut self.ctx;
@@ -390,12 +390,8 @@ impl Proxy {
             }
             // h2 hook: a stalled or idle HTTP/2 connection closes with its streams.
             Phase::H2(_) => self.h2_timeout(ci),
-            // h1_h2c hook: an exchange on an h2c stream keeps its deadlines on this timer.
-            Phase::Proxy(ref ex) if ex.h2c.on => self.h1_h2c_timeout(ci),
-            Phase::Proxy(_) => {
-                debug!("worker {id}: client {} stalled mid-exchange", c.peer);
-                self.abort(ci, Blame::Client);
-            }
+            // h1_step hook: an exchange keeps both of its deadlines on this timer.
+            Phase::Proxy(_) => self.exchange_timeout(ci),
             _ => {
                 if c.sock.handshaking() {
                     debug!("worker {id}: TLS handshake from {} too slow", c.peer);

@@ -17,6 +17,7 @@ use crate::timer::Deadline;
 use crate::transport::Transport;
 
 use super::context::Ctx;
+use super::decide::Failure;
 use super::exchange::Exchange;
 use super::h2_session::H2Session;
 use super::h2c_conn::Mux;
@@ -75,7 +76,8 @@ pub struct Proxy {
     pub(super) published: [u64; 4],
 }
 
-/// What one direction's step did.
+/// What a turn of an HTTP/1.1 client's exchange (or one direction of it) did, for the
+/// exchange's step (`h1_step.rs`) to act on.
 pub(super) enum Flow {
     /// Nothing could move.
     Idle,
@@ -83,6 +85,13 @@ pub(super) enum Flow {
     Moved,
     /// The exchange is over: the client was answered (`Step::Progress`) or is gone.
     Over(Step),
+    /// The attempt failed: retried, answered 502/504, or (mid-response) the client gets
+    /// what arrived and then closes.
+    Failed(Failure),
+    /// A 502/503/504 head the retry policy replays arrived (still unforwarded).
+    Status(u16),
+    /// The h2c connection had no room for the stream after all: a fresh one is needed.
+    NoRoom,
 }
 
 /// A client's address in 20 bytes where a `SocketAddr` takes 32 (an idle keep-alive

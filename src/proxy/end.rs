@@ -86,17 +86,13 @@ impl Proxy {
         let Some((_, ex)) = c.split() else {
             return;
         };
-        if ex.up.is_none() {
+        let Some(ui) = ex.up else {
             return;
-        }
+        };
         debug!(
             "worker {}: backend {} failed ({}) for {peer}: answering {}",
             self.ctx.id,
-            self.ctx
-                .shared
-                .balancer
-                .backend(self.ups[ex.on()].backend)
-                .name,
+            self.server_name(ui),
             why.reason(),
             why.canned().status
         );

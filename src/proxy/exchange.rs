@@ -11,7 +11,7 @@ use crate::buffer::{Buf, BufPool};
 use crate::http::{Body, HeadIndex, Method};
 
 use super::decide::{Attempt, Tried, Waits};
-use super::h1_h2c_translate::H2cLeg;
+use super::h1_h2c_translate::{H2Facts, H2cLeg};
 use super::pipe::use_splice;
 use super::pipe::Splicing;
 
@@ -135,9 +135,35 @@ pub(crate) struct Exchange {
     /// The last body read filled the buffer: it grows before the next (buffer.rs).
     pub req_hot: bool,
     pub resp_hot: bool,
-    /// For an h2c backend: the request's facts HTTP/2 needs and the attempt's stream
-    /// (h1_h2c.rs).
-    pub h2c: H2cLeg,
+    /// The kind of server carrying the current attempt, with that kind's progress
+    /// (an HTTP/1.1 client's exchange; `h1_step.rs`).
+    pub hop: Hop,
+    /// The request's facts an HTTP/2 hop needs (an h2c server, `h1_h2c.rs`).
+    pub h2: H2Facts,
+    /// Worker-clock ms (0: none): the server must have moved by `up_at`, the client by
+    /// `client_at`. An HTTP/1.1 client's timer is armed for the earlier (`h1_step.rs`).
+    pub up_at: u64,
+    pub client_at: u64,
+    /// A 502/503/504 head the retry policy names could not be replayed after all: this
+    /// attempt forwards it as the server gave it.
+    pub final_answer: bool,
+}
+
+/// The kind of server an HTTP/1.1 client's attempt runs on.
+#[derive(Debug, Default)]
+pub(crate) enum Hop {
+    /// A connection of its own, carrying raw HTTP/1.1 bytes (`relay.rs`, `splice.rs`).
+    #[default]
+    Http1,
+    /// A stream on a shared h2c connection, and how far it went (`h1_h2c.rs`).
+    H2c(H2cLeg),
+}
+
+impl Hop {
+    #[inline]
+    pub fn is_h2c(&self) -> bool {
+        matches!(self, Hop::H2c(_))
+    }
 }
 
 /// The facts of a new request, from its parsed head.
@@ -169,8 +195,8 @@ pub struct Hedge {
     pub sent: u8,
     pub reused: bool,
     pub started: Instant,
-    /// Its own per-try timeout (`Exchange::try_by`), for an attempt on an h2c stream: from
-    /// when its whole request went out (0: none).
+    /// Its own per-try timeout (`Exchange::try_by`), from when its whole request went out
+    /// (0: none, or not yet).
     pub try_by: u64,
 }
 
@@ -253,7 +279,11 @@ impl Exchange {
             splice: Splicing::default(),
             req_hot: false,
             resp_hot: false,
-            h2c: H2cLeg::default(),
+            hop: Hop::Http1,
+            h2: H2Facts::default(),
+            up_at: 0,
+            client_at: 0,
+            final_answer: false,
         }
     }
 
@@ -319,8 +349,6 @@ impl Exchange {
         bufs.release(&mut self.replay);
     }
 
-    /// Starts an attempt on upstream `up`, under the pick `lease`: the request is written
-    /// again from its first byte; what the exchange learnt (retries, tried servers, start time) stays.
     /// The upstream connection of the running attempt. Called only while one runs (the
     /// drivers step an exchange's attempt only once it is attached).
     #[inline]
@@ -328,8 +356,12 @@ impl Exchange {
         self.up.expect("an attempt runs")
     }
 
+    /// Starts an attempt on upstream `up`, under the pick `lease`: the request is written
+    /// again from its first byte; what the exchange learnt (retries, tried servers, start
+    /// time) stays.
     pub fn begin_attempt(&mut self, up: usize, reused: bool, lease: Lease) {
         self.up = Some(up);
+        self.final_answer = false;
         self.lease = Some(lease);
         self.try_by = 0;
         self.reused = reused;

@@ -1,6 +1,6 @@
 //! HTTP/1.1 clients to h2c backends: an exchange whose backend speaks HTTP/2 runs as one
-//! stream of a shared per-worker connection (`h2c_pool.rs`), translated both ways as NGINX and
-//! Envoy do.
+//! stream of a shared per-worker connection (`h2c_pool.rs`, `Hop::H2c`), translated both
+//! ways as NGINX and Envoy do. This is one turn of the exchange's step (`h1_step.rs`).
 //!
 //! - The request: the rewritten HTTP/1.1 head (`Exchange::head`: hop-by-hop fields and
 //!   those `Connection` named already gone, X-Forwarded-For extended, Via added, framing
@@ -19,211 +19,110 @@
 //! - `Expect: 100-continue` is answered here once the stream is open (the backend gets no
 //!   `expect`; HTTP/2 1xx heads are not relayed).
 //!
-//! Failures before the response head go the HTTP/1.1 way (`end.rs`: a safe retry under
-//! `decide::replay`, REFUSED_STREAM and GOAWAY-unprocessed as `Failure::Refused`, else a
-//! 502/504); after it the client connection closes with the body cut short. The shared
-//! connection's timer is its own (connect, pool idle): the exchange's deadlines are on the
-//! client's timer.
+//! A turn's failure goes to the step, which handles it as for an HTTP/1.1 server (a safe
+//! retry under `decide::replay`, REFUSED_STREAM and GOAWAY-unprocessed as
+//! `Failure::Refused`, else a 502/504; after the response head the client connection
+//! closes with the body cut short). The shared connection's timer is its own (connect,
+//! pool idle): the exchange's deadlines are on the client's timer, as for every hop.
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::balancer::Lease;
 use crate::buffer::{Buf, BufPool};
 use crate::debug;
 use crate::h2::{ErrorCode, Fields};
 use crate::http::{self, Body};
 
 use super::back::{InboxBody, Next, ResponseBody};
-use super::conns::{client_token, Phase, Proxy, Step};
+use super::conns::{Flow, Phase, Proxy, Step};
 use super::context::Ctx;
-use super::decide::Blame;
-use super::decide::{self, Failure, Waits};
-use super::exchange::{Exchange, Req, Resp};
+use super::decide::{Blame, Failure, Waits};
+use super::exchange::{Exchange, Hop, Req, Resp};
 use super::h1_h2c_translate::{
     chunk_line, framing, request_pairs, response_head, trailer_pairs, ClientFraming, H2cLeg,
 };
 use super::h2_translate::trailer_lines;
 use super::h2c_conn::{InboxHead, MuxStream};
 use super::io::{read_into, would_block, write_out};
-use super::lifecycle;
 
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Why a request head could not be sent as HTTP/2 (not expected: corelb wrote it).
 const UNTRANSLATABLE: &str = "request head not translatable to HTTP/2";
 
-/// What one step of the leg found.
-enum Turn {
-    /// (something moved)
-    Running(bool),
-    /// The connection had no room for the stream after all: a fresh one is needed.
-    NoRoom,
-    /// The attempt failed.
-    Failed(Failure),
-    /// The exchange ended (answered, or the client is gone).
-    Over(Step),
-    /// A 502/503/504 head a retry policy replays (kept in the inbox).
-    Status(u16),
-}
-
 impl Proxy {
-    /// `attach` hook: client `ci`'s exchange goes to h2c `backend` as a stream of a shared
-    /// connection (a pooled one unless `fresh`). False if none could be made: the client
-    /// has then been answered 502.
-    pub(super) fn h1_h2c_attach(&mut self, ci: usize, lease: Lease, fresh: bool) -> bool {
-        let Some((ui, reused)) = self.mux_for(lease.backend(), ci, 0, fresh) else {
-            self.unreachable(ci, lease);
-            return false;
-        };
-        let backend = lease.backend();
-        let mut hedgeable = false;
-        if let Phase::Proxy(ex) = &mut self.clients[ci].phase {
-            ex.begin_attempt(ui, reused, lease);
-            ex.h2c.begin();
-            hedgeable = ex.hedgeable;
-        }
-        if hedgeable {
-            self.plan_hedge(ci, backend);
-        }
-        self.h1_h2c_arm(ci, true);
-        true
-    }
-
-    /// `step_proxy` hook: one step of an exchange on an h2c stream.
-    pub(super) fn h1_h2c_step(&mut self, ci: usize) -> Step {
+    /// `step_proxy`'s turn on an h2c stream: a hedge racing the attempt first, then the
+    /// request out, the response to the client; the frames this queued go out at its end.
+    pub(super) fn h1_h2c_turn(&mut self, ci: usize) -> Flow {
         // hedge hook: a hedge racing this attempt goes first; its head may make it the
         // attempt (hedge.rs).
         let hedged = self.h2c_hedge_step(ci);
         let Some((_, ex)) = self.clients[ci].split() else {
-            return Step::Blocked;
+            return Flow::Idle;
         };
         let ui = ex.on();
-        let turn = match self.h1_h2c_send(ci, ui) {
-            Turn::Running(sent) => match self.h1_h2c_recv(ci, ui) {
-                Turn::Running(got) => Turn::Running(hedged || sent || got),
-                other => other,
+        let flow = match self.h1_h2c_send(ci, ui) {
+            Flow::Moved => match self.h1_h2c_recv(ci, ui) {
+                Flow::Idle => Flow::Moved,
+                flow => flow,
             },
+            Flow::Idle => self.h1_h2c_recv(ci, ui),
             other => other,
         };
+        let mut moved = hedged;
         if let Some((_, ex)) = self.clients[ci].split() {
             if ex.got_bytes && ex.hedge.up.is_some() {
                 // This attempt's head won the race: the hedge is cancelled.
                 let c = &self.ctx.shared.counters;
                 c.hedges_cancelled.fetch_add(1, Relaxed);
                 self.end_hedging(ci);
+                moved = true;
             }
         }
-        // Frames queued by this step (HEADERS, DATA, WINDOW_UPDATE) go out now.
-        let flushed = self.mux_flush(ui);
-        match turn {
-            Turn::Running(moved) => {
-                if self.h1_h2c_done(ci) {
-                    return self.finish(ci);
-                }
-                if moved {
-                    self.h1_h2c_arm(ci, false);
-                }
-                if moved || !flushed {
-                    Step::Progress
-                } else {
-                    Step::Blocked
-                }
-            }
-            Turn::NoRoom => {
-                self.h1_h2c_detach(ci, ui);
-                let Some((_, ex)) = self.clients[ci].split() else {
-                    return Step::Blocked;
-                };
-                ex.up = None;
-                // The same pick, on a fresh connection.
-                let lease = ex.lease.take().expect("an attempt holds its lease");
-                self.attach(ci, lease, true);
-                Step::Progress
-            }
-            Turn::Failed(why) => self.h1_h2c_fail(ci, why),
-            Turn::Over(step) => step,
-            Turn::Status(code) => {
-                // A running hedge answers instead; else the policy's replay.
-                if self.hedge_takes_over(ci) || self.retry(ci, Failure::Status(code)) {
-                    return Step::Progress;
-                }
-                // No replay after all: forwarded as the server gave it.
-                if let Some((_, ex)) = self.clients[ci].split() {
-                    ex.h2c.final_answer = true;
-                }
-                self.h1_h2c_step(ci)
-            }
+        // Frames queued by this turn (HEADERS, DATA, WINDOW_UPDATE) go out now; frames
+        // left unflushed count as progress, for the step to come back to them.
+        if !self.mux_flush(ui) {
+            moved = true;
         }
-    }
-
-    /// The whole response went to the client.
-    fn h1_h2c_done(&mut self, ci: usize) -> bool {
-        let Some((side, ex)) = self.clients[ci].split() else {
-            return false;
-        };
-        if !ex.h2c.end_queued || ex.out.is_some() {
-            return false;
+        match flow {
+            Flow::Idle if moved => Flow::Moved,
+            flow => flow,
         }
-        if ex.req != Req::Closed && (!ex.body.is_done() || ex.body_ready > 0) {
-            // The response is complete before the request body: send no more of it; the
-            // client connection closes after the response (as for HTTP/1.1 backends).
-            let dropped = ex.close_request();
-            if let Some(b) = side.buf.as_mut() {
-                b.consume(dropped);
-            }
-        }
-        true
-    }
-
-    /// The attempt failed with `why`: before the response head, the HTTP/1.1 way (retry
-    /// or 502/504); after it (or once a 100 Continue is on its way), the client closes.
-    fn h1_h2c_fail(&mut self, ci: usize, why: Failure) -> Step {
-        let Some((_, ex)) = self.clients[ci].split() else {
-            return Step::Closed;
-        };
-        if ex.resp == Resp::Head && ex.out.is_none() {
-            self.fail(ci, why);
-            return Step::Progress;
-        }
-        debug!(
-            "worker {}: h2c stream broke mid-response: {}",
-            self.ctx.id,
-            why.reason()
-        );
-        self.abort(ci, Blame::Backend);
-        Step::Closed
     }
 
     /// The request upstream: HEADERS once the connection is up, then the body as DATA
     /// within the windows (reading the client only while they are open), then END_STREAM
     /// or the trailers.
-    fn h1_h2c_send(&mut self, ci: usize, ui: usize) -> Turn {
+    fn h1_h2c_send(&mut self, ci: usize, ui: usize) -> Flow {
         let mut moved = false;
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        if !ex.h2c.opened {
+        if ex.resp == Resp::Truncated {
+            // Cut short mid-response: nothing more of the request goes.
+            return Flow::Idle;
+        }
+        if !leg_of(&mut ex.hop).opened {
             if self.ups[ui].is_connecting() {
-                return Turn::Running(false);
+                return Flow::Idle;
             }
             let end = ex.body.is_done() && ex.body_ready == 0;
             let opened = self.h1_h2c_open(ci, ui, end);
             let (_, ex) = self.clients[ci].split().expect("proxying");
             match opened {
-                None => return Turn::Failed(Failure::BadResponse(UNTRANSLATABLE)),
-                Some(Ok(false)) => return Turn::Running(false),
+                None => return Flow::Failed(Failure::BadResponse(UNTRANSLATABLE)),
+                Some(Ok(false)) => return Flow::Idle,
                 Some(Ok(true)) => {}
                 Some(Err(())) => {
                     let m = self.ups[ui].mux().expect("a mux");
                     return match m.stream(ci, 0).and_then(|k| m.streams[k].gone) {
-                        Some(g) => Turn::Failed(g.failure()),
+                        Some(g) => Flow::Failed(g.failure()),
                         // A pooled connection turned full: another one. A new connection
                         // without room is the backend refusing.
-                        None if ex.reused => Turn::NoRoom,
-                        None => Turn::Failed(Failure::Refused),
+                        None if ex.reused => Flow::NoRoom,
+                        None => Flow::Failed(Failure::Refused),
                     };
                 }
             }
-            ex.h2c.opened = true;
-            ex.h2c.up_end = end;
+            let leg = leg_of(&mut ex.hop);
+            (leg.opened, leg.up_end) = (true, end);
             ex.head_off = ex.head.as_ref().map_or(0, |h| h.len());
             ex.settle_req();
             if std::mem::take(&mut ex.expect) && !ex.http10 && !end && ex.body_ready == 0 {
@@ -236,12 +135,13 @@ impl Proxy {
         loop {
             match self.h1_h2c_body(ci, ui) {
                 Ok(m) => moved |= m,
-                Err(()) => return Turn::Failed(Failure::Reset),
+                Err(()) => return Flow::Failed(Failure::Reset),
             }
             match self.h1_h2c_read_body(ci, ui) {
                 Ok(true) => moved = true,
-                Ok(false) => return Turn::Running(moved),
-                Err(step) => return Turn::Over(step),
+                Ok(false) if moved => return Flow::Moved,
+                Ok(false) => return Flow::Idle,
+                Err(step) => return Flow::Over(step),
             }
         }
     }
@@ -256,8 +156,8 @@ impl Proxy {
         end: bool,
     ) -> Option<Result<bool, ()>> {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let te = ex.h2c.te_trailers;
-        let scheme: &[u8] = if ex.h2c.https { b"https" } else { b"http" };
+        let te = ex.h2.te_trailers;
+        let scheme: &[u8] = if ex.h2.https { b"https" } else { b"http" };
         let head = ex.head.take();
         let index = std::mem::take(&mut ex.head_index);
         let mut names = std::mem::take(&mut self.ctx.scratch);
@@ -283,7 +183,8 @@ impl Proxy {
             return Ok(false);
         };
         let policy = !ex.retry_on.is_empty();
-        let leg = &mut ex.h2c;
+        let chunked = ex.h2.chunked;
+        let leg = leg_of(&mut ex.hop);
         if leg.up_end || ex.req == Req::Closed {
             return Ok(false);
         }
@@ -301,7 +202,7 @@ impl Proxy {
             let bytes = &buf.bytes()[..ex.body_ready];
             let mut room = m.conn.send_capacity(sid);
             let mut at = 0;
-            if leg.chunked {
+            if chunked {
                 // The bytes were validated (`Exchange::body`); this decoder only finds the
                 // data in them, and the trailer lines.
                 while at < bytes.len() {
@@ -344,7 +245,7 @@ impl Proxy {
                 moved = true;
             }
         }
-        let leg = &mut ex.h2c;
+        let leg = leg_of(&mut ex.hop);
         if !leg.up_end && ex.body.is_done() && ex.body_ready == 0 {
             let r = if leg.trailers.is_empty() {
                 m.conn.send_data(sid, &[], true).map(|_| ())
@@ -375,7 +276,7 @@ impl Proxy {
         let Phase::Proxy(ex) = &mut c.phase else {
             return Ok(false);
         };
-        let leg = &ex.h2c;
+        let leg = leg_of(&mut ex.hop);
         let unsent = ex.body_ready > 0;
         if leg.up_end || ex.req != Req::Body || ex.body.is_done() || unsent || !c.io.readable {
             return Ok(false);
@@ -432,15 +333,33 @@ impl Proxy {
     /// The response from the stream's inbox to the client: the head translated, DATA
     /// written from the inbox (as chunks when chunked) and released to the backend, then
     /// the end of the body.
-    fn h1_h2c_recv(&mut self, ci: usize, ui: usize) -> Turn {
+    fn h1_h2c_recv(&mut self, ci: usize, ui: usize) -> Flow {
         let draining = self.ctx.draining;
         let c = &mut self.clients[ci];
         let Phase::Proxy(ex) = &mut c.phase else {
-            return Turn::Running(false);
+            return Flow::Idle;
         };
+        if ex.resp == Resp::Truncated {
+            // Cut short: what arrived goes to the client, nothing more is read.
+            if ex.out.is_none() || !c.io.writable {
+                return Flow::Idle;
+            }
+            let bufs = &mut self.ctx.bufs;
+            return match write_out(&mut c.sock, &mut ex.out, bufs, &[], &mut c.io) {
+                Ok((n, _)) => {
+                    ex.rec.response_bytes += n as u64;
+                    Flow::Moved
+                }
+                Err(e) if would_block(&e) => Flow::Idle,
+                Err(_) => {
+                    self.abort(ci, Blame::Client);
+                    Flow::Over(Step::Closed)
+                }
+            };
+        }
         let m = self.ups[ui].mux_mut().expect("a mux");
         let Some(k) = m.stream(ci, 0) else {
-            return Turn::Failed(Failure::Reset);
+            return Flow::Failed(Failure::Reset);
         };
         let ms = &mut m.streams[k];
         let mut moved = false;
@@ -450,7 +369,7 @@ impl Proxy {
             }
             moved = true;
         }
-        let leg = &mut ex.h2c;
+        let leg = leg_of(&mut ex.hop);
         let mut body = InboxBody {
             conn: &mut m.conn,
             ms,
@@ -526,7 +445,7 @@ impl Proxy {
                         self.ctx.id, c.peer
                     );
                     self.abort(ci, Blame::Client);
-                    return Turn::Over(Step::Closed);
+                    return Flow::Over(Step::Closed);
                 }
             }
         }
@@ -534,106 +453,9 @@ impl Proxy {
         ms.release_drained(&mut self.ctx.bufs);
         // Cut short mid-body: what arrived went out; the client sees the truncation.
         match ms.gone {
-            Some(why) if lost && ex.out.is_none() => Turn::Failed(why.failure()),
-            _ => Turn::Running(moved),
-        }
-    }
-
-    /// Sets the exchange's deadlines after progress (or a new attempt): on the backend
-    /// while it owes us something, on the client while we wait on it; the client's timer
-    /// is armed for the earlier.
-    pub(super) fn h1_h2c_arm(&mut self, ci: usize, fresh: bool) {
-        let limits = self.ctx.limits();
-        let now = self.ctx.now;
-        let c = &mut self.clients[ci];
-        let writable = c.io.writable;
-        let Phase::Proxy(ex) = &mut c.phase else {
-            return;
-        };
-        let leg = &ex.h2c;
-        // What the stream holds for the client, and whether the backend takes body now.
-        let (inbox, room) = (ex.up.and_then(|u| self.ups.get(u)))
-            .and_then(|u| u.mux())
-            .map_or((false, false), |m| match m.stream(ci, 0) {
-                Some(k) => {
-                    let s = &m.streams[k];
-                    let inbox = s.data.as_ref().is_some_and(|d| !d.is_empty());
-                    (inbox, s.sid != 0 && m.conn.send_capacity(s.sid) > 0)
-                }
-                None => (false, false),
-            });
-        let waits = Waits {
-            client_slow: (ex.out.is_some() || inbox) && !writable,
-            need_client_body: leg.opened
-                && !leg.up_end
-                && !ex.body.is_done()
-                && ex.body_ready == 0
-                && room,
-            request_pending: !leg.up_end && ex.body_ready > 0,
-            response_done: leg.end_queued,
-            response_started: ex.resp != Resp::Head,
-        };
-        let (client_at, up_at) = if fresh {
-            (0, now + limits.upstream)
-        } else {
-            decide::deadlines(&waits, now, &limits)
-        };
-        // A per-try timeout bounds the wait for the response head, from when the whole
-        // request went out.
-        let sent = ex.h2c.up_end && ex.resp == Resp::Head;
-        let up_at = lifecycle::upstream_deadline(ex, sent, up_at, now);
-        ex.h2c.client_at = client_at;
-        ex.h2c.up_at = up_at;
-        let at = timer_at(ex);
-        self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
-    }
-
-    /// Re-arms the client's timer for the exchange's deadlines as they stand and its next
-    /// hedge's moment (after a hedge went out).
-    pub(super) fn h1_h2c_rearm(&mut self, ci: usize) {
-        let c = &mut self.clients[ci];
-        let Phase::Proxy(ex) = &c.phase else {
-            return;
-        };
-        let at = timer_at(ex);
-        if at != 0 {
-            self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
-        }
-    }
-
-    /// `client_timeout` hook: the client's timer fired for an exchange on an h2c stream.
-    /// The backend's deadline passed: the attempt fails (retried if safe, else 504, or the
-    /// client closes mid-body); the client's: the exchange is aborted.
-    pub(super) fn h1_h2c_timeout(&mut self, ci: usize) {
-        let now = self.ctx.now;
-        let Some((_, ex)) = self.clients[ci].split() else {
-            return;
-        };
-        let (up_at, client_at, ui) = (ex.h2c.up_at, ex.h2c.client_at, ex.up);
-        if up_at != 0 && now >= up_at {
-            let connecting = ui
-                .and_then(|ui| self.ups.get(ui))
-                .is_some_and(|u| u.is_connecting());
-            let why = lifecycle::expiry(ex, connecting, now);
-            debug!("worker {}: h2c stream: {}", self.ctx.id, why.reason());
-            if matches!(self.h1_h2c_fail(ci, why), Step::Closed) {
-                return;
-            }
-        } else if client_at != 0 && now >= client_at {
-            debug!("worker {}: client stalled mid-exchange", self.ctx.id);
-            self.abort(ci, Blame::Client);
-            return;
-        } else {
-            let at = match timer_at(ex) {
-                0 => now + 1,
-                at => at,
-            };
-            let c = &mut self.clients[ci];
-            self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
-            return;
-        }
-        if self.clients.contains(ci) {
-            self.drive(ci);
+            Some(why) if lost && ex.out.is_none() => Flow::Failed(why.failure()),
+            _ if moved => Flow::Moved,
+            _ => Flow::Idle,
         }
     }
 
@@ -643,39 +465,48 @@ impl Proxy {
     pub(super) fn h1_h2c_detach(&mut self, ci: usize, ui: usize) {
         let mut code = ErrorCode::CANCEL;
         if let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) {
-            if ex.h2c.end_queued {
+            if matches!(&ex.hop, Hop::H2c(leg) if leg.end_queued) {
                 code = ErrorCode::NO_ERROR;
             }
-            ex.h2c.on = false;
         }
         self.mux_detach(ui, ci, 0, code);
     }
 }
 
-/// When the client's timer must fire for an exchange on an h2c stream: the earliest of its
-/// deadlines and, while it waits for its response, its hedge's moment (0: none).
-fn timer_at(ex: &Exchange) -> u64 {
-    let hedge = if super::hedge::waiting(ex) {
-        ex.hedge.at
-    } else {
-        0
-    };
-    [ex.h2c.up_at, ex.h2c.client_at, hedge]
-        .into_iter()
-        .filter(|&t| t != 0)
-        .min()
-        .unwrap_or(0)
+/// The h2c stream of an exchange's attempt. Called only on such an attempt.
+#[inline]
+fn leg_of(hop: &mut Hop) -> &mut H2cLeg {
+    match hop {
+        Hop::H2c(leg) => leg,
+        Hop::Http1 => unreachable!("an h2c attempt"),
+    }
+}
+
+/// Where an exchange on an h2c stream stands, for its deadlines (`h1_step.rs`): `inbox`,
+/// the stream holds response bytes for the client; `room`, the server takes body now.
+pub(super) fn waits(ex: &Exchange, leg: &H2cLeg, inbox: bool, room: bool, writable: bool) -> Waits {
+    Waits {
+        client_slow: (ex.out.is_some() || inbox) && !writable,
+        need_client_body: leg.opened
+            && !leg.up_end
+            && !ex.body.is_done()
+            && ex.body_ready == 0
+            && room,
+        request_pending: !leg.up_end && ex.body_ready > 0,
+        response_done: leg.end_queued,
+        response_started: ex.resp != Resp::Head,
+    }
 }
 
 /// The response head from stream `ms`'s inbox, as an HTTP/1.1 head in `ex.out`, framed
 /// for the client; the request is then no longer replayed. `Some(turn)` instead when
 /// there is no head yet (or it broke), or a 502/503/504 a retry policy replays.
-fn take_head(ctx: &mut Ctx, ex: &mut Exchange, ms: &mut MuxStream, draining: bool) -> Option<Turn> {
-    let replay = |s| ex.retry_on.has_status(s) && !ex.h2c.final_answer;
+fn take_head(ctx: &mut Ctx, ex: &mut Exchange, ms: &mut MuxStream, draining: bool) -> Option<Flow> {
+    let replay = |s| ex.retry_on.has_status(s) && !ex.final_answer;
     let head = match ms.take_head(replay) {
-        InboxHead::Wait => return Some(Turn::Running(false)),
-        InboxHead::Gone(why) => return Some(Turn::Failed(why.failure())),
-        InboxHead::Replay(s) => return Some(Turn::Status(s)),
+        InboxHead::Wait => return Some(Flow::Idle),
+        InboxHead::Gone(why) => return Some(Flow::Failed(why.failure())),
+        InboxHead::Replay(s) => return Some(Flow::Status(s)),
         InboxHead::Head(head) => head,
     };
     let empty = ms.drained_to_end();
@@ -705,7 +536,7 @@ fn take_head(ctx: &mut Ctx, ex: &mut Exchange, ms: &mut MuxStream, draining: boo
         scratch,
     );
     append(&mut ctx.bufs, &mut ex.out, scratch);
-    ex.h2c.framing = framing;
+    leg_of(&mut ex.hop).framing = framing;
     // A response is under way: the request will not be replayed.
     ex.took_head(status, &mut ctx.bufs);
     ex.give_up_replay(&mut ctx.bufs);

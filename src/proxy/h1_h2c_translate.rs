@@ -1,5 +1,6 @@
-//! An HTTP/1.1 exchange's h2c leg, without I/O: its state (`H2cLeg`), and the translation
-//! between the exchange and the stream: the HTTP/2
+//! An HTTP/1.1 exchange's h2c leg, without I/O: the request's facts HTTP/2 needs
+//! (`H2Facts`), an attempt's stream state (`H2cLeg`), and the translation between the
+//! exchange and the stream: the HTTP/2
 //! request fields from corelb's rewritten HTTP/1.1 head, chunked request trailers as HTTP/2
 //! pairs, the HTTP/1.1 status line and head from HTTP/2 response fields, and the framing
 //! and chunk lines of the response body. Bounds follow `http::MAX_SECTION_FIELDS`.
@@ -14,18 +15,31 @@ const MAX_PAIRS: usize = http::MAX_SECTION_FIELDS;
 /// Most request trailer fields sent on (more are dropped and counted).
 const MAX_TRAILERS: usize = http::MAX_SECTION_FIELDS;
 
-/// An exchange's h2c leg: the facts of the request an HTTP/2 hop needs, and the state of
-/// the current attempt's stream.
-#[derive(Debug, Default)]
-pub(crate) struct H2cLeg {
-    /// The current attempt is a stream on an h2c connection (`Exchange::up` is a mux).
-    pub on: bool,
+/// The facts of an HTTP/1.1 request an HTTP/2 hop needs, from its parsed head.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct H2Facts {
     /// The request said `TE: trailers`.
     pub(super) te_trailers: bool,
     /// The request body is chunked (its validated bytes carry the framing).
     pub(super) chunked: bool,
     /// The client came over TLS: `:scheme` is https (as an HTTP/2 client's says).
     pub(super) https: bool,
+}
+
+impl H2Facts {
+    pub fn new(te_trailers: bool, chunked: bool, https: bool) -> H2Facts {
+        H2Facts {
+            te_trailers,
+            chunked,
+            https,
+        }
+    }
+}
+
+/// An attempt's stream on an h2c connection: how far the request and the response went.
+/// Made afresh for each attempt (`Hop::H2c`).
+#[derive(Debug, Default)]
+pub(crate) struct H2cLeg {
     /// HEADERS went out; END_STREAM (or the trailers) went out.
     pub(super) opened: bool,
     pub(super) up_end: bool,
@@ -39,35 +53,6 @@ pub(crate) struct H2cLeg {
     pub(super) any_chunk: bool,
     /// The end of the response (last chunk, trailers) is queued in `Exchange::out`.
     pub(super) end_queued: bool,
-    /// Worker-clock ms (0: none): the backend must have moved by `up_at`, the client by
-    /// `client_at`. The client's timer is armed for the earlier.
-    pub(super) up_at: u64,
-    pub(super) client_at: u64,
-    /// A 502/503/504 head a retry policy names that could not be replayed after all: it
-    /// goes to the client as it is.
-    pub(super) final_answer: bool,
-}
-
-impl H2cLeg {
-    /// The facts of a new request (from its parsed head) an HTTP/2 hop needs.
-    pub fn request(te_trailers: bool, chunked: bool, https: bool) -> H2cLeg {
-        H2cLeg {
-            te_trailers,
-            chunked,
-            https,
-            ..H2cLeg::default()
-        }
-    }
-
-    /// A new attempt on an h2c stream: the request goes again from its first byte.
-    pub(super) fn begin(&mut self) {
-        *self = H2cLeg {
-            on: true,
-            trailers: std::mem::take(&mut self.trailers),
-            ..H2cLeg::request(self.te_trailers, self.chunked, self.https)
-        };
-        self.trailers.clear();
-    }
 }
 
 /// How a response body is framed for the client.

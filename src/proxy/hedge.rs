@@ -20,9 +20,10 @@ use crate::config::Protocol;
 use crate::debug;
 use crate::h2::ErrorCode;
 
-use super::conns::{client_token, connect_result, upstream_token, Owner, Proxy, UpState};
+use super::conns::{connect_result, upstream_token, Owner, Proxy, UpState};
 use super::context::Ctx;
-use super::exchange::{Exchange, Hedge, Resp};
+use super::exchange::{Exchange, Hedge, Hop, Resp};
+use super::h1_h2c_translate::H2cLeg;
 use super::io::{would_block, write2};
 use super::lifecycle::Promote;
 
@@ -125,7 +126,6 @@ impl Proxy {
             // Not the hedge's moment after all (the timer served another deadline).
             return false;
         }
-        let on_h2c = ex.h2c.on;
         if ex.hedge.up.is_some() {
             if !self.hedge_sent(ci) {
                 // The running hedge has not even sent its request: leave things be.
@@ -134,10 +134,8 @@ impl Proxy {
             self.promote_hedge(ci, Promote::Superseded);
         }
         self.launch_hedge(ci);
-        if on_h2c {
-            // The exchange's deadlines and the next hedge's moment share the timer.
-            self.h1_h2c_rearm(ci);
-        }
+        // The exchange's deadlines and the next hedge's moment share the timer.
+        self.rearm_exchange(ci);
         true
     }
 
@@ -146,7 +144,7 @@ impl Proxy {
     fn hedge_sent(&mut self, ci: usize) -> bool {
         let (_, ex) = self.clients[ci].split().expect("proxying");
         let h = ex.hedge.on();
-        if ex.h2c.on {
+        if ex.hop.is_h2c() {
             return ex.hedge.off > 0;
         }
         let head_len = ex.head.as_ref().map_or(0, |b| b.len());
@@ -158,7 +156,7 @@ impl Proxy {
     /// the request head; to an h2c server, a stream on that server's shared connection.
     fn launch_hedge(&mut self, ci: usize) {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        let (old, tried, h2c) = (self.ups[ex.on()].backend, ex.tried, ex.h2c.on);
+        let (old, tried, h2c) = (self.ups[ex.on()].backend, ex.tried, ex.hop.is_h2c());
         let kind = if h2c { Protocol::H2c } else { Protocol::Http1 };
         let Some(lease) = self.hedge_target(old, tried, kind) else {
             return;
@@ -185,19 +183,13 @@ impl Proxy {
             self.ctx.shared.balancer.backend(b).name,
             if h2c { " (h2c)" } else { "" }
         );
+        // (The caller re-arms the client's timer for the next hedge's moment: the
+        // exchange's deadlines share it.)
         if h2c {
-            // (The caller re-arms the client's timer: the exchange's deadlines share it.)
             self.h2c_hedge_open(ci);
-            return;
+        } else {
+            self.hedge_write(ci);
         }
-        // The next hedge's moment, on the client's timer (free while the exchange waits).
-        let (_, ex) = self.clients[ci].split().expect("proxying");
-        let at = ex.hedge.at;
-        if at != 0 {
-            let c = &mut self.clients[ci];
-            self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
-        }
-        self.hedge_write(ci);
     }
 
     /// Writes the request head to the hedge once it is connected.
@@ -210,7 +202,13 @@ impl Proxy {
             return;
         }
         match write2(&mut u.sock, &head[ex.hedge.off..], &[], &mut u.io) {
-            Ok(n) => ex.hedge.off += n,
+            Ok(n) => {
+                ex.hedge.off += n;
+                if ex.hedge.off >= head.len() && ex.per_try > 0 {
+                    // The hedge's own per-try timeout starts with its request out.
+                    ex.hedge.try_by = self.ctx.now + ex.per_try;
+                }
+            }
             Err(e) if would_block(&e) => {}
             Err(_) => self.drop_hedge(ci),
         }
@@ -275,7 +273,7 @@ impl Proxy {
     /// it failed.
     fn promote_hedge(&mut self, ci: usize, why: Promote) {
         let (_, ex) = self.clients[ci].split().expect("proxying");
-        if ex.h2c.on {
+        if ex.hop.is_h2c() {
             self.h2c_promote_hedge(ci, why);
             return;
         }
@@ -293,12 +291,21 @@ impl Proxy {
             .replace(hedge_lease)
             .expect("an attempt holds its lease");
         ex.head_off = ex.hedge.off.min(head_len);
+        ex.try_by = std::mem::take(&mut ex.hedge.try_by);
         ex.reused = ex.hedge.reused;
         ex.rec.reused = ex.hedge.reused;
         let first = std::mem::replace(&mut ex.attempt, ex.hedge.started);
         ex.tried.insert(old_backend);
         self.ctx.hedge_promoted(ex, old_lease, first, why);
         self.remove_upstream(old);
+        // The hedge's connection is the attempt's now: the exchange's deadline, on the
+        // client's timer, bounds it (once connected), starting again.
+        let ui = self.clients[ci].split().expect("proxying").1.on();
+        if !self.ups[ui].is_connecting() {
+            let u = &mut self.ups[ui];
+            self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, 0);
+        }
+        self.arm_exchange(ci, true);
     }
 
     /// The first attempt failed: true if a running hedge, its request sent, takes over.
@@ -452,9 +459,12 @@ impl Proxy {
         let first = std::mem::replace(&mut ex.attempt, ex.hedge.started);
         ex.tried.insert(old_backend);
         // The hedge's stream was opened with the whole (bodiless) request.
-        ex.h2c.begin();
-        (ex.h2c.opened, ex.h2c.up_end) = (true, true);
-        (ex.status, ex.got_bytes) = (0, false);
+        ex.hop = Hop::H2c(H2cLeg {
+            opened: true,
+            up_end: true,
+            ..H2cLeg::default()
+        });
+        (ex.status, ex.got_bytes, ex.final_answer) = (0, false, false);
         self.ctx.hedge_promoted(ex, old_lease, first, why);
         debug!(
             "worker {}: {} gives way to its hedge on {}",
@@ -464,7 +474,7 @@ impl Proxy {
         );
         self.leave(ci, old);
         // The backend's deadline starts again with this attempt.
-        self.h1_h2c_arm(ci, true);
+        self.arm_exchange(ci, true);
     }
 }
 

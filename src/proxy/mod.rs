@@ -15,8 +15,9 @@
 //!   - `pipe`: pipes for splice(2) and the splice calls;
 //!   - `grpc`, `h2_translate`, `h1_h2c_translate`: gRPC's terms, and a head, trailers and
 //!     framing translated between HTTP/1.1 and HTTP/2 (with an HTTP/1.1 exchange's h2c
-//!     leg state);
-//!   - `exchange`: one request and its response, with an enum per direction;
+//!     stream state);
+//!   - `exchange`: one request and its response, with an enum per direction and one for
+//!     the kind of server its attempt runs on;
 //!   - `context`: the worker's context: buffers, timers, accounting, retry targets;
 //!   - `h2c_conn`: one shared h2c upstream connection and its streams' inboxes;
 //!   - `lifecycle`: an exchange's course for every protocol pair: deadlines, what a
@@ -26,13 +27,16 @@
 //!   - `h2_session`: an HTTP/2 client connection and its streams;
 //!   - `conns`: `Proxy`, its client and upstream connections, their tokens;
 //! - what moves an exchange, each `impl Proxy` over the model:
-//!   - `upstream`: choosing a backend, connecting, the idle pool, upstream deadlines;
+//!   - `upstream`: choosing a backend, attaching an attempt, connecting, the idle pool;
 //!   - `h2c_pool`: the pool of shared h2c upstream connections, driven;
-//!   - `relay`: moving bytes both ways and validating the response;
+//!   - `h1_step`: one step of an HTTP/1.1 client's exchange for either server kind,
+//!     what its turn found handled once, its deadlines on the client's timer;
+//!   - `relay`: the turn on an HTTP/1.1 server: bytes both ways, the response validated;
 //!   - `splice`: large bodies moved socket -> pipe -> socket (zero copy);
 //!   - `hedge`: a second attempt racing a slow first one;
 //!   - `end`: finishing, failing, retrying and aborting an exchange;
-//!   - `h1_h2c`: an HTTP/1.1 client's exchange as a stream to an h2c backend;
+//!   - `h1_h2c`: the turn on an h2c server: the exchange as a stream of a shared
+//!     connection;
 //!   - `tunnel`: after a 101, the client and its upstream as a byte tunnel;
 //! - the front ends: `handshake` (TLS), `client` (HTTP/1.1 heads, local answers,
 //!   lingering close), `h2/` (the HTTP/2 front end, each stream to an HTTP/1.1 or h2c
@@ -59,6 +63,7 @@ mod pipe;
 mod client;
 mod end;
 mod h1_h2c;
+mod h1_step;
 mod h2;
 mod h2c_pool;
 mod handshake;

@@ -1,120 +1,51 @@
-//! Moving an exchange's bytes: the request head and body to the backend, more body from
-//! the client, the response read, validated and rewritten, and written to the client,
-//! each with backpressure; and the deadlines that follow from where the exchange stands.
+//! An HTTP/1.1 client's exchange on an HTTP/1.1 server (`Hop::Http1`), one turn of its
+//! step (`h1_step.rs`): the request head and body to the server, more body from the
+//! client, the response read, validated and rewritten, and written to the client, each
+//! with backpressure. Large body stretches go through pipes (`splice.rs`). What a turn
+//! cannot settle itself (a failure, a status the retry policy replays) goes back to the
+//! step as a `Flow`.
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::debug;
 use crate::http::{self, Body, BodyKind, Reply};
 
-use super::conns::{client_token, upstream_token, Flow, Phase, Proxy, Step, UpState};
+use super::conns::{Flow, Proxy, Step, UpState};
 use super::decide::Blame;
-use super::decide::{self, Failure};
+use super::decide::Failure;
 use super::exchange::{Req, Resp};
 use super::h1_response::{self, Kind, Unframe};
 use super::io::{read_into, would_block, write2, write_out};
-use super::lifecycle;
 
 impl Proxy {
-    pub(super) fn step_proxy(&mut self, ci: usize) -> Step {
-        let Some((c, ex)) = self.clients[ci].split() else {
-            return Step::Blocked;
-        };
-        if c.io.hup && ex.resp == Resp::Head {
-            // The client reset or hung up while waiting: nobody will read the answer. (A
-            // client that only half-closed still gets it, as HAProxy does by default.)
-            debug!(
-                "worker {}: client {} gone while waiting",
-                self.ctx.id, c.peer
-            );
-            self.abort(ci, Blame::Client);
-            return Step::Closed;
-        }
-        if ex.up.is_none() {
-            // Backing off before a retry (end.rs): nothing to move until the timer.
-            return Step::Blocked;
-        }
-        // h1_h2c hook: a stream on a shared h2c connection moves its own way (h1_h2c.rs).
-        if ex.h2c.on {
-            return self.h1_h2c_step(ci);
-        }
+    /// `step_proxy`'s turn on an HTTP/1.1 server: a hedge racing the attempt first, then
+    /// the request's bytes out, the response's to the client, more of it read.
+    #[inline]
+    pub(super) fn relay_turn(&mut self, ci: usize) -> Flow {
+        let (_, ex) = self.clients[ci].split().expect("proxying");
         // hedge hook: a hedge racing the first attempt (hedge.rs).
         if ex.hedge.up.is_some() {
             self.hedge_step(ci);
         }
         let Some((_, ex)) = self.clients[ci].split() else {
-            return Step::Blocked;
+            return Flow::Idle;
         };
         if self.ups[ex.on()].state == UpState::Connecting {
-            return Step::Blocked;
+            return Flow::Idle;
         }
         let mut progress = false;
         for dir in [Self::send_request, Self::send_response, Self::recv_response] {
             match dir(self, ci) {
                 Flow::Idle => {}
                 Flow::Moved => progress = true,
-                Flow::Over(step) => return step,
-            }
-        }
-        let (side, ex) = self.clients[ci].split().expect("proxying");
-        if ex.resp == Resp::Done && !ex.body.is_done() && ex.req != Req::Closed {
-            // The response is complete before the request body: send no more of it (a
-            // backend that stopped reading would stall us); the client connection closes
-            // after the response, as the rest of its body cannot be told from a request.
-            let dropped = ex.close_request();
-            if let Some(b) = side.buf.as_mut() {
-                b.consume(dropped);
-            }
-        }
-        let request_idle =
-            ex.req == Req::Closed || (ex.req != Req::Head && ex.body_ready == 0 && !ex.req_piped());
-        if !ex.pending_out() && request_idle {
-            match ex.resp {
-                // The 101 head reached the client: the connections become a tunnel.
-                Resp::Done if ex.status == 101 => return self.start_tunnel(ci),
-                Resp::Done => return self.finish(ci),
-                Resp::Truncated => {
-                    self.abort(ci, Blame::Backend);
-                    return Step::Closed;
-                }
-                _ => {}
+                over => return over,
             }
         }
         if progress {
-            self.arm_exchange(ci);
-            Step::Progress
+            Flow::Moved
         } else {
-            Step::Blocked
+            Flow::Idle
         }
-    }
-
-    /// Sets the deadlines of an exchange after progress: the side we now wait on gets one.
-    fn arm_exchange(&mut self, ci: usize) {
-        let limits = self.ctx.limits();
-        let c = &mut self.clients[ci];
-        let writable = c.io.writable;
-        let Phase::Proxy(ex) = &mut c.phase else {
-            return;
-        };
-        let ui = ex.on();
-        let (client_at, up_at) = decide::deadlines(&ex.waits(writable), self.ctx.now, &limits);
-        // A per-try timeout bounds the wait for the response head, from when the whole
-        // request went out.
-        let sent = ex.req == Req::Sent && ex.resp == Resp::Head && !ex.got_bytes;
-        let up_at = lifecycle::upstream_deadline(ex, sent, up_at, self.ctx.now);
-        // While the exchange waits for its first response byte, the client's timer sends
-        // its hedge.
-        let client_at = match ex.hedge.at {
-            at if client_at == 0 && at != 0 && super::hedge::waiting(ex) => at,
-            _ => client_at,
-        };
-        self.ctx
-            .timers
-            .set(&mut c.timer, client_token(ci).0, client_at);
-        let u = &mut self.ups[ui];
-        self.ctx
-            .timers
-            .set(&mut u.timer, upstream_token(ui).0, up_at);
     }
 
     /// Request direction: head and body bytes to the backend, more body from the client.
@@ -164,10 +95,7 @@ impl Proxy {
                     }
                     return Flow::Moved;
                 }
-                Err(_) => {
-                    self.fail(ci, Failure::Reset);
-                    return Flow::Over(Step::Progress);
-                }
+                Err(_) => return Flow::Failed(Failure::Reset),
             }
         }
         // (`req_splice_next`: the splice hook above takes the body from here.)
@@ -260,6 +188,14 @@ impl Proxy {
     /// Response direction, read side: bytes from the backend, parsed and validated.
     fn recv_response(&mut self, ci: usize) -> Flow {
         let (_, ex) = self.clients[ci].split().expect("proxying");
+        if ex.final_answer && ex.resp == Resp::Head {
+            // A status the retry policy could not replay after all: its head, still in
+            // the buffer, goes on as the server gave it.
+            return match self.process_response(ci) {
+                Flow::Idle => Flow::Moved,
+                flow => flow,
+            };
+        }
         let u = &mut self.ups[ex.on()];
         if !u.io.readable || matches!(ex.resp, Resp::Done | Resp::Truncated) {
             return Flow::Idle;
@@ -294,49 +230,26 @@ impl Proxy {
                     ex.resp = Resp::Done;
                     return Flow::Moved;
                 }
-                self.upstream_broke(ci, Failure::Reset)
+                Flow::Failed(Failure::Reset)
             }
             Ok(n) => {
                 ex.resp_hot = n == room;
                 ex.got_bytes = true;
                 match self.process_response(ci) {
-                    Flow::Over(step) => Flow::Over(step),
-                    _ => Flow::Moved,
+                    Flow::Idle => Flow::Moved,
+                    flow => flow,
                 }
             }
             Err(e) if would_block(&e) => Flow::Idle,
             // Reset by the backend.
-            Err(_) => self.upstream_broke(ci, Failure::Reset),
+            Err(_) => Flow::Failed(Failure::Reset),
         }
-    }
-
-    /// A 502/503/504 head the retry policy names arrived (its bytes in `resp_buf`): a
-    /// hedge racing this attempt carries the exchange on, else the request is replayed
-    /// elsewhere. False if neither could be: the head is forwarded as it is.
-    fn status_retry(&mut self, ci: usize, status: u16) -> bool {
-        let (_, ex) = self.clients[ci].split().expect("proxying");
-        if ex.hedge.up.is_some() {
-            // The hedge reads its answer into a fresh buffer; this one is kept until the
-            // hedge has taken over, for the head to be forwarded if it cannot.
-            let kept = (ex.resp_buf.take(), std::mem::take(&mut ex.got_bytes));
-            if self.hedge_takes_over(ci) {
-                let mut buf = kept.0;
-                self.ctx.bufs.release(&mut buf);
-                return true;
-            }
-            let (_, ex) = self.clients[ci].split().expect("proxying");
-            (ex.resp_buf, ex.got_bytes) = kept;
-        }
-        self.retry(ci, Failure::Status(status))
     }
 
     /// Parses response heads and validates body bytes that arrived (`h1_response.rs`);
     /// heads are rewritten for the client into `Exchange::out`.
     fn process_response(&mut self, ci: usize) -> Flow {
         let draining = self.ctx.draining;
-        // A 502/503/504 head a retry policy replays is looked at once: if no replay is
-        // possible after all, it is parsed again and forwarded as the server gave it.
-        let mut status_checked = false;
         loop {
             let (_, ex) = self.clients[ci].split().expect("proxying");
             if let Resp::Body(_) = ex.resp {
@@ -347,7 +260,7 @@ impl Proxy {
                 };
                 return match h1_response::body(ex, how) {
                     Ok(()) => Flow::Moved,
-                    Err(why) => self.upstream_broke(ci, why),
+                    Err(why) => Flow::Failed(why),
                 };
             }
             if ex.resp != Resp::Head {
@@ -360,7 +273,7 @@ impl Proxy {
             let r = match h1_response::parse(buf.bytes(), &mut headers, ex, ex.upgrade) {
                 Ok(Some(r)) => r,
                 Ok(None) => return Flow::Idle,
-                Err(bad) => return self.upstream_broke(ci, Failure::BadResponse(bad.0)),
+                Err(bad) => return Flow::Failed(Failure::BadResponse(bad.0)),
             };
             let scratch = &mut self.ctx.scratch;
             scratch.clear();
@@ -369,22 +282,18 @@ impl Proxy {
                 close: false,
                 dechunk: false,
             };
-            let replay = !status_checked && ex.out.is_none();
+            // A 502/503/504 head a retry policy replays goes to the exchange's step; if no
+            // replay is possible after all, it is parsed again and forwarded as it is.
+            let replay = !ex.final_answer && ex.out.is_none();
             let head_len = match h1_response::kind(&r, ex, replay) {
-                Kind::Replay(status) => {
-                    status_checked = true;
-                    if self.status_retry(ci, status) {
-                        return Flow::Over(Step::Progress);
-                    }
-                    continue;
-                }
+                Kind::Replay(status) => return Flow::Status(status),
                 Kind::Switch => {
                     // Only for an upgrade request: the head goes to the client, then the
                     // tunnel starts (step_proxy). Bytes after it stay in `resp_buf` for the
                     // tunnel.
                     if !body_done {
                         let bad = Failure::BadResponse("101 before the request body was sent");
-                        return self.upstream_broke(ci, bad);
+                        return Flow::Failed(bad);
                     }
                     r.write_client(scratch, &reply);
                     let n = r.head_len;
@@ -432,30 +341,5 @@ impl Proxy {
                 out.filled(scratch.len());
             }
         }
-    }
-
-    /// The backend failed mid-exchange: answer 502/504 if the client has seen nothing
-    /// (or retry), else forward what arrived and close.
-    pub(super) fn upstream_broke(&mut self, ci: usize, why: Failure) -> Flow {
-        let Some((_, ex)) = self.clients.get_mut(ci).and_then(|c| c.split()) else {
-            return Flow::Over(Step::Closed);
-        };
-        ex.keep = false;
-        if ex.resp == Resp::Head && ex.out.is_none() {
-            self.fail(ci, why);
-            return Flow::Over(Step::Progress);
-        }
-        debug!(
-            "worker {}: backend {} broke mid-response: {}",
-            self.ctx.id,
-            self.ctx
-                .shared
-                .balancer
-                .backend(self.ups[ex.on()].backend)
-                .name,
-            why.reason()
-        );
-        ex.resp = Resp::Truncated;
-        Flow::Moved
     }
 }

@@ -95,10 +95,7 @@ impl Proxy {
                         debug_assert_eq!(dropped, 0);
                         return Some(Flow::Moved);
                     }
-                    Err(_) => {
-                        self.fail(ci, Failure::Reset);
-                        return Some(Flow::Over(Step::Progress));
-                    }
+                    Err(_) => return Some(Flow::Failed(Failure::Reset)),
                 }
             }
             if round == 1 || left == 0 || !c.io.readable || p.room() == 0 {
@@ -216,7 +213,7 @@ impl Proxy {
         match fill(u.sock.tcp_fd()?, p, splice_len(left, p.room()), &mut u.io) {
             Ok(0) => {
                 ex.keep = false;
-                Some(self.upstream_broke(ci, Failure::Reset))
+                Some(Flow::Failed(Failure::Reset))
             }
             Ok(n) => {
                 ex.got_bytes = true;
@@ -233,12 +230,12 @@ impl Proxy {
                 };
                 // On to the client in the same step, if it can take them.
                 match self.splice_send_response(ci) {
-                    Some(Flow::Over(step)) => Some(Flow::Over(step)),
-                    _ => Some(Flow::Moved),
+                    Some(Flow::Idle) | None => Some(Flow::Moved),
+                    flow => flow,
                 }
             }
             Err(e) if would_block(&e) => Some(Flow::Idle),
-            Err(_) => Some(self.upstream_broke(ci, Failure::Reset)),
+            Err(_) => Some(Flow::Failed(Failure::Reset)),
         }
     }
 }

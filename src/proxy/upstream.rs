@@ -1,6 +1,9 @@
-//! Upstream connections: choosing a backend, taking a pooled connection or connecting a
-//! new one, noticing a connect's result, the per-backend idle pool, and upstream
-//! deadlines. A connection knows its socket and its client, never the exchange's state.
+//! Upstream connections: choosing a backend, putting an HTTP/1.1 client's attempt on
+//! either server kind, taking a pooled connection or connecting a new one, noticing a
+//! connect's result, and the per-backend idle pool. A connection's own timer bounds its
+//! connect, its idle time in the pool and a hedge; once an attempt runs on it, the
+//! attempt's deadline is its owner's. A connection knows its socket and its client, never
+//! the exchange's state.
 
 use mio::net::TcpStream;
 use mio::Interest;
@@ -17,6 +20,8 @@ use super::conns::{
 };
 use super::context::Ctx;
 use super::decide::Failure;
+use super::exchange::Hop;
+use super::h1_h2c_translate::H2cLeg;
 use super::io::Io;
 use super::lifecycle;
 
@@ -39,34 +44,48 @@ impl Proxy {
         }
     }
 
-    /// Puts client `ci`'s exchange on a connection to the server `lease` picked: a pooled
-    /// one (unless `fresh`), or a new one connecting. False if no connection could be
-    /// made: the client has then been answered 502.
+    /// The name of the server upstream connection `ui` goes to (for the debug log).
+    pub(super) fn server_name(&self, ui: usize) -> &str {
+        &self.ctx.shared.balancer.backend(self.ups[ui].backend).name
+    }
+
+    /// Puts client `ci`'s exchange on the server `lease` picked: an HTTP/1.1 server's
+    /// connection of its own, pooled (unless `fresh`) or connecting; or an h2c server's
+    /// stream, on a shared connection (`h2c_pool.rs`). The attempt's deadline starts, on
+    /// the client's timer. False if no connection could be made: the client has then been
+    /// answered 502.
     pub(super) fn attach(&mut self, ci: usize, lease: Lease, fresh: bool) -> bool {
         let backend = lease.backend();
-        // h1_h2c hook: an h2c backend takes the exchange as a stream of a shared connection.
-        if self.ctx.shared.balancer.backend(backend).protocol == Protocol::H2c {
-            return self.h1_h2c_attach(ci, lease, fresh);
-        }
-        let Some((ui, reused)) = self.connection_to(backend, Owner::Exchange(ci), fresh, true)
-        else {
+        let h2c = self.ctx.shared.balancer.backend(backend).protocol == Protocol::H2c;
+        let conn = if h2c {
+            self.mux_for(backend, ci, 0, fresh)
+        } else {
+            self.connection_to(backend, Owner::Exchange(ci), fresh, false)
+        };
+        let Some((ui, reused)) = conn else {
             self.unreachable(ci, lease);
             return false;
         };
         let mut hedgeable = false;
         if let Phase::Proxy(ex) = &mut self.clients[ci].phase {
             ex.begin_attempt(ui, reused, lease);
+            ex.hop = if h2c {
+                Hop::H2c(H2cLeg::default())
+            } else {
+                Hop::Http1
+            };
             hedgeable = ex.hedgeable;
         }
         if hedgeable {
             self.plan_hedge(ci, backend);
         }
+        self.arm_exchange(ci, true);
         true
     }
 
     /// A connection to `backend` working for `owner`, and whether it was pooled. A pooled
-    /// one's timer is armed with the upstream timeout when `arm` (its owner's deadline is
-    /// the connection's); an HTTP/2 stream's attempt runs on the stream's own deadline.
+    /// one's timer is armed with the upstream timeout when `arm` (a hedge's deadline is its
+    /// connection's); an attempt runs on its exchange's or its stream's own deadline.
     pub(super) fn connection_to(
         &mut self,
         backend: usize,
@@ -214,9 +233,9 @@ impl Proxy {
         match connect_result(u) {
             None => false,
             Some(true) => {
+                // The exchange's deadline, on its client's timer, bounds it from here.
                 u.state = UpState::Busy;
-                let at = self.ctx.now + Ctx::ms(self.ctx.shared.cfg.timeouts.upstream);
-                self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, at);
+                self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, 0);
                 true
             }
             Some(false) => {
@@ -254,6 +273,8 @@ impl Proxy {
         self.ups.remove(ui)
     }
 
+    /// An upstream connection's own timer fired: an idle pooled one closes; a connect or
+    /// a hedge took too long. (A running attempt's deadline is on its client's timer.)
     pub(super) fn upstream_timeout(&mut self, ui: usize) {
         let u = &self.ups[ui];
         if u.is_h2c() {
@@ -285,7 +306,8 @@ impl Proxy {
             None if connecting => Failure::ConnectTimeout,
             None => Failure::Timeout,
         };
-        // Mid-response, what arrived is forwarded and the client closed afterwards.
+        // (Not expected mid-response, as the exchange's deadline then bounds the
+        // connection; if so, what arrived is forwarded and the client closed afterwards.)
         let _ = self.upstream_broke(ci, why);
         if self.clients.contains(ci) {
             self.drive(ci);
