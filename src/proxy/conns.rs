@@ -176,7 +176,7 @@ pub(crate) struct Side<'a> {
     pub sock: &'a mut Transport,
     pub buf: &'a mut Option<Buf>,
     pub io: &'a mut Io,
-    pub peer: Peer,
+    pub peer: &'a Peer,
 }
 
 impl Client {
@@ -189,7 +189,7 @@ impl Client {
                     sock: &mut self.sock,
                     buf: &mut self.buf,
                     io: &mut self.io,
-                    peer: self.peer,
+                    peer: &self.peer,
                 },
                 ex,
             )),

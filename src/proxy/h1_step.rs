@@ -20,6 +20,7 @@ use super::lifecycle;
 
 impl Proxy {
     /// One step of client `ci`'s exchange: its hop's turn, then what follows from it.
+    #[inline(always)]
     pub(super) fn step_proxy(&mut self, ci: usize) -> Step {
         let Some((c, ex)) = self.clients[ci].split() else {
             return Step::Blocked;
@@ -76,7 +77,7 @@ impl Proxy {
 
     /// After a turn that did not fail: the exchange ends if both directions are done
     /// (finished, a tunnel, or cut short), else its deadlines follow the progress.
-    #[inline]
+    #[inline(always)]
     fn settle(&mut self, ci: usize, progress: bool) -> Step {
         let (side, ex) = self.clients[ci].split().expect("proxying");
         // The response is complete before the request body: send no more of it (a server
@@ -106,7 +107,7 @@ impl Proxy {
             }
         }
         if progress {
-            self.arm_exchange(ci, false);
+            self.arm_exchange(ci);
             Step::Progress
         } else {
             Step::Blocked
@@ -156,10 +157,22 @@ impl Proxy {
         self.retry(ci, Failure::Status(status))
     }
 
-    /// Sets the exchange's deadlines after progress (or, `fresh`, as an attempt begins):
-    /// on the server while it owes us something, on the client while we wait on it. The
-    /// client's timer is armed for the earlier, or the next hedge's moment.
-    pub(super) fn arm_exchange(&mut self, ci: usize, fresh: bool) {
+    /// Starts the deadline of an attempt that just began (or took over): the server's
+    /// upstream timeout, on the client's timer. (Its request is not out yet, so no
+    /// per-try timeout runs; a hedge waits for the request too.)
+    pub(super) fn arm_attempt(&mut self, ci: usize) {
+        let at = self.ctx.now + self.ctx.limits().upstream;
+        let c = &mut self.clients[ci];
+        if let Phase::Proxy(ex) = &mut c.phase {
+            (ex.up_at, ex.client_at) = (at, 0);
+            self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
+        }
+    }
+
+    /// Sets the exchange's deadlines after progress: on the server while it owes us
+    /// something, on the client while we wait on it. The client's timer is armed for the
+    /// earlier, or the next hedge's moment.
+    pub(super) fn arm_exchange(&mut self, ci: usize) {
         let limits = self.ctx.limits();
         let now = self.ctx.now;
         let c = &mut self.clients[ci];
@@ -182,11 +195,7 @@ impl Proxy {
                 )
             }
         };
-        let (client_at, up_at) = if fresh {
-            (0, now + limits.upstream)
-        } else {
-            decide::deadlines(&waits, now, &limits)
-        };
+        let (client_at, up_at) = decide::deadlines(&waits, now, &limits);
         ex.up_at = lifecycle::upstream_deadline(ex, sent, up_at, now);
         ex.client_at = client_at;
         let at = timer_at(ex);
@@ -267,14 +276,10 @@ fn stream_state(u: Option<&Upstream>, ci: usize) -> (bool, bool) {
 /// while it waits for its response, its hedge's moment (0: none).
 #[inline]
 fn timer_at(ex: &Exchange) -> u64 {
-    let hedge = if ex.hedge.at != 0 && super::hedge::waiting(ex) {
-        ex.hedge.at
-    } else {
-        0
-    };
-    [ex.up_at, ex.client_at, hedge]
-        .into_iter()
-        .filter(|&t| t != 0)
-        .min()
-        .unwrap_or(0)
+    let earlier = |a: u64, b: u64| if a == 0 || (b != 0 && b < a) { b } else { a };
+    let at = earlier(ex.up_at, ex.client_at);
+    if ex.hedge.at != 0 && super::hedge::waiting(ex) {
+        return earlier(at, ex.hedge.at);
+    }
+    at
 }

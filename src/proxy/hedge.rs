@@ -305,7 +305,7 @@ impl Proxy {
             let u = &mut self.ups[ui];
             self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, 0);
         }
-        self.arm_exchange(ci, true);
+        self.arm_exchange(ci);
     }
 
     /// The first attempt failed: true if a running hedge, its request sent, takes over.
@@ -474,7 +474,7 @@ impl Proxy {
         );
         self.leave(ci, old);
         // The backend's deadline starts again with this attempt.
-        self.arm_exchange(ci, true);
+        self.arm_exchange(ci);
     }
 }
 

@@ -23,14 +23,17 @@ impl Proxy {
     #[inline]
     pub(super) fn relay_turn(&mut self, ci: usize) -> Flow {
         let (_, ex) = self.clients[ci].split().expect("proxying");
+        let mut ui = ex.on();
         // hedge hook: a hedge racing the first attempt (hedge.rs).
         if ex.hedge.up.is_some() {
             self.hedge_step(ci);
+            let Some((_, ex)) = self.clients[ci].split() else {
+                return Flow::Idle;
+            };
+            // (The hedge may have taken over.)
+            ui = ex.on();
         }
-        let Some((_, ex)) = self.clients[ci].split() else {
-            return Flow::Idle;
-        };
-        if self.ups[ex.on()].state == UpState::Connecting {
+        if self.ups[ui].state == UpState::Connecting {
             return Flow::Idle;
         }
         let mut progress = false;

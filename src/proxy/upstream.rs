@@ -79,7 +79,7 @@ impl Proxy {
         if hedgeable {
             self.plan_hedge(ci, backend);
         }
-        self.arm_exchange(ci, true);
+        self.arm_attempt(ci);
         true
     }
 
