@@ -406,18 +406,7 @@ fn a_hedge_that_takes_over_keeps_its_own_per_try_timeout_on_every_protocol_pair(
     // 200 ms and M's attempt carries the GET on with its own timeout (until about 250 ms),
     // so M's answer at about 230 ms is the client's.
     for (http2, h2c) in PAIRS {
-        let proto: &[&str] = if h2c { &["--protocol", "h2c"] } else { &[] };
-        let slow = Backend::start("S", "fixed:3000", proto);
-        let mid = Backend::start("M", "fixed:180", proto);
-        let cfg = format!(
-            r#"{{"servers": [{}, {}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
-                "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "50ms", "methods": ["GET"]}},
-                "retryPolicy": {{"maxAttempts": 2, "perTryTimeout": "200ms",
-                                 "retryOn": ["per-try-timeout"], "methods": ["GET"]}}}}"#,
-            entry(&slow, h2c),
-            entry(&mid, h2c)
-        );
-        let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+        let (_slow, mid, p) = hedged_with_per_try(("S", "fixed:3000"), ("M", "fixed:180"), h2c);
         let pair = format!("http2 {http2}, h2c {h2c}");
         for _ in 0..4 {
             let t = Instant::now();
@@ -437,18 +426,7 @@ fn a_hedge_that_takes_over_and_stalls_too_ends_at_its_own_per_try_timeout_on_eve
     // it at about 250 ms: a 504 well before either server answers. (An HTTP/1.1 hedge
     // promoted on an HTTP/1.1 client's exchange once ran on without one, to the 3 s answer.)
     for (http2, h2c) in PAIRS {
-        let proto: &[&str] = if h2c { &["--protocol", "h2c"] } else { &[] };
-        let a = Backend::start("A", "fixed:3000", proto);
-        let b = Backend::start("B", "fixed:3000", proto);
-        let cfg = format!(
-            r#"{{"servers": [{}, {}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
-                "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "50ms", "methods": ["GET"]}},
-                "retryPolicy": {{"maxAttempts": 2, "perTryTimeout": "200ms",
-                                 "retryOn": ["per-try-timeout"], "methods": ["GET"]}}}}"#,
-            entry(&a, h2c),
-            entry(&b, h2c)
-        );
-        let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+        let (_a, _b, p) = hedged_with_per_try(("A", "fixed:3000"), ("B", "fixed:3000"), h2c);
         let pair = format!("http2 {http2}, h2c {h2c}");
         let t = Instant::now();
         let (status, _) = get_over(&p, http2);
@@ -457,4 +435,24 @@ fn a_hedge_that_takes_over_and_stalls_too_ends_at_its_own_per_try_timeout_on_eve
         assert!(took < Duration::from_millis(2000), "{pair}: {took:?}");
         assert!(stat(&p, "hedges") >= 1, "{pair}");
     }
+}
+
+/// Two servers (id and latency profile each; h2c if `h2c`) behind round robin, GETs hedged
+/// after 50 ms and each attempt given a 200 ms per-try timeout, after which it moves on.
+fn hedged_with_per_try(a: (&str, &str), b: (&str, &str), h2c: bool) -> (Backend, Backend, Proxy) {
+    let proto: &[&str] = if h2c { &["--protocol", "h2c"] } else { &[] };
+    let (a, b) = (
+        Backend::start(a.0, a.1, proto),
+        Backend::start(b.0, b.1, proto),
+    );
+    let cfg = format!(
+        r#"{{"servers": [{}, {}], "mode": "round-robin", "healthCheck": {{"enabled": false}},
+            "hedgingPolicy": {{"maxAttempts": 2, "hedgingDelay": "50ms", "methods": ["GET"]}},
+            "retryPolicy": {{"maxAttempts": 2, "perTryTimeout": "200ms",
+                             "retryOn": ["per-try-timeout"], "methods": ["GET"]}}}}"#,
+        entry(&a, h2c),
+        entry(&b, h2c)
+    );
+    let p = Proxy::with_config(&cfg, &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    (a, b, p)
 }
