@@ -8,8 +8,8 @@
 //! back to the balancer without a latency sample, so a lost race never punishes a server.
 //! The delay is fixed, or the first server's recent 95th percentile latency.
 //!
-//! A hedge is planned when the first attempt begins and armed on the client's timer
-//! (free while the exchange waits on the backend). It counts against the retry budget.
+//! A hedge is planned when the first attempt begins and armed on the client's timer,
+//! beside the exchange's deadlines (`h1_step.rs`). It counts against the retry budget.
 //! If the first attempt fails while its hedge runs, the hedge carries the exchange on.
 
 use std::sync::atomic::Ordering::Relaxed;
