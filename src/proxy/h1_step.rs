@@ -14,8 +14,9 @@
 use crate::debug;
 
 use super::conns::{client_token, Flow, Phase, Proxy, Step, Upstream};
-use super::decide::{self, Blame, Failure};
+use super::decide::{self, Blame, Failure, Waits};
 use super::exchange::{Exchange, Hop, Req, Resp};
+use super::h1_h2c_translate::H2cLeg;
 use super::lifecycle;
 
 impl Proxy {
@@ -157,18 +158,6 @@ impl Proxy {
         self.retry(ci, Failure::Status(status))
     }
 
-    /// Starts the deadline of an attempt that just began (or took over): the server's
-    /// upstream timeout, on the client's timer. (Its request is not out yet, so no
-    /// per-try timeout runs; a hedge waits for the request too.)
-    pub(super) fn arm_attempt(&mut self, ci: usize) {
-        let at = self.ctx.now + self.ctx.limits().upstream;
-        let c = &mut self.clients[ci];
-        if let Phase::Proxy(ex) = &mut c.phase {
-            (ex.up_at, ex.client_at) = (at, 0);
-            self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
-        }
-    }
-
     /// Sets the exchange's deadlines after progress: on the server while it owes us
     /// something, on the client while we wait on it. The client's timer is armed for the
     /// earlier, or the next hedge's moment.
@@ -187,13 +176,7 @@ impl Proxy {
                 ex.waits(writable),
                 ex.req == Req::Sent && ex.resp == Resp::Head && !ex.got_bytes,
             ),
-            Hop::H2c(leg) => {
-                let (inbox, room) = stream_state(ex.up.and_then(|u| self.ups.get(u)), ci);
-                (
-                    super::h1_h2c::waits(ex, leg, inbox, room, writable),
-                    leg.up_end && ex.resp == Resp::Head,
-                )
-            }
+            Hop::H2c(leg) => h2c_waits(ex, leg, ex.up.and_then(|u| self.ups.get(u)), ci, writable),
         };
         let (client_at, up_at) = decide::deadlines(&waits, now, &limits);
         ex.up_at = lifecycle::upstream_deadline(ex, sent, up_at, now);
@@ -256,20 +239,30 @@ impl Proxy {
     }
 }
 
-/// What client `ci`'s stream on h2c connection `u` holds for the client, and whether the
-/// server takes body now.
-fn stream_state(u: Option<&Upstream>, ci: usize) -> (bool, bool) {
-    let Some(m) = u.and_then(|u| u.mux()) else {
-        return (false, false);
-    };
-    match m.stream(ci, 0) {
-        Some(k) => {
-            let s = &m.streams[k];
-            let inbox = s.data.as_ref().is_some_and(|d| !d.is_empty());
-            (inbox, s.sid != 0 && m.conn.send_capacity(s.sid) > 0)
-        }
+/// Where client `ci`'s exchange on its stream `leg` (on h2c connection `u`) stands, for
+/// its deadlines, and whether its whole request went out (the per-try timeout's start).
+#[inline(never)]
+fn h2c_waits(
+    ex: &Exchange,
+    leg: &H2cLeg,
+    u: Option<&Upstream>,
+    ci: usize,
+    writable: bool,
+) -> (Waits, bool) {
+    // What the stream holds for the client, and whether the server takes body now.
+    let (inbox, room) = match u.and_then(|u| u.mux()) {
+        Some(m) => match m.stream(ci, 0) {
+            Some(k) => {
+                let s = &m.streams[k];
+                let inbox = s.data.as_ref().is_some_and(|d| !d.is_empty());
+                (inbox, s.sid != 0 && m.conn.send_capacity(s.sid) > 0)
+            }
+            None => (false, false),
+        },
         None => (false, false),
-    }
+    };
+    let waits = super::h1_h2c::waits(ex, leg, inbox, room, writable);
+    (waits, leg.up_end && ex.resp == Resp::Head)
 }
 
 /// When the client's timer must fire for its exchange: the earlier of its deadlines and,

@@ -59,9 +59,12 @@ impl Proxy {
         if ex.req == Req::Closed {
             return Flow::Idle;
         }
-        // Splice hook: a large body stretch goes through a pipe (splice.rs).
-        if let Some(flow) = self.splice_request(ci) {
-            return flow;
+        // Splice hook: a large body stretch goes through a pipe (splice.rs; it looks only
+        // at a body whose buffered bytes went).
+        if ex.req == Req::Body && ex.body_ready == 0 && !ex.splice.off {
+            if let Some(flow) = self.splice_request(ci) {
+                return flow;
+            }
         }
         let (c, ex) = self.clients[ci].split().expect("proxying");
         let u = &mut self.ups[ex.on()];
@@ -158,11 +161,14 @@ impl Proxy {
 
     /// Response direction, write side: pending head and body bytes to the client.
     fn send_response(&mut self, ci: usize) -> Flow {
+        let (mut c, mut ex) = self.clients[ci].split().expect("proxying");
         // Splice hook: bytes in the response pipe go first (splice.rs).
-        if let Some(flow) = self.splice_send_response(ci) {
-            return flow;
+        if ex.resp_piped() {
+            if let Some(flow) = self.splice_send_response(ci) {
+                return flow;
+            }
+            (c, ex) = self.clients[ci].split().expect("proxying");
         }
-        let (c, ex) = self.clients[ci].split().expect("proxying");
         if !ex.pending_out() || !c.io.writable {
             return Flow::Idle;
         }
@@ -207,9 +213,12 @@ impl Proxy {
         if ex.out.as_ref().is_some_and(|o| o.len() >= http::MAX_HEAD) {
             return Flow::Idle;
         }
-        // Splice hook: a large body stretch goes through a pipe (splice.rs).
-        if let Some(flow) = self.splice_recv_response(ci) {
-            return flow;
+        // Splice hook: a large body stretch goes through a pipe (splice.rs; it looks only
+        // at a response body).
+        if matches!(ex.resp, Resp::Body(_)) && !ex.splice.off {
+            if let Some(flow) = self.splice_recv_response(ci) {
+                return flow;
+            }
         }
         let (_, ex) = self.clients[ci].split().expect("proxying");
         let u = &mut self.ups[ex.on()];

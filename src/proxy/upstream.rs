@@ -16,7 +16,7 @@ use crate::timer::Deadline;
 use crate::transport::Transport;
 
 use super::conns::{
-    connect_result, upstream_token, Owner, Phase, Proxy, UpKind, UpState, Upstream,
+    client_token, connect_result, upstream_token, Owner, Phase, Proxy, UpKind, UpState, Upstream,
 };
 use super::context::Ctx;
 use super::decide::Failure;
@@ -67,19 +67,24 @@ impl Proxy {
             return false;
         };
         let mut hedgeable = false;
-        if let Phase::Proxy(ex) = &mut self.clients[ci].phase {
+        let at = self.ctx.now + self.ctx.limits().upstream;
+        let c = &mut self.clients[ci];
+        if let Phase::Proxy(ex) = &mut c.phase {
             ex.begin_attempt(ui, reused, lease);
             ex.hop = if h2c {
                 Hop::H2c(H2cLeg::default())
             } else {
                 Hop::Http1
             };
+            // The attempt's deadline starts: the upstream timeout, on the client's timer.
+            // (Its request is not out yet: no per-try timeout runs, no hedge waits.)
+            (ex.up_at, ex.client_at) = (at, 0);
+            self.ctx.timers.set(&mut c.timer, client_token(ci).0, at);
             hedgeable = ex.hedgeable;
         }
         if hedgeable {
             self.plan_hedge(ci, backend);
         }
-        self.arm_attempt(ci);
         true
     }
 

@@ -189,13 +189,14 @@ impl Proxy {
                 return Ok(false);
             }
             st.req_sent = true;
+            // The whole request went: the backend's deadline is worked out again, with
+            // the per-try timeout starting now (`h2_arm_backend`).
+            st.deadline = 0;
             if st.framing == UpstreamFraming::Raw {
                 // The client ended its side of the WebSocket tunnel: so does corelb.
                 u.sock.shutdown_write();
             }
-            // The whole request went: a move, for the deadline to start the per-try
-            // timeout (`h2_arm_backend`).
-            return Ok(true);
+            return Ok(false);
         }
         let total: usize = slices.iter().map(|s| s.len()).sum();
         let r = u.sock.write_vectored(&slices.map(IoSlice::new));
