@@ -60,15 +60,14 @@ impl Proxy {
             return Flow::Idle;
         };
         let ui = ex.on();
+        let mut moved = hedged;
         let flow = match self.h1_h2c_send(ci, ui) {
-            Flow::Moved => match self.h1_h2c_recv(ci, ui) {
-                Flow::Idle => Flow::Moved,
-                flow => flow,
-            },
-            Flow::Idle => self.h1_h2c_recv(ci, ui),
+            sent @ (Flow::Idle | Flow::Moved) => {
+                moved |= matches!(sent, Flow::Moved);
+                self.h1_h2c_recv(ci, ui)
+            }
             other => other,
         };
-        let mut moved = hedged;
         if let Some((_, ex)) = self.clients[ci].split() {
             if ex.got_bytes && ex.hedge.up.is_some() {
                 // This attempt's head won the race: the hedge is cancelled.

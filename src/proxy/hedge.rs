@@ -298,13 +298,11 @@ impl Proxy {
         ex.tried.insert(old_backend);
         self.ctx.hedge_promoted(ex, old_lease, first, why);
         self.remove_upstream(old);
-        // The hedge's connection is the attempt's now: the exchange's deadline, on the
-        // client's timer, bounds it (once connected), starting again.
+        // The hedge's connection (connected: it sent its request) is the attempt's now:
+        // the exchange's deadline, on the client's timer, bounds it, starting again.
         let ui = self.clients[ci].split().expect("proxying").1.on();
-        if !self.ups[ui].is_connecting() {
-            let u = &mut self.ups[ui];
-            self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, 0);
-        }
+        let u = &mut self.ups[ui];
+        self.ctx.timers.set(&mut u.timer, upstream_token(ui).0, 0);
         self.arm_exchange(ci);
     }
 
@@ -470,7 +468,7 @@ impl Proxy {
             "worker {}: {} gives way to its hedge on {}",
             self.ctx.id,
             self.ctx.shared.balancer.backend(old_backend).name,
-            self.ctx.shared.balancer.backend(self.ups[h].backend).name
+            self.server_name(h)
         );
         self.leave(ci, old);
         // The backend's deadline starts again with this attempt.

@@ -453,7 +453,7 @@ impl Proxy {
             "worker {}: HTTP/2 stream {} gives way to its hedge on {}",
             self.ctx.id,
             st.id,
-            self.ctx.shared.balancer.backend(self.ups[h].backend).name
+            self.server_name(h)
         );
         self.remove_upstream(old);
     }
